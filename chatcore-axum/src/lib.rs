@@ -1,0 +1,1 @@
+//! chatcore-axum: filled in by its own issue.

@@ -1,0 +1,1 @@
+//! chatcore-mysql: filled in by its own issue.

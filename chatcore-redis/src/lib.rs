@@ -1,0 +1,1 @@
+//! chatcore-redis: filled in by its own issue.

@@ -1,0 +1,1 @@
+//! chatcore-sqlite: filled in by its own issue.

@@ -1,0 +1,713 @@
+//! The conformance suite every [`Store`] backend runs (feature `conformance`).
+//!
+//! Each scenario is a public async function taking a fresh, empty store. A backend runs them
+//! all with one line in a test file:
+//!
+//! ```ignore
+//! async fn fresh_store() -> std::sync::Arc<dyn chatcore::Store> {
+//!     std::sync::Arc::new(chatcore::MemoryStore::new())
+//! }
+//! chatcore::store_conformance_tests!(fresh_store);
+//! ```
+//!
+//! The macro expands to one `#[tokio::test]` per scenario, so the calling crate needs
+//! `tokio` (features `macros`, `rt-multi-thread`) as a dev-dependency. The factory is called
+//! once per scenario and must return an empty store that no other test shares.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use chrono::{Duration, SubsecRound, Utc};
+
+use crate::store::{Inserted, PageRequest, Store, UserQuery};
+use crate::{Entity, Error, Message, MessageId, NewMessage, User, Username};
+
+/// Every scenario's name, in the order [`crate::store_conformance_tests!`] runs them.
+pub const SCENARIOS: &[&str] = &[
+    "users_are_unique_and_findable",
+    "user_directory_pages_and_filters",
+    "credentials_and_sessions",
+    "insert_returns_stored_message",
+    "unknown_recipient_is_not_found",
+    "latest_page_is_newest_first_and_limited",
+    "before_cursor_walks_1000_messages",
+    "offset_pages_match_cursor_pages",
+    "only_participants_read_a_message",
+    "counts_are_exact",
+    "idempotency_key_replays_first_message",
+    "four_byte_utf8_round_trips",
+    "longest_body_round_trips",
+    "concurrent_senders_get_unique_ids",
+    "catch_up_after_id",
+    "note_to_self_is_listed_once",
+];
+
+/// Runs one `#[tokio::test]` per conformance scenario against stores made by `$factory`,
+/// an expression callable as `$factory().await` that returns `Arc<dyn chatcore::Store>`.
+#[macro_export]
+macro_rules! store_conformance_tests {
+    ($factory:expr) => {
+        $crate::store_conformance_tests!(@cases $factory;
+            users_are_unique_and_findable,
+            user_directory_pages_and_filters,
+            credentials_and_sessions,
+            insert_returns_stored_message,
+            unknown_recipient_is_not_found,
+            latest_page_is_newest_first_and_limited,
+            before_cursor_walks_1000_messages,
+            offset_pages_match_cursor_pages,
+            only_participants_read_a_message,
+            counts_are_exact,
+            idempotency_key_replays_first_message,
+            four_byte_utf8_round_trips,
+            longest_body_round_trips,
+            concurrent_senders_get_unique_ids,
+            catch_up_after_id,
+            note_to_self_is_listed_once,
+        );
+    };
+    (@cases $factory:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let store: ::std::sync::Arc<dyn $crate::Store> = ($factory)().await;
+                $crate::conformance::$case(store).await;
+            }
+        )*
+    };
+}
+
+fn name(s: &str) -> Username {
+    Username::parse(s).expect("valid test username")
+}
+
+async fn user(store: &Arc<dyn Store>, s: &str) -> User {
+    store.create_user(&name(s), None).await.expect("create user")
+}
+
+async fn send(store: &Arc<dyn Store>, from: &User, to: &User, body: &str) -> Message {
+    send_keyed(store, from, to, body, None).await.message
+}
+
+async fn send_keyed(
+    store: &Arc<dyn Store>,
+    from: &User,
+    to: &User,
+    body: &str,
+    key: Option<&str>,
+) -> Inserted {
+    store
+        .insert_message(NewMessage {
+            sender: from.clone(),
+            recipient: to.username.clone(),
+            body: body.to_owned(),
+            idempotency_key: key.map(str::to_owned),
+        })
+        .await
+        .expect("insert message")
+}
+
+fn ids(messages: &[Message]) -> Vec<i64> {
+    messages.iter().map(|m| m.id.0).collect()
+}
+
+/// Names are unique; lookups by name find exactly the created user.
+pub async fn users_are_unique_and_findable(store: Arc<dyn Store>) {
+    let alice = user(&store, "alice").await;
+    let bob = user(&store, "bob").await;
+    assert_ne!(alice.id, bob.id);
+    assert_eq!(alice.username.as_str(), "alice");
+    match store.create_user(&name("alice"), None).await {
+        Err(Error::Conflict(_)) => {}
+        other => panic!("duplicate username must be a conflict, got {other:?}"),
+    }
+    assert_eq!(
+        store.find_user(&name("alice")).await.unwrap(),
+        Some(alice.clone())
+    );
+    assert_eq!(store.find_user(&name("bob")).await.unwrap(), Some(bob));
+    assert_eq!(store.find_user(&name("carol")).await.unwrap(), None);
+    // Names differing only in case are distinct users, as in the original app.
+    let upper = user(&store, "Alice").await;
+    assert_ne!(upper.id, alice.id);
+    assert_eq!(store.find_user(&name("Alice")).await.unwrap(), Some(upper));
+}
+
+/// The directory is sorted by name, pages with `after`, filters by prefix, leaves one user out.
+pub async fn user_directory_pages_and_filters(store: Arc<dyn Store>) {
+    let mut created = Vec::new();
+    for i in (0..30).rev() {
+        created.push(user(&store, &format!("user{i:02}")).await);
+    }
+    let me = user(&store, "me").await;
+    user(&store, "zed").await;
+    let query = |prefix: &str, after: Option<&str>, limit| UserQuery {
+        exclude: Some(me.id),
+        prefix: prefix.to_owned(),
+        after: after.map(name),
+        limit,
+    };
+    let all = store.list_users(&query("", None, 1000)).await.unwrap();
+    let names: Vec<_> = all.iter().map(|u| u.username.to_string()).collect();
+    let mut expected: Vec<_> = (0..30).map(|i| format!("user{i:02}")).collect();
+    expected.push("zed".into());
+    assert_eq!(names, expected, "sorted, caller excluded");
+
+    let mut paged = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = store
+            .list_users(&query("user", after.as_deref(), 7))
+            .await
+            .unwrap();
+        assert!(page.len() <= 7);
+        if page.is_empty() {
+            break;
+        }
+        after = Some(page.last().unwrap().username.to_string());
+        paged.extend(page.into_iter().map(|u| u.username.to_string()));
+    }
+    assert_eq!(
+        paged,
+        expected[..30].to_vec(),
+        "keyset paging skips and repeats nothing"
+    );
+
+    let ones = store.list_users(&query("user1", None, 100)).await.unwrap();
+    assert_eq!(ones.len(), 10);
+    assert!(ones.iter().all(|u| u.username.as_str().starts_with("user1")));
+    let none = store.list_users(&query("nobody", None, 100)).await.unwrap();
+    assert!(none.is_empty());
+    // A prefix with LIKE/GLOB metacharacters matches literally.
+    user(&store, "a_b").await;
+    user(&store, "axb").await;
+    let literal = store.list_users(&query("a_", None, 100)).await.unwrap();
+    assert_eq!(
+        literal.iter().map(|u| u.username.as_str()).collect::<Vec<_>>(),
+        ["a_b"]
+    );
+    let unfiltered = UserQuery {
+        exclude: None,
+        prefix: String::new(),
+        after: None,
+        limit: 3,
+    };
+    assert_eq!(store.list_users(&unfiltered).await.unwrap().len(), 3);
+}
+
+/// Password hashes and sessions: stored, found, expired, revoked.
+pub async fn credentials_and_sessions(store: Arc<dyn Store>) {
+    let alice = store
+        .create_user(&name("alice"), Some("$argon2id$v=19$fake"))
+        .await
+        .unwrap();
+    let bob = user(&store, "bob").await;
+    let creds = store.credentials(&name("alice")).await.unwrap().unwrap();
+    assert_eq!(creds.user, alice);
+    assert_eq!(creds.password_hash.as_deref(), Some("$argon2id$v=19$fake"));
+    assert_eq!(
+        store
+            .credentials(&name("bob"))
+            .await
+            .unwrap()
+            .unwrap()
+            .password_hash,
+        None
+    );
+    assert!(store.credentials(&name("nobody")).await.unwrap().is_none());
+    store.set_password_hash(bob.id, "$argon2id$new").await.unwrap();
+    assert_eq!(
+        store
+            .credentials(&name("bob"))
+            .await
+            .unwrap()
+            .unwrap()
+            .password_hash
+            .as_deref(),
+        Some("$argon2id$new")
+    );
+
+    let now = Utc::now();
+    let live = [1u8; 32];
+    let expired = [2u8; 32];
+    store
+        .create_session(&live, alice.id, now + Duration::hours(1))
+        .await
+        .unwrap();
+    store
+        .create_session(&expired, bob.id, now - Duration::seconds(1))
+        .await
+        .unwrap();
+    assert_eq!(store.session_user(&live, now).await.unwrap(), Some(alice.clone()));
+    assert_eq!(store.session_user(&expired, now).await.unwrap(), None);
+    assert_eq!(store.session_user(&[3u8; 32], now).await.unwrap(), None);
+    store.delete_session(&live).await.unwrap();
+    assert_eq!(store.session_user(&live, now).await.unwrap(), None);
+    store.delete_session(&live).await.unwrap();
+}
+
+/// An insert returns the stored message: id, names, body, a UTC timestamp with microseconds.
+pub async fn insert_returns_stored_message(store: Arc<dyn Store>) {
+    let alice = user(&store, "alice").await;
+    let bob = user(&store, "bob").await;
+    let before = Utc::now().trunc_subsecs(6);
+    let inserted = send_keyed(&store, &alice, &bob, "hello", None).await;
+    let after = Utc::now();
+    assert!(!inserted.replayed);
+    assert_eq!(inserted.recipient_id, bob.id);
+    let m = inserted.message;
+    assert_eq!(
+        (m.sender.as_str(), m.recipient.as_str(), m.body.as_str()),
+        ("alice", "bob", "hello")
+    );
+    assert!(m.created_at >= before - Duration::seconds(2) && m.created_at <= after + Duration::seconds(2));
+    assert_eq!(
+        m.created_at,
+        m.created_at.trunc_subsecs(6),
+        "microsecond precision"
+    );
+    assert_eq!(store.message_for(bob.id, m.id).await.unwrap(), Some(m.clone()));
+    assert_eq!(store.message_for(alice.id, m.id).await.unwrap(), Some(m.clone()));
+    let second = send(&store, &bob, &alice, "back").await;
+    assert!(second.id > m.id, "ids increase");
+    assert!(second.created_at >= m.created_at);
+}
+
+/// Sending to a user that does not exist stores nothing.
+pub async fn unknown_recipient_is_not_found(store: Arc<dyn Store>) {
+    let alice = user(&store, "alice").await;
+    let result = store
+        .insert_message(NewMessage {
+            sender: alice.clone(),
+            recipient: name("ghost"),
+            body: "boo".into(),
+            idempotency_key: None,
+        })
+        .await;
+    assert!(
+        matches!(result, Err(Error::NotFound(Entity::User))),
+        "got {result:?}"
+    );
+    let page = store
+        .user_messages(alice.id, &PageRequest::latest(15))
+        .await
+        .unwrap();
+    assert_eq!(page.total, 0);
+    assert!(page.messages.is_empty());
+    assert!(matches!(
+        store
+            .conversation_page(alice.id, &name("ghost"), &PageRequest::latest(15))
+            .await,
+        Err(Error::NotFound(Entity::User))
+    ));
+}
+
+/// The latest page holds the newest 15, newest first, of this conversation only.
+pub async fn latest_page_is_newest_first_and_limited(store: Arc<dyn Store>) {
+    let alice = user(&store, "alice").await;
+    let bob = user(&store, "bob").await;
+    let carol = user(&store, "carol").await;
+    let mut sent = Vec::new();
+    for i in 0..20 {
+        let (from, to) = if i % 2 == 0 {
+            (&alice, &bob)
+        } else {
+            (&bob, &alice)
+        };
+        sent.push(send(&store, from, to, &format!("m{i}")).await);
+        send(&store, &alice, &carol, "elsewhere").await;
+    }
+    let page = store
+        .conversation_page(alice.id, &name("bob"), &PageRequest::latest(15))
+        .await
+        .unwrap();
+    let expected: Vec<_> = sent.iter().rev().take(15).cloned().collect();
+    assert_eq!(page.messages, expected);
+    assert_eq!(page.total, 20);
+    let from_bob = store
+        .conversation_page(bob.id, &name("alice"), &PageRequest::latest(15))
+        .await
+        .unwrap();
+    assert_eq!(from_bob, page, "the same conversation from either side");
+    let empty = store
+        .conversation_page(bob.id, &name("carol"), &PageRequest::latest(15))
+        .await
+        .unwrap();
+    assert_eq!(empty.total, 0);
+    assert!(empty.messages.is_empty());
+}
+
+/// Walking a 1,000-message conversation with `before` skips and repeats nothing.
+pub async fn before_cursor_walks_1000_messages(store: Arc<dyn Store>) {
+    let alice = user(&store, "alice").await;
+    let bob = user(&store, "bob").await;
+    let carol = user(&store, "carol").await;
+    let mut expected = Vec::new();
+    for i in 0..1000 {
+        let (from, to) = if i % 3 == 0 {
+            (&bob, &alice)
+        } else {
+            (&alice, &bob)
+        };
+        expected.push(send(&store, from, to, &format!("{i}")).await.id.0);
+        if i % 10 == 0 {
+            send(&store, &carol, &alice, "noise").await;
+        }
+    }
+    expected.reverse();
+    for limit in [15, 100, 7] {
+        let mut seen = Vec::new();
+        let mut page = PageRequest::latest(limit);
+        loop {
+            let got = store
+                .conversation_page(alice.id, &name("bob"), &page)
+                .await
+                .unwrap();
+            assert_eq!(got.total, 1000);
+            assert!(got.messages.len() <= limit as usize);
+            let Some(last) = got.messages.last() else { break };
+            page.before = Some(last.id);
+            seen.extend(ids(&got.messages));
+        }
+        assert_eq!(seen, expected, "limit {limit}");
+    }
+    let past_the_end = store
+        .conversation_page(alice.id, &name("bob"), &PageRequest::before(MessageId(1), 15))
+        .await
+        .unwrap();
+    assert!(past_the_end.messages.is_empty());
+}
+
+/// `offset` (the original app's `?page=N`) gives the same pages as the cursor.
+pub async fn offset_pages_match_cursor_pages(store: Arc<dyn Store>) {
+    let alice = user(&store, "alice").await;
+    let bob = user(&store, "bob").await;
+    for i in 0..40 {
+        send(&store, &alice, &bob, &format!("{i}")).await;
+    }
+    let first = store
+        .conversation_page(alice.id, &name("bob"), &PageRequest::latest(15))
+        .await
+        .unwrap();
+    let second = store
+        .conversation_page(
+            alice.id,
+            &name("bob"),
+            &PageRequest {
+                before: None,
+                offset: 15,
+                limit: 15,
+            },
+        )
+        .await
+        .unwrap();
+    let cursor = store
+        .conversation_page(
+            alice.id,
+            &name("bob"),
+            &PageRequest::before(first.messages[14].id, 15),
+        )
+        .await
+        .unwrap();
+    assert_eq!(second.messages, cursor.messages);
+    let third = store
+        .conversation_page(
+            alice.id,
+            &name("bob"),
+            &PageRequest {
+                before: None,
+                offset: 30,
+                limit: 15,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(third.messages.len(), 10);
+    let beyond = store
+        .user_messages(
+            alice.id,
+            &PageRequest {
+                before: None,
+                offset: 45,
+                limit: 15,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(beyond.messages.is_empty());
+    assert_eq!(beyond.total, 40);
+}
+
+/// Only the sender and the recipient can read a message; a missing id looks the same.
+pub async fn only_participants_read_a_message(store: Arc<dyn Store>) {
+    let alice = user(&store, "alice").await;
+    let bob = user(&store, "bob").await;
+    let eve = user(&store, "eve").await;
+    let m = send(&store, &alice, &bob, "secret").await;
+    assert!(store.message_for(alice.id, m.id).await.unwrap().is_some());
+    assert!(store.message_for(bob.id, m.id).await.unwrap().is_some());
+    assert_eq!(store.message_for(eve.id, m.id).await.unwrap(), None);
+    assert_eq!(
+        store
+            .message_for(alice.id, MessageId(m.id.0 + 1000))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(store.message_for(alice.id, MessageId(-1)).await.unwrap(), None);
+    assert_eq!(
+        store.message_for(alice.id, MessageId(i64::MAX)).await.unwrap(),
+        None
+    );
+    let eves = store
+        .user_messages(eve.id, &PageRequest::latest(15))
+        .await
+        .unwrap();
+    assert_eq!(eves.total, 0);
+    assert!(
+        store
+            .messages_after(eve.id, MessageId(0), 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// Conversation and per-user totals are exact.
+pub async fn counts_are_exact(store: Arc<dyn Store>) {
+    let alice = user(&store, "alice").await;
+    let bob = user(&store, "bob").await;
+    let carol = user(&store, "carol").await;
+    for _ in 0..7 {
+        send(&store, &alice, &bob, "ab").await;
+    }
+    for _ in 0..5 {
+        send(&store, &carol, &alice, "ca").await;
+    }
+    for _ in 0..3 {
+        send(&store, &bob, &carol, "bc").await;
+    }
+    let total = |viewer: &User, other: &str| {
+        let store = store.clone();
+        let viewer = viewer.id;
+        let other = name(other);
+        async move {
+            store
+                .conversation_page(viewer, &other, &PageRequest::latest(1))
+                .await
+                .unwrap()
+                .total
+        }
+    };
+    assert_eq!(total(&alice, "bob").await, 7);
+    assert_eq!(total(&bob, "alice").await, 7);
+    assert_eq!(total(&alice, "carol").await, 5);
+    assert_eq!(total(&carol, "bob").await, 3);
+    let all = |u: &User| {
+        let store = store.clone();
+        let id = u.id;
+        async move { store.user_messages(id, &PageRequest::latest(100)).await.unwrap() }
+    };
+    let alices = all(&alice).await;
+    assert_eq!(alices.total, 12);
+    assert_eq!(alices.messages.len(), 12);
+    assert!(
+        alices.messages.windows(2).all(|w| w[0].id > w[1].id),
+        "newest first"
+    );
+    assert!(alices.messages.iter().all(|m| m.involves(&alice.username)));
+    assert_eq!(all(&bob).await.total, 10);
+    assert_eq!(all(&carol).await.total, 8);
+}
+
+/// A key reused by the same sender returns the first message and stores nothing; keys are
+/// per sender.
+pub async fn idempotency_key_replays_first_message(store: Arc<dyn Store>) {
+    let alice = user(&store, "alice").await;
+    let bob = user(&store, "bob").await;
+    let first = send_keyed(&store, &alice, &bob, "once", Some("key-1")).await;
+    assert!(!first.replayed);
+    let retry = send_keyed(&store, &alice, &bob, "once", Some("key-1")).await;
+    assert!(retry.replayed);
+    assert_eq!(retry.message, first.message);
+    assert_eq!(retry.recipient_id, bob.id);
+    let other_key = send_keyed(&store, &alice, &bob, "twice", Some("key-2")).await;
+    assert_ne!(other_key.message.id, first.message.id);
+    let bobs_key = send_keyed(&store, &bob, &alice, "bob's", Some("key-1")).await;
+    assert!(!bobs_key.replayed, "keys are scoped to their sender");
+    assert_eq!(
+        store.idempotent_message(alice.id, "key-1").await.unwrap(),
+        Some(first.message.clone())
+    );
+    assert_eq!(store.idempotent_message(alice.id, "nope").await.unwrap(), None);
+    assert_eq!(store.idempotent_message(bob.id, "key-2").await.unwrap(), None);
+    let page = store
+        .conversation_page(alice.id, &name("bob"), &PageRequest::latest(15))
+        .await
+        .unwrap();
+    assert_eq!(page.total, 3);
+}
+
+/// Emoji and other 4-byte UTF-8 characters come back unchanged.
+pub async fn four_byte_utf8_round_trips(store: Arc<dyn Store>) {
+    let alice = user(&store, "alice").await;
+    let bob = user(&store, "bob").await;
+    let bodies = [
+        "😀 grinning",
+        "𝔘𝔫𝔦𝔠𝔬𝔡𝔢 𝕄𝕒𝕥𝕙",
+        "家族 👨‍👩‍👧‍👦 with ZWJ",
+        "𠜎𠜱𠝹𠱓 CJK Extension B",
+        "mixed: é ß ♥ 🇫🇷 \u{10FFFF}",
+        "quotes ' \" ` \\ % _ and NUL-free",
+    ];
+    for body in bodies {
+        let m = send(&store, &alice, &bob, body).await;
+        assert_eq!(m.body, body);
+        assert_eq!(store.message_for(bob.id, m.id).await.unwrap().unwrap().body, body);
+    }
+    let page = store
+        .conversation_page(bob.id, &name("alice"), &PageRequest::latest(15))
+        .await
+        .unwrap();
+    let mut read: Vec<_> = page.messages.iter().map(|m| m.body.as_str()).collect();
+    read.reverse();
+    assert_eq!(read, bodies);
+    let emoji_user = user(&store, "ünïcødé").await;
+    assert_eq!(store.find_user(&name("ünïcødé")).await.unwrap(), Some(emoji_user));
+}
+
+/// A 4,000-character body (of 4-byte characters: 16,000 bytes) is stored whole.
+pub async fn longest_body_round_trips(store: Arc<dyn Store>) {
+    let alice = user(&store, "alice").await;
+    let bob = user(&store, "bob").await;
+    let long = "🎉".repeat(4000);
+    let m = send(&store, &alice, &bob, &long).await;
+    assert_eq!(store.message_for(bob.id, m.id).await.unwrap().unwrap().body, long);
+    let ascii = "x".repeat(4000);
+    let m = send(&store, &alice, &bob, &ascii).await;
+    assert_eq!(
+        store.message_for(alice.id, m.id).await.unwrap().unwrap().body,
+        ascii
+    );
+}
+
+/// 64 tasks sending at once: no lost id, no duplicate id, exact totals.
+pub async fn concurrent_senders_get_unique_ids(store: Arc<dyn Store>) {
+    const TASKS: usize = 64;
+    const EACH: usize = 20;
+    let hub = user(&store, "hub").await;
+    let mut senders = Vec::new();
+    for t in 0..TASKS {
+        senders.push(user(&store, &format!("sender{t}")).await);
+    }
+    let handles: Vec<_> = senders
+        .iter()
+        .cloned()
+        .map(|sender| {
+            let store = store.clone();
+            let hub = hub.clone();
+            tokio::spawn(async move {
+                let mut ids = Vec::with_capacity(EACH);
+                for i in 0..EACH {
+                    let key = format!("k{i}");
+                    let inserted = send_keyed(
+                        &store,
+                        &sender,
+                        &hub,
+                        &format!("{} {i}", sender.username),
+                        Some(&key),
+                    )
+                    .await;
+                    assert!(!inserted.replayed);
+                    ids.push(inserted.message.id);
+                }
+                ids
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for handle in handles {
+        let ids = handle.await.expect("sender task");
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "one sender's ids increase");
+        all.extend(ids);
+    }
+    let unique: HashSet<_> = all.iter().copied().collect();
+    assert_eq!(unique.len(), TASKS * EACH, "no duplicate id");
+    let page = store
+        .user_messages(hub.id, &PageRequest::latest(1))
+        .await
+        .unwrap();
+    assert_eq!(page.total, (TASKS * EACH) as u64);
+    let caught_up = store.messages_after(hub.id, MessageId(0), 10_000).await.unwrap();
+    let read: HashSet<_> = caught_up.iter().map(|m| m.id).collect();
+    assert_eq!(read, unique, "nothing lost");
+    for sender in &senders {
+        let conv = store
+            .conversation_page(hub.id, &sender.username, &PageRequest::latest(100))
+            .await
+            .unwrap();
+        assert_eq!(conv.total, EACH as u64);
+        assert_eq!(conv.messages.len(), EACH);
+    }
+}
+
+/// `messages_after` returns the user's later messages oldest first, bounded.
+pub async fn catch_up_after_id(store: Arc<dyn Store>) {
+    let alice = user(&store, "alice").await;
+    let bob = user(&store, "bob").await;
+    let carol = user(&store, "carol").await;
+    let mut alices = Vec::new();
+    for i in 0..30 {
+        let m = match i % 3 {
+            0 => send(&store, &alice, &bob, "ab").await,
+            1 => send(&store, &carol, &alice, "ca").await,
+            _ => {
+                send(&store, &bob, &carol, "bc").await;
+                continue;
+            }
+        };
+        alices.push(m);
+    }
+    let everything = store.messages_after(alice.id, MessageId(0), 1000).await.unwrap();
+    assert_eq!(everything, alices);
+    let since = alices[5].id;
+    let rest = store.messages_after(alice.id, since, 1000).await.unwrap();
+    assert_eq!(rest, alices[6..].to_vec());
+    let bounded = store.messages_after(alice.id, since, 4).await.unwrap();
+    assert_eq!(bounded, alices[6..10].to_vec());
+    let last = alices.last().unwrap().id;
+    assert!(
+        store
+            .messages_after(alice.id, last, 1000)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// A message to oneself is one message: listed once, counted once.
+pub async fn note_to_self_is_listed_once(store: Arc<dyn Store>) {
+    let alice = user(&store, "alice").await;
+    let inserted = send_keyed(&store, &alice, &alice, "note", None).await;
+    assert_eq!(inserted.recipient_id, alice.id);
+    let page = store
+        .user_messages(alice.id, &PageRequest::latest(15))
+        .await
+        .unwrap();
+    assert_eq!(page.total, 1);
+    assert_eq!(page.messages, vec![inserted.message.clone()]);
+    let conv = store
+        .conversation_page(alice.id, &name("alice"), &PageRequest::latest(15))
+        .await
+        .unwrap();
+    assert_eq!(conv.total, 1);
+    assert_eq!(conv.messages.len(), 1);
+    assert_eq!(
+        store
+            .messages_after(alice.id, MessageId(0), 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}

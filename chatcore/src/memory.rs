@@ -1,0 +1,275 @@
+//! [`MemoryStore`]: a [`Store`] that keeps everything in process memory.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
+use std::sync::RwLock;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::store::{Credentials, Inserted, MessagePage, PageRequest, Store, TokenHash, UserQuery};
+use crate::{
+    ConversationKey, Entity, Error, Message, MessageId, NewMessage, Result, User, UserId, Username,
+    now_micros,
+};
+
+/// A [`Store`] in process memory: for tests, and for hosts that need no persistence.
+/// Everything is lost when it is dropped. Passes the whole conformance suite.
+///
+/// ```
+/// let store: std::sync::Arc<dyn chatcore::Store> = std::sync::Arc::new(chatcore::MemoryStore::new());
+/// ```
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    state: RwLock<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Indexed by `UserId - 1`.
+    users: Vec<UserRecord>,
+    by_name: BTreeMap<Username, UserId>,
+    sessions: HashMap<TokenHash, (UserId, DateTime<Utc>)>,
+    /// Indexed by `MessageId - 1`.
+    messages: Vec<Message>,
+    /// Indexes into `messages`, ascending.
+    conversations: HashMap<ConversationKey, Vec<usize>>,
+    by_user: HashMap<UserId, Vec<usize>>,
+    idempotency: HashMap<(UserId, String), usize>,
+}
+
+#[derive(Debug)]
+struct UserRecord {
+    user: User,
+    password_hash: Option<String>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        // Every mutation completes before the guard drops, so a poisoned lock holds valid data.
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl State {
+    fn user(&self, id: UserId) -> Option<&UserRecord> {
+        usize::try_from(id.0 - 1).ok().and_then(|i| self.users.get(i))
+    }
+
+    /// Newest-first page of `indexes` (ascending by id).
+    fn page(&self, indexes: &[usize], page: &PageRequest) -> MessagePage {
+        let end = match page.before {
+            Some(before) => indexes.partition_point(|&i| self.messages[i].id < before),
+            None => indexes.len(),
+        };
+        let messages = indexes[..end]
+            .iter()
+            .rev()
+            .skip(page.offset as usize)
+            .take(page.limit as usize)
+            .map(|&i| self.messages[i].clone())
+            .collect();
+        MessagePage {
+            messages,
+            total: indexes.len() as u64,
+        }
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn create_user(&self, username: &Username, password_hash: Option<&str>) -> Result<User> {
+        let mut state = self.write();
+        if state.by_name.contains_key(username) {
+            return Err(Error::conflict(format!("username {username} is taken")));
+        }
+        let user = User {
+            id: UserId(state.users.len() as i64 + 1),
+            username: username.clone(),
+        };
+        state.by_name.insert(username.clone(), user.id);
+        state.users.push(UserRecord {
+            user: user.clone(),
+            password_hash: password_hash.map(str::to_owned),
+        });
+        Ok(user)
+    }
+
+    async fn find_user(&self, username: &Username) -> Result<Option<User>> {
+        let state = self.read();
+        Ok(state
+            .by_name
+            .get(username)
+            .and_then(|id| state.user(*id))
+            .map(|r| r.user.clone()))
+    }
+
+    async fn list_users(&self, query: &UserQuery) -> Result<Vec<User>> {
+        let state = self.read();
+        let lower = match &query.after {
+            Some(after) if after.as_str() >= query.prefix.as_str() => Bound::Excluded(after.as_str()),
+            _ => Bound::Included(query.prefix.as_str()),
+        };
+        Ok(state
+            .by_name
+            .range::<str, _>((lower, Bound::Unbounded))
+            .take_while(|(name, _)| name.as_str().starts_with(&query.prefix))
+            .filter(|(_, id)| Some(**id) != query.exclude)
+            .take(query.limit as usize)
+            .filter_map(|(_, id)| state.user(*id).map(|r| r.user.clone()))
+            .collect())
+    }
+
+    async fn credentials(&self, username: &Username) -> Result<Option<Credentials>> {
+        let state = self.read();
+        Ok(state
+            .by_name
+            .get(username)
+            .and_then(|id| state.user(*id))
+            .map(|r| Credentials {
+                user: r.user.clone(),
+                password_hash: r.password_hash.clone(),
+            }))
+    }
+
+    async fn set_password_hash(&self, user: UserId, password_hash: &str) -> Result<()> {
+        let mut state = self.write();
+        let index = usize::try_from(user.0 - 1).map_err(|_| Error::NotFound(Entity::User))?;
+        let record = state.users.get_mut(index).ok_or(Error::NotFound(Entity::User))?;
+        record.password_hash = Some(password_hash.to_owned());
+        Ok(())
+    }
+
+    async fn create_session(
+        &self,
+        token_hash: &TokenHash,
+        user: UserId,
+        expires_at: DateTime<Utc>,
+    ) -> Result<()> {
+        let mut state = self.write();
+        if state.user(user).is_none() {
+            return Err(Error::NotFound(Entity::User));
+        }
+        state.sessions.insert(*token_hash, (user, expires_at));
+        Ok(())
+    }
+
+    async fn session_user(&self, token_hash: &TokenHash, now: DateTime<Utc>) -> Result<Option<User>> {
+        let state = self.read();
+        Ok(match state.sessions.get(token_hash) {
+            Some((user, expires_at)) if *expires_at > now => state.user(*user).map(|r| r.user.clone()),
+            _ => None,
+        })
+    }
+
+    async fn delete_session(&self, token_hash: &TokenHash) -> Result<()> {
+        self.write().sessions.remove(token_hash);
+        Ok(())
+    }
+
+    async fn insert_message(&self, new: NewMessage) -> Result<Inserted> {
+        let mut state = self.write();
+        let recipient_id = *state
+            .by_name
+            .get(&new.recipient)
+            .ok_or(Error::NotFound(Entity::User))?;
+        if let Some(key) = &new.idempotency_key
+            && let Some(&index) = state.idempotency.get(&(new.sender.id, key.clone()))
+        {
+            return Ok(Inserted {
+                message: state.messages[index].clone(),
+                recipient_id,
+                replayed: true,
+            });
+        }
+        let index = state.messages.len();
+        let message = Message {
+            id: MessageId(index as i64 + 1),
+            sender: new.sender.username.clone(),
+            recipient: new.recipient,
+            created_at: now_micros(),
+            body: new.body,
+        };
+        state.messages.push(message.clone());
+        state
+            .conversations
+            .entry(ConversationKey::new(new.sender.id, recipient_id))
+            .or_default()
+            .push(index);
+        state.by_user.entry(new.sender.id).or_default().push(index);
+        if recipient_id != new.sender.id {
+            state.by_user.entry(recipient_id).or_default().push(index);
+        }
+        if let Some(key) = new.idempotency_key {
+            state.idempotency.insert((new.sender.id, key), index);
+        }
+        Ok(Inserted {
+            message,
+            recipient_id,
+            replayed: false,
+        })
+    }
+
+    async fn message_for(&self, viewer: UserId, id: MessageId) -> Result<Option<Message>> {
+        let state = self.read();
+        let Some(viewer) = state.user(viewer) else {
+            return Ok(None);
+        };
+        let message = usize::try_from(id.0 - 1).ok().and_then(|i| state.messages.get(i));
+        Ok(message.filter(|m| m.involves(&viewer.user.username)).cloned())
+    }
+
+    async fn conversation_page(
+        &self,
+        viewer: UserId,
+        other: &Username,
+        page: &PageRequest,
+    ) -> Result<MessagePage> {
+        let state = self.read();
+        let other = *state.by_name.get(other).ok_or(Error::NotFound(Entity::User))?;
+        Ok(
+            match state.conversations.get(&ConversationKey::new(viewer, other)) {
+                Some(indexes) => state.page(indexes, page),
+                None => MessagePage::default(),
+            },
+        )
+    }
+
+    async fn user_messages(&self, user: UserId, page: &PageRequest) -> Result<MessagePage> {
+        let state = self.read();
+        Ok(match state.by_user.get(&user) {
+            Some(indexes) => state.page(indexes, page),
+            None => MessagePage::default(),
+        })
+    }
+
+    async fn messages_after(&self, user: UserId, after: MessageId, limit: u32) -> Result<Vec<Message>> {
+        let state = self.read();
+        let Some(indexes) = state.by_user.get(&user) else {
+            return Ok(Vec::new());
+        };
+        let start = indexes.partition_point(|&i| state.messages[i].id <= after);
+        Ok(indexes[start..]
+            .iter()
+            .take(limit as usize)
+            .map(|&i| state.messages[i].clone())
+            .collect())
+    }
+
+    async fn idempotent_message(&self, sender: UserId, key: &str) -> Result<Option<Message>> {
+        let state = self.read();
+        Ok(state
+            .idempotency
+            .get(&(sender, key.to_owned()))
+            .map(|&i| state.messages[i].clone()))
+    }
+}

@@ -1,0 +1,270 @@
+//! Domain types: users, usernames, messages and the conversation key.
+
+use std::fmt;
+
+use chrono::{DateTime, SubsecRound, Utc};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::Error;
+
+/// A user's numeric id, assigned by the store. Never reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct UserId(pub i64);
+
+impl fmt::Display for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A message's id. Ids increase in commit order: a message with a larger id was
+/// committed later, which is what makes `since`/`before` cursors safe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct MessageId(pub i64);
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A validated username: 1 to 150 characters, each a letter, a digit or one of `@ . + - _`
+/// (the rule of Django's default user model, which the original app used).
+///
+/// ```
+/// use chatcore::Username;
+/// assert!(Username::parse("alice.b+chat@example").is_ok());
+/// assert!(Username::parse("").is_err());
+/// assert!(Username::parse("no spaces").is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Username(String);
+
+impl Username {
+    /// Longest accepted username, in characters.
+    pub const MAX_CHARS: usize = 150;
+
+    /// Validates `name` and wraps it.
+    pub fn parse(name: impl Into<String>) -> Result<Self, Error> {
+        let name = name.into();
+        let count = name.chars().count();
+        if count == 0 {
+            return Err(Error::invalid("username must not be empty"));
+        }
+        if count > Self::MAX_CHARS {
+            return Err(Error::invalid(format!(
+                "username must be at most {} characters",
+                Self::MAX_CHARS
+            )));
+        }
+        if let Some(bad) = name.chars().find(|c| !Self::allowed_char(*c)) {
+            return Err(Error::invalid(format!(
+                "username may contain only letters, digits and @ . + - _ (found {bad:?})"
+            )));
+        }
+        Ok(Self(name))
+    }
+
+    fn allowed_char(c: char) -> bool {
+        c.is_alphanumeric() || matches!(c, '@' | '.' | '+' | '-' | '_')
+    }
+
+    /// The name as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Unwraps the name.
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+impl fmt::Display for Username {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl AsRef<str> for Username {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+// Hash, Eq and Ord agree with `str`'s, so maps keyed by `Username` can be searched by `&str`.
+impl std::borrow::Borrow<str> for Username {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Username {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(deserializer)?;
+        Username::parse(raw).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A registered user.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct User {
+    /// Store-assigned id.
+    pub id: UserId,
+    /// Unique name.
+    pub username: Username,
+}
+
+/// The unordered pair of users a conversation belongs to: `(a, b)` and `(b, a)` give the
+/// same key, so a store can index a conversation with one range.
+///
+/// ```
+/// use chatcore::{ConversationKey, UserId};
+/// assert_eq!(ConversationKey::new(UserId(7), UserId(3)), ConversationKey::new(UserId(3), UserId(7)));
+/// assert_eq!(ConversationKey::new(UserId(7), UserId(3)).low(), UserId(3));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConversationKey {
+    low: UserId,
+    high: UserId,
+}
+
+impl ConversationKey {
+    /// The key of the conversation between `a` and `b`, in either order.
+    pub fn new(a: UserId, b: UserId) -> Self {
+        if a <= b {
+            Self { low: a, high: b }
+        } else {
+            Self { low: b, high: a }
+        }
+    }
+
+    /// The participant with the smaller id.
+    pub fn low(&self) -> UserId {
+        self.low
+    }
+
+    /// The participant with the larger id (equal to `low` for a note to oneself).
+    pub fn high(&self) -> UserId {
+        self.high
+    }
+}
+
+/// A stored message. Serializes to the wire shape of the original app:
+/// `{"id": 1, "user": "alice", "recipient": "bob", "timestamp": "2019-06-04T10:00:00.123456Z", "body": "hi"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Message {
+    /// Id, increasing in commit order.
+    pub id: MessageId,
+    /// Who sent it (`user` on the wire, as in the original app).
+    #[serde(rename = "user")]
+    pub sender: Username,
+    /// Who it was sent to.
+    pub recipient: Username,
+    /// When the store accepted it, UTC, microsecond precision (`timestamp` on the wire).
+    #[serde(rename = "timestamp", with = "timestamp_micros")]
+    pub created_at: DateTime<Utc>,
+    /// The trimmed text.
+    pub body: String,
+}
+
+impl Message {
+    /// Whether `user` sent or received this message.
+    pub fn involves(&self, user: &Username) -> bool {
+        &self.sender == user || &self.recipient == user
+    }
+}
+
+/// A message on its way into a store: validated by the service, not yet stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMessage {
+    /// The sender, already authenticated.
+    pub sender: User,
+    /// The recipient's name; the store resolves it (and answers `NotFound` when there is no
+    /// such user) in the same round trip as the insert.
+    pub recipient: Username,
+    /// Trimmed, non-empty, within the configured length.
+    pub body: String,
+    /// The sender's idempotency key, if the client sent one.
+    pub idempotency_key: Option<String>,
+}
+
+/// The current time truncated to microseconds, the precision every store keeps.
+pub fn now_micros() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+/// Serde helpers for timestamps in the wire format `2026-11-28T10:00:00.123456Z`
+/// (always six fractional digits, always `Z`).
+pub mod timestamp_micros {
+    use super::*;
+
+    const FORMAT: &str = "%Y-%m-%dT%H:%M:%S%.6fZ";
+
+    /// Formats `ts` in the wire format.
+    pub fn format(ts: &DateTime<Utc>) -> String {
+        ts.format(FORMAT).to_string()
+    }
+
+    /// Serializes in the wire format.
+    pub fn serialize<S: Serializer>(ts: &DateTime<Utc>, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&ts.format(FORMAT))
+    }
+
+    /// Accepts any RFC 3339 timestamp.
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<DateTime<Utc>, D::Error> {
+        let raw = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        DateTime::parse_from_rfc3339(&raw)
+            .map(|ts| ts.with_timezone(&Utc))
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn username_rules() {
+        assert!(Username::parse("a").is_ok());
+        assert!(Username::parse("Ünïcode_ok-1.2+3@x").is_ok());
+        assert!(Username::parse("x".repeat(150)).is_ok());
+        assert!(Username::parse("x".repeat(151)).is_err());
+        assert!(Username::parse("tab\t").is_err());
+        assert!(Username::parse("slash/").is_err());
+        assert!(Username::parse("emoji😀").is_err());
+    }
+
+    #[test]
+    fn message_wire_shape() {
+        let ts = DateTime::parse_from_rfc3339("2026-11-28T10:00:00.123456Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let m = Message {
+            id: MessageId(17),
+            sender: Username::parse("alice").unwrap(),
+            recipient: Username::parse("bob").unwrap(),
+            created_at: ts,
+            body: "hi".into(),
+        };
+        let json = serde_json::to_string(&m).unwrap();
+        assert_eq!(
+            json,
+            r#"{"id":17,"user":"alice","recipient":"bob","timestamp":"2026-11-28T10:00:00.123456Z","body":"hi"}"#
+        );
+        let back: Message = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, m);
+        let whole = ts.trunc_subsecs(0);
+        assert_eq!(timestamp_micros::format(&whole), "2026-11-28T10:00:00.000000Z");
+    }
+
+    #[test]
+    fn conversation_key_is_symmetric() {
+        let k = ConversationKey::new(UserId(9), UserId(2));
+        assert_eq!((k.low(), k.high()), (UserId(2), UserId(9)));
+        assert_eq!(k, ConversationKey::new(UserId(2), UserId(9)));
+    }
+}

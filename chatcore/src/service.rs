@@ -1,0 +1,323 @@
+//! [`ChatService`]: the message center's logic over a [`Store`] and a [`Notifier`].
+
+use std::sync::Arc;
+
+use crate::notify::{Event, Notifier, Subscription};
+use crate::store::{MessagePage, PageRequest, Store, UserQuery};
+use crate::{Entity, Error, Message, MessageId, NewMessage, Result, User, UserId, Username};
+
+/// Limits and defaults of a [`ChatService`]. Every field is public and documented with its
+/// default; start from `ChatConfig::default()` and change what you need.
+///
+/// ```
+/// let config = chatcore::ChatConfig { default_page_size: 20, ..Default::default() };
+/// assert_eq!(config.max_body_chars, 4_000);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatConfig {
+    /// Longest message body, in characters after trimming. Default 4,000.
+    pub max_body_chars: usize,
+    /// Messages per history page when the client asks for no size. Default 15, as in the
+    /// original app.
+    pub default_page_size: u32,
+    /// Largest history page a client may ask for; larger requests are clamped. Default 100.
+    pub max_page_size: u32,
+    /// Most messages replayed to a reconnecting client; beyond it the client is told to
+    /// resync. Default 1,000.
+    pub catch_up_limit: u32,
+    /// Users per directory page when the client asks for no size. Default 1,000.
+    pub default_user_page: u32,
+    /// Largest directory page a client may ask for; larger requests are clamped. Default 1,000.
+    pub max_user_page: u32,
+    /// Longest `Idempotency-Key`, in bytes. Default 255.
+    pub max_idempotency_key_len: usize,
+}
+
+impl Default for ChatConfig {
+    fn default() -> Self {
+        Self {
+            max_body_chars: 4_000,
+            default_page_size: 15,
+            max_page_size: 100,
+            catch_up_limit: 1_000,
+            default_user_page: 1_000,
+            max_user_page: 1_000,
+            max_idempotency_key_len: 255,
+        }
+    }
+}
+
+/// A client's request to send a message, as received (the service validates it).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SendRequest {
+    /// The recipient's username.
+    pub recipient: String,
+    /// The body, untrimmed.
+    pub body: String,
+    /// An optional client-chosen key that makes retries safe.
+    pub idempotency_key: Option<String>,
+}
+
+/// The result of [`ChatService::send`].
+#[derive(Debug)]
+pub struct Sent {
+    /// The stored message (the earlier one for a replayed idempotency key).
+    pub message: Arc<Message>,
+    /// `true` when the idempotency key had been used before: nothing was stored or notified.
+    pub replayed: bool,
+    /// Set when the message was stored but notifying failed (e.g. the broker is down).
+    /// The message is safe; connected clients catch up on reconnect.
+    pub notify_error: Option<Error>,
+}
+
+/// Which page of a message list a client asked for; the service fills in defaults and
+/// enforces limits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HistoryQuery {
+    /// Only messages older than this id.
+    pub before: Option<MessageId>,
+    /// 1-based page number as in the original app (`?page=N`).
+    pub page: Option<u32>,
+    /// Page size; defaults to [`ChatConfig::default_page_size`], clamped to
+    /// [`ChatConfig::max_page_size`].
+    pub limit: Option<u32>,
+}
+
+/// Which users a client asked for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DirectoryQuery {
+    /// Name prefix filter.
+    pub prefix: Option<String>,
+    /// Only names after this one.
+    pub after: Option<String>,
+    /// Page size; defaults to [`ChatConfig::default_user_page`].
+    pub limit: Option<u32>,
+}
+
+/// What a reconnecting client missed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CatchUp {
+    /// Every missed message, oldest first.
+    Messages(Vec<Message>),
+    /// More than [`ChatConfig::catch_up_limit`] were missed: reload history instead.
+    Resync,
+}
+
+/// The message center: validates input, stores, then notifies. Cheap to clone; hold one per
+/// process and share it.
+///
+/// ```
+/// # async fn demo() -> chatcore::Result<()> {
+/// use std::sync::Arc;
+/// use chatcore::{ChatService, ChatConfig, MemoryStore, LocalNotifier, SendRequest, HistoryQuery};
+///
+/// let chat = ChatService::new(Arc::new(MemoryStore::new()), Arc::new(LocalNotifier::default()), ChatConfig::default());
+/// let alice = chat.create_user("alice", None).await?;
+/// chat.create_user("bob", None).await?;
+/// let sent = chat.send(&alice, SendRequest { recipient: "bob".into(), body: "  hi ".into(), ..Default::default() }).await?;
+/// assert_eq!(sent.message.body, "hi");
+/// let page = chat.conversation(&alice, "bob", HistoryQuery::default()).await?;
+/// assert_eq!(page.total, 1);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct ChatService {
+    store: Arc<dyn Store>,
+    notifier: Arc<dyn Notifier>,
+    config: Arc<ChatConfig>,
+}
+
+impl std::fmt::Debug for ChatService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatService")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ChatService {
+    /// A service over `store` and `notifier`.
+    pub fn new(store: Arc<dyn Store>, notifier: Arc<dyn Notifier>, config: ChatConfig) -> Self {
+        Self {
+            store,
+            notifier,
+            config: Arc::new(config),
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The notification transport.
+    pub fn notifier(&self) -> &Arc<dyn Notifier> {
+        &self.notifier
+    }
+
+    /// The limits in force.
+    pub fn config(&self) -> &ChatConfig {
+        &self.config
+    }
+
+    /// Creates a user with an optional PHC password hash (hashing is the caller's job).
+    pub async fn create_user(&self, username: &str, password_hash: Option<&str>) -> Result<User> {
+        let username = Username::parse(username)?;
+        self.store.create_user(&username, password_hash).await
+    }
+
+    /// Finds a user by name; an impossible name is simply not found.
+    pub async fn find_user(&self, username: &str) -> Result<Option<User>> {
+        match Username::parse(username) {
+            Ok(name) => self.store.find_user(&name).await,
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// The directory as `viewer` sees it: everyone else, sorted by name.
+    pub async fn users(&self, viewer: &User, query: DirectoryQuery) -> Result<Vec<User>> {
+        let after = match query.after {
+            Some(after) if !after.is_empty() => Some(Username::parse(after)?),
+            _ => None,
+        };
+        let query = UserQuery {
+            exclude: Some(viewer.id),
+            prefix: query.prefix.unwrap_or_default(),
+            after,
+            limit: self.clamp(
+                query.limit,
+                self.config.default_user_page,
+                self.config.max_user_page,
+            )?,
+        };
+        self.store.list_users(&query).await
+    }
+
+    /// Sends a message from `sender`: trims and checks the body, stores it durably, and only
+    /// then notifies each distinct participant once.
+    pub async fn send(&self, sender: &User, request: SendRequest) -> Result<Sent> {
+        let body = request.body.trim();
+        if body.is_empty() {
+            return Err(Error::invalid("message body must not be empty"));
+        }
+        // Counting chars is linear; a byte length within the limit cannot exceed it in chars.
+        if body.len() > self.config.max_body_chars && body.chars().count() > self.config.max_body_chars {
+            return Err(Error::invalid(format!(
+                "message body must be at most {} characters",
+                self.config.max_body_chars
+            )));
+        }
+        let recipient = Username::parse(request.recipient).map_err(|_| Error::NotFound(Entity::User))?;
+        let idempotency_key = match request.idempotency_key {
+            Some(key) if key.is_empty() => return Err(Error::invalid("Idempotency-Key must not be empty")),
+            Some(key) if key.len() > self.config.max_idempotency_key_len => {
+                return Err(Error::invalid(format!(
+                    "Idempotency-Key must be at most {} bytes",
+                    self.config.max_idempotency_key_len
+                )));
+            }
+            other => other,
+        };
+        let inserted = self
+            .store
+            .insert_message(NewMessage {
+                sender: sender.clone(),
+                recipient,
+                body: body.to_owned(),
+                idempotency_key,
+            })
+            .await?;
+        let message = Arc::new(inserted.message);
+        let mut notify_error = None;
+        if !inserted.replayed {
+            let participants = [sender.id, inserted.recipient_id];
+            let users: &[UserId] = if sender.id == inserted.recipient_id {
+                &participants[..1]
+            } else {
+                &participants
+            };
+            if let Err(error) = self
+                .notifier
+                .publish(users, &Event::Message(message.clone()))
+                .await
+            {
+                tracing::warn!(%error, message_id = %message.id, "message stored but not notified");
+                notify_error = Some(error);
+            }
+        }
+        Ok(Sent {
+            message,
+            replayed: inserted.replayed,
+            notify_error,
+        })
+    }
+
+    /// A page of the conversation between `viewer` and `other`, newest first.
+    pub async fn conversation(&self, viewer: &User, other: &str, query: HistoryQuery) -> Result<MessagePage> {
+        let other = Username::parse(other).map_err(|_| Error::NotFound(Entity::User))?;
+        let page = self.page_request(query)?;
+        self.store.conversation_page(viewer.id, &other, &page).await
+    }
+
+    /// A page of every message `viewer` sent or received, newest first.
+    pub async fn all_messages(&self, viewer: &User, query: HistoryQuery) -> Result<MessagePage> {
+        let page = self.page_request(query)?;
+        self.store.user_messages(viewer.id, &page).await
+    }
+
+    /// One message, if `viewer` sent or received it; [`Error::NotFound`] otherwise.
+    pub async fn message(&self, viewer: &User, id: MessageId) -> Result<Message> {
+        self.store
+            .message_for(viewer.id, id)
+            .await?
+            .ok_or(Error::NotFound(Entity::Message))
+    }
+
+    /// What `user` missed after message `since`, oldest first, or [`CatchUp::Resync`] when
+    /// more than [`ChatConfig::catch_up_limit`] were missed.
+    pub async fn catch_up(&self, user: &User, since: MessageId) -> Result<CatchUp> {
+        let limit = self.config.catch_up_limit;
+        let mut messages = self
+            .store
+            .messages_after(user.id, since, limit.saturating_add(1))
+            .await?;
+        if messages.len() > limit as usize {
+            messages.clear();
+            return Ok(CatchUp::Resync);
+        }
+        Ok(CatchUp::Messages(messages))
+    }
+
+    /// Subscribes one connection to `user`'s live events.
+    pub async fn subscribe(&self, user: &User) -> Result<Subscription> {
+        self.notifier.subscribe(user.id).await
+    }
+
+    fn page_request(&self, query: HistoryQuery) -> Result<PageRequest> {
+        let limit = self.clamp(
+            query.limit,
+            self.config.default_page_size,
+            self.config.max_page_size,
+        )?;
+        let offset = match query.page {
+            None => 0,
+            Some(0) => return Err(Error::invalid("page numbers start at 1")),
+            Some(page) => (page - 1)
+                .checked_mul(limit)
+                .ok_or_else(|| Error::invalid("page number is too large"))?,
+        };
+        Ok(PageRequest {
+            before: query.before,
+            offset,
+            limit,
+        })
+    }
+
+    fn clamp(&self, asked: Option<u32>, default: u32, max: u32) -> Result<u32> {
+        match asked {
+            None => Ok(default.min(max).max(1)),
+            Some(0) => Err(Error::invalid("limit must be at least 1")),
+            Some(n) => Ok(n.min(max)),
+        }
+    }
+}

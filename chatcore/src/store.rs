@@ -1,0 +1,156 @@
+//! The storage trait every backend implements, and the values it exchanges.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::{Message, MessageId, NewMessage, Result, User, UserId, Username};
+
+/// Which slice of a message list to read, newest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageRequest {
+    /// Only messages with an id below this one (the `before` cursor).
+    pub before: Option<MessageId>,
+    /// Messages to skip after applying `before` (the original app's `?page=N`). Keyset paging
+    /// with `before` is the fast path; offsets cost time proportional to their size.
+    pub offset: u32,
+    /// At most this many messages.
+    pub limit: u32,
+}
+
+impl PageRequest {
+    /// The newest `limit` messages.
+    pub fn latest(limit: u32) -> Self {
+        Self {
+            before: None,
+            offset: 0,
+            limit,
+        }
+    }
+
+    /// The `limit` messages just older than `before`.
+    pub fn before(before: MessageId, limit: u32) -> Self {
+        Self {
+            before: Some(before),
+            offset: 0,
+            limit,
+        }
+    }
+}
+
+/// One page of a message list, newest first, with the list's total size.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MessagePage {
+    /// The messages, newest first.
+    pub messages: Vec<Message>,
+    /// How many messages the whole list holds (the conversation's, or the user's), whatever
+    /// the cursor. Stores keep this as a counter; it is never a scan.
+    pub total: u64,
+}
+
+/// Which users to list: sorted by name, optionally after a name, with a name prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserQuery {
+    /// Leave this user out (the caller).
+    pub exclude: Option<UserId>,
+    /// Only names starting with this (case-sensitive); empty for all.
+    pub prefix: String,
+    /// Only names sorting after this one (keyset paging).
+    pub after: Option<Username>,
+    /// At most this many users.
+    pub limit: u32,
+}
+
+/// What [`Store::insert_message`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inserted {
+    /// The stored message (or the one stored earlier under the same idempotency key).
+    pub message: Message,
+    /// The recipient's id, so the service can notify them without another lookup.
+    pub recipient_id: UserId,
+    /// `true` when the idempotency key had been used before and nothing new was stored.
+    pub replayed: bool,
+}
+
+/// A user with the password hash kept for them, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// The user.
+    pub user: User,
+    /// The PHC-format password hash, `None` for users created without a password.
+    pub password_hash: Option<String>,
+}
+
+/// The SHA-256 of a session token. Stores keep only this, so a leaked database does not
+/// leak live sessions.
+pub type TokenHash = [u8; 32];
+
+/// Durable storage for users, sessions and messages.
+///
+/// Object-safe: hosts and the service hold an `Arc<dyn Store>`. Every method is one round
+/// trip to the backend. Implementations must pass [`crate::conformance`] (see
+/// [`crate::store_conformance_tests!`]).
+///
+/// Errors: a missing user or message is `Ok(None)` where the signature allows it, otherwise
+/// [`crate::Error::NotFound`]; a taken username is [`crate::Error::Conflict`]; a backend that
+/// is down or busy is [`crate::Error::Unavailable`].
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Creates a user. A taken name is [`crate::Error::Conflict`].
+    async fn create_user(&self, username: &Username, password_hash: Option<&str>) -> Result<User>;
+
+    /// Finds a user by exact name.
+    async fn find_user(&self, username: &Username) -> Result<Option<User>>;
+
+    /// Lists users sorted by name (byte order), per `query`.
+    async fn list_users(&self, query: &UserQuery) -> Result<Vec<User>>;
+
+    /// The user and password hash kept under `username`.
+    async fn credentials(&self, username: &Username) -> Result<Option<Credentials>>;
+
+    /// Replaces a user's password hash.
+    async fn set_password_hash(&self, user: UserId, password_hash: &str) -> Result<()>;
+
+    /// Records a session: `token_hash` authenticates `user` until `expires_at`.
+    async fn create_session(
+        &self,
+        token_hash: &TokenHash,
+        user: UserId,
+        expires_at: DateTime<Utc>,
+    ) -> Result<()>;
+
+    /// The user a session belongs to, if the session exists and has not expired at `now`.
+    async fn session_user(&self, token_hash: &TokenHash, now: DateTime<Utc>) -> Result<Option<User>>;
+
+    /// Ends a session at once. Ending an unknown session is not an error.
+    async fn delete_session(&self, token_hash: &TokenHash) -> Result<()>;
+
+    /// Stores a message durably and returns it with its id and timestamp. Resolves the
+    /// recipient in the same round trip ([`crate::Error::NotFound`] when unknown). With an
+    /// idempotency key already used by the same sender, stores nothing and returns the
+    /// earlier message with `replayed: true`. Ids are handed out in commit order.
+    async fn insert_message(&self, message: NewMessage) -> Result<Inserted>;
+
+    /// The message `id`, if `viewer` sent or received it; `None` for anyone else and for an id
+    /// that does not exist (the same answer, so ids cannot be probed).
+    async fn message_for(&self, viewer: UserId, id: MessageId) -> Result<Option<Message>>;
+
+    /// A page of the conversation between `viewer` and `other`, newest first, and the
+    /// conversation's total size. Unknown `other` is [`crate::Error::NotFound`].
+    async fn conversation_page(
+        &self,
+        viewer: UserId,
+        other: &Username,
+        page: &PageRequest,
+    ) -> Result<MessagePage>;
+
+    /// A page of every message `user` sent or received, newest first, and their total.
+    async fn user_messages(&self, user: UserId, page: &PageRequest) -> Result<MessagePage>;
+
+    /// Up to `limit` messages `user` sent or received with an id greater than `after`,
+    /// oldest first: the catch-up of a reconnecting client. A backend whose ids are not
+    /// committed in order must not return an id while a smaller one may still appear.
+    async fn messages_after(&self, user: UserId, after: MessageId, limit: u32) -> Result<Vec<Message>>;
+
+    /// The message `sender` stored under an idempotency key, if any.
+    async fn idempotent_message(&self, sender: UserId, key: &str) -> Result<Option<Message>>;
+}
