@@ -1,0 +1,136 @@
+//! `ChatService` end to end over each store: send (store + notify both parties) at concurrency 1
+//! and 64, and the latest-15 history page of a 10,000-message conversation.
+//!
+//! The in-memory store always runs; SQLite and MySQL join as their crates provide stores.
+
+// criterion_group!/criterion_main! generate undocumented items.
+#![allow(missing_docs)]
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chatcore::{ChatConfig, ChatService, HistoryQuery, LocalNotifier, MemoryStore, SendRequest, Store, User};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use tokio::runtime::Runtime;
+
+const SENDERS: usize = 64;
+
+struct Fixture {
+    chat: ChatService,
+    senders: Vec<User>,
+    reader: User,
+}
+
+async fn fixture(store: Arc<dyn Store>) -> Fixture {
+    let chat = ChatService::new(store, Arc::new(LocalNotifier::default()), ChatConfig::default());
+    let reader = chat.create_user("reader", None).await.unwrap();
+    let mut senders = Vec::with_capacity(SENDERS);
+    for i in 0..SENDERS {
+        senders.push(chat.create_user(&format!("sender{i}"), None).await.unwrap());
+    }
+    // The history benchmark reads a 10,000-message conversation between reader and sender0,
+    // filled by 64 concurrent tasks so group-committing stores fill it quickly.
+    let fillers: Vec<_> = (0..SENDERS)
+        .map(|t| {
+            let chat = chat.clone();
+            let (reader, sender0) = (reader.clone(), senders[0].clone());
+            tokio::spawn(async move {
+                for i in (t..10_000).step_by(SENDERS) {
+                    let (from, to) = if i % 2 == 0 {
+                        (&reader, "sender0")
+                    } else {
+                        (&sender0, "reader")
+                    };
+                    chat.send(from, request(to, i)).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for filler in fillers {
+        filler.await.unwrap();
+    }
+    Fixture {
+        chat,
+        senders,
+        reader,
+    }
+}
+
+fn request(to: &str, i: usize) -> SendRequest {
+    SendRequest {
+        recipient: to.into(),
+        body: format!("benchmark message number {i}"),
+        idempotency_key: None,
+    }
+}
+
+fn bench_store(c: &mut Criterion, runtime: &Runtime, backend: &str, store: Arc<dyn Store>) {
+    let fx = runtime.block_on(fixture(store));
+    let mut group = c.benchmark_group(format!("service_send/{backend}"));
+    group.throughput(Throughput::Elements(1));
+    for concurrency in [1usize, 64] {
+        group.bench_with_input(
+            BenchmarkId::from_parameter(concurrency),
+            &concurrency,
+            |b, &concurrency| {
+                b.to_async(runtime).iter_custom(|iters| {
+                    let fx = &fx;
+                    async move {
+                        let per_task = (iters as usize).div_ceil(concurrency);
+                        let start = Instant::now();
+                        let tasks: Vec<_> = (0..concurrency)
+                            .map(|t| {
+                                let chat = fx.chat.clone();
+                                let from = fx.senders[t % SENDERS].clone();
+                                tokio::spawn(async move {
+                                    for i in 0..per_task {
+                                        black_box(chat.send(&from, request("reader", i)).await.unwrap());
+                                    }
+                                })
+                            })
+                            .collect();
+                        for task in tasks {
+                            task.await.unwrap();
+                        }
+                        let elapsed = start.elapsed();
+                        // Report per requested iteration even when rounding up added a few sends.
+                        elapsed.mul_f64(iters as f64 / (per_task * concurrency) as f64)
+                    }
+                })
+            },
+        );
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group(format!("service_history/{backend}"));
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("latest_15_of_10000", |b| {
+        b.to_async(runtime).iter(|| async {
+            let page = fx
+                .chat
+                .conversation(&fx.reader, "sender0", HistoryQuery::default())
+                .await
+                .unwrap();
+            assert_eq!(page.messages.len(), 15);
+            black_box(page)
+        })
+    });
+    group.finish();
+}
+
+fn service(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    bench_store(c, &runtime, "memory", Arc::new(MemoryStore::new()));
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().measurement_time(Duration::from_secs(4)).warm_up_time(Duration::from_secs(1));
+    targets = service
+}
+criterion_main!(benches);
