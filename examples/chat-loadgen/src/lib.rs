@@ -1,0 +1,70 @@
+//! # chat-loadgen
+//!
+//! A load generator for a chatcore server (and for any server that speaks the original
+//! Django app's API). It creates users, opens WebSockets to `/ws`, sends messages from
+//! concurrent senders, and reports:
+//! - sends per second and send latency (p50, p90, p99, max);
+//! - notification latency, from the start of the POST to the frame at the recipient's socket
+//!   (p50, p99, max);
+//! - notifications lost and duplicated: every connection of the sender and of the recipient
+//!   must get each message exactly once (both must be 0);
+//! - with `--ceiling`, the same load against the server's trivial `POST /_bench/echo`, and the
+//!   ratio of the two throughputs;
+//! - with `--idle-connections N --hold SECS`, N idle sockets held open to measure the server's
+//!   memory per connection.
+//!
+//! Run the server with its send rate limit off (`chat-server --send-rate-per-sec 0`, plus
+//! `--bench-endpoints` for `--ceiling`); otherwise sends beyond the limit answer 429 and are
+//! counted as errors.
+//!
+//! ```text
+//! chat-loadgen --url http://127.0.0.1:8000 --users 50 --connections 100 --senders 32 --duration 10
+//! chat-loadgen --senders 8 --rate 2000 --duration 20 --json-out rate-2000.json
+//! chat-loadgen --ceiling --count 100000
+//! chat-loadgen --users 100 --idle-connections 10000 --hold 30 --server-pid "$(pidof chat-server)"
+//! chat-loadgen --auth original --cookie-file cookies.txt --url http://127.0.0.1:8001
+//! ```
+//!
+//! `chat-loadgen --help` lists every option with its environment variable and default; the
+//! crate's `README.md` gives the measurement procedures.
+//!
+//! # As a library
+//!
+//! The binary is a thin shell over [`run_load`] and [`run_idle`], which tests call directly:
+//!
+//! ```no_run
+//! # async fn demo() -> chat_loadgen::Result<()> {
+//! use clap::Parser;
+//! let args = chat_loadgen::Args::parse_from(["chat-loadgen", "--url", "http://127.0.0.1:8000", "--count", "200"]);
+//! let report = chat_loadgen::run_load(&args, chat_loadgen::Progress::new(false)).await?;
+//! assert_eq!(report.notifications.lost, 0);
+//! println!("{}", report.to_table());
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//! - `cli.rs`: [`Args`], the command line and its checks.
+//! - `auth.rs`: users and credentials: register + login for Bearer tokens, or session cookies
+//!   (cookie file or Django login form) for the original app.
+//! - `frame.rs`: reading `/ws` frames and send answers (`{"message": "<id>"}` with or without
+//!   `data`).
+//! - `run.rs`: the run itself: sockets, closed- and open-loop senders, grace period, and
+//!   [`run::tally`], which matches frames to sends after the run.
+//! - `report.rs`: hdrhistogram latencies, [`Report`] and [`IdleReport`] as JSON and tables.
+//! - `progress.rs`: progress bars on standard error.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod auth;
+pub mod cli;
+mod error;
+pub mod frame;
+mod progress;
+pub mod report;
+pub mod run;
+
+pub use cli::{Args, AuthMode};
+pub use error::{Error, Result};
+pub use progress::Progress;
+pub use report::{IdleReport, LatencySummary, NotificationReport, PhaseReport, Report};
+pub use run::{run_idle, run_load};

@@ -1,0 +1,41 @@
+//! Progress bars on standard error, or nothing (`--quiet`, tests).
+
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// Makes progress bars, or hidden ones when disabled.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    enabled: bool,
+}
+
+impl Progress {
+    /// Visible bars when `enabled`.
+    pub fn new(enabled: bool) -> Self {
+        Self { enabled }
+    }
+
+    /// A bar counting to `len`.
+    pub fn bar(&self, what: &str, len: u64) -> ProgressBar {
+        if !self.enabled {
+            return ProgressBar::hidden();
+        }
+        let bar = ProgressBar::new(len);
+        if let Ok(style) =
+            ProgressStyle::with_template("{msg:>18} [{elapsed_precise}] {wide_bar} {pos}/{len} {per_sec}")
+        {
+            bar.set_style(style);
+        }
+        bar.set_message(what.to_owned());
+        bar.enable_steady_tick(Duration::from_millis(200));
+        bar
+    }
+
+    /// Prints a line above any bar (or plainly), on standard error, unless disabled.
+    pub fn note(&self, line: &str) {
+        if self.enabled {
+            eprintln!("{line}");
+        }
+    }
+}
