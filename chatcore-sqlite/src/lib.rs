@@ -1,1 +1,429 @@
-//! chatcore-sqlite: filled in by its own issue.
+//! # chatcore-sqlite
+//!
+//! The embedded default storage backend of chatcore: [`chatcore::Store`] on SQLite through
+//! `rusqlite`, with SQLite compiled in (no system library needed). It passes the whole
+//! chatcore conformance suite, on a file and in memory.
+//!
+//! ```no_run
+//! # #[tokio::main] async fn main() -> chatcore::Result<()> {
+//! use std::sync::Arc;
+//! use chatcore::{ChatConfig, ChatService, LocalNotifier};
+//! use chatcore_sqlite::{SqliteConfig, SqliteStore};
+//!
+//! let store = Arc::new(SqliteStore::open(SqliteConfig::file("chat.sqlite3")).await?);
+//! store.migrate().await?; // explicit: a no-op on every start after the first
+//! let chat = ChatService::new(store.clone(), Arc::new(LocalNotifier::default()), ChatConfig::default());
+//! let alice = chat.create_user("alice", None).await?;
+//! # let _ = alice;
+//! // ... serve ...
+//! store.close().await?; // on graceful shutdown: finish queued writes, join the threads
+//! # Ok(()) }
+//! ```
+//!
+//! # Design
+//!
+//! - **No SQLite call on the async runtime.** One dedicated writer thread owns the only
+//!   read-write connection; [`SqliteConfig::readers`] reader threads each own a read-only
+//!   connection and pull jobs from one shared queue. Every [`chatcore::Store`] method is one
+//!   job, answered through a oneshot channel: one round trip.
+//! - **Group commit.** The writer blocks for one job, then drains every job waiting at that
+//!   moment (up to [`SqliteConfig::max_batch`]) and commits them all in one
+//!   `BEGIN IMMEDIATE ... COMMIT`, so a durable commit costs one `fsync` per batch, not per
+//!   message. Waiters are answered only after the commit. If the batch fails because of one
+//!   job, each job is retried in its own transaction; if it fails because of the database
+//!   (busy, full, corrupt), every waiter gets that error.
+//! - **Ids in commit order.** Message ids are the `INTEGER PRIMARY KEY` (rowid) assigned by
+//!   the single writer, so a larger id was committed later. `created_at` is the batch's commit
+//!   time in UTC microseconds (never earlier than the previous batch's), stored as an integer.
+//! - **Idempotency and the recipient are resolved in the writer's transaction**, in the same
+//!   job as the insert. Each thread caches username → id (users are never renamed or
+//!   deleted); the writer caches a name only once the transaction that saw it has committed.
+//! - **WAL mode**, so readers never wait for the writer and the writer never waits for
+//!   readers.
+//! - In memory ([`Location::Memory`]) there is one connection, on the writer thread; reads
+//!   queued with writes run right after those writes commit.
+//!
+//! # Durability: the `synchronous` trade-off
+//!
+//! [`SqliteConfig::synchronous`] defaults to [`Synchronous::Full`]: the WAL is synced at every
+//! commit, so a send that returned `Ok` survives `kill -9` of the process *and* power loss.
+//! [`Synchronous::Normal`] syncs only at checkpoints: still safe against a process crash, and
+//! never corrupt, but the last commits before a power loss or OS crash may vanish. Thanks to
+//! group commit, `Full` costs one `fsync` per batch; keep it unless you measured otherwise.
+//! The test `tests/durability.rs` kills a child process with SIGKILL in the middle of a send
+//! load and finds every acknowledged message in the reopened file.
+//!
+//! # Schema and migrations
+//!
+//! [`SqliteStore::migrate`] applies the missing steps, each recorded in the table
+//! `chatcore_migrations` (never `PRAGMA user_version`, which belongs to the host), and is a
+//! no-op once the schema is current. It never runs as a side effect of
+//! [`SqliteStore::open`]. A database migrated by newer code is refused with
+//! [`chatcore::Error::Corrupt`]. All tables are prefixed `chatcore_`, so the file can be shared
+//! with the host's own tables.
+//!
+//! | table | what | index and why |
+//! |---|---|---|
+//! | `chatcore_users` | id (rowid), username, password hash | unique `chatcore_users_username`: name lookups, and the sorted directory with prefix and keyset paging as one range scan |
+//! | `chatcore_sessions` | SHA-256 of the token → user, expiry | primary key on the hash: one lookup per authenticated request |
+//! | `chatcore_messages` | id (rowid), sender, recipient, conversation key (`conv_low`, `conv_high`), `created_at` (µs), body, idempotency key | `chatcore_messages_conversation (conv_low, conv_high, id)`: the conversation page, latest first, with the `before` cursor, as one range scan; partial unique `chatcore_messages_idempotency (sender_id, idempotency_key)`: replays, only keyed messages indexed |
+//! | `chatcore_user_messages` | (user, message) for each participant | primary key `(user_id, message_id)`: a user's messages newest first and the catch-up after an id, as one range scan (a message to oneself has one row, so it is listed once) |
+//! | `chatcore_conversations` | messages per conversation | primary key `(conv_low, conv_high)`: the page `total` is one row, never a count |
+//! | `chatcore_user_counts` | messages per user | primary key `user_id`: the per-user `total` |
+//! | `chatcore_migrations` | applied schema steps | primary key `version` |
+//!
+//! The counters are updated in the same transaction as the messages (one upsert per
+//! conversation and user per batch). `tests/query_plans.rs` asserts with
+//! `EXPLAIN QUERY PLAN` that no read scans a table and each uses its index.
+//!
+//! # Errors
+//!
+//! `SQLITE_BUSY`/`SQLITE_LOCKED` (after [`SqliteConfig::busy_timeout`]) and I/O failures are
+//! [`chatcore::Error::Unavailable`]; `SQLITE_FULL` (disk full, or
+//! [`SqliteConfig::max_page_count`] reached) is [`chatcore::Error::StorageFull`];
+//! `SQLITE_NOTADB` and `SQLITE_CORRUPT` are [`chatcore::Error::Corrupt`]. Never a panic.
+//!
+//! # Layout
+//! - `lib.rs`: [`SqliteStore`]: opening, the thread pool, the [`chatcore::Store`] impl, close.
+//! - `config.rs`: [`SqliteConfig`], [`Location`], [`Synchronous`].
+//! - `schema.rs`: the migrations, `chatcore_migrations`, [`MigrationReport`].
+//! - `sql.rs`: every statement, and the directory's prefix bound.
+//! - `writer.rs`: the writer thread, group commit, connection setup.
+//! - `reader.rs`: the reader threads, the read queries, the username cache.
+//! - `error.rs`: SQLite result codes to [`chatcore::Error`].
+//! - `benches/sqlite.rs`: send throughput and page latency; see `BENCHMARKS-sqlite.md`.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod config;
+mod error;
+mod reader;
+mod schema;
+mod sql;
+mod writer;
+
+use std::sync::Mutex;
+use std::thread::JoinHandle;
+
+use async_trait::async_trait;
+use chatcore::store::{Credentials, Inserted, MessagePage, PageRequest, Store, TokenHash, UserQuery};
+use chatcore::{Error, Message, MessageId, NewMessage, Result, User, UserId, Username};
+use chrono::{DateTime, Utc};
+use crossbeam_channel::Sender;
+use tokio::sync::oneshot;
+
+pub use config::{Location, SqliteConfig, Synchronous};
+pub use schema::{MigrationReport, SCHEMA_VERSION};
+
+use reader::{ReadCtx, ReadMsg};
+use writer::{Reply, WriteMsg, WriteOp, Writer};
+
+/// A [`chatcore::Store`] on SQLite: one writer thread with group commit, a pool of reader
+/// threads, WAL mode, durable commits by default. See the [crate docs](crate).
+///
+/// Dropping the store stops its threads (after the writes already queued) and waits for them;
+/// prefer [`SqliteStore::close`] in async code, which waits without blocking the runtime.
+pub struct SqliteStore {
+    writer: Sender<WriteMsg>,
+    /// `None` when reads are served by the writer (in memory, or `readers: 0`).
+    readers: Option<Sender<ReadMsg>>,
+    reader_count: usize,
+    threads: Mutex<Vec<Worker>>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("readers", &self.reader_count)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A thread and the signal that it has finished (its sender is dropped as the thread ends).
+struct Worker {
+    handle: JoinHandle<()>,
+    exited: oneshot::Receiver<()>,
+}
+
+fn spawn_worker(name: String, body: impl FnOnce() + Send + 'static) -> Result<Worker> {
+    let (exit_tx, exited) = oneshot::channel::<()>();
+    let handle = std::thread::Builder::new()
+        .name(name)
+        .spawn(move || {
+            // Dropped last, after the connection: the thread is done with the file.
+            let _exit = exit_tx;
+            body();
+        })
+        .map_err(|e| Error::internal("could not start an SQLite thread", e))?;
+    Ok(Worker { handle, exited })
+}
+
+impl SqliteStore {
+    /// Opens (or creates) the database and starts the writer and reader threads. The work
+    /// runs on those threads, never on the async runtime. Does not migrate: call
+    /// [`SqliteStore::migrate`].
+    ///
+    /// Fails with [`Error::Corrupt`] for a file that is not an SQLite database or whose
+    /// chatcore schema is newer than this code, [`Error::Unavailable`] when the file cannot
+    /// be opened or stays locked past [`SqliteConfig::busy_timeout`], [`Error::Invalid`] for
+    /// a bad config.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> chatcore::Result<()> {
+    /// use chatcore_sqlite::{SqliteConfig, SqliteStore};
+    /// let store = SqliteStore::open(SqliteConfig::memory()).await?;
+    /// assert!(store.migrate().await?.applied_any());
+    /// assert!(!store.migrate().await?.applied_any());
+    /// store.close().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn open(config: SqliteConfig) -> Result<Self> {
+        config.validate()?;
+        let (writer_tx, writer_rx) = crossbeam_channel::unbounded::<WriteMsg>();
+        let (ready_tx, ready_rx) = oneshot::channel::<Result<()>>();
+        let writer_config = config.clone();
+        let writer = spawn_worker(
+            "chatcore-sqlite-writer".into(),
+            move || match writer::open_connection(&writer_config) {
+                Ok(conn) => {
+                    let _ = ready_tx.send(Ok(()));
+                    Writer::new(conn, &writer_config).run(writer_rx);
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                }
+            },
+        )?;
+        let mut store = SqliteStore {
+            writer: writer_tx,
+            readers: None,
+            reader_count: 0,
+            threads: Mutex::new(vec![writer]),
+        };
+        ready_rx
+            .await
+            .map_err(|_| Error::bug("the SQLite writer thread ended while opening"))??;
+
+        let reader_count = match config.location {
+            Location::File(_) => config.readers,
+            Location::Memory => 0,
+        };
+        if reader_count > 0 {
+            let (reader_tx, reader_rx) = crossbeam_channel::unbounded::<ReadMsg>();
+            store.readers = Some(reader_tx);
+            let mut readies = Vec::with_capacity(reader_count);
+            for i in 0..reader_count {
+                let (ready_tx, ready_rx) = oneshot::channel::<Result<()>>();
+                let reader_config = config.clone();
+                let jobs = reader_rx.clone();
+                let worker = spawn_worker(format!("chatcore-sqlite-reader-{i}"), move || {
+                    match writer::open_reader_connection(&reader_config) {
+                        Ok(conn) => {
+                            let _ = ready_tx.send(Ok(()));
+                            reader::run(ReadCtx::new(conn, reader_config.name_cache), jobs);
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                        }
+                    }
+                })?;
+                store.lock_threads().push(worker);
+                store.reader_count += 1;
+                readies.push(ready_rx);
+            }
+            for ready in readies {
+                ready
+                    .await
+                    .map_err(|_| Error::bug("an SQLite reader thread ended while opening"))??;
+            }
+        }
+        Ok(store)
+    }
+
+    /// Applies the missing schema migrations in one transaction on the writer thread and
+    /// reports the versions. A no-op (`applied_any() == false`) when the schema is current;
+    /// [`Error::Corrupt`] when the database was migrated by newer code. The standalone server
+    /// calls it at start; a host embedding the store calls it when it runs its own.
+    pub async fn migrate(&self) -> Result<MigrationReport> {
+        let (reply, answer) = oneshot::channel();
+        self.writer
+            .send(WriteMsg::Migrate(reply))
+            .map_err(|_| error::closed())?;
+        answer.await.map_err(|_| error::closed())?
+    }
+
+    /// Finishes the writes already queued, stops every thread and waits for them without
+    /// blocking the runtime. Later calls on the store fail with [`Error::Unavailable`].
+    /// Closing twice is fine.
+    pub async fn close(&self) -> Result<()> {
+        let workers = std::mem::take(&mut *self.lock_threads());
+        self.signal_stop();
+        for worker in workers {
+            // Resolves (with an error) when the thread drops its sender, i.e. as it ends.
+            let _ = worker.exited.await;
+            if worker.handle.join().is_err() {
+                return Err(Error::bug("an SQLite thread panicked"));
+            }
+        }
+        Ok(())
+    }
+
+    fn signal_stop(&self) {
+        let _ = self.writer.send(WriteMsg::Stop);
+        if let Some(readers) = &self.readers {
+            for _ in 0..self.reader_count {
+                let _ = readers.send(ReadMsg::Stop);
+            }
+        }
+    }
+
+    fn lock_threads(&self) -> std::sync::MutexGuard<'_, Vec<Worker>> {
+        // The vector is only pushed to and taken whole; a poisoned lock still holds valid data.
+        self.threads.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` on a reader thread (or the writer, when it serves reads): one round trip.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut ReadCtx) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let (reply, answer) = oneshot::channel();
+        let job: reader::ReadJob = Box::new(move |ctx| {
+            let _ = reply.send(f(ctx));
+        });
+        let sent = match &self.readers {
+            Some(readers) => readers.send(ReadMsg::Job(job)).is_ok(),
+            None => self.writer.send(WriteMsg::Read(job)).is_ok(),
+        };
+        if !sent {
+            return Err(error::closed());
+        }
+        answer.await.map_err(|_| error::closed())?
+    }
+
+    /// Queues a write for the next group commit: one round trip.
+    async fn write<T>(&self, op: impl FnOnce(Reply<T>) -> WriteOp) -> Result<T> {
+        let (reply, answer) = oneshot::channel();
+        self.writer
+            .send(WriteMsg::Op(op(reply)))
+            .map_err(|_| error::closed())?;
+        answer.await.map_err(|_| error::closed())?
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        let workers = std::mem::take(&mut *self.lock_threads());
+        if workers.is_empty() {
+            return;
+        }
+        self.signal_stop();
+        for worker in workers {
+            // The threads finish the batch in hand and exit; nothing can block them forever
+            // (a lock wait ends after busy_timeout).
+            let _ = worker.handle.join();
+        }
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_user(&self, username: &Username, password_hash: Option<&str>) -> Result<User> {
+        let username = username.clone();
+        let password_hash = password_hash.map(str::to_owned);
+        self.write(|reply| WriteOp::CreateUser {
+            username,
+            password_hash,
+            reply,
+        })
+        .await
+    }
+
+    async fn find_user(&self, username: &Username) -> Result<Option<User>> {
+        let username = username.clone();
+        self.read(move |ctx| ctx.find_user(&username)).await
+    }
+
+    async fn list_users(&self, query: &UserQuery) -> Result<Vec<User>> {
+        let query = query.clone();
+        self.read(move |ctx| ctx.list_users(&query)).await
+    }
+
+    async fn credentials(&self, username: &Username) -> Result<Option<Credentials>> {
+        let username = username.clone();
+        self.read(move |ctx| ctx.credentials(&username)).await
+    }
+
+    async fn set_password_hash(&self, user: UserId, password_hash: &str) -> Result<()> {
+        let password_hash = password_hash.to_owned();
+        self.write(|reply| WriteOp::SetPassword {
+            user,
+            password_hash,
+            reply,
+        })
+        .await
+    }
+
+    async fn create_session(
+        &self,
+        token_hash: &TokenHash,
+        user: UserId,
+        expires_at: DateTime<Utc>,
+    ) -> Result<()> {
+        let token_hash = *token_hash;
+        let expires_at = expires_at.timestamp_micros();
+        self.write(|reply| WriteOp::CreateSession {
+            token_hash,
+            user,
+            expires_at,
+            reply,
+        })
+        .await
+    }
+
+    async fn session_user(&self, token_hash: &TokenHash, now: DateTime<Utc>) -> Result<Option<User>> {
+        let token_hash = *token_hash;
+        let now = now.timestamp_micros();
+        self.read(move |ctx| ctx.session_user(&token_hash, now)).await
+    }
+
+    async fn delete_session(&self, token_hash: &TokenHash) -> Result<()> {
+        let token_hash = *token_hash;
+        self.write(|reply| WriteOp::DeleteSession { token_hash, reply })
+            .await
+    }
+
+    async fn insert_message(&self, message: NewMessage) -> Result<Inserted> {
+        self.write(|reply| WriteOp::Insert { message, reply }).await
+    }
+
+    async fn message_for(&self, viewer: UserId, id: MessageId) -> Result<Option<Message>> {
+        self.read(move |ctx| ctx.message_for(viewer, id)).await
+    }
+
+    async fn conversation_page(
+        &self,
+        viewer: UserId,
+        other: &Username,
+        page: &PageRequest,
+    ) -> Result<MessagePage> {
+        let other = other.clone();
+        let page = *page;
+        self.read(move |ctx| ctx.conversation_page(viewer, &other, &page))
+            .await
+    }
+
+    async fn user_messages(&self, user: UserId, page: &PageRequest) -> Result<MessagePage> {
+        let page = *page;
+        self.read(move |ctx| ctx.user_messages(user, &page)).await
+    }
+
+    async fn messages_after(&self, user: UserId, after: MessageId, limit: u32) -> Result<Vec<Message>> {
+        self.read(move |ctx| ctx.messages_after(user, after, limit)).await
+    }
+
+    async fn idempotent_message(&self, sender: UserId, key: &str) -> Result<Option<Message>> {
+        let key = key.to_owned();
+        self.read(move |ctx| ctx.idempotent_message(sender, &key)).await
+    }
+}

@@ -1,0 +1,222 @@
+//! Benchmarks of the SQLite store, durable (`synchronous=FULL`) on a temporary file:
+//!
+//! - `sqlite_send/concurrency/{1,8,64}`: sends per second with that many tasks sending at
+//!   once (each task its own conversation), through the group-committing writer;
+//! - `sqlite_page/rows/{10000,1000000}`: latency of one conversation page (latest 15) with that
+//!   many messages in the table. The measured conversation holds the same 1,000 messages in
+//!   both cases, spread evenly through the table; the other messages belong to 500 other
+//!   conversations. The table is built with a direct bulk insert through rusqlite in one
+//!   transaction, counters included.
+//!
+//! Run with `cargo bench -p chatcore-sqlite`; each group takes well under a minute.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use chatcore::store::{PageRequest, Store};
+use chatcore::{NewMessage, User, Username};
+use chatcore_sqlite::{SqliteConfig, SqliteStore, Synchronous};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_main};
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+fn name(s: &str) -> Username {
+    Username::parse(s).expect("valid username")
+}
+
+fn sends(c: &mut Criterion) {
+    const MAX_CONCURRENCY: usize = 64;
+    let rt = runtime();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = SqliteConfig {
+        synchronous: Synchronous::Full,
+        ..SqliteConfig::file(dir.path().join("sends.sqlite3"))
+    };
+    let (store, pairs) = rt.block_on(async {
+        let store = Arc::new(SqliteStore::open(config).await.expect("open"));
+        store.migrate().await.expect("migrate");
+        let mut pairs = Vec::new();
+        for i in 0..MAX_CONCURRENCY {
+            let from = store.create_user(&name(&format!("from{i}")), None).await.unwrap();
+            let to = store.create_user(&name(&format!("to{i}")), None).await.unwrap();
+            pairs.push((from, to));
+        }
+        (store, Arc::new(pairs))
+    });
+
+    let mut group = c.benchmark_group("sqlite_send");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(6))
+        .throughput(Throughput::Elements(1));
+    for concurrency in [1usize, 8, 64] {
+        group.bench_with_input(
+            BenchmarkId::new("concurrency", concurrency),
+            &concurrency,
+            |b, &concurrency| {
+                b.iter_custom(|iters| {
+                    rt.block_on(send_load(store.clone(), pairs.clone(), concurrency, iters))
+                })
+            },
+        );
+    }
+    group.finish();
+    rt.block_on(store.close()).expect("close");
+}
+
+/// `total` sends spread over `concurrency` tasks; returns the wall time.
+async fn send_load(
+    store: Arc<SqliteStore>,
+    pairs: Arc<Vec<(User, User)>>,
+    concurrency: usize,
+    total: u64,
+) -> Duration {
+    let next = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|t| {
+            let store = store.clone();
+            let pairs = pairs.clone();
+            let next = next.clone();
+            tokio::spawn(async move {
+                let (from, to) = &pairs[t];
+                while next.fetch_add(1, Ordering::Relaxed) < total {
+                    store
+                        .insert_message(NewMessage {
+                            sender: from.clone(),
+                            recipient: to.username.clone(),
+                            body: "a benchmark message of a typical length, about sixty bytes".into(),
+                            idempotency_key: None,
+                        })
+                        .await
+                        .expect("send");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("sender task");
+    }
+    start.elapsed()
+}
+
+/// Builds a database with `rows` messages and returns the open store, the viewer and the
+/// other participant of the measured conversation.
+fn page_fixture(rt: &tokio::runtime::Runtime, dir: &std::path::Path, rows: i64) -> (SqliteStore, User) {
+    const MEASURED: i64 = 1_000;
+    const OTHER_CONVERSATIONS: i64 = 500;
+    let path = dir.join(format!("page-{rows}.sqlite3"));
+    let (alice, users) = rt.block_on(async {
+        let store = SqliteStore::open(SqliteConfig::file(&path)).await.expect("open");
+        store.migrate().await.expect("migrate");
+        let alice = store.create_user(&name("alice"), None).await.unwrap();
+        store.create_user(&name("bob"), None).await.unwrap();
+        let mut users = Vec::new();
+        for i in 0..OTHER_CONVERSATIONS * 2 {
+            users.push(
+                store
+                    .create_user(&name(&format!("u{i}")), None)
+                    .await
+                    .unwrap()
+                    .id
+                    .0,
+            );
+        }
+        store.close().await.expect("close");
+        (alice, users)
+    });
+    let bob_id = alice.id.0 + 1;
+    let mut conn = rusqlite::Connection::open(&path).expect("bulk connection");
+    conn.pragma_update(None, "synchronous", "OFF").unwrap();
+    let tx = conn.transaction().unwrap();
+    {
+        let mut message = tx
+            .prepare(
+                "INSERT INTO chatcore_messages
+                 (id, sender_id, recipient_id, conv_low, conv_high, created_at, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )
+            .unwrap();
+        let mut member = tx
+            .prepare("INSERT INTO chatcore_user_messages (user_id, message_id) VALUES (?1, ?2)")
+            .unwrap();
+        let every = rows / MEASURED;
+        let start = chatcore::now_micros().timestamp_micros() - rows;
+        for id in 1..=rows {
+            let (from, to) = if id % every == 0 {
+                (alice.id.0, bob_id)
+            } else {
+                let pair = (id % OTHER_CONVERSATIONS) as usize;
+                (users[2 * pair], users[2 * pair + 1])
+            };
+            let body = format!("bulk message number {id} with a body of a typical length");
+            message
+                .execute(rusqlite::params![
+                    id,
+                    from,
+                    to,
+                    from.min(to),
+                    from.max(to),
+                    start + id,
+                    body
+                ])
+                .unwrap();
+            member.execute([from, id]).unwrap();
+            member.execute([to, id]).unwrap();
+        }
+    }
+    tx.execute_batch(
+        "INSERT INTO chatcore_conversations (conv_low, conv_high, message_count)
+             SELECT conv_low, conv_high, count(*) FROM chatcore_messages GROUP BY conv_low, conv_high;
+         INSERT INTO chatcore_user_counts (user_id, message_count)
+             SELECT user_id, count(*) FROM chatcore_user_messages GROUP BY user_id;",
+    )
+    .unwrap();
+    tx.commit().unwrap();
+    drop(conn);
+    let store = rt
+        .block_on(SqliteStore::open(SqliteConfig::file(&path)))
+        .expect("reopen");
+    (store, alice)
+}
+
+fn pages(c: &mut Criterion) {
+    let rt = runtime();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut group = c.benchmark_group("sqlite_page");
+    group
+        .sample_size(50)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(5));
+    let bob = name("bob");
+    for rows in [10_000i64, 1_000_000] {
+        let (store, alice) = page_fixture(&rt, dir.path(), rows);
+        let check = rt
+            .block_on(store.conversation_page(alice.id, &bob, &PageRequest::latest(15)))
+            .expect("page");
+        assert_eq!((check.total, check.messages.len()), (1_000, 15));
+        group.bench_with_input(BenchmarkId::new("rows", rows), &rows, |b, _| {
+            b.to_async(&rt).iter(|| async {
+                store
+                    .conversation_page(alice.id, &bob, &PageRequest::latest(15))
+                    .await
+                    .expect("page")
+            })
+        });
+        rt.block_on(store.close()).expect("close");
+    }
+    group.finish();
+}
+
+mod harness {
+    criterion::criterion_group!(benches, super::sends, super::pages);
+}
+criterion_main!(harness::benches);

@@ -1,0 +1,156 @@
+//! [`SqliteConfig`]: where the database lives and how it is opened.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Where the database lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A database file, created when missing if [`SqliteConfig::create_if_missing`] is set.
+    /// Its `-wal` and `-shm` companions live beside it.
+    File(PathBuf),
+    /// A private in-memory database, gone when the store closes. All work runs on the one
+    /// writer thread and its one connection (so writes and reads see the same database);
+    /// [`SqliteConfig::readers`] is ignored.
+    Memory,
+}
+
+/// SQLite's `PRAGMA synchronous`: how often the write-ahead log is flushed to stable storage.
+///
+/// In WAL mode the trade-off is:
+///
+/// | setting | an acknowledged send survives a process crash (`kill -9`) | survives power loss / OS crash | cost |
+/// |---|---|---|---|
+/// | [`Full`](Synchronous::Full) (default) | yes | yes | one `fsync` of the WAL per commit (per group-committed batch) |
+/// | [`Extra`](Synchronous::Extra) | yes | yes, also the directory entry of a fresh WAL | like `Full`, plus a directory sync |
+/// | [`Normal`](Synchronous::Normal) | yes | no: the last commits before the crash may be lost (the file stays consistent) | `fsync` only at checkpoints |
+/// | [`Off`](Synchronous::Off) | yes | no, and the file may be corrupted | no `fsync` at all |
+///
+/// Because the writer commits every send waiting at that moment in one transaction, `Full`
+/// costs one `fsync` per batch rather than per message; under load that is cheap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Synchronous {
+    /// No syncs at all (`synchronous=OFF`). Only for throwaway data.
+    Off,
+    /// Sync at checkpoints only (`synchronous=NORMAL`): never corrupt, but the newest commits
+    /// can be lost on power loss.
+    Normal,
+    /// Sync the WAL at every commit (`synchronous=FULL`): an acknowledged send is on stable
+    /// storage. The default.
+    #[default]
+    Full,
+    /// `Full` plus a sync of the directory after creating the WAL (`synchronous=EXTRA`).
+    Extra,
+}
+
+impl Synchronous {
+    pub(crate) fn pragma_value(self) -> &'static str {
+        match self {
+            Synchronous::Off => "OFF",
+            Synchronous::Normal => "NORMAL",
+            Synchronous::Full => "FULL",
+            Synchronous::Extra => "EXTRA",
+        }
+    }
+}
+
+/// How to open a [`SqliteStore`](crate::SqliteStore). Every field has a documented default;
+/// change what you need with struct update syntax.
+///
+/// ```
+/// use std::time::Duration;
+/// use chatcore_sqlite::{Location, SqliteConfig, Synchronous};
+///
+/// let config = SqliteConfig {
+///     location: Location::File("/var/lib/chat/chat.sqlite3".into()),
+///     synchronous: Synchronous::Full,
+///     busy_timeout: Duration::from_secs(2),
+///     ..SqliteConfig::default()
+/// };
+/// assert_eq!(config.readers, 4);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqliteConfig {
+    /// Where the database lives. Default: the file `chatcore.sqlite3` in the working
+    /// directory.
+    pub location: Location,
+    /// Create the file when it does not exist. Default: `true`.
+    pub create_if_missing: bool,
+    /// Durability of commits (see [`Synchronous`]). Default: [`Synchronous::Full`].
+    pub synchronous: Synchronous,
+    /// Reader threads, each with its own read-only connection; reads never wait for the
+    /// writer (WAL mode). `0` serves reads on the writer thread. Default: `4`.
+    pub readers: usize,
+    /// How long a statement waits for a lock held by another connection (another process,
+    /// a backup tool) before failing with [`chatcore::Error::Unavailable`]. Default: 5 s.
+    pub busy_timeout: Duration,
+    /// Most writes the writer commits in one transaction (group commit). Default: `1024`.
+    pub max_batch: usize,
+    /// Page cache per connection, in KiB (`PRAGMA cache_size=-N`). Default: 16384 (16 MiB).
+    pub cache_size_kib: u32,
+    /// Prepared statements cached per connection. Default: `64`.
+    pub statement_cache: usize,
+    /// Usernames each thread caches for resolving names to ids (users are never renamed or
+    /// deleted, so a cached entry never goes stale); the cache is cleared when full.
+    /// Default: `100_000`.
+    pub name_cache: usize,
+    /// Upper bound on the database size in pages (`PRAGMA max_page_count`); a write past it
+    /// fails with [`chatcore::Error::StorageFull`]. `None` keeps SQLite's limit.
+    /// Default: `None`.
+    pub max_page_count: Option<u64>,
+}
+
+impl Default for SqliteConfig {
+    fn default() -> Self {
+        Self {
+            location: Location::File(PathBuf::from("chatcore.sqlite3")),
+            create_if_missing: true,
+            synchronous: Synchronous::Full,
+            readers: 4,
+            busy_timeout: Duration::from_secs(5),
+            max_batch: 1024,
+            cache_size_kib: 16 * 1024,
+            statement_cache: 64,
+            name_cache: 100_000,
+            max_page_count: None,
+        }
+    }
+}
+
+impl SqliteConfig {
+    /// The defaults, with the database at `path`.
+    ///
+    /// ```
+    /// let config = chatcore_sqlite::SqliteConfig::file("chat.sqlite3");
+    /// assert_eq!(config.location, chatcore_sqlite::Location::File("chat.sqlite3".into()));
+    /// ```
+    pub fn file(path: impl Into<PathBuf>) -> Self {
+        Self {
+            location: Location::File(path.into()),
+            ..Self::default()
+        }
+    }
+
+    /// The defaults, with a private in-memory database.
+    ///
+    /// ```
+    /// let config = chatcore_sqlite::SqliteConfig::memory();
+    /// assert_eq!(config.location, chatcore_sqlite::Location::Memory);
+    /// ```
+    pub fn memory() -> Self {
+        Self {
+            location: Location::Memory,
+            ..Self::default()
+        }
+    }
+
+    pub(crate) fn validate(&self) -> chatcore::Result<()> {
+        if self.max_batch == 0 {
+            return Err(chatcore::Error::invalid("max_batch must be at least 1"));
+        }
+        if self.max_page_count == Some(0) {
+            return Err(chatcore::Error::invalid("max_page_count must be at least 1"));
+        }
+        Ok(())
+    }
+}

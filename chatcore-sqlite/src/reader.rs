@@ -1,0 +1,306 @@
+//! The read side: a connection plus a username cache, the queries run on it, and the reader
+//! threads that pull jobs from the shared queue.
+
+use std::collections::HashMap;
+
+use chatcore::store::{Credentials, MessagePage, PageRequest, UserQuery};
+use chatcore::{ConversationKey, Entity, Error, Message, MessageId, Result, User, UserId, Username};
+use chrono::{DateTime, Utc};
+use crossbeam_channel::Receiver;
+use rusqlite::{Connection, OptionalExtension, Row};
+
+use crate::{error, sql};
+
+/// A read job: runs on a reader thread (or on the writer thread for in-memory stores) and
+/// answers its caller through the oneshot it captured.
+pub(crate) type ReadJob = Box<dyn FnOnce(&mut ReadCtx) + Send>;
+
+/// What the reader queue carries.
+pub(crate) enum ReadMsg {
+    Job(ReadJob),
+    /// Finish: each reader takes one and exits.
+    Stop,
+}
+
+/// A connection and this thread's username cache.
+pub(crate) struct ReadCtx {
+    pub(crate) conn: Connection,
+    names: NameCache,
+}
+
+/// Username to id. Users are never renamed or deleted, so an entry read from a committed
+/// snapshot stays true forever; only committed names go in.
+pub(crate) struct NameCache {
+    map: HashMap<Username, UserId>,
+    capacity: usize,
+}
+
+impl NameCache {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            map: HashMap::new(),
+            capacity,
+        }
+    }
+
+    pub(crate) fn get(&self, name: &str) -> Option<UserId> {
+        self.map.get(name).copied()
+    }
+
+    pub(crate) fn insert(&mut self, name: Username, id: UserId) {
+        if self.capacity == 0 {
+            return;
+        }
+        if self.map.len() >= self.capacity {
+            self.map.clear();
+        }
+        self.map.insert(name, id);
+    }
+}
+
+/// Reads one message row (the columns of `sql::message_select!`).
+pub(crate) fn message_from_row(row: &Row<'_>) -> rusqlite::Result<Message> {
+    Ok(Message {
+        id: MessageId(row.get(0)?),
+        sender: stored_username(row, 1)?,
+        recipient: stored_username(row, 2)?,
+        created_at: micros_to_datetime(row.get(3)?).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Integer, e.into())
+        })?,
+        body: row.get(4)?,
+    })
+}
+
+pub(crate) fn stored_username(row: &Row<'_>, index: usize) -> rusqlite::Result<Username> {
+    let raw: String = row.get(index)?;
+    Username::parse(raw).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+fn user_from_row(row: &Row<'_>) -> rusqlite::Result<User> {
+    Ok(User {
+        id: UserId(row.get(0)?),
+        username: stored_username(row, 1)?,
+    })
+}
+
+pub(crate) fn datetime_to_micros(ts: &DateTime<Utc>) -> i64 {
+    ts.timestamp_micros()
+}
+
+pub(crate) fn micros_to_datetime(micros: i64) -> std::result::Result<DateTime<Utc>, String> {
+    DateTime::from_timestamp_micros(micros).ok_or_else(|| format!("timestamp {micros} µs is out of range"))
+}
+
+/// `before` as an exclusive upper bound on ids.
+fn before_bound(page: &PageRequest) -> i64 {
+    page.before.map_or(i64::MAX, |id| id.0)
+}
+
+/// A corrupt row (a name or timestamp that could not have been written by this code).
+fn row_error(error: rusqlite::Error) -> Error {
+    match error {
+        rusqlite::Error::FromSqlConversionFailure(..) | rusqlite::Error::InvalidColumnType(..) => {
+            Error::Corrupt {
+                message: "a stored row does not have the expected shape".to_owned(),
+                source: Some(Box::new(error)),
+            }
+        }
+        other => error::map(other),
+    }
+}
+
+impl ReadCtx {
+    pub(crate) fn new(conn: Connection, name_cache: usize) -> Self {
+        Self {
+            conn,
+            names: NameCache::new(name_cache),
+        }
+    }
+
+    pub(crate) fn names_mut(&mut self) -> &mut NameCache {
+        &mut self.names
+    }
+
+    /// Runs `f` in one read transaction, so every statement of a job sees one snapshot.
+    fn snapshot<T>(&mut self, f: impl FnOnce(&Connection, &mut NameCache) -> Result<T>) -> Result<T> {
+        let tx = self.conn.transaction().map_err(error::map)?;
+        let out = f(&tx, &mut self.names)?;
+        tx.commit().map_err(error::map)?;
+        Ok(out)
+    }
+
+    fn resolve(conn: &Connection, names: &mut NameCache, name: &Username) -> Result<Option<UserId>> {
+        if let Some(id) = names.get(name.as_str()) {
+            return Ok(Some(id));
+        }
+        let id = conn
+            .prepare_cached(sql::USER_ID_BY_NAME)
+            .and_then(|mut s| s.query_row([name.as_str()], |r| r.get(0)).optional())
+            .map_err(error::map)?
+            .map(UserId);
+        if let Some(id) = id {
+            names.insert(name.clone(), id);
+        }
+        Ok(id)
+    }
+
+    pub(crate) fn find_user(&mut self, name: &Username) -> Result<Option<User>> {
+        let id = Self::resolve(&self.conn, &mut self.names, name)?;
+        Ok(id.map(|id| User {
+            id,
+            username: name.clone(),
+        }))
+    }
+
+    pub(crate) fn list_users(&mut self, query: &UserQuery) -> Result<Vec<User>> {
+        let (lower, inclusive) = match &query.after {
+            Some(after) if after.as_str() >= query.prefix.as_str() => (after.as_str(), false),
+            _ => (query.prefix.as_str(), true),
+        };
+        let upper = sql::prefix_successor(&query.prefix);
+        let mut stmt = self
+            .conn
+            .prepare_cached(sql::list_users(inclusive, upper.is_some()))
+            .map_err(error::map)?;
+        let rows = stmt
+            .query_map(
+                rusqlite::params![
+                    lower,
+                    upper.as_deref(),
+                    query.exclude.map(|u| u.0),
+                    i64::from(query.limit)
+                ],
+                user_from_row,
+            )
+            .map_err(error::map)?;
+        rows.map(|r| r.map_err(row_error)).collect()
+    }
+
+    pub(crate) fn credentials(&mut self, name: &Username) -> Result<Option<Credentials>> {
+        let mut stmt = self.conn.prepare_cached(sql::CREDENTIALS).map_err(error::map)?;
+        stmt.query_row([name.as_str()], |row| {
+            Ok(Credentials {
+                user: user_from_row(row)?,
+                password_hash: row.get(2)?,
+            })
+        })
+        .optional()
+        .map_err(row_error)
+    }
+
+    pub(crate) fn session_user(&mut self, token_hash: &[u8], now: i64) -> Result<Option<User>> {
+        let mut stmt = self.conn.prepare_cached(sql::SESSION_USER).map_err(error::map)?;
+        stmt.query_row(rusqlite::params![token_hash, now], user_from_row)
+            .optional()
+            .map_err(row_error)
+    }
+
+    pub(crate) fn message_for(&mut self, viewer: UserId, id: MessageId) -> Result<Option<Message>> {
+        let mut stmt = self.conn.prepare_cached(sql::MESSAGE_FOR).map_err(error::map)?;
+        stmt.query_row([id.0, viewer.0], message_from_row)
+            .optional()
+            .map_err(row_error)
+    }
+
+    pub(crate) fn conversation_page(
+        &mut self,
+        viewer: UserId,
+        other: &Username,
+        page: &PageRequest,
+    ) -> Result<MessagePage> {
+        self.snapshot(|conn, names| {
+            let other = Self::resolve(conn, names, other)?.ok_or(Error::NotFound(Entity::User))?;
+            let key = ConversationKey::new(viewer, other);
+            let total = count(conn, sql::CONVERSATION_COUNT, &[key.low().0, key.high().0])?;
+            if total == 0 {
+                return Ok(MessagePage::default());
+            }
+            let mut stmt = conn.prepare_cached(sql::CONVERSATION_PAGE).map_err(error::map)?;
+            let rows = stmt
+                .query_map(
+                    [
+                        key.low().0,
+                        key.high().0,
+                        before_bound(page),
+                        i64::from(page.limit),
+                        i64::from(page.offset),
+                    ],
+                    message_from_row,
+                )
+                .map_err(error::map)?;
+            let messages = rows.map(|r| r.map_err(row_error)).collect::<Result<_>>()?;
+            Ok(MessagePage { messages, total })
+        })
+    }
+
+    pub(crate) fn user_messages(&mut self, user: UserId, page: &PageRequest) -> Result<MessagePage> {
+        self.snapshot(|conn, _| {
+            let total = count(conn, sql::USER_COUNT, &[user.0])?;
+            if total == 0 {
+                return Ok(MessagePage::default());
+            }
+            let mut stmt = conn.prepare_cached(sql::USER_PAGE).map_err(error::map)?;
+            let rows = stmt
+                .query_map(
+                    [
+                        user.0,
+                        before_bound(page),
+                        i64::from(page.limit),
+                        i64::from(page.offset),
+                    ],
+                    message_from_row,
+                )
+                .map_err(error::map)?;
+            let messages = rows.map(|r| r.map_err(row_error)).collect::<Result<_>>()?;
+            Ok(MessagePage { messages, total })
+        })
+    }
+
+    pub(crate) fn messages_after(
+        &mut self,
+        user: UserId,
+        after: MessageId,
+        limit: u32,
+    ) -> Result<Vec<Message>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(sql::MESSAGES_AFTER)
+            .map_err(error::map)?;
+        let rows = stmt
+            .query_map([user.0, after.0, i64::from(limit)], message_from_row)
+            .map_err(error::map)?;
+        rows.map(|r| r.map_err(row_error)).collect()
+    }
+
+    pub(crate) fn idempotent_message(&mut self, sender: UserId, key: &str) -> Result<Option<Message>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(sql::IDEMPOTENT_MESSAGE)
+            .map_err(error::map)?;
+        stmt.query_row(rusqlite::params![sender.0, key], message_from_row)
+            .optional()
+            .map_err(row_error)
+    }
+}
+
+/// A counter row's value, `0` when there is no row yet.
+fn count(conn: &Connection, sql: &str, key: &[i64]) -> Result<u64> {
+    let mut stmt = conn.prepare_cached(sql).map_err(error::map)?;
+    let value: Option<i64> = stmt
+        .query_row(rusqlite::params_from_iter(key), |r| r.get(0))
+        .optional()
+        .map_err(error::map)?;
+    Ok(value.unwrap_or(0).max(0) as u64)
+}
+
+/// A reader thread's loop: run jobs until told to stop or the store is gone.
+pub(crate) fn run(mut ctx: ReadCtx, jobs: Receiver<ReadMsg>) {
+    while let Ok(msg) = jobs.recv() {
+        match msg {
+            ReadMsg::Job(job) => job(&mut ctx),
+            ReadMsg::Stop => break,
+        }
+    }
+}

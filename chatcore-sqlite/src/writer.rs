@@ -1,0 +1,494 @@
+//! The single writer thread: opens the read-write connection, and commits every write waiting
+//! at that moment in one transaction (group commit).
+
+use std::collections::HashMap;
+
+use chatcore::store::Inserted;
+use chatcore::{
+    ConversationKey, Entity, Error, Message, MessageId, NewMessage, Result, User, UserId, Username,
+};
+use chrono::{DateTime, Utc};
+use crossbeam_channel::Receiver;
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use tokio::sync::oneshot;
+
+use crate::config::{Location, SqliteConfig};
+use crate::reader::{self, ReadCtx, ReadJob};
+use crate::schema::{self, MigrationReport};
+use crate::{error, sql};
+
+/// Where a job's answer goes.
+pub(crate) type Reply<T> = oneshot::Sender<Result<T>>;
+
+/// A write, kept whole until its batch commits so it can be answered (or retried alone).
+pub(crate) enum WriteOp {
+    CreateUser {
+        username: Username,
+        password_hash: Option<String>,
+        reply: Reply<User>,
+    },
+    SetPassword {
+        user: UserId,
+        password_hash: String,
+        reply: Reply<()>,
+    },
+    CreateSession {
+        token_hash: [u8; 32],
+        user: UserId,
+        expires_at: i64,
+        reply: Reply<()>,
+    },
+    DeleteSession {
+        token_hash: [u8; 32],
+        reply: Reply<()>,
+    },
+    Insert {
+        message: NewMessage,
+        reply: Reply<Inserted>,
+    },
+}
+
+/// What the writer queue carries.
+pub(crate) enum WriteMsg {
+    Op(WriteOp),
+    /// A read served by the writer's connection (in-memory stores, or `readers: 0`).
+    Read(ReadJob),
+    Migrate(Reply<MigrationReport>),
+    /// Commit what came before, then exit.
+    Stop,
+}
+
+/// A job's answer, held until its transaction commits.
+enum Outcome {
+    User(Result<User>),
+    Unit(Result<()>),
+    Inserted(Result<Inserted>),
+}
+
+impl WriteOp {
+    fn answer(self, outcome: Outcome) {
+        match (self, outcome) {
+            (WriteOp::CreateUser { reply, .. }, Outcome::User(result)) => {
+                let _ = reply.send(result);
+            }
+            (
+                WriteOp::SetPassword { reply, .. }
+                | WriteOp::CreateSession { reply, .. }
+                | WriteOp::DeleteSession { reply, .. },
+                Outcome::Unit(result),
+            ) => {
+                let _ = reply.send(result);
+            }
+            (WriteOp::Insert { reply, .. }, Outcome::Inserted(result)) => {
+                let _ = reply.send(result);
+            }
+            (op, _) => op.fail(Error::bug("writer outcome does not match its job")),
+        }
+    }
+
+    fn fail(self, error: Error) {
+        match self {
+            WriteOp::CreateUser { reply, .. } => {
+                let _ = reply.send(Err(error));
+            }
+            WriteOp::SetPassword { reply, .. }
+            | WriteOp::CreateSession { reply, .. }
+            | WriteOp::DeleteSession { reply, .. } => {
+                let _ = reply.send(Err(error));
+            }
+            WriteOp::Insert { reply, .. } => {
+                let _ = reply.send(Err(error));
+            }
+        }
+    }
+}
+
+/// Opens and configures the read-write connection, and refuses a schema newer than the code.
+pub(crate) fn open_connection(config: &SqliteConfig) -> Result<Connection> {
+    let conn = match &config.location {
+        Location::File(path) => {
+            let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+            if config.create_if_missing {
+                flags |= OpenFlags::SQLITE_OPEN_CREATE;
+            }
+            Connection::open_with_flags(path, flags).map_err(error::map)?
+        }
+        Location::Memory => Connection::open_in_memory().map_err(error::map)?,
+    };
+    configure(&conn, config).map_err(error::map)?;
+    if let Location::File(_) = config.location {
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+            .map_err(error::map)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(Error::Internal {
+                message: format!("SQLite refused WAL mode (journal_mode is {mode})"),
+                source: None,
+            });
+        }
+    }
+    conn.pragma_update(None, "synchronous", config.synchronous.pragma_value())
+        .map_err(error::map)?;
+    conn.pragma_update(None, "foreign_keys", true)
+        .map_err(error::map)?;
+    if let Some(pages) = config.max_page_count {
+        let pages = i64::try_from(pages).unwrap_or(i64::MAX);
+        conn.pragma_update(None, "max_page_count", pages)
+            .map_err(error::map)?;
+    }
+    let version = schema::current_version(&conn).map_err(error::map)?;
+    schema::check_not_newer(version)?;
+    Ok(conn)
+}
+
+/// Settings every connection shares.
+pub(crate) fn configure(conn: &Connection, config: &SqliteConfig) -> rusqlite::Result<()> {
+    conn.busy_timeout(config.busy_timeout)?;
+    conn.set_prepared_statement_cache_capacity(config.statement_cache);
+    conn.pragma_update(None, "cache_size", -i64::from(config.cache_size_kib))
+}
+
+/// Opens a read-only connection for a reader thread (file databases only).
+pub(crate) fn open_reader_connection(config: &SqliteConfig) -> Result<Connection> {
+    let Location::File(path) = &config.location else {
+        return Err(Error::bug("reader connections need a database file"));
+    };
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(error::map)?;
+    configure(&conn, config).map_err(error::map)?;
+    Ok(conn)
+}
+
+pub(crate) struct Writer {
+    ctx: ReadCtx,
+    max_batch: usize,
+    last_timestamp: DateTime<Utc>,
+    /// Names learned inside the open transaction; cached only once it commits.
+    pending_names: HashMap<Username, UserId>,
+    conversation_counts: HashMap<ConversationKey, i64>,
+    user_counts: HashMap<UserId, i64>,
+}
+
+impl Writer {
+    pub(crate) fn new(conn: Connection, config: &SqliteConfig) -> Self {
+        Self {
+            ctx: ReadCtx::new(conn, config.name_cache),
+            max_batch: config.max_batch,
+            last_timestamp: DateTime::<Utc>::UNIX_EPOCH,
+            pending_names: HashMap::new(),
+            conversation_counts: HashMap::new(),
+            user_counts: HashMap::new(),
+        }
+    }
+
+    /// The writer loop: block for one message, drain whatever else is waiting (up to
+    /// `max_batch`), commit the writes in one transaction, answer, repeat.
+    pub(crate) fn run(mut self, queue: Receiver<WriteMsg>) {
+        let mut ops = Vec::with_capacity(self.max_batch.min(4096));
+        let mut reads = Vec::new();
+        while let Ok(first) = queue.recv() {
+            let mut stop = false;
+            let mut next = Some(first);
+            let mut taken = 0;
+            while let Some(msg) = next {
+                taken += 1;
+                match msg {
+                    WriteMsg::Op(op) => ops.push(op),
+                    WriteMsg::Read(job) => reads.push(job),
+                    WriteMsg::Migrate(reply) => {
+                        self.commit(&mut ops);
+                        self.run_reads(&mut reads);
+                        let now = self.next_timestamp().timestamp_micros();
+                        let _ = reply.send(schema::migrate(&mut self.ctx.conn, now));
+                    }
+                    WriteMsg::Stop => {
+                        stop = true;
+                        break;
+                    }
+                }
+                next = if taken < self.max_batch {
+                    queue.try_recv().ok()
+                } else {
+                    None
+                };
+            }
+            self.commit(&mut ops);
+            self.run_reads(&mut reads);
+            if stop {
+                break;
+            }
+        }
+    }
+
+    /// Reads queued on the writer run after the writes drained with them have committed.
+    fn run_reads(&mut self, reads: &mut Vec<ReadJob>) {
+        for job in reads.drain(..) {
+            job(&mut self.ctx);
+        }
+    }
+
+    /// Commits `ops` in one transaction and answers every waiter. If the batch fails for a
+    /// reason that concerns the whole database (busy, full, corrupt, I/O), every waiter gets
+    /// that error; otherwise each job is retried in its own transaction so one bad job cannot
+    /// fail the others.
+    fn commit(&mut self, ops: &mut Vec<WriteOp>) {
+        if ops.is_empty() {
+            return;
+        }
+        match self.try_batch(ops) {
+            Ok(outcomes) => {
+                for (op, outcome) in ops.drain(..).zip(outcomes) {
+                    op.answer(outcome);
+                }
+            }
+            Err(e) if ops.len() > 1 && !error::affects_everyone(&e) => {
+                tracing::warn!(error = %e, jobs = ops.len(), "group commit failed, retrying jobs one by one");
+                for op in ops.drain(..) {
+                    match self.try_batch(std::slice::from_ref(&op)) {
+                        Ok(mut outcomes) => match outcomes.pop() {
+                            Some(outcome) => op.answer(outcome),
+                            None => op.fail(Error::bug("writer lost a job's outcome")),
+                        },
+                        Err(e) => op.fail(error::map(e)),
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, jobs = ops.len(), "write transaction failed");
+                let mut ops = ops.drain(..);
+                let last = ops.next_back();
+                for op in ops {
+                    op.fail(error::map(error::duplicate(&e)));
+                }
+                if let Some(op) = last {
+                    op.fail(error::map(e));
+                }
+            }
+        }
+    }
+
+    /// The batch's commit time: now, but never before the previous batch's, so ids and
+    /// timestamps increase together even if the clock steps back.
+    fn next_timestamp(&mut self) -> DateTime<Utc> {
+        let now = chatcore::now_micros();
+        if now > self.last_timestamp {
+            self.last_timestamp = now;
+        }
+        self.last_timestamp
+    }
+
+    /// One `BEGIN IMMEDIATE ... COMMIT` around every job of `ops`.
+    fn try_batch(&mut self, ops: &[WriteOp]) -> rusqlite::Result<Vec<Outcome>> {
+        let created_at = self.next_timestamp();
+        self.pending_names.clear();
+        self.conversation_counts.clear();
+        self.user_counts.clear();
+        let result = self.apply_all(ops, created_at);
+        match &result {
+            Ok(_) => {
+                for (name, id) in self.pending_names.drain() {
+                    self.ctx.names_mut().insert(name, id);
+                }
+            }
+            Err(_) => {
+                self.pending_names.clear();
+                if !self.ctx.conn.is_autocommit()
+                    && let Err(e) = self.ctx.conn.execute_batch("ROLLBACK")
+                {
+                    tracing::warn!(error = %e, "rollback failed");
+                }
+            }
+        }
+        result
+    }
+
+    fn apply_all(&mut self, ops: &[WriteOp], created_at: DateTime<Utc>) -> rusqlite::Result<Vec<Outcome>> {
+        self.ctx.conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+        let mut outcomes = Vec::with_capacity(ops.len());
+        for op in ops {
+            outcomes.push(self.apply(op, created_at)?);
+        }
+        self.flush_counts()?;
+        self.ctx.conn.prepare_cached("COMMIT")?.execute([])?;
+        Ok(outcomes)
+    }
+
+    /// Adds the batch's counter increments, one upsert per conversation and per user.
+    fn flush_counts(&mut self) -> rusqlite::Result<()> {
+        let conn = &self.ctx.conn;
+        if !self.conversation_counts.is_empty() {
+            let mut stmt = conn.prepare_cached(sql::ADD_CONVERSATION_COUNT)?;
+            for (key, n) in self.conversation_counts.drain() {
+                stmt.execute([key.low().0, key.high().0, n])?;
+            }
+        }
+        if !self.user_counts.is_empty() {
+            let mut stmt = conn.prepare_cached(sql::ADD_USER_COUNT)?;
+            for (user, n) in self.user_counts.drain() {
+                stmt.execute([user.0, n])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one job inside the open transaction. `Ok(Outcome(Err(..)))` is the job's own
+    /// failure (taken name, unknown user) and wrote nothing; `Err` aborts the batch.
+    fn apply(&mut self, op: &WriteOp, created_at: DateTime<Utc>) -> rusqlite::Result<Outcome> {
+        let conn = &self.ctx.conn;
+        match op {
+            WriteOp::CreateUser {
+                username,
+                password_hash,
+                ..
+            } => {
+                let inserted = conn
+                    .prepare_cached(sql::INSERT_USER)?
+                    .execute(rusqlite::params![username.as_str(), password_hash.as_deref()]);
+                match inserted {
+                    Ok(_) => {
+                        let id = UserId(conn.last_insert_rowid());
+                        self.pending_names.insert(username.clone(), id);
+                        Ok(Outcome::User(Ok(User {
+                            id,
+                            username: username.clone(),
+                        })))
+                    }
+                    Err(e) if is_constraint(&e) => Ok(Outcome::User(Err(Error::conflict(format!(
+                        "username {username} is taken"
+                    ))))),
+                    Err(e) => Err(e),
+                }
+            }
+            WriteOp::SetPassword {
+                user, password_hash, ..
+            } => {
+                let changed = conn
+                    .prepare_cached(sql::SET_PASSWORD)?
+                    .execute(rusqlite::params![user.0, password_hash])?;
+                Ok(Outcome::Unit(if changed == 0 {
+                    Err(Error::NotFound(Entity::User))
+                } else {
+                    Ok(())
+                }))
+            }
+            WriteOp::CreateSession {
+                token_hash,
+                user,
+                expires_at,
+                ..
+            } => {
+                let exists = conn
+                    .prepare_cached(sql::USER_EXISTS)?
+                    .query_row([user.0], |_| Ok(()))
+                    .optional()?
+                    .is_some();
+                if !exists {
+                    return Ok(Outcome::Unit(Err(Error::NotFound(Entity::User))));
+                }
+                conn.prepare_cached(sql::UPSERT_SESSION)?
+                    .execute(rusqlite::params![&token_hash[..], user.0, expires_at])?;
+                Ok(Outcome::Unit(Ok(())))
+            }
+            WriteOp::DeleteSession { token_hash, .. } => {
+                conn.prepare_cached(sql::DELETE_SESSION)?
+                    .execute([&token_hash[..]])?;
+                Ok(Outcome::Unit(Ok(())))
+            }
+            WriteOp::Insert { message, .. } => Ok(Outcome::Inserted(self.insert(message, created_at)?)),
+        }
+    }
+
+    fn insert(&mut self, new: &NewMessage, created_at: DateTime<Utc>) -> rusqlite::Result<Result<Inserted>> {
+        let Some(recipient_id) = self.resolve_in_tx(&new.recipient)? else {
+            return Ok(Err(Error::NotFound(Entity::User)));
+        };
+        let conn = &self.ctx.conn;
+        let sender_id = new.sender.id;
+        if let Some(key) = &new.idempotency_key {
+            let earlier = conn
+                .prepare_cached(sql::IDEMPOTENT_MESSAGE)?
+                .query_row(rusqlite::params![sender_id.0, key], reader::message_from_row)
+                .optional()?;
+            if let Some(message) = earlier {
+                // The earlier message's recipient, which the retry may have named differently.
+                let recipient_id = match self.resolve_in_tx(&message.recipient)? {
+                    Some(id) => id,
+                    None => recipient_id,
+                };
+                return Ok(Ok(Inserted {
+                    message,
+                    recipient_id,
+                    replayed: true,
+                }));
+            }
+        }
+        let key = ConversationKey::new(sender_id, recipient_id);
+        let inserted = conn
+            .prepare_cached(sql::INSERT_MESSAGE)?
+            .execute(rusqlite::params![
+                sender_id.0,
+                recipient_id.0,
+                key.low().0,
+                key.high().0,
+                reader::datetime_to_micros(&created_at),
+                new.body,
+                new.idempotency_key,
+            ]);
+        match inserted {
+            Ok(_) => {}
+            // The sender does not exist (foreign key): nothing was written.
+            Err(e) if is_constraint(&e) => return Ok(Err(Error::NotFound(Entity::User))),
+            Err(e) => return Err(e),
+        }
+        let id = conn.last_insert_rowid();
+        {
+            let mut stmt = conn.prepare_cached(sql::INSERT_USER_MESSAGE)?;
+            stmt.execute([sender_id.0, id])?;
+            if recipient_id != sender_id {
+                stmt.execute([recipient_id.0, id])?;
+            }
+        }
+        *self.conversation_counts.entry(key).or_insert(0) += 1;
+        *self.user_counts.entry(sender_id).or_insert(0) += 1;
+        if recipient_id != sender_id {
+            *self.user_counts.entry(recipient_id).or_insert(0) += 1;
+        }
+        Ok(Ok(Inserted {
+            message: Message {
+                id: MessageId(id),
+                sender: new.sender.username.clone(),
+                recipient: new.recipient.clone(),
+                created_at,
+                body: new.body.clone(),
+            },
+            recipient_id,
+            replayed: false,
+        }))
+    }
+
+    /// A name's id as seen inside the open transaction. Names found here are cached only
+    /// after the commit, since the transaction may yet roll back a user created in it.
+    fn resolve_in_tx(&mut self, name: &Username) -> rusqlite::Result<Option<UserId>> {
+        if let Some(id) = self.ctx.names_mut().get(name.as_str()) {
+            return Ok(Some(id));
+        }
+        if let Some(id) = self.pending_names.get(name.as_str()) {
+            return Ok(Some(*id));
+        }
+        let id = self
+            .ctx
+            .conn
+            .prepare_cached(sql::USER_ID_BY_NAME)?
+            .query_row([name.as_str()], |r| r.get(0))
+            .optional()?
+            .map(UserId);
+        if let Some(id) = id {
+            self.pending_names.insert(name.clone(), id);
+        }
+        Ok(id)
+    }
+}
+
+fn is_constraint(error: &rusqlite::Error) -> bool {
+    error.sqlite_error_code() == Some(rusqlite::ffi::ErrorCode::ConstraintViolation)
+}
