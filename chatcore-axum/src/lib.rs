@@ -1,1 +1,244 @@
-//! chatcore-axum: filled in by its own issue.
+//! # chatcore-axum
+//!
+//! The chatcore REST API and `/ws` notification channel as an axum [`Router`] that a host
+//! application nests in a line, next to its own routes. It implements the HTTP and
+//! WebSocket contract of chatcore: users, messages (send, history with pages and cursors,
+//! get one), a WebSocket that pushes every new message to each of its user's open
+//! connections with catch-up on reconnect, and optional account routes (register, login,
+//! logout).
+//!
+//! Identity belongs to the host: the router asks an [`Authenticator`] who the caller is.
+//! [`SessionAuthenticator`] is a complete one (argon2 passwords, revocable session tokens as
+//! bearer token or cookie) kept in the same [`chatcore::Store`] as the messages.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use axum::{Router, routing::get};
+//! use chatcore::{ChatConfig, ChatService, LocalNotifier, MemoryStore};
+//! use chatcore_axum::{ChatApi, SessionAuthenticator, SessionConfig};
+//!
+//! # #[tokio::main] async fn main() -> std::io::Result<()> {
+//! let store = Arc::new(MemoryStore::new());
+//! let chat = ChatService::new(store.clone(), Arc::new(LocalNotifier::default()), ChatConfig::default());
+//! let auth = SessionAuthenticator::new(store, SessionConfig::default());
+//! let api = ChatApi::new(chat, auth.clone()).with_auth_routes(auth);
+//! let shutdown = api.shutdown_handle();
+//! let app = Router::new()
+//!     .route("/", get(|| async { "the host's own page" }))
+//!     .nest("/chat", api.router()); // /chat/api/v1/message/, /chat/ws, ...
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8000").await?;
+//! chatcore_axum::serve(listener, app, shutdown).await
+//! # }
+//! ```
+//!
+//! The routes, relative to where the router is nested (each also with a trailing slash):
+//!
+//! | route | answer |
+//! |---|---|
+//! | `GET /api/v1/user/?q=&limit=&after=` | the other users, sorted by name |
+//! | `GET /api/v1/message/?target=&page=&before=&limit=` | `{"count", "next", "previous", "results"}`, newest first |
+//! | `POST /api/v1/message/` (JSON or form, optional `Idempotency-Key`) | 201, the message |
+//! | `GET /api/v1/message/{id}/` | the message, for its sender or recipient only |
+//! | `GET /ws?since=ID` | WebSocket: `{"message": "<id>", "data": <message>}` per new message |
+//! | `POST /api/v1/auth/register`, `/login`, `/logout` | with [`ChatApi::with_auth_routes`] or [`auth_router`] |
+//!
+//! Every error is JSON `{"error": "..."}` (see [`ApiError`]): 400, 401 with
+//! `WWW-Authenticate`, 403 cross-site, 404 (also for unknown paths), 405, 409, 413, 415, 429
+//! and 503 with `Retry-After`. Limits are in [`ApiConfig`] and [`chatcore::ChatConfig`].
+//!
+//! # Layout
+//! - `lib.rs`: [`ChatApi`] (the builder), [`router`], [`auth_router`], [`serve`].
+//! - `config.rs`: [`ApiConfig`], the HTTP and WebSocket limits.
+//! - `error.rs`: [`ApiError`] and the one mapping from [`chatcore::Error`] to a status.
+//! - `auth.rs`: the [`Authenticator`] trait, the same-origin (CSRF) check, the caller extractor.
+//! - `session.rs`: [`SessionAuthenticator`] and the register/login/logout routes.
+//! - `body.rs`: JSON-or-form body and query extractors that answer in our JSON errors.
+//! - `rest.rs`: the user and message routes, pagination links.
+//! - `rate.rs`: the per-user send rate limiter (sharded token buckets).
+//! - `ws.rs`: the `/ws` channel: catch-up, live frames, pings, close frames.
+//! - `state.rs`: the shared state and [`ShutdownHandle`].
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod auth;
+mod body;
+mod config;
+mod error;
+mod rate;
+mod rest;
+mod session;
+mod state;
+mod ws;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::get;
+use chatcore::ChatService;
+
+pub use auth::Authenticator;
+pub use config::ApiConfig;
+pub use error::{ApiError, UNAVAILABLE_RETRY_AFTER_SECS};
+pub use session::{Session, SessionAuthenticator, SessionConfig, token_hash};
+pub use state::ShutdownHandle;
+
+use state::ApiState;
+
+/// Builds the chat router: the service, who the caller is, limits, optional auth routes and
+/// the shutdown handle. For the defaults in one call, see [`router`].
+///
+/// ```
+/// use std::sync::Arc;
+/// use chatcore::{ChatConfig, ChatService, LocalNotifier, MemoryStore};
+/// use chatcore_axum::{ApiConfig, ChatApi, SessionAuthenticator, SessionConfig};
+///
+/// let store = Arc::new(MemoryStore::new());
+/// let chat = ChatService::new(store.clone(), Arc::new(LocalNotifier::default()), ChatConfig::default());
+/// let auth = SessionAuthenticator::new(store, SessionConfig::default());
+/// let api = ChatApi::new(chat, auth.clone())
+///     .with_config(ApiConfig { send_burst: 0, ..Default::default() })
+///     .with_auth_routes(auth);
+/// let app: axum::Router = axum::Router::new().nest("/chat", api.router());
+/// ```
+#[derive(Clone)]
+pub struct ChatApi {
+    service: ChatService,
+    authenticator: Arc<dyn Authenticator>,
+    config: ApiConfig,
+    sessions: Option<SessionAuthenticator>,
+    shutdown: ShutdownHandle,
+}
+
+impl std::fmt::Debug for ChatApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatApi")
+            .field("config", &self.config)
+            .field("auth_routes", &self.sessions.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ChatApi {
+    /// A builder over `service`, asking `authenticator` who each caller is, with the
+    /// default [`ApiConfig`] and no auth routes.
+    pub fn new(service: ChatService, authenticator: impl Authenticator) -> Self {
+        Self {
+            service,
+            authenticator: Arc::new(authenticator),
+            config: ApiConfig::default(),
+            sessions: None,
+            shutdown: ShutdownHandle::new(),
+        }
+    }
+
+    /// Uses `config` for limits and timings.
+    pub fn with_config(mut self, config: ApiConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Also serves `POST /api/v1/auth/register`, `/login` and `/logout` with `sessions`
+    /// (normally the same [`SessionAuthenticator`] passed to [`ChatApi::new`]).
+    pub fn with_auth_routes(mut self, sessions: SessionAuthenticator) -> Self {
+        self.sessions = Some(sessions);
+        self
+    }
+
+    /// Uses `shutdown` instead of a fresh handle (to share one across several routers).
+    pub fn with_shutdown_handle(mut self, shutdown: ShutdownHandle) -> Self {
+        self.shutdown = shutdown;
+        self
+    }
+
+    /// The handle that closes this router's WebSockets; keep a clone before calling
+    /// [`ChatApi::router`].
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.shutdown.clone()
+    }
+
+    /// The router, with its state applied, ready to nest or merge into the host's router
+    /// whatever the host's state type `S`. Unknown paths under it answer JSON 404, wrong
+    /// methods JSON 405. The host may add its own layers around it.
+    pub fn router<S: Clone + Send + Sync + 'static>(self) -> Router<S> {
+        let body_limit = self.config.max_request_body;
+        let trusted_origins: Arc<[String]> = self.config.trusted_origins.clone().into();
+        let state = ApiState::new(self.service, self.authenticator, self.config, self.shutdown);
+        let mut routes = Router::new()
+            .route("/api/v1/user", get(rest::list_users))
+            .route("/api/v1/user/", get(rest::list_users))
+            .route(
+                "/api/v1/message",
+                get(rest::list_messages).post(rest::send_message),
+            )
+            .route(
+                "/api/v1/message/",
+                get(rest::list_messages).post(rest::send_message),
+            )
+            .route("/api/v1/message/{id}", get(rest::get_message))
+            .route("/api/v1/message/{id}/", get(rest::get_message))
+            .route("/ws", get(ws::upgrade))
+            .route("/ws/", get(ws::upgrade))
+            .method_not_allowed_fallback(error::method_not_allowed)
+            .with_state::<S>(state);
+        if let Some(sessions) = self.sessions {
+            routes = routes.merge(session::routes(session::AuthState {
+                auth: sessions,
+                trusted_origins,
+            }));
+        }
+        routes
+            .fallback(error::unknown_path)
+            .layer(DefaultBodyLimit::max(body_limit))
+    }
+}
+
+/// The chat router with the default [`ApiConfig`] and no auth routes: nest it with
+/// `.nest("/chat", chatcore_axum::router(service, authenticator))`. Use [`ChatApi`] for
+/// limits, the auth routes or a [`ShutdownHandle`].
+pub fn router<S: Clone + Send + Sync + 'static>(
+    service: ChatService,
+    authenticator: impl Authenticator,
+) -> Router<S> {
+    ChatApi::new(service, authenticator).router()
+}
+
+/// Only the auth routes (`POST /api/v1/auth/register`, `/login`, `/logout`), for hosts
+/// that mount them apart from the chat routes. It has no fallback of its own, so it merges
+/// into a router that has one.
+pub fn auth_router<S: Clone + Send + Sync + 'static>(
+    sessions: SessionAuthenticator,
+    config: &ApiConfig,
+) -> Router<S> {
+    session::routes(session::AuthState {
+        auth: sessions,
+        trusted_origins: config.trusted_origins.clone().into(),
+    })
+    .layer(DefaultBodyLimit::max(config.max_request_body))
+}
+
+/// How long [`serve`] waits for WebSockets to send their close frames after a shutdown.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Serves `app` on `listener` until `shutdown` is triggered, then closes every WebSocket of
+/// the routers sharing that handle (close frame 1001), finishes in-flight requests, and
+/// returns (waiting at most [`SHUTDOWN_GRACE`] for the sockets). In the style of
+/// mini-redis's `server::run`: tests bind port 0 and call [`ShutdownHandle::shutdown`].
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: ShutdownHandle,
+) -> std::io::Result<()> {
+    let token = shutdown.token().clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { token.cancelled().await })
+        .await?;
+    if !shutdown.closed(SHUTDOWN_GRACE).await {
+        tracing::warn!(
+            open = shutdown.open_sockets(),
+            "websockets still open after the shutdown grace period"
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,189 @@
+//! Who the caller is: the [`Authenticator`] trait, the same-origin (CSRF) check, and the
+//! [`Caller`] extractor the handlers use.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use axum::extract::FromRequestParts;
+use chatcore::User;
+use http::request::Parts;
+use http::{HeaderMap, Method, header};
+
+use crate::error::ApiError;
+use crate::state::ApiState;
+
+/// Decides who sent a request. The host implements it over its own users and sessions; the
+/// router calls it for every route but the auth routes, and for `/ws` before the upgrade.
+///
+/// `Ok(None)` means "not authenticated" (401). An `Err` is mapped like any other
+/// [`chatcore::Error`] (e.g. [`chatcore::Error::Unavailable`] → 503).
+///
+/// Requests that carry an `Authorization` header are taken to be authenticated by it and are
+/// exempt from the same-origin check; every other unsafe request (a POST, a WebSocket
+/// upgrade) is assumed to ride on an ambient credential such as a cookie, and must come from
+/// the request's own origin (or a [trusted one](crate::ApiConfig::trusted_origins)).
+///
+/// ```
+/// use async_trait::async_trait;
+/// use chatcore::{User, UserId, Username};
+/// use chatcore_axum::Authenticator;
+///
+/// /// Trusts a header set by the host's reverse proxy (only behind one!).
+/// struct ProxyHeader;
+///
+/// #[async_trait]
+/// impl Authenticator for ProxyHeader {
+///     async fn authenticate(&self, parts: &http::request::Parts) -> chatcore::Result<Option<User>> {
+///         let Some(name) = parts.headers.get("x-user").and_then(|v| v.to_str().ok()) else {
+///             return Ok(None);
+///         };
+///         // A real host looks the user up (e.g. `ChatService::find_user`).
+///         Ok(Some(User { id: UserId(1), username: Username::parse(name)? }))
+///     }
+/// }
+/// ```
+#[async_trait]
+pub trait Authenticator: Send + Sync + 'static {
+    /// The user who sent the request described by `parts`, if any.
+    async fn authenticate(&self, parts: &Parts) -> chatcore::Result<Option<User>>;
+}
+
+#[async_trait]
+impl<T: Authenticator + ?Sized> Authenticator for Arc<T> {
+    async fn authenticate(&self, parts: &Parts) -> chatcore::Result<Option<User>> {
+        (**self).authenticate(parts).await
+    }
+}
+
+/// The authenticated user of a request. Extracting it answers 401 (with
+/// `WWW-Authenticate: Bearer`) when the authenticator knows no caller, and 403 for a
+/// cross-site POST or WebSocket upgrade riding on a cookie.
+#[derive(Debug, Clone)]
+pub(crate) struct Caller(pub User);
+
+impl FromRequestParts<ApiState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
+        let user = state
+            .authenticator()
+            .authenticate(parts)
+            .await?
+            .ok_or_else(ApiError::unauthorized)?;
+        check_same_origin(parts, &state.config().trusted_origins)?;
+        Ok(Caller(user))
+    }
+}
+
+/// The CSRF check: an unsafe request (anything but GET, HEAD and OPTIONS, and any WebSocket
+/// upgrade) without an `Authorization` header must come from the request's own origin when
+/// it names one (`Origin`, or else `Referer`). Requests naming no origin (non-browser
+/// clients) pass; browsers always send `Origin` on cross-site POSTs and WebSocket upgrades.
+pub(crate) fn check_same_origin(parts: &Parts, trusted: &[String]) -> Result<(), ApiError> {
+    let headers = &parts.headers;
+    let safe_method = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
+    let upgrade = headers.contains_key(header::UPGRADE);
+    if (safe_method && !upgrade) || headers.contains_key(header::AUTHORIZATION) {
+        return Ok(());
+    }
+    let Some(claimed) = headers
+        .get(header::ORIGIN)
+        .or_else(|| headers.get(header::REFERER))
+    else {
+        return Ok(());
+    };
+    let claimed = claimed.to_str().unwrap_or("");
+    if same_origin(claimed, headers) || trusted.iter().any(|t| origin_of(t) == origin_of(claimed)) {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden("cross-site request refused"))
+    }
+}
+
+/// `scheme://authority` of an origin or URL, lowercased; `None` for anything else (`null`).
+fn origin_of(url: &str) -> Option<(String, String)> {
+    let uri: http::Uri = url.parse().ok()?;
+    Some((
+        uri.scheme_str()?.to_ascii_lowercase(),
+        uri.authority()?.as_str().to_ascii_lowercase(),
+    ))
+}
+
+fn same_origin(claimed: &str, headers: &HeaderMap) -> bool {
+    let Some((_, authority)) = origin_of(claimed) else {
+        return false;
+    };
+    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
+        return false;
+    };
+    authority == host.to_ascii_lowercase()
+        || authority == with_default_port(claimed, &host.to_ascii_lowercase())
+}
+
+/// `host` with the default port of `claimed`'s scheme, to compare `https://a.example` with
+/// `Host: a.example:443`.
+fn with_default_port(claimed: &str, host: &str) -> String {
+    let port = if claimed.starts_with("https:") {
+        ":443"
+    } else {
+        ":80"
+    };
+    host.strip_suffix(port).unwrap_or(host).to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(method: Method, headers: &[(&str, &str)]) -> Parts {
+        let mut builder = http::Request::builder().method(method).uri("/api/v1/message/");
+        for (k, v) in headers {
+            builder = builder.header(*k, *v);
+        }
+        builder.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn same_origin_rules() {
+        let host = ("host", "chat.example:8000");
+        let ok = |p: Parts| check_same_origin(&p, &[]).is_ok();
+        assert!(ok(parts(Method::POST, &[host])));
+        assert!(ok(parts(
+            Method::POST,
+            &[host, ("origin", "http://chat.example:8000")]
+        )));
+        assert!(ok(parts(
+            Method::POST,
+            &[host, ("referer", "http://chat.example:8000/page")]
+        )));
+        assert!(!ok(parts(
+            Method::POST,
+            &[host, ("origin", "http://evil.example")]
+        )));
+        assert!(!ok(parts(Method::POST, &[host, ("origin", "null")])));
+        assert!(!ok(parts(
+            Method::POST,
+            &[host, ("referer", "https://evil.example/x")]
+        )));
+        assert!(ok(parts(
+            Method::POST,
+            &[
+                host,
+                ("origin", "http://evil.example"),
+                ("authorization", "Bearer x")
+            ]
+        )));
+        assert!(ok(parts(Method::GET, &[host, ("origin", "http://evil.example")])));
+        assert!(!ok(parts(
+            Method::GET,
+            &[host, ("origin", "http://evil.example"), ("upgrade", "websocket")]
+        )));
+        assert!(ok(parts(
+            Method::POST,
+            &[("host", "a.example:443"), ("origin", "https://a.example")]
+        )));
+        let trusted = vec!["https://app.example".to_owned()];
+        let p = parts(Method::POST, &[host, ("origin", "https://APP.example")]);
+        assert!(check_same_origin(&p, &trusted).is_ok());
+    }
+}

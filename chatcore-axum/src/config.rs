@@ -1,0 +1,64 @@
+//! [`ApiConfig`]: the limits and timings of the HTTP and WebSocket layer.
+
+use std::time::Duration;
+
+/// Limits and timings of the router. A plain struct: start from `ApiConfig::default()` and
+/// change what you need. Message-level limits (body length, page sizes, catch-up bound) live
+/// in [`chatcore::ChatConfig`], because the service enforces them.
+///
+/// ```
+/// use std::time::Duration;
+/// let config = chatcore_axum::ApiConfig {
+///     send_burst: 0, // no send rate limit (load tests)
+///     ws_ping_interval: Duration::from_secs(10),
+///     ..Default::default()
+/// };
+/// assert_eq!(config.max_request_body, 64 * 1024);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiConfig {
+    /// Largest request body in bytes; a larger one is answered 413. Default 64 KiB.
+    pub max_request_body: usize,
+    /// Sends a user may make in a burst before the rate applies. `0` turns the send rate
+    /// limit off. Default 100.
+    pub send_burst: u32,
+    /// Sends per second a user may make after the burst; beyond it the answer is 429 with
+    /// `Retry-After`. `0` turns the send rate limit off. Default 20.
+    pub send_rate_per_sec: u32,
+    /// How often an open WebSocket is pinged. Default 30 s.
+    pub ws_ping_interval: Duration,
+    /// A WebSocket from which nothing (not even a pong) arrived for `ws_ping_interval +
+    /// ws_ping_timeout` is dead and dropped. Default 10 s.
+    pub ws_ping_timeout: Duration,
+    /// Longest time the client may take to accept one frame; a client that reads slower is
+    /// dropped. A client that reads slowly but within this time falls behind instead: the
+    /// notifier's per-connection queue (see [`chatcore::LocalNotifier::new`]) fills up and the
+    /// client is closed with code 1013 and reconnects with `since`. So the server's memory per
+    /// slow client stays bounded by that queue. Default 10 s.
+    pub ws_send_timeout: Duration,
+    /// Initial read buffer of each WebSocket, in bytes. Small, because an idle connection
+    /// keeps it. Default 1 KiB.
+    pub ws_read_buffer: usize,
+    /// Largest message a WebSocket client may send, in bytes (clients' frames are ignored,
+    /// but a larger one closes the socket). Default 64 KiB.
+    pub ws_max_incoming_message: usize,
+    /// Origins (like `https://app.example.com`) accepted besides the request's own `Host` for
+    /// cookie-authenticated POSTs and WebSocket upgrades. Default: none.
+    pub trusted_origins: Vec<String>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            max_request_body: 64 * 1024,
+            send_burst: 100,
+            send_rate_per_sec: 20,
+            ws_ping_interval: Duration::from_secs(30),
+            ws_ping_timeout: Duration::from_secs(10),
+            ws_send_timeout: Duration::from_secs(10),
+            ws_read_buffer: 1024,
+            ws_max_incoming_message: 64 * 1024,
+            trusted_origins: Vec::new(),
+        }
+    }
+}

@@ -1,0 +1,462 @@
+//! [`SessionAuthenticator`]: accounts with argon2 password hashes and revocable session
+//! tokens, kept in the chat [`Store`]; and the auth routes (`register`, `login`, `logout`).
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use argon2::password_hash::rand_core::OsRng;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use async_trait::async_trait;
+use axum::Json;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chatcore::{Error, Store, TokenHash, User, Username};
+use http::request::Parts;
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::auth::{Authenticator, check_same_origin};
+use crate::body::JsonOrForm;
+use crate::error::ApiError;
+
+/// Settings of a [`SessionAuthenticator`]. Start from `SessionConfig::default()`.
+///
+/// ```
+/// let config = chatcore_axum::SessionConfig { secure_cookies: true, ..Default::default() };
+/// assert_eq!(config.cookie_name, "chatcore_session");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionConfig {
+    /// Name of the session cookie. Default `chatcore_session`.
+    pub cookie_name: String,
+    /// Mark the cookie `Secure` (only sent over HTTPS). Turn on when serving HTTPS; plain-HTTP
+    /// localhost needs it off. Default `false`.
+    pub secure_cookies: bool,
+    /// How long a session lasts after login. Default 14 days.
+    pub session_lifetime: Duration,
+    /// Shortest accepted password, in characters. Default 8.
+    pub min_password_chars: usize,
+    /// Longest accepted password, in bytes (hashing a huge one would be a cheap way to burn
+    /// the server's CPU). Default 1,024.
+    pub max_password_bytes: usize,
+    /// Argon2id memory cost in KiB. Default 19,456 (19 MiB, OWASP's recommendation).
+    pub argon2_memory_kib: u32,
+    /// Argon2id passes. Default 2.
+    pub argon2_iterations: u32,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            cookie_name: "chatcore_session".to_owned(),
+            secure_cookies: false,
+            session_lifetime: Duration::from_secs(14 * 24 * 3600),
+            min_password_chars: 8,
+            max_password_bytes: 1024,
+            argon2_memory_kib: Params::DEFAULT_M_COST,
+            argon2_iterations: Params::DEFAULT_T_COST,
+        }
+    }
+}
+
+/// A freshly issued session: give `token` to the client (it is never stored; the store keeps
+/// its SHA-256).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    /// The bearer token, 32 random bytes in unpadded base64url (43 characters).
+    pub token: String,
+    /// Whose session it is.
+    pub user: User,
+}
+
+/// A ready-to-use [`Authenticator`]: username and password accounts (argon2id hashes), and
+/// session tokens accepted as `Authorization: Bearer <token>` or as a cookie. Everything is
+/// kept in the chat [`Store`], so it works on every backend. Cheap to clone.
+///
+/// Hashing runs on tokio's blocking pool (argon2 is slow on purpose). A login for an unknown
+/// user still verifies a dummy hash, so timing does not tell which names exist.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> chatcore::Result<()> {
+/// use std::sync::Arc;
+/// use chatcore_axum::{SessionAuthenticator, SessionConfig};
+///
+/// let store = Arc::new(chatcore::MemoryStore::new());
+/// let fast = SessionConfig { argon2_memory_kib: 64, argon2_iterations: 1, ..Default::default() };
+/// let auth = SessionAuthenticator::new(store, fast);
+/// auth.register("alice", "correct horse").await?;
+/// let session = auth.login("alice", "correct horse").await?.expect("right password");
+/// assert_eq!(session.user.username.as_str(), "alice");
+/// assert!(auth.login("alice", "wrong password").await?.is_none());
+/// auth.logout(&session.token).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct SessionAuthenticator {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    config: SessionConfig,
+    argon2: Argon2<'static>,
+    /// A hash of nothing in particular, verified for unknown users; made on first use.
+    dummy_hash: OnceLock<String>,
+}
+
+impl std::fmt::Debug for SessionAuthenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionAuthenticator")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Length of a token: 32 bytes in unpadded base64url.
+const TOKEN_CHARS: usize = 43;
+
+impl SessionAuthenticator {
+    /// An authenticator over `store` (the same store as the chat service's).
+    ///
+    /// Argon2 costs out of range fall back to argon2's defaults (a warning is logged).
+    pub fn new(store: Arc<dyn Store>, config: SessionConfig) -> Self {
+        let params = Params::new(
+            config.argon2_memory_kib,
+            config.argon2_iterations,
+            Params::DEFAULT_P_COST,
+            None,
+        )
+        .unwrap_or_else(|error| {
+            tracing::warn!(%error, "invalid argon2 cost in SessionConfig, using the defaults");
+            Params::default()
+        });
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                config,
+                argon2: Argon2::new(Algorithm::Argon2id, Version::V0x13, params),
+                dummy_hash: OnceLock::new(),
+            }),
+        }
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &SessionConfig {
+        &self.inner.config
+    }
+
+    /// Creates an account. [`Error::Invalid`] for a bad name or password,
+    /// [`Error::Conflict`] when the name is taken.
+    pub async fn register(&self, username: &str, password: &str) -> chatcore::Result<User> {
+        let username = Username::parse(username)?;
+        let config = &self.inner.config;
+        if password.chars().count() < config.min_password_chars {
+            return Err(Error::invalid(format!(
+                "password must be at least {} characters",
+                config.min_password_chars
+            )));
+        }
+        self.check_password_size(password)?;
+        let hash = self.hash_password(password.to_owned()).await?;
+        self.inner.store.create_user(&username, Some(&hash)).await
+    }
+
+    /// Checks a username and password; on success records and returns a new session.
+    /// `Ok(None)` for a wrong password, an unknown user and a user without a password alike.
+    pub async fn login(&self, username: &str, password: &str) -> chatcore::Result<Option<Session>> {
+        self.check_password_size(password)?;
+        let credentials = match Username::parse(username) {
+            Ok(name) => self.inner.store.credentials(&name).await?,
+            Err(_) => None,
+        };
+        let (user, hash) = match credentials {
+            Some(chatcore::Credentials {
+                user,
+                password_hash: Some(hash),
+            }) => (Some(user), Some(hash)),
+            Some(_) | None => (None, None),
+        };
+        let inner = self.inner.clone();
+        let password = password.to_owned();
+        let verified = tokio::task::spawn_blocking(move || {
+            let hash = match &hash {
+                Some(hash) => hash.as_str(),
+                None => inner.dummy_hash(),
+            };
+            // Verify even when the user is unknown, so both answers take as long.
+            let matches = inner.verify(&password, hash);
+            user.filter(|_| matches)
+        })
+        .await
+        .map_err(|e| Error::internal("password verification task failed", e))?;
+        match verified {
+            Some(user) => self.start_session(user).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Records a new session for `user` without a password: for hosts that verify identity
+    /// their own way (single sign-on, tests) and then hand out chat tokens.
+    pub async fn start_session(&self, user: User) -> chatcore::Result<Session> {
+        let mut bytes = [0u8; 32];
+        rand::rng().fill_bytes(&mut bytes);
+        let token = URL_SAFE_NO_PAD.encode(bytes);
+        let lifetime =
+            chrono::Duration::from_std(self.inner.config.session_lifetime).unwrap_or(chrono::Duration::MAX);
+        let expires_at = chrono::Utc::now()
+            .checked_add_signed(lifetime)
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC);
+        self.inner
+            .store
+            .create_session(&token_hash(&token), user.id, expires_at)
+            .await?;
+        Ok(Session { token, user })
+    }
+
+    /// Ends the session of `token` at once. An unknown token is not an error.
+    pub async fn logout(&self, token: &str) -> chatcore::Result<()> {
+        self.inner.store.delete_session(&token_hash(token)).await
+    }
+
+    /// The user a token belongs to, if the session is live.
+    pub async fn user_for_token(&self, token: &str) -> chatcore::Result<Option<User>> {
+        if !plausible_token(token) {
+            return Ok(None);
+        }
+        self.inner
+            .store
+            .session_user(&token_hash(token), chrono::Utc::now())
+            .await
+    }
+
+    /// The session token a request carries: the `Authorization: Bearer` header when present,
+    /// else the session cookie.
+    pub fn token_from_headers<'h>(&self, headers: &'h HeaderMap) -> Option<&'h str> {
+        if let Some(value) = headers.get(header::AUTHORIZATION) {
+            let value = value.to_str().ok()?;
+            let (scheme, token) = value.split_once(' ')?;
+            return scheme.eq_ignore_ascii_case("bearer").then(|| token.trim());
+        }
+        headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(name, _)| *name == self.inner.config.cookie_name)
+            .map(|(_, value)| value.trim_matches('"'))
+    }
+
+    /// The `Set-Cookie` value that stores `token` in the browser: HttpOnly, SameSite=Lax,
+    /// Path=/, `Secure` when configured.
+    pub fn session_cookie(&self, token: &str) -> HeaderValue {
+        let config = &self.inner.config;
+        self.cookie(token, config.session_lifetime.as_secs())
+    }
+
+    /// The `Set-Cookie` value that removes the session cookie.
+    pub fn clearing_cookie(&self) -> HeaderValue {
+        self.cookie("", 0)
+    }
+
+    fn cookie(&self, value: &str, max_age: u64) -> HeaderValue {
+        let config = &self.inner.config;
+        let secure = if config.secure_cookies { "; Secure" } else { "" };
+        let cookie = format!(
+            "{}={value}; HttpOnly; SameSite=Lax; Path=/; Max-Age={max_age}{secure}",
+            config.cookie_name
+        );
+        // Cookie names come from the host's config; a name with control characters is a bug.
+        HeaderValue::try_from(cookie).unwrap_or_else(|_| HeaderValue::from_static(""))
+    }
+
+    fn check_password_size(&self, password: &str) -> chatcore::Result<()> {
+        let max = self.inner.config.max_password_bytes;
+        if password.len() > max {
+            return Err(Error::invalid(format!("password must be at most {max} bytes")));
+        }
+        Ok(())
+    }
+
+    async fn hash_password(&self, password: String) -> chatcore::Result<String> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || inner.hash(&password))
+            .await
+            .map_err(|e| Error::internal("password hashing task failed", e))?
+    }
+}
+
+impl Inner {
+    fn hash(&self, password: &str) -> chatcore::Result<String> {
+        let salt = SaltString::generate(&mut OsRng);
+        self.argon2
+            .hash_password(password.as_bytes(), &salt)
+            .map(|hash| hash.to_string())
+            .map_err(|e| Error::internal("hashing a password", PasswordHashError(e)))
+    }
+
+    fn verify(&self, password: &str, hash: &str) -> bool {
+        match PasswordHash::new(hash) {
+            Ok(parsed) => self.argon2.verify_password(password.as_bytes(), &parsed).is_ok(),
+            Err(error) => {
+                tracing::error!(%error, "a stored password hash is not in PHC format");
+                false
+            }
+        }
+    }
+
+    fn dummy_hash(&self) -> &str {
+        self.dummy_hash
+            .get_or_init(|| self.hash("not a password of anyone").unwrap_or_default())
+    }
+}
+
+/// `argon2::password_hash::Error` is not `std::error::Error` without the crate's `std`
+/// feature on `password-hash`; this wrapper keeps the message.
+#[derive(Debug)]
+struct PasswordHashError(argon2::password_hash::Error);
+
+impl std::fmt::Display for PasswordHashError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for PasswordHashError {}
+
+/// The SHA-256 of a token: what the store keeps.
+pub fn token_hash(token: &str) -> TokenHash {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// Tokens we issue are 43 base64url characters; anything else is not worth a lookup.
+fn plausible_token(token: &str) -> bool {
+    token.len() == TOKEN_CHARS
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+#[async_trait]
+impl Authenticator for SessionAuthenticator {
+    async fn authenticate(&self, parts: &Parts) -> chatcore::Result<Option<User>> {
+        match self.token_from_headers(&parts.headers) {
+            Some(token) => self.user_for_token(token).await,
+            None => Ok(None),
+        }
+    }
+}
+
+/// `{"username", "password"}` of the register and login routes.
+#[derive(Deserialize)]
+struct AccountForm {
+    username: String,
+    password: String,
+}
+
+#[derive(Serialize)]
+struct RegisteredBody<'a> {
+    username: &'a str,
+}
+
+#[derive(Serialize)]
+struct LoginBody<'a> {
+    token: &'a str,
+    username: &'a str,
+}
+
+#[derive(Clone)]
+pub(crate) struct AuthState {
+    pub(crate) auth: SessionAuthenticator,
+    pub(crate) trusted_origins: Arc<[String]>,
+}
+
+/// The auth routes, relative to where the router is nested:
+/// `POST /api/v1/auth/register`, `POST /api/v1/auth/login`, `POST /api/v1/auth/logout`
+/// (each with and without a trailing slash; bodies as JSON or form).
+pub(crate) fn routes<S: Clone + Send + Sync + 'static>(state: AuthState) -> axum::Router<S> {
+    let mut router = axum::Router::new();
+    for (path, handler) in [
+        ("/api/v1/auth/register", post(register)),
+        ("/api/v1/auth/login", post(login)),
+        ("/api/v1/auth/logout", post(logout)),
+    ] {
+        router = router
+            .route(path, handler.clone())
+            .route(&format!("{path}/"), handler);
+    }
+    router
+        .method_not_allowed_fallback(crate::error::method_not_allowed)
+        .with_state(state)
+}
+
+async fn register(
+    State(state): State<AuthState>,
+    _: SameOrigin,
+    JsonOrForm(form): JsonOrForm<AccountForm>,
+) -> Result<Response, ApiError> {
+    let user = state.auth.register(&form.username, &form.password).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(RegisteredBody {
+            username: user.username.as_str(),
+        }),
+    )
+        .into_response())
+}
+
+async fn login(
+    State(state): State<AuthState>,
+    _: SameOrigin,
+    JsonOrForm(form): JsonOrForm<AccountForm>,
+) -> Result<Response, ApiError> {
+    let Some(session) = state.auth.login(&form.username, &form.password).await? else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "wrong username or password",
+        ));
+    };
+    let mut response = Json(LoginBody {
+        token: &session.token,
+        username: session.user.username.as_str(),
+    })
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::SET_COOKIE, state.auth.session_cookie(&session.token));
+    Ok(response)
+}
+
+async fn logout(
+    State(state): State<AuthState>,
+    _: SameOrigin,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let Some(token) = state.auth.token_from_headers(&headers) else {
+        return Err(ApiError::unauthorized());
+    };
+    state.auth.logout(token).await?;
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    response
+        .headers_mut()
+        .insert(header::SET_COOKIE, state.auth.clearing_cookie());
+    Ok(response)
+}
+
+/// Proof that the request passed the same-origin check (login CSRF, logout CSRF).
+struct SameOrigin;
+
+impl axum::extract::FromRequestParts<AuthState> for SameOrigin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AuthState) -> Result<Self, ApiError> {
+        check_same_origin(parts, &state.trusted_origins)?;
+        Ok(Self)
+    }
+}

@@ -1,0 +1,133 @@
+//! The router's shared state and the [`ShutdownHandle`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chatcore::ChatService;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::Authenticator;
+use crate::config::ApiConfig;
+use crate::rate::SendRateLimiter;
+use crate::ws::FrameCache;
+
+/// What every handler shares. Cheap to clone (one `Arc`).
+#[derive(Clone)]
+pub(crate) struct ApiState(Arc<Inner>);
+
+struct Inner {
+    service: ChatService,
+    authenticator: Arc<dyn Authenticator>,
+    config: ApiConfig,
+    limiter: Option<SendRateLimiter>,
+    frames: FrameCache,
+    shutdown: ShutdownHandle,
+}
+
+impl ApiState {
+    pub(crate) fn new(
+        service: ChatService,
+        authenticator: Arc<dyn Authenticator>,
+        config: ApiConfig,
+        shutdown: ShutdownHandle,
+    ) -> Self {
+        Self(Arc::new(Inner {
+            limiter: SendRateLimiter::new(config.send_burst, config.send_rate_per_sec),
+            service,
+            authenticator,
+            config,
+            frames: FrameCache::default(),
+            shutdown,
+        }))
+    }
+
+    pub(crate) fn service(&self) -> &ChatService {
+        &self.0.service
+    }
+
+    pub(crate) fn authenticator(&self) -> &dyn Authenticator {
+        &*self.0.authenticator
+    }
+
+    pub(crate) fn config(&self) -> &ApiConfig {
+        &self.0.config
+    }
+
+    pub(crate) fn limiter(&self) -> Option<&SendRateLimiter> {
+        self.0.limiter.as_ref()
+    }
+
+    pub(crate) fn frames(&self) -> &FrameCache {
+        &self.0.frames
+    }
+
+    pub(crate) fn shutdown(&self) -> &ShutdownHandle {
+        &self.0.shutdown
+    }
+}
+
+/// Closes every open WebSocket of a router with a close frame (code 1001, "going away")
+/// when triggered, and lets the host wait until they are closed. Trigger it before (or with)
+/// the graceful shutdown of `axum::serve`; [`crate::serve`] does both.
+///
+/// ```no_run
+/// # async fn demo(chat: chatcore::ChatService, auth: chatcore_axum::SessionAuthenticator) -> std::io::Result<()> {
+/// let api = chatcore_axum::ChatApi::new(chat, auth);
+/// let shutdown = api.shutdown_handle();
+/// let app = axum::Router::new().nest("/chat", api.router());
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:8000").await?;
+/// let signal = shutdown.clone();
+/// tokio::spawn(async move {
+///     let _ = tokio::signal::ctrl_c().await;
+///     signal.shutdown();
+/// });
+/// axum::serve(listener, app)
+///     .with_graceful_shutdown(shutdown.token().clone().cancelled_owned())
+///     .await?;
+/// shutdown.closed(std::time::Duration::from_secs(5)).await;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct ShutdownHandle {
+    token: CancellationToken,
+    sockets: TaskTracker,
+}
+
+impl ShutdownHandle {
+    /// A handle that has not been triggered.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Tells every WebSocket to send its close frame and end; new upgrades are refused (503).
+    pub fn shutdown(&self) {
+        self.sockets.close();
+        self.token.cancel();
+    }
+
+    /// Whether [`ShutdownHandle::shutdown`] was called.
+    pub fn is_shutting_down(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    /// The cancellation token that [`ShutdownHandle::shutdown`] cancels, e.g. for
+    /// `axum::serve(..).with_graceful_shutdown(handle.token().cancelled_owned())`.
+    pub fn token(&self) -> &CancellationToken {
+        &self.token
+    }
+
+    /// How many WebSockets are open now.
+    pub fn open_sockets(&self) -> usize {
+        self.sockets.len()
+    }
+
+    /// Waits until every WebSocket has closed, at most `timeout`. Returns whether all did.
+    pub async fn closed(&self, timeout: Duration) -> bool {
+        tokio::time::timeout(timeout, self.sockets.wait()).await.is_ok()
+    }
+
+    pub(crate) fn socket_guard(&self) -> tokio_util::task::task_tracker::TaskTrackerToken {
+        self.sockets.token()
+    }
+}
