@@ -1,0 +1,72 @@
+//! Cross-node notification latency through the real Redis at `CHATCORE_REDIS_URL` (default
+//! `redis://127.0.0.1:6379`): node A publishes, a subscription on node B receives.
+//!
+//! `cargo bench -p chatcore-redis --bench pubsub`
+
+use std::sync::Arc;
+
+use chatcore::notify::{Delivery, Event, Notifier};
+use chatcore::{Message, MessageId, UserId, Username, now_micros};
+use chatcore_redis::{RedisConfig, RedisNotifier};
+use criterion::{Criterion, criterion_main};
+
+fn event() -> Event {
+    Event::Message(Arc::new(Message {
+        id: MessageId(1),
+        sender: Username::parse("alice").unwrap(),
+        recipient: Username::parse("bob").unwrap(),
+        created_at: now_micros(),
+        body: "a typical short chat message of about a hundred characters, give or take a few words".into(),
+    }))
+}
+
+fn pubsub(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let config = RedisConfig {
+        url: std::env::var("CHATCORE_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
+        channel_prefix: format!("chatcore-bench:{}:", std::process::id()),
+        ..Default::default()
+    };
+    let (node_a, node_b) = runtime.block_on(async {
+        (
+            RedisNotifier::connect(config.clone()).await.expect("redis"),
+            RedisNotifier::connect(config).await.expect("redis"),
+        )
+    });
+    let (alice, bob) = (UserId(1), UserId(2));
+    let event = event();
+
+    let mut group = c.benchmark_group("redis_notifier");
+    // Both participants of a message (one pipelined round trip); nobody listens.
+    group.bench_function("publish_two_users", |b| {
+        b.to_async(&runtime)
+            .iter(|| async { node_a.publish(&[alice, bob], &event).await.unwrap() })
+    });
+
+    // Publish on node A, receive on node B: what a recipient on another node waits.
+    let mut bobs_tab = runtime.block_on(node_b.subscribe(bob)).unwrap();
+    group.bench_function("cross_node_publish_to_receive", |b| {
+        b.iter(|| {
+            runtime.block_on(async {
+                node_a.publish(&[alice, bob], &event).await.unwrap();
+                match bobs_tab.recv().await {
+                    Some(Delivery::Event(_)) => {}
+                    other => panic!("unexpected {other:?}"),
+                }
+            })
+        })
+    });
+    group.finish();
+}
+
+mod group {
+    //! The criterion entry points (generated, hence undocumented).
+    #![allow(missing_docs)]
+    criterion::criterion_group!(benches, super::pubsub);
+}
+
+criterion_main!(group::benches);
