@@ -410,6 +410,16 @@ impl PrivateRedis {
         .await;
     }
 
+    /// Sends `signal` (e.g. `STOP`, `CONT`) to this test's own server process.
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().and_then(|c| c.id()).expect("server running");
+        let status = std::process::Command::new("kill")
+            .args([format!("-{signal}"), pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {pid} failed");
+    }
+
     async fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             child.kill().await.expect("kill redis-server");
@@ -514,4 +524,73 @@ async fn a_redis_restart_resumes_subscriptions_after_a_gap_and_fails_fast_meanwh
     let mut late = a.subscribe(&people[1]).await.unwrap();
     let last = send(&b, &people[0], &people[1], "late").await;
     assert_eq!(next_message(&mut late).await.id, last.id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_published_right_after_subscribe_returns_is_received() {
+    let config = test_config(redis_url());
+    let (na, nb) = (
+        RedisNotifier::connect(config.clone()).await.unwrap(),
+        RedisNotifier::connect(config).await.unwrap(),
+    );
+    // Fresh users each time, so every subscribe needs a new SUBSCRIBE on node B.
+    for round in 0..100 {
+        let user = UserId(1_000 + round);
+        let mut sub = nb.subscribe(user).await.unwrap();
+        na.publish(&[user], &sentinel(round)).await.unwrap();
+        assert_eq!(next_message(&mut sub).await.id, MessageId(round));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_redis_is_detected_by_the_health_check_and_publish_times_out() {
+    let server = PrivateRedis::start().await;
+    let config = RedisConfig {
+        health_check_interval: Duration::from_millis(100),
+        command_timeout: Duration::from_millis(300),
+        connect_timeout: Duration::from_millis(300),
+        ..test_config(server.url())
+    };
+    let notifier = RedisNotifier::connect(config).await.unwrap();
+    let mut sub = notifier.subscribe(UserId(7)).await.unwrap();
+
+    // SIGSTOP: the TCP connections stay open, but nothing answers.
+    server.signal("STOP");
+    let start = Instant::now();
+    let error = notifier.publish(&[UserId(7)], &sentinel(1)).await.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            Error::Unavailable {
+                what: "notifications",
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "publish took {:?}",
+        start.elapsed()
+    );
+    eventually("the health check notices", || async { !notifier.is_connected() }).await;
+
+    server.signal("CONT");
+    let first = next(&mut sub).await;
+    // The publish that timed out was written before the freeze, so Redis may still deliver
+    // it once it runs again; the gap is what matters.
+    let gap = match first {
+        Delivery::Event(Event::Message(m)) if m.id == MessageId(1) => next(&mut sub).await,
+        other => other,
+    };
+    assert_eq!(gap, Delivery::Gap);
+    eventually("reconnected", || async { notifier.is_connected() }).await;
+    notifier.publish(&[UserId(7)], &sentinel(2)).await.unwrap();
+    loop {
+        let id = next_message(&mut sub).await.id;
+        if id == MessageId(2) {
+            break;
+        }
+        assert_eq!(id, MessageId(1), "only the frozen publish may come late");
+    }
 }
