@@ -73,7 +73,7 @@
 //! | `chatcore_migrations` | applied schema steps | primary key `version` |
 //!
 //! The counters are updated in the same transaction as the messages (one upsert per
-//! conversation and user per batch). `tests/query_plans.rs` asserts with
+//! conversation and user per batch). The `query_plans` tests in `sql.rs` assert with
 //! `EXPLAIN QUERY PLAN` that no read scans a table and each uses its index.
 //!
 //! # Errors
@@ -141,11 +141,12 @@ impl std::fmt::Debug for SqliteStore {
 
 /// A thread and the signal that it has finished (its sender is dropped as the thread ends).
 struct Worker {
+    is_writer: bool,
     handle: JoinHandle<()>,
     exited: oneshot::Receiver<()>,
 }
 
-fn spawn_worker(name: String, body: impl FnOnce() + Send + 'static) -> Result<Worker> {
+fn spawn_worker(name: String, is_writer: bool, body: impl FnOnce() + Send + 'static) -> Result<Worker> {
     let (exit_tx, exited) = oneshot::channel::<()>();
     let handle = std::thread::Builder::new()
         .name(name)
@@ -155,7 +156,11 @@ fn spawn_worker(name: String, body: impl FnOnce() + Send + 'static) -> Result<Wo
             body();
         })
         .map_err(|e| Error::internal("could not start an SQLite thread", e))?;
-    Ok(Worker { handle, exited })
+    Ok(Worker {
+        is_writer,
+        handle,
+        exited,
+    })
 }
 
 impl SqliteStore {
@@ -184,6 +189,7 @@ impl SqliteStore {
         let writer_config = config.clone();
         let writer = spawn_worker(
             "chatcore-sqlite-writer".into(),
+            true,
             move || match writer::open_connection(&writer_config) {
                 Ok(conn) => {
                     let _ = ready_tx.send(Ok(()));
@@ -216,7 +222,7 @@ impl SqliteStore {
                 let (ready_tx, ready_rx) = oneshot::channel::<Result<()>>();
                 let reader_config = config.clone();
                 let jobs = reader_rx.clone();
-                let worker = spawn_worker(format!("chatcore-sqlite-reader-{i}"), move || {
+                let worker = spawn_worker(format!("chatcore-sqlite-reader-{i}"), false, move || {
                     match writer::open_reader_connection(&reader_config) {
                         Ok(conn) => {
                             let _ = ready_tx.send(Ok(()));
@@ -255,21 +261,32 @@ impl SqliteStore {
     /// Finishes the writes already queued, stops every thread and waits for them without
     /// blocking the runtime. Later calls on the store fail with [`Error::Unavailable`].
     /// Closing twice is fine.
+    ///
+    /// The readers stop first, so the writer's connection closes last and checkpoints the
+    /// WAL into the database file (leaving a single file behind).
     pub async fn close(&self) -> Result<()> {
-        let workers = std::mem::take(&mut *self.lock_threads());
-        self.signal_stop();
-        for worker in workers {
+        let mut workers = std::mem::take(&mut *self.lock_threads());
+        if workers.is_empty() {
+            return Ok(());
+        }
+        let writer = workers.remove(0);
+        self.stop_readers();
+        let mut panicked = false;
+        for worker in workers.into_iter().chain([writer]) {
+            if worker.is_writer {
+                let _ = self.writer.send(WriteMsg::Stop);
+            }
             // Resolves (with an error) when the thread drops its sender, i.e. as it ends.
             let _ = worker.exited.await;
-            if worker.handle.join().is_err() {
-                return Err(Error::bug("an SQLite thread panicked"));
-            }
+            panicked |= worker.handle.join().is_err();
+        }
+        if panicked {
+            return Err(Error::bug("an SQLite thread panicked"));
         }
         Ok(())
     }
 
-    fn signal_stop(&self) {
-        let _ = self.writer.send(WriteMsg::Stop);
+    fn stop_readers(&self) {
         if let Some(readers) = &self.readers {
             for _ in 0..self.reader_count {
                 let _ = readers.send(ReadMsg::Stop);
@@ -317,10 +334,15 @@ impl Drop for SqliteStore {
         if workers.is_empty() {
             return;
         }
-        self.signal_stop();
-        for worker in workers {
-            // The threads finish the batch in hand and exit; nothing can block them forever
-            // (a lock wait ends after busy_timeout).
+        // Readers first, then the writer (see `close`). The threads finish the job in hand
+        // and exit; nothing blocks them for long (a lock wait ends after busy_timeout).
+        self.stop_readers();
+        let (writers, readers): (Vec<_>, Vec<_>) = workers.into_iter().partition(|w| w.is_writer);
+        for worker in readers {
+            let _ = worker.handle.join();
+        }
+        let _ = self.writer.send(WriteMsg::Stop);
+        for worker in writers {
             let _ = worker.handle.join();
         }
     }

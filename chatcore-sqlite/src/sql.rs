@@ -167,3 +167,165 @@ mod tests {
         assert!("ac" >= upper.as_str());
     }
 }
+
+/// `EXPLAIN QUERY PLAN` of every read: each is a search of the intended index, never a scan
+/// of a table and never a sort, so its cost does not grow with the table.
+#[cfg(test)]
+mod query_plans {
+    use rusqlite::Connection;
+
+    use super::*;
+
+    fn plan(conn: &Connection, sql: &str) -> Vec<String> {
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        // Parameters stay unbound (NULL): the plan is chosen at prepare time.
+        let mut rows = stmt.raw_query();
+        let mut details = Vec::new();
+        while let Some(row) = rows.next().unwrap() {
+            details.push(row.get::<_, String>(3).unwrap());
+        }
+        details
+    }
+
+    fn assert_plan(conn: &Connection, sql: &str, expected: &[&str]) {
+        let details = plan(conn, sql);
+        for detail in &details {
+            assert!(!detail.starts_with("SCAN"), "a scan in {details:?} for {sql}");
+            assert!(!detail.contains("TEMP B-TREE"), "a sort in {details:?} for {sql}");
+        }
+        for want in expected {
+            assert!(
+                details.iter().any(|d| d.contains(want)),
+                "expected {want:?} in {details:?} for {sql}"
+            );
+        }
+    }
+
+    fn check_all(conn: &Connection) {
+        const BY_ROWID: &str = "USING INTEGER PRIMARY KEY (rowid=?)";
+        assert_plan(
+            conn,
+            CONVERSATION_PAGE,
+            &[
+                "SEARCH m USING INDEX chatcore_messages_conversation (conv_low=? AND conv_high=? AND id<?)",
+                &format!("SEARCH s {BY_ROWID}"),
+                &format!("SEARCH r {BY_ROWID}"),
+            ],
+        );
+        assert_plan(
+            conn,
+            CONVERSATION_COUNT,
+            &["SEARCH chatcore_conversations USING PRIMARY KEY (conv_low=? AND conv_high=?)"],
+        );
+        assert_plan(
+            conn,
+            USER_PAGE,
+            &[
+                "SEARCH um USING PRIMARY KEY (user_id=? AND message_id<?)",
+                &format!("SEARCH m {BY_ROWID}"),
+            ],
+        );
+        assert_plan(
+            conn,
+            USER_COUNT,
+            &[&format!("SEARCH chatcore_user_counts {BY_ROWID}")],
+        );
+        assert_plan(
+            conn,
+            MESSAGES_AFTER,
+            &[
+                "SEARCH um USING PRIMARY KEY (user_id=? AND message_id>?)",
+                &format!("SEARCH m {BY_ROWID}"),
+            ],
+        );
+        assert_plan(conn, MESSAGE_FOR, &[&format!("SEARCH m {BY_ROWID}")]);
+        assert_plan(
+            conn,
+            IDEMPOTENT_MESSAGE,
+            &["SEARCH m USING INDEX chatcore_messages_idempotency (sender_id=? AND idempotency_key=?)"],
+        );
+        assert_plan(
+            conn,
+            USER_ID_BY_NAME,
+            &["SEARCH chatcore_users USING COVERING INDEX chatcore_users_username (username=?)"],
+        );
+        assert_plan(
+            conn,
+            CREDENTIALS,
+            &["SEARCH chatcore_users USING INDEX chatcore_users_username (username=?)"],
+        );
+        assert_plan(conn, SESSION_USER, &["SEARCH t USING PRIMARY KEY (token_hash=?)"]);
+        for (inclusive, upper, range) in [
+            (true, true, "(username>? AND username<?)"),
+            (true, false, "(username>?)"),
+            (false, true, "(username>? AND username<?)"),
+            (false, false, "(username>?)"),
+        ] {
+            assert_plan(
+                conn,
+                list_users(inclusive, upper),
+                &[&format!(
+                    "SEARCH chatcore_users USING COVERING INDEX chatcore_users_username {range}"
+                )],
+            );
+        }
+        assert_plan(
+            conn,
+            SET_PASSWORD,
+            &[&format!("SEARCH chatcore_users {BY_ROWID}")],
+        );
+        assert_plan(conn, USER_EXISTS, &[&format!("SEARCH chatcore_users {BY_ROWID}")]);
+        assert_plan(
+            conn,
+            DELETE_SESSION,
+            &["SEARCH chatcore_sessions USING PRIMARY KEY (token_hash=?)"],
+        );
+    }
+
+    fn populated() -> Connection {
+        let mut conn = Connection::open_in_memory().unwrap();
+        crate::schema::migrate(&mut conn, 0).unwrap();
+        let tx = conn.transaction().unwrap();
+        for i in 1..=50 {
+            tx.execute(INSERT_USER, rusqlite::params![format!("user{i}"), None::<String>])
+                .unwrap();
+        }
+        for id in 1..=2000i64 {
+            let (from, to) = (id % 50 + 1, (id * 7) % 50 + 1);
+            let key = (id % 3 == 0).then(|| format!("k{id}"));
+            tx.execute(
+                INSERT_MESSAGE,
+                rusqlite::params![from, to, from.min(to), from.max(to), id, "body", key],
+            )
+            .unwrap();
+            tx.execute(INSERT_USER_MESSAGE, [from, id]).unwrap();
+            if from != to {
+                tx.execute(INSERT_USER_MESSAGE, [to, id]).unwrap();
+            }
+            tx.execute(ADD_CONVERSATION_COUNT, [from.min(to), from.max(to), 1])
+                .unwrap();
+            tx.execute(ADD_USER_COUNT, [from, 1]).unwrap();
+        }
+        tx.commit().unwrap();
+        conn
+    }
+
+    #[test]
+    fn every_read_is_an_index_search_without_statistics() {
+        check_all(&populated());
+    }
+
+    #[test]
+    fn every_read_is_an_index_search_after_analyze() {
+        let conn = populated();
+        conn.execute_batch("ANALYZE").unwrap();
+        check_all(&conn);
+    }
+
+    #[test]
+    fn every_read_is_an_index_search_on_an_empty_database() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        crate::schema::migrate(&mut conn, 0).unwrap();
+        check_all(&conn);
+    }
+}

@@ -1,0 +1,342 @@
+//! Each failure of the database gives its own clear error variant, never a panic: busy,
+//! full, not a database, corrupt, newer schema, missing schema, closed; and a reopened file
+//! keeps everything.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use chatcore::store::PageRequest;
+use chatcore::{Error, MessageId, Store};
+use chatcore_sqlite::{SqliteConfig, SqliteStore};
+use common::{name, new_message, temp_store};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_a_database_is_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("garbage.sqlite3");
+    let garbage: Vec<u8> = (0..16_384u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(&path, &garbage).unwrap();
+    match SqliteStore::open(SqliteConfig::file(&path)).await {
+        Err(Error::Corrupt { message, source }) => {
+            assert!(message.contains("not an SQLite database"), "{message}");
+            assert!(source.is_some(), "the driver error is kept");
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        garbage,
+        "the file is left as it was"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overwritten_pages_are_corrupt() {
+    let temp = temp_store(|_| {}).await;
+    let path = temp.path();
+    let alice = temp.store.create_user(&name("alice"), None).await.unwrap();
+    temp.store.create_user(&name("bob"), None).await.unwrap();
+    for i in 0..300 {
+        let body = format!("{i} {}", "x".repeat(500));
+        temp.store
+            .insert_message(new_message(&alice, "bob", &body))
+            .await
+            .unwrap();
+    }
+    temp.store.close().await.unwrap();
+    let wal = path.with_extension("sqlite3-wal");
+    assert!(
+        std::fs::metadata(&wal).map(|m| m.len() == 0).unwrap_or(true),
+        "closing checkpointed the WAL into the file"
+    );
+    // Keep page 1 (header and schema), scribble over every other page.
+    let mut bytes = std::fs::read(&path).unwrap();
+    assert!(bytes.len() > 40 * 4096, "the fixture spans many pages");
+    for (i, b) in bytes.iter_mut().enumerate().skip(4096) {
+        *b = (i as u8).wrapping_mul(151) ^ 0x5a;
+    }
+    std::fs::write(&path, &bytes).unwrap();
+
+    let reopened = SqliteStore::open(SqliteConfig::file(&path)).await;
+    let error = match reopened {
+        Err(e) => e,
+        Ok(store) => {
+            let page = store
+                .conversation_page(alice.id, &name("bob"), &PageRequest::latest(15))
+                .await;
+            let err = page.expect_err("reading overwritten pages must fail");
+            store.close().await.unwrap();
+            err
+        }
+    };
+    assert!(
+        matches!(error, Error::Corrupt { .. }),
+        "expected Corrupt, got {error:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_write_lock_is_unavailable_after_the_busy_timeout() {
+    let temp = temp_store(|c| c.busy_timeout = Duration::from_millis(150)).await;
+    let alice = temp.store.create_user(&name("alice"), None).await.unwrap();
+    temp.store.create_user(&name("bob"), None).await.unwrap();
+
+    let other = rusqlite::Connection::open(temp.path()).unwrap();
+    other.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let started = Instant::now();
+    let sent = temp
+        .store
+        .insert_message(new_message(&alice, "bob", "blocked"))
+        .await;
+    assert!(
+        matches!(sent, Err(Error::Unavailable { what: "storage", .. })),
+        "expected Unavailable, got {sent:?}"
+    );
+    assert!(sent.unwrap_err().is_retryable());
+    assert!(
+        started.elapsed() >= Duration::from_millis(100),
+        "waited for the busy timeout"
+    );
+    let created = temp.store.create_user(&name("carol"), None).await;
+    assert!(matches!(created, Err(Error::Unavailable { .. })), "{created:?}");
+    // Readers are not blocked by a writer in WAL mode.
+    assert!(temp.store.find_user(&name("bob")).await.unwrap().is_some());
+
+    other.execute_batch("COMMIT").unwrap();
+    let sent = temp
+        .store
+        .insert_message(new_message(&alice, "bob", "free"))
+        .await
+        .unwrap();
+    let page = temp
+        .store
+        .conversation_page(alice.id, &name("bob"), &PageRequest::latest(15))
+        .await
+        .unwrap();
+    assert_eq!(page.total, 1, "the failed send stored nothing");
+    assert_eq!(page.messages[0].id, sent.message.id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exclusively_locked_file_cannot_be_opened() {
+    let temp = temp_store(|_| {}).await;
+    temp.store.close().await.unwrap();
+    let other = rusqlite::Connection::open(temp.path()).unwrap();
+    other
+        .execute_batch("PRAGMA locking_mode = EXCLUSIVE; BEGIN EXCLUSIVE; COMMIT;")
+        .unwrap();
+    let config = SqliteConfig {
+        busy_timeout: Duration::from_millis(100),
+        ..SqliteConfig::file(temp.path())
+    };
+    let opened = SqliteStore::open(config).await;
+    assert!(matches!(opened, Err(Error::Unavailable { .. })), "{opened:?}");
+    drop(other);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_database_is_storage_full_and_stays_readable() {
+    let temp = temp_store(|c| c.max_page_count = Some(60)).await;
+    let alice = temp.store.create_user(&name("alice"), None).await.unwrap();
+    temp.store.create_user(&name("bob"), None).await.unwrap();
+    let body = "y".repeat(3_000);
+    let mut stored = 0u64;
+    let error = loop {
+        match temp.store.insert_message(new_message(&alice, "bob", &body)).await {
+            Ok(_) => stored += 1,
+            Err(e) => break e,
+        }
+        assert!(stored < 1_000, "the page cap never filled");
+    };
+    assert!(
+        matches!(error, Error::StorageFull(_)),
+        "expected StorageFull, got {error:?}"
+    );
+    assert!(stored > 0);
+    let page = temp
+        .store
+        .conversation_page(alice.id, &name("bob"), &PageRequest::latest(15))
+        .await
+        .unwrap();
+    assert_eq!(page.total, stored, "counters match what was acknowledged");
+    let all = temp
+        .store
+        .messages_after(alice.id, MessageId(0), 10_000)
+        .await
+        .unwrap();
+    assert_eq!(all.len() as u64, stored);
+    // Small writes that still fit keep working.
+    temp.store
+        .create_session(&[9u8; 32], alice.id, chrono::Utc::now())
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_schema_is_refused() {
+    let temp = temp_store(|_| {}).await;
+    temp.store.close().await.unwrap();
+    let conn = rusqlite::Connection::open(temp.path()).unwrap();
+    conn.execute(
+        "INSERT INTO chatcore_migrations (version, name, applied_at) VALUES (?1, 'from the future', 0)",
+        [chatcore_sqlite::SCHEMA_VERSION + 1],
+    )
+    .unwrap();
+    drop(conn);
+    match SqliteStore::open(SqliteConfig::file(temp.path())).await {
+        Err(Error::Corrupt { message, .. }) => assert!(message.contains("newer"), "{message}"),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_migrate_calls_say_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(SqliteConfig::file(dir.path().join("new.sqlite3")))
+        .await
+        .unwrap();
+    let created = store.create_user(&name("alice"), None).await;
+    match created {
+        Err(Error::Internal { message, .. }) => assert!(message.contains("migrate"), "{message}"),
+        other => panic!("expected a missing-schema error, got {other:?}"),
+    }
+    let found = store.find_user(&name("alice")).await;
+    assert!(matches!(found, Err(Error::Internal { .. })), "{found:?}");
+    let report = store.migrate().await.unwrap();
+    assert_eq!(
+        (report.previous, report.current),
+        (0, chatcore_sqlite::SCHEMA_VERSION)
+    );
+    store.create_user(&name("alice"), None).await.unwrap();
+    assert!(store.find_user(&name("alice")).await.unwrap().is_some());
+    store.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_store_is_unavailable() {
+    let temp = temp_store(|_| {}).await;
+    temp.store.create_user(&name("alice"), None).await.unwrap();
+    temp.store.close().await.unwrap();
+    temp.store.close().await.unwrap();
+    let found = temp.store.find_user(&name("alice")).await;
+    assert!(matches!(found, Err(Error::Unavailable { .. })), "{found:?}");
+    let created = temp.store.create_user(&name("bob"), None).await;
+    assert!(matches!(created, Err(Error::Unavailable { .. })), "{created:?}");
+    assert!(matches!(
+        temp.store.migrate().await,
+        Err(Error::Unavailable { .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_locations_and_config_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing_dir = SqliteConfig::file(dir.path().join("no/such/dir/chat.sqlite3"));
+    assert!(matches!(
+        SqliteStore::open(missing_dir).await,
+        Err(Error::Unavailable { .. })
+    ));
+    let not_created = SqliteConfig {
+        create_if_missing: false,
+        ..SqliteConfig::file(dir.path().join("absent.sqlite3"))
+    };
+    assert!(matches!(
+        SqliteStore::open(not_created).await,
+        Err(Error::Unavailable { .. })
+    ));
+    assert!(!dir.path().join("absent.sqlite3").exists());
+    let zero_batch = SqliteConfig {
+        max_batch: 0,
+        ..SqliteConfig::memory()
+    };
+    assert!(matches!(
+        SqliteStore::open(zero_batch).await,
+        Err(Error::Invalid(_))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reopened_file_keeps_everything_and_migrate_is_a_no_op() {
+    let temp = temp_store(|_| {}).await;
+    let alice = temp
+        .store
+        .create_user(&name("alice"), Some("$argon2id$hash"))
+        .await
+        .unwrap();
+    temp.store.create_user(&name("bob"), None).await.unwrap();
+    let mut last = MessageId(0);
+    for i in 0..25 {
+        last = temp
+            .store
+            .insert_message(new_message(&alice, "bob", &format!("m{i}")))
+            .await
+            .unwrap()
+            .message
+            .id;
+    }
+    let before = temp
+        .store
+        .conversation_page(alice.id, &name("bob"), &PageRequest::latest(15))
+        .await
+        .unwrap();
+    temp.store.close().await.unwrap();
+
+    let store = SqliteStore::open(SqliteConfig::file(temp.path())).await.unwrap();
+    let report = store.migrate().await.unwrap();
+    assert!(!report.applied_any(), "{report:?}");
+    let after = store
+        .conversation_page(alice.id, &name("bob"), &PageRequest::latest(15))
+        .await
+        .unwrap();
+    assert_eq!(after, before);
+    assert_eq!(after.total, 25);
+    let creds = store.credentials(&name("alice")).await.unwrap().unwrap();
+    assert_eq!(creds.password_hash.as_deref(), Some("$argon2id$hash"));
+    let next = store
+        .insert_message(new_message(&alice, "bob", "after reopen"))
+        .await
+        .unwrap();
+    assert!(next.message.id > last, "ids keep increasing across restarts");
+    assert!(next.message.created_at >= before.messages[0].created_at);
+    store.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_a_busy_store_does_not_hang() {
+    let temp = temp_store(|_| {}).await;
+    let alice = temp.store.create_user(&name("alice"), None).await.unwrap();
+    temp.store.create_user(&name("bob"), None).await.unwrap();
+    let store = std::sync::Arc::new(temp);
+    let senders: Vec<_> = (0..8)
+        .map(|i| {
+            let store = store.clone();
+            let alice = alice.clone();
+            tokio::spawn(async move {
+                let mut ok = 0;
+                for j in 0..50 {
+                    match store
+                        .insert_message(new_message(&alice, "bob", &format!("{i}/{j}")))
+                        .await
+                    {
+                        Ok(_) => ok += 1,
+                        Err(Error::Unavailable { .. }) => break,
+                        Err(e) => panic!("unexpected {e:?}"),
+                    }
+                }
+                ok
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let started = Instant::now();
+    tokio::task::spawn_blocking(move || drop(store)).await.unwrap();
+    let mut total = 0;
+    for s in senders {
+        total += s.await.unwrap();
+    }
+    assert!(total <= 400);
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
