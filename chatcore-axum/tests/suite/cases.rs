@@ -1,0 +1,1188 @@
+//! The cases of the suite, one per row (or group of rows) of the HTTP and WebSocket contract.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chatcore::store::{Credentials, Inserted, MessagePage, PageRequest, TokenHash, UserQuery};
+use chatcore::{
+    ChatConfig, Error, Message, MessageId, NewMessage, SendRequest, Store, User, UserId, Username,
+};
+use chatcore_axum::ApiConfig;
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+use super::app::*;
+
+/// The JSON error body of a response, checking its shape.
+async fn error_of(response: reqwest::Response, status: u16) -> String {
+    assert_eq!(response.status().as_u16(), status, "status");
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json"),
+        "error answers are JSON"
+    );
+    let body: Value = response.json().await.unwrap();
+    body["error"].as_str().expect("{\"error\": ...}").to_owned()
+}
+
+pub async fn auth_register_login_logout(store: Arc<dyn Store>) {
+    let app = TestApp::spawn(store).await;
+    let http = app.anonymous();
+    let register = |body: Value| http.post(app.url("/api/v1/auth/register")).json(&body).send();
+
+    let response = register(json!({"username": "alice", "password": "correct horse"}))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    assert_eq!(
+        response.json::<Value>().await.unwrap(),
+        json!({"username": "alice"})
+    );
+    let taken = register(json!({"username": "alice", "password": "another one"}))
+        .await
+        .unwrap();
+    error_of(taken, 409).await;
+    let bad_name = register(json!({"username": "no spaces", "password": "correct horse"}))
+        .await
+        .unwrap();
+    error_of(bad_name, 400).await;
+    let empty_name = register(json!({"username": "", "password": "correct horse"}))
+        .await
+        .unwrap();
+    error_of(empty_name, 400).await;
+    let long_name = register(json!({"username": "x".repeat(151), "password": "correct horse"}))
+        .await
+        .unwrap();
+    error_of(long_name, 400).await;
+    let short = register(json!({"username": "bob", "password": "1234567"}))
+        .await
+        .unwrap();
+    assert!(error_of(short, 400).await.contains("8"));
+    // Registration by form works as well.
+    let form = http
+        .post(app.url("/api/v1/auth/register/"))
+        .form(&[("username", "bob"), ("password", "12345678")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(form.status(), 201);
+
+    // Wrong password and unknown user: the same 401.
+    let login = |user: &str, password: &str| {
+        http.post(app.url("/api/v1/auth/login"))
+            .json(&json!({"username": user, "password": password}))
+            .send()
+    };
+    let wrong = error_of(login("alice", "wrong horse").await.unwrap(), 401).await;
+    let unknown = error_of(login("nobody", "correct horse").await.unwrap(), 401).await;
+    assert_eq!(wrong, unknown);
+
+    let response = login("alice", "correct horse").await.unwrap();
+    assert_eq!(response.status(), 200);
+    let cookie = response.headers()["set-cookie"].to_str().unwrap().to_owned();
+    for attribute in ["chatcore_session=", "HttpOnly", "SameSite=Lax", "Path=/"] {
+        assert!(cookie.contains(attribute), "{cookie} lacks {attribute}");
+    }
+    assert!(
+        !cookie.contains("Secure"),
+        "plain-HTTP localhost must keep working"
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["username"], "alice");
+    let token = body["token"].as_str().unwrap().to_owned();
+    assert_eq!(token.len(), 43);
+
+    // The cookie (kept by the client) and the bearer token both authenticate.
+    let by_cookie = http.get(app.url("/api/v1/user/")).send().await.unwrap();
+    assert_eq!(by_cookie.status(), 200);
+    assert_eq!(
+        by_cookie.json::<Value>().await.unwrap(),
+        json!([{"username": "bob"}])
+    );
+    let bearer = app.client(&token);
+    assert_eq!(
+        bearer
+            .get(app.url("/api/v1/user/"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let ws = app.ws(&token, None).await;
+    close(ws).await;
+
+    // Logout by cookie: 204, and both the cookie and the token stop working at once.
+    let logout = http.post(app.url("/api/v1/auth/logout")).send().await.unwrap();
+    assert_eq!(logout.status(), 204);
+    error_of(http.get(app.url("/api/v1/user/")).send().await.unwrap(), 401).await;
+    error_of(bearer.get(app.url("/api/v1/user/")).send().await.unwrap(), 401).await;
+    let (status, _) = app.ws_refused(app.ws_request(Some(&token), "")).await;
+    assert_eq!(status, 401);
+
+    // Logout by bearer token.
+    let again = login("alice", "correct horse")
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    let second = app.client(again["token"].as_str().unwrap());
+    assert_eq!(
+        second
+            .post(app.url("/api/v1/auth/logout/"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+    error_of(second.get(app.url("/api/v1/message/")).send().await.unwrap(), 401).await;
+    // Nothing to log out of.
+    error_of(
+        app.anonymous()
+            .post(app.url("/api/v1/auth/logout"))
+            .send()
+            .await
+            .unwrap(),
+        401,
+    )
+    .await;
+}
+
+pub async fn unauthenticated_requests_get_401(store: Arc<dyn Store>) {
+    let app = TestApp::spawn(store).await;
+    let (_, token) = app.user("alice").await;
+    app.user("bob").await;
+    let id = app.send(&token, "bob", "hi").await["id"].as_i64().unwrap();
+    let nobody = app.anonymous();
+    let forged = app.client(&"A".repeat(43));
+    let malformed = app.client("not-a-token");
+    for client in [&nobody, &forged, &malformed] {
+        let requests = [
+            client.get(app.url("/api/v1/user/")),
+            client.get(app.url("/api/v1/message/?target=bob")),
+            client.get(app.url(&format!("/api/v1/message/{id}/"))),
+            client
+                .post(app.url("/api/v1/message/"))
+                .json(&json!({"recipient": "bob", "body": "sneaky"})),
+        ];
+        for request in requests {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.headers()["www-authenticate"], "Bearer");
+            error_of(response, 401).await;
+        }
+    }
+    let (status, body) = app.ws_refused(app.ws_request(None, "")).await;
+    assert_eq!(status, 401);
+    assert!(body["error"].is_string(), "{body}");
+    let (status, _) = app.ws_refused(app.ws_request(Some(&"B".repeat(43)), "")).await;
+    assert_eq!(status, 401);
+    // Nothing was stored by the refused send.
+    let page = app
+        .client(&token)
+        .get(app.url("/api/v1/message/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.json::<Value>().await.unwrap()["count"], 1);
+}
+
+pub async fn send_notifies_every_socket_of_both_and_no_one_else(store: Arc<dyn Store>) {
+    let app = TestApp::spawn(store).await;
+    let (_, alice) = app.user("alice").await;
+    let (_, bob) = app.user("bob").await;
+    let (_, carol) = app.user("carol").await;
+    let mut alice_ws = app.ws(&alice, None).await;
+    let mut bob_tab1 = app.ws(&bob, None).await;
+    let mut bob_tab2 = app.ws(&bob, None).await;
+    let mut carol_ws = app.ws(&carol, None).await;
+
+    let sent = app.send(&alice, "bob", "  hello bob ").await;
+    assert_eq!(sent["body"], "hello bob");
+    assert_eq!(sent["user"], "alice");
+    assert_eq!(sent["recipient"], "bob");
+    let timestamp = sent["timestamp"].as_str().unwrap();
+    assert!(timestamp.ends_with('Z') && timestamp.len() == 27, "{timestamp}");
+    for ws in [&mut alice_ws, &mut bob_tab1, &mut bob_tab2] {
+        let frame = frame(ws).await;
+        assert_eq!(frame["message"], sent["id"].to_string());
+        assert_eq!(frame["data"], sent);
+    }
+    // Carol hears nothing of it: the first frame she gets is about her own message.
+    let to_carol = app.send(&bob, "carol", "hi carol").await;
+    assert_eq!(frame_id(&mut carol_ws).await, to_carol["id"].as_i64().unwrap());
+    no_frame(&mut alice_ws, Duration::from_millis(100)).await;
+    for ws in [&mut bob_tab1, &mut bob_tab2] {
+        assert_eq!(frame_id(ws).await, to_carol["id"].as_i64().unwrap());
+    }
+    // A note to oneself reaches each socket once.
+    let note = app.send(&alice, "alice", "note").await;
+    assert_eq!(frame_id(&mut alice_ws).await, note["id"].as_i64().unwrap());
+    no_frame(&mut alice_ws, Duration::from_millis(100)).await;
+    for ws in [alice_ws, bob_tab1, bob_tab2, carol_ws] {
+        close(ws).await;
+    }
+}
+
+pub async fn form_bodies_trailing_slashes_and_reading_by_id(store: Arc<dyn Store>) {
+    let app = TestApp::spawn(store).await;
+    let (_, alice) = app.user("alice").await;
+    let (_, bob) = app.user("bob").await;
+    let (_, carol) = app.user("carol").await;
+    let response = app
+        .client(&alice)
+        .post(app.url("/api/v1/message"))
+        .form(&[("recipient", "bob"), ("body", " aaa ")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let sent: Value = response.json().await.unwrap();
+    assert_eq!(sent["body"], "aaa");
+    let id = sent["id"].as_i64().unwrap();
+    for path in [format!("/api/v1/message/{id}/"), format!("/api/v1/message/{id}")] {
+        for token in [&alice, &bob] {
+            let response = app.client(token).get(app.url(&path)).send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            assert_eq!(response.json::<Value>().await.unwrap(), sent);
+        }
+        // A third user gets the same 404 as for an id that does not exist.
+        let third = error_of(app.client(&carol).get(app.url(&path)).send().await.unwrap(), 404).await;
+        let missing = app
+            .client(&alice)
+            .get(app.url("/api/v1/message/999999/"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(error_of(missing, 404).await, third);
+    }
+    let garbage = app
+        .client(&alice)
+        .get(app.url("/api/v1/message/abc/"))
+        .send()
+        .await
+        .unwrap();
+    error_of(garbage, 404).await;
+    for path in [
+        "/api/v1/message",
+        "/api/v1/message/",
+        "/api/v1/user",
+        "/api/v1/user/",
+    ] {
+        let response = app.client(&alice).get(app.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+    }
+}
+
+pub async fn message_validation_errors(store: Arc<dyn Store>) {
+    let app = TestApp::spawn(store).await;
+    let (_, alice) = app.user("alice").await;
+    app.user("bob").await;
+    let client = app.client(&alice);
+    let post = || client.post(app.url("/api/v1/message/"));
+    let send_json = |body: Value| post().json(&body).send();
+
+    error_of(
+        send_json(json!({"recipient": "bob", "body": "   "}))
+            .await
+            .unwrap(),
+        400,
+    )
+    .await;
+    let longest = "é".repeat(4_000);
+    assert_eq!(
+        send_json(json!({"recipient": "bob", "body": longest}))
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
+    let too_long = "é".repeat(4_001);
+    error_of(
+        send_json(json!({"recipient": "bob", "body": too_long}))
+            .await
+            .unwrap(),
+        400,
+    )
+    .await;
+    error_of(
+        send_json(json!({"recipient": "nobody", "body": "hi"}))
+            .await
+            .unwrap(),
+        404,
+    )
+    .await;
+    error_of(send_json(json!({"recipient": "bob"})).await.unwrap(), 400).await;
+    error_of(
+        send_json(json!({"recipient": "bob", "body": 5})).await.unwrap(),
+        400,
+    )
+    .await;
+    error_of(send_json(json!("bob")).await.unwrap(), 400).await;
+    // Malformed JSON: 400 JSON, and the server lives on.
+    for broken in [
+        "{",
+        "{\"recipient\": \"bob\", \"body\": \"hi\"",
+        "",
+        "null",
+        "\u{0}",
+    ] {
+        let response = post()
+            .header("content-type", "application/json")
+            .body(broken)
+            .send()
+            .await
+            .unwrap();
+        error_of(response, 400).await;
+    }
+    let form_missing = post().form(&[("recipient", "bob")]).send().await.unwrap();
+    error_of(form_missing, 400).await;
+    // Other content types: 415.
+    let text = post()
+        .header("content-type", "text/plain")
+        .body("recipient=bob&body=hi")
+        .send()
+        .await
+        .unwrap();
+    error_of(text, 415).await;
+    error_of(post().body("{}").send().await.unwrap(), 415).await;
+    // Over the request body limit (64 KiB): 413.
+    let huge = json!({"recipient": "bob", "body": "x".repeat(70 * 1024)});
+    error_of(send_json(huge).await.unwrap(), 413).await;
+    let huge_form = post()
+        .form(&[("recipient", "bob"), ("body", &"y".repeat(70 * 1024))])
+        .send()
+        .await
+        .unwrap();
+    error_of(huge_form, 413).await;
+    // A bad Idempotency-Key: 400.
+    let long_key = post()
+        .header("idempotency-key", "k".repeat(300))
+        .json(&json!({"recipient": "bob", "body": "hi"}))
+        .send()
+        .await
+        .unwrap();
+    error_of(long_key, 400).await;
+    // Writing to yourself is allowed; everything above stored just the one valid message.
+    assert_eq!(
+        send_json(json!({"recipient": "alice", "body": "me"}))
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
+    let all: Value = client
+        .get(app.url("/api/v1/message/"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(all["count"], 2);
+}
+
+pub async fn idempotent_retry_returns_same_message_and_notifies_once(store: Arc<dyn Store>) {
+    let app = TestApp::spawn(store).await;
+    let (_, alice) = app.user("alice").await;
+    let (_, bob) = app.user("bob").await;
+    let mut bob_ws = app.ws(&bob, None).await;
+    let keyed = |token: &str, key: &str, body: &str| {
+        app.client(token)
+            .post(app.url("/api/v1/message/"))
+            .header("Idempotency-Key", key)
+            .json(&json!({"recipient": "bob", "body": body}))
+            .send()
+    };
+    let first: Value = keyed(&alice, "retry-1", "once")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let retry = keyed(&alice, "retry-1", "once").await.unwrap();
+    assert_eq!(retry.status(), 201);
+    assert_eq!(retry.headers()["idempotent-replayed"], "true");
+    assert_eq!(retry.json::<Value>().await.unwrap(), first);
+    // Another key, or the same key from another sender, is a new message.
+    let other_key: Value = keyed(&alice, "retry-2", "twice")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_ne!(other_key["id"], first["id"]);
+    let other_sender: Value = keyed(&bob, "retry-1", "bob's")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_ne!(other_sender["id"], first["id"]);
+    // One notification for the retried send.
+    assert_eq!(frame_id(&mut bob_ws).await, first["id"].as_i64().unwrap());
+    assert_eq!(frame_id(&mut bob_ws).await, other_key["id"].as_i64().unwrap());
+    assert_eq!(frame_id(&mut bob_ws).await, other_sender["id"].as_i64().unwrap());
+    no_frame(&mut bob_ws, Duration::from_millis(100)).await;
+    let history: Value = app
+        .client(&alice)
+        .get(app.url("/api/v1/message/?target=bob"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // The alice-bob conversation holds the two distinct messages (bob's went to himself).
+    assert_eq!(history["count"], 2);
+    close(bob_ws).await;
+}
+
+pub async fn send_rate_limit_answers_429_with_retry_after(store: Arc<dyn Store>) {
+    let options = Options {
+        api: ApiConfig {
+            send_burst: 3,
+            send_rate_per_sec: 1,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let app = TestApp::spawn_with(store, options).await;
+    let (_, alice) = app.user("alice").await;
+    let (_, bob) = app.user("bob").await;
+    for i in 0..3 {
+        app.send(&alice, "bob", &format!("burst {i}")).await;
+    }
+    let limited = app
+        .client(&alice)
+        .post(app.url("/api/v1/message/"))
+        .json(&json!({"recipient": "bob", "body": "one too many"}))
+        .send()
+        .await
+        .unwrap();
+    let retry_after: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry_after), "Retry-After {retry_after}");
+    error_of(limited, 429).await;
+    // Bob has his own bucket; reading is not limited.
+    app.send(&bob, "alice", "not limited").await;
+    let read = app
+        .client(&alice)
+        .get(app.url("/api/v1/message/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), 200);
+    assert_eq!(read.json::<Value>().await.unwrap()["count"], 4);
+    // After Retry-After, a send succeeds again.
+    tokio::time::sleep(Duration::from_secs(retry_after)).await;
+    app.send(&alice, "bob", "later").await;
+
+    // 0 turns the limit off.
+    let off = Options {
+        api: ApiConfig {
+            send_burst: 0,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let app = TestApp::spawn_with(Arc::new(chatcore::MemoryStore::new()), off).await;
+    let (_, alice) = app.user("alice").await;
+    for i in 0..150 {
+        app.send(&alice, "alice", &format!("{i}")).await;
+    }
+}
+
+pub async fn unknown_paths_and_wrong_methods_answer_json(store: Arc<dyn Store>) {
+    let app = TestApp::spawn(store).await;
+    let (_, alice) = app.user("alice").await;
+    let client = app.client(&alice);
+    for path in [
+        "/nope",
+        "/api/v1/",
+        "/api/v1/messages/",
+        "/api/v1/message/1/extra",
+    ] {
+        error_of(client.get(app.url(path)).send().await.unwrap(), 404).await;
+    }
+    let cases = [
+        (reqwest::Method::DELETE, "/api/v1/message/"),
+        (reqwest::Method::PUT, "/api/v1/message"),
+        (reqwest::Method::POST, "/api/v1/user/"),
+        (reqwest::Method::DELETE, "/api/v1/message/1/"),
+        (reqwest::Method::PATCH, "/api/v1/message/1"),
+        (reqwest::Method::POST, "/ws"),
+        (reqwest::Method::GET, "/api/v1/auth/login"),
+        (reqwest::Method::DELETE, "/api/v1/auth/logout/"),
+    ];
+    for (method, path) in cases {
+        let response = client
+            .request(method.clone(), app.url(path))
+            .send()
+            .await
+            .unwrap();
+        assert!(response.headers().contains_key("allow"), "{method} {path}");
+        error_of(response, 405).await;
+    }
+    // A plain GET of /ws without the upgrade: a JSON error, not a panic.
+    let plain = client.get(app.url("/ws")).send().await.unwrap();
+    let message = error_of(plain, 400).await;
+    assert!(message.to_lowercase().contains("upgrade"), "{message}");
+    // The host's own routes are untouched.
+    let home = reqwest::get(app.absolute("/")).await.unwrap();
+    assert_eq!(home.text().await.unwrap(), "host home");
+}
+
+pub async fn cross_site_cookie_requests_are_refused(store: Arc<dyn Store>) {
+    let app = TestApp::spawn(store).await;
+    app.auth.register("alice", "correct horse").await.unwrap();
+    app.user("bob").await;
+    let browser = app.anonymous();
+    let login = browser
+        .post(app.url("/api/v1/auth/login"))
+        .header("origin", app.origin())
+        .json(&json!({"username": "alice", "password": "correct horse"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 200);
+    let token = login.json::<Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let send = |origin: Option<(&str, &str)>| {
+        let mut request = browser
+            .post(app.url("/api/v1/message/"))
+            .json(&json!({"recipient": "bob", "body": "hi"}));
+        if let Some((name, value)) = origin {
+            request = request.header(name, value);
+        }
+        request.send()
+    };
+    error_of(send(Some(("origin", "http://evil.example"))).await.unwrap(), 403).await;
+    error_of(send(Some(("origin", "null"))).await.unwrap(), 403).await;
+    error_of(
+        send(Some(("referer", "http://evil.example/page"))).await.unwrap(),
+        403,
+    )
+    .await;
+    assert_eq!(send(Some(("origin", &app.origin()))).await.unwrap().status(), 201);
+    let own_page = format!("{}/chat/", app.origin());
+    assert_eq!(send(Some(("referer", &own_page))).await.unwrap().status(), 201);
+    assert_eq!(send(None).await.unwrap().status(), 201);
+    // A bearer token is not sent by browsers on their own: exempt.
+    let bearer = app
+        .client(&token)
+        .post(app.url("/api/v1/message/"))
+        .header("origin", "http://evil.example")
+        .json(&json!({"recipient": "bob", "body": "api client"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bearer.status(), 201);
+    // Cross-site WebSocket with the cookie: refused before the upgrade.
+    let mut request = app.ws_request(None, "");
+    let headers = request.headers_mut();
+    headers.insert("cookie", format!("chatcore_session={token}").parse().unwrap());
+    headers.insert("origin", "http://evil.example".parse().unwrap());
+    let (status, _) = app.ws_refused(request).await;
+    assert_eq!(status, 403);
+    let mut request = app.ws_request(None, "");
+    let headers = request.headers_mut();
+    headers.insert("cookie", format!("chatcore_session={token}").parse().unwrap());
+    headers.insert("origin", app.origin().parse().unwrap());
+    let (ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    close(ws).await;
+    // Cross-site logout is refused too; the session survives it.
+    let logout = browser
+        .post(app.url("/api/v1/auth/logout"))
+        .header("origin", "http://evil.example")
+        .send()
+        .await
+        .unwrap();
+    error_of(logout, 403).await;
+    let all: Value = browser
+        .get(app.url("/api/v1/message/"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(all["count"], 4);
+}
+
+pub async fn history_pages_with_page_before_and_limit(store: Arc<dyn Store>) {
+    let app = TestApp::spawn_with(
+        store,
+        Options {
+            api: ApiConfig {
+                send_burst: 0,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    )
+    .await;
+    let (alice_user, alice) = app.user("alice").await;
+    app.user("bob").await;
+    app.user("carol+1").await;
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        let sent = app
+            .chat
+            .send(
+                &alice_user,
+                SendRequest {
+                    recipient: "bob".into(),
+                    body: format!("m{i}"),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        ids.push(sent.message.id.0);
+    }
+    for i in 0..5 {
+        app.send(&alice, "carol+1", &format!("c{i}")).await;
+    }
+    ids.reverse(); // newest first
+    let client = app.client(&alice);
+    let get = |url: String| {
+        let client = client.clone();
+        async move {
+            let response = client.get(url).send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            response.json::<Value>().await.unwrap()
+        }
+    };
+    let result_ids = |page: &Value| -> Vec<i64> {
+        page["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_i64().unwrap())
+            .collect()
+    };
+
+    // Cursor mode: the first page links on with `before`.
+    let first = get(app.url("/api/v1/message/?target=bob")).await;
+    assert_eq!(first["count"], 40);
+    assert_eq!(result_ids(&first), ids[..15]);
+    assert_eq!(first["previous"], Value::Null);
+    let next = first["next"].as_str().unwrap();
+    assert_eq!(
+        next,
+        format!("{PREFIX}/api/v1/message/?target=bob&before={}", ids[14])
+    );
+    let second = get(app.absolute(next)).await;
+    assert_eq!(result_ids(&second), ids[15..30]);
+    assert_eq!(second["count"], 40);
+    assert_eq!(second["previous"], format!("{PREFIX}/api/v1/message/?target=bob"));
+    let third = get(app.absolute(second["next"].as_str().unwrap())).await;
+    assert_eq!(result_ids(&third), ids[30..]);
+    assert_eq!(third["next"], Value::Null);
+
+    // Page numbers, as in the original app.
+    let page2 = get(app.url("/api/v1/message/?target=bob&page=2")).await;
+    assert_eq!(result_ids(&page2), ids[15..30]);
+    assert_eq!(
+        page2["next"],
+        format!("{PREFIX}/api/v1/message/?target=bob&page=3")
+    );
+    assert_eq!(page2["previous"], format!("{PREFIX}/api/v1/message/?target=bob"));
+    let page3 = get(app.absolute(page2["next"].as_str().unwrap())).await;
+    assert_eq!(result_ids(&page3), ids[30..]);
+    assert_eq!(page3["next"], Value::Null);
+    assert_eq!(
+        page3["previous"],
+        format!("{PREFIX}/api/v1/message/?target=bob&page=2")
+    );
+    let beyond = get(app.url("/api/v1/message/?target=bob&page=9")).await;
+    assert_eq!(result_ids(&beyond), Vec::<i64>::new());
+
+    // `limit` sets the size (at most 100) and stays in the links.
+    let small = get(app.url("/api/v1/message/?target=bob&limit=5")).await;
+    assert_eq!(result_ids(&small), ids[..5]);
+    assert_eq!(
+        small["next"],
+        format!("{PREFIX}/api/v1/message/?target=bob&limit=5&before={}", ids[4])
+    );
+    let below = get(app.url(&format!("/api/v1/message/?target=bob&before={}&limit=3", ids[9]))).await;
+    assert_eq!(result_ids(&below), ids[10..13]);
+    let huge = get(app.url("/api/v1/message/?target=bob&limit=1000")).await;
+    assert_eq!(result_ids(&huge), ids);
+    assert_eq!(huge["next"], Value::Null);
+
+    // Without a target: everything the caller sent or received. Names are encoded in links.
+    let all = get(app.url("/api/v1/message/?limit=2")).await;
+    assert_eq!(all["count"], 45);
+    assert_eq!(all["results"][0]["recipient"], "carol+1");
+    let carol = get(app.url("/api/v1/message/?target=carol%2B1&limit=2")).await;
+    assert_eq!(carol["count"], 5);
+    assert!(
+        carol["next"]
+            .as_str()
+            .unwrap()
+            .contains("target=carol%2B1&limit=2&before=")
+    );
+    let carol2 = get(app.absolute(carol["next"].as_str().unwrap())).await;
+    assert_eq!(carol2["results"].as_array().unwrap().len(), 2);
+
+    // Bad input.
+    for query in ["target=nobody", "target=not%20a%20name"] {
+        let response = client
+            .get(app.url(&format!("/api/v1/message/?{query}")))
+            .send()
+            .await
+            .unwrap();
+        error_of(response, 404).await;
+    }
+    for query in ["page=0", "page=abc", "limit=0", "limit=-1", "before=x"] {
+        let response = client
+            .get(app.url(&format!("/api/v1/message/?target=bob&{query}")))
+            .send()
+            .await
+            .unwrap();
+        error_of(response, 400).await;
+    }
+}
+
+pub async fn user_directory_filters_and_pages(store: Arc<dyn Store>) {
+    let app = TestApp::spawn(store).await;
+    let (_, alice) = app.user("alice").await;
+    for name in ["dave", "bobby", "carol", "bob"] {
+        app.user(name).await;
+    }
+    let client = app.client(&alice);
+    let names = |query: &'static str| {
+        let client = client.clone();
+        let url = app.url(&format!("/api/v1/user/{query}"));
+        async move {
+            let response = client.get(url).send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            let body: Value = response.json().await.unwrap();
+            body.as_array()
+                .unwrap()
+                .iter()
+                .map(|u| u["username"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(names("").await, ["bob", "bobby", "carol", "dave"]);
+    assert_eq!(names("?q=bo").await, ["bob", "bobby"]);
+    assert_eq!(names("?q=z").await, Vec::<String>::new());
+    assert_eq!(names("?limit=2").await, ["bob", "bobby"]);
+    assert_eq!(names("?limit=2&after=bobby").await, ["carol", "dave"]);
+    assert_eq!(names("?q=bo&after=bob").await, ["bobby"]);
+    let bad = client.get(app.url("/api/v1/user/?limit=x")).send().await.unwrap();
+    error_of(bad, 400).await;
+    let zero = client.get(app.url("/api/v1/user/?limit=0")).send().await.unwrap();
+    error_of(zero, 400).await;
+}
+
+pub async fn reconnect_with_since_gets_exactly_the_missed_messages(store: Arc<dyn Store>) {
+    let app = TestApp::spawn(store).await;
+    let (_, alice) = app.user("alice").await;
+    let (_, bob) = app.user("bob").await;
+    let mut bob_ws = app.ws(&bob, None).await;
+    let seen = app.send(&alice, "bob", "seen").await["id"].as_i64().unwrap();
+    assert_eq!(frame_id(&mut bob_ws).await, seen);
+    close(bob_ws).await;
+
+    let mut missed = Vec::new();
+    for i in 0..3 {
+        missed.push(
+            app.send(&alice, "bob", &format!("missed {i}")).await["id"]
+                .as_i64()
+                .unwrap(),
+        );
+    }
+    missed.push(
+        app.send(&bob, "alice", "from another device").await["id"]
+            .as_i64()
+            .unwrap(),
+    );
+    app.user("carol").await;
+    let mut bob_ws = app.ws(&bob, Some(seen)).await;
+    for id in &missed {
+        assert_eq!(frame_id(&mut bob_ws).await, *id);
+    }
+    // Then live, without repeating anything.
+    let live = app.send(&alice, "bob", "live").await["id"].as_i64().unwrap();
+    assert_eq!(frame_id(&mut bob_ws).await, live);
+    no_frame(&mut bob_ws, Duration::from_millis(100)).await;
+    close(bob_ws).await;
+    // Nothing missed: no catch-up frame.
+    let mut bob_ws = app.ws(&bob, Some(live)).await;
+    no_frame(&mut bob_ws, Duration::from_millis(100)).await;
+    close(bob_ws).await;
+    let (status, _) = app.ws_refused(app.ws_request(Some(&bob), "?since=abc")).await;
+    assert_eq!(status, 400);
+}
+
+pub async fn since_under_concurrent_sends_has_no_gap_and_no_duplicate(store: Arc<dyn Store>) {
+    let app = TestApp::spawn_with(
+        store,
+        Options {
+            api: ApiConfig {
+                send_burst: 0,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    )
+    .await;
+    let (alice_user, _) = app.user("alice").await;
+    let (_, bob) = app.user("bob").await;
+    let chat = app.chat.clone();
+    let sender = tokio::spawn(async move {
+        let mut ids = Vec::new();
+        for i in 0..200 {
+            let sent = chat
+                .send(
+                    &alice_user,
+                    SendRequest {
+                        recipient: "bob".into(),
+                        body: format!("{i}"),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap();
+            ids.push(sent.message.id.0);
+            if i % 20 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        ids
+    });
+    // Reconnect in the middle of the stream, from id 0.
+    let mut bob_ws = app.ws(&bob, Some(0)).await;
+    let sent = sender.await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < sent.len() {
+        got.push(frame_id(&mut bob_ws).await);
+    }
+    let mut sorted = got.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(sorted.len(), got.len(), "duplicates in {got:?}");
+    assert_eq!(sorted, sent, "gap");
+    no_frame(&mut bob_ws, Duration::from_millis(100)).await;
+    close(bob_ws).await;
+}
+
+pub async fn too_many_missed_messages_ask_for_resync(store: Arc<dyn Store>) {
+    let options = Options {
+        chat: ChatConfig {
+            catch_up_limit: 5,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let app = TestApp::spawn_with(store, options).await;
+    let (_, alice) = app.user("alice").await;
+    let (_, bob) = app.user("bob").await;
+    let start = app.send(&alice, "bob", "start").await["id"].as_i64().unwrap();
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(
+            app.send(&alice, "bob", &format!("{i}")).await["id"]
+                .as_i64()
+                .unwrap(),
+        );
+    }
+    // Exactly the bound: replayed.
+    let mut ws = app.ws(&bob, Some(start)).await;
+    for id in &ids {
+        assert_eq!(frame_id(&mut ws).await, *id);
+    }
+    close(ws).await;
+    // One more than the bound: resync, then live frames.
+    let mut ws = app.ws(&bob, Some(start - 1)).await;
+    assert_eq!(frame(&mut ws).await, json!({"resync": true}));
+    no_frame(&mut ws, Duration::from_millis(100)).await;
+    let live = app.send(&alice, "bob", "live").await["id"].as_i64().unwrap();
+    assert_eq!(frame_id(&mut ws).await, live);
+    close(ws).await;
+}
+
+pub async fn client_frames_are_ignored_and_pings_keep_it_alive(store: Arc<dyn Store>) {
+    let options = Options {
+        api: ApiConfig {
+            ws_ping_interval: Duration::from_millis(100),
+            ws_ping_timeout: Duration::from_millis(200),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let app = TestApp::spawn_with(store, options).await;
+    let (_, alice) = app.user("alice").await;
+    let (_, bob) = app.user("bob").await;
+    let mut ws = app.ws(&bob, None).await;
+    send_raw(&mut ws, WsMessage::text("hello server")).await;
+    send_raw(&mut ws, WsMessage::text("{\"not\": \"a command\"")).await;
+    send_raw(&mut ws, WsMessage::binary(vec![0u8, 159, 146, 150])).await;
+    // The server pings; the client library answers, so after several intervals the socket lives.
+    let mut pings = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(700);
+    while let Ok(Some(Ok(frame))) = tokio::time::timeout_at(deadline, ws.next()).await {
+        match frame {
+            WsMessage::Ping(_) => pings += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(pings >= 3, "{pings} pings");
+    let id = app.send(&alice, "bob", "still there?").await["id"]
+        .as_i64()
+        .unwrap();
+    assert_eq!(frame_id(&mut ws).await, id);
+    close(ws).await;
+}
+
+pub async fn dead_websocket_is_dropped(store: Arc<dyn Store>) {
+    let options = Options {
+        api: ApiConfig {
+            ws_ping_interval: Duration::from_millis(100),
+            ws_ping_timeout: Duration::from_millis(100),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let app = TestApp::spawn_with(store, options).await;
+    let (_, bob) = app.user("bob").await;
+    // Never polled: it answers no ping, like a client whose network vanished.
+    let silent = app.ws(&bob, None).await;
+    assert_eq!(app.shutdown.open_sockets(), 1);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while app.shutdown.open_sockets() > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "dead socket kept open");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(silent);
+}
+
+pub async fn slow_websocket_reader_is_closed_with_a_close_frame(store: Arc<dyn Store>) {
+    let options = Options {
+        api: ApiConfig {
+            send_burst: 0,
+            ..Default::default()
+        },
+        notifier_queue: 8,
+        ..Default::default()
+    };
+    let app = TestApp::spawn_with(store, options).await;
+    let (alice_user, _) = app.user("alice").await;
+    let (_, bob) = app.user("bob").await;
+    // A client with a tiny receive window that does not read for a while.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(app.addr).await.unwrap();
+    let request = app.ws_request(Some(&bob), "");
+    let (mut ws, _) =
+        tokio_tungstenite::client_async(request, tokio_tungstenite::MaybeTlsStream::Plain(stream))
+            .await
+            .unwrap();
+    let body = "𝄞".repeat(4_000); // 16,000 bytes a message
+    let total = 400;
+    for _ in 0..total {
+        app.chat
+            .send(
+                &alice_user,
+                SendRequest {
+                    recipient: "bob".into(),
+                    body: body.clone(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+    }
+    // Now read: some frames, then the close frame asking to reconnect, well before all 400.
+    let mut frames = 0;
+    let close = loop {
+        match incoming(&mut ws).await {
+            Incoming::Json(_) => frames += 1,
+            Incoming::Close(frame) => break frame.expect("a close frame with a code"),
+            Incoming::End => panic!("closed without a close frame after {frames} frames"),
+        }
+    };
+    assert_eq!(u16::from(close.code), 1013, "{close:?}");
+    assert!(frames < total, "{frames} frames: the reader never fell behind");
+}
+
+pub async fn shutdown_sends_close_frames(store: Arc<dyn Store>) {
+    let app = TestApp::spawn(store).await;
+    let (_, alice) = app.user("alice").await;
+    let (_, bob) = app.user("bob").await;
+    let mut sockets = vec![
+        app.ws(&alice, None).await,
+        app.ws(&bob, None).await,
+        app.ws(&bob, None).await,
+    ];
+    assert_eq!(app.shutdown.open_sockets(), 3);
+    app.shutdown.shutdown();
+    for ws in &mut sockets {
+        match incoming(ws).await {
+            Incoming::Close(Some(frame)) => assert_eq!(u16::from(frame.code), 1001),
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+    drop(sockets);
+    tokio::time::timeout(Duration::from_secs(10), app.server)
+        .await
+        .expect("the server stops")
+        .unwrap()
+        .unwrap();
+    assert_eq!(app.shutdown.open_sockets(), 0);
+    assert!(
+        tokio::net::TcpStream::connect(app.addr).await.is_err(),
+        "still listening"
+    );
+}
+
+pub async fn unavailable_storage_answers_503(store: Arc<dyn Store>) {
+    let failing = Arc::new(FailingStore {
+        inner: store,
+        down: AtomicBool::new(false),
+        sessions_down: AtomicBool::new(false),
+    });
+    let app = TestApp::spawn(failing.clone()).await;
+    let (_, alice) = app.user("alice").await;
+    app.user("bob").await;
+    app.send(&alice, "bob", "before the outage").await;
+    failing.down.store(true, Ordering::SeqCst);
+    let client = app.client(&alice);
+    let requests = [
+        client
+            .post(app.url("/api/v1/message/"))
+            .json(&json!({"recipient": "bob", "body": "hi"})),
+        client.get(app.url("/api/v1/message/?target=bob")),
+        client.get(app.url("/api/v1/message/")),
+        client.get(app.url("/api/v1/message/1/")),
+        client.get(app.url("/api/v1/user/")),
+    ];
+    for request in requests {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.headers()["retry-after"], "1");
+        let message = error_of(response, 503).await;
+        assert!(!message.contains("injected"), "internals leaked: {message}");
+    }
+    let (status, _) = app.ws_refused(app.ws_request(Some(&alice), "?since=0")).await;
+    assert_eq!(status, 503);
+    // The authenticator's storage failing is a 503 too, not a 401.
+    failing.sessions_down.store(true, Ordering::SeqCst);
+    let response = client.get(app.url("/api/v1/user/")).send().await.unwrap();
+    error_of(response, 503).await;
+    // Back up: everything works again.
+    failing.down.store(false, Ordering::SeqCst);
+    failing.sessions_down.store(false, Ordering::SeqCst);
+    app.send(&alice, "bob", "after the outage").await;
+}
+
+/// A store that fails on demand with [`Error::Unavailable`] (the wrapped store is real).
+struct FailingStore {
+    inner: Arc<dyn Store>,
+    down: AtomicBool,
+    sessions_down: AtomicBool,
+}
+
+impl FailingStore {
+    fn check(&self, flag: &AtomicBool) -> chatcore::Result<()> {
+        if flag.load(Ordering::SeqCst) {
+            Err(Error::storage_unavailable("injected outage"))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[async_trait]
+impl Store for FailingStore {
+    async fn create_user(&self, username: &Username, password_hash: Option<&str>) -> chatcore::Result<User> {
+        self.check(&self.down)?;
+        self.inner.create_user(username, password_hash).await
+    }
+    async fn find_user(&self, username: &Username) -> chatcore::Result<Option<User>> {
+        self.check(&self.down)?;
+        self.inner.find_user(username).await
+    }
+    async fn list_users(&self, query: &UserQuery) -> chatcore::Result<Vec<User>> {
+        self.check(&self.down)?;
+        self.inner.list_users(query).await
+    }
+    async fn credentials(&self, username: &Username) -> chatcore::Result<Option<Credentials>> {
+        self.check(&self.down)?;
+        self.inner.credentials(username).await
+    }
+    async fn set_password_hash(&self, user: UserId, password_hash: &str) -> chatcore::Result<()> {
+        self.check(&self.down)?;
+        self.inner.set_password_hash(user, password_hash).await
+    }
+    async fn create_session(
+        &self,
+        token_hash: &TokenHash,
+        user: UserId,
+        expires_at: DateTime<Utc>,
+    ) -> chatcore::Result<()> {
+        self.check(&self.sessions_down)?;
+        self.inner.create_session(token_hash, user, expires_at).await
+    }
+    async fn session_user(
+        &self,
+        token_hash: &TokenHash,
+        now: DateTime<Utc>,
+    ) -> chatcore::Result<Option<User>> {
+        self.check(&self.sessions_down)?;
+        self.inner.session_user(token_hash, now).await
+    }
+    async fn delete_session(&self, token_hash: &TokenHash) -> chatcore::Result<()> {
+        self.check(&self.sessions_down)?;
+        self.inner.delete_session(token_hash).await
+    }
+    async fn insert_message(&self, message: NewMessage) -> chatcore::Result<Inserted> {
+        self.check(&self.down)?;
+        self.inner.insert_message(message).await
+    }
+    async fn message_for(&self, viewer: UserId, id: MessageId) -> chatcore::Result<Option<Message>> {
+        self.check(&self.down)?;
+        self.inner.message_for(viewer, id).await
+    }
+    async fn conversation_page(
+        &self,
+        viewer: UserId,
+        other: &Username,
+        page: &PageRequest,
+    ) -> chatcore::Result<MessagePage> {
+        self.check(&self.down)?;
+        self.inner.conversation_page(viewer, other, page).await
+    }
+    async fn user_messages(&self, user: UserId, page: &PageRequest) -> chatcore::Result<MessagePage> {
+        self.check(&self.down)?;
+        self.inner.user_messages(user, page).await
+    }
+    async fn messages_after(
+        &self,
+        user: UserId,
+        after: MessageId,
+        limit: u32,
+    ) -> chatcore::Result<Vec<Message>> {
+        self.check(&self.down)?;
+        self.inner.messages_after(user, after, limit).await
+    }
+    async fn idempotent_message(&self, sender: UserId, key: &str) -> chatcore::Result<Option<Message>> {
+        self.check(&self.down)?;
+        self.inner.idempotent_message(sender, key).await
+    }
+}

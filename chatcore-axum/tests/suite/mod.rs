@@ -1,0 +1,46 @@
+//! The HTTP and WebSocket suite, written once and run over every store: each case is an
+//! `async fn(Arc<dyn Store>)`, and [`api_suite!`] turns a store factory into one `#[tokio::test]`
+//! per case. A real server on 127.0.0.1 port 0, real clients (reqwest, tokio-tungstenite).
+
+#![allow(dead_code)]
+
+pub mod app;
+pub mod cases;
+
+/// One `#[tokio::test]` per case of the suite, each on a fresh store from `$factory`
+/// (an `async fn() -> Arc<dyn chatcore::Store>`).
+#[macro_export]
+macro_rules! api_suite {
+    ($factory:path) => {
+        $crate::api_suite!(@cases $factory;
+            auth_register_login_logout,
+            unauthenticated_requests_get_401,
+            send_notifies_every_socket_of_both_and_no_one_else,
+            form_bodies_trailing_slashes_and_reading_by_id,
+            message_validation_errors,
+            idempotent_retry_returns_same_message_and_notifies_once,
+            send_rate_limit_answers_429_with_retry_after,
+            unknown_paths_and_wrong_methods_answer_json,
+            cross_site_cookie_requests_are_refused,
+            history_pages_with_page_before_and_limit,
+            user_directory_filters_and_pages,
+            reconnect_with_since_gets_exactly_the_missed_messages,
+            since_under_concurrent_sends_has_no_gap_and_no_duplicate,
+            too_many_missed_messages_ask_for_resync,
+            client_frames_are_ignored_and_pings_keep_it_alive,
+            dead_websocket_is_dropped,
+            slow_websocket_reader_is_closed_with_a_close_frame,
+            shutdown_sends_close_frames,
+            unavailable_storage_answers_503,
+        );
+    };
+    (@cases $factory:path; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                $crate::suite::app::init_logs();
+                $crate::suite::cases::$case($factory().await).await;
+            }
+        )*
+    };
+}
