@@ -11,3 +11,14 @@ mod memory {
     }
     crate::api_suite!(fresh_store);
 }
+
+mod sqlite {
+    async fn fresh_store() -> std::sync::Arc<dyn chatcore::Store> {
+        let store = chatcore_sqlite::SqliteStore::open(chatcore_sqlite::SqliteConfig::memory())
+            .await
+            .expect("open SQLite");
+        store.migrate().await.expect("migrate SQLite");
+        std::sync::Arc::new(store)
+    }
+    crate::api_suite!(fresh_store);
+}
