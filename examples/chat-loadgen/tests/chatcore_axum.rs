@@ -1,0 +1,164 @@
+//! The load generator against the real chatcore router (`chatcore-axum` over
+//! `chatcore::MemoryStore`), served on 127.0.0.1 port 0 with a test-local `/_bench/echo`.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::routing::post;
+use chat_loadgen::{Args, Progress, run_idle, run_load};
+use chatcore::{ChatConfig, ChatService, LocalNotifier, MemoryStore};
+use chatcore_axum::{ApiConfig, ChatApi, SessionAuthenticator, SessionConfig, ShutdownHandle};
+use clap::Parser;
+
+/// The real router with the send rate limit off (as load tests run it), cheap password
+/// hashing (so creating users does not dominate the test), and the ceiling endpoint.
+async fn spawn_server() -> (String, ShutdownHandle) {
+    let store = Arc::new(MemoryStore::new());
+    let chat = ChatService::new(
+        store.clone(),
+        Arc::new(LocalNotifier::default()),
+        ChatConfig::default(),
+    );
+    let sessions = SessionAuthenticator::new(
+        store,
+        SessionConfig {
+            argon2_memory_kib: 256,
+            argon2_iterations: 1,
+            ..Default::default()
+        },
+    );
+    let api = ChatApi::new(chat, sessions.clone())
+        .with_config(ApiConfig {
+            send_burst: 0,
+            send_rate_per_sec: 0,
+            ..Default::default()
+        })
+        .with_auth_routes(sessions);
+    let shutdown = api.shutdown_handle();
+    // The ceiling: parse the same JSON body and answer it, nothing else.
+    async fn echo(Json(body): Json<serde_json::Value>) -> Json<serde_json::Value> {
+        Json(body)
+    }
+    let app = axum::Router::new()
+        .route("/_bench/echo", post(echo))
+        .merge(api.router());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("address"));
+    let handle = shutdown.clone();
+    tokio::spawn(async move { chatcore_axum::serve(listener, app, handle).await });
+    (url, shutdown)
+}
+
+fn cli(url: &str, extra: &[&str]) -> Args {
+    let mut argv = vec![
+        "chat-loadgen",
+        "--url",
+        url,
+        "--quiet",
+        "--grace-ms",
+        "5000",
+        "--linger-ms",
+        "100",
+    ];
+    argv.extend_from_slice(extra);
+    Args::try_parse_from(argv).expect("valid arguments")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bounded_run_against_the_real_router_is_exact() {
+    let (url, shutdown) = spawn_server().await;
+    let args = cli(
+        &url,
+        &[
+            "--users",
+            "5",
+            "--connections",
+            "10",
+            "--senders",
+            "4",
+            "--count",
+            "200",
+            "--ceiling",
+        ],
+    );
+    let report = run_load(&args, Progress::new(false)).await.expect("run");
+    let n = &report.notifications;
+    assert_eq!(
+        (report.send.sent, report.send.send_errors),
+        (200, 0),
+        "{report:?}"
+    );
+    assert_eq!(n.expected, 800, "{report:?}");
+    assert_eq!(
+        (
+            n.received,
+            n.lost,
+            n.duplicated,
+            n.unexpected,
+            n.resyncs,
+            n.connections_dropped
+        ),
+        (800, 0, 0, 0, 0, 0),
+        "{report:?}"
+    );
+    assert_eq!(n.latency.count, 400);
+    assert_eq!(report.send.send_latency.count, 200);
+    let ceiling = report.ceiling.as_ref().expect("ceiling phase");
+    assert_eq!((ceiling.sent, ceiling.send_errors), (200, 0), "{ceiling:?}");
+    assert!(report.ratio_to_ceiling.is_some_and(|r| r > 0.0 && r.is_finite()));
+    shutdown.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_loop_against_the_real_router_is_exact() {
+    let (url, shutdown) = spawn_server().await;
+    let args = cli(
+        &url,
+        &[
+            "--users",
+            "4",
+            "--connections",
+            "8",
+            "--senders",
+            "2",
+            "--count",
+            "150",
+            "--rate",
+            "1500",
+        ],
+    );
+    let report = run_load(&args, Progress::new(false)).await.expect("run");
+    let n = &report.notifications;
+    assert_eq!(report.send.sent, 150, "{report:?}");
+    assert_eq!(
+        (n.expected, n.received, n.lost, n.duplicated),
+        (600, 600, 0, 0),
+        "{report:?}"
+    );
+    shutdown.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sockets_stay_open_on_the_real_router() {
+    let (url, shutdown) = spawn_server().await;
+    let args = cli(
+        &url,
+        &[
+            "--users",
+            "3",
+            "--idle-connections",
+            "30",
+            "--hold",
+            "0.2",
+            "--settle-ms",
+            "0",
+        ],
+    );
+    let report = run_idle(&args, Progress::new(false)).await.expect("run");
+    assert_eq!(
+        (report.opened, report.failed, report.dropped),
+        (30, 0, 0),
+        "{report:?}"
+    );
+    shutdown.shutdown();
+}
