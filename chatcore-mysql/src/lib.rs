@@ -1,1 +1,461 @@
-//! chatcore-mysql: filled in by its own issue.
+//! # chatcore-mysql
+//!
+//! A [`chatcore::Store`] on MySQL or MariaDB through `sqlx`: a connection pool sized and timed
+//! by [`MysqlConfig`], migrations embedded in the crate and applied when the host calls
+//! [`MysqlStore::migrate`], and message inserts grouped into transactions by a writer task
+//! (group commit) that hands out ids in commit order across every process sharing the
+//! database.
+//!
+//! ```no_run
+//! # async fn demo() -> chatcore::Result<()> {
+//! use std::sync::Arc;
+//! use chatcore::{ChatConfig, ChatService, LocalNotifier, SendRequest};
+//! use chatcore_mysql::{MysqlConfig, MysqlStore};
+//!
+//! let store = MysqlStore::connect("mysql://root@127.0.0.1:3306/chat", MysqlConfig::default()).await?;
+//! store.migrate().await?; // explicit: the host decides when the schema changes
+//! let chat = ChatService::new(Arc::new(store), Arc::new(LocalNotifier::default()), ChatConfig::default());
+//! let alice = chat.create_user("alice", None).await?;
+//! chat.create_user("bob", None).await?;
+//! chat.send(&alice, SendRequest { recipient: "bob".into(), body: "hi 👋".into(), idempotency_key: None }).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Schema
+//! Every table is prefixed `chatcore_`, InnoDB, `utf8mb4` (emoji and every other 4-byte
+//! character round-trip unchanged); the connection also speaks `utf8mb4`.
+//! - `chatcore_migrations`: the versions applied by [`MysqlStore::migrate`]. The crate's own
+//!   table, so a host's `sqlx::migrate!` (`_sqlx_migrations`) is never touched. A database
+//!   whose schema is newer than this code is refused with [`chatcore::Error::Corrupt`].
+//! - `chatcore_users`: `username` is `utf8mb4_bin`, so names compare byte-exactly ('Alice' and
+//!   'alice' are two users) and sort in byte order. Index `chatcore_users_username` (unique)
+//!   serves lookups by name and the directory (prefix and keyset cursor are one range).
+//! - `chatcore_sessions`: the SHA-256 of each token (`BINARY(32)`, primary key), the user,
+//!   the expiry (indexed for [`MysqlStore::purge_expired_sessions`]).
+//! - `chatcore_messages`: primary key `id` (serves [`chatcore::Store::message_for`]);
+//!   `chatcore_messages_conversation (conversation_low, conversation_high, id)`: a
+//!   conversation page is one backward range; `chatcore_messages_sender (sender_id, id)` and
+//!   `chatcore_messages_recipient (recipient_id, id)`: a user's messages and the catch-up are
+//!   two ranges merged; `chatcore_messages_idempotency (sender_id, idempotency_key_hash)`
+//!   (unique): replays. Keys are stored as SHA-256, so a key of any length fits the index.
+//! - `chatcore_counts`: message totals kept by the inserting transaction, so a page's `total`
+//!   is a primary-key lookup, never a count: `(low, high)` for a conversation, `(user, 0)` for
+//!   a user's total.
+//! - `chatcore_sequences`: the `message_id` row, see below.
+//!
+//! # Ids in commit order
+//! A reconnecting client asks for the messages after the last id it saw. With
+//! `AUTO_INCREMENT`, a transaction that took id 10 can commit after one that took id 11; a
+//! client that read 11 in between would never see 10. Here every inserting transaction
+//! first locks the `message_id` row of `chatcore_sequences` (an `UPDATE` that also reserves
+//! the ids of its batch through `LAST_INSERT_ID(expr)`) and holds that lock until it commits.
+//! The next transaction, in this process or any other sharing the database, gets its ids only
+//! after that commit, so ids are handed out in commit order, and the lock costs one row lock
+//! per batch, not per message. Inside one process, sends are queued to
+//! [`MysqlConfig::writers`] writer tasks that store up to [`MysqlConfig::max_batch`] pending
+//! messages in one transaction (group commit), which is also where the throughput comes from.
+//!
+//! # Errors
+//! A server that is down, unreachable, out of connections or timing out is
+//! [`chatcore::Error::Unavailable`] (HTTP 503); the pool reconnects by itself once it is back.
+//! A taken username is [`chatcore::Error::Conflict`]. Anything else is
+//! [`chatcore::Error::Internal`] with the `sqlx` error kept as its source.
+//!
+//! # Layout
+//! - `lib.rs`: [`MysqlStore`] and its [`chatcore::Store`] implementation (the reads).
+//! - `config.rs`: [`MysqlConfig`].
+//! - `writer.rs`: the group-commit writer tasks behind `insert_message`.
+//! - `rows.rs`: the read queries (each with the index it uses) and row decoding.
+//! - `schema.rs`: the embedded migrations and their runner.
+//! - `error.rs`: mapping `sqlx` errors to [`chatcore::Error`].
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod config;
+mod error;
+mod rows;
+mod schema;
+mod writer;
+
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
+use sqlx::{ConnectOptions, Row};
+use tokio::sync::{mpsc, oneshot};
+
+use chatcore::{
+    BoxError, Credentials, Entity, Error, Inserted, Message, MessageId, MessagePage, NewMessage, PageRequest,
+    Result, Store, TokenHash, User, UserId, UserQuery, Username,
+};
+
+pub use config::MysqlConfig;
+
+/// A [`chatcore::Store`] on MySQL/MariaDB. Cheap to share behind an `Arc`; dropping the last
+/// handle stops its writer tasks once the queued sends are stored.
+///
+/// Needs a Tokio runtime: [`MysqlStore::connect`] spawns the writer tasks on the current one.
+#[derive(Debug, Clone)]
+pub struct MysqlStore {
+    pool: MySqlPool,
+    writer: mpsc::Sender<writer::Pending>,
+    config: MysqlConfig,
+}
+
+impl MysqlStore {
+    /// Opens a pool to `url` (`mysql://user:password@host:port/database`) and checks that the
+    /// server answers. The database must exist; call [`MysqlStore::migrate`] before use.
+    ///
+    /// A malformed URL is [`Error::Invalid`]; a server that does not answer within
+    /// [`MysqlConfig::acquire_timeout`] is [`Error::Unavailable`].
+    ///
+    /// ```no_run
+    /// # async fn demo() -> chatcore::Result<()> {
+    /// let store = chatcore_mysql::MysqlStore::connect("mysql://root@127.0.0.1:3306/chat", Default::default()).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect(url: &str, config: MysqlConfig) -> Result<Self> {
+        let options = MySqlConnectOptions::from_str(url)
+            .map_err(|e| Error::invalid(format!("invalid MySQL URL: {e}")))?;
+        let store = Self::connect_with(options, config);
+        store.ping().await?;
+        Ok(store)
+    }
+
+    /// Like [`MysqlStore::connect`] with parsed options, without checking the server: the first
+    /// call that needs a connection opens one. The charset is forced to `utf8mb4`.
+    pub fn connect_with(options: MySqlConnectOptions, config: MysqlConfig) -> Self {
+        let options = options
+            .charset("utf8mb4")
+            .collation("utf8mb4_bin")
+            .timezone(Some("+00:00".to_owned()))
+            .statement_cache_capacity(config.statement_cache_capacity)
+            .log_statements(tracing::log::LevelFilter::Trace);
+        let pool = MySqlPoolOptions::new()
+            .max_connections(config.max_connections.max(1))
+            .min_connections(config.min_connections)
+            .acquire_timeout(config.acquire_timeout)
+            .idle_timeout(config.idle_timeout)
+            .max_lifetime(config.max_lifetime)
+            .test_before_acquire(true)
+            .connect_lazy_with(options);
+        let writer = writer::spawn(
+            pool.clone(),
+            config.writers,
+            config.max_batch,
+            config.queue_capacity,
+        );
+        Self { pool, writer, config }
+    }
+
+    /// Checks that the server answers.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(|e| error::map("pinging MySQL", e))?;
+        Ok(())
+    }
+
+    /// Applies the embedded migrations this database lacks and returns their versions (empty
+    /// when the schema is current). Safe to call from several processes at once (they take
+    /// turns through a named lock) and on every start-up. Records versions in
+    /// `chatcore_migrations` only; a schema newer than this code is [`Error::Corrupt`].
+    ///
+    /// ```no_run
+    /// # async fn demo(store: chatcore_mysql::MysqlStore) -> chatcore::Result<()> {
+    /// let applied = store.migrate().await?;
+    /// println!("applied chatcore migrations {applied:?}");
+    /// # Ok(()) }
+    /// ```
+    pub async fn migrate(&self) -> Result<Vec<i64>> {
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(|e| error::map("connecting to migrate", e))?;
+        schema::migrate(&mut conn, self.config.migration_lock_timeout.as_secs().max(1)).await
+    }
+
+    /// The newest schema version this code knows (what [`MysqlStore::migrate`] brings a
+    /// database to).
+    pub fn schema_version() -> i64 {
+        schema::latest_version()
+    }
+
+    /// Deletes the sessions expired at `now` and returns how many; hosts call it now and then.
+    pub async fn purge_expired_sessions(&self, now: DateTime<Utc>) -> Result<u64> {
+        let done = sqlx::query("DELETE FROM chatcore_sessions WHERE expires_at <= ?")
+            .bind(now.naive_utc())
+            .execute(&self.pool)
+            .await
+            .map_err(|e| error::map("purging sessions", e))?;
+        Ok(done.rows_affected())
+    }
+
+    /// The pool, for hosts that want to share it or inspect it.
+    pub fn pool(&self) -> &MySqlPool {
+        &self.pool
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &MysqlConfig {
+        &self.config
+    }
+
+    /// Closes the pool: later calls fail with [`Error::Unavailable`].
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn corrupt(err: BoxError) -> Error {
+    Error::Corrupt {
+        message: "a stored row does not decode".to_owned(),
+        source: Some(err),
+    }
+}
+
+fn decode_users(rows: &[sqlx::mysql::MySqlRow]) -> Result<Vec<User>> {
+    rows.iter().map(|row| rows::user(row).map_err(corrupt)).collect()
+}
+
+/// `before` as an exclusive upper bound on ids.
+fn upper_bound(page: &PageRequest) -> i64 {
+    page.before.map_or(i64::MAX, |id| id.0)
+}
+
+#[async_trait]
+impl Store for MysqlStore {
+    async fn create_user(&self, username: &Username, password_hash: Option<&str>) -> Result<User> {
+        let done = sqlx::query(
+            "INSERT INTO chatcore_users (username, password_hash, created_at) VALUES (?, ?, UTC_TIMESTAMP(6))",
+        )
+        .bind(username.as_str())
+        .bind(password_hash)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| match error::server_code(&e) {
+            Some(error::code::DUP_ENTRY) => Error::conflict(format!("username {username} is taken")),
+            _ => error::map("creating a user", e),
+        })?;
+        Ok(User {
+            id: UserId(done.last_insert_id() as i64),
+            username: username.clone(),
+        })
+    }
+
+    async fn find_user(&self, username: &Username) -> Result<Option<User>> {
+        let row = sqlx::query(rows::FIND_USER)
+            .bind(username.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| error::map("finding a user", e))?;
+        row.map(|row| rows::user(&row).map_err(corrupt)).transpose()
+    }
+
+    async fn list_users(&self, query: &UserQuery) -> Result<Vec<User>> {
+        let rows = sqlx::query(rows::LIST_USERS)
+            .bind(rows::like_prefix(&query.prefix))
+            .bind(query.after.as_ref().map_or("", |a| a.as_str()))
+            .bind(query.exclude.map_or(0, |id| id.0))
+            .bind(query.limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| error::map("listing users", e))?;
+        decode_users(&rows)
+    }
+
+    async fn credentials(&self, username: &Username) -> Result<Option<Credentials>> {
+        let row = sqlx::query(rows::CREDENTIALS)
+            .bind(username.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| error::map("reading credentials", e))?;
+        let Some(row) = row else { return Ok(None) };
+        Ok(Some(Credentials {
+            user: rows::user(&row).map_err(corrupt)?,
+            password_hash: rows::text_opt(&row, "password_hash").map_err(corrupt)?,
+        }))
+    }
+
+    async fn set_password_hash(&self, user: UserId, password_hash: &str) -> Result<()> {
+        // The connection reports matched rows (CLIENT_FOUND_ROWS), so an unchanged hash counts.
+        let done = sqlx::query("UPDATE chatcore_users SET password_hash = ? WHERE id = ?")
+            .bind(password_hash)
+            .bind(user.0)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| error::map("setting a password hash", e))?;
+        if done.rows_affected() == 0 {
+            return Err(Error::NotFound(Entity::User));
+        }
+        Ok(())
+    }
+
+    async fn create_session(
+        &self,
+        token_hash: &TokenHash,
+        user: UserId,
+        expires_at: DateTime<Utc>,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO chatcore_sessions (token_hash, user_id, expires_at) VALUES (?, ?, ?) \
+             ON DUPLICATE KEY UPDATE user_id = VALUES(user_id), expires_at = VALUES(expires_at)",
+        )
+        .bind(token_hash.as_slice())
+        .bind(user.0)
+        .bind(expires_at.naive_utc())
+        .execute(&self.pool)
+        .await
+        .map_err(|e| match error::server_code(&e) {
+            Some(error::code::NO_REFERENCED_ROW) => Error::NotFound(Entity::User),
+            _ => error::map("creating a session", e),
+        })?;
+        Ok(())
+    }
+
+    async fn session_user(&self, token_hash: &TokenHash, now: DateTime<Utc>) -> Result<Option<User>> {
+        let row = sqlx::query(rows::SESSION_USER)
+            .bind(token_hash.as_slice())
+            .bind(now.naive_utc())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| error::map("reading a session", e))?;
+        row.map(|row| rows::user(&row).map_err(corrupt)).transpose()
+    }
+
+    async fn delete_session(&self, token_hash: &TokenHash) -> Result<()> {
+        sqlx::query("DELETE FROM chatcore_sessions WHERE token_hash = ?")
+            .bind(token_hash.as_slice())
+            .execute(&self.pool)
+            .await
+            .map_err(|e| error::map("deleting a session", e))?;
+        Ok(())
+    }
+
+    async fn insert_message(&self, message: NewMessage) -> Result<Inserted> {
+        let (reply, answer) = oneshot::channel();
+        self.writer
+            .send(writer::Pending { new: message, reply })
+            .await
+            .map_err(|_| Error::bug("the MySQL writer tasks have stopped"))?;
+        answer
+            .await
+            .map_err(|_| Error::bug("a MySQL writer task ended without answering"))?
+    }
+
+    async fn message_for(&self, viewer: UserId, id: MessageId) -> Result<Option<Message>> {
+        let row = sqlx::query(rows::MESSAGE_FOR)
+            .bind(id.0)
+            .bind(viewer.0)
+            .bind(viewer.0)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| error::map("reading a message", e))?;
+        row.map(|row| rows::message(&row).map_err(corrupt)).transpose()
+    }
+
+    async fn conversation_page(
+        &self,
+        viewer: UserId,
+        other: &Username,
+        page: &PageRequest,
+    ) -> Result<MessagePage> {
+        let rows = sqlx::query(rows::CONVERSATION_PAGE)
+            .bind(viewer.0)
+            .bind(viewer.0)
+            .bind(other.as_str())
+            .bind(viewer.0)
+            .bind(viewer.0)
+            .bind(other.as_str())
+            .bind(upper_bound(page))
+            .bind(page.limit)
+            .bind(page.offset)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| error::map("reading a conversation", e))?;
+        let mut found_other = false;
+        let mut total = 0;
+        let mut messages = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let id: Option<i64> = row.try_get("id").map_err(|e| corrupt(Box::new(e)))?;
+            if id.is_some() {
+                messages.push(rows::message(row).map_err(corrupt)?);
+            } else {
+                found_other = true;
+                let stored: Option<i64> = row.try_get("total").map_err(|e| corrupt(Box::new(e)))?;
+                total = stored.unwrap_or(0).max(0) as u64;
+            }
+        }
+        if !found_other {
+            return Err(Error::NotFound(Entity::User));
+        }
+        // UNION ALL does not promise to keep the branch order.
+        messages.sort_unstable_by_key(|m| std::cmp::Reverse(m.id));
+        Ok(MessagePage { messages, total })
+    }
+
+    async fn user_messages(&self, user: UserId, page: &PageRequest) -> Result<MessagePage> {
+        let before = upper_bound(page);
+        let window = u64::from(page.offset) + u64::from(page.limit);
+        let rows = sqlx::query(rows::USER_MESSAGES)
+            .bind(user.0)
+            .bind(user.0)
+            .bind(before)
+            .bind(window)
+            .bind(user.0)
+            .bind(user.0)
+            .bind(before)
+            .bind(window)
+            .bind(page.limit)
+            .bind(page.offset)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| error::map("reading a user's messages", e))?;
+        let mut total = 0;
+        let mut messages = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let stored: Option<i64> = row.try_get("total").map_err(|e| corrupt(Box::new(e)))?;
+            total = stored.unwrap_or(0).max(0) as u64;
+            let id: Option<i64> = row.try_get("id").map_err(|e| corrupt(Box::new(e)))?;
+            if id.is_some() {
+                messages.push(rows::message(row).map_err(corrupt)?);
+            }
+        }
+        messages.sort_unstable_by_key(|m| std::cmp::Reverse(m.id));
+        Ok(MessagePage { messages, total })
+    }
+
+    async fn messages_after(&self, user: UserId, after: MessageId, limit: u32) -> Result<Vec<Message>> {
+        let rows = sqlx::query(rows::MESSAGES_AFTER)
+            .bind(user.0)
+            .bind(after.0)
+            .bind(limit)
+            .bind(user.0)
+            .bind(user.0)
+            .bind(after.0)
+            .bind(limit)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| error::map("catching up", e))?;
+        let mut messages = rows
+            .iter()
+            .map(|row| rows::message(row).map_err(corrupt))
+            .collect::<Result<Vec<_>>>()?;
+        messages.sort_unstable_by_key(|m| m.id);
+        Ok(messages)
+    }
+
+    async fn idempotent_message(&self, sender: UserId, key: &str) -> Result<Option<Message>> {
+        let row = sqlx::query(rows::IDEMPOTENT_MESSAGE)
+            .bind(sender.0)
+            .bind(writer::key_hash(key).as_slice())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| error::map("reading an idempotent message", e))?;
+        row.map(|row| rows::message(&row).map_err(corrupt)).transpose()
+    }
+}

@@ -1,0 +1,58 @@
+//! [`MysqlConfig`]: pool size, timeouts and the group-commit writer's limits.
+
+use std::time::Duration;
+
+/// Settings of a [`crate::MysqlStore`]. A plain struct with documented defaults: build it with
+/// struct update syntax.
+///
+/// ```
+/// use std::time::Duration;
+/// use chatcore_mysql::MysqlConfig;
+///
+/// let config = MysqlConfig { max_connections: 32, acquire_timeout: Duration::from_secs(2), ..MysqlConfig::default() };
+/// assert_eq!(config.writers, 2);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MysqlConfig {
+    /// Most connections the pool opens (readers and writers together). Default 16.
+    pub max_connections: u32,
+    /// Connections the pool keeps open even when idle. Default 0.
+    pub min_connections: u32,
+    /// How long a call waits for a connection (including connecting to a server that is down)
+    /// before it fails with [`chatcore::Error::Unavailable`]. Default 5 s.
+    pub acquire_timeout: Duration,
+    /// Idle connections are closed after this long. `None` keeps them. Default 10 minutes.
+    pub idle_timeout: Option<Duration>,
+    /// Connections are replaced after this long. `None` keeps them. Default 30 minutes.
+    pub max_lifetime: Option<Duration>,
+    /// Prepared statements cached per connection. Batched inserts have one statement shape per
+    /// batch size, so keep this above [`MysqlConfig::max_batch`]. Default 512.
+    pub statement_cache_capacity: usize,
+    /// Writer tasks that group pending sends into transactions. Two let one batch prepare while
+    /// the previous one commits. Default 2; at least 1 is used.
+    pub writers: usize,
+    /// Most messages stored by one transaction (group commit). Default 128; clamped to 1..=1000.
+    pub max_batch: usize,
+    /// Sends waiting for a writer before callers wait for room (back pressure). Default 8192.
+    pub queue_capacity: usize,
+    /// How long [`crate::MysqlStore::migrate`] waits for another process that is migrating the
+    /// same database. Default 60 s.
+    pub migration_lock_timeout: Duration,
+}
+
+impl Default for MysqlConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 16,
+            min_connections: 0,
+            acquire_timeout: Duration::from_secs(5),
+            idle_timeout: Some(Duration::from_secs(600)),
+            max_lifetime: Some(Duration::from_secs(1800)),
+            statement_cache_capacity: 512,
+            writers: 2,
+            max_batch: 128,
+            queue_capacity: 8192,
+            migration_lock_timeout: Duration::from_secs(60),
+        }
+    }
+}

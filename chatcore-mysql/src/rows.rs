@@ -1,0 +1,210 @@
+//! The read queries and the decoding of their rows. Each query's comment names the index it
+//! runs on; `tests::plans_use_indexes` checks them with `EXPLAIN`.
+
+use chrono::NaiveDateTime;
+use sqlx::Row;
+use sqlx::mysql::MySqlRow;
+
+use chatcore::{BoxError, Message, MessageId, User, UserId, Username};
+
+/// The columns every message query returns, with sender and recipient names joined by
+/// primary key (`eq_ref`).
+macro_rules! message_columns {
+    () => {
+        "m.id AS id, s.username AS sender, r.username AS recipient, m.created_at AS created_at, m.body AS body"
+    };
+}
+
+macro_rules! message_joins {
+    () => {
+        " JOIN chatcore_users s ON s.id = m.sender_id JOIN chatcore_users r ON r.id = m.recipient_id"
+    };
+}
+
+/// A user by exact name: `chatcore_users_username`, const.
+pub(crate) const FIND_USER: &str = "SELECT id, username FROM chatcore_users WHERE username = ?";
+
+/// A user and password hash by exact name: `chatcore_users_username`, const.
+pub(crate) const CREDENTIALS: &str =
+    "SELECT id, username, password_hash FROM chatcore_users WHERE username = ?";
+
+/// The directory: a range of `chatcore_users_username` in byte order (prefix as `LIKE 'p%'`,
+/// the keyset cursor as `>`), stopping after `LIMIT` rows.
+pub(crate) const LIST_USERS: &str = "SELECT id, username FROM chatcore_users \
+     WHERE username LIKE ? ESCAPE '!' AND username > ? AND id <> ? ORDER BY username LIMIT ?";
+
+/// A live session's user: the session by primary key, the user by primary key.
+pub(crate) const SESSION_USER: &str = "SELECT u.id AS id, u.username AS username FROM chatcore_sessions t \
+     JOIN chatcore_users u ON u.id = t.user_id WHERE t.token_hash = ? AND t.expires_at > ?";
+
+/// One message if the viewer is a participant: primary key, const.
+pub(crate) const MESSAGE_FOR: &str = concat!(
+    "SELECT ",
+    message_columns!(),
+    " FROM chatcore_messages m",
+    message_joins!(),
+    " WHERE m.id = ? AND (m.sender_id = ? OR m.recipient_id = ?)"
+);
+
+/// Messages looked up by idempotency key (the caller appends the `WHERE`):
+/// `chatcore_messages_idempotency`.
+pub(crate) const MESSAGE_WITH_KEY_SELECT: &str = concat!(
+    "SELECT ",
+    message_columns!(),
+    ", m.sender_id AS sender_id, m.recipient_id AS recipient_id, m.idempotency_key_hash AS idempotency_key_hash",
+    " FROM chatcore_messages m",
+    message_joins!()
+);
+
+/// The message a sender stored under a key: `chatcore_messages_idempotency`, const.
+pub(crate) const IDEMPOTENT_MESSAGE: &str = concat!(
+    "SELECT ",
+    message_columns!(),
+    " FROM chatcore_messages m",
+    message_joins!(),
+    " WHERE m.sender_id = ? AND m.idempotency_key_hash = ?"
+);
+
+/// A conversation page and its total in one round trip. The first branch resolves the other
+/// user (unique name, const) and reads the total (`chatcore_counts` primary key); the second
+/// reads the page, newest first, as a backward range of `chatcore_messages_conversation`.
+/// Binds: viewer, viewer, other name, viewer, viewer, other name, before, limit, offset.
+pub(crate) const CONVERSATION_PAGE: &str = concat!(
+    "(SELECT o.id AS other_id, c.total AS total, NULL AS id, NULL AS sender, NULL AS recipient, \
+      NULL AS created_at, NULL AS body \
+      FROM chatcore_users o \
+      LEFT JOIN chatcore_counts c ON c.low_id = LEAST(?, o.id) AND c.high_id = GREATEST(?, o.id) \
+      WHERE o.username = ?) \
+     UNION ALL \
+     (SELECT o.id, NULL, ",
+    message_columns!(),
+    " FROM chatcore_users o \
+      JOIN chatcore_messages m ON m.conversation_low = LEAST(?, o.id) AND m.conversation_high = GREATEST(?, o.id)",
+    message_joins!(),
+    " WHERE o.username = ? AND m.id < ? ORDER BY m.id DESC LIMIT ? OFFSET ?)"
+);
+
+/// A user's messages, newest first, and their total, in one round trip: the total by
+/// `chatcore_counts` primary key, the page as the merge of two backward ranges, one of
+/// `chatcore_messages_sender` and one of `chatcore_messages_recipient` (a note to oneself only
+/// in the first), each at most `offset + limit` rows.
+/// Binds: user, user, before, window, user, user, before, window, limit, offset.
+pub(crate) const USER_MESSAGES: &str = concat!(
+    "SELECT t.total AS total, p.id AS id, p.sender AS sender, p.recipient AS recipient, \
+       p.created_at AS created_at, p.body AS body \
+     FROM (SELECT (SELECT c.total FROM chatcore_counts c WHERE c.low_id = ? AND c.high_id = 0) AS total) t \
+     LEFT JOIN (\
+       (SELECT ",
+    message_columns!(),
+    " FROM chatcore_messages m",
+    message_joins!(),
+    " WHERE m.sender_id = ? AND m.id < ? ORDER BY m.id DESC LIMIT ?) \
+       UNION ALL \
+       (SELECT ",
+    message_columns!(),
+    " FROM chatcore_messages m",
+    message_joins!(),
+    " WHERE m.recipient_id = ? AND m.sender_id <> ? AND m.id < ? ORDER BY m.id DESC LIMIT ?) \
+       ORDER BY id DESC LIMIT ? OFFSET ?\
+     ) p ON TRUE"
+);
+
+/// Catch-up: a user's messages after an id, oldest first, as the merge of two forward ranges
+/// of `chatcore_messages_sender` and `chatcore_messages_recipient`.
+/// Binds: user, after, limit, user, user, after, limit, limit.
+pub(crate) const MESSAGES_AFTER: &str = concat!(
+    "(SELECT ",
+    message_columns!(),
+    " FROM chatcore_messages m",
+    message_joins!(),
+    " WHERE m.sender_id = ? AND m.id > ? ORDER BY m.id LIMIT ?) \
+     UNION ALL \
+     (SELECT ",
+    message_columns!(),
+    " FROM chatcore_messages m",
+    message_joins!(),
+    " WHERE m.recipient_id = ? AND m.sender_id <> ? AND m.id > ? ORDER BY m.id LIMIT ?) \
+     ORDER BY id LIMIT ?"
+);
+
+/// A stored value that breaks the schema's rules.
+#[derive(Debug)]
+pub(crate) struct BadRow(pub(crate) String);
+
+impl std::fmt::Display for BadRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BadRow {}
+
+fn username(raw: String) -> Result<Username, BoxError> {
+    Username::parse(raw.as_str())
+        .map_err(|_| Box::new(BadRow(format!("stored username {raw:?} is invalid"))) as BoxError)
+}
+
+fn get<'r, T>(row: &'r MySqlRow, column: &str) -> Result<T, BoxError>
+where
+    T: sqlx::Decode<'r, sqlx::MySql> + sqlx::Type<sqlx::MySql>,
+{
+    row.try_get(column).map_err(|e| Box::new(e) as BoxError)
+}
+
+/// A text column. Columns in a `_bin` collation carry MySQL's BINARY flag, which sqlx 0.8
+/// takes for `VARBINARY` and refuses to decode as `String`; the bytes are checked as UTF-8 by
+/// the decoder itself, so the type check is skipped on purpose.
+pub(crate) fn text(row: &MySqlRow, column: &str) -> Result<String, BoxError> {
+    row.try_get_unchecked::<String, _>(column)
+        .map_err(|e| Box::new(e) as BoxError)
+}
+
+/// A nullable text column, see [`text`].
+pub(crate) fn text_opt(row: &MySqlRow, column: &str) -> Result<Option<String>, BoxError> {
+    row.try_get_unchecked::<Option<String>, _>(column)
+        .map_err(|e| Box::new(e) as BoxError)
+}
+
+/// A user from columns `id` and `username`.
+pub(crate) fn user(row: &MySqlRow) -> Result<User, BoxError> {
+    Ok(User {
+        id: UserId(get(row, "id")?),
+        username: username(text(row, "username")?)?,
+    })
+}
+
+/// A message from the [`message_columns`] columns.
+pub(crate) fn message(row: &MySqlRow) -> Result<Message, BoxError> {
+    let created_at: NaiveDateTime = get(row, "created_at")?;
+    Ok(Message {
+        id: MessageId(get(row, "id")?),
+        sender: username(text(row, "sender")?)?,
+        recipient: username(text(row, "recipient")?)?,
+        created_at: created_at.and_utc(),
+        body: text(row, "body")?,
+    })
+}
+
+/// `prefix` as a `LIKE` pattern with `!` as the escape character, matching literally.
+pub(crate) fn like_prefix(prefix: &str) -> String {
+    let mut pattern = String::with_capacity(prefix.len() + 1);
+    for c in prefix.chars() {
+        if matches!(c, '!' | '%' | '_') {
+            pattern.push('!');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn like_prefix_escapes_metacharacters() {
+        assert_eq!(like_prefix("a_b%c!"), "a!_b!%c!!%");
+        assert_eq!(like_prefix(""), "%");
+    }
+}
