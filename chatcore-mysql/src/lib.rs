@@ -77,6 +77,9 @@ mod rows;
 mod schema;
 mod writer;
 
+#[cfg(test)]
+mod plans;
+
 use std::str::FromStr;
 
 use async_trait::async_trait;

@@ -1,0 +1,293 @@
+//! `EXPLAIN` checks: every query of the store runs on the index it was written for, never a
+//! full table scan. Runs against the MariaDB/MySQL of `CHATCORE_MYSQL_URL` on its own database.
+
+use std::str::FromStr;
+
+use sqlx::mysql::{MySqlArguments, MySqlConnectOptions};
+use sqlx::query::Query;
+use sqlx::{ConnectOptions, Connection, MySql, MySqlConnection};
+
+use crate::{MysqlConfig, MysqlStore, rows};
+
+fn server_url() -> String {
+    std::env::var("CHATCORE_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".to_owned())
+}
+
+/// The database of this test, dropped when the guard drops (even on failure).
+struct Database(String);
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        let name = self.0.clone();
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            runtime.block_on(async move {
+                let mut admin = admin().await;
+                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS `{name}`"))
+                    .execute(&mut admin)
+                    .await;
+                let _ = admin.close().await;
+            });
+            Some(())
+        })
+        .join();
+    }
+}
+
+async fn admin() -> MySqlConnection {
+    MySqlConnectOptions::from_str(&server_url())
+        .expect("valid CHATCORE_MYSQL_URL")
+        .connect()
+        .await
+        .expect("connect to MySQL")
+}
+
+/// One row of `EXPLAIN`.
+#[derive(Debug)]
+struct Step {
+    table: String,
+    access: String,
+    key: Option<String>,
+}
+
+async fn explain(conn: &mut MySqlConnection, query: Query<'_, MySql, MySqlArguments>) -> Vec<Step> {
+    let rows = query.fetch_all(conn).await.expect("EXPLAIN");
+    rows.iter()
+        .map(|row| Step {
+            table: rows::text_opt(row, "table").unwrap().unwrap_or_default(),
+            access: rows::text_opt(row, "type").unwrap().unwrap_or_default(),
+            key: rows::text_opt(row, "key").unwrap(),
+        })
+        .collect()
+}
+
+/// Asserts that every step on a real table uses an index lookup or range, and that the step
+/// on `alias` uses `key`. Steps on `<union..>` / `<derived..>` read the bounded temporary
+/// result of the branches (at most `offset + limit` rows each), not a table.
+fn assert_plan(name: &str, steps: &[Step], alias: &str, key: &str) {
+    eprintln!("{name}: {steps:?}");
+    assert!(!steps.is_empty(), "{name}: no plan");
+    for step in steps {
+        if step.table.starts_with('<') || step.table.is_empty() {
+            continue;
+        }
+        assert!(
+            matches!(
+                step.access.as_str(),
+                "const" | "eq_ref" | "ref" | "range" | "system"
+            ),
+            "{name}: table {} is read with access type {:?} (plan: {steps:?})",
+            step.table,
+            step.access
+        );
+        assert!(
+            step.key.is_some(),
+            "{name}: table {} uses no index ({steps:?})",
+            step.table
+        );
+    }
+    assert!(
+        steps
+            .iter()
+            .any(|s| s.table == alias && s.key.as_deref() == Some(key)),
+        "{name}: expected {alias} to use {key} (plan: {steps:?})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plans_use_indexes() {
+    let name = format!(
+        "chatcore_mysql_test_{}_{:016x}",
+        std::process::id(),
+        rand::random::<u64>()
+    );
+    let mut admin = admin().await;
+    sqlx::query(&format!("CREATE DATABASE `{name}`"))
+        .execute(&mut admin)
+        .await
+        .expect("create database");
+    let _guard = Database(name.clone());
+    let options = MySqlConnectOptions::from_str(&server_url())
+        .unwrap()
+        .database(&name);
+    let store = MysqlStore::connect_with(options.clone(), MysqlConfig::default());
+    store.migrate().await.expect("migrate");
+
+    // Enough rows that the optimizer's choices are the ones it makes in production: 200 users,
+    // 20,000 messages over 1,000 conversations, a few hundred sessions.
+    let mut conn = options.connect().await.expect("connect");
+    let users: Vec<String> = (1..=200)
+        .map(|i| format!("('user{i:03}', 'hash', UTC_TIMESTAMP(6))"))
+        .collect();
+    sqlx::raw_sql(&format!(
+        "INSERT INTO chatcore_users (username, password_hash, created_at) VALUES {}",
+        users.join(",")
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    for chunk in 0..20 {
+        let values: Vec<String> = (0..1000)
+            .map(|n| {
+                let i = chunk * 1000 + n + 1;
+                let sender = i % 200 + 1;
+                let recipient = (i * 7 + i / 200) % 200 + 1;
+                let (low, high) = (sender.min(recipient), sender.max(recipient));
+                format!(
+                    "({i},{sender},{recipient},{low},{high},UTC_TIMESTAMP(6),'body',UNHEX(SHA2('k{i}', 256)))"
+                )
+            })
+            .collect();
+        sqlx::raw_sql(&format!(
+            "INSERT INTO chatcore_messages (id, sender_id, recipient_id, conversation_low, conversation_high, \
+             created_at, body, idempotency_key_hash) VALUES {}",
+            values.join(",")
+        ))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+    let sessions: Vec<String> = (1..=300)
+        .map(|i| {
+            format!(
+                "(UNHEX(SHA2('{i}', 256)), {}, DATE_ADD(UTC_TIMESTAMP(6), INTERVAL 1 DAY))",
+                i % 200 + 1
+            )
+        })
+        .collect();
+    sqlx::raw_sql(&format!(
+        "INSERT INTO chatcore_sessions (token_hash, user_id, expires_at) VALUES {}",
+        sessions.join(",")
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    sqlx::raw_sql(
+        "INSERT INTO chatcore_counts (low_id, high_id, total) \
+         SELECT conversation_low, conversation_high, COUNT(*) FROM chatcore_messages \
+         GROUP BY conversation_low, conversation_high",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    sqlx::raw_sql("ANALYZE TABLE chatcore_users, chatcore_messages, chatcore_sessions, chatcore_counts")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+
+    let e = |sql: &str| format!("EXPLAIN {sql}");
+    // Rows that exist: a miss on a unique key is planned as "impossible WHERE", not a lookup.
+    let token_hash = crate::writer::key_hash("1");
+    let key_hash = crate::writer::key_hash("k500");
+
+    let sql = e(rows::FIND_USER);
+    let plan = explain(&mut conn, sqlx::query(&sql).bind("user042")).await;
+    assert_plan("find_user", &plan, "chatcore_users", "chatcore_users_username");
+
+    let sql = e(rows::CREDENTIALS);
+    let plan = explain(&mut conn, sqlx::query(&sql).bind("user042")).await;
+    assert_plan("credentials", &plan, "chatcore_users", "chatcore_users_username");
+
+    let sql = e(rows::LIST_USERS);
+    for (prefix, after) in [("user1", ""), ("", ""), ("", "user150")] {
+        let plan = explain(
+            &mut conn,
+            sqlx::query(&sql)
+                .bind(rows::like_prefix(prefix))
+                .bind(after)
+                .bind(3i64)
+                .bind(20u32),
+        )
+        .await;
+        assert_plan("list_users", &plan, "chatcore_users", "chatcore_users_username");
+    }
+
+    let sql = e(rows::SESSION_USER);
+    let plan = explain(
+        &mut conn,
+        sqlx::query(&sql)
+            .bind(token_hash.as_slice())
+            .bind(chrono::Utc::now().naive_utc()),
+    )
+    .await;
+    assert_plan("session_user", &plan, "t", "PRIMARY");
+
+    let sql = e(rows::MESSAGE_FOR);
+    // Message 500 was sent by user 101.
+    let plan = explain(
+        &mut conn,
+        sqlx::query(&sql).bind(500i64).bind(101i64).bind(101i64),
+    )
+    .await;
+    assert_plan("message_for", &plan, "m", "PRIMARY");
+
+    let sql = e(rows::IDEMPOTENT_MESSAGE);
+    let plan = explain(
+        &mut conn,
+        sqlx::query(&sql).bind(101i64).bind(key_hash.as_slice()),
+    )
+    .await;
+    assert_plan("idempotent_message", &plan, "m", "chatcore_messages_idempotency");
+
+    let sql = e(rows::CONVERSATION_PAGE);
+    for before in [i64::MAX, 10_000] {
+        let plan = explain(
+            &mut conn,
+            sqlx::query(&sql)
+                .bind(5i64)
+                .bind(5i64)
+                .bind("user010")
+                .bind(5i64)
+                .bind(5i64)
+                .bind("user010")
+                .bind(before)
+                .bind(15u32)
+                .bind(0u32),
+        )
+        .await;
+        assert_plan("conversation_page", &plan, "m", "chatcore_messages_conversation");
+        assert_plan("conversation_page total", &plan, "c", "PRIMARY");
+    }
+
+    let sql = e(rows::USER_MESSAGES);
+    let plan = explain(
+        &mut conn,
+        sqlx::query(&sql)
+            .bind(5i64)
+            .bind(5i64)
+            .bind(i64::MAX)
+            .bind(30u64)
+            .bind(5i64)
+            .bind(5i64)
+            .bind(i64::MAX)
+            .bind(30u64)
+            .bind(15u32)
+            .bind(15u32),
+    )
+    .await;
+    assert_plan("user_messages", &plan, "m", "chatcore_messages_sender");
+    assert_plan("user_messages", &plan, "m", "chatcore_messages_recipient");
+
+    let sql = e(rows::MESSAGES_AFTER);
+    let plan = explain(
+        &mut conn,
+        sqlx::query(&sql)
+            .bind(5i64)
+            .bind(100i64)
+            .bind(1000u32)
+            .bind(5i64)
+            .bind(5i64)
+            .bind(100i64)
+            .bind(1000u32)
+            .bind(1000u32),
+    )
+    .await;
+    assert_plan("messages_after", &plan, "m", "chatcore_messages_sender");
+    assert_plan("messages_after", &plan, "m", "chatcore_messages_recipient");
+
+    let _ = conn.close().await;
+    store.close().await;
+}
