@@ -16,7 +16,9 @@ use chatcore::{Error, Result};
 /// };
 /// assert_eq!(config.command_timeout, Duration::from_secs(1));
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Its `Debug` output hides a password in the URL, so the config can be logged.
+#[derive(Clone, PartialEq, Eq)]
 pub struct RedisConfig {
     /// The Redis server, as a `redis://` (or `rediss://` / `unix://`, when the `redis` crate
     /// is built with that support) URL; a password and database number go in the URL.
@@ -62,6 +64,31 @@ impl Default for RedisConfig {
             reconnect_max_delay: Duration::from_secs(5),
             health_check_interval: Duration::from_secs(10),
         }
+    }
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &redact(&self.url))
+            .field("channel_prefix", &self.channel_prefix)
+            .field("queue_capacity", &self.queue_capacity)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("command_timeout", &self.command_timeout)
+            .field("reconnect_min_delay", &self.reconnect_min_delay)
+            .field("reconnect_max_delay", &self.reconnect_max_delay)
+            .field("health_check_interval", &self.health_check_interval)
+            .finish()
+    }
+}
+
+/// `url` without the credentials between `://` and `@`.
+fn redact(url: &str) -> std::borrow::Cow<'_, str> {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}://***{}", &url[..scheme_end], &url[at..]).into()
+        }
+        _ => url.into(),
     }
 }
 
@@ -127,6 +154,18 @@ mod tests {
         let delays: Vec<u128> = (0..6).map(|n| config.backoff(n).as_millis()).collect();
         assert_eq!(delays, [100, 200, 400, 800, 1_000, 1_000]);
         assert_eq!(config.backoff(u32::MAX), Duration::from_millis(1_000));
+    }
+
+    #[test]
+    fn debug_hides_the_password() {
+        let config = RedisConfig {
+            url: "redis://default:s3cret@10.1.2.3:6379/2".into(),
+            ..Default::default()
+        };
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("redis://***@10.1.2.3:6379/2"), "{shown}");
+        assert!(format!("{:?}", RedisConfig::default()).contains("redis://127.0.0.1:6379"));
     }
 
     #[test]
