@@ -119,6 +119,11 @@ impl MysqlStore {
     /// # Ok(()) }
     /// ```
     pub async fn connect(url: &str, config: MysqlConfig) -> Result<Self> {
+        if !(url.starts_with("mysql://") || url.starts_with("mariadb://")) {
+            return Err(Error::invalid(
+                "invalid MySQL URL: it must start with mysql:// or mariadb://",
+            ));
+        }
         let options = MySqlConnectOptions::from_str(url)
             .map_err(|e| Error::invalid(format!("invalid MySQL URL: {e}")))?;
         let store = Self::connect_with(options, config);

@@ -1,0 +1,206 @@
+//! A database that goes away is `Error::Unavailable`, and the store recovers by itself when it
+//! comes back. Runs a private MariaDB (own data directory, own free port), never the shared one.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use chatcore::{Error, NewMessage, PageRequest, Store, Username};
+use chatcore_mysql::{MysqlConfig, MysqlStore};
+use sqlx::ConnectOptions;
+use sqlx::mysql::MySqlConnectOptions;
+use tokio::process::{Child, Command};
+
+const MARIADBD: &str = "/usr/sbin/mariadbd";
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A private MariaDB server, killed when dropped.
+struct Server {
+    dir: PathBuf,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Server {
+    async fn install(dir: &Path, port: u16) -> Server {
+        let status = Command::new("mariadb-install-db")
+            .args([
+                "--no-defaults",
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+            ])
+            .arg(format!("--datadir={}", dir.join("data").display()))
+            .arg("--user=root")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .await
+            .expect("run mariadb-install-db");
+        assert!(status.success(), "mariadb-install-db failed");
+        Server {
+            dir: dir.to_owned(),
+            port,
+            child: None,
+        }
+    }
+
+    async fn start(&mut self) {
+        let dir = &self.dir;
+        let child = Command::new(MARIADBD)
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", dir.join("data").display()))
+            .arg(format!("--port={}", self.port))
+            .arg("--bind-address=127.0.0.1")
+            .arg(format!("--socket={}", dir.join("mysqld.sock").display()))
+            .arg(format!("--pid-file={}", dir.join("mysqld.pid").display()))
+            .arg(format!("--log-error={}", dir.join("error.log").display()))
+            .args([
+                "--user=root",
+                "--skip-grant-tables",
+                "--innodb-buffer-pool-size=32M",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start mariadbd");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if self.admin_options().connect().await.is_ok() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "private MariaDB did not come up");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Kills the server the hard way, as a crash or a pulled cable would.
+    async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.expect("kill mariadbd");
+        }
+    }
+
+    fn admin_options(&self) -> MySqlConnectOptions {
+        MySqlConnectOptions::from_str(&format!("mysql://root@127.0.0.1:{}", self.port)).unwrap()
+    }
+}
+
+fn name(s: &str) -> Username {
+    Username::parse(s).unwrap()
+}
+
+fn assert_unavailable<T: std::fmt::Debug>(result: chatcore::Result<T>, what: &str) {
+    match result {
+        Err(Error::Unavailable { what: "storage", .. }) => {}
+        other => panic!("{what}: expected storage unavailable, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unavailable_while_down_and_recovers_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::install(dir.path(), free_port()).await;
+    server.start().await;
+    let mut admin = server.admin_options().connect().await.unwrap();
+    sqlx::query("CREATE DATABASE chat")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    drop(admin);
+
+    let config = MysqlConfig {
+        max_connections: 2,
+        acquire_timeout: Duration::from_secs(2),
+        ..MysqlConfig::default()
+    };
+    let url = format!("mysql://root@127.0.0.1:{}/chat", server.port);
+    let store = MysqlStore::connect(&url, config).await.unwrap();
+    store.migrate().await.unwrap();
+    let alice = store.create_user(&name("alice"), None).await.unwrap();
+    let bob = store.create_user(&name("bob"), None).await.unwrap();
+    let send = |body: &str| NewMessage {
+        sender: alice.clone(),
+        recipient: name("bob"),
+        body: body.to_owned(),
+        idempotency_key: None,
+    };
+    store.insert_message(send("before")).await.unwrap();
+
+    server.kill().await;
+    let started = Instant::now();
+    assert_unavailable(store.find_user(&name("alice")).await, "read while down");
+    assert_unavailable(store.insert_message(send("while down")).await, "send while down");
+    assert_unavailable(
+        store
+            .conversation_page(bob.id, &name("alice"), &PageRequest::latest(15))
+            .await,
+        "history while down",
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "failures come within the acquire timeout, took {:?}",
+        started.elapsed()
+    );
+
+    server.start().await;
+    // The same store, untouched, works again once its pool reconnects.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match store.find_user(&name("alice")).await {
+            Ok(found) => {
+                assert_eq!(found, Some(alice.clone()));
+                break;
+            }
+            Err(err) => {
+                assert!(
+                    err.is_retryable(),
+                    "only unavailability while recovering, got {err:?}"
+                );
+                assert!(Instant::now() < deadline, "store did not recover: {err:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    let after = store.insert_message(send("after")).await.unwrap();
+    let page = store
+        .conversation_page(bob.id, &name("alice"), &PageRequest::latest(15))
+        .await
+        .unwrap();
+    assert_eq!(page.total, 2, "the send that failed while down stored nothing");
+    assert_eq!(page.messages[0], after.message);
+    assert_eq!(page.messages[1].body, "before");
+
+    store.close().await;
+    server.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connecting_to_nothing_is_unavailable() {
+    let port = free_port();
+    let config = MysqlConfig {
+        acquire_timeout: Duration::from_secs(1),
+        ..MysqlConfig::default()
+    };
+    let result = MysqlStore::connect(&format!("mysql://root@127.0.0.1:{port}/chat"), config).await;
+    assert_unavailable(result.map(|_| ()), "connect");
+    for bad in [
+        "postgres://127.0.0.1/chat",
+        "mysql://root@127.0.0.1:notaport/chat",
+    ] {
+        match MysqlStore::connect(bad, MysqlConfig::default()).await {
+            Err(Error::Invalid(message)) => assert!(message.contains("MySQL URL"), "{message}"),
+            other => panic!("{bad} is invalid input, got {:?}", other.map(|_| ())),
+        }
+    }
+}
