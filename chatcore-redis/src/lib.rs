@@ -57,6 +57,9 @@
 //!   [`chatcore::Error::Unavailable`] within [`RedisConfig::command_timeout`] (usually at
 //!   once: a refused connection is not retried), never hangs; the message is stored anyway
 //!   and [`chatcore::ChatService::send`] reports the failed notification in its result.
+//!   Delivery is at most once per connection while the connection is healthy, with a `Gap`
+//!   whenever something may have been lost; a `publish` that timed out may still be
+//!   delivered if Redis had received it (a consumer that catches up keys on message ids).
 //!
 //! # Running several nodes
 //! Start each server process with the same store (a shared database) and a
@@ -64,6 +67,10 @@
 //! Put the nodes behind any load balancer; no sticky sessions are needed, since a client's
 //! requests and its WebSocket may land on different nodes. Use a different prefix per
 //! deployment (or per test) when several share one Redis.
+//!
+//! Redis cuts off a subscriber connection whose output buffer outgrows
+//! `client-output-buffer-limit pubsub` (default 32 MB, or 8 MB for 60 s); a node that falls
+//! that far behind reconnects and its connections get a `Gap`, like after a restart.
 //!
 //! # Layout
 //! - `config.rs`: [`RedisConfig`], its defaults and checks, the backoff schedule.

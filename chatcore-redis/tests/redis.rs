@@ -21,7 +21,20 @@ fn redis_url() -> String {
     std::env::var("CHATCORE_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
+/// `TEST_LOG=1` shows the notifier's logs (reconnects, failures).
+fn init_logs() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "debug".into()),
+            )
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 fn test_config(url: String) -> RedisConfig {
+    init_logs();
     RedisConfig {
         url,
         channel_prefix: format!("chatcore-test:{:016x}:", rand::random::<u64>()),
