@@ -60,6 +60,28 @@ fn pubsub(c: &mut Criterion) {
             })
         })
     });
+
+    // 100 messages published concurrently on node A, all received on node B: per-message
+    // cost under load (divide by 100), the regime of the 1,000 messages/s target.
+    const BURST: u64 = 100;
+    group.throughput(criterion::Throughput::Elements(BURST));
+    group.bench_function("cross_node_burst_of_100", |b| {
+        b.iter(|| {
+            runtime.block_on(async {
+                let both = [alice, bob];
+                let publishes = (0..BURST).map(|_| node_a.publish(&both, &event));
+                for result in futures_util::future::join_all(publishes).await {
+                    result.unwrap();
+                }
+                for _ in 0..BURST {
+                    match bobs_tab.recv().await {
+                        Some(Delivery::Event(_)) => {}
+                        other => panic!("unexpected {other:?}"),
+                    }
+                }
+            })
+        })
+    });
     group.finish();
 }
 

@@ -160,7 +160,11 @@ impl Notifier for RedisNotifier {
             other => return Err(Error::bug(format!("unsupported event {other:?}"))),
         };
         let mut pipeline = redis::pipe();
-        for user in users {
+        for (i, user) in users.iter().enumerate() {
+            // A user named twice (e.g. a message to oneself) is notified once.
+            if users[..i].contains(user) {
+                continue;
+            }
             pipeline
                 .cmd("PUBLISH")
                 .arg(self.inner.channels.name(*user))

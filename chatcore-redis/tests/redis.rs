@@ -556,6 +556,21 @@ async fn a_message_published_right_after_subscribe_returns_is_received() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_named_twice_is_notified_once() {
+    let config = test_config(redis_url());
+    let notifier = RedisNotifier::connect(config).await.unwrap();
+    let mut sub = notifier.subscribe(UserId(5)).await.unwrap();
+    notifier
+        .publish(&[UserId(5), UserId(5)], &sentinel(1))
+        .await
+        .unwrap();
+    notifier.publish(&[UserId(5)], &sentinel(2)).await.unwrap();
+    assert_eq!(next_message(&mut sub).await.id, MessageId(1));
+    assert_eq!(next_message(&mut sub).await.id, MessageId(2));
+    notifier.publish(&[], &sentinel(3)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_redis_is_detected_by_the_health_check_and_publish_times_out() {
     let server = PrivateRedis::start().await;
     let config = RedisConfig {
