@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chatcore::{ChatConfig, ChatService, LocalNotifier, Store, User};
+use chatcore::{ChatConfig, ChatService, LocalNotifier, Notifier, Store, User};
 use chatcore_axum::{ApiConfig, ChatApi, SessionAuthenticator, SessionConfig, ShutdownHandle};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
@@ -36,6 +36,8 @@ pub struct Options {
     pub api: ApiConfig,
     pub chat: ChatConfig,
     pub notifier_queue: usize,
+    /// A transport of the test's own instead of a `LocalNotifier`.
+    pub notifier: Option<Arc<dyn Notifier>>,
 }
 
 impl Default for Options {
@@ -44,6 +46,7 @@ impl Default for Options {
             api: ApiConfig::default(),
             chat: ChatConfig::default(),
             notifier_queue: LocalNotifier::DEFAULT_QUEUE,
+            notifier: None,
         }
     }
 }
@@ -72,7 +75,9 @@ impl TestApp {
 
     /// A host app with a route of its own and the chat router nested under [`PREFIX`].
     pub async fn spawn_with(store: Arc<dyn Store>, options: Options) -> Self {
-        let notifier = Arc::new(LocalNotifier::new(options.notifier_queue));
+        let notifier = options
+            .notifier
+            .unwrap_or_else(|| Arc::new(LocalNotifier::new(options.notifier_queue)));
         let chat = ChatService::new(store.clone(), notifier, options.chat);
         let auth = SessionAuthenticator::new(store, fast_sessions());
         let api = ChatApi::new(chat.clone(), auth.clone())

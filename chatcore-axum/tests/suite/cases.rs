@@ -5,9 +5,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chatcore::notify::SubscriberTable;
 use chatcore::store::{Credentials, Inserted, MessagePage, PageRequest, TokenHash, UserQuery};
 use chatcore::{
-    ChatConfig, Error, Message, MessageId, NewMessage, SendRequest, Store, User, UserId, Username,
+    ChatConfig, Delivery, Error, Event, Message, MessageId, NewMessage, Notifier, SendRequest, Store,
+    Subscription, User, UserId, Username,
 };
 use chatcore_axum::ApiConfig;
 use chrono::{DateTime, Utc};
@@ -916,6 +918,72 @@ pub async fn too_many_missed_messages_ask_for_resync(store: Arc<dyn Store>) {
     let live = app.send(&alice, "bob", "live").await["id"].as_i64().unwrap();
     assert_eq!(frame_id(&mut ws).await, live);
     close(ws).await;
+}
+
+pub async fn transport_gap_is_caught_up_from_storage(store: Arc<dyn Store>) {
+    let notifier = Arc::new(LossyNotifier {
+        table: Arc::new(SubscriberTable::new(64)),
+        lossy: AtomicBool::new(false),
+    });
+    let options = Options {
+        notifier: Some(notifier.clone()),
+        ..Default::default()
+    };
+    let app = TestApp::spawn_with(store, options).await;
+    let (_, alice) = app.user("alice").await;
+    let (_, bob) = app.user("bob").await;
+    let mut tab1 = app.ws(&bob, None).await;
+    let mut tab2 = app.ws(&bob, None).await;
+    let m1 = app.send(&alice, "bob", "m1").await["id"].as_i64().unwrap();
+    for ws in [&mut tab1, &mut tab2] {
+        assert_eq!(frame_id(ws).await, m1);
+    }
+    // A tab that has been sent nothing cannot know where to resume from.
+    let mut fresh_tab = app.ws(&bob, None).await;
+    // The transport loses two events, then reports the gap.
+    notifier.lossy.store(true, Ordering::SeqCst);
+    let m2 = app.send(&alice, "bob", "m2").await["id"].as_i64().unwrap();
+    let m3 = app.send(&bob, "alice", "m3").await["id"].as_i64().unwrap();
+    notifier.lossy.store(false, Ordering::SeqCst);
+    notifier.table.deliver_all(&Delivery::Gap);
+    for ws in [&mut tab1, &mut tab2] {
+        assert_eq!(frame_id(ws).await, m2);
+        assert_eq!(frame_id(ws).await, m3);
+    }
+    assert_eq!(frame(&mut fresh_tab).await, json!({"resync": true}));
+    // Live again, each message once.
+    let m4 = app.send(&alice, "bob", "m4").await["id"].as_i64().unwrap();
+    for ws in [&mut tab1, &mut tab2, &mut fresh_tab] {
+        assert_eq!(frame_id(ws).await, m4);
+        no_frame(ws, Duration::from_millis(100)).await;
+    }
+    for ws in [tab1, tab2, fresh_tab] {
+        close(ws).await;
+    }
+}
+
+/// An in-process transport that can lose events on demand, like a broker connection that
+/// dropped; the test then reports the gap as a real transport would.
+struct LossyNotifier {
+    table: Arc<SubscriberTable>,
+    lossy: AtomicBool,
+}
+
+#[async_trait]
+impl Notifier for LossyNotifier {
+    async fn publish(&self, users: &[UserId], event: &Event) -> chatcore::Result<()> {
+        if !self.lossy.load(Ordering::SeqCst) {
+            let delivery = Delivery::Event(event.clone());
+            for user in users {
+                self.table.deliver(*user, &delivery);
+            }
+        }
+        Ok(())
+    }
+
+    async fn subscribe(&self, user: UserId) -> chatcore::Result<Subscription> {
+        Ok(self.table.subscribe(user, || ()).0)
+    }
 }
 
 pub async fn client_frames_are_ignored_and_pings_keep_it_alive(store: Arc<dyn Store>) {

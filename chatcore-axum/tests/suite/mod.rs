@@ -27,6 +27,7 @@ macro_rules! api_suite {
             reconnect_with_since_gets_exactly_the_missed_messages,
             since_under_concurrent_sends_has_no_gap_and_no_duplicate,
             too_many_missed_messages_ask_for_resync,
+            transport_gap_is_caught_up_from_storage,
             client_frames_are_ignored_and_pings_keep_it_alive,
             dead_websocket_is_dropped,
             slow_websocket_reader_is_closed_with_a_close_frame,
