@@ -8,6 +8,11 @@
 //!   conversations. The table is built with a direct bulk insert through rusqlite in one
 //!   transaction, counters included.
 //!
+//! - `disk/fsync_4k`: one 4 KiB write and `fdatasync` on the same file system, the floor
+//!   under every durable commit. A sender waits for at least one such sync, so with `c`
+//!   concurrent senders the send rate cannot exceed `c / fsync latency` (Little's law);
+//!   read the send figures against it.
+//!
 //! Run with `cargo bench -p chatcore-sqlite`; each group takes well under a minute.
 
 use std::sync::Arc;
@@ -70,6 +75,28 @@ fn sends(c: &mut Criterion) {
     }
     group.finish();
     rt.block_on(store.close()).expect("close");
+}
+
+fn disk(c: &mut Criterion) {
+    use std::io::{Seek, SeekFrom, Write};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut file = std::fs::File::create(dir.path().join("fsync-probe")).expect("probe file");
+    let page = [0x5au8; 4096];
+    file.write_all(&page).expect("write");
+    file.sync_all().expect("sync");
+    let mut group = c.benchmark_group("disk");
+    group
+        .sample_size(20)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    group.bench_function("fsync_4k", |b| {
+        b.iter(|| {
+            file.seek(SeekFrom::Start(0)).expect("seek");
+            file.write_all(&page).expect("write");
+            file.sync_data().expect("fdatasync");
+        })
+    });
+    group.finish();
 }
 
 /// `total` sends spread over `concurrency` tasks; returns the wall time.
@@ -217,6 +244,6 @@ fn pages(c: &mut Criterion) {
 }
 
 mod harness {
-    criterion::criterion_group!(benches, super::sends, super::pages);
+    criterion::criterion_group!(benches, super::disk, super::sends, super::pages);
 }
 criterion_main!(harness::benches);
