@@ -171,10 +171,11 @@ pub(crate) struct Writer {
 
 impl Writer {
     pub(crate) fn new(conn: Connection, config: &SqliteConfig) -> Self {
+        let last_timestamp = latest_timestamp(&conn).unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
         Self {
             ctx: ReadCtx::new(conn, config.name_cache),
             max_batch: config.max_batch,
-            last_timestamp: DateTime::<Utc>::UNIX_EPOCH,
+            last_timestamp,
             pending_names: HashMap::new(),
             conversation_counts: HashMap::new(),
             user_counts: HashMap::new(),
@@ -487,6 +488,20 @@ impl Writer {
         }
         Ok(id)
     }
+}
+
+/// The newest stored message's timestamp (one lookup at the end of the rowid b-tree), so
+/// timestamps keep increasing with ids across restarts even if the clock stepped back.
+/// `None` before the schema exists or when there are no messages.
+fn latest_timestamp(conn: &Connection) -> Option<DateTime<Utc>> {
+    let micros: i64 = conn
+        .query_row(
+            "SELECT created_at FROM chatcore_messages ORDER BY id DESC LIMIT 1",
+            [],
+            |row| row.get(0),
+        )
+        .ok()?;
+    reader::micros_to_datetime(micros).ok()
 }
 
 fn is_constraint(error: &rusqlite::Error) -> bool {
