@@ -102,7 +102,8 @@ mod schema;
 mod sql;
 mod writer;
 
-use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use async_trait::async_trait;
@@ -116,7 +117,7 @@ pub use config::{Location, SqliteConfig, Synchronous};
 pub use schema::{MigrationReport, SCHEMA_VERSION};
 
 use reader::{ReadCtx, ReadMsg};
-use writer::{Reply, WriteMsg, WriteOp, Writer};
+use writer::{Reply, WriteMsg, WriteOp, Writer, WriterStats};
 
 /// A [`chatcore::Store`] on SQLite: one writer thread with group commit, a pool of reader
 /// threads, WAL mode, durable commits by default. See the [crate docs](crate).
@@ -128,7 +129,19 @@ pub struct SqliteStore {
     /// `None` when reads are served by the writer (in memory, or `readers: 0`).
     readers: Option<Sender<ReadMsg>>,
     reader_count: usize,
+    stats: Arc<WriterStats>,
     threads: Mutex<Vec<Worker>>,
+}
+
+/// What the writer has done since the store opened, from [`SqliteStore::stats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SqliteStats {
+    /// Committed write transactions (each one durable commit: one `fsync` with
+    /// [`Synchronous::Full`]).
+    pub transactions: u64,
+    /// Writes committed in them (sends, users, sessions). `writes / transactions` is the
+    /// average group-commit batch.
+    pub writes: u64,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -187,13 +200,15 @@ impl SqliteStore {
         let (writer_tx, writer_rx) = crossbeam_channel::unbounded::<WriteMsg>();
         let (ready_tx, ready_rx) = oneshot::channel::<Result<()>>();
         let writer_config = config.clone();
+        let stats = Arc::new(WriterStats::default());
+        let writer_stats = stats.clone();
         let writer = spawn_worker(
             "chatcore-sqlite-writer".into(),
             true,
             move || match writer::open_connection(&writer_config) {
                 Ok(conn) => {
                     let _ = ready_tx.send(Ok(()));
-                    Writer::new(conn, &writer_config).run(writer_rx);
+                    Writer::new(conn, &writer_config, writer_stats).run(writer_rx);
                 }
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
@@ -204,6 +219,7 @@ impl SqliteStore {
             writer: writer_tx,
             readers: None,
             reader_count: 0,
+            stats,
             threads: Mutex::new(vec![writer]),
         };
         ready_rx
@@ -244,6 +260,24 @@ impl SqliteStore {
             }
         }
         Ok(store)
+    }
+
+    /// Counters of the writer: committed transactions and the writes in them.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> chatcore::Result<()> {
+    /// # use chatcore::Store;
+    /// let store = chatcore_sqlite::SqliteStore::open(chatcore_sqlite::SqliteConfig::memory()).await?;
+    /// store.migrate().await?;
+    /// store.create_user(&chatcore::Username::parse("alice")?, None).await?;
+    /// assert_eq!(store.stats().writes, 1);
+    /// # Ok(()) }
+    /// ```
+    pub fn stats(&self) -> SqliteStats {
+        SqliteStats {
+            transactions: self.stats.transactions.load(Ordering::Relaxed),
+            writes: self.stats.writes.load(Ordering::Relaxed),
+        }
     }
 
     /// Applies the missing schema migrations in one transaction on the writer thread and

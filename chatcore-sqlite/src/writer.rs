@@ -2,6 +2,8 @@
 //! at that moment in one transaction (group commit).
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use chatcore::store::Inserted;
 use chatcore::{
@@ -159,8 +161,16 @@ pub(crate) fn open_reader_connection(config: &SqliteConfig) -> Result<Connection
     Ok(conn)
 }
 
+/// Counters the writer keeps for [`crate::SqliteStore::stats`].
+#[derive(Debug, Default)]
+pub(crate) struct WriterStats {
+    pub(crate) transactions: AtomicU64,
+    pub(crate) writes: AtomicU64,
+}
+
 pub(crate) struct Writer {
     ctx: ReadCtx,
+    stats: Arc<WriterStats>,
     max_batch: usize,
     last_timestamp: DateTime<Utc>,
     /// Names learned inside the open transaction; cached only once it commits.
@@ -170,10 +180,11 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    pub(crate) fn new(conn: Connection, config: &SqliteConfig) -> Self {
+    pub(crate) fn new(conn: Connection, config: &SqliteConfig, stats: Arc<WriterStats>) -> Self {
         let last_timestamp = latest_timestamp(&conn).unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
         Self {
             ctx: ReadCtx::new(conn, config.name_cache),
+            stats,
             max_batch: config.max_batch,
             last_timestamp,
             pending_names: HashMap::new(),
@@ -238,6 +249,8 @@ impl Writer {
         }
         match self.try_batch(ops) {
             Ok(outcomes) => {
+                self.stats.transactions.fetch_add(1, Ordering::Relaxed);
+                self.stats.writes.fetch_add(ops.len() as u64, Ordering::Relaxed);
                 for (op, outcome) in ops.drain(..).zip(outcomes) {
                     op.answer(outcome);
                 }

@@ -340,3 +340,46 @@ async fn dropping_a_busy_store_does_not_hang() {
     assert!(total <= 400);
     assert!(started.elapsed() < Duration::from_secs(10));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sends_share_transactions() {
+    let temp = std::sync::Arc::new(temp_store(|_| {}).await);
+    let hub = temp.store.create_user(&name("hub"), None).await.unwrap();
+    let mut senders = Vec::new();
+    for i in 0..32 {
+        senders.push(
+            temp.store
+                .create_user(&name(&format!("s{i}")), None)
+                .await
+                .unwrap(),
+        );
+    }
+    let before = temp.store.stats();
+    let tasks: Vec<_> = senders
+        .into_iter()
+        .map(|sender| {
+            let temp = temp.clone();
+            let hub = hub.username.clone();
+            tokio::spawn(async move {
+                for j in 0..20 {
+                    temp.store
+                        .insert_message(new_message(&sender, hub.as_str(), &format!("{j}")))
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let after = temp.store.stats();
+    let writes = after.writes - before.writes;
+    let transactions = after.transactions - before.transactions;
+    assert_eq!(writes, 640);
+    // Each durable commit waits for an fsync; meanwhile the other senders queue up.
+    assert!(
+        transactions * 2 < writes,
+        "group commit: {writes} writes in {transactions} transactions"
+    );
+}
