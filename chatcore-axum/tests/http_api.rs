@@ -22,3 +22,7 @@ mod sqlite {
     }
     crate::api_suite!(fresh_store);
 }
+
+mod mysql {
+    crate::api_suite!(crate::suite::stores::mysql_store);
+}

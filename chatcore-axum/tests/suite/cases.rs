@@ -6,18 +6,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chatcore::notify::SubscriberTable;
-use chatcore::store::{Credentials, Inserted, MessagePage, PageRequest, TokenHash, UserQuery};
-use chatcore::{
-    ChatConfig, Delivery, Error, Event, Message, MessageId, NewMessage, Notifier, SendRequest, Store,
-    Subscription, User, UserId, Username,
-};
+use chatcore::{ChatConfig, Delivery, Event, Notifier, SendRequest, Store, Subscription, UserId};
 use chatcore_axum::ApiConfig;
-use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use super::app::*;
+use super::stores::TestStore;
 
 /// The JSON error body of a response, checking its shape.
 async fn error_of(response: reqwest::Response, status: u16) -> String {
@@ -1121,11 +1117,7 @@ pub async fn shutdown_sends_close_frames(store: Arc<dyn Store>) {
 }
 
 pub async fn unavailable_storage_answers_503(store: Arc<dyn Store>) {
-    let failing = Arc::new(FailingStore {
-        inner: store,
-        down: AtomicBool::new(false),
-        sessions_down: AtomicBool::new(false),
-    });
+    let failing = Arc::new(TestStore::new(store));
     let app = TestApp::spawn(failing.clone()).await;
     let (_, alice) = app.user("alice").await;
     app.user("bob").await;
@@ -1157,100 +1149,4 @@ pub async fn unavailable_storage_answers_503(store: Arc<dyn Store>) {
     failing.down.store(false, Ordering::SeqCst);
     failing.sessions_down.store(false, Ordering::SeqCst);
     app.send(&alice, "bob", "after the outage").await;
-}
-
-/// A store that fails on demand with [`Error::Unavailable`] (the wrapped store is real).
-struct FailingStore {
-    inner: Arc<dyn Store>,
-    down: AtomicBool,
-    sessions_down: AtomicBool,
-}
-
-impl FailingStore {
-    fn check(&self, flag: &AtomicBool) -> chatcore::Result<()> {
-        if flag.load(Ordering::SeqCst) {
-            Err(Error::storage_unavailable("injected outage"))
-        } else {
-            Ok(())
-        }
-    }
-}
-
-#[async_trait]
-impl Store for FailingStore {
-    async fn create_user(&self, username: &Username, password_hash: Option<&str>) -> chatcore::Result<User> {
-        self.check(&self.down)?;
-        self.inner.create_user(username, password_hash).await
-    }
-    async fn find_user(&self, username: &Username) -> chatcore::Result<Option<User>> {
-        self.check(&self.down)?;
-        self.inner.find_user(username).await
-    }
-    async fn list_users(&self, query: &UserQuery) -> chatcore::Result<Vec<User>> {
-        self.check(&self.down)?;
-        self.inner.list_users(query).await
-    }
-    async fn credentials(&self, username: &Username) -> chatcore::Result<Option<Credentials>> {
-        self.check(&self.down)?;
-        self.inner.credentials(username).await
-    }
-    async fn set_password_hash(&self, user: UserId, password_hash: &str) -> chatcore::Result<()> {
-        self.check(&self.down)?;
-        self.inner.set_password_hash(user, password_hash).await
-    }
-    async fn create_session(
-        &self,
-        token_hash: &TokenHash,
-        user: UserId,
-        expires_at: DateTime<Utc>,
-    ) -> chatcore::Result<()> {
-        self.check(&self.sessions_down)?;
-        self.inner.create_session(token_hash, user, expires_at).await
-    }
-    async fn session_user(
-        &self,
-        token_hash: &TokenHash,
-        now: DateTime<Utc>,
-    ) -> chatcore::Result<Option<User>> {
-        self.check(&self.sessions_down)?;
-        self.inner.session_user(token_hash, now).await
-    }
-    async fn delete_session(&self, token_hash: &TokenHash) -> chatcore::Result<()> {
-        self.check(&self.sessions_down)?;
-        self.inner.delete_session(token_hash).await
-    }
-    async fn insert_message(&self, message: NewMessage) -> chatcore::Result<Inserted> {
-        self.check(&self.down)?;
-        self.inner.insert_message(message).await
-    }
-    async fn message_for(&self, viewer: UserId, id: MessageId) -> chatcore::Result<Option<Message>> {
-        self.check(&self.down)?;
-        self.inner.message_for(viewer, id).await
-    }
-    async fn conversation_page(
-        &self,
-        viewer: UserId,
-        other: &Username,
-        page: &PageRequest,
-    ) -> chatcore::Result<MessagePage> {
-        self.check(&self.down)?;
-        self.inner.conversation_page(viewer, other, page).await
-    }
-    async fn user_messages(&self, user: UserId, page: &PageRequest) -> chatcore::Result<MessagePage> {
-        self.check(&self.down)?;
-        self.inner.user_messages(user, page).await
-    }
-    async fn messages_after(
-        &self,
-        user: UserId,
-        after: MessageId,
-        limit: u32,
-    ) -> chatcore::Result<Vec<Message>> {
-        self.check(&self.down)?;
-        self.inner.messages_after(user, after, limit).await
-    }
-    async fn idempotent_message(&self, sender: UserId, key: &str) -> chatcore::Result<Option<Message>> {
-        self.check(&self.down)?;
-        self.inner.idempotent_message(sender, key).await
-    }
 }

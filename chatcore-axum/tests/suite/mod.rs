@@ -6,6 +6,7 @@
 
 pub mod app;
 pub mod cases;
+pub mod stores;
 
 /// One `#[tokio::test]` per case of the suite, each on a fresh store from `$factory`
 /// (an `async fn() -> Arc<dyn chatcore::Store>`).

@@ -1,0 +1,217 @@
+//! Stores for the suite: a wrapper that fails on demand, and the MySQL factory.
+
+use std::any::Any;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use async_trait::async_trait;
+use chatcore::store::{Credentials, Inserted, MessagePage, PageRequest, TokenHash, UserQuery};
+use chatcore::{Error, Message, MessageId, NewMessage, Store, User, UserId, Username};
+use chrono::{DateTime, Utc};
+use sqlx::mysql::MySqlConnectOptions;
+use sqlx::{ConnectOptions, Connection, Row};
+
+/// Test databases are named `chatcore_axum_test_<pid>_<random>`.
+const MYSQL_PREFIX: &str = "chatcore_axum_test_";
+
+fn mysql_server() -> MySqlConnectOptions {
+    let url =
+        std::env::var("CHATCORE_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".to_owned());
+    MySqlConnectOptions::from_str(&url).expect("CHATCORE_MYSQL_URL is a valid MySQL URL")
+}
+
+async fn mysql_admin() -> sqlx::MySqlConnection {
+    mysql_server()
+        .connect()
+        .await
+        .expect("connect to MySQL/MariaDB at CHATCORE_MYSQL_URL")
+}
+
+/// A fresh, migrated MySQL store on a database of its own, dropped with the store.
+pub async fn mysql_store() -> Arc<dyn Store> {
+    let mut admin = mysql_admin().await;
+    drop_stale_databases(&mut admin).await;
+    let name = format!(
+        "{MYSQL_PREFIX}{}_{:016x}",
+        std::process::id(),
+        rand::random::<u64>()
+    );
+    sqlx::query(&format!(
+        "CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+    ))
+    .execute(&mut admin)
+    .await
+    .expect("create the test database");
+    let _ = admin.close().await;
+    let guard = DropDatabase(name.clone());
+    let config = chatcore_mysql::MysqlConfig {
+        max_connections: 4,
+        ..Default::default()
+    };
+    let store = chatcore_mysql::MysqlStore::connect_with(mysql_server().database(&name), config);
+    store.migrate().await.expect("migrate the test database");
+    Arc::new(TestStore::new(Arc::new(store)).with_guard(guard))
+}
+
+/// Drops its database when dropped.
+struct DropDatabase(String);
+
+impl Drop for DropDatabase {
+    fn drop(&mut self) {
+        // Drop has no runtime to await on: a short-lived thread with its own does the work.
+        let name = self.0.clone();
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                let mut admin = mysql_admin().await;
+                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS `{name}`"))
+                    .execute(&mut admin)
+                    .await;
+                let _ = admin.close().await;
+            });
+        })
+        .join();
+    }
+}
+
+/// Drops the test databases of runs whose process is gone (killed or crashed).
+async fn drop_stale_databases(admin: &mut sqlx::MySqlConnection) {
+    let pattern = format!("{}%", MYSQL_PREFIX.replace('_', "\\_"));
+    let rows =
+        sqlx::query("SELECT SCHEMA_NAME AS name FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE ?")
+            .bind(pattern)
+            .fetch_all(&mut *admin)
+            .await
+            .expect("list test databases");
+    for row in rows {
+        let name: String = row.get("name");
+        let pid = name[MYSQL_PREFIX.len()..]
+            .split('_')
+            .next()
+            .and_then(|p| p.parse::<u32>().ok());
+        if !pid.is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists()) {
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS `{name}`"))
+                .execute(&mut *admin)
+                .await;
+        }
+    }
+}
+
+/// A real store, wrapped: it fails on demand with [`Error::Unavailable`], and it may own a
+/// guard (e.g. a test database dropped with the store).
+pub struct TestStore {
+    inner: Arc<dyn Store>,
+    /// Every call but the session ones fails while set.
+    pub down: AtomicBool,
+    /// The session calls fail while set.
+    pub sessions_down: AtomicBool,
+    _guard: Option<Box<dyn Any + Send + Sync>>,
+}
+
+impl TestStore {
+    pub fn new(inner: Arc<dyn Store>) -> Self {
+        Self {
+            inner,
+            down: AtomicBool::new(false),
+            sessions_down: AtomicBool::new(false),
+            _guard: None,
+        }
+    }
+
+    /// Keeps `guard` alive as long as the store.
+    pub fn with_guard(mut self, guard: impl Any + Send + Sync) -> Self {
+        self._guard = Some(Box::new(guard));
+        self
+    }
+
+    fn check(&self, flag: &AtomicBool) -> chatcore::Result<()> {
+        if flag.load(Ordering::SeqCst) {
+            Err(Error::storage_unavailable("injected outage"))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[async_trait]
+impl Store for TestStore {
+    async fn create_user(&self, username: &Username, password_hash: Option<&str>) -> chatcore::Result<User> {
+        self.check(&self.down)?;
+        self.inner.create_user(username, password_hash).await
+    }
+    async fn find_user(&self, username: &Username) -> chatcore::Result<Option<User>> {
+        self.check(&self.down)?;
+        self.inner.find_user(username).await
+    }
+    async fn list_users(&self, query: &UserQuery) -> chatcore::Result<Vec<User>> {
+        self.check(&self.down)?;
+        self.inner.list_users(query).await
+    }
+    async fn credentials(&self, username: &Username) -> chatcore::Result<Option<Credentials>> {
+        self.check(&self.down)?;
+        self.inner.credentials(username).await
+    }
+    async fn set_password_hash(&self, user: UserId, password_hash: &str) -> chatcore::Result<()> {
+        self.check(&self.down)?;
+        self.inner.set_password_hash(user, password_hash).await
+    }
+    async fn create_session(
+        &self,
+        token_hash: &TokenHash,
+        user: UserId,
+        expires_at: DateTime<Utc>,
+    ) -> chatcore::Result<()> {
+        self.check(&self.sessions_down)?;
+        self.inner.create_session(token_hash, user, expires_at).await
+    }
+    async fn session_user(
+        &self,
+        token_hash: &TokenHash,
+        now: DateTime<Utc>,
+    ) -> chatcore::Result<Option<User>> {
+        self.check(&self.sessions_down)?;
+        self.inner.session_user(token_hash, now).await
+    }
+    async fn delete_session(&self, token_hash: &TokenHash) -> chatcore::Result<()> {
+        self.check(&self.sessions_down)?;
+        self.inner.delete_session(token_hash).await
+    }
+    async fn insert_message(&self, message: NewMessage) -> chatcore::Result<Inserted> {
+        self.check(&self.down)?;
+        self.inner.insert_message(message).await
+    }
+    async fn message_for(&self, viewer: UserId, id: MessageId) -> chatcore::Result<Option<Message>> {
+        self.check(&self.down)?;
+        self.inner.message_for(viewer, id).await
+    }
+    async fn conversation_page(
+        &self,
+        viewer: UserId,
+        other: &Username,
+        page: &PageRequest,
+    ) -> chatcore::Result<MessagePage> {
+        self.check(&self.down)?;
+        self.inner.conversation_page(viewer, other, page).await
+    }
+    async fn user_messages(&self, user: UserId, page: &PageRequest) -> chatcore::Result<MessagePage> {
+        self.check(&self.down)?;
+        self.inner.user_messages(user, page).await
+    }
+    async fn messages_after(
+        &self,
+        user: UserId,
+        after: MessageId,
+        limit: u32,
+    ) -> chatcore::Result<Vec<Message>> {
+        self.check(&self.down)?;
+        self.inner.messages_after(user, after, limit).await
+    }
+    async fn idempotent_message(&self, sender: UserId, key: &str) -> chatcore::Result<Option<Message>> {
+        self.check(&self.down)?;
+        self.inner.idempotent_message(sender, key).await
+    }
+}
