@@ -1,2 +1,117 @@
-//! Filled in by its own issue.
-fn main() {}
+//! The `chat-server` binary: see the crate docs of `chat_server` and `--help`.
+
+use std::io::{BufRead, Write};
+use std::process::ExitCode;
+
+use chat_server::storage::Backend;
+use chat_server::{App, Cli, Command, ServerError, ServerOptions, options::LogFormat};
+use chatcore::UserQuery;
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.server);
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(cli.server).await,
+        Command::CreateUser {
+            username,
+            password_stdin,
+        } => create_user(&cli.server, &username, password_stdin).await,
+        Command::ListUsers { prefix, limit } => list_users(&cli.server, prefix, limit).await,
+        Command::Migrate => migrate(&cli.server).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            let mut message = error.to_string();
+            let mut source = std::error::Error::source(&error);
+            while let Some(cause) = source {
+                message.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            eprintln!("chat-server: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(options: &ServerOptions) {
+    let filter = EnvFilter::try_new(&options.log).unwrap_or_else(|error| {
+        eprintln!(
+            "chat-server: bad --log filter {:?} ({error}); using \"info\"",
+            options.log
+        );
+        EnvFilter::new("info")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match options.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn serve(options: ServerOptions) -> Result<(), ServerError> {
+    let listener = tokio::net::TcpListener::bind(options.listen).await?;
+    // Tests and scripts read this line to learn the port when listening on port 0.
+    println!("chat-server listening on http://{}", listener.local_addr()?);
+    std::io::stdout().flush()?;
+    chat_server::run(options, listener, chat_server::shutdown_signal()).await
+}
+
+async fn migrate(options: &ServerOptions) -> Result<(), ServerError> {
+    let backend = Backend::open(options).await?;
+    backend.migrate().await?;
+    backend.close().await?;
+    println!("schema is up to date");
+    Ok(())
+}
+
+async fn create_user(
+    options: &ServerOptions,
+    username: &str,
+    password_stdin: bool,
+) -> Result<(), ServerError> {
+    let password = if password_stdin {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+        line.trim_end_matches(['\r', '\n']).to_owned()
+    } else {
+        let first = rpassword::prompt_password(format!("Password for {username}: "))?;
+        let again = rpassword::prompt_password("Again: ")?;
+        if first != again {
+            return Err(ServerError::Config("the passwords differ".into()));
+        }
+        first
+    };
+    let backend = Backend::open(options).await?;
+    backend.migrate().await?;
+    let app = App::new(options, &backend).await?;
+    let result = app.sessions.register(username, &password).await;
+    backend.close().await?;
+    let user = result?;
+    println!("created user {} (id {})", user.username, user.id);
+    Ok(())
+}
+
+async fn list_users(options: &ServerOptions, prefix: String, limit: u32) -> Result<(), ServerError> {
+    let backend = Backend::open(options).await?;
+    backend.migrate().await?;
+    let users = backend
+        .store()
+        .list_users(&UserQuery {
+            exclude: None,
+            prefix,
+            after: None,
+            limit,
+        })
+        .await;
+    backend.close().await?;
+    for user in users? {
+        println!("{}\t{}", user.id, user.username);
+    }
+    Ok(())
+}

@@ -1,0 +1,193 @@
+//! # chat-server
+//!
+//! The standalone chatcore server: the REST API and `/ws` notifications of `chatcore-axum`, the
+//! account routes, and a web UI at `/`, on embedded SQLite (default, no other service needed)
+//! or MySQL, optionally with Redis carrying notifications between several server processes.
+//!
+//! ```text
+//! cargo run --release -p chat-server                  # http://127.0.0.1:8000, SQLite file chat.db
+//! cargo run --release -p chat-server -- --help        # every option and its default
+//! ```
+//!
+//! # Layout
+//! - `main.rs`: parses the command line, sets up logging, dispatches subcommands.
+//! - `options.rs`: every flag and environment variable.
+//! - `storage.rs`: opening, migrating and closing the SQLite or MySQL store.
+//! - `web.rs`: the application router: UI assets, chat API, bench endpoint, request spans.
+//! - `lib.rs`: [`run`], which serves until a shutdown future resolves, then shuts down in order.
+//! - `assets/`: the web UI (plain HTML, CSS and JS, embedded in the binary).
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod options;
+pub mod storage;
+pub mod web;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use chatcore::{ChatConfig, ChatService, LocalNotifier, Notifier};
+use chatcore_axum::{ApiConfig, ChatApi, SessionAuthenticator, SessionConfig};
+use chatcore_redis::{RedisConfig, RedisNotifier};
+use tokio::net::TcpListener;
+
+pub use options::{Cli, Command, ServerOptions};
+use storage::Backend;
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// A flag or environment variable is wrong.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The store or the notifier failed.
+    #[error(transparent)]
+    Chat(#[from] chatcore::Error),
+    /// Binding or serving failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// The service, authenticator and API configured from `options` over an open `backend`.
+pub struct App {
+    /// The message center.
+    pub chat: ChatService,
+    /// Accounts and sessions.
+    pub sessions: SessionAuthenticator,
+    /// The HTTP layer's limits.
+    pub api_config: ApiConfig,
+}
+
+impl App {
+    /// Builds the service over `backend`, connecting to Redis when configured.
+    pub async fn new(options: &ServerOptions, backend: &Backend) -> Result<Self, ServerError> {
+        let notifier: Arc<dyn Notifier> = match &options.redis {
+            Some(url) => Arc::new(
+                RedisNotifier::connect(RedisConfig {
+                    url: url.clone(),
+                    channel_prefix: options.redis_prefix.clone(),
+                    queue_capacity: options.ws_queue,
+                    ..RedisConfig::default()
+                })
+                .await?,
+            ),
+            None => Arc::new(LocalNotifier::new(options.ws_queue)),
+        };
+        let chat_config = ChatConfig {
+            max_body_chars: options.max_message_chars,
+            default_page_size: options.page_size,
+            max_page_size: options.max_page_size,
+            catch_up_limit: options.catch_up_limit,
+            default_user_page: options.user_page_size,
+            max_user_page: options.user_page_size,
+            ..ChatConfig::default()
+        };
+        let store = backend.store();
+        let chat = ChatService::new(store.clone(), notifier, chat_config);
+        let sessions = SessionAuthenticator::new(
+            store,
+            SessionConfig {
+                secure_cookies: options.secure_cookies,
+                session_lifetime: options.session_lifetime(),
+                ..SessionConfig::default()
+            },
+        );
+        let api_config = ApiConfig {
+            max_request_body: options.max_request_bytes,
+            send_burst: options.send_burst,
+            send_rate_per_sec: options.send_rate_per_sec,
+            ws_ping_interval: std::time::Duration::from_secs(options.ws_ping_secs.max(1)),
+            ws_ping_timeout: std::time::Duration::from_secs(options.ws_ping_timeout_secs.max(1)),
+            trusted_origins: options.trusted_origin.clone(),
+            ..ApiConfig::default()
+        };
+        Ok(Self {
+            chat,
+            sessions,
+            api_config,
+        })
+    }
+}
+
+/// Opens and migrates the store, serves on `listener` until `shutdown` resolves, then stops
+/// accepting, sends close frames to every WebSocket, finishes in-flight requests, and flushes
+/// and closes the store.
+pub async fn run(
+    options: ServerOptions,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let backend = Backend::open(&options).await?;
+    backend.migrate().await?;
+    let app = App::new(&options, &backend).await?;
+    let api = ChatApi::new(app.chat.clone(), app.sessions.clone())
+        .with_config(app.api_config.clone())
+        .with_auth_routes(app.sessions.clone());
+    let handle = api.shutdown_handle();
+    let router = web::router(api, options.bench_endpoints);
+    let trigger = handle.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        tracing::info!("shutting down: closing WebSockets and finishing requests");
+        trigger.shutdown();
+    });
+    tracing::info!(address = %listener.local_addr()?, database = %redacted(&options.database), redis = options.redis.is_some(), "serving");
+    let served = chatcore_axum::serve(listener, router, handle).await;
+    let closed = backend.close().await;
+    served?;
+    closed?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The URL without its password, for logs.
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{}{}:***{}", &url[..scheme + 3], user, &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_stay_out_of_logs() {
+        assert_eq!(
+            super::redacted("mysql://root:secret@db:3306/chat"),
+            "mysql://root:***@db:3306/chat"
+        );
+        assert_eq!(super::redacted("sqlite://chat.db"), "sqlite://chat.db");
+    }
+}

@@ -1,0 +1,187 @@
+//! Command-line flags and environment variables (clap). Every limit of the HTTP contract is
+//! here, with its default.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// The chatcore standalone server.
+#[derive(Debug, Parser)]
+#[command(name = "chat-server", version, about, long_about = None)]
+pub struct Cli {
+    /// Server options (also used by the operator subcommands for the database).
+    #[command(flatten)]
+    pub server: ServerOptions,
+    /// What to do; without a subcommand the server runs.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Operator subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (the default).
+    Serve,
+    /// Create a user with a password (asked at a prompt, or read from stdin with --password-stdin).
+    CreateUser {
+        /// The new user's name: 1-150 letters, digits and @ . + - _.
+        username: String,
+        /// Read the password from the first line of standard input instead of a prompt.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// List users, sorted by name.
+    ListUsers {
+        /// Only names starting with this.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// At most this many.
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+    },
+    /// Apply the database schema migrations and exit.
+    Migrate,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// SQLite durability (`PRAGMA synchronous`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SqliteSync {
+    /// fsync at every commit: an acknowledged send survives power loss (default).
+    Full,
+    /// fsync at checkpoints only: survives a crash of the process, may lose the last commits on power loss.
+    Normal,
+    /// No fsync at all: fastest, for throwaway data only.
+    Off,
+}
+
+/// Everything the server is configured with. Each flag has an environment variable.
+#[derive(Debug, Clone, Args)]
+pub struct ServerOptions {
+    /// Address to listen on (port 0 picks a free port; the chosen address is printed).
+    #[arg(long, env = "CHAT_LISTEN", default_value = "127.0.0.1:8000")]
+    pub listen: SocketAddr,
+
+    /// Database: `sqlite://PATH` (relative to the working directory; `sqlite:///abs/path` for an
+    /// absolute one), `sqlite::memory:`, or `mysql://user:pass@host:port/db`.
+    #[arg(long, env = "CHAT_DATABASE_URL", default_value = "sqlite://chat.db")]
+    pub database: String,
+
+    /// Redis URL (e.g. `redis://127.0.0.1:6379`): carry notifications over Redis pub/sub so that
+    /// several server processes sharing one MySQL act as one. Without it, notifications stay in
+    /// this process.
+    #[arg(long, env = "CHAT_REDIS_URL")]
+    pub redis: Option<String>,
+
+    /// Prefix of the Redis channels, so several deployments can share one Redis.
+    #[arg(long, env = "CHAT_REDIS_PREFIX", default_value = "chatcore:")]
+    pub redis_prefix: String,
+
+    /// Largest request body in bytes; larger requests get 413.
+    #[arg(long, env = "CHAT_MAX_REQUEST_BYTES", default_value_t = 64 * 1024)]
+    pub max_request_bytes: usize,
+
+    /// Longest message body in characters after trimming; longer ones get 400.
+    #[arg(long, env = "CHAT_MAX_MESSAGE_CHARS", default_value_t = 4000)]
+    pub max_message_chars: usize,
+
+    /// Sends per second per user after the burst; beyond it 429 with Retry-After. 0 turns the limit off.
+    #[arg(long, env = "CHAT_SEND_RATE_PER_SEC", default_value_t = 20)]
+    pub send_rate_per_sec: u32,
+
+    /// Sends a user may make in a burst before the rate applies. 0 turns the limit off.
+    #[arg(long, env = "CHAT_SEND_BURST", default_value_t = 100)]
+    pub send_burst: u32,
+
+    /// Messages per history page when the client asks for no size.
+    #[arg(long, env = "CHAT_PAGE_SIZE", default_value_t = 15)]
+    pub page_size: u32,
+
+    /// Largest history page a client may ask for (`?limit=`); larger requests are clamped.
+    #[arg(long, env = "CHAT_MAX_PAGE_SIZE", default_value_t = 100)]
+    pub max_page_size: u32,
+
+    /// Users per directory page when the client asks for no size, and the most it may ask for.
+    #[arg(long, env = "CHAT_USER_PAGE_SIZE", default_value_t = 1000)]
+    pub user_page_size: u32,
+
+    /// Most missed messages replayed to a reconnecting WebSocket (`?since=`); beyond it the
+    /// client gets `{"resync": true}`.
+    #[arg(long, env = "CHAT_CATCH_UP_LIMIT", default_value_t = 1000)]
+    pub catch_up_limit: u32,
+
+    /// Notifications queued per WebSocket; a client that falls this far behind is disconnected
+    /// with a close frame and reconnects with `since`.
+    #[arg(long, env = "CHAT_WS_QUEUE", default_value_t = 256)]
+    pub ws_queue: usize,
+
+    /// Seconds between pings on an open WebSocket.
+    #[arg(long, env = "CHAT_WS_PING_SECS", default_value_t = 30)]
+    pub ws_ping_secs: u64,
+
+    /// Seconds after a missed pong before a WebSocket is considered dead and dropped.
+    #[arg(long, env = "CHAT_WS_PING_TIMEOUT_SECS", default_value_t = 10)]
+    pub ws_ping_timeout_secs: u64,
+
+    /// Mark the session cookie `Secure` (when served over HTTPS, e.g. behind a TLS proxy).
+    #[arg(long, env = "CHAT_SECURE_COOKIES")]
+    pub secure_cookies: bool,
+
+    /// How long a login session lasts, in hours.
+    #[arg(long, env = "CHAT_SESSION_HOURS", default_value_t = 14 * 24)]
+    pub session_hours: u64,
+
+    /// Other origins (like `https://app.example.com`) allowed to POST with the session cookie
+    /// and to open WebSockets, besides the server's own. Repeat or comma-separate.
+    #[arg(long, env = "CHAT_TRUSTED_ORIGINS", value_delimiter = ',')]
+    pub trusted_origin: Vec<String>,
+
+    /// SQLite durability: `full` (default), `normal` or `off`.
+    #[arg(long, env = "CHAT_SQLITE_SYNCHRONOUS", value_enum, default_value_t = SqliteSync::Full)]
+    pub sqlite_synchronous: SqliteSync,
+
+    /// SQLite reader threads.
+    #[arg(long, env = "CHAT_SQLITE_READERS", default_value_t = 4)]
+    pub sqlite_readers: usize,
+
+    /// MySQL connection pool size.
+    #[arg(long, env = "CHAT_DB_POOL_SIZE", default_value_t = 16)]
+    pub db_pool_size: u32,
+
+    /// Serve `POST /_bench/echo` (parse the JSON, answer it): the framework ceiling that the
+    /// load generator compares against. Off by default.
+    #[arg(long, env = "CHAT_BENCH_ENDPOINTS")]
+    pub bench_endpoints: bool,
+
+    /// Log format.
+    #[arg(long, env = "CHAT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Log filter in `tracing` syntax (e.g. `info`, `chatcore=debug,tower_http=debug`).
+    #[arg(long, env = "CHAT_LOG", default_value = "info")]
+    pub log: String,
+}
+
+impl ServerOptions {
+    /// Options with every default, listening on `listen`, storing in `database`; for tests.
+    pub fn for_tests(listen: SocketAddr, database: impl Into<String>) -> Self {
+        let mut options = Cli::parse_from(["chat-server"]).server;
+        options.listen = listen;
+        options.database = database.into();
+        options
+    }
+
+    /// The session lifetime.
+    pub fn session_lifetime(&self) -> Duration {
+        Duration::from_secs(self.session_hours.saturating_mul(3600))
+    }
+}

@@ -1,0 +1,121 @@
+//! Opening the store named by `--database`, migrating it, and closing it on shutdown.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use chatcore::Store;
+use chatcore_mysql::{MysqlConfig, MysqlStore};
+use chatcore_sqlite::{SqliteConfig, SqliteStore, Synchronous};
+
+use crate::ServerError;
+use crate::options::{ServerOptions, SqliteSync};
+
+/// Where the messages live, as parsed from a database URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    /// An SQLite file.
+    SqliteFile(PathBuf),
+    /// An SQLite database in memory (lost at exit).
+    SqliteMemory,
+    /// A MySQL or MariaDB server.
+    Mysql(String),
+}
+
+impl DatabaseUrl {
+    /// Parses `sqlite://PATH`, `sqlite:PATH`, `sqlite::memory:` or `mysql://...`.
+    ///
+    /// ```
+    /// use chat_server::storage::DatabaseUrl;
+    /// assert_eq!(DatabaseUrl::parse("sqlite://chat.db").unwrap(), DatabaseUrl::SqliteFile("chat.db".into()));
+    /// assert_eq!(DatabaseUrl::parse("sqlite:///var/lib/chat.db").unwrap(), DatabaseUrl::SqliteFile("/var/lib/chat.db".into()));
+    /// assert_eq!(DatabaseUrl::parse("sqlite::memory:").unwrap(), DatabaseUrl::SqliteMemory);
+    /// assert!(DatabaseUrl::parse("postgres://x").is_err());
+    /// ```
+    pub fn parse(url: &str) -> Result<Self, ServerError> {
+        if url == "sqlite::memory:" || url == "sqlite://:memory:" {
+            return Ok(DatabaseUrl::SqliteMemory);
+        }
+        if let Some(path) = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+        {
+            if path.is_empty() {
+                return Err(ServerError::Config(format!("database URL {url:?} names no file")));
+            }
+            return Ok(DatabaseUrl::SqliteFile(PathBuf::from(path)));
+        }
+        if url.starts_with("mysql://") || url.starts_with("mariadb://") {
+            return Ok(DatabaseUrl::Mysql(url.replacen("mariadb://", "mysql://", 1)));
+        }
+        Err(ServerError::Config(format!(
+            "unsupported database URL {url:?}: use sqlite://PATH, sqlite::memory: or mysql://..."
+        )))
+    }
+}
+
+/// An open store of either backend, so the server can migrate and close it.
+#[derive(Clone)]
+pub enum Backend {
+    /// Embedded SQLite.
+    Sqlite(Arc<SqliteStore>),
+    /// MySQL or MariaDB.
+    Mysql(Arc<MysqlStore>),
+}
+
+impl Backend {
+    /// Opens the database the options name. Does not migrate.
+    pub async fn open(options: &ServerOptions) -> Result<Self, ServerError> {
+        Ok(match DatabaseUrl::parse(&options.database)? {
+            url @ (DatabaseUrl::SqliteFile(_) | DatabaseUrl::SqliteMemory) => {
+                let mut config = match url {
+                    DatabaseUrl::SqliteFile(path) => SqliteConfig::file(path),
+                    _ => SqliteConfig::memory(),
+                };
+                config.synchronous = match options.sqlite_synchronous {
+                    SqliteSync::Full => Synchronous::Full,
+                    SqliteSync::Normal => Synchronous::Normal,
+                    SqliteSync::Off => Synchronous::Off,
+                };
+                config.readers = options.sqlite_readers.max(1);
+                Backend::Sqlite(Arc::new(SqliteStore::open(config).await?))
+            }
+            DatabaseUrl::Mysql(url) => {
+                let config = MysqlConfig {
+                    max_connections: options.db_pool_size.max(1),
+                    ..MysqlConfig::default()
+                };
+                Backend::Mysql(Arc::new(MysqlStore::connect(&url, config).await?))
+            }
+        })
+    }
+
+    /// Applies the schema migrations (a no-op when the schema is current).
+    pub async fn migrate(&self) -> Result<(), ServerError> {
+        match self {
+            Backend::Sqlite(store) => {
+                store.migrate().await?;
+            }
+            Backend::Mysql(store) => {
+                store.migrate().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The store as the service holds it.
+    pub fn store(&self) -> Arc<dyn Store> {
+        match self {
+            Backend::Sqlite(store) => store.clone(),
+            Backend::Mysql(store) => store.clone(),
+        }
+    }
+
+    /// Flushes and closes the store.
+    pub async fn close(&self) -> Result<(), ServerError> {
+        match self {
+            Backend::Sqlite(store) => store.close().await?,
+            Backend::Mysql(store) => store.close().await,
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,71 @@
+//! Starting the real `chat-server` binary for tests.
+
+#![allow(dead_code)] // each test file uses a different part
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// A running `chat-server` process; killed when dropped.
+pub struct ServerProcess {
+    pub child: Child,
+    /// `http://127.0.0.1:PORT`
+    pub base: String,
+    pub addr: String,
+}
+
+impl ServerProcess {
+    /// Starts the binary on 127.0.0.1 port 0 with `args`, in `dir`, and waits for its address.
+    pub async fn start(dir: &Path, args: &[&str]) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_chat-server"));
+        command
+            .current_dir(dir)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env(
+                "CHAT_LOG",
+                std::env::var("TEST_LOG").map(|_| "info").unwrap_or("warn"),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(if std::env::var_os("TEST_LOG").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
+            .kill_on_drop(true);
+        let mut child = command.spawn().expect("start chat-server");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+            .await
+            .expect("chat-server printed its address in time")
+            .expect("read chat-server stdout")
+            .expect("chat-server exited before listening");
+        let base = line
+            .strip_prefix("chat-server listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
+        let addr = base.trim_start_matches("http://").to_owned();
+        // Keep draining stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Self { child, base, addr }
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub async fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().expect("running").to_string();
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+        tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+            .await
+            .expect("server exits after SIGTERM")
+            .expect("wait for server")
+    }
+}
