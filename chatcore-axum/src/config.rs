@@ -27,8 +27,8 @@ pub struct ApiConfig {
     pub send_rate_per_sec: u32,
     /// How often an open WebSocket is pinged. Default 30 s.
     pub ws_ping_interval: Duration,
-    /// A WebSocket from which nothing (not even a pong) arrived for `ws_ping_interval +
-    /// ws_ping_timeout` is dead and dropped. Default 10 s.
+    /// A WebSocket from which nothing (not even a pong) arrived for more than
+    /// `ws_ping_interval + ws_ping_timeout` is dead, and dropped at the next ping. Default 10 s.
     pub ws_ping_timeout: Duration,
     /// Longest time the client may take to accept one frame; a client that reads slower is
     /// dropped. A client that reads slowly but within this time falls behind instead: the

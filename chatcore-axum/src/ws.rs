@@ -52,8 +52,8 @@ pub(crate) async fn upgrade(
     // Subscribe first, then read the backlog: whatever lands in between is in both, and the
     // writer drops the live copy.
     let subscription = service.subscribe(&user).await?;
-    let backlog = match params.since {
-        Some(since) => Some(service.catch_up(&user, MessageId(since)).await?),
+    let backlog = match params.since.map(MessageId) {
+        Some(since) => Some((since, service.catch_up(&user, since).await?)),
         None => None,
     };
     let config = state.config();
@@ -73,7 +73,7 @@ async fn run(
     state: ApiState,
     user: User,
     subscription: Subscription,
-    backlog: Option<CatchUp>,
+    backlog: Option<(MessageId, CatchUp)>,
     socket: WebSocket,
 ) {
     let (sink, stream) = socket.split();
@@ -84,10 +84,11 @@ async fn run(
         user: &user,
         sink,
         mark: None,
+        resume_from: backlog.as_ref().map(|(since, _)| *since),
         recent: VecDeque::new(),
     };
     tokio::select! {
-        () = writer.run(subscription, backlog, &last_heard, started) => {}
+        () = writer.run(subscription, backlog.map(|(_, catch_up)| catch_up), &last_heard, started) => {}
         () = read(stream, &last_heard, started) => {}
     }
     tracing::debug!(user = %user.username, "websocket closed");
@@ -115,6 +116,9 @@ struct Writer<'a> {
     sink: SplitSink<WebSocket, WsMessage>,
     /// Live events with an id up to this one were already sent from storage.
     mark: Option<MessageId>,
+    /// The client's `since`: where to resume after a transport gap when nothing was sent yet.
+    /// (Not a mark: a `since` beyond the newest message must not mute the live events.)
+    resume_from: Option<MessageId>,
     /// The last ids sent, to drop the live copy of a message a catch-up already sent.
     recent: VecDeque<MessageId>,
 }
@@ -244,7 +248,7 @@ impl Writer<'_> {
             .min()
             .copied()
             .or(self.mark)
-            .map(|id| MessageId(id.0.saturating_sub(1)));
+            .or(self.resume_from);
         let catch_up = match start {
             Some(start) => match self.state.service().catch_up(self.user, start).await {
                 Ok(catch_up) => catch_up,

@@ -825,6 +825,11 @@ pub async fn reconnect_with_since_gets_exactly_the_missed_messages(store: Arc<dy
     let mut bob_ws = app.ws(&bob, Some(live)).await;
     no_frame(&mut bob_ws, Duration::from_millis(100)).await;
     close(bob_ws).await;
+    // A `since` beyond the newest message (e.g. from another server) does not mute live events.
+    let mut bob_ws = app.ws(&bob, Some(live + 1_000_000)).await;
+    let after = app.send(&alice, "bob", "after").await["id"].as_i64().unwrap();
+    assert_eq!(frame_id(&mut bob_ws).await, after);
+    close(bob_ws).await;
     let (status, _) = app.ws_refused(app.ws_request(Some(&bob), "?since=abc")).await;
     assert_eq!(status, 400);
 }
@@ -936,24 +941,26 @@ pub async fn transport_gap_is_caught_up_from_storage(store: Arc<dyn Store>) {
     }
     // A tab that has been sent nothing cannot know where to resume from.
     let mut fresh_tab = app.ws(&bob, None).await;
+    // One that connected with `since` resumes from there, though its backlog was empty.
+    let mut since_tab = app.ws(&bob, Some(m1)).await;
     // The transport loses two events, then reports the gap.
     notifier.lossy.store(true, Ordering::SeqCst);
     let m2 = app.send(&alice, "bob", "m2").await["id"].as_i64().unwrap();
     let m3 = app.send(&bob, "alice", "m3").await["id"].as_i64().unwrap();
     notifier.lossy.store(false, Ordering::SeqCst);
     notifier.table.deliver_all(&Delivery::Gap);
-    for ws in [&mut tab1, &mut tab2] {
+    for ws in [&mut tab1, &mut tab2, &mut since_tab] {
         assert_eq!(frame_id(ws).await, m2);
         assert_eq!(frame_id(ws).await, m3);
     }
     assert_eq!(frame(&mut fresh_tab).await, json!({"resync": true}));
     // Live again, each message once.
     let m4 = app.send(&alice, "bob", "m4").await["id"].as_i64().unwrap();
-    for ws in [&mut tab1, &mut tab2, &mut fresh_tab] {
+    for ws in [&mut tab1, &mut tab2, &mut fresh_tab, &mut since_tab] {
         assert_eq!(frame_id(ws).await, m4);
         no_frame(ws, Duration::from_millis(100)).await;
     }
-    for ws in [tab1, tab2, fresh_tab] {
+    for ws in [tab1, tab2, fresh_tab, since_tab] {
         close(ws).await;
     }
 }
