@@ -300,10 +300,15 @@ mod tests {
         let whole = ts.trunc_subsecs(0);
         assert_eq!(timestamp_micros::format(&whole), "2026-11-28T10:00:00.000000Z");
         // The hand-rolled formatter agrees with chrono's over many instants.
-        let mut t = DateTime::parse_from_rfc3339("1970-01-01T00:00:00Z").unwrap().with_timezone(&Utc);
+        let mut t = DateTime::parse_from_rfc3339("1970-01-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
         for _ in 0..2000 {
             t += chrono::Duration::microseconds(987_654_321_987);
-            assert_eq!(timestamp_micros::format(&t), t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string());
+            assert_eq!(
+                timestamp_micros::format(&t),
+                t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+            );
         }
     }
 

@@ -215,7 +215,9 @@ impl SubscriberTable {
 
     /// Adds a subscription for `user`. Returns it, and whether it is the user's first
     /// (a cross-process transport subscribes to its broker then). `on_last_dropped` runs
-    /// when a dropped subscription was the user's last one.
+    /// when dropping this subscription leaves the user with none, also when it had been cut
+    /// off for lagging; if several were cut off it may run more than once for one user, so a
+    /// transport should check [`SubscriberTable::subscriber_count`] before unsubscribing.
     pub fn subscribe(
         self: &Arc<Self>,
         user: UserId,
@@ -236,18 +238,17 @@ impl SubscriberTable {
         (subscription, handles.len() == 1)
     }
 
-    /// Removes subscription `id` of `user`; `true` when the user has no subscription left.
+    /// Removes subscription `id` of `user`; `true` when the user has no subscription left,
+    /// including when a publisher had already dropped this one for falling behind.
     fn remove(&self, user: UserId, id: u64) -> bool {
         let mut shard = lock(self.shard(user));
         let Some(handles) = shard.get_mut(&user) else {
-            return false;
+            return true;
         };
-        let before = handles.len();
         handles.retain(|h| h.id != id);
-        let removed = handles.len() != before;
         if handles.is_empty() {
             shard.remove(&user);
-            removed
+            true
         } else {
             false
         }
@@ -434,6 +435,23 @@ mod tests {
         drop(s1);
         assert_eq!(fired.load(Ordering::SeqCst), 0);
         drop(s2);
+        assert_eq!(fired.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn last_drop_hook_runs_for_a_subscription_cut_off_for_lagging() {
+        let table = Arc::new(SubscriberTable::new(1));
+        let fired = Arc::new(AtomicU64::new(0));
+        let f = fired.clone();
+        let (mut slow, _) = table.subscribe(UserId(4), move || {
+            f.fetch_add(1, Ordering::SeqCst);
+        });
+        table.deliver(UserId(4), &Delivery::Gap);
+        table.deliver(UserId(4), &Delivery::Gap); // full: cut off
+        assert_eq!(table.subscriber_count(UserId(4)), 0);
+        assert_eq!(slow.recv().await, Some(Delivery::Gap));
+        assert_eq!(slow.recv().await, Some(Delivery::Lagged));
+        drop(slow);
         assert_eq!(fired.load(Ordering::SeqCst), 1);
     }
 }
