@@ -148,9 +148,10 @@ pub struct Args {
     #[arg(long, default_value_t = 60.0)]
     pub hold: f64,
 
-    /// Idle mode: process id of the server, when it runs on this machine: the tool then
-    /// reads its resident memory (`/proc/PID/status`) before opening the connections and
-    /// with them open, and reports the memory per connection.
+    /// Process id of the server, when it runs on this machine. The report then gives the
+    /// server's CPU time per phase (from `/proc/PID/stat`), and the idle mode reads its
+    /// resident memory (`/proc/PID/status`) before opening the connections and with them
+    /// open, and reports the memory per connection.
     #[arg(long, value_name = "PID")]
     pub server_pid: Option<u32>,
 

@@ -108,6 +108,27 @@ pub struct PhaseReport {
     pub late_starts: u64,
     /// Send latency: POST start (the scheduled start in open loop) to the full answer.
     pub send_latency: LatencySummary,
+    /// CPU time (user + system) the load generator used during the phase, seconds (Linux).
+    pub client_cpu_secs: Option<f64>,
+    /// CPU time the server used during the phase, seconds (with `--server-pid`).
+    pub server_cpu_secs: Option<f64>,
+}
+
+impl PhaseReport {
+    /// Microseconds of client CPU per successful send: if it approaches the server's, the
+    /// client, not the server, limits the throughput on a shared machine.
+    pub fn client_cpu_us_per_send(&self) -> Option<f64> {
+        per_send(self.client_cpu_secs, self.sent)
+    }
+
+    /// Microseconds of server CPU per successful send (with `--server-pid`).
+    pub fn server_cpu_us_per_send(&self) -> Option<f64> {
+        per_send(self.server_cpu_secs, self.sent)
+    }
+}
+
+fn per_send(cpu_secs: Option<f64>, sent: u64) -> Option<f64> {
+    cpu_secs.filter(|_| sent > 0).map(|secs| secs * 1e6 / sent as f64)
 }
 
 /// The notifications observed during the message phase.
@@ -211,6 +232,18 @@ impl Report {
             phase_row("ceiling", ceiling);
         }
         phase_row("send", &self.send);
+        for (name, phase) in [("ceiling", self.ceiling.as_ref()), ("send", Some(&self.send))] {
+            let Some(phase) = phase else { continue };
+            let fmt = |v: Option<f64>| v.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.1}"));
+            if phase.client_cpu_secs.is_some() || phase.server_cpu_secs.is_some() {
+                let _ = writeln!(
+                    out,
+                    "{name} CPU per send: client {} us, server {} us",
+                    fmt(phase.client_cpu_us_per_send()),
+                    fmt(phase.server_cpu_us_per_send())
+                );
+            }
+        }
         if let Some(rate) = self.send.offered_rate {
             let _ = writeln!(
                 out,

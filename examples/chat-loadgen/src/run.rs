@@ -182,7 +182,8 @@ struct Body<'a> {
 /// What every sender of one phase shares (read-only).
 struct SendContext {
     http: reqwest::Client,
-    url: String,
+    /// Parsed once: reqwest would parse a string on every request.
+    url: reqwest::Url,
     /// Per user: the headers that authenticate it.
     auth: Vec<Vec<(HeaderName, HeaderValue)>>,
     names: Vec<String>,
@@ -266,7 +267,7 @@ async fn send_one(ctx: &SendContext, sender: u32, recipient: u32, i: u64, start:
     .unwrap_or_default();
     let mut request = ctx
         .http
-        .post(&ctx.url)
+        .post(ctx.url.clone())
         .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
         .header(ORIGIN, ctx.origin.clone());
     for (name, value) in &ctx.auth[sender as usize] {
@@ -391,6 +392,8 @@ async fn run_phase(
 ) -> (PhaseReport, Vec<SendRecord>) {
     let plan = Arc::new(Plan::from_args(args));
     let senders = args.senders;
+    let client_cpu_before = cpu_secs(std::process::id());
+    let server_cpu_before = args.server_pid.and_then(cpu_secs);
     let cap = args.max_in_flight.div_ceil(senders).max(1);
     let bar = match args.count {
         Some(count) => progress.bar(label, count),
@@ -435,7 +438,7 @@ async fn run_phase(
         })
         .collect();
     let mut report = PhaseReport {
-        path: ctx.url.clone(),
+        path: ctx.url.path().to_owned(),
         offered_rate: args.rate,
         ..Default::default()
     };
@@ -463,6 +466,12 @@ async fn run_phase(
             }
         }
     }
+    report.client_cpu_secs = client_cpu_before
+        .zip(cpu_secs(std::process::id()))
+        .map(|(before, after)| after - before);
+    report.server_cpu_secs = server_cpu_before
+        .zip(args.server_pid.and_then(cpu_secs))
+        .map(|(before, after)| after - before);
     stop_bar.cancel();
     let _ = ticker.await;
     bar.finish_and_clear();
@@ -629,9 +638,10 @@ pub async fn run_load(args: &Args, progress: Progress) -> Result<Report> {
     }
     let live = Arc::new(Live::default());
     let context = |path: &str, expect_id: bool, conns_per_user: Vec<u32>| {
-        Arc::new(SendContext {
+        Ok::<_, Error>(Arc::new(SendContext {
             http: http.clone(),
-            url: format!("{}{path}", args.base_url()),
+            url: reqwest::Url::parse(&format!("{}{path}", args.base_url()))
+                .map_err(|e| Error::Usage(format!("--url {}: {e}", args.url)))?,
             auth: auth.clone(),
             names: names.clone(),
             origin: origin(args),
@@ -640,12 +650,12 @@ pub async fn run_load(args: &Args, progress: Progress) -> Result<Report> {
             body_size: args.body_size,
             epoch: Instant::now(),
             live: live.clone(),
-        })
+        }))
     };
 
     let mut ceiling = None;
     if args.ceiling {
-        let ctx = context(&args.ceiling_path, false, vec![0; users]);
+        let ctx = context(&args.ceiling_path, false, vec![0; users])?;
         let (report, _) = run_phase(ctx, args, &progress, "ceiling").await;
         progress.note(&format!(
             "ceiling: {:.1} sends/s ({} errors)",
@@ -667,7 +677,7 @@ pub async fn run_load(args: &Args, progress: Progress) -> Result<Report> {
     }
     tokio::time::sleep(Duration::from_millis(args.settle_ms)).await;
 
-    let ctx = context("/api/v1/message/", true, conns_per_user.clone());
+    let ctx = context("/api/v1/message/", true, conns_per_user.clone())?;
     let stop = CancellationToken::new();
     let readers: Vec<_> = sockets
         .into_iter()
@@ -712,6 +722,18 @@ pub async fn run_load(args: &Args, progress: Progress) -> Result<Report> {
         ceiling,
         ratio_to_ceiling,
     })
+}
+
+/// CPU time (user + system, all threads) of process `pid` so far, in seconds, from
+/// `/proc/PID/stat` (Linux; clock ticks of 1/100 s, the fixed `USER_HZ` of that interface).
+pub fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; the fields after it follow its ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
 }
 
 /// The resident memory of process `pid` in KiB, from `/proc/PID/status` (Linux).
@@ -893,5 +915,13 @@ mod tests {
         let args = Args::parse_from(["x", "--url", "http://127.0.0.1:8000/chat/"]);
         assert_eq!(origin(&args), "http://127.0.0.1:8000");
         assert!(rss_kib(std::process::id()).is_some_and(|kib| kib > 0));
+        let spin = Instant::now();
+        let mut x = 0_u64;
+        while spin.elapsed() < Duration::from_millis(30) {
+            x = x.wrapping_add(std::hint::black_box(1));
+        }
+        assert!(x > 0);
+        assert!(cpu_secs(std::process::id()).is_some_and(|secs| secs > 0.0));
+        assert_eq!(cpu_secs(u32::MAX), None);
     }
 }

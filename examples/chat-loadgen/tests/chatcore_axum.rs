@@ -67,20 +67,12 @@ fn cli(url: &str, extra: &[&str]) -> Args {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bounded_run_against_the_real_router_is_exact() {
     let (url, shutdown) = spawn_server().await;
-    let args = cli(
-        &url,
-        &[
-            "--users",
-            "5",
-            "--connections",
-            "10",
-            "--senders",
-            "4",
-            "--count",
-            "200",
-            "--ceiling",
-        ],
-    );
+    // The server runs in this process, so `--server-pid` is ours.
+    let pid = std::process::id().to_string();
+    let flags = "--users 5 --connections 10 --senders 4 --count 200 --ceiling --server-pid";
+    let mut argv: Vec<&str> = flags.split(' ').collect();
+    argv.push(&pid);
+    let args = cli(&url, &argv);
     let report = run_load(&args, Progress::new(false)).await.expect("run");
     let n = &report.notifications;
     assert_eq!(
@@ -106,6 +98,12 @@ async fn bounded_run_against_the_real_router_is_exact() {
     let ceiling = report.ceiling.as_ref().expect("ceiling phase");
     assert_eq!((ceiling.sent, ceiling.send_errors), (200, 0), "{ceiling:?}");
     assert!(report.ratio_to_ceiling.is_some_and(|r| r > 0.0 && r.is_finite()));
+    assert!(
+        report.send.client_cpu_secs.is_some() && report.send.server_cpu_secs.is_some(),
+        "{:?}",
+        report.send
+    );
+    assert!(report.to_table().contains("send CPU per send: client"));
     shutdown.shutdown();
 }
 
