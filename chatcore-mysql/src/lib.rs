@@ -376,6 +376,7 @@ impl Store for MysqlStore {
             .bind(viewer.0)
             .bind(other.as_str())
             .bind(viewer.0)
+            .bind(other.as_str())
             .bind(viewer.0)
             .bind(other.as_str())
             .bind(upper_bound(page))

@@ -51,6 +51,7 @@ struct Step {
     table: String,
     access: String,
     key: Option<String>,
+    extra: String,
 }
 
 async fn explain(conn: &mut MySqlConnection, query: Query<'_, MySql, MySqlArguments>) -> Vec<Step> {
@@ -60,6 +61,7 @@ async fn explain(conn: &mut MySqlConnection, query: Query<'_, MySql, MySqlArgume
             table: rows::text_opt(row, "table").unwrap().unwrap_or_default(),
             access: rows::text_opt(row, "type").unwrap().unwrap_or_default(),
             key: rows::text_opt(row, "key").unwrap(),
+            extra: rows::text_opt(row, "Extra").unwrap().unwrap_or_default(),
         })
         .collect()
 }
@@ -86,6 +88,12 @@ fn assert_plan(name: &str, steps: &[Step], alias: &str, key: &str) {
         assert!(
             step.key.is_some(),
             "{name}: table {} uses no index ({steps:?})",
+            step.table
+        );
+        // Pages come off the index in order: sorting would read the whole range first.
+        assert!(
+            !step.extra.contains("filesort"),
+            "{name}: table {} is sorted, not read in index order ({steps:?})",
             step.table
         );
     }
@@ -241,6 +249,7 @@ async fn plans_use_indexes() {
                 .bind(5i64)
                 .bind("user010")
                 .bind(5i64)
+                .bind("user010")
                 .bind(5i64)
                 .bind("user010")
                 .bind(before)

@@ -67,8 +67,11 @@ pub(crate) const IDEMPOTENT_MESSAGE: &str = concat!(
 
 /// A conversation page and its total in one round trip. The first branch resolves the other
 /// user (unique name, const) and reads the total (`chatcore_counts` primary key); the second
-/// reads the page, newest first, as a backward range of `chatcore_messages_conversation`.
-/// Binds: viewer, viewer, other name, viewer, viewer, other name, before, limit, offset.
+/// reads the page, newest first, as a backward range of `chatcore_messages_conversation`. The
+/// other user's id comes from scalar subqueries, which the optimizer folds to constants: with
+/// a join instead, it sorts the whole conversation (filesort) before taking the page.
+/// Binds: viewer, viewer, other name, viewer, other name, viewer, other name, before, limit,
+/// offset.
 pub(crate) const CONVERSATION_PAGE: &str = concat!(
     "(SELECT o.id AS other_id, c.total AS total, NULL AS id, NULL AS sender, NULL AS recipient, \
       NULL AS created_at, NULL AS body \
@@ -76,12 +79,13 @@ pub(crate) const CONVERSATION_PAGE: &str = concat!(
       LEFT JOIN chatcore_counts c ON c.low_id = LEAST(?, o.id) AND c.high_id = GREATEST(?, o.id) \
       WHERE o.username = ?) \
      UNION ALL \
-     (SELECT o.id, NULL, ",
+     (SELECT NULL, NULL, ",
     message_columns!(),
-    " FROM chatcore_users o \
-      JOIN chatcore_messages m ON m.conversation_low = LEAST(?, o.id) AND m.conversation_high = GREATEST(?, o.id)",
+    " FROM chatcore_messages m",
     message_joins!(),
-    " WHERE o.username = ? AND m.id < ? ORDER BY m.id DESC LIMIT ? OFFSET ?)"
+    " WHERE m.conversation_low = LEAST(?, (SELECT id FROM chatcore_users WHERE username = ?)) \
+        AND m.conversation_high = GREATEST(?, (SELECT id FROM chatcore_users WHERE username = ?)) \
+        AND m.id < ? ORDER BY m.id DESC LIMIT ? OFFSET ?)"
 );
 
 /// A user's messages, newest first, and their total, in one round trip: the total by

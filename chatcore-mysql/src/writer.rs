@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
-use sqlx::{Executor, MySql, MySqlPool, QueryBuilder, Row};
+use std::fmt::Write as _;
+
+use sqlx::{Executor, MySql, MySqlConnection, MySqlPool, QueryBuilder, Row};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use chatcore::{ConversationKey, Entity, Error, Inserted, Message, MessageId, NewMessage, Result, UserId};
@@ -242,67 +244,21 @@ impl Writer {
 
         let mut stored: HashMap<usize, Inserted> = HashMap::new();
         if !fresh.is_empty() {
-            let count = fresh.len() as i64;
-            let mut tx = self.pool.begin().await?;
-            // Locks the sequence row until commit: the commit-order guarantee (module docs).
-            let reserved = sqlx::query(
-                "UPDATE chatcore_sequences SET last_value = LAST_INSERT_ID(last_value + ?) WHERE name = 'message_id'",
-            )
-            .bind(count)
-            .execute(&mut *tx)
-            .await?;
-            if reserved.rows_affected() != 1 {
-                return Err(sqlx::Error::Protocol(
-                    "the chatcore message id sequence is missing: run MysqlStore::migrate()".into(),
-                ));
-            }
-            let last = reserved.last_insert_id() as i64;
-            let first_id = last - count + 1;
-            // Taken while holding the lock, so timestamps follow commit order too.
-            let created_at = self.now();
-
-            let mut insert = QueryBuilder::<MySql>::new(
-                "INSERT INTO chatcore_messages (id, sender_id, recipient_id, conversation_low, \
-                 conversation_high, created_at, body, idempotency_key_hash) ",
-            );
-            insert.push_values(fresh.iter().enumerate(), |mut row, (n, &i)| {
-                let new = &batch[i];
-                let key = ConversationKey::new(new.sender.id, UserId(recipients[i]));
-                row.push_bind(first_id + n as i64)
-                    .push_bind(new.sender.id.0)
-                    .push_bind(recipients[i])
-                    .push_bind(key.low().0)
-                    .push_bind(key.high().0)
-                    .push_bind(created_at.naive_utc())
-                    .push_bind(new.body.as_str())
-                    .push_bind(key_hashes[i].as_ref().map(|h| h.as_slice()));
-            });
-            insert.build().execute(&mut *tx).await?;
-
-            let mut counts: BTreeMap<(i64, i64), i64> = BTreeMap::new();
-            for &i in &fresh {
-                let sender = batch[i].sender.id;
-                let recipient = UserId(recipients[i]);
-                let key = ConversationKey::new(sender, recipient);
-                *counts.entry((key.low().0, key.high().0)).or_default() += 1;
-                *counts.entry((sender.0, 0)).or_default() += 1;
-                if recipient != sender {
-                    *counts.entry((recipient.0, 0)).or_default() += 1;
+            let mut conn = self.pool.acquire().await?;
+            let written = self
+                .commit_fresh(&mut conn, batch, &fresh, &recipients, &key_hashes)
+                .await;
+            let (first_id, created_at) = match written {
+                Ok(done) => done,
+                Err(err) => {
+                    // The transaction may still be open on this connection: end it, or drop
+                    // the connection rather than hand it back to the pool mid-transaction.
+                    if conn.execute(sqlx::raw_sql("ROLLBACK")).await.is_err() {
+                        drop(conn.detach());
+                    }
+                    return Err(err);
                 }
-            }
-            // Only integers: written as text, so the many row-count shapes need no prepared
-            // statements. Rows in key order, as every writer takes them.
-            let mut upsert = String::from("INSERT INTO chatcore_counts (low_id, high_id, total) VALUES ");
-            for (n, ((low, high), total)) in counts.iter().enumerate() {
-                if n > 0 {
-                    upsert.push(',');
-                }
-                upsert.push_str(&format!("({low},{high},{total})"));
-            }
-            upsert.push_str(" ON DUPLICATE KEY UPDATE total = total + VALUES(total)");
-            tx.execute(sqlx::raw_sql(&upsert)).await?;
-            tx.commit().await?;
-
+            };
             for (n, &i) in fresh.iter().enumerate() {
                 let new = &batch[i];
                 stored.insert(
@@ -343,11 +299,120 @@ impl Writer {
             .collect())
     }
 
-    /// Now, to the microsecond, never before a timestamp already handed out by this store.
-    fn now(&self) -> DateTime<Utc> {
-        let now = chatcore::now_micros().timestamp_micros();
-        let previous = self.clock.fetch_max(now, Ordering::AcqRel);
-        DateTime::from_timestamp_micros(now.max(previous)).unwrap_or_else(chatcore::now_micros)
+    /// Stores the messages `fresh` (indexes into `batch`) in one transaction of two round
+    /// trips and returns the first id and the timestamp given to them.
+    ///
+    /// 1. `BEGIN`, lock the sequence row and reserve `fresh.len()` ids, read the server clock.
+    /// 2. Insert the messages, add to the counters, `COMMIT`.
+    ///
+    /// Both are sent as text (multi-statement) so each is one round trip; every value written
+    /// into the SQL is an integer, a timestamp we format, or a hex literal, so nothing a user
+    /// sent can change the statement.
+    async fn commit_fresh(
+        &self,
+        conn: &mut MySqlConnection,
+        batch: &[NewMessage],
+        fresh: &[usize],
+        recipients: &[i64],
+        key_hashes: &[Option<[u8; 32]>],
+    ) -> Result<(i64, DateTime<Utc>), sqlx::Error> {
+        let count = fresh.len() as i64;
+        // Locks the sequence row until COMMIT: the commit-order guarantee (module docs).
+        let reserve = format!(
+            "BEGIN; \
+             UPDATE chatcore_sequences SET last_value = LAST_INSERT_ID(last_value + {count}) \
+             WHERE name = 'message_id'; \
+             SELECT ROW_COUNT() AS reserved, LAST_INSERT_ID() AS last_id, UTC_TIMESTAMP(6) AS now"
+        );
+        let rows = conn.fetch_all(sqlx::raw_sql(&reserve)).await?;
+        let row = rows
+            .first()
+            .ok_or_else(|| sqlx::Error::Protocol("no answer to the id reservation".into()))?;
+        let reserved: i64 = row.try_get_unchecked("reserved")?;
+        if reserved != 1 {
+            return Err(sqlx::Error::Protocol(
+                "the chatcore message id sequence is missing: run MysqlStore::migrate()".into(),
+            ));
+        }
+        let last: u64 = row.try_get_unchecked("last_id")?;
+        let server_now: chrono::NaiveDateTime = row.try_get_unchecked("now")?;
+        let first_id = last as i64 - count + 1;
+        // Read while holding the lock, so timestamps follow commit order too.
+        let created_at = self.monotonic(server_now.and_utc());
+        let at = created_at.format("%Y-%m-%d %H:%M:%S%.6f");
+
+        let body_bytes: usize = fresh.iter().map(|&i| batch[i].body.len()).sum();
+        let mut sql = String::with_capacity(2 * body_bytes + 200 * fresh.len() + 512);
+        sql.push_str(
+            "INSERT INTO chatcore_messages (id, sender_id, recipient_id, conversation_low, \
+             conversation_high, created_at, body, idempotency_key_hash) VALUES ",
+        );
+        let mut counts: BTreeMap<(i64, i64), i64> = BTreeMap::new();
+        for (n, &i) in fresh.iter().enumerate() {
+            let new = &batch[i];
+            let sender = new.sender.id;
+            let recipient = UserId(recipients[i]);
+            let key = ConversationKey::new(sender, recipient);
+            if n > 0 {
+                sql.push(',');
+            }
+            let _ = write!(
+                sql,
+                "({},{},{},{},{},'{at}',_utf8mb4 X'",
+                first_id + n as i64,
+                sender.0,
+                recipient.0,
+                key.low().0,
+                key.high().0
+            );
+            push_hex(&mut sql, new.body.as_bytes());
+            sql.push_str("',");
+            match &key_hashes[i] {
+                Some(hash) => {
+                    sql.push_str("X'");
+                    push_hex(&mut sql, hash);
+                    sql.push_str("')");
+                }
+                None => sql.push_str("NULL)"),
+            }
+            *counts.entry((key.low().0, key.high().0)).or_default() += 1;
+            *counts.entry((sender.0, 0)).or_default() += 1;
+            if recipient != sender {
+                *counts.entry((recipient.0, 0)).or_default() += 1;
+            }
+        }
+        // Counter rows in key order, as every writer takes them.
+        sql.push_str("; INSERT INTO chatcore_counts (low_id, high_id, total) VALUES ");
+        for (n, ((low, high), total)) in counts.iter().enumerate() {
+            if n > 0 {
+                sql.push(',');
+            }
+            let _ = write!(sql, "({low},{high},{total})");
+        }
+        sql.push_str(" ON DUPLICATE KEY UPDATE total = total + VALUES(total); COMMIT");
+        conn.execute(sqlx::raw_sql(&sql)).await?;
+        Ok((first_id, created_at))
+    }
+
+    /// `at`, or the last timestamp this store handed out if the clock went backwards.
+    fn monotonic(&self, at: DateTime<Utc>) -> DateTime<Utc> {
+        let micros = at.timestamp_micros();
+        let previous = self.clock.fetch_max(micros, Ordering::AcqRel);
+        if previous > micros {
+            DateTime::from_timestamp_micros(previous).unwrap_or(at)
+        } else {
+            at
+        }
+    }
+}
+
+/// Appends `bytes` as upper-case hex digits.
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
+    out.reserve(bytes.len() * 2);
+    for byte in bytes {
+        out.push(DIGITS[usize::from(byte >> 4)] as char);
+        out.push(DIGITS[usize::from(byte & 0x0f)] as char);
     }
 }
 
