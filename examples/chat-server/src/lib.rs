@@ -191,3 +191,8 @@ mod tests {
         assert_eq!(super::redacted("sqlite://chat.db"), "sqlite://chat.db");
     }
 }
+
+/// The README's Rust examples, compiled and run as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
