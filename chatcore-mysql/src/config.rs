@@ -33,6 +33,14 @@ pub struct MysqlConfig {
     pub writers: usize,
     /// Most messages stored by one transaction (group commit). Default 128; clamped to 1..=1000.
     pub max_batch: usize,
+    /// Body bytes at which a writer stops adding messages to a batch (the batch's SQL is about
+    /// twice this, as bodies are sent hex-encoded: keep it under half the server's
+    /// `max_allowed_packet`). Default 4 MiB.
+    pub max_batch_bytes: usize,
+    /// Usernames and user ids the writers remember, saving a lookup per batch. Users are never
+    /// renamed or reused, so only a user deleted behind the store's back could be served from
+    /// it. Default 100,000; 0 turns it off.
+    pub user_cache_capacity: usize,
     /// Sends waiting for a writer before callers wait for room (back pressure). Default 8192.
     pub queue_capacity: usize,
     /// How long [`crate::MysqlStore::migrate`] waits for another process that is migrating the
@@ -51,6 +59,8 @@ impl Default for MysqlConfig {
             statement_cache_capacity: 512,
             writers: 2,
             max_batch: 128,
+            max_batch_bytes: 4 << 20,
+            user_cache_capacity: 100_000,
             queue_capacity: 8192,
             migration_lock_timeout: Duration::from_secs(60),
         }

@@ -148,12 +148,7 @@ impl MysqlStore {
             .max_lifetime(config.max_lifetime)
             .test_before_acquire(true)
             .connect_lazy_with(options);
-        let writer = writer::spawn(
-            pool.clone(),
-            config.writers,
-            config.max_batch,
-            config.queue_capacity,
-        );
+        let writer = writer::spawn(pool.clone(), &config);
         Self { pool, writer, config }
     }
 

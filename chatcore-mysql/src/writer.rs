@@ -20,6 +20,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 
 use chatcore::{ConversationKey, Entity, Error, Inserted, Message, MessageId, NewMessage, Result, UserId};
 
+use crate::MysqlConfig;
 use crate::error::{self, SharedError, code};
 use crate::rows;
 
@@ -36,20 +37,19 @@ const KEY_RACE_RETRIES: usize = 3;
 
 /// Starts `writers` tasks on the current runtime and returns the queue they drain. The tasks
 /// end when every sender of the queue is dropped.
-pub(crate) fn spawn(
-    pool: MySqlPool,
-    writers: usize,
-    max_batch: usize,
-    queue_capacity: usize,
-) -> mpsc::Sender<Pending> {
-    let (tx, rx) = mpsc::channel(queue_capacity.max(1));
+pub(crate) fn spawn(pool: MySqlPool, config: &MysqlConfig) -> mpsc::Sender<Pending> {
+    let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
     let rx = Arc::new(Mutex::new(rx));
     let clock = Arc::new(AtomicI64::new(0));
-    for _ in 0..writers.max(1) {
+    let known = Arc::new(std::sync::Mutex::new(KnownUsers::default()));
+    for _ in 0..config.writers.max(1) {
         let writer = Writer {
             pool: pool.clone(),
             queue: rx.clone(),
-            max_batch: max_batch.clamp(1, 1000),
+            max_batch: config.max_batch.clamp(1, 1000),
+            max_batch_bytes: config.max_batch_bytes.max(1),
+            cache_capacity: config.user_cache_capacity,
+            known: known.clone(),
             clock: clock.clone(),
         };
         tokio::spawn(writer.run());
@@ -62,6 +62,10 @@ struct Writer {
     /// Shared by the writers: one gathers a batch while the others commit theirs.
     queue: Arc<Mutex<mpsc::Receiver<Pending>>>,
     max_batch: usize,
+    max_batch_bytes: usize,
+    cache_capacity: usize,
+    /// Users already seen, shared by the writers (locked briefly, once per batch).
+    known: Arc<std::sync::Mutex<KnownUsers>>,
     /// The last timestamp handed out, in microseconds: timestamps never go backwards.
     clock: Arc<AtomicI64>,
 }
@@ -88,10 +92,14 @@ impl Writer {
     async fn next_batch(&self) -> Option<Vec<Pending>> {
         let mut queue = self.queue.lock().await;
         let first = queue.recv().await?;
+        let mut bytes = first.new.body.len();
         let mut batch = vec![first];
-        while batch.len() < self.max_batch {
+        while batch.len() < self.max_batch && bytes < self.max_batch_bytes {
             match queue.try_recv() {
-                Ok(next) => batch.push(next),
+                Ok(next) => {
+                    bytes += next.new.body.len();
+                    batch.push(next);
+                }
                 Err(_) => break,
             }
         }
@@ -126,6 +134,9 @@ impl Writer {
 
     /// Recipient ids by name and the set of existing sender ids, in one query.
     async fn resolve_users(&self, batch: &[NewMessage]) -> Result<ResolvedUsers, sqlx::Error> {
+        if let Some(resolved) = self.known_users(batch) {
+            return Ok(resolved);
+        }
         let names: Vec<&str> = batch
             .iter()
             .map(|m| m.recipient.as_str())
@@ -160,7 +171,43 @@ impl Writer {
             resolved.ids.insert(id);
             resolved.by_name.insert(name, id);
         }
+        self.remember(&resolved);
         Ok(resolved)
+    }
+
+    /// Every sender and recipient of `batch` from the cache, or `None` if one is missing.
+    fn known_users(&self, batch: &[NewMessage]) -> Option<ResolvedUsers> {
+        if self.cache_capacity == 0 {
+            return None;
+        }
+        let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        let mut resolved = ResolvedUsers::default();
+        for new in batch {
+            let recipient = known.by_name.get(new.recipient.as_str())?;
+            if !known.ids.contains(&new.sender.id.0) {
+                return None;
+            }
+            resolved
+                .by_name
+                .insert(new.recipient.as_str().to_owned(), *recipient);
+            resolved.ids.insert(new.sender.id.0);
+        }
+        Some(resolved)
+    }
+
+    /// Adds users found in the database to the cache (emptied when full).
+    fn remember(&self, found: &ResolvedUsers) {
+        if self.cache_capacity == 0 {
+            return;
+        }
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        if known.ids.len() + found.ids.len() > self.cache_capacity {
+            *known = KnownUsers::default();
+        }
+        known.ids.extend(found.ids.iter().copied());
+        known
+            .by_name
+            .extend(found.by_name.iter().map(|(name, id)| (name.clone(), *id)));
     }
 
     async fn try_write(
@@ -414,6 +461,13 @@ fn push_hex(out: &mut String, bytes: &[u8]) {
         out.push(DIGITS[usize::from(byte >> 4)] as char);
         out.push(DIGITS[usize::from(byte & 0x0f)] as char);
     }
+}
+
+/// Users that exist: names never change owner and ids are never reused.
+#[derive(Default)]
+struct KnownUsers {
+    by_name: HashMap<String, i64>,
+    ids: HashSet<i64>,
 }
 
 #[derive(Default)]
