@@ -51,6 +51,8 @@
 //! - `run.rs`: the run itself: sockets, closed- and open-loop senders, grace period, and
 //!   [`run::tally`], which matches frames to sends after the run.
 //! - `report.rs`: hdrhistogram latencies, [`Report`] and [`IdleReport`] as JSON and tables.
+//! - `transport.rs`: the senders' own HTTP/1.1 keep-alive connections over hyper (reqwest cost
+//!   more CPU per request than the server's ceiling endpoint; it remains for setup and https).
 //! - `progress.rs`: progress bars on standard error.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -62,6 +64,7 @@ pub mod frame;
 mod progress;
 pub mod report;
 pub mod run;
+pub mod transport;
 
 pub use cli::{Args, AuthMode};
 pub use error::{Error, Result};

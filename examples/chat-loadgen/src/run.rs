@@ -28,6 +28,7 @@ use crate::cli::{Args, AuthMode};
 use crate::frame::{Frame, parse_created_id, parse_frame};
 use crate::progress::Progress;
 use crate::report::{IdleReport, Latency, NotificationReport, PhaseReport, Report};
+use crate::transport::{ConnectionPool, Endpoint};
 use crate::{Error, Result};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -184,10 +185,12 @@ struct SendContext {
     http: reqwest::Client,
     /// Parsed once: reqwest would parse a string on every request.
     url: reqwest::Url,
-    /// Per user: the headers that authenticate it.
-    auth: Vec<Vec<(HeaderName, HeaderValue)>>,
+    /// The hot path's own HTTP/1.1 connections (plain HTTP); `None` sends through reqwest.
+    endpoint: Option<Endpoint>,
+    timeout: Duration,
+    /// Per user: every header of a send (content type, origin, credentials).
+    headers: Vec<Vec<(HeaderName, HeaderValue)>>,
     names: Vec<String>,
-    origin: HeaderValue,
     /// `true` for the message endpoint (the answer must carry an id).
     expect_id: bool,
     conns_per_user: Vec<u32>,
@@ -258,32 +261,42 @@ fn body_text(sender: u32, i: u64, size: usize) -> String {
     text
 }
 
-async fn send_one(ctx: &SendContext, sender: u32, recipient: u32, i: u64, start: Instant) -> Done {
+async fn send_one(
+    ctx: &SendContext,
+    pool: Option<&ConnectionPool>,
+    sender: u32,
+    recipient: u32,
+    i: u64,
+    start: Instant,
+) -> Done {
     let text = body_text(sender, i, ctx.body_size);
     let body = serde_json::to_vec(&Body {
         recipient: &ctx.names[recipient as usize],
         body: &text,
     })
     .unwrap_or_default();
-    let mut request = ctx
-        .http
-        .post(ctx.url.clone())
-        .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-        .header(ORIGIN, ctx.origin.clone());
-    for (name, value) in &ctx.auth[sender as usize] {
-        request = request.header(name, value);
-    }
+    let headers = &ctx.headers[sender as usize];
     let result = async {
-        let response = request
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| format!("POST {}: {e}", ctx.url))?;
-        let status = response.status();
-        let answer = response
-            .bytes()
-            .await
-            .map_err(|e| format!("POST {}: {e}", ctx.url))?;
+        let (status, answer) = match pool {
+            Some(pool) => pool.post(headers, body.into(), ctx.timeout).await?,
+            None => {
+                let mut request = ctx.http.post(ctx.url.clone());
+                for (name, value) in headers {
+                    request = request.header(name, value);
+                }
+                let response = request
+                    .body(body)
+                    .send()
+                    .await
+                    .map_err(|e| format!("POST {}: {e}", ctx.url))?;
+                let status = response.status();
+                let answer = response
+                    .bytes()
+                    .await
+                    .map_err(|e| format!("POST {}: {e}", ctx.url))?;
+                (status, answer.to_vec())
+            }
+        };
         if !status.is_success() {
             let hint = if status == StatusCode::TOO_MANY_REQUESTS {
                 " (run the server with --send-rate-per-sec 0)"
@@ -320,11 +333,12 @@ async fn send_one(ctx: &SendContext, sender: u32, recipient: u32, i: u64, start:
 /// Closed loop: the next send starts when the last one answered.
 async fn closed_loop(ctx: &SendContext, plan: &Plan, k: usize) -> SenderLog {
     let mut log = SenderLog::default();
+    let pool = ctx.endpoint.clone().map(ConnectionPool::new);
     let users = ctx.names.len();
     let mut i = 0;
     while plan.claim(ctx.epoch.elapsed()) {
         let (me, to) = pair(k, i, users);
-        let done = send_one(ctx, me, to, i, Instant::now()).await;
+        let done = send_one(ctx, pool.as_ref(), me, to, i, Instant::now()).await;
         log.absorb(ctx, done);
         i += 1;
     }
@@ -342,6 +356,7 @@ async fn open_loop(
     cap: usize,
 ) -> SenderLog {
     let mut log = SenderLog::default();
+    let pool = ctx.endpoint.clone().map(ConnectionPool::new);
     let users = ctx.names.len();
     let interval = senders as f64 / rate;
     let first = k as f64 / rate;
@@ -372,7 +387,7 @@ async fn open_loop(
                     log.late += 1;
                 }
                 let (me, to) = pair(k, i, users);
-                in_flight.push(send_one(ctx, me, to, i, due));
+                in_flight.push(send_one(ctx, pool.as_ref(), me, to, i, due));
                 i += 1;
             }
         }
@@ -631,20 +646,31 @@ pub async fn run_load(args: &Args, progress: Progress) -> Result<Report> {
     let sessions = sessions(args, &http, &progress).await?;
     let users = sessions.len();
     let names: Vec<String> = sessions.iter().map(|s| s.username.clone()).collect();
-    let auth: Vec<_> = sessions.iter().map(Session::headers).collect();
+    let headers: Vec<Vec<(HeaderName, HeaderValue)>> = sessions
+        .iter()
+        .map(|session| {
+            let mut headers = vec![
+                (CONTENT_TYPE, HeaderValue::from_static("application/json")),
+                (ORIGIN, origin(args)),
+            ];
+            headers.extend(session.headers());
+            headers
+        })
+        .collect();
     let mut conns_per_user = vec![0_u32; users];
     for j in 0..args.connections {
         conns_per_user[j % users] += 1;
     }
     let live = Arc::new(Live::default());
     let context = |path: &str, expect_id: bool, conns_per_user: Vec<u32>| {
+        let url = format!("{}{path}", args.base_url());
         Ok::<_, Error>(Arc::new(SendContext {
             http: http.clone(),
-            url: reqwest::Url::parse(&format!("{}{path}", args.base_url()))
-                .map_err(|e| Error::Usage(format!("--url {}: {e}", args.url)))?,
-            auth: auth.clone(),
+            endpoint: Endpoint::from_url(&url),
+            url: reqwest::Url::parse(&url).map_err(|e| Error::Usage(format!("--url {}: {e}", args.url)))?,
+            timeout: args.request_timeout(),
+            headers: headers.clone(),
             names: names.clone(),
-            origin: origin(args),
             expect_id,
             conns_per_user,
             body_size: args.body_size,
