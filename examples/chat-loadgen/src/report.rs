@@ -102,11 +102,14 @@ pub struct PhaseReport {
     pub sends_per_sec: f64,
     /// Offered load (open loop), messages per second; `None` for closed loop.
     pub offered_rate: Option<f64>,
-    /// Open loop: sends that started more than a millisecond after their scheduled time
-    /// because `--max-in-flight` sends were outstanding (latency is measured from the
-    /// schedule, so it includes that wait).
+    /// Open loop: sends held back past their scheduled time because `--max-in-flight` sends
+    /// were outstanding. Their send and notification latencies count from the scheduled
+    /// start, so a server that falls behind shows it (no coordinated omission).
     pub late_starts: u64,
-    /// Send latency: POST start (the scheduled start in open loop) to the full answer.
+    /// Open loop: how late each send started against its schedule (the client's timer and
+    /// scheduling jitter, plus any hold-back). A p99 of a few ms means the client kept up.
+    pub start_lag: Option<LatencySummary>,
+    /// Send latency: POST start (the scheduled start for held-back sends) to the full answer.
     pub send_latency: LatencySummary,
     /// CPU time (user + system) the load generator used during the phase, seconds (Linux).
     pub client_cpu_secs: Option<f64>,
@@ -245,10 +248,11 @@ impl Report {
             }
         }
         if let Some(rate) = self.send.offered_rate {
+            let lag = self.send.start_lag.unwrap_or_default();
             let _ = writeln!(
                 out,
-                "offered load {rate:.1} msgs/s (open loop), {} late starts",
-                self.send.late_starts
+                "offered load {rate:.1} msgs/s (open loop): {} sends held back by --max-in-flight, start lag p50 {:.3} ms p99 {:.3} ms",
+                self.send.late_starts, lag.p50_ms, lag.p99_ms
             );
         }
         if let Some(ratio) = self.ratio_to_ceiling {

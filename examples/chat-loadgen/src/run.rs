@@ -207,6 +207,7 @@ struct SenderLog {
     errors: u64,
     first_error: Option<String>,
     late: u64,
+    start_lag: Latency,
     last_done_ns: u64,
 }
 
@@ -346,7 +347,7 @@ async fn closed_loop(ctx: &SendContext, plan: &Plan, k: usize) -> SenderLog {
 }
 
 /// Open loop: sends start on schedule (rate / senders each, phases staggered), up to `cap`
-/// in flight; latency counts from the scheduled start.
+/// in flight; a send held back by the cap counts its latency from its scheduled start.
 async fn open_loop(
     ctx: &SendContext,
     plan: &Plan,
@@ -362,6 +363,7 @@ async fn open_loop(
     let first = k as f64 / rate;
     let mut in_flight = FuturesUnordered::new();
     let mut i: u64 = 0;
+    let mut held_back = false;
     loop {
         let due_offset = Duration::from_secs_f64(first + i as f64 * interval);
         if let Plan::Until(end) = plan
@@ -370,6 +372,7 @@ async fn open_loop(
             break;
         }
         if in_flight.len() >= cap {
+            held_back = true;
             if let Some(done) = in_flight.next().await {
                 log.absorb(ctx, done);
             }
@@ -383,11 +386,20 @@ async fn open_loop(
                 if !plan.claim(due_offset) {
                     break;
                 }
-                if Instant::now() > due + Duration::from_millis(1) {
+                let now = Instant::now();
+                log.start_lag.record(now.saturating_duration_since(due));
+                // Timer jitter is the client's, not the server's: measure from the actual
+                // start. A send held back because earlier ones had not answered is the
+                // server's doing: measure from the schedule (no coordinated omission).
+                let start = if held_back && now > due {
                     log.late += 1;
-                }
+                    due
+                } else {
+                    now
+                };
+                held_back = false;
                 let (me, to) = pair(k, i, users);
-                in_flight.push(send_one(ctx, pool.as_ref(), me, to, i, due));
+                in_flight.push(send_one(ctx, pool.as_ref(), me, to, i, start));
                 i += 1;
             }
         }
@@ -458,12 +470,14 @@ async fn run_phase(
         ..Default::default()
     };
     let mut latency = Latency::new();
+    let mut start_lag = Latency::new();
     let mut records = Vec::new();
     let mut last_done_ns = 0;
     for task in tasks {
         match task.await {
             Ok(log) => {
                 latency.merge(&log.latency);
+                start_lag.merge(&log.start_lag);
                 report.sent += log.latency.count();
                 report.send_errors += log.errors;
                 report.late_starts += log.late;
@@ -497,6 +511,7 @@ async fn run_phase(
         0.0
     };
     report.send_latency = latency.summary();
+    report.start_lag = args.rate.map(|_| start_lag.summary());
     (report, records)
 }
 

@@ -104,6 +104,42 @@ async fn open_loop_with_ceiling_reports_a_ratio() {
     );
     let json = serde_json::to_value(&report).unwrap();
     assert_eq!(json["ceiling"]["sent"], 100);
+    assert_eq!(report.send.start_lag.map(|lag| lag.count), Some(100));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_loop_beyond_the_in_flight_cap_holds_sends_back() {
+    let url = support::spawn_minimal_server(false).await;
+    // 50 sends offered at once through one connection: all but the first wait their turn.
+    let args = cli(
+        &url,
+        &[
+            "--users",
+            "2",
+            "--connections",
+            "2",
+            "--senders",
+            "1",
+            "--max-in-flight",
+            "1",
+        ],
+    );
+    let args = Args {
+        count: Some(50),
+        rate: Some(1_000_000.0),
+        ..args
+    };
+    let report = run_load(&args, Progress::new(false)).await.expect("run");
+    assert_eq!(report.send.sent, 50, "{report:?}");
+    assert!(report.send.late_starts >= 40, "{:?}", report.send);
+    // Held-back sends count from their schedule, so the latency grows along the queue.
+    assert!(report.send.send_latency.max_ms > report.send.send_latency.p50_ms);
+    let n = &report.notifications;
+    assert_eq!(
+        (n.expected, n.received, n.lost, n.duplicated),
+        (100, 100, 0, 0),
+        "{report:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
