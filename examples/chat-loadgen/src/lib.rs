@@ -25,8 +25,29 @@
 //! chat-loadgen --auth original --cookie-file cookies.txt --url http://127.0.0.1:8001
 //! ```
 //!
-//! `chat-loadgen --help` lists every option with its environment variable and default; the
-//! crate's `README.md` gives the measurement procedures.
+//! # Options
+//!
+//! `chat-loadgen --help` prints every option with its environment variable and default; the
+//! crate's `README.md` gives the measurement procedures. In short ([`Args`] has the details):
+//!
+//! | option | default | meaning |
+//! |---|---|---|
+//! | `--url` (`CHAT_LOADGEN_URL`) | `http://127.0.0.1:8000` | the server |
+//! | `--auth token\|original` | `token` | fresh users with Bearer tokens, or session cookies of existing users |
+//! | `--users`, `--connections`, `--senders` | 10, 20, 8 | users created, WebSockets (round-robin over users), concurrent senders |
+//! | `--duration` / `--count` | 10 s / none | how long, or how many messages |
+//! | `--rate`, `--max-in-flight` | none (closed loop), 1024 | open-loop offered load in msgs/s over all senders |
+//! | `--grace-ms`, `--linger-ms`, `--settle-ms` | 2000, 250, 200 | wait for stragglers, for late duplicates, for subscriptions |
+//! | `--ceiling`, `--ceiling-path` | off, `/_bench/echo` | run the same load against the trivial endpoint first; report the ratio |
+//! | `--idle-connections N`, `--hold SECS` | none, 60 | idle mode: hold N sockets for the memory measurement |
+//! | `--server-pid` | none | read the server's CPU per phase and RSS (idle mode) from `/proc` |
+//! | `--cookie-file`, `--login-users`, `--login-url` | none, none, `/accounts/login/` | original mode's credentials |
+//! | `--client-threads` | 2 | worker threads of the client's runtime |
+//! | `--json`, `--json-out FILE`, `--quiet` | off | JSON on stdout, JSON to a file, no progress bars |
+//!
+//! The exit status is 0 for a clean run, 2 when a send failed or a notification was lost or
+//! duplicated (idle mode: a socket failed or dropped), 1 when the run could not happen, 64 for
+//! bad options.
 //!
 //! # As a library
 //!

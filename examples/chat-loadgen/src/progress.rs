@@ -32,6 +32,21 @@ impl Progress {
         bar
     }
 
+    /// A bar over `secs` seconds whose message the caller keeps up to date.
+    pub fn timer(&self, what: &str, secs: f64) -> ProgressBar {
+        if !self.enabled {
+            return ProgressBar::hidden();
+        }
+        let bar = ProgressBar::new((secs * 1_000.0) as u64);
+        if let Ok(style) =
+            ProgressStyle::with_template("{msg:>30} [{elapsed_precise}] {wide_bar} {percent:>3}%")
+        {
+            bar.set_style(style);
+        }
+        bar.set_message(what.to_owned());
+        bar
+    }
+
     /// Prints a line above any bar (or plainly), on standard error, unless disabled.
     pub fn note(&self, line: &str) {
         if self.enabled {

@@ -424,10 +424,11 @@ async fn run_phase(
     let cap = args.max_in_flight.div_ceil(senders).max(1);
     let bar = match args.count {
         Some(count) => progress.bar(label, count),
-        None => progress.bar(label, (args.duration * 1_000.0) as u64),
+        None => progress.timer(label, args.duration),
     };
     let stop_bar = CancellationToken::new();
     let ticker = {
+        let label = label.to_owned();
         let (bar, stop, live, epoch, counting) = (
             bar.clone(),
             stop_bar.clone(),
@@ -448,6 +449,7 @@ async fn run_phase(
                     bar.set_position(sent);
                 } else {
                     bar.set_position(epoch.elapsed().as_millis() as u64);
+                    bar.set_message(format!("{label}: {sent} sent"));
                 }
             }
         })
