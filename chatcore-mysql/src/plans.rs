@@ -51,6 +51,7 @@ struct Step {
     table: String,
     access: String,
     key: Option<String>,
+    key_len: Option<String>,
     extra: String,
 }
 
@@ -61,6 +62,7 @@ async fn explain(conn: &mut MySqlConnection, query: Query<'_, MySql, MySqlArgume
             table: rows::text_opt(row, "table").unwrap().unwrap_or_default(),
             access: rows::text_opt(row, "type").unwrap().unwrap_or_default(),
             key: rows::text_opt(row, "key").unwrap(),
+            key_len: rows::text_opt(row, "key_len").unwrap(),
             extra: rows::text_opt(row, "Extra").unwrap().unwrap_or_default(),
         })
         .collect()
@@ -258,6 +260,13 @@ async fn plans_use_indexes() {
         )
         .await;
         assert_plan("conversation_page", &plan, "m", "chatcore_messages_conversation");
+        // All three key parts: the `before` cursor is where the range starts, not a filter.
+        let step = plan.iter().find(|s| s.table == "m").unwrap();
+        assert_eq!(
+            (step.access.as_str(), step.key_len.as_deref()),
+            ("range", Some("24")),
+            "{plan:?}"
+        );
         assert_plan("conversation_page total", &plan, "c", "PRIMARY");
     }
 
