@@ -3,6 +3,9 @@
 //!
 //!     cargo bench -p chatcore-axum --bench router
 
+// criterion_group!/criterion_main! generate undocumented items.
+#![allow(missing_docs)]
+
 use std::sync::Arc;
 
 use axum::body::Body;
