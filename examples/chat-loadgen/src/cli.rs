@@ -27,7 +27,7 @@ pub enum AuthMode {
 /// otherwise sends beyond the limit answer 429 and count as errors. `--ceiling` needs the
 /// server started with `--bench-endpoints`.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "chat-loadgen", version, about, long_about = None, args_override_self = true)]
+#[command(name = "chat-loadgen", version, about, args_override_self = true)]
 pub struct Args {
     /// Base URL of the server (a path prefix is kept: `http://host/chat` sends to
     /// `http://host/chat/api/v1/message/`).
