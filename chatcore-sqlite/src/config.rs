@@ -86,12 +86,6 @@ pub struct SqliteConfig {
     pub busy_timeout: Duration,
     /// Most writes the writer commits in one transaction (group commit). Default: `1024`.
     pub max_batch: usize,
-    /// Longest pause the writer takes to let more writes join a batch before committing it.
-    /// It pauses only when the previous batch held several writes and its commit was slow
-    /// (an `fsync`), for at most half that commit's time, and stops as soon as the queue is
-    /// quiet for 0.5 ms: senders just answered get into the next batch instead of waiting a
-    /// whole extra commit. `Duration::ZERO` turns it off. Default: 2 ms.
-    pub commit_delay: Duration,
     /// Page cache per connection, in KiB (`PRAGMA cache_size=-N`). Default: 16384 (16 MiB).
     pub cache_size_kib: u32,
     /// Prepared statements cached per connection. Default: `64`.
@@ -115,7 +109,6 @@ impl Default for SqliteConfig {
             readers: 4,
             busy_timeout: Duration::from_secs(5),
             max_batch: 1024,
-            commit_delay: Duration::from_millis(2),
             cache_size_kib: 16 * 1024,
             statement_cache: 64,
             name_cache: 100_000,

@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
 
 use chatcore::store::Inserted;
 use chatcore::{
@@ -19,11 +18,6 @@ use crate::config::{Location, SqliteConfig};
 use crate::reader::{self, ReadCtx, ReadJob};
 use crate::schema::{self, MigrationReport};
 use crate::{error, sql};
-
-/// A pause for more writes ends once no write has arrived for this long.
-const GATHER_QUIET: Duration = Duration::from_micros(500);
-/// Shorter pauses are not worth a timed wait.
-const MIN_GATHER: Duration = Duration::from_micros(50);
 
 /// Where a job's answer goes.
 pub(crate) type Reply<T> = oneshot::Sender<Result<T>>;
@@ -178,10 +172,6 @@ pub(crate) struct Writer {
     ctx: ReadCtx,
     stats: Arc<WriterStats>,
     max_batch: usize,
-    commit_delay: Duration,
-    /// Size and duration of the last successful batch, for `gather_window`.
-    last_batch: usize,
-    last_commit: Duration,
     last_timestamp: DateTime<Utc>,
     /// Names learned inside the open transaction; cached only once it commits.
     pending_names: HashMap<Username, UserId>,
@@ -196,9 +186,6 @@ impl Writer {
             ctx: ReadCtx::new(conn, config.name_cache),
             stats,
             max_batch: config.max_batch,
-            commit_delay: config.commit_delay,
-            last_batch: 0,
-            last_commit: Duration::ZERO,
             last_timestamp,
             pending_names: HashMap::new(),
             conversation_counts: HashMap::new(),
@@ -207,32 +194,35 @@ impl Writer {
     }
 
     /// The writer loop: block for one message, drain whatever else is waiting (up to
-    /// `max_batch`), maybe wait a moment for more (see `gather_window`), commit the writes in
-    /// one transaction, answer, repeat.
+    /// `max_batch`), commit the writes in one transaction, answer, repeat.
     pub(crate) fn run(mut self, queue: Receiver<WriteMsg>) {
         let mut ops = Vec::with_capacity(self.max_batch.min(4096));
         let mut reads = Vec::new();
         while let Ok(first) = queue.recv() {
-            let mut taken = 1;
-            let mut stop = self.accept(first, &mut ops, &mut reads);
-            while !stop && taken < self.max_batch {
-                let Ok(msg) = queue.try_recv() else { break };
+            let mut stop = false;
+            let mut next = Some(first);
+            let mut taken = 0;
+            while let Some(msg) = next {
                 taken += 1;
-                stop = self.accept(msg, &mut ops, &mut reads);
-            }
-            if !stop
-                && !ops.is_empty()
-                && let Some(window) = self.gather_window()
-            {
-                let deadline = Instant::now() + window;
-                while !stop && taken < self.max_batch {
-                    let until = (Instant::now() + GATHER_QUIET).min(deadline);
-                    let Ok(msg) = queue.recv_deadline(until) else {
+                match msg {
+                    WriteMsg::Op(op) => ops.push(op),
+                    WriteMsg::Read(job) => reads.push(job),
+                    WriteMsg::Migrate(reply) => {
+                        self.commit(&mut ops);
+                        self.run_reads(&mut reads);
+                        let now = self.next_timestamp().timestamp_micros();
+                        let _ = reply.send(schema::migrate(&mut self.ctx.conn, now));
+                    }
+                    WriteMsg::Stop => {
+                        stop = true;
                         break;
-                    };
-                    taken += 1;
-                    stop = self.accept(msg, &mut ops, &mut reads);
+                    }
                 }
+                next = if taken < self.max_batch {
+                    queue.try_recv().ok()
+                } else {
+                    None
+                };
             }
             self.commit(&mut ops);
             self.run_reads(&mut reads);
@@ -240,37 +230,6 @@ impl Writer {
                 break;
             }
         }
-    }
-
-    /// Queues one message for this round; `true` means stop after it.
-    fn accept(&mut self, msg: WriteMsg, ops: &mut Vec<WriteOp>, reads: &mut Vec<ReadJob>) -> bool {
-        match msg {
-            WriteMsg::Op(op) => ops.push(op),
-            WriteMsg::Read(job) => reads.push(job),
-            WriteMsg::Migrate(reply) => {
-                self.commit(ops);
-                self.run_reads(reads);
-                let now = self.next_timestamp().timestamp_micros();
-                let _ = reply.send(schema::migrate(&mut self.ctx.conn, now));
-            }
-            WriteMsg::Stop => return true,
-        }
-        false
-    }
-
-    /// How long to wait for more writes to join the batch before committing it. Senders
-    /// answered by the previous commit come straight back; without a pause they would miss
-    /// this batch and wait a whole extra commit (the batches would alternate between two
-    /// halves of the senders). Only worth it when the last batch had company (several
-    /// senders are active) and its commit was slow (an `fsync`): the pause is at most half
-    /// the last commit's time, and ends as soon as the queue stays quiet for
-    /// `GATHER_QUIET`.
-    fn gather_window(&self) -> Option<Duration> {
-        if self.last_batch < 2 {
-            return None;
-        }
-        let window = (self.last_commit / 2).min(self.commit_delay);
-        (window >= MIN_GATHER).then_some(window)
     }
 
     /// Reads queued on the writer run after the writes drained with them have committed.
@@ -288,11 +247,8 @@ impl Writer {
         if ops.is_empty() {
             return;
         }
-        let started = Instant::now();
         match self.try_batch(ops) {
             Ok(outcomes) => {
-                self.last_batch = ops.len();
-                self.last_commit = started.elapsed();
                 self.stats.transactions.fetch_add(1, Ordering::Relaxed);
                 self.stats.writes.fetch_add(ops.len() as u64, Ordering::Relaxed);
                 for (op, outcome) in ops.drain(..).zip(outcomes) {
