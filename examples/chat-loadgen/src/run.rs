@@ -71,10 +71,11 @@ pub struct ConnectionLog {
 }
 
 /// Matches frames to sends: every connection of the sender and of the recipient must get each
-/// message exactly once. Pure, so the accounting is unit-tested on its own.
+/// message exactly once. Sorts each connection's frames by id in place (stable, so the first
+/// arrival of an id stays first). No I/O, so the accounting is unit-tested on its own.
 pub fn tally(
     records: &[SendRecord],
-    connections: &[ConnectionLog],
+    connections: &mut [ConnectionLog],
     conns_per_user: &[u32],
 ) -> NotificationReport {
     let by_id: HashMap<i64, &SendRecord> = records.iter().map(|r| (r.id, r)).collect();
@@ -98,11 +99,10 @@ pub fn tally(
         report.resyncs += connection.resyncs;
         report.other_frames += connection.other;
         report.connections_dropped += u64::from(connection.dropped);
-        let mut frames = connection.frames.clone();
         // Stable: the first arrival of an id stays first.
-        frames.sort_by_key(|&(id, _)| id);
+        connection.frames.sort_by_key(|&(id, _)| id);
         let mut previous = None;
-        for (id, arrival_ns) in frames {
+        for &(id, arrival_ns) in &connection.frames {
             if previous == Some(id) {
                 report.duplicated += 1;
                 continue;
@@ -748,7 +748,7 @@ pub async fn run_load(args: &Args, progress: Progress) -> Result<Report> {
             logs.push(log);
         }
     }
-    let notifications = tally(&records, &logs, &conns_per_user);
+    let notifications = tally(&records, &mut logs, &conns_per_user);
     let ratio_to_ceiling = ceiling
         .as_ref()
         .filter(|c| c.sends_per_sec > 0.0)
@@ -880,14 +880,14 @@ mod tests {
         // Users 0 and 1 have two connections each, user 2 one.
         let per_user = [2, 2, 1];
         let sends = [send(1, 0, 0, 1), send(2, 1_000_000, 2, 2)];
-        let conns = [
+        let mut conns = [
             conn(0, &[(1, 500_000)]),
             conn(0, &[(1, 600_000)]),
             conn(1, &[(1, 2_000_000)]),
             conn(1, &[(1, 3_000_000)]),
             conn(2, &[(2, 4_000_000)]),
         ];
-        let r = tally(&sends, &conns, &per_user);
+        let r = tally(&sends, &mut conns, &per_user);
         assert_eq!(
             (r.expected, r.received, r.lost, r.duplicated, r.unexpected),
             (5, 5, 0, 0, 0)
@@ -905,12 +905,12 @@ mod tests {
         let mut dropped = conn(1, &[(10, 5), (10, 6), (99, 7)]);
         dropped.dropped = true;
         dropped.resyncs = 1;
-        let conns = [
+        let mut conns = [
             conn(0, &[(10, 1), (11, 2), (11, 3)]),
             dropped,
             conn(1, &[(11, 4), (10, 2)]),
         ];
-        let r = tally(&sends, &conns, &per_user);
+        let r = tally(&sends, &mut conns, &per_user);
         assert_eq!(r.expected, 6);
         // Missing: message 11 on the dropped connection.
         assert_eq!((r.received, r.lost), (5, 1));
@@ -921,7 +921,7 @@ mod tests {
 
     #[test]
     fn a_frame_for_someone_elses_message_is_unexpected() {
-        let r = tally(&[send(1, 0, 0, 1)], &[conn(2, &[(1, 9)])], &[0, 0, 1]);
+        let r = tally(&[send(1, 0, 0, 1)], &mut [conn(2, &[(1, 9)])], &[0, 0, 1]);
         assert_eq!((r.expected, r.received, r.unexpected), (0, 0, 1));
     }
 
