@@ -354,6 +354,10 @@ async fn lost_and_duplicated_frames_are_noticed() {
             "50",
             "--grace-ms",
             "300",
+            // Lost and doubled frames can add up to the expected count early: listen long
+            // enough for every doubled frame to arrive.
+            "--linger-ms",
+            "1000",
         ],
     );
     let report = run_load(&args, Progress::new(false)).await.expect("run");
