@@ -19,6 +19,16 @@ pub enum AuthMode {
     Original,
 }
 
+/// Which HTTP client sends the messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum HttpClient {
+    /// Each sender drives its own HTTP/1.1 keep-alive connections with hyper: the least CPU
+    /// per request (plain `http://` only; `https://` uses reqwest).
+    Hyper,
+    /// reqwest's shared keep-alive pool: more CPU per request; for comparison.
+    Reqwest,
+}
+
 /// Load generator for a chatcore server: creates users, opens WebSockets, sends messages and
 /// reports send throughput, send and notification latency, and lost or duplicated
 /// notifications.
@@ -107,6 +117,10 @@ pub struct Args {
     /// Also write the report as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub json_out: Option<PathBuf>,
+
+    /// HTTP client of the senders (setup always uses reqwest).
+    #[arg(long, value_enum, default_value_t = HttpClient::Hyper)]
+    pub http_client: HttpClient,
 
     /// Worker threads of the client's runtime (the client and server often share 2 cores).
     #[arg(long, env = "CHAT_LOADGEN_CLIENT_THREADS", default_value_t = 2)]

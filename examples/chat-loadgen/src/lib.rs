@@ -43,6 +43,7 @@
 //! | `--server-pid` | none | read the server's CPU per phase and RSS (idle mode) from `/proc` |
 //! | `--cookie-file`, `--login-users`, `--login-url` | none, none, `/accounts/login/` | original mode's credentials |
 //! | `--client-threads` | 2 | worker threads of the client's runtime |
+//! | `--http-client hyper\|reqwest` | `hyper` | the senders' HTTP client (reqwest for comparison) |
 //! | `--json`, `--json-out FILE`, `--quiet` | off | JSON on stdout, JSON to a file, no progress bars |
 //!
 //! The exit status is 0 for a clean run, 2 when a send failed or a notification was lost or
@@ -87,7 +88,7 @@ pub mod report;
 pub mod run;
 pub mod transport;
 
-pub use cli::{Args, AuthMode};
+pub use cli::{Args, AuthMode, HttpClient};
 pub use error::{Error, Result};
 pub use progress::Progress;
 pub use report::{IdleReport, LatencySummary, NotificationReport, PhaseReport, Report};

@@ -24,7 +24,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Session, sessions};
-use crate::cli::{Args, AuthMode};
+use crate::cli::{Args, AuthMode, HttpClient};
 use crate::frame::{Frame, parse_created_id, parse_frame};
 use crate::progress::Progress;
 use crate::report::{IdleReport, Latency, NotificationReport, PhaseReport, Report};
@@ -683,7 +683,10 @@ pub async fn run_load(args: &Args, progress: Progress) -> Result<Report> {
         let url = format!("{}{path}", args.base_url());
         Ok::<_, Error>(Arc::new(SendContext {
             http: http.clone(),
-            endpoint: Endpoint::from_url(&url),
+            endpoint: match args.http_client {
+                HttpClient::Hyper => Endpoint::from_url(&url),
+                HttpClient::Reqwest => None,
+            },
             url: reqwest::Url::parse(&url).map_err(|e| Error::Usage(format!("--url {}: {e}", args.url)))?,
             timeout: args.request_timeout(),
             headers: headers.clone(),

@@ -137,6 +137,25 @@ async fn open_loop_against_the_real_router_is_exact() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reqwest_client_gives_the_same_counts() {
+    let (url, shutdown) = spawn_server().await;
+    let flags = "--users 3 --connections 6 --senders 3 --count 90 --http-client reqwest --ceiling";
+    let argv: Vec<&str> = flags.split(' ').collect();
+    let report = run_load(&cli(&url, &argv), Progress::new(false))
+        .await
+        .expect("run");
+    let n = &report.notifications;
+    assert_eq!(report.send.sent, 90, "{report:?}");
+    assert_eq!(report.ceiling.as_ref().map(|c| c.sent), Some(90));
+    assert_eq!(
+        (n.expected, n.received, n.lost, n.duplicated),
+        (360, 360, 0, 0),
+        "{report:?}"
+    );
+    shutdown.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_sockets_stay_open_on_the_real_router() {
     let (url, shutdown) = spawn_server().await;
     let args = cli(
