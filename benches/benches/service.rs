@@ -1,7 +1,9 @@
 //! `ChatService` end to end over each store: send (store + notify both parties) at concurrency 1
 //! and 64, and the latest-15 history page of a 10,000-message conversation.
 //!
-//! The in-memory store always runs; SQLite and MySQL join as their crates provide stores.
+//! Stores: in memory; SQLite on a temporary file with `synchronous=FULL` (durable); MySQL on a
+//! database of its own on `CHATCORE_MYSQL_URL` (default `mysql://root@127.0.0.1:3306`), dropped
+//! afterwards. Set `CHATCORE_BENCH_SKIP_MYSQL=1` to leave MySQL out when no server is at hand.
 
 // criterion_group!/criterion_main! generate undocumented items.
 #![allow(missing_docs)]
@@ -11,6 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chatcore::{ChatConfig, ChatService, HistoryQuery, LocalNotifier, MemoryStore, SendRequest, Store, User};
+use chatcore_mysql::{MysqlConfig, MysqlStore};
+use chatcore_sqlite::{SqliteConfig, SqliteStore};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use tokio::runtime::Runtime;
 
@@ -126,6 +130,54 @@ fn service(c: &mut Criterion) {
         .build()
         .unwrap();
     bench_store(c, &runtime, "memory", Arc::new(MemoryStore::new()));
+
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = runtime.block_on(async {
+        let store = SqliteStore::open(SqliteConfig::file(dir.path().join("bench.db")))
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        Arc::new(store)
+    });
+    bench_store(c, &runtime, "sqlite", sqlite.clone());
+    runtime.block_on(sqlite.close()).unwrap();
+
+    if std::env::var_os("CHATCORE_BENCH_SKIP_MYSQL").is_none() {
+        let base =
+            std::env::var("CHATCORE_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into());
+        let base = base.trim_end_matches('/').to_owned();
+        let name = format!("chatcore_bench_service_{}", std::process::id());
+        let admin = runtime
+            .block_on(sqlx::MySqlPool::connect(&base))
+            .expect("MySQL for the benchmark");
+        runtime.block_on(async {
+            sqlx::query(&format!("DROP DATABASE IF EXISTS `{name}`"))
+                .execute(&admin)
+                .await
+                .unwrap();
+            sqlx::query(&format!(
+                "CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+            ))
+            .execute(&admin)
+            .await
+            .unwrap();
+        });
+        let mysql = runtime.block_on(async {
+            let store = MysqlStore::connect(&format!("{base}/{name}"), MysqlConfig::default())
+                .await
+                .unwrap();
+            store.migrate().await.unwrap();
+            Arc::new(store)
+        });
+        bench_store(c, &runtime, "mysql", mysql.clone());
+        runtime.block_on(async {
+            mysql.close().await;
+            sqlx::query(&format!("DROP DATABASE `{name}`"))
+                .execute(&admin)
+                .await
+                .unwrap();
+        });
+    }
 }
 
 criterion_group! {
