@@ -1,0 +1,84 @@
+//! Two servers sharing one store and one Redis (`CHATCORE_REDIS_URL`): the notification
+//! channel works across them, as in a deployment of several processes behind a balancer.
+
+mod suite;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chatcore::Store;
+use chatcore_redis::{RedisConfig, RedisNotifier};
+use suite::app::*;
+
+async fn node(store: Arc<dyn Store>, prefix: &str) -> TestApp {
+    let config = RedisConfig {
+        url: std::env::var("CHATCORE_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned()),
+        channel_prefix: prefix.to_owned(),
+        ..Default::default()
+    };
+    let notifier = RedisNotifier::connect(config)
+        .await
+        .expect("connect to Redis at CHATCORE_REDIS_URL");
+    let options = Options {
+        notifier: Some(Arc::new(notifier)),
+        ..Default::default()
+    };
+    TestApp::spawn_with(store, options).await
+}
+
+async fn cluster_fan_out_and_catch_up(store: Arc<dyn Store>) {
+    suite::app::init_logs();
+    // A prefix of this test's own, so parallel runs sharing the Redis never meet.
+    let prefix = format!(
+        "chatcore-axum-test:{}:{:016x}:",
+        std::process::id(),
+        rand::random::<u64>()
+    );
+    let one = node(store.clone(), &prefix).await;
+    let two = node(store, &prefix).await;
+    let (_, alice) = one.user("alice").await;
+    let (_, bob) = one.user("bob").await;
+    let (_, carol) = one.user("carol").await;
+
+    let mut alice_on_one = one.ws(&alice, None).await;
+    let mut bob_on_one = one.ws(&bob, None).await;
+    let mut bob_on_two = two.ws(&bob, None).await;
+    let mut carol_on_two = two.ws(&carol, None).await;
+
+    // Sent through node two; every socket of both parties hears it, on either node.
+    let sent = two.send(&alice, "bob", "across the cluster").await;
+    let id = sent["id"].as_i64().unwrap();
+    for ws in [&mut alice_on_one, &mut bob_on_one, &mut bob_on_two] {
+        assert_eq!(frame_id(ws).await, id);
+    }
+    let to_carol = one.send(&bob, "carol", "hi carol").await["id"].as_i64().unwrap();
+    assert_eq!(frame_id(&mut carol_on_two).await, to_carol);
+    no_frame(&mut alice_on_one, Duration::from_millis(100)).await;
+
+    // Bob drops off node one and reconnects to node two with `since`.
+    assert_eq!(frame_id(&mut bob_on_one).await, to_carol);
+    assert_eq!(frame_id(&mut bob_on_two).await, to_carol);
+    close(bob_on_one).await;
+    let missed = one.send(&alice, "bob", "while away").await["id"]
+        .as_i64()
+        .unwrap();
+    assert_eq!(frame_id(&mut bob_on_two).await, missed);
+    let mut bob_back = two.ws(&bob, Some(to_carol)).await;
+    assert_eq!(frame_id(&mut bob_back).await, missed);
+    let live = one.send(&alice, "bob", "live").await["id"].as_i64().unwrap();
+    assert_eq!(frame_id(&mut bob_back).await, live);
+    no_frame(&mut bob_back, Duration::from_millis(100)).await;
+    for ws in [alice_on_one, bob_on_two, carol_on_two, bob_back] {
+        close(ws).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_store_behind_two_nodes() {
+    cluster_fan_out_and_catch_up(Arc::new(chatcore::MemoryStore::new())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_store_behind_two_nodes() {
+    cluster_fan_out_and_catch_up(suite::stores::mysql_store().await).await;
+}
