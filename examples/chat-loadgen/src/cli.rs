@@ -102,7 +102,9 @@ pub struct Args {
     pub settle_ms: u64,
 
     /// Also run the same load against the ceiling endpoint first and report the send
-    /// throughput as a ratio of it (needs the server's `--bench-endpoints`).
+    /// throughput as a ratio of it (needs the server's `--bench-endpoints`). Meant for closed
+    /// loop: with `--rate` both phases run at the offered rate and the ratio says only
+    /// whether the server kept up.
     #[arg(long)]
     pub ceiling: bool,
 
