@@ -49,6 +49,10 @@ pub struct SessionConfig {
     pub argon2_memory_kib: u32,
     /// Argon2id passes. Default 2.
     pub argon2_iterations: u32,
+    /// Password hashes computed at once; further logins and registrations wait their turn.
+    /// Each takes `argon2_memory_kib` of memory and a CPU, so a burst of logins cannot
+    /// exhaust either. Default: the number of CPUs.
+    pub max_concurrent_hashes: usize,
 }
 
 impl Default for SessionConfig {
@@ -61,6 +65,7 @@ impl Default for SessionConfig {
             max_password_bytes: 1024,
             argon2_memory_kib: Params::DEFAULT_M_COST,
             argon2_iterations: Params::DEFAULT_T_COST,
+            max_concurrent_hashes: std::thread::available_parallelism().map_or(2, |n| n.get()),
         }
     }
 }
@@ -106,6 +111,8 @@ struct Inner {
     store: Arc<dyn Store>,
     config: SessionConfig,
     argon2: Argon2<'static>,
+    /// Bounds the hashes computed at once (see [`SessionConfig::max_concurrent_hashes`]).
+    hashing: tokio::sync::Semaphore,
     /// A hash of nothing in particular, verified for unknown users; made on first use.
     dummy_hash: OnceLock<String>,
 }
@@ -139,6 +146,7 @@ impl SessionAuthenticator {
         Self {
             inner: Arc::new(Inner {
                 store,
+                hashing: tokio::sync::Semaphore::new(config.max_concurrent_hashes.max(1)),
                 config,
                 argon2: Argon2::new(Algorithm::Argon2id, Version::V0x13, params),
                 dummy_hash: OnceLock::new(),
@@ -184,6 +192,7 @@ impl SessionAuthenticator {
         };
         let inner = self.inner.clone();
         let password = password.to_owned();
+        let _permit = self.hashing_permit().await?;
         let verified = tokio::task::spawn_blocking(move || {
             let hash = match &hash {
                 Some(hash) => hash.as_str(),
@@ -284,7 +293,16 @@ impl SessionAuthenticator {
         Ok(())
     }
 
+    async fn hashing_permit(&self) -> chatcore::Result<tokio::sync::SemaphorePermit<'_>> {
+        self.inner
+            .hashing
+            .acquire()
+            .await
+            .map_err(|e| Error::internal("password hashing semaphore closed", e))
+    }
+
     async fn hash_password(&self, password: String) -> chatcore::Result<String> {
+        let _permit = self.hashing_permit().await?;
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || inner.hash(&password))
             .await
@@ -458,5 +476,123 @@ impl axum::extract::FromRequestParts<AuthState> for SameOrigin {
     async fn from_request_parts(parts: &mut Parts, state: &AuthState) -> Result<Self, ApiError> {
         check_same_origin(parts, &state.trusted_origins)?;
         Ok(Self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn authenticator(config: SessionConfig) -> SessionAuthenticator {
+        let fast = SessionConfig {
+            argon2_memory_kib: 64,
+            argon2_iterations: 1,
+            ..config
+        };
+        SessionAuthenticator::new(Arc::new(chatcore::MemoryStore::new()), fast)
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| (http::HeaderName::from_static(k), HeaderValue::from_static(v)))
+            .collect()
+    }
+
+    #[test]
+    fn finds_the_token_in_bearer_or_cookie() {
+        let auth = authenticator(SessionConfig::default());
+        assert_eq!(
+            auth.token_from_headers(&headers(&[("authorization", "Bearer abc")])),
+            Some("abc")
+        );
+        assert_eq!(
+            auth.token_from_headers(&headers(&[("authorization", "bearer  abc ")])),
+            Some("abc")
+        );
+        assert_eq!(
+            auth.token_from_headers(&headers(&[("authorization", "Basic abc")])),
+            None
+        );
+        let cookies = headers(&[("cookie", "theme=dark; chatcore_session=\"tok\"; other=1")]);
+        assert_eq!(auth.token_from_headers(&cookies), Some("tok"));
+        assert_eq!(
+            auth.token_from_headers(&headers(&[("cookie", "chatcore_sessionx=1")])),
+            None
+        );
+        // An Authorization header wins over the cookie.
+        let both = headers(&[("authorization", "Bearer b"), ("cookie", "chatcore_session=c")]);
+        assert_eq!(auth.token_from_headers(&both), Some("b"));
+        assert!(plausible_token(&URL_SAFE_NO_PAD.encode([7u8; 32])));
+        assert!(!plausible_token("short"));
+        assert!(!plausible_token(&"+".repeat(43)));
+    }
+
+    #[test]
+    fn cookie_attributes() {
+        let plain = authenticator(SessionConfig::default()).session_cookie("t");
+        assert_eq!(
+            plain,
+            "chatcore_session=t; HttpOnly; SameSite=Lax; Path=/; Max-Age=1209600"
+        );
+        let secure = authenticator(SessionConfig {
+            secure_cookies: true,
+            cookie_name: "sid".into(),
+            ..Default::default()
+        });
+        assert!(secure.session_cookie("t").to_str().unwrap().ends_with("; Secure"));
+        assert!(secure.clearing_cookie().to_str().unwrap().starts_with("sid=; "));
+    }
+
+    #[tokio::test]
+    async fn accounts_and_sessions() {
+        let auth = authenticator(SessionConfig {
+            max_concurrent_hashes: 1,
+            ..Default::default()
+        });
+        let alice = auth.register("alice", "password1").await.unwrap();
+        assert!(matches!(
+            auth.register("alice", "password2").await,
+            Err(Error::Conflict(_))
+        ));
+        assert!(matches!(
+            auth.register("bob", "short").await,
+            Err(Error::Invalid(_))
+        ));
+        assert!(matches!(
+            auth.register("b b", "password1").await,
+            Err(Error::Invalid(_))
+        ));
+        let huge = "p".repeat(2000);
+        assert!(matches!(
+            auth.register("carol", &huge).await,
+            Err(Error::Invalid(_))
+        ));
+        // Concurrent logins share the one hashing slot and all succeed.
+        let logins = (0..4).map(|_| auth.login("alice", "password1"));
+        let sessions = futures_util::future::join_all(logins).await;
+        let tokens: Vec<String> = sessions
+            .into_iter()
+            .map(|s| s.unwrap().expect("right password").token)
+            .collect();
+        for token in &tokens {
+            assert_eq!(auth.user_for_token(token).await.unwrap(), Some(alice.clone()));
+        }
+        assert!(auth.login("alice", "password2").await.unwrap().is_none());
+        assert!(auth.login("nobody", "password1").await.unwrap().is_none());
+        assert!(auth.login("not a name", "password1").await.unwrap().is_none());
+        // A user created without a password cannot log in with any.
+        let store_user = auth
+            .inner
+            .store
+            .create_user(&Username::parse("dave").unwrap(), None)
+            .await
+            .unwrap();
+        assert_eq!(store_user.username.as_str(), "dave");
+        assert!(auth.login("dave", "").await.unwrap().is_none());
+        // Logout ends one session only.
+        auth.logout(&tokens[0]).await.unwrap();
+        assert_eq!(auth.user_for_token(&tokens[0]).await.unwrap(), None);
+        assert_eq!(auth.user_for_token(&tokens[1]).await.unwrap(), Some(alice));
     }
 }
