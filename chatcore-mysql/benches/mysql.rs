@@ -88,6 +88,19 @@ impl Drop for BenchDatabase {
     }
 }
 
+/// The store's settings: defaults, with `CHATCORE_BENCH_WRITERS` overriding the number of
+/// writer tasks (to compare settings without editing the bench).
+fn bench_config() -> MysqlConfig {
+    let defaults = MysqlConfig::default();
+    MysqlConfig {
+        writers: std::env::var("CHATCORE_BENCH_WRITERS")
+            .ok()
+            .and_then(|w| w.parse().ok())
+            .unwrap_or(defaults.writers),
+        ..defaults
+    }
+}
+
 fn name(s: &str) -> Username {
     Username::parse(s).unwrap()
 }
@@ -101,7 +114,7 @@ fn sends(c: &mut Criterion) {
             .unwrap(),
     );
     let database = BenchDatabase::create(&runtime, "send");
-    let store = Arc::new(database.store(MysqlConfig::default()));
+    let store = Arc::new(database.store(bench_config()));
     let users: Arc<Vec<User>> = Arc::new(runtime.block_on(async {
         let mut users = Vec::new();
         for i in 0..=64 {

@@ -85,7 +85,7 @@ use std::str::FromStr;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
-use sqlx::{ConnectOptions, Row};
+use sqlx::{ConnectOptions, Executor, Row};
 use tokio::sync::{mpsc, oneshot};
 
 use chatcore::{
@@ -147,6 +147,15 @@ impl MysqlStore {
             .idle_timeout(config.idle_timeout)
             .max_lifetime(config.max_lifetime)
             .test_before_acquire(true)
+            // Strict mode whatever the server's default: a bad value is an error, never a
+            // silently adjusted row (the insert transaction relies on it).
+            .after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    conn.execute("SET SESSION sql_mode = CONCAT(@@sql_mode, ',STRICT_ALL_TABLES')")
+                        .await?;
+                    Ok(())
+                })
+            })
             .connect_lazy_with(options);
         let writer = writer::spawn(pool.clone(), &config);
         Self { pool, writer, config }

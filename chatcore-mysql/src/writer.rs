@@ -9,7 +9,6 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
@@ -40,7 +39,6 @@ const KEY_RACE_RETRIES: usize = 3;
 pub(crate) fn spawn(pool: MySqlPool, config: &MysqlConfig) -> mpsc::Sender<Pending> {
     let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
     let rx = Arc::new(Mutex::new(rx));
-    let clock = Arc::new(AtomicI64::new(0));
     let known = Arc::new(std::sync::Mutex::new(KnownUsers::default()));
     for _ in 0..config.writers.max(1) {
         let writer = Writer {
@@ -50,7 +48,6 @@ pub(crate) fn spawn(pool: MySqlPool, config: &MysqlConfig) -> mpsc::Sender<Pendi
             max_batch_bytes: config.max_batch_bytes.max(1),
             cache_capacity: config.user_cache_capacity,
             known: known.clone(),
-            clock: clock.clone(),
         };
         tokio::spawn(writer.run());
     }
@@ -66,8 +63,6 @@ struct Writer {
     cache_capacity: usize,
     /// Users already seen, shared by the writers (locked briefly, once per batch).
     known: Arc<std::sync::Mutex<KnownUsers>>,
-    /// The last timestamp handed out, in microseconds: timestamps never go backwards.
-    clock: Arc<AtomicI64>,
 }
 
 impl Writer {
@@ -346,15 +341,17 @@ impl Writer {
             .collect())
     }
 
-    /// Stores the messages `fresh` (indexes into `batch`) in one transaction of two round
-    /// trips and returns the first id and the timestamp given to them.
+    /// Stores the messages `fresh` (indexes into `batch`) in one transaction, sent as one
+    /// multi-statement text round trip, and returns the first id and the timestamp given to
+    /// them:
     ///
-    /// 1. `BEGIN`, lock the sequence row and reserve `fresh.len()` ids, read the server clock.
-    /// 2. Insert the messages, add to the counters, `COMMIT`.
+    /// `BEGIN`; lock the sequence row and reserve `fresh.len()` ids; read the server clock;
+    /// insert the messages; add to the counters; `COMMIT`; report the ids and the time.
     ///
-    /// Both are sent as text (multi-statement) so each is one round trip; every value written
-    /// into the SQL is an integer, a timestamp we format, or a hex literal, so nothing a user
-    /// sent can change the statement.
+    /// The lock is held only while the server runs these statements, not across a network
+    /// round trip. Every value written into the SQL is an integer or a hex literal, so nothing
+    /// a user sent can change the statement. The session runs in strict mode (see
+    /// `MysqlStore::connect_with`), so a missing sequence row (NULL ids) fails the insert.
     async fn commit_fresh(
         &self,
         conn: &mut MySqlConnection,
@@ -364,32 +361,17 @@ impl Writer {
         key_hashes: &[Option<[u8; 32]>],
     ) -> Result<(i64, DateTime<Utc>), sqlx::Error> {
         let count = fresh.len() as i64;
-        // Locks the sequence row until COMMIT: the commit-order guarantee (module docs).
-        let reserve = format!(
-            "BEGIN; \
-             UPDATE chatcore_sequences SET last_value = LAST_INSERT_ID(last_value + {count}) \
-             WHERE name = 'message_id'; \
-             SELECT ROW_COUNT() AS reserved, LAST_INSERT_ID() AS last_id, UTC_TIMESTAMP(6) AS now"
-        );
-        let rows = conn.fetch_all(sqlx::raw_sql(&reserve)).await?;
-        let row = rows
-            .first()
-            .ok_or_else(|| sqlx::Error::Protocol("no answer to the id reservation".into()))?;
-        let reserved: i64 = row.try_get_unchecked("reserved")?;
-        if reserved != 1 {
-            return Err(sqlx::Error::Protocol(
-                "the chatcore message id sequence is missing: run MysqlStore::migrate()".into(),
-            ));
-        }
-        let last: u64 = row.try_get_unchecked("last_id")?;
-        let server_now: chrono::NaiveDateTime = row.try_get_unchecked("now")?;
-        let first_id = last as i64 - count + 1;
-        // Read while holding the lock, so timestamps follow commit order too.
-        let created_at = self.monotonic(server_now.and_utc());
-        let at = created_at.format("%Y-%m-%d %H:%M:%S%.6f");
-
         let body_bytes: usize = fresh.iter().map(|&i| batch[i].body.len()).sum();
-        let mut sql = String::with_capacity(2 * body_bytes + 200 * fresh.len() + 512);
+        let mut sql = String::with_capacity(2 * body_bytes + 200 * fresh.len() + 1024);
+        // The UPDATE locks the sequence row until COMMIT: the commit-order guarantee (module
+        // docs). The clock is read after it, so timestamps follow commit order too.
+        let _ = write!(
+            sql,
+            "BEGIN; \
+             UPDATE chatcore_sequences SET last_value = last_value + {count} WHERE name = 'message_id'; \
+             SET @chatcore_last = NULL, @chatcore_at = UTC_TIMESTAMP(6); \
+             SELECT last_value - {count} INTO @chatcore_last FROM chatcore_sequences WHERE name = 'message_id'; "
+        );
         sql.push_str(
             "INSERT INTO chatcore_messages (id, sender_id, recipient_id, conversation_low, \
              conversation_high, created_at, body, idempotency_key_hash) VALUES ",
@@ -405,8 +387,8 @@ impl Writer {
             }
             let _ = write!(
                 sql,
-                "({},{},{},{},{},'{at}',_utf8mb4 X'",
-                first_id + n as i64,
+                "(@chatcore_last+{},{},{},{},{},@chatcore_at,_utf8mb4 X'",
+                n + 1,
                 sender.0,
                 recipient.0,
                 key.low().0,
@@ -436,19 +418,21 @@ impl Writer {
             }
             let _ = write!(sql, "({low},{high},{total})");
         }
-        sql.push_str(" ON DUPLICATE KEY UPDATE total = total + VALUES(total); COMMIT");
-        conn.execute(sqlx::raw_sql(&sql)).await?;
-        Ok((first_id, created_at))
-    }
-
-    /// `at`, or the last timestamp this store handed out if the clock went backwards.
-    fn monotonic(&self, at: DateTime<Utc>) -> DateTime<Utc> {
-        let micros = at.timestamp_micros();
-        let previous = self.clock.fetch_max(micros, Ordering::AcqRel);
-        if previous > micros {
-            DateTime::from_timestamp_micros(previous).unwrap_or(at)
-        } else {
-            at
+        sql.push_str(
+            " ON DUPLICATE KEY UPDATE total = total + VALUES(total); COMMIT; \
+             SELECT @chatcore_last AS last_id, CAST(@chatcore_at AS DATETIME(6)) AS created_at",
+        );
+        let rows = conn.fetch_all(sqlx::raw_sql(&sql)).await?;
+        let row = rows
+            .first()
+            .ok_or_else(|| sqlx::Error::Protocol("no answer from the insert transaction".into()))?;
+        let last: Option<i64> = row.try_get_unchecked("last_id")?;
+        let created_at: Option<chrono::NaiveDateTime> = row.try_get_unchecked("created_at")?;
+        match (last, created_at) {
+            (Some(last), Some(created_at)) => Ok((last + 1, created_at.and_utc())),
+            _ => Err(sqlx::Error::Protocol(
+                "the chatcore message id sequence is missing: run MysqlStore::migrate()".into(),
+            )),
         }
     }
 }

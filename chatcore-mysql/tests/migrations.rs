@@ -173,3 +173,37 @@ async fn table_names(conn: &mut sqlx::MySqlConnection) -> Vec<String> {
     .unwrap();
     rows.iter().map(|r| r.try_get_unchecked("t").unwrap()).collect()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_id_sequence_fails_the_send_and_stores_nothing() {
+    let database = TestDatabase::create().await;
+    let store = database.store().await;
+    let alice = store
+        .create_user(&Username::parse("alice").unwrap(), None)
+        .await
+        .unwrap();
+    let mut conn = database.options().connect().await.unwrap();
+    sqlx::query("DELETE FROM chatcore_sequences")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let result = store
+        .insert_message(chatcore::NewMessage {
+            sender: alice.clone(),
+            recipient: Username::parse("alice").unwrap(),
+            body: "lost?".into(),
+            idempotency_key: None,
+        })
+        .await;
+    assert!(matches!(result, Err(Error::Internal { .. })), "got {result:?}");
+    let (stored,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM chatcore_messages")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(stored, 0, "the failed transaction rolled back");
+    let page = store
+        .user_messages(alice.id, &chatcore::PageRequest::latest(10))
+        .await
+        .unwrap();
+    assert_eq!(page.total, 0, "counters rolled back too");
+}
