@@ -51,7 +51,9 @@
 //! never corrupt, but the last commits before a power loss or OS crash may vanish. Thanks to
 //! group commit, `Full` costs one `fsync` per batch; keep it unless you measured otherwise.
 //! The test `tests/durability.rs` kills a child process with SIGKILL in the middle of a send
-//! load and finds every acknowledged message in the reopened file.
+//! load and finds every acknowledged message in the reopened file: no send is answered
+//! before its commit. (A process kill cannot tell `Full` from `Normal`, since both survive
+//! it; what `Full` adds, surviving power loss, needs a pulled plug to test.)
 //!
 //! # Throughput
 //!
