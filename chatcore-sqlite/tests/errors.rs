@@ -383,3 +383,76 @@ async fn concurrent_sends_share_transactions() {
         "group commit: {writes} writes in {transactions} transactions"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_users_in_writes_are_not_found_and_store_nothing() {
+    let temp = temp_store(|_| {}).await;
+    let alice = temp.store.create_user(&name("alice"), None).await.unwrap();
+    let ghost = chatcore::User {
+        id: chatcore::UserId(alice.id.0 + 1000),
+        username: name("ghost"),
+    };
+    let sent = temp
+        .store
+        .insert_message(new_message(&ghost, "alice", "boo"))
+        .await;
+    assert!(
+        matches!(sent, Err(Error::NotFound(chatcore::Entity::User))),
+        "{sent:?}"
+    );
+    let set = temp.store.set_password_hash(ghost.id, "$hash").await;
+    assert!(
+        matches!(set, Err(Error::NotFound(chatcore::Entity::User))),
+        "{set:?}"
+    );
+    let session = temp
+        .store
+        .create_session(&[1u8; 32], ghost.id, chrono::Utc::now())
+        .await;
+    assert!(
+        matches!(session, Err(Error::NotFound(chatcore::Entity::User))),
+        "{session:?}"
+    );
+    let page = temp
+        .store
+        .user_messages(alice.id, &PageRequest::latest(15))
+        .await
+        .unwrap();
+    assert_eq!((page.total, page.messages.len()), (0, 0));
+    // A failed job in a batch does not fail the others sent with it.
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let from = if i % 2 == 0 { alice.clone() } else { ghost.clone() };
+            (i, from)
+        })
+        .collect();
+    let temp = std::sync::Arc::new(temp);
+    let handles: Vec<_> = tasks
+        .into_iter()
+        .map(|(i, from)| {
+            let temp = temp.clone();
+            tokio::spawn(async move {
+                (
+                    i,
+                    temp.store
+                        .insert_message(new_message(&from, "alice", &format!("{i}")))
+                        .await,
+                )
+            })
+        })
+        .collect();
+    for handle in handles {
+        let (i, result) = handle.await.unwrap();
+        if i % 2 == 0 {
+            assert!(result.is_ok(), "{i}: {result:?}");
+        } else {
+            assert!(matches!(result, Err(Error::NotFound(_))), "{i}: {result:?}");
+        }
+    }
+    let page = temp
+        .store
+        .user_messages(alice.id, &PageRequest::latest(15))
+        .await
+        .unwrap();
+    assert_eq!(page.total, 8);
+}
