@@ -44,7 +44,35 @@
 //!
 //! Every error is JSON `{"error": "..."}` (see [`ApiError`]): 400, 401 with
 //! `WWW-Authenticate`, 403 cross-site, 404 (also for unknown paths), 405, 409, 413, 415, 429
-//! and 503 with `Retry-After`. Limits are in [`ApiConfig`] and [`chatcore::ChatConfig`].
+//! and 503 with `Retry-After`; even a bug that panics in a handler (or in the host's
+//! authenticator) is a logged JSON 500, not a dropped connection. Limits are in [`ApiConfig`] and [`chatcore::ChatConfig`].
+//!
+//! # Authentication and cross-site requests
+//!
+//! Every route but the auth routes asks the [`Authenticator`]; no caller is 401 with
+//! `WWW-Authenticate: Bearer`. A POST, or a WebSocket upgrade, that carries no
+//! `Authorization` header rides on an ambient credential (a cookie), so when it names an
+//! origin (`Origin`, else `Referer`) that origin must be the request's own `Host` or one of
+//! [`ApiConfig::trusted_origins`]; otherwise it is 403. Bearer-authenticated requests are
+//! exempt: browsers never attach them on their own.
+//!
+//! # The WebSocket channel
+//!
+//! `GET /ws` upgrades only after authentication, subscription and, with `?since=ID`, the
+//! read of the missed messages, so each failure is a plain JSON answer (401, 403, 503).
+//! Then the server sends text frames:
+//! - `{"message": "<id>", "data": <message>}` for each message the user sent or received,
+//!   first the missed ones (oldest first), then live ones, without gap or duplicate;
+//! - `{"resync": true}` when more were missed than [`chatcore::ChatConfig::catch_up_limit`]
+//!   (or the transport lost events and the connection cannot tell from where): the client
+//!   reloads its history.
+//!
+//! It closes with code 1013 ("try again later") a client that fell behind (the notifier's
+//! per-connection queue overflowed) or when events were lost and storage could not fill the
+//! gap, and with 1001 ("going away") when the server shuts down ([`ShutdownHandle`]); the
+//! client reconnects with `since` set to the last id it saw. The server pings every
+//! [`ApiConfig::ws_ping_interval`] and drops connections that stay silent. Frames sent by
+//! clients are ignored.
 //!
 //! # Layout
 //! - `lib.rs`: [`ChatApi`] (the builder), [`router`], [`auth_router`], [`serve`].
@@ -77,6 +105,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
 use chatcore::ChatService;
+use tower_http::catch_panic::CatchPanicLayer;
 
 pub use auth::Authenticator;
 pub use config::ApiConfig;
@@ -191,6 +220,7 @@ impl ChatApi {
         routes
             .fallback(error::unknown_path)
             .layer(DefaultBodyLimit::max(body_limit))
+            .layer(CatchPanicLayer::custom(error::panic_response))
     }
 }
 
@@ -241,4 +271,36 @@ pub async fn serve(
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_trait::async_trait;
+    use axum::body::Body;
+    use tower::ServiceExt;
+
+    struct Buggy;
+
+    #[async_trait]
+    impl Authenticator for Buggy {
+        async fn authenticate(&self, _: &http::request::Parts) -> chatcore::Result<Option<chatcore::User>> {
+            panic!("a bug in the host's authenticator");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panic_is_a_json_500() {
+        let chat = ChatService::new(
+            Arc::new(chatcore::MemoryStore::new()),
+            Arc::new(chatcore::LocalNotifier::default()),
+            chatcore::ChatConfig::default(),
+        );
+        let app: Router = router(chat, Buggy);
+        let request = http::Request::get("/api/v1/user/").body(Body::empty()).unwrap();
+        let response = app.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), 500);
+        let body = axum::body::to_bytes(response.into_body(), 1024).await.unwrap();
+        assert_eq!(&body[..], br#"{"error":"internal error"}"#);
+    }
 }
