@@ -836,12 +836,19 @@ pub async fn run_idle(args: &Args, progress: Progress) -> Result<IdleReport> {
         report.opened, report.failed, args.hold
     ));
     let hold = Duration::from_secs_f64(args.hold);
-    if let Some(pid) = args.server_pid {
-        tokio::time::sleep(settle.min(hold)).await;
-        report.server_rss_open_kib = rss_kib(pid);
-        tokio::time::sleep(hold.saturating_sub(settle)).await;
-    } else {
-        tokio::time::sleep(hold).await;
+    let holding = async {
+        if let Some(pid) = args.server_pid {
+            tokio::time::sleep(settle.min(hold)).await;
+            report.server_rss_open_kib = rss_kib(pid);
+            tokio::time::sleep(hold.saturating_sub(settle)).await;
+        } else {
+            tokio::time::sleep(hold).await;
+        }
+    };
+    // Ctrl-C ends a long hold early and still closes the sockets and reports.
+    tokio::select! {
+        () = holding => {}
+        _ = tokio::signal::ctrl_c() => progress.note("interrupted: closing the connections"),
     }
     report.held_secs = epoch.elapsed().as_secs_f64();
     report.dropped = live.dropped.load(Ordering::Relaxed) as usize;
