@@ -737,6 +737,22 @@ pub async fn history_pages_with_page_before_and_limit(store: Arc<dyn Store>) {
     let carol2 = get(app.absolute(carol["next"].as_str().unwrap())).await;
     assert_eq!(carol2["results"].as_array().unwrap().len(), 2);
 
+    // Pages hold at most 100, however many are asked for.
+    for i in 0..60 {
+        let note = SendRequest {
+            recipient: "alice".into(),
+            body: format!("note {i}"),
+            ..Default::default()
+        };
+        app.chat.send(&alice_user, note).await.unwrap();
+    }
+    let capped = get(app.url("/api/v1/message/?limit=500")).await;
+    assert_eq!(capped["count"], 105);
+    assert_eq!(capped["results"].as_array().unwrap().len(), 100);
+    let rest = get(app.absolute(capped["next"].as_str().unwrap())).await;
+    assert_eq!(rest["results"].as_array().unwrap().len(), 5);
+    assert_eq!(rest["next"], Value::Null);
+
     // Bad input.
     for query in ["target=nobody", "target=not%20a%20name"] {
         let response = client
