@@ -880,14 +880,18 @@ pub async fn since_under_concurrent_sends_has_no_gap_and_no_duplicate(store: Arc
                 .await
                 .unwrap();
             ids.push(sent.message.id.0);
-            if i % 20 == 0 {
-                tokio::task::yield_now().await;
-            }
+            // Paced (200 ms or more in all) so the reconnect lands in the middle of the stream.
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
         ids
     });
     // Reconnect in the middle of the stream, from id 0.
+    tokio::time::sleep(Duration::from_millis(20)).await;
     let mut bob_ws = app.ws(&bob, Some(0)).await;
+    assert!(
+        !sender.is_finished(),
+        "the sends ended before the reconnect: no race tested"
+    );
     let sent = sender.await.unwrap();
     let mut got = Vec::new();
     while got.len() < sent.len() {
