@@ -7,6 +7,7 @@
 //! Each connection takes two file descriptors here (both ends live in this process), so
 //! `ulimit -n` must exceed 2 N. The figure includes the client sockets' small tokio state;
 //! it is an upper bound for the server's share. Linux only (reads `/proc/self/statm`).
+//! `WS_READ_BUFFER=N` overrides `ApiConfig::ws_read_buffer`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,7 +38,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let auth = SessionAuthenticator::new(store, SessionConfig::default());
     let user = chat.create_user("idle", None).await?;
     let token = auth.start_session(user).await?.token;
-    let api = ChatApi::new(chat, auth);
+    let read_buffer = std::env::var("WS_READ_BUFFER")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(chatcore_axum::ApiConfig::default().ws_read_buffer);
+    let api = ChatApi::new(chat, auth).with_config(chatcore_axum::ApiConfig {
+        ws_read_buffer: read_buffer,
+        ..Default::default()
+    });
     let shutdown = api.shutdown_handle();
     let app = axum::Router::new().nest("/chat", api.router());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

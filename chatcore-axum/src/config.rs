@@ -36,8 +36,9 @@ pub struct ApiConfig {
     /// client is closed with code 1013 and reconnects with `since`. So the server's memory per
     /// slow client stays bounded by that queue. Default 10 s.
     pub ws_send_timeout: Duration,
-    /// Initial read buffer of each WebSocket, in bytes. Small, because an idle connection
-    /// keeps it. Default 1 KiB.
+    /// Initial read buffer of each WebSocket, in bytes. Small, because every idle connection
+    /// keeps it and clients send next to nothing (pongs); it grows for a larger frame.
+    /// Default 256.
     pub ws_read_buffer: usize,
     /// Largest message a WebSocket client may send, in bytes (clients' frames are ignored,
     /// but a larger one closes the socket). Default 64 KiB.
@@ -56,7 +57,7 @@ impl Default for ApiConfig {
             ws_ping_interval: Duration::from_secs(30),
             ws_ping_timeout: Duration::from_secs(10),
             ws_send_timeout: Duration::from_secs(10),
-            ws_read_buffer: 1024,
+            ws_read_buffer: 256,
             ws_max_incoming_message: 64 * 1024,
             trusted_origins: Vec::new(),
         }

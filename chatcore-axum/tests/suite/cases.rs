@@ -1013,7 +1013,7 @@ pub async fn client_frames_are_ignored_and_pings_keep_it_alive(store: Arc<dyn St
     let options = Options {
         api: ApiConfig {
             ws_ping_interval: Duration::from_millis(100),
-            ws_ping_timeout: Duration::from_millis(200),
+            ws_ping_timeout: Duration::from_millis(400),
             ..Default::default()
         },
         ..Default::default()
