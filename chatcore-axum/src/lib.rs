@@ -47,6 +47,16 @@
 //! and 503 with `Retry-After`; even a bug that panics in a handler (or in the host's
 //! authenticator) is a logged JSON 500, not a dropped connection. Limits are in [`ApiConfig`] and [`chatcore::ChatConfig`].
 //!
+//! # History pages
+//!
+//! `count` is the size of the whole list (the conversation, or all the caller's messages);
+//! `next` and `previous` are absolute paths, prefix included, or `null`. With `?page=N` they
+//! are page links, as in the original app. Otherwise `next` is a `before` cursor below the
+//! page's oldest message (keyset paging: its cost does not grow with the depth), `null` once
+//! a page comes back short or the list ends, and `previous` of a page below a cursor links
+//! to the newest page. `limit` (at most [`chatcore::ChatConfig::max_page_size`]) and
+//! `target` are kept in the links.
+//!
 //! # Authentication and cross-site requests
 //!
 //! Every route but the auth routes asks the [`Authenticator`]; no caller is 401 with

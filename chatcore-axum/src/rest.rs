@@ -120,7 +120,7 @@ impl Links<'_> {
                 let seen = u64::from(number).saturating_mul(u64::from(limit));
                 let more = params.before.is_some() && page.messages.len() as u32 == limit
                     || params.before.is_none() && seen < page.total;
-                let next = more.then(|| self.url(params.before, Some(number + 1)));
+                let next = more.then(|| self.url(params.before, Some(number.saturating_add(1))));
                 let previous = match number {
                     0 | 1 => None,
                     2 => Some(self.url(params.before, None)),
