@@ -95,6 +95,12 @@
 //! - `rate.rs`: the per-user send rate limiter (sharded token buckets).
 //! - `ws.rs`: the `/ws` channel: catch-up, live frames, pings, close frames.
 //! - `state.rs`: the shared state and [`ShutdownHandle`].
+//! - `tests/http_api.rs`: the contract end to end (real server on port 0, reqwest and
+//!   tokio-tungstenite clients), one suite (`tests/suite/`, macro `api_suite!`) run on the
+//!   memory, SQLite and MySQL stores; `tests/cluster.rs`: two servers sharing a store and
+//!   Redis.
+//! - `benches/router.rs`: the router in process (criterion); `examples/idle_ws_memory.rs`:
+//!   memory per idle WebSocket.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
