@@ -546,6 +546,16 @@ pub async fn cross_site_cookie_requests_are_refused(store: Arc<dyn Store>) {
     app.auth.register("alice", "correct horse").await.unwrap();
     app.user("bob").await;
     let browser = app.anonymous();
+    // Login CSRF: another site cannot log the browser into an account.
+    let forged_login = browser
+        .post(app.url("/api/v1/auth/login"))
+        .header("origin", "http://evil.example")
+        .json(&json!({"username": "alice", "password": "correct horse"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(!forged_login.headers().contains_key("set-cookie"));
+    error_of(forged_login, 403).await;
     let login = browser
         .post(app.url("/api/v1/auth/login"))
         .header("origin", app.origin())
