@@ -25,8 +25,8 @@ pub struct MysqlConfig {
     pub idle_timeout: Option<Duration>,
     /// Connections are replaced after this long. `None` keeps them. Default 30 minutes.
     pub max_lifetime: Option<Duration>,
-    /// Prepared statements cached per connection. Batched inserts have one statement shape per
-    /// batch size, so keep this above [`MysqlConfig::max_batch`]. Default 512.
+    /// Prepared statements cached per connection (reads, and the writers' user and
+    /// idempotency-key lookups, whose lists are padded to a few shapes). Default 512.
     pub statement_cache_capacity: usize,
     /// Writer tasks that group pending sends into transactions. Two let one batch prepare while
     /// the previous one commits. Default 2; at least 1 is used.

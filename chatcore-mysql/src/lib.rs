@@ -47,13 +47,21 @@
 //! A reconnecting client asks for the messages after the last id it saw. With
 //! `AUTO_INCREMENT`, a transaction that took id 10 can commit after one that took id 11; a
 //! client that read 11 in between would never see 10. Here every inserting transaction
-//! first locks the `message_id` row of `chatcore_sequences` (an `UPDATE` that also reserves
-//! the ids of its batch through `LAST_INSERT_ID(expr)`) and holds that lock until it commits.
+//! first locks the `message_id` row of `chatcore_sequences` (an `UPDATE` that advances it by
+//! the size of its batch, whose ids it then reads back) and holds that lock until it commits.
 //! The next transaction, in this process or any other sharing the database, gets its ids only
-//! after that commit, so ids are handed out in commit order, and the lock costs one row lock
-//! per batch, not per message. Inside one process, sends are queued to
+//! after that commit, so ids are handed out in commit order, and a reader that has seen id `n`
+//! could already see every id below `n`. `tests/commit_order.rs` checks it: several stores
+//! (as several processes would) write while a client keeps reconnecting with its last id and
+//! misses nothing; and a transaction holding an uncommitted id holds back every later one.
+//!
+//! The lock is one row per batch, not per message, and it is held only while the server runs
+//! the transaction: a batch's whole transaction (`BEGIN`, reserve ids, read the clock, insert
+//! the messages, add to the counters, `COMMIT`) is one multi-statement round trip, with every
+//! value in it an integer or a hex literal. Inside one process, sends are queued to
 //! [`MysqlConfig::writers`] writer tasks that store up to [`MysqlConfig::max_batch`] pending
-//! messages in one transaction (group commit), which is also where the throughput comes from.
+//! messages per transaction (group commit): the throughput comes from there. Timestamps are the
+//! server's clock read under the lock, so they follow id order too.
 //!
 //! # Errors
 //! A server that is down, unreachable, out of connections or timing out is

@@ -1,8 +1,9 @@
 //! The group-commit writer: every `insert_message` of a store goes through a few writer tasks
 //! that gather pending sends into one transaction each.
 //!
-//! A transaction takes its ids from the `message_id` row of `chatcore_sequences`, which it
-//! locks (`UPDATE`) and keeps locked until it commits. Every inserting transaction of every
+//! A batch is one transaction sent as one multi-statement round trip. It takes its ids from
+//! the `message_id` row of `chatcore_sequences`, which it locks (`UPDATE`) and keeps locked
+//! until it commits. Every inserting transaction of every
 //! process locks that row before it writes a message, so the next transaction gets its ids
 //! only after the previous one committed: ids are handed out in commit order, and a reader
 //! that has seen id `n` has already been able to see every id below `n`.
