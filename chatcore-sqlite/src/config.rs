@@ -94,6 +94,11 @@ pub struct SqliteConfig {
     /// deleted, so a cached entry never goes stale); the cache is cleared when full.
     /// Default: `100_000`.
     pub name_cache: usize,
+    /// Sessions kept in memory after their first lookup, so authenticating a request needs no
+    /// database read. Exact: every session write goes through this store, and a logout
+    /// forgets the session as soon as its delete commits. `0` turns the cache off.
+    /// Default: `100_000` (about 100 bytes each).
+    pub session_cache: usize,
     /// Upper bound on the database size in pages (`PRAGMA max_page_count`); a write past it
     /// fails with [`chatcore::Error::StorageFull`]. `None` keeps SQLite's limit.
     /// Default: `None`.
@@ -112,6 +117,7 @@ impl Default for SqliteConfig {
             cache_size_kib: 16 * 1024,
             statement_cache: 64,
             name_cache: 100_000,
+            session_cache: 100_000,
             max_page_count: None,
         }
     }

@@ -115,6 +115,7 @@ mod config;
 mod error;
 mod reader;
 mod schema;
+mod session_cache;
 mod sql;
 mod writer;
 
@@ -133,6 +134,7 @@ pub use config::{Location, SqliteConfig, Synchronous};
 pub use schema::{MigrationReport, SCHEMA_VERSION};
 
 use reader::{ReadCtx, ReadMsg};
+use session_cache::SessionCache;
 use writer::{Reply, WriteMsg, WriteOp, Writer, WriterStats};
 
 /// A [`chatcore::Store`] on SQLite: one writer thread with group commit, a pool of reader
@@ -146,6 +148,7 @@ pub struct SqliteStore {
     readers: Option<Sender<ReadMsg>>,
     reader_count: usize,
     stats: Arc<WriterStats>,
+    sessions: SessionCache,
     threads: Mutex<Vec<Worker>>,
 }
 
@@ -236,6 +239,7 @@ impl SqliteStore {
             readers: None,
             reader_count: 0,
             stats,
+            sessions: SessionCache::new(config.session_cache),
             threads: Mutex::new(vec![writer]),
         };
         ready_rx
@@ -456,13 +460,25 @@ impl Store for SqliteStore {
     async fn session_user(&self, token_hash: &TokenHash, now: DateTime<Utc>) -> Result<Option<User>> {
         let token_hash = *token_hash;
         let now = now.timestamp_micros();
-        self.read(move |ctx| ctx.session_user(&token_hash, now)).await
+        if let Some(user) = self.sessions.get(&token_hash, now) {
+            return Ok(Some(user));
+        }
+        let epoch = self.sessions.epoch();
+        let found = self.read(move |ctx| ctx.session_user(&token_hash, now)).await?;
+        Ok(found.map(|(user, expires_at)| {
+            self.sessions.insert(&token_hash, user.clone(), expires_at, epoch);
+            user
+        }))
     }
 
     async fn delete_session(&self, token_hash: &TokenHash) -> Result<()> {
         let token_hash = *token_hash;
-        self.write(|reply| WriteOp::DeleteSession { token_hash, reply })
-            .await
+        let deleted = self
+            .write(|reply| WriteOp::DeleteSession { token_hash, reply })
+            .await;
+        // Also after a failed delete: the cache must never be more permissive than the file.
+        self.sessions.invalidate(&token_hash);
+        deleted
     }
 
     async fn insert_message(&self, message: NewMessage) -> Result<Inserted> {

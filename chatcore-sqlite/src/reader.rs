@@ -190,11 +190,14 @@ impl ReadCtx {
         .map_err(row_error)
     }
 
-    pub(crate) fn session_user(&mut self, token_hash: &[u8], now: i64) -> Result<Option<User>> {
+    /// The session's user and its expiry (microseconds), if it exists and is live at `now`.
+    pub(crate) fn session_user(&mut self, token_hash: &[u8], now: i64) -> Result<Option<(User, i64)>> {
         let mut stmt = self.conn.prepare_cached(sql::SESSION_USER).map_err(error::map)?;
-        stmt.query_row(rusqlite::params![token_hash, now], user_from_row)
-            .optional()
-            .map_err(row_error)
+        stmt.query_row(rusqlite::params![token_hash, now], |row| {
+            Ok((user_from_row(row)?, row.get(2)?))
+        })
+        .optional()
+        .map_err(row_error)
     }
 
     pub(crate) fn message_for(&mut self, viewer: UserId, id: MessageId) -> Result<Option<Message>> {

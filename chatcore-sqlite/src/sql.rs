@@ -56,7 +56,7 @@ pub(crate) const IDEMPOTENT_MESSAGE: &str = concat!(
 pub(crate) const CREDENTIALS: &str =
     "SELECT id, username, password_hash FROM chatcore_users WHERE username = ?1";
 
-pub(crate) const SESSION_USER: &str = "SELECT u.id, u.username FROM chatcore_sessions AS t
+pub(crate) const SESSION_USER: &str = "SELECT u.id, u.username, t.expires_at FROM chatcore_sessions AS t
      CROSS JOIN chatcore_users AS u ON u.id = t.user_id
      WHERE t.token_hash = ?1 AND t.expires_at > ?2";
 
