@@ -77,6 +77,28 @@ pub struct Args {
     #[arg(long, env = "CHAT_LOADGEN_RATE")]
     pub rate: Option<f64>,
 
+    /// Sweep mode: run the open-loop measurement once per offered rate (messages per second
+    /// over all senders, comma-separated, e.g. `250,500,1000,2000`), each for `--duration`
+    /// seconds, over the same users and sockets; report one row per rate (and draw them with
+    /// `--plot`). Replaces `--rate`; not with `--count`, `--ceiling` or the idle mode.
+    #[arg(long, value_name = "RATES", value_delimiter = ',', num_args = 1..)]
+    pub sweep_rates: Vec<f64>,
+
+    /// Sweep mode: pause between two steps (milliseconds), so the server drains what the last
+    /// step left.
+    #[arg(long, default_value_t = 1_000)]
+    pub sweep_pause_ms: u64,
+
+    /// Sweep mode: draw notification latency (p50, p99, max) against offered load into this
+    /// PNG file (1000 x 600, log-log).
+    #[arg(long, value_name = "FILE.png")]
+    pub plot: Option<PathBuf>,
+
+    /// Sweep mode: what the plot's title says about the server (e.g. `chat-server, SQLite`);
+    /// default: the URL.
+    #[arg(long, value_name = "TEXT")]
+    pub label: Option<String>,
+
     /// Open loop only: most sends in flight at once over all senders; beyond it a sender
     /// waits (and its late starts show in the latency, measured from the schedule).
     #[arg(long, default_value_t = 1024)]
@@ -233,6 +255,27 @@ impl Args {
         {
             return bad("--rate must be a positive number of messages per second");
         }
+        if !self.sweep_rates.is_empty() {
+            if !self.sweep_rates.iter().all(|r| r.is_finite() && *r > 0.0) {
+                return bad("--sweep-rates must be positive numbers of messages per second");
+            }
+            if self.rate.is_some() || self.count.is_some() || self.ceiling || self.idle_connections.is_some()
+            {
+                return bad(
+                    "--sweep-rates cannot be combined with --rate, --count, --ceiling or --idle-connections",
+                );
+            }
+            if !(self.duration.is_finite() && self.duration > 0.0) {
+                return bad("--sweep-rates needs a positive --duration per step");
+            }
+        } else if self.plot.is_some() {
+            return bad("--plot needs --sweep-rates");
+        }
+        if let Some(plot) = &self.plot
+            && !plot.extension().is_some_and(|e| e.eq_ignore_ascii_case("png"))
+        {
+            return bad("--plot must name a .png file");
+        }
         if self.max_in_flight == 0 {
             return bad("--max-in-flight must be at least 1");
         }
@@ -333,6 +376,12 @@ mod tests {
             &["--user-prefix", "no spaces"],
             &["--ceiling-path", "_bench/echo"],
             &["--client-threads", "0"],
+            &["--sweep-rates", "100,0"],
+            &["--sweep-rates", "100", "--rate", "5"],
+            &["--sweep-rates", "100", "--count", "5"],
+            &["--sweep-rates", "100", "--ceiling"],
+            &["--sweep-rates", "100", "--plot", "out.svg"],
+            &["--plot", "out.png"],
         ] {
             assert!(parse(bad).validate().is_err(), "{bad:?} accepted");
         }
@@ -350,6 +399,14 @@ mod tests {
         );
         let both = parse(&["--auth", "original", "--cookie-file", "c", "--login-users", "u"]);
         assert!(both.validate().is_err());
+    }
+
+    #[test]
+    fn sweep_rates_are_a_list() {
+        let args = parse(&["--sweep-rates", "250,500,1000", "--plot", "a.PNG", "--label", "x"]);
+        assert_eq!(args.sweep_rates, vec![250.0, 500.0, 1000.0]);
+        assert!(args.validate().is_ok());
+        assert!(parse(&[]).sweep_rates.is_empty());
     }
 
     #[test]

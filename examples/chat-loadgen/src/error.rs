@@ -26,6 +26,14 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// Drawing or writing the plot failed.
+    #[error("plotting {path}: {what}")]
+    Plot {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        what: String,
+    },
 }
 
 impl Error {

@@ -21,6 +21,7 @@
 //! chat-loadgen --url http://127.0.0.1:8000 --users 50 --connections 100 --senders 32 --duration 10
 //! chat-loadgen --senders 8 --rate 2000 --duration 20 --json-out rate-2000.json
 //! chat-loadgen --ceiling --count 100000
+//! chat-loadgen --senders 16 --sweep-rates 250,500,1000,2000 --duration 5 --plot latency.png
 //! chat-loadgen --users 100 --idle-connections 10000 --hold 30 --server-pid "$(pidof chat-server)"
 //! chat-loadgen --auth original --cookie-file cookies.txt --url http://127.0.0.1:8001
 //! ```
@@ -37,6 +38,7 @@
 //! | `--users`, `--connections`, `--senders` | 10, 20, 8 | users created, WebSockets (round-robin over users), concurrent senders |
 //! | `--duration` / `--count` | 10 s / none | how long, or how many messages |
 //! | `--rate`, `--max-in-flight` | none (closed loop), 1024 | open-loop offered load in msgs/s over all senders |
+//! | `--sweep-rates R1,R2,..`, `--plot FILE.png`, `--label` | none | sweep mode: one open-loop step per rate, a table, a latency-vs-load PNG |
 //! | `--grace-ms`, `--linger-ms`, `--settle-ms` | 2000, 250, 200 | wait for stragglers, for late duplicates, for subscriptions |
 //! | `--ceiling`, `--ceiling-path` | off, `/_bench/echo` | run the same load against the trivial endpoint first; report the ratio |
 //! | `--idle-connections N`, `--hold SECS` | none, 60 | idle mode: hold N sockets for the memory measurement |
@@ -52,7 +54,8 @@
 //!
 //! # As a library
 //!
-//! The binary is a thin shell over [`run_load`] and [`run_idle`], which tests call directly:
+//! The binary is a thin shell over [`run_load`], [`run_sweep`] (with [`plot::draw`]) and
+//! [`run_idle`], which tests call directly:
 //!
 //! ```no_run
 //! # async fn demo() -> chat_loadgen::Result<()> {
@@ -72,7 +75,9 @@
 //!   `data`).
 //! - `run.rs`: the run itself: sockets, closed- and open-loop senders, grace period, and
 //!   [`run::tally`], which matches frames to sends after the run.
-//! - `report.rs`: hdrhistogram latencies, [`Report`] and [`IdleReport`] as JSON and tables.
+//! - `report.rs`: hdrhistogram latencies, [`Report`], [`SweepReport`] and [`IdleReport`] as
+//!   JSON and tables.
+//! - `plot.rs`: the sweep's PNG (notification latency against offered load) with `plotters`.
 //! - `transport.rs`: the senders' own HTTP/1.1 keep-alive connections over hyper (reqwest cost
 //!   more CPU per request than the server's ceiling endpoint; it remains for setup and https).
 //! - `progress.rs`: progress bars on standard error.
@@ -83,6 +88,7 @@ pub mod auth;
 pub mod cli;
 mod error;
 pub mod frame;
+pub mod plot;
 mod progress;
 pub mod report;
 pub mod run;
@@ -91,5 +97,7 @@ pub mod transport;
 pub use cli::{Args, AuthMode, HttpClient};
 pub use error::{Error, Result};
 pub use progress::Progress;
-pub use report::{IdleReport, LatencySummary, NotificationReport, PhaseReport, Report};
-pub use run::{run_idle, run_load};
+pub use report::{
+    IdleReport, LatencySummary, NotificationReport, PhaseReport, Report, SweepReport, SweepStep,
+};
+pub use run::{run_idle, run_load, run_sweep};

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use chat_loadgen::{Args, Progress, run_idle, run_load};
+use chat_loadgen::{Args, Progress, run_idle, run_load, run_sweep};
 use clap::Parser;
 use serde::Serialize;
 
@@ -34,6 +34,15 @@ fn main() -> ExitCode {
             let clean = report.failed == 0 && report.dropped == 0;
             emit(&args, &report, &report.to_table())?;
             Ok::<_, chat_loadgen::Error>(clean)
+        } else if !args.sweep_rates.is_empty() {
+            let mut report = run_sweep(&args, progress).await?;
+            report.client_threads = Some(args.client_threads);
+            emit(&args, &report, &report.to_table())?;
+            if let Some(path) = &args.plot {
+                chat_loadgen::plot::draw(&report, path)?;
+                progress.note(&format!("plot written to {}", path.display()));
+            }
+            Ok(report.is_clean())
         } else {
             let mut report = run_load(&args, progress).await?;
             report.client_threads = Some(args.client_threads);

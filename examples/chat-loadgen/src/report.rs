@@ -285,6 +285,192 @@ impl Report {
     }
 }
 
+/// One step of a sweep: the open-loop message phase at one offered rate, and what the
+/// connections received during it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct SweepStep {
+    /// The message phase (`send.offered_rate` is the step's rate).
+    pub send: PhaseReport,
+    /// The notifications of this step's messages.
+    pub notifications: NotificationReport,
+}
+
+impl SweepStep {
+    /// Offered load of the step, messages per second.
+    pub fn offered_rate(&self) -> f64 {
+        self.send.offered_rate.unwrap_or(0.0)
+    }
+
+    /// `true` when no notification was lost or duplicated and no send failed.
+    pub fn is_clean(&self) -> bool {
+        self.notifications.lost == 0 && self.notifications.duplicated == 0 && self.send.send_errors == 0
+    }
+
+    /// One line for the progress output.
+    ///
+    /// ```
+    /// let line = chat_loadgen::SweepStep::default().summary_line();
+    /// assert!(line.contains("lost"));
+    /// ```
+    pub fn summary_line(&self) -> String {
+        let l = &self.notifications.latency;
+        format!(
+            "{:.0} msgs/s offered: {:.1} sends/s, notification p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms, {} lost, {} duplicated",
+            self.offered_rate(),
+            self.send.sends_per_sec,
+            l.p50_ms,
+            l.p99_ms,
+            l.max_ms,
+            self.notifications.lost,
+            self.notifications.duplicated
+        )
+    }
+}
+
+/// A sweep (`--sweep-rates`): one [`SweepStep`] per offered rate, over the same users and
+/// sockets.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct SweepReport {
+    /// The server's base URL.
+    pub url: String,
+    /// `--label`: what the server is (for the plot's title).
+    pub label: Option<String>,
+    /// When the sweep ended, `YYYY-MM-DD HH:MM UTC`.
+    pub date: String,
+    /// Users.
+    pub users: usize,
+    /// WebSocket connections open during the sweep.
+    pub connections: usize,
+    /// Concurrent senders.
+    pub senders: usize,
+    /// Seconds of sending per step (`--duration`).
+    pub step_secs: f64,
+    /// Client runtime worker threads (`None` when the caller's runtime was used).
+    pub client_threads: Option<usize>,
+    /// The steps, in the order run.
+    pub steps: Vec<SweepStep>,
+}
+
+impl SweepReport {
+    /// `true` when every step is clean ([`SweepStep::is_clean`]).
+    pub fn is_clean(&self) -> bool {
+        self.steps.iter().all(SweepStep::is_clean)
+    }
+
+    /// The label, or the URL without one.
+    pub fn title_target(&self) -> String {
+        match &self.label {
+            Some(label) => format!("{label} ({})", self.url),
+            None => self.url.clone(),
+        }
+    }
+
+    /// The sweep as a table, one row per offered rate.
+    ///
+    /// ```
+    /// let table = chat_loadgen::SweepReport::default().to_table();
+    /// assert!(table.contains("offered/s"));
+    /// ```
+    pub fn to_table(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "sweep against {}, {}: {} users, {} connections, {} senders, {} s per step{}",
+            self.title_target(),
+            self.date,
+            self.users,
+            self.connections,
+            self.senders,
+            self.step_secs,
+            self.client_threads
+                .map(|t| format!(", {t} client threads"))
+                .unwrap_or_default()
+        );
+        let _ = writeln!(
+            out,
+            "{:>10} {:>10} {:>7} {:>10} {:>10} {:>10} {:>10} {:>10} {:>6} {:>6} {:>7}",
+            "offered/s",
+            "sent/s",
+            "errors",
+            "notif p50",
+            "notif p99",
+            "notif max",
+            "send p50",
+            "send p99",
+            "lost",
+            "dup",
+            "late"
+        );
+        for step in &self.steps {
+            let (n, s) = (&step.notifications, &step.send);
+            let _ = writeln!(
+                out,
+                "{:>10.0} {:>10.1} {:>7} {:>10.3} {:>10.3} {:>10.3} {:>10.3} {:>10.3} {:>6} {:>6} {:>7}",
+                step.offered_rate(),
+                s.sends_per_sec,
+                s.send_errors,
+                n.latency.p50_ms,
+                n.latency.p99_ms,
+                n.latency.max_ms,
+                s.send_latency.p50_ms,
+                s.send_latency.p99_ms,
+                n.lost,
+                n.duplicated,
+                s.late_starts
+            );
+        }
+        let _ = writeln!(
+            out,
+            "latencies in ms; notification latency is POST start -> recipient frame; late = sends held back by --max-in-flight"
+        );
+        for step in &self.steps {
+            if let Some(error) = &step.send.first_error {
+                let _ = writeln!(out, "first error at {:.0} msgs/s: {error}", step.offered_rate());
+            }
+        }
+        let verdict = if self
+            .steps
+            .iter()
+            .all(|s| s.notifications.lost == 0 && s.notifications.duplicated == 0)
+        {
+            "OK: no notification lost or duplicated"
+        } else {
+            "FAIL: notifications lost or duplicated"
+        };
+        let _ = writeln!(out, "{verdict}");
+        out
+    }
+}
+
+/// `YYYY-MM-DD HH:MM UTC` for a point in time (no time zone database needed).
+///
+/// ```
+/// use std::time::{Duration, UNIX_EPOCH};
+/// let t = UNIX_EPOCH + Duration::from_secs(1_795_876_200);
+/// assert_eq!(chat_loadgen::report::utc_timestamp(t), "2026-11-28 14:30 UTC");
+/// ```
+pub fn utc_timestamp(at: std::time::SystemTime) -> String {
+    let secs = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's civil_from_days, for days since 1970-01-01 (never negative here).
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02} UTC",
+        rest / 3_600,
+        rest % 3_600 / 60
+    )
+}
+
 /// What the idle-connections mode observed.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct IdleReport {
@@ -376,6 +562,45 @@ mod tests {
         let s = h.summary();
         assert_eq!(s.count, 2);
         assert!(s.max_ms >= 3_600_000.0 * 0.999, "{s:?}");
+    }
+
+    #[test]
+    fn utc_timestamps() {
+        use std::time::{Duration, UNIX_EPOCH};
+        let at = |secs| utc_timestamp(UNIX_EPOCH + Duration::from_secs(secs));
+        assert_eq!(at(0), "1970-01-01 00:00 UTC");
+        assert_eq!(at(951_782_400), "2000-02-29 00:00 UTC");
+        assert_eq!(at(1_709_251_199), "2024-02-29 23:59 UTC");
+        assert_eq!(at(4_102_444_800), "2100-01-01 00:00 UTC");
+    }
+
+    #[test]
+    fn sweep_table_has_a_row_per_step() {
+        let step = |rate: f64, p99: f64, lost: u64| {
+            let mut step = SweepStep::default();
+            step.send.offered_rate = Some(rate);
+            step.send.sends_per_sec = rate * 0.99;
+            step.notifications.latency.p99_ms = p99;
+            step.notifications.lost = lost;
+            step
+        };
+        let mut sweep = SweepReport {
+            url: "http://127.0.0.1:1".into(),
+            label: Some("sqlite".into()),
+            steps: vec![step(250.0, 1.5, 0), step(8000.0, 42.25, 0)],
+            ..Default::default()
+        };
+        let table = sweep.to_table();
+        assert!(table.contains("sqlite (http://127.0.0.1:1)"), "{table}");
+        assert!(table.contains("42.250") && table.contains("7920.0"), "{table}");
+        assert!(table.contains("OK"), "{table}");
+        assert!(sweep.is_clean());
+        sweep.steps[1].notifications.lost = 2;
+        assert!(!sweep.is_clean());
+        assert!(sweep.to_table().contains("FAIL"));
+        let json = serde_json::to_value(&sweep).unwrap();
+        assert_eq!(json["steps"][1]["send"]["offered_rate"], 8000.0);
+        assert_eq!(json["steps"][1]["notifications"]["lost"], 2);
     }
 
     #[test]

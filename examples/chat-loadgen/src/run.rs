@@ -17,6 +17,7 @@ use http::header::{CONTENT_TYPE, HeaderName, ORIGIN};
 use http::{HeaderValue, StatusCode};
 use serde::Serialize;
 use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -27,7 +28,9 @@ use crate::auth::{Session, sessions};
 use crate::cli::{Args, AuthMode, HttpClient};
 use crate::frame::{Frame, parse_created_id, parse_frame};
 use crate::progress::Progress;
-use crate::report::{IdleReport, Latency, NotificationReport, PhaseReport, Report};
+use crate::report::{
+    IdleReport, Latency, NotificationReport, PhaseReport, Report, SweepReport, SweepStep, utc_timestamp,
+};
 use crate::transport::{ConnectionPool, Endpoint};
 use crate::{Error, Result};
 
@@ -609,22 +612,38 @@ async fn open_sockets(
     (open, errors)
 }
 
-/// Reads a connection until told to stop; records each notification's arrival.
+/// Asks a long-lived reader for what it saw so far (sweep mode: once per step).
+type DrainRequest = oneshot::Sender<ConnectionLog>;
+
+/// Reads a connection until told to stop; records each notification's arrival. With `drain`,
+/// hands over (and forgets) the frames seen so far whenever asked.
 async fn read_frames(
     mut ws: Ws,
     user: u32,
     epoch: Instant,
     stop: CancellationToken,
     live: Arc<Live>,
+    mut drain: Option<mpsc::UnboundedReceiver<DrainRequest>>,
 ) -> ConnectionLog {
     let mut log = ConnectionLog {
         user,
         ..Default::default()
     };
     loop {
+        let asked = async {
+            match drain.as_mut() {
+                Some(requests) => requests.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         let next = tokio::select! {
             biased;
             () = stop.cancelled() => break,
+            Some(reply) = asked => {
+                let fresh = ConnectionLog { user, ..Default::default() };
+                let _ = reply.send(std::mem::replace(&mut log, fresh));
+                continue;
+            }
             next = ws.next() => next,
         };
         match next {
@@ -653,55 +672,124 @@ async fn read_frames(
     log
 }
 
-/// Runs the whole load test against the server named in `args`: users, optional ceiling
-/// phase, sockets, message phase, grace period, accounting.
-///
-/// The caller's runtime is used; `main` builds one with `--client-threads` workers.
-pub async fn run_load(args: &Args, progress: Progress) -> Result<Report> {
-    args.validate()?;
-    let http = http_client(args)?;
-    let sessions = sessions(args, &http, &progress).await?;
-    let users = sessions.len();
-    let names: Vec<String> = sessions.iter().map(|s| s.username.clone()).collect();
-    let headers: Vec<Vec<(HeaderName, HeaderValue)>> = sessions
-        .iter()
-        .map(|session| {
-            let mut headers = vec![
-                (CONTENT_TYPE, HeaderValue::from_static("application/json")),
-                (ORIGIN, origin(args)),
-            ];
-            headers.extend(session.headers());
-            headers
+/// Users, their credentials and how the connections spread over them: what every phase of a
+/// run (or every step of a sweep) shares.
+struct Setup {
+    http: reqwest::Client,
+    sessions: Vec<Session>,
+    names: Vec<String>,
+    headers: Vec<Vec<(HeaderName, HeaderValue)>>,
+    conns_per_user: Vec<u32>,
+    live: Arc<Live>,
+}
+
+impl Setup {
+    /// Creates (or logs in) the users.
+    async fn new(args: &Args, progress: &Progress) -> Result<Self> {
+        let http = http_client(args)?;
+        let sessions = sessions(args, &http, progress).await?;
+        let users = sessions.len();
+        let names = sessions.iter().map(|s| s.username.clone()).collect();
+        let headers = sessions
+            .iter()
+            .map(|session| {
+                let mut headers = vec![
+                    (CONTENT_TYPE, HeaderValue::from_static("application/json")),
+                    (ORIGIN, origin(args)),
+                ];
+                headers.extend(session.headers());
+                headers
+            })
+            .collect();
+        let mut conns_per_user = vec![0_u32; users];
+        for j in 0..args.connections {
+            conns_per_user[j % users] += 1;
+        }
+        Ok(Self {
+            http,
+            sessions,
+            names,
+            headers,
+            conns_per_user,
+            live: Arc::new(Live::default()),
         })
-        .collect();
-    let mut conns_per_user = vec![0_u32; users];
-    for j in 0..args.connections {
-        conns_per_user[j % users] += 1;
     }
-    let live = Arc::new(Live::default());
-    let context = |path: &str, expect_id: bool, conns_per_user: Vec<u32>| {
+
+    /// The senders' shared context for one phase, with its epoch set to now.
+    fn context(
+        &self,
+        args: &Args,
+        path: &str,
+        expect_id: bool,
+        conns_per_user: Vec<u32>,
+    ) -> Result<Arc<SendContext>> {
         let url = format!("{}{path}", args.base_url());
-        Ok::<_, Error>(Arc::new(SendContext {
-            http: http.clone(),
+        Ok(Arc::new(SendContext {
+            http: self.http.clone(),
             endpoint: match args.http_client {
                 HttpClient::Hyper => Endpoint::from_url(&url),
                 HttpClient::Reqwest => None,
             },
             url: reqwest::Url::parse(&url).map_err(|e| Error::Usage(format!("--url {}: {e}", args.url)))?,
             timeout: args.request_timeout(),
-            headers: headers.clone(),
-            names: names.clone(),
+            headers: self.headers.clone(),
+            names: self.names.clone(),
             expect_id,
             conns_per_user,
             body_size: args.body_size,
             epoch: Instant::now(),
-            live: live.clone(),
+            live: self.live.clone(),
         }))
-    };
+    }
+
+    /// Opens `--connections` sockets; fails if any does not open.
+    async fn open_all(&self, args: &Args, progress: &Progress) -> Result<Vec<(u32, Ws)>> {
+        let (sockets, errors) = open_sockets(args, &self.sessions, args.connections, progress).await;
+        if let Some(first) = errors.first() {
+            return Err(Error::Setup {
+                what: format!(
+                    "{} of {} WebSockets failed to open; first: {first}",
+                    errors.len(),
+                    args.connections
+                ),
+                source: None,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(args.settle_ms)).await;
+        Ok(sockets)
+    }
+
+    /// After the last send: waits up to `--grace-ms` for the missing frames, then lingers
+    /// `--linger-ms` for late duplicates.
+    async fn grace(&self, args: &Args) {
+        let live = &self.live;
+        let grace_end = Instant::now() + Duration::from_millis(args.grace_ms);
+        loop {
+            let all_in = live.frames.load(Ordering::Relaxed) >= live.expected_frames.load(Ordering::Relaxed);
+            if all_in {
+                tokio::time::sleep(Duration::from_millis(args.linger_ms)).await;
+                break;
+            }
+            if Instant::now() >= grace_end {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// Runs the whole load test against the server named in `args`: users, optional ceiling
+/// phase, sockets, message phase, grace period, accounting.
+///
+/// The caller's runtime is used; `main` builds one with `--client-threads` workers.
+pub async fn run_load(args: &Args, progress: Progress) -> Result<Report> {
+    args.validate()?;
+    let setup = Setup::new(args, &progress).await?;
+    let users = setup.sessions.len();
 
     let mut ceiling = None;
     if args.ceiling {
-        let ctx = context(&args.ceiling_path, false, vec![0; users])?;
+        let ctx = setup.context(args, &args.ceiling_path, false, vec![0; users])?;
         let (report, _) = run_phase(ctx, args, &progress, "ceiling").await;
         progress.note(&format!(
             "ceiling: {:.1} sends/s ({} errors)",
@@ -710,40 +798,24 @@ pub async fn run_load(args: &Args, progress: Progress) -> Result<Report> {
         ceiling = Some(report);
     }
 
-    let (sockets, errors) = open_sockets(args, &sessions, args.connections, &progress).await;
-    if let Some(first) = errors.first() {
-        return Err(Error::Setup {
-            what: format!(
-                "{} of {} WebSockets failed to open; first: {first}",
-                errors.len(),
-                args.connections
-            ),
-            source: None,
-        });
-    }
-    tokio::time::sleep(Duration::from_millis(args.settle_ms)).await;
-
-    let ctx = context("/api/v1/message/", true, conns_per_user.clone())?;
+    let sockets = setup.open_all(args, &progress).await?;
+    let ctx = setup.context(args, "/api/v1/message/", true, setup.conns_per_user.clone())?;
     let stop = CancellationToken::new();
     let readers: Vec<_> = sockets
         .into_iter()
-        .map(|(user, ws)| tokio::spawn(read_frames(ws, user, ctx.epoch, stop.clone(), live.clone())))
+        .map(|(user, ws)| {
+            tokio::spawn(read_frames(
+                ws,
+                user,
+                ctx.epoch,
+                stop.clone(),
+                setup.live.clone(),
+                None,
+            ))
+        })
         .collect();
     let (send, records) = run_phase(ctx, args, &progress, "sending").await;
-
-    // Grace: wait for the missing frames, then linger for late duplicates.
-    let grace_end = Instant::now() + Duration::from_millis(args.grace_ms);
-    loop {
-        let all_in = live.frames.load(Ordering::Relaxed) >= live.expected_frames.load(Ordering::Relaxed);
-        if all_in {
-            tokio::time::sleep(Duration::from_millis(args.linger_ms)).await;
-            break;
-        }
-        if Instant::now() >= grace_end {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    setup.grace(args).await;
     stop.cancel();
     let mut logs = Vec::with_capacity(readers.len());
     for reader in readers {
@@ -751,7 +823,7 @@ pub async fn run_load(args: &Args, progress: Progress) -> Result<Report> {
             logs.push(log);
         }
     }
-    let notifications = tally(&records, &mut logs, &conns_per_user);
+    let notifications = tally(&records, &mut logs, &setup.conns_per_user);
     let ratio_to_ceiling = ceiling
         .as_ref()
         .filter(|c| c.sends_per_sec > 0.0)
@@ -767,6 +839,91 @@ pub async fn run_load(args: &Args, progress: Progress) -> Result<Report> {
         notifications,
         ceiling,
         ratio_to_ceiling,
+    })
+}
+
+/// Sweep mode (`--sweep-rates`): the open-loop measurement once per offered rate, each for
+/// `--duration` seconds, over the same users and the same sockets. Each step's frames are
+/// matched to that step's sends only (every expected frame is in, or the grace period is
+/// over, before the next step starts).
+///
+/// The caller's runtime is used; `main` builds one with `--client-threads` workers.
+pub async fn run_sweep(args: &Args, progress: Progress) -> Result<SweepReport> {
+    args.validate()?;
+    if args.sweep_rates.is_empty() {
+        return Err(Error::Usage("run_sweep needs --sweep-rates".into()));
+    }
+    // The HTTP client's pool is sized for the open loop.
+    let mut base = args.clone();
+    base.rate = args.sweep_rates.first().copied();
+    let setup = Setup::new(&base, &progress).await?;
+    let sockets = setup.open_all(&base, &progress).await?;
+    let epoch = Instant::now();
+    let stop = CancellationToken::new();
+    let mut drains = Vec::with_capacity(sockets.len());
+    let readers: Vec<_> = sockets
+        .into_iter()
+        .map(|(user, ws)| {
+            let (ask, requests) = mpsc::unbounded_channel();
+            drains.push((user, ask));
+            tokio::spawn(read_frames(
+                ws,
+                user,
+                epoch,
+                stop.clone(),
+                setup.live.clone(),
+                Some(requests),
+            ))
+        })
+        .collect();
+    let mut steps = Vec::with_capacity(args.sweep_rates.len());
+    for (n, &rate) in args.sweep_rates.iter().enumerate() {
+        if n > 0 {
+            tokio::time::sleep(Duration::from_millis(args.sweep_pause_ms)).await;
+        }
+        let mut step_args = base.clone();
+        step_args.rate = Some(rate);
+        let ctx = setup.context(&step_args, "/api/v1/message/", true, setup.conns_per_user.clone())?;
+        // Sends are timed from the step's epoch, frames from the sweep's.
+        let shift = u64::try_from(ctx.epoch.saturating_duration_since(epoch).as_nanos()).unwrap_or(u64::MAX);
+        let label = format!("{rate:.0} msgs/s");
+        let (send, mut records) = run_phase(ctx, &step_args, &progress, &label).await;
+        setup.grace(&step_args).await;
+        for record in &mut records {
+            record.start_ns = record.start_ns.saturating_add(shift);
+        }
+        let mut logs = Vec::with_capacity(drains.len());
+        for (user, ask) in &drains {
+            let (reply, answer) = oneshot::channel();
+            let log = match ask.send(reply) {
+                Ok(()) => answer.await.ok(),
+                Err(_) => None,
+            };
+            // A reader that is gone has dropped its connection (counted in an earlier step).
+            logs.push(log.unwrap_or(ConnectionLog {
+                user: *user,
+                ..Default::default()
+            }));
+        }
+        let notifications = tally(&records, &mut logs, &setup.conns_per_user);
+        let step = SweepStep { send, notifications };
+        progress.note(&step.summary_line());
+        steps.push(step);
+    }
+    stop.cancel();
+    for reader in readers {
+        let _ = reader.await;
+    }
+    Ok(SweepReport {
+        url: args.base_url().to_owned(),
+        label: args.label.clone(),
+        date: utc_timestamp(std::time::SystemTime::now()),
+        users: setup.sessions.len(),
+        connections: args.connections,
+        senders: args.senders,
+        step_secs: args.duration,
+        client_threads: None,
+        steps,
     })
 }
 
@@ -829,7 +986,7 @@ pub async fn run_idle(args: &Args, progress: Progress) -> Result<IdleReport> {
     let epoch = Instant::now();
     let readers: Vec<_> = sockets
         .into_iter()
-        .map(|(user, ws)| tokio::spawn(read_frames(ws, user, epoch, stop.clone(), live.clone())))
+        .map(|(user, ws)| tokio::spawn(read_frames(ws, user, epoch, stop.clone(), live.clone(), None)))
         .collect();
     progress.note(&format!(
         "all {} connections open ({} failed); holding them {:.0} s: read the server's RSS now",

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::routing::post;
-use chat_loadgen::{Args, Progress, run_idle, run_load};
+use chat_loadgen::{Args, Progress, run_idle, run_load, run_sweep};
 use chatcore::{ChatConfig, ChatService, LocalNotifier, MemoryStore};
 use chatcore_axum::{ApiConfig, ChatApi, SessionAuthenticator, SessionConfig, ShutdownHandle};
 use clap::Parser;
@@ -176,6 +176,77 @@ async fn idle_sockets_stay_open_on_the_real_router() {
         (report.opened, report.failed, report.dropped),
         (30, 0, 0),
         "{report:?}"
+    );
+    shutdown.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_reuses_the_sockets_and_draws_a_png() {
+    let (url, shutdown) = spawn_server().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let png = dir.path().join("sweep.png");
+    let png_arg = png.to_str().expect("utf-8 path");
+    let args = cli(
+        &url,
+        &[
+            "--users",
+            "4",
+            "--connections",
+            "8",
+            "--senders",
+            "2",
+            "--sweep-rates",
+            "50,100",
+            "--duration",
+            "1",
+            "--sweep-pause-ms",
+            "100",
+            "--label",
+            "chatcore-axum, in memory",
+            "--plot",
+            png_arg,
+        ],
+    );
+    let sweep = run_sweep(&args, Progress::new(false)).await.expect("sweep");
+    assert_eq!(sweep.steps.len(), 2, "{sweep:?}");
+    assert_eq!((sweep.users, sweep.connections), (4, 8));
+    for (step, rate) in sweep.steps.iter().zip([50.0, 100.0]) {
+        let (s, n) = (&step.send, &step.notifications);
+        assert_eq!(s.offered_rate, Some(rate));
+        // One second at the rate: the schedule allows `rate` sends (give or take the
+        // rounding of the last slot).
+        assert!(s.sent.abs_diff(rate as u64) <= 1, "{step:?}");
+        assert_eq!(s.send_errors, 0, "{step:?}");
+        // 4 users with 2 sockets each: every message reaches 2 + 2 sockets, exactly once,
+        // and only this step's messages count (the sockets are the same in both steps).
+        assert_eq!(
+            (
+                n.expected,
+                n.received,
+                n.lost,
+                n.duplicated,
+                n.unexpected,
+                n.connections_dropped
+            ),
+            (4 * s.sent, 4 * s.sent, 0, 0, 0, 0),
+            "{step:?}"
+        );
+        assert_eq!(n.latency.count, 2 * s.sent, "{step:?}");
+        assert!(
+            n.latency.p50_ms > 0.0 && n.latency.p99_ms >= n.latency.p50_ms,
+            "{step:?}"
+        );
+    }
+    assert!(sweep.is_clean());
+    let table = sweep.to_table();
+    assert!(table.contains("chatcore-axum, in memory"), "{table}");
+    chat_loadgen::plot::draw(&sweep, &png).expect("plot");
+    let bytes = std::fs::read(&png).expect("PNG written");
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "PNG signature");
+    assert!(
+        bytes.len() > 10_000,
+        "a real chart, not a blank image: {} bytes",
+        bytes.len()
     );
     shutdown.shutdown();
 }
