@@ -73,6 +73,9 @@ fn draw_inner(sweep: &SweepReport, path: &Path) -> Result<(), String> {
     let y_max = points.iter().map(|p| p.3.max(p.2)).fold(0.0, f64::max);
     let x_range = (x_min / 1.3)..(x_max * 1.3);
     let y_range = (y_min / 2.0)..(y_max * 2.0);
+    // Ticks at the rates measured, and at 1, 2, 5 x 10^n ms.
+    let mut x_ticks: Vec<f64> = points.iter().map(|p| p.0).collect();
+    x_ticks.dedup();
 
     let root = BitMapBackend::new(path, PLOT_SIZE).into_drawing_area();
     let e = |e: &dyn std::fmt::Display| e.to_string();
@@ -100,7 +103,13 @@ fn draw_inner(sweep: &SweepReport, path: &Path) -> Result<(), String> {
         .margin_bottom(15)
         .x_label_area_size(50)
         .y_label_area_size(70)
-        .build_cartesian_2d(x_range.log_scale(), y_range.log_scale())
+        .build_cartesian_2d(
+            x_range.log_scale().with_key_points(x_ticks),
+            y_range
+                .clone()
+                .log_scale()
+                .with_key_points(one_two_five(&y_range)),
+        )
         .map_err(|x| e(&x))?;
     chart
         .configure_mesh()
@@ -110,7 +119,8 @@ fn draw_inner(sweep: &SweepReport, path: &Path) -> Result<(), String> {
         .y_label_formatter(&|y| short_ms(*y))
         .axis_desc_style((FAMILY, 16))
         .label_style((FAMILY, 13))
-        .light_line_style(RGBColor(235, 235, 235))
+        .light_line_style(TRANSPARENT)
+        .bold_line_style(RGBColor(225, 225, 225))
         .draw()
         .map_err(|x| e(&x))?;
 
@@ -168,6 +178,22 @@ fn draw_inner(sweep: &SweepReport, path: &Path) -> Result<(), String> {
         .map_err(|x| e(&x))?;
     root.present().map_err(|x| e(&x))?;
     Ok(())
+}
+
+/// 1, 2, 5 x 10^n within `range` (positive).
+fn one_two_five(range: &std::ops::Range<f64>) -> Vec<f64> {
+    let mut ticks = Vec::new();
+    let mut decade = 10_f64.powf(range.start.max(FLOOR_MS).log10().floor());
+    while decade <= range.end {
+        for m in [1.0, 2.0, 5.0] {
+            let tick = m * decade;
+            if range.contains(&tick) {
+                ticks.push(tick);
+            }
+        }
+        decade *= 10.0;
+    }
+    ticks
 }
 
 /// A latency tick label: `0.5`, `2`, `100`.
@@ -228,6 +254,12 @@ mod tests {
         };
         let error = draw(&sweep, &dir.path().join("x.png")).unwrap_err();
         assert!(error.to_string().contains("nothing to draw"), "{error}");
+    }
+
+    #[test]
+    fn latency_ticks() {
+        assert_eq!(one_two_five(&(0.3..30.0)), vec![0.5, 1.0, 2.0, 5.0, 10.0, 20.0]);
+        assert_eq!(one_two_five(&(1.5..1.9)), Vec::<f64>::new());
     }
 
     #[test]
