@@ -87,9 +87,18 @@ fn draw_inner(sweep: &SweepReport, path: &Path) -> Result<(), String> {
         (FAMILY, 22).into_font().color(&BLACK),
     ))
     .map_err(|x| e(&x))?;
+    let loads: Vec<f64> = sweep.steps.iter().filter_map(|s| s.load_average).collect();
+    let load = if loads.is_empty() {
+        String::new()
+    } else {
+        let (lo, hi) = loads
+            .iter()
+            .fold((f64::INFINITY, 0_f64), |(lo, hi), &l| (lo.min(l), hi.max(l)));
+        format!("; load avg {lo:.1}-{hi:.1}")
+    };
     head.draw(&Text::new(
         format!(
-            "{}; {} users, {} WebSockets, {} senders (open loop), {} s per rate; latency = POST start to frame at recipient",
+            "{}; {} users, {} WebSockets, {} senders (open loop), {} s per rate{load}; latency = POST start to frame at recipient",
             sweep.date, sweep.users, sweep.connections, sweep.senders, sweep.step_secs
         ),
         (20, 40),

@@ -293,6 +293,9 @@ pub struct SweepStep {
     pub send: PhaseReport,
     /// The notifications of this step's messages.
     pub notifications: NotificationReport,
+    /// The machine's 1-minute load average at the end of the step (Linux `/proc/loadavg`):
+    /// on a shared machine, how much else competed for the cores.
+    pub load_average: Option<f64>,
 }
 
 impl SweepStep {
@@ -388,7 +391,7 @@ impl SweepReport {
         );
         let _ = writeln!(
             out,
-            "{:>10} {:>10} {:>7} {:>10} {:>10} {:>10} {:>10} {:>10} {:>6} {:>6} {:>7}",
+            "{:>10} {:>10} {:>7} {:>10} {:>10} {:>10} {:>10} {:>10} {:>6} {:>6} {:>7} {:>6}",
             "offered/s",
             "sent/s",
             "errors",
@@ -399,13 +402,14 @@ impl SweepReport {
             "send p99",
             "lost",
             "dup",
-            "late"
+            "late",
+            "load"
         );
         for step in &self.steps {
             let (n, s) = (&step.notifications, &step.send);
             let _ = writeln!(
                 out,
-                "{:>10.0} {:>10.1} {:>7} {:>10.3} {:>10.3} {:>10.3} {:>10.3} {:>10.3} {:>6} {:>6} {:>7}",
+                "{:>10.0} {:>10.1} {:>7} {:>10.3} {:>10.3} {:>10.3} {:>10.3} {:>10.3} {:>6} {:>6} {:>7} {:>6}",
                 step.offered_rate(),
                 s.sends_per_sec,
                 s.send_errors,
@@ -416,12 +420,14 @@ impl SweepReport {
                 s.send_latency.p99_ms,
                 n.lost,
                 n.duplicated,
-                s.late_starts
+                s.late_starts,
+                step.load_average
+                    .map_or_else(|| "n/a".to_owned(), |l| format!("{l:.2}"))
             );
         }
         let _ = writeln!(
             out,
-            "latencies in ms; notification latency is POST start -> recipient frame; late = sends held back by --max-in-flight"
+            "latencies in ms; notification latency is POST start -> recipient frame; late = sends held back by --max-in-flight; load = 1-minute load average after the step"
         );
         for step in &self.steps {
             if let Some(error) = &step.send.first_error {

@@ -906,7 +906,11 @@ pub async fn run_sweep(args: &Args, progress: Progress) -> Result<SweepReport> {
             }));
         }
         let notifications = tally(&records, &mut logs, &setup.conns_per_user);
-        let step = SweepStep { send, notifications };
+        let step = SweepStep {
+            send,
+            notifications,
+            load_average: load_average(),
+        };
         progress.note(&step.summary_line());
         steps.push(step);
     }
@@ -937,6 +941,16 @@ pub fn cpu_secs(pid: u32) -> Option<f64> {
     // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
     let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
     Some(ticks as f64 / 100.0)
+}
+
+/// The machine's 1-minute load average, from `/proc/loadavg` (Linux).
+pub fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// The resident memory of process `pid` in KiB, from `/proc/PID/status` (Linux).
@@ -1133,5 +1147,6 @@ mod tests {
         assert!(x > 0);
         assert!(cpu_secs(std::process::id()).is_some_and(|secs| secs > 0.0));
         assert_eq!(cpu_secs(u32::MAX), None);
+        assert!(load_average().is_some_and(|l| l >= 0.0));
     }
 }
