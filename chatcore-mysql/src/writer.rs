@@ -15,6 +15,7 @@ use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use std::fmt::Write as _;
 
+use sqlx::pool::PoolConnection;
 use sqlx::{Executor, MySql, MySqlConnection, MySqlPool, QueryBuilder, Row};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
@@ -31,6 +32,10 @@ pub(crate) struct Pending {
     pub(crate) new: NewMessage,
     pub(crate) reply: oneshot::Sender<Result<Inserted>>,
 }
+
+/// How many times a writer yields to the runtime for more sends before it closes a batch that
+/// is not full. Costs microseconds; lets callers woken by the previous batch join this one.
+const BATCH_YIELDS: usize = 2;
 
 /// How many times a batch is retried after losing an idempotency-key race to another process.
 const KEY_RACE_RETRIES: usize = 3;
@@ -49,6 +54,7 @@ pub(crate) fn spawn(pool: MySqlPool, config: &MysqlConfig) -> mpsc::Sender<Pendi
             max_batch_bytes: config.max_batch_bytes.max(1),
             cache_capacity: config.user_cache_capacity,
             known: known.clone(),
+            held: std::sync::Mutex::new(None),
         };
         tokio::spawn(writer.run());
     }
@@ -62,6 +68,8 @@ struct Writer {
     max_batch: usize,
     max_batch_bytes: usize,
     cache_capacity: usize,
+    /// This writer's connection, kept between batches while sends keep coming.
+    held: std::sync::Mutex<Option<PoolConnection<MySql>>>,
     /// Users already seen, shared by the writers (locked briefly, once per batch).
     known: Arc<std::sync::Mutex<KnownUsers>>,
 }
@@ -86,20 +94,47 @@ impl Writer {
     /// Waits for a pending send, then takes what else is queued, up to `max_batch`. `None` once
     /// the store is gone.
     async fn next_batch(&self) -> Option<Vec<Pending>> {
-        let mut queue = self.queue.lock().await;
-        let first = queue.recv().await?;
+        // Whenever this writer has to wait (for the queue, or for a send), it first hands its
+        // kept connection back to the pool, so readers and `close()` never wait on an idle
+        // writer, and a connection gone stale while idle is checked before its next use.
+        let mut queue = match self.queue.try_lock() {
+            Ok(queue) => queue,
+            Err(_) => {
+                drop(self.take_connection());
+                self.queue.lock().await
+            }
+        };
+        let first = match queue.try_recv() {
+            Ok(first) => first,
+            Err(_) => {
+                drop(self.take_connection());
+                queue.recv().await?
+            }
+        };
         let mut bytes = first.new.body.len();
         let mut batch = vec![first];
+        let mut yields = 0;
         while batch.len() < self.max_batch && bytes < self.max_batch_bytes {
             match queue.try_recv() {
                 Ok(next) => {
                     bytes += next.new.body.len();
                     batch.push(next);
                 }
+                // Callers just answered by the previous batch are about to send again: give
+                // them a turn on the runtime so they join this batch instead of the next one.
+                Err(_) if yields < BATCH_YIELDS => {
+                    yields += 1;
+                    tokio::task::yield_now().await;
+                }
                 Err(_) => break,
             }
         }
         Some(batch)
+    }
+
+    /// The connection kept from the previous batch, if any.
+    fn take_connection(&self) -> Option<PoolConnection<MySql>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
     /// Stores `batch`; one outcome per message, in order.
@@ -287,7 +322,12 @@ impl Writer {
 
         let mut stored: HashMap<usize, Inserted> = HashMap::new();
         if !fresh.is_empty() {
-            let mut conn = self.pool.acquire().await?;
+            // While sends keep coming a writer keeps its connection from batch to batch, saving
+            // the pool's liveness check (a round trip) on every batch.
+            let mut conn = match self.take_connection() {
+                Some(conn) => conn,
+                None => self.pool.acquire().await?,
+            };
             let written = self
                 .commit_fresh(&mut conn, batch, &fresh, &recipients, &key_hashes)
                 .await;
@@ -302,6 +342,7 @@ impl Writer {
                     return Err(err);
                 }
             };
+            *self.held.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn);
             for (n, &i) in fresh.iter().enumerate() {
                 let new = &batch[i];
                 stored.insert(

@@ -109,6 +109,13 @@ fn assert_unavailable<T: std::fmt::Debug>(result: chatcore::Result<T>, what: &st
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unavailable_while_down_and_recovers_by_itself() {
+    // A hang is a failure too.
+    tokio::time::timeout(Duration::from_secs(90), down_and_back())
+        .await
+        .expect("the down-and-back scenario finishes within 90 s");
+}
+
+async fn down_and_back() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = Server::install(dir.path(), free_port()).await;
     server.start().await;
