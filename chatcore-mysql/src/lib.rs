@@ -76,6 +76,11 @@
 //! - `rows.rs`: the read queries (each with the index it uses) and row decoding.
 //! - `schema.rs`: the embedded migrations and their runner.
 //! - `error.rs`: mapping `sqlx` errors to [`chatcore::Error`].
+//! - `plans.rs` (tests only): `EXPLAIN` of every query on a loaded database: index ranges,
+//!   no full scan, no sort.
+//! - `tests/`: the conformance suite, commit order under concurrent writers, migrations, and a
+//!   private MariaDB stopped and restarted; `benches/mysql.rs`: sends and pages (figures in
+//!   `BENCHMARKS-mysql.md`). Every test and bench run uses its own database and drops it.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
