@@ -44,6 +44,12 @@ pub struct Args {
     #[arg(long, env = "CHAT_LOADGEN_URL", default_value = "http://127.0.0.1:8000")]
     pub url: String,
 
+    /// Base URL for the WebSockets, when they should connect to another node of the same
+    /// deployment than the one receiving the sends (cross-node notification latency through
+    /// Redis). Default: `--url`.
+    #[arg(long, env = "CHAT_LOADGEN_WS_URL")]
+    pub ws_base_url: Option<String>,
+
     /// How users authenticate.
     #[arg(long, value_enum, env = "CHAT_LOADGEN_AUTH", default_value_t = AuthMode::Token)]
     pub auth: AuthMode,
@@ -314,9 +320,14 @@ impl Args {
     /// use clap::Parser;
     /// let args = chat_loadgen::Args::parse_from(["chat-loadgen", "--url", "http://127.0.0.1:9/chat/"]);
     /// assert_eq!(args.ws_url(), "ws://127.0.0.1:9/chat/ws");
+    /// let other_node = chat_loadgen::Args::parse_from(["chat-loadgen", "--ws-base-url", "http://127.0.0.1:10/"]);
+    /// assert_eq!(other_node.ws_url(), "ws://127.0.0.1:10/ws");
     /// ```
     pub fn ws_url(&self) -> String {
-        let base = self.base_url();
+        let base = self
+            .ws_base_url
+            .as_deref()
+            .map_or(self.base_url(), |url| url.trim_end_matches('/'));
         let rest = base
             .strip_prefix("https://")
             .map(|r| format!("wss://{r}"))
