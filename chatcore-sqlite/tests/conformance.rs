@@ -13,7 +13,7 @@ mod memory {
 /// Reads served by the writer thread (`readers: 0`) on a file.
 mod file_without_readers {
     async fn fresh() -> std::sync::Arc<dyn chatcore::Store> {
-        std::sync::Arc::new(super::common::temp_store(|c| c.readers = 0).await)
+        super::common::temp_store(|c| c.readers = 0).await.into_shared()
     }
     chatcore::store_conformance_tests!(fresh);
 }

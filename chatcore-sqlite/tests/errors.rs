@@ -318,6 +318,7 @@ async fn dropping_a_busy_store_does_not_hang() {
                 let mut ok = 0;
                 for j in 0..50 {
                     match store
+                        .store
                         .insert_message(new_message(&alice, "bob", &format!("{i}/{j}")))
                         .await
                     {

@@ -19,8 +19,95 @@ use std::sync::Arc;
 
 use chrono::{Duration, SubsecRound, Utc};
 
-use crate::store::{Inserted, PageRequest, Store, UserQuery};
-use crate::{Entity, Error, Message, MessageId, NewMessage, User, Username};
+use async_trait::async_trait;
+use chrono::DateTime;
+
+use crate::store::{Credentials, Inserted, MessagePage, PageRequest, Store, TokenHash, UserQuery};
+use crate::{Entity, Error, Message, MessageId, NewMessage, Result, User, UserId, Username};
+
+/// A store that keeps a guard alive (a temporary directory, a test database that drops itself)
+/// for exactly as long as the store: the store is dropped first, then the guard. Hand it to
+/// the conformance suite when a fresh store needs something cleaned up after it.
+///
+/// ```
+/// use std::sync::Arc;
+/// use chatcore::conformance::GuardedStore;
+/// struct CleanUp; // e.g. a tempfile::TempDir
+/// let store: Arc<dyn chatcore::Store> = Arc::new(GuardedStore::new(chatcore::MemoryStore::new(), CleanUp));
+/// ```
+pub struct GuardedStore<S, G> {
+    // Declared first, so it is dropped (threads joined, files closed) before the guard.
+    store: S,
+    _guard: G,
+}
+
+impl<S: Store, G: Send + Sync + 'static> GuardedStore<S, G> {
+    /// `store`, keeping `guard` alive until the store is dropped.
+    pub fn new(store: S, guard: G) -> Self {
+        Self { store, _guard: guard }
+    }
+
+    /// The wrapped store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+}
+
+#[async_trait]
+impl<S: Store, G: Send + Sync + 'static> Store for GuardedStore<S, G> {
+    async fn create_user(&self, username: &Username, password_hash: Option<&str>) -> Result<User> {
+        self.store.create_user(username, password_hash).await
+    }
+    async fn find_user(&self, username: &Username) -> Result<Option<User>> {
+        self.store.find_user(username).await
+    }
+    async fn list_users(&self, query: &UserQuery) -> Result<Vec<User>> {
+        self.store.list_users(query).await
+    }
+    async fn credentials(&self, username: &Username) -> Result<Option<Credentials>> {
+        self.store.credentials(username).await
+    }
+    async fn set_password_hash(&self, user: UserId, password_hash: &str) -> Result<()> {
+        self.store.set_password_hash(user, password_hash).await
+    }
+    async fn create_session(
+        &self,
+        token_hash: &TokenHash,
+        user: UserId,
+        expires_at: DateTime<Utc>,
+    ) -> Result<()> {
+        self.store.create_session(token_hash, user, expires_at).await
+    }
+    async fn session_user(&self, token_hash: &TokenHash, now: DateTime<Utc>) -> Result<Option<User>> {
+        self.store.session_user(token_hash, now).await
+    }
+    async fn delete_session(&self, token_hash: &TokenHash) -> Result<()> {
+        self.store.delete_session(token_hash).await
+    }
+    async fn insert_message(&self, message: NewMessage) -> Result<Inserted> {
+        self.store.insert_message(message).await
+    }
+    async fn message_for(&self, viewer: UserId, id: MessageId) -> Result<Option<Message>> {
+        self.store.message_for(viewer, id).await
+    }
+    async fn conversation_page(
+        &self,
+        viewer: UserId,
+        other: &Username,
+        page: &PageRequest,
+    ) -> Result<MessagePage> {
+        self.store.conversation_page(viewer, other, page).await
+    }
+    async fn user_messages(&self, user: UserId, page: &PageRequest) -> Result<MessagePage> {
+        self.store.user_messages(user, page).await
+    }
+    async fn messages_after(&self, user: UserId, after: MessageId, limit: u32) -> Result<Vec<Message>> {
+        self.store.messages_after(user, after, limit).await
+    }
+    async fn idempotent_message(&self, sender: UserId, key: &str) -> Result<Option<Message>> {
+        self.store.idempotent_message(sender, key).await
+    }
+}
 
 /// Every scenario's name, in the order [`crate::store_conformance_tests!`] runs them.
 pub const SCENARIOS: &[&str] = &[

@@ -6,13 +6,9 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use chatcore::{
-    Credentials, Inserted, Message, MessageId, MessagePage, NewMessage, PageRequest, Result, Store,
-    TokenHash, User, UserId, UserQuery, Username,
-};
+use chatcore::Store;
+use chatcore::conformance::GuardedStore;
 use chatcore_mysql::{MysqlConfig, MysqlStore};
-use chrono::{DateTime, Utc};
 use sqlx::mysql::MySqlConnectOptions;
 use sqlx::{ConnectOptions, Connection, Row};
 
@@ -136,74 +132,9 @@ async fn sweep_stale(admin: &mut sqlx::MySqlConnection) {
     }
 }
 
-/// A store that owns its test database: the database is dropped with the store.
-pub struct OwnedStore {
-    pub store: MysqlStore,
-    _database: TestDatabase,
-}
-
-/// The conformance factory: a fresh store on a fresh database.
+/// The conformance factory: a fresh store on a fresh database, dropped with the store.
 pub async fn fresh_store() -> Arc<dyn Store> {
     let database = TestDatabase::create().await;
     let store = database.store().await;
-    Arc::new(OwnedStore {
-        store,
-        _database: database,
-    })
-}
-
-#[async_trait]
-impl Store for OwnedStore {
-    async fn create_user(&self, username: &Username, password_hash: Option<&str>) -> Result<User> {
-        self.store.create_user(username, password_hash).await
-    }
-    async fn find_user(&self, username: &Username) -> Result<Option<User>> {
-        self.store.find_user(username).await
-    }
-    async fn list_users(&self, query: &UserQuery) -> Result<Vec<User>> {
-        self.store.list_users(query).await
-    }
-    async fn credentials(&self, username: &Username) -> Result<Option<Credentials>> {
-        self.store.credentials(username).await
-    }
-    async fn set_password_hash(&self, user: UserId, password_hash: &str) -> Result<()> {
-        self.store.set_password_hash(user, password_hash).await
-    }
-    async fn create_session(
-        &self,
-        token_hash: &TokenHash,
-        user: UserId,
-        expires_at: DateTime<Utc>,
-    ) -> Result<()> {
-        self.store.create_session(token_hash, user, expires_at).await
-    }
-    async fn session_user(&self, token_hash: &TokenHash, now: DateTime<Utc>) -> Result<Option<User>> {
-        self.store.session_user(token_hash, now).await
-    }
-    async fn delete_session(&self, token_hash: &TokenHash) -> Result<()> {
-        self.store.delete_session(token_hash).await
-    }
-    async fn insert_message(&self, message: NewMessage) -> Result<Inserted> {
-        self.store.insert_message(message).await
-    }
-    async fn message_for(&self, viewer: UserId, id: MessageId) -> Result<Option<Message>> {
-        self.store.message_for(viewer, id).await
-    }
-    async fn conversation_page(
-        &self,
-        viewer: UserId,
-        other: &Username,
-        page: &PageRequest,
-    ) -> Result<MessagePage> {
-        self.store.conversation_page(viewer, other, page).await
-    }
-    async fn user_messages(&self, user: UserId, page: &PageRequest) -> Result<MessagePage> {
-        self.store.user_messages(user, page).await
-    }
-    async fn messages_after(&self, user: UserId, after: MessageId, limit: u32) -> Result<Vec<Message>> {
-        self.store.messages_after(user, after, limit).await
-    }
-    async fn idempotent_message(&self, sender: UserId, key: &str) -> Result<Option<Message>> {
-        self.store.idempotent_message(sender, key).await
-    }
+    Arc::new(GuardedStore::new(store, database))
 }
