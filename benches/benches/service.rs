@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chatcore::{ChatConfig, ChatService, HistoryQuery, LocalNotifier, MemoryStore, SendRequest, Store, User};
-use chatcore_mysql::{MysqlConfig, MysqlStore};
+use chatcore_mysql::MysqlConfig;
+use chatcore_mysql::testing::TestDatabase;
 use chatcore_sqlite::{SqliteConfig, SqliteStore};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use tokio::runtime::Runtime;
@@ -143,40 +144,13 @@ fn service(c: &mut Criterion) {
     runtime.block_on(sqlite.close()).unwrap();
 
     if std::env::var_os("CHATCORE_BENCH_SKIP_MYSQL").is_none() {
-        let base =
-            std::env::var("CHATCORE_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into());
-        let base = base.trim_end_matches('/').to_owned();
-        let name = format!("chatcore_bench_service_{}", std::process::id());
-        let admin = runtime
-            .block_on(sqlx::MySqlPool::connect(&base))
-            .expect("MySQL for the benchmark");
-        runtime.block_on(async {
-            sqlx::query(&format!("DROP DATABASE IF EXISTS `{name}`"))
-                .execute(&admin)
-                .await
-                .unwrap();
-            sqlx::query(&format!(
-                "CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
-            ))
-            .execute(&admin)
-            .await
-            .unwrap();
-        });
-        let mysql = runtime.block_on(async {
-            let store = MysqlStore::connect(&format!("{base}/{name}"), MysqlConfig::default())
-                .await
-                .unwrap();
-            store.migrate().await.unwrap();
-            Arc::new(store)
-        });
+        let database = runtime
+            .block_on(TestDatabase::create("chatcore_bench_service_"))
+            .expect("a MySQL database for the benchmark (CHATCORE_MYSQL_URL)");
+        let mysql = Arc::new(runtime.block_on(database.store(MysqlConfig::default())).unwrap());
         bench_store(c, &runtime, "mysql", mysql.clone());
-        runtime.block_on(async {
-            mysql.close().await;
-            sqlx::query(&format!("DROP DATABASE `{name}`"))
-                .execute(&admin)
-                .await
-                .unwrap();
-        });
+        runtime.block_on(mysql.close());
+        drop(database);
     }
 }
 

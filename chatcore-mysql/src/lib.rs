@@ -76,6 +76,7 @@
 //! - `rows.rs`: the read queries (each with the index it uses) and row decoding.
 //! - `schema.rs`: the embedded migrations and their runner.
 //! - `error.rs`: mapping `sqlx` errors to [`chatcore::Error`].
+//! - `testing.rs`: [`testing::TestDatabase`], throwaway databases for tests and benchmarks.
 //! - `plans.rs` (tests only): `EXPLAIN` of every query on a loaded database: index ranges,
 //!   no full scan, no sort.
 //! - `tests/`: the conformance suite, commit order under concurrent writers, migrations, and a
@@ -88,6 +89,7 @@ mod config;
 mod error;
 mod rows;
 mod schema;
+pub mod testing;
 mod writer;
 
 #[cfg(test)]

@@ -1,49 +1,12 @@
 //! `EXPLAIN` checks: every query of the store runs on the index it was written for, never a
 //! full table scan. Runs against the MariaDB/MySQL of `CHATCORE_MYSQL_URL` on its own database.
 
-use std::str::FromStr;
-
-use sqlx::mysql::{MySqlArguments, MySqlConnectOptions};
+use sqlx::mysql::MySqlArguments;
 use sqlx::query::Query;
 use sqlx::{ConnectOptions, Connection, MySql, MySqlConnection};
 
-use crate::{MysqlConfig, MysqlStore, rows};
-
-fn server_url() -> String {
-    std::env::var("CHATCORE_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".to_owned())
-}
-
-/// The database of this test, dropped when the guard drops (even on failure).
-struct Database(String);
-
-impl Drop for Database {
-    fn drop(&mut self) {
-        let name = self.0.clone();
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            runtime.block_on(async move {
-                let mut admin = admin().await;
-                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS `{name}`"))
-                    .execute(&mut admin)
-                    .await;
-                let _ = admin.close().await;
-            });
-            Some(())
-        })
-        .join();
-    }
-}
-
-async fn admin() -> MySqlConnection {
-    MySqlConnectOptions::from_str(&server_url())
-        .expect("valid CHATCORE_MYSQL_URL")
-        .connect()
-        .await
-        .expect("connect to MySQL")
-}
+use crate::testing::TestDatabase;
+use crate::{MysqlConfig, rows};
 
 /// One row of `EXPLAIN`.
 #[derive(Debug)]
@@ -109,22 +72,11 @@ fn assert_plan(name: &str, steps: &[Step], alias: &str, key: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plans_use_indexes() {
-    let name = format!(
-        "chatcore_mysql_test_{}_{:016x}",
-        std::process::id(),
-        rand::random::<u64>()
-    );
-    let mut admin = admin().await;
-    sqlx::query(&format!("CREATE DATABASE `{name}`"))
-        .execute(&mut admin)
+    let db = TestDatabase::create("chatcore_mysql_test_")
         .await
-        .expect("create database");
-    let _guard = Database(name.clone());
-    let options = MySqlConnectOptions::from_str(&server_url())
-        .unwrap()
-        .database(&name);
-    let store = MysqlStore::connect_with(options.clone(), MysqlConfig::default());
-    store.migrate().await.expect("migrate");
+        .expect("create a test database");
+    let options = db.options().unwrap();
+    let store = db.store(MysqlConfig::default()).await.expect("migrated store");
 
     // Enough rows that the optimizer's choices are the ones it makes in production: 200 users,
     // 20,000 messages over 1,000 conversations, a few hundred sessions.

@@ -1,104 +1,27 @@
 //! Stores for the suite: a wrapper that fails on demand, and the MySQL factory.
 
 use std::any::Any;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use chatcore::store::{Credentials, Inserted, MessagePage, PageRequest, TokenHash, UserQuery};
 use chatcore::{Error, Message, MessageId, NewMessage, Store, User, UserId, Username};
+use chatcore_mysql::testing::TestDatabase;
 use chrono::{DateTime, Utc};
-use sqlx::mysql::MySqlConnectOptions;
-use sqlx::{ConnectOptions, Connection, Row};
 
-/// Test databases are named `chatcore_axum_test_<pid>_<random>`.
-const MYSQL_PREFIX: &str = "chatcore_axum_test_";
-
-fn mysql_server() -> MySqlConnectOptions {
-    let url =
-        std::env::var("CHATCORE_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".to_owned());
-    MySqlConnectOptions::from_str(&url).expect("CHATCORE_MYSQL_URL is a valid MySQL URL")
-}
-
-async fn mysql_admin() -> sqlx::MySqlConnection {
-    mysql_server()
-        .connect()
-        .await
-        .expect("connect to MySQL/MariaDB at CHATCORE_MYSQL_URL")
-}
-
-/// A fresh, migrated MySQL store on a database of its own, dropped with the store.
+/// A fresh, migrated MySQL store on a database of its own (`chatcore_axum_test_<pid>_<random>`),
+/// dropped with the store.
 pub async fn mysql_store() -> Arc<dyn Store> {
-    let mut admin = mysql_admin().await;
-    drop_stale_databases(&mut admin).await;
-    let name = format!(
-        "{MYSQL_PREFIX}{}_{:016x}",
-        std::process::id(),
-        rand::random::<u64>()
-    );
-    sqlx::query(&format!(
-        "CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
-    ))
-    .execute(&mut admin)
-    .await
-    .expect("create the test database");
-    let _ = admin.close().await;
-    let guard = DropDatabase(name.clone());
+    let database = TestDatabase::create("chatcore_axum_test_")
+        .await
+        .expect("create the test database");
     let config = chatcore_mysql::MysqlConfig {
         max_connections: 4,
         ..Default::default()
     };
-    let store = chatcore_mysql::MysqlStore::connect_with(mysql_server().database(&name), config);
-    store.migrate().await.expect("migrate the test database");
-    Arc::new(TestStore::new(Arc::new(store)).with_guard(guard))
-}
-
-/// Drops its database when dropped.
-struct DropDatabase(String);
-
-impl Drop for DropDatabase {
-    fn drop(&mut self) {
-        // Drop has no runtime to await on: a short-lived thread with its own does the work.
-        let name = self.0.clone();
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async move {
-                let mut admin = mysql_admin().await;
-                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS `{name}`"))
-                    .execute(&mut admin)
-                    .await;
-                let _ = admin.close().await;
-            });
-        })
-        .join();
-    }
-}
-
-/// Drops the test databases of runs whose process is gone (killed or crashed).
-async fn drop_stale_databases(admin: &mut sqlx::MySqlConnection) {
-    let pattern = format!("{}%", MYSQL_PREFIX.replace('_', "\\_"));
-    let rows =
-        sqlx::query("SELECT SCHEMA_NAME AS name FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE ?")
-            .bind(pattern)
-            .fetch_all(&mut *admin)
-            .await
-            .expect("list test databases");
-    for row in rows {
-        let name: String = row.get("name");
-        let pid = name[MYSQL_PREFIX.len()..]
-            .split('_')
-            .next()
-            .and_then(|p| p.parse::<u32>().ok());
-        if !pid.is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists()) {
-            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS `{name}`"))
-                .execute(&mut *admin)
-                .await;
-        }
-    }
+    let store = database.store(config).await.expect("migrate the test database");
+    Arc::new(TestStore::new(Arc::new(store)).with_guard(database))
 }
 
 /// A real store, wrapped: it fails on demand with [`Error::Unavailable`], and it may own a

@@ -6,53 +6,14 @@ mod common;
 
 use std::time::Duration;
 
+use chatcore_mysql::testing::{TestDatabase, server_url};
 use common::ServerProcess;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-fn mysql_base() -> String {
-    std::env::var("CHATCORE_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into())
-}
-
 fn redis_url() -> String {
     std::env::var("CHATCORE_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
-
-/// A database of its own on the shared server (host and port from `CHATCORE_MYSQL_URL`),
-/// dropped when the test ends.
-struct Database {
-    name: String,
-}
-
-impl Database {
-    fn mysql(args: &[&str]) {
-        let url = mysql_base();
-        let host_port = url.rsplit('@').next().unwrap().trim_end_matches('/');
-        let (host, port) = host_port.split_once(':').unwrap_or((host_port, "3306"));
-        let status = std::process::Command::new("mysql")
-            .args(["--protocol=tcp", "-h", host, "-P", port, "-uroot"])
-            .args(args)
-            .status()
-            .expect("run the mysql client");
-        assert!(status.success(), "mysql {args:?}");
-    }
-
-    fn create() -> Self {
-        let name = format!("chat_multinode_{}_{}", std::process::id(), rand_suffix());
-        Self::mysql(&["-e", &format!("CREATE DATABASE `{name}` CHARACTER SET utf8mb4")]);
-        Self { name }
-    }
-
-    fn url(&self) -> String {
-        format!("{}/{}", mysql_base().trim_end_matches('/'), self.name)
-    }
-}
-
-impl Drop for Database {
-    fn drop(&mut self) {
-        Self::mysql(&["-e", &format!("DROP DATABASE IF EXISTS `{}`", self.name)]);
-    }
 }
 
 fn rand_suffix() -> u64 {
@@ -85,12 +46,15 @@ async fn login(http: &reqwest::Client, base: &str, name: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn message_posted_to_one_node_reaches_a_socket_on_the_other() {
-    let db = Database::create();
+    let db = TestDatabase::create("chat_multinode_")
+        .await
+        .expect("a test database");
+    let db_url = format!("{}/{}", server_url().trim_end_matches('/'), db.name());
     let prefix = format!("chat-multinode-{}-{}:", std::process::id(), rand_suffix());
     let dir = tempfile::tempdir().unwrap();
     let args = [
         "--database",
-        &db.url(),
+        &db_url,
         "--redis",
         &redis_url(),
         "--redis-prefix",
