@@ -25,6 +25,16 @@ pub struct MysqlConfig {
     pub idle_timeout: Option<Duration>,
     /// Connections are replaced after this long. `None` keeps them. Default 30 minutes.
     pub max_lifetime: Option<Duration>,
+    /// A connection taken from the pool after lying idle longer than this is pinged first
+    /// (and replaced if the server does not answer); one used more recently is trusted, as the
+    /// pool also checks every connection when it is handed back. A writer task keeps its
+    /// connection between batches while sends come less than this apart. `Duration::ZERO`
+    /// pings on every checkout (a round trip more per read). Default 1 s.
+    ///
+    /// Only a server that went away within this window can fail a call on a stale
+    /// connection; reads then retry once on a fresh one, a send fails with
+    /// [`chatcore::Error::Unavailable`], and the stale connection is dropped.
+    pub ping_if_idle_for: Duration,
     /// Prepared statements cached per connection (reads, and the writers' user and
     /// idempotency-key lookups, whose lists are padded to a few shapes). Default 512.
     pub statement_cache_capacity: usize,
@@ -56,6 +66,7 @@ impl Default for MysqlConfig {
             acquire_timeout: Duration::from_secs(5),
             idle_timeout: Some(Duration::from_secs(600)),
             max_lifetime: Some(Duration::from_secs(1800)),
+            ping_if_idle_for: Duration::from_secs(1),
             statement_cache_capacity: 512,
             writers: 2,
             max_batch: 128,

@@ -100,7 +100,7 @@ use std::str::FromStr;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
-use sqlx::{ConnectOptions, Executor, Row};
+use sqlx::{ConnectOptions, Connection, Executor, Row};
 use tokio::sync::{mpsc, oneshot};
 
 use chatcore::{
@@ -155,13 +155,25 @@ impl MysqlStore {
             .timezone(Some("+00:00".to_owned()))
             .statement_cache_capacity(config.statement_cache_capacity)
             .log_statements(tracing::log::LevelFilter::Trace);
+        let ping_if_idle_for = config.ping_if_idle_for;
         let pool = MySqlPoolOptions::new()
             .max_connections(config.max_connections.max(1))
             .min_connections(config.min_connections)
             .acquire_timeout(config.acquire_timeout)
             .idle_timeout(config.idle_timeout)
             .max_lifetime(config.max_lifetime)
-            .test_before_acquire(true)
+            // The pool pings every connection handed back to it; pinging again on checkout
+            // would add a round trip to every read and every writer batch. Only a connection
+            // idle long enough for the server to have gone away meanwhile is pinged.
+            .test_before_acquire(false)
+            .before_acquire(move |conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= ping_if_idle_for {
+                        conn.ping().await?;
+                    }
+                    Ok(true)
+                })
+            })
             // Strict mode whatever the server's default: a bad value is an error, never a
             // silently adjusted row (the insert transaction relies on it).
             .after_connect(|conn, _meta| {
@@ -237,6 +249,23 @@ impl MysqlStore {
     }
 }
 
+/// Runs a read query, and once more if it failed on a dead connection: one the pool handed
+/// out without a ping (used within [`MysqlConfig::ping_if_idle_for`]) after the server
+/// restarted. The failed connection is not handed out again (the pool checks every connection
+/// given back), so the second try gets a live one or a new one. Only reads are retried: a
+/// write may have happened before the connection broke.
+async fn read<T, F, Fut>(context: &'static str, run: F) -> Result<T>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<T, sqlx::Error>>,
+{
+    match run().await {
+        Ok(found) => Ok(found),
+        Err(sqlx::Error::Io(_)) => run().await.map_err(|e| error::map(context, e)),
+        Err(e) => Err(error::map(context, e)),
+    }
+}
+
 fn corrupt(err: BoxError) -> Error {
     Error::Corrupt {
         message: "a stored row does not decode".to_owned(),
@@ -274,32 +303,35 @@ impl Store for MysqlStore {
     }
 
     async fn find_user(&self, username: &Username) -> Result<Option<User>> {
-        let row = sqlx::query(rows::FIND_USER)
-            .bind(username.as_str())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| error::map("finding a user", e))?;
+        let row = read("finding a user", || {
+            sqlx::query(rows::FIND_USER)
+                .bind(username.as_str())
+                .fetch_optional(&self.pool)
+        })
+        .await?;
         row.map(|row| rows::user(&row).map_err(corrupt)).transpose()
     }
 
     async fn list_users(&self, query: &UserQuery) -> Result<Vec<User>> {
-        let rows = sqlx::query(rows::LIST_USERS)
-            .bind(rows::like_prefix(&query.prefix))
-            .bind(query.after.as_ref().map_or("", |a| a.as_str()))
-            .bind(query.exclude.map_or(0, |id| id.0))
-            .bind(query.limit)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| error::map("listing users", e))?;
+        let rows = read("listing users", || {
+            sqlx::query(rows::LIST_USERS)
+                .bind(rows::like_prefix(&query.prefix))
+                .bind(query.after.as_ref().map_or("", |a| a.as_str()))
+                .bind(query.exclude.map_or(0, |id| id.0))
+                .bind(query.limit)
+                .fetch_all(&self.pool)
+        })
+        .await?;
         decode_users(&rows)
     }
 
     async fn credentials(&self, username: &Username) -> Result<Option<Credentials>> {
-        let row = sqlx::query(rows::CREDENTIALS)
-            .bind(username.as_str())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| error::map("reading credentials", e))?;
+        let row = read("reading credentials", || {
+            sqlx::query(rows::CREDENTIALS)
+                .bind(username.as_str())
+                .fetch_optional(&self.pool)
+        })
+        .await?;
         let Some(row) = row else { return Ok(None) };
         Ok(Some(Credentials {
             user: rows::user(&row).map_err(corrupt)?,
@@ -344,12 +376,13 @@ impl Store for MysqlStore {
     }
 
     async fn session_user(&self, token_hash: &TokenHash, now: DateTime<Utc>) -> Result<Option<User>> {
-        let row = sqlx::query(rows::SESSION_USER)
-            .bind(token_hash.as_slice())
-            .bind(now.naive_utc())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| error::map("reading a session", e))?;
+        let row = read("reading a session", || {
+            sqlx::query(rows::SESSION_USER)
+                .bind(token_hash.as_slice())
+                .bind(now.naive_utc())
+                .fetch_optional(&self.pool)
+        })
+        .await?;
         row.map(|row| rows::user(&row).map_err(corrupt)).transpose()
     }
 
@@ -374,13 +407,14 @@ impl Store for MysqlStore {
     }
 
     async fn message_for(&self, viewer: UserId, id: MessageId) -> Result<Option<Message>> {
-        let row = sqlx::query(rows::MESSAGE_FOR)
-            .bind(id.0)
-            .bind(viewer.0)
-            .bind(viewer.0)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| error::map("reading a message", e))?;
+        let row = read("reading a message", || {
+            sqlx::query(rows::MESSAGE_FOR)
+                .bind(id.0)
+                .bind(viewer.0)
+                .bind(viewer.0)
+                .fetch_optional(&self.pool)
+        })
+        .await?;
         row.map(|row| rows::message(&row).map_err(corrupt)).transpose()
     }
 
@@ -390,20 +424,21 @@ impl Store for MysqlStore {
         other: &Username,
         page: &PageRequest,
     ) -> Result<MessagePage> {
-        let rows = sqlx::query(rows::CONVERSATION_PAGE)
-            .bind(viewer.0)
-            .bind(viewer.0)
-            .bind(other.as_str())
-            .bind(viewer.0)
-            .bind(other.as_str())
-            .bind(viewer.0)
-            .bind(other.as_str())
-            .bind(upper_bound(page))
-            .bind(page.limit)
-            .bind(page.offset)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| error::map("reading a conversation", e))?;
+        let rows = read("reading a conversation", || {
+            sqlx::query(rows::CONVERSATION_PAGE)
+                .bind(viewer.0)
+                .bind(viewer.0)
+                .bind(other.as_str())
+                .bind(viewer.0)
+                .bind(other.as_str())
+                .bind(viewer.0)
+                .bind(other.as_str())
+                .bind(upper_bound(page))
+                .bind(page.limit)
+                .bind(page.offset)
+                .fetch_all(&self.pool)
+        })
+        .await?;
         let mut found_other = false;
         let mut total = 0;
         let mut messages = Vec::with_capacity(rows.len());
@@ -428,20 +463,21 @@ impl Store for MysqlStore {
     async fn user_messages(&self, user: UserId, page: &PageRequest) -> Result<MessagePage> {
         let before = upper_bound(page);
         let window = u64::from(page.offset) + u64::from(page.limit);
-        let rows = sqlx::query(rows::USER_MESSAGES)
-            .bind(user.0)
-            .bind(user.0)
-            .bind(before)
-            .bind(window)
-            .bind(user.0)
-            .bind(user.0)
-            .bind(before)
-            .bind(window)
-            .bind(page.limit)
-            .bind(page.offset)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| error::map("reading a user's messages", e))?;
+        let rows = read("reading a user's messages", || {
+            sqlx::query(rows::USER_MESSAGES)
+                .bind(user.0)
+                .bind(user.0)
+                .bind(before)
+                .bind(window)
+                .bind(user.0)
+                .bind(user.0)
+                .bind(before)
+                .bind(window)
+                .bind(page.limit)
+                .bind(page.offset)
+                .fetch_all(&self.pool)
+        })
+        .await?;
         let mut total = 0;
         let mut messages = Vec::with_capacity(rows.len());
         for row in &rows {
@@ -457,18 +493,19 @@ impl Store for MysqlStore {
     }
 
     async fn messages_after(&self, user: UserId, after: MessageId, limit: u32) -> Result<Vec<Message>> {
-        let rows = sqlx::query(rows::MESSAGES_AFTER)
-            .bind(user.0)
-            .bind(after.0)
-            .bind(limit)
-            .bind(user.0)
-            .bind(user.0)
-            .bind(after.0)
-            .bind(limit)
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| error::map("catching up", e))?;
+        let rows = read("catching up", || {
+            sqlx::query(rows::MESSAGES_AFTER)
+                .bind(user.0)
+                .bind(after.0)
+                .bind(limit)
+                .bind(user.0)
+                .bind(user.0)
+                .bind(after.0)
+                .bind(limit)
+                .bind(limit)
+                .fetch_all(&self.pool)
+        })
+        .await?;
         let mut messages = rows
             .iter()
             .map(|row| rows::message(row).map_err(corrupt))
@@ -478,12 +515,14 @@ impl Store for MysqlStore {
     }
 
     async fn idempotent_message(&self, sender: UserId, key: &str) -> Result<Option<Message>> {
-        let row = sqlx::query(rows::IDEMPOTENT_MESSAGE)
-            .bind(sender.0)
-            .bind(writer::key_hash(key).as_slice())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| error::map("reading an idempotent message", e))?;
+        let hash = writer::key_hash(key);
+        let row = read("reading an idempotent message", || {
+            sqlx::query(rows::IDEMPOTENT_MESSAGE)
+                .bind(sender.0)
+                .bind(hash.as_slice())
+                .fetch_optional(&self.pool)
+        })
+        .await?;
         row.map(|row| rows::message(&row).map_err(corrupt)).transpose()
     }
 }

@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
@@ -55,6 +56,7 @@ pub(crate) fn spawn(pool: MySqlPool, config: &MysqlConfig) -> mpsc::Sender<Pendi
             cache_capacity: config.user_cache_capacity,
             known: known.clone(),
             held: std::sync::Mutex::new(None),
+            hold_idle: config.ping_if_idle_for,
         };
         tokio::spawn(writer.run());
     }
@@ -70,6 +72,8 @@ struct Writer {
     cache_capacity: usize,
     /// This writer's connection, kept between batches while sends keep coming.
     held: std::sync::Mutex<Option<PoolConnection<MySql>>>,
+    /// How long an idle writer keeps its connection ([`MysqlConfig::ping_if_idle_for`]).
+    hold_idle: Duration,
     /// Users already seen, shared by the writers (locked briefly, once per batch).
     known: Arc<std::sync::Mutex<KnownUsers>>,
 }
@@ -94,22 +98,13 @@ impl Writer {
     /// Waits for a pending send, then takes what else is queued, up to `max_batch`. `None` once
     /// the store is gone.
     async fn next_batch(&self) -> Option<Vec<Pending>> {
-        // Whenever this writer has to wait (for the queue, or for a send), it first hands its
-        // kept connection back to the pool, so readers and `close()` never wait on an idle
-        // writer, and a connection gone stale while idle is checked before its next use.
         let mut queue = match self.queue.try_lock() {
             Ok(queue) => queue,
-            Err(_) => {
-                drop(self.take_connection());
-                self.queue.lock().await
-            }
+            Err(_) => self.wait_holding(self.queue.lock()).await,
         };
         let first = match queue.try_recv() {
             Ok(first) => first,
-            Err(_) => {
-                drop(self.take_connection());
-                queue.recv().await?
-            }
+            Err(_) => self.wait_holding(queue.recv()).await?,
         };
         let mut bytes = first.new.body.len();
         let mut batch = vec![first];
@@ -132,6 +127,27 @@ impl Writer {
         Some(batch)
     }
 
+    /// Waits for `wait` (the queue, or a send), keeping this writer's connection for the next
+    /// batch only while the wait is short: after `hold_idle`, or as soon as the pool starts
+    /// closing, the connection goes back to the pool, so `close()` never waits on an idle
+    /// writer, readers get it, and a connection idle long enough to have gone stale is pinged
+    /// by the pool before its next use. Sends that keep coming save a pool checkout and
+    /// check-in (the pool pings every connection handed back) per batch.
+    async fn wait_holding<F: std::future::Future>(&self, wait: F) -> F::Output {
+        let wait = std::pin::pin!(wait);
+        let mut wait = wait;
+        if self.held.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+            tokio::select! {
+                biased;
+                done = &mut wait => return done,
+                () = tokio::time::sleep(self.hold_idle) => {}
+                () = self.pool.close_event() => {}
+            }
+            drop(self.take_connection());
+        }
+        wait.await
+    }
+
     /// The connection kept from the previous batch, if any.
     fn take_connection(&self) -> Option<PoolConnection<MySql>> {
         self.held.lock().unwrap_or_else(|p| p.into_inner()).take()
@@ -139,32 +155,60 @@ impl Writer {
 
     /// Stores `batch`; one outcome per message, in order.
     async fn write(&self, batch: &[NewMessage]) -> Vec<Result<Inserted>> {
-        let fail_all = |err: SharedError| {
+        let fail_all = |err: sqlx::Error| {
+            let err = SharedError(Arc::new(err));
             batch
                 .iter()
                 .map(|_| Err(err.to_error("storing messages")))
                 .collect()
         };
-        let users = match self.resolve_users(batch).await {
+        // Every query of the batch runs on one connection: the one kept from the previous
+        // batch when sends keep coming.
+        let mut conn = match self.take_connection() {
+            Some(conn) => conn,
+            None => match self.pool.acquire().await {
+                Ok(conn) => conn,
+                Err(err) => return fail_all(err),
+            },
+        };
+        let users = match self.resolve_users(&mut conn, batch).await {
             Ok(users) => users,
-            Err(err) => return fail_all(SharedError(Arc::new(err))),
+            // Handing the connection back has the pool check it (and drop it if it is dead).
+            Err(err) => return fail_all(err),
         };
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.try_write(batch, &users).await {
-                Ok(outcomes) => return outcomes,
-                // Another process stored one of our idempotency keys between our check and our
-                // insert; the whole transaction rolled back. Checking again finds its message.
-                Err(err)
-                    if error::server_code(&err) == Some(code::DUP_ENTRY) && attempt < KEY_RACE_RETRIES => {}
-                Err(err) => return fail_all(SharedError(Arc::new(err))),
+            match self.try_write(&mut conn, batch, &users).await {
+                Ok(outcomes) => {
+                    *self.held.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn);
+                    return outcomes;
+                }
+                Err(err) => {
+                    // The transaction may still be open on this connection: end it, or drop
+                    // the connection rather than hand it back to the pool mid-transaction.
+                    if conn.execute(sqlx::raw_sql("ROLLBACK")).await.is_err() {
+                        drop(conn.detach());
+                        return fail_all(err);
+                    }
+                    // Another process stored one of our idempotency keys between our check
+                    // and our insert; the whole transaction rolled back. Checking again finds
+                    // its message.
+                    let key_race = error::server_code(&err) == Some(code::DUP_ENTRY);
+                    if !(key_race && attempt < KEY_RACE_RETRIES) {
+                        return fail_all(err);
+                    }
+                }
             }
         }
     }
 
     /// Recipient ids by name and the set of existing sender ids, in one query.
-    async fn resolve_users(&self, batch: &[NewMessage]) -> Result<ResolvedUsers, sqlx::Error> {
+    async fn resolve_users(
+        &self,
+        conn: &mut MySqlConnection,
+        batch: &[NewMessage],
+    ) -> Result<ResolvedUsers, sqlx::Error> {
         if let Some(resolved) = self.known_users(batch) {
             return Ok(resolved);
         }
@@ -194,7 +238,7 @@ impl Writer {
             list.push_bind(*id);
         }
         query.push(")");
-        let rows = query.build().fetch_all(&self.pool).await?;
+        let rows = query.build().fetch_all(&mut *conn).await?;
         let mut resolved = ResolvedUsers::default();
         for row in rows {
             let id: i64 = row.try_get("id")?;
@@ -243,6 +287,7 @@ impl Writer {
 
     async fn try_write(
         &self,
+        conn: &mut MySqlConnection,
         batch: &[NewMessage],
         users: &ResolvedUsers,
     ) -> Result<Vec<Result<Inserted>>, sqlx::Error> {
@@ -274,7 +319,7 @@ impl Writer {
                 query.push_bind(key_hashes[i].as_ref().map(|h| h.as_slice()));
                 query.push(")");
             }
-            let found = query.build().fetch_all(&self.pool).await?;
+            let found = query.build().fetch_all(&mut *conn).await?;
             let mut stored: HashMap<(i64, Vec<u8>), (Message, i64)> = HashMap::new();
             for row in &found {
                 let message = rows::message(row).map_err(sqlx::Error::Decode)?;
@@ -322,27 +367,9 @@ impl Writer {
 
         let mut stored: HashMap<usize, Inserted> = HashMap::new();
         if !fresh.is_empty() {
-            // While sends keep coming a writer keeps its connection from batch to batch, saving
-            // the pool's liveness check (a round trip) on every batch.
-            let mut conn = match self.take_connection() {
-                Some(conn) => conn,
-                None => self.pool.acquire().await?,
-            };
-            let written = self
-                .commit_fresh(&mut conn, batch, &fresh, &recipients, &key_hashes)
-                .await;
-            let (first_id, created_at) = match written {
-                Ok(done) => done,
-                Err(err) => {
-                    // The transaction may still be open on this connection: end it, or drop
-                    // the connection rather than hand it back to the pool mid-transaction.
-                    if conn.execute(sqlx::raw_sql("ROLLBACK")).await.is_err() {
-                        drop(conn.detach());
-                    }
-                    return Err(err);
-                }
-            };
-            *self.held.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn);
+            let (first_id, created_at) = self
+                .commit_fresh(conn, batch, &fresh, &recipients, &key_hashes)
+                .await?;
             for (n, &i) in fresh.iter().enumerate() {
                 let new = &batch[i];
                 stored.insert(
