@@ -47,6 +47,13 @@ pub(crate) fn spawn(pool: MySqlPool, config: &MysqlConfig) -> mpsc::Sender<Pendi
     let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
     let rx = Arc::new(Mutex::new(rx));
     let known = Arc::new(std::sync::Mutex::new(KnownUsers::default()));
+    let spare = Arc::new(std::sync::Mutex::new(None));
+    // Keeping the pool's only connection idle would make readers wait for it.
+    let hold_idle = if config.max_connections >= 2 {
+        config.ping_if_idle_for
+    } else {
+        Duration::ZERO
+    };
     for _ in 0..config.writers.max(1) {
         let writer = Writer {
             pool: pool.clone(),
@@ -55,8 +62,8 @@ pub(crate) fn spawn(pool: MySqlPool, config: &MysqlConfig) -> mpsc::Sender<Pendi
             max_batch_bytes: config.max_batch_bytes.max(1),
             cache_capacity: config.user_cache_capacity,
             known: known.clone(),
-            held: std::sync::Mutex::new(None),
-            hold_idle: config.ping_if_idle_for,
+            spare: spare.clone(),
+            hold_idle,
         };
         tokio::spawn(writer.run());
     }
@@ -70,9 +77,10 @@ struct Writer {
     max_batch: usize,
     max_batch_bytes: usize,
     cache_capacity: usize,
-    /// This writer's connection, kept between batches while sends keep coming.
-    held: std::sync::Mutex<Option<PoolConnection<MySql>>>,
-    /// How long an idle writer keeps its connection ([`MysqlConfig::ping_if_idle_for`]).
+    /// One connection kept by the writers between batches while sends keep coming (shared, so
+    /// at most one connection sits idle with them, whatever the number of writers).
+    spare: Arc<std::sync::Mutex<Option<PoolConnection<MySql>>>>,
+    /// How long the spare connection is kept idle ([`MysqlConfig::ping_if_idle_for`]).
     hold_idle: Duration,
     /// Users already seen, shared by the writers (locked briefly, once per batch).
     known: Arc<std::sync::Mutex<KnownUsers>>,
@@ -98,10 +106,9 @@ impl Writer {
     /// Waits for a pending send, then takes what else is queued, up to `max_batch`. `None` once
     /// the store is gone.
     async fn next_batch(&self) -> Option<Vec<Pending>> {
-        let mut queue = match self.queue.try_lock() {
-            Ok(queue) => queue,
-            Err(_) => self.wait_holding(self.queue.lock()).await,
-        };
+        // The writer that holds the queue is the one that looks after the spare connection
+        // while it waits; the others only wait for the queue.
+        let mut queue = self.queue.lock().await;
         let first = match queue.try_recv() {
             Ok(first) => first,
             Err(_) => self.wait_holding(queue.recv()).await?,
@@ -127,30 +134,45 @@ impl Writer {
         Some(batch)
     }
 
-    /// Waits for `wait` (the queue, or a send), keeping this writer's connection for the next
-    /// batch only while the wait is short: after `hold_idle`, or as soon as the pool starts
-    /// closing, the connection goes back to the pool, so `close()` never waits on an idle
-    /// writer, readers get it, and a connection idle long enough to have gone stale is pinged
-    /// by the pool before its next use. Sends that keep coming save a pool checkout and
-    /// check-in (the pool pings every connection handed back) per batch.
+    /// Waits for `wait` (a send) while keeping the spare connection for the next batch only
+    /// as long as the wait is short: every `hold_idle`, and as soon as the pool starts closing,
+    /// the spare goes back to the pool, so `close()` never waits on idle writers, readers get
+    /// it, and a connection idle long enough to have gone stale is pinged by the pool before
+    /// its next use. Sends that keep coming save a pool checkout and check-in (the pool pings
+    /// every connection handed back) per batch.
     async fn wait_holding<F: std::future::Future>(&self, wait: F) -> F::Output {
-        let wait = std::pin::pin!(wait);
-        let mut wait = wait;
-        if self.held.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+        if self.hold_idle.is_zero() {
+            return wait.await; // no spare is ever kept
+        }
+        let mut wait = std::pin::pin!(wait);
+        loop {
             tokio::select! {
                 biased;
                 done = &mut wait => return done,
-                () = tokio::time::sleep(self.hold_idle) => {}
-                () = self.pool.close_event() => {}
+                () = tokio::time::sleep(self.hold_idle) => drop(self.take_spare()),
+                () = self.pool.close_event() => {
+                    drop(self.take_spare());
+                    return wait.await;
+                }
             }
-            drop(self.take_connection());
         }
-        wait.await
     }
 
-    /// The connection kept from the previous batch, if any.
-    fn take_connection(&self) -> Option<PoolConnection<MySql>> {
-        self.held.lock().unwrap_or_else(|p| p.into_inner()).take()
+    /// The spare connection, if a previous batch left one.
+    fn take_spare(&self) -> Option<PoolConnection<MySql>> {
+        self.spare.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// Keeps `conn` as the spare connection, or hands it back to the pool if there is one
+    /// already, or if the pool is closing.
+    fn keep_spare(&self, conn: PoolConnection<MySql>) {
+        if self.hold_idle.is_zero() {
+            return;
+        }
+        let mut spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
+        if spare.is_none() && !self.pool.is_closed() {
+            *spare = Some(conn);
+        }
     }
 
     /// Stores `batch`; one outcome per message, in order.
@@ -164,7 +186,7 @@ impl Writer {
         };
         // Every query of the batch runs on one connection: the one kept from the previous
         // batch when sends keep coming.
-        let mut conn = match self.take_connection() {
+        let mut conn = match self.take_spare() {
             Some(conn) => conn,
             None => match self.pool.acquire().await {
                 Ok(conn) => conn,
@@ -181,7 +203,7 @@ impl Writer {
             attempt += 1;
             match self.try_write(&mut conn, batch, &users).await {
                 Ok(outcomes) => {
-                    *self.held.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn);
+                    self.keep_spare(conn);
                     return outcomes;
                 }
                 Err(err) => {
