@@ -79,8 +79,8 @@
 //! | `chatcore_users` | id (rowid), username, password hash | unique `chatcore_users_username`: name lookups, and the sorted directory with prefix and keyset paging as one range scan |
 //! | `chatcore_sessions` | SHA-256 of the token → user, expiry | primary key on the hash: one lookup per authenticated request |
 //! | `chatcore_messages` | id (rowid), sender, recipient, conversation key (`conv_low`, `conv_high`), `created_at` (µs), body, idempotency key | `chatcore_messages_conversation (conv_low, conv_high, id)`: the conversation page, latest first, with the `before` cursor, as one range scan; partial unique `chatcore_messages_idempotency (sender_id, idempotency_key)`: replays, only keyed messages indexed |
-//! | `chatcore_user_messages` | (user, message) for each participant | primary key `(user_id, message_id)`: a user's messages newest first and the catch-up after an id, as one range scan (a message to oneself has one row, so it is listed once) |
-//! | `chatcore_conversations` | messages per conversation | primary key `(conv_low, conv_high)`: the page `total` is one row, never a count |
+//! | `chatcore_user_conversations` | (user, conversation) for each participant, written with a conversation's first message | primary key `(user_id, conv_low, conv_high)`: a user's messages and catch-up are read conversation by conversation, each a range of the conversation index (newest activity first, stopping when no older conversation can make the page), so a send writes no per-user index row |
+//! | `chatcore_conversations` | messages per conversation and its newest id | primary key `(conv_low, conv_high)`: the page `total` is one row, never a count; the newest id orders and prunes the per-user reads |
 //! | `chatcore_user_counts` | messages per user | primary key `user_id`: the per-user `total` |
 //! | `chatcore_migrations` | applied schema steps | primary key `version` |
 //!

@@ -1,7 +1,8 @@
 //! The read side: a connection plus a username cache, the queries run on it, and the reader
 //! threads that pull jobs from the shared queue.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 
 use chatcore::store::{Credentials, MessagePage, PageRequest, UserQuery};
 use chatcore::{ConversationKey, Entity, Error, Message, MessageId, Result, User, UserId, Username};
@@ -238,43 +239,94 @@ impl ReadCtx {
         })
     }
 
+    /// A user's messages newest first, read through their conversations: each
+    /// conversation's ids below the cursor are a range of the conversation index. The
+    /// conversations are visited newest activity first, and the walk stops at the first one
+    /// whose newest message cannot make the page, so a page usually reads only the few
+    /// conversations active most recently. The work grows with the user's number of
+    /// conversations (one small row each), never with the table.
     pub(crate) fn user_messages(&mut self, user: UserId, page: &PageRequest) -> Result<MessagePage> {
         self.snapshot(|conn, _| {
             let total = count(conn, sql::USER_COUNT, &[user.0])?;
-            if total == 0 {
-                return Ok(MessagePage::default());
+            if page.limit == 0 || u64::from(page.offset) >= total {
+                return Ok(MessagePage {
+                    messages: Vec::new(),
+                    total,
+                });
             }
-            let mut stmt = conn.prepare_cached(sql::USER_PAGE).map_err(error::map)?;
-            let rows = stmt
-                .query_map(
-                    [
-                        user.0,
-                        before_bound(page),
-                        i64::from(page.limit),
-                        i64::from(page.offset),
-                    ],
-                    message_from_row,
-                )
+            let before = before_bound(page);
+            let want = page.offset as usize + page.limit as usize;
+            let mut conversations = user_conversations(conn, sql::USER_CONVERSATIONS, &[user.0])?;
+            conversations.sort_unstable_by_key(|c| std::cmp::Reverse(c.last_id));
+            // The `want` largest ids seen so far (a min-heap: its top is the smallest kept).
+            let mut kept: BinaryHeap<Reverse<i64>> = BinaryHeap::with_capacity(want.min(1024) + 1);
+            let mut ids = conn
+                .prepare_cached(sql::CONVERSATION_IDS_BEFORE)
                 .map_err(error::map)?;
-            let messages = rows.map(|r| r.map_err(row_error)).collect::<Result<_>>()?;
+            for conversation in &conversations {
+                let newest = conversation.last_id.min(before.saturating_sub(1));
+                if kept.len() == want && kept.peek().is_some_and(|Reverse(min)| newest <= *min) {
+                    break;
+                }
+                let mut rows = ids
+                    .query([conversation.low, conversation.high, before, want as i64])
+                    .map_err(error::map)?;
+                while let Some(row) = rows.next().map_err(error::map)? {
+                    let id: i64 = row.get(0).map_err(error::map)?;
+                    if kept.len() < want {
+                        kept.push(Reverse(id));
+                    } else if kept.peek().is_some_and(|Reverse(min)| id > *min) {
+                        kept.pop();
+                        kept.push(Reverse(id));
+                    } else {
+                        break;
+                    }
+                }
+            }
+            let mut chosen: Vec<i64> = kept.into_iter().map(|Reverse(id)| id).collect();
+            chosen.sort_unstable_by(|a, b| b.cmp(a));
+            let messages = messages_by_id(conn, chosen.into_iter().skip(page.offset as usize))?;
             Ok(MessagePage { messages, total })
         })
     }
 
+    /// The first `limit` messages of `user` after `after`, oldest first: the smallest ids
+    /// above `after` of every conversation that has one (its newest id says so).
     pub(crate) fn messages_after(
         &mut self,
         user: UserId,
         after: MessageId,
         limit: u32,
     ) -> Result<Vec<Message>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(sql::MESSAGES_AFTER)
-            .map_err(error::map)?;
-        let rows = stmt
-            .query_map([user.0, after.0, i64::from(limit)], message_from_row)
-            .map_err(error::map)?;
-        rows.map(|r| r.map_err(row_error)).collect()
+        self.snapshot(|conn, _| {
+            let want = limit as usize;
+            if want == 0 {
+                return Ok(Vec::new());
+            }
+            let conversations = user_conversations(conn, sql::USER_CONVERSATIONS_AFTER, &[user.0, after.0])?;
+            // The `want` smallest ids seen so far (a max-heap: its top is the largest kept).
+            let mut kept: BinaryHeap<i64> = BinaryHeap::with_capacity(want.min(1024) + 1);
+            let mut ids = conn
+                .prepare_cached(sql::CONVERSATION_IDS_AFTER)
+                .map_err(error::map)?;
+            for conversation in &conversations {
+                let mut rows = ids
+                    .query([conversation.low, conversation.high, after.0, want as i64])
+                    .map_err(error::map)?;
+                while let Some(row) = rows.next().map_err(error::map)? {
+                    let id: i64 = row.get(0).map_err(error::map)?;
+                    if kept.len() < want {
+                        kept.push(id);
+                    } else if kept.peek().is_some_and(|max| id < *max) {
+                        kept.pop();
+                        kept.push(id);
+                    } else {
+                        break;
+                    }
+                }
+            }
+            messages_by_id(conn, kept.into_sorted_vec().into_iter())
+        })
     }
 
     pub(crate) fn idempotent_message(&mut self, sender: UserId, key: &str) -> Result<Option<Message>> {
@@ -286,6 +338,34 @@ impl ReadCtx {
             .optional()
             .map_err(row_error)
     }
+}
+
+/// One conversation a user takes part in.
+struct UserConversation {
+    low: i64,
+    high: i64,
+    last_id: i64,
+}
+
+fn user_conversations(conn: &Connection, sql: &str, params: &[i64]) -> Result<Vec<UserConversation>> {
+    let mut stmt = conn.prepare_cached(sql).map_err(error::map)?;
+    let rows = stmt
+        .query_map(rusqlite::params_from_iter(params), |row| {
+            Ok(UserConversation {
+                low: row.get(0)?,
+                high: row.get(1)?,
+                last_id: row.get(2)?,
+            })
+        })
+        .map_err(error::map)?;
+    rows.map(|r| r.map_err(error::map)).collect()
+}
+
+/// The messages with these ids, in this order (each a rowid lookup).
+fn messages_by_id(conn: &Connection, ids: impl Iterator<Item = i64>) -> Result<Vec<Message>> {
+    let mut stmt = conn.prepare_cached(sql::MESSAGE_BY_ID).map_err(error::map)?;
+    ids.map(|id| stmt.query_row([id], message_from_row).map_err(row_error))
+        .collect()
 }
 
 /// A counter row's value, `0` when there is no row yet.

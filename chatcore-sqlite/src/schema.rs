@@ -13,10 +13,11 @@ struct Migration {
 }
 
 /// Every migration, oldest first. Never edit a released step: add a new one.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "users, sessions, messages, per-user message index, counters",
-    sql: r#"
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "users, sessions, messages, per-user message index, counters",
+        sql: r#"
 CREATE TABLE chatcore_users (
     id            INTEGER PRIMARY KEY,
     username      TEXT NOT NULL,
@@ -68,10 +69,37 @@ CREATE TABLE chatcore_user_counts (
     message_count INTEGER NOT NULL
 );
 "#,
-}];
+    },
+    Migration {
+        version: 2,
+        name: "a user's messages through their conversations: drop the per-user message index",
+        // Each message wrote one row per participant into chatcore_user_messages, and those rows
+        // land on a different b-tree page for every user: most of the pages a commit wrote. A
+        // user's messages are now read through the conversations they take part in (a row per
+        // conversation and participant, written once) and each conversation's newest id.
+        sql: r#"
+CREATE TABLE chatcore_user_conversations (
+    user_id   INTEGER NOT NULL,
+    conv_low  INTEGER NOT NULL,
+    conv_high INTEGER NOT NULL,
+    PRIMARY KEY (user_id, conv_low, conv_high)
+) WITHOUT ROWID;
+INSERT OR IGNORE INTO chatcore_user_conversations (user_id, conv_low, conv_high)
+    SELECT conv_low, conv_low, conv_high FROM chatcore_conversations;
+INSERT OR IGNORE INTO chatcore_user_conversations (user_id, conv_low, conv_high)
+    SELECT conv_high, conv_low, conv_high FROM chatcore_conversations;
+ALTER TABLE chatcore_conversations ADD COLUMN last_id INTEGER NOT NULL DEFAULT 0;
+UPDATE chatcore_conversations SET last_id = coalesce((
+    SELECT max(m.id) FROM chatcore_messages AS m
+    WHERE m.conv_low = chatcore_conversations.conv_low
+      AND m.conv_high = chatcore_conversations.conv_high), 0);
+DROP TABLE chatcore_user_messages;
+"#,
+    },
+];
 
 /// The schema version this code writes and reads.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// What [`SqliteStore::migrate`](crate::SqliteStore::migrate) did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,6 +218,56 @@ mod tests {
             .query_row("SELECT count(*) FROM chatcore_migrations", [], |r| r.get(0))
             .unwrap();
         assert_eq!(rows, i64::from(SCHEMA_VERSION));
+    }
+
+    /// A version-1 database with messages moves to version 2 with its conversations listed
+    /// under both participants (once for a note to oneself) and each conversation's newest id.
+    #[test]
+    fn version_1_data_migrates() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(CREATE_MIGRATIONS_TABLE).unwrap();
+        conn.execute_batch(MIGRATIONS[0].sql).unwrap();
+        conn.execute("INSERT INTO chatcore_migrations VALUES (1, 'v1', 0)", [])
+            .unwrap();
+        conn.execute_batch(
+            "INSERT INTO chatcore_users (id, username) VALUES (1, 'a'), (2, 'b'), (3, 'c');
+             INSERT INTO chatcore_messages (id, sender_id, recipient_id, conv_low, conv_high, created_at, body)
+                 VALUES (1, 1, 2, 1, 2, 0, 'x'), (2, 2, 1, 1, 2, 0, 'y'), (3, 3, 3, 3, 3, 0, 'z'),
+                        (4, 1, 3, 1, 3, 0, 'w');
+             INSERT INTO chatcore_user_messages VALUES (1, 1), (2, 1), (1, 2), (2, 2), (3, 3), (1, 4), (3, 4);
+             INSERT INTO chatcore_conversations VALUES (1, 2, 2), (3, 3, 1), (1, 3, 1);
+             INSERT INTO chatcore_user_counts VALUES (1, 3), (2, 2), (3, 2);",
+        )
+        .unwrap();
+        let report = migrate(&mut conn, 1).unwrap();
+        assert_eq!((report.previous, report.current), (1, SCHEMA_VERSION));
+        let listed: Vec<(i64, i64, i64)> = conn
+            .prepare("SELECT user_id, conv_low, conv_high FROM chatcore_user_conversations ORDER BY 1, 2, 3")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(
+            listed,
+            vec![(1, 1, 2), (1, 1, 3), (2, 1, 2), (3, 1, 3), (3, 3, 3)]
+        );
+        let newest: Vec<(i64, i64, i64, i64)> = conn
+            .prepare("SELECT conv_low, conv_high, message_count, last_id FROM chatcore_conversations ORDER BY 1, 2")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(newest, vec![(1, 2, 2, 2), (1, 3, 1, 4), (3, 3, 1, 3)]);
+        let old_table: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'chatcore_user_messages'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(old_table, 0);
     }
 
     #[test]

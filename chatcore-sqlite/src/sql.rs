@@ -28,12 +28,17 @@ pub(crate) const INSERT_MESSAGE: &str = "INSERT INTO chatcore_messages
      (sender_id, recipient_id, conv_low, conv_high, created_at, body, idempotency_key)
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
 
-pub(crate) const INSERT_USER_MESSAGE: &str =
-    "INSERT INTO chatcore_user_messages (user_id, message_id) VALUES (?1, ?2)";
-
+/// Adds `?3` messages up to id `?4` to a conversation; answers the new count, which equals
+/// `?3` when these are the conversation's first messages.
 pub(crate) const ADD_CONVERSATION_COUNT: &str =
-    "INSERT INTO chatcore_conversations (conv_low, conv_high, message_count) VALUES (?1, ?2, ?3)
-     ON CONFLICT (conv_low, conv_high) DO UPDATE SET message_count = message_count + excluded.message_count";
+    "INSERT INTO chatcore_conversations (conv_low, conv_high, message_count, last_id) VALUES (?1, ?2, ?3, ?4)
+     ON CONFLICT (conv_low, conv_high) DO UPDATE SET
+         message_count = message_count + excluded.message_count,
+         last_id = max(last_id, excluded.last_id)
+     RETURNING message_count";
+
+pub(crate) const ADD_USER_CONVERSATION: &str =
+    "INSERT OR IGNORE INTO chatcore_user_conversations (user_id, conv_low, conv_high) VALUES (?1, ?2, ?3)";
 
 pub(crate) const ADD_USER_COUNT: &str =
     "INSERT INTO chatcore_user_counts (user_id, message_count) VALUES (?1, ?2)
@@ -82,24 +87,32 @@ pub(crate) const CONVERSATION_PAGE: &str = concat!(
 
 pub(crate) const USER_COUNT: &str = "SELECT message_count FROM chatcore_user_counts WHERE user_id = ?1";
 
-pub(crate) const USER_PAGE: &str = concat!(
-    message_select!(),
-    "chatcore_user_messages AS um
-     CROSS JOIN chatcore_messages AS m ON m.id = um.message_id
-     CROSS JOIN chatcore_users AS s ON s.id = m.sender_id
-     CROSS JOIN chatcore_users AS r ON r.id = m.recipient_id
-     WHERE um.user_id = ?1 AND um.message_id < ?2
-     ORDER BY um.message_id DESC LIMIT ?3 OFFSET ?4"
-);
+/// The conversations `?1` takes part in, with each one's newest message id.
+pub(crate) const USER_CONVERSATIONS: &str = "SELECT c.conv_low, c.conv_high, c.last_id
+     FROM chatcore_user_conversations AS uc
+     CROSS JOIN chatcore_conversations AS c ON c.conv_low = uc.conv_low AND c.conv_high = uc.conv_high
+     WHERE uc.user_id = ?1";
 
-pub(crate) const MESSAGES_AFTER: &str = concat!(
+/// The same, only those with a message after id `?2`.
+pub(crate) const USER_CONVERSATIONS_AFTER: &str = "SELECT c.conv_low, c.conv_high, c.last_id
+     FROM chatcore_user_conversations AS uc
+     CROSS JOIN chatcore_conversations AS c ON c.conv_low = uc.conv_low AND c.conv_high = uc.conv_high
+     WHERE uc.user_id = ?1 AND c.last_id > ?2";
+
+/// Ids of a conversation below `?3`, newest first (the index alone answers it).
+pub(crate) const CONVERSATION_IDS_BEFORE: &str = "SELECT id FROM chatcore_messages
+     WHERE conv_low = ?1 AND conv_high = ?2 AND id < ?3 ORDER BY id DESC LIMIT ?4";
+
+/// Ids of a conversation above `?3`, oldest first.
+pub(crate) const CONVERSATION_IDS_AFTER: &str = "SELECT id FROM chatcore_messages
+     WHERE conv_low = ?1 AND conv_high = ?2 AND id > ?3 ORDER BY id ASC LIMIT ?4";
+
+pub(crate) const MESSAGE_BY_ID: &str = concat!(
     message_select!(),
-    "chatcore_user_messages AS um
-     CROSS JOIN chatcore_messages AS m ON m.id = um.message_id
+    "chatcore_messages AS m
      CROSS JOIN chatcore_users AS s ON s.id = m.sender_id
      CROSS JOIN chatcore_users AS r ON r.id = m.recipient_id
-     WHERE um.user_id = ?1 AND um.message_id > ?2
-     ORDER BY um.message_id ASC LIMIT ?3"
+     WHERE m.id = ?1"
 );
 
 /// The directory: `?1` lower bound, `?2` upper bound (prefix's successor), `?3` excluded id
@@ -219,23 +232,40 @@ mod query_plans {
         );
         assert_plan(
             conn,
-            USER_PAGE,
+            USER_COUNT,
+            &[&format!("SEARCH chatcore_user_counts {BY_ROWID}")],
+        );
+        for sql in [USER_CONVERSATIONS, USER_CONVERSATIONS_AFTER] {
+            assert_plan(
+                conn,
+                sql,
+                &[
+                    "SEARCH uc USING PRIMARY KEY (user_id=?)",
+                    "SEARCH c USING PRIMARY KEY (conv_low=? AND conv_high=?)",
+                ],
+            );
+        }
+        assert_plan(
+            conn,
+            CONVERSATION_IDS_BEFORE,
             &[
-                "SEARCH um USING PRIMARY KEY (user_id=? AND message_id<?)",
-                &format!("SEARCH m {BY_ROWID}"),
+                "SEARCH chatcore_messages USING COVERING INDEX chatcore_messages_conversation (conv_low=? AND conv_high=? AND id<?)",
             ],
         );
         assert_plan(
             conn,
-            USER_COUNT,
-            &[&format!("SEARCH chatcore_user_counts {BY_ROWID}")],
+            CONVERSATION_IDS_AFTER,
+            &[
+                "SEARCH chatcore_messages USING COVERING INDEX chatcore_messages_conversation (conv_low=? AND conv_high=? AND id>?)",
+            ],
         );
         assert_plan(
             conn,
-            MESSAGES_AFTER,
+            MESSAGE_BY_ID,
             &[
-                "SEARCH um USING PRIMARY KEY (user_id=? AND message_id>?)",
                 &format!("SEARCH m {BY_ROWID}"),
+                &format!("SEARCH s {BY_ROWID}"),
+                &format!("SEARCH r {BY_ROWID}"),
             ],
         );
         assert_plan(conn, MESSAGE_FOR, &[&format!("SEARCH m {BY_ROWID}")]);
@@ -298,12 +328,11 @@ mod query_plans {
                 rusqlite::params![from, to, from.min(to), from.max(to), id, "body", key],
             )
             .unwrap();
-            tx.execute(INSERT_USER_MESSAGE, [from, id]).unwrap();
-            if from != to {
-                tx.execute(INSERT_USER_MESSAGE, [to, id]).unwrap();
-            }
-            tx.execute(ADD_CONVERSATION_COUNT, [from.min(to), from.max(to), 1])
+            let (low, high) = (from.min(to), from.max(to));
+            tx.query_row(ADD_CONVERSATION_COUNT, [low, high, 1, id], |_| Ok(()))
                 .unwrap();
+            tx.execute(ADD_USER_CONVERSATION, [low, low, high]).unwrap();
+            tx.execute(ADD_USER_CONVERSATION, [high, low, high]).unwrap();
             tx.execute(ADD_USER_COUNT, [from, 1]).unwrap();
         }
         tx.commit().unwrap();

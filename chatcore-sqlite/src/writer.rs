@@ -175,7 +175,8 @@ pub(crate) struct Writer {
     last_timestamp: DateTime<Utc>,
     /// Names learned inside the open transaction; cached only once it commits.
     pending_names: HashMap<Username, UserId>,
-    conversation_counts: HashMap<ConversationKey, i64>,
+    /// Messages and newest id per conversation in the open transaction.
+    conversation_counts: HashMap<ConversationKey, (i64, i64)>,
     user_counts: HashMap<UserId, i64>,
 }
 
@@ -331,9 +332,18 @@ impl Writer {
     fn flush_counts(&mut self) -> rusqlite::Result<()> {
         let conn = &self.ctx.conn;
         if !self.conversation_counts.is_empty() {
-            let mut stmt = conn.prepare_cached(sql::ADD_CONVERSATION_COUNT)?;
-            for (key, n) in self.conversation_counts.drain() {
-                stmt.execute([key.low().0, key.high().0, n])?;
+            let mut add = conn.prepare_cached(sql::ADD_CONVERSATION_COUNT)?;
+            let mut join = conn.prepare_cached(sql::ADD_USER_CONVERSATION)?;
+            for (key, (n, last_id)) in self.conversation_counts.drain() {
+                let (low, high) = (key.low().0, key.high().0);
+                let total: i64 = add.query_row([low, high, n, last_id], |row| row.get(0))?;
+                // A new conversation: list it under each participant, once.
+                if total == n {
+                    join.execute([low, low, high])?;
+                    if high != low {
+                        join.execute([high, low, high])?;
+                    }
+                }
             }
         }
         if !self.user_counts.is_empty() {
@@ -455,14 +465,9 @@ impl Writer {
             Err(e) => return Err(e),
         }
         let id = conn.last_insert_rowid();
-        {
-            let mut stmt = conn.prepare_cached(sql::INSERT_USER_MESSAGE)?;
-            stmt.execute([sender_id.0, id])?;
-            if recipient_id != sender_id {
-                stmt.execute([recipient_id.0, id])?;
-            }
-        }
-        *self.conversation_counts.entry(key).or_insert(0) += 1;
+        let (count, last_id) = self.conversation_counts.entry(key).or_insert((0, id));
+        *count += 1;
+        *last_id = (*last_id).max(id);
         *self.user_counts.entry(sender_id).or_insert(0) += 1;
         if recipient_id != sender_id {
             *self.user_counts.entry(recipient_id).or_insert(0) += 1;

@@ -127,6 +127,7 @@ pub const SCENARIOS: &[&str] = &[
     "concurrent_senders_get_unique_ids",
     "catch_up_after_id",
     "note_to_self_is_listed_once",
+    "user_pages_span_conversations",
 ];
 
 /// Runs one `#[tokio::test]` per conformance scenario against stores made by `$factory`,
@@ -151,6 +152,7 @@ macro_rules! store_conformance_tests {
             concurrent_senders_get_unique_ids,
             catch_up_after_id,
             note_to_self_is_listed_once,
+            user_pages_span_conversations,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
@@ -797,4 +799,111 @@ pub async fn note_to_self_is_listed_once(store: Arc<dyn Store>) {
             .len(),
         1
     );
+}
+
+/// A user's messages interleaved over several conversations (some quiet for a long time, one
+/// with themself): every page, by offset and by cursor, and every catch-up, match the
+/// messages in id order.
+pub async fn user_pages_span_conversations(store: Arc<dyn Store>) {
+    let alice = user(&store, "alice").await;
+    let others = [
+        user(&store, "bob").await,
+        user(&store, "carol").await,
+        user(&store, "dave").await,
+        user(&store, "erin").await,
+    ];
+    let frank = user(&store, "frank").await;
+    let mut alices: Vec<Message> = Vec::new();
+    for i in 0..90usize {
+        // Uneven traffic: bob often, erin only early on, notes to self now and then, and
+        // messages alice is not part of in between.
+        let m = match i % 9 {
+            0 | 3 | 6 => send(&store, &alice, &others[0], "ab").await,
+            1 if i < 30 => send(&store, &others[3], &alice, "ea").await,
+            2 => send(&store, &others[1], &alice, "ca").await,
+            4 => send(&store, &alice, &alice, "note").await,
+            5 | 8 => send(&store, &alice, &others[2], "ad").await,
+            _ => {
+                send(&store, &frank, &others[0], "fb").await;
+                continue;
+            }
+        };
+        alices.push(m);
+    }
+    let newest_first: Vec<Message> = alices.iter().rev().cloned().collect();
+    let total = alices.len() as u64;
+    for limit in [1u32, 7, 15, 100] {
+        let mut offset = 0u32;
+        loop {
+            let page = store
+                .user_messages(
+                    alice.id,
+                    &PageRequest {
+                        before: None,
+                        offset,
+                        limit,
+                    },
+                )
+                .await
+                .unwrap();
+            assert_eq!(page.total, total);
+            let start = (offset as usize).min(newest_first.len());
+            let end = (start + limit as usize).min(newest_first.len());
+            assert_eq!(
+                page.messages,
+                newest_first[start..end],
+                "offset {offset} limit {limit}"
+            );
+            if end == newest_first.len() {
+                break;
+            }
+            offset += limit;
+        }
+        let mut before = None;
+        let mut walked = Vec::new();
+        loop {
+            let page = store
+                .user_messages(
+                    alice.id,
+                    &PageRequest {
+                        before,
+                        offset: 0,
+                        limit,
+                    },
+                )
+                .await
+                .unwrap();
+            if page.messages.is_empty() {
+                break;
+            }
+            before = page.messages.last().map(|m| m.id);
+            walked.extend(page.messages);
+        }
+        assert_eq!(walked, newest_first, "cursor walk with limit {limit}");
+    }
+    // A cursor that is not one of alice's messages (frank's) still bounds the page.
+    let foreign = send(&store, &frank, &others[1], "fc").await;
+    let page = store
+        .user_messages(alice.id, &PageRequest::before(foreign.id, 5))
+        .await
+        .unwrap();
+    assert_eq!(page.messages, newest_first[..5]);
+    for since_index in [0usize, 10, 40, 70] {
+        let since = alices[since_index].id;
+        for limit in [1u32, 3, 16, 1000] {
+            let caught_up = store.messages_after(alice.id, since, limit).await.unwrap();
+            let expected: Vec<Message> = alices[since_index + 1..]
+                .iter()
+                .take(limit as usize)
+                .cloned()
+                .collect();
+            assert_eq!(caught_up, expected, "after #{since_index} limit {limit}");
+        }
+    }
+    let frank_page = store
+        .user_messages(frank.id, &PageRequest::latest(100))
+        .await
+        .unwrap();
+    assert!(frank_page.messages.iter().all(|m| m.sender == frank.username));
+    assert_eq!(frank_page.total, frank_page.messages.len() as u64);
 }
