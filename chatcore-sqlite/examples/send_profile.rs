@@ -9,7 +9,8 @@
 //! ```
 //!
 //! `--dir PATH` puts the database elsewhere than the temp directory (e.g. `/dev/shm` to take
-//! `fsync` out); `--normal` uses `synchronous=NORMAL`.
+//! `fsync` out); `--normal` uses `synchronous=NORMAL`; `--no-pipeline` turns
+//! `SqliteConfig::pipelined_sync` off (SQLite syncs inside each commit).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,6 +25,7 @@ struct Args {
     concurrency: usize,
     dir: Option<std::path::PathBuf>,
     normal: bool,
+    no_pipeline: bool,
 }
 
 fn parse_args() -> Args {
@@ -32,6 +34,7 @@ fn parse_args() -> Args {
         concurrency: 64,
         dir: None,
         normal: false,
+        no_pipeline: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -41,6 +44,7 @@ fn parse_args() -> Args {
             "--concurrency" => args.concurrency = value().parse().expect("--concurrency N"),
             "--dir" => args.dir = Some(value().into()),
             "--normal" => args.normal = true,
+            "--no-pipeline" => args.no_pipeline = true,
             other => panic!("unknown flag {other}"),
         }
     }

@@ -21,7 +21,7 @@ pub enum Location {
 ///
 /// | setting | an acknowledged send survives a process crash (`kill -9`) | survives power loss / OS crash | cost |
 /// |---|---|---|---|
-/// | [`Full`](Synchronous::Full) (default) | yes | yes | one `fsync` of the WAL per commit (per group-committed batch) |
+/// | [`Full`](Synchronous::Full) (default) | yes | yes | one `fsync` of the WAL per group-committed batch; by default done on a sync thread while the writer commits the next batch (see [`SqliteConfig::pipelined_sync`]) |
 /// | [`Extra`](Synchronous::Extra) | yes | yes, also the directory entry of a fresh WAL | like `Full`, plus a directory sync |
 /// | [`Normal`](Synchronous::Normal) | yes | no: the last commits before the crash may be lost (the file stays consistent) | `fsync` only at checkpoints |
 /// | [`Off`](Synchronous::Off) | yes | no, and the file may be corrupted | no `fsync` at all |
@@ -103,6 +103,16 @@ pub struct SqliteConfig {
     /// fails with [`chatcore::Error::StorageFull`]. `None` keeps SQLite's limit.
     /// Default: `None`.
     pub max_page_count: Option<u64>,
+    /// With [`Synchronous::Full`] on a file: sync the WAL on a thread of its own instead of
+    /// inside each commit, so the writer commits the next batch while the previous one is
+    /// being synced. Every send is still answered only after the WAL holding it is on stable
+    /// storage, so an acknowledged send survives power loss exactly as with plain `Full`.
+    /// The difference: other readers can see a commit up to one `fsync` before it is
+    /// durable, so after a power loss (not a process crash, which loses nothing) a message
+    /// that was shown but never acknowledged to its sender can be gone. `false` uses
+    /// SQLite's own `synchronous=FULL`, where a commit is visible only once synced.
+    /// Default: `true`.
+    pub pipelined_sync: bool,
 }
 
 impl Default for SqliteConfig {
@@ -119,6 +129,7 @@ impl Default for SqliteConfig {
             name_cache: 100_000,
             session_cache: 100_000,
             max_page_count: None,
+            pipelined_sync: true,
         }
     }
 }

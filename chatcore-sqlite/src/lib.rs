@@ -29,7 +29,7 @@
 //! - **Group commit.** The writer blocks for one job, then drains every job waiting at that
 //!   moment (up to [`SqliteConfig::max_batch`]) and commits them all in one
 //!   `BEGIN IMMEDIATE ... COMMIT`, so a durable commit costs one `fsync` per batch, not per
-//!   message. Waiters are answered only after the commit. If the batch fails because of one
+//!   message. Waiters are answered only after the commit is durable. If the batch fails because of one
 //!   job, each job is retried in its own transaction; if it fails because of the database
 //!   (busy, full, corrupt), every waiter gets that error.
 //! - **Ids in commit order.** Message ids are the `INTEGER PRIMARY KEY` (rowid) assigned by
@@ -38,6 +38,11 @@
 //! - **Idempotency and the recipient are resolved in the writer's transaction**, in the same
 //!   job as the insert. Each thread caches username → id (users are never renamed or
 //!   deleted); the writer caches a name only once the transaction that saw it has committed.
+//! - **Pipelined sync.** With [`Synchronous::Full`] (and [`SqliteConfig::pipelined_sync`], on
+//!   by default) the writer commits without waiting for the disk and hands the batch to a
+//!   sync thread, which `fdatasync`s the WAL once for every batch committed since its last
+//!   sync and only then answers them. The writer meanwhile commits the next batch, so CPU
+//!   work and disk flushes overlap instead of taking turns.
 //! - **WAL mode**, so readers never wait for the writer and the writer never waits for
 //!   readers.
 //! - In memory ([`Location::Memory`]) there is one connection, on the writer thread; reads
@@ -49,7 +54,11 @@
 //! commit, so a send that returned `Ok` survives `kill -9` of the process *and* power loss.
 //! [`Synchronous::Normal`] syncs only at checkpoints: still safe against a process crash, and
 //! never corrupt, but the last commits before a power loss or OS crash may vanish. Thanks to
-//! group commit, `Full` costs one `fsync` per batch; keep it unless you measured otherwise.
+//! group commit, `Full` costs one `fsync` per batch, and with the pipelined sync that `fsync`
+//! runs beside the next batch's work; keep it unless you measured otherwise. The one thing
+//! the pipelined sync gives up (see [`SqliteConfig::pipelined_sync`]): readers may see a
+//! commit up to one `fsync` before it is durable, so a power loss in that window can take
+//! back a message that was shown but never acknowledged.
 //! The test `tests/durability.rs` kills a child process with SIGKILL in the middle of a send
 //! load and finds every acknowledged message in the reopened file: no send is answered
 //! before its commit. (A process kill cannot tell `Full` from `Normal`, since both survive
@@ -59,7 +68,8 @@
 //!
 //! A durable send waits for one `fsync` of the WAL, so with `c` senders waiting at once the
 //! send rate cannot exceed `c / fsync latency` (Little's law), however fast the CPU work is:
-//! group commit makes the cost of that `fsync` shared by everyone in the batch, not smaller.
+//! group commit makes the cost of that `fsync` shared by everyone in the batch, and the
+//! pipelined sync hides it behind the next batch's work, but it is still waited for.
 //! On a disk that syncs in 0.2 ms, 64 concurrent senders can reach the CPU limit of the
 //! writer thread; on a busy disk that syncs in 5 ms they are held near 64 / 5 ms. The
 //! benchmark `benches/sqlite.rs` measures the local `fsync` floor next to the send rates

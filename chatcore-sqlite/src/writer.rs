@@ -2,6 +2,8 @@
 //! at that moment in one transaction (group commit).
 
 use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -10,11 +12,11 @@ use chatcore::{
     ConversationKey, Entity, Error, Message, MessageId, NewMessage, Result, User, UserId, Username,
 };
 use chrono::{DateTime, Utc};
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, Sender};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use tokio::sync::oneshot;
 
-use crate::config::{Location, SqliteConfig};
+use crate::config::{Location, SqliteConfig, Synchronous};
 use crate::reader::{self, ReadCtx, ReadJob};
 use crate::schema::{self, MigrationReport};
 use crate::{error, sql};
@@ -129,7 +131,14 @@ pub(crate) fn open_connection(config: &SqliteConfig) -> Result<Connection> {
             });
         }
     }
-    conn.pragma_update(None, "synchronous", config.synchronous.pragma_value())
+    // With a pipelined sync the writer's own commits do not wait for the disk: the sync
+    // thread makes the WAL durable before anyone is answered (see `Writer::run`).
+    let synchronous = if wal_path_to_sync(config).is_some() {
+        Synchronous::Normal
+    } else {
+        config.synchronous
+    };
+    conn.pragma_update(None, "synchronous", synchronous.pragma_value())
         .map_err(error::map)?;
     conn.pragma_update(None, "foreign_keys", true)
         .map_err(error::map)?;
@@ -170,6 +179,10 @@ pub(crate) struct WriterStats {
 
 pub(crate) struct Writer {
     ctx: ReadCtx,
+    /// The WAL file to sync before answering, when syncs are pipelined.
+    wal_to_sync: Option<PathBuf>,
+    /// Committed writes on their way to the sync thread (set while `run` runs).
+    sync_queue: Option<Sender<Vec<Committed>>>,
     stats: Arc<WriterStats>,
     max_batch: usize,
     last_timestamp: DateTime<Utc>,
@@ -185,6 +198,8 @@ impl Writer {
         let last_timestamp = latest_timestamp(&conn).unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
         Self {
             ctx: ReadCtx::new(conn, config.name_cache),
+            wal_to_sync: wal_path_to_sync(config),
+            sync_queue: None,
             stats,
             max_batch: config.max_batch,
             last_timestamp,
@@ -196,7 +211,45 @@ impl Writer {
 
     /// The writer loop: block for one message, drain whatever else is waiting (up to
     /// `max_batch`), commit the writes in one transaction, answer, repeat.
+    /// With a pipelined sync, a second thread makes each committed batch durable and answers
+    /// it while this one already commits the next batch.
     pub(crate) fn run(mut self, queue: Receiver<WriteMsg>) {
+        let Some(wal) = self.wal_to_sync.clone() else {
+            return self.run_batches(&queue);
+        };
+        std::thread::scope(|scope| {
+            let (sync_tx, sync_rx) = crossbeam_channel::unbounded::<Vec<Committed>>();
+            let spawned = std::thread::Builder::new()
+                .name("chatcore-sqlite-sync".into())
+                .spawn_scoped(scope, move || sync_and_answer(&wal, &sync_rx));
+            match spawned {
+                Ok(_) => self.sync_queue = Some(sync_tx),
+                Err(e) => {
+                    // Without the thread, sync in line: slower, just as durable.
+                    tracing::warn!(error = %e, "could not start the SQLite sync thread; syncing on the writer");
+                    self.sync_in_line();
+                }
+            }
+            self.run_batches(&queue);
+            // Closing the queue lets the sync thread answer what it holds and end; the scope
+            // waits for it, so every committed write is answered before the connection closes.
+            self.sync_queue = None;
+        });
+    }
+
+    /// Without a sync thread: let SQLite sync at each commit after all.
+    fn sync_in_line(&mut self) {
+        self.wal_to_sync = None;
+        if let Err(e) = self
+            .ctx
+            .conn
+            .pragma_update(None, "synchronous", Synchronous::Full.pragma_value())
+        {
+            tracing::warn!(error = %e, "could not set synchronous=FULL");
+        }
+    }
+
+    fn run_batches(&mut self, queue: &Receiver<WriteMsg>) {
         let mut ops = Vec::with_capacity(self.max_batch.min(4096));
         let mut reads = Vec::new();
         while let Ok(first) = queue.recv() {
@@ -212,7 +265,11 @@ impl Writer {
                         self.commit(&mut ops);
                         self.run_reads(&mut reads);
                         let now = self.next_timestamp().timestamp_micros();
-                        let _ = reply.send(schema::migrate(&mut self.ctx.conn, now));
+                        let migrated = schema::migrate(&mut self.ctx.conn, now);
+                        let _ = reply.send(migrated.and_then(|report| {
+                            self.sync_now()?;
+                            Ok(report)
+                        }));
                     }
                     WriteMsg::Stop => {
                         stop = true;
@@ -252,21 +309,22 @@ impl Writer {
             Ok(outcomes) => {
                 self.stats.transactions.fetch_add(1, Ordering::Relaxed);
                 self.stats.writes.fetch_add(ops.len() as u64, Ordering::Relaxed);
-                for (op, outcome) in ops.drain(..).zip(outcomes) {
-                    op.answer(outcome);
-                }
+                let committed = ops.drain(..).zip(outcomes).collect();
+                self.answer_when_durable(committed);
             }
             Err(e) if ops.len() > 1 && !error::affects_everyone(&e) => {
                 tracing::warn!(error = %e, jobs = ops.len(), "group commit failed, retrying jobs one by one");
+                let mut committed = Vec::with_capacity(ops.len());
                 for op in ops.drain(..) {
                     match self.try_batch(std::slice::from_ref(&op)) {
                         Ok(mut outcomes) => match outcomes.pop() {
-                            Some(outcome) => op.answer(outcome),
+                            Some(outcome) => committed.push((op, outcome)),
                             None => op.fail(Error::bug("writer lost a job's outcome")),
                         },
                         Err(e) => op.fail(error::map(e)),
                     }
                 }
+                self.answer_when_durable(committed);
             }
             Err(e) => {
                 tracing::warn!(error = %e, jobs = ops.len(), "write transaction failed");
@@ -279,6 +337,33 @@ impl Writer {
                     op.fail(error::map(e));
                 }
             }
+        }
+    }
+
+    /// Answers committed writes once they are durable: at once when SQLite synced in the
+    /// commit, else through the sync thread.
+    fn answer_when_durable(&mut self, committed: Vec<Committed>) {
+        if committed.is_empty() {
+            return;
+        }
+        match &self.sync_queue {
+            Some(queue) => {
+                if let Err(unsent) = queue.send(committed) {
+                    // The sync thread is gone (it only ends after the queue closes): sync here.
+                    let committed = unsent.into_inner();
+                    let synced = self.sync_now();
+                    answer_all(committed, synced.as_ref().err());
+                }
+            }
+            None => answer_all(committed, None),
+        }
+    }
+
+    /// Makes everything committed so far durable (a no-op when SQLite syncs at commit).
+    fn sync_now(&self) -> Result<()> {
+        match &self.wal_to_sync {
+            Some(wal) => sync_wal(wal, &mut None),
+            None => Ok(()),
         }
     }
 
@@ -505,6 +590,71 @@ impl Writer {
             self.pending_names.insert(name.clone(), id);
         }
         Ok(id)
+    }
+}
+
+/// A committed write and its answer, held until the commit is durable.
+type Committed = (WriteOp, Outcome);
+
+/// The WAL to sync from a separate thread: with [`Synchronous::Full`] on a file and
+/// [`SqliteConfig::pipelined_sync`] on.
+fn wal_path_to_sync(config: &SqliteConfig) -> Option<PathBuf> {
+    match &config.location {
+        Location::File(path) if config.synchronous == Synchronous::Full && config.pipelined_sync => {
+            let mut wal = path.clone().into_os_string();
+            wal.push("-wal");
+            Some(PathBuf::from(wal))
+        }
+        _ => None,
+    }
+}
+
+/// The sync thread: takes every batch committed since its last sync, syncs the WAL once
+/// (`fdatasync`), then answers them all. Ends when the writer closes the queue.
+fn sync_and_answer(wal: &Path, queue: &Receiver<Vec<Committed>>) {
+    let mut file = None;
+    while let Ok(first) = queue.recv() {
+        let mut batches = vec![first];
+        batches.extend(queue.try_iter());
+        let synced = sync_wal(wal, &mut file);
+        if let Err(e) = &synced {
+            tracing::error!(error = %e, "syncing the SQLite WAL failed; the writes it covers are reported as failed");
+            // After a failed fsync the kernel may have dropped the dirty pages: reopen.
+            file = None;
+        }
+        for committed in batches {
+            answer_all(committed, synced.as_ref().err());
+        }
+    }
+}
+
+/// `fdatasync` of the WAL, opening it on first use. Syncing any descriptor of the file
+/// flushes the writes SQLite made through its own.
+fn sync_wal(wal: &Path, file: &mut Option<File>) -> Result<()> {
+    let failed = |e: std::io::Error| {
+        Error::storage_unavailable(std::io::Error::new(
+            e.kind(),
+            format!("syncing {}: {e}", wal.display()),
+        ))
+    };
+    if file.is_none() {
+        *file = Some(File::open(wal).map_err(failed)?);
+    }
+    match file {
+        Some(f) => f.sync_data().map_err(failed),
+        None => Ok(()),
+    }
+}
+
+/// Answers committed writes, or fails them all with a copy of `sync_error`.
+fn answer_all(committed: Vec<Committed>, sync_error: Option<&Error>) {
+    for (op, outcome) in committed {
+        match sync_error {
+            None => op.answer(outcome),
+            Some(e) => op.fail(Error::storage_unavailable(format!(
+                "the write committed but could not be made durable: {e}"
+            ))),
+        }
     }
 }
 

@@ -39,6 +39,7 @@ fn child_sender() {
     runtime().block_on(async move {
         let config = SqliteConfig {
             synchronous: Synchronous::Full,
+            pipelined_sync: std::env::var(PIPELINED_ENV).as_deref() != Ok("0"),
             ..SqliteConfig::file(path)
         };
         let store = Arc::new(SqliteStore::open(config).await.expect("child open"));
@@ -77,6 +78,18 @@ fn child_sender() {
 
 #[test]
 fn acknowledged_sends_survive_kill_9() {
+    kill_9_scenario(true);
+}
+
+#[test]
+fn acknowledged_sends_survive_kill_9_with_sqlite_syncing_in_commit() {
+    kill_9_scenario(false);
+}
+
+/// Whether the child uses `SqliteConfig::pipelined_sync` (`"1"`) or not (`"0"`).
+const PIPELINED_ENV: &str = "CHATCORE_KILL9_PIPELINED";
+
+fn kill_9_scenario(pipelined: bool) {
     if std::env::var_os(CHILD_ENV).is_some() {
         return;
     }
@@ -100,6 +113,7 @@ fn acknowledged_sends_survive_kill_9() {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "child_sender", "--nocapture", "--test-threads=1"])
         .env(CHILD_ENV, &path)
+        .env(PIPELINED_ENV, if pipelined { "1" } else { "0" })
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
