@@ -29,6 +29,10 @@ const CLOSE_GOING_AWAY: u16 = 1001;
 const CLOSE_TRY_AGAIN: u16 = 1013;
 /// Ids remembered per connection to drop duplicates after a catch-up.
 const RECENT_IDS: usize = 16;
+/// Most live frames written to one connection in one go before yielding to other tasks.
+const BURST: usize = 64;
+/// Buffered frame bytes at which tungstenite writes to the socket before the burst's flush.
+const WRITE_BUFFER_FLUSH_AT: usize = 16 * 1024;
 
 /// `GET /ws?since=ID`.
 #[derive(Deserialize)]
@@ -60,7 +64,9 @@ pub(crate) async fn upgrade(
     let guard = state.shutdown().socket_guard();
     Ok(upgrade
         .read_buffer_size(config.ws_read_buffer)
-        .write_buffer_size(0)
+        // Frames are fed in bursts and flushed once per burst (see `Writer::deliver`); this is
+        // only the size at which a burst is written out before its flush.
+        .write_buffer_size(WRITE_BUFFER_FLUSH_AT)
         .max_message_size(config.ws_max_incoming_message)
         .max_frame_size(config.ws_max_incoming_message)
         .on_upgrade(move |socket| async move {
@@ -146,21 +152,9 @@ impl Writer<'_> {
             let close = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => Some((CLOSE_GOING_AWAY, "server shutting down")),
-                delivery = subscription.recv() => match delivery {
-                    Some(Delivery::Event(Event::Message(message))) => {
-                        if self.send_live(&message).await.is_err() {
-                            return;
-                        }
-                        None
-                    }
-                    Some(Delivery::Event(_)) => None,
-                    Some(Delivery::Gap) => match self.after_gap().await {
-                        Ok(()) => None,
-                        Err(GapError::Gone) => return,
-                        Err(GapError::Storage) => Some((CLOSE_TRY_AGAIN, "events lost, reconnect with since")),
-                    },
-                    Some(Delivery::Lagged) => Some((CLOSE_TRY_AGAIN, "too slow, reconnect with since")),
-                    None => Some((CLOSE_GOING_AWAY, "notifications ended")),
+                delivery = subscription.recv() => match self.deliver(delivery, &mut subscription).await {
+                    Ok(close) => close,
+                    Err(Gone) => return,
                 },
                 _ = ping.tick() => {
                     let silent = millis_since(started).saturating_sub(last_heard.load(Ordering::Relaxed));
@@ -197,14 +191,88 @@ impl Writer<'_> {
         }
     }
 
-    async fn send_live(&mut self, message: &Message) -> Result<(), Gone> {
-        if self.mark.is_some_and(|mark| message.id <= mark) || self.recent.contains(&message.id) {
+    /// Handles `first` and whatever else is already queued (up to [`BURST`]): live frames
+    /// are fed without flushing, and one flush writes them all, so a burst of notifications
+    /// costs the socket one write instead of one each. Returns the close frame to send, if
+    /// the connection must end.
+    async fn deliver(
+        &mut self,
+        first: Option<Delivery>,
+        subscription: &mut Subscription,
+    ) -> Result<Option<(u16, &'static str)>, Gone> {
+        let mut next = first;
+        let mut unflushed = false;
+        let mut handled = 0;
+        let close = loop {
+            handled += 1;
+            let close = match next {
+                Some(Delivery::Event(Event::Message(message))) => {
+                    unflushed |= self.feed_live(&message).await?;
+                    None
+                }
+                Some(Delivery::Event(_)) => None,
+                Some(Delivery::Gap) => {
+                    self.flush_if(&mut unflushed).await?;
+                    match self.after_gap().await {
+                        Ok(()) => None,
+                        Err(GapError::Gone) => return Err(Gone),
+                        Err(GapError::Storage) => {
+                            Some((CLOSE_TRY_AGAIN, "events lost, reconnect with since"))
+                        }
+                    }
+                }
+                Some(Delivery::Lagged) => Some((CLOSE_TRY_AGAIN, "too slow, reconnect with since")),
+                None => Some((CLOSE_GOING_AWAY, "notifications ended")),
+            };
+            if close.is_some() || handled == BURST {
+                break close;
+            }
+            next = match subscription.try_recv() {
+                Ok(Some(delivery)) => Some(delivery),
+                Ok(None) => break None,
+                // Ended: the next `recv` reports how (lagged or closed).
+                Err(()) => break None,
+            };
+        };
+        self.flush_if(&mut unflushed).await?;
+        Ok(close)
+    }
+
+    async fn flush_if(&mut self, unflushed: &mut bool) -> Result<(), Gone> {
+        if !std::mem::take(unflushed) {
             return Ok(());
         }
+        match timeout(self.state.config().ws_send_timeout, self.sink.flush()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Gone),
+            Err(_) => {
+                tracing::debug!(user = %self.user.username, "websocket client too slow, dropping it");
+                Err(Gone)
+            }
+        }
+    }
+
+    /// Queues one live frame without flushing; `false` when it was a duplicate and skipped.
+    async fn feed_live(&mut self, message: &Message) -> Result<bool, Gone> {
+        if self.mark.is_some_and(|mark| message.id <= mark) || self.recent.contains(&message.id) {
+            return Ok(false);
+        }
         let frame = self.state.frames().frame(message);
-        self.send(WsMessage::Text(frame)).await?;
+        match timeout(
+            self.state.config().ws_send_timeout,
+            self.sink.feed(WsMessage::Text(frame)),
+        )
+        .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(Gone),
+            Err(_) => {
+                tracing::debug!(user = %self.user.username, "websocket client too slow, dropping it");
+                return Err(Gone);
+            }
+        }
         self.remember(message.id);
-        Ok(())
+        Ok(true)
     }
 
     async fn send_catch_up(&mut self, catch_up: CatchUp) -> Result<(), Gone> {

@@ -6,7 +6,8 @@
 //!   many messages in the table. The measured conversation holds the same 1,000 messages in
 //!   both cases, spread evenly through the table; the other messages belong to 500 other
 //!   conversations. The table is built with a direct bulk insert through rusqlite in one
-//!   transaction, counters included.
+//!   transaction, counters included. `sqlite_page/user_rows/N` reads the same 15 messages as
+//!   alice's own list (`Store::user_messages`).
 //!
 //! - `disk/fsync_4k`: one 4 KiB write and `fdatasync` on the same file system, the floor
 //!   under every durable commit. A sender waits for at least one such sync, so with `c`
@@ -172,9 +173,6 @@ fn page_fixture(rt: &tokio::runtime::Runtime, dir: &std::path::Path, rows: i64) 
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )
             .unwrap();
-        let mut member = tx
-            .prepare("INSERT INTO chatcore_user_messages (user_id, message_id) VALUES (?1, ?2)")
-            .unwrap();
         let every = rows / MEASURED;
         let start = chatcore::now_micros().timestamp_micros() - rows;
         for id in 1..=rows {
@@ -196,15 +194,20 @@ fn page_fixture(rt: &tokio::runtime::Runtime, dir: &std::path::Path, rows: i64) 
                     body
                 ])
                 .unwrap();
-            member.execute([from, id]).unwrap();
-            member.execute([to, id]).unwrap();
         }
     }
     tx.execute_batch(
-        "INSERT INTO chatcore_conversations (conv_low, conv_high, message_count)
-             SELECT conv_low, conv_high, count(*) FROM chatcore_messages GROUP BY conv_low, conv_high;
+        "INSERT INTO chatcore_conversations (conv_low, conv_high, message_count, last_id)
+             SELECT conv_low, conv_high, count(*), max(id) FROM chatcore_messages GROUP BY conv_low, conv_high;
+         INSERT INTO chatcore_user_conversations (user_id, conv_low, conv_high)
+             SELECT conv_low, conv_low, conv_high FROM chatcore_conversations
+             UNION SELECT conv_high, conv_low, conv_high FROM chatcore_conversations;
          INSERT INTO chatcore_user_counts (user_id, message_count)
-             SELECT user_id, count(*) FROM chatcore_user_messages GROUP BY user_id;",
+             SELECT user_id, sum(n) FROM (
+                 SELECT sender_id AS user_id, count(*) AS n FROM chatcore_messages GROUP BY sender_id
+                 UNION ALL
+                 SELECT recipient_id, count(*) FROM chatcore_messages WHERE recipient_id != sender_id GROUP BY recipient_id)
+             GROUP BY user_id;",
     )
     .unwrap();
     tx.commit().unwrap();
@@ -236,6 +239,15 @@ fn pages(c: &mut Criterion) {
                     .conversation_page(alice.id, &bob, &PageRequest::latest(15))
                     .await
                     .expect("page")
+            })
+        });
+        // The same messages as alice's own list (read through her conversations).
+        group.bench_with_input(BenchmarkId::new("user_rows", rows), &rows, |b, _| {
+            b.to_async(&rt).iter(|| async {
+                store
+                    .user_messages(alice.id, &PageRequest::latest(15))
+                    .await
+                    .expect("user page")
             })
         });
         rt.block_on(store.close()).expect("close");
