@@ -1,7 +1,7 @@
 //! The single writer thread: opens the read-write connection, and commits every write waiting
 //! at that moment in one transaction (group commit).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -140,7 +140,9 @@ pub(crate) fn open_connection(config: &SqliteConfig) -> Result<Connection> {
     };
     conn.pragma_update(None, "synchronous", synchronous.pragma_value())
         .map_err(error::map)?;
-    conn.pragma_update(None, "foreign_keys", true)
+    // The writer checks senders itself (`Writer::sender_exists`, cached: users are never
+    // deleted) instead of SQLite probing the users table twice for every message inserted.
+    conn.pragma_update(None, "foreign_keys", false)
         .map_err(error::map)?;
     if let Some(pages) = config.max_page_count {
         let pages = i64::try_from(pages).unwrap_or(i64::MAX);
@@ -188,6 +190,12 @@ pub(crate) struct Writer {
     last_timestamp: DateTime<Utc>,
     /// Names learned inside the open transaction; cached only once it commits.
     pending_names: HashMap<Username, UserId>,
+    /// Ids known to be users (committed). Users are never deleted, so this never goes
+    /// stale; cleared when it reaches the name cache's size.
+    known_ids: HashSet<UserId>,
+    known_ids_capacity: usize,
+    /// Ids found inside the open transaction; cached only once it commits.
+    pending_ids: HashSet<UserId>,
     /// Messages and newest id per conversation in the open transaction.
     conversation_counts: HashMap<ConversationKey, (i64, i64)>,
     user_counts: HashMap<UserId, i64>,
@@ -204,6 +212,9 @@ impl Writer {
             max_batch: config.max_batch,
             last_timestamp,
             pending_names: HashMap::new(),
+            known_ids: HashSet::new(),
+            known_ids_capacity: config.name_cache,
+            pending_ids: HashSet::new(),
             conversation_counts: HashMap::new(),
             user_counts: HashMap::new(),
         }
@@ -381,6 +392,7 @@ impl Writer {
     fn try_batch(&mut self, ops: &[WriteOp]) -> rusqlite::Result<Vec<Outcome>> {
         let created_at = self.next_timestamp();
         self.pending_names.clear();
+        self.pending_ids.clear();
         self.conversation_counts.clear();
         self.user_counts.clear();
         let result = self.apply_all(ops, created_at);
@@ -389,9 +401,16 @@ impl Writer {
                 for (name, id) in self.pending_names.drain() {
                     self.ctx.names_mut().insert(name, id);
                 }
+                if self.known_ids_capacity > 0 {
+                    if self.known_ids.len() + self.pending_ids.len() > self.known_ids_capacity {
+                        self.known_ids.clear();
+                    }
+                    self.known_ids.extend(self.pending_ids.drain());
+                }
             }
             Err(_) => {
                 self.pending_names.clear();
+                self.pending_ids.clear();
                 if !self.ctx.conn.is_autocommit()
                     && let Err(e) = self.ctx.conn.execute_batch("ROLLBACK")
                 {
@@ -511,8 +530,11 @@ impl Writer {
         let Some(recipient_id) = self.resolve_in_tx(&new.recipient)? else {
             return Ok(Err(Error::NotFound(Entity::User)));
         };
-        let conn = &self.ctx.conn;
         let sender_id = new.sender.id;
+        if !self.sender_exists(sender_id)? {
+            return Ok(Err(Error::NotFound(Entity::User)));
+        }
+        let conn = &self.ctx.conn;
         if let Some(key) = &new.idempotency_key {
             let earlier = conn
                 .prepare_cached(sql::IDEMPOTENT_MESSAGE)?
@@ -568,6 +590,25 @@ impl Writer {
             recipient_id,
             replayed: false,
         }))
+    }
+
+    /// Whether `id` is a user, as seen inside the open transaction. Only ids committed
+    /// before this transaction are cached (a user created in it could still roll back).
+    fn sender_exists(&mut self, id: UserId) -> rusqlite::Result<bool> {
+        if self.known_ids.contains(&id) || self.pending_ids.contains(&id) {
+            return Ok(true);
+        }
+        let exists = self
+            .ctx
+            .conn
+            .prepare_cached(sql::USER_EXISTS)?
+            .query_row([id.0], |_| Ok(()))
+            .optional()?
+            .is_some();
+        if exists {
+            self.pending_ids.insert(id);
+        }
+        Ok(exists)
     }
 
     /// A name's id as seen inside the open transaction. Names found here are cached only
