@@ -389,6 +389,28 @@ pub async fn unknown_recipient_is_not_found(store: Arc<dyn Store>) {
             .await,
         Err(Error::NotFound(Entity::User))
     ));
+    // A sender that is not (or no longer) a user stores nothing either.
+    let ghost = User {
+        id: UserId(alice.id.0 + 1_000_000),
+        username: name("ghost"),
+    };
+    let result = store
+        .insert_message(NewMessage {
+            sender: ghost,
+            recipient: alice.username.clone(),
+            body: "boo".into(),
+            idempotency_key: None,
+        })
+        .await;
+    assert!(
+        matches!(result, Err(Error::NotFound(Entity::User))),
+        "got {result:?}"
+    );
+    let page = store
+        .user_messages(alice.id, &PageRequest::latest(15))
+        .await
+        .unwrap();
+    assert_eq!(page.total, 0);
 }
 
 /// The latest page holds the newest 15, newest first, of this conversation only.

@@ -182,6 +182,16 @@ impl Store for MemoryStore {
             .by_name
             .get(&new.recipient)
             .ok_or(Error::NotFound(Entity::User))?;
+        let sender_exists = new
+            .sender
+            .id
+            .0
+            .checked_sub(1)
+            .and_then(|i| usize::try_from(i).ok())
+            .is_some_and(|i| i < state.users.len());
+        if !sender_exists {
+            return Err(Error::NotFound(Entity::User));
+        }
         if let Some(key) = &new.idempotency_key
             && let Some(&index) = state.idempotency.get(&(new.sender.id, key.clone()))
         {
