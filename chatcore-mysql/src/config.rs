@@ -27,9 +27,10 @@ pub struct MysqlConfig {
     pub max_lifetime: Option<Duration>,
     /// A connection taken from the pool after lying idle longer than this is pinged first
     /// (and replaced if the server does not answer); one used more recently is trusted, as the
-    /// pool also checks every connection when it is handed back. A writer task keeps its
-    /// connection between batches while sends come less than this apart. `Duration::ZERO`
-    /// pings on every checkout (a round trip more per read). Default 1 s.
+    /// pool also checks every connection when it is handed back. The writer tasks also keep
+    /// one spare connection between batches while sends come less than this apart (none when
+    /// `max_connections` is 1; it goes back at once when the pool closes). `Duration::ZERO`
+    /// pings on every checkout (a round trip more per read) and keeps no spare. Default 1 s.
     ///
     /// Only a server that went away within this window can fail a call on a stale
     /// connection; reads then retry once on a fresh one, a send fails with

@@ -66,6 +66,10 @@
 //! # Errors
 //! A server that is down, unreachable, out of connections or timing out is
 //! [`chatcore::Error::Unavailable`] (HTTP 503); the pool reconnects by itself once it is back.
+//! Connections are pinged before use only after lying idle for
+//! [`MysqlConfig::ping_if_idle_for`], so right after a server restart a call can meet a dead
+//! connection: a read then retries once, a send fails with `Unavailable`, and the dead
+//! connection is dropped.
 //! A taken username is [`chatcore::Error::Conflict`]. Anything else is
 //! [`chatcore::Error::Internal`] with the `sqlx` error kept as its source.
 //!
