@@ -4,8 +4,8 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use chatcore::store::Inserted;
 use chatcore::{
@@ -185,6 +185,8 @@ pub(crate) struct Writer {
     wal_to_sync: Option<PathBuf>,
     /// Committed writes on their way to the sync thread (set while `run` runs).
     sync_queue: Option<Sender<Vec<Committed>>>,
+    /// Batches committed and not yet synced.
+    unsynced: Arc<Backlog>,
     stats: Arc<WriterStats>,
     max_batch: usize,
     last_timestamp: DateTime<Utc>,
@@ -208,6 +210,7 @@ impl Writer {
             ctx: ReadCtx::new(conn, config.name_cache),
             wal_to_sync: wal_path_to_sync(config),
             sync_queue: None,
+            unsynced: Arc::new(Backlog::default()),
             stats,
             max_batch: config.max_batch,
             last_timestamp,
@@ -230,9 +233,10 @@ impl Writer {
         };
         std::thread::scope(|scope| {
             let (sync_tx, sync_rx) = crossbeam_channel::unbounded::<Vec<Committed>>();
+            let backlog = self.unsynced.clone();
             let spawned = std::thread::Builder::new()
                 .name("chatcore-sqlite-sync".into())
-                .spawn_scoped(scope, move || sync_and_answer(&wal, &sync_rx));
+                .spawn_scoped(scope, move || sync_and_answer(&wal, &sync_rx, &backlog));
             match spawned {
                 Ok(_) => self.sync_queue = Some(sync_tx),
                 Err(e) => {
@@ -264,6 +268,9 @@ impl Writer {
         let mut ops = Vec::with_capacity(self.max_batch.min(4096));
         let mut reads = Vec::new();
         while let Ok(first) = queue.recv() {
+            // Let writes pile up while the disk is behind: one bigger commit writes each
+            // shared page (the newest leaf, the counters) once instead of once per small one.
+            self.unsynced.wait_below(MAX_UNSYNCED_BATCHES);
             let mut stop = false;
             let mut next = Some(first);
             let mut taken = 0;
@@ -359,7 +366,9 @@ impl Writer {
         }
         match &self.sync_queue {
             Some(queue) => {
+                self.unsynced.add(1);
                 if let Err(unsent) = queue.send(committed) {
+                    self.unsynced.remove(1);
                     // The sync thread is gone (it only ends after the queue closes): sync here.
                     let committed = unsent.into_inner();
                     let synced = self.sync_now();
@@ -637,6 +646,43 @@ impl Writer {
 /// A committed write and its answer, held until the commit is durable.
 type Committed = (WriteOp, Outcome);
 
+/// How many committed batches may wait for the sync thread before the writer waits too: one
+/// being synced and one behind it, so commits and syncs overlap without the writer running
+/// ahead in many small commits.
+const MAX_UNSYNCED_BATCHES: usize = 4;
+
+/// A count of batches committed but not yet synced, which the writer can wait on.
+#[derive(Default)]
+struct Backlog {
+    count: Mutex<usize>,
+    changed: Condvar,
+}
+
+impl Backlog {
+    fn lock(&self) -> MutexGuard<'_, usize> {
+        // A plain counter: a panic elsewhere cannot leave it half-updated.
+        self.count.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn add(&self, n: usize) {
+        *self.lock() += n;
+    }
+
+    fn remove(&self, n: usize) {
+        let mut count = self.lock();
+        *count = count.saturating_sub(n);
+        self.changed.notify_all();
+    }
+
+    /// Blocks while `limit` or more batches are waiting.
+    fn wait_below(&self, limit: usize) {
+        let mut count = self.lock();
+        while *count >= limit {
+            count = self.changed.wait(count).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
 /// The WAL to sync from a separate thread: with [`Synchronous::Full`] on a file and
 /// [`SqliteConfig::pipelined_sync`] on.
 fn wal_path_to_sync(config: &SqliteConfig) -> Option<PathBuf> {
@@ -652,12 +698,13 @@ fn wal_path_to_sync(config: &SqliteConfig) -> Option<PathBuf> {
 
 /// The sync thread: takes every batch committed since its last sync, syncs the WAL once
 /// (`fdatasync`), then answers them all. Ends when the writer closes the queue.
-fn sync_and_answer(wal: &Path, queue: &Receiver<Vec<Committed>>) {
+fn sync_and_answer(wal: &Path, queue: &Receiver<Vec<Committed>>, unsynced: &Backlog) {
     let mut file = None;
     while let Ok(first) = queue.recv() {
         let mut batches = vec![first];
         batches.extend(queue.try_iter());
         let synced = sync_wal(wal, &mut file);
+        unsynced.remove(batches.len());
         if let Err(e) = &synced {
             tracing::error!(error = %e, "syncing the SQLite WAL failed; the writes it covers are reported as failed");
             // After a failed fsync the kernel may have dropped the dirty pages: reopen.
