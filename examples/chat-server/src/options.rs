@@ -56,8 +56,13 @@ pub enum LogFormat {
 /// SQLite durability (`PRAGMA synchronous`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SqliteSync {
-    /// fsync at every commit: an acknowledged send survives power loss (default).
+    /// fsync before answering: an acknowledged send survives power loss (default). The fsync
+    /// runs on its own thread while the next commit is written (readers may see a commit up to
+    /// one fsync before it is durable).
     Full,
+    /// Like `full`, but SQLite fsyncs inside each commit: a commit is visible only once it is
+    /// durable. Slower under load.
+    FullInCommit,
     /// fsync at checkpoints only: survives a crash of the process, may lose the last commits on power loss.
     Normal,
     /// No fsync at all: fastest, for throwaway data only.
@@ -145,7 +150,7 @@ pub struct ServerOptions {
     #[arg(long, env = "CHAT_TRUSTED_ORIGINS", value_delimiter = ',')]
     pub trusted_origin: Vec<String>,
 
-    /// SQLite durability: `full` (default), `normal` or `off`.
+    /// SQLite durability: `full` (default), `full-in-commit`, `normal` or `off`.
     #[arg(long, env = "CHAT_SQLITE_SYNCHRONOUS", value_enum, default_value_t = SqliteSync::Full)]
     pub sqlite_synchronous: SqliteSync,
 
@@ -183,5 +188,26 @@ impl ServerOptions {
     /// The session lifetime.
     pub fn session_lifetime(&self) -> Duration {
         Duration::from_secs(self.session_hours.saturating_mul(3600))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_durability_flags() {
+        let parse = |value: &str| {
+            Cli::parse_from(["chat-server", "--sqlite-synchronous", value])
+                .server
+                .sqlite_synchronous
+        };
+        assert_eq!(
+            Cli::parse_from(["chat-server"]).server.sqlite_synchronous,
+            SqliteSync::Full
+        );
+        assert_eq!(parse("full-in-commit"), SqliteSync::FullInCommit);
+        assert_eq!(parse("normal"), SqliteSync::Normal);
+        assert!(Cli::try_parse_from(["chat-server", "--sqlite-synchronous", "fast"]).is_err());
     }
 }

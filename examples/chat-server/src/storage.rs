@@ -72,10 +72,11 @@ impl Backend {
                     _ => SqliteConfig::memory(),
                 };
                 config.synchronous = match options.sqlite_synchronous {
-                    SqliteSync::Full => Synchronous::Full,
+                    SqliteSync::Full | SqliteSync::FullInCommit => Synchronous::Full,
                     SqliteSync::Normal => Synchronous::Normal,
                     SqliteSync::Off => Synchronous::Off,
                 };
+                config.pipelined_sync = options.sqlite_synchronous == SqliteSync::Full;
                 config.readers = options.sqlite_readers.max(1);
                 Backend::Sqlite(Arc::new(SqliteStore::open(config).await?))
             }
