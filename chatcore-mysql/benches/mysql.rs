@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use chatcore::{MessageId, NewMessage, PageRequest, Store, User, Username};
 use chatcore_mysql::{MysqlConfig, MysqlStore};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
+use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
 use sqlx::{ConnectOptions, Connection, MySqlConnection};
 use tokio::runtime::Runtime;
 
@@ -154,20 +154,11 @@ fn sends(c: &mut Criterion) {
                         let handles: Vec<_> = (0..tasks)
                             .map(|t| {
                                 let store = store.clone();
-                                let sender = users[t].clone();
-                                let recipient = users[(t + 1) % users.len()].username.clone();
+                                let users = users.clone();
                                 let count = share(iters, tasks, t);
                                 tokio::spawn(async move {
                                     for _ in 0..count {
-                                        store
-                                            .insert_message(NewMessage {
-                                                sender: sender.clone(),
-                                                recipient: recipient.clone(),
-                                                body: BODY.to_owned(),
-                                                idempotency_key: None,
-                                            })
-                                            .await
-                                            .expect("send");
+                                        chatcore_send(&store, &users, t).await;
                                     }
                                 })
                             })
@@ -181,14 +172,7 @@ fn sends(c: &mut Criterion) {
             },
         );
 
-        let pool = runtime.block_on(async {
-            MySqlPoolOptions::new()
-                .max_connections(concurrency as u32)
-                .min_connections(concurrency as u32)
-                .connect_with(database.options())
-                .await
-                .unwrap()
-        });
+        let pool = runtime.block_on(raw_pool(&database, concurrency));
         group.bench_with_input(
             BenchmarkId::new("raw_insert", concurrency),
             &concurrency,
@@ -201,25 +185,11 @@ fn sends(c: &mut Criterion) {
                         let handles: Vec<_> = (0..tasks)
                             .map(|t| {
                                 let pool = pool.clone();
-                                let sender = users[t].id.0;
-                                let recipient = users[(t + 1) % users.len()].id.0;
+                                let users = users.clone();
                                 let count = share(iters, tasks, t);
                                 tokio::spawn(async move {
                                     for _ in 0..count {
-                                        sqlx::query(
-                                            "INSERT INTO bench_raw_messages (sender_id, recipient_id, \
-                                         conversation_low, conversation_high, created_at, body, \
-                                         idempotency_key_hash) VALUES (?, ?, ?, ?, ?, ?, NULL)",
-                                        )
-                                        .bind(sender)
-                                        .bind(recipient)
-                                        .bind(sender.min(recipient))
-                                        .bind(sender.max(recipient))
-                                        .bind(chatcore::now_micros().naive_utc())
-                                        .bind(BODY)
-                                        .execute(&pool)
-                                        .await
-                                        .expect("raw insert");
+                                        raw_send(&pool, &users, t).await;
                                     }
                                 })
                             })
@@ -235,9 +205,149 @@ fn sends(c: &mut Criterion) {
         runtime.block_on(pool.close());
     }
     group.finish();
+    if let Some(rounds) = std::env::var("CHATCORE_BENCH_PAIRED")
+        .ok()
+        .and_then(|r| r.parse::<usize>().ok())
+    {
+        paired_sends(&runtime, &database, &store, &users, rounds.max(1));
+    }
     runtime.block_on(store.close());
     drop(store);
     drop(database);
+}
+
+/// Task `t`'s send through the store: user `t` to user `t + 1`.
+async fn chatcore_send(store: &MysqlStore, users: &[User], t: usize) {
+    store
+        .insert_message(NewMessage {
+            sender: users[t].clone(),
+            recipient: users[(t + 1) % users.len()].username.clone(),
+            body: BODY.to_owned(),
+            idempotency_key: None,
+        })
+        .await
+        .expect("send");
+}
+
+/// Task `t`'s baseline: the same row as [`chatcore_send`], one plain autocommit INSERT.
+async fn raw_send(pool: &MySqlPool, users: &[User], t: usize) {
+    let sender = users[t].id.0;
+    let recipient = users[(t + 1) % users.len()].id.0;
+    sqlx::query(
+        "INSERT INTO bench_raw_messages (sender_id, recipient_id, conversation_low, \
+         conversation_high, created_at, body, idempotency_key_hash) VALUES (?, ?, ?, ?, ?, ?, NULL)",
+    )
+    .bind(sender)
+    .bind(recipient)
+    .bind(sender.min(recipient))
+    .bind(sender.max(recipient))
+    .bind(chatcore::now_micros().naive_utc())
+    .bind(BODY)
+    .execute(pool)
+    .await
+    .expect("raw insert");
+}
+
+/// The baseline's pool: sqlx's defaults, one connection per task, all opened up front.
+async fn raw_pool(database: &BenchDatabase, concurrency: usize) -> MySqlPool {
+    MySqlPoolOptions::new()
+        .max_connections(concurrency as u32)
+        .min_connections(concurrency as u32)
+        .connect_with(database.options())
+        .await
+        .unwrap()
+}
+
+/// Operations per second of `op` run by `tasks` tasks, each looping for `length`.
+async fn rate<F, Fut>(tasks: usize, length: Duration, op: F) -> f64
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let started = Instant::now();
+    let deadline = started + length;
+    let handles: Vec<_> = (0..tasks)
+        .map(|t| {
+            let op = op.clone();
+            tokio::spawn(async move {
+                let mut done = 0u64;
+                while Instant::now() < deadline {
+                    op(t).await;
+                    done += 1;
+                }
+                done
+            })
+        })
+        .collect();
+    let mut done = 0;
+    for handle in handles {
+        done += handle.await.unwrap();
+    }
+    done as f64 / started.elapsed().as_secs_f64()
+}
+
+/// `CHATCORE_BENCH_PAIRED=<rounds>`: chatcore and the raw insert in alternating 250 ms slices
+/// (which goes first alternates too), so both see the same moment of a busy machine; prints
+/// the median of the per-round ratios. On a shared machine the criterion figures above, taken
+/// seconds apart, can differ by 2x from noise alone.
+fn paired_sends(
+    runtime: &Runtime,
+    database: &BenchDatabase,
+    store: &Arc<MysqlStore>,
+    users: &Arc<Vec<User>>,
+    rounds: usize,
+) {
+    const SLICE: Duration = Duration::from_millis(250);
+    println!("paired sends, {rounds} rounds of {SLICE:?} each (median [min, max] of the rounds):");
+    for concurrency in CONCURRENCY {
+        let pool = runtime.block_on(raw_pool(database, concurrency));
+        let chatcore = {
+            let (store, users) = (store.clone(), users.clone());
+            move |t| {
+                let (store, users) = (store.clone(), users.clone());
+                async move { chatcore_send(&store, &users, t).await }
+            }
+        };
+        let raw = {
+            let (pool, users) = (pool.clone(), users.clone());
+            move |t| {
+                let (pool, users) = (pool.clone(), users.clone());
+                async move { raw_send(&pool, &users, t).await }
+            }
+        };
+        let (mut ours, mut theirs, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        runtime.block_on(async {
+            // Warm-up, not counted.
+            rate(concurrency, SLICE, chatcore.clone()).await;
+            rate(concurrency, SLICE, raw.clone()).await;
+            for round in 0..rounds {
+                let (a, b) = if round % 2 == 0 {
+                    let a = rate(concurrency, SLICE, chatcore.clone()).await;
+                    (a, rate(concurrency, SLICE, raw.clone()).await)
+                } else {
+                    let b = rate(concurrency, SLICE, raw.clone()).await;
+                    (rate(concurrency, SLICE, chatcore.clone()).await, b)
+                };
+                ours.push(a);
+                theirs.push(b);
+                ratios.push(a / b);
+            }
+        });
+        runtime.block_on(pool.close());
+        let [ours, theirs, ratios] = [ours, theirs, ratios].map(|mut v| {
+            v.sort_by(f64::total_cmp);
+            v
+        });
+        let median = |v: &[f64]| v[v.len() / 2];
+        println!(
+            "  concurrency {concurrency:>2}: chatcore {:>6.0}/s, raw {:>6.0}/s, ratio {:.2}x [{:.2}, {:.2}]",
+            median(&ours),
+            median(&theirs),
+            median(&ratios),
+            ratios[0],
+            ratios[ratios.len() - 1],
+        );
+    }
 }
 
 /// Task `t`'s share of `iters` operations split over `tasks`.

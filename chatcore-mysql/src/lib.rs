@@ -83,8 +83,8 @@
 //! - `testing.rs`: [`testing::TestDatabase`], throwaway databases for tests and benchmarks.
 //! - `plans.rs` (tests only): `EXPLAIN` of every query on a loaded database: index ranges,
 //!   no full scan, no sort.
-//! - `tests/`: the conformance suite, commit order under concurrent writers, migrations, and a
-//!   private MariaDB stopped and restarted; `benches/mysql.rs`: sends and pages (figures in
+//! - `tests/`: the conformance suite, commit order under concurrent writers, migrations, a
+//!   private MariaDB stopped and restarted, and closing with idle writers; `benches/mysql.rs`: sends and pages (figures in
 //!   `BENCHMARKS-mysql.md`). Every test and bench run uses its own database and drops it.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
