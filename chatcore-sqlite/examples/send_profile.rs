@@ -10,7 +10,8 @@
 //!
 //! `--dir PATH` puts the database elsewhere than the temp directory (e.g. `/dev/shm` to take
 //! `fsync` out); `--normal` uses `synchronous=NORMAL`; `--no-pipeline` turns
-//! `SqliteConfig::pipelined_sync` off (SQLite syncs inside each commit).
+//! `SqliteConfig::pipelined_sync` off (SQLite syncs inside each commit); `--checkpoint-pages N`
+//! sets `SqliteConfig::wal_autocheckpoint_pages`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,6 +27,7 @@ struct Args {
     dir: Option<std::path::PathBuf>,
     normal: bool,
     no_pipeline: bool,
+    checkpoint_pages: u32,
 }
 
 fn parse_args() -> Args {
@@ -35,6 +37,7 @@ fn parse_args() -> Args {
         dir: None,
         normal: false,
         no_pipeline: false,
+        checkpoint_pages: 1000,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -45,6 +48,7 @@ fn parse_args() -> Args {
             "--dir" => args.dir = Some(value().into()),
             "--normal" => args.normal = true,
             "--no-pipeline" => args.no_pipeline = true,
+            "--checkpoint-pages" => args.checkpoint_pages = value().parse().expect("--checkpoint-pages N"),
             other => panic!("unknown flag {other}"),
         }
     }

@@ -113,6 +113,11 @@ pub struct SqliteConfig {
     /// SQLite's own `synchronous=FULL`, where a commit is visible only once synced.
     /// Default: `true`.
     pub pipelined_sync: bool,
+    /// WAL size, in pages, after which a commit copies the WAL back into the database file
+    /// (`PRAGMA wal_autocheckpoint`). A larger value means fewer, larger checkpoints: pages
+    /// changed many times between two checkpoints are copied once, at the cost of a larger
+    /// `-wal` file (about 4 KiB per page). Default: `1000` (SQLite's default).
+    pub wal_autocheckpoint_pages: u32,
 }
 
 impl Default for SqliteConfig {
@@ -130,6 +135,7 @@ impl Default for SqliteConfig {
             session_cache: 100_000,
             max_page_count: None,
             pipelined_sync: true,
+            wal_autocheckpoint_pages: 1000,
         }
     }
 }
