@@ -165,8 +165,9 @@ pub struct SqliteStore {
 /// What the writer has done since the store opened, from [`SqliteStore::stats`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SqliteStats {
-    /// Committed write transactions (each one durable commit: one `fsync` with
-    /// [`Synchronous::Full`]).
+    /// Committed write transactions. With [`Synchronous::Full`] each is made durable by an
+    /// `fsync` of the WAL before it is answered; with the pipelined sync one `fsync` can
+    /// cover several of them.
     pub transactions: u64,
     /// Writes committed in them (sends, users, sessions). `writes / transactions` is the
     /// average group-commit batch.
