@@ -362,55 +362,39 @@ pub async fn insert_returns_stored_message(store: Arc<dyn Store>) {
     assert!(second.created_at >= m.created_at);
 }
 
-/// Sending to a user that does not exist stores nothing.
+/// Sending to a user that does not exist, or from an id that is no user, stores nothing.
 pub async fn unknown_recipient_is_not_found(store: Arc<dyn Store>) {
     let alice = user(&store, "alice").await;
-    let result = store
-        .insert_message(NewMessage {
-            sender: alice.clone(),
-            recipient: name("ghost"),
-            body: "boo".into(),
-            idempotency_key: None,
-        })
-        .await;
-    assert!(
-        matches!(result, Err(Error::NotFound(Entity::User))),
-        "got {result:?}"
-    );
-    let page = store
-        .user_messages(alice.id, &PageRequest::latest(15))
-        .await
-        .unwrap();
-    assert_eq!(page.total, 0);
-    assert!(page.messages.is_empty());
+    let ghost = User {
+        id: UserId(alice.id.0 + 1_000_000),
+        username: name("ghost"),
+    };
+    for (sender, recipient) in [(alice.clone(), name("ghost")), (ghost, alice.username.clone())] {
+        let result = store
+            .insert_message(NewMessage {
+                sender,
+                recipient,
+                body: "boo".into(),
+                idempotency_key: None,
+            })
+            .await;
+        assert!(
+            matches!(result, Err(Error::NotFound(Entity::User))),
+            "got {result:?}"
+        );
+        let page = store
+            .user_messages(alice.id, &PageRequest::latest(15))
+            .await
+            .unwrap();
+        assert_eq!(page.total, 0);
+        assert!(page.messages.is_empty());
+    }
     assert!(matches!(
         store
             .conversation_page(alice.id, &name("ghost"), &PageRequest::latest(15))
             .await,
         Err(Error::NotFound(Entity::User))
     ));
-    // A sender that is not (or no longer) a user stores nothing either.
-    let ghost = User {
-        id: UserId(alice.id.0 + 1_000_000),
-        username: name("ghost"),
-    };
-    let result = store
-        .insert_message(NewMessage {
-            sender: ghost,
-            recipient: alice.username.clone(),
-            body: "boo".into(),
-            idempotency_key: None,
-        })
-        .await;
-    assert!(
-        matches!(result, Err(Error::NotFound(Entity::User))),
-        "got {result:?}"
-    );
-    let page = store
-        .user_messages(alice.id, &PageRequest::latest(15))
-        .await
-        .unwrap();
-    assert_eq!(page.total, 0);
 }
 
 /// The latest page holds the newest 15, newest first, of this conversation only.
