@@ -428,7 +428,7 @@ async fn bulk_load(conn: &mut MySqlConnection, rows: usize) {
              UNION ALL \
              SELECT recipient_id, COUNT(*) FROM chatcore_messages WHERE recipient_id <> sender_id \
              GROUP BY recipient_id) per_user GROUP BY user_id; \
-         UPDATE chatcore_sequences SET last_value = {rows} WHERE name = 'message_id'; \
+         UPDATE chatcore_counts SET total = {rows} WHERE low_id = 0 AND high_id = 0; \
          ANALYZE TABLE chatcore_messages, chatcore_counts, chatcore_users"
     ))
     .execute(&mut *conn)

@@ -27,6 +27,11 @@
 //! - `chatcore_migrations`: the versions applied by [`MysqlStore::migrate`]. The crate's own
 //!   table, so a host's `sqlx::migrate!` (`_sqlx_migrations`) is never touched. A database
 //!   whose schema is newer than this code is refused with [`chatcore::Error::Corrupt`].
+//!   Version 2 moved the message id sequence from the table `chatcore_sequences` (version 1,
+//!   dropped by version 2) into `chatcore_counts`, keeping its value: once a database is at
+//!   version 2, every process using it must run a chatcore-mysql that knows version 2, so stop
+//!   the processes of the previous version before migrating. One still running fails its sends
+//!   (its table is gone) rather than hand out ids from the old sequence.
 //! - `chatcore_users`: `username` is `utf8mb4_bin`, so names compare byte-exactly ('Alice' and
 //!   'alice' are two users) and sort in byte order. Index `chatcore_users_username` (unique)
 //!   serves lookups by name and the directory (prefix and keyset cursor are one range).
@@ -40,15 +45,16 @@
 //!   (unique): replays. Keys are stored as SHA-256, so a key of any length fits the index.
 //! - `chatcore_counts`: message totals kept by the inserting transaction, so a page's `total`
 //!   is a primary-key lookup, never a count: `(low, high)` for a conversation, `(user, 0)` for
-//!   a user's total.
-//! - `chatcore_sequences`: the `message_id` row, see below.
+//!   a user's total, and `(0, 0)` for the message id sequence (the last id handed out; no user
+//!   has id 0), see below.
 //!
 //! # Ids in commit order
 //! A reconnecting client asks for the messages after the last id it saw. With
 //! `AUTO_INCREMENT`, a transaction that took id 10 can commit after one that took id 11; a
 //! client that read 11 in between would never see 10. Here every inserting transaction
-//! first locks the `message_id` row of `chatcore_sequences` (an `UPDATE` that advances it by
-//! the size of its batch, whose ids it then reads back) and holds that lock until it commits.
+//! first locks the id sequence row `(0, 0)` of `chatcore_counts` (the first row of the upsert
+//! that adds to the counters, which advances it by the size of its batch and hands back the
+//! reserved ids) and holds that lock until it commits.
 //! The next transaction, in this process or any other sharing the database, gets its ids only
 //! after that commit, so ids are handed out in commit order, and a reader that has seen id `n`
 //! could already see every id below `n`. `tests/commit_order.rs` checks it: several stores
@@ -56,8 +62,9 @@
 //! misses nothing; and a transaction holding an uncommitted id holds back every later one.
 //!
 //! The lock is one row per batch, not per message, and it is held only while the server runs
-//! the transaction: a batch's whole transaction (`BEGIN`, reserve ids, read the clock, insert
-//! the messages, add to the counters, `COMMIT`) is one multi-statement round trip, with every
+//! the transaction: a batch's whole transaction (`BEGIN`, one upsert that reserves the ids and
+//! adds to the counters, read the clock, insert the messages, `COMMIT`) is one multi-statement
+//! round trip, with every
 //! value in it an integer or a hex literal. Inside one process, sends are queued to
 //! [`MysqlConfig::writers`] writer tasks that store up to [`MysqlConfig::max_batch`] pending
 //! messages per transaction (group commit): the throughput comes from there. Timestamps are the
@@ -205,6 +212,8 @@ impl MysqlStore {
     /// when the schema is current). Safe to call from several processes at once (they take
     /// turns through a named lock) and on every start-up. Records versions in
     /// `chatcore_migrations` only; a schema newer than this code is [`Error::Corrupt`].
+    /// Processes running an older chatcore-mysql must be stopped before a migration that
+    /// changes how ids are reserved (version 2, see the crate docs).
     ///
     /// ```no_run
     /// # async fn demo(store: chatcore_mysql::MysqlStore) -> chatcore::Result<()> {

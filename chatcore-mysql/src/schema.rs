@@ -40,13 +40,14 @@ pub(crate) const MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS chatcore_m
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin";
 
 /// Every migration this version of the crate knows, oldest first.
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "users, sessions, messages, counters, id sequence",
-    statements: &[
-        // Usernames compare byte-exactly (utf8mb4_bin): 'Alice' and 'alice' are two users and
-        // a prefix search is a range of the unique index in byte order.
-        "CREATE TABLE chatcore_users (
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "users, sessions, messages, counters, id sequence",
+        statements: &[
+            // Usernames compare byte-exactly (utf8mb4_bin): 'Alice' and 'alice' are two users and
+            // a prefix search is a range of the unique index in byte order.
+            "CREATE TABLE chatcore_users (
             id BIGINT NOT NULL AUTO_INCREMENT,
             username VARCHAR(150) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
             password_hash VARCHAR(1024) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL,
@@ -54,9 +55,9 @@ pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
             PRIMARY KEY (id),
             UNIQUE KEY chatcore_users_username (username)
         ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
-        // Only the SHA-256 of a token is kept. The foreign key gives the user index that
-        // deletes cascade through; the expiry index serves the purge of expired sessions.
-        "CREATE TABLE chatcore_sessions (
+            // Only the SHA-256 of a token is kept. The foreign key gives the user index that
+            // deletes cascade through; the expiry index serves the purge of expired sessions.
+            "CREATE TABLE chatcore_sessions (
             token_hash BINARY(32) NOT NULL,
             user_id BIGINT NOT NULL,
             expires_at DATETIME(6) NOT NULL,
@@ -65,11 +66,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
             CONSTRAINT chatcore_sessions_user FOREIGN KEY (user_id)
                 REFERENCES chatcore_users (id) ON DELETE CASCADE
         ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
-        // `id` comes from chatcore_sequences (commit order), not AUTO_INCREMENT.
-        // conversation: a conversation's page is one range, newest first.
-        // sender / recipient: a user's messages and catch-up are two ranges merged.
-        // idempotency: one key per sender; NULLs (no key) do not collide.
-        "CREATE TABLE chatcore_messages (
+            // `id` comes from the id sequence (commit order), not AUTO_INCREMENT.
+            // conversation: a conversation's page is one range, newest first.
+            // sender / recipient: a user's messages and catch-up are two ranges merged.
+            // idempotency: one key per sender; NULLs (no key) do not collide.
+            "CREATE TABLE chatcore_messages (
             id BIGINT NOT NULL,
             sender_id BIGINT NOT NULL,
             recipient_id BIGINT NOT NULL,
@@ -84,24 +85,46 @@ pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
             KEY chatcore_messages_recipient (recipient_id, id),
             UNIQUE KEY chatcore_messages_idempotency (sender_id, idempotency_key_hash)
         ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
-        // Totals kept by the inserting transaction, so `total` is one primary-key lookup:
-        // (low, high) with 1 <= low <= high for a conversation, (user, 0) for a user's total.
-        "CREATE TABLE chatcore_counts (
+            // Totals kept by the inserting transaction, so `total` is one primary-key lookup:
+            // (low, high) with 1 <= low <= high for a conversation, (user, 0) for a user's total.
+            "CREATE TABLE chatcore_counts (
             low_id BIGINT NOT NULL,
             high_id BIGINT NOT NULL,
             total BIGINT NOT NULL,
             PRIMARY KEY (low_id, high_id)
         ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
-        // The message id sequence: its row is locked by every inserting transaction until it
-        // commits, so ids are handed out in commit order across all processes.
-        "CREATE TABLE chatcore_sequences (
+            // The message id sequence: its row is locked by every inserting transaction until it
+            // commits, so ids are handed out in commit order across all processes.
+            "CREATE TABLE chatcore_sequences (
             name VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
             last_value BIGINT NOT NULL,
             PRIMARY KEY (name)
         ) ENGINE=InnoDB",
-        "INSERT INTO chatcore_sequences (name, last_value) VALUES ('message_id', 0)",
-    ],
-}];
+            "INSERT INTO chatcore_sequences (name, last_value) VALUES ('message_id', 0)",
+        ],
+    },
+    Migration {
+        version: 2,
+        description: "message id sequence moves to chatcore_counts row (0, 0)",
+        statements: &[
+            // The message id sequence becomes the row (0, 0) of chatcore_counts (no user has id 0),
+            // so one upsert per batch both reserves the ids and adds to the counters (one statement
+            // less per transaction). Its value is the last id handed out, copied from the old row;
+            // re-running this after an interruption copies it again (the old table is unchanged
+            // until the next statement drops it).
+            //
+            // Every process sharing the database must run a chatcore-mysql that knows this
+            // version once it is applied: stop processes running the previous version before
+            // migrating. The old table is dropped, so a process still running the previous
+            // version fails its sends loudly ("table doesn't exist") instead of handing out ids
+            // from the old sequence, which would duplicate or reorder ids.
+            "INSERT INTO chatcore_counts (low_id, high_id, total) \
+         SELECT 0, 0, last_value FROM chatcore_sequences WHERE name = 'message_id' \
+         ON DUPLICATE KEY UPDATE total = GREATEST(total, VALUES(total))",
+            "DROP TABLE chatcore_sequences",
+        ],
+    },
+];
 
 /// The newest schema version this code knows.
 pub(crate) fn latest_version() -> i64 {
@@ -136,6 +159,13 @@ pub(crate) async fn migrate(conn: &mut MySqlConnection, lock_timeout_secs: u64) 
 }
 
 async fn apply_pending(conn: &mut MySqlConnection) -> Result<Vec<i64>> {
+    apply_known(conn, MIGRATIONS).await
+}
+
+/// Applies the migrations of `known` not yet recorded (`known` is [`MIGRATIONS`], or its first
+/// entries in tests that build a database of an earlier version).
+async fn apply_known(conn: &mut MySqlConnection, known_migrations: &[Migration]) -> Result<Vec<i64>> {
+    let latest_version = || known_migrations.last().map_or(0, |m| m.version);
     let recorded = sqlx::query("SELECT version, checksum FROM chatcore_migrations ORDER BY version")
         .fetch_all(&mut *conn)
         .await
@@ -148,7 +178,7 @@ async fn apply_pending(conn: &mut MySqlConnection) -> Result<Vec<i64>> {
         let checksum: Vec<u8> = row
             .try_get("checksum")
             .map_err(|e| error::map("decoding a migration", e))?;
-        match MIGRATIONS.iter().find(|m| m.version == version) {
+        match known_migrations.iter().find(|m| m.version == version) {
             None if version > latest_version() => {
                 return Err(Error::Corrupt {
                     message: format!(
@@ -178,7 +208,7 @@ async fn apply_pending(conn: &mut MySqlConnection) -> Result<Vec<i64>> {
         }
     }
     let mut applied_now = Vec::new();
-    for migration in MIGRATIONS
+    for migration in known_migrations
         .iter()
         .filter(|m| !applied_versions.contains(&m.version))
     {
@@ -210,4 +240,78 @@ async fn apply_pending(conn: &mut MySqlConnection) -> Result<Vec<i64>> {
         applied_now.push(migration.version);
     }
     Ok(applied_now)
+}
+
+#[cfg(test)]
+mod tests {
+    use chatcore::{NewMessage, Store, Username};
+    use sqlx::{ConnectOptions, Row};
+
+    use super::*;
+    use crate::MysqlConfig;
+    use crate::testing::TestDatabase;
+
+    /// A database written by the previous version (schema version 1, ids from
+    /// `chatcore_sequences`) keeps handing out ids above the old ones once migrated.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_database_migrated_from_version_1_keeps_its_ids_increasing() {
+        let database = TestDatabase::create("chatcore_mysql_test_").await.unwrap();
+        let mut conn = database.options().unwrap().connect().await.unwrap();
+        sqlx::query(MIGRATIONS_TABLE).execute(&mut conn).await.unwrap();
+        assert_eq!(apply_known(&mut conn, &MIGRATIONS[..1]).await.unwrap(), [1]);
+        // What version 1 left behind: two users and messages up to id 1000, as its writer
+        // stored them (ids from the sequence row, counters alongside).
+        sqlx::raw_sql(
+            "INSERT INTO chatcore_users (id, username, created_at) VALUES \
+               (1, 'alice', UTC_TIMESTAMP(6)), (2, 'bob', UTC_TIMESTAMP(6)); \
+             INSERT INTO chatcore_messages (id, sender_id, recipient_id, conversation_low, \
+               conversation_high, created_at, body) VALUES \
+               (999, 1, 2, 1, 2, UTC_TIMESTAMP(6), 'old'), (1000, 2, 1, 1, 2, UTC_TIMESTAMP(6), 'old'); \
+             INSERT INTO chatcore_counts (low_id, high_id, total) VALUES (1, 2, 2), (1, 0, 2), (2, 0, 2); \
+             UPDATE chatcore_sequences SET last_value = 1000 WHERE name = 'message_id'",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
+
+        let store = crate::MysqlStore::connect_with(database.options().unwrap(), MysqlConfig::default());
+        assert_eq!(store.migrate().await.unwrap(), [2]);
+        let tables: Vec<String> = sqlx::query(
+            "SELECT TABLE_NAME AS t FROM information_schema.TABLES \
+             WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'chatcore_sequences'",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.try_get_unchecked("t").unwrap())
+        .collect();
+        assert!(tables.is_empty(), "the old sequence table is dropped: {tables:?}");
+
+        let alice = store
+            .find_user(&Username::parse("alice").unwrap())
+            .await
+            .unwrap()
+            .expect("alice exists");
+        let mut ids = Vec::new();
+        for n in 0..3 {
+            let inserted = store
+                .insert_message(NewMessage {
+                    sender: alice.clone(),
+                    recipient: Username::parse("bob").unwrap(),
+                    body: format!("new {n}"),
+                    idempotency_key: None,
+                })
+                .await
+                .unwrap();
+            ids.push(inserted.message.id.0);
+        }
+        assert_eq!(ids, [1001, 1002, 1003], "ids continue above the old ones");
+        let (total,): (i64,) =
+            sqlx::query_as("SELECT total FROM chatcore_counts WHERE low_id = 1 AND high_id = 2")
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+        assert_eq!(total, 5, "counters stay exact");
+    }
 }

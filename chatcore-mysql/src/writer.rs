@@ -2,8 +2,8 @@
 //! that gather pending sends into one transaction each.
 //!
 //! A batch is one transaction sent as one multi-statement round trip. It takes its ids from
-//! the `message_id` row of `chatcore_sequences`, which it locks (`UPDATE`) and keeps locked
-//! until it commits. Every inserting transaction of every
+//! the id sequence, the row `(0, 0)` of `chatcore_counts`, which it locks (the first row of its
+//! counters upsert) and keeps locked until it commits. Every inserting transaction of every
 //! process locks that row before it writes a message, so the next transaction gets its ids
 //! only after the previous one committed: ids are handed out in commit order, and a reader
 //! that has seen id `n` has already been able to see every id below `n`.
@@ -436,10 +436,11 @@ impl Writer {
     /// multi-statement text round trip, and returns the first id and the timestamp given to
     /// them:
     ///
-    /// `BEGIN`; lock the sequence row and reserve `fresh.len()` ids; note the first id and
-    /// the server clock; insert the messages; add to the counters; `COMMIT`; report the ids
-    /// and the time. Seven statements: each costs the server time even within one round trip,
-    /// which is what a send at low concurrency waits for.
+    /// `BEGIN`; one upsert of `chatcore_counts` that locks the sequence row `(0, 0)` first,
+    /// reserves `fresh.len()` ids and adds to the counters; note the first id and the server
+    /// clock; insert the messages; `COMMIT`; report the ids and the time. Six statements: each
+    /// costs the server time even within one round trip, which is what a send at low
+    /// concurrency waits for.
     ///
     /// The lock is held only while the server runs these statements, not across a network
     /// round trip. Every value written into the SQL is an integer or a hex literal, so nothing
@@ -456,25 +457,46 @@ impl Writer {
         let count = fresh.len() as i64;
         let body_bytes: usize = fresh.iter().map(|&i| batch[i].body.len()).sum();
         let mut sql = String::with_capacity(2 * body_bytes + 200 * fresh.len() + 1024);
-        // The UPDATE locks the sequence row until COMMIT: the commit-order guarantee (module
-        // docs). It also hands the new value to LAST_INSERT_ID() (per connection), which
-        // saves reading the row back; ROW_COUNT() is 1 only if the row was there, otherwise the
-        // ids are NULL and the insert fails (strict mode) rather than reuse a stale
-        // LAST_INSERT_ID(). The clock is read after the lock, so timestamps follow commit order
-        // too.
+        let mut counts: BTreeMap<(i64, i64), i64> = BTreeMap::new();
+        for &i in fresh {
+            let sender = batch[i].sender.id;
+            let recipient = UserId(recipients[i]);
+            let key = ConversationKey::new(sender, recipient);
+            *counts.entry((key.low().0, key.high().0)).or_default() += 1;
+            *counts.entry((sender.0, 0)).or_default() += 1;
+            if recipient != sender {
+                *counts.entry((recipient.0, 0)).or_default() += 1;
+            }
+        }
+        // One upsert reserves the ids and adds to the counters. Its first row is the sequence
+        // row (0, 0): the lowest key, locked first and held until COMMIT, which is the
+        // commit-order guarantee (module docs); the other counter rows follow in key order, as
+        // every writer takes them. The update of the sequence row hands its new value to
+        // LAST_INSERT_ID() (per connection), which saves reading it back. The inserted values
+        // are evaluated before the row is looked up, and the sequence row's value resets
+        // LAST_INSERT_ID() to 0 first: if the row is missing, the upsert inserts it instead of
+        // updating it, LAST_INSERT_ID() stays 0, the ids are NULL and the message insert fails
+        // (strict mode), rolling back the new row, rather than reuse a stale LAST_INSERT_ID().
+        // The clock is read after the lock, so timestamps follow commit order too.
         let _ = write!(
             sql,
-            "BEGIN; \
-             UPDATE chatcore_sequences SET last_value = LAST_INSERT_ID(last_value + {count}) \
-             WHERE name = 'message_id'; \
-             SET @chatcore_last = IF(ROW_COUNT() = 1, LAST_INSERT_ID() - {count}, NULL), \
+            "BEGIN; INSERT INTO chatcore_counts (low_id, high_id, total) VALUES \
+             (0,0,LAST_INSERT_ID(0)+{count})"
+        );
+        for ((low, high), total) in &counts {
+            let _ = write!(sql, ",({low},{high},{total})");
+        }
+        let _ = write!(
+            sql,
+            " ON DUPLICATE KEY UPDATE total = IF(low_id = 0, \
+             LAST_INSERT_ID(total + VALUES(total)), total + VALUES(total)); \
+             SET @chatcore_last = IF(LAST_INSERT_ID() > 0, LAST_INSERT_ID() - {count}, NULL), \
              @chatcore_at = UTC_TIMESTAMP(6); "
         );
         sql.push_str(
             "INSERT INTO chatcore_messages (id, sender_id, recipient_id, conversation_low, \
              conversation_high, created_at, body, idempotency_key_hash) VALUES ",
         );
-        let mut counts: BTreeMap<(i64, i64), i64> = BTreeMap::new();
         for (n, &i) in fresh.iter().enumerate() {
             let new = &batch[i];
             let sender = new.sender.id;
@@ -502,22 +524,9 @@ impl Writer {
                 }
                 None => sql.push_str("NULL)"),
             }
-            *counts.entry((key.low().0, key.high().0)).or_default() += 1;
-            *counts.entry((sender.0, 0)).or_default() += 1;
-            if recipient != sender {
-                *counts.entry((recipient.0, 0)).or_default() += 1;
-            }
-        }
-        // Counter rows in key order, as every writer takes them.
-        sql.push_str("; INSERT INTO chatcore_counts (low_id, high_id, total) VALUES ");
-        for (n, ((low, high), total)) in counts.iter().enumerate() {
-            if n > 0 {
-                sql.push(',');
-            }
-            let _ = write!(sql, "({low},{high},{total})");
         }
         sql.push_str(
-            " ON DUPLICATE KEY UPDATE total = total + VALUES(total); COMMIT; \
+            "; COMMIT; \
              SELECT @chatcore_last AS last_id, CAST(@chatcore_at AS DATETIME(6)) AS created_at",
         );
         let rows = conn.fetch_all(sqlx::raw_sql(&sql)).await?;

@@ -138,13 +138,18 @@ async fn an_uncommitted_id_holds_back_later_ones() {
     // The "other process": a transaction that took the next id the way every writer does.
     let mut other = database.options().connect().await.unwrap();
     sqlx::query("BEGIN").execute(&mut other).await.unwrap();
-    let reserved = sqlx::query(
-        "UPDATE chatcore_sequences SET last_value = LAST_INSERT_ID(last_value + 1) WHERE name = 'message_id'",
+    sqlx::query(
+        "INSERT INTO chatcore_counts (low_id, high_id, total) VALUES (0, 0, LAST_INSERT_ID(0) + 1) \
+         ON DUPLICATE KEY UPDATE total = LAST_INSERT_ID(total + VALUES(total))",
     )
     .execute(&mut other)
     .await
     .unwrap();
-    let slow_id = reserved.last_insert_id() as i64;
+    let (slow_id,): (i64,) = sqlx::query_as("SELECT CAST(LAST_INSERT_ID() AS SIGNED)")
+        .fetch_one(&mut other)
+        .await
+        .unwrap();
+    assert!(slow_id > 1, "the sequence row existed: {slow_id}");
 
     let pending = {
         let store = store.clone();
