@@ -17,13 +17,16 @@
 //! Run with `cargo bench -p chatcore-sqlite`; each group takes well under a minute.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chatcore::store::{PageRequest, Store};
-use chatcore::{NewMessage, User, Username};
+use chatcore::{User, Username};
 use chatcore_sqlite::{SqliteConfig, SqliteStore, Synchronous};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_main};
+
+#[path = "common/send_load.rs"]
+mod send_load;
+use send_load::send_load;
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -98,42 +101,6 @@ fn disk(c: &mut Criterion) {
         })
     });
     group.finish();
-}
-
-/// `total` sends spread over `concurrency` tasks; returns the wall time.
-async fn send_load(
-    store: Arc<SqliteStore>,
-    pairs: Arc<Vec<(User, User)>>,
-    concurrency: usize,
-    total: u64,
-) -> Duration {
-    let next = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
-    let tasks: Vec<_> = (0..concurrency)
-        .map(|t| {
-            let store = store.clone();
-            let pairs = pairs.clone();
-            let next = next.clone();
-            tokio::spawn(async move {
-                let (from, to) = &pairs[t];
-                while next.fetch_add(1, Ordering::Relaxed) < total {
-                    store
-                        .insert_message(NewMessage {
-                            sender: from.clone(),
-                            recipient: to.username.clone(),
-                            body: "a benchmark message of a typical length, about sixty bytes".into(),
-                            idempotency_key: None,
-                        })
-                        .await
-                        .expect("send");
-                }
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await.expect("sender task");
-    }
-    start.elapsed()
 }
 
 /// Builds a database with `rows` messages and returns the open store, the viewer and the

@@ -14,12 +14,14 @@
 //! sets `SqliteConfig::wal_autocheckpoint_pages`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
 
+use chatcore::Username;
 use chatcore::store::Store;
-use chatcore::{NewMessage, Username};
 use chatcore_sqlite::{SqliteConfig, SqliteStore, Synchronous};
+
+#[path = "../benches/common/send_load.rs"]
+mod send_load;
+use send_load::send_load;
 
 struct Args {
     sends: u64,
@@ -106,37 +108,13 @@ fn main() {
             let name = |s: String| Username::parse(&s).expect("name");
             let from = store.create_user(&name(format!("from{i}")), None).await.expect("user");
             let to = store.create_user(&name(format!("to{i}")), None).await.expect("user");
-            pairs.push((from, to.username));
+            pairs.push((from, to));
         }
         let pairs = Arc::new(pairs);
         let before_stats = store.stats();
         let (r0, w0, b0) = io_counters();
         let cpu0 = cpu_ticks();
-        let next = Arc::new(AtomicU64::new(0));
-        let start = Instant::now();
-        let tasks: Vec<_> = (0..args.concurrency)
-            .map(|t| {
-                let (store, pairs, next) = (store.clone(), pairs.clone(), next.clone());
-                tokio::spawn(async move {
-                    let (from, to) = &pairs[t];
-                    while next.fetch_add(1, Ordering::Relaxed) < args.sends {
-                        store
-                            .insert_message(NewMessage {
-                                sender: from.clone(),
-                                recipient: to.clone(),
-                                body: "a benchmark message of a typical length, about sixty bytes".into(),
-                                idempotency_key: None,
-                            })
-                            .await
-                            .expect("send");
-                    }
-                })
-            })
-            .collect();
-        for task in tasks {
-            task.await.expect("task");
-        }
-        let elapsed = start.elapsed();
+        let elapsed = send_load(store.clone(), pairs, args.concurrency, args.sends).await;
         let (r1, w1, b1) = io_counters();
         let cpu1 = cpu_ticks();
         let stats = store.stats();
