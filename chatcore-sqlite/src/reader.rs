@@ -268,20 +268,8 @@ impl ReadCtx {
                 if kept.len() == want && kept.peek().is_some_and(|Reverse(min)| newest <= *min) {
                     break;
                 }
-                let mut rows = ids
-                    .query([conversation.low, conversation.high, before, want as i64])
-                    .map_err(error::map)?;
-                while let Some(row) = rows.next().map_err(error::map)? {
-                    let id: i64 = row.get(0).map_err(error::map)?;
-                    if kept.len() < want {
-                        kept.push(Reverse(id));
-                    } else if kept.peek().is_some_and(|Reverse(min)| id > *min) {
-                        kept.pop();
-                        kept.push(Reverse(id));
-                    } else {
-                        break;
-                    }
-                }
+                let range = [conversation.low, conversation.high, before, want as i64];
+                keep_best(&mut ids, range, &mut kept, want, Reverse)?;
             }
             let mut chosen: Vec<i64> = kept.into_iter().map(|Reverse(id)| id).collect();
             chosen.sort_unstable_by(|a, b| b.cmp(a));
@@ -310,20 +298,8 @@ impl ReadCtx {
                 .prepare_cached(sql::CONVERSATION_IDS_AFTER)
                 .map_err(error::map)?;
             for conversation in &conversations {
-                let mut rows = ids
-                    .query([conversation.low, conversation.high, after.0, want as i64])
-                    .map_err(error::map)?;
-                while let Some(row) = rows.next().map_err(error::map)? {
-                    let id: i64 = row.get(0).map_err(error::map)?;
-                    if kept.len() < want {
-                        kept.push(id);
-                    } else if kept.peek().is_some_and(|max| id < *max) {
-                        kept.pop();
-                        kept.push(id);
-                    } else {
-                        break;
-                    }
-                }
+                let range = [conversation.low, conversation.high, after.0, want as i64];
+                keep_best(&mut ids, range, &mut kept, want, |id| id)?;
             }
             messages_by_id(conn, kept.into_sorted_vec().into_iter())
         })
@@ -359,6 +335,31 @@ fn user_conversations(conn: &Connection, sql: &str, params: &[i64]) -> Result<Ve
         })
         .map_err(error::map)?;
     rows.map(|r| r.map_err(error::map)).collect()
+}
+
+/// Reads the ids of one conversation range (best first) into `kept`, which holds the `want`
+/// smallest keys seen so far (its top is the worst kept); stops at the first id that cannot
+/// be kept, since the rest of the range is worse still.
+fn keep_best<K: Ord>(
+    ids: &mut rusqlite::CachedStatement<'_>,
+    range: [i64; 4],
+    kept: &mut BinaryHeap<K>,
+    want: usize,
+    key: impl Fn(i64) -> K,
+) -> Result<()> {
+    let mut rows = ids.query(range).map_err(error::map)?;
+    while let Some(row) = rows.next().map_err(error::map)? {
+        let candidate = key(row.get(0).map_err(error::map)?);
+        if kept.len() < want {
+            kept.push(candidate);
+        } else if kept.peek().is_some_and(|worst| candidate < *worst) {
+            kept.pop();
+            kept.push(candidate);
+        } else {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// The messages with these ids, in this order (each a rowid lookup).
