@@ -116,6 +116,23 @@ fn millis_since(started: Instant) -> u64 {
 /// Why a write failed: the connection is dropped without ceremony.
 struct Gone;
 
+/// One write to the socket within `limit`: a failed write or a client too slow to take it
+/// within the limit means the connection is gone.
+async fn within<E>(
+    limit: Duration,
+    user: &User,
+    write: impl std::future::Future<Output = Result<(), E>>,
+) -> Result<(), Gone> {
+    match timeout(limit, write).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(Gone),
+        Err(_) => {
+            tracing::debug!(user = %user.username, "websocket client too slow, dropping it");
+            Err(Gone)
+        }
+    }
+}
+
 struct Writer<'a> {
     state: &'a ApiState,
     user: &'a User,
@@ -181,14 +198,8 @@ impl Writer<'_> {
 
     /// Sends one frame and flushes it, within the configured time.
     async fn send(&mut self, message: WsMessage) -> Result<(), Gone> {
-        match timeout(self.state.config().ws_send_timeout, self.sink.send(message)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(Gone),
-            Err(_) => {
-                tracing::debug!(user = %self.user.username, "websocket client too slow, dropping it");
-                Err(Gone)
-            }
-        }
+        let limit = self.state.config().ws_send_timeout;
+        within(limit, self.user, self.sink.send(message)).await
     }
 
     /// Handles `first` and whatever else is already queued (up to [`BURST`]): live frames
@@ -242,14 +253,8 @@ impl Writer<'_> {
         if !std::mem::take(unflushed) {
             return Ok(());
         }
-        match timeout(self.state.config().ws_send_timeout, self.sink.flush()).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(Gone),
-            Err(_) => {
-                tracing::debug!(user = %self.user.username, "websocket client too slow, dropping it");
-                Err(Gone)
-            }
-        }
+        let limit = self.state.config().ws_send_timeout;
+        within(limit, self.user, self.sink.flush()).await
     }
 
     /// Queues one live frame without flushing; `false` when it was a duplicate and skipped.
@@ -258,19 +263,8 @@ impl Writer<'_> {
             return Ok(false);
         }
         let frame = self.state.frames().frame(message);
-        match timeout(
-            self.state.config().ws_send_timeout,
-            self.sink.feed(WsMessage::Text(frame)),
-        )
-        .await
-        {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return Err(Gone),
-            Err(_) => {
-                tracing::debug!(user = %self.user.username, "websocket client too slow, dropping it");
-                return Err(Gone);
-            }
-        }
+        let limit = self.state.config().ws_send_timeout;
+        within(limit, self.user, self.sink.feed(WsMessage::Text(frame))).await?;
         self.remember(message.id);
         Ok(true)
     }
@@ -290,15 +284,10 @@ impl Writer<'_> {
                     }
                     let frame = WsMessage::Text(render_frame(message).into());
                     // Feed without flushing each: one flush for the whole backlog.
-                    match timeout(send_timeout, self.sink.feed(frame)).await {
-                        Ok(Ok(())) => self.remember(message.id),
-                        _ => return Err(Gone),
-                    }
+                    within(send_timeout, self.user, self.sink.feed(frame)).await?;
+                    self.remember(message.id);
                 }
-                match timeout(send_timeout, self.sink.flush()).await {
-                    Ok(Ok(())) => {}
-                    _ => return Err(Gone),
-                }
+                within(send_timeout, self.user, self.sink.flush()).await?;
                 if let Some(last) = messages.last() {
                     self.mark = Some(self.mark.map_or(last.id, |mark| mark.max(last.id)));
                 }
