@@ -136,10 +136,16 @@ fn page_fixture(rt: &tokio::runtime::Runtime, dir: &std::path::Path, rows: i64) 
         let mut message = tx
             .prepare(
                 "INSERT INTO chatcore_messages
-                 (id, sender_id, recipient_id, conv_low, conv_high, created_at, body)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                 (id, sender_id, recipient_id, conv_low, conv_high, created_at, body, prev_id, seq)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )
             .unwrap();
+        // Each conversation's chain as the writer builds it (schema version 3): the previous
+        // message, the number in the conversation, and a mark on every 16th.
+        let mut mark = tx
+            .prepare("INSERT INTO chatcore_conversation_marks (conv_low, conv_high, seq, id) VALUES (?1, ?2, ?3, ?4)")
+            .unwrap();
+        let mut tails = std::collections::HashMap::<(i64, i64), (i64, Option<i64>)>::new();
         let every = rows / MEASURED;
         let start = chatcore::now_micros().timestamp_micros() - rows;
         for id in 1..=rows {
@@ -150,17 +156,26 @@ fn page_fixture(rt: &tokio::runtime::Runtime, dir: &std::path::Path, rows: i64) 
                 (users[2 * pair], users[2 * pair + 1])
             };
             let body = format!("bulk message number {id} with a body of a typical length");
+            let (low, high) = (from.min(to), from.max(to));
+            let (seq, prev) = tails.entry((low, high)).or_insert((0, None));
+            *seq += 1;
             message
                 .execute(rusqlite::params![
                     id,
                     from,
                     to,
-                    from.min(to),
-                    from.max(to),
+                    low,
+                    high,
                     start + id,
-                    body
+                    body,
+                    *prev,
+                    *seq
                 ])
                 .unwrap();
+            if *seq % 16 == 0 {
+                mark.execute([low, high, *seq, id]).unwrap();
+            }
+            *prev = Some(id);
         }
     }
     tx.execute_batch(

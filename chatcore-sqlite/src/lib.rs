@@ -88,15 +88,28 @@
 //! |---|---|---|
 //! | `chatcore_users` | id (rowid), username, password hash | unique `chatcore_users_username`: name lookups, and the sorted directory with prefix and keyset paging as one range scan |
 //! | `chatcore_sessions` | SHA-256 of the token → user, expiry | primary key on the hash: one lookup per authenticated request |
-//! | `chatcore_messages` | id (rowid), sender, recipient, conversation key (`conv_low`, `conv_high`), `created_at` (µs), body, idempotency key | `chatcore_messages_conversation (conv_low, conv_high, id)`: the conversation page, latest first, with the `before` cursor, as one range scan; partial unique `chatcore_messages_idempotency (sender_id, idempotency_key)`: replays, only keyed messages indexed |
-//! | `chatcore_user_conversations` | (user, conversation) for each participant, written with a conversation's first message | primary key `(user_id, conv_low, conv_high)`: a user's messages and catch-up are read conversation by conversation, each a range of the conversation index (newest activity first, stopping when no older conversation can make the page), so a send writes no per-user index row |
-//! | `chatcore_conversations` | messages per conversation and its newest id | primary key `(conv_low, conv_high)`: the page `total` is one row, never a count; the newest id orders and prunes the per-user reads |
+//! | `chatcore_messages` | id (rowid), sender, recipient, conversation key (`conv_low`, `conv_high`), `created_at` (µs), body, idempotency key, and the conversation's chain: `prev_id` (its previous message) and `seq` (1, 2, ... within the conversation) | partial unique `chatcore_messages_idempotency (sender_id, idempotency_key)`: replays, only keyed messages indexed. No per-conversation index: see below |
+//! | `chatcore_conversation_marks` | every 16th message of each conversation: its `seq` and id | primary key `(conv_low, conv_high, seq)` and unique `chatcore_conversation_marks_id (conv_low, conv_high, id)`: where a walk along a chain starts, for a `before` cursor, an offset or a catch-up |
+//! | `chatcore_user_conversations` | (user, conversation) for each participant, written with a conversation's first message | primary key `(user_id, conv_low, conv_high)`: a user's messages and catch-up are read conversation by conversation along each chain (newest activity first, stopping when no older conversation can make the page), so a send writes no per-user index row |
+//! | `chatcore_conversations` | messages per conversation and its newest id (the head of its chain) | primary key `(conv_low, conv_high)`: the page `total` is one row, never a count; the newest id starts the latest page, orders and prunes the per-user reads |
 //! | `chatcore_user_counts` | messages per user | primary key `user_id`: the per-user `total` |
 //! | `chatcore_migrations` | applied schema steps | primary key `version` |
 //!
 //! The counters are updated in the same transaction as the messages (one upsert per
 //! conversation and user per batch). The `query_plans` tests in `sql.rs` assert with
 //! `EXPLAIN QUERY PLAN` that no read scans a table and each uses its index.
+//!
+//! **Conversations are chains, not an index** (schema version 3). An index on
+//! `(conv_low, conv_high, id)` puts each conversation's newest entries on a b-tree leaf of
+//! their own, so a group commit of 64 sends to 64 conversations wrote 64 index pages to the
+//! WAL: 6.2 KB per send and half the writer's time. Instead each message row links to the
+//! conversation's previous message and carries its number in the conversation, and one
+//! message in 16 gets a row in `chatcore_conversation_marks`. A batch now writes the
+//! message table's newest leaf, the counter rows and a mark now and then (1.5 KB per send),
+//! and every read still costs the same whatever the size of the table: the latest page
+//! starts at the conversation's newest id; a `before` cursor, an offset or a catch-up finds
+//! the nearest mark (one index lookup) and walks back at most 16 steps; each message after
+//! that is one rowid lookup. Offsets cost no more than cursors. (`chain.rs`.)
 //!
 //! # Errors
 //!
@@ -113,6 +126,7 @@
 //! - `sql.rs`: every statement, and the directory's prefix bound.
 //! - `writer.rs`: the writer thread, group commit, connection setup.
 //! - `reader.rs`: the reader threads, the read queries, the username cache.
+//! - `chain.rs`: walking a conversation's chain from its marks.
 //! - `error.rs`: SQLite result codes to [`chatcore::Error`].
 //! - `tests/conformance.rs`: the chatcore conformance suite on a file, in memory, and with
 //!   reads on the writer; `tests/durability.rs`: `kill -9` during a send load;
@@ -121,6 +135,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod chain;
 mod config;
 mod error;
 mod reader;

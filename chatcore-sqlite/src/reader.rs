@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use crossbeam_channel::Receiver;
 use rusqlite::{Connection, OptionalExtension, Row};
 
+use crate::chain::Conversation;
 use crate::{error, sql};
 
 /// A read job: runs on a reader thread (or on the writer thread for in-memory stores) and
@@ -217,32 +218,38 @@ impl ReadCtx {
         self.snapshot(|conn, names| {
             let other = Self::resolve(conn, names, other)?.ok_or(Error::NotFound(Entity::User))?;
             let key = ConversationKey::new(viewer, other);
-            let total = count(conn, sql::CONVERSATION_COUNT, &[key.low().0, key.high().0])?;
-            if total == 0 {
+            let Some((total, conversation)) = conversation_tail(conn, key.low().0, key.high().0)? else {
                 return Ok(MessagePage::default());
+            };
+            let mut start = conversation.newest_below(conn, before_bound(page))?;
+            if page.offset > 0 {
+                start = match start {
+                    Some(newest) => conversation.at_seq(conn, newest.seq - i64::from(page.offset))?,
+                    None => None,
+                };
             }
-            let mut stmt = conn.prepare_cached(sql::CONVERSATION_PAGE).map_err(error::map)?;
-            let rows = stmt
-                .query_map(
-                    [
-                        key.low().0,
-                        key.high().0,
-                        before_bound(page),
-                        i64::from(page.limit),
-                        i64::from(page.offset),
-                    ],
-                    message_from_row,
-                )
-                .map_err(error::map)?;
-            let messages = rows.map(|r| r.map_err(row_error)).collect::<Result<_>>()?;
+            let mut messages = Vec::with_capacity(page.limit.min(1024) as usize);
+            let mut next = start.map(|at| at.id);
+            let mut stmt = conn.prepare_cached(sql::CHAIN_MESSAGE).map_err(error::map)?;
+            while let Some(id) = next
+                && messages.len() < page.limit as usize
+            {
+                let (message, prev) = stmt
+                    .query_row([id], |row| {
+                        Ok((message_from_row(row)?, row.get::<_, Option<i64>>(5)?))
+                    })
+                    .map_err(row_error)?;
+                messages.push(message);
+                next = prev;
+            }
             Ok(MessagePage { messages, total })
         })
     }
 
     /// A user's messages newest first, read through their conversations: each
-    /// conversation's ids below the cursor are a range of the conversation index. The
-    /// conversations are visited newest activity first, and the walk stops at the first one
-    /// whose newest message cannot make the page, so a page usually reads only the few
+    /// conversation's chain below the cursor, walked only as far as it can add to the page.
+    /// The conversations are visited newest activity first, and the walk stops at the first
+    /// one whose newest message cannot make the page, so a page usually reads only the few
     /// conversations active most recently. The work grows with the user's number of
     /// conversations (one small row each), never with the table.
     pub(crate) fn user_messages(&mut self, user: UserId, page: &PageRequest) -> Result<MessagePage> {
@@ -260,16 +267,13 @@ impl ReadCtx {
             conversations.sort_unstable_by_key(|c| std::cmp::Reverse(c.last_id));
             // The `want` largest ids seen so far (a min-heap: its top is the smallest kept).
             let mut kept: BinaryHeap<Reverse<i64>> = BinaryHeap::with_capacity(want.min(1024) + 1);
-            let mut ids = conn
-                .prepare_cached(sql::CONVERSATION_IDS_BEFORE)
-                .map_err(error::map)?;
             for conversation in &conversations {
                 let newest = conversation.last_id.min(before.saturating_sub(1));
                 if kept.len() == want && kept.peek().is_some_and(|Reverse(min)| newest <= *min) {
                     break;
                 }
-                let range = [conversation.low, conversation.high, before, want as i64];
-                keep_best(&mut ids, range, &mut kept, want, Reverse)?;
+                let start = conversation.newest_below(conn, before)?;
+                keep_best(Conversation::ids_back(conn, start), &mut kept, want, Reverse)?;
             }
             let mut chosen: Vec<i64> = kept.into_iter().map(|Reverse(id)| id).collect();
             chosen.sort_unstable_by(|a, b| b.cmp(a));
@@ -294,12 +298,14 @@ impl ReadCtx {
             let conversations = user_conversations(conn, sql::USER_CONVERSATIONS_AFTER, &[user.0, after.0])?;
             // The `want` smallest ids seen so far (a max-heap: its top is the largest kept).
             let mut kept: BinaryHeap<i64> = BinaryHeap::with_capacity(want.min(1024) + 1);
-            let mut ids = conn
-                .prepare_cached(sql::CONVERSATION_IDS_AFTER)
-                .map_err(error::map)?;
-            for conversation in &conversations {
-                let range = [conversation.low, conversation.high, after.0, want as i64];
-                keep_best(&mut ids, range, &mut kept, want, |id| id)?;
+            for conversation in conversations {
+                let first = conversation.first_above(conn, after.0)?;
+                if kept.len() == want
+                    && first.is_none_or(|first| kept.peek().is_some_and(|&worst| first.id >= worst))
+                {
+                    continue;
+                }
+                keep_best(conversation.ids_forward(conn, first), &mut kept, want, |id| id)?;
             }
             messages_by_id(conn, kept.into_sorted_vec().into_iter())
         })
@@ -316,18 +322,11 @@ impl ReadCtx {
     }
 }
 
-/// One conversation a user takes part in.
-struct UserConversation {
-    low: i64,
-    high: i64,
-    last_id: i64,
-}
-
-fn user_conversations(conn: &Connection, sql: &str, params: &[i64]) -> Result<Vec<UserConversation>> {
+fn user_conversations(conn: &Connection, sql: &str, params: &[i64]) -> Result<Vec<Conversation>> {
     let mut stmt = conn.prepare_cached(sql).map_err(error::map)?;
     let rows = stmt
         .query_map(rusqlite::params_from_iter(params), |row| {
-            Ok(UserConversation {
+            Ok(Conversation {
                 low: row.get(0)?,
                 high: row.get(1)?,
                 last_id: row.get(2)?,
@@ -337,19 +336,33 @@ fn user_conversations(conn: &Connection, sql: &str, params: &[i64]) -> Result<Ve
     rows.map(|r| r.map_err(error::map)).collect()
 }
 
-/// Reads the ids of one conversation range (best first) into `kept`, which holds the `want`
-/// smallest keys seen so far (its top is the worst kept); stops at the first id that cannot
-/// be kept, since the rest of the range is worse still.
+/// A conversation's message count and chain, `None` before its first message.
+pub(crate) fn conversation_tail(
+    conn: &Connection,
+    low: i64,
+    high: i64,
+) -> Result<Option<(u64, Conversation)>> {
+    let mut stmt = conn.prepare_cached(sql::CONVERSATION_TAIL).map_err(error::map)?;
+    let tail: Option<(i64, i64)> = stmt
+        .query_row([low, high], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()
+        .map_err(error::map)?;
+    Ok(tail
+        .filter(|&(count, _)| count > 0)
+        .map(|(count, last_id)| (count as u64, Conversation { low, high, last_id })))
+}
+
+/// Reads ids (best first) into `kept`, which holds the `want` smallest keys seen so far (its
+/// top is the worst kept); stops at the first id that cannot be kept, since the rest are
+/// worse still.
 fn keep_best<K: Ord>(
-    ids: &mut rusqlite::CachedStatement<'_>,
-    range: [i64; 4],
+    ids: impl Iterator<Item = Result<i64>>,
     kept: &mut BinaryHeap<K>,
     want: usize,
     key: impl Fn(i64) -> K,
 ) -> Result<()> {
-    let mut rows = ids.query(range).map_err(error::map)?;
-    while let Some(row) = rows.next().map_err(error::map)? {
-        let candidate = key(row.get(0).map_err(error::map)?);
+    for id in ids {
+        let candidate = key(id?);
         if kept.len() < want {
             kept.push(candidate);
         } else if kept.peek().is_some_and(|worst| candidate < *worst) {

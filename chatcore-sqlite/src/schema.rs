@@ -96,10 +96,41 @@ UPDATE chatcore_conversations SET last_id = coalesce((
 DROP TABLE chatcore_user_messages;
 "#,
     },
+    Migration {
+        version: 3,
+        name: "conversations as chains of messages with a sparse index: drop the conversation index",
+        // The conversation index put each message's entry on its conversation's own b-tree
+        // leaf, so a commit wrote one page per conversation in it: most of what it wrote. Each
+        // message now names the conversation's previous message and its number in the
+        // conversation, and every 16th message has a row in a small index (see `chain`), so a
+        // commit writes the table's newest leaf, the counters and a mark now and then.
+        sql: r#"
+ALTER TABLE chatcore_messages ADD COLUMN prev_id INTEGER;
+ALTER TABLE chatcore_messages ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
+UPDATE chatcore_messages SET prev_id = w.prev_id, seq = w.seq
+    FROM (SELECT id, lag(id) OVER c AS prev_id, row_number() OVER c AS seq
+          FROM chatcore_messages
+          WINDOW c AS (PARTITION BY conv_low, conv_high ORDER BY id)) AS w
+    WHERE chatcore_messages.id = w.id;
+UPDATE chatcore_conversations SET message_count = coalesce((
+    SELECT m.seq FROM chatcore_messages AS m WHERE m.id = chatcore_conversations.last_id), 0);
+CREATE TABLE chatcore_conversation_marks (
+    conv_low  INTEGER NOT NULL,
+    conv_high INTEGER NOT NULL,
+    seq       INTEGER NOT NULL,
+    id        INTEGER NOT NULL,
+    PRIMARY KEY (conv_low, conv_high, seq)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX chatcore_conversation_marks_id ON chatcore_conversation_marks (conv_low, conv_high, id);
+INSERT INTO chatcore_conversation_marks (conv_low, conv_high, seq, id)
+    SELECT conv_low, conv_high, seq, id FROM chatcore_messages WHERE seq % 16 = 0;
+DROP INDEX chatcore_messages_conversation;
+"#,
+    },
 ];
 
 /// The schema version this code writes and reads.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// What [`SqliteStore::migrate`](crate::SqliteStore::migrate) did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -268,6 +299,90 @@ mod tests {
             )
             .unwrap();
         assert_eq!(old_table, 0);
+    }
+
+    /// A version-2 database moves to version 3 with every conversation's messages linked and
+    /// numbered in id order, a mark on every 16th, and the conversation index gone; the
+    /// chains then read back exactly what was there.
+    #[test]
+    fn version_2_data_migrates() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(CREATE_MIGRATIONS_TABLE).unwrap();
+        for step in &MIGRATIONS[..2] {
+            conn.execute_batch(step.sql).unwrap();
+            conn.execute(
+                "INSERT INTO chatcore_migrations VALUES (?1, 'old', 0)",
+                [step.version],
+            )
+            .unwrap();
+        }
+        conn.execute_batch("INSERT INTO chatcore_users (id, username) VALUES (1, 'a'), (2, 'b'), (3, 'c')")
+            .unwrap();
+        // 40 messages between a and b, interleaved with 5 between a and c.
+        let mut ab = Vec::new();
+        let mut ac = Vec::new();
+        for id in 1..=45i64 {
+            let high = if id % 9 == 0 { 3 } else { 2 };
+            if high == 2 {
+                ab.push(id)
+            } else {
+                ac.push(id)
+            }
+            conn.execute(
+                "INSERT INTO chatcore_messages (id, sender_id, recipient_id, conv_low, conv_high, created_at, body)
+                 VALUES (?1, 1, ?2, 1, ?2, 0, 'x')",
+                [id, high],
+            )
+            .unwrap();
+        }
+        conn.execute_batch(
+            "INSERT INTO chatcore_conversations VALUES (1, 2, 40, 44), (1, 3, 5, 45);
+             INSERT INTO chatcore_user_conversations VALUES (1, 1, 2), (1, 1, 3), (2, 1, 2), (3, 1, 3);",
+        )
+        .unwrap();
+        let report = migrate(&mut conn, 1).unwrap();
+        assert_eq!((report.previous, report.current), (2, SCHEMA_VERSION));
+        for (high, ids) in [(2i64, &ab), (3, &ac)] {
+            let links: Vec<(i64, Option<i64>, i64)> = conn
+                .prepare("SELECT id, prev_id, seq FROM chatcore_messages WHERE conv_high = ?1 ORDER BY id")
+                .unwrap()
+                .query_map([high], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .unwrap()
+                .collect::<rusqlite::Result<_>>()
+                .unwrap();
+            let want: Vec<(i64, Option<i64>, i64)> = ids
+                .iter()
+                .enumerate()
+                .map(|(i, &id)| (id, i.checked_sub(1).map(|p| ids[p]), i as i64 + 1))
+                .collect();
+            assert_eq!(links, want);
+            let conversation = crate::chain::Conversation {
+                low: 1,
+                high,
+                last_id: *ids.last().unwrap(),
+            };
+            let newest = conversation.newest_below(&conn, i64::MAX).unwrap();
+            let back: Vec<i64> = crate::chain::Conversation::ids_back(&conn, newest)
+                .map(|r| r.unwrap())
+                .collect();
+            assert_eq!(back, ids.iter().rev().copied().collect::<Vec<_>>());
+        }
+        let marks: Vec<(i64, i64, i64)> = conn
+            .prepare("SELECT conv_high, seq, id FROM chatcore_conversation_marks ORDER BY 1, 2")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(marks, vec![(2, 16, ab[15]), (2, 32, ab[31])]);
+        let old_index: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'chatcore_messages_conversation'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(old_index, 0);
     }
 
     #[test]

@@ -10,6 +10,13 @@ macro_rules! message_select {
     };
 }
 
+/// [`message_select!`] plus the chain link: `m.prev_id`, `m.seq`.
+macro_rules! message_select_with_link {
+    () => {
+        "SELECT m.id, s.username, r.username, m.created_at, m.body, m.prev_id, m.seq FROM "
+    };
+}
+
 // ---- writer ----
 
 pub(crate) const INSERT_USER: &str = "INSERT INTO chatcore_users (username, password_hash) VALUES (?1, ?2)";
@@ -24,9 +31,15 @@ pub(crate) const UPSERT_SESSION: &str = "INSERT INTO chatcore_sessions (token_ha
 
 pub(crate) const DELETE_SESSION: &str = "DELETE FROM chatcore_sessions WHERE token_hash = ?1";
 
+/// `?8` is the conversation's previous message (`NULL` for its first), `?9` this message's
+/// number in the conversation (1, 2, ...): see `chain`.
 pub(crate) const INSERT_MESSAGE: &str = "INSERT INTO chatcore_messages
-     (sender_id, recipient_id, conv_low, conv_high, created_at, body, idempotency_key)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+     (sender_id, recipient_id, conv_low, conv_high, created_at, body, idempotency_key, prev_id, seq)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+
+/// Every `chain::MARK_EVERY`th message of a conversation.
+pub(crate) const INSERT_MARK: &str =
+    "INSERT INTO chatcore_conversation_marks (conv_low, conv_high, seq, id) VALUES (?1, ?2, ?3, ?4)";
 
 /// Adds `?3` messages up to id `?4` to a conversation; answers the new count, which equals
 /// `?3` when these are the conversation's first messages.
@@ -73,17 +86,30 @@ pub(crate) const MESSAGE_FOR: &str = concat!(
      WHERE m.id = ?1 AND (m.sender_id = ?2 OR m.recipient_id = ?2)"
 );
 
-pub(crate) const CONVERSATION_COUNT: &str =
-    "SELECT message_count FROM chatcore_conversations WHERE conv_low = ?1 AND conv_high = ?2";
+/// A conversation's message count and newest id (the head of its chain); the writer reads
+/// it too, to link a conversation's first message of a batch.
+pub(crate) const CONVERSATION_TAIL: &str =
+    "SELECT message_count, last_id FROM chatcore_conversations WHERE conv_low = ?1 AND conv_high = ?2";
 
-pub(crate) const CONVERSATION_PAGE: &str = concat!(
-    message_select!(),
+/// One step along a conversation's chain: the message before `?1` and `?1`'s number.
+pub(crate) const CHAIN_LINK: &str = "SELECT prev_id, seq FROM chatcore_messages WHERE id = ?1";
+
+/// A message of a page, with its chain link (columns 5 and 6).
+pub(crate) const CHAIN_MESSAGE: &str = concat!(
+    message_select_with_link!(),
     "chatcore_messages AS m
      CROSS JOIN chatcore_users AS s ON s.id = m.sender_id
      CROSS JOIN chatcore_users AS r ON r.id = m.recipient_id
-     WHERE m.conv_low = ?1 AND m.conv_high = ?2 AND m.id < ?3
-     ORDER BY m.id DESC LIMIT ?4 OFFSET ?5"
+     WHERE m.id = ?1"
 );
+
+/// The conversation's first mark at or above id `?3`.
+pub(crate) const MARK_FROM_ID: &str = "SELECT id FROM chatcore_conversation_marks
+     WHERE conv_low = ?1 AND conv_high = ?2 AND id >= ?3 ORDER BY id LIMIT 1";
+
+/// The conversation's first mark at or above number `?3`.
+pub(crate) const MARK_FROM_SEQ: &str = "SELECT id FROM chatcore_conversation_marks
+     WHERE conv_low = ?1 AND conv_high = ?2 AND seq >= ?3 ORDER BY seq LIMIT 1";
 
 pub(crate) const USER_COUNT: &str = "SELECT message_count FROM chatcore_user_counts WHERE user_id = ?1";
 
@@ -98,14 +124,6 @@ pub(crate) const USER_CONVERSATIONS_AFTER: &str = "SELECT c.conv_low, c.conv_hig
      FROM chatcore_user_conversations AS uc
      CROSS JOIN chatcore_conversations AS c ON c.conv_low = uc.conv_low AND c.conv_high = uc.conv_high
      WHERE uc.user_id = ?1 AND c.last_id > ?2";
-
-/// Ids of a conversation below `?3`, newest first (the index alone answers it).
-pub(crate) const CONVERSATION_IDS_BEFORE: &str = "SELECT id FROM chatcore_messages
-     WHERE conv_low = ?1 AND conv_high = ?2 AND id < ?3 ORDER BY id DESC LIMIT ?4";
-
-/// Ids of a conversation above `?3`, oldest first.
-pub(crate) const CONVERSATION_IDS_AFTER: &str = "SELECT id FROM chatcore_messages
-     WHERE conv_low = ?1 AND conv_high = ?2 AND id > ?3 ORDER BY id ASC LIMIT ?4";
 
 pub(crate) const MESSAGE_BY_ID: &str = concat!(
     message_select!(),
@@ -218,17 +236,34 @@ mod query_plans {
         const BY_ROWID: &str = "USING INTEGER PRIMARY KEY (rowid=?)";
         assert_plan(
             conn,
-            CONVERSATION_PAGE,
+            CHAIN_MESSAGE,
             &[
-                "SEARCH m USING INDEX chatcore_messages_conversation (conv_low=? AND conv_high=? AND id<?)",
+                &format!("SEARCH m {BY_ROWID}"),
                 &format!("SEARCH s {BY_ROWID}"),
                 &format!("SEARCH r {BY_ROWID}"),
             ],
         );
         assert_plan(
             conn,
-            CONVERSATION_COUNT,
+            CHAIN_LINK,
+            &[&format!("SEARCH chatcore_messages {BY_ROWID}")],
+        );
+        assert_plan(
+            conn,
+            CONVERSATION_TAIL,
             &["SEARCH chatcore_conversations USING PRIMARY KEY (conv_low=? AND conv_high=?)"],
+        );
+        assert_plan(
+            conn,
+            MARK_FROM_ID,
+            &[
+                "SEARCH chatcore_conversation_marks USING COVERING INDEX chatcore_conversation_marks_id (conv_low=? AND conv_high=? AND id>?)",
+            ],
+        );
+        assert_plan(
+            conn,
+            MARK_FROM_SEQ,
+            &["SEARCH chatcore_conversation_marks USING PRIMARY KEY (conv_low=? AND conv_high=? AND seq>?)"],
         );
         assert_plan(
             conn,
@@ -245,20 +280,6 @@ mod query_plans {
                 ],
             );
         }
-        assert_plan(
-            conn,
-            CONVERSATION_IDS_BEFORE,
-            &[
-                "SEARCH chatcore_messages USING COVERING INDEX chatcore_messages_conversation (conv_low=? AND conv_high=? AND id<?)",
-            ],
-        );
-        assert_plan(
-            conn,
-            CONVERSATION_IDS_AFTER,
-            &[
-                "SEARCH chatcore_messages USING COVERING INDEX chatcore_messages_conversation (conv_low=? AND conv_high=? AND id>?)",
-            ],
-        );
         assert_plan(
             conn,
             MESSAGE_BY_ID,
@@ -320,15 +341,22 @@ mod query_plans {
             tx.execute(INSERT_USER, rusqlite::params![format!("user{i}"), None::<String>])
                 .unwrap();
         }
+        let mut tails = std::collections::HashMap::new();
         for id in 1..=2000i64 {
             let (from, to) = (id % 50 + 1, (id * 7) % 50 + 1);
             let key = (id % 3 == 0).then(|| format!("k{id}"));
+            let (low, high) = (from.min(to), from.max(to));
+            let (seq, prev) = tails.entry((low, high)).or_insert((0i64, None::<i64>));
+            *seq += 1;
             tx.execute(
                 INSERT_MESSAGE,
-                rusqlite::params![from, to, from.min(to), from.max(to), id, "body", key],
+                rusqlite::params![from, to, low, high, id, "body", key, *prev, *seq],
             )
             .unwrap();
-            let (low, high) = (from.min(to), from.max(to));
+            *prev = Some(id);
+            if *seq % crate::chain::MARK_EVERY == 0 {
+                tx.execute(INSERT_MARK, [low, high, *seq, id]).unwrap();
+            }
             tx.query_row(ADD_CONVERSATION_COUNT, [low, high, 1, id], |_| Ok(()))
                 .unwrap();
             tx.execute(ADD_USER_CONVERSATION, [low, low, high]).unwrap();

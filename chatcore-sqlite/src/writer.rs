@@ -1,6 +1,7 @@
 //! The single writer thread: opens the read-write connection, and commits every write waiting
 //! at that moment in one transaction (group commit).
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -19,7 +20,7 @@ use tokio::sync::oneshot;
 use crate::config::{Location, SqliteConfig, Synchronous};
 use crate::reader::{self, ReadCtx, ReadJob};
 use crate::schema::{self, MigrationReport};
-use crate::{error, sql};
+use crate::{chain, error, sql};
 
 /// Where a job's answer goes.
 pub(crate) type Reply<T> = oneshot::Sender<Result<T>>;
@@ -200,8 +201,8 @@ pub(crate) struct Writer {
     known_ids_capacity: usize,
     /// Ids found inside the open transaction; cached only once it commits.
     pending_ids: HashSet<UserId>,
-    /// Messages and newest id per conversation in the open transaction.
-    conversation_counts: HashMap<ConversationKey, (i64, i64)>,
+    /// Where each conversation's chain stands in the open transaction.
+    conversation_tails: HashMap<ConversationKey, Tail>,
     user_counts: HashMap<UserId, i64>,
 }
 
@@ -220,7 +221,7 @@ impl Writer {
             known_ids: HashSet::new(),
             known_ids_capacity: config.name_cache,
             pending_ids: HashSet::new(),
-            conversation_counts: HashMap::new(),
+            conversation_tails: HashMap::new(),
             user_counts: HashMap::new(),
         }
     }
@@ -404,7 +405,7 @@ impl Writer {
         let created_at = self.next_timestamp();
         self.pending_names.clear();
         self.pending_ids.clear();
-        self.conversation_counts.clear();
+        self.conversation_tails.clear();
         self.user_counts.clear();
         let result = self.apply_all(ops, created_at);
         match &result {
@@ -446,12 +447,15 @@ impl Writer {
     /// Adds the batch's counter increments, one upsert per conversation and per user.
     fn flush_counts(&mut self) -> rusqlite::Result<()> {
         let conn = &self.ctx.conn;
-        if !self.conversation_counts.is_empty() {
+        if !self.conversation_tails.is_empty() {
             let mut add = conn.prepare_cached(sql::ADD_CONVERSATION_COUNT)?;
             let mut join = conn.prepare_cached(sql::ADD_USER_CONVERSATION)?;
-            for (key, (n, last_id)) in self.conversation_counts.drain() {
-                let (low, high) = (key.low().0, key.high().0);
-                let total: i64 = add.query_row([low, high, n, last_id], |row| row.get(0))?;
+            for (key, tail) in self.conversation_tails.drain() {
+                if tail.added == 0 {
+                    continue;
+                }
+                let (low, high, n) = (key.low().0, key.high().0, tail.added);
+                let total: i64 = add.query_row([low, high, n, tail.last_id], |row| row.get(0))?;
                 // A new conversation: list it under each participant, once.
                 if total == n {
                     join.execute([low, low, high])?;
@@ -565,16 +569,35 @@ impl Writer {
             }
         }
         let key = ConversationKey::new(sender_id, recipient_id);
+        let (low, high) = (key.low().0, key.high().0);
+        let tail = match self.conversation_tails.entry(key) {
+            Entry::Occupied(entry) => entry.into_mut(),
+            Entry::Vacant(entry) => {
+                let (count, last_id) = conn
+                    .prepare_cached(sql::CONVERSATION_TAIL)?
+                    .query_row([low, high], |row| Ok((row.get(0)?, row.get(1)?)))
+                    .optional()?
+                    .unwrap_or((0, 0));
+                entry.insert(Tail {
+                    count,
+                    added: 0,
+                    last_id,
+                })
+            }
+        };
+        let seq = tail.count + tail.added + 1;
         let inserted = conn
             .prepare_cached(sql::INSERT_MESSAGE)?
             .execute(rusqlite::params![
                 sender_id.0,
                 recipient_id.0,
-                key.low().0,
-                key.high().0,
+                low,
+                high,
                 reader::datetime_to_micros(&created_at),
                 new.body,
                 new.idempotency_key,
+                (tail.last_id > 0).then_some(tail.last_id),
+                seq,
             ]);
         match inserted {
             Ok(_) => {}
@@ -583,9 +606,12 @@ impl Writer {
             Err(e) => return Err(e),
         }
         let id = conn.last_insert_rowid();
-        let (count, last_id) = self.conversation_counts.entry(key).or_insert((0, id));
-        *count += 1;
-        *last_id = (*last_id).max(id);
+        if seq % chain::MARK_EVERY == 0 {
+            conn.prepare_cached(sql::INSERT_MARK)?
+                .execute([low, high, seq, id])?;
+        }
+        tail.added += 1;
+        tail.last_id = id;
         *self.user_counts.entry(sender_id).or_insert(0) += 1;
         if recipient_id != sender_id {
             *self.user_counts.entry(recipient_id).or_insert(0) += 1;
@@ -643,6 +669,14 @@ impl Writer {
         }
         Ok(id)
     }
+}
+
+/// A conversation's chain in the open transaction: its message count before it, the messages
+/// it added, and its newest id (`0` for none).
+struct Tail {
+    count: i64,
+    added: i64,
+    last_id: i64,
 }
 
 /// A committed write and its answer, held until the commit is durable.
