@@ -128,6 +128,7 @@ pub const SCENARIOS: &[&str] = &[
     "catch_up_after_id",
     "note_to_self_is_listed_once",
     "user_pages_span_conversations",
+    "busy_conversation_reads_in_commit_order",
 ];
 
 /// Runs one `#[tokio::test]` per conformance scenario against stores made by `$factory`,
@@ -153,6 +154,7 @@ macro_rules! store_conformance_tests {
             catch_up_after_id,
             note_to_self_is_listed_once,
             user_pages_span_conversations,
+            busy_conversation_reads_in_commit_order,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
@@ -912,4 +914,118 @@ pub async fn user_pages_span_conversations(store: Arc<dyn Store>) {
         .unwrap();
     assert!(frank_page.messages.iter().all(|m| m.sender == frank.username));
     assert_eq!(frank_page.total, frank_page.messages.len() as u64);
+}
+
+/// Many tasks writing into one conversation at once (so a group commit holds several of its
+/// messages) beside a second, quieter one: every page by cursor and by offset, cursors that
+/// are not messages of the conversation, and catch-ups from anywhere all see the messages in
+/// id order, none missing.
+pub async fn busy_conversation_reads_in_commit_order(store: Arc<dyn Store>) {
+    const TASKS: usize = 12;
+    const EACH: usize = 25;
+    let alice = user(&store, "alice").await;
+    let bob = user(&store, "bob").await;
+    let carol = user(&store, "carol").await;
+    let handles: Vec<_> = (0..TASKS)
+        .map(|t| {
+            let store = store.clone();
+            // Both directions of alice-bob, and every fourth task alice-carol.
+            let (from, to) = match t % 4 {
+                0 => (alice.clone(), carol.clone()),
+                1 => (bob.clone(), alice.clone()),
+                _ => (alice.clone(), bob.clone()),
+            };
+            tokio::spawn(async move {
+                let mut sent = Vec::with_capacity(EACH);
+                for i in 0..EACH {
+                    sent.push(send(&store, &from, &to, &format!("{t}.{i}")).await);
+                }
+                sent
+            })
+        })
+        .collect();
+    let mut with_bob = Vec::new();
+    let mut with_carol = Vec::new();
+    for handle in handles {
+        for message in handle.await.expect("sender task") {
+            if message.recipient == carol.username {
+                with_carol.push(message);
+            } else {
+                with_bob.push(message);
+            }
+        }
+    }
+    let newest_first = |messages: &mut Vec<Message>| messages.sort_by(|a, b| b.id.cmp(&a.id));
+    newest_first(&mut with_bob);
+    newest_first(&mut with_carol);
+    let page = |before: Option<MessageId>, offset: u32, limit: u32| PageRequest {
+        before,
+        offset,
+        limit,
+    };
+    for (other, expected) in [(&bob, &with_bob), (&carol, &with_carol)] {
+        let all = store
+            .conversation_page(alice.id, &other.username, &page(None, 0, 1000))
+            .await
+            .unwrap();
+        assert_eq!(all.total, expected.len() as u64);
+        assert_eq!(
+            &all.messages, expected,
+            "the whole conversation with {}",
+            other.username
+        );
+        let mut before = None;
+        let mut walked = Vec::new();
+        loop {
+            let got = store
+                .conversation_page(alice.id, &other.username, &page(before, 0, 15))
+                .await
+                .unwrap();
+            let Some(last) = got.messages.last() else { break };
+            before = Some(last.id);
+            walked.extend(got.messages);
+        }
+        assert_eq!(&walked, expected, "cursor walk with {}", other.username);
+        for offset in (0..expected.len() as u32 + 3).step_by(7) {
+            let got = store
+                .conversation_page(alice.id, &other.username, &page(None, offset, 15))
+                .await
+                .unwrap();
+            let start = (offset as usize).min(expected.len());
+            let end = (start + 15).min(expected.len());
+            assert_eq!(got.messages, expected[start..end], "offset {offset}");
+        }
+    }
+    // Cursors taken from the other conversation, with and without an offset.
+    for cursor in with_carol.iter().map(|m| m.id).step_by(3) {
+        for offset in [0u32, 5, 40] {
+            let got = store
+                .conversation_page(alice.id, &bob.username, &page(Some(cursor), offset, 15))
+                .await
+                .unwrap();
+            let below: Vec<Message> = with_bob.iter().filter(|m| m.id < cursor).cloned().collect();
+            let start = (offset as usize).min(below.len());
+            let end = (start + 15).min(below.len());
+            assert_eq!(
+                got.messages,
+                below[start..end],
+                "before {cursor:?} offset {offset}"
+            );
+        }
+    }
+    let mut oldest_first: Vec<Message> = with_bob.iter().chain(&with_carol).cloned().collect();
+    oldest_first.sort_by_key(|m| m.id);
+    // Catch-ups after the `seen`th oldest message of alice's.
+    for seen in [0usize, 1, 17, 100, 250, oldest_first.len() - 1] {
+        let after = seen.checked_sub(1).map_or(MessageId(0), |i| oldest_first[i].id);
+        for limit in [1u32, 16, 33, 1000] {
+            let got = store.messages_after(alice.id, after, limit).await.unwrap();
+            let expected: Vec<Message> = oldest_first[seen..]
+                .iter()
+                .take(limit as usize)
+                .cloned()
+                .collect();
+            assert_eq!(got, expected, "alice after #{seen} limit {limit}");
+        }
+    }
 }
