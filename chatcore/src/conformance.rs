@@ -955,7 +955,7 @@ pub async fn busy_conversation_reads_in_commit_order(store: Arc<dyn Store>) {
             }
         }
     }
-    let newest_first = |messages: &mut Vec<Message>| messages.sort_by(|a, b| b.id.cmp(&a.id));
+    let newest_first = |messages: &mut Vec<Message>| messages.sort_by_key(|m| std::cmp::Reverse(m.id));
     newest_first(&mut with_bob);
     newest_first(&mut with_carol);
     let page = |before: Option<MessageId>, offset: u32, limit: u32| PageRequest {
