@@ -11,7 +11,9 @@ pub struct PageRequest {
     /// Only messages with an id below this one (the `before` cursor).
     pub before: Option<MessageId>,
     /// Messages to skip after applying `before` (the original app's `?page=N`). Keyset paging
-    /// with `before` is the fast path; offsets cost time proportional to their size.
+    /// with `before` is the fast path: on some backends (MySQL, a user's own list on SQLite)
+    /// offsets cost time proportional to their size; SQLite's conversation pages jump to an
+    /// offset in constant time.
     pub offset: u32,
     /// At most this many messages.
     pub limit: u32,
