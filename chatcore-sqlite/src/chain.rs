@@ -56,6 +56,26 @@ pub(crate) fn link(conn: &Connection, id: i64) -> Result<Link> {
     })
 }
 
+/// The message before `at` in its conversation, `None` at the first. A link that does not
+/// go back (a smaller id and number) is [`Error::Corrupt`], so a damaged file can never send
+/// a walk round in circles.
+pub(crate) fn back(conn: &Connection, at: &Link) -> Result<Option<Link>> {
+    let Some(prev) = at.prev else {
+        return Ok(None);
+    };
+    let before = link(conn, prev)?;
+    if before.id >= at.id || before.seq >= at.seq {
+        return Err(Error::Corrupt {
+            message: format!(
+                "message {} (number {}) links back to message {} (number {})",
+                at.id, at.seq, before.id, before.seq
+            ),
+            source: None,
+        });
+    }
+    Ok(Some(before))
+}
+
 impl Conversation {
     /// The id of the first mark at or above id `id` (`sql::MARK_FROM_ID`) or number `seq`
     /// (`sql::MARK_FROM_SEQ`), else the newest message: where a walk back starts.
@@ -78,8 +98,8 @@ impl Conversation {
         };
         let mut at = link(conn, anchor)?;
         while at.id >= bound {
-            match at.prev {
-                Some(prev) => at = link(conn, prev)?,
+            match back(conn, &at)? {
+                Some(before) => at = before,
                 None => return Ok(None),
             }
         }
@@ -95,8 +115,7 @@ impl Conversation {
             return Ok(None);
         };
         let mut at = link(conn, anchor)?;
-        while let Some(prev) = at.prev {
-            let before = link(conn, prev)?;
+        while let Some(before) = back(conn, &at)? {
             if before.id <= after {
                 break;
             }
@@ -115,8 +134,8 @@ impl Conversation {
         };
         let mut at = link(conn, anchor)?;
         while at.seq > seq {
-            match at.prev {
-                Some(prev) => at = link(conn, prev)?,
+            match back(conn, &at)? {
+                Some(before) => at = before,
                 None => return Ok(None),
             }
         }
@@ -133,9 +152,8 @@ impl Conversation {
         let mut started = false;
         std::iter::from_fn(move || {
             if started {
-                let prev = current?.prev;
-                current = match prev.map(|id| link(conn, id)).transpose() {
-                    Ok(next) => next,
+                current = match back(conn, &current?) {
+                    Ok(before) => before,
                     Err(e) => {
                         current = None;
                         return Some(Err(e));
@@ -174,12 +192,13 @@ impl Conversation {
                         break;
                     }
                     stretch.push(at.id);
-                    match at.prev {
-                        Some(prev) if at.seq > from => match link(conn, prev) {
-                            Ok(before) => at = before,
-                            Err(e) => return Some(Err(e)),
-                        },
-                        _ => break,
+                    if at.seq == from {
+                        break;
+                    }
+                    match back(conn, &at) {
+                        Ok(Some(before)) => at = before,
+                        Ok(None) => break,
+                        Err(e) => return Some(Err(e)),
                     }
                 }
             }
@@ -265,6 +284,22 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_chain_that_does_not_go_back_is_corrupt_not_a_loop() {
+        let (conn, even, _) = chains(40);
+        // Message 10 now points forward to 30, which leads back down to 10 again.
+        conn.execute("UPDATE chatcore_messages SET prev_id = 30 WHERE id = 10", [])
+            .unwrap();
+        let start = Some(link(&conn, even.last_id).unwrap());
+        let walked: Vec<Result<i64>> = Conversation::ids_back(&conn, start).collect();
+        assert!(
+            matches!(walked.last(), Some(Err(Error::Corrupt { .. }))),
+            "{walked:?}"
+        );
+        assert!(walked.len() < 40);
+        assert!(matches!(even.at_seq(&conn, 1), Err(Error::Corrupt { .. })));
     }
 
     #[test]

@@ -239,6 +239,12 @@ impl ReadCtx {
                         Ok((message_from_row(row)?, row.get::<_, Option<i64>>(5)?))
                     })
                     .map_err(row_error)?;
+                if prev.is_some_and(|prev| prev >= id) {
+                    return Err(Error::Corrupt {
+                        message: format!("message {id} links back to message {prev:?}, not an older one"),
+                        source: None,
+                    });
+                }
                 messages.push(message);
                 next = prev;
             }
