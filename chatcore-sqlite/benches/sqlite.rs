@@ -232,6 +232,29 @@ fn pages(c: &mut Criterion) {
                     .expect("user page")
             })
         });
+        // Page 21 by offset (`?page=21` in the original app's terms): the conversation jumps to
+        // it through a mark; alice's own list walks the 315 newest messages.
+        let page_21 = PageRequest {
+            before: None,
+            offset: 300,
+            limit: 15,
+        };
+        group.bench_with_input(BenchmarkId::new("offset_300_rows", rows), &rows, |b, _| {
+            b.to_async(&rt).iter(|| async {
+                store
+                    .conversation_page(alice.id, &bob, &page_21)
+                    .await
+                    .expect("offset page")
+            })
+        });
+        group.bench_with_input(BenchmarkId::new("user_offset_300_rows", rows), &rows, |b, _| {
+            b.to_async(&rt).iter(|| async {
+                store
+                    .user_messages(alice.id, &page_21)
+                    .await
+                    .expect("user offset page")
+            })
+        });
         rt.block_on(store.close()).expect("close");
     }
     group.finish();
