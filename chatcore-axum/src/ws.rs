@@ -240,9 +240,8 @@ impl Writer<'_> {
             }
             next = match subscription.try_recv() {
                 Ok(Some(delivery)) => Some(delivery),
-                Ok(None) => break None,
-                // Ended: the next `recv` reports how (lagged or closed).
-                Err(()) => break None,
+                // Nothing queued, or ended: the next `recv` reports how (lagged or closed).
+                Ok(None) | Err(()) => break None,
             };
         };
         self.flush_if(&mut unflushed).await?;

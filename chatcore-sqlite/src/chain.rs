@@ -76,6 +76,19 @@ pub(crate) fn back(conn: &Connection, at: &Link) -> Result<Option<Link>> {
     Ok(Some(before))
 }
 
+/// Walks back from message `start` while `too_new` holds; the first message it does not
+/// hold for, or `None` when the chain ends first.
+fn walk_back_while(conn: &Connection, start: i64, too_new: impl Fn(&Link) -> bool) -> Result<Option<Link>> {
+    let mut at = link(conn, start)?;
+    while too_new(&at) {
+        match back(conn, &at)? {
+            Some(before) => at = before,
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(at))
+}
+
 impl Conversation {
     /// The id of the first mark at or above id `id` (`sql::MARK_FROM_ID`) or number `seq`
     /// (`sql::MARK_FROM_SEQ`), else the newest message: where a walk back starts.
@@ -96,14 +109,7 @@ impl Conversation {
         let Some(anchor) = self.anchor(conn, sql::MARK_FROM_ID, bound)? else {
             return Ok(None);
         };
-        let mut at = link(conn, anchor)?;
-        while at.id >= bound {
-            match back(conn, &at)? {
-                Some(before) => at = before,
-                None => return Ok(None),
-            }
-        }
-        Ok(Some(at))
+        walk_back_while(conn, anchor, |at| at.id >= bound)
     }
 
     /// The oldest message with an id above `after`.
@@ -132,14 +138,7 @@ impl Conversation {
         let Some(anchor) = self.anchor(conn, sql::MARK_FROM_SEQ, seq)? else {
             return Ok(None);
         };
-        let mut at = link(conn, anchor)?;
-        while at.seq > seq {
-            match back(conn, &at)? {
-                Some(before) => at = before,
-                None => return Ok(None),
-            }
-        }
-        Ok(Some(at))
+        walk_back_while(conn, anchor, |at| at.seq > seq)
     }
 
     /// Ids from `start` back to the conversation's first message, newest first, each read
@@ -208,6 +207,52 @@ impl Conversation {
     }
 }
 
+/// Building chains by hand in tests, the way the writer links messages.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::collections::HashMap;
+
+    use rusqlite::Connection;
+
+    use super::MARK_EVERY;
+    use crate::sql;
+
+    /// Each conversation's number and newest id so far.
+    #[derive(Default)]
+    pub(crate) struct Linker {
+        tails: HashMap<(i64, i64), (i64, Option<i64>)>,
+    }
+
+    impl Linker {
+        /// Inserts a message from `from` to `to` linked into its conversation (with a mark on
+        /// every [`MARK_EVERY`]th) and returns its id.
+        pub(crate) fn insert(&mut self, conn: &Connection, from: i64, to: i64, key: Option<&str>) -> i64 {
+            let (low, high) = (from.min(to), from.max(to));
+            let (seq, prev) = self.tails.entry((low, high)).or_default();
+            *seq += 1;
+            conn.execute(
+                sql::INSERT_MESSAGE,
+                rusqlite::params![from, to, low, high, 0, "body", key, *prev, *seq],
+            )
+            .unwrap();
+            let id = conn.last_insert_rowid();
+            if *seq % MARK_EVERY == 0 {
+                conn.execute(sql::INSERT_MARK, [low, high, *seq, id]).unwrap();
+            }
+            *prev = Some(id);
+            id
+        }
+
+        /// The newest id of a conversation (`0`: none).
+        pub(crate) fn last_id(&self, low: i64, high: i64) -> i64 {
+            self.tails
+                .get(&(low, high))
+                .and_then(|(_, prev)| *prev)
+                .unwrap_or(0)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,28 +265,16 @@ mod tests {
         schema::migrate(&mut conn, 0).unwrap();
         conn.execute_batch("INSERT INTO chatcore_users (id, username) VALUES (1, 'a'), (2, 'b'), (3, 'c')")
             .unwrap();
-        let mut tails = [(0i64, None::<i64>); 2];
+        let mut linker = testing::Linker::default();
         for id in 1..=n {
-            let which = (id % 2) as usize;
-            let high = 2 + which as i64;
-            let (seq, prev) = &mut tails[which];
-            *seq += 1;
-            conn.execute(
-                sql::INSERT_MESSAGE,
-                rusqlite::params![1, high, 1, high, id, "x", None::<String>, *prev, *seq],
-            )
-            .unwrap();
-            if *seq % MARK_EVERY == 0 {
-                conn.execute(sql::INSERT_MARK, [1, high, *seq, id]).unwrap();
-            }
-            *prev = Some(id);
+            assert_eq!(linker.insert(&conn, 1, 2 + id % 2, None), id);
         }
-        let conversation = |which: usize| Conversation {
+        let conversation = |high: i64| Conversation {
             low: 1,
-            high: 2 + which as i64,
-            last_id: tails[which].1.unwrap_or(0),
+            high,
+            last_id: linker.last_id(1, high),
         };
-        (conn, conversation(0), conversation(1))
+        (conn, conversation(2), conversation(3))
     }
 
     fn ids(iter: impl Iterator<Item = Result<i64>>) -> Vec<i64> {

@@ -230,7 +230,7 @@ impl ReadCtx {
             }
             let mut messages = Vec::with_capacity(page.limit.min(1024) as usize);
             let mut next = start.map(|at| at.id);
-            let mut stmt = conn.prepare_cached(sql::CHAIN_MESSAGE).map_err(error::map)?;
+            let mut stmt = conn.prepare_cached(sql::MESSAGE_BY_ID).map_err(error::map)?;
             while let Some(id) = next
                 && messages.len() < page.limit as usize
             {
@@ -270,7 +270,7 @@ impl ReadCtx {
             let before = before_bound(page);
             let want = page.offset as usize + page.limit as usize;
             let mut conversations = user_conversations(conn, sql::USER_CONVERSATIONS, &[user.0])?;
-            conversations.sort_unstable_by_key(|c| std::cmp::Reverse(c.last_id));
+            conversations.sort_unstable_by_key(|c| Reverse(c.last_id));
             // The `want` largest ids seen so far (a min-heap: its top is the smallest kept).
             let mut kept: BinaryHeap<Reverse<i64>> = BinaryHeap::with_capacity(want.min(1024) + 1);
             for conversation in &conversations {

@@ -10,13 +10,6 @@ macro_rules! message_select {
     };
 }
 
-/// [`message_select!`] plus the chain link: `m.prev_id`, `m.seq`.
-macro_rules! message_select_with_link {
-    () => {
-        "SELECT m.id, s.username, r.username, m.created_at, m.body, m.prev_id, m.seq FROM "
-    };
-}
-
 // ---- writer ----
 
 pub(crate) const INSERT_USER: &str = "INSERT INTO chatcore_users (username, password_hash) VALUES (?1, ?2)";
@@ -41,14 +34,12 @@ pub(crate) const INSERT_MESSAGE: &str = "INSERT INTO chatcore_messages
 pub(crate) const INSERT_MARK: &str =
     "INSERT INTO chatcore_conversation_marks (conv_low, conv_high, seq, id) VALUES (?1, ?2, ?3, ?4)";
 
-/// Adds `?3` messages up to id `?4` to a conversation; answers the new count, which equals
-/// `?3` when these are the conversation's first messages.
+/// Adds `?3` messages up to id `?4` to a conversation.
 pub(crate) const ADD_CONVERSATION_COUNT: &str =
     "INSERT INTO chatcore_conversations (conv_low, conv_high, message_count, last_id) VALUES (?1, ?2, ?3, ?4)
      ON CONFLICT (conv_low, conv_high) DO UPDATE SET
          message_count = message_count + excluded.message_count,
-         last_id = max(last_id, excluded.last_id)
-     RETURNING message_count";
+         last_id = max(last_id, excluded.last_id)";
 
 pub(crate) const ADD_USER_CONVERSATION: &str =
     "INSERT OR IGNORE INTO chatcore_user_conversations (user_id, conv_low, conv_high) VALUES (?1, ?2, ?3)";
@@ -94,15 +85,6 @@ pub(crate) const CONVERSATION_TAIL: &str =
 /// One step along a conversation's chain: the message before `?1` and `?1`'s number.
 pub(crate) const CHAIN_LINK: &str = "SELECT prev_id, seq FROM chatcore_messages WHERE id = ?1";
 
-/// A message of a page, with its chain link (columns 5 and 6).
-pub(crate) const CHAIN_MESSAGE: &str = concat!(
-    message_select_with_link!(),
-    "chatcore_messages AS m
-     CROSS JOIN chatcore_users AS s ON s.id = m.sender_id
-     CROSS JOIN chatcore_users AS r ON r.id = m.recipient_id
-     WHERE m.id = ?1"
-);
-
 /// The conversation's first mark at or above id `?3`.
 pub(crate) const MARK_FROM_ID: &str = "SELECT id FROM chatcore_conversation_marks
      WHERE conv_low = ?1 AND conv_high = ?2 AND id >= ?3 ORDER BY id LIMIT 1";
@@ -125,8 +107,10 @@ pub(crate) const USER_CONVERSATIONS_AFTER: &str = "SELECT c.conv_low, c.conv_hig
      CROSS JOIN chatcore_conversations AS c ON c.conv_low = uc.conv_low AND c.conv_high = uc.conv_high
      WHERE uc.user_id = ?1 AND c.last_id > ?2";
 
+/// A message, and (column 5) its conversation's previous message, so a page can follow the
+/// chain as it reads.
 pub(crate) const MESSAGE_BY_ID: &str = concat!(
-    message_select!(),
+    "SELECT m.id, s.username, r.username, m.created_at, m.body, m.prev_id FROM ",
     "chatcore_messages AS m
      CROSS JOIN chatcore_users AS s ON s.id = m.sender_id
      CROSS JOIN chatcore_users AS r ON r.id = m.recipient_id
@@ -236,15 +220,6 @@ mod query_plans {
         const BY_ROWID: &str = "USING INTEGER PRIMARY KEY (rowid=?)";
         assert_plan(
             conn,
-            CHAIN_MESSAGE,
-            &[
-                &format!("SEARCH m {BY_ROWID}"),
-                &format!("SEARCH s {BY_ROWID}"),
-                &format!("SEARCH r {BY_ROWID}"),
-            ],
-        );
-        assert_plan(
-            conn,
             CHAIN_LINK,
             &[&format!("SEARCH chatcore_messages {BY_ROWID}")],
         );
@@ -341,24 +316,13 @@ mod query_plans {
             tx.execute(INSERT_USER, rusqlite::params![format!("user{i}"), None::<String>])
                 .unwrap();
         }
-        let mut tails = std::collections::HashMap::new();
+        let mut linker = crate::chain::testing::Linker::default();
         for id in 1..=2000i64 {
             let (from, to) = (id % 50 + 1, (id * 7) % 50 + 1);
             let key = (id % 3 == 0).then(|| format!("k{id}"));
             let (low, high) = (from.min(to), from.max(to));
-            let (seq, prev) = tails.entry((low, high)).or_insert((0i64, None::<i64>));
-            *seq += 1;
-            tx.execute(
-                INSERT_MESSAGE,
-                rusqlite::params![from, to, low, high, id, "body", key, *prev, *seq],
-            )
-            .unwrap();
-            *prev = Some(id);
-            if *seq % crate::chain::MARK_EVERY == 0 {
-                tx.execute(INSERT_MARK, [low, high, *seq, id]).unwrap();
-            }
-            tx.query_row(ADD_CONVERSATION_COUNT, [low, high, 1, id], |_| Ok(()))
-                .unwrap();
+            linker.insert(&tx, from, to, key.as_deref());
+            tx.execute(ADD_CONVERSATION_COUNT, [low, high, 1, id]).unwrap();
             tx.execute(ADD_USER_CONVERSATION, [low, low, high]).unwrap();
             tx.execute(ADD_USER_CONVERSATION, [high, low, high]).unwrap();
             tx.execute(ADD_USER_COUNT, [from, 1]).unwrap();

@@ -454,10 +454,10 @@ impl Writer {
                 if tail.added == 0 {
                     continue;
                 }
-                let (low, high, n) = (key.low().0, key.high().0, tail.added);
-                let total: i64 = add.query_row([low, high, n, tail.last_id], |row| row.get(0))?;
+                let (low, high) = (key.low().0, key.high().0);
+                add.execute([low, high, tail.added, tail.last_id])?;
                 // A new conversation: list it under each participant, once.
-                if total == n {
+                if tail.count == 0 {
                     join.execute([low, low, high])?;
                     if high != low {
                         join.execute([high, low, high])?;
@@ -682,9 +682,9 @@ struct Tail {
 /// A committed write and its answer, held until the commit is durable.
 type Committed = (WriteOp, Outcome);
 
-/// How many committed batches may wait for the sync thread before the writer waits too: one
-/// being synced and one behind it, so commits and syncs overlap without the writer running
-/// ahead in many small commits.
+/// How many committed batches may wait for the sync thread before the writer waits too, so
+/// commits and syncs overlap without the writer running far ahead in many small commits
+/// (two halved the send rate: the writer waited with work queued).
 const MAX_UNSYNCED_BATCHES: usize = 4;
 
 /// A count of batches committed but not yet synced, which the writer can wait on.
@@ -761,13 +761,11 @@ fn sync_wal(wal: &Path, file: &mut Option<File>) -> Result<()> {
             format!("syncing {}: {e}", wal.display()),
         ))
     };
-    if file.is_none() {
-        *file = Some(File::open(wal).map_err(failed)?);
-    }
-    match file {
-        Some(f) => f.sync_data().map_err(failed),
-        None => Ok(()),
-    }
+    let wal_file = match file {
+        Some(f) => f,
+        None => file.insert(File::open(wal).map_err(failed)?),
+    };
+    wal_file.sync_data().map_err(failed)
 }
 
 /// Answers committed writes, or fails them all with a copy of `sync_error`.

@@ -198,6 +198,13 @@ async fn send_keyed(
         .expect("insert message")
 }
 
+/// What a page at `offset` with `limit` holds of `newest_first`.
+fn slice(newest_first: &[Message], offset: u32, limit: u32) -> &[Message] {
+    let start = (offset as usize).min(newest_first.len());
+    let end = start.saturating_add(limit as usize).min(newest_first.len());
+    &newest_first[start..end]
+}
+
 fn ids(messages: &[Message]) -> Vec<i64> {
     messages.iter().map(|m| m.id.0).collect()
 }
@@ -855,14 +862,9 @@ pub async fn user_pages_span_conversations(store: Arc<dyn Store>) {
                 .await
                 .unwrap();
             assert_eq!(page.total, total);
-            let start = (offset as usize).min(newest_first.len());
-            let end = (start + limit as usize).min(newest_first.len());
-            assert_eq!(
-                page.messages,
-                newest_first[start..end],
-                "offset {offset} limit {limit}"
-            );
-            if end == newest_first.len() {
+            let expected = slice(&newest_first, offset, limit);
+            assert_eq!(page.messages, expected, "offset {offset} limit {limit}");
+            if offset as usize + expected.len() >= newest_first.len() {
                 break;
             }
             offset += limit;
@@ -991,9 +993,7 @@ pub async fn busy_conversation_reads_in_commit_order(store: Arc<dyn Store>) {
                 .conversation_page(alice.id, &other.username, &page(None, offset, 15))
                 .await
                 .unwrap();
-            let start = (offset as usize).min(expected.len());
-            let end = (start + 15).min(expected.len());
-            assert_eq!(got.messages, expected[start..end], "offset {offset}");
+            assert_eq!(got.messages, slice(expected, offset, 15), "offset {offset}");
         }
     }
     // Cursors taken from the other conversation, with and without an offset.
@@ -1004,11 +1004,9 @@ pub async fn busy_conversation_reads_in_commit_order(store: Arc<dyn Store>) {
                 .await
                 .unwrap();
             let below: Vec<Message> = with_bob.iter().filter(|m| m.id < cursor).cloned().collect();
-            let start = (offset as usize).min(below.len());
-            let end = (start + 15).min(below.len());
             assert_eq!(
                 got.messages,
-                below[start..end],
+                slice(&below, offset, 15),
                 "before {cursor:?} offset {offset}"
             );
         }
