@@ -43,6 +43,15 @@ pub struct ApiConfig {
     /// Largest message a WebSocket client may send, in bytes (clients' frames are ignored,
     /// but a larger one closes the socket). Default 64 KiB.
     pub ws_max_incoming_message: usize,
+    /// Whether a WebSocket that has a notification to write first lets the other tasks that
+    /// are ready to run go once, so that the notifications of the other sends answered by the
+    /// same group commit join it in one socket write. Under load this saves most of the
+    /// socket writes (and the client's reads) per message: about a fifth of the CPU of a send
+    /// end to end, measured. The price is latency when the server is saturated: a frame
+    /// waits behind the requests already queued (notification p99 4 ms -> 16 ms at 32
+    /// concurrent senders flat out, unchanged at 1,000 sends/s). `false` writes each
+    /// notification as soon as it is queued. Default `true`.
+    pub ws_gather_frames: bool,
     /// Origins (like `https://app.example.com`) accepted besides the request's own `Host` for
     /// cookie-authenticated POSTs and WebSocket upgrades. Default: none.
     pub trusted_origins: Vec<String>,
@@ -59,6 +68,7 @@ impl Default for ApiConfig {
             ws_send_timeout: Duration::from_secs(10),
             ws_read_buffer: 256,
             ws_max_incoming_message: 64 * 1024,
+            ws_gather_frames: true,
             trusted_origins: Vec::new(),
         }
     }

@@ -202,10 +202,10 @@ impl Writer<'_> {
         within(limit, self.user, self.sink.send(message)).await
     }
 
-    /// Handles `first` and whatever else is already queued (up to [`BURST`]): live frames
-    /// are fed without flushing, and one flush writes them all, so a burst of notifications
-    /// costs the socket one write instead of one each. Returns the close frame to send, if
-    /// the connection must end.
+    /// Handles `first` and whatever else is queued (up to [`BURST`]), after one yield when
+    /// gathering: live frames are fed without flushing, and one flush writes them all, so a
+    /// burst of notifications costs the socket one write instead of one each. Returns the
+    /// close frame to send, if the connection must end.
     async fn deliver(
         &mut self,
         first: Option<Delivery>,
@@ -214,6 +214,7 @@ impl Writer<'_> {
         let mut next = first;
         let mut unflushed = false;
         let mut handled = 0;
+        let mut gather = self.state.config().ws_gather_frames;
         let close = loop {
             handled += 1;
             let close = match next {
@@ -238,7 +239,16 @@ impl Writer<'_> {
             if close.is_some() || handled == BURST {
                 break close;
             }
-            next = match subscription.try_recv() {
+            let mut queued = subscription.try_recv();
+            if matches!(queued, Ok(None)) && gather {
+                // The publisher of this event woke us first, ahead of the other sends of
+                // its commit; a deferred yield lets them publish too (see
+                // `ApiConfig::ws_gather_frames`).
+                gather = false;
+                tokio::task::yield_now().await;
+                queued = subscription.try_recv();
+            }
+            next = match queued {
                 Ok(Some(delivery)) => Some(delivery),
                 // Nothing queued, or ended: the next `recv` reports how (lagged or closed).
                 Ok(None) | Err(()) => break None,

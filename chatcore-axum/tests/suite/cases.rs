@@ -229,6 +229,69 @@ pub async fn send_notifies_every_socket_of_both_and_no_one_else(store: Arc<dyn S
     }
 }
 
+/// Many sends at once, so notifications of one commit reach a socket together: with frames
+/// gathered into one write (the default) and written one by one, every socket of a party
+/// gets each message exactly once and no socket gets anyone else's.
+pub async fn concurrent_sends_reach_every_socket_exactly_once(store: Arc<dyn Store>) {
+    for gather in [true, false] {
+        let options = Options {
+            api: ApiConfig {
+                send_burst: 0,
+                ws_gather_frames: gather,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let app = Arc::new(TestApp::spawn_with(store.clone(), options).await);
+        let names: Vec<String> = (0..4).map(|i| format!("g{gather}{i}")).collect();
+        let mut tokens = Vec::new();
+        let mut sockets = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            let (_, token) = app.user(name).await;
+            // Two sockets for each user.
+            for _ in 0..2 {
+                sockets.push((i, app.ws(&token, None).await));
+            }
+            tokens.push(token);
+        }
+        let senders: Vec<_> = (0..8)
+            .map(|k| {
+                let (app, tokens, names) = (app.clone(), tokens.clone(), names.clone());
+                tokio::spawn(async move {
+                    let mut sent = Vec::new();
+                    for i in 0..20 {
+                        let (from, to) = (k % 4, (k + i) % 4);
+                        let message = app.send(&tokens[from], &names[to], &format!("{k}.{i}")).await;
+                        sent.push((from, to, message["id"].as_i64().unwrap()));
+                    }
+                    sent
+                })
+            })
+            .collect();
+        let mut expected: Vec<Vec<i64>> = vec![Vec::new(); names.len()];
+        for sender in senders {
+            for (from, to, id) in sender.await.unwrap() {
+                expected[from].push(id);
+                if to != from {
+                    expected[to].push(id);
+                }
+            }
+        }
+        for (user, mut ws) in sockets {
+            let want = &mut expected[user];
+            want.sort_unstable();
+            let mut got = Vec::with_capacity(want.len());
+            while got.len() < want.len() {
+                got.push(frame_id(&mut ws).await);
+            }
+            got.sort_unstable();
+            assert_eq!(&got, want, "user {user}, gathering {gather}");
+            no_frame(&mut ws, Duration::from_millis(50)).await;
+            close(ws).await;
+        }
+    }
+}
+
 pub async fn form_bodies_trailing_slashes_and_reading_by_id(store: Arc<dyn Store>) {
     let app = TestApp::spawn(store).await;
     let (_, alice) = app.user("alice").await;

@@ -17,6 +17,7 @@ macro_rules! api_suite {
             auth_register_login_logout,
             unauthenticated_requests_get_401,
             send_notifies_every_socket_of_both_and_no_one_else,
+            concurrent_sends_reach_every_socket_exactly_once,
             form_bodies_trailing_slashes_and_reading_by_id,
             message_validation_errors,
             idempotent_retry_returns_same_message_and_notifies_once,
