@@ -6,6 +6,11 @@ use chat_loadgen::{Args, Progress, run_idle, run_load, run_sweep};
 use clap::Parser;
 use serde::Serialize;
 
+/// mimalloc, as in `chat-server`: the client allocates for every request and frame, and
+/// shares the machine with the server it measures.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let args = Args::parse();
     if let Err(error) = args.validate() {
