@@ -44,13 +44,14 @@ pub struct ApiConfig {
     /// but a larger one closes the socket). Default 64 KiB.
     pub ws_max_incoming_message: usize,
     /// Whether a WebSocket that has a notification to write first lets the other tasks that
-    /// are ready to run go once, so that the notifications of the other sends answered by the
-    /// same group commit join it in one socket write. Under load this saves most of the
-    /// socket writes (and the client's reads) per message: about a fifth of the CPU of a send
-    /// end to end, measured. The price is latency when the server is saturated: a frame
-    /// waits behind the requests already queued (notification p99 4 ms -> 16 ms at 32
-    /// concurrent senders flat out, unchanged at 1,000 sends/s). `false` writes each
-    /// notification as soon as it is queued. Default `true`.
+    /// are ready to run go once (a deferred yield), so that the notifications of the other
+    /// sends answered by the same group commit join it in one socket write. Measured with the
+    /// load generator (BENCHMARKS.md): socket writes per message fall from 3.5 to 2.6 at 32
+    /// concurrent senders and from 1.6 to 0.7 at 256, worth 3-5% more sends/s; but when the
+    /// server is saturated a gathering frame waits behind the requests already queued, and
+    /// notification p99 rose from 3.5-3.9 ms to 16-17 ms at 32 senders flat out (at 1,000
+    /// sends/s it is the same either way). Default `false`: each notification is written as
+    /// soon as it is queued (with whatever else is queued by then).
     pub ws_gather_frames: bool,
     /// Origins (like `https://app.example.com`) accepted besides the request's own `Host` for
     /// cookie-authenticated POSTs and WebSocket upgrades. Default: none.
@@ -68,7 +69,7 @@ impl Default for ApiConfig {
             ws_send_timeout: Duration::from_secs(10),
             ws_read_buffer: 256,
             ws_max_incoming_message: 64 * 1024,
-            ws_gather_frames: true,
+            ws_gather_frames: false,
             trusted_origins: Vec::new(),
         }
     }

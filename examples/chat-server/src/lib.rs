@@ -99,7 +99,7 @@ impl App {
             ws_ping_interval: std::time::Duration::from_secs(options.ws_ping_secs.max(1)),
             ws_ping_timeout: std::time::Duration::from_secs(options.ws_ping_timeout_secs.max(1)),
             trusted_origins: options.trusted_origin.clone(),
-            ws_gather_frames: !options.ws_flush_each,
+            ws_gather_frames: options.ws_gather_frames,
             ..ApiConfig::default()
         };
         Ok(Self {
