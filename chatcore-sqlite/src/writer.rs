@@ -13,8 +13,8 @@ use chatcore::{
     ConversationKey, Entity, Error, Message, MessageId, NewMessage, Result, User, UserId, Username,
 };
 use chrono::{DateTime, Utc};
-use crossbeam_channel::{Receiver, Sender};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use std::sync::mpsc::{Receiver, Sender};
 use tokio::sync::oneshot;
 
 use crate::config::{Location, SqliteConfig, Synchronous};
@@ -235,7 +235,7 @@ impl Writer {
             return self.run_batches(&queue);
         };
         std::thread::scope(|scope| {
-            let (sync_tx, sync_rx) = crossbeam_channel::unbounded::<Vec<Committed>>();
+            let (sync_tx, sync_rx) = std::sync::mpsc::channel::<Vec<Committed>>();
             let backlog = self.unsynced.clone();
             let spawned = std::thread::Builder::new()
                 .name("chatcore-sqlite-sync".into())
@@ -373,7 +373,7 @@ impl Writer {
                 if let Err(unsent) = queue.send(committed) {
                     self.unsynced.remove(1);
                     // The sync thread is gone (it only ends after the queue closes): sync here.
-                    let committed = unsent.into_inner();
+                    let committed = unsent.0;
                     let synced = self.sync_now();
                     answer_all(committed, synced.as_ref().err());
                 }
