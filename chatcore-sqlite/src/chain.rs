@@ -56,15 +56,38 @@ pub(crate) fn link(conn: &Connection, id: i64) -> Result<Link> {
     })
 }
 
+/// A conversation's message count and newest id, from its counter row (`(0, 0)` before its
+/// first message): where its chain ends. The writer links new messages to it; readers start
+/// there.
+pub(crate) fn tail(conn: &Connection, low: i64, high: i64) -> rusqlite::Result<(i64, i64)> {
+    conn.prepare_cached(sql::CONVERSATION_TAIL)?
+        .query_row([low, high], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()
+        .map(|tail| tail.unwrap_or((0, 0)))
+}
+
+/// Checks that message `id` links back to an older message: a link that does not (a
+/// smaller id) is [`Error::Corrupt`], so a damaged file can never send a walk round in
+/// circles.
+pub(crate) fn check_goes_back(id: i64, prev: i64) -> Result<()> {
+    if prev < id {
+        return Ok(());
+    }
+    Err(Error::Corrupt {
+        message: format!("message {id} links back to message {prev}, not an older one"),
+        source: None,
+    })
+}
+
 /// The message before `at` in its conversation, `None` at the first. A link that does not
-/// go back (a smaller id and number) is [`Error::Corrupt`], so a damaged file can never send
-/// a walk round in circles.
+/// go back (to a smaller id and number) is [`Error::Corrupt`] (see [`check_goes_back`]).
 pub(crate) fn back(conn: &Connection, at: &Link) -> Result<Option<Link>> {
     let Some(prev) = at.prev else {
         return Ok(None);
     };
+    check_goes_back(at.id, prev)?;
     let before = link(conn, prev)?;
-    if before.id >= at.id || before.seq >= at.seq {
+    if before.seq >= at.seq {
         return Err(Error::Corrupt {
             message: format!(
                 "message {} (number {}) links back to message {} (number {})",

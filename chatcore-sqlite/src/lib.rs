@@ -147,7 +147,7 @@ mod sql;
 mod writer;
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 
 use async_trait::async_trait;
@@ -170,7 +170,7 @@ use writer::{Reply, WriteMsg, WriteOp, Writer, WriterStats};
 /// Dropping the store stops its threads (after the writes already queued) and waits for them;
 /// prefer [`SqliteStore::close`] in async code, which waits without blocking the runtime.
 pub struct SqliteStore {
-    writer: std::sync::mpsc::Sender<WriteMsg>,
+    writer: mpsc::Sender<WriteMsg>,
     /// `None` when reads are served by the writer (in memory, or `readers: 0`).
     readers: Option<Sender<ReadMsg>>,
     reader_count: usize,
@@ -248,7 +248,7 @@ impl SqliteStore {
         // crossbeam's also calls `sched_yield` a few times, measured at 0.3 calls per send
         // under load, each a trip through the scheduler on 2 busy cores. (Readers share one
         // queue, so they keep crossbeam's multi-consumer channel.)
-        let (writer_tx, writer_rx) = std::sync::mpsc::channel::<WriteMsg>();
+        let (writer_tx, writer_rx) = mpsc::channel::<WriteMsg>();
         let (ready_tx, ready_rx) = oneshot::channel::<Result<()>>();
         let writer_config = config.clone();
         let stats = Arc::new(WriterStats::default());

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use crossbeam_channel::Receiver;
 use rusqlite::{Connection, OptionalExtension, Row};
 
-use crate::chain::Conversation;
+use crate::chain::{self, Conversation};
 use crate::{error, sql};
 
 /// A read job: runs on a reader thread (or on the writer thread for in-memory stores) and
@@ -239,11 +239,8 @@ impl ReadCtx {
                         Ok((message_from_row(row)?, row.get::<_, Option<i64>>(5)?))
                     })
                     .map_err(row_error)?;
-                if prev.is_some_and(|prev| prev >= id) {
-                    return Err(Error::Corrupt {
-                        message: format!("message {id} links back to message {prev:?}, not an older one"),
-                        source: None,
-                    });
+                if let Some(prev) = prev {
+                    chain::check_goes_back(id, prev)?;
                 }
                 messages.push(message);
                 next = prev;
@@ -348,14 +345,8 @@ pub(crate) fn conversation_tail(
     low: i64,
     high: i64,
 ) -> Result<Option<(u64, Conversation)>> {
-    let mut stmt = conn.prepare_cached(sql::CONVERSATION_TAIL).map_err(error::map)?;
-    let tail: Option<(i64, i64)> = stmt
-        .query_row([low, high], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()
-        .map_err(error::map)?;
-    Ok(tail
-        .filter(|&(count, _)| count > 0)
-        .map(|(count, last_id)| (count as u64, Conversation { low, high, last_id })))
+    let (count, last_id) = chain::tail(conn, low, high).map_err(error::map)?;
+    Ok((count > 0).then_some((count as u64, Conversation { low, high, last_id })))
 }
 
 /// Reads ids (best first) into `kept`, which holds the `want` smallest keys seen so far (its

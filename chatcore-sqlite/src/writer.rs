@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use chatcore::store::Inserted;
@@ -14,7 +15,6 @@ use chatcore::{
 };
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
-use std::sync::mpsc::{Receiver, Sender};
 use tokio::sync::oneshot;
 
 use crate::config::{Location, SqliteConfig, Synchronous};
@@ -235,7 +235,7 @@ impl Writer {
             return self.run_batches(&queue);
         };
         std::thread::scope(|scope| {
-            let (sync_tx, sync_rx) = std::sync::mpsc::channel::<Vec<Committed>>();
+            let (sync_tx, sync_rx) = mpsc::channel::<Vec<Committed>>();
             let backlog = self.unsynced.clone();
             let spawned = std::thread::Builder::new()
                 .name("chatcore-sqlite-sync".into())
@@ -573,11 +573,7 @@ impl Writer {
         let tail = match self.conversation_tails.entry(key) {
             Entry::Occupied(entry) => entry.into_mut(),
             Entry::Vacant(entry) => {
-                let (count, last_id) = conn
-                    .prepare_cached(sql::CONVERSATION_TAIL)?
-                    .query_row([low, high], |row| Ok((row.get(0)?, row.get(1)?)))
-                    .optional()?
-                    .unwrap_or((0, 0));
+                let (count, last_id) = chain::tail(conn, low, high)?;
                 entry.insert(Tail {
                     count,
                     added: 0,

@@ -457,3 +457,41 @@ async fn unknown_users_in_writes_are_not_found_and_store_nothing() {
         .unwrap();
     assert_eq!(page.total, 8);
 }
+
+/// A conversation whose chain links forward (a damaged file) is reported as corrupt by the
+/// page read, not walked round in circles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_linking_forward_is_corrupt() {
+    let temp = temp_store(|_| {}).await;
+    let alice = temp.store.create_user(&name("alice"), None).await.unwrap();
+    temp.store.create_user(&name("bob"), None).await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        let inserted = temp
+            .store
+            .insert_message(new_message(&alice, "bob", &format!("{i}")))
+            .await
+            .unwrap();
+        ids.push(inserted.message.id.0);
+    }
+    temp.store.close().await.unwrap();
+    let conn = rusqlite::Connection::open(temp.path()).unwrap();
+    // The 10th message now names the 30th as its previous one, which leads back to the 10th.
+    conn.execute(
+        "UPDATE chatcore_messages SET prev_id = ?1 WHERE id = ?2",
+        [ids[29], ids[9]],
+    )
+    .unwrap();
+    drop(conn);
+    let store = SqliteStore::open(SqliteConfig::file(temp.path())).await.unwrap();
+    match store
+        .conversation_page(alice.id, &name("bob"), &PageRequest::latest(100))
+        .await
+    {
+        Err(Error::Corrupt { message, .. }) => {
+            assert!(message.contains("not an older one"), "{message}")
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    store.close().await.unwrap();
+}
