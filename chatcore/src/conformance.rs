@@ -22,8 +22,10 @@ use chrono::{Duration, SubsecRound, Utc};
 use async_trait::async_trait;
 use chrono::DateTime;
 
-use crate::store::{Credentials, Inserted, MessagePage, PageRequest, Store, TokenHash, UserQuery};
-use crate::{Entity, Error, Message, MessageId, NewMessage, Result, User, UserId, Username};
+use crate::store::{
+    Credentials, Inserted, MessagePage, PageRequest, SessionRecord, Store, TokenHash, UserQuery,
+};
+use crate::{Entity, Error, Message, MessageId, NewMessage, Position, Result, User, UserId, Username};
 
 /// A store that keeps a guard alive (a temporary directory, a test database that drops itself)
 /// for exactly as long as the store: the store is dropped first, then the guard. Hand it to
@@ -78,7 +80,7 @@ impl<S: Store, G: Send + Sync + 'static> Store for GuardedStore<S, G> {
     ) -> Result<()> {
         self.store.create_session(token_hash, user, expires_at).await
     }
-    async fn session_user(&self, token_hash: &TokenHash, now: DateTime<Utc>) -> Result<Option<User>> {
+    async fn session_user(&self, token_hash: &TokenHash, now: DateTime<Utc>) -> Result<Option<SessionRecord>> {
         self.store.session_user(token_hash, now).await
     }
     async fn delete_session(&self, token_hash: &TokenHash) -> Result<()> {
@@ -103,6 +105,9 @@ impl<S: Store, G: Send + Sync + 'static> Store for GuardedStore<S, G> {
     }
     async fn messages_after(&self, user: UserId, after: MessageId, limit: u32) -> Result<Vec<Message>> {
         self.store.messages_after(user, after, limit).await
+    }
+    async fn latest_position(&self, user: UserId) -> Result<Position> {
+        self.store.latest_position(user).await
     }
     async fn idempotent_message(&self, sender: UserId, key: &str) -> Result<Option<Message>> {
         self.store.idempotent_message(sender, key).await
@@ -325,18 +330,19 @@ pub async fn credentials_and_sessions(store: Arc<dyn Store>) {
         Some("$argon2id$new")
     );
 
-    let now = Utc::now();
+    let now = Utc::now().trunc_subsecs(6);
     let live = [1u8; 32];
     let expired = [2u8; 32];
-    store
-        .create_session(&live, alice.id, now + Duration::hours(1))
-        .await
-        .unwrap();
+    let expires_at = now + Duration::hours(1);
+    store.create_session(&live, alice.id, expires_at).await.unwrap();
     store
         .create_session(&expired, bob.id, now - Duration::seconds(1))
         .await
         .unwrap();
-    assert_eq!(store.session_user(&live, now).await.unwrap(), Some(alice.clone()));
+    let record = store.session_user(&live, now).await.unwrap().expect("live session");
+    assert_eq!(record.user, alice);
+    // Kept to the second at least (stores may keep microseconds).
+    assert!((record.expires_at - expires_at).num_seconds().abs() < 1, "{record:?}");
     assert_eq!(store.session_user(&expired, now).await.unwrap(), None);
     assert_eq!(store.session_user(&[3u8; 32], now).await.unwrap(), None);
     store.delete_session(&live).await.unwrap();

@@ -17,16 +17,18 @@
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> chatcore::Result<()> {
 //! use std::sync::Arc;
 //! use chatcore::{ChatConfig, ChatService, LocalNotifier, MemoryStore, SendRequest};
-//! use chatcore::notify::{Delivery, Event};
+//! use chatcore::Delivery;
 //!
 //! let chat = ChatService::new(Arc::new(MemoryStore::new()), Arc::new(LocalNotifier::default()), ChatConfig::default());
 //! let alice = chat.create_user("alice", None).await?;
 //! let bob = chat.create_user("bob", None).await?;
-//! let mut bobs_tab = chat.subscribe(&bob).await?;
+//! let mut bobs_tab = chat.subscribe(&bob, None).await?;
 //!
 //! let sent = chat.send(&alice, SendRequest { recipient: "bob".into(), body: "hi".into(), ..Default::default() }).await?;
-//! let Some(Delivery::Event(Event::Message(m))) = bobs_tab.recv().await else { panic!() };
-//! assert_eq!(m.id, sent.message.id);
+//! let Some(Delivery::Event { event, previous }) = bobs_tab.recv().await else { panic!() };
+//! assert_eq!(event.position(), Some(sent.message.id.into()));
+//! assert_eq!(previous, Some(chatcore::Position::START)); // bob's first event
+//! assert_eq!(event.message_data().unwrap().body, "hi");
 //! # Ok(()) }
 //! ```
 //!
@@ -34,8 +36,11 @@
 //! - `model.rs`: ids, usernames, messages, the conversation key, timestamp format.
 //! - `error.rs`: [`Error`], the one error enum, by what the caller must do.
 //! - `store.rs`: the [`Store`] trait and its page and query types.
-//! - `notify.rs`: the [`Notifier`] trait, [`Subscription`]s, the sharded subscriber table and
-//!   [`LocalNotifier`].
+//! - `event.rs`: [`Event`] (rendered once), [`Position`], and the ordering promise.
+//! - `notify.rs`: the [`Notifier`] trait and its promises, [`Subscription`]s, the sharded
+//!   subscriber table and [`LocalNotifier`].
+//! - `feed.rs`: [`Feed`], a connection's subscription under the service's rules, and the
+//!   per-user catch-up read gate.
 //! - `service.rs`: [`ChatService`] and [`ChatConfig`].
 //! - `memory.rs`: [`MemoryStore`].
 //! - `conformance.rs`: the backend conformance suite.
@@ -43,6 +48,8 @@
 #![deny(missing_docs)]
 
 mod error;
+pub mod event;
+mod feed;
 mod memory;
 mod model;
 pub mod notify;
@@ -57,6 +64,12 @@ pub use memory::MemoryStore;
 pub use model::{
     ConversationKey, Message, MessageId, NewMessage, User, UserId, Username, now_micros, timestamp_micros,
 };
-pub use notify::{Delivery, Event, LocalNotifier, Notifier, Subscription};
-pub use service::{CatchUp, ChatConfig, ChatService, DirectoryQuery, HistoryQuery, SendRequest, Sent};
-pub use store::{Credentials, Inserted, MessagePage, PageRequest, Store, TokenHash, UserQuery};
+pub use event::{Event, EventData, EventKind, Position, RESYNC_FRAME, SessionId};
+pub use feed::Feed;
+pub use notify::{CloseReason, Delivery, LocalNotifier, Notifier, Recipient, Subscription};
+pub use service::{
+    CatchUp, CatchUpPage, ChatConfig, ChatService, DirectoryQuery, HistoryQuery, SendRequest, Sent,
+};
+pub use store::{
+    Credentials, Inserted, MessagePage, PageRequest, SessionRecord, Store, TokenHash, UserQuery,
+};

@@ -7,10 +7,12 @@ use std::sync::RwLock;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::store::{Credentials, Inserted, MessagePage, PageRequest, Store, TokenHash, UserQuery};
+use crate::store::{
+    Credentials, Inserted, MessagePage, PageRequest, SessionRecord, Store, TokenHash, UserQuery,
+};
 use crate::{
-    ConversationKey, Entity, Error, Message, MessageId, NewMessage, Result, User, UserId, Username,
-    now_micros,
+    ConversationKey, Entity, Error, Message, MessageId, NewMessage, Position, Result, User, UserId,
+    Username, now_micros,
 };
 
 /// A [`Store`] in process memory: for tests, and for hosts that need no persistence.
@@ -63,6 +65,14 @@ impl MemoryStore {
 impl State {
     fn user(&self, id: UserId) -> Option<&UserRecord> {
         usize::try_from(id.0 - 1).ok().and_then(|i| self.users.get(i))
+    }
+
+    /// The position of `user`'s newest message.
+    fn latest(&self, user: UserId) -> Position {
+        self.by_user
+            .get(&user)
+            .and_then(|indexes| indexes.last())
+            .map_or(Position::START, |&i| Position::from(self.messages[i].id))
     }
 
     /// Newest-first page of `indexes` (ascending by id).
@@ -163,10 +173,13 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn session_user(&self, token_hash: &TokenHash, now: DateTime<Utc>) -> Result<Option<User>> {
+    async fn session_user(&self, token_hash: &TokenHash, now: DateTime<Utc>) -> Result<Option<SessionRecord>> {
         let state = self.read();
         Ok(match state.sessions.get(token_hash) {
-            Some((user, expires_at)) if *expires_at > now => state.user(*user).map(|r| r.user.clone()),
+            Some((user, expires_at)) if *expires_at > now => state.user(*user).map(|r| SessionRecord {
+                user: r.user.clone(),
+                expires_at: *expires_at,
+            }),
             _ => None,
         })
     }
@@ -199,8 +212,12 @@ impl Store for MemoryStore {
                 message: state.messages[index].clone(),
                 recipient_id,
                 replayed: true,
+                sender_previous: Position::START,
+                recipient_previous: Position::START,
             });
         }
+        let sender_previous = state.latest(new.sender.id);
+        let recipient_previous = state.latest(recipient_id);
         let index = state.messages.len();
         let message = Message {
             id: MessageId(index as i64 + 1),
@@ -226,6 +243,8 @@ impl Store for MemoryStore {
             message,
             recipient_id,
             replayed: false,
+            sender_previous,
+            recipient_previous,
         })
     }
 
@@ -273,6 +292,10 @@ impl Store for MemoryStore {
             .take(limit as usize)
             .map(|&i| state.messages[i].clone())
             .collect())
+    }
+
+    async fn latest_position(&self, user: UserId) -> Result<Position> {
+        Ok(self.read().latest(user))
     }
 
     async fn idempotent_message(&self, sender: UserId, key: &str) -> Result<Option<Message>> {

@@ -1,8 +1,9 @@
 //! The notification transport trait, subscriptions, and the in-process transport.
 //!
 //! A transport carries [`Event`]s to every open connection of a user. Queues are bounded:
-//! a subscriber that falls behind is cut off with [`Delivery::Lagged`] instead of slowing
-//! the publisher or growing memory; it reconnects and catches up from storage.
+//! an event that finds a subscriber's queue full is dropped and replaced by one
+//! [`Delivery::Gap`], instead of slowing the publisher or growing memory; the subscriber
+//! catches up from storage.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -12,37 +13,85 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
-use crate::{Message, Result, UserId};
+pub use crate::event::{Event, EventKind, Position};
+use crate::{Result, UserId};
 
-/// Something that happened that a user's connections must hear about.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Event {
-    /// A message the user sent or received was stored.
-    Message(Arc<Message>),
+/// Who an event goes to, and where it sits in that user's stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Recipient {
+    /// The user whose connections receive the event.
+    pub user: UserId,
+    /// For a durable event: the position of this user's previous durable event
+    /// ([`Position::START`] for their first). `None` for an event without a position.
+    pub previous: Option<Position>,
 }
 
-/// What a [`Subscription`] yields.
+impl Recipient {
+    /// `user`, for an event without a position.
+    pub fn ephemeral(user: UserId) -> Self {
+        Self { user, previous: None }
+    }
+}
+
+/// What a [`Subscription`] (or a [`crate::Feed`]) yields.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Delivery {
-    /// An event for the subscribed user.
-    Event(Event),
-    /// Events may have been lost (e.g. the transport reconnected to its broker). The
-    /// subscription goes on; the consumer should catch up from storage.
+    /// An event for the subscribed user. `previous` is the position of the user's durable
+    /// event before this one (see [`crate::event`]); a consumer that has not delivered it yet
+    /// is missing events and reads them from storage. `None` for events without a position.
+    Event {
+        /// The event, rendered.
+        event: Event,
+        /// The user's previous durable position, for durable events.
+        previous: Option<Position>,
+    },
+    /// Events may have been lost (the queue overflowed, the transport reconnected to its
+    /// broker, a publish failed). The subscription goes on; the consumer catches up from
+    /// storage after the last position it delivered. A gap may be reported ahead of events
+    /// queued before it: a consumer that goes by positions handles both orders.
     Gap,
-    /// The subscriber fell behind and was cut off; nothing more follows. The consumer
-    /// should disconnect its client, which reconnects and catches up.
-    Lagged,
+    /// Produced by a [`crate::Feed`], never by a notifier: the connection must close for
+    /// this reason. Nothing follows.
+    Closed(CloseReason),
+}
+
+/// Why a [`crate::Feed`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// The login session the connection was opened with ended (logout, expiry, account
+    /// removal).
+    SessionEnded,
+    /// The user opened more connections than [`crate::ChatConfig::max_connections_per_user`];
+    /// this, their oldest, was closed.
+    TooManyConnections,
+    /// The transport ended the subscription (it was shut down).
+    TransportClosed,
 }
 
 /// Carries events between the service and users' open connections.
 ///
-/// Implementations: [`LocalNotifier`] (one process) and `chatcore-redis` (several).
+/// Implementations: [`LocalNotifier`] (one process) and `chatcore-redis` (several). Every
+/// implementation keeps these promises, which [`crate::notifier_conformance_tests!`] checks:
+/// - **Subscribed means subscribed**: once `subscribe` has returned, every event published
+///   afterwards to that user reaches the subscription (or a [`Delivery::Gap`] stands in for it).
+/// - **Order per publisher**: events one task publishes to a user, one `publish` after the
+///   other, arrive in that order. (Events of different publishers may arrive in any order;
+///   [`Recipient::previous`] lets a consumer restore position order.)
+/// - **No silent loss**: an event that cannot be queued (the subscription's queue is full)
+///   or may not have reached every node (a failed publish, a broker reconnect) is replaced by
+///   a [`Delivery::Gap`] on every subscription that may have missed it; the subscription
+///   goes on.
+/// - **Unchanged**: the event's frame and each recipient's `previous` arrive as published.
+/// - **Once per user**: a user listed twice in one publish (a note to oneself) receives
+///   the event once per subscription.
+/// - **Drop unsubscribes**: dropping a [`Subscription`] releases everything held for it.
 #[async_trait]
 pub trait Notifier: Send + Sync + 'static {
-    /// Delivers `event` to every current subscription of each user in `users`. Must not wait
-    /// on slow subscribers. An unreachable broker is [`crate::Error::Unavailable`].
-    async fn publish(&self, users: &[UserId], event: &Event) -> Result<()>;
+    /// Delivers `event` to every current subscription of each recipient. Must not wait on
+    /// slow subscribers. A broker that cannot be reached is [`crate::Error::Unavailable`];
+    /// the affected subscriptions then get the event or a [`Delivery::Gap`] (trait docs).
+    async fn publish(&self, recipients: &[Recipient], event: &Event) -> Result<()>;
 
     /// Subscribes one connection to `user`'s events. Dropping the subscription unsubscribes.
     async fn subscribe(&self, user: UserId) -> Result<Subscription>;
@@ -51,46 +100,38 @@ pub trait Notifier: Send + Sync + 'static {
 /// One connection's stream of [`Delivery`]s. Drop it to unsubscribe.
 pub struct Subscription {
     receiver: mpsc::Receiver<Delivery>,
-    lagged: Arc<AtomicBool>,
-    lag_reported: bool,
+    overflowed: Arc<AtomicBool>,
     on_drop: Option<Box<dyn FnOnce() + Send + Sync>>,
 }
 
 impl std::fmt::Debug for Subscription {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Subscription")
-            .field("lagged", &self.lagged.load(Ordering::Relaxed))
+            .field("overflowed", &self.overflowed.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
 }
 
 impl Subscription {
-    /// The next delivery. `None` when the transport closed the subscription (after
-    /// [`Delivery::Lagged`] if it was cut off).
+    /// The next delivery. `None` when the transport closed the subscription.
     pub async fn recv(&mut self) -> Option<Delivery> {
-        match self.receiver.recv().await {
-            Some(delivery) => Some(delivery),
-            None => self.end(),
+        if self.overflowed.swap(false, Ordering::AcqRel) {
+            return Some(Delivery::Gap);
         }
+        self.receiver.recv().await
     }
 
     /// Like [`Subscription::recv`] without waiting: `Ok(None)` when nothing is queued now,
     /// `Err(())` when the subscription has ended.
     #[allow(clippy::result_unit_err)]
     pub fn try_recv(&mut self) -> std::result::Result<Option<Delivery>, ()> {
+        if self.overflowed.swap(false, Ordering::AcqRel) {
+            return Ok(Some(Delivery::Gap));
+        }
         match self.receiver.try_recv() {
             Ok(delivery) => Ok(Some(delivery)),
             Err(mpsc::error::TryRecvError::Empty) => Ok(None),
-            Err(mpsc::error::TryRecvError::Disconnected) => self.end().map(Some).ok_or(()),
-        }
-    }
-
-    fn end(&mut self) -> Option<Delivery> {
-        if self.lagged.load(Ordering::Acquire) && !self.lag_reported {
-            self.lag_reported = true;
-            Some(Delivery::Lagged)
-        } else {
-            None
+            Err(mpsc::error::TryRecvError::Disconnected) => Err(()),
         }
     }
 }
@@ -108,7 +149,7 @@ impl Drop for Subscription {
 pub struct SubscriberHandle {
     id: u64,
     sender: mpsc::Sender<Delivery>,
-    lagged: Arc<AtomicBool>,
+    overflowed: Arc<AtomicBool>,
 }
 
 impl SubscriberHandle {
@@ -117,15 +158,15 @@ impl SubscriberHandle {
         self.id
     }
 
-    /// Queues `delivery` without waiting. Returns `false` when the subscriber is gone or
-    /// has just been cut off because its queue is full; the transport then drops this handle,
-    /// which ends the subscription with [`Delivery::Lagged`].
+    /// Queues `delivery` without waiting. When the queue is full the delivery is dropped and
+    /// the subscription reports one [`Delivery::Gap`] next. Returns `false` only when the
+    /// subscriber is gone (the transport then drops this handle).
     pub fn offer(&self, delivery: Delivery) -> bool {
         match self.sender.try_send(delivery) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
-                self.lagged.store(true, Ordering::Release);
-                false
+                self.overflowed.store(true, Ordering::Release);
+                true
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
@@ -146,10 +187,10 @@ impl SubscriberHandle {
 /// use chatcore::notify::{subscription_channel, Delivery};
 /// let (handle, mut sub) = subscription_channel(7, 1, || ());
 /// assert!(handle.offer(Delivery::Gap));
-/// assert!(!handle.offer(Delivery::Gap)); // full: cut off
+/// assert!(handle.offer(Delivery::Gap)); // full: dropped, a gap is owed
 /// drop(handle);
-/// assert_eq!(sub.recv().await, Some(Delivery::Gap));
-/// assert_eq!(sub.recv().await, Some(Delivery::Lagged));
+/// assert_eq!(sub.recv().await, Some(Delivery::Gap)); // the owed gap
+/// assert_eq!(sub.recv().await, Some(Delivery::Gap)); // the queued one
 /// assert_eq!(sub.recv().await, None);
 /// # });
 /// # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
@@ -165,17 +206,16 @@ pub fn subscription_channel(
     on_drop: impl FnOnce() + Send + Sync + 'static,
 ) -> (SubscriberHandle, Subscription) {
     let (sender, receiver) = mpsc::channel(capacity.max(1));
-    let lagged = Arc::new(AtomicBool::new(false));
+    let overflowed = Arc::new(AtomicBool::new(false));
     (
         SubscriberHandle {
             id,
             sender,
-            lagged: lagged.clone(),
+            overflowed: overflowed.clone(),
         },
         Subscription {
             receiver,
-            lagged,
-            lag_reported: false,
+            overflowed,
             on_drop: Some(Box::new(on_drop)),
         },
     )
@@ -215,9 +255,9 @@ impl SubscriberTable {
 
     /// Adds a subscription for `user`. Returns it, and whether it is the user's first
     /// (a cross-process transport subscribes to its broker then). `on_last_dropped` runs
-    /// when dropping this subscription leaves the user with none, also when it had been cut
-    /// off for lagging; if several were cut off it may run more than once for one user, so a
-    /// transport should check [`SubscriberTable::subscriber_count`] before unsubscribing.
+    /// when dropping this subscription leaves the user with none; a transport should still
+    /// check [`SubscriberTable::subscriber_count`] before unsubscribing, since a new
+    /// subscription may have raced with the drop.
     pub fn subscribe(
         self: &Arc<Self>,
         user: UserId,
@@ -238,8 +278,7 @@ impl SubscriberTable {
         (subscription, handles.len() == 1)
     }
 
-    /// Removes subscription `id` of `user`; `true` when the user has no subscription left,
-    /// including when a publisher had already dropped this one for falling behind.
+    /// Removes subscription `id` of `user`; `true` when the user has no subscription left.
     fn remove(&self, user: UserId, id: u64) -> bool {
         let mut shard = lock(self.shard(user));
         let Some(handles) = shard.get_mut(&user) else {
@@ -254,8 +293,8 @@ impl SubscriberTable {
         }
     }
 
-    /// Offers `delivery` to each subscription of `user`; drops those that are gone or full.
-    /// Returns how many subscriptions took it.
+    /// Offers `delivery` to each subscription of `user` (a full queue owes a gap instead);
+    /// drops those that are gone. Returns how many subscriptions remain.
     pub fn deliver(&self, user: UserId, delivery: &Delivery) -> usize {
         let mut shard = lock(self.shard(user));
         let Some(handles) = shard.get_mut(&user) else {
@@ -337,10 +376,17 @@ impl Default for LocalNotifier {
 
 #[async_trait]
 impl Notifier for LocalNotifier {
-    async fn publish(&self, users: &[UserId], event: &Event) -> Result<()> {
-        let delivery = Delivery::Event(event.clone());
-        for user in users {
-            self.table.deliver(*user, &delivery);
+    async fn publish(&self, recipients: &[Recipient], event: &Event) -> Result<()> {
+        for (i, recipient) in recipients.iter().enumerate() {
+            // A user named twice (a note to oneself) is notified once.
+            if recipients[..i].iter().any(|r| r.user == recipient.user) {
+                continue;
+            }
+            let delivery = Delivery::Event {
+                event: event.clone(),
+                previous: recipient.previous,
+            };
+            self.table.deliver(recipient.user, &delivery);
         }
         Ok(())
     }
@@ -353,16 +399,30 @@ impl Notifier for LocalNotifier {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{MessageId, Username, now_micros};
+    use crate::{Message, MessageId, Username, now_micros};
 
     fn event(id: i64) -> Event {
-        Event::Message(Arc::new(Message {
+        Event::message(&Message {
             id: MessageId(id),
             sender: Username::parse("a").unwrap(),
             recipient: Username::parse("b").unwrap(),
             created_at: now_micros(),
             body: "x".into(),
-        }))
+        })
+    }
+
+    fn to(user: i64) -> [Recipient; 1] {
+        [Recipient {
+            user: UserId(user),
+            previous: Some(Position::START),
+        }]
+    }
+
+    fn position(delivery: Option<Delivery>) -> Option<Position> {
+        match delivery {
+            Some(Delivery::Event { event, .. }) => event.position(),
+            other => panic!("unexpected {other:?}"),
+        }
     }
 
     #[tokio::test]
@@ -371,12 +431,9 @@ mod tests {
         let mut a1 = n.subscribe(UserId(1)).await.unwrap();
         let mut a2 = n.subscribe(UserId(1)).await.unwrap();
         let mut other = n.subscribe(UserId(2)).await.unwrap();
-        n.publish(&[UserId(1)], &event(5)).await.unwrap();
+        n.publish(&to(1), &event(5)).await.unwrap();
         for sub in [&mut a1, &mut a2] {
-            match sub.recv().await {
-                Some(Delivery::Event(Event::Message(m))) => assert_eq!(m.id, MessageId(5)),
-                other => panic!("unexpected {other:?}"),
-            }
+            assert_eq!(position(sub.recv().await), Some(Position(5)));
         }
         assert_eq!(a1.try_recv(), Ok(None));
         assert_eq!(a2.try_recv(), Ok(None));
@@ -384,25 +441,21 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn slow_subscriber_is_cut_off_without_blocking_others() {
+    async fn a_full_queue_owes_one_gap_and_the_subscription_goes_on() {
         let n = LocalNotifier::new(2);
         let mut slow = n.subscribe(UserId(1)).await.unwrap();
         let mut fast = n.subscribe(UserId(1)).await.unwrap();
-        for i in 0..5 {
-            n.publish(&[UserId(1)], &event(i)).await.unwrap();
-            while let Ok(Some(_)) = fast.try_recv() {}
+        for i in 1..=5 {
+            n.publish(&to(1), &event(i)).await.unwrap();
+            assert_eq!(position(fast.recv().await), Some(Position(i)));
         }
-        let mut got = 0;
-        loop {
-            match slow.recv().await {
-                Some(Delivery::Event(_)) => got += 1,
-                Some(Delivery::Lagged) => break,
-                other => panic!("unexpected {other:?}"),
-            }
-        }
-        assert_eq!(got, 2);
-        assert_eq!(slow.recv().await, None);
-        assert_eq!(n.subscriber_count(UserId(1)), 1);
+        assert_eq!(slow.recv().await, Some(Delivery::Gap));
+        assert_eq!(position(slow.recv().await), Some(Position(1)));
+        assert_eq!(position(slow.recv().await), Some(Position(2)));
+        assert_eq!(slow.try_recv(), Ok(None));
+        n.publish(&to(1), &event(6)).await.unwrap();
+        assert_eq!(position(slow.recv().await), Some(Position(6)));
+        assert_eq!(n.subscriber_count(UserId(1)), 2);
     }
 
     #[tokio::test]
@@ -435,23 +488,6 @@ mod tests {
         drop(s1);
         assert_eq!(fired.load(Ordering::SeqCst), 0);
         drop(s2);
-        assert_eq!(fired.load(Ordering::SeqCst), 1);
-    }
-
-    #[tokio::test]
-    async fn last_drop_hook_runs_for_a_subscription_cut_off_for_lagging() {
-        let table = Arc::new(SubscriberTable::new(1));
-        let fired = Arc::new(AtomicU64::new(0));
-        let f = fired.clone();
-        let (mut slow, _) = table.subscribe(UserId(4), move || {
-            f.fetch_add(1, Ordering::SeqCst);
-        });
-        table.deliver(UserId(4), &Delivery::Gap);
-        table.deliver(UserId(4), &Delivery::Gap); // full: cut off
-        assert_eq!(table.subscriber_count(UserId(4)), 0);
-        assert_eq!(slow.recv().await, Some(Delivery::Gap));
-        assert_eq!(slow.recv().await, Some(Delivery::Lagged));
-        drop(slow);
         assert_eq!(fired.load(Ordering::SeqCst), 1);
     }
 }

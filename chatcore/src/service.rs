@@ -2,9 +2,11 @@
 
 use std::sync::Arc;
 
-use crate::notify::{Event, Notifier, Subscription};
+use crate::event::SessionId;
+use crate::feed::{Connections, Feed, ReadGate};
+use crate::notify::{Event, Notifier, Position, Recipient};
 use crate::store::{MessagePage, PageRequest, Store, UserQuery};
-use crate::{Entity, Error, Message, MessageId, NewMessage, Result, User, UserId, Username};
+use crate::{Entity, Error, Message, MessageId, NewMessage, Result, User, Username};
 
 /// Limits and defaults of a [`ChatService`]. Every field is public and documented with its
 /// default; start from `ChatConfig::default()` and change what you need.
@@ -22,9 +24,18 @@ pub struct ChatConfig {
     pub default_page_size: u32,
     /// Largest history page a client may ask for; larger requests are clamped. Default 100.
     pub max_page_size: u32,
-    /// Most messages replayed to a reconnecting client; beyond it the client is told to
+    /// Most events replayed to a reconnecting client; beyond it the client is told to
     /// resync. Default 1,000.
     pub catch_up_limit: u32,
+    /// Events read from storage per catch-up page: a connection holds at most one page of
+    /// its backlog at a time. Default 100.
+    pub catch_up_page: u32,
+    /// Catch-up reads of one user that may run at once (across all their connections on this
+    /// process); more wait their turn. Default 1.
+    pub catch_up_reads_per_user: usize,
+    /// Live connections ([`ChatService::subscribe`]) one user may hold on this process; opening
+    /// one more closes their oldest ([`crate::CloseReason::TooManyConnections`]). Default 20.
+    pub max_connections_per_user: usize,
     /// Users per directory page when the client asks for no size. Default 1,000.
     pub default_user_page: u32,
     /// Largest directory page a client may ask for; larger requests are clamped. Default 1,000.
@@ -40,6 +51,9 @@ impl Default for ChatConfig {
             default_page_size: 15,
             max_page_size: 100,
             catch_up_limit: 1_000,
+            catch_up_page: 100,
+            catch_up_reads_per_user: 1,
+            max_connections_per_user: 20,
             default_user_page: 1_000,
             max_user_page: 1_000,
             max_idempotency_key_len: 255,
@@ -94,13 +108,35 @@ pub struct DirectoryQuery {
     pub limit: Option<u32>,
 }
 
-/// What a reconnecting client missed.
+/// A connection's way through what it missed, one page at a time
+/// ([`ChatService::catch_up_page`]), so its memory never grows with its backlog.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CatchUp {
-    /// Every missed message, oldest first.
-    Messages(Vec<Message>),
-    /// More than [`ChatConfig::catch_up_limit`] were missed: reload history instead.
-    Resync,
+pub struct CatchUp {
+    user: User,
+    after: Position,
+    first: bool,
+}
+
+impl CatchUp {
+    /// Where the next page starts: the last position read (or the `since` it began from).
+    pub fn after(&self) -> Position {
+        self.after
+    }
+}
+
+/// One step of a [`CatchUp`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CatchUpPage {
+    /// The next events, oldest first, at most [`ChatConfig::catch_up_page`]; empty once
+    /// caught up, and then [`CatchUp::after`] is where live events take over.
+    Events(Vec<Event>),
+    /// More than [`ChatConfig::catch_up_limit`] events were missed: the client reloads its
+    /// state instead, and live events resume after `resume_after` (the user's newest
+    /// position when this was decided).
+    Resync {
+        /// The position live delivery continues from.
+        resume_after: Position,
+    },
 }
 
 /// The message center: validates input, stores, then notifies. Cheap to clone; hold one per
@@ -125,6 +161,8 @@ pub struct ChatService {
     store: Arc<dyn Store>,
     notifier: Arc<dyn Notifier>,
     config: Arc<ChatConfig>,
+    connections: Arc<Connections>,
+    catch_up_gate: Arc<ReadGate>,
 }
 
 impl std::fmt::Debug for ChatService {
@@ -141,6 +179,8 @@ impl ChatService {
         Self {
             store,
             notifier,
+            connections: Arc::new(Connections::new(config.max_connections_per_user.max(1))),
+            catch_up_gate: Arc::new(ReadGate::new(config.catch_up_reads_per_user)),
             config: Arc::new(config),
         }
     }
@@ -230,17 +270,23 @@ impl ChatService {
         let message = Arc::new(inserted.message);
         let mut notify_error = None;
         if !inserted.replayed {
-            let participants = [sender.id, inserted.recipient_id];
-            let users: &[UserId] = if sender.id == inserted.recipient_id {
-                &participants[..1]
-            } else {
-                &participants
+            let sender_end = Recipient {
+                user: sender.id,
+                previous: Some(inserted.sender_previous),
             };
-            if let Err(error) = self
-                .notifier
-                .publish(users, &Event::Message(message.clone()))
-                .await
-            {
+            let recipient_end = Recipient {
+                user: inserted.recipient_id,
+                previous: Some(inserted.recipient_previous),
+            };
+            let both = [sender_end, recipient_end];
+            let recipients: &[Recipient] = if sender.id == inserted.recipient_id {
+                &both[..1]
+            } else {
+                &both
+            };
+            // Rendered once: every socket of both users, on every node, writes these bytes.
+            let event = Event::message(&message);
+            if let Err(error) = self.notifier.publish(recipients, &event).await {
                 tracing::warn!(%error, message_id = %message.id, "message stored but not notified");
                 notify_error = Some(error);
             }
@@ -273,24 +319,94 @@ impl ChatService {
             .ok_or(Error::NotFound(Entity::Message))
     }
 
-    /// What `user` missed after message `since`, oldest first, or [`CatchUp::Resync`] when
-    /// more than [`ChatConfig::catch_up_limit`] were missed.
-    pub async fn catch_up(&self, user: &User, since: MessageId) -> Result<CatchUp> {
-        let limit = self.config.catch_up_limit;
-        let mut messages = self
-            .store
-            .messages_after(user.id, since, limit.saturating_add(1))
-            .await?;
-        if messages.len() > limit as usize {
-            messages.clear();
-            return Ok(CatchUp::Resync);
+    /// Starts a catch-up of what `user` missed after `since` (a position, or a message id:
+    /// they are the same numbers). Read it with [`ChatService::catch_up_page`].
+    pub fn catch_up(&self, user: &User, since: Position) -> CatchUp {
+        CatchUp {
+            user: user.clone(),
+            after: since,
+            first: true,
         }
-        Ok(CatchUp::Messages(messages))
     }
 
-    /// Subscribes one connection to `user`'s live events.
-    pub async fn subscribe(&self, user: &User) -> Result<Subscription> {
-        self.notifier.subscribe(user.id).await
+    /// The next page of a catch-up: at most [`ChatConfig::catch_up_page`] events after
+    /// [`CatchUp::after`], oldest first, or [`CatchUpPage::Resync`] when the whole backlog is
+    /// more than [`ChatConfig::catch_up_limit`] (decided on the first page). At most
+    /// [`ChatConfig::catch_up_reads_per_user`] of one user's reads run at once.
+    ///
+    /// A `since` beyond the user's newest event is brought back to it, so live events that
+    /// follow are not taken for ones already seen.
+    pub async fn catch_up_page(&self, catch_up: &mut CatchUp) -> Result<CatchUpPage> {
+        let user = catch_up.user.id;
+        let _turn = self.catch_up_gate.enter(user).await?;
+        let limit = self.config.catch_up_limit;
+        let first = std::mem::take(&mut catch_up.first);
+        let want = if first {
+            self.config.catch_up_page.max(1).min(limit.saturating_add(1))
+        } else {
+            self.config.catch_up_page.max(1)
+        };
+        let after = MessageId(catch_up.after.0);
+        let messages = self.store.messages_after(user, after, want).await?;
+        if first {
+            let too_many = if messages.len() > limit as usize {
+                true
+            } else if messages.len() == want as usize {
+                // A full first page: is the `limit + 1`-th newest event still after `since`?
+                let probe = PageRequest {
+                    before: None,
+                    offset: limit,
+                    limit: 1,
+                };
+                let page = self.store.user_messages(user, &probe).await?;
+                page.messages
+                    .first()
+                    .is_some_and(|m| Position::from(m.id) > catch_up.after)
+            } else {
+                false
+            };
+            if too_many {
+                let resume_after = self.store.latest_position(user).await?;
+                catch_up.after = resume_after;
+                return Ok(CatchUpPage::Resync { resume_after });
+            }
+        }
+        match messages.last() {
+            Some(last) => catch_up.after = Position::from(last.id),
+            None => {
+                let latest = self.store.latest_position(user).await?;
+                catch_up.after = catch_up.after.min(latest);
+            }
+        }
+        Ok(CatchUpPage::Events(messages.iter().map(Event::message).collect()))
+    }
+
+    /// The position of `user`'s newest durable event: where a connection that asks for no
+    /// backlog starts.
+    pub async fn latest_position(&self, user: &User) -> Result<Position> {
+        self.store.latest_position(user.id).await
+    }
+
+    /// Subscribes one connection to `user`'s live events. `session` is the login session the
+    /// connection was opened with, if any: ending it ([`ChatService::end_session`]) closes
+    /// the connection. Opening more than [`ChatConfig::max_connections_per_user`] closes the
+    /// user's oldest connection on this process.
+    pub async fn subscribe(&self, user: &User, session: Option<SessionId>) -> Result<Feed> {
+        let subscription = self.notifier.subscribe(user.id).await?;
+        Ok(Feed::new(subscription, &self.connections, user.id, session))
+    }
+
+    /// How many live connections `user` holds on this process.
+    pub fn connection_count(&self, user: &User) -> usize {
+        self.connections.count(user.id)
+    }
+
+    /// Closes every connection opened with `session` of `user`, on every node (logout,
+    /// expiry, account removal). Fails when the notifier cannot reach other nodes.
+    pub async fn end_session(&self, user: &User, session: SessionId) -> Result<()> {
+        self.notifier
+            .publish(&[Recipient::ephemeral(user.id)], &Event::session_ended(session))
+            .await
     }
 
     fn page_request(&self, query: HistoryQuery) -> Result<PageRequest> {

@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::{Message, MessageId, NewMessage, Result, User, UserId, Username};
+use crate::{Message, MessageId, NewMessage, Position, Result, User, UserId, Username};
 
 /// Which slice of a message list to read, newest first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +71,11 @@ pub struct Inserted {
     pub recipient_id: UserId,
     /// `true` when the idempotency key had been used before and nothing new was stored.
     pub replayed: bool,
+    /// The position of the sender's durable event just before this message
+    /// ([`Position::START`] when this is their first). Meaningless when `replayed`.
+    pub sender_previous: Position,
+    /// The same for the recipient (equal to `sender_previous` for a note to oneself).
+    pub recipient_previous: Position,
 }
 
 /// A user with the password hash kept for them, if any.
@@ -82,6 +87,15 @@ pub struct Credentials {
     pub password_hash: Option<String>,
 }
 
+/// A live session as a store keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    /// Whose session it is.
+    pub user: User,
+    /// When it stops authenticating (connections opened with it close then).
+    pub expires_at: DateTime<Utc>,
+}
+
 /// The SHA-256 of a session token. Stores keep only this, so a leaked database does not
 /// leak live sessions.
 pub type TokenHash = [u8; 32];
@@ -91,6 +105,15 @@ pub type TokenHash = [u8; 32];
 /// Object-safe: hosts and the service hold an `Arc<dyn Store>`. Every method is one round
 /// trip to the backend. Implementations must pass [`crate::conformance`] (see
 /// [`crate::store_conformance_tests!`]).
+///
+/// # Positions
+/// A stored message is a durable event whose [`Position`] is its id. For each user, positions
+/// are handed out in commit order: once any reader can see a user's event at position `p`,
+/// every reader can see all of that user's events below `p`, and no event of that user below
+/// `p` will appear later. [`Store::insert_message`] reports each participant's previous
+/// position, the link a consumer follows to notice a missing event (see [`crate::event`]).
+/// A backend that takes ids from a plain database sequence without ordering commits breaks
+/// this; the conformance suite's `concurrent_writers_never_reveal_a_lower_position` catches it.
 ///
 /// Errors: a missing user or message is `Ok(None)` where the signature allows it, otherwise
 /// [`crate::Error::NotFound`]; a taken username is [`crate::Error::Conflict`]; a backend that
@@ -120,8 +143,9 @@ pub trait Store: Send + Sync + 'static {
         expires_at: DateTime<Utc>,
     ) -> Result<()>;
 
-    /// The user a session belongs to, if the session exists and has not expired at `now`.
-    async fn session_user(&self, token_hash: &TokenHash, now: DateTime<Utc>) -> Result<Option<User>>;
+    /// The user a session belongs to and when it expires, if the session exists and has not
+    /// expired at `now`.
+    async fn session_user(&self, token_hash: &TokenHash, now: DateTime<Utc>) -> Result<Option<SessionRecord>>;
 
     /// Ends a session at once. Ending an unknown session is not an error.
     async fn delete_session(&self, token_hash: &TokenHash) -> Result<()>;
@@ -129,7 +153,8 @@ pub trait Store: Send + Sync + 'static {
     /// Stores a message durably and returns it with its id and timestamp. Resolves the
     /// recipient in the same round trip ([`crate::Error::NotFound`] when unknown). With an
     /// idempotency key already used by the same sender, stores nothing and returns the
-    /// earlier message with `replayed: true`. Ids are handed out in commit order.
+    /// earlier message with `replayed: true`. Ids are handed out in commit order, and each
+    /// participant's previous position is reported (trait docs, "Positions").
     async fn insert_message(&self, message: NewMessage) -> Result<Inserted>;
 
     /// The message `id`, if `viewer` sent or received it; `None` for anyone else and for an id
@@ -149,9 +174,13 @@ pub trait Store: Send + Sync + 'static {
     async fn user_messages(&self, user: UserId, page: &PageRequest) -> Result<MessagePage>;
 
     /// Up to `limit` messages `user` sent or received with an id greater than `after`,
-    /// oldest first: the catch-up of a reconnecting client. A backend whose ids are not
-    /// committed in order must not return an id while a smaller one may still appear.
+    /// oldest first: the catch-up of a reconnecting client, read in pages. Never returns an
+    /// id while a smaller one of the same user may still appear (trait docs, "Positions").
     async fn messages_after(&self, user: UserId, after: MessageId, limit: u32) -> Result<Vec<Message>>;
+
+    /// The position of `user`'s newest durable event ([`Position::START`] when none, and for
+    /// an unknown user). One small read, whatever the user's history.
+    async fn latest_position(&self, user: UserId) -> Result<Position>;
 
     /// The message `sender` stored under an idempotency key, if any.
     async fn idempotent_message(&self, sender: UserId, key: &str) -> Result<Option<Message>>;

@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chatcore::{
-    CatchUp, ChatConfig, ChatService, Delivery, DirectoryQuery, Entity, Error, Event, HistoryQuery,
-    LocalNotifier, MemoryStore, MessageId, SendRequest, Subscription, User,
+    CatchUpPage, ChatConfig, ChatService, CloseReason, Delivery, DirectoryQuery, Entity, Error, Feed,
+    HistoryQuery, LocalNotifier, MemoryStore, MessageId, Position, SendRequest, SessionId, User,
 };
 
 fn service(config: ChatConfig) -> ChatService {
@@ -24,12 +24,21 @@ fn to(recipient: &str, body: &str) -> SendRequest {
     }
 }
 
-async fn next_id(sub: &mut Subscription) -> Option<MessageId> {
-    match tokio::time::timeout(Duration::from_millis(200), sub.recv()).await {
-        Ok(Some(Delivery::Event(Event::Message(m)))) => Some(m.id),
-        Ok(other) => panic!("unexpected delivery {other:?}"),
-        Err(_) => None,
+/// The next event's position, `None` when nothing is queued. `LocalNotifier` delivers
+/// within `publish`, so everything a finished send published is already queued.
+async fn next_id(feed: &mut Feed) -> Option<MessageId> {
+    match feed.try_recv() {
+        Some(Delivery::Event { event, .. }) => event.position().map(|p| MessageId(p.0)),
+        None => None,
+        Some(other) => panic!("unexpected delivery {other:?}"),
     }
+}
+
+async fn next(feed: &mut Feed) -> Delivery {
+    tokio::time::timeout(Duration::from_secs(5), feed.recv())
+        .await
+        .expect("a delivery within 5 s")
+        .expect("the feed goes on")
 }
 
 async fn pair(chat: &ChatService) -> (User, User) {
@@ -84,10 +93,10 @@ async fn both_parties_notified_once_and_others_not() {
     let chat = service(ChatConfig::default());
     let (alice, bob) = pair(&chat).await;
     let carol = chat.create_user("carol", None).await.unwrap();
-    let mut alice_tab = chat.subscribe(&alice).await.unwrap();
-    let mut bob_tab1 = chat.subscribe(&bob).await.unwrap();
-    let mut bob_tab2 = chat.subscribe(&bob).await.unwrap();
-    let mut carol_tab = chat.subscribe(&carol).await.unwrap();
+    let mut alice_tab = chat.subscribe(&alice, None).await.unwrap();
+    let mut bob_tab1 = chat.subscribe(&bob, None).await.unwrap();
+    let mut bob_tab2 = chat.subscribe(&bob, None).await.unwrap();
+    let mut carol_tab = chat.subscribe(&carol, None).await.unwrap();
     let sent = chat.send(&alice, to("bob", "hi")).await.unwrap();
     for tab in [&mut alice_tab, &mut bob_tab1, &mut bob_tab2] {
         assert_eq!(next_id(tab).await, Some(sent.message.id));
@@ -108,7 +117,7 @@ async fn both_parties_notified_once_and_others_not() {
 async fn idempotent_retry_returns_same_message_and_notifies_once() {
     let chat = service(ChatConfig::default());
     let (alice, bob) = pair(&chat).await;
-    let mut bob_tab = chat.subscribe(&bob).await.unwrap();
+    let mut bob_tab = chat.subscribe(&bob, None).await.unwrap();
     let keyed = SendRequest {
         idempotency_key: Some("retry-1".into()),
         ..to("bob", "once")
@@ -199,25 +208,121 @@ async fn history_defaults_and_limits() {
     ));
 }
 
+async fn read_all(chat: &ChatService, user: &User, since: i64) -> Result<Vec<String>, Position> {
+    let mut catch_up = chat.catch_up(user, Position(since));
+    let mut bodies = Vec::new();
+    loop {
+        match chat.catch_up_page(&mut catch_up).await.unwrap() {
+            CatchUpPage::Events(events) if events.is_empty() => return Ok(bodies),
+            CatchUpPage::Events(events) => {
+                assert!(events.len() <= chat.config().catch_up_page as usize);
+                bodies.extend(events.iter().map(|e| e.message_data().unwrap().body));
+                assert_eq!(catch_up.after(), events.last().unwrap().position().unwrap());
+            }
+            CatchUpPage::Resync { resume_after } => return Err(resume_after),
+        }
+    }
+}
+
 #[tokio::test]
-async fn catch_up_replays_or_asks_for_resync() {
+async fn catch_up_replays_in_pages_or_asks_for_resync() {
+    for page in [1, 2, 3, 100] {
+        let chat = service(ChatConfig {
+            catch_up_limit: 5,
+            catch_up_page: page,
+            ..Default::default()
+        });
+        let (alice, bob) = pair(&chat).await;
+        let first = chat.send(&alice, to("bob", "0")).await.unwrap().message.id;
+        let mut last = first;
+        for i in 1..=5 {
+            last = chat.send(&alice, to("bob", &format!("{i}"))).await.unwrap().message.id;
+        }
+        assert_eq!(
+            read_all(&chat, &bob, first.0).await,
+            Ok(["1", "2", "3", "4", "5"].map(String::from).to_vec()),
+            "page {page}"
+        );
+        // Six missed: more than the limit, so resync and resume after the newest.
+        assert_eq!(read_all(&chat, &bob, 0).await, Err(Position::from(last)), "page {page}");
+        // Nothing missed.
+        assert_eq!(read_all(&chat, &bob, last.0).await, Ok(vec![]));
+    }
+}
+
+#[tokio::test]
+async fn a_since_beyond_the_newest_event_is_brought_back() {
+    let chat = service(ChatConfig::default());
+    let (alice, bob) = pair(&chat).await;
+    let sent = chat.send(&alice, to("bob", "x")).await.unwrap().message.id;
+    let mut catch_up = chat.catch_up(&bob, Position(1_000_000));
+    assert_eq!(
+        chat.catch_up_page(&mut catch_up).await.unwrap(),
+        CatchUpPage::Events(vec![])
+    );
+    assert_eq!(catch_up.after(), Position::from(sent));
+    assert_eq!(chat.latest_position(&bob).await.unwrap(), Position::from(sent));
+}
+
+#[tokio::test]
+async fn live_events_carry_each_users_previous_position() {
+    let chat = service(ChatConfig::default());
+    let (alice, bob) = pair(&chat).await;
+    let carol = chat.create_user("carol", None).await.unwrap();
+    let mut bob_tab = chat.subscribe(&bob, None).await.unwrap();
+    let mut carol_tab = chat.subscribe(&carol, None).await.unwrap();
+    let m1 = chat.send(&alice, to("bob", "1")).await.unwrap().message.id;
+    let m2 = chat.send(&alice, to("carol", "2")).await.unwrap().message.id;
+    let m3 = chat.send(&carol, to("bob", "3")).await.unwrap().message.id;
+    let previous = |d: Delivery| match d {
+        Delivery::Event { event, previous } => (event.position().unwrap(), previous.unwrap()),
+        other => panic!("unexpected {other:?}"),
+    };
+    assert_eq!(previous(next(&mut bob_tab).await), (m1.into(), Position::START));
+    assert_eq!(previous(next(&mut bob_tab).await), (m3.into(), m1.into()));
+    assert_eq!(previous(next(&mut carol_tab).await), (m2.into(), Position::START));
+    assert_eq!(previous(next(&mut carol_tab).await), (m3.into(), m2.into()));
+}
+
+#[tokio::test]
+async fn ending_a_session_closes_its_feeds_only() {
+    let chat = service(ChatConfig::default());
+    let (alice, bob) = pair(&chat).await;
+    let mut laptop = chat.subscribe(&bob, Some(SessionId(1))).await.unwrap();
+    let mut phone = chat.subscribe(&bob, Some(SessionId(2))).await.unwrap();
+    let mut token_client = chat.subscribe(&bob, None).await.unwrap();
+    chat.end_session(&bob, SessionId(1)).await.unwrap();
+    assert_eq!(next(&mut laptop).await, Delivery::Closed(CloseReason::SessionEnded));
+    assert_eq!(laptop.recv().await, None);
+    let sent = chat.send(&alice, to("bob", "still here")).await.unwrap().message.id;
+    assert_eq!(next_id(&mut phone).await, Some(sent), "the session event is not forwarded");
+    assert_eq!(next_id(&mut token_client).await, Some(sent));
+}
+
+#[tokio::test]
+async fn too_many_connections_close_the_oldest() {
     let chat = service(ChatConfig {
-        catch_up_limit: 5,
+        max_connections_per_user: 2,
         ..Default::default()
     });
     let (alice, bob) = pair(&chat).await;
-    let first = chat.send(&alice, to("bob", "0")).await.unwrap().message.id;
-    for i in 1..=5 {
-        chat.send(&alice, to("bob", &format!("{i}"))).await.unwrap();
-    }
-    match chat.catch_up(&bob, first).await.unwrap() {
-        CatchUp::Messages(missed) => {
-            let bodies: Vec<_> = missed.iter().map(|m| m.body.as_str()).collect();
-            assert_eq!(bodies, ["1", "2", "3", "4", "5"]);
-        }
-        CatchUp::Resync => panic!("five missed fit the limit"),
-    }
-    assert_eq!(chat.catch_up(&bob, MessageId(0)).await.unwrap(), CatchUp::Resync);
+    let mut first = chat.subscribe(&bob, None).await.unwrap();
+    let mut second = chat.subscribe(&bob, None).await.unwrap();
+    assert_eq!(chat.connection_count(&bob), 2);
+    let mut third = chat.subscribe(&bob, None).await.unwrap();
+    assert_eq!(chat.connection_count(&bob), 2);
+    assert_eq!(
+        first.try_recv(),
+        Some(Delivery::Closed(CloseReason::TooManyConnections))
+    );
+    let sent = chat.send(&alice, to("bob", "x")).await.unwrap().message.id;
+    assert_eq!(next_id(&mut second).await, Some(sent));
+    assert_eq!(next_id(&mut third).await, Some(sent));
+    drop(second);
+    assert_eq!(chat.connection_count(&bob), 1);
+    // Other users are counted apart.
+    let _alice_tab = chat.subscribe(&alice, None).await.unwrap();
+    assert_eq!(chat.connection_count(&bob), 1);
 }
 
 #[tokio::test]

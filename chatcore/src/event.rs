@@ -1,0 +1,355 @@
+//! [`Event`]: everything a user's connections receive, rendered once into the bytes every
+//! socket writes; [`Position`]: a durable event's place in its user's stream.
+//!
+//! # The ordering promise
+//! Every durable event (today a stored message) has a [`Position`]. A store hands positions
+//! out so that, for each user, a larger position was committed later, and it tells the
+//! publisher, for each participant, the position of that user's previous durable event
+//! ([`crate::store::Inserted::sender_previous`]). The notifier carries that `previous` beside
+//! the event ([`crate::Delivery::Event`]), so a consumer that has delivered position `p` and
+//! receives an event whose `previous` is above `p` knows it is missing something and reads it
+//! from storage before going on. That is how `/ws` keeps its promise: it delivers a user's
+//! durable events in position order, and once it has delivered `p` it has delivered every
+//! event of that user before `p` (after the `since` it started from). Positions of message
+//! events are their message ids, so a client that resumes with a message id keeps working.
+
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Message, MessageId, Result};
+
+/// A durable event's place in its user's event stream. Positions increase in commit order
+/// for each user; [`Position::START`] is before every event.
+///
+/// ```
+/// use chatcore::{MessageId, Position};
+/// assert!(Position::START < Position::from(MessageId(1)));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Position(pub i64);
+
+impl Position {
+    /// Before every event: the `previous` of a user's first event.
+    pub const START: Position = Position(0);
+}
+
+impl From<MessageId> for Position {
+    fn from(id: MessageId) -> Self {
+        Position(id.0)
+    }
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Identifies one login session among a user's sessions, so that ending it can close
+/// exactly its connections. Derived from the session token by the authenticator; it is not
+/// a secret and cannot be turned back into the token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SessionId(pub u64);
+
+/// What kind of thing an [`Event`] says happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum EventKind {
+    /// A message the user sent or received was stored (durable, has a position).
+    Message,
+    /// One of the user's login sessions ended (logout, expiry, account removal): the
+    /// connections opened with it must close. Never forwarded to a client.
+    SessionEnded,
+}
+
+impl EventKind {
+    /// The kind's name on the wire (`"type"` of the frame, and in transports' headers).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Message => "message",
+            EventKind::SessionEnded => "session_ended",
+        }
+    }
+
+    /// The kind named `name` ([`EventKind::as_str`]); `None` for a name this version does
+    /// not know.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "message" => Some(EventKind::Message),
+            "session_ended" => Some(EventKind::SessionEnded),
+            _ => None,
+        }
+    }
+
+    /// Whether events of this kind are stored and have a position.
+    pub fn is_durable(self) -> bool {
+        matches!(self, EventKind::Message)
+    }
+}
+
+/// Something that happened that a user's connections must hear about, rendered once into
+/// its JSON frame. Cloning shares the bytes: a transport forwards them and every socket
+/// writes them without encoding anything again.
+///
+/// A message event renders as
+/// `{"type":"message","position":17,"message":"17","data":<the message>}` (`message` and
+/// `data` are the original app's frame).
+///
+/// ```
+/// use chatcore::{Event, EventKind, Message, MessageId, Position, Username, now_micros};
+/// let message = Message {
+///     id: MessageId(17),
+///     sender: Username::parse("alice").unwrap(),
+///     recipient: Username::parse("bob").unwrap(),
+///     created_at: now_micros(),
+///     body: "hi".into(),
+/// };
+/// let event = Event::message(&message);
+/// assert_eq!(event.kind(), EventKind::Message);
+/// assert_eq!(event.position(), Some(Position(17)));
+/// assert!(event.frame_str().starts_with(r#"{"type":"message","position":17,"message":"17","data":{"#));
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct Event(Arc<Rendered>);
+
+#[derive(PartialEq, Eq)]
+struct Rendered {
+    kind: EventKind,
+    position: Option<Position>,
+    session: Option<SessionId>,
+    /// UTF-8 JSON, checked when built.
+    frame: Bytes,
+}
+
+impl fmt::Debug for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Event")
+            .field("kind", &self.0.kind)
+            .field("position", &self.0.position)
+            .field("frame", &self.frame_str())
+            .finish()
+    }
+}
+
+/// What a frame says, decoded again ([`Event::decode`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EventData {
+    /// A stored message.
+    Message(Message),
+    /// A session ended.
+    SessionEnded(SessionId),
+}
+
+#[derive(Serialize)]
+struct MessageFrame<'a> {
+    r#type: &'static str,
+    position: Position,
+    message: String,
+    data: &'a Message,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SessionEndedFrame {
+    r#type: String,
+    session: SessionId,
+}
+
+#[derive(Deserialize)]
+struct AnyFrame {
+    r#type: String,
+}
+
+#[derive(Deserialize)]
+struct MessageFrameIn {
+    data: Message,
+}
+
+impl Event {
+    /// The event "this message was stored", rendered.
+    pub fn message(message: &Message) -> Self {
+        let position = Position::from(message.id);
+        let frame = MessageFrame {
+            r#type: EventKind::Message.as_str(),
+            position,
+            message: message.id.to_string(),
+            data: message,
+        };
+        Self::rendered(EventKind::Message, Some(position), None, &frame)
+    }
+
+    /// The event "session `session` ended": its connections close.
+    pub fn session_ended(session: SessionId) -> Self {
+        let frame = SessionEndedFrame {
+            r#type: EventKind::SessionEnded.as_str().to_owned(),
+            session,
+        };
+        Self::rendered(EventKind::SessionEnded, None, Some(session), &frame)
+    }
+
+    fn rendered(
+        kind: EventKind,
+        position: Option<Position>,
+        session: Option<SessionId>,
+        frame: &impl Serialize,
+    ) -> Self {
+        // Every field of every frame is a string, an integer or a `Message`, whose fields are
+        // strings and integers: serializing cannot fail.
+        let frame = serde_json::to_vec(frame).expect("event frames always serialize");
+        Event(Arc::new(Rendered {
+            kind,
+            position,
+            session,
+            frame: Bytes::from(frame),
+        }))
+    }
+
+    /// Rebuilds an event from the parts a transport carried: its kind, its position and
+    /// its frame, unchanged. The frame is checked to be UTF-8 (and, for a session event,
+    /// decoded to learn which session), never re-encoded.
+    ///
+    /// Errors: [`Error::Invalid`] when the frame is not UTF-8, a durable kind has no
+    /// position, or a session event's frame does not name a session.
+    pub fn from_frame(kind: EventKind, position: Option<Position>, frame: Bytes) -> Result<Self> {
+        if std::str::from_utf8(&frame).is_err() {
+            return Err(Error::invalid("event frame is not UTF-8"));
+        }
+        if kind.is_durable() != position.is_some() {
+            return Err(Error::invalid(format!(
+                "a {} event {} a position",
+                kind.as_str(),
+                if kind.is_durable() { "needs" } else { "has no" }
+            )));
+        }
+        let session = match kind {
+            EventKind::SessionEnded => Some(
+                serde_json::from_slice::<SessionEndedFrame>(&frame)
+                    .map_err(|e| Error::invalid(format!("bad session_ended frame: {e}")))?
+                    .session,
+            ),
+            _ => None,
+        };
+        Ok(Event(Arc::new(Rendered {
+            kind,
+            position,
+            session,
+            frame,
+        })))
+    }
+
+    /// What kind of event this is.
+    pub fn kind(&self) -> EventKind {
+        self.0.kind
+    }
+
+    /// The event's position, for durable events.
+    pub fn position(&self) -> Option<Position> {
+        self.0.position
+    }
+
+    /// The session a [`EventKind::SessionEnded`] event ends.
+    pub fn session(&self) -> Option<SessionId> {
+        self.0.session
+    }
+
+    /// The rendered frame: UTF-8 JSON, shared by every clone.
+    pub fn frame(&self) -> &Bytes {
+        &self.0.frame
+    }
+
+    /// The rendered frame as text.
+    pub fn frame_str(&self) -> &str {
+        // Checked to be UTF-8 when the event was built.
+        std::str::from_utf8(&self.0.frame).unwrap_or_default()
+    }
+
+    /// Decodes the frame (costs a JSON parse; sockets never need it).
+    pub fn decode(&self) -> Result<EventData> {
+        let bad = |e: serde_json::Error| Error::invalid(format!("undecodable event frame: {e}"));
+        let any: AnyFrame = serde_json::from_slice(&self.0.frame).map_err(bad)?;
+        match EventKind::parse(&any.r#type) {
+            Some(EventKind::Message) => Ok(EventData::Message(
+                serde_json::from_slice::<MessageFrameIn>(&self.0.frame)
+                    .map_err(bad)?
+                    .data,
+            )),
+            Some(EventKind::SessionEnded) => Ok(EventData::SessionEnded(
+                serde_json::from_slice::<SessionEndedFrame>(&self.0.frame)
+                    .map_err(bad)?
+                    .session,
+            )),
+            None => Err(Error::invalid(format!("unknown event type {:?}", any.r#type))),
+        }
+    }
+
+    /// The message, for a message event (decodes the frame).
+    pub fn message_data(&self) -> Option<Message> {
+        match self.decode() {
+            Ok(EventData::Message(message)) => Some(message),
+            _ => None,
+        }
+    }
+}
+
+/// The frame that tells a client to reload its state: it missed more than a catch-up
+/// replays. `{"type":"resync","resync":true}` (`resync` is the original field).
+pub const RESYNC_FRAME: &str = r#"{"type":"resync","resync":true}"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Username, now_micros};
+
+    fn message(id: i64) -> Message {
+        Message {
+            id: MessageId(id),
+            sender: Username::parse("alice").unwrap(),
+            recipient: Username::parse("bob").unwrap(),
+            created_at: now_micros(),
+            body: "hi \"there\"".into(),
+        }
+    }
+
+    #[test]
+    fn message_frame_keeps_the_original_fields_and_adds_type_and_position() {
+        let m = message(42);
+        let event = Event::message(&m);
+        let value: serde_json::Value = serde_json::from_str(event.frame_str()).unwrap();
+        assert_eq!(value["type"], "message");
+        assert_eq!(value["position"], 42);
+        assert_eq!(value["message"], "42");
+        assert_eq!(value["data"]["body"], "hi \"there\"");
+        assert_eq!(value["data"]["user"], "alice");
+        assert_eq!(event.decode().unwrap(), EventData::Message(m));
+    }
+
+    #[test]
+    fn from_frame_shares_the_bytes_and_checks_them() {
+        let event = Event::message(&message(7));
+        let again = Event::from_frame(EventKind::Message, event.position(), event.frame().clone()).unwrap();
+        assert_eq!(again.frame().as_ptr(), event.frame().as_ptr());
+        assert_eq!(again, event);
+        assert!(Event::from_frame(EventKind::Message, None, event.frame().clone()).is_err());
+        assert!(Event::from_frame(EventKind::Message, Some(Position(7)), Bytes::from_static(b"\xff")).is_err());
+        let ended = Event::session_ended(SessionId(99));
+        let again = Event::from_frame(EventKind::SessionEnded, None, ended.frame().clone()).unwrap();
+        assert_eq!(again.session(), Some(SessionId(99)));
+        assert_eq!(again.decode().unwrap(), EventData::SessionEnded(SessionId(99)));
+        assert!(Event::from_frame(EventKind::SessionEnded, None, Bytes::from_static(b"{}")).is_err());
+    }
+
+    #[test]
+    fn kinds_round_trip_by_name() {
+        for kind in [EventKind::Message, EventKind::SessionEnded] {
+            assert_eq!(EventKind::parse(kind.as_str()), Some(kind));
+        }
+        assert_eq!(EventKind::parse("nope"), None);
+        let value: serde_json::Value = serde_json::from_str(RESYNC_FRAME).unwrap();
+        assert_eq!((value["type"].as_str(), value["resync"].as_bool()), (Some("resync"), Some(true)));
+    }
+}
