@@ -1,14 +1,14 @@
-//! The in-process notifier: publishing one event while 1, 100 and 10,000 users are subscribed,
-//! and serializing a page of 15 messages to JSON.
+//! The in-process notifier: publishing one (already rendered) event while 1, 100 and 10,000
+//! users are subscribed; rendering a message event once; serializing a page of 15 messages
+//! to JSON.
 
 // criterion_group!/criterion_main! generate undocumented items.
 #![allow(missing_docs)]
 
 use std::hint::black_box;
-use std::sync::Arc;
 
-use chatcore::notify::{Delivery, Event};
-use chatcore::{LocalNotifier, Message, MessageId, Notifier, UserId, Username, now_micros};
+use chatcore::notify::{Event, Recipient};
+use chatcore::{LocalNotifier, Message, MessageId, Notifier, Position, UserId, Username, now_micros};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
 fn message(id: i64) -> Message {
@@ -41,23 +41,19 @@ fn publish(c: &mut Criterion) {
         });
         let drains: Vec<_> = subscriptions
             .into_iter()
-            .map(|mut sub| {
-                runtime.spawn(async move {
-                    while let Some(delivery) = sub.recv().await {
-                        if matches!(delivery, Delivery::Lagged) {
-                            break;
-                        }
-                    }
-                })
-            })
+            .map(|mut sub| runtime.spawn(async move { while sub.recv().await.is_some() {} }))
             .collect();
-        let event = Event::Message(Arc::new(message(1)));
+        // Rendered once, as the service does; publishing shares the bytes.
+        let event = Event::message(&message(1));
         let mut next = 0usize;
         group.bench_with_input(BenchmarkId::from_parameter(users), &users, |b, &users| {
             b.to_async(&runtime).iter(|| {
                 // A message notifies its two participants, spread over all subscribed users.
                 next = (next + 2) % users.max(2);
-                let pair = [UserId(next as i64), UserId(((next + 1) % users) as i64)];
+                let pair = [next, (next + 1) % users].map(|user| Recipient {
+                    user: UserId(user as i64),
+                    previous: Some(Position(0)),
+                });
                 let notifier = &notifier;
                 let event = &event;
                 async move { notifier.publish(black_box(&pair), event).await.unwrap() }
@@ -77,6 +73,14 @@ fn serialize_page(c: &mut Criterion) {
     group.throughput(Throughput::Elements(15));
     group.bench_function("page_of_15", |b| {
         b.iter(|| serde_json::to_vec(black_box(&page)).unwrap())
+    });
+    group.finish();
+
+    // What one send costs in rendering, whatever the number of sockets and nodes it reaches.
+    let mut group = c.benchmark_group("event");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("render_message", |b| {
+        b.iter(|| Event::message(black_box(&page[0])))
     });
     group.finish();
 }

@@ -28,8 +28,9 @@ pub struct RedisConfig {
     /// one deployment must use the same prefix; different deployments (or tests) sharing one
     /// Redis must use different ones. Default `chatcore:`.
     pub channel_prefix: String,
-    /// Deliveries queued per subscription (per open connection) before a subscriber that
-    /// does not keep up is cut off with [`chatcore::Delivery::Lagged`]. Default 256, as
+    /// Deliveries queued per subscription (per open connection). A subscriber that does
+    /// not keep up misses the events that find its queue full and gets one
+    /// [`chatcore::Delivery::Gap`] for them, then goes on. Default 256, as
     /// [`chatcore::LocalNotifier::DEFAULT_QUEUE`].
     pub queue_capacity: usize,
     /// Longest wait to open a connection to Redis (TCP, handshake, authentication).
@@ -42,7 +43,8 @@ pub struct RedisConfig {
     pub command_timeout: Duration,
     /// Delay before the second attempt to reconnect the subscriber connection after it was
     /// lost (the first attempt is immediate); each further attempt doubles it up to
-    /// [`RedisConfig::reconnect_max_delay`]. Default 100 ms.
+    /// [`RedisConfig::reconnect_max_delay`]. The same schedule paces the retries of gap
+    /// notices after a failed publish (the first retry waits this long). Default 100 ms.
     pub reconnect_min_delay: Duration,
     /// Longest delay between two reconnect attempts. Default 5 s.
     pub reconnect_max_delay: Duration,

@@ -2,9 +2,10 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use async_trait::async_trait;
-use chatcore::notify::{Event, Notifier, SubscriberTable, Subscription};
+use chatcore::notify::{Delivery, Event, Notifier, Recipient, SubscriberTable, Subscription};
 use chatcore::{Error, Result, UserId};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::{mpsc, oneshot};
@@ -12,17 +13,21 @@ use tokio::task::JoinHandle;
 
 use crate::RedisConfig;
 use crate::error::TransportError;
+use crate::gaps::{self, Debts};
 use crate::subscriber::{self, Channels, Command, Shared};
+use crate::wire::{NodeId, Payload};
 
 /// A [`Notifier`] over Redis pub/sub: every process (node) that shares one store and one
-/// Redis (and one [`RedisConfig::channel_prefix`]) hears every message, so the nodes act
+/// Redis (and one [`RedisConfig::channel_prefix`]) hears every event, so the nodes act
 /// as one message center.
 ///
-/// `publish` sends one `PUBLISH` per user to the user's channel, pipelined in one round
-/// trip. `subscribe` registers the connection in a local table and, for the user's first
+/// `publish` delivers to this process's own subscriptions at once, then sends one
+/// `PUBLISH` per user to the user's channel, pipelined in one round trip, carrying the
+/// event's rendered frame as is (the payload is described in the crate docs).
+/// `subscribe` registers the connection in a local table and, for the user's first
 /// local connection, subscribes the process's single pub/sub connection to the user's
 /// channel; it returns once Redis confirmed, so nothing published after it returns is
-/// missed. Cloning is cheap and shares everything; the background task stops when the last
+/// missed. Cloning is cheap and shares everything; the background tasks stop when the last
 /// clone is dropped, and the open [`Subscription`]s then end.
 ///
 /// ```no_run
@@ -41,35 +46,45 @@ pub struct RedisNotifier {
 }
 
 struct Inner {
+    /// This process's id in payload headers.
+    node: NodeId,
     publisher: ConnectionManager,
     channels: Arc<Channels>,
     table: Arc<SubscriberTable>,
     commands: mpsc::UnboundedSender<Command>,
     connected: Arc<AtomicBool>,
-    command_timeout: std::time::Duration,
-    task: JoinHandle<()>,
+    /// Users owed a gap notice after a failed publish.
+    debts: Arc<Debts>,
+    command_timeout: Duration,
+    /// The subscriber task and the gap-notice task.
+    tasks: [JoinHandle<()>; 2],
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        // Subscriptions hold command senders too, so the task would not notice on its own.
-        self.task.abort();
+        // Subscriptions hold command senders too, so the tasks would not notice on their own.
+        for task in &self.tasks {
+            task.abort();
+        }
     }
 }
 
 impl std::fmt::Debug for RedisNotifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisNotifier")
+            .field("node", &format_args!("{}", self.inner.node))
             .field("channels", &self.inner.channels)
             .field("connected", &self.is_connected())
+            .field("gap_notices_owed", &self.gap_notices_owed())
             .finish_non_exhaustive()
     }
 }
 
 impl RedisNotifier {
-    /// Checks `config`, connects the publishing and the subscriber connections, and starts
-    /// the background task that owns the subscriber connection. Must be called within a
-    /// Tokio runtime.
+    /// Checks `config`, connects the publishing and the subscriber connections, picks a
+    /// random node id, and starts the background tasks (the one that owns the subscriber
+    /// connection, and the one that publishes gap notices after failed publishes). Must be
+    /// called within a Tokio runtime.
     ///
     /// Errors: [`Error::Invalid`] for a bad setting or URL, [`Error::Unavailable`] when Redis
     /// cannot be reached within [`RedisConfig::connect_timeout`].
@@ -80,28 +95,40 @@ impl RedisNotifier {
         let publisher = connect_publisher(&client, &config).await?;
         let subscriber_connection = subscriber::open(&client, &config).await?;
 
+        let node = NodeId::random();
         let channels = Arc::new(Channels::new(&config.channel_prefix));
         let table = Arc::new(SubscriberTable::new(config.queue_capacity));
         let connected = Arc::new(AtomicBool::new(true));
+        let debts = Arc::new(Debts::default());
         let (commands, receiver) = mpsc::unbounded_channel();
         let command_timeout = config.command_timeout;
+        let gap_task = tokio::spawn(gaps::run(
+            debts.clone(),
+            publisher.clone(),
+            channels.clone(),
+            node,
+            config.clone(),
+        ));
         let shared = Shared {
             client,
             config,
+            node,
             channels: channels.clone(),
             table: table.clone(),
             connected: connected.clone(),
         };
-        let task = tokio::spawn(subscriber::run(shared, receiver, subscriber_connection));
+        let subscriber_task = tokio::spawn(subscriber::run(shared, receiver, subscriber_connection));
         Ok(Self {
             inner: Arc::new(Inner {
+                node,
                 publisher,
                 channels,
                 table,
                 commands,
                 connected,
+                debts,
                 command_timeout,
-                task,
+                tasks: [subscriber_task, gap_task],
             }),
         })
     }
@@ -115,6 +142,13 @@ impl RedisNotifier {
     /// How many subscriptions (open connections) `user` has in this process.
     pub fn subscriber_count(&self, user: UserId) -> usize {
         self.inner.table.subscriber_count(user)
+    }
+
+    /// How many users are owed a gap notice now: their events could not be published, and
+    /// Redis has not yet accepted the notice that tells the other nodes (it is retried with
+    /// the reconnect backoff). 0 when all is well.
+    pub fn gap_notices_owed(&self) -> usize {
+        self.inner.debts.len()
     }
 
     /// The Redis channel that carries `user`'s events: `<channel_prefix>user:<id>`.
@@ -148,46 +182,67 @@ async fn connect_publisher(client: &redis::Client, config: &RedisConfig) -> Resu
     }
 }
 
+/// Runs `pipeline` on the publishing connection within `limit`.
+pub(crate) async fn run_pipeline(
+    publisher: &ConnectionManager,
+    pipeline: &redis::Pipeline,
+    limit: Duration,
+) -> Result<()> {
+    let mut connection = publisher.clone();
+    let send = async {
+        match pipeline.query_async::<()>(&mut connection).await {
+            // A connection that Redis dropped (e.g. a restart) is only noticed by the
+            // next command; the manager has started reopening it, so try once more.
+            Err(error) if error.is_connection_dropped() || error.is_unrecoverable_error() => {
+                pipeline.query_async::<()>(&mut connection).await
+            }
+            other => other,
+        }
+    };
+    match tokio::time::timeout(limit, send).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(Error::notifications_unavailable(error)),
+        Err(_) => Err(TransportError::Timeout(limit).into()),
+    }
+}
+
 #[async_trait]
 impl Notifier for RedisNotifier {
-    async fn publish(&self, users: &[UserId], event: &Event) -> Result<()> {
+    async fn publish(&self, recipients: &[Recipient], event: &Event) -> Result<()> {
+        let inner = &self.inner;
+        let mut pipeline = redis::pipe();
+        let mut users = Vec::with_capacity(recipients.len());
+        for recipient in recipients {
+            // A user named twice (e.g. a message to oneself) is notified once.
+            if users.contains(&recipient.user) {
+                continue;
+            }
+            users.push(recipient.user);
+            // This process's own subscriptions first, in call order and without the round
+            // trip; the subscriber task ignores the copy that comes back from Redis.
+            inner.table.deliver(
+                recipient.user,
+                &Delivery::Event {
+                    event: event.clone(),
+                    previous: recipient.previous,
+                },
+            );
+            pipeline
+                .cmd("PUBLISH")
+                .arg(inner.channels.name(recipient.user))
+                .arg(Payload::event(inner.node, event, recipient.previous))
+                .ignore();
+        }
         if users.is_empty() {
             return Ok(());
         }
-        let payload = match event {
-            Event::Message(message) => serde_json::to_vec(&**message)
-                .map_err(|e| Error::internal("could not encode a notification", e))?,
-            other => return Err(Error::bug(format!("unsupported event {other:?}"))),
-        };
-        let mut pipeline = redis::pipe();
-        for (i, user) in users.iter().enumerate() {
-            // A user named twice (e.g. a message to oneself) is notified once.
-            if users[..i].contains(user) {
-                continue;
-            }
-            pipeline
-                .cmd("PUBLISH")
-                .arg(self.inner.channels.name(*user))
-                .arg(&payload)
-                .ignore();
+        let result = run_pipeline(&inner.publisher, &pipeline, inner.command_timeout).await;
+        if result.is_err() {
+            // Other nodes' subscriptions may have missed it while their connections stay
+            // up: they get a gap notice once Redis takes one (see `gaps.rs`).
+            inner.debts.owe(users);
         }
-        let mut connection = self.inner.publisher.clone();
-        let limit = self.inner.command_timeout;
-        let send = async {
-            match pipeline.query_async::<()>(&mut connection).await {
-                // A connection that Redis dropped (e.g. a restart) is only noticed by the
-                // next command; the manager has started reopening it, so try once more.
-                Err(error) if error.is_connection_dropped() || error.is_unrecoverable_error() => {
-                    pipeline.query_async::<()>(&mut connection).await
-                }
-                other => other,
-            }
-        };
-        match tokio::time::timeout(limit, send).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(error)) => Err(Error::notifications_unavailable(error)),
-            Err(_) => Err(TransportError::Timeout(limit).into()),
-        }
+        result
     }
 
     async fn subscribe(&self, user: UserId) -> Result<Subscription> {

@@ -1,10 +1,12 @@
 //! The subscriber task: the one task that owns this process's pub/sub connection.
 //!
 //! It applies subscribe/unsubscribe requests in batches, fans incoming messages out to the
-//! local [`SubscriberTable`], keeps reading messages while it waits for Redis to confirm a
-//! request, checks the connection with `PING`, and reconnects with backoff when it is lost:
-//! resubscribe every user with a local subscription, then [`Delivery::Gap`] to all of them,
-//! and only then the first message read on the new connection.
+//! local [`SubscriberTable`] (reading only their header: the frame goes on as is, and what
+//! this node published itself is skipped, since `publish` delivered it locally), keeps
+//! reading messages while it waits for Redis to confirm a request, checks the connection
+//! with `PING`, and reconnects with backoff when it is lost: resubscribe every user with a
+//! local subscription, then [`Delivery::Gap`] to all of them, and only then the first
+//! message read on the new connection.
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
@@ -13,8 +15,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use chatcore::notify::{Delivery, Event, SubscriberTable};
-use chatcore::{Message, UserId};
+use chatcore::UserId;
+use chatcore::notify::{Delivery, SubscriberTable};
 use futures_util::StreamExt;
 use redis::aio::{PubSubSink, PubSubStream};
 use redis::{Msg, RedisResult};
@@ -23,10 +25,11 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::RedisConfig;
 use crate::error::TransportError;
+use crate::wire::{self, NodeId, Notice};
 
 /// Most requests applied as one batch (one `SUBSCRIBE` and one `UNSUBSCRIBE`), and most
 /// channels named in one command when resubscribing after a reconnect.
-const MAX_BATCH: usize = 512;
+pub(crate) const MAX_BATCH: usize = 512;
 
 /// A request to the subscriber task.
 #[derive(Debug)]
@@ -99,6 +102,8 @@ impl std::fmt::Display for Broken {
 pub(crate) struct Shared {
     pub(crate) client: redis::Client,
     pub(crate) config: RedisConfig,
+    /// This process's id: messages whose header carries it were delivered locally already.
+    pub(crate) node: NodeId,
     pub(crate) channels: Arc<Channels>,
     pub(crate) table: Arc<SubscriberTable>,
     pub(crate) connected: Arc<AtomicBool>,
@@ -190,8 +195,8 @@ async fn serve(
                 }
                 apply(shared, state, &mut batch, &mut sink, &mut stream).await?;
             }
-            // Users whose channel carried a message nobody here wanted (their subscriptions
-            // were cut off for lagging, which drops no "last subscription" hook).
+            // Users whose channel carried a message nobody here wanted (a safety net: the
+            // drop of a user's last subscription asks for the unsubscribe itself).
             () = std::future::ready(()), if !state.touched.is_empty() => {
                 apply(shared, state, &mut batch, &mut sink, &mut stream).await?;
             }
@@ -280,24 +285,36 @@ async fn drive<T>(
     }
 }
 
-/// Fans one message out to the local subscriptions of the user whose channel it came on.
+/// Fans one message out to the local subscriptions of the user whose channel it came on:
+/// an event as published, a gap notice or an unreadable payload as [`Delivery::Gap`].
+/// What this node published itself is skipped.
 fn route(shared: &Shared, state: &mut State, message: &Msg) {
     let channel = message.get_channel_name();
     let Some(user) = shared.channels.user(channel) else {
         tracing::warn!(channel, "message on an unexpected redis channel ignored");
         return;
     };
-    let delivery = match serde_json::from_slice::<Message>(message.get_payload_bytes()) {
-        Ok(message) => Delivery::Event(Event::Message(Arc::new(message))),
-        Err(error) => {
-            // Not silently lost: the user's connections catch up from storage.
-            tracing::warn!(channel, %error, "undecodable notification; sending a gap instead");
-            Delivery::Gap
-        }
+    let delivery = match wire::decode(message.get_payload_bytes()) {
+        Ok(received) if received.node == shared.node => return,
+        Ok(received) => match received.notice {
+            Ok(Notice::Event { event, previous }) => Delivery::Event { event, previous },
+            Ok(Notice::Gap) => {
+                tracing::debug!(channel, node = %received.node, "gap notice: a publish had failed");
+                Delivery::Gap
+            }
+            Err(reason) => undecodable(channel, &reason),
+        },
+        Err(reason) => undecodable(channel, &reason),
     };
     if shared.table.deliver(user, &delivery) == 0 && state.active.contains(&user) {
         state.touched.insert(user);
     }
+}
+
+fn undecodable(channel: &str, reason: &str) -> Delivery {
+    // Not silently lost: the user's connections catch up from storage.
+    tracing::warn!(channel, reason, "undecodable notification; sending a gap instead");
+    Delivery::Gap
 }
 
 /// Reopens the connection with backoff, resubscribes every user with a local subscription

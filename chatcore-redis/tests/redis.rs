@@ -1,50 +1,22 @@
 //! `RedisNotifier` against real Redis servers: the shared one at `CHATCORE_REDIS_URL`
 //! (default `redis://127.0.0.1:6379`), each test with its own random channel prefix, and a
-//! private `redis-server` that a test starts, kills and restarts on a free port.
+//! private `redis-server` that a test starts, kills, restarts, freezes or pauses on a free
+//! port. The promises every notifier keeps are checked by `tests/notifier_conformance.rs`;
+//! these are the Redis-specific behaviours and whole services over two nodes.
+
+mod common;
 
 use std::collections::{BTreeSet, HashMap};
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chatcore::notify::{Delivery, Event, Notifier};
+use chatcore::notify::{Delivery, Event, Notifier, Recipient};
 use chatcore::{
-    ChatConfig, ChatService, Error, MemoryStore, Message, MessageId, SendRequest, Subscription, User, UserId,
-    Username, now_micros,
+    ChatConfig, ChatService, Error, Feed, MemoryStore, Message, MessageId, Position, SendRequest,
+    Subscription, User, UserId, Username, now_micros,
 };
 use chatcore_redis::{RedisConfig, RedisNotifier};
-
-/// How long a test waits for something that should happen in milliseconds.
-const PATIENCE: Duration = Duration::from_secs(10);
-
-fn redis_url() -> String {
-    std::env::var("CHATCORE_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
-
-/// `TEST_LOG=1` shows the notifier's logs (reconnects, failures).
-fn init_logs() {
-    if std::env::var_os("TEST_LOG").is_some() {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "debug".into()),
-            )
-            .with_test_writer()
-            .try_init();
-    }
-}
-
-fn test_config(url: String) -> RedisConfig {
-    init_logs();
-    RedisConfig {
-        url,
-        channel_prefix: format!("chatcore-test:{:016x}:", rand::random::<u64>()),
-        command_timeout: Duration::from_millis(500),
-        connect_timeout: Duration::from_millis(500),
-        reconnect_min_delay: Duration::from_millis(20),
-        reconnect_max_delay: Duration::from_millis(200),
-        ..Default::default()
-    }
-}
+use common::{PATIENCE, PrivateRedis, command, eventually, free_port, redis_url, test_config};
 
 /// A node: a chat service with its own Redis notifier over the shared store.
 async fn node(store: &Arc<MemoryStore>, config: &RedisConfig) -> (ChatService, RedisNotifier) {
@@ -83,55 +55,93 @@ async fn send(chat: &ChatService, from: &User, to: &User, body: &str) -> Arc<Mes
     sent.message
 }
 
-async fn next(sub: &mut Subscription) -> Delivery {
-    match tokio::time::timeout(PATIENCE, sub.recv()).await {
+/// A service's [`Feed`] or a notifier's [`Subscription`].
+trait Inbox {
+    async fn next_delivery(&mut self) -> Option<Delivery>;
+    /// What is ready now, without waiting.
+    fn ready(&mut self) -> Option<Delivery>;
+}
+
+impl Inbox for Feed {
+    async fn next_delivery(&mut self) -> Option<Delivery> {
+        self.recv().await
+    }
+    fn ready(&mut self) -> Option<Delivery> {
+        self.try_recv()
+    }
+}
+
+impl Inbox for Subscription {
+    async fn next_delivery(&mut self) -> Option<Delivery> {
+        self.recv().await
+    }
+    fn ready(&mut self) -> Option<Delivery> {
+        self.try_recv().ok().flatten()
+    }
+}
+
+async fn next(sub: &mut impl Inbox) -> Delivery {
+    match tokio::time::timeout(PATIENCE, sub.next_delivery()).await {
         Ok(Some(delivery)) => delivery,
         Ok(None) => panic!("subscription ended"),
         Err(_) => panic!("nothing delivered within {PATIENCE:?}"),
     }
 }
 
-async fn next_message(sub: &mut Subscription) -> Arc<Message> {
+/// The next delivery, a message event: the message and the event's `previous`.
+async fn next_event(sub: &mut impl Inbox) -> (Message, Option<Position>) {
     match next(sub).await {
-        Delivery::Event(Event::Message(message)) => message,
+        Delivery::Event { event, previous } => (event.message_data().expect("a message event"), previous),
         other => panic!("expected a message, got {other:?}"),
     }
 }
 
-/// Waits until `check` holds, polling; fails after [`PATIENCE`].
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !check().await {
-        assert!(start.elapsed() < PATIENCE, "never happened: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
+async fn next_message(sub: &mut impl Inbox) -> Message {
+    next_event(sub).await.0
+}
+
+/// The next message, skipping gaps (after an outage, gap notices may come late).
+async fn next_message_after_gaps(sub: &mut impl Inbox) -> Message {
+    loop {
+        match next(sub).await {
+            Delivery::Gap => {}
+            Delivery::Event { event, .. } => return event.message_data().expect("a message event"),
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+}
+
+/// Nothing but gaps is ready.
+fn only_gaps_ready(sub: &mut impl Inbox, what: &str) {
+    while let Some(delivery) = sub.ready() {
+        assert_eq!(delivery, Delivery::Gap, "{what}");
     }
 }
 
 async fn numsub(url: &str, channel: &str) -> i64 {
-    let client = redis::Client::open(url).unwrap();
-    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
-    let counts: Vec<(String, i64)> = redis::cmd("PUBSUB")
-        .arg("NUMSUB")
-        .arg(channel)
-        .query_async(&mut connection)
-        .await
-        .unwrap();
+    let counts: Vec<(String, i64)> = command(url, &["PUBSUB", "NUMSUB", channel]).await;
     counts[0].1
 }
 
 fn sentinel(id: i64) -> Event {
     let name = Username::parse("sentinel").unwrap();
-    Event::Message(Arc::new(Message {
+    Event::message(&Message {
         id: MessageId(id),
         sender: name.clone(),
         recipient: name,
         created_at: now_micros(),
         body: "end".into(),
-    }))
+    })
+}
+
+fn to(users: &[UserId]) -> Vec<Recipient> {
+    users
+        .iter()
+        .map(|&user| Recipient {
+            user,
+            previous: Some(Position::START),
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -143,17 +153,19 @@ async fn a_subscriber_on_node_b_receives_what_node_a_sent() {
     let people = users(&a, "ab", 2).await;
     let (alice, bob) = (&people[0], &people[1]);
 
-    let mut alice_on_a = a.subscribe(alice).await.unwrap();
-    let mut bob_on_b = b.subscribe(bob).await.unwrap();
+    let mut alice_on_a = a.subscribe(alice, None).await.unwrap();
+    let mut bob_on_b = b.subscribe(bob, None).await.unwrap();
     let first = send(&a, alice, bob, "hello bob").await;
     let second = send(&b, bob, alice, "hi alice").await;
 
     for sub in [&mut alice_on_a, &mut bob_on_b] {
-        let got = next_message(sub).await;
-        assert_eq!(*got, *first);
-        let got = next_message(sub).await;
-        assert_eq!(*got, *second);
-        assert_eq!(sub.try_recv(), Ok(None));
+        // One was published on this node and delivered at once, the other comes through
+        // Redis: two publishers, so either may come first; `previous` tells the order.
+        let mut got = [next_event(sub).await, next_event(sub).await];
+        got.sort_by_key(|(message, _)| message.id);
+        assert_eq!(got[0], ((*first).clone(), Some(Position::START)));
+        assert_eq!(got[1], ((*second).clone(), Some(Position::from(first.id))));
+        assert_eq!(sub.try_recv(), None);
     }
     assert_eq!(first.body, "hello bob");
 }
@@ -164,8 +176,10 @@ async fn many_users_and_connections_across_nodes_lose_and_duplicate_nothing() {
     const MESSAGES: usize = 300;
     let config = test_config(redis_url());
     let store = Arc::new(MemoryStore::new());
-    let (a, na) = node(&store, &config).await;
-    let (b, nb) = node(&store, &config).await;
+    let (a, _na) = node(&store, &config).await;
+    let (b, _nb) = node(&store, &config).await;
+    // Publishes the sentinels: through Redis to both nodes, after everything sent before.
+    let sentinels = RedisNotifier::connect(config.clone()).await.unwrap();
     let nodes = [a, b];
     let people = users(&nodes[0], "many", USERS).await;
 
@@ -173,10 +187,10 @@ async fn many_users_and_connections_across_nodes_lose_and_duplicate_nothing() {
     let mut opening = Vec::new();
     for user in &people {
         for chat in &nodes {
-            opening.push(chat.subscribe(user));
+            opening.push(chat.subscribe(user, None));
         }
     }
-    let mut subs: Vec<(UserId, Subscription)> = futures_util::future::join_all(opening)
+    let mut subs: Vec<(UserId, Feed)> = futures_util::future::join_all(opening)
         .await
         .into_iter()
         .enumerate()
@@ -215,10 +229,10 @@ async fn many_users_and_connections_across_nodes_lose_and_duplicate_nothing() {
         }
     }
 
-    // Every send has completed, so a sentinel published now arrives after all of them.
+    // Every send has completed (Redis has taken every PUBLISH, and each node delivered its
+    // own at once), so a sentinel published through Redis now arrives after all of them.
     for user in people.iter() {
-        let notifier: &dyn Notifier = if user.id.0 % 2 == 0 { &na } else { &nb };
-        notifier.publish(&[user.id], &sentinel(-1)).await.unwrap();
+        sentinels.publish(&to(&[user.id]), &sentinel(-1)).await.unwrap();
     }
     for (user, sub) in &mut subs {
         let mut got = Vec::new();
@@ -255,16 +269,16 @@ async fn the_channel_is_unsubscribed_when_the_last_local_subscription_drops() {
     assert_eq!(numsub(&url, &channel).await, 0);
 
     // Two local subscriptions share the node's one Redis subscription.
-    let first = a.subscribe(user).await.unwrap();
-    let second = a.subscribe(user).await.unwrap();
+    let first = a.subscribe(user, None).await.unwrap();
+    let second = a.subscribe(user, None).await.unwrap();
     assert_eq!(numsub(&url, &channel).await, 1);
-    let on_b = b.subscribe(user).await.unwrap();
+    let on_b = b.subscribe(user, None).await.unwrap();
     assert_eq!(numsub(&url, &channel).await, 2);
 
     drop(first);
     // A subscribe goes through the same queue as the drop's unsubscribe, so once it has
     // returned the drop has been handled.
-    let _other = a.subscribe(&people[1]).await.unwrap();
+    let _other = a.subscribe(&people[1], None).await.unwrap();
     assert_eq!(numsub(&url, &channel).await, 2);
     assert_eq!(na.subscriber_count(user.id), 1);
 
@@ -280,14 +294,14 @@ async fn the_channel_is_unsubscribed_when_the_last_local_subscription_drops() {
     .await;
 
     // Subscribing again works, and delivers.
-    let mut again = a.subscribe(user).await.unwrap();
+    let mut again = a.subscribe(user, None).await.unwrap();
     assert_eq!(numsub(&url, &channel).await, 1);
     let sent = send(&b, &people[2], user, "back").await;
     assert_eq!(next_message(&mut again).await.id, sent.id);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_subscriber_that_falls_behind_is_cut_off_and_its_channel_released() {
+async fn a_subscriber_that_falls_behind_gets_a_gap_and_keeps_its_channel() {
     let url = redis_url();
     let config = RedisConfig {
         queue_capacity: 2,
@@ -297,22 +311,59 @@ async fn a_subscriber_that_falls_behind_is_cut_off_and_its_channel_released() {
     let (a, na) = node(&store, &config).await;
     let people = users(&a, "lag", 2).await;
     let (alice, bob) = (&people[0], &people[1]);
-    let mut slow = a.subscribe(bob).await.unwrap();
+    let mut slow = a.subscribe(bob, None).await.unwrap();
+    let mut sent = Vec::new();
     for i in 0..5 {
-        send(&a, alice, bob, &format!("m{i}")).await;
+        // Sent on the subscription's own node: queued (or not) before `send` returns.
+        sent.push(send(&a, alice, bob, &format!("m{i}")).await.id);
     }
-    assert!(matches!(next(&mut slow).await, Delivery::Event(_)));
-    assert!(matches!(next(&mut slow).await, Delivery::Event(_)));
-    assert_eq!(next(&mut slow).await, Delivery::Lagged);
-    assert_eq!(slow.recv().await, None);
-    // The cut-off subscription left no local subscriber; the next message on the channel
-    // makes the node let go of it.
-    send(&a, alice, bob, "one more").await;
+    assert_eq!(next(&mut slow).await, Delivery::Gap);
+    assert_eq!(next_message(&mut slow).await.id, sent[0]);
+    assert_eq!(next_message(&mut slow).await.id, sent[1]);
+    assert_eq!(slow.try_recv(), None);
+    // The subscription goes on, and so does the node's subscription to the channel.
     let channel = na.channel(bob.id);
-    eventually("lagged user's channel released", || async {
-        numsub(&url, &channel).await == 0
-    })
-    .await;
+    assert_eq!(numsub(&url, &channel).await, 1);
+    let more = send(&a, alice, bob, "one more").await;
+    assert_eq!(next_message(&mut slow).await.id, more.id);
+    drop(slow);
+    eventually("channel released", || async { numsub(&url, &channel).await == 0 }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_payload_is_a_gap_for_the_channels_user() {
+    let url = redis_url();
+    let config = test_config(url.clone());
+    let notifier = RedisNotifier::connect(config).await.unwrap();
+    let user = UserId(31);
+    let mut sub = notifier.subscribe(user).await.unwrap();
+    let channel = notifier.channel(user);
+    // The previous version's JSON, a header of a version to come, an unknown kind.
+    for junk in [
+        r#"{"id":1,"user":"a","recipient":"b","timestamp":"x","body":"hi"}"#,
+        "v2 00000000000000ab message 1 0\n{}",
+        "v1 00000000000000ab reaction 1 0\n{}",
+    ] {
+        let receivers: i64 = command(&url, &["PUBLISH", &channel, junk]).await;
+        assert_eq!(receivers, 1);
+        assert_eq!(next(&mut sub).await, Delivery::Gap, "{junk:?}");
+    }
+    // A gap notice of another node.
+    let _: i64 = command(&url, &["PUBLISH", &channel, "v1 00000000000000ab gap - -\n"]).await;
+    assert_eq!(next(&mut sub).await, Delivery::Gap);
+    // A well-formed event from another node: its frame as is.
+    let event = sentinel(5);
+    let payload = format!("v1 00000000000000ab message 5 4\n{}", event.frame_str());
+    let _: i64 = command(&url, &["PUBLISH", &channel, &payload]).await;
+    match next(&mut sub).await {
+        Delivery::Event { event: got, previous } => {
+            assert_eq!(got, event);
+            assert_eq!(previous, Some(Position(4)));
+        }
+        other => panic!("expected the event, got {other:?}"),
+    }
+    notifier.publish(&to(&[user]), &sentinel(6)).await.unwrap();
+    assert_eq!(next_message(&mut sub).await.id, MessageId(6));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -362,89 +413,6 @@ async fn dropping_the_notifier_ends_its_subscriptions() {
     assert_eq!(tokio::time::timeout(PATIENCE, sub.recv()).await, Ok(None));
 }
 
-/// A `redis-server` of this test's own, on a free port, killed with the test.
-struct PrivateRedis {
-    port: u16,
-    dir: tempfile::TempDir,
-    child: Option<tokio::process::Child>,
-}
-
-impl PrivateRedis {
-    async fn start() -> Self {
-        let mut server = Self {
-            port: free_port(),
-            dir: tempfile::tempdir().unwrap(),
-            child: None,
-        };
-        server.restart().await;
-        server
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    async fn restart(&mut self) {
-        let port = self.port.to_string();
-        let child = tokio::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &port,
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .args(["--daemonize", "no", "--loglevel", "warning"])
-            .current_dir(self.dir.path())
-            .stdout(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start redis-server (is it installed?)");
-        self.child = Some(child);
-        let url = self.url();
-        eventually("private redis-server answers", || {
-            let url = url.clone();
-            async move {
-                let Ok(client) = redis::Client::open(url) else {
-                    return false;
-                };
-                match client.get_multiplexed_async_connection().await {
-                    Ok(mut connection) => redis::cmd("PING")
-                        .query_async::<String>(&mut connection)
-                        .await
-                        .is_ok(),
-                    Err(_) => false,
-                }
-            }
-        })
-        .await;
-    }
-
-    /// Sends `signal` (e.g. `STOP`, `CONT`) to this test's own server process.
-    fn signal(&self, signal: &str) {
-        let pid = self.child.as_ref().and_then(|c| c.id()).expect("server running");
-        let status = std::process::Command::new("kill")
-            .args([format!("-{signal}"), pid.to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{signal} {pid} failed");
-    }
-
-    async fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().await.expect("kill redis-server");
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_restart_resumes_subscriptions_after_a_gap_and_fails_fast_meanwhile() {
     let mut server = PrivateRedis::start().await;
@@ -457,10 +425,10 @@ async fn a_redis_restart_resumes_subscriptions_after_a_gap_and_fails_fast_meanwh
     // Users 0..3 have two connections each on node A; user 3 one on node B.
     let mut subs = Vec::new();
     for user in &people[..3] {
-        subs.push((user.id, a.subscribe(user).await.unwrap()));
-        subs.push((user.id, a.subscribe(user).await.unwrap()));
+        subs.push((user.id, a.subscribe(user, None).await.unwrap()));
+        subs.push((user.id, a.subscribe(user, None).await.unwrap()));
     }
-    subs.push((people[3].id, b.subscribe(&people[3]).await.unwrap()));
+    subs.push((people[3].id, b.subscribe(&people[3], None).await.unwrap()));
     let before = send(&b, &people[3], &people[0], "before").await;
     for (user, sub) in subs.iter_mut() {
         if *user == people[0].id || *user == people[3].id {
@@ -499,42 +467,46 @@ async fn a_redis_restart_resumes_subscriptions_after_a_gap_and_fails_fast_meanwh
         ),
         "{error:?}"
     );
-    let error = a.subscribe(&people[2]).await.unwrap_err();
+    let error = a.subscribe(&people[2], None).await.unwrap_err();
     assert!(matches!(error, Error::Unavailable { .. }), "{error:?}");
     assert!(
         start.elapsed() < Duration::from_secs(2),
         "failing took {:?}",
         start.elapsed()
     );
+    // Both users of the failed publish are owed a gap notice.
+    assert_eq!(nb.gap_notices_owed(), 2);
 
     server.restart().await;
-    // Every subscription hears of the gap first.
+    // Every subscription hears of the gap first; user 3's connection on node B had the
+    // message at once, from its own node.
     for (user, sub) in subs.iter_mut() {
+        if *user == people[3].id {
+            assert_eq!(next_message(sub).await.id, sent.message.id);
+        }
         assert_eq!(next(sub).await, Delivery::Gap, "user {user:?}");
     }
     eventually("both nodes reconnected", || async {
         na.is_connected() && nb.is_connected()
     })
     .await;
+    eventually("gap notices published", || async { nb.gap_notices_owed() == 0 }).await;
 
-    // Subscriptions resume, on both nodes, for every user.
+    // Subscriptions resume, on both nodes, for every user (a gap notice for users 1 and 3
+    // may come first).
     let after = send(&b, &people[3], &people[1], "after").await;
     let also = send(&a, &people[2], &people[0], "also").await;
     for (user, sub) in subs.iter_mut() {
-        let mut want = Vec::new();
-        if *user == people[1].id || *user == people[3].id {
-            want.push(after.id);
-        }
-        if *user == people[2].id || *user == people[0].id {
-            want.push(also.id);
-        }
-        for id in want {
-            assert_eq!(next_message(sub).await.id, id, "user {user:?}");
-        }
-        assert_eq!(sub.try_recv(), Ok(None), "user {user:?}");
+        let want = if *user == people[1].id || *user == people[3].id {
+            after.id
+        } else {
+            also.id
+        };
+        assert_eq!(next_message_after_gaps(sub).await.id, want, "user {user:?}");
+        only_gaps_ready(sub, &format!("user {user:?}"));
     }
     // A new connection subscribes again.
-    let mut late = a.subscribe(&people[1]).await.unwrap();
+    let mut late = a.subscribe(&people[1], None).await.unwrap();
     let last = send(&b, &people[0], &people[1], "late").await;
     assert_eq!(next_message(&mut late).await.id, last.id);
 }
@@ -550,7 +522,7 @@ async fn a_message_published_right_after_subscribe_returns_is_received() {
     for round in 0..100 {
         let user = UserId(1_000 + round);
         let mut sub = nb.subscribe(user).await.unwrap();
-        na.publish(&[user], &sentinel(round)).await.unwrap();
+        na.publish(&to(&[user]), &sentinel(round)).await.unwrap();
         assert_eq!(next_message(&mut sub).await.id, MessageId(round));
     }
 }
@@ -558,16 +530,21 @@ async fn a_message_published_right_after_subscribe_returns_is_received() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_named_twice_is_notified_once() {
     let config = test_config(redis_url());
-    let notifier = RedisNotifier::connect(config).await.unwrap();
-    let mut sub = notifier.subscribe(UserId(5)).await.unwrap();
-    notifier
-        .publish(&[UserId(5), UserId(5)], &sentinel(1))
+    let (na, nb) = (
+        RedisNotifier::connect(config.clone()).await.unwrap(),
+        RedisNotifier::connect(config).await.unwrap(),
+    );
+    let mut here = na.subscribe(UserId(5)).await.unwrap();
+    let mut there = nb.subscribe(UserId(5)).await.unwrap();
+    na.publish(&to(&[UserId(5), UserId(5)]), &sentinel(1))
         .await
         .unwrap();
-    notifier.publish(&[UserId(5)], &sentinel(2)).await.unwrap();
-    assert_eq!(next_message(&mut sub).await.id, MessageId(1));
-    assert_eq!(next_message(&mut sub).await.id, MessageId(2));
-    notifier.publish(&[], &sentinel(3)).await.unwrap();
+    na.publish(&to(&[UserId(5)]), &sentinel(2)).await.unwrap();
+    for sub in [&mut here, &mut there] {
+        assert_eq!(next_message(sub).await.id, MessageId(1));
+        assert_eq!(next_message(sub).await.id, MessageId(2));
+    }
+    na.publish(&[], &sentinel(3)).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -585,7 +562,10 @@ async fn a_frozen_redis_is_detected_by_the_health_check_and_publish_times_out() 
     // SIGSTOP: the TCP connections stay open, but nothing answers.
     server.signal("STOP");
     let start = Instant::now();
-    let error = notifier.publish(&[UserId(7)], &sentinel(1)).await.unwrap_err();
+    let error = notifier
+        .publish(&to(&[UserId(7)]), &sentinel(1))
+        .await
+        .unwrap_err();
     assert!(
         matches!(
             error,
@@ -601,24 +581,68 @@ async fn a_frozen_redis_is_detected_by_the_health_check_and_publish_times_out() 
         "publish took {:?}",
         start.elapsed()
     );
+    // This node's own subscription had it at once.
+    assert_eq!(next_message(&mut sub).await.id, MessageId(1));
+    assert_eq!(notifier.gap_notices_owed(), 1);
     eventually("the health check notices", || async { !notifier.is_connected() }).await;
 
     server.signal("CONT");
-    let first = next(&mut sub).await;
-    // The publish that timed out was written before the freeze, so Redis may still deliver
-    // it once it runs again; the gap is what matters.
-    let gap = match first {
-        Delivery::Event(Event::Message(m)) if m.id == MessageId(1) => next(&mut sub).await,
-        other => other,
-    };
-    assert_eq!(gap, Delivery::Gap);
+    // Redis may still deliver the frozen publish, and the gap notice: this node skips both,
+    // its own.
+    assert_eq!(next(&mut sub).await, Delivery::Gap);
     eventually("reconnected", || async { notifier.is_connected() }).await;
-    notifier.publish(&[UserId(7)], &sentinel(2)).await.unwrap();
+    notifier.publish(&to(&[UserId(7)]), &sentinel(2)).await.unwrap();
+    assert_eq!(next_message(&mut sub).await.id, MessageId(2));
+    eventually("gap notice published", || async {
+        notifier.gap_notices_owed() == 0
+    })
+    .await;
+    assert_eq!(sub.try_recv(), Ok(None));
+}
+
+/// `CLIENT PAUSE ... WRITE` holds every `PUBLISH` while the subscriber connections stay up
+/// and keep answering their health checks: the publish times out, Redis runs it once the
+/// pause ends, and the other node's subscription must still hear of a gap (the event alone
+/// would not say that it came late).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_that_times_out_while_subscribers_stay_up_is_a_gap_on_other_nodes() {
+    let server = PrivateRedis::start().await;
+    let config = RedisConfig {
+        command_timeout: Duration::from_millis(300),
+        health_check_interval: Duration::from_millis(100),
+        ..test_config(server.url())
+    };
+    let na = RedisNotifier::connect(config.clone()).await.unwrap();
+    let nb = RedisNotifier::connect(config).await.unwrap();
+    let user = UserId(9);
+    let mut there = nb.subscribe(user).await.unwrap();
+    let mut here = na.subscribe(user).await.unwrap();
+
+    let _: String = command(&server.url(), &["CLIENT", "PAUSE", "1500", "WRITE"]).await;
+    let error = na.publish(&to(&[user]), &sentinel(1)).await.unwrap_err();
+    assert!(matches!(error, Error::Unavailable { .. }), "{error:?}");
+    assert_eq!(next_message(&mut here).await.id, MessageId(1));
+    assert_eq!(na.gap_notices_owed(), 1);
+
+    let mut late = 0;
     loop {
-        let id = next_message(&mut sub).await.id;
+        match next(&mut there).await {
+            Delivery::Gap => break,
+            Delivery::Event { event, .. } if event.position() == Some(Position(1)) => late += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(late <= 1);
+    assert!(nb.is_connected(), "the subscriber connection stayed up");
+    eventually("gap notice published", || async { na.gap_notices_owed() == 0 }).await;
+    na.publish(&to(&[user]), &sentinel(2)).await.unwrap();
+    loop {
+        // Gap notices whose PUBLISH timed out during the pause ran after it too.
+        let id = next_message_after_gaps(&mut there).await.id;
         if id == MessageId(2) {
             break;
         }
-        assert_eq!(id, MessageId(1), "only the frozen publish may come late");
+        assert_eq!(id, MessageId(1), "only the paused publish may come late");
     }
+    assert_eq!(next_message(&mut here).await.id, MessageId(2));
 }

@@ -58,6 +58,8 @@ pub mod store;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+#[cfg(feature = "conformance")]
+pub mod notifier_conformance;
 
 pub use error::{BoxError, Entity, Error, Result};
 pub use memory::MemoryStore;
