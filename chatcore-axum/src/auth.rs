@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use axum::extract::FromRequestParts;
-use chatcore::User;
+use chatcore::{SessionId, User};
+use chrono::{DateTime, Utc};
 use http::request::Parts;
 use http::{HeaderMap, Method, header};
 
@@ -44,14 +45,43 @@ use crate::state::ApiState;
 /// ```
 #[async_trait]
 pub trait Authenticator: Send + Sync + 'static {
-    /// The user who sent the request described by `parts`, if any.
+    /// The user who sent the request, `None` when it carries no valid credential.
     async fn authenticate(&self, parts: &Parts) -> chatcore::Result<Option<User>>;
+
+    /// The user and the login session the request was made with. `/ws` uses it so that the
+    /// connection closes when that session ends (logout, expiry, account removal, see
+    /// [`chatcore::ChatService::end_session`]). The default knows no sessions: the user alone.
+    async fn authenticate_session(&self, parts: &Parts) -> chatcore::Result<Option<Authenticated>> {
+        Ok(self.authenticate(parts).await?.map(|user| Authenticated { user, session: None }))
+    }
+}
+
+/// Who a request comes from, and with which login session ([`Authenticator::authenticate_session`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authenticated {
+    /// The caller.
+    pub user: User,
+    /// The session the credential belongs to, when the authenticator has sessions.
+    pub session: Option<SessionInfo>,
+}
+
+/// A login session as a connection needs to know it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionInfo {
+    /// Names the session among the user's (see [`chatcore::SessionId`]).
+    pub id: SessionId,
+    /// When it expires: a connection opened with it closes then.
+    pub expires_at: DateTime<Utc>,
 }
 
 #[async_trait]
 impl<T: Authenticator + ?Sized> Authenticator for Arc<T> {
     async fn authenticate(&self, parts: &Parts) -> chatcore::Result<Option<User>> {
         (**self).authenticate(parts).await
+    }
+
+    async fn authenticate_session(&self, parts: &Parts) -> chatcore::Result<Option<Authenticated>> {
+        (**self).authenticate_session(parts).await
     }
 }
 
@@ -60,6 +90,24 @@ impl<T: Authenticator + ?Sized> Authenticator for Arc<T> {
 /// cross-site POST or WebSocket upgrade riding on a cookie.
 #[derive(Debug, Clone)]
 pub(crate) struct Caller(pub User);
+
+/// The caller with their session, for `/ws`.
+#[derive(Debug, Clone)]
+pub(crate) struct CallerSession(pub Authenticated);
+
+impl FromRequestParts<ApiState> for CallerSession {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
+        let caller = state
+            .authenticator()
+            .authenticate_session(parts)
+            .await?
+            .ok_or_else(ApiError::unauthorized)?;
+        check_same_origin(parts, &state.config().trusted_origins)?;
+        Ok(CallerSession(caller))
+    }
+}
 
 impl FromRequestParts<ApiState> for Caller {
     type Rejection = ApiError;

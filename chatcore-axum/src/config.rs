@@ -32,16 +32,22 @@ pub struct ApiConfig {
     pub ws_ping_timeout: Duration,
     /// Longest time the client may take to accept one frame; a client that reads slower is
     /// dropped. A client that reads slowly but within this time falls behind instead: the
-    /// notifier's per-connection queue (see [`chatcore::LocalNotifier::new`]) fills up and the
-    /// client is closed with code 1013 and reconnects with `since`. So the server's memory per
-    /// slow client stays bounded by that queue. Default 10 s.
+    /// notifier's per-connection queue (see [`chatcore::LocalNotifier::new`]) fills up, the
+    /// events that did not fit are dropped and the connection reads them from storage, a page
+    /// at a time, once it gets to them. So the server's memory per slow client stays bounded
+    /// by that queue and one catch-up page. Default 10 s.
     pub ws_send_timeout: Duration,
+    /// How long a live event that arrived before one it follows (two senders' notifications
+    /// crossed) waits for it before the connection reads the missing events from storage.
+    /// Usually the missing one arrives within microseconds; this bounds the wait when its
+    /// notification was lost. Default 50 ms.
+    pub ws_gap_wait: Duration,
     /// Initial read buffer of each WebSocket, in bytes. Small, because every idle connection
     /// keeps it and clients send next to nothing (pongs); it grows for a larger frame.
     /// Default 256.
     pub ws_read_buffer: usize,
     /// Largest message a WebSocket client may send, in bytes (clients' frames are ignored,
-    /// but a larger one closes the socket). Default 64 KiB.
+    /// but a larger one closes the socket with code 1009). Default 64 KiB.
     pub ws_max_incoming_message: usize,
     /// Whether a WebSocket that has a notification to write first lets the other tasks that
     /// are ready to run go once (a deferred yield), so that the notifications of the other
@@ -67,6 +73,7 @@ impl Default for ApiConfig {
             ws_ping_interval: Duration::from_secs(30),
             ws_ping_timeout: Duration::from_secs(10),
             ws_send_timeout: Duration::from_secs(10),
+            ws_gap_wait: Duration::from_millis(50),
             ws_read_buffer: 256,
             ws_max_incoming_message: 64 * 1024,
             ws_gather_frames: false,

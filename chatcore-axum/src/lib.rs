@@ -107,6 +107,7 @@
 mod auth;
 mod body;
 mod config;
+mod cursor;
 mod error;
 mod rate;
 mod rest;
@@ -123,11 +124,12 @@ use axum::routing::get;
 use chatcore::ChatService;
 use tower_http::catch_panic::CatchPanicLayer;
 
-pub use auth::Authenticator;
+pub use auth::{Authenticated, Authenticator, SessionInfo};
 pub use config::ApiConfig;
 pub use error::{ApiError, UNAVAILABLE_RETRY_AFTER_SECS};
 pub use session::{Session, SessionAuthenticator, SessionConfig, token_hash};
 pub use state::ShutdownHandle;
+pub use ws::CLOSE_SESSION_ENDED;
 
 use state::ApiState;
 
@@ -209,6 +211,7 @@ impl ChatApi {
     pub fn router<S: Clone + Send + Sync + 'static>(self) -> Router<S> {
         let body_limit = self.config.max_request_body;
         let trusted_origins: Arc<[String]> = self.config.trusted_origins.clone().into();
+        let chat = self.service.clone();
         let state = ApiState::new(self.service, self.authenticator, self.config, self.shutdown);
         let mut routes = Router::new()
             .route("/api/v1/user", get(rest::list_users))
@@ -230,6 +233,7 @@ impl ChatApi {
         if let Some(sessions) = self.sessions {
             routes = routes.merge(session::routes(session::AuthState {
                 auth: sessions,
+                chat,
                 trusted_origins,
             }));
         }
@@ -252,13 +256,15 @@ pub fn router<S: Clone + Send + Sync + 'static>(
 
 /// Only the auth routes (`POST /api/v1/auth/register`, `/login`, `/logout`), for hosts
 /// that mount them apart from the chat routes. It has no fallback of its own, so it merges
-/// into a router that has one.
+/// into a router that has one. `chat` is the service whose connections a logout closes.
 pub fn auth_router<S: Clone + Send + Sync + 'static>(
     sessions: SessionAuthenticator,
+    chat: ChatService,
     config: &ApiConfig,
 ) -> Router<S> {
     session::routes(session::AuthState {
         auth: sessions,
+        chat,
         trusted_origins: config.trusted_origins.clone().into(),
     })
     .layer(DefaultBodyLimit::max(config.max_request_body))

@@ -14,14 +14,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use chatcore::{Error, Store, TokenHash, User, Username};
+use chatcore::{ChatService, Error, SessionId, Store, TokenHash, User, Username};
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::auth::{Authenticator, check_same_origin};
+use crate::auth::{Authenticated, Authenticator, SessionInfo, check_same_origin};
 use crate::body::JsonOrForm;
 use crate::error::ApiError;
 
@@ -93,13 +93,14 @@ pub struct Session {
 /// use chatcore_axum::{SessionAuthenticator, SessionConfig};
 ///
 /// let store = Arc::new(chatcore::MemoryStore::new());
+/// let chat = chatcore::ChatService::new(store.clone(), Arc::new(chatcore::LocalNotifier::default()), Default::default());
 /// let fast = SessionConfig { argon2_memory_kib: 64, argon2_iterations: 1, ..Default::default() };
 /// let auth = SessionAuthenticator::new(store, fast);
 /// auth.register("alice", "correct horse").await?;
 /// let session = auth.login("alice", "correct horse").await?.expect("right password");
 /// assert_eq!(session.user.username.as_str(), "alice");
 /// assert!(auth.login("alice", "wrong password").await?.is_none());
-/// auth.logout(&session.token).await?;
+/// auth.logout(&chat, &session.token).await?; // also closes its connections
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
@@ -228,20 +229,42 @@ impl SessionAuthenticator {
         Ok(Session { token, user })
     }
 
-    /// Ends the session of `token` at once. An unknown token is not an error.
-    pub async fn logout(&self, token: &str) -> chatcore::Result<()> {
-        self.inner.store.delete_session(&token_hash(token)).await
+    /// Ends the session of `token` at once, and closes the connections opened with it on
+    /// every node (through `chat`'s notifier). An unknown token is not an error. The session
+    /// is deleted even when the notifier is down; the error then says the connections may
+    /// stay open until they next reconnect.
+    pub async fn logout(&self, chat: &ChatService, token: &str) -> chatcore::Result<()> {
+        let live = self.session_for_token(token).await?;
+        self.inner.store.delete_session(&token_hash(token)).await?;
+        if let Some(Authenticated {
+            user,
+            session: Some(session),
+        }) = live
+        {
+            chat.end_session(&user, session.id).await?;
+        }
+        Ok(())
     }
 
     /// The user a token belongs to, if the session is live.
     pub async fn user_for_token(&self, token: &str) -> chatcore::Result<Option<User>> {
+        Ok(self.session_for_token(token).await?.map(|caller| caller.user))
+    }
+
+    /// The user and session a token belongs to, if the session is live.
+    pub async fn session_for_token(&self, token: &str) -> chatcore::Result<Option<Authenticated>> {
         if !plausible_token(token) {
             return Ok(None);
         }
-        self.inner
-            .store
-            .session_user(&token_hash(token), chrono::Utc::now())
-            .await
+        let hash = token_hash(token);
+        let record = self.inner.store.session_user(&hash, chrono::Utc::now()).await?;
+        Ok(record.map(|record| Authenticated {
+            user: record.user,
+            session: Some(SessionInfo {
+                id: session_id(&hash),
+                expires_at: record.expires_at,
+            }),
+        }))
     }
 
     /// The session token a request carries: the `Authorization: Bearer` header when present,
@@ -361,11 +384,27 @@ fn plausible_token(token: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+/// The public name of the session whose token hashes to `hash`: the first 8 bytes of the
+/// hash's own SHA-256, so what crosses the notifier cannot be used to look a session up.
+fn session_id(hash: &TokenHash) -> SessionId {
+    let digest = Sha256::digest(hash);
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    SessionId(u64::from_be_bytes(first))
+}
+
 #[async_trait]
 impl Authenticator for SessionAuthenticator {
     async fn authenticate(&self, parts: &Parts) -> chatcore::Result<Option<User>> {
         match self.token_from_headers(&parts.headers) {
             Some(token) => self.user_for_token(token).await,
+            None => Ok(None),
+        }
+    }
+
+    async fn authenticate_session(&self, parts: &Parts) -> chatcore::Result<Option<Authenticated>> {
+        match self.token_from_headers(&parts.headers) {
+            Some(token) => self.session_for_token(token).await,
             None => Ok(None),
         }
     }
@@ -392,6 +431,7 @@ struct LoginBody<'a> {
 #[derive(Clone)]
 pub(crate) struct AuthState {
     pub(crate) auth: SessionAuthenticator,
+    pub(crate) chat: ChatService,
     pub(crate) trusted_origins: Arc<[String]>,
 }
 
@@ -459,7 +499,7 @@ async fn logout(
     let Some(token) = state.auth.token_from_headers(&headers) else {
         return Err(ApiError::unauthorized());
     };
-    state.auth.logout(token).await?;
+    state.auth.logout(&state.chat, token).await?;
     let mut response = StatusCode::NO_CONTENT.into_response();
     response
         .headers_mut()
@@ -590,8 +630,24 @@ mod tests {
             .unwrap();
         assert_eq!(store_user.username.as_str(), "dave");
         assert!(auth.login("dave", "").await.unwrap().is_none());
-        // Logout ends one session only.
-        auth.logout(&tokens[0]).await.unwrap();
+        // Logout ends one session only, and closes that session's feeds alone.
+        let chat = chatcore::ChatService::new(
+            auth.inner.store.clone(),
+            Arc::new(chatcore::LocalNotifier::default()),
+            chatcore::ChatConfig::default(),
+        );
+        let first = auth.session_for_token(&tokens[0]).await.unwrap().unwrap();
+        let second = auth.session_for_token(&tokens[1]).await.unwrap().unwrap();
+        let id = |caller: &Authenticated| caller.session.unwrap().id;
+        assert_ne!(id(&first), id(&second));
+        let mut first_feed = chat.subscribe(&alice, Some(id(&first))).await.unwrap();
+        let mut second_feed = chat.subscribe(&alice, Some(id(&second))).await.unwrap();
+        auth.logout(&chat, &tokens[0]).await.unwrap();
+        assert_eq!(
+            first_feed.try_recv(),
+            Some(chatcore::Delivery::Closed(chatcore::CloseReason::SessionEnded))
+        );
+        assert_eq!(second_feed.try_recv(), None);
         assert_eq!(auth.user_for_token(&tokens[0]).await.unwrap(), None);
         assert_eq!(auth.user_for_token(&tokens[1]).await.unwrap(), Some(alice));
     }

@@ -10,7 +10,6 @@ use tokio_util::task::TaskTracker;
 use crate::auth::Authenticator;
 use crate::config::ApiConfig;
 use crate::rate::SendRateLimiter;
-use crate::ws::FrameCache;
 
 /// What every handler shares. Cheap to clone (one `Arc`).
 #[derive(Clone)]
@@ -21,7 +20,6 @@ struct Inner {
     authenticator: Arc<dyn Authenticator>,
     config: ApiConfig,
     limiter: Option<SendRateLimiter>,
-    frames: FrameCache,
     shutdown: ShutdownHandle,
 }
 
@@ -37,7 +35,6 @@ impl ApiState {
             service,
             authenticator,
             config,
-            frames: FrameCache::default(),
             shutdown,
         }))
     }
@@ -56,10 +53,6 @@ impl ApiState {
 
     pub(crate) fn limiter(&self) -> Option<&SendRateLimiter> {
         self.0.limiter.as_ref()
-    }
-
-    pub(crate) fn frames(&self) -> &FrameCache {
-        &self.0.frames
     }
 
     pub(crate) fn shutdown(&self) -> &ShutdownHandle {

@@ -1,9 +1,8 @@
 //! `/ws`: the notification channel. One task per connection runs a writer (catch-up, live
-//! frames, pings, close frames) and a reader (ignores clients' frames, notices pongs and
-//! the end of the connection) side by side under one `select!`.
+//! frames in position order, pings, close frames) and a reader (ignores clients' frames,
+//! notices pongs, oversized frames and the end of the connection) side by side under one
+//! `select!`.
 
-use std::collections::VecDeque;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -11,40 +10,50 @@ use axum::extract::State;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
-use chatcore::{CatchUp, Delivery, Event, Message, MessageId, Subscription, User};
+use chatcore::{CatchUp, CatchUpPage, CloseReason, Delivery, Event, Feed, Position, RESYNC_FRAME, User};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use tokio::time::{Instant, timeout};
 
-use crate::auth::Caller;
+use crate::auth::{CallerSession, SessionInfo};
 use crate::body::ApiQuery;
+use crate::cursor::{Accepted, Cursor, MAX_HELD};
 use crate::error::ApiError;
 use crate::state::ApiState;
 
 /// Close code when the server shuts down ("going away").
 const CLOSE_GOING_AWAY: u16 = 1001;
-/// Close code when the client fell behind or events were lost ("try again later"): the
-/// client reconnects with `since`.
+/// Close code for a user over their connection limit ("policy violation").
+const CLOSE_POLICY: u16 = 1008;
+/// Close code for a client frame over [`crate::ApiConfig::ws_max_incoming_message`].
+const CLOSE_TOO_BIG: u16 = 1009;
+/// Close code when events could not be read from storage or the transport ended ("try
+/// again later"): the client reconnects with `since`.
 const CLOSE_TRY_AGAIN: u16 = 1013;
-/// Ids remembered per connection to drop duplicates after a catch-up.
-const RECENT_IDS: usize = 16;
+/// Close code when the login session the connection was opened with ended (logout,
+/// expiry): the client must log in again; reconnecting with the old credential gets 401.
+pub const CLOSE_SESSION_ENDED: u16 = 4001;
 /// Most live frames written to one connection in one go before yielding to other tasks.
 const BURST: usize = 64;
 /// Buffered frame bytes at which tungstenite writes to the socket before the burst's flush.
 const WRITE_BUFFER_FLUSH_AT: usize = 16 * 1024;
 
-/// `GET /ws?since=ID`.
+/// `GET /ws?since=POSITION` (a message id works: message positions are their ids).
 #[derive(Deserialize)]
 pub(crate) struct WsParams {
     since: Option<i64>,
 }
 
-/// Authenticates, subscribes and reads the catch-up before upgrading, so every failure is a
-/// plain HTTP answer (401, 403, 503) and no live event can slip between backlog and live.
+type Close = (u16, &'static str);
+
+/// Authenticates, subscribes and reads storage once before upgrading (the first page of the
+/// backlog after `since`, or where a connection without `since` starts), so those failures
+/// are plain HTTP answers (401, 403, 503). The rest of a backlog is read after the upgrade,
+/// page by page as the socket drains.
 pub(crate) async fn upgrade(
     State(state): State<ApiState>,
-    Caller(user): Caller,
+    CallerSession(caller): CallerSession,
     ApiQuery(params): ApiQuery<WsParams>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
@@ -53,12 +62,18 @@ pub(crate) async fn upgrade(
         return Err(ApiError::unavailable("the server is shutting down"));
     }
     let service = state.service();
-    // Subscribe first, then read the backlog: whatever lands in between is in both, and the
-    // writer drops the live copy.
-    let subscription = service.subscribe(&user).await?;
-    let backlog = match params.since.map(MessageId) {
-        Some(since) => Some((since, service.catch_up(&user, since).await?)),
-        None => None,
+    let user = caller.user;
+    let session = caller.session;
+    // Subscribe first, then read where to start: whatever lands in between is both live and
+    // in storage, and the cursor drops the second copy.
+    let feed = service.subscribe(&user, session.map(|s| s.id)).await?;
+    let start = match params.since {
+        Some(since) => {
+            let mut catch_up = service.catch_up(&user, Position(since));
+            let first = service.catch_up_page(&mut catch_up).await?;
+            Start::Since(Box::new((catch_up, first)))
+        }
+        None => Start::Live(service.latest_position(&user).await?),
     };
     let config = state.config();
     let guard = state.shutdown().socket_guard();
@@ -71,41 +86,80 @@ pub(crate) async fn upgrade(
         .max_frame_size(config.ws_max_incoming_message)
         .on_upgrade(move |socket| async move {
             let _guard = guard;
-            run(state, user, subscription, backlog, socket).await;
+            run(state, user, session, feed, start, socket).await;
         }))
+}
+
+/// Where a connection starts.
+enum Start {
+    /// After `since`: the backlog's catch-up and its first page, read before the upgrade.
+    Since(Box<(CatchUp, CatchUpPage)>),
+    /// Live, after the user's newest position when it subscribed.
+    Live(Position),
 }
 
 async fn run(
     state: ApiState,
     user: User,
-    subscription: Subscription,
-    backlog: Option<(MessageId, CatchUp)>,
+    session: Option<SessionInfo>,
+    feed: Feed,
+    start: Start,
     socket: WebSocket,
 ) {
     let (sink, stream) = socket.split();
     let started = Instant::now();
     let last_heard = AtomicU64::new(0);
+    let (from, backlog) = match start {
+        Start::Since(backlog) => (backlog.0.after_start(), Some(*backlog)),
+        Start::Live(latest) => (latest, None),
+    };
     let mut writer = Writer {
         state: &state,
         user: &user,
         sink,
-        mark: None,
-        resume_from: backlog.as_ref().map(|(since, _)| *since),
-        recent: VecDeque::new(),
+        cursor: Cursor::new(from),
     };
-    tokio::select! {
-        () = writer.run(subscription, backlog.map(|(_, catch_up)| catch_up), &last_heard, started) => {}
-        () = read(stream, &last_heard, started) => {}
+    let close = tokio::select! {
+        close = writer.run(feed, backlog, session, &last_heard, started) => close,
+        end = read(stream, &last_heard, started) => match end {
+            ReadEnd::TooBig => Some((CLOSE_TOO_BIG, "message too big")),
+            ReadEnd::Gone => None,
+        },
+    };
+    if let Some((code, reason)) = close {
+        let frame = CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        };
+        let _ = writer.send(WsMessage::Close(Some(frame))).await;
     }
     tracing::debug!(user = %user.username, "websocket closed");
 }
 
+/// How reading ended.
+enum ReadEnd {
+    /// The client sent a frame over the size limit.
+    TooBig,
+    /// The client went away, closed, or broke the protocol.
+    Gone,
+}
+
 /// Reads until the client goes away. Clients' frames carry no meaning (yet) and are
 /// ignored; any frame, a pong included, proves the client alive.
-async fn read(mut stream: SplitStream<WebSocket>, last_heard: &AtomicU64, started: Instant) {
+async fn read(mut stream: SplitStream<WebSocket>, last_heard: &AtomicU64, started: Instant) -> ReadEnd {
     // After a close frame, reading on lets tungstenite send the reply and then ends.
-    while let Some(Ok(_)) = stream.next().await {
-        last_heard.store(millis_since(started), Ordering::Relaxed);
+    loop {
+        match stream.next().await {
+            Some(Ok(_)) => last_heard.store(millis_since(started), Ordering::Relaxed),
+            Some(Err(error)) => {
+                let too_big = error
+                    .into_inner()
+                    .downcast::<tungstenite::Error>()
+                    .is_ok_and(|e| matches!(*e, tungstenite::Error::Capacity(_)));
+                return if too_big { ReadEnd::TooBig } else { ReadEnd::Gone };
+            }
+            None => return ReadEnd::Gone,
+        }
     }
 }
 
@@ -133,65 +187,89 @@ async fn within<E>(
     }
 }
 
+/// The frame's bytes as a text message: the shared buffer, checked to be UTF-8 (it is, by
+/// construction of [`Event`]), never re-encoded.
+fn text(event: &Event) -> WsMessage {
+    match Utf8Bytes::try_from(event.frame().clone()) {
+        Ok(text) => WsMessage::Text(text),
+        Err(_) => WsMessage::Text(event.frame_str().into()),
+    }
+}
+
+fn close_for(reason: CloseReason) -> Close {
+    match reason {
+        CloseReason::SessionEnded => (CLOSE_SESSION_ENDED, "session ended"),
+        CloseReason::TooManyConnections => (CLOSE_POLICY, "too many connections for this user"),
+        _ => (CLOSE_TRY_AGAIN, "notifications ended, reconnect with since"),
+    }
+}
+
 struct Writer<'a> {
     state: &'a ApiState,
     user: &'a User,
     sink: SplitSink<WebSocket, WsMessage>,
-    /// Live events with an id up to this one were already sent from storage.
-    mark: Option<MessageId>,
-    /// The client's `since`: where to resume after a transport gap when nothing was sent yet.
-    /// (Not a mark: a `since` beyond the newest message must not mute the live events.)
-    resume_from: Option<MessageId>,
-    /// The last ids sent, to drop the live copy of a message a catch-up already sent.
-    recent: VecDeque<MessageId>,
+    cursor: Cursor,
 }
 
 impl Writer<'_> {
+    /// Runs until the connection must end; returns the close frame to send, if any.
     async fn run(
         &mut self,
-        mut subscription: Subscription,
-        backlog: Option<CatchUp>,
+        mut feed: Feed,
+        backlog: Option<(CatchUp, CatchUpPage)>,
+        session: Option<SessionInfo>,
         last_heard: &AtomicU64,
         started: Instant,
-    ) {
+    ) -> Option<Close> {
         let config = self.state.config();
         let shutdown = self.state.shutdown().token().clone();
-        if let Some(backlog) = backlog
-            && self.send_catch_up(backlog).await.is_err()
-        {
-            return;
+        if let Some((catch_up, first)) = backlog {
+            match self.catch_up(catch_up, Some(first)).await {
+                Ok(None) => {}
+                Ok(close) => return close,
+                Err(Gone) => return None,
+            }
         }
+        let expiry = session.map(|s| {
+            let left = (s.expires_at - chrono::Utc::now()).to_std().unwrap_or(Duration::ZERO);
+            Instant::now() + left
+        });
+        let session_ends = async {
+            match expiry {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(session_ends);
         let interval = config.ws_ping_interval.max(Duration::from_millis(10));
         let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let allowed_silence = interval + config.ws_ping_timeout;
         loop {
-            let close = tokio::select! {
+            let gap_deadline = self.cursor.waiting().map(|(_, since)| since + config.ws_gap_wait);
+            let result = tokio::select! {
                 biased;
-                () = shutdown.cancelled() => Some((CLOSE_GOING_AWAY, "server shutting down")),
-                delivery = subscription.recv() => match self.deliver(delivery, &mut subscription).await {
-                    Ok(close) => close,
-                    Err(Gone) => return,
-                },
+                () = shutdown.cancelled() => Ok(Some((CLOSE_GOING_AWAY, "server shutting down"))),
+                () = &mut session_ends => Ok(Some(close_for(CloseReason::SessionEnded))),
+                delivery = feed.recv() => self.deliver(delivery, &mut feed).await,
+                () = sleep_until(gap_deadline) => {
+                    // A held event's predecessor did not arrive in time (its publish was lost
+                    // or is slow): storage has it, since it committed before the held one.
+                    self.fill_from_storage().await
+                }
                 _ = ping.tick() => {
                     let silent = millis_since(started).saturating_sub(last_heard.load(Ordering::Relaxed));
                     if Duration::from_millis(silent) > allowed_silence {
                         tracing::debug!(user = %self.user.username, "websocket dead, dropping it");
-                        return;
+                        return None;
                     }
-                    if self.send(WsMessage::Ping(Default::default())).await.is_err() {
-                        return;
-                    }
-                    None
+                    self.send(WsMessage::Ping(Default::default())).await.map(|()| None)
                 }
             };
-            if let Some((code, reason)) = close {
-                let frame = CloseFrame {
-                    code,
-                    reason: Utf8Bytes::from_static(reason),
-                };
-                let _ = self.send(WsMessage::Close(Some(frame))).await;
-                return;
+            match result {
+                Ok(None) => {}
+                Ok(close) => return close,
+                Err(Gone) => return None,
             }
         }
     }
@@ -202,15 +280,21 @@ impl Writer<'_> {
         within(limit, self.user, self.sink.send(message)).await
     }
 
+    async fn feed_frame(&mut self, event: &Event) -> Result<(), Gone> {
+        let limit = self.state.config().ws_send_timeout;
+        within(limit, self.user, self.sink.feed(text(event))).await
+    }
+
+    async fn flush(&mut self) -> Result<(), Gone> {
+        let limit = self.state.config().ws_send_timeout;
+        within(limit, self.user, self.sink.flush()).await
+    }
+
     /// Handles `first` and whatever else is queued (up to [`BURST`]), after one yield when
-    /// gathering: live frames are fed without flushing, and one flush writes them all, so a
-    /// burst of notifications costs the socket one write instead of one each. Returns the
-    /// close frame to send, if the connection must end.
-    async fn deliver(
-        &mut self,
-        first: Option<Delivery>,
-        subscription: &mut Subscription,
-    ) -> Result<Option<(u16, &'static str)>, Gone> {
+    /// gathering: frames are fed without flushing, and one flush writes them all, so a burst
+    /// of notifications costs the socket one write instead of one each. Returns the close
+    /// frame to send, if the connection must end.
+    async fn deliver(&mut self, first: Option<Delivery>, feed: &mut Feed) -> Result<Option<Close>, Gone> {
         let mut next = first;
         let mut unflushed = false;
         let mut handled = 0;
@@ -218,201 +302,125 @@ impl Writer<'_> {
         let close = loop {
             handled += 1;
             let close = match next {
-                Some(Delivery::Event(Event::Message(message))) => {
-                    unflushed |= self.feed_live(&message).await?;
+                Some(Delivery::Event { event, previous }) => {
+                    unflushed |= self.live(event, previous).await?;
                     None
                 }
-                Some(Delivery::Event(_)) => None,
                 Some(Delivery::Gap) => {
                     self.flush_if(&mut unflushed).await?;
-                    match self.after_gap().await {
-                        Ok(()) => None,
-                        Err(GapError::Gone) => return Err(Gone),
-                        Err(GapError::Storage) => {
-                            Some((CLOSE_TRY_AGAIN, "events lost, reconnect with since"))
-                        }
-                    }
+                    self.fill_from_storage().await?
                 }
-                Some(Delivery::Lagged) => Some((CLOSE_TRY_AGAIN, "too slow, reconnect with since")),
-                None => Some((CLOSE_GOING_AWAY, "notifications ended")),
+                Some(Delivery::Closed(reason)) => Some(close_for(reason)),
+                None => Some(close_for(CloseReason::TransportClosed)),
             };
             if close.is_some() || handled == BURST {
                 break close;
             }
-            let mut queued = subscription.try_recv();
-            if matches!(queued, Ok(None)) && gather {
+            let mut queued = feed.try_recv();
+            if queued.is_none() && gather {
                 // The publisher of this event woke us first, ahead of the other sends of
                 // its commit; a deferred yield lets them publish too (see
                 // `ApiConfig::ws_gather_frames`).
                 gather = false;
                 tokio::task::yield_now().await;
-                queued = subscription.try_recv();
+                queued = feed.try_recv();
             }
-            next = match queued {
-                Ok(Some(delivery)) => Some(delivery),
-                // Nothing queued, or ended: the next `recv` reports how (lagged or closed).
-                Ok(None) | Err(()) => break None,
-            };
+            match queued {
+                Some(delivery) => next = Some(delivery),
+                None => break None,
+            }
         };
         self.flush_if(&mut unflushed).await?;
+        if self.cursor.waiting().is_some_and(|(held, _)| held > MAX_HELD) {
+            return self.fill_from_storage().await.map(|fill| close.or(fill));
+        }
         Ok(close)
     }
 
     async fn flush_if(&mut self, unflushed: &mut bool) -> Result<(), Gone> {
-        if !std::mem::take(unflushed) {
-            return Ok(());
-        }
-        let limit = self.state.config().ws_send_timeout;
-        within(limit, self.user, self.sink.flush()).await
+        if std::mem::take(unflushed) { self.flush().await } else { Ok(()) }
     }
 
-    /// Queues one live frame without flushing; `false` when it was a duplicate and skipped.
-    async fn feed_live(&mut self, message: &Message) -> Result<bool, Gone> {
-        if self.mark.is_some_and(|mark| message.id <= mark) || self.recent.contains(&message.id) {
-            return Ok(false);
-        }
-        let frame = self.state.frames().frame(message);
-        let limit = self.state.config().ws_send_timeout;
-        within(limit, self.user, self.sink.feed(WsMessage::Text(frame))).await?;
-        self.remember(message.id);
-        Ok(true)
-    }
-
-    async fn send_catch_up(&mut self, catch_up: CatchUp) -> Result<(), Gone> {
-        match catch_up {
-            CatchUp::Resync => {
-                self.mark = None;
-                self.send(WsMessage::Text(Utf8Bytes::from_static(r#"{"resync":true}"#)))
-                    .await
+    /// Queues a live event (and the held ones it unblocks) without flushing; `false` when
+    /// nothing was written.
+    async fn live(&mut self, event: Event, previous: Option<Position>) -> Result<bool, Gone> {
+        let (Some(position), Some(previous)) = (event.position(), previous) else {
+            // An event without a position has no order to keep.
+            self.feed_frame(&event).await?;
+            return Ok(true);
+        };
+        match self.cursor.accept(event, position, previous, Instant::now()) {
+            Accepted::Now(event) => {
+                self.feed_frame(&event).await?;
+                while let Some(ready) = self.cursor.next_ready() {
+                    self.feed_frame(&ready).await?;
+                }
+                Ok(true)
             }
-            CatchUp::Messages(messages) => {
-                let send_timeout = self.state.config().ws_send_timeout;
-                for message in &messages {
-                    if self.recent.contains(&message.id) {
-                        continue;
+            Accepted::Duplicate | Accepted::Held => Ok(false),
+        }
+    }
+
+    /// Writes what storage has after the cursor, page by page as the socket drains, then the
+    /// held live events that can now go. Past [`chatcore::ChatConfig::catch_up_limit`] the
+    /// client gets the resync frame instead. A storage failure ends the connection with 1013
+    /// (the client reconnects with `since`), so nothing is skipped silently.
+    async fn fill_from_storage(&mut self) -> Result<Option<Close>, Gone> {
+        let catch_up = self.state.service().catch_up(self.user, self.cursor.last());
+        self.catch_up(catch_up, None).await
+    }
+
+    /// Writes the pages of `catch_up` (starting with `first` when it was read already).
+    async fn catch_up(&mut self, mut catch_up: CatchUp, first: Option<CatchUpPage>) -> Result<Option<Close>, Gone> {
+        let service = self.state.service();
+        let mut first = first;
+        loop {
+            let page = match first.take() {
+                Some(page) => page,
+                None => match service.catch_up_page(&mut catch_up).await {
+                    Ok(page) => page,
+                    Err(error) => {
+                        tracing::warn!(%error, user = %self.user.username, "catch-up from storage failed");
+                        return Ok(Some((CLOSE_TRY_AGAIN, "events could not be read, reconnect with since")));
                     }
-                    let frame = WsMessage::Text(render_frame(message).into());
-                    // Feed without flushing each: one flush for the whole backlog.
-                    within(send_timeout, self.user, self.sink.feed(frame)).await?;
-                    self.remember(message.id);
+                },
+            };
+            match page {
+                CatchUpPage::Events(events) if events.is_empty() => {
+                    self.cursor.caught_up_to(catch_up.after());
+                    break;
                 }
-                within(send_timeout, self.user, self.sink.flush()).await?;
-                if let Some(last) = messages.last() {
-                    self.mark = Some(self.mark.map_or(last.id, |mark| mark.max(last.id)));
+                CatchUpPage::Events(events) => {
+                    for event in &events {
+                        if event.position().is_some_and(|p| self.cursor.stored(p)) {
+                            self.feed_frame(event).await?;
+                        }
+                    }
+                    self.flush().await?;
                 }
-                Ok(())
+                CatchUpPage::Resync { resume_after } => {
+                    self.cursor.caught_up_to(resume_after);
+                    self.send(WsMessage::Text(Utf8Bytes::from_static(RESYNC_FRAME))).await?;
+                    break;
+                }
             }
         }
-    }
-
-    /// The transport may have lost events: send what storage has after what this connection
-    /// sent last (or tell the client to resync when it is unknown where to start).
-    async fn after_gap(&mut self) -> Result<(), GapError> {
-        let start = self
-            .recent
-            .iter()
-            .min()
-            .copied()
-            .or(self.mark)
-            .or(self.resume_from);
-        let catch_up = match start {
-            Some(start) => match self.state.service().catch_up(self.user, start).await {
-                Ok(catch_up) => catch_up,
-                Err(error) => {
-                    tracing::warn!(%error, user = %self.user.username, "catch-up after a gap failed");
-                    return Err(GapError::Storage);
-                }
-            },
-            None => CatchUp::Resync,
-        };
-        self.send_catch_up(catch_up).await.map_err(|Gone| GapError::Gone)
-    }
-
-    fn remember(&mut self, id: MessageId) {
-        if self.recent.len() == RECENT_IDS {
-            self.recent.pop_front();
+        let mut wrote = false;
+        while let Some(ready) = self.cursor.next_ready() {
+            self.feed_frame(&ready).await?;
+            wrote = true;
         }
-        self.recent.push_back(id);
-    }
-}
-
-enum GapError {
-    Gone,
-    Storage,
-}
-
-/// `{"message": "<id>", "data": <the message>}`.
-fn render_frame(message: &Message) -> String {
-    #[derive(serde::Serialize)]
-    struct Frame<'a> {
-        message: String,
-        data: &'a Message,
-    }
-    let frame = Frame {
-        message: message.id.to_string(),
-        data: message,
-    };
-    // Serializing a `Message` cannot fail: every field is a string or an integer.
-    serde_json::to_string(&frame).unwrap_or_default()
-}
-
-/// Recently rendered frames by message id, so an event going to many connections is
-/// serialized once. Striped by id: connections receiving different messages rarely meet on
-/// a lock, and each lock is held only to clone a reference-counted buffer.
-pub(crate) struct FrameCache {
-    slots: Box<[Mutex<Option<CachedFrame>>]>,
-}
-
-type CachedFrame = (MessageId, Utf8Bytes);
-
-impl Default for FrameCache {
-    fn default() -> Self {
-        Self {
-            slots: (0..64).map(|_| Mutex::new(None)).collect(),
+        if wrote {
+            self.flush().await?;
         }
+        Ok(None)
     }
 }
 
-impl FrameCache {
-    pub(crate) fn frame(&self, message: &Message) -> Utf8Bytes {
-        let slot = &self.slots[message.id.0.rem_euclid(self.slots.len() as i64) as usize];
-        if let Some((id, frame)) = &*lock(slot)
-            && *id == message.id
-        {
-            return frame.clone();
-        }
-        let frame = Utf8Bytes::from(render_frame(message));
-        *lock(slot) = Some((message.id, frame.clone()));
-        frame
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A slot is replaced whole, so a poisoned one still holds a valid value.
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn frame_shape_and_cache() {
-        let message = Message {
-            id: MessageId(17),
-            sender: chatcore::Username::parse("alice").unwrap(),
-            recipient: chatcore::Username::parse("bob").unwrap(),
-            created_at: chatcore::now_micros(),
-            body: "hi".into(),
-        };
-        let cache = FrameCache::default();
-        let first = cache.frame(&message);
-        let value: serde_json::Value = serde_json::from_str(first.as_str()).unwrap();
-        assert_eq!(value["message"], "17");
-        assert_eq!(value["data"]["body"], "hi");
-        assert_eq!(value["data"]["user"], "alice");
-        let second = cache.frame(&message);
-        // The same buffer, not a second rendering.
-        assert_eq!(first.as_str().as_ptr(), second.as_str().as_ptr());
-    }
-}

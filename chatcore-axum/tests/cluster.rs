@@ -82,3 +82,18 @@ async fn memory_store_behind_two_nodes() {
 async fn mysql_store_behind_two_nodes() {
     cluster_fan_out_and_catch_up(suite::stores::mysql_store().await).await;
 }
+
+/// The ordering promise across nodes: eight senders through two servers on one MySQL and one
+/// Redis, and a client that reconnects to either at random moments with `since`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_two_nodes_reconnecting_client_gets_every_message_once_in_order() {
+    suite::app::init_logs();
+    let store = suite::stores::mysql_store().await;
+    let prefix = format!(
+        "chatcore-axum-order:{}:{:016x}:",
+        std::process::id(),
+        rand::random::<u64>()
+    );
+    let nodes = [node(store.clone(), &prefix).await, node(store, &prefix).await];
+    suite::cases::reconnecting_client_gets_every_message_once_in_order_over(&nodes).await;
+}

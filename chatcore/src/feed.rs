@@ -14,9 +14,11 @@ use crate::{Error, Result, UserId};
 
 /// A user's live connections on this process, oldest first, so that opening one too many
 /// closes the oldest.
+type Shard = Mutex<HashMap<UserId, VecDeque<Slot>>>;
+
 #[derive(Debug)]
 pub(crate) struct Connections {
-    shards: Box<[Mutex<HashMap<UserId, VecDeque<Slot>>>]>,
+    shards: Box<[Shard]>,
     hasher: std::collections::hash_map::RandomState,
     next_id: AtomicU64,
     max_per_user: usize,
@@ -40,7 +42,7 @@ impl Connections {
         }
     }
 
-    fn shard(&self, user: UserId) -> &Mutex<HashMap<UserId, VecDeque<Slot>>> {
+    fn shard(&self, user: UserId) -> &Shard {
         &self.shards[(self.hasher.hash_one(user) as usize) & (self.shards.len() - 1)]
     }
 

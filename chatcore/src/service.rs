@@ -113,6 +113,7 @@ pub struct DirectoryQuery {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CatchUp {
     user: User,
+    since: Position,
     after: Position,
     first: bool,
 }
@@ -121,6 +122,11 @@ impl CatchUp {
     /// Where the next page starts: the last position read (or the `since` it began from).
     pub fn after(&self) -> Position {
         self.after
+    }
+
+    /// The `since` this catch-up began from.
+    pub fn after_start(&self) -> Position {
+        self.since
     }
 }
 
@@ -324,6 +330,7 @@ impl ChatService {
     pub fn catch_up(&self, user: &User, since: Position) -> CatchUp {
         CatchUp {
             user: user.clone(),
+            since,
             after: since,
             first: true,
         }

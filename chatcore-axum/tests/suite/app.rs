@@ -223,16 +223,36 @@ pub async fn frame(ws: &mut Ws) -> Value {
     }
 }
 
-/// The id (a string on the wire) of the next message frame, checked against its data.
+/// The id (a string on the wire) of the next message frame, checked against its data, its
+/// type and its position.
 pub async fn frame_id(ws: &mut Ws) -> i64 {
     let value = frame(ws).await;
     let id: i64 = value["message"]
         .as_str()
-        .expect("message id is a string")
+        .unwrap_or_else(|| panic!("message id is a string in {value}"))
         .parse()
         .unwrap();
     assert_eq!(value["data"]["id"], id, "frame {value}");
+    assert_eq!(value["type"], "message", "frame {value}");
+    assert_eq!(value["position"], id, "frame {value}");
     id
+}
+
+/// Asserts the next frame is the resync frame.
+pub async fn resync(ws: &mut Ws) {
+    let value = frame(ws).await;
+    assert_eq!(value, serde_json::json!({"type": "resync", "resync": true}));
+}
+
+/// The close code the server sent next (frames before it are skipped).
+pub async fn close_code(ws: &mut Ws) -> (u16, String) {
+    loop {
+        match incoming(ws).await {
+            Incoming::Json(_) => continue,
+            Incoming::Close(Some(frame)) => return (u16::from(frame.code), frame.reason.to_string()),
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
 }
 
 /// Asserts no JSON frame arrives within `wait`.

@@ -1,12 +1,14 @@
 //! The cases of the suite, one per row (or group of rows) of the HTTP and WebSocket contract.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chatcore::notify::SubscriberTable;
-use chatcore::{ChatConfig, Delivery, Event, Notifier, SendRequest, Store, Subscription, UserId};
+use chatcore::{
+    ChatConfig, Delivery, Event, Notifier, Recipient, SendRequest, Store, Subscription, UserId,
+};
 use chatcore_axum::ApiConfig;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
@@ -229,9 +231,9 @@ pub async fn send_notifies_every_socket_of_both_and_no_one_else(store: Arc<dyn S
     }
 }
 
-/// Many sends at once, so notifications of one commit reach a socket together: with frames
-/// gathered into one write (the default) and written one by one, every socket of a party
-/// gets each message exactly once and no socket gets anyone else's.
+/// Many sends at once, so notifications of one commit reach a socket together and cross each
+/// other: with frames gathered into one write and written one by one, every socket of a
+/// party gets each message exactly once, in position order, and no socket gets anyone else's.
 pub async fn concurrent_sends_reach_every_socket_exactly_once(store: Arc<dyn Store>) {
     for gather in [true, false] {
         let options = Options {
@@ -284,7 +286,7 @@ pub async fn concurrent_sends_reach_every_socket_exactly_once(store: Arc<dyn Sto
             while got.len() < want.len() {
                 got.push(frame_id(&mut ws).await);
             }
-            got.sort_unstable();
+            // In position order, not just complete: a client resumes from the last it saw.
             assert_eq!(&got, want, "user {user}, gathering {gather}");
             no_frame(&mut ws, Duration::from_millis(50)).await;
             close(ws).await;
@@ -1007,7 +1009,7 @@ pub async fn too_many_missed_messages_ask_for_resync(store: Arc<dyn Store>) {
     close(ws).await;
     // One more than the bound: resync, then live frames.
     let mut ws = app.ws(&bob, Some(start - 1)).await;
-    assert_eq!(frame(&mut ws).await, json!({"resync": true}));
+    resync(&mut ws).await;
     no_frame(&mut ws, Duration::from_millis(100)).await;
     let live = app.send(&alice, "bob", "live").await["id"].as_i64().unwrap();
     assert_eq!(frame_id(&mut ws).await, live);
@@ -1015,10 +1017,7 @@ pub async fn too_many_missed_messages_ask_for_resync(store: Arc<dyn Store>) {
 }
 
 pub async fn transport_gap_is_caught_up_from_storage(store: Arc<dyn Store>) {
-    let notifier = Arc::new(LossyNotifier {
-        table: Arc::new(SubscriberTable::new(64)),
-        lossy: AtomicBool::new(false),
-    });
+    let notifier = Arc::new(LossyNotifier::default());
     let options = Options {
         notifier: Some(notifier.clone()),
         ..Default::default()
@@ -1032,21 +1031,20 @@ pub async fn transport_gap_is_caught_up_from_storage(store: Arc<dyn Store>) {
     for ws in [&mut tab1, &mut tab2] {
         assert_eq!(frame_id(ws).await, m1);
     }
-    // A tab that has been sent nothing cannot know where to resume from.
+    // A tab that has been sent nothing yet starts from where bob stood when it connected.
     let mut fresh_tab = app.ws(&bob, None).await;
     // One that connected with `since` resumes from there, though its backlog was empty.
     let mut since_tab = app.ws(&bob, Some(m1)).await;
     // The transport loses two events, then reports the gap.
-    notifier.lossy.store(true, Ordering::SeqCst);
+    notifier.mode.store(LOSE, Ordering::SeqCst);
     let m2 = app.send(&alice, "bob", "m2").await["id"].as_i64().unwrap();
     let m3 = app.send(&bob, "alice", "m3").await["id"].as_i64().unwrap();
-    notifier.lossy.store(false, Ordering::SeqCst);
+    notifier.mode.store(PASS, Ordering::SeqCst);
     notifier.table.deliver_all(&Delivery::Gap);
-    for ws in [&mut tab1, &mut tab2, &mut since_tab] {
+    for ws in [&mut tab1, &mut tab2, &mut since_tab, &mut fresh_tab] {
         assert_eq!(frame_id(ws).await, m2);
         assert_eq!(frame_id(ws).await, m3);
     }
-    assert_eq!(frame(&mut fresh_tab).await, json!({"resync": true}));
     // Live again, each message once.
     let m4 = app.send(&alice, "bob", "m4").await["id"].as_i64().unwrap();
     for ws in [&mut tab1, &mut tab2, &mut fresh_tab, &mut since_tab] {
@@ -1058,21 +1056,107 @@ pub async fn transport_gap_is_caught_up_from_storage(store: Arc<dyn Store>) {
     }
 }
 
-/// An in-process transport that can lose events on demand, like a broker connection that
-/// dropped; the test then reports the gap as a real transport would.
+/// A lost notification with no gap signal at all (a publisher that died between commit and
+/// publish): the next event's `previous` reveals it, and storage fills it in, in order.
+pub async fn a_silently_lost_notification_is_noticed_by_the_next_one(store: Arc<dyn Store>) {
+    let notifier = Arc::new(LossyNotifier::default());
+    let options = Options {
+        notifier: Some(notifier.clone()),
+        ..Default::default()
+    };
+    let app = TestApp::spawn_with(store, options).await;
+    let (_, alice) = app.user("alice").await;
+    let (_, bob) = app.user("bob").await;
+    let mut ws = app.ws(&bob, None).await;
+    notifier.mode.store(LOSE, Ordering::SeqCst);
+    let lost = app.send(&alice, "bob", "lost").await["id"].as_i64().unwrap();
+    notifier.mode.store(PASS, Ordering::SeqCst);
+    let next = app.send(&alice, "bob", "next").await["id"].as_i64().unwrap();
+    assert_eq!(frame_id(&mut ws).await, lost);
+    assert_eq!(frame_id(&mut ws).await, next);
+    no_frame(&mut ws, Duration::from_millis(100)).await;
+    close(ws).await;
+}
+
+/// Notifications that cross (the second send's published first, as two senders or two
+/// nodes can do) still reach the socket in position order, without waiting for storage.
+pub async fn crossed_notifications_arrive_in_position_order(store: Arc<dyn Store>) {
+    let notifier = Arc::new(LossyNotifier::default());
+    let options = Options {
+        notifier: Some(notifier.clone()),
+        api: ApiConfig {
+            // Long enough that only the crossed notification itself can release the held one.
+            ws_gap_wait: Duration::from_secs(30),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let app = TestApp::spawn_with(store, options).await;
+    let (_, alice) = app.user("alice").await;
+    let (_, bob) = app.user("bob").await;
+    let (_, carol) = app.user("carol").await;
+    let mut bob_ws = app.ws(&bob, None).await;
+    notifier.mode.store(HOLD, Ordering::SeqCst);
+    let first = app.send(&alice, "bob", "first").await["id"].as_i64().unwrap();
+    notifier.mode.store(PASS, Ordering::SeqCst);
+    let second = app.send(&carol, "bob", "second").await["id"].as_i64().unwrap();
+    // The second is out now, the first still held by the transport: nothing yet.
+    no_frame(&mut bob_ws, Duration::from_millis(100)).await;
+    notifier.release().await;
+    assert_eq!(frame_id(&mut bob_ws).await, first);
+    assert_eq!(frame_id(&mut bob_ws).await, second);
+    no_frame(&mut bob_ws, Duration::from_millis(100)).await;
+    close(bob_ws).await;
+}
+
+const PASS: u8 = 0;
+const LOSE: u8 = 1;
+const HOLD: u8 = 2;
+
+/// An in-process transport that passes events on, loses them, or holds them back until
+/// released, on demand: a broker connection that dropped, a publisher that died, or two
+/// publishers whose notifications crossed.
 struct LossyNotifier {
     table: Arc<SubscriberTable>,
-    lossy: AtomicBool,
+    mode: std::sync::atomic::AtomicU8,
+    held: tokio::sync::Mutex<Vec<(Vec<Recipient>, Event)>>,
+}
+
+impl Default for LossyNotifier {
+    fn default() -> Self {
+        Self {
+            table: Arc::new(SubscriberTable::new(64)),
+            mode: Default::default(),
+            held: Default::default(),
+        }
+    }
+}
+
+impl LossyNotifier {
+    fn deliver(&self, recipients: &[Recipient], event: &Event) {
+        for recipient in recipients {
+            let delivery = Delivery::Event {
+                event: event.clone(),
+                previous: recipient.previous,
+            };
+            self.table.deliver(recipient.user, &delivery);
+        }
+    }
+
+    async fn release(&self) {
+        for (recipients, event) in self.held.lock().await.drain(..) {
+            self.deliver(&recipients, &event);
+        }
+    }
 }
 
 #[async_trait]
 impl Notifier for LossyNotifier {
-    async fn publish(&self, users: &[UserId], event: &Event) -> chatcore::Result<()> {
-        if !self.lossy.load(Ordering::SeqCst) {
-            let delivery = Delivery::Event(event.clone());
-            for user in users {
-                self.table.deliver(*user, &delivery);
-            }
+    async fn publish(&self, recipients: &[Recipient], event: &Event) -> chatcore::Result<()> {
+        match self.mode.load(Ordering::SeqCst) {
+            PASS => self.deliver(recipients, event),
+            HOLD => self.held.lock().await.push((recipients.to_vec(), event.clone())),
+            _ => {}
         }
         Ok(())
     }
@@ -1080,6 +1164,107 @@ impl Notifier for LossyNotifier {
     async fn subscribe(&self, user: UserId) -> chatcore::Result<Subscription> {
         Ok(self.table.subscribe(user, || ()).0)
     }
+}
+
+pub async fn a_users_oldest_socket_closes_past_the_limit(store: Arc<dyn Store>) {
+    let options = Options {
+        chat: ChatConfig {
+            max_connections_per_user: 2,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let app = TestApp::spawn_with(store, options).await;
+    let (_, alice) = app.user("alice").await;
+    let (_, bob) = app.user("bob").await;
+    let mut oldest = app.ws(&bob, None).await;
+    let mut second = app.ws(&bob, None).await;
+    let mut alices = app.ws(&alice, None).await;
+    let mut newest = app.ws(&bob, Some(0)).await;
+    let (code, reason) = close_code(&mut oldest).await;
+    assert_eq!((code, reason.as_str()), (1008, "too many connections for this user"));
+    let id = app.send(&alice, "bob", "hi").await["id"].as_i64().unwrap();
+    for ws in [&mut second, &mut newest, &mut alices] {
+        assert_eq!(frame_id(ws).await, id);
+    }
+    for ws in [second, newest, alices] {
+        close(ws).await;
+    }
+}
+
+pub async fn logout_and_expiry_close_that_sessions_sockets(store: Arc<dyn Store>) {
+    let app = TestApp::spawn(store.clone()).await;
+    let (alice_user, alice) = app.user("alice").await;
+    let (bob_user, bob_laptop) = app.user("bob").await;
+    let bob_phone = app.auth.start_session(bob_user.clone()).await.unwrap().token;
+    let mut laptop = app.ws(&bob_laptop, None).await;
+    let mut laptop_tab = app.ws(&bob_laptop, Some(0)).await;
+    let mut phone = app.ws(&bob_phone, None).await;
+    let response = app
+        .client(&bob_laptop)
+        .post(app.url("/api/v1/auth/logout"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    for ws in [&mut laptop, &mut laptop_tab] {
+        assert_eq!(close_code(ws).await, (4001, "session ended".to_owned()));
+    }
+    let id = app.send(&alice, "bob", "phone still hears").await["id"].as_i64().unwrap();
+    assert_eq!(frame_id(&mut phone).await, id);
+    let (status, _) = app.ws_refused(app.ws_request(Some(&bob_laptop), "")).await;
+    assert_eq!(status, 401);
+    close(phone).await;
+    // A session that expires closes its sockets when it does.
+    let token = "expiring-session-token-0123456789abcdefghij";
+    let hash = chatcore_axum::token_hash(token);
+    let expires_at = chrono::Utc::now() + chrono::Duration::milliseconds(1500);
+    store.create_session(&hash, alice_user.id, expires_at).await.unwrap();
+    let mut expiring = app.ws(token, None).await;
+    assert_eq!(close_code(&mut expiring).await, (4001, "session ended".to_owned()));
+    assert!(chrono::Utc::now() >= expires_at, "closed before the session expired");
+}
+
+pub async fn oversized_client_frames_close_with_1009(store: Arc<dyn Store>) {
+    let options = Options {
+        api: ApiConfig {
+            ws_max_incoming_message: 1024,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let app = TestApp::spawn_with(store, options).await;
+    let (_, bob) = app.user("bob").await;
+    let mut ws = app.ws(&bob, None).await;
+    send_raw(&mut ws, WsMessage::text("x".repeat(1024))).await;
+    send_raw(&mut ws, WsMessage::text("x".repeat(1025))).await;
+    assert_eq!(close_code(&mut ws).await, (1009, "message too big".to_owned()));
+}
+
+pub async fn a_long_backlog_is_sent_in_pages_in_order(store: Arc<dyn Store>) {
+    let options = Options {
+        chat: ChatConfig {
+            catch_up_page: 3,
+            catch_up_limit: 20,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let app = TestApp::spawn_with(store, options).await;
+    let (_, alice) = app.user("alice").await;
+    let (_, bob) = app.user("bob").await;
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        ids.push(app.send(&alice, "bob", &format!("{i}")).await["id"].as_i64().unwrap());
+    }
+    let mut ws = app.ws(&bob, Some(0)).await;
+    for id in &ids {
+        assert_eq!(frame_id(&mut ws).await, *id);
+    }
+    let live = app.send(&alice, "bob", "live").await["id"].as_i64().unwrap();
+    assert_eq!(frame_id(&mut ws).await, live);
+    no_frame(&mut ws, Duration::from_millis(100)).await;
+    close(ws).await;
 }
 
 pub async fn client_frames_are_ignored_and_pings_keep_it_alive(store: Arc<dyn Store>) {
@@ -1137,7 +1322,7 @@ pub async fn dead_websocket_is_dropped(store: Arc<dyn Store>) {
     drop(silent);
 }
 
-pub async fn slow_websocket_reader_is_closed_with_a_close_frame(store: Arc<dyn Store>) {
+pub async fn slow_websocket_reader_catches_up_from_storage_in_order(store: Arc<dyn Store>) {
     let options = Options {
         api: ApiConfig {
             send_burst: 0,
@@ -1173,17 +1358,14 @@ pub async fn slow_websocket_reader_is_closed_with_a_close_frame(store: Arc<dyn S
             .await
             .unwrap();
     }
-    // Now read: some frames, then the close frame asking to reconnect, well before all 400.
-    let mut frames = 0;
-    let close = loop {
-        match incoming(&mut ws).await {
-            Incoming::Json(_) => frames += 1,
-            Incoming::Close(frame) => break frame.expect("a close frame with a code"),
-            Incoming::End => panic!("closed without a close frame after {frames} frames"),
-        }
-    };
-    assert_eq!(u16::from(close.code), 1013, "{close:?}");
-    assert!(frames < total, "{frames} frames: the reader never fell behind");
+    // Now read: its queue overflowed long ago, so it is caught up from storage, page by page,
+    // and gets every message once, in order, with no close.
+    let mut ids = Vec::new();
+    while ids.len() < total {
+        ids.push(frame_id(&mut ws).await);
+    }
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "out of order or duplicated");
+    no_frame(&mut ws, Duration::from_millis(200)).await;
 }
 
 pub async fn shutdown_sends_close_frames(store: Arc<dyn Store>) {
@@ -1249,4 +1431,97 @@ pub async fn unavailable_storage_answers_503(store: Arc<dyn Store>) {
     failing.down.store(false, Ordering::SeqCst);
     failing.sessions_down.store(false, Ordering::SeqCst);
     app.send(&alice, "bob", "after the outage").await;
+}
+
+/// The promise end to end: eight senders at once through `nodes` (one server, or several
+/// sharing a store and a transport), and a client of bob's that drops its socket at random
+/// moments and reconnects, to a random node, with `since` = the last position it saw. It
+/// must get every message of bob's exactly once, in position order.
+pub async fn reconnecting_client_gets_every_message_once_in_order_over(nodes: &[TestApp]) {
+    use rand::Rng;
+    let (_, bob) = nodes[0].user("bob").await;
+    let mut senders = Vec::new();
+    for k in 0..8 {
+        senders.push(nodes[0].user(&format!("sender{k}")).await);
+    }
+    let addresses: Vec<(std::net::SocketAddr, String)> = nodes
+        .iter()
+        .map(|n| (n.addr, n.url("/api/v1/message/")))
+        .collect();
+    let per_sender = 40;
+    let tasks: Vec<_> = senders
+        .into_iter()
+        .enumerate()
+        .map(|(k, (_, token))| {
+            let addresses = addresses.clone();
+            tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                let mut mine = Vec::new();
+                for i in 0..per_sender {
+                    let url = &addresses[(k + i) % addresses.len()].1;
+                    // Every third message goes elsewhere, so bob's positions are not contiguous.
+                    let to = if i % 3 == 2 { format!("sender{}", (k + 1) % 8) } else { "bob".to_owned() };
+                    let response = client
+                        .post(url)
+                        .bearer_auth(&token)
+                        .json(&json!({"recipient": to, "body": format!("{k}.{i}")}))
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(response.status(), 201);
+                    let sent: Value = response.json().await.unwrap();
+                    if to == "bob" {
+                        mine.push(sent["id"].as_i64().unwrap());
+                    }
+                }
+                mine
+            })
+        })
+        .collect();
+    // Known in advance, so the client knows when it has everything.
+    let total = 8 * (0..per_sender).filter(|i| i % 3 != 2).count();
+    let mut got: Vec<i64> = Vec::new();
+    let mut last = 0;
+    let mut reconnects = 0;
+    let mut rng = rand::rng();
+    while got.len() < total {
+        let node = &nodes[rng.random_range(0..nodes.len())];
+        let mut ws = node.ws(&bob, Some(last)).await;
+        let drop_after = rng.random_range(1..25);
+        let mut read = 0;
+        while read < drop_after && got.len() < total {
+            let id = match tokio::time::timeout(Duration::from_secs(4), frame_id(&mut ws)).await {
+                Ok(id) => id,
+                Err(_) => panic!("stuck after position {last} with {} of {total} messages", got.len()),
+            };
+            assert!(id > last, "position {id} after {last}: out of order or repeated");
+            last = id;
+            got.push(id);
+            read += 1;
+        }
+        drop(ws);
+        reconnects += 1;
+    }
+    let mut expected: Vec<i64> = Vec::new();
+    for task in tasks {
+        expected.extend(task.await.unwrap());
+    }
+    expected.sort_unstable();
+    assert_eq!(got, expected, "every message once, in order ({reconnects} reconnects)");
+    assert!(reconnects > 3, "only {reconnects} reconnects: nothing tested");
+    // Nothing more afterwards.
+    let mut ws = nodes[0].ws(&bob, Some(last)).await;
+    no_frame(&mut ws, Duration::from_millis(100)).await;
+}
+
+pub async fn reconnecting_client_gets_every_message_once_in_order(store: Arc<dyn Store>) {
+    let options = Options {
+        api: ApiConfig {
+            send_burst: 0,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let app = TestApp::spawn_with(store, options).await;
+    reconnecting_client_gets_every_message_once_in_order_over(std::slice::from_ref(&app)).await;
 }

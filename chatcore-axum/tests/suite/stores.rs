@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
-use chatcore::store::{Credentials, Inserted, MessagePage, PageRequest, TokenHash, UserQuery};
-use chatcore::{Error, Message, MessageId, NewMessage, Store, User, UserId, Username};
+use chatcore::store::{Credentials, Inserted, MessagePage, PageRequest, SessionRecord, TokenHash, UserQuery};
+use chatcore::{Error, Message, MessageId, NewMessage, Position, Store, User, UserId, Username};
 use chatcore_mysql::testing::TestDatabase;
 use chrono::{DateTime, Utc};
 
@@ -95,7 +95,7 @@ impl Store for TestStore {
         &self,
         token_hash: &TokenHash,
         now: DateTime<Utc>,
-    ) -> chatcore::Result<Option<User>> {
+    ) -> chatcore::Result<Option<SessionRecord>> {
         self.check(&self.sessions_down)?;
         self.inner.session_user(token_hash, now).await
     }
@@ -132,6 +132,10 @@ impl Store for TestStore {
     ) -> chatcore::Result<Vec<Message>> {
         self.check(&self.down)?;
         self.inner.messages_after(user, after, limit).await
+    }
+    async fn latest_position(&self, user: UserId) -> chatcore::Result<Position> {
+        self.check(&self.down)?;
+        self.inner.latest_position(user).await
     }
     async fn idempotent_message(&self, sender: UserId, key: &str) -> chatcore::Result<Option<Message>> {
         self.check(&self.down)?;

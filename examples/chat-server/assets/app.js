@@ -226,7 +226,11 @@ function onMessage(message) {
 }
 
 async function onFrame(frame) {
-  if (frame.resync) {
+  // `position` orders every durable event; resuming from the last one seen is always safe.
+  if (typeof frame.position === "number" && (state.lastEventId === null || frame.position > state.lastEventId)) {
+    state.lastEventId = frame.position;
+  }
+  if (frame.type === "resync" || frame.resync) {
     // Too much was missed to replay: reload what is on screen and start from the newest id.
     await primeLastEventId();
     if (state.partner) await openConversation(state.partner);
@@ -260,11 +264,23 @@ function connect() {
     try { frame = JSON.parse(event.data); } catch (_) { return; }
     queue = queue.then(() => onFrame(frame)).catch(() => {});
   });
-  socket.addEventListener("close", () => {
+  socket.addEventListener("close", (event) => {
     if (state.socket !== socket) return;
     state.socket = null;
-    $("connection").textContent = "reconnecting…";
     $("connection").classList.remove("live");
+    if (event.code === 4001) {
+      // The session ended (logged out elsewhere, or expired): reconnecting would be refused.
+      state.me = null;
+      $("connection").textContent = "offline";
+      showAuth("Your session ended. Please log in again.");
+      return;
+    }
+    if (event.code === 1008) {
+      // Too many open tabs: reconnecting would close another one, which would do the same.
+      $("connection").textContent = "closed: too many open tabs (reload to reconnect)";
+      return;
+    }
+    $("connection").textContent = "reconnecting…";
     if (!state.me) return;
     setTimeout(() => { if (state.me && !state.socket) connect(); }, state.reconnectDelay);
     state.reconnectDelay = Math.min(state.reconnectDelay * 2, 10000);

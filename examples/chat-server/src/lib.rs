@@ -66,18 +66,21 @@ impl App {
                 RedisNotifier::connect(RedisConfig {
                     url: url.clone(),
                     channel_prefix: options.redis_prefix.clone(),
-                    queue_capacity: options.ws_queue,
+                    queue_capacity: options.ws_queue as usize,
                     ..RedisConfig::default()
                 })
                 .await?,
             ),
-            None => Arc::new(LocalNotifier::new(options.ws_queue)),
+            None => Arc::new(LocalNotifier::new(options.ws_queue as usize)),
         };
         let chat_config = ChatConfig {
             max_body_chars: options.max_message_chars,
             default_page_size: options.page_size,
             max_page_size: options.max_page_size,
             catch_up_limit: options.catch_up_limit,
+            catch_up_page: options.catch_up_page,
+            catch_up_reads_per_user: options.catch_up_reads_per_user as usize,
+            max_connections_per_user: options.max_sockets_per_user as usize,
             default_user_page: options.user_page_size,
             max_user_page: options.user_page_size,
             ..ChatConfig::default()
@@ -100,6 +103,7 @@ impl App {
             ws_ping_timeout: std::time::Duration::from_secs(options.ws_ping_timeout_secs.max(1)),
             trusted_origins: options.trusted_origin.clone(),
             ws_gather_frames: options.ws_gather_frames,
+            ws_gap_wait: std::time::Duration::from_millis(options.ws_gap_wait_ms),
             ..ApiConfig::default()
         };
         Ok(Self {

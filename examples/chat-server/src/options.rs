@@ -119,15 +119,32 @@ pub struct ServerOptions {
     #[arg(long, env = "CHAT_USER_PAGE_SIZE", default_value_t = 1000)]
     pub user_page_size: u32,
 
-    /// Most missed messages replayed to a reconnecting WebSocket (`?since=`); beyond it the
-    /// client gets `{"resync": true}`.
-    #[arg(long, env = "CHAT_CATCH_UP_LIMIT", default_value_t = 1000)]
+    /// Most missed events replayed to a reconnecting WebSocket (`?since=`); beyond it the
+    /// client gets `{"type":"resync","resync":true}`.
+    #[arg(long, env = "CHAT_CATCH_UP_LIMIT", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
     pub catch_up_limit: u32,
 
-    /// Notifications queued per WebSocket; a client that falls this far behind is disconnected
-    /// with a close frame and reconnects with `since`.
-    #[arg(long, env = "CHAT_WS_QUEUE", default_value_t = 256)]
-    pub ws_queue: usize,
+    /// Events a WebSocket reads from storage per catch-up page (its memory holds one page).
+    #[arg(long, env = "CHAT_CATCH_UP_PAGE", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub catch_up_page: u32,
+
+    /// Catch-up reads of one user that may run at once; more wait their turn.
+    #[arg(long, env = "CHAT_CATCH_UP_READS_PER_USER", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub catch_up_reads_per_user: u64,
+
+    /// WebSockets one user may hold open on this server; one more closes their oldest (1008).
+    #[arg(long, env = "CHAT_MAX_SOCKETS_PER_USER", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_sockets_per_user: u64,
+
+    /// Notifications queued per WebSocket; past it the events that do not fit are read from
+    /// storage once the socket gets to them.
+    #[arg(long, env = "CHAT_WS_QUEUE", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
+    pub ws_queue: u64,
+
+    /// Milliseconds a live notification that arrived ahead of an earlier one waits for it
+    /// before the socket reads the missing events from storage.
+    #[arg(long, env = "CHAT_WS_GAP_WAIT_MS", default_value_t = 50)]
+    pub ws_gap_wait_ms: u64,
 
     /// Let the notifications of one commit gather into one write per WebSocket: 3-5% more
     /// sends/s when the server is saturated, at the price of a longer notification tail then.

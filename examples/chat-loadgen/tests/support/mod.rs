@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chatcore::{
-    CatchUp, ChatConfig, ChatService, Delivery, Event, LocalNotifier, MemoryStore, MessageId, SendRequest,
+    CatchUpPage, ChatConfig, ChatService, Delivery, LocalNotifier, MemoryStore, Position, SendRequest,
     User,
 };
 use serde::Deserialize;
@@ -221,28 +221,34 @@ fn frame(m: &chatcore::Message, original: bool) -> WsMessage {
 }
 
 async fn notify(app: App, user: User, since: Option<i64>, original: bool, mut socket: WebSocket) {
-    let Ok(mut subscription) = app.chat.subscribe(&user).await else {
+    let Ok(mut feed) = app.chat.subscribe(&user, None).await else {
         return;
     };
     // Subscribed first, then the catch-up: live events it already covered are skipped.
-    let mut last = MessageId(i64::MIN);
+    let mut last = Position(i64::MIN);
     if let Some(since) = since {
-        match app.chat.catch_up(&user, MessageId(since)).await {
-            Ok(CatchUp::Messages(missed)) => {
-                for m in missed {
-                    last = m.id;
-                    if socket.send(frame(&m, original)).await.is_err() {
-                        return;
+        let mut catch_up = app.chat.catch_up(&user, Position(since));
+        loop {
+            match app.chat.catch_up_page(&mut catch_up).await {
+                Ok(CatchUpPage::Events(missed)) if missed.is_empty() => break,
+                Ok(CatchUpPage::Events(missed)) => {
+                    for event in missed {
+                        let Some(m) = event.message_data() else { continue };
+                        last = m.id.into();
+                        if socket.send(frame(&m, original)).await.is_err() {
+                            return;
+                        }
                     }
                 }
+                _ => return,
             }
-            _ => return,
         }
     }
     loop {
         tokio::select! {
-            delivery = subscription.recv() => match delivery {
-                Some(Delivery::Event(Event::Message(m))) if m.id > last => {
+            delivery = feed.recv() => match delivery {
+                Some(Delivery::Event { event, .. }) if event.position().is_some_and(|p| p > last) => {
+                    let Some(m) = event.message_data() else { continue };
                     let n = app.frames_sent.fetch_add(1, Ordering::Relaxed) + 1;
                     let copies = match (app.faults.drop_every, app.faults.duplicate_every) {
                         (Some(every), _) if n.is_multiple_of(every) => 0,
@@ -255,8 +261,8 @@ async fn notify(app: App, user: User, since: Option<i64>, original: bool, mut so
                         }
                     }
                 }
-                Some(Delivery::Event(_)) | Some(Delivery::Gap) => {}
-                Some(Delivery::Lagged) | None => return,
+                Some(Delivery::Event { .. }) | Some(Delivery::Gap) => {}
+                Some(Delivery::Closed(_)) | None => return,
             },
             incoming = socket.recv() => if !matches!(incoming, Some(Ok(_))) {
                 return;

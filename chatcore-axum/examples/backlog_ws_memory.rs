@@ -1,0 +1,122 @@
+//! Measures what `/ws?since=` sockets with a long backlog cost the server: starts the chat
+//! router in this process over a store holding a backlog of M messages for one user, opens
+//! N `/ws?since=0` connections of that user from bare TCP sockets that never read (the worst
+//! case: nothing drains), and reports the growth of the resident set.
+//!
+//!     cargo run --release -p chatcore-axum --example backlog_ws_memory -- 100 1000
+//!     cargo run --release -p chatcore-axum --example backlog_ws_memory -- 100 1000 sqlite
+//!
+//! The third argument picks the store: `memory` (default) or `sqlite` (a temporary file).
+//! The user's connection limit is raised to N so that every socket stays open; with the
+//! default limit (20) the oldest ones are closed. Each socket holds at most one catch-up
+//! page (`ChatConfig::catch_up_page`, 100 events) while the client does not read, so the
+//! growth stays flat in M. Linux only (reads `/proc/self/statm`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chatcore::{ChatConfig, ChatService, LocalNotifier, MemoryStore, SendRequest, Store};
+use chatcore_axum::{ChatApi, SessionAuthenticator, SessionConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn resident_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("/proc/self/statm (Linux only)");
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .expect("resident pages");
+    pages * 4096
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    let sockets: usize = args.next().map_or(Ok(100), |n| n.parse())?;
+    let backlog: usize = args.next().map_or(Ok(1000), |n| n.parse())?;
+    let backend = args.next().unwrap_or_else(|| "memory".to_owned());
+    let dir = tempfile::tempdir()?;
+    let store: Arc<dyn Store> = match backend.as_str() {
+        "memory" => Arc::new(MemoryStore::new()),
+        "sqlite" => {
+            let store = chatcore_sqlite::SqliteStore::open(chatcore_sqlite::SqliteConfig::file(
+                dir.path().join("chat.db"),
+            ))
+            .await?;
+            store.migrate().await?;
+            Arc::new(store)
+        }
+        other => return Err(format!("unknown store {other:?} (memory or sqlite)").into()),
+    };
+    let chat = ChatService::new(
+        store.clone(),
+        Arc::new(LocalNotifier::default()),
+        ChatConfig {
+            max_connections_per_user: sockets,
+            ..ChatConfig::default()
+        },
+    );
+    let auth = SessionAuthenticator::new(store, SessionConfig::default());
+    let reader = chat.create_user("reader", None).await?;
+    let writer = chat.create_user("writer", None).await?;
+    let body = "a message of a realistic length, some eighty characters long, give or take".to_owned();
+    for _ in 0..backlog {
+        let request = SendRequest {
+            recipient: "reader".into(),
+            body: body.clone(),
+            idempotency_key: None,
+        };
+        chat.send(&writer, request).await?;
+    }
+    let token = auth.start_session(reader).await?.token;
+    let api = ChatApi::new(chat, auth);
+    let shutdown = api.shutdown_handle();
+    let app = axum::Router::new().nest("/chat", api.router());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let server = tokio::spawn(chatcore_axum::serve(listener, app, shutdown.clone()));
+    let request = format!(
+        "GET /chat/ws?since=0 HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Authorization: Bearer {token}\r\n\r\n"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = resident_bytes();
+    let mut open = Vec::with_capacity(sockets);
+    for _ in 0..sockets {
+        open.push(connect(addr, &request).await?);
+    }
+    // Let every socket read and write as much of its backlog as the unread TCP buffers take.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = resident_bytes();
+    println!(
+        "{sockets} sockets with since=0 over a {backlog}-message backlog ({backend}, {} open on the server): \
+         resident set {:.1} MiB before, {:.1} MiB after, grew by {:.1} MiB ({:.1} KiB per socket)",
+        shutdown.open_sockets(),
+        before as f64 / (1024.0 * 1024.0),
+        after as f64 / (1024.0 * 1024.0),
+        after.saturating_sub(before) as f64 / (1024.0 * 1024.0),
+        after.saturating_sub(before) as f64 / 1024.0 / sockets as f64,
+    );
+    shutdown.shutdown();
+    drop(open);
+    server.await??;
+    Ok(())
+}
+
+async fn connect(addr: std::net::SocketAddr, request: &str) -> std::io::Result<tokio::net::TcpStream> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = Vec::with_capacity(256);
+    let mut byte = [0u8; 1];
+    while !response.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte).await? == 0 {
+            return Err(std::io::Error::other("connection closed during the handshake"));
+        }
+        response.push(byte[0]);
+    }
+    if !response.starts_with(b"HTTP/1.1 101") {
+        return Err(std::io::Error::other(String::from_utf8_lossy(&response).into_owned()));
+    }
+    Ok(stream)
+}
