@@ -116,7 +116,9 @@ async fn connect(addr: std::net::SocketAddr, request: &str) -> std::io::Result<t
         response.push(byte[0]);
     }
     if !response.starts_with(b"HTTP/1.1 101") {
-        return Err(std::io::Error::other(String::from_utf8_lossy(&response).into_owned()));
+        return Err(std::io::Error::other(
+            String::from_utf8_lossy(&response).into_owned(),
+        ));
     }
     Ok(stream)
 }

@@ -52,7 +52,10 @@ pub trait Authenticator: Send + Sync + 'static {
     /// connection closes when that session ends (logout, expiry, account removal, see
     /// [`chatcore::ChatService::end_session`]). The default knows no sessions: the user alone.
     async fn authenticate_session(&self, parts: &Parts) -> chatcore::Result<Option<Authenticated>> {
-        Ok(self.authenticate(parts).await?.map(|user| Authenticated { user, session: None }))
+        Ok(self
+            .authenticate(parts)
+            .await?
+            .map(|user| Authenticated { user, session: None }))
     }
 }
 

@@ -52,7 +52,13 @@ impl Cursor {
 
     /// Decides about a live durable event at `position` whose user's previous event is at
     /// `previous`.
-    pub(crate) fn accept(&mut self, event: Event, position: Position, previous: Position, now: Instant) -> Accepted {
+    pub(crate) fn accept(
+        &mut self,
+        event: Event,
+        position: Position,
+        previous: Position,
+        now: Instant,
+    ) -> Accepted {
         if position <= self.last {
             return Accepted::Duplicate;
         }

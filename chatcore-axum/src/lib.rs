@@ -39,7 +39,7 @@
 //! | `GET /api/v1/message/?target=&page=&before=&limit=` | `{"count", "next", "previous", "results"}`, newest first |
 //! | `POST /api/v1/message/` (JSON or form, optional `Idempotency-Key`) | 201, the message |
 //! | `GET /api/v1/message/{id}/` | the message, for its sender or recipient only |
-//! | `GET /ws?since=ID` | WebSocket: `{"message": "<id>", "data": <message>}` per new message |
+//! | `GET /ws?since=POSITION` | WebSocket: `{"type": "message", "position", "message": "<id>", "data": <message>}` per new message, in position order |
 //! | `POST /api/v1/auth/register`, `/login`, `/logout` | with [`ChatApi::with_auth_routes`] or [`auth_router`] |
 //!
 //! Every error is JSON `{"error": "..."}` (see [`ApiError`]): 400, 401 with
@@ -68,21 +68,30 @@
 //!
 //! # The WebSocket channel
 //!
-//! `GET /ws` upgrades only after authentication, subscription and, with `?since=ID`, the
-//! read of the missed messages, so each failure is a plain JSON answer (401, 403, 503).
-//! Then the server sends text frames:
-//! - `{"message": "<id>", "data": <message>}` for each message the user sent or received,
-//!   first the missed ones (oldest first), then live ones, without gap or duplicate;
-//! - `{"resync": true}` when more were missed than [`chatcore::ChatConfig::catch_up_limit`]
-//!   (or the transport lost events and the connection cannot tell from where): the client
-//!   reloads its history.
+//! `GET /ws` upgrades only after authentication, subscription and one storage read (the first
+//! page of the backlog after `?since=POSITION`, or the user's newest position), so each failure
+//! is a plain JSON answer (401, 403, 503). Then the server sends text frames, each with a
+//! `"type"`:
+//! - `{"type":"message","position":17,"message":"17","data":<message>}` for each message the
+//!   user sent or received: first the missed ones (oldest first, read from storage a page of
+//!   [`chatcore::ChatConfig::catch_up_page`] at a time as the socket drains), then live ones.
+//!   Delivery follows positions: once a socket has sent position p it has sent every event of
+//!   the user's before p, so `since` = the last position seen is always safe (see
+//!   [`chatcore::event`]). A live event that arrives ahead of one it follows waits
+//!   [`ApiConfig::ws_gap_wait`] for it, then the socket reads storage;
+//! - `{"type":"resync","resync":true}` when more were missed than
+//!   [`chatcore::ChatConfig::catch_up_limit`]: the client reloads its history, and live frames
+//!   continue after the user's newest position.
 //!
-//! It closes with code 1013 ("try again later") a client that fell behind (the notifier's
-//! per-connection queue overflowed) or when events were lost and storage could not fill the
-//! gap, and with 1001 ("going away") when the server shuts down ([`ShutdownHandle`]); the
-//! client reconnects with `since` set to the last id it saw. The server pings every
-//! [`ApiConfig::ws_ping_interval`] and drops connections that stay silent. Frames sent by
-//! clients are ignored.
+//! A lost notification (a gap signal from the transport, an overflowed queue, a predecessor
+//! that never came) is read from storage, never skipped. Close codes: 1001 server shutting
+//! down ([`ShutdownHandle`]); 1008 the user opened more than
+//! [`chatcore::ChatConfig::max_connections_per_user`] sockets and this was the oldest; 1009 a
+//! client frame over [`ApiConfig::ws_max_incoming_message`]; 1013 storage could not be read
+//! (reconnect with `since`); [`CLOSE_SESSION_ENDED`] (4001) the session the socket was opened
+//! with ended, by logout on any node or by expiry ([`Authenticator::authenticate_session`]).
+//! The server pings every [`ApiConfig::ws_ping_interval`] and drops connections that stay
+//! silent. Frames sent by clients are ignored.
 //!
 //! # Layout
 //! - `lib.rs`: [`ChatApi`] (the builder), [`router`], [`auth_router`], [`serve`].
@@ -94,6 +103,7 @@
 //! - `rest.rs`: the user and message routes, pagination links.
 //! - `rate.rs`: the per-user send rate limiter (sharded token buckets).
 //! - `ws.rs`: the `/ws` channel: catch-up, live frames, pings, close frames.
+//! - `cursor.rs`: a socket's delivered position and the live events held for an earlier one.
 //! - `state.rs`: the shared state and [`ShutdownHandle`].
 //! - `tests/http_api.rs`: the contract end to end (real server on port 0, reqwest and
 //!   tokio-tungstenite clients), one suite (`tests/suite/`, macro `api_suite!`) run on the

@@ -231,7 +231,9 @@ impl Writer<'_> {
             }
         }
         let expiry = session.map(|s| {
-            let left = (s.expires_at - chrono::Utc::now()).to_std().unwrap_or(Duration::ZERO);
+            let left = (s.expires_at - chrono::Utc::now())
+                .to_std()
+                .unwrap_or(Duration::ZERO);
             Instant::now() + left
         });
         let session_ends = async {
@@ -338,7 +340,11 @@ impl Writer<'_> {
     }
 
     async fn flush_if(&mut self, unflushed: &mut bool) -> Result<(), Gone> {
-        if std::mem::take(unflushed) { self.flush().await } else { Ok(()) }
+        if std::mem::take(unflushed) {
+            self.flush().await
+        } else {
+            Ok(())
+        }
     }
 
     /// Queues a live event (and the held ones it unblocks) without flushing; `false` when
@@ -371,7 +377,11 @@ impl Writer<'_> {
     }
 
     /// Writes the pages of `catch_up` (starting with `first` when it was read already).
-    async fn catch_up(&mut self, mut catch_up: CatchUp, first: Option<CatchUpPage>) -> Result<Option<Close>, Gone> {
+    async fn catch_up(
+        &mut self,
+        mut catch_up: CatchUp,
+        first: Option<CatchUpPage>,
+    ) -> Result<Option<Close>, Gone> {
         let service = self.state.service();
         let mut first = first;
         loop {
@@ -381,7 +391,10 @@ impl Writer<'_> {
                     Ok(page) => page,
                     Err(error) => {
                         tracing::warn!(%error, user = %self.user.username, "catch-up from storage failed");
-                        return Ok(Some((CLOSE_TRY_AGAIN, "events could not be read, reconnect with since")));
+                        return Ok(Some((
+                            CLOSE_TRY_AGAIN,
+                            "events could not be read, reconnect with since",
+                        )));
                     }
                 },
             };
@@ -400,7 +413,8 @@ impl Writer<'_> {
                 }
                 CatchUpPage::Resync { resume_after } => {
                     self.cursor.caught_up_to(resume_after);
-                    self.send(WsMessage::Text(Utf8Bytes::from_static(RESYNC_FRAME))).await?;
+                    self.send(WsMessage::Text(Utf8Bytes::from_static(RESYNC_FRAME)))
+                        .await?;
                     break;
                 }
             }
@@ -423,4 +437,3 @@ async fn sleep_until(deadline: Option<Instant>) {
         None => std::future::pending().await,
     }
 }
-

@@ -70,6 +70,15 @@
 //! messages per transaction (group commit): the throughput comes from there. Timestamps are the
 //! server's clock read under the lock, so they follow id order too.
 //!
+//! The same order gives each participant's previous position
+//! ([`chatcore::Inserted::sender_previous`]): every id up to the last one handed out before a
+//! batch was committed before it, so the batch's round trip ends (after its `COMMIT`) with a
+//! read, for each user it involves, of their largest id up to there: backward reads of
+//! `chatcore_messages_sender` and `chatcore_messages_recipient` from the user's newest entry,
+//! which pass over only what was committed since the batch took its ids, never the user's
+//! history. The writer links the batch's own messages in id order from those; no column is
+//! kept for it. [`chatcore::Store::latest_position`] is two index dives (`MAX` on each index).
+//!
 //! # Errors
 //! A server that is down, unreachable, out of connections or timing out is
 //! [`chatcore::Error::Unavailable`] (HTTP 503); the pool reconnects by itself once it is back.
@@ -116,7 +125,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use chatcore::{
     BoxError, Credentials, Entity, Error, Inserted, Message, MessageId, MessagePage, NewMessage, PageRequest,
-    Result, Store, TokenHash, User, UserId, UserQuery, Username,
+    Position, Result, SessionRecord, Store, TokenHash, User, UserId, UserQuery, Username,
 };
 
 pub use config::MysqlConfig;
@@ -388,7 +397,11 @@ impl Store for MysqlStore {
         Ok(())
     }
 
-    async fn session_user(&self, token_hash: &TokenHash, now: DateTime<Utc>) -> Result<Option<User>> {
+    async fn session_user(
+        &self,
+        token_hash: &TokenHash,
+        now: DateTime<Utc>,
+    ) -> Result<Option<SessionRecord>> {
         let row = read("reading a session", || {
             sqlx::query(rows::SESSION_USER)
                 .bind(token_hash.as_slice())
@@ -396,7 +409,13 @@ impl Store for MysqlStore {
                 .fetch_optional(&self.pool)
         })
         .await?;
-        row.map(|row| rows::user(&row).map_err(corrupt)).transpose()
+        let Some(row) = row else { return Ok(None) };
+        let expires_at: chrono::NaiveDateTime =
+            row.try_get("expires_at").map_err(|e| corrupt(Box::new(e)))?;
+        Ok(Some(SessionRecord {
+            user: rows::user(&row).map_err(corrupt)?,
+            expires_at: expires_at.and_utc(),
+        }))
     }
 
     async fn delete_session(&self, token_hash: &TokenHash) -> Result<()> {
@@ -525,6 +544,17 @@ impl Store for MysqlStore {
             .collect::<Result<Vec<_>>>()?;
         messages.sort_unstable_by_key(|m| m.id);
         Ok(messages)
+    }
+
+    async fn latest_position(&self, user: UserId) -> Result<Position> {
+        let latest: Option<i64> = read("reading a user's latest position", || {
+            sqlx::query_scalar(rows::LATEST_POSITION)
+                .bind(user.0)
+                .bind(user.0)
+                .fetch_one(&self.pool)
+        })
+        .await?;
+        Ok(Position(latest.unwrap_or(0)))
     }
 
     async fn idempotent_message(&self, sender: UserId, key: &str) -> Result<Option<Message>> {

@@ -37,9 +37,18 @@ pub(crate) const CREDENTIALS: &str =
 pub(crate) const LIST_USERS: &str = "SELECT id, username FROM chatcore_users \
      WHERE username LIKE ? ESCAPE '!' AND username > ? AND id <> ? ORDER BY username LIMIT ?";
 
-/// A live session's user: the session by primary key, the user by primary key.
-pub(crate) const SESSION_USER: &str = "SELECT u.id AS id, u.username AS username FROM chatcore_sessions t \
-     JOIN chatcore_users u ON u.id = t.user_id WHERE t.token_hash = ? AND t.expires_at > ?";
+/// A live session's user and expiry: the session by primary key, the user by primary key.
+pub(crate) const SESSION_USER: &str = "SELECT u.id AS id, u.username AS username, t.expires_at AS expires_at \
+     FROM chatcore_sessions t JOIN chatcore_users u ON u.id = t.user_id \
+     WHERE t.token_hash = ? AND t.expires_at > ?";
+
+/// A user's newest message id (0 for none): the largest id of `chatcore_messages_sender` and
+/// of `chatcore_messages_recipient` for the user, each one index dive (MIN/MAX optimization:
+/// "Select tables optimized away"), whatever the user's history.
+/// Binds: user, user.
+pub(crate) const LATEST_POSITION: &str = "SELECT GREATEST(\
+     IFNULL((SELECT MAX(id) FROM chatcore_messages WHERE sender_id = ?), 0), \
+     IFNULL((SELECT MAX(id) FROM chatcore_messages WHERE recipient_id = ?), 0)) AS latest";
 
 /// One message if the viewer is a participant: primary key, const.
 pub(crate) const MESSAGE_FOR: &str = concat!(

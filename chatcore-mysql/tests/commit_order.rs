@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use chatcore::{MessageId, NewMessage, Store, User, Username};
+use chatcore::{MessageId, NewMessage, Position, Store, User, Username};
 use chatcore_mysql::{MysqlConfig, MysqlStore};
 use common::TestDatabase;
 use sqlx::ConnectOptions;
@@ -94,16 +94,31 @@ async fn reconnecting_reader_misses_nothing_under_concurrent_writers() {
                         .insert_message(note(&sender, "hub", format!("{} #{n}", sender.username)))
                         .await
                         .expect("send");
-                    ids.push(inserted.message.id);
+                    ids.push((inserted.message.id, inserted.recipient_previous));
                 }
                 ids
             })
         })
         .collect();
     let mut written = HashSet::new();
+    let mut hub_previous = Vec::new();
     for writer in writers {
-        written.extend(writer.await.unwrap());
+        for (id, previous) in writer.await.unwrap() {
+            written.insert(id);
+            hub_previous.push((id, previous));
+        }
     }
+    // Whichever process stored them, each of the hub's messages names the one before it.
+    hub_previous.sort();
+    let mut previous = Position::START;
+    for (id, reported) in &hub_previous {
+        assert_eq!(
+            *reported, previous,
+            "the hub's previous position for message {id}"
+        );
+        previous = Position::from(*id);
+    }
+    assert_eq!(stores[1].latest_position(hub.id).await.unwrap(), previous);
     writing.store(false, Ordering::Release);
     let seen = reader.await.unwrap();
 
@@ -185,6 +200,11 @@ async fn an_uncommitted_id_holds_back_later_ones() {
         .unwrap()
         .unwrap();
     assert!(second.message.id.0 > slow_id, "the later insert got a larger id");
+    assert_eq!(
+        (second.sender_previous, second.recipient_previous),
+        (Position(slow_id), Position(slow_id)),
+        "the other process's message comes before it for both"
+    );
     let all = store.messages_after(bob.id, MessageId(0), 10).await.unwrap();
     let bodies: Vec<_> = all.iter().map(|m| m.body.as_str()).collect();
     assert_eq!(bodies, ["first", "slow", "second"]);

@@ -35,6 +35,10 @@
 //! - **Ids in commit order.** Message ids are the `INTEGER PRIMARY KEY` (rowid) assigned by
 //!   the single writer, so a larger id was committed later. `created_at` is the batch's commit
 //!   time in UTC microseconds (never earlier than the previous batch's), stored as an integer.
+//!   Each user's counter row keeps their newest id; the writer reads it once per user and
+//!   batch (a primary-key lookup) and follows it through the batch, so an insert reports each
+//!   participant's previous position (the 2nd message of a user in a batch names the 1st),
+//!   and [`chatcore::Store::latest_position`] is one row read.
 //! - **Idempotency and the recipient are resolved in the writer's transaction**, in the same
 //!   job as the insert. Each thread caches username → id (users are never renamed or
 //!   deleted); the writer caches a name only once the transaction that saw it has committed.
@@ -92,7 +96,7 @@
 //! | `chatcore_conversation_marks` | every 16th message of each conversation: its `seq` and id | primary key `(conv_low, conv_high, seq)` and unique `chatcore_conversation_marks_id (conv_low, conv_high, id)`: where a walk along a chain starts, for a `before` cursor, an offset or a catch-up |
 //! | `chatcore_user_conversations` | (user, conversation) for each participant, written with a conversation's first message | primary key `(user_id, conv_low, conv_high)`: a user's messages and catch-up are read conversation by conversation along each chain (newest activity first, stopping when no older conversation can make the page), so a send writes no per-user index row |
 //! | `chatcore_conversations` | messages per conversation and its newest id (the head of its chain) | primary key `(conv_low, conv_high)`: the page `total` is one row, never a count; the newest id starts the latest page, orders and prunes the per-user reads |
-//! | `chatcore_user_counts` | messages per user | primary key `user_id`: the per-user `total` |
+//! | `chatcore_user_counts` | messages per user and their newest id (schema version 4) | primary key `user_id`: the per-user `total`; the newest id is `latest_position` and the previous position an insert reports |
 //! | `chatcore_migrations` | applied schema steps | primary key `version` |
 //!
 //! The counters are updated in the same transaction as the messages (one upsert per
@@ -151,8 +155,10 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 
 use async_trait::async_trait;
-use chatcore::store::{Credentials, Inserted, MessagePage, PageRequest, Store, TokenHash, UserQuery};
-use chatcore::{Error, Message, MessageId, NewMessage, Result, User, UserId, Username};
+use chatcore::store::{
+    Credentials, Inserted, MessagePage, PageRequest, SessionRecord, Store, TokenHash, UserQuery,
+};
+use chatcore::{Error, Message, MessageId, NewMessage, Position, Result, User, UserId, Username};
 use chrono::{DateTime, Utc};
 use crossbeam_channel::Sender;
 use tokio::sync::oneshot;
@@ -489,18 +495,28 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn session_user(&self, token_hash: &TokenHash, now: DateTime<Utc>) -> Result<Option<User>> {
+    async fn session_user(
+        &self,
+        token_hash: &TokenHash,
+        now: DateTime<Utc>,
+    ) -> Result<Option<SessionRecord>> {
         let token_hash = *token_hash;
         let now = now.timestamp_micros();
-        if let Some(user) = self.sessions.get(&token_hash, now) {
-            return Ok(Some(user));
+        if let Some(record) = self.sessions.get(&token_hash, now) {
+            return Ok(Some(record));
         }
         let epoch = self.sessions.epoch();
         let found = self.read(move |ctx| ctx.session_user(&token_hash, now)).await?;
-        Ok(found.map(|(user, expires_at)| {
-            self.sessions.insert(&token_hash, user.clone(), expires_at, epoch);
-            user
-        }))
+        let Some((user, expires_at)) = found else {
+            return Ok(None);
+        };
+        let expires_at = reader::micros_to_datetime(expires_at).map_err(|message| Error::Corrupt {
+            message: format!("a session's expiry: {message}"),
+            source: None,
+        })?;
+        let record = SessionRecord { user, expires_at };
+        self.sessions.insert(&token_hash, record.clone(), epoch);
+        Ok(Some(record))
     }
 
     async fn delete_session(&self, token_hash: &TokenHash) -> Result<()> {
@@ -542,8 +558,144 @@ impl Store for SqliteStore {
         self.read(move |ctx| ctx.messages_after(user, after, limit)).await
     }
 
+    async fn latest_position(&self, user: UserId) -> Result<Position> {
+        self.read(move |ctx| ctx.latest_position(user)).await
+    }
+
     async fn idempotent_message(&self, sender: UserId, key: &str) -> Result<Option<Message>> {
         let key = key.to_owned();
         self.read(move |ctx| ctx.idempotent_message(sender, &key)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(s: &str) -> Username {
+        Username::parse(s).unwrap()
+    }
+
+    fn note(from: &User, to: &User) -> NewMessage {
+        NewMessage {
+            sender: from.clone(),
+            recipient: to.username.clone(),
+            body: format!("{} to {}", from.username, to.username),
+            idempotency_key: None,
+        }
+    }
+
+    /// Several messages of the same users in one group commit: each names the one before it
+    /// in the batch, the first of each user names their newest from an earlier batch, and the
+    /// newest ids the batch wrote are where the next batch starts.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn previous_positions_within_one_group_commit() {
+        let store = SqliteStore::open(SqliteConfig::memory()).await.unwrap();
+        store.migrate().await.unwrap();
+        let [a, b, c, d] = ["a", "b", "c", "d"].map(name);
+        let mut users = Vec::new();
+        for username in [a, b, c, d] {
+            users.push(store.create_user(&username, None).await.unwrap());
+        }
+        let (a, b, c, d) = (&users[0], &users[1], &users[2], &users[3]);
+        let before = store.insert_message(note(a, b)).await.unwrap();
+        let earlier = before.message.id;
+        assert_eq!(
+            (before.sender_previous, before.recipient_previous),
+            (Position::START, Position::START)
+        );
+
+        // Hold the writer (a read job it runs) until every send of the batch is queued, so the
+        // batch holds them all.
+        let (running_tx, running) = std::sync::mpsc::channel::<()>();
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        store
+            .writer
+            .send(WriteMsg::Read(Box::new(move |_| {
+                let _ = running_tx.send(());
+                let _ = held.recv();
+            })))
+            .unwrap();
+        running.recv().unwrap();
+        let transactions = store.stats().transactions;
+        let plan = [(a, b), (b, a), (a, a), (c, b), (a, c), (c, c), (b, c)];
+        let mut answers = Vec::new();
+        for (from, to) in plan {
+            let (reply, answer) = oneshot::channel();
+            store
+                .writer
+                .send(WriteMsg::Op(WriteOp::Insert {
+                    message: note(from, to),
+                    reply,
+                }))
+                .unwrap();
+            answers.push(answer);
+        }
+        release.send(()).unwrap();
+        let mut inserted = Vec::new();
+        for answer in answers {
+            inserted.push(answer.await.unwrap().unwrap());
+        }
+        assert_eq!(store.stats().transactions, transactions + 1, "one group commit");
+        let ids: Vec<i64> = inserted.iter().map(|i| i.message.id.0).collect();
+        let e = earlier.0;
+        let reported: Vec<(i64, i64)> = inserted
+            .iter()
+            .map(|i| (i.sender_previous.0, i.recipient_previous.0))
+            .collect();
+        assert_eq!(
+            reported,
+            vec![
+                (e, e),           // a to b: both last in the earlier batch
+                (ids[0], ids[0]), // b to a
+                (ids[1], ids[1]), // a to a: one previous for both sides
+                (0, ids[1]),      // c to b: c's first
+                (ids[2], ids[3]), // a to c
+                (ids[4], ids[4]), // c to c
+                (ids[3], ids[5]), // b to c
+            ]
+        );
+        // The next batch starts where this one ended; d never took part.
+        let after = store.insert_message(note(a, b)).await.unwrap();
+        assert_eq!(
+            (after.sender_previous.0, after.recipient_previous.0),
+            (ids[4], ids[6])
+        );
+        for (user, latest) in [
+            (a, after.message.id.0),
+            (b, after.message.id.0),
+            (c, ids[6]),
+            (d, 0),
+        ] {
+            assert_eq!(store.latest_position(user.id).await.unwrap(), Position(latest));
+        }
+        assert_eq!(
+            store.latest_position(UserId(1_000)).await.unwrap(),
+            Position::START
+        );
+        store.close().await.unwrap();
+    }
+
+    /// The session cache keeps the expiry it answers with.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cached_sessions_keep_their_expiry() {
+        let store = SqliteStore::open(SqliteConfig::memory()).await.unwrap();
+        store.migrate().await.unwrap();
+        let alice = store.create_user(&name("alice"), None).await.unwrap();
+        let now = DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap();
+        let expires_at = now + chrono::Duration::minutes(5);
+        store
+            .create_session(&[4; 32], alice.id, expires_at)
+            .await
+            .unwrap();
+        let expected = Some(SessionRecord {
+            user: alice,
+            expires_at,
+        });
+        // From the database, then from the cache.
+        assert_eq!(store.session_user(&[4; 32], now).await.unwrap(), expected);
+        assert_eq!(store.session_user(&[4; 32], now).await.unwrap(), expected);
+        assert_eq!(store.session_user(&[4; 32], expires_at).await.unwrap(), None);
+        store.close().await.unwrap();
     }
 }

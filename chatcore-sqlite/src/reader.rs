@@ -5,7 +5,9 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 
 use chatcore::store::{Credentials, MessagePage, PageRequest, UserQuery};
-use chatcore::{ConversationKey, Entity, Error, Message, MessageId, Result, User, UserId, Username};
+use chatcore::{
+    ConversationKey, Entity, Error, Message, MessageId, Position, Result, User, UserId, Username,
+};
 use chrono::{DateTime, Utc};
 use crossbeam_channel::Receiver;
 use rusqlite::{Connection, OptionalExtension, Row};
@@ -312,6 +314,17 @@ impl ReadCtx {
             }
             messages_by_id(conn, kept.into_sorted_vec().into_iter())
         })
+    }
+
+    /// The user's newest message id (`0` for none, and for an unknown user): one primary-key
+    /// read of their counter row.
+    pub(crate) fn latest_position(&mut self, user: UserId) -> Result<Position> {
+        let mut stmt = self.conn.prepare_cached(sql::USER_LAST_ID).map_err(error::map)?;
+        let last_id: Option<i64> = stmt
+            .query_row([user.0], |r| r.get(0))
+            .optional()
+            .map_err(error::map)?;
+        Ok(Position(last_id.unwrap_or(0)))
     }
 
     pub(crate) fn idempotent_message(&mut self, sender: UserId, key: &str) -> Result<Option<Message>> {

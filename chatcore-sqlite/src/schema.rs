@@ -127,10 +127,25 @@ INSERT INTO chatcore_conversation_marks (conv_low, conv_high, seq, id)
 DROP INDEX chatcore_messages_conversation;
 "#,
     },
+    Migration {
+        version: 4,
+        name: "each user's newest message id, for the previous position of their next event",
+        // An insert reports each participant's previous position (their newest message before
+        // it), and `latest_position` is that newest id: one primary-key read of the user's
+        // counter row instead of a look at every conversation they take part in. The newest id
+        // of a user is the newest of their conversations'.
+        sql: r#"
+ALTER TABLE chatcore_user_counts ADD COLUMN last_id INTEGER NOT NULL DEFAULT 0;
+UPDATE chatcore_user_counts SET last_id = coalesce((
+    SELECT max(c.last_id) FROM chatcore_user_conversations AS uc
+    CROSS JOIN chatcore_conversations AS c ON c.conv_low = uc.conv_low AND c.conv_high = uc.conv_high
+    WHERE uc.user_id = chatcore_user_counts.user_id), 0);
+"#,
+    },
 ];
 
 /// The schema version this code writes and reads.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// What [`SqliteStore::migrate`](crate::SqliteStore::migrate) did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -394,6 +409,49 @@ mod tests {
         assert_eq!(marks, vec![(2, 16, ab[15]), (2, 32, ab[31])]);
         assert!(in_schema(&conn, "chatcore_conversation_marks_id"));
         assert!(!in_schema(&conn, "chatcore_messages_conversation"));
+    }
+
+    /// A version-3 database moves to version 4 with each user's newest message id (their
+    /// newest conversation's), notes to oneself included, and 0 for a user without messages.
+    #[test]
+    fn version_3_data_migrates() {
+        let mut conn = database_at(3);
+        conn.execute_batch(
+            "INSERT INTO chatcore_users (id, username) VALUES (1, 'a'), (2, 'b'), (3, 'c'), (4, 'd');
+             INSERT INTO chatcore_messages
+                 (id, sender_id, recipient_id, conv_low, conv_high, created_at, body, prev_id, seq)
+                 VALUES (1, 1, 2, 1, 2, 0, 'x', NULL, 1), (2, 2, 1, 1, 2, 0, 'y', 1, 2),
+                        (3, 3, 3, 3, 3, 0, 'z', NULL, 1), (4, 1, 3, 1, 3, 0, 'w', NULL, 1),
+                        (5, 2, 1, 1, 2, 0, 'v', 2, 3);
+             INSERT INTO chatcore_conversations (conv_low, conv_high, message_count, last_id)
+                 VALUES (1, 2, 3, 5), (3, 3, 1, 3), (1, 3, 1, 4);
+             INSERT INTO chatcore_user_conversations VALUES (1, 1, 2), (2, 1, 2), (3, 3, 3), (1, 1, 3), (3, 1, 3);
+             INSERT INTO chatcore_user_counts (user_id, message_count) VALUES (1, 4), (2, 3), (3, 2), (4, 0);",
+        )
+        .unwrap();
+        let report = migrate(&mut conn, 1).unwrap();
+        assert_eq!((report.previous, report.current), (3, SCHEMA_VERSION));
+        let users: Vec<(i64, i64, i64)> = rows(
+            &conn,
+            "SELECT user_id, message_count, last_id FROM chatcore_user_counts ORDER BY 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        );
+        assert_eq!(users, vec![(1, 4, 5), (2, 3, 5), (3, 2, 4), (4, 0, 0)]);
+        // New rows get 0 until their first message.
+        conn.execute(
+            "INSERT INTO chatcore_user_counts (user_id, message_count) VALUES (9, 0)",
+            [],
+        )
+        .unwrap();
+        let fresh: i64 = conn
+            .query_row(
+                "SELECT last_id FROM chatcore_user_counts WHERE user_id = 9",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(fresh, 0);
     }
 
     #[test]

@@ -10,13 +10,14 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use chatcore::{TokenHash, User};
+use chatcore::{SessionRecord, TokenHash};
 
 const SHARDS: usize = 64;
 
 struct Cached {
-    user: User,
-    /// Microseconds since the epoch; the session is live strictly before this instant.
+    record: SessionRecord,
+    /// `record.expires_at` in microseconds since the epoch; the session is live strictly
+    /// before this instant.
     expires_at: i64,
 }
 
@@ -44,14 +45,14 @@ impl SessionCache {
         self.shards[index].lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The cached user of a session live at `now`; drops an expired entry.
-    pub(crate) fn get(&self, token_hash: &TokenHash, now: i64) -> Option<User> {
+    /// The cached record of a session live at `now` (microseconds); drops an expired entry.
+    pub(crate) fn get(&self, token_hash: &TokenHash, now: i64) -> Option<SessionRecord> {
         if self.per_shard == 0 {
             return None;
         }
         let mut shard = self.shard(token_hash);
         match shard.get(token_hash) {
-            Some(cached) if now < cached.expires_at => Some(cached.user.clone()),
+            Some(cached) if now < cached.expires_at => Some(cached.record.clone()),
             Some(_) => {
                 shard.remove(token_hash);
                 None
@@ -66,7 +67,7 @@ impl SessionCache {
     }
 
     /// Caches a lookup's answer, unless a session was invalidated since it started.
-    pub(crate) fn insert(&self, token_hash: &TokenHash, user: User, expires_at: i64, epoch: u64) {
+    pub(crate) fn insert(&self, token_hash: &TokenHash, record: SessionRecord, epoch: u64) {
         if self.per_shard == 0 {
             return;
         }
@@ -78,7 +79,8 @@ impl SessionCache {
             // Full: start this shard over rather than track recency on the hot path.
             shard.clear();
         }
-        shard.insert(*token_hash, Cached { user, expires_at });
+        let expires_at = record.expires_at.timestamp_micros();
+        shard.insert(*token_hash, Cached { record, expires_at });
     }
 
     /// Forgets a session (after its delete committed).
@@ -92,22 +94,30 @@ impl SessionCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chatcore::{UserId, Username};
+    use chatcore::{User, UserId, Username};
+    use chrono::DateTime;
 
-    fn user() -> User {
-        User {
-            id: UserId(1),
-            username: Username::parse("alice").unwrap(),
+    /// alice's session, live strictly before `expires_at` (microseconds).
+    fn record(expires_at: i64) -> SessionRecord {
+        SessionRecord {
+            user: User {
+                id: UserId(1),
+                username: Username::parse("alice").unwrap(),
+            },
+            expires_at: DateTime::from_timestamp_micros(expires_at).unwrap(),
         }
     }
+
+    /// Far in the future, yet in chrono's range.
+    const LATER: i64 = 4_000_000_000_000_000;
 
     #[test]
     fn caches_until_expiry() {
         let cache = SessionCache::new(100);
         let token = [7u8; 32];
         assert_eq!(cache.get(&token, 0), None);
-        cache.insert(&token, user(), 100, cache.epoch());
-        assert_eq!(cache.get(&token, 99), Some(user()));
+        cache.insert(&token, record(100), cache.epoch());
+        assert_eq!(cache.get(&token, 99), Some(record(100)), "the expiry is kept");
         assert_eq!(cache.get(&token, 100), None, "expired at its instant");
         assert_eq!(cache.get(&token, 0), None, "an expired entry is dropped");
     }
@@ -118,10 +128,10 @@ mod tests {
         let token = [8u8; 32];
         let started = cache.epoch();
         cache.invalidate(&token);
-        cache.insert(&token, user(), i64::MAX, started);
+        cache.insert(&token, record(LATER), started);
         assert_eq!(cache.get(&token, 0), None);
-        cache.insert(&token, user(), i64::MAX, cache.epoch());
-        assert_eq!(cache.get(&token, 0), Some(user()));
+        cache.insert(&token, record(LATER), cache.epoch());
+        assert_eq!(cache.get(&token, 0), Some(record(LATER)));
         cache.invalidate(&token);
         assert_eq!(cache.get(&token, 0), None);
     }
@@ -130,12 +140,12 @@ mod tests {
     fn bounded_and_disableable() {
         let cache = SessionCache::new(64);
         for i in 0..=255u8 {
-            cache.insert(&[i; 32], user(), i64::MAX, cache.epoch());
+            cache.insert(&[i; 32], record(LATER), cache.epoch());
         }
         let held: usize = cache.shards.iter().map(|s| s.lock().unwrap().len()).sum();
         assert!(held <= 64, "held {held}");
         let off = SessionCache::new(0);
-        off.insert(&[1; 32], user(), i64::MAX, off.epoch());
+        off.insert(&[1; 32], record(LATER), off.epoch());
         assert_eq!(off.get(&[1; 32], 0), None);
     }
 }

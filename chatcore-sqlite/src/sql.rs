@@ -44,9 +44,12 @@ pub(crate) const ADD_CONVERSATION_COUNT: &str =
 pub(crate) const ADD_USER_CONVERSATION: &str =
     "INSERT OR IGNORE INTO chatcore_user_conversations (user_id, conv_low, conv_high) VALUES (?1, ?2, ?3)";
 
+/// Adds `?2` messages up to id `?3` to a user.
 pub(crate) const ADD_USER_COUNT: &str =
-    "INSERT INTO chatcore_user_counts (user_id, message_count) VALUES (?1, ?2)
-     ON CONFLICT (user_id) DO UPDATE SET message_count = message_count + excluded.message_count";
+    "INSERT INTO chatcore_user_counts (user_id, message_count, last_id) VALUES (?1, ?2, ?3)
+     ON CONFLICT (user_id) DO UPDATE SET
+         message_count = message_count + excluded.message_count,
+         last_id = max(last_id, excluded.last_id)";
 
 // ---- both ----
 
@@ -94,6 +97,10 @@ pub(crate) const MARK_FROM_SEQ: &str = "SELECT id FROM chatcore_conversation_mar
      WHERE conv_low = ?1 AND conv_high = ?2 AND seq >= ?3 ORDER BY seq LIMIT 1";
 
 pub(crate) const USER_COUNT: &str = "SELECT message_count FROM chatcore_user_counts WHERE user_id = ?1";
+
+/// A user's newest message id (no row: none yet): `latest_position`, and the previous
+/// position of the user's first message in a batch, which the writer reads too.
+pub(crate) const USER_LAST_ID: &str = "SELECT last_id FROM chatcore_user_counts WHERE user_id = ?1";
 
 /// The conversations `?1` takes part in, with each one's newest message id.
 pub(crate) const USER_CONVERSATIONS: &str = "SELECT c.conv_low, c.conv_high, c.last_id
@@ -240,11 +247,9 @@ mod query_plans {
             MARK_FROM_SEQ,
             &["SEARCH chatcore_conversation_marks USING PRIMARY KEY (conv_low=? AND conv_high=? AND seq>?)"],
         );
-        assert_plan(
-            conn,
-            USER_COUNT,
-            &[&format!("SEARCH chatcore_user_counts {BY_ROWID}")],
-        );
+        for sql in [USER_COUNT, USER_LAST_ID] {
+            assert_plan(conn, sql, &[&format!("SEARCH chatcore_user_counts {BY_ROWID}")]);
+        }
         for sql in [USER_CONVERSATIONS, USER_CONVERSATIONS_AFTER] {
             assert_plan(
                 conn,
@@ -325,7 +330,7 @@ mod query_plans {
             tx.execute(ADD_CONVERSATION_COUNT, [low, high, 1, id]).unwrap();
             tx.execute(ADD_USER_CONVERSATION, [low, low, high]).unwrap();
             tx.execute(ADD_USER_CONVERSATION, [high, low, high]).unwrap();
-            tx.execute(ADD_USER_COUNT, [from, 1]).unwrap();
+            tx.execute(ADD_USER_COUNT, [from, 1, id]).unwrap();
         }
         tx.commit().unwrap();
         conn

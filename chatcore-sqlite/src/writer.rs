@@ -11,7 +11,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use chatcore::store::Inserted;
 use chatcore::{
-    ConversationKey, Entity, Error, Message, MessageId, NewMessage, Result, User, UserId, Username,
+    ConversationKey, Entity, Error, Message, MessageId, NewMessage, Position, Result, User, UserId, Username,
 };
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
@@ -203,7 +203,8 @@ pub(crate) struct Writer {
     pending_ids: HashSet<UserId>,
     /// Where each conversation's chain stands in the open transaction.
     conversation_tails: HashMap<ConversationKey, Tail>,
-    user_counts: HashMap<UserId, i64>,
+    /// Where each user's messages stand in the open transaction.
+    user_tails: HashMap<UserId, UserTail>,
 }
 
 impl Writer {
@@ -222,7 +223,7 @@ impl Writer {
             known_ids_capacity: config.name_cache,
             pending_ids: HashSet::new(),
             conversation_tails: HashMap::new(),
-            user_counts: HashMap::new(),
+            user_tails: HashMap::new(),
         }
     }
 
@@ -406,7 +407,7 @@ impl Writer {
         self.pending_names.clear();
         self.pending_ids.clear();
         self.conversation_tails.clear();
-        self.user_counts.clear();
+        self.user_tails.clear();
         let result = self.apply_all(ops, created_at);
         match &result {
             Ok(_) => {
@@ -444,7 +445,8 @@ impl Writer {
         Ok(outcomes)
     }
 
-    /// Adds the batch's counter increments, one upsert per conversation and per user.
+    /// Adds the batch's counter increments and newest ids, one upsert per conversation and
+    /// per user.
     fn flush_counts(&mut self) -> rusqlite::Result<()> {
         let conn = &self.ctx.conn;
         if !self.conversation_tails.is_empty() {
@@ -465,10 +467,13 @@ impl Writer {
                 }
             }
         }
-        if !self.user_counts.is_empty() {
+        if !self.user_tails.is_empty() {
             let mut stmt = conn.prepare_cached(sql::ADD_USER_COUNT)?;
-            for (user, n) in self.user_counts.drain() {
-                stmt.execute([user.0, n])?;
+            for (user, tail) in self.user_tails.drain() {
+                if tail.added == 0 {
+                    continue;
+                }
+                stmt.execute([user.0, tail.added, tail.last_id])?;
             }
         }
         Ok(())
@@ -565,9 +570,19 @@ impl Writer {
                     message,
                     recipient_id,
                     replayed: true,
+                    sender_previous: Position::START,
+                    recipient_previous: Position::START,
                 }));
             }
         }
+        // Each participant's newest message before this one: ids follow commit order (one
+        // writer), so it is the user's previous position (`Store` docs, "Positions").
+        let sender_previous = user_tail(conn, &mut self.user_tails, sender_id)?.last_id;
+        let recipient_previous = if recipient_id == sender_id {
+            sender_previous
+        } else {
+            user_tail(conn, &mut self.user_tails, recipient_id)?.last_id
+        };
         let key = ConversationKey::new(sender_id, recipient_id);
         let (low, high) = (key.low().0, key.high().0);
         let tail = match self.conversation_tails.entry(key) {
@@ -608,9 +623,16 @@ impl Writer {
         }
         tail.added += 1;
         tail.last_id = id;
-        *self.user_counts.entry(sender_id).or_insert(0) += 1;
-        if recipient_id != sender_id {
-            *self.user_counts.entry(recipient_id).or_insert(0) += 1;
+        let participants = if recipient_id == sender_id {
+            &[sender_id][..]
+        } else {
+            &[sender_id, recipient_id][..]
+        };
+        for user in participants {
+            // Read above, so the entry is there.
+            let tail = self.user_tails.entry(*user).or_default();
+            tail.added += 1;
+            tail.last_id = id;
         }
         Ok(Ok(Inserted {
             message: Message {
@@ -622,6 +644,8 @@ impl Writer {
             },
             recipient_id,
             replayed: false,
+            sender_previous: Position(sender_previous),
+            recipient_previous: Position(recipient_previous),
         }))
     }
 
@@ -673,6 +697,34 @@ struct Tail {
     count: i64,
     added: i64,
     last_id: i64,
+}
+
+/// A user's messages in the open transaction: the messages it added, and the user's newest
+/// id (`0` for none).
+#[derive(Default)]
+struct UserTail {
+    added: i64,
+    last_id: i64,
+}
+
+/// Where `user`'s messages stand in the open transaction: read from their counter row (a
+/// primary-key lookup) the first time the batch meets them.
+fn user_tail<'t>(
+    conn: &Connection,
+    tails: &'t mut HashMap<UserId, UserTail>,
+    user: UserId,
+) -> rusqlite::Result<&'t mut UserTail> {
+    Ok(match tails.entry(user) {
+        Entry::Occupied(entry) => entry.into_mut(),
+        Entry::Vacant(entry) => {
+            let last_id: i64 = conn
+                .prepare_cached(sql::USER_LAST_ID)?
+                .query_row([user.0], |row| row.get(0))
+                .optional()?
+                .unwrap_or(0);
+            entry.insert(UserTail { added: 0, last_id })
+        }
+    })
 }
 
 /// A committed write and its answer, held until the commit is durable.

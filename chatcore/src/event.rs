@@ -335,7 +335,9 @@ mod tests {
         assert_eq!(again.frame().as_ptr(), event.frame().as_ptr());
         assert_eq!(again, event);
         assert!(Event::from_frame(EventKind::Message, None, event.frame().clone()).is_err());
-        assert!(Event::from_frame(EventKind::Message, Some(Position(7)), Bytes::from_static(b"\xff")).is_err());
+        assert!(
+            Event::from_frame(EventKind::Message, Some(Position(7)), Bytes::from_static(b"\xff")).is_err()
+        );
         let ended = Event::session_ended(SessionId(99));
         let again = Event::from_frame(EventKind::SessionEnded, None, ended.frame().clone()).unwrap();
         assert_eq!(again.session(), Some(SessionId(99)));
@@ -350,6 +352,9 @@ mod tests {
         }
         assert_eq!(EventKind::parse("nope"), None);
         let value: serde_json::Value = serde_json::from_str(RESYNC_FRAME).unwrap();
-        assert_eq!((value["type"].as_str(), value["resync"].as_bool()), (Some("resync"), Some(true)));
+        assert_eq!(
+            (value["type"].as_str(), value["resync"].as_bool()),
+            (Some("resync"), Some(true))
+        );
     }
 }

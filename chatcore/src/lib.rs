@@ -62,12 +62,12 @@ pub mod conformance;
 pub mod notifier_conformance;
 
 pub use error::{BoxError, Entity, Error, Result};
+pub use event::{Event, EventData, EventKind, Position, RESYNC_FRAME, SessionId};
+pub use feed::Feed;
 pub use memory::MemoryStore;
 pub use model::{
     ConversationKey, Message, MessageId, NewMessage, User, UserId, Username, now_micros, timestamp_micros,
 };
-pub use event::{Event, EventData, EventKind, Position, RESYNC_FRAME, SessionId};
-pub use feed::Feed;
 pub use notify::{CloseReason, Delivery, LocalNotifier, Notifier, Recipient, Subscription};
 pub use service::{
     CatchUp, CatchUpPage, ChatConfig, ChatService, DirectoryQuery, HistoryQuery, SendRequest, Sent,

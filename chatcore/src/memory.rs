@@ -11,8 +11,8 @@ use crate::store::{
     Credentials, Inserted, MessagePage, PageRequest, SessionRecord, Store, TokenHash, UserQuery,
 };
 use crate::{
-    ConversationKey, Entity, Error, Message, MessageId, NewMessage, Position, Result, User, UserId,
-    Username, now_micros,
+    ConversationKey, Entity, Error, Message, MessageId, NewMessage, Position, Result, User, UserId, Username,
+    now_micros,
 };
 
 /// A [`Store`] in process memory: for tests, and for hosts that need no persistence.
@@ -173,7 +173,11 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn session_user(&self, token_hash: &TokenHash, now: DateTime<Utc>) -> Result<Option<SessionRecord>> {
+    async fn session_user(
+        &self,
+        token_hash: &TokenHash,
+        now: DateTime<Utc>,
+    ) -> Result<Option<SessionRecord>> {
         let state = self.read();
         Ok(match state.sessions.get(token_hash) {
             Some((user, expires_at)) if *expires_at > now => state.user(*user).map(|r| SessionRecord {

@@ -145,7 +145,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// The user a session belongs to and when it expires, if the session exists and has not
     /// expired at `now`.
-    async fn session_user(&self, token_hash: &TokenHash, now: DateTime<Utc>) -> Result<Option<SessionRecord>>;
+    async fn session_user(&self, token_hash: &TokenHash, now: DateTime<Utc>)
+    -> Result<Option<SessionRecord>>;
 
     /// Ends a session at once. Ending an unknown session is not an error.
     async fn delete_session(&self, token_hash: &TokenHash) -> Result<()>;

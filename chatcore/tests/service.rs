@@ -236,7 +236,12 @@ async fn catch_up_replays_in_pages_or_asks_for_resync() {
         let first = chat.send(&alice, to("bob", "0")).await.unwrap().message.id;
         let mut last = first;
         for i in 1..=5 {
-            last = chat.send(&alice, to("bob", &format!("{i}"))).await.unwrap().message.id;
+            last = chat
+                .send(&alice, to("bob", &format!("{i}")))
+                .await
+                .unwrap()
+                .message
+                .id;
         }
         assert_eq!(
             read_all(&chat, &bob, first.0).await,
@@ -244,7 +249,11 @@ async fn catch_up_replays_in_pages_or_asks_for_resync() {
             "page {page}"
         );
         // Six missed: more than the limit, so resync and resume after the newest.
-        assert_eq!(read_all(&chat, &bob, 0).await, Err(Position::from(last)), "page {page}");
+        assert_eq!(
+            read_all(&chat, &bob, 0).await,
+            Err(Position::from(last)),
+            "page {page}"
+        );
         // Nothing missed.
         assert_eq!(read_all(&chat, &bob, last.0).await, Ok(vec![]));
     }
@@ -292,10 +301,22 @@ async fn ending_a_session_closes_its_feeds_only() {
     let mut phone = chat.subscribe(&bob, Some(SessionId(2))).await.unwrap();
     let mut token_client = chat.subscribe(&bob, None).await.unwrap();
     chat.end_session(&bob, SessionId(1)).await.unwrap();
-    assert_eq!(next(&mut laptop).await, Delivery::Closed(CloseReason::SessionEnded));
+    assert_eq!(
+        next(&mut laptop).await,
+        Delivery::Closed(CloseReason::SessionEnded)
+    );
     assert_eq!(laptop.recv().await, None);
-    let sent = chat.send(&alice, to("bob", "still here")).await.unwrap().message.id;
-    assert_eq!(next_id(&mut phone).await, Some(sent), "the session event is not forwarded");
+    let sent = chat
+        .send(&alice, to("bob", "still here"))
+        .await
+        .unwrap()
+        .message
+        .id;
+    assert_eq!(
+        next_id(&mut phone).await,
+        Some(sent),
+        "the session event is not forwarded"
+    );
     assert_eq!(next_id(&mut token_client).await, Some(sent));
 }
 

@@ -6,9 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chatcore::notify::SubscriberTable;
-use chatcore::{
-    ChatConfig, Delivery, Event, Notifier, Recipient, SendRequest, Store, Subscription, UserId,
-};
+use chatcore::{ChatConfig, Delivery, Event, Notifier, Recipient, SendRequest, Store, Subscription, UserId};
 use chatcore_axum::ApiConfig;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
@@ -1182,7 +1180,10 @@ pub async fn a_users_oldest_socket_closes_past_the_limit(store: Arc<dyn Store>) 
     let mut alices = app.ws(&alice, None).await;
     let mut newest = app.ws(&bob, Some(0)).await;
     let (code, reason) = close_code(&mut oldest).await;
-    assert_eq!((code, reason.as_str()), (1008, "too many connections for this user"));
+    assert_eq!(
+        (code, reason.as_str()),
+        (1008, "too many connections for this user")
+    );
     let id = app.send(&alice, "bob", "hi").await["id"].as_i64().unwrap();
     for ws in [&mut second, &mut newest, &mut alices] {
         assert_eq!(frame_id(ws).await, id);
@@ -1210,7 +1211,9 @@ pub async fn logout_and_expiry_close_that_sessions_sockets(store: Arc<dyn Store>
     for ws in [&mut laptop, &mut laptop_tab] {
         assert_eq!(close_code(ws).await, (4001, "session ended".to_owned()));
     }
-    let id = app.send(&alice, "bob", "phone still hears").await["id"].as_i64().unwrap();
+    let id = app.send(&alice, "bob", "phone still hears").await["id"]
+        .as_i64()
+        .unwrap();
     assert_eq!(frame_id(&mut phone).await, id);
     let (status, _) = app.ws_refused(app.ws_request(Some(&bob_laptop), "")).await;
     assert_eq!(status, 401);
@@ -1219,10 +1222,19 @@ pub async fn logout_and_expiry_close_that_sessions_sockets(store: Arc<dyn Store>
     let token = "expiring-session-token-0123456789abcdefghij";
     let hash = chatcore_axum::token_hash(token);
     let expires_at = chrono::Utc::now() + chrono::Duration::milliseconds(1500);
-    store.create_session(&hash, alice_user.id, expires_at).await.unwrap();
+    store
+        .create_session(&hash, alice_user.id, expires_at)
+        .await
+        .unwrap();
     let mut expiring = app.ws(token, None).await;
-    assert_eq!(close_code(&mut expiring).await, (4001, "session ended".to_owned()));
-    assert!(chrono::Utc::now() >= expires_at, "closed before the session expired");
+    assert_eq!(
+        close_code(&mut expiring).await,
+        (4001, "session ended".to_owned())
+    );
+    assert!(
+        chrono::Utc::now() >= expires_at,
+        "closed before the session expired"
+    );
 }
 
 pub async fn oversized_client_frames_close_with_1009(store: Arc<dyn Store>) {
@@ -1255,7 +1267,11 @@ pub async fn a_long_backlog_is_sent_in_pages_in_order(store: Arc<dyn Store>) {
     let (_, bob) = app.user("bob").await;
     let mut ids = Vec::new();
     for i in 0..20 {
-        ids.push(app.send(&alice, "bob", &format!("{i}")).await["id"].as_i64().unwrap());
+        ids.push(
+            app.send(&alice, "bob", &format!("{i}")).await["id"]
+                .as_i64()
+                .unwrap(),
+        );
     }
     let mut ws = app.ws(&bob, Some(0)).await;
     for id in &ids {
@@ -1460,7 +1476,11 @@ pub async fn reconnecting_client_gets_every_message_once_in_order_over(nodes: &[
                 for i in 0..per_sender {
                     let url = &addresses[(k + i) % addresses.len()].1;
                     // Every third message goes elsewhere, so bob's positions are not contiguous.
-                    let to = if i % 3 == 2 { format!("sender{}", (k + 1) % 8) } else { "bob".to_owned() };
+                    let to = if i % 3 == 2 {
+                        format!("sender{}", (k + 1) % 8)
+                    } else {
+                        "bob".to_owned()
+                    };
                     let response = client
                         .post(url)
                         .bearer_auth(&token)
@@ -1492,7 +1512,10 @@ pub async fn reconnecting_client_gets_every_message_once_in_order_over(nodes: &[
         while read < drop_after && got.len() < total {
             let id = match tokio::time::timeout(Duration::from_secs(4), frame_id(&mut ws)).await {
                 Ok(id) => id,
-                Err(_) => panic!("stuck after position {last} with {} of {total} messages", got.len()),
+                Err(_) => panic!(
+                    "stuck after position {last} with {} of {total} messages",
+                    got.len()
+                ),
             };
             assert!(id > last, "position {id} after {last}: out of order or repeated");
             last = id;
@@ -1507,7 +1530,10 @@ pub async fn reconnecting_client_gets_every_message_once_in_order_over(nodes: &[
         expected.extend(task.await.unwrap());
     }
     expected.sort_unstable();
-    assert_eq!(got, expected, "every message once, in order ({reconnects} reconnects)");
+    assert_eq!(
+        got, expected,
+        "every message once, in order ({reconnects} reconnects)"
+    );
     assert!(reconnects > 3, "only {reconnects} reconnects: nothing tested");
     // Nothing more afterwards.
     let mut ws = nodes[0].ws(&bob, Some(last)).await;

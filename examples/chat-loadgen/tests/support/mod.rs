@@ -14,8 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chatcore::{
-    CatchUpPage, ChatConfig, ChatService, Delivery, LocalNotifier, MemoryStore, Position, SendRequest,
-    User,
+    CatchUpPage, ChatConfig, ChatService, Delivery, LocalNotifier, MemoryStore, Position, SendRequest, User,
 };
 use serde::Deserialize;
 use serde_json::json;
