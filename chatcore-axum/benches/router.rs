@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use chatcore::{ChatConfig, ChatService, LocalNotifier, MemoryStore, SendRequest};
-use chatcore_axum::{ApiConfig, ChatApi, SessionAuthenticator, SessionConfig};
+use chatcore_axum::{ChatApi, SessionAuthenticator, SessionConfig};
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::Request;
 use tower::ServiceExt;
@@ -26,9 +26,13 @@ async fn setup() -> Setup {
     let chat = ChatService::new(
         store.clone(),
         Arc::new(LocalNotifier::default()),
-        ChatConfig::default(),
+        // The send rate limit off: the bench sends far faster than a person.
+        ChatConfig {
+            send_burst: 0,
+            ..ChatConfig::default()
+        },
     );
-    let auth = SessionAuthenticator::new(store, SessionConfig::default());
+    let auth = SessionAuthenticator::new(store, SessionConfig::default()).unwrap();
     let alice = chat.create_user("alice", None).await.unwrap();
     chat.create_user("bob", None).await.unwrap();
     let mut message_id = 0;
@@ -41,11 +45,7 @@ async fn setup() -> Setup {
         message_id = chat.send(&alice, request).await.unwrap().message.id.0;
     }
     let token = auth.start_session(alice).await.unwrap().token;
-    let config = ApiConfig {
-        send_burst: 0,
-        ..Default::default()
-    };
-    let api = ChatApi::new(chat, auth).with_config(config);
+    let api = ChatApi::new(chat, auth);
     let app = axum::Router::new().nest("/chat", api.router());
     Setup {
         app,

@@ -53,10 +53,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Arc::new(LocalNotifier::default()),
         ChatConfig {
             max_connections_per_user: sockets,
+            send_burst: 0,
             ..ChatConfig::default()
         },
     );
-    let auth = SessionAuthenticator::new(store, SessionConfig::default());
+    let auth = SessionAuthenticator::new(store, SessionConfig::default())?;
     let reader = chat.create_user("reader", None).await?;
     let writer = chat.create_user("writer", None).await?;
     let body = "a message of a realistic length, some eighty characters long, give or take".to_owned();

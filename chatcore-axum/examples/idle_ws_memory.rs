@@ -35,7 +35,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Arc::new(LocalNotifier::default()),
         ChatConfig::default(),
     );
-    let auth = SessionAuthenticator::new(store, SessionConfig::default());
+    let auth = SessionAuthenticator::new(store, SessionConfig::default())?;
     let user = chat.create_user("idle", None).await?;
     let token = auth.start_session(user).await?.token;
     let read_buffer = std::env::var("WS_READ_BUFFER")

@@ -130,7 +130,7 @@ impl FromRequestParts<ApiState> for Caller {
 /// upgrade) without an `Authorization` header must come from the request's own origin when
 /// it names one (`Origin`, or else `Referer`). Requests naming no origin (non-browser
 /// clients) pass; browsers always send `Origin` on cross-site POSTs and WebSocket upgrades.
-pub(crate) fn check_same_origin(parts: &Parts, trusted: &[String]) -> Result<(), ApiError> {
+pub(crate) fn check_same_origin(parts: &Parts, trusted: &[TrustedOrigin]) -> Result<(), ApiError> {
     let headers = &parts.headers;
     let safe_method = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
     let upgrade = headers.contains_key(header::UPGRADE);
@@ -144,10 +144,67 @@ pub(crate) fn check_same_origin(parts: &Parts, trusted: &[String]) -> Result<(),
         return Ok(());
     };
     let claimed = claimed.to_str().unwrap_or("");
-    if same_origin(claimed, headers) || trusted.iter().any(|t| origin_of(t) == origin_of(claimed)) {
+    // `null` and anything else that is not an origin is never trusted.
+    let trusted_claim = origin_of(claimed).is_some_and(|claim| trusted.iter().any(|t| t.0 == claim));
+    if same_origin(claimed, headers) || trusted_claim {
         Ok(())
     } else {
         Err(ApiError::forbidden("cross-site request refused"))
+    }
+}
+
+/// An origin (`scheme://host[:port]`) trusted besides the request's own
+/// ([`crate::ApiConfig::trusted_origins`]). Only [`TrustedOrigin::parse`] makes one, so a
+/// setting that is not an origin fails where it is read, never at request time.
+///
+/// ```
+/// use chatcore_axum::TrustedOrigin;
+/// assert!(TrustedOrigin::parse("https://app.example.com").is_ok());
+/// assert!(TrustedOrigin::parse("https://app.example.com:8443").is_ok());
+/// for bad in ["", " ", "app.example.com", "null", "https://", "https://app.example.com/path"] {
+///     assert!(TrustedOrigin::parse(bad).is_err(), "{bad:?}");
+/// }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustedOrigin((String, String));
+
+impl TrustedOrigin {
+    /// Parses `scheme://host[:port]` (`http` or `https`, no path, query or user info).
+    ///
+    /// Errors: [`chatcore::Error::Invalid`] naming the entry.
+    pub fn parse(origin: &str) -> chatcore::Result<Self> {
+        let bad =
+            || chatcore::Error::invalid(format!("trusted origin {origin:?} is not scheme://host[:port]"));
+        let uri: http::Uri = origin.parse().map_err(|_| bad())?;
+        let scheme = uri.scheme_str().ok_or_else(bad)?.to_ascii_lowercase();
+        let authority = uri.authority().ok_or_else(bad)?;
+        let path_ok = matches!(
+            uri.path_and_query().map(|p| p.as_str()),
+            None | Some("") | Some("/")
+        );
+        if !matches!(scheme.as_str(), "http" | "https")
+            || authority.host().is_empty()
+            || authority.as_str().contains('@')
+            || !path_ok
+            || origin.ends_with('/')
+        {
+            return Err(bad());
+        }
+        Ok(Self((scheme, authority.as_str().to_ascii_lowercase())))
+    }
+}
+
+impl std::fmt::Display for TrustedOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}://{}", self.0.0, self.0.1)
+    }
+}
+
+impl std::str::FromStr for TrustedOrigin {
+    type Err = chatcore::Error;
+
+    fn from_str(origin: &str) -> chatcore::Result<Self> {
+        Self::parse(origin)
     }
 }
 
@@ -233,8 +290,13 @@ mod tests {
             Method::POST,
             &[("host", "a.example:443"), ("origin", "https://a.example")]
         )));
-        let trusted = vec!["https://app.example".to_owned()];
+        let trusted = vec![TrustedOrigin::parse("https://app.example").unwrap()];
         let p = parts(Method::POST, &[host, ("origin", "https://APP.example")]);
         assert!(check_same_origin(&p, &trusted).is_ok());
+        // The scheme counts, and `null` (a sandboxed frame, a file) is never trusted.
+        let p = parts(Method::POST, &[host, ("origin", "http://app.example")]);
+        assert!(check_same_origin(&p, &trusted).is_err());
+        let p = parts(Method::POST, &[host, ("origin", "null")]);
+        assert!(check_same_origin(&p, &trusted).is_err());
     }
 }

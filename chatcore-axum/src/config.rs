@@ -2,14 +2,16 @@
 
 use std::time::Duration;
 
+use crate::TrustedOrigin;
+
 /// Limits and timings of the router. A plain struct: start from `ApiConfig::default()` and
-/// change what you need. Message-level limits (body length, page sizes, catch-up bound) live
-/// in [`chatcore::ChatConfig`], because the service enforces them.
+/// change what you need. Message-level limits and rules (body length, page sizes, catch-up
+/// bound, the send rate limit) live in [`chatcore::ChatConfig`], because the service enforces
+/// them for every front end.
 ///
 /// ```
 /// use std::time::Duration;
 /// let config = chatcore_axum::ApiConfig {
-///     send_burst: 0, // no send rate limit (load tests)
 ///     ws_ping_interval: Duration::from_secs(10),
 ///     ..Default::default()
 /// };
@@ -19,12 +21,6 @@ use std::time::Duration;
 pub struct ApiConfig {
     /// Largest request body in bytes; a larger one is answered 413. Default 64 KiB.
     pub max_request_body: usize,
-    /// Sends a user may make in a burst before the rate applies. `0` turns the send rate
-    /// limit off. Default 100.
-    pub send_burst: u32,
-    /// Sends per second a user may make after the burst; beyond it the answer is 429 with
-    /// `Retry-After`. `0` turns the send rate limit off. Default 20.
-    pub send_rate_per_sec: u32,
     /// How often an open WebSocket is pinged. Default 30 s.
     pub ws_ping_interval: Duration,
     /// A WebSocket from which nothing (not even a pong) arrived for more than
@@ -60,16 +56,16 @@ pub struct ApiConfig {
     /// soon as it is queued (with whatever else is queued by then).
     pub ws_gather_frames: bool,
     /// Origins (like `https://app.example.com`) accepted besides the request's own `Host` for
-    /// cookie-authenticated POSTs and WebSocket upgrades. Default: none.
-    pub trusted_origins: Vec<String>,
+    /// cookie-authenticated POSTs and WebSocket upgrades, compared by scheme, host and port.
+    /// Built with [`TrustedOrigin::parse`], so a bad entry fails where the setting is read.
+    /// Default: none.
+    pub trusted_origins: Vec<TrustedOrigin>,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
         Self {
             max_request_body: 64 * 1024,
-            send_burst: 100,
-            send_rate_per_sec: 20,
             ws_ping_interval: Duration::from_secs(30),
             ws_ping_timeout: Duration::from_secs(10),
             ws_send_timeout: Duration::from_secs(10),

@@ -122,6 +122,7 @@ impl From<chatcore::Error> for ApiError {
             E::Invalid(message) => Self::bad_request(message),
             E::NotFound(entity) => Self::not_found(format!("{entity} not found")),
             E::Conflict(message) => Self::new(StatusCode::CONFLICT, message),
+            E::Unprocessable(message) => Self::new(StatusCode::UNPROCESSABLE_ENTITY, message),
             E::RateLimited { retry_after } => Self::too_many_requests(retry_after),
             E::Unavailable { what, ref source } => {
                 tracing::warn!(what, error = %ErrorChain(source.as_ref()), "backend unavailable");

@@ -20,7 +20,7 @@
 //! # #[tokio::main] async fn main() -> std::io::Result<()> {
 //! let store = Arc::new(MemoryStore::new());
 //! let chat = ChatService::new(store.clone(), Arc::new(LocalNotifier::default()), ChatConfig::default());
-//! let auth = SessionAuthenticator::new(store, SessionConfig::default());
+//! let auth = SessionAuthenticator::new(store, SessionConfig::default())?;
 //! let api = ChatApi::new(chat, auth.clone()).with_auth_routes(auth);
 //! let shutdown = api.shutdown_handle();
 //! let app = Router::new()
@@ -101,7 +101,6 @@
 //! - `session.rs`: [`SessionAuthenticator`] and the register/login/logout routes.
 //! - `body.rs`: JSON-or-form body and query extractors that answer in our JSON errors.
 //! - `rest.rs`: the user and message routes, pagination links.
-//! - `rate.rs`: the per-user send rate limiter (sharded token buckets).
 //! - `ws.rs`: the `/ws` channel: catch-up, live frames, pings, close frames.
 //! - `cursor.rs`: a socket's delivered position and the live events held for an earlier one.
 //! - `state.rs`: the shared state and [`ShutdownHandle`].
@@ -119,7 +118,6 @@ mod body;
 mod config;
 mod cursor;
 mod error;
-mod rate;
 mod rest;
 mod session;
 mod state;
@@ -134,7 +132,7 @@ use axum::routing::get;
 use chatcore::ChatService;
 use tower_http::catch_panic::CatchPanicLayer;
 
-pub use auth::{Authenticated, Authenticator, SessionInfo};
+pub use auth::{Authenticated, Authenticator, SessionInfo, TrustedOrigin};
 pub use config::ApiConfig;
 pub use error::{ApiError, UNAVAILABLE_RETRY_AFTER_SECS};
 pub use session::{Session, SessionAuthenticator, SessionConfig, token_hash};
@@ -153,9 +151,9 @@ use state::ApiState;
 ///
 /// let store = Arc::new(MemoryStore::new());
 /// let chat = ChatService::new(store.clone(), Arc::new(LocalNotifier::default()), ChatConfig::default());
-/// let auth = SessionAuthenticator::new(store, SessionConfig::default());
+/// let auth = SessionAuthenticator::new(store, SessionConfig::default()).expect("valid settings");
 /// let api = ChatApi::new(chat, auth.clone())
-///     .with_config(ApiConfig { send_burst: 0, ..Default::default() })
+///     .with_config(ApiConfig { ws_ping_interval: std::time::Duration::from_secs(10), ..Default::default() })
 ///     .with_auth_routes(auth);
 /// let app: axum::Router = axum::Router::new().nest("/chat", api.router());
 /// ```
@@ -220,7 +218,7 @@ impl ChatApi {
     /// methods JSON 405. The host may add its own layers around it.
     pub fn router<S: Clone + Send + Sync + 'static>(self) -> Router<S> {
         let body_limit = self.config.max_request_body;
-        let trusted_origins: Arc<[String]> = self.config.trusted_origins.clone().into();
+        let trusted_origins: Arc<[TrustedOrigin]> = self.config.trusted_origins.clone().into();
         let chat = self.service.clone();
         let state = ApiState::new(self.service, self.authenticator, self.config, self.shutdown);
         let mut routes = Router::new()

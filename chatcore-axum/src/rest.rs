@@ -197,9 +197,6 @@ pub(crate) async fn send_message(
     headers: HeaderMap,
     JsonOrForm(form): JsonOrForm<SendForm>,
 ) -> Result<Response, ApiError> {
-    if let Some(limiter) = state.limiter() {
-        limiter.check(caller.id).map_err(ApiError::too_many_requests)?;
-    }
     let idempotency_key = match headers.get("idempotency-key") {
         None => None,
         Some(value) => Some(

@@ -1,7 +1,7 @@
 //! [`SessionAuthenticator`]: accounts with argon2 password hashes and revocable session
 //! tokens, kept in the chat [`Store`]; and the auth routes (`register`, `login`, `logout`).
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use argon2::password_hash::rand_core::OsRng;
@@ -20,8 +20,9 @@ use http::{HeaderMap, HeaderValue, StatusCode, header};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use unicode_normalization::UnicodeNormalization;
 
-use crate::auth::{Authenticated, Authenticator, SessionInfo, check_same_origin};
+use crate::auth::{Authenticated, Authenticator, SessionInfo, TrustedOrigin, check_same_origin};
 use crate::body::JsonOrForm;
 use crate::error::ApiError;
 
@@ -42,9 +43,9 @@ pub struct SessionConfig {
     pub session_lifetime: Duration,
     /// Shortest accepted password, in characters. Default 8.
     pub min_password_chars: usize,
-    /// Longest accepted password, in bytes (hashing a huge one would be a cheap way to burn
-    /// the server's CPU). Default 1,024.
-    pub max_password_bytes: usize,
+    /// Longest accepted password, in characters after NFKC normalization (hashing a huge
+    /// one would be a cheap way to burn the server's CPU). Default 1,024.
+    pub max_password_chars: usize,
     /// Argon2id memory cost in KiB. Default 19,456 (19 MiB, OWASP's recommendation).
     pub argon2_memory_kib: u32,
     /// Argon2id passes. Default 2.
@@ -62,7 +63,7 @@ impl Default for SessionConfig {
             secure_cookies: false,
             session_lifetime: Duration::from_secs(14 * 24 * 3600),
             min_password_chars: 8,
-            max_password_bytes: 1024,
+            max_password_chars: 1024,
             argon2_memory_kib: Params::DEFAULT_M_COST,
             argon2_iterations: Params::DEFAULT_T_COST,
             max_concurrent_hashes: std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -95,7 +96,7 @@ pub struct Session {
 /// let store = Arc::new(chatcore::MemoryStore::new());
 /// let chat = chatcore::ChatService::new(store.clone(), Arc::new(chatcore::LocalNotifier::default()), Default::default());
 /// let fast = SessionConfig { argon2_memory_kib: 64, argon2_iterations: 1, ..Default::default() };
-/// let auth = SessionAuthenticator::new(store, fast);
+/// let auth = SessionAuthenticator::new(store, fast)?;
 /// auth.register("alice", "correct horse").await?;
 /// let session = auth.login("alice", "correct horse").await?.expect("right password");
 /// assert_eq!(session.user.username.as_str(), "alice");
@@ -114,8 +115,8 @@ struct Inner {
     argon2: Argon2<'static>,
     /// Bounds the hashes computed at once (see [`SessionConfig::max_concurrent_hashes`]).
     hashing: tokio::sync::Semaphore,
-    /// A hash of nothing in particular, verified for unknown users; made on first use.
-    dummy_hash: OnceLock<String>,
+    /// A hash of nothing in particular, verified for unknown users; made at start.
+    dummy_hash: String,
 }
 
 impl std::fmt::Debug for SessionAuthenticator {
@@ -130,29 +131,52 @@ impl std::fmt::Debug for SessionAuthenticator {
 const TOKEN_CHARS: usize = 43;
 
 impl SessionAuthenticator {
-    /// An authenticator over `store` (the same store as the chat service's).
+    /// An authenticator over `store` (the same store as the chat service's). Checks `config`
+    /// and hashes the dummy password it verifies for unknown users (so the first such login
+    /// costs no more than the others).
     ///
-    /// Argon2 costs out of range fall back to argon2's defaults (a warning is logged).
-    pub fn new(store: Arc<dyn Store>, config: SessionConfig) -> Self {
+    /// Errors: [`Error::Invalid`] for a setting out of range: a cookie name that is not an
+    /// HTTP token, a zero session lifetime, password bounds that contradict each other, argon2
+    /// costs argon2 refuses, no hashing slot.
+    pub fn new(store: Arc<dyn Store>, config: SessionConfig) -> chatcore::Result<Self> {
+        let bad = |what: String| Err(Error::invalid(format!("session config: {what}")));
+        let is_tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+        if config.cookie_name.is_empty() || !config.cookie_name.bytes().all(is_tchar) {
+            return bad(format!(
+                "cookie name {:?} is not an HTTP token",
+                config.cookie_name
+            ));
+        }
+        if config.session_lifetime.is_zero() {
+            return bad("the session lifetime must be more than zero".into());
+        }
+        if config.min_password_chars == 0 || config.min_password_chars > config.max_password_chars {
+            return bad(format!(
+                "password length bounds {}..={} are empty",
+                config.min_password_chars, config.max_password_chars
+            ));
+        }
+        if config.max_concurrent_hashes == 0 {
+            return bad("max_concurrent_hashes must be at least 1".into());
+        }
         let params = Params::new(
             config.argon2_memory_kib,
             config.argon2_iterations,
             Params::DEFAULT_P_COST,
             None,
         )
-        .unwrap_or_else(|error| {
-            tracing::warn!(%error, "invalid argon2 cost in SessionConfig, using the defaults");
-            Params::default()
-        });
-        Self {
-            inner: Arc::new(Inner {
-                store,
-                hashing: tokio::sync::Semaphore::new(config.max_concurrent_hashes.max(1)),
-                config,
-                argon2: Argon2::new(Algorithm::Argon2id, Version::V0x13, params),
-                dummy_hash: OnceLock::new(),
-            }),
-        }
+        .map_err(|error| Error::invalid(format!("session config: argon2 costs: {error}")))?;
+        let mut inner = Inner {
+            store,
+            hashing: tokio::sync::Semaphore::new(config.max_concurrent_hashes),
+            config,
+            argon2: Argon2::new(Algorithm::Argon2id, Version::V0x13, params),
+            dummy_hash: String::new(),
+        };
+        inner.dummy_hash = inner.hash("not a password of anyone")?;
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
     }
 
     /// The settings in force.
@@ -165,21 +189,24 @@ impl SessionAuthenticator {
     pub async fn register(&self, username: &str, password: &str) -> chatcore::Result<User> {
         let username = Username::parse(username)?;
         let config = &self.inner.config;
+        let password = self.password_text(password)?;
+        if password.trim().is_empty() {
+            return Err(Error::invalid("password must not be only whitespace"));
+        }
         if password.chars().count() < config.min_password_chars {
             return Err(Error::invalid(format!(
                 "password must be at least {} characters",
                 config.min_password_chars
             )));
         }
-        self.check_password_size(password)?;
-        let hash = self.hash_password(password.to_owned()).await?;
+        let hash = self.hash_password(password).await?;
         self.inner.store.create_user(&username, Some(&hash)).await
     }
 
     /// Checks a username and password; on success records and returns a new session.
     /// `Ok(None)` for a wrong password, an unknown user and a user without a password alike.
     pub async fn login(&self, username: &str, password: &str) -> chatcore::Result<Option<Session>> {
-        self.check_password_size(password)?;
+        let normalized = self.password_text(password)?;
         let credentials = match Username::parse(username) {
             Ok(name) => self.inner.store.credentials(&name).await?,
             Err(_) => None,
@@ -192,7 +219,8 @@ impl SessionAuthenticator {
             Some(_) | None => (None, None),
         };
         let inner = self.inner.clone();
-        let password = password.to_owned();
+        // Hashes made before passwords were normalized hold the text as typed.
+        let as_typed = (normalized != password).then(|| password.to_owned());
         let _permit = self.hashing_permit().await?;
         let verified = tokio::task::spawn_blocking(move || {
             let hash = match &hash {
@@ -200,7 +228,8 @@ impl SessionAuthenticator {
                 None => inner.dummy_hash(),
             };
             // Verify even when the user is unknown, so both answers take as long.
-            let matches = inner.verify(&password, hash);
+            let matches =
+                inner.verify(&normalized, hash) || as_typed.is_some_and(|typed| inner.verify(&typed, hash));
             user.filter(|_| matches)
         })
         .await
@@ -287,33 +316,45 @@ impl SessionAuthenticator {
 
     /// The `Set-Cookie` value that stores `token` in the browser: HttpOnly, SameSite=Lax,
     /// Path=/, `Secure` when configured.
-    pub fn session_cookie(&self, token: &str) -> HeaderValue {
+    pub fn session_cookie(&self, token: &str) -> chatcore::Result<HeaderValue> {
         let config = &self.inner.config;
         self.cookie(token, config.session_lifetime.as_secs())
     }
 
     /// The `Set-Cookie` value that removes the session cookie.
-    pub fn clearing_cookie(&self) -> HeaderValue {
+    pub fn clearing_cookie(&self) -> chatcore::Result<HeaderValue> {
         self.cookie("", 0)
     }
 
-    fn cookie(&self, value: &str, max_age: u64) -> HeaderValue {
+    fn cookie(&self, value: &str, max_age: u64) -> chatcore::Result<HeaderValue> {
         let config = &self.inner.config;
         let secure = if config.secure_cookies { "; Secure" } else { "" };
         let cookie = format!(
             "{}={value}; HttpOnly; SameSite=Lax; Path=/; Max-Age={max_age}{secure}",
             config.cookie_name
         );
-        // Cookie names come from the host's config; a name with control characters is a bug.
-        HeaderValue::try_from(cookie).unwrap_or_else(|_| HeaderValue::from_static(""))
+        // The name was checked in `new` and tokens are base64url: this cannot fail, and if it
+        // did the answer is an error, never an empty header.
+        HeaderValue::try_from(cookie).map_err(|e| Error::internal("building the session cookie", e))
     }
 
-    fn check_password_size(&self, password: &str) -> chatcore::Result<()> {
-        let max = self.inner.config.max_password_bytes;
-        if password.len() > max {
-            return Err(Error::invalid(format!("password must be at most {max} bytes")));
+    /// The password as hashed: NFKC-normalized (so the same password typed on another
+    /// keyboard or input method matches), at most [`SessionConfig::max_password_chars`].
+    fn password_text(&self, password: &str) -> chatcore::Result<String> {
+        let max = self.inner.config.max_password_chars;
+        // A cheap bound first: NFKC expands a character to at most 18.
+        if password.chars().count() > max.saturating_mul(18) {
+            return Err(Error::invalid(format!(
+                "password must be at most {max} characters"
+            )));
         }
-        Ok(())
+        let normalized: String = password.nfkc().collect();
+        if normalized.chars().count() > max {
+            return Err(Error::invalid(format!(
+                "password must be at most {max} characters"
+            )));
+        }
+        Ok(normalized)
     }
 
     async fn hashing_permit(&self) -> chatcore::Result<tokio::sync::SemaphorePermit<'_>> {
@@ -353,8 +394,7 @@ impl Inner {
     }
 
     fn dummy_hash(&self) -> &str {
-        self.dummy_hash
-            .get_or_init(|| self.hash("not a password of anyone").unwrap_or_default())
+        &self.dummy_hash
     }
 }
 
@@ -432,7 +472,7 @@ struct LoginBody<'a> {
 pub(crate) struct AuthState {
     pub(crate) auth: SessionAuthenticator,
     pub(crate) chat: ChatService,
-    pub(crate) trusted_origins: Arc<[String]>,
+    pub(crate) trusted_origins: Arc<[TrustedOrigin]>,
 }
 
 /// The auth routes, relative to where the router is nested:
@@ -487,7 +527,7 @@ async fn login(
     .into_response();
     response
         .headers_mut()
-        .insert(header::SET_COOKIE, state.auth.session_cookie(&session.token));
+        .insert(header::SET_COOKIE, state.auth.session_cookie(&session.token)?);
     Ok(response)
 }
 
@@ -503,7 +543,7 @@ async fn logout(
     let mut response = StatusCode::NO_CONTENT.into_response();
     response
         .headers_mut()
-        .insert(header::SET_COOKIE, state.auth.clearing_cookie());
+        .insert(header::SET_COOKIE, state.auth.clearing_cookie()?);
     Ok(response)
 }
 
@@ -529,7 +569,7 @@ mod tests {
             argon2_iterations: 1,
             ..config
         };
-        SessionAuthenticator::new(Arc::new(chatcore::MemoryStore::new()), fast)
+        SessionAuthenticator::new(Arc::new(chatcore::MemoryStore::new()), fast).unwrap()
     }
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
@@ -582,6 +622,82 @@ mod tests {
         });
         assert!(secure.session_cookie("t").to_str().unwrap().ends_with("; Secure"));
         assert!(secure.clearing_cookie().to_str().unwrap().starts_with("sid=; "));
+    }
+
+    #[test]
+    fn bad_settings_are_refused_where_they_are_built() {
+        let store = || -> Arc<dyn Store> { Arc::new(chatcore::MemoryStore::new()) };
+        let fast = SessionConfig {
+            argon2_memory_kib: 64,
+            argon2_iterations: 1,
+            ..Default::default()
+        };
+        for bad in [
+            SessionConfig {
+                cookie_name: String::new(),
+                ..fast.clone()
+            },
+            SessionConfig {
+                cookie_name: "my session".into(),
+                ..fast.clone()
+            },
+            SessionConfig {
+                cookie_name: "a;b".into(),
+                ..fast.clone()
+            },
+            SessionConfig {
+                session_lifetime: Duration::ZERO,
+                ..fast.clone()
+            },
+            SessionConfig {
+                min_password_chars: 0,
+                ..fast.clone()
+            },
+            SessionConfig {
+                min_password_chars: 20,
+                max_password_chars: 10,
+                ..fast.clone()
+            },
+            SessionConfig {
+                argon2_memory_kib: 1,
+                ..fast.clone()
+            },
+            SessionConfig {
+                argon2_iterations: 0,
+                ..fast.clone()
+            },
+            SessionConfig {
+                max_concurrent_hashes: 0,
+                ..fast.clone()
+            },
+        ] {
+            let error = SessionAuthenticator::new(store(), bad.clone()).unwrap_err();
+            assert!(matches!(error, Error::Invalid(_)), "{bad:?}: {error}");
+        }
+        assert!(SessionAuthenticator::new(store(), fast).is_ok());
+    }
+
+    #[tokio::test]
+    async fn passwords_count_characters_after_nfkc() {
+        let auth = authenticator(SessionConfig::default());
+        for blank in [
+            "        ",
+            "\t\t\t\t\n\n\n\n",
+            "\u{3000}\u{3000}\u{3000}\u{3000}\u{3000}\u{3000}\u{3000}\u{3000}",
+        ] {
+            let error = auth.register("blank", blank).await.unwrap_err();
+            assert!(error.to_string().contains("whitespace"), "{blank:?}: {error}");
+        }
+        // Full-width letters are the same password as ASCII ones once normalized.
+        auth.register("wide", "ｐａｓｓｗｏｒｄ１").await.unwrap();
+        assert!(auth.login("wide", "password1").await.unwrap().is_some());
+        assert!(auth.login("wide", "ｐａｓｓｗｏｒｄ１").await.unwrap().is_some());
+        // 1,024 two-byte characters are within the limit; 1,025 are not.
+        auth.register("long", &"é".repeat(1024)).await.unwrap();
+        assert!(auth.login("long", &"é".repeat(1024)).await.unwrap().is_some());
+        let error = auth.register("longer", &"é".repeat(1025)).await.unwrap_err();
+        assert!(error.to_string().contains("1024 characters"), "{error}");
+        assert!(auth.login("long", &"é".repeat(1025)).await.is_err());
     }
 
     #[tokio::test]

@@ -9,7 +9,6 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Authenticator;
 use crate::config::ApiConfig;
-use crate::rate::SendRateLimiter;
 
 /// What every handler shares. Cheap to clone (one `Arc`).
 #[derive(Clone)]
@@ -19,7 +18,6 @@ struct Inner {
     service: ChatService,
     authenticator: Arc<dyn Authenticator>,
     config: ApiConfig,
-    limiter: Option<SendRateLimiter>,
     shutdown: ShutdownHandle,
 }
 
@@ -31,7 +29,6 @@ impl ApiState {
         shutdown: ShutdownHandle,
     ) -> Self {
         Self(Arc::new(Inner {
-            limiter: SendRateLimiter::new(config.send_burst, config.send_rate_per_sec),
             service,
             authenticator,
             config,
@@ -49,10 +46,6 @@ impl ApiState {
 
     pub(crate) fn config(&self) -> &ApiConfig {
         &self.0.config
-    }
-
-    pub(crate) fn limiter(&self) -> Option<&SendRateLimiter> {
-        self.0.limiter.as_ref()
     }
 
     pub(crate) fn shutdown(&self) -> &ShutdownHandle {

@@ -22,6 +22,11 @@ pub enum Error {
     #[error("{0}")]
     Conflict(String),
 
+    /// The request is well formed but contradicts an earlier one, e.g. an idempotency key
+    /// reused with another recipient or body (HTTP 422).
+    #[error("{0}")]
+    Unprocessable(String),
+
     /// The caller must slow down (HTTP 429 with `Retry-After`).
     #[error("too many requests, retry in {} ms", retry_after.as_millis())]
     RateLimited {

@@ -53,8 +53,10 @@ mod feed;
 mod memory;
 mod model;
 pub mod notify;
+mod rate;
 mod service;
 pub mod store;
+mod text;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -75,3 +77,4 @@ pub use service::{
 pub use store::{
     Credentials, Inserted, MessagePage, PageRequest, SessionRecord, Store, TokenHash, UserQuery,
 };
+pub use text::message_body;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use crate::event::SessionId;
 use crate::feed::{Connections, Feed, ReadGate};
 use crate::notify::{Event, Notifier, Position, Recipient};
+use crate::rate::SendRateLimiter;
 use crate::store::{MessagePage, PageRequest, Store, UserQuery};
 use crate::{Entity, Error, Message, MessageId, NewMessage, Result, User, Username};
 
@@ -42,6 +43,12 @@ pub struct ChatConfig {
     pub max_user_page: u32,
     /// Longest `Idempotency-Key`, in bytes. Default 255.
     pub max_idempotency_key_len: usize,
+    /// Sends a user may make in a burst before [`ChatConfig::send_rate_per_sec`] applies;
+    /// beyond it [`Error::RateLimited`]. `0` turns the send rate limit off. Default 100.
+    pub send_burst: u32,
+    /// Sends per second a user may make after the burst. `0` turns the send rate limit off.
+    /// Default 20.
+    pub send_rate_per_sec: u32,
 }
 
 impl Default for ChatConfig {
@@ -57,6 +64,8 @@ impl Default for ChatConfig {
             default_user_page: 1_000,
             max_user_page: 1_000,
             max_idempotency_key_len: 255,
+            send_burst: 100,
+            send_rate_per_sec: 20,
         }
     }
 }
@@ -169,6 +178,7 @@ pub struct ChatService {
     config: Arc<ChatConfig>,
     connections: Arc<Connections>,
     catch_up_gate: Arc<ReadGate>,
+    send_limiter: Option<Arc<SendRateLimiter>>,
 }
 
 impl std::fmt::Debug for ChatService {
@@ -187,6 +197,7 @@ impl ChatService {
             notifier,
             connections: Arc::new(Connections::new(config.max_connections_per_user.max(1))),
             catch_up_gate: Arc::new(ReadGate::new(config.catch_up_reads_per_user)),
+            send_limiter: SendRateLimiter::new(config.send_burst, config.send_rate_per_sec).map(Arc::new),
             config: Arc::new(config),
         }
     }
@@ -239,20 +250,22 @@ impl ChatService {
         self.store.list_users(&query).await
     }
 
-    /// Sends a message from `sender`: trims and checks the body, stores it durably, and only
-    /// then notifies each distinct participant once.
+    /// Sends a message from `sender`: applies the send rate limit, trims and checks the body,
+    /// stores it durably, and only then notifies each distinct participant once.
+    ///
+    /// Errors: [`Error::RateLimited`] past [`ChatConfig::send_burst`] /
+    /// [`ChatConfig::send_rate_per_sec`]; [`Error::Invalid`] for a body that is empty once
+    /// whitespace and invisible characters are set aside, too long, or holding control
+    /// characters other than newline and tab; [`Error::NotFound`] for an unknown recipient;
+    /// [`Error::Unprocessable`] for an idempotency key already used with another recipient or
+    /// body.
     pub async fn send(&self, sender: &User, request: SendRequest) -> Result<Sent> {
-        let body = request.body.trim();
-        if body.is_empty() {
-            return Err(Error::invalid("message body must not be empty"));
+        if let Some(limiter) = &self.send_limiter {
+            limiter
+                .check(sender.id)
+                .map_err(|retry_after| Error::RateLimited { retry_after })?;
         }
-        // Counting chars is linear; a byte length within the limit cannot exceed it in chars.
-        if body.len() > self.config.max_body_chars && body.chars().count() > self.config.max_body_chars {
-            return Err(Error::invalid(format!(
-                "message body must be at most {} characters",
-                self.config.max_body_chars
-            )));
-        }
+        let body = crate::text::message_body(&request.body, self.config.max_body_chars)?;
         let recipient = Username::parse(request.recipient).map_err(|_| Error::NotFound(Entity::User))?;
         let idempotency_key = match request.idempotency_key {
             Some(key) if key.is_empty() => return Err(Error::invalid("Idempotency-Key must not be empty")),
@@ -264,15 +277,26 @@ impl ChatService {
             }
             other => other,
         };
+        let keyed_body = idempotency_key.as_ref().map(|_| body.clone());
         let inserted = self
             .store
             .insert_message(NewMessage {
                 sender: sender.clone(),
-                recipient,
-                body: body.to_owned(),
+                recipient: recipient.clone(),
+                body,
                 idempotency_key,
             })
             .await?;
+        // The rule payment APIs follow: a key names one request; replaying it for another
+        // would silently drop the new message.
+        if inserted.replayed
+            && (inserted.message.recipient != recipient
+                || Some(&inserted.message.body) != keyed_body.as_ref())
+        {
+            return Err(Error::Unprocessable(
+                "Idempotency-Key was already used for a different message".to_owned(),
+            ));
+        }
         let message = Arc::new(inserted.message);
         let mut notify_error = None;
         if !inserted.replayed {

@@ -145,7 +145,10 @@ async fn idempotent_retry_returns_same_message_and_notifies_once() {
 
 #[tokio::test]
 async fn history_defaults_and_limits() {
-    let chat = service(ChatConfig::default());
+    let chat = service(ChatConfig {
+        send_burst: 0,
+        ..Default::default()
+    });
     let (alice, bob) = pair(&chat).await;
     for i in 0..120 {
         chat.send(&alice, to("bob", &format!("{i}"))).await.unwrap();
@@ -379,4 +382,62 @@ async fn directory_excludes_caller_and_pages() {
         Err(Error::Conflict(_))
     ));
     assert!(matches!(chat.create_user("", None).await, Err(Error::Invalid(_))));
+}
+
+#[tokio::test]
+async fn the_send_rate_limit_is_the_services() {
+    let chat = service(ChatConfig {
+        send_burst: 3,
+        send_rate_per_sec: 1,
+        ..Default::default()
+    });
+    let (alice, bob) = pair(&chat).await;
+    for i in 0..3 {
+        chat.send(&alice, to("bob", &format!("{i}"))).await.unwrap();
+    }
+    match chat.send(&alice, to("bob", "one too many")).await {
+        Err(Error::RateLimited { retry_after }) => {
+            assert!(
+                retry_after > Duration::ZERO && retry_after <= Duration::from_secs(1),
+                "{retry_after:?}"
+            )
+        }
+        other => panic!("expected RateLimited, got {other:?}"),
+    }
+    // Each user has a bucket of their own.
+    chat.send(&bob, to("alice", "mine")).await.unwrap();
+    // 0 turns it off.
+    let unlimited = service(ChatConfig {
+        send_burst: 0,
+        ..Default::default()
+    });
+    let (alice, _) = pair(&unlimited).await;
+    for i in 0..500 {
+        unlimited.send(&alice, to("bob", &format!("{i}"))).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn an_idempotency_key_names_one_message() {
+    let chat = service(ChatConfig::default());
+    let (alice, _bob) = pair(&chat).await;
+    let keyed = |recipient: &str, body: &str| SendRequest {
+        recipient: recipient.into(),
+        body: body.into(),
+        idempotency_key: Some("k1".into()),
+    };
+    let first = chat.send(&alice, keyed("bob", " same ")).await.unwrap();
+    // The same request (the body trims to the same text) replays.
+    let again = chat.send(&alice, keyed("bob", "same")).await.unwrap();
+    assert!(again.replayed);
+    assert_eq!(again.message.id, first.message.id);
+    for (recipient, body) in [("bob", "other"), ("alice", "same")] {
+        assert!(
+            matches!(
+                chat.send(&alice, keyed(recipient, body)).await,
+                Err(Error::Unprocessable(_))
+            ),
+            "{recipient} {body}"
+        );
+    }
 }

@@ -79,7 +79,7 @@ impl TestApp {
             .notifier
             .unwrap_or_else(|| Arc::new(LocalNotifier::new(options.notifier_queue)));
         let chat = ChatService::new(store.clone(), notifier, options.chat);
-        let auth = SessionAuthenticator::new(store, fast_sessions());
+        let auth = SessionAuthenticator::new(store, fast_sessions()).unwrap();
         let api = ChatApi::new(chat.clone(), auth.clone())
             .with_config(options.api)
             .with_auth_routes(auth.clone());

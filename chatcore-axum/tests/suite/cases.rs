@@ -236,8 +236,11 @@ pub async fn concurrent_sends_reach_every_socket_exactly_once(store: Arc<dyn Sto
     for gather in [true, false] {
         let options = Options {
             api: ApiConfig {
-                send_burst: 0,
                 ws_gather_frames: gather,
+                ..Default::default()
+            },
+            chat: ChatConfig {
+                send_burst: 0,
                 ..Default::default()
             },
             ..Default::default()
@@ -349,6 +352,37 @@ pub async fn message_validation_errors(store: Arc<dyn Store>) {
     let client = app.client(&alice);
     let post = || client.post(app.url("/api/v1/message/"));
     let send_json = |body: Value| post().json(&body).send();
+
+    // Invisible characters alone are empty; control characters (NUL included) are refused;
+    // line breaks are kept as `\n`, bidirectional overrides are kept.
+    for invisible in ["\u{200B}", "\u{3164}\u{FFA0}", " \u{2060}\u{FEFF} "] {
+        let response = send_json(json!({"recipient": "bob", "body": invisible}))
+            .await
+            .unwrap();
+        assert!(error_of(response, 400).await.contains("empty"), "{invisible:?}");
+    }
+    for control in ["nul \0 inside", "bell \u{7}", "escape \u{1B}[2J"] {
+        let response = send_json(json!({"recipient": "bob", "body": control}))
+            .await
+            .unwrap();
+        assert!(error_of(response, 400).await.contains("control"), "{control:?}");
+    }
+    let kept = send_json(json!({"recipient": "bob", "body": "two\r\nlines \u{202E}olleh"}))
+        .await
+        .unwrap();
+    assert_eq!(kept.status(), 201);
+    assert_eq!(
+        kept.json::<Value>().await.unwrap()["body"],
+        "two\nlines \u{202E}olleh"
+    );
+    // Invalid UTF-8 in a form body is a 400, as in JSON.
+    let raw_form = post()
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("recipient=bob&body=%FF%FEhi")
+        .send()
+        .await
+        .unwrap();
+    error_of(raw_form, 400).await;
 
     error_of(
         send_json(json!({"recipient": "bob", "body": "   "}))
@@ -472,6 +506,18 @@ pub async fn idempotent_retry_returns_same_message_and_notifies_once(store: Arc<
     assert_eq!(retry.status(), 201);
     assert_eq!(retry.headers()["idempotent-replayed"], "true");
     assert_eq!(retry.json::<Value>().await.unwrap(), first);
+    // The same key for another message is refused, never a silent replay of the first.
+    let reused = keyed(&alice, "retry-1", "a different body").await.unwrap();
+    assert!(error_of(reused, 422).await.contains("Idempotency-Key"));
+    let to_someone_else = app
+        .client(&alice)
+        .post(app.url("/api/v1/message/"))
+        .header("Idempotency-Key", "retry-1")
+        .json(&json!({"recipient": "alice", "body": "once"}))
+        .send()
+        .await
+        .unwrap();
+    error_of(to_someone_else, 422).await;
     // Another key, or the same key from another sender, is a new message.
     let other_key: Value = keyed(&alice, "retry-2", "twice")
         .await
@@ -508,7 +554,7 @@ pub async fn idempotent_retry_returns_same_message_and_notifies_once(store: Arc<
 
 pub async fn send_rate_limit_answers_429_with_retry_after(store: Arc<dyn Store>) {
     let options = Options {
-        api: ApiConfig {
+        chat: ChatConfig {
             send_burst: 3,
             send_rate_per_sec: 1,
             ..Default::default()
@@ -551,7 +597,7 @@ pub async fn send_rate_limit_answers_429_with_retry_after(store: Arc<dyn Store>)
 
     // 0 turns the limit off.
     let off = Options {
-        api: ApiConfig {
+        chat: ChatConfig {
             send_burst: 0,
             ..Default::default()
         },
@@ -697,7 +743,7 @@ pub async fn history_pages_with_page_before_and_limit(store: Arc<dyn Store>) {
     let app = TestApp::spawn_with(
         store,
         Options {
-            api: ApiConfig {
+            chat: ChatConfig {
                 send_burst: 0,
                 ..Default::default()
             },
@@ -927,7 +973,7 @@ pub async fn since_under_concurrent_sends_has_no_gap_and_no_duplicate(store: Arc
     let app = TestApp::spawn_with(
         store,
         Options {
-            api: ApiConfig {
+            chat: ChatConfig {
                 send_burst: 0,
                 ..Default::default()
             },
@@ -1340,7 +1386,7 @@ pub async fn dead_websocket_is_dropped(store: Arc<dyn Store>) {
 
 pub async fn slow_websocket_reader_catches_up_from_storage_in_order(store: Arc<dyn Store>) {
     let options = Options {
-        api: ApiConfig {
+        chat: ChatConfig {
             send_burst: 0,
             ..Default::default()
         },
@@ -1542,7 +1588,7 @@ pub async fn reconnecting_client_gets_every_message_once_in_order_over(nodes: &[
 
 pub async fn reconnecting_client_gets_every_message_once_in_order(store: Arc<dyn Store>) {
     let options = Options {
-        api: ApiConfig {
+        chat: ChatConfig {
             send_burst: 0,
             ..Default::default()
         },

@@ -7,7 +7,7 @@ use axum::Json;
 use axum::routing::post;
 use chat_loadgen::{Args, Progress, run_idle, run_load, run_sweep};
 use chatcore::{ChatConfig, ChatService, LocalNotifier, MemoryStore};
-use chatcore_axum::{ApiConfig, ChatApi, SessionAuthenticator, SessionConfig, ShutdownHandle};
+use chatcore_axum::{ChatApi, SessionAuthenticator, SessionConfig, ShutdownHandle};
 use clap::Parser;
 
 /// The real router with the send rate limit off (as load tests run it), cheap password
@@ -17,7 +17,10 @@ async fn spawn_server() -> (String, ShutdownHandle) {
     let chat = ChatService::new(
         store.clone(),
         Arc::new(LocalNotifier::default()),
-        ChatConfig::default(),
+        ChatConfig {
+            send_burst: 0,
+            ..ChatConfig::default()
+        },
     );
     let sessions = SessionAuthenticator::new(
         store,
@@ -26,14 +29,9 @@ async fn spawn_server() -> (String, ShutdownHandle) {
             argon2_iterations: 1,
             ..Default::default()
         },
-    );
-    let api = ChatApi::new(chat, sessions.clone())
-        .with_config(ApiConfig {
-            send_burst: 0,
-            send_rate_per_sec: 0,
-            ..Default::default()
-        })
-        .with_auth_routes(sessions);
+    )
+    .unwrap();
+    let api = ChatApi::new(chat, sessions.clone()).with_auth_routes(sessions);
     let shutdown = api.shutdown_handle();
     // The ceiling: parse the same JSON body and answer it, nothing else.
     async fn echo(Json(body): Json<serde_json::Value>) -> Json<serde_json::Value> {

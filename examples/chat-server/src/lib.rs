@@ -81,6 +81,8 @@ impl App {
             catch_up_page: options.catch_up_page,
             catch_up_reads_per_user: options.catch_up_reads_per_user as usize,
             max_connections_per_user: options.max_sockets_per_user as usize,
+            send_burst: options.send_burst,
+            send_rate_per_sec: options.send_rate_per_sec,
             default_user_page: options.user_page_size,
             max_user_page: options.user_page_size,
             ..ChatConfig::default()
@@ -94,11 +96,9 @@ impl App {
                 session_lifetime: options.session_lifetime(),
                 ..SessionConfig::default()
             },
-        );
+        )?;
         let api_config = ApiConfig {
             max_request_body: options.max_request_bytes,
-            send_burst: options.send_burst,
-            send_rate_per_sec: options.send_rate_per_sec,
             ws_ping_interval: std::time::Duration::from_secs(options.ws_ping_secs.max(1)),
             ws_ping_timeout: std::time::Duration::from_secs(options.ws_ping_timeout_secs.max(1)),
             trusted_origins: options.trusted_origin.clone(),

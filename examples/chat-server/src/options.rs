@@ -164,13 +164,15 @@ pub struct ServerOptions {
     pub secure_cookies: bool,
 
     /// How long a login session lasts, in hours.
-    #[arg(long, env = "CHAT_SESSION_HOURS", default_value_t = 14 * 24)]
+    #[arg(long, env = "CHAT_SESSION_HOURS", default_value_t = 14 * 24, value_parser = clap::value_parser!(u64).range(1..))]
     pub session_hours: u64,
 
     /// Other origins (like `https://app.example.com`) allowed to POST with the session cookie
     /// and to open WebSockets, besides the server's own. Repeat or comma-separate.
+    /// Each entry must be `scheme://host[:port]`; anything else (an empty entry, a missing
+    /// scheme, a path) stops the server at start.
     #[arg(long, env = "CHAT_TRUSTED_ORIGINS", value_delimiter = ',')]
-    pub trusted_origin: Vec<String>,
+    pub trusted_origin: Vec<chatcore_axum::TrustedOrigin>,
 
     /// SQLite durability: `full` (default), `full-in-commit`, `normal` or `off`.
     #[arg(long, env = "CHAT_SQLITE_SYNCHRONOUS", value_enum, default_value_t = SqliteSync::Full)]

@@ -283,7 +283,10 @@ pub async fn spawn_faulty_server(original_frames: bool, faults: Faults) -> Strin
         chat: ChatService::new(
             Arc::new(MemoryStore::new()),
             Arc::new(LocalNotifier::default()),
-            ChatConfig::default(),
+            ChatConfig {
+                send_burst: 0,
+                ..ChatConfig::default()
+            },
         ),
         passwords: Arc::default(),
         tokens: Arc::default(),

@@ -6,7 +6,7 @@ use std::hash::BuildHasher;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use chatcore::UserId;
+use crate::UserId;
 
 /// Token buckets by user: `burst` tokens, refilled at `rate` per second.
 #[derive(Debug)]
