@@ -241,10 +241,53 @@ pub async fn users_are_unique_and_findable(store: Arc<dyn Store>) {
     );
     assert_eq!(store.find_user(&name("bob")).await.unwrap(), Some(bob));
     assert_eq!(store.find_user(&name("carol")).await.unwrap(), None);
-    // Names differing only in case are distinct users, as in the original app.
-    let upper = user(&store, "Alice").await;
-    assert_ne!(upper.id, alice.id);
-    assert_eq!(store.find_user(&name("Alice")).await.unwrap(), Some(upper));
+    // Names are unique without regard to case; the chosen case is kept for display.
+    for same in ["Alice", "ALICE", "ａｌｉｃｅ"] {
+        match store.create_user(&name(same), None).await {
+            Err(Error::Conflict(_)) => {}
+            other => panic!("{same} must be a conflict with alice, got {other:?}"),
+        }
+        assert_eq!(
+            store.find_user(&name(same)).await.unwrap(),
+            Some(alice.clone()),
+            "{same}"
+        );
+        let credentials = store
+            .credentials(&name(same))
+            .await
+            .unwrap()
+            .expect("found by key");
+        assert_eq!(credentials.user, alice);
+    }
+    let carol = user(&store, "Carol").await;
+    assert_eq!(carol.username.as_str(), "Carol");
+    assert_eq!(
+        store.find_user(&name("carol")).await.unwrap(),
+        Some(carol.clone())
+    );
+    // A message to `carol` names her as she writes her name, and lands in one conversation.
+    let to_lower = send_to_name(&store, &alice, "carol", "hi").await;
+    let to_upper = send_to_name(&store, &alice, "CAROL", "hi again").await;
+    assert_eq!(to_lower.recipient.as_str(), "Carol");
+    assert_eq!(to_upper.recipient.as_str(), "Carol");
+    let page = store
+        .conversation_page(alice.id, &name("cArOl"), &PageRequest::latest(10))
+        .await
+        .unwrap();
+    assert_eq!(page.total, 2);
+}
+
+async fn send_to_name(store: &Arc<dyn Store>, from: &User, to: &str, body: &str) -> Message {
+    store
+        .insert_message(NewMessage {
+            sender: from.clone(),
+            recipient: name(to),
+            body: body.to_owned(),
+            idempotency_key: None,
+        })
+        .await
+        .expect("insert message")
+        .message
 }
 
 /// The directory is sorted by name, pages with `after`, filters by prefix, leaves one user out.
@@ -266,6 +309,22 @@ pub async fn user_directory_pages_and_filters(store: Arc<dyn Store>) {
     let mut expected: Vec<_> = (0..30).map(|i| format!("user{i:02}")).collect();
     expected.push("zed".into());
     assert_eq!(names, expected, "sorted, caller excluded");
+    // Prefixes and `after` match without regard to case; names come back as chosen.
+    let mixed = user(&store, "User99").await;
+    let upper: Vec<_> = store
+        .list_users(&query("USER2", None, 100))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| u.username.to_string())
+        .collect();
+    assert_eq!(upper, expected[20..30].to_vec());
+    let last = store
+        .list_users(&query("user", Some("USER29"), 100))
+        .await
+        .unwrap();
+    assert_eq!(last, vec![mixed.clone()]);
+    expected.insert(30, "User99".into());
 
     let mut paged = Vec::new();
     let mut after: Option<String> = None;
@@ -283,7 +342,7 @@ pub async fn user_directory_pages_and_filters(store: Arc<dyn Store>) {
     }
     assert_eq!(
         paged,
-        expected[..30].to_vec(),
+        expected[..31].to_vec(),
         "keyset paging skips and repeats nothing"
     );
 

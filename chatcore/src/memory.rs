@@ -30,7 +30,8 @@ pub struct MemoryStore {
 struct State {
     /// Indexed by `UserId - 1`.
     users: Vec<UserRecord>,
-    by_name: BTreeMap<Username, UserId>,
+    /// By [`Username::key`]: names are unique without regard to case.
+    by_name: BTreeMap<String, UserId>,
     sessions: HashMap<TokenHash, (UserId, DateTime<Utc>)>,
     /// Indexed by `MessageId - 1`.
     messages: Vec<Message>,
@@ -99,14 +100,14 @@ impl State {
 impl Store for MemoryStore {
     async fn create_user(&self, username: &Username, password_hash: Option<&str>) -> Result<User> {
         let mut state = self.write();
-        if state.by_name.contains_key(username) {
+        if state.by_name.contains_key(&username.key()) {
             return Err(Error::conflict(format!("username {username} is taken")));
         }
         let user = User {
             id: UserId(state.users.len() as i64 + 1),
             username: username.clone(),
         };
-        state.by_name.insert(username.clone(), user.id);
+        state.by_name.insert(username.key(), user.id);
         state.users.push(UserRecord {
             user: user.clone(),
             password_hash: password_hash.map(str::to_owned),
@@ -118,21 +119,23 @@ impl Store for MemoryStore {
         let state = self.read();
         Ok(state
             .by_name
-            .get(username)
+            .get(&username.key())
             .and_then(|id| state.user(*id))
             .map(|r| r.user.clone()))
     }
 
     async fn list_users(&self, query: &UserQuery) -> Result<Vec<User>> {
         let state = self.read();
-        let lower = match &query.after {
-            Some(after) if after.as_str() >= query.prefix.as_str() => Bound::Excluded(after.as_str()),
-            _ => Bound::Included(query.prefix.as_str()),
+        let prefix = Username::key_of(&query.prefix);
+        let after = query.after.as_ref().map(Username::key);
+        let lower = match &after {
+            Some(after) if after.as_str() >= prefix.as_str() => Bound::Excluded(after.as_str()),
+            _ => Bound::Included(prefix.as_str()),
         };
         Ok(state
             .by_name
             .range::<str, _>((lower, Bound::Unbounded))
-            .take_while(|(name, _)| name.as_str().starts_with(&query.prefix))
+            .take_while(|(key, _)| key.starts_with(&prefix))
             .filter(|(_, id)| Some(**id) != query.exclude)
             .take(query.limit as usize)
             .filter_map(|(_, id)| state.user(*id).map(|r| r.user.clone()))
@@ -143,7 +146,7 @@ impl Store for MemoryStore {
         let state = self.read();
         Ok(state
             .by_name
-            .get(username)
+            .get(&username.key())
             .and_then(|id| state.user(*id))
             .map(|r| Credentials {
                 user: r.user.clone(),
@@ -197,7 +200,7 @@ impl Store for MemoryStore {
         let mut state = self.write();
         let recipient_id = *state
             .by_name
-            .get(&new.recipient)
+            .get(&new.recipient.key())
             .ok_or(Error::NotFound(Entity::User))?;
         let sender_exists = new
             .sender
@@ -226,7 +229,10 @@ impl Store for MemoryStore {
         let message = Message {
             id: MessageId(index as i64 + 1),
             sender: new.sender.username.clone(),
-            recipient: new.recipient,
+            // As the recipient chose to write it, whatever case the sender typed.
+            recipient: state
+                .user(recipient_id)
+                .map_or(new.recipient, |r| r.user.username.clone()),
             created_at: now_micros(),
             body: new.body,
         };
@@ -268,7 +274,10 @@ impl Store for MemoryStore {
         page: &PageRequest,
     ) -> Result<MessagePage> {
         let state = self.read();
-        let other = *state.by_name.get(other).ok_or(Error::NotFound(Entity::User))?;
+        let other = *state
+            .by_name
+            .get(&other.key())
+            .ok_or(Error::NotFound(Entity::User))?;
         Ok(
             match state.conversations.get(&ConversationKey::new(viewer, other)) {
                 Some(indexes) => state.page(indexes, page),

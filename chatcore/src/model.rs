@@ -30,14 +30,25 @@ impl fmt::Display for MessageId {
     }
 }
 
-/// A validated username: 1 to 150 characters, each a letter, a digit or one of `@ . + - _`
-/// (the rule of Django's default user model, which the original app used).
+/// A validated username, NFKC-normalized: 1 to 150 characters, each a letter, a digit or one
+/// of `@ . + - _` (the rule of Django's default user model, which the original app used),
+/// with Unicode's identifier security rules on top (UTS #39), so that one name cannot pass
+/// for another: letters and digits must be allowed in identifiers (no invisible or filler
+/// characters, no obsolete or exotic scripts), and a name keeps to one script (no Latin
+/// `alice` with a Cyrillic `а`). Names are unique without regard to case: [`Username::key`]
+/// is what a store keeps unique and looks up by; the name itself keeps the case its owner
+/// chose, for display.
 ///
 /// ```
 /// use chatcore::Username;
 /// assert!(Username::parse("alice.b+chat@example").is_ok());
 /// assert!(Username::parse("").is_err());
 /// assert!(Username::parse("no spaces").is_err());
+/// // Full-width and mathematical letters are the same name as plain ones.
+/// assert_eq!(Username::parse("ａｌｉｃｅ").unwrap().as_str(), "alice");
+/// assert_eq!(Username::parse("Alice").unwrap().key(), Username::parse("alice").unwrap().key());
+/// assert!(Username::parse("\u{0430}lice").is_err()); // Cyrillic а among Latin letters
+/// assert!(Username::parse("alice\u{3164}").is_err()); // a Hangul filler
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(transparent)]
@@ -47,9 +58,18 @@ impl Username {
     /// Longest accepted username, in characters.
     pub const MAX_CHARS: usize = 150;
 
-    /// Validates `name` and wraps it.
+    /// Normalizes (NFKC) and validates `name`, and wraps it.
     pub fn parse(name: impl Into<String>) -> Result<Self, Error> {
-        let name = name.into();
+        use unicode_normalization::UnicodeNormalization;
+        use unicode_security::{GeneralSecurityProfile, MixedScript};
+        let raw = name.into();
+        let name: String = if unicode_normalization::is_nfkc_quick(raw.chars())
+            == unicode_normalization::IsNormalized::Yes
+        {
+            raw
+        } else {
+            raw.nfkc().collect()
+        };
         let count = name.chars().count();
         if count == 0 {
             return Err(Error::invalid("username must not be empty"));
@@ -65,11 +85,48 @@ impl Username {
                 "username may contain only letters, digits and @ . + - _ (found {bad:?})"
             )));
         }
+        if let Some(bad) = name
+            .chars()
+            .find(|&c| c.is_alphanumeric() && !c.identifier_allowed())
+        {
+            return Err(Error::invalid(format!(
+                "username may not contain U+{:04X}: it is not allowed in identifiers (Unicode UTS #39)",
+                bad as u32
+            )));
+        }
+        if !name.as_str().is_single_script() {
+            return Err(Error::invalid(
+                "username must be written in one script (no Latin mixed with Cyrillic or Greek letters)",
+            ));
+        }
         Ok(Self(name))
+    }
+
+    /// A name read back from a store, trusted as it was stored (it was checked when the
+    /// account was made, perhaps under older rules that a store's migration reported).
+    pub fn from_stored(name: impl Into<String>) -> Self {
+        Self(name.into())
     }
 
     fn allowed_char(c: char) -> bool {
         c.is_alphanumeric() || matches!(c, '@' | '.' | '+' | '-' | '_')
+    }
+
+    /// What makes a name unique: the name lowercased (and normalized again), so `Alice` and
+    /// `alice` are one account. Stores keep it unique and find users by it.
+    ///
+    /// ```
+    /// assert_eq!(chatcore::Username::parse("ÅSA").unwrap().key(), "åsa");
+    /// ```
+    pub fn key(&self) -> String {
+        Self::key_of(&self.0)
+    }
+
+    /// [`Username::key`] of any text (for stores migrating names made before the rules).
+    pub fn key_of(name: &str) -> String {
+        use unicode_normalization::UnicodeNormalization;
+        let lower = name.nfkc().collect::<String>().to_lowercase();
+        lower.nfkc().collect()
     }
 
     /// The name as a string slice.
@@ -266,6 +323,47 @@ pub mod timestamp_micros {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_cannot_impersonate() {
+        let alice = Username::parse("alice").unwrap();
+        // Six spellings that used to be six users: one key, or refused.
+        for same in [
+            "Alice",
+            "ALICE",
+            "ａｌｉｃｅ",
+            "\u{1D41A}\u{1D425}\u{1D422}\u{1D41C}\u{1D41E}",
+        ] {
+            assert_eq!(Username::parse(same).unwrap().key(), alice.key(), "{same}");
+        }
+        assert_eq!(
+            Username::parse("Alice").unwrap().as_str(),
+            "Alice",
+            "display case kept"
+        );
+        for refused in [
+            "\u{0430}lice",  // Cyrillic а with Latin
+            "alice\u{3164}", // Hangul filler
+            "alice\u{FFA0}", // half-width Hangul filler
+            "al\u{200B}ice", // zero-width space
+            "al\u{200D}ice", // zero-width joiner
+            "\u{03B1}lice",  // Greek alpha with Latin
+        ] {
+            assert!(Username::parse(refused).is_err(), "{refused:?}");
+        }
+        // One script at a time is fine, digits and the symbols go with any.
+        for fine in [
+            "Ωμέγα",
+            "иван_1",
+            "田中.太郎",
+            "たなか",
+            "김철수",
+            "user@example.com",
+            "Zoë-2",
+        ] {
+            assert!(Username::parse(fine).is_ok(), "{fine}");
+        }
+    }
 
     #[test]
     fn username_rules() {

@@ -49,14 +49,16 @@ pub struct MessagePage {
     pub total: u64,
 }
 
-/// Which users to list: sorted by name, optionally after a name, with a name prefix.
+/// Which users to list: sorted by [`Username::key`] (byte order), optionally after a name,
+/// with a name prefix, all without regard to case.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserQuery {
     /// Leave this user out (the caller).
     pub exclude: Option<UserId>,
-    /// Only names starting with this (case-sensitive); empty for all.
+    /// Only names whose key starts with this prefix's key ([`Username::key_of`]): the
+    /// prefix matches without regard to case. Empty for all.
     pub prefix: String,
-    /// Only names sorting after this one (keyset paging).
+    /// Only names whose key sorts after this name's key (keyset paging).
     pub after: Option<Username>,
     /// At most this many users.
     pub limit: u32,
@@ -120,16 +122,18 @@ pub type TokenHash = [u8; 32];
 /// is down or busy is [`crate::Error::Unavailable`].
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Creates a user. A taken name is [`crate::Error::Conflict`].
+    /// Creates a user. A name whose [`Username::key`] is taken (in any case) is
+    /// [`crate::Error::Conflict`].
     async fn create_user(&self, username: &Username, password_hash: Option<&str>) -> Result<User>;
 
-    /// Finds a user by exact name.
+    /// Finds a user by name without regard to case (by [`Username::key`]); the user comes
+    /// back with the name as it was chosen.
     async fn find_user(&self, username: &Username) -> Result<Option<User>>;
 
-    /// Lists users sorted by name (byte order), per `query`.
+    /// Lists users sorted by [`Username::key`] (byte order), per `query`.
     async fn list_users(&self, query: &UserQuery) -> Result<Vec<User>>;
 
-    /// The user and password hash kept under `username`.
+    /// The user and password hash kept under `username` (found by key, as in `find_user`).
     async fn credentials(&self, username: &Username) -> Result<Option<Credentials>>;
 
     /// Replaces a user's password hash.
@@ -152,7 +156,9 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_session(&self, token_hash: &TokenHash) -> Result<()>;
 
     /// Stores a message durably and returns it with its id and timestamp. Resolves the
-    /// recipient in the same round trip ([`crate::Error::NotFound`] when unknown). With an
+    /// recipient by key in the same round trip ([`crate::Error::NotFound`] when unknown); the
+    /// message names the recipient as they chose to write their name, whatever case the
+    /// sender typed. With an
     /// idempotency key already used by the same sender, stores nothing and returns the
     /// earlier message with `replayed: true`. Ids are handed out in commit order, and each
     /// participant's previous position is reported (trait docs, "Positions").
