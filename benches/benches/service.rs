@@ -34,10 +34,10 @@ async fn fixture(store: Arc<dyn Store>) -> Fixture {
         ..ChatConfig::default()
     };
     let chat = ChatService::new(store, Arc::new(LocalNotifier::default()), config);
-    let reader = chat.create_user("reader", None).await.unwrap();
+    let reader = chat.create_user("reader").await.unwrap();
     let mut senders = Vec::with_capacity(SENDERS);
     for i in 0..SENDERS {
-        senders.push(chat.create_user(&format!("sender{i}"), None).await.unwrap());
+        senders.push(chat.create_user(&format!("sender{i}")).await.unwrap());
     }
     // The history benchmark reads a 10,000-message conversation between reader and sender0,
     // filled by 64 concurrent tasks so group-committing stores fill it quickly.

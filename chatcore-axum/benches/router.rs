@@ -33,8 +33,8 @@ async fn setup() -> Setup {
         },
     );
     let auth = SessionAuthenticator::new(store, SessionConfig::default()).unwrap();
-    let alice = chat.create_user("alice", None).await.unwrap();
-    chat.create_user("bob", None).await.unwrap();
+    let alice = chat.create_user("alice").await.unwrap();
+    chat.create_user("bob").await.unwrap();
     let mut message_id = 0;
     for i in 0..10_000 {
         let request = SendRequest {

@@ -58,8 +58,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         },
     );
     let auth = SessionAuthenticator::new(store, SessionConfig::default())?;
-    let reader = chat.create_user("reader", None).await?;
-    let writer = chat.create_user("writer", None).await?;
+    let reader = chat.create_user("reader").await?;
+    let writer = chat.create_user("writer").await?;
     let body = "a message of a realistic length, some eighty characters long, give or take".to_owned();
     for _ in 0..backlog {
         let request = SendRequest {

@@ -36,7 +36,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ChatConfig::default(),
     );
     let auth = SessionAuthenticator::new(store, SessionConfig::default())?;
-    let user = chat.create_user("idle", None).await?;
+    let user = chat.create_user("idle").await?;
     let token = auth.start_session(user).await?.token;
     let read_buffer = std::env::var("WS_READ_BUFFER")
         .ok()

@@ -741,7 +741,7 @@ mod tests {
         let store_user = auth
             .inner
             .store
-            .create_user(&Username::parse("dave").unwrap(), None)
+            .create_user(&Username::parse("dave").unwrap())
             .await
             .unwrap();
         assert_eq!(store_user.username.as_str(), "dave");

@@ -118,7 +118,7 @@ fn sends(c: &mut Criterion) {
     let users: Arc<Vec<User>> = Arc::new(runtime.block_on(async {
         let mut users = Vec::new();
         for i in 0..=64 {
-            users.push(store.create_user(&name(&format!("user{i}")), None).await.unwrap());
+            users.push(store.create_user(&name(&format!("user{i}"))).await.unwrap());
         }
         users
     }));

@@ -15,8 +15,8 @@
 //! let store = MysqlStore::connect("mysql://root@127.0.0.1:3306/chat", MysqlConfig::default()).await?;
 //! store.migrate().await?; // explicit: the host decides when the schema changes
 //! let chat = ChatService::new(Arc::new(store), Arc::new(LocalNotifier::default()), ChatConfig::default());
-//! let alice = chat.create_user("alice", None).await?;
-//! chat.create_user("bob", None).await?;
+//! let alice = chat.create_user("alice").await?;
+//! chat.create_user("bob").await?;
 //! chat.send(&alice, SendRequest { recipient: "bob".into(), body: "hi 👋".into(), idempotency_key: None }).await?;
 //! # Ok(()) }
 //! ```

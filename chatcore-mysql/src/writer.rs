@@ -711,7 +711,7 @@ mod tests {
         for name in ["a", "b", "c", "d"] {
             users.push(
                 store
-                    .create_user(&Username::parse(name).unwrap(), None)
+                    .create_user(&Username::parse(name).unwrap())
                     .await
                     .unwrap(),
             );

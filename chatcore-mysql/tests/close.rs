@@ -16,8 +16,8 @@ fn name(s: &str) -> Username {
 async fn send_a_few(config: MysqlConfig) -> (TestDatabase, chatcore_mysql::MysqlStore) {
     let database = TestDatabase::create().await;
     let store = database.store_with(config).await;
-    let alice = store.create_user(&name("alice"), None).await.unwrap();
-    store.create_user(&name("bob"), None).await.unwrap();
+    let alice = store.create_user(&name("alice")).await.unwrap();
+    store.create_user(&name("bob")).await.unwrap();
     for i in 0..5 {
         store
             .insert_message(NewMessage {

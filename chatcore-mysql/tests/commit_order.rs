@@ -43,12 +43,12 @@ async fn reconnecting_reader_misses_nothing_under_concurrent_writers() {
     for _ in 0..PROCESSES {
         stores.push(Arc::new(database.store_with(config.clone()).await));
     }
-    let hub = stores[0].create_user(&name("hub"), None).await.unwrap();
+    let hub = stores[0].create_user(&name("hub")).await.unwrap();
     let mut senders = Vec::new();
     for i in 0..SENDERS {
         senders.push(
             stores[0]
-                .create_user(&name(&format!("s{i}")), None)
+                .create_user(&name(&format!("s{i}")))
                 .await
                 .unwrap(),
         );
@@ -143,8 +143,8 @@ async fn reconnecting_reader_misses_nothing_under_concurrent_writers() {
 async fn an_uncommitted_id_holds_back_later_ones() {
     let database = TestDatabase::create().await;
     let store = Arc::new(database.store().await);
-    let alice = store.create_user(&name("alice"), None).await.unwrap();
-    let bob = store.create_user(&name("bob"), None).await.unwrap();
+    let alice = store.create_user(&name("alice")).await.unwrap();
+    let bob = store.create_user(&name("bob")).await.unwrap();
     store
         .insert_message(note(&alice, "bob", "first".into()))
         .await
@@ -216,8 +216,8 @@ async fn idempotency_key_race_across_processes_stores_once() {
     let database = TestDatabase::create().await;
     let first = Arc::new(database.store().await);
     let second: Arc<MysqlStore> = Arc::new(database.store().await);
-    let alice = first.create_user(&name("alice"), None).await.unwrap();
-    first.create_user(&name("bob"), None).await.unwrap();
+    let alice = first.create_user(&name("alice")).await.unwrap();
+    first.create_user(&name("bob")).await.unwrap();
     for round in 0..20 {
         let key = format!("race-{round}");
         let send = |store: Arc<MysqlStore>| {

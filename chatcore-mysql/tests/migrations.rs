@@ -123,7 +123,7 @@ async fn processes_migrating_at_once_take_turns() {
     let every_version: Vec<i64> = (1..=MysqlStore::schema_version()).collect();
     assert_eq!(applied, every_version, "applied exactly once");
     let user = stores[1]
-        .create_user(&Username::parse("alice").unwrap(), None)
+        .create_user(&Username::parse("alice").unwrap())
         .await
         .unwrap();
     assert_eq!(user.username.as_str(), "alice");
@@ -179,7 +179,7 @@ async fn a_missing_id_sequence_fails_the_send_and_stores_nothing() {
     let database = TestDatabase::create().await;
     let store = database.store().await;
     let alice = store
-        .create_user(&Username::parse("alice").unwrap(), None)
+        .create_user(&Username::parse("alice").unwrap())
         .await
         .unwrap();
     let mut conn = database.options().connect().await.unwrap();

@@ -134,8 +134,8 @@ async fn down_and_back() {
     let url = format!("mysql://root@127.0.0.1:{}/chat", server.port);
     let store = MysqlStore::connect(&url, config).await.unwrap();
     store.migrate().await.unwrap();
-    let alice = store.create_user(&name("alice"), None).await.unwrap();
-    let bob = store.create_user(&name("bob"), None).await.unwrap();
+    let alice = store.create_user(&name("alice")).await.unwrap();
+    let bob = store.create_user(&name("bob")).await.unwrap();
     let send = |body: &str| NewMessage {
         sender: alice.clone(),
         recipient: name("bob"),

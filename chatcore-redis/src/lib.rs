@@ -17,8 +17,8 @@
 //! let node_a = ChatService::new(store.clone(), Arc::new(RedisNotifier::connect(config.clone()).await?), ChatConfig::default());
 //! let node_b = ChatService::new(store, Arc::new(RedisNotifier::connect(config).await?), ChatConfig::default());
 //!
-//! let alice = node_a.create_user("alice", None).await?;
-//! let bob = node_a.create_user("bob", None).await?;
+//! let alice = node_a.create_user("alice").await?;
+//! let bob = node_a.create_user("bob").await?;
 //! let mut bobs_tab = node_b.subscribe(&bob, None).await?; // Bob is connected to node B
 //! node_a.send(&alice, SendRequest { recipient: "bob".into(), body: "hi".into(), ..Default::default() }).await?;
 //! match bobs_tab.recv().await {

@@ -30,7 +30,7 @@ async fn node(store: &Arc<MemoryStore>, config: &RedisConfig) -> (ChatService, R
 async fn users(chat: &ChatService, prefix: &str, count: usize) -> Vec<User> {
     let mut users = Vec::with_capacity(count);
     for i in 0..count {
-        users.push(chat.create_user(&format!("{prefix}{i}"), None).await.unwrap());
+        users.push(chat.create_user(&format!("{prefix}{i}")).await.unwrap());
     }
     users
 }

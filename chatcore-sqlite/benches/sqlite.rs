@@ -53,8 +53,8 @@ fn sends(c: &mut Criterion) {
         store.migrate().await.expect("migrate");
         let mut pairs = Vec::new();
         for i in 0..MAX_CONCURRENCY {
-            let from = store.create_user(&name(&format!("from{i}")), None).await.unwrap();
-            let to = store.create_user(&name(&format!("to{i}")), None).await.unwrap();
+            let from = store.create_user(&name(&format!("from{i}"))).await.unwrap();
+            let to = store.create_user(&name(&format!("to{i}"))).await.unwrap();
             pairs.push((from, to));
         }
         (store, Arc::new(pairs))
@@ -112,13 +112,13 @@ fn page_fixture(rt: &tokio::runtime::Runtime, dir: &std::path::Path, rows: i64) 
     let (alice, users) = rt.block_on(async {
         let store = SqliteStore::open(SqliteConfig::file(&path)).await.expect("open");
         store.migrate().await.expect("migrate");
-        let alice = store.create_user(&name("alice"), None).await.unwrap();
-        store.create_user(&name("bob"), None).await.unwrap();
+        let alice = store.create_user(&name("alice")).await.unwrap();
+        store.create_user(&name("bob")).await.unwrap();
         let mut users = Vec::new();
         for i in 0..OTHER_CONVERSATIONS * 2 {
             users.push(
                 store
-                    .create_user(&name(&format!("u{i}")), None)
+                    .create_user(&name(&format!("u{i}")))
                     .await
                     .unwrap()
                     .id

@@ -106,8 +106,8 @@ fn main() {
         let mut pairs = Vec::new();
         for i in 0..args.concurrency {
             let name = |s: String| Username::parse(&s).expect("name");
-            let from = store.create_user(&name(format!("from{i}")), None).await.expect("user");
-            let to = store.create_user(&name(format!("to{i}")), None).await.expect("user");
+            let from = store.create_user(&name(format!("from{i}"))).await.expect("user");
+            let to = store.create_user(&name(format!("to{i}"))).await.expect("user");
             pairs.push((from, to));
         }
         let pairs = Arc::new(pairs);

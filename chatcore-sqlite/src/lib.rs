@@ -13,7 +13,7 @@
 //! let store = Arc::new(SqliteStore::open(SqliteConfig::file("chat.sqlite3")).await?);
 //! store.migrate().await?; // explicit: a no-op on every start after the first
 //! let chat = ChatService::new(store.clone(), Arc::new(LocalNotifier::default()), ChatConfig::default());
-//! let alice = chat.create_user("alice", None).await?;
+//! let alice = chat.create_user("alice").await?;
 //! # let _ = alice;
 //! // ... serve ...
 //! store.close().await?; // on graceful shutdown: finish queued writes, join the threads
@@ -327,7 +327,7 @@ impl SqliteStore {
     /// # use chatcore::Store;
     /// let store = chatcore_sqlite::SqliteStore::open(chatcore_sqlite::SqliteConfig::memory()).await?;
     /// store.migrate().await?;
-    /// store.create_user(&chatcore::Username::parse("alice")?, None).await?;
+    /// store.create_user(&chatcore::Username::parse("alice")?).await?;
     /// assert_eq!(store.stats().writes, 1);
     /// # Ok(()) }
     /// ```
@@ -595,7 +595,7 @@ mod tests {
         let [a, b, c, d] = ["a", "b", "c", "d"].map(name);
         let mut users = Vec::new();
         for username in [a, b, c, d] {
-            users.push(store.create_user(&username, None).await.unwrap());
+            users.push(store.create_user(&username).await.unwrap());
         }
         let (a, b, c, d) = (&users[0], &users[1], &users[2], &users[3]);
         let before = store.insert_message(note(a, b)).await.unwrap();
@@ -681,7 +681,7 @@ mod tests {
     async fn cached_sessions_keep_their_expiry() {
         let store = SqliteStore::open(SqliteConfig::memory()).await.unwrap();
         store.migrate().await.unwrap();
-        let alice = store.create_user(&name("alice"), None).await.unwrap();
+        let alice = store.create_user(&name("alice")).await.unwrap();
         let now = DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap();
         let expires_at = now + chrono::Duration::minutes(5);
         store

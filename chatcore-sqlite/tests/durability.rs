@@ -99,10 +99,10 @@ fn kill_9_scenario(pipelined: bool) {
     let hub_id = rt.block_on(async {
         let store = SqliteStore::open(SqliteConfig::file(&path)).await.unwrap();
         store.migrate().await.unwrap();
-        let hub = store.create_user(&name("hub"), None).await.unwrap();
+        let hub = store.create_user(&name("hub")).await.unwrap();
         for t in 0..SENDERS {
             store
-                .create_user(&name(&format!("sender{t}")), None)
+                .create_user(&name(&format!("sender{t}")))
                 .await
                 .unwrap();
         }

@@ -37,8 +37,8 @@ async fn not_a_database_is_corrupt() {
 async fn overwritten_pages_are_corrupt() {
     let temp = temp_store(|_| {}).await;
     let path = temp.path();
-    let alice = temp.store.create_user(&name("alice"), None).await.unwrap();
-    temp.store.create_user(&name("bob"), None).await.unwrap();
+    let alice = temp.store.create_user(&name("alice")).await.unwrap();
+    temp.store.create_user(&name("bob")).await.unwrap();
     for i in 0..300 {
         let body = format!("{i} {}", "x".repeat(500));
         temp.store
@@ -81,8 +81,8 @@ async fn overwritten_pages_are_corrupt() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_held_write_lock_is_unavailable_after_the_busy_timeout() {
     let temp = temp_store(|c| c.busy_timeout = Duration::from_millis(150)).await;
-    let alice = temp.store.create_user(&name("alice"), None).await.unwrap();
-    temp.store.create_user(&name("bob"), None).await.unwrap();
+    let alice = temp.store.create_user(&name("alice")).await.unwrap();
+    temp.store.create_user(&name("bob")).await.unwrap();
 
     let other = rusqlite::Connection::open(temp.path()).unwrap();
     other.execute_batch("BEGIN EXCLUSIVE").unwrap();
@@ -100,7 +100,7 @@ async fn a_held_write_lock_is_unavailable_after_the_busy_timeout() {
         started.elapsed() >= Duration::from_millis(100),
         "waited for the busy timeout"
     );
-    let created = temp.store.create_user(&name("carol"), None).await;
+    let created = temp.store.create_user(&name("carol")).await;
     assert!(matches!(created, Err(Error::Unavailable { .. })), "{created:?}");
     // Readers are not blocked by a writer in WAL mode.
     assert!(temp.store.find_user(&name("bob")).await.unwrap().is_some());
@@ -140,8 +140,8 @@ async fn an_exclusively_locked_file_cannot_be_opened() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_database_is_storage_full_and_stays_readable() {
     let temp = temp_store(|c| c.max_page_count = Some(60)).await;
-    let alice = temp.store.create_user(&name("alice"), None).await.unwrap();
-    temp.store.create_user(&name("bob"), None).await.unwrap();
+    let alice = temp.store.create_user(&name("alice")).await.unwrap();
+    temp.store.create_user(&name("bob")).await.unwrap();
     let body = "y".repeat(3_000);
     let mut stored = 0u64;
     let error = loop {
@@ -198,7 +198,7 @@ async fn without_migrate_calls_say_so() {
     let store = SqliteStore::open(SqliteConfig::file(dir.path().join("new.sqlite3")))
         .await
         .unwrap();
-    let created = store.create_user(&name("alice"), None).await;
+    let created = store.create_user(&name("alice")).await;
     match created {
         Err(Error::Internal { message, .. }) => assert!(message.contains("migrate"), "{message}"),
         other => panic!("expected a missing-schema error, got {other:?}"),
@@ -210,7 +210,7 @@ async fn without_migrate_calls_say_so() {
         (report.previous, report.current),
         (0, chatcore_sqlite::SCHEMA_VERSION)
     );
-    store.create_user(&name("alice"), None).await.unwrap();
+    store.create_user(&name("alice")).await.unwrap();
     assert!(store.find_user(&name("alice")).await.unwrap().is_some());
     store.close().await.unwrap();
 }
@@ -218,12 +218,12 @@ async fn without_migrate_calls_say_so() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_store_is_unavailable() {
     let temp = temp_store(|_| {}).await;
-    temp.store.create_user(&name("alice"), None).await.unwrap();
+    temp.store.create_user(&name("alice")).await.unwrap();
     temp.store.close().await.unwrap();
     temp.store.close().await.unwrap();
     let found = temp.store.find_user(&name("alice")).await;
     assert!(matches!(found, Err(Error::Unavailable { .. })), "{found:?}");
-    let created = temp.store.create_user(&name("bob"), None).await;
+    let created = temp.store.create_user(&name("bob")).await;
     assert!(matches!(created, Err(Error::Unavailable { .. })), "{created:?}");
     assert!(matches!(
         temp.store.migrate().await,
@@ -266,7 +266,7 @@ async fn a_reopened_file_keeps_everything_and_migrate_is_a_no_op() {
         .create_user(&name("alice"), Some("$argon2id$hash"))
         .await
         .unwrap();
-    temp.store.create_user(&name("bob"), None).await.unwrap();
+    temp.store.create_user(&name("bob")).await.unwrap();
     let mut last = MessageId(0);
     for i in 0..25 {
         last = temp
@@ -307,8 +307,8 @@ async fn a_reopened_file_keeps_everything_and_migrate_is_a_no_op() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_a_busy_store_does_not_hang() {
     let temp = temp_store(|_| {}).await;
-    let alice = temp.store.create_user(&name("alice"), None).await.unwrap();
-    temp.store.create_user(&name("bob"), None).await.unwrap();
+    let alice = temp.store.create_user(&name("alice")).await.unwrap();
+    temp.store.create_user(&name("bob")).await.unwrap();
     let store = std::sync::Arc::new(temp);
     let senders: Vec<_> = (0..8)
         .map(|i| {
@@ -345,12 +345,12 @@ async fn dropping_a_busy_store_does_not_hang() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_sends_share_transactions() {
     let temp = std::sync::Arc::new(temp_store(|_| {}).await);
-    let hub = temp.store.create_user(&name("hub"), None).await.unwrap();
+    let hub = temp.store.create_user(&name("hub")).await.unwrap();
     let mut senders = Vec::new();
     for i in 0..32 {
         senders.push(
             temp.store
-                .create_user(&name(&format!("s{i}")), None)
+                .create_user(&name(&format!("s{i}")))
                 .await
                 .unwrap(),
         );
@@ -388,7 +388,7 @@ async fn concurrent_sends_share_transactions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_users_in_writes_are_not_found_and_store_nothing() {
     let temp = temp_store(|_| {}).await;
-    let alice = temp.store.create_user(&name("alice"), None).await.unwrap();
+    let alice = temp.store.create_user(&name("alice")).await.unwrap();
     let ghost = chatcore::User {
         id: chatcore::UserId(alice.id.0 + 1000),
         username: name("ghost"),
@@ -463,8 +463,8 @@ async fn unknown_users_in_writes_are_not_found_and_store_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chain_linking_forward_is_corrupt() {
     let temp = temp_store(|_| {}).await;
-    let alice = temp.store.create_user(&name("alice"), None).await.unwrap();
-    temp.store.create_user(&name("bob"), None).await.unwrap();
+    let alice = temp.store.create_user(&name("alice")).await.unwrap();
+    temp.store.create_user(&name("bob")).await.unwrap();
     let mut ids = Vec::new();
     for i in 0..40 {
         let inserted = temp

@@ -20,8 +20,8 @@
 //! use chatcore::Delivery;
 //!
 //! let chat = ChatService::new(Arc::new(MemoryStore::new()), Arc::new(LocalNotifier::default()), ChatConfig::default());
-//! let alice = chat.create_user("alice", None).await?;
-//! let bob = chat.create_user("bob", None).await?;
+//! let alice = chat.create_user("alice").await?;
+//! let bob = chat.create_user("bob").await?;
 //! let mut bobs_tab = chat.subscribe(&bob, None).await?;
 //!
 //! let sent = chat.send(&alice, SendRequest { recipient: "bob".into(), body: "hi".into(), ..Default::default() }).await?;
@@ -75,6 +75,7 @@ pub use service::{
     CatchUp, CatchUpPage, ChatConfig, ChatService, DirectoryQuery, HistoryQuery, SendRequest, Sent,
 };
 pub use store::{
-    Credentials, Inserted, MessagePage, PageRequest, SessionRecord, Store, TokenHash, UserQuery,
+    Backend, Credentials, Inserted, MessagePage, MigrationReport, PageRequest, SessionRecord, SessionStore,
+    Store, TokenHash, UserQuery,
 };
 pub use text::message_body;

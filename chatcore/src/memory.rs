@@ -8,7 +8,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::store::{
-    Credentials, Inserted, MessagePage, PageRequest, SessionRecord, Store, TokenHash, UserQuery,
+    Backend, Credentials, Inserted, MessagePage, MigrationReport, PageRequest, SessionRecord, SessionStore,
+    Store, TokenHash, UserQuery,
 };
 use crate::{
     ConversationKey, Entity, Error, Message, MessageId, NewMessage, Position, Result, User, UserId, Username,
@@ -61,6 +62,23 @@ impl MemoryStore {
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
         self.state.write().unwrap_or_else(|p| p.into_inner())
     }
+
+    fn add_user(&self, username: &Username, password_hash: Option<&str>) -> Result<User> {
+        let mut state = self.write();
+        if state.by_name.contains_key(&username.key()) {
+            return Err(Error::conflict(format!("username {username} is taken")));
+        }
+        let user = User {
+            id: UserId(state.users.len() as i64 + 1),
+            username: username.clone(),
+        };
+        state.by_name.insert(username.key(), user.id);
+        state.users.push(UserRecord {
+            user: user.clone(),
+            password_hash: password_hash.map(str::to_owned),
+        });
+        Ok(user)
+    }
 }
 
 impl State {
@@ -98,21 +116,8 @@ impl State {
 
 #[async_trait]
 impl Store for MemoryStore {
-    async fn create_user(&self, username: &Username, password_hash: Option<&str>) -> Result<User> {
-        let mut state = self.write();
-        if state.by_name.contains_key(&username.key()) {
-            return Err(Error::conflict(format!("username {username} is taken")));
-        }
-        let user = User {
-            id: UserId(state.users.len() as i64 + 1),
-            username: username.clone(),
-        };
-        state.by_name.insert(username.key(), user.id);
-        state.users.push(UserRecord {
-            user: user.clone(),
-            password_hash: password_hash.map(str::to_owned),
-        });
-        Ok(user)
+    async fn create_user(&self, username: &Username) -> Result<User> {
+        self.add_user(username, None)
     }
 
     async fn find_user(&self, username: &Username) -> Result<Option<User>> {
@@ -140,60 +145,6 @@ impl Store for MemoryStore {
             .take(query.limit as usize)
             .filter_map(|(_, id)| state.user(*id).map(|r| r.user.clone()))
             .collect())
-    }
-
-    async fn credentials(&self, username: &Username) -> Result<Option<Credentials>> {
-        let state = self.read();
-        Ok(state
-            .by_name
-            .get(&username.key())
-            .and_then(|id| state.user(*id))
-            .map(|r| Credentials {
-                user: r.user.clone(),
-                password_hash: r.password_hash.clone(),
-            }))
-    }
-
-    async fn set_password_hash(&self, user: UserId, password_hash: &str) -> Result<()> {
-        let mut state = self.write();
-        let index = usize::try_from(user.0 - 1).map_err(|_| Error::NotFound(Entity::User))?;
-        let record = state.users.get_mut(index).ok_or(Error::NotFound(Entity::User))?;
-        record.password_hash = Some(password_hash.to_owned());
-        Ok(())
-    }
-
-    async fn create_session(
-        &self,
-        token_hash: &TokenHash,
-        user: UserId,
-        expires_at: DateTime<Utc>,
-    ) -> Result<()> {
-        let mut state = self.write();
-        if state.user(user).is_none() {
-            return Err(Error::NotFound(Entity::User));
-        }
-        state.sessions.insert(*token_hash, (user, expires_at));
-        Ok(())
-    }
-
-    async fn session_user(
-        &self,
-        token_hash: &TokenHash,
-        now: DateTime<Utc>,
-    ) -> Result<Option<SessionRecord>> {
-        let state = self.read();
-        Ok(match state.sessions.get(token_hash) {
-            Some((user, expires_at)) if *expires_at > now => state.user(*user).map(|r| SessionRecord {
-                user: r.user.clone(),
-                expires_at: *expires_at,
-            }),
-            _ => None,
-        })
-    }
-
-    async fn delete_session(&self, token_hash: &TokenHash) -> Result<()> {
-        self.write().sessions.remove(token_hash);
-        Ok(())
     }
 
     async fn insert_message(&self, new: NewMessage) -> Result<Inserted> {
@@ -310,12 +261,77 @@ impl Store for MemoryStore {
     async fn latest_position(&self, user: UserId) -> Result<Position> {
         Ok(self.read().latest(user))
     }
+}
 
-    async fn idempotent_message(&self, sender: UserId, key: &str) -> Result<Option<Message>> {
+#[async_trait]
+impl SessionStore for MemoryStore {
+    async fn create_account(&self, username: &Username, password_hash: &str) -> Result<User> {
+        self.add_user(username, Some(password_hash))
+    }
+
+    async fn credentials(&self, username: &Username) -> Result<Option<Credentials>> {
         let state = self.read();
         Ok(state
-            .idempotency
-            .get(&(sender, key.to_owned()))
-            .map(|&i| state.messages[i].clone()))
+            .by_name
+            .get(&username.key())
+            .and_then(|id| state.user(*id))
+            .map(|r| Credentials {
+                user: r.user.clone(),
+                password_hash: r.password_hash.clone(),
+            }))
+    }
+
+    async fn create_session(
+        &self,
+        token_hash: &TokenHash,
+        user: UserId,
+        expires_at: DateTime<Utc>,
+    ) -> Result<()> {
+        let mut state = self.write();
+        if state.user(user).is_none() {
+            return Err(Error::NotFound(Entity::User));
+        }
+        state.sessions.insert(*token_hash, (user, expires_at));
+        Ok(())
+    }
+
+    async fn session_user(
+        &self,
+        token_hash: &TokenHash,
+        now: DateTime<Utc>,
+    ) -> Result<Option<SessionRecord>> {
+        let state = self.read();
+        Ok(match state.sessions.get(token_hash) {
+            Some((user, expires_at)) if *expires_at > now => state.user(*user).map(|r| SessionRecord {
+                user: r.user.clone(),
+                expires_at: *expires_at,
+            }),
+            _ => None,
+        })
+    }
+
+    async fn delete_session(&self, token_hash: &TokenHash) -> Result<()> {
+        self.write().sessions.remove(token_hash);
+        Ok(())
+    }
+
+    async fn delete_expired_sessions(&self, now: DateTime<Utc>) -> Result<u64> {
+        let mut state = self.write();
+        let before = state.sessions.len();
+        state.sessions.retain(|_, (_, expires_at)| *expires_at > now);
+        Ok((before - state.sessions.len()) as u64)
+    }
+}
+
+#[async_trait]
+impl Backend for MemoryStore {
+    /// Nothing to migrate: the schema is the code.
+    async fn migrate(&self) -> Result<MigrationReport> {
+        Ok(MigrationReport::default())
+    }
+
+    /// Nothing to flush; the data stays until the store is dropped.
+    async fn close(&self) -> Result<()> {
+        Ok(())
     }
 }

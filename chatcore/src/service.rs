@@ -163,8 +163,8 @@ pub enum CatchUpPage {
 /// use chatcore::{ChatService, ChatConfig, MemoryStore, LocalNotifier, SendRequest, HistoryQuery};
 ///
 /// let chat = ChatService::new(Arc::new(MemoryStore::new()), Arc::new(LocalNotifier::default()), ChatConfig::default());
-/// let alice = chat.create_user("alice", None).await?;
-/// chat.create_user("bob", None).await?;
+/// let alice = chat.create_user("alice").await?;
+/// chat.create_user("bob").await?;
 /// let sent = chat.send(&alice, SendRequest { recipient: "bob".into(), body: "  hi ".into(), ..Default::default() }).await?;
 /// assert_eq!(sent.message.body, "hi");
 /// let page = chat.conversation(&alice, "bob", HistoryQuery::default()).await?;
@@ -217,10 +217,11 @@ impl ChatService {
         &self.config
     }
 
-    /// Creates a user with an optional PHC password hash (hashing is the caller's job).
-    pub async fn create_user(&self, username: &str, password_hash: Option<&str>) -> Result<User> {
+    /// Creates a user (without a password: accounts with one are the authenticator's, see
+    /// [`crate::SessionStore`]). The name is normalized and checked ([`Username::parse`]).
+    pub async fn create_user(&self, username: &str) -> Result<User> {
         let username = Username::parse(username)?;
-        self.store.create_user(&username, password_hash).await
+        self.store.create_user(&username).await
     }
 
     /// Finds a user by name; an impossible name is simply not found.

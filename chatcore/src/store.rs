@@ -122,9 +122,9 @@ pub type TokenHash = [u8; 32];
 /// is down or busy is [`crate::Error::Unavailable`].
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Creates a user. A name whose [`Username::key`] is taken (in any case) is
-    /// [`crate::Error::Conflict`].
-    async fn create_user(&self, username: &Username, password_hash: Option<&str>) -> Result<User>;
+    /// Creates a user without credentials (a host's own authenticator vouches for them). A
+    /// name whose [`Username::key`] is taken (in any case) is [`crate::Error::Conflict`].
+    async fn create_user(&self, username: &Username) -> Result<User>;
 
     /// Finds a user by name without regard to case (by [`Username::key`]); the user comes
     /// back with the name as it was chosen.
@@ -132,28 +132,6 @@ pub trait Store: Send + Sync + 'static {
 
     /// Lists users sorted by [`Username::key`] (byte order), per `query`.
     async fn list_users(&self, query: &UserQuery) -> Result<Vec<User>>;
-
-    /// The user and password hash kept under `username` (found by key, as in `find_user`).
-    async fn credentials(&self, username: &Username) -> Result<Option<Credentials>>;
-
-    /// Replaces a user's password hash.
-    async fn set_password_hash(&self, user: UserId, password_hash: &str) -> Result<()>;
-
-    /// Records a session: `token_hash` authenticates `user` until `expires_at`.
-    async fn create_session(
-        &self,
-        token_hash: &TokenHash,
-        user: UserId,
-        expires_at: DateTime<Utc>,
-    ) -> Result<()>;
-
-    /// The user a session belongs to and when it expires, if the session exists and has not
-    /// expired at `now`.
-    async fn session_user(&self, token_hash: &TokenHash, now: DateTime<Utc>)
-    -> Result<Option<SessionRecord>>;
-
-    /// Ends a session at once. Ending an unknown session is not an error.
-    async fn delete_session(&self, token_hash: &TokenHash) -> Result<()>;
 
     /// Stores a message durably and returns it with its id and timestamp. Resolves the
     /// recipient by key in the same round trip ([`crate::Error::NotFound`] when unknown); the
@@ -188,7 +166,73 @@ pub trait Store: Send + Sync + 'static {
     /// The position of `user`'s newest durable event ([`Position::START`] when none, and for
     /// an unknown user). One small read, whatever the user's history.
     async fn latest_position(&self, user: UserId) -> Result<Position>;
+}
 
-    /// The message `sender` stored under an idempotency key, if any.
-    async fn idempotent_message(&self, sender: UserId, key: &str) -> Result<Option<Message>>;
+/// Accounts with passwords and login sessions: what `chatcore-axum`'s `SessionAuthenticator`
+/// keeps. A host that brings its own authenticator implements [`Store`] alone. The backends
+/// of this workspace implement both over one database, so an account and its messages live
+/// together. Implementations must pass [`crate::conformance`]'s session scenarios.
+///
+/// Users are the same users as [`Store`]'s: an account made here is a user there.
+#[async_trait]
+pub trait SessionStore: Send + Sync + 'static {
+    /// Creates a user with a PHC-format password hash. A name whose [`Username::key`] is
+    /// taken is [`crate::Error::Conflict`].
+    async fn create_account(&self, username: &Username, password_hash: &str) -> Result<User>;
+
+    /// The user and password hash kept under `username` (found by key, as in
+    /// [`Store::find_user`]); `None` for an unknown name.
+    async fn credentials(&self, username: &Username) -> Result<Option<Credentials>>;
+
+    /// Records a session: `token_hash` authenticates `user` until `expires_at`.
+    async fn create_session(
+        &self,
+        token_hash: &TokenHash,
+        user: UserId,
+        expires_at: DateTime<Utc>,
+    ) -> Result<()>;
+
+    /// The user a session belongs to and when it expires, if the session exists and has not
+    /// expired at `now`.
+    async fn session_user(&self, token_hash: &TokenHash, now: DateTime<Utc>)
+    -> Result<Option<SessionRecord>>;
+
+    /// Ends a session at once. Ending an unknown session is not an error.
+    async fn delete_session(&self, token_hash: &TokenHash) -> Result<()>;
+
+    /// Deletes every session that expired at or before `now`; returns how many. Run now and
+    /// then (`chatcore-axum` runs it on a timer) so the table does not grow with every login.
+    async fn delete_expired_sessions(&self, now: DateTime<Utc>) -> Result<u64>;
+}
+
+/// What a backend reports after [`Backend::migrate`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MigrationReport {
+    /// The schema version found.
+    pub previous: u32,
+    /// The schema version now.
+    pub current: u32,
+    /// What an operator should know: e.g. names made before today's rules that now clash
+    /// (they are kept apart, never merged; see the backend's docs).
+    pub notes: Vec<String>,
+}
+
+impl MigrationReport {
+    /// Whether any migration ran.
+    pub fn applied_any(&self) -> bool {
+        self.previous != self.current
+    }
+}
+
+/// A storage backend as a whole: both storage traits over one database, and one lifecycle
+/// shape for every backend, so a server can open any of them and then treat them alike.
+#[async_trait]
+pub trait Backend: Store + SessionStore {
+    /// Applies the schema migrations this version needs (idempotent). Never run implicitly:
+    /// the host decides when.
+    async fn migrate(&self) -> Result<MigrationReport>;
+
+    /// Finishes pending writes and releases the database. Calls after it fail with
+    /// [`crate::Error::Unavailable`].
+    async fn close(&self) -> Result<()>;
 }

@@ -1,4 +1,4 @@
-//! The in-memory store runs the whole conformance suite; and the suite's concurrent ordering
+//! The in-memory store runs both conformance suites; and the suite's concurrent ordering
 //! check catches a store that hands out ids out of commit order.
 
 use std::sync::Arc;
@@ -7,7 +7,12 @@ async fn fresh_store() -> Arc<dyn chatcore::Store> {
     Arc::new(chatcore::MemoryStore::new())
 }
 
+async fn fresh_session_store() -> Arc<dyn chatcore::SessionStore> {
+    Arc::new(chatcore::MemoryStore::new())
+}
+
 chatcore::store_conformance_tests!(fresh_store);
+chatcore::session_store_conformance_tests!(fresh_session_store);
 
 /// A deliberately broken store: message ids come from a plain counter, like a database
 /// sequence taken at the start of a transaction, and a message becomes visible only after its
@@ -22,14 +27,11 @@ mod reordering {
     use std::sync::atomic::{AtomicI64, Ordering};
 
     use async_trait::async_trait;
-    use chatcore::store::{
-        Credentials, Inserted, MessagePage, PageRequest, SessionRecord, Store, TokenHash, UserQuery,
-    };
+    use chatcore::store::{Inserted, MessagePage, PageRequest, Store, UserQuery};
     use chatcore::{
         Entity, Error, MemoryStore, Message, MessageId, NewMessage, Position, Result, User, UserId, Username,
         now_micros,
     };
-    use chrono::{DateTime, Utc};
 
     /// Users and sessions in a [`MemoryStore`]; messages here.
     #[derive(Default)]
@@ -75,38 +77,14 @@ mod reordering {
 
     #[async_trait]
     impl Store for ReorderingStore {
-        async fn create_user(&self, username: &Username, password_hash: Option<&str>) -> Result<User> {
-            self.users.create_user(username, password_hash).await
+        async fn create_user(&self, username: &Username) -> Result<User> {
+            self.users.create_user(username).await
         }
         async fn find_user(&self, username: &Username) -> Result<Option<User>> {
             self.users.find_user(username).await
         }
         async fn list_users(&self, query: &UserQuery) -> Result<Vec<User>> {
             self.users.list_users(query).await
-        }
-        async fn credentials(&self, username: &Username) -> Result<Option<Credentials>> {
-            self.users.credentials(username).await
-        }
-        async fn set_password_hash(&self, user: UserId, password_hash: &str) -> Result<()> {
-            self.users.set_password_hash(user, password_hash).await
-        }
-        async fn create_session(
-            &self,
-            token_hash: &TokenHash,
-            user: UserId,
-            expires_at: DateTime<Utc>,
-        ) -> Result<()> {
-            self.users.create_session(token_hash, user, expires_at).await
-        }
-        async fn session_user(
-            &self,
-            token_hash: &TokenHash,
-            now: DateTime<Utc>,
-        ) -> Result<Option<SessionRecord>> {
-            self.users.session_user(token_hash, now).await
-        }
-        async fn delete_session(&self, token_hash: &TokenHash) -> Result<()> {
-            self.users.delete_session(token_hash).await
         }
 
         async fn insert_message(&self, new: NewMessage) -> Result<Inserted> {
@@ -202,13 +180,6 @@ mod reordering {
         }
         async fn latest_position(&self, user: UserId) -> Result<Position> {
             Ok(self.published().latest(user))
-        }
-        async fn idempotent_message(&self, sender: UserId, key: &str) -> Result<Option<Message>> {
-            let published = self.published();
-            Ok(published
-                .keys
-                .get(&(sender, key.to_owned()))
-                .map(|id| published.messages[id].0.clone()))
         }
     }
 }

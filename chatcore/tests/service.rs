@@ -43,8 +43,8 @@ async fn next(feed: &mut Feed) -> Delivery {
 
 async fn pair(chat: &ChatService) -> (User, User) {
     (
-        chat.create_user("alice", None).await.unwrap(),
-        chat.create_user("bob", None).await.unwrap(),
+        chat.create_user("alice").await.unwrap(),
+        chat.create_user("bob").await.unwrap(),
     )
 }
 
@@ -92,7 +92,7 @@ async fn send_trims_and_validates() {
 async fn both_parties_notified_once_and_others_not() {
     let chat = service(ChatConfig::default());
     let (alice, bob) = pair(&chat).await;
-    let carol = chat.create_user("carol", None).await.unwrap();
+    let carol = chat.create_user("carol").await.unwrap();
     let mut alice_tab = chat.subscribe(&alice, None).await.unwrap();
     let mut bob_tab1 = chat.subscribe(&bob, None).await.unwrap();
     let mut bob_tab2 = chat.subscribe(&bob, None).await.unwrap();
@@ -204,7 +204,7 @@ async fn history_defaults_and_limits() {
     assert_eq!((all.messages.len(), all.total), (15, 120));
     let id = all.messages[0].id;
     assert_eq!(chat.message(&bob, id).await.unwrap().body, "119");
-    let carol = chat.create_user("carol", None).await.unwrap();
+    let carol = chat.create_user("carol").await.unwrap();
     assert!(matches!(
         chat.message(&carol, id).await,
         Err(Error::NotFound(Entity::Message))
@@ -280,7 +280,7 @@ async fn a_since_beyond_the_newest_event_is_brought_back() {
 async fn live_events_carry_each_users_previous_position() {
     let chat = service(ChatConfig::default());
     let (alice, bob) = pair(&chat).await;
-    let carol = chat.create_user("carol", None).await.unwrap();
+    let carol = chat.create_user("carol").await.unwrap();
     let mut bob_tab = chat.subscribe(&bob, None).await.unwrap();
     let mut carol_tab = chat.subscribe(&carol, None).await.unwrap();
     let m1 = chat.send(&alice, to("bob", "1")).await.unwrap().message.id;
@@ -354,7 +354,7 @@ async fn directory_excludes_caller_and_pages() {
     let chat = service(ChatConfig::default());
     let (alice, _) = pair(&chat).await;
     for name in ["carol", "carl", "dave"] {
-        chat.create_user(name, None).await.unwrap();
+        chat.create_user(name).await.unwrap();
     }
     let names = |users: Vec<User>| {
         users
@@ -377,11 +377,8 @@ async fn directory_excludes_caller_and_pages() {
         ..Default::default()
     };
     assert_eq!(names(chat.users(&alice, paged).await.unwrap()), ["carol"]);
-    assert!(matches!(
-        chat.create_user("bob", None).await,
-        Err(Error::Conflict(_))
-    ));
-    assert!(matches!(chat.create_user("", None).await, Err(Error::Invalid(_))));
+    assert!(matches!(chat.create_user("bob").await, Err(Error::Conflict(_))));
+    assert!(matches!(chat.create_user("").await, Err(Error::Invalid(_))));
 }
 
 #[tokio::test]

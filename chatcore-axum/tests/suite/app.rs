@@ -115,7 +115,7 @@ impl TestApp {
 
     /// A user created directly in the service, with a session token.
     pub async fn user(&self, name: &str) -> (User, String) {
-        let user = self.chat.create_user(name, None).await.unwrap();
+        let user = self.chat.create_user(name).await.unwrap();
         let session = self.auth.start_session(user.clone()).await.unwrap();
         (user, session.token)
     }

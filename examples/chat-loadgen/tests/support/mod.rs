@@ -97,7 +97,7 @@ impl App {
 }
 
 async fn register(State(app): State<App>, Json(c): Json<Credentials>) -> Response {
-    match app.chat.create_user(&c.username, None).await {
+    match app.chat.create_user(&c.username).await {
         Ok(user) => {
             app.passwords.lock().unwrap().insert(c.username, c.password);
             (StatusCode::CREATED, Json(json!({ "username": user.username }))).into_response()

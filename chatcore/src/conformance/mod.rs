@@ -1,0 +1,243 @@
+//! The conformance suites every backend runs (feature `conformance`): one for [`Store`]
+//! (users, messages, positions) and one for [`SessionStore`] (accounts and sessions).
+//!
+//! Each scenario is a public async function taking a fresh, empty store. A backend runs them
+//! all with one line per trait in a test file:
+//!
+//! ```ignore
+//! async fn fresh_store() -> std::sync::Arc<dyn chatcore::Store> {
+//!     std::sync::Arc::new(chatcore::MemoryStore::new())
+//! }
+//! async fn fresh_session_store() -> std::sync::Arc<dyn chatcore::SessionStore> {
+//!     std::sync::Arc::new(chatcore::MemoryStore::new())
+//! }
+//! chatcore::store_conformance_tests!(fresh_store);
+//! chatcore::session_store_conformance_tests!(fresh_session_store);
+//! ```
+//!
+//! The macros expand to one `#[tokio::test]` per scenario, so the calling crate needs
+//! `tokio` (features `macros`, `rt-multi-thread`) as a dev-dependency. The factory is called
+//! once per scenario and must return an empty store that no other test shares. The list of
+//! scenarios lives in the macros alone.
+//!
+//! # Layout
+//! - `mod.rs`: [`GuardedStore`], the macros, helpers shared by the scenarios.
+//! - `users.rs`: names, uniqueness without regard to case, the directory.
+//! - `messages.rs`: sending, pages, counts, idempotency, text round trips.
+//! - `positions.rs`: catch-up after a position, previous positions, concurrent writers.
+//! - `sessions.rs`: accounts, credentials, sessions and their expiry.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::store::{
+    Credentials, Inserted, MessagePage, PageRequest, SessionRecord, SessionStore, Store, TokenHash, UserQuery,
+};
+use crate::{Entity, Error, Message, MessageId, NewMessage, Position, Result, User, UserId, Username};
+
+mod messages;
+mod positions;
+mod sessions;
+mod users;
+
+pub use messages::*;
+pub use positions::*;
+pub use sessions::*;
+pub use users::*;
+
+/// A store that keeps a guard alive (a temporary directory, a test database that drops itself)
+/// for exactly as long as the store: the store is dropped first, then the guard. Hand it to
+/// the conformance suites when a fresh store needs something cleaned up after it.
+///
+/// ```
+/// use std::sync::Arc;
+/// use chatcore::conformance::GuardedStore;
+/// struct CleanUp; // e.g. a tempfile::TempDir
+/// let store: Arc<dyn chatcore::Store> = Arc::new(GuardedStore::new(chatcore::MemoryStore::new(), CleanUp));
+/// ```
+pub struct GuardedStore<S, G> {
+    // Declared first, so it is dropped (threads joined, files closed) before the guard.
+    store: S,
+    _guard: G,
+}
+
+impl<S, G: Send + Sync + 'static> GuardedStore<S, G> {
+    /// `store`, keeping `guard` alive until the store is dropped.
+    pub fn new(store: S, guard: G) -> Self {
+        Self { store, _guard: guard }
+    }
+
+    /// The wrapped store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+}
+
+#[async_trait]
+impl<S: Store, G: Send + Sync + 'static> Store for GuardedStore<S, G> {
+    async fn create_user(&self, username: &Username) -> Result<User> {
+        self.store.create_user(username).await
+    }
+    async fn find_user(&self, username: &Username) -> Result<Option<User>> {
+        self.store.find_user(username).await
+    }
+    async fn list_users(&self, query: &UserQuery) -> Result<Vec<User>> {
+        self.store.list_users(query).await
+    }
+    async fn insert_message(&self, message: NewMessage) -> Result<Inserted> {
+        self.store.insert_message(message).await
+    }
+    async fn message_for(&self, viewer: UserId, id: MessageId) -> Result<Option<Message>> {
+        self.store.message_for(viewer, id).await
+    }
+    async fn conversation_page(
+        &self,
+        viewer: UserId,
+        other: &Username,
+        page: &PageRequest,
+    ) -> Result<MessagePage> {
+        self.store.conversation_page(viewer, other, page).await
+    }
+    async fn user_messages(&self, user: UserId, page: &PageRequest) -> Result<MessagePage> {
+        self.store.user_messages(user, page).await
+    }
+    async fn messages_after(&self, user: UserId, after: MessageId, limit: u32) -> Result<Vec<Message>> {
+        self.store.messages_after(user, after, limit).await
+    }
+    async fn latest_position(&self, user: UserId) -> Result<Position> {
+        self.store.latest_position(user).await
+    }
+}
+
+#[async_trait]
+impl<S: SessionStore, G: Send + Sync + 'static> SessionStore for GuardedStore<S, G> {
+    async fn create_account(&self, username: &Username, password_hash: &str) -> Result<User> {
+        self.store.create_account(username, password_hash).await
+    }
+    async fn credentials(&self, username: &Username) -> Result<Option<Credentials>> {
+        self.store.credentials(username).await
+    }
+    async fn create_session(
+        &self,
+        token_hash: &TokenHash,
+        user: UserId,
+        expires_at: DateTime<Utc>,
+    ) -> Result<()> {
+        self.store.create_session(token_hash, user, expires_at).await
+    }
+    async fn session_user(
+        &self,
+        token_hash: &TokenHash,
+        now: DateTime<Utc>,
+    ) -> Result<Option<SessionRecord>> {
+        self.store.session_user(token_hash, now).await
+    }
+    async fn delete_session(&self, token_hash: &TokenHash) -> Result<()> {
+        self.store.delete_session(token_hash).await
+    }
+    async fn delete_expired_sessions(&self, now: DateTime<Utc>) -> Result<u64> {
+        self.store.delete_expired_sessions(now).await
+    }
+}
+
+/// Runs one `#[tokio::test]` per [`Store`] scenario against stores made by `$factory`, an
+/// expression callable as `$factory().await` that returns `Arc<dyn chatcore::Store>`.
+#[macro_export]
+macro_rules! store_conformance_tests {
+    ($factory:expr) => {
+        $crate::conformance_cases!($factory, $crate::Store;
+            users_are_unique_and_findable,
+            user_directory_pages_and_filters,
+            insert_returns_stored_message,
+            unknown_recipient_is_not_found,
+            latest_page_is_newest_first_and_limited,
+            before_cursor_walks_1000_messages,
+            offset_pages_match_cursor_pages,
+            only_participants_read_a_message,
+            counts_are_exact,
+            idempotency_key_replays_first_message,
+            four_byte_utf8_round_trips,
+            longest_body_round_trips,
+            concurrent_senders_get_unique_ids,
+            catch_up_after_id,
+            note_to_self_is_listed_once,
+            user_pages_span_conversations,
+            busy_conversation_reads_in_commit_order,
+            previous_positions_link_each_users_events,
+            concurrent_writers_never_reveal_a_lower_position,
+            latest_position_is_the_newest_event,
+        );
+    };
+}
+
+/// Runs one `#[tokio::test]` per [`SessionStore`] scenario against stores made by
+/// `$factory`, an expression callable as `$factory().await` that returns
+/// `Arc<dyn chatcore::SessionStore>`.
+#[macro_export]
+macro_rules! session_store_conformance_tests {
+    ($factory:expr) => {
+        $crate::conformance_cases!($factory, $crate::SessionStore;
+            accounts_and_credentials,
+            sessions_live_until_they_expire_or_end,
+            expired_sessions_are_deleted,
+        );
+    };
+}
+
+/// The expansion both suites share: one test per case. Not for direct use.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! conformance_cases {
+    ($factory:expr, $trait:path; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let store: ::std::sync::Arc<dyn $trait> = ($factory)().await;
+                $crate::conformance::$case(store).await;
+            }
+        )*
+    };
+}
+
+pub(crate) fn name(s: &str) -> Username {
+    Username::parse(s).expect("valid test username")
+}
+
+pub(crate) async fn user(store: &Arc<dyn Store>, s: &str) -> User {
+    store.create_user(&name(s)).await.expect("create user")
+}
+
+pub(crate) async fn send(store: &Arc<dyn Store>, from: &User, to: &User, body: &str) -> Message {
+    send_keyed(store, from, to, body, None).await.message
+}
+
+pub(crate) async fn send_keyed(
+    store: &Arc<dyn Store>,
+    from: &User,
+    to: &User,
+    body: &str,
+    key: Option<&str>,
+) -> Inserted {
+    store
+        .insert_message(NewMessage {
+            sender: from.clone(),
+            recipient: to.username.clone(),
+            body: body.to_owned(),
+            idempotency_key: key.map(str::to_owned),
+        })
+        .await
+        .expect("insert message")
+}
+
+/// What a page at `offset` with `limit` holds of `newest_first`.
+pub(crate) fn slice(newest_first: &[Message], offset: u32, limit: u32) -> &[Message] {
+    let start = (offset as usize).min(newest_first.len());
+    let end = start.saturating_add(limit as usize).min(newest_first.len());
+    &newest_first[start..end]
+}
+
+pub(crate) fn ids(messages: &[Message]) -> Vec<i64> {
+    messages.iter().map(|m| m.id.0).collect()
+}
