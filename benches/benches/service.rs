@@ -12,7 +12,9 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chatcore::{ChatConfig, ChatService, HistoryQuery, LocalNotifier, MemoryStore, SendRequest, Store, User};
+use chatcore::{
+    Backend, ChatConfig, ChatService, HistoryQuery, LocalNotifier, MemoryStore, SendRequest, Store, User,
+};
 use chatcore_mysql::MysqlConfig;
 use chatcore_mysql::testing::TestDatabase;
 use chatcore_sqlite::{SqliteConfig, SqliteStore};
@@ -151,10 +153,14 @@ fn service(c: &mut Criterion) {
     if std::env::var_os("CHATCORE_BENCH_SKIP_MYSQL").is_none() {
         let database = runtime
             .block_on(TestDatabase::create("chatcore_bench_service_"))
-            .expect("a MySQL database for the benchmark (CHATCORE_MYSQL_URL)");
+            // One line when MariaDB is down (the error's source says so and names scripts/test).
+            .unwrap_or_else(|error| match std::error::Error::source(&error) {
+                Some(cause) => panic!("{error}: {cause}"),
+                None => panic!("{error}"),
+            });
         let mysql = Arc::new(runtime.block_on(database.store(MysqlConfig::default())).unwrap());
         bench_store(c, &runtime, "mysql", mysql.clone());
-        runtime.block_on(mysql.close());
+        runtime.block_on(mysql.close()).unwrap();
         drop(database);
     }
 }

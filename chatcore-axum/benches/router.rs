@@ -33,6 +33,8 @@ async fn setup() -> Setup {
         },
     );
     let auth = SessionAuthenticator::new(store, SessionConfig::default()).unwrap();
+    // As a server runs: session lookups served from the cache.
+    auth.start(&chat).await.unwrap();
     let alice = chat.create_user("alice").await.unwrap();
     chat.create_user("bob").await.unwrap();
     let mut message_id = 0;

@@ -15,7 +15,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chatcore::{ChatConfig, ChatService, LocalNotifier, MemoryStore, SendRequest, Store};
+use chatcore::{Backend, ChatConfig, ChatService, LocalNotifier, MemoryStore, SendRequest};
 use chatcore_axum::{ChatApi, SessionAuthenticator, SessionConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -36,7 +36,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let backlog: usize = args.next().map_or(Ok(1000), |n| n.parse())?;
     let backend = args.next().unwrap_or_else(|| "memory".to_owned());
     let dir = tempfile::tempdir()?;
-    let store: Arc<dyn Store> = match backend.as_str() {
+    let store: Arc<dyn Backend> = match backend.as_str() {
         "memory" => Arc::new(MemoryStore::new()),
         "sqlite" => {
             let store = chatcore_sqlite::SqliteStore::open(chatcore_sqlite::SqliteConfig::file(
@@ -58,6 +58,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         },
     );
     let auth = SessionAuthenticator::new(store, SessionConfig::default())?;
+    auth.start(&chat).await?;
     let reader = chat.create_user("reader").await?;
     let writer = chat.create_user("writer").await?;
     let body = "a message of a realistic length, some eighty characters long, give or take".to_owned();

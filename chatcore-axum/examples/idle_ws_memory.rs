@@ -36,6 +36,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ChatConfig::default(),
     );
     let auth = SessionAuthenticator::new(store, SessionConfig::default())?;
+    auth.start(&chat).await?;
     let user = chat.create_user("idle").await?;
     let token = auth.start_session(user).await?.token;
     let read_buffer = std::env::var("WS_READ_BUFFER")

@@ -8,8 +8,12 @@
 //! logout).
 //!
 //! Identity belongs to the host: the router asks an [`Authenticator`] who the caller is.
-//! [`SessionAuthenticator`] is a complete one (argon2 passwords, revocable session tokens as
-//! bearer token or cookie) kept in the same [`chatcore::Store`] as the messages.
+//! With feature `sessions` (default), `SessionAuthenticator` is a complete one (argon2
+//! passwords, revocable session tokens as bearer token or cookie, a session cache that every
+//! logout on any node reaches, per-address limits on logins and registrations) kept in a
+//! [`chatcore::SessionStore`], normally the same backend as the messages. A host with its own
+//! authenticator turns the feature off (`default-features = false`) and does without argon2
+//! and the rest.
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -17,17 +21,19 @@
 //! use chatcore::{ChatConfig, ChatService, LocalNotifier, MemoryStore};
 //! use chatcore_axum::{ChatApi, SessionAuthenticator, SessionConfig};
 //!
-//! # #[tokio::main] async fn main() -> std::io::Result<()> {
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let store = Arc::new(MemoryStore::new());
 //! let chat = ChatService::new(store.clone(), Arc::new(LocalNotifier::default()), ChatConfig::default());
 //! let auth = SessionAuthenticator::new(store, SessionConfig::default())?;
+//! auth.start(&chat).await?; // session cache, expired-session sweeper
 //! let api = ChatApi::new(chat, auth.clone()).with_auth_routes(auth);
 //! let shutdown = api.shutdown_handle();
 //! let app = Router::new()
 //!     .route("/", get(|| async { "the host's own page" }))
 //!     .nest("/chat", api.router()); // /chat/api/v1/message/, /chat/ws, ...
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8000").await?;
-//! chatcore_axum::serve(listener, app, shutdown).await
+//! chatcore_axum::serve(listener, app, shutdown).await?;
+//! # Ok(())
 //! # }
 //! ```
 //!
@@ -40,7 +46,7 @@
 //! | `POST /api/v1/message/` (JSON or form, optional `Idempotency-Key`) | 201, the message |
 //! | `GET /api/v1/message/{id}/` | the message, for its sender or recipient only |
 //! | `GET /ws?since=POSITION` | WebSocket: `{"type": "message", "position", "message": "<id>", "data": <message>}` per new message, in position order |
-//! | `POST /api/v1/auth/register`, `/login`, `/logout` | with [`ChatApi::with_auth_routes`] or [`auth_router`] |
+//! | `POST /api/v1/auth/register`, `/login`, `/logout` | with `ChatApi::with_auth_routes` or `auth_router` (feature `sessions`); register and login limited per client address (429 with `Retry-After`) |
 //!
 //! Every error is JSON `{"error": "..."}` (see [`ApiError`]): 400, 401 with
 //! `WWW-Authenticate`, 403 cross-site, 404 (also for unknown paths), 405, 409, 413, 415, 429
@@ -94,11 +100,16 @@
 //! silent. Frames sent by clients are ignored.
 //!
 //! # Layout
-//! - `lib.rs`: [`ChatApi`] (the builder), [`router`], [`auth_router`], [`serve`].
+//! - `lib.rs`: [`ChatApi`] (the builder), [`router`], `auth_router`, [`serve`].
 //! - `config.rs`: [`ApiConfig`], the HTTP and WebSocket limits.
 //! - `error.rs`: [`ApiError`] and the one mapping from [`chatcore::Error`] to a status.
 //! - `auth.rs`: the [`Authenticator`] trait, the same-origin (CSRF) check, the caller extractor.
-//! - `session.rs`: [`SessionAuthenticator`] and the register/login/logout routes.
+//! - `session.rs` (feature `sessions`): `SessionAuthenticator`, its background tasks, and the
+//!   register/login/logout routes.
+//! - `session_cache.rs` (feature `sessions`): `CachedSessions`, the session-lookup cache in
+//!   front of any `SessionStore`, and how it hears revocations from every node.
+//! - `limits.rs` (feature `sessions`): per-client-address limits on logins and
+//!   registrations, and finding the client address.
 //! - `body.rs`: JSON-or-form body and query extractors that answer in our JSON errors.
 //! - `rest.rs`: the user and message routes, pagination links.
 //! - `ws.rs`: the `/ws` channel: catch-up, live frames, pings, close frames.
@@ -118,8 +129,13 @@ mod body;
 mod config;
 mod cursor;
 mod error;
+#[cfg(feature = "sessions")]
+mod limits;
 mod rest;
+#[cfg(feature = "sessions")]
 mod session;
+#[cfg(feature = "sessions")]
+mod session_cache;
 mod state;
 mod ws;
 
@@ -135,7 +151,10 @@ use tower_http::catch_panic::CatchPanicLayer;
 pub use auth::{Authenticated, Authenticator, SessionInfo, TrustedOrigin};
 pub use config::ApiConfig;
 pub use error::{ApiError, UNAVAILABLE_RETRY_AFTER_SECS};
+#[cfg(feature = "sessions")]
 pub use session::{Session, SessionAuthenticator, SessionConfig, token_hash};
+#[cfg(feature = "sessions")]
+pub use session_cache::CachedSessions;
 pub use state::ShutdownHandle;
 pub use ws::CLOSE_SESSION_ENDED;
 
@@ -162,16 +181,18 @@ pub struct ChatApi {
     service: ChatService,
     authenticator: Arc<dyn Authenticator>,
     config: ApiConfig,
+    #[cfg(feature = "sessions")]
     sessions: Option<SessionAuthenticator>,
     shutdown: ShutdownHandle,
 }
 
 impl std::fmt::Debug for ChatApi {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChatApi")
-            .field("config", &self.config)
-            .field("auth_routes", &self.sessions.is_some())
-            .finish_non_exhaustive()
+        let mut debug = f.debug_struct("ChatApi");
+        debug.field("config", &self.config);
+        #[cfg(feature = "sessions")]
+        debug.field("auth_routes", &self.sessions.is_some());
+        debug.finish_non_exhaustive()
     }
 }
 
@@ -183,6 +204,7 @@ impl ChatApi {
             service,
             authenticator: Arc::new(authenticator),
             config: ApiConfig::default(),
+            #[cfg(feature = "sessions")]
             sessions: None,
             shutdown: ShutdownHandle::new(),
         }
@@ -195,7 +217,11 @@ impl ChatApi {
     }
 
     /// Also serves `POST /api/v1/auth/register`, `/login` and `/logout` with `sessions`
-    /// (normally the same [`SessionAuthenticator`] passed to [`ChatApi::new`]).
+    /// (normally the same [`SessionAuthenticator`] passed to [`ChatApi::new`]), with its
+    /// per-address limits ([`SessionConfig::logins_per_minute`]). This starts nothing: call
+    /// [`SessionAuthenticator::start`] for its cache and expired-session sweeper. Only with
+    /// feature `sessions` (default).
+    #[cfg(feature = "sessions")]
     pub fn with_auth_routes(mut self, sessions: SessionAuthenticator) -> Self {
         self.sessions = Some(sessions);
         self
@@ -218,9 +244,12 @@ impl ChatApi {
     /// methods JSON 405. The host may add its own layers around it.
     pub fn router<S: Clone + Send + Sync + 'static>(self) -> Router<S> {
         let body_limit = self.config.max_request_body;
+        #[cfg(feature = "sessions")]
         let trusted_origins: Arc<[TrustedOrigin]> = self.config.trusted_origins.clone().into();
+        #[cfg(feature = "sessions")]
         let chat = self.service.clone();
         let state = ApiState::new(self.service, self.authenticator, self.config, self.shutdown);
+        #[cfg_attr(not(feature = "sessions"), allow(unused_mut))]
         let mut routes = Router::new()
             .route("/api/v1/user", get(rest::list_users))
             .route("/api/v1/user/", get(rest::list_users))
@@ -238,6 +267,7 @@ impl ChatApi {
             .route("/ws/", get(ws::upgrade))
             .method_not_allowed_fallback(error::method_not_allowed)
             .with_state::<S>(state);
+        #[cfg(feature = "sessions")]
         if let Some(sessions) = self.sessions {
             routes = routes.merge(session::routes(session::AuthState {
                 auth: sessions,
@@ -265,6 +295,8 @@ pub fn router<S: Clone + Send + Sync + 'static>(
 /// Only the auth routes (`POST /api/v1/auth/register`, `/login`, `/logout`), for hosts
 /// that mount them apart from the chat routes. It has no fallback of its own, so it merges
 /// into a router that has one. `chat` is the service whose connections a logout closes.
+/// Starts nothing: call [`SessionAuthenticator::start`]. Only with feature `sessions`.
+#[cfg(feature = "sessions")]
 pub fn auth_router<S: Clone + Send + Sync + 'static>(
     sessions: SessionAuthenticator,
     chat: ChatService,
@@ -285,15 +317,22 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// the routers sharing that handle (close frame 1001), finishes in-flight requests, and
 /// returns (waiting at most [`SHUTDOWN_GRACE`] for the sockets). In the style of
 /// mini-redis's `server::run`: tests bind port 0 and call [`ShutdownHandle::shutdown`].
+/// Requests carry axum's `ConnectInfo<SocketAddr>` (the peer address the login and
+/// registration limits count); a host serving the router itself does the same with
+/// `into_make_service_with_connect_info::<SocketAddr>()`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
     shutdown: ShutdownHandle,
 ) -> std::io::Result<()> {
     let token = shutdown.token().clone();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { token.cancelled().await })
-        .await?;
+    // The peer address is what the per-address login and registration limits count.
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { token.cancelled().await })
+    .await?;
     if !shutdown.closed(SHUTDOWN_GRACE).await {
         tracing::warn!(
             open = shutdown.open_sockets(),

@@ -1,7 +1,9 @@
 //! [`SessionAuthenticator`]: accounts with argon2 password hashes and revocable session
-//! tokens, kept in the chat [`Store`]; and the auth routes (`register`, `login`, `logout`).
+//! tokens, kept in a [`SessionStore`] behind a [`CachedSessions`]; its background tasks; and
+//! the auth routes (`register`, `login`, `logout`) with their per-address limits.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use argon2::password_hash::rand_core::OsRng;
@@ -14,17 +16,20 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use chatcore::{ChatService, Error, SessionId, Store, TokenHash, User, Username};
+use chatcore::{ChatService, Error, SessionStore, TokenHash, User, UserId, Username};
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
 use unicode_normalization::UnicodeNormalization;
 
 use crate::auth::{Authenticated, Authenticator, SessionInfo, TrustedOrigin, check_same_origin};
 use crate::body::JsonOrForm;
 use crate::error::ApiError;
+use crate::limits::{AddressLimits, Attempt};
+use crate::session_cache::{CachedSessions, session_id};
 
 /// Settings of a [`SessionAuthenticator`]. Start from `SessionConfig::default()`.
 ///
@@ -54,6 +59,34 @@ pub struct SessionConfig {
     /// Each takes `argon2_memory_kib` of memory and a CPU, so a burst of logins cannot
     /// exhaust either. Default: the number of CPUs.
     pub max_concurrent_hashes: usize,
+    /// Live sessions each node keeps in memory, so an authenticated request costs no
+    /// database read ([`CachedSessions`]: bounded, evicting by recency and frequency). A
+    /// logout on any node reaches every node's cache at once through the notifier (see
+    /// [`SessionAuthenticator::start`]). 0 turns the cache off. Default 100,000 (a few tens
+    /// of MB at most).
+    pub session_cache_capacity: u64,
+    /// Longest a session stays cached before the store is asked again (its expiry is
+    /// honoured whatever this says). Zero turns the cache off. Default 5 minutes.
+    pub session_cache_ttl: Duration,
+    /// How often expired sessions are deleted from the store by a background task (started
+    /// by [`SessionAuthenticator::start`]). Zero turns it off (the host deletes them itself,
+    /// e.g. with [`SessionStore::delete_expired_sessions`]). Default 1 hour.
+    pub expired_session_sweep: Duration,
+    /// Logins accepted per minute from one client address (an IPv6 /64 counts as one):
+    /// that many at once, then one more every minute divided by it; past it 429 with
+    /// `Retry-After`. 0 turns the limit off. Default 10.
+    pub logins_per_minute: u32,
+    /// Registrations accepted per hour from one client address, in the same way. 0 turns
+    /// the limit off. Default 10.
+    pub registrations_per_hour: u32,
+    /// The server runs behind a reverse proxy: the client address is the last
+    /// `X-Forwarded-For` entry (the one the proxy appended), not the TCP peer. Only set it
+    /// when a proxy always sets that header: otherwise clients could claim any address.
+    /// With it off the address comes from axum's `ConnectInfo<SocketAddr>` (serve the app
+    /// with `into_make_service_with_connect_info::<SocketAddr>()`, as [`crate::serve`]
+    /// does). When a limit is on and no address is found, the route answers 500 and logs
+    /// why. Default `false`.
+    pub behind_proxy: bool,
 }
 
 impl Default for SessionConfig {
@@ -67,6 +100,12 @@ impl Default for SessionConfig {
             argon2_memory_kib: Params::DEFAULT_M_COST,
             argon2_iterations: Params::DEFAULT_T_COST,
             max_concurrent_hashes: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            session_cache_capacity: 100_000,
+            session_cache_ttl: Duration::from_secs(5 * 60),
+            expired_session_sweep: Duration::from_secs(3600),
+            logins_per_minute: 10,
+            registrations_per_hour: 10,
+            behind_proxy: false,
         }
     }
 }
@@ -83,7 +122,14 @@ pub struct Session {
 
 /// A ready-to-use [`Authenticator`]: username and password accounts (argon2id hashes), and
 /// session tokens accepted as `Authorization: Bearer <token>` or as a cookie. Everything is
-/// kept in the chat [`Store`], so it works on every backend. Cheap to clone.
+/// kept in a [`SessionStore`] (every backend of this workspace is one, over the same database
+/// as the messages), with live sessions cached in memory ([`SessionConfig::session_cache_capacity`]).
+/// Cheap to clone.
+///
+/// Call [`SessionAuthenticator::start`] once the runtime is up: it starts the background
+/// work (following revocations for the cache, deleting expired sessions), which stops when
+/// the last clone of the authenticator is dropped. Without it sessions are not cached and
+/// expired ones stay in the store.
 ///
 /// Hashing runs on tokio's blocking pool (argon2 is slow on purpose). A login for an unknown
 /// user still verifies a dummy hash, so timing does not tell which names exist.
@@ -97,6 +143,7 @@ pub struct Session {
 /// let chat = chatcore::ChatService::new(store.clone(), Arc::new(chatcore::LocalNotifier::default()), Default::default());
 /// let fast = SessionConfig { argon2_memory_kib: 64, argon2_iterations: 1, ..Default::default() };
 /// let auth = SessionAuthenticator::new(store, fast)?;
+/// auth.start(&chat).await?; // the session cache and the expired-session sweeper
 /// auth.register("alice", "correct horse").await?;
 /// let session = auth.login("alice", "correct horse").await?.expect("right password");
 /// assert_eq!(session.user.username.as_str(), "alice");
@@ -110,13 +157,24 @@ pub struct SessionAuthenticator {
 }
 
 struct Inner {
-    store: Arc<dyn Store>,
+    /// The store behind its cache.
+    sessions: Arc<CachedSessions>,
     config: SessionConfig,
+    limits: AddressLimits,
+    /// Cancelled when the last clone goes: stops the background tasks.
+    tasks: CancellationToken,
+    started: AtomicBool,
     argon2: Argon2<'static>,
     /// Bounds the hashes computed at once (see [`SessionConfig::max_concurrent_hashes`]).
     hashing: tokio::sync::Semaphore,
     /// A hash of nothing in particular, verified for unknown users; made at start.
     dummy_hash: String,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.tasks.cancel();
+    }
 }
 
 impl std::fmt::Debug for SessionAuthenticator {
@@ -131,14 +189,15 @@ impl std::fmt::Debug for SessionAuthenticator {
 const TOKEN_CHARS: usize = 43;
 
 impl SessionAuthenticator {
-    /// An authenticator over `store` (the same store as the chat service's). Checks `config`
+    /// An authenticator over `store` (normally the same backend as the chat service's).
+    /// Starts nothing: see [`SessionAuthenticator::start`]. Checks `config`
     /// and hashes the dummy password it verifies for unknown users (so the first such login
     /// costs no more than the others).
     ///
     /// Errors: [`Error::Invalid`] for a setting out of range: a cookie name that is not an
     /// HTTP token, a zero session lifetime, password bounds that contradict each other, argon2
     /// costs argon2 refuses, no hashing slot.
-    pub fn new(store: Arc<dyn Store>, config: SessionConfig) -> chatcore::Result<Self> {
+    pub fn new(store: Arc<dyn SessionStore>, config: SessionConfig) -> chatcore::Result<Self> {
         let bad = |what: String| Err(Error::invalid(format!("session config: {what}")));
         let is_tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
         if config.cookie_name.is_empty() || !config.cookie_name.bytes().all(is_tchar) {
@@ -167,7 +226,18 @@ impl SessionAuthenticator {
         )
         .map_err(|error| Error::invalid(format!("session config: argon2 costs: {error}")))?;
         let mut inner = Inner {
-            store,
+            sessions: Arc::new(CachedSessions::new(
+                store,
+                config.session_cache_capacity,
+                config.session_cache_ttl,
+            )),
+            limits: AddressLimits::new(
+                config.logins_per_minute,
+                config.registrations_per_hour,
+                config.behind_proxy,
+            ),
+            tasks: CancellationToken::new(),
+            started: AtomicBool::new(false),
             hashing: tokio::sync::Semaphore::new(config.max_concurrent_hashes),
             config,
             argon2: Argon2::new(Algorithm::Argon2id, Version::V0x13, params),
@@ -182,6 +252,64 @@ impl SessionAuthenticator {
     /// The settings in force.
     pub fn config(&self) -> &SessionConfig {
         &self.inner.config
+    }
+
+    /// The session store as the authenticator uses it: behind its cache.
+    pub fn sessions(&self) -> &Arc<CachedSessions> {
+        &self.inner.sessions
+    }
+
+    /// Starts the background work, once (later calls do nothing), on the current tokio
+    /// runtime:
+    /// - the session cache follows revocations: it subscribes to
+    ///   [`UserId::SESSION_REVOCATIONS`] on `chat`'s notifier, where
+    ///   [`ChatService::end_session`] announces every ended session on every node, and
+    ///   serves lookups from then on ([`CachedSessions`]);
+    /// - every [`SessionConfig::expired_session_sweep`], expired sessions are deleted from
+    ///   the store.
+    ///
+    /// Both stop when the last clone of this authenticator is dropped. Call it once the
+    /// runtime is up, before serving: the router does not start it. `chat` must use the
+    /// notifier the other nodes use.
+    ///
+    /// Errors: the notifier's, when it cannot subscribe (the work is not started then).
+    pub async fn start(&self, chat: &ChatService) -> chatcore::Result<()> {
+        if self.inner.started.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let stop = self.inner.tasks.clone();
+        if self.inner.sessions.is_enabled() {
+            match chat.notifier().subscribe(UserId::SESSION_REVOCATIONS).await {
+                Ok(subscription) => self.inner.sessions.follow_revocations(subscription, stop.clone()),
+                Err(error) => {
+                    self.inner.started.store(false, Ordering::Release);
+                    return Err(error);
+                }
+            }
+        }
+        let every = self.inner.config.expired_session_sweep;
+        if !every.is_zero() {
+            let sessions = Arc::downgrade(&self.inner.sessions);
+            tokio::spawn(async move {
+                let mut ticks = tokio::time::interval(every);
+                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => break,
+                        _ = ticks.tick() => {}
+                    }
+                    let Some(sessions) = sessions.upgrade() else { break };
+                    match sessions.delete_expired_sessions(chrono::Utc::now()).await {
+                        Ok(0) => {}
+                        Ok(deleted) => tracing::debug!(deleted, "expired sessions deleted"),
+                        Err(error) => {
+                            tracing::warn!(%error, "deleting expired sessions failed; retrying at the next sweep")
+                        }
+                    }
+                }
+            });
+        }
+        Ok(())
     }
 
     /// Creates an account. [`Error::Invalid`] for a bad name or password,
@@ -200,7 +328,7 @@ impl SessionAuthenticator {
             )));
         }
         let hash = self.hash_password(password).await?;
-        self.inner.store.create_user(&username, Some(&hash)).await
+        self.inner.sessions.create_account(&username, &hash).await
     }
 
     /// Checks a username and password; on success records and returns a new session.
@@ -208,7 +336,7 @@ impl SessionAuthenticator {
     pub async fn login(&self, username: &str, password: &str) -> chatcore::Result<Option<Session>> {
         let normalized = self.password_text(password)?;
         let credentials = match Username::parse(username) {
-            Ok(name) => self.inner.store.credentials(&name).await?,
+            Ok(name) => self.inner.sessions.credentials(&name).await?,
             Err(_) => None,
         };
         let (user, hash) = match credentials {
@@ -252,19 +380,20 @@ impl SessionAuthenticator {
             .checked_add_signed(lifetime)
             .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC);
         self.inner
-            .store
+            .sessions
             .create_session(&token_hash(&token), user.id, expires_at)
             .await?;
         Ok(Session { token, user })
     }
 
     /// Ends the session of `token` at once, and closes the connections opened with it on
-    /// every node (through `chat`'s notifier). An unknown token is not an error. The session
-    /// is deleted even when the notifier is down; the error then says the connections may
-    /// stay open until they next reconnect.
+    /// every node (through `chat`'s notifier, which also tells every node's session cache).
+    /// An unknown token is not an error. The session is deleted even when the notifier is
+    /// down; the error then says the connections, and other nodes' caches, may keep it until
+    /// they next reconnect (or the cache entry's time to live).
     pub async fn logout(&self, chat: &ChatService, token: &str) -> chatcore::Result<()> {
         let live = self.session_for_token(token).await?;
-        self.inner.store.delete_session(&token_hash(token)).await?;
+        self.inner.sessions.delete_session(&token_hash(token)).await?;
         if let Some(Authenticated {
             user,
             session: Some(session),
@@ -286,7 +415,11 @@ impl SessionAuthenticator {
             return Ok(None);
         }
         let hash = token_hash(token);
-        let record = self.inner.store.session_user(&hash, chrono::Utc::now()).await?;
+        let record = self
+            .inner
+            .sessions
+            .session_user(&hash, chrono::Utc::now())
+            .await?;
         Ok(record.map(|record| Authenticated {
             user: record.user,
             session: Some(SessionInfo {
@@ -424,15 +557,6 @@ fn plausible_token(token: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-/// The public name of the session whose token hashes to `hash`: the first 8 bytes of the
-/// hash's own SHA-256, so what crosses the notifier cannot be used to look a session up.
-fn session_id(hash: &TokenHash) -> SessionId {
-    let digest = Sha256::digest(hash);
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&digest[..8]);
-    SessionId(u64::from_be_bytes(first))
-}
-
 #[async_trait]
 impl Authenticator for SessionAuthenticator {
     async fn authenticate(&self, parts: &Parts) -> chatcore::Result<Option<User>> {
@@ -497,6 +621,7 @@ pub(crate) fn routes<S: Clone + Send + Sync + 'static>(state: AuthState) -> axum
 async fn register(
     State(state): State<AuthState>,
     _: SameOrigin,
+    _: Allowed<REGISTRATION>,
     JsonOrForm(form): JsonOrForm<AccountForm>,
 ) -> Result<Response, ApiError> {
     let user = state.auth.register(&form.username, &form.password).await?;
@@ -512,6 +637,7 @@ async fn register(
 async fn login(
     State(state): State<AuthState>,
     _: SameOrigin,
+    _: Allowed<LOGIN>,
     JsonOrForm(form): JsonOrForm<AccountForm>,
 ) -> Result<Response, ApiError> {
     let Some(session) = state.auth.login(&form.username, &form.password).await? else {
@@ -559,17 +685,42 @@ impl axum::extract::FromRequestParts<AuthState> for SameOrigin {
     }
 }
 
+const LOGIN: bool = false;
+const REGISTRATION: bool = true;
+
+/// Proof that the request's client address is within its limit of logins (`Allowed<LOGIN>`)
+/// or registrations (`Allowed<REGISTRATION>`): 429 with `Retry-After` past it.
+struct Allowed<const REGISTRATION: bool>;
+
+impl<const IS_REGISTRATION: bool> axum::extract::FromRequestParts<AuthState> for Allowed<IS_REGISTRATION> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AuthState) -> Result<Self, ApiError> {
+        let attempt = if IS_REGISTRATION {
+            Attempt::Registration
+        } else {
+            Attempt::Login
+        };
+        state.auth.inner.limits.check(attempt, parts)?;
+        Ok(Self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn authenticator(config: SessionConfig) -> SessionAuthenticator {
+        authenticator_over(Arc::new(chatcore::MemoryStore::new()), config)
+    }
+
+    fn authenticator_over(store: Arc<chatcore::MemoryStore>, config: SessionConfig) -> SessionAuthenticator {
         let fast = SessionConfig {
             argon2_memory_kib: 64,
             argon2_iterations: 1,
             ..config
         };
-        SessionAuthenticator::new(Arc::new(chatcore::MemoryStore::new()), fast).unwrap()
+        SessionAuthenticator::new(store, fast).unwrap()
     }
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
@@ -610,7 +761,9 @@ mod tests {
 
     #[test]
     fn cookie_attributes() {
-        let plain = authenticator(SessionConfig::default()).session_cookie("t");
+        let plain = authenticator(SessionConfig::default())
+            .session_cookie("t")
+            .unwrap();
         assert_eq!(
             plain,
             "chatcore_session=t; HttpOnly; SameSite=Lax; Path=/; Max-Age=1209600"
@@ -620,13 +773,27 @@ mod tests {
             cookie_name: "sid".into(),
             ..Default::default()
         });
-        assert!(secure.session_cookie("t").to_str().unwrap().ends_with("; Secure"));
-        assert!(secure.clearing_cookie().to_str().unwrap().starts_with("sid=; "));
+        assert!(
+            secure
+                .session_cookie("t")
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .ends_with("; Secure")
+        );
+        assert!(
+            secure
+                .clearing_cookie()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("sid=; ")
+        );
     }
 
     #[test]
     fn bad_settings_are_refused_where_they_are_built() {
-        let store = || -> Arc<dyn Store> { Arc::new(chatcore::MemoryStore::new()) };
+        let store = || -> Arc<dyn SessionStore> { Arc::new(chatcore::MemoryStore::new()) };
         let fast = SessionConfig {
             argon2_memory_kib: 64,
             argon2_iterations: 1,
@@ -702,10 +869,14 @@ mod tests {
 
     #[tokio::test]
     async fn accounts_and_sessions() {
-        let auth = authenticator(SessionConfig {
-            max_concurrent_hashes: 1,
-            ..Default::default()
-        });
+        let store = Arc::new(chatcore::MemoryStore::new());
+        let auth = authenticator_over(
+            store.clone(),
+            SessionConfig {
+                max_concurrent_hashes: 1,
+                ..Default::default()
+            },
+        );
         let alice = auth.register("alice", "password1").await.unwrap();
         assert!(matches!(
             auth.register("alice", "password2").await,
@@ -738,17 +909,14 @@ mod tests {
         assert!(auth.login("nobody", "password1").await.unwrap().is_none());
         assert!(auth.login("not a name", "password1").await.unwrap().is_none());
         // A user created without a password cannot log in with any.
-        let store_user = auth
-            .inner
-            .store
-            .create_user(&Username::parse("dave").unwrap())
+        let store_user = chatcore::Store::create_user(&*store, &Username::parse("dave").unwrap())
             .await
             .unwrap();
         assert_eq!(store_user.username.as_str(), "dave");
         assert!(auth.login("dave", "").await.unwrap().is_none());
         // Logout ends one session only, and closes that session's feeds alone.
         let chat = chatcore::ChatService::new(
-            auth.inner.store.clone(),
+            store.clone(),
             Arc::new(chatcore::LocalNotifier::default()),
             chatcore::ChatConfig::default(),
         );
@@ -766,5 +934,59 @@ mod tests {
         assert_eq!(second_feed.try_recv(), None);
         assert_eq!(auth.user_for_token(&tokens[0]).await.unwrap(), None);
         assert_eq!(auth.user_for_token(&tokens[1]).await.unwrap(), Some(alice));
+    }
+
+    /// Polls `done` every few milliseconds for at most 5 s.
+    async fn eventually(what: &str, mut done: impl AsyncFnMut() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !done().await {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what} did not happen within 5 s"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn expired_sessions_are_swept_without_requests_until_the_authenticator_goes() {
+        let store = Arc::new(chatcore::MemoryStore::new());
+        let notifier = Arc::new(chatcore::LocalNotifier::default());
+        let chat = ChatService::new(store.clone(), notifier.clone(), Default::default());
+        let auth = authenticator_over(
+            store.clone(),
+            SessionConfig {
+                expired_session_sweep: Duration::from_millis(20),
+                ..Default::default()
+            },
+        );
+        let user = auth.register("alice", "password1").await.unwrap();
+        let now = chrono::Utc::now();
+        let (expired, live) = ([1u8; 32], [2u8; 32]);
+        store
+            .create_session(&expired, user.id, now - chrono::Duration::seconds(1))
+            .await
+            .unwrap();
+        store
+            .create_session(&live, user.id, now + chrono::Duration::hours(1))
+            .await
+            .unwrap();
+        // Asked as of an hour ago, a session is there as long as its row is.
+        let an_hour_ago = now - chrono::Duration::hours(1);
+        let stored = async |hash: &TokenHash| store.session_user(hash, an_hour_ago).await.unwrap().is_some();
+        assert!(stored(&expired).await);
+
+        auth.start(&chat).await.unwrap();
+        auth.start(&chat).await.unwrap(); // once only
+        assert_eq!(notifier.subscriber_count(UserId::SESSION_REVOCATIONS), 1);
+        eventually("the sweep", async || !stored(&expired).await).await;
+        assert!(stored(&live).await, "a live session was swept");
+
+        // The tasks end with the authenticator.
+        drop(auth);
+        eventually("the tasks' end", async || {
+            notifier.subscriber_count(UserId::SESSION_REVOCATIONS) == 0
+        })
+        .await;
     }
 }

@@ -1,16 +1,19 @@
 //! Two servers sharing one store and one Redis (`CHATCORE_REDIS_URL`): the notification
-//! channel works across them, as in a deployment of several processes behind a balancer.
+//! channel works across them, as in a deployment of several processes behind a balancer, and a
+//! logout on one reaches the session cache of the other.
 
 mod suite;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use chatcore::Store;
+use std::sync::atomic::Ordering;
+
+use chatcore::Backend;
 use chatcore_redis::{RedisConfig, RedisNotifier};
 use suite::app::*;
 
-async fn node(store: Arc<dyn Store>, prefix: &str) -> TestApp {
+async fn node(store: Arc<dyn Backend>, prefix: &str) -> TestApp {
     let config = RedisConfig {
         url: std::env::var("CHATCORE_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned()),
         channel_prefix: prefix.to_owned(),
@@ -26,14 +29,18 @@ async fn node(store: Arc<dyn Store>, prefix: &str) -> TestApp {
     TestApp::spawn_with(store, options).await
 }
 
-async fn cluster_fan_out_and_catch_up(store: Arc<dyn Store>) {
-    suite::app::init_logs();
-    // A prefix of this test's own, so parallel runs sharing the Redis never meet.
-    let prefix = format!(
-        "chatcore-axum-test:{}:{:016x}:",
+/// A channel prefix of the test's own, so parallel runs sharing the Redis never meet.
+fn unique_prefix(test: &str) -> String {
+    format!(
+        "chatcore-axum-{test}:{}:{:016x}:",
         std::process::id(),
         rand::random::<u64>()
-    );
+    )
+}
+
+async fn cluster_fan_out_and_catch_up(store: Arc<dyn Backend>) {
+    suite::app::init_logs();
+    let prefix = unique_prefix("test");
     let one = node(store.clone(), &prefix).await;
     let two = node(store, &prefix).await;
     let (_, alice) = one.user("alice").await;
@@ -89,11 +96,61 @@ async fn mysql_store_behind_two_nodes() {
 async fn mysql_two_nodes_reconnecting_client_gets_every_message_once_in_order() {
     suite::app::init_logs();
     let store = suite::stores::mysql_store().await;
-    let prefix = format!(
-        "chatcore-axum-order:{}:{:016x}:",
-        std::process::id(),
-        rand::random::<u64>()
-    );
+    let prefix = unique_prefix("order");
     let nodes = [node(store.clone(), &prefix).await, node(store, &prefix).await];
     suite::cases::reconnecting_client_gets_every_message_once_in_order_over(&nodes).await;
+}
+
+/// Node B caches a session (one store read, then none); a logout on node A reaches B's cache
+/// through Redis, so the token stops working on B at once, not after the cache's time to live
+/// (5 minutes by default, far beyond the wait here). Another session stays cached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_on_one_node_reaches_the_other_nodes_session_cache() {
+    suite::app::init_logs();
+    let store = Arc::new(suite::stores::TestStore::new(Arc::new(
+        chatcore::MemoryStore::new(),
+    )));
+    let prefix = unique_prefix("revocation");
+    let node_a = node(store.clone(), &prefix).await;
+    let node_b = node(store.clone(), &prefix).await;
+    let (alice_user, alice) = node_a.user("alice").await;
+    let other = node_a.auth.start_session(alice_user).await.unwrap().token;
+    let lookups = || store.session_lookups.load(Ordering::SeqCst);
+    let status_on_b = async |token: &str| {
+        node_b
+            .client(token)
+            .get(node_b.url("/api/v1/user/"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    let before = lookups();
+    for _ in 0..3 {
+        assert_eq!(status_on_b(&alice).await, 200);
+        assert_eq!(status_on_b(&other).await, 200);
+    }
+    assert_eq!(
+        lookups(),
+        before + 2,
+        "node B reads each session once, then caches it"
+    );
+
+    let logout = node_a
+        .client(&alice)
+        .post(node_a.url("/api/v1/auth/logout"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(logout.status(), 204);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while status_on_b(&alice).await != 401 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node B still accepts a token logged out on node A"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(status_on_b(&other).await, 200);
 }

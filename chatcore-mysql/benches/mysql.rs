@@ -16,7 +16,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chatcore::{MessageId, NewMessage, PageRequest, Store, User, Username};
+use chatcore::{Backend, MessageId, NewMessage, PageRequest, Store, User, Username};
 use chatcore_mysql::{MysqlConfig, MysqlStore};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
@@ -67,7 +67,7 @@ impl BenchDatabase {
 
     fn store(&self, config: MysqlConfig) -> MysqlStore {
         self.runtime.block_on(async {
-            let store = MysqlStore::connect_with(self.options(), config);
+            let store = MysqlStore::connect_with(self.options(), config).expect("a valid config");
             store.migrate().await.expect("migrate");
             store
         })
@@ -211,7 +211,7 @@ fn sends(c: &mut Criterion) {
     {
         paired_sends(&runtime, &database, &store, &users, rounds.max(1));
     }
-    runtime.block_on(store.close());
+    runtime.block_on(store.close()).expect("close");
     drop(store);
     drop(database);
 }
@@ -484,7 +484,7 @@ fn conversation_pages(c: &mut Criterion) {
                 });
             });
         }
-        runtime.block_on(store.close());
+        runtime.block_on(store.close()).expect("close");
         drop(store);
         drop(database);
     }

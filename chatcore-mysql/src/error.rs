@@ -78,19 +78,20 @@ pub(crate) fn map(context: &'static str, err: sqlx::Error) -> Error {
 }
 
 /// A driver error shared by every caller of one failed batch (a [`chatcore::Error`] is not
-/// `Clone`, and each caller needs its own). Shows and chains like the error it wraps.
+/// `Clone`, and each caller needs its own). The driver error is its source, so the chain
+/// holds the `sqlx::Error` itself (a caller can downcast to it) and everything below it.
 #[derive(Debug, Clone)]
 pub(crate) struct SharedError(pub(crate) Arc<sqlx::Error>);
 
 impl std::fmt::Display for SharedError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
+        f.write_str("a batch of sends failed")
     }
 }
 
 impl std::error::Error for SharedError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.0.source()
+        Some(&*self.0)
     }
 }
 
@@ -137,5 +138,34 @@ mod tests {
         }
         let shared = SharedError(Arc::new(sqlx::Error::PoolTimedOut));
         assert!(shared.to_error("batch").is_retryable());
+    }
+
+    /// Every caller of a failed batch gets the whole chain: the driver error itself (which a
+    /// caller can downcast to) and its own cause.
+    #[test]
+    fn a_shared_batch_error_keeps_the_driver_error_and_its_cause() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer");
+        let shared = SharedError(Arc::new(sqlx::Error::Io(io)));
+        for err in [
+            shared.to_error("storing messages"),
+            shared.to_error("storing messages"),
+        ] {
+            assert!(err.is_retryable());
+            let mut chain = Vec::new();
+            let mut next: Option<&(dyn std::error::Error + 'static)> = Some(&err);
+            while let Some(e) = next {
+                chain.push(e);
+                next = e.source();
+            }
+            assert!(
+                chain.iter().any(|e| e.downcast_ref::<sqlx::Error>().is_some()),
+                "the sqlx error is in the chain"
+            );
+            let io = chain
+                .iter()
+                .find_map(|e| e.downcast_ref::<std::io::Error>())
+                .expect("the I/O error is in the chain");
+            assert_eq!(io.kind(), std::io::ErrorKind::ConnectionReset);
+        }
     }
 }

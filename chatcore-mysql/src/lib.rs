@@ -1,19 +1,24 @@
 //! # chatcore-mysql
 //!
-//! A [`chatcore::Store`] on MySQL or MariaDB through `sqlx`: a connection pool sized and timed
-//! by [`MysqlConfig`], migrations embedded in the crate and applied when the host calls
-//! [`MysqlStore::migrate`], and message inserts grouped into transactions by a writer task
-//! (group commit) that hands out ids in commit order across every process sharing the
+//! A [`chatcore::Backend`] on MySQL or MariaDB through `sqlx`: [`chatcore::Store`] (users and
+//! messages) and [`chatcore::SessionStore`] (accounts and sessions) over one database. A
+//! connection pool sized and timed by [`MysqlConfig`] (checked when the store is built),
+//! migrations embedded in the crate and applied when the host calls
+//! [`chatcore::Backend::migrate`], and message inserts grouped into transactions by a writer
+//! task (group commit) that hands out ids in commit order across every process sharing the
 //! database.
 //!
 //! ```no_run
 //! # async fn demo() -> chatcore::Result<()> {
 //! use std::sync::Arc;
-//! use chatcore::{ChatConfig, ChatService, LocalNotifier, SendRequest};
+//! use chatcore::{Backend, ChatConfig, ChatService, LocalNotifier, SendRequest};
 //! use chatcore_mysql::{MysqlConfig, MysqlStore};
 //!
 //! let store = MysqlStore::connect("mysql://root@127.0.0.1:3306/chat", MysqlConfig::default()).await?;
-//! store.migrate().await?; // explicit: the host decides when the schema changes
+//! let report = store.migrate().await?; // explicit: the host decides when the schema changes
+//! for note in &report.notes {
+//!     eprintln!("chatcore migration: {note}"); // e.g. old names that now clash, see below
+//! }
 //! let chat = ChatService::new(Arc::new(store), Arc::new(LocalNotifier::default()), ChatConfig::default());
 //! let alice = chat.create_user("alice").await?;
 //! chat.create_user("bob").await?;
@@ -24,7 +29,7 @@
 //! # Schema
 //! Every table is prefixed `chatcore_`, InnoDB, `utf8mb4` (emoji and every other 4-byte
 //! character round-trip unchanged); the connection also speaks `utf8mb4`.
-//! - `chatcore_migrations`: the versions applied by [`MysqlStore::migrate`]. The crate's own
+//! - `chatcore_migrations`: the versions applied by [`chatcore::Backend::migrate`]. The crate's own
 //!   table, so a host's `sqlx::migrate!` (`_sqlx_migrations`) is never touched. A database
 //!   whose schema is newer than this code is refused with [`chatcore::Error::Corrupt`].
 //!   Version 2 moved the message id sequence from the table `chatcore_sequences` (version 1,
@@ -32,11 +37,28 @@
 //!   version 2, every process using it must run a chatcore-mysql that knows version 2, so stop
 //!   the processes of the previous version before migrating. One still running fails its sends
 //!   (its table is gone) rather than hand out ids from the old sequence.
-//! - `chatcore_users`: `username` is `utf8mb4_bin`, so names compare byte-exactly ('Alice' and
-//!   'alice' are two users) and sort in byte order. Index `chatcore_users_username` (unique)
-//!   serves lookups by name and the directory (prefix and keyset cursor are one range).
+//!   Version 3 made names unique without regard to case (see `chatcore_users`); stop the
+//!   processes of the previous version before migrating too: they would create users without
+//!   a key, which the database now refuses.
+//! - `chatcore_users`: `username` (`utf8mb4_bin`) is the name as its owner chose to write it,
+//!   for display; `username_key` (`VARBINARY`, unique index `chatcore_users_username_key`) is
+//!   its [`chatcore::Username::key`] (lowercased NFKC, computed in Rust: MySQL has no NFKC),
+//!   what names are unique by. Lookups by name (users, credentials, recipients, conversation
+//!   partners) are by key, and the directory is a range of the key index in byte order (the
+//!   prefix's key and the keyset cursor bound it). Names read back are trusted as stored
+//!   ([`chatcore::Username::from_stored`]): they may predate today's rules.
+//!
+//!   Version 3 filled the key of the users made before it. Where several existing names are
+//!   one name without regard to case ('Alice', 'alice'), nothing is merged and nothing is
+//!   silent: the oldest user (lowest id) keeps the key; each other one gets the key followed by
+//!   a NUL byte and their id, which no name produces, and the migration's
+//!   [`chatcore::MigrationReport::notes`] name them all (a name too long to key is treated the
+//!   same way). Those users keep their messages, can still send and appear in the directory
+//!   (right after the keeper), but cannot be found by name (no login, no messages to them) until
+//!   an operator renames them (`username` and `username_key` = `Username::key_of(new name)`) or
+//!   deletes them.
 //! - `chatcore_sessions`: the SHA-256 of each token (`BINARY(32)`, primary key), the user,
-//!   the expiry (indexed for [`MysqlStore::purge_expired_sessions`]).
+//!   the expiry (indexed for [`chatcore::SessionStore::delete_expired_sessions`]).
 //! - `chatcore_messages`: primary key `id` (serves [`chatcore::Store::message_for`]);
 //!   `chatcore_messages_conversation (conversation_low, conversation_high, id)`: a
 //!   conversation page is one backward range; `chatcore_messages_sender (sender_id, id)` and
@@ -86,21 +108,29 @@
 //! [`MysqlConfig::ping_if_idle_for`], so right after a server restart a call can meet a dead
 //! connection: a read then retries once, a send fails with `Unavailable`, and the dead
 //! connection is dropped.
-//! A taken username is [`chatcore::Error::Conflict`]. Anything else is
-//! [`chatcore::Error::Internal`] with the `sqlx` error kept as its source.
+//! A taken username (in any case) is [`chatcore::Error::Conflict`]. After
+//! [`chatcore::Backend::close`] (which lets the sends already made finish first), every call is
+//! `Unavailable`. A [`MysqlConfig`] that makes no sense, or a malformed URL, is
+//! [`chatcore::Error::Invalid`] from [`MysqlStore::connect`]. Anything else is
+//! [`chatcore::Error::Internal`] (or `Corrupt` for rows that do not decode) with the `sqlx`
+//! error kept as its source.
 //!
 //! # Layout
-//! - `lib.rs`: [`MysqlStore`] and its [`chatcore::Store`] implementation (the reads).
-//! - `config.rs`: [`MysqlConfig`].
+//! - `lib.rs`: [`MysqlStore`], its [`chatcore::Backend`] (lifecycle), [`chatcore::Store`] (the
+//!   reads) and [`chatcore::SessionStore`] implementations.
+//! - `config.rs`: [`MysqlConfig`] and its checks.
 //! - `writer.rs`: the group-commit writer tasks behind `insert_message`.
 //! - `rows.rs`: the read queries (each with the index it uses) and row decoding.
 //! - `schema.rs`: the embedded migrations and their runner.
+//! - `username_keys.rs`: migration 3's Rust step, filling `username_key` and keeping apart
+//!   names that now clash.
 //! - `error.rs`: mapping `sqlx` errors to [`chatcore::Error`].
 //! - `testing.rs`: [`testing::TestDatabase`], throwaway databases for tests and benchmarks.
 //! - `plans.rs` (tests only): `EXPLAIN` of every query on a loaded database: index ranges,
 //!   no full scan, no sort.
-//! - `tests/`: the conformance suite, commit order under concurrent writers, migrations, a
-//!   private MariaDB stopped and restarted, and closing with idle writers; `benches/mysql.rs`: sends and pages (figures in
+//! - `tests/`: both conformance suites, commit order under concurrent writers, migrations, a
+//!   private MariaDB stopped and restarted (and configurations refused at connect), and
+//!   closing with idle writers; `benches/mysql.rs`: sends and pages (figures in
 //!   `BENCHMARKS-mysql.md`). Every test and bench run uses its own database and drops it.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -110,28 +140,33 @@ mod error;
 mod rows;
 mod schema;
 pub mod testing;
+mod username_keys;
 mod writer;
 
 #[cfg(test)]
 mod plans;
 
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
 use sqlx::{ConnectOptions, Connection, Executor, Row};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{RwLock, mpsc, oneshot};
 
 use chatcore::{
-    BoxError, Credentials, Entity, Error, Inserted, Message, MessageId, MessagePage, NewMessage, PageRequest,
-    Position, Result, SessionRecord, Store, TokenHash, User, UserId, UserQuery, Username,
+    Backend, BoxError, Credentials, Entity, Error, Inserted, Message, MessageId, MessagePage,
+    MigrationReport, NewMessage, PageRequest, Position, Result, SessionRecord, SessionStore, Store,
+    TokenHash, User, UserId, UserQuery, Username,
 };
 
 pub use config::MysqlConfig;
 
-/// A [`chatcore::Store`] on MySQL/MariaDB. Cheap to share behind an `Arc`; dropping the last
-/// handle stops its writer tasks once the queued sends are stored.
+/// A [`chatcore::Backend`] on MySQL/MariaDB: [`chatcore::Store`] and
+/// [`chatcore::SessionStore`] over one database. Cheap to share behind an `Arc`; dropping the
+/// last handle stops its writer tasks once the queued sends are stored.
 ///
 /// Needs a Tokio runtime: [`MysqlStore::connect`] spawns the writer tasks on the current one.
 #[derive(Debug, Clone)]
@@ -139,13 +174,36 @@ pub struct MysqlStore {
     pool: MySqlPool,
     writer: mpsc::Sender<writer::Pending>,
     config: MysqlConfig,
+    lifecycle: Arc<Lifecycle>,
 }
+
+/// What [`Backend::close`] needs: sends in flight finish before the pool closes, and none
+/// starts after.
+#[derive(Debug, Default)]
+struct Lifecycle {
+    closed: AtomicBool,
+    /// Held shared by each send until it is answered, exclusively by `close`.
+    sends: RwLock<()>,
+}
+
+/// The error of a call made after [`Backend::close`].
+#[derive(Debug)]
+struct Closed;
+
+impl std::fmt::Display for Closed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the MySQL store is closed")
+    }
+}
+
+impl std::error::Error for Closed {}
 
 impl MysqlStore {
     /// Opens a pool to `url` (`mysql://user:password@host:port/database`) and checks that the
-    /// server answers. The database must exist; call [`MysqlStore::migrate`] before use.
+    /// server answers. The database must exist; call [`Backend::migrate`] before use.
     ///
-    /// A malformed URL is [`Error::Invalid`]; a server that does not answer within
+    /// A malformed URL or a [`MysqlConfig`] that makes no sense (see
+    /// [`MysqlConfig::validate`]) is [`Error::Invalid`]; a server that does not answer within
     /// [`MysqlConfig::acquire_timeout`] is [`Error::Unavailable`].
     ///
     /// ```no_run
@@ -154,21 +212,26 @@ impl MysqlStore {
     /// # Ok(()) }
     /// ```
     pub async fn connect(url: &str, config: MysqlConfig) -> Result<Self> {
+        config.validate()?;
         if !(url.starts_with("mysql://") || url.starts_with("mariadb://")) {
             return Err(Error::invalid(
                 "invalid MySQL URL: it must start with mysql:// or mariadb://",
             ));
         }
+        // The parser's message names what is wrong (port, parameter) for the operator; a
+        // URL is input, so this is `Invalid`, which carries a message rather than a source.
         let options = MySqlConnectOptions::from_str(url)
             .map_err(|e| Error::invalid(format!("invalid MySQL URL: {e}")))?;
-        let store = Self::connect_with(options, config);
+        let store = Self::connect_with(options, config)?;
         store.ping().await?;
         Ok(store)
     }
 
     /// Like [`MysqlStore::connect`] with parsed options, without checking the server: the first
-    /// call that needs a connection opens one. The charset is forced to `utf8mb4`.
-    pub fn connect_with(options: MySqlConnectOptions, config: MysqlConfig) -> Self {
+    /// call that needs a connection opens one. The charset is forced to `utf8mb4`. A
+    /// [`MysqlConfig`] that makes no sense is [`Error::Invalid`].
+    pub fn connect_with(options: MySqlConnectOptions, config: MysqlConfig) -> Result<Self> {
+        config.validate()?;
         let options = options
             .charset("utf8mb4")
             .collation("utf8mb4_bin")
@@ -177,7 +240,7 @@ impl MysqlStore {
             .log_statements(tracing::log::LevelFilter::Trace);
         let ping_if_idle_for = config.ping_if_idle_for;
         let pool = MySqlPoolOptions::new()
-            .max_connections(config.max_connections.max(1))
+            .max_connections(config.max_connections)
             .min_connections(config.min_connections)
             .acquire_timeout(config.acquire_timeout)
             .idle_timeout(config.idle_timeout)
@@ -205,7 +268,12 @@ impl MysqlStore {
             })
             .connect_lazy_with(options);
         let writer = writer::spawn(pool.clone(), &config);
-        Self { pool, writer, config }
+        Ok(Self {
+            pool,
+            writer,
+            config,
+            lifecycle: Arc::default(),
+        })
     }
 
     /// Checks that the server answers.
@@ -217,42 +285,11 @@ impl MysqlStore {
         Ok(())
     }
 
-    /// Applies the embedded migrations this database lacks and returns their versions (empty
-    /// when the schema is current). Safe to call from several processes at once (they take
-    /// turns through a named lock) and on every start-up. Records versions in
-    /// `chatcore_migrations` only; a schema newer than this code is [`Error::Corrupt`].
-    /// Processes running an older chatcore-mysql must be stopped before a migration that
-    /// changes how ids are reserved (version 2, see the crate docs).
-    ///
-    /// ```no_run
-    /// # async fn demo(store: chatcore_mysql::MysqlStore) -> chatcore::Result<()> {
-    /// let applied = store.migrate().await?;
-    /// println!("applied chatcore migrations {applied:?}");
-    /// # Ok(()) }
-    /// ```
-    pub async fn migrate(&self) -> Result<Vec<i64>> {
-        let mut conn = self
-            .pool
-            .acquire()
-            .await
-            .map_err(|e| error::map("connecting to migrate", e))?;
-        schema::migrate(&mut conn, self.config.migration_lock_timeout.as_secs().max(1)).await
-    }
-
-    /// The newest schema version this code knows (what [`MysqlStore::migrate`] brings a
+    /// The newest schema version this code knows (what [`Backend::migrate`] brings a
     /// database to).
-    pub fn schema_version() -> i64 {
-        schema::latest_version()
-    }
-
-    /// Deletes the sessions expired at `now` and returns how many; hosts call it now and then.
-    pub async fn purge_expired_sessions(&self, now: DateTime<Utc>) -> Result<u64> {
-        let done = sqlx::query("DELETE FROM chatcore_sessions WHERE expires_at <= ?")
-            .bind(now.naive_utc())
-            .execute(&self.pool)
-            .await
-            .map_err(|e| error::map("purging sessions", e))?;
-        Ok(done.rows_affected())
+    pub fn schema_version() -> u32 {
+        // Versions are small positive constants (`schema::MIGRATIONS`).
+        schema::latest_version() as u32
     }
 
     /// The pool, for hosts that want to share it or inspect it.
@@ -264,10 +301,49 @@ impl MysqlStore {
     pub fn config(&self) -> &MysqlConfig {
         &self.config
     }
+}
 
-    /// Closes the pool: later calls fail with [`Error::Unavailable`].
-    pub async fn close(&self) {
+#[async_trait]
+impl Backend for MysqlStore {
+    /// Applies the embedded migrations this database lacks and reports the versions before
+    /// and after (equal when the schema is current), with notes for the operator: version 3
+    /// reports every pair of existing names that are one name without regard to case (kept
+    /// apart, see the crate docs). Safe to call from several processes at once (they take
+    /// turns through a named lock) and on every start-up. Records versions in
+    /// `chatcore_migrations` only; a schema newer than this code is [`Error::Corrupt`].
+    /// Processes running an older chatcore-mysql must be stopped before migrating (the crate
+    /// docs say why, per version).
+    ///
+    /// ```no_run
+    /// # async fn demo(store: chatcore_mysql::MysqlStore) -> chatcore::Result<()> {
+    /// use chatcore::Backend;
+    /// let report = store.migrate().await?;
+    /// println!("chatcore schema {} -> {}", report.previous, report.current);
+    /// for note in &report.notes {
+    ///     eprintln!("chatcore migration: {note}");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    async fn migrate(&self) -> Result<MigrationReport> {
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(|e| error::map("connecting to migrate", e))?;
+        // GET_LOCK counts whole seconds; a shorter timeout waits one.
+        let timeout = self.config.migration_lock_timeout;
+        let lock_secs = timeout.as_secs() + u64::from(timeout.subsec_nanos() > 0);
+        schema::migrate(&mut conn, lock_secs).await
+    }
+
+    /// Lets the sends already made finish, then closes the pool: later calls fail with
+    /// [`Error::Unavailable`].
+    async fn close(&self) -> Result<()> {
+        self.lifecycle.closed.store(true, Ordering::Release);
+        // Waits for every send in flight to be answered; sends made from now on see `closed`.
+        let _no_sends = self.lifecycle.sends.write().await;
         self.pool.close().await;
+        Ok(())
     }
 }
 
@@ -306,28 +382,15 @@ fn upper_bound(page: &PageRequest) -> i64 {
 
 #[async_trait]
 impl Store for MysqlStore {
-    async fn create_user(&self, username: &Username, password_hash: Option<&str>) -> Result<User> {
-        let done = sqlx::query(
-            "INSERT INTO chatcore_users (username, password_hash, created_at) VALUES (?, ?, UTC_TIMESTAMP(6))",
-        )
-        .bind(username.as_str())
-        .bind(password_hash)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| match error::server_code(&e) {
-            Some(error::code::DUP_ENTRY) => Error::conflict(format!("username {username} is taken")),
-            _ => error::map("creating a user", e),
-        })?;
-        Ok(User {
-            id: UserId(done.last_insert_id() as i64),
-            username: username.clone(),
-        })
+    async fn create_user(&self, username: &Username) -> Result<User> {
+        self.insert_user(username, None).await
     }
 
     async fn find_user(&self, username: &Username) -> Result<Option<User>> {
+        let key = username.key();
         let row = read("finding a user", || {
             sqlx::query(rows::FIND_USER)
-                .bind(username.as_str())
+                .bind(key.as_bytes())
                 .fetch_optional(&self.pool)
         })
         .await?;
@@ -335,10 +398,14 @@ impl Store for MysqlStore {
     }
 
     async fn list_users(&self, query: &UserQuery) -> Result<Vec<User>> {
+        let pattern = rows::like_prefix(&query.prefix);
+        let after_key = query.after.as_ref().map(Username::key).unwrap_or_default();
         let rows = read("listing users", || {
             sqlx::query(rows::LIST_USERS)
-                .bind(rows::like_prefix(&query.prefix))
-                .bind(query.after.as_ref().map_or("", |a| a.as_str()))
+                .bind(pattern.as_bytes())
+                .bind(after_key.as_bytes())
+                .bind(query.after.as_ref().map(Username::as_str))
+                .bind(after_key.as_bytes())
                 .bind(query.exclude.map_or(0, |id| id.0))
                 .bind(query.limit)
                 .fetch_all(&self.pool)
@@ -347,10 +414,157 @@ impl Store for MysqlStore {
         decode_users(&rows)
     }
 
+    async fn insert_message(&self, message: NewMessage) -> Result<Inserted> {
+        // Held until the send is answered, so `close` waits for it.
+        let _open = self.lifecycle.sends.read().await;
+        if self.lifecycle.closed.load(Ordering::Acquire) {
+            return Err(Error::storage_unavailable(Closed));
+        }
+        let (reply, answer) = oneshot::channel();
+        self.writer
+            .send(writer::Pending { new: message, reply })
+            .await
+            .map_err(|_| Error::bug("the MySQL writer tasks have stopped"))?;
+        answer
+            .await
+            .map_err(|_| Error::bug("a MySQL writer task ended without answering"))?
+    }
+
+    async fn message_for(&self, viewer: UserId, id: MessageId) -> Result<Option<Message>> {
+        let row = read("reading a message", || {
+            sqlx::query(rows::MESSAGE_FOR)
+                .bind(id.0)
+                .bind(viewer.0)
+                .bind(viewer.0)
+                .fetch_optional(&self.pool)
+        })
+        .await?;
+        row.map(|row| rows::message(&row).map_err(corrupt)).transpose()
+    }
+
+    async fn conversation_page(
+        &self,
+        viewer: UserId,
+        other: &Username,
+        page: &PageRequest,
+    ) -> Result<MessagePage> {
+        let other = other.key();
+        let other = other.as_bytes();
+        let rows = read("reading a conversation", || {
+            sqlx::query(rows::CONVERSATION_PAGE)
+                .bind(viewer.0)
+                .bind(viewer.0)
+                .bind(other)
+                .bind(viewer.0)
+                .bind(other)
+                .bind(viewer.0)
+                .bind(other)
+                .bind(upper_bound(page))
+                .bind(page.limit)
+                .bind(page.offset)
+                .fetch_all(&self.pool)
+        })
+        .await?;
+        let mut found_other = false;
+        let mut total = 0;
+        let mut messages = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let id: Option<i64> = row.try_get("id").map_err(|e| corrupt(Box::new(e)))?;
+            if id.is_some() {
+                messages.push(rows::message(row).map_err(corrupt)?);
+            } else {
+                found_other = true;
+                let stored: Option<i64> = row.try_get("total").map_err(|e| corrupt(Box::new(e)))?;
+                // No counter row: no message yet. A negative one is corrupt, not zero.
+                total = u64::try_from(stored.unwrap_or(0)).map_err(|e| corrupt(Box::new(e)))?;
+            }
+        }
+        if !found_other {
+            return Err(Error::NotFound(Entity::User));
+        }
+        // UNION ALL does not promise to keep the branch order.
+        messages.sort_unstable_by_key(|m| std::cmp::Reverse(m.id));
+        Ok(MessagePage { messages, total })
+    }
+
+    async fn user_messages(&self, user: UserId, page: &PageRequest) -> Result<MessagePage> {
+        let before = upper_bound(page);
+        let window = u64::from(page.offset) + u64::from(page.limit);
+        let rows = read("reading a user's messages", || {
+            sqlx::query(rows::USER_MESSAGES)
+                .bind(user.0)
+                .bind(user.0)
+                .bind(before)
+                .bind(window)
+                .bind(user.0)
+                .bind(user.0)
+                .bind(before)
+                .bind(window)
+                .bind(page.limit)
+                .bind(page.offset)
+                .fetch_all(&self.pool)
+        })
+        .await?;
+        let mut total = 0;
+        let mut messages = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let stored: Option<i64> = row.try_get("total").map_err(|e| corrupt(Box::new(e)))?;
+            // No counter row: no message yet. A negative one is corrupt, not zero.
+            total = u64::try_from(stored.unwrap_or(0)).map_err(|e| corrupt(Box::new(e)))?;
+            let id: Option<i64> = row.try_get("id").map_err(|e| corrupt(Box::new(e)))?;
+            if id.is_some() {
+                messages.push(rows::message(row).map_err(corrupt)?);
+            }
+        }
+        messages.sort_unstable_by_key(|m| std::cmp::Reverse(m.id));
+        Ok(MessagePage { messages, total })
+    }
+
+    async fn messages_after(&self, user: UserId, after: MessageId, limit: u32) -> Result<Vec<Message>> {
+        let rows = read("catching up", || {
+            sqlx::query(rows::MESSAGES_AFTER)
+                .bind(user.0)
+                .bind(after.0)
+                .bind(limit)
+                .bind(user.0)
+                .bind(user.0)
+                .bind(after.0)
+                .bind(limit)
+                .bind(limit)
+                .fetch_all(&self.pool)
+        })
+        .await?;
+        let mut messages = rows
+            .iter()
+            .map(|row| rows::message(row).map_err(corrupt))
+            .collect::<Result<Vec<_>>>()?;
+        messages.sort_unstable_by_key(|m| m.id);
+        Ok(messages)
+    }
+
+    async fn latest_position(&self, user: UserId) -> Result<Position> {
+        let latest: Option<i64> = read("reading a user's latest position", || {
+            sqlx::query_scalar(rows::LATEST_POSITION)
+                .bind(user.0)
+                .bind(user.0)
+                .fetch_one(&self.pool)
+        })
+        .await?;
+        Ok(Position(latest.unwrap_or(0)))
+    }
+}
+
+#[async_trait]
+impl SessionStore for MysqlStore {
+    async fn create_account(&self, username: &Username, password_hash: &str) -> Result<User> {
+        self.insert_user(username, Some(password_hash)).await
+    }
+
     async fn credentials(&self, username: &Username) -> Result<Option<Credentials>> {
+        let key = username.key();
         let row = read("reading credentials", || {
             sqlx::query(rows::CREDENTIALS)
-                .bind(username.as_str())
+                .bind(key.as_bytes())
                 .fetch_optional(&self.pool)
         })
         .await?;
@@ -359,20 +573,6 @@ impl Store for MysqlStore {
             user: rows::user(&row).map_err(corrupt)?,
             password_hash: rows::text_opt(&row, "password_hash").map_err(corrupt)?,
         }))
-    }
-
-    async fn set_password_hash(&self, user: UserId, password_hash: &str) -> Result<()> {
-        // The connection reports matched rows (CLIENT_FOUND_ROWS), so an unchanged hash counts.
-        let done = sqlx::query("UPDATE chatcore_users SET password_hash = ? WHERE id = ?")
-            .bind(password_hash)
-            .bind(user.0)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| error::map("setting a password hash", e))?;
-        if done.rows_affected() == 0 {
-            return Err(Error::NotFound(Entity::User));
-        }
-        Ok(())
     }
 
     async fn create_session(
@@ -427,145 +627,119 @@ impl Store for MysqlStore {
         Ok(())
     }
 
-    async fn insert_message(&self, message: NewMessage) -> Result<Inserted> {
-        let (reply, answer) = oneshot::channel();
-        self.writer
-            .send(writer::Pending { new: message, reply })
+    async fn delete_expired_sessions(&self, now: DateTime<Utc>) -> Result<u64> {
+        // A range of `chatcore_sessions_expires`.
+        let done = sqlx::query(rows::DELETE_EXPIRED_SESSIONS)
+            .bind(now.naive_utc())
+            .execute(&self.pool)
             .await
-            .map_err(|_| Error::bug("the MySQL writer tasks have stopped"))?;
-        answer
+            .map_err(|e| error::map("deleting expired sessions", e))?;
+        Ok(done.rows_affected())
+    }
+}
+
+impl MysqlStore {
+    /// Inserts a user under `username`, keyed by [`Username::key`]; a taken key (or name) is
+    /// [`Error::Conflict`].
+    async fn insert_user(&self, username: &Username, password_hash: Option<&str>) -> Result<User> {
+        let done = sqlx::query(
+            "INSERT INTO chatcore_users (username, username_key, password_hash, created_at) \
+             VALUES (?, ?, ?, UTC_TIMESTAMP(6))",
+        )
+        .bind(username.as_str())
+        .bind(username.key().into_bytes())
+        .bind(password_hash)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| match error::server_code(&e) {
+            Some(error::code::DUP_ENTRY) => Error::conflict(format!("username {username} is taken")),
+            _ => error::map("creating a user", e),
+        })?;
+        Ok(User {
+            id: UserId(done.last_insert_id() as i64),
+            username: username.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use chatcore::{Backend, NewMessage, Store, Username};
+    use sqlx::ConnectOptions;
+
+    use crate::MysqlConfig;
+    use crate::testing::TestDatabase;
+
+    /// A send still waiting in the queue for a writer when `close` is called is stored, not
+    /// failed by the closing pool: `close` waits for every send made before it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn close_waits_for_queued_sends() {
+        let database = TestDatabase::create("chatcore_mysql_test_").await.unwrap();
+        let config = MysqlConfig {
+            writers: 1,
+            max_batch: 1,
+            max_connections: 4,
+            ..MysqlConfig::default()
+        };
+        let store = std::sync::Arc::new(database.store(config).await.unwrap());
+        let name = |s: &str| Username::parse(s).unwrap();
+        let alice = store.create_user(&name("alice")).await.unwrap();
+        store.create_user(&name("bob")).await.unwrap();
+        let send = |body: &str| {
+            let store = store.clone();
+            let message = NewMessage {
+                sender: alice.clone(),
+                recipient: name("bob"),
+                body: body.to_owned(),
+                idempotency_key: None,
+            };
+            tokio::spawn(async move { store.insert_message(message).await })
+        };
+        // Another "process" holds the id sequence: the one writer waits in its first batch ...
+        let mut other = database.options().unwrap().connect().await.unwrap();
+        sqlx::query("BEGIN").execute(&mut other).await.unwrap();
+        sqlx::query("SELECT total FROM chatcore_counts WHERE low_id = 0 AND high_id = 0 FOR UPDATE")
+            .execute(&mut other)
             .await
-            .map_err(|_| Error::bug("a MySQL writer task ended without answering"))?
-    }
-
-    async fn message_for(&self, viewer: UserId, id: MessageId) -> Result<Option<Message>> {
-        let row = read("reading a message", || {
-            sqlx::query(rows::MESSAGE_FOR)
-                .bind(id.0)
-                .bind(viewer.0)
-                .bind(viewer.0)
-                .fetch_optional(&self.pool)
-        })
-        .await?;
-        row.map(|row| rows::message(&row).map_err(corrupt)).transpose()
-    }
-
-    async fn conversation_page(
-        &self,
-        viewer: UserId,
-        other: &Username,
-        page: &PageRequest,
-    ) -> Result<MessagePage> {
-        let rows = read("reading a conversation", || {
-            sqlx::query(rows::CONVERSATION_PAGE)
-                .bind(viewer.0)
-                .bind(viewer.0)
-                .bind(other.as_str())
-                .bind(viewer.0)
-                .bind(other.as_str())
-                .bind(viewer.0)
-                .bind(other.as_str())
-                .bind(upper_bound(page))
-                .bind(page.limit)
-                .bind(page.offset)
-                .fetch_all(&self.pool)
-        })
-        .await?;
-        let mut found_other = false;
-        let mut total = 0;
-        let mut messages = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let id: Option<i64> = row.try_get("id").map_err(|e| corrupt(Box::new(e)))?;
-            if id.is_some() {
-                messages.push(rows::message(row).map_err(corrupt)?);
-            } else {
-                found_other = true;
-                let stored: Option<i64> = row.try_get("total").map_err(|e| corrupt(Box::new(e)))?;
-                total = stored.unwrap_or(0).max(0) as u64;
+            .unwrap();
+        let first = send("first");
+        let second = send("second");
+        // ... and the second send waits in the queue (both polled, not guessed).
+        tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                let (in_database,): (i64,) = sqlx::query_as(
+                    "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE DB = DATABASE() \
+                     AND COMMAND = 'Query' AND INFO LIKE 'INSERT INTO chatcore!_counts%' ESCAPE '!'",
+                )
+                .fetch_one(&mut other)
+                .await
+                .unwrap();
+                let queued = store.writer.max_capacity() - store.writer.capacity();
+                if in_database == 1 && queued == 1 {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
-        }
-        if !found_other {
-            return Err(Error::NotFound(Entity::User));
-        }
-        // UNION ALL does not promise to keep the branch order.
-        messages.sort_unstable_by_key(|m| std::cmp::Reverse(m.id));
-        Ok(MessagePage { messages, total })
-    }
-
-    async fn user_messages(&self, user: UserId, page: &PageRequest) -> Result<MessagePage> {
-        let before = upper_bound(page);
-        let window = u64::from(page.offset) + u64::from(page.limit);
-        let rows = read("reading a user's messages", || {
-            sqlx::query(rows::USER_MESSAGES)
-                .bind(user.0)
-                .bind(user.0)
-                .bind(before)
-                .bind(window)
-                .bind(user.0)
-                .bind(user.0)
-                .bind(before)
-                .bind(window)
-                .bind(page.limit)
-                .bind(page.offset)
-                .fetch_all(&self.pool)
         })
-        .await?;
-        let mut total = 0;
-        let mut messages = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let stored: Option<i64> = row.try_get("total").map_err(|e| corrupt(Box::new(e)))?;
-            total = stored.unwrap_or(0).max(0) as u64;
-            let id: Option<i64> = row.try_get("id").map_err(|e| corrupt(Box::new(e)))?;
-            if id.is_some() {
-                messages.push(rows::message(row).map_err(corrupt)?);
-            }
-        }
-        messages.sort_unstable_by_key(|m| std::cmp::Reverse(m.id));
-        Ok(MessagePage { messages, total })
-    }
-
-    async fn messages_after(&self, user: UserId, after: MessageId, limit: u32) -> Result<Vec<Message>> {
-        let rows = read("catching up", || {
-            sqlx::query(rows::MESSAGES_AFTER)
-                .bind(user.0)
-                .bind(after.0)
-                .bind(limit)
-                .bind(user.0)
-                .bind(user.0)
-                .bind(after.0)
-                .bind(limit)
-                .bind(limit)
-                .fetch_all(&self.pool)
-        })
-        .await?;
-        let mut messages = rows
-            .iter()
-            .map(|row| rows::message(row).map_err(corrupt))
-            .collect::<Result<Vec<_>>>()?;
-        messages.sort_unstable_by_key(|m| m.id);
-        Ok(messages)
-    }
-
-    async fn latest_position(&self, user: UserId) -> Result<Position> {
-        let latest: Option<i64> = read("reading a user's latest position", || {
-            sqlx::query_scalar(rows::LATEST_POSITION)
-                .bind(user.0)
-                .bind(user.0)
-                .fetch_one(&self.pool)
-        })
-        .await?;
-        Ok(Position(latest.unwrap_or(0)))
-    }
-
-    async fn idempotent_message(&self, sender: UserId, key: &str) -> Result<Option<Message>> {
-        let hash = writer::key_hash(key);
-        let row = read("reading an idempotent message", || {
-            sqlx::query(rows::IDEMPOTENT_MESSAGE)
-                .bind(sender.0)
-                .bind(hash.as_slice())
-                .fetch_optional(&self.pool)
-        })
-        .await?;
-        row.map(|row| rows::message(&row).map_err(corrupt)).transpose()
+        .await
+        .expect("the second send is queued");
+        let closing = {
+            let store = store.clone();
+            tokio::spawn(async move { store.close().await })
+        };
+        sqlx::query("COMMIT").execute(&mut other).await.unwrap();
+        assert_eq!(first.await.unwrap().unwrap().message.body, "first");
+        assert_eq!(
+            second
+                .await
+                .unwrap()
+                .expect("a queued send is stored")
+                .message
+                .body,
+            "second"
+        );
+        closing.await.unwrap().unwrap();
     }
 }

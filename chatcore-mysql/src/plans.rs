@@ -5,6 +5,8 @@ use sqlx::mysql::MySqlArguments;
 use sqlx::query::Query;
 use sqlx::{ConnectOptions, Connection, MySql, MySqlConnection};
 
+use chatcore::Backend;
+
 use crate::testing::TestDatabase;
 use crate::{MysqlConfig, rows};
 
@@ -122,10 +124,10 @@ async fn plans_use_indexes() {
     // 20,000 messages over 1,000 conversations, a few hundred sessions.
     let mut conn = options.connect().await.expect("connect");
     let users: Vec<String> = (1..=200)
-        .map(|i| format!("('user{i:03}', 'hash', UTC_TIMESTAMP(6))"))
+        .map(|i| format!("('User{i:03}', 'user{i:03}', 'hash', UTC_TIMESTAMP(6))"))
         .collect();
     sqlx::raw_sql(&format!(
-        "INSERT INTO chatcore_users (username, password_hash, created_at) VALUES {}",
+        "INSERT INTO chatcore_users (username, username_key, password_hash, created_at) VALUES {}",
         users.join(",")
     ))
     .execute(&mut conn)
@@ -183,29 +185,67 @@ async fn plans_use_indexes() {
     let e = |sql: &str| format!("EXPLAIN {sql}");
     // Rows that exist: a miss on a unique key is planned as "impossible WHERE", not a lookup.
     let token_hash = crate::writer::key_hash("1");
-    let key_hash = crate::writer::key_hash("k500");
 
+    // Users are found by key (binary), whatever case the name is written in.
+    let key = b"user042".as_slice();
     let sql = e(rows::FIND_USER);
-    let plan = explain(&mut conn, sqlx::query(&sql).bind("user042")).await;
-    assert_plan("find_user", &plan, "chatcore_users", "chatcore_users_username");
+    let plan = explain(&mut conn, sqlx::query(&sql).bind(key)).await;
+    assert_plan(
+        "find_user",
+        &plan,
+        "chatcore_users",
+        "chatcore_users_username_key",
+    );
 
     let sql = e(rows::CREDENTIALS);
-    let plan = explain(&mut conn, sqlx::query(&sql).bind("user042")).await;
-    assert_plan("credentials", &plan, "chatcore_users", "chatcore_users_username");
+    let plan = explain(&mut conn, sqlx::query(&sql).bind(key)).await;
+    assert_plan(
+        "credentials",
+        &plan,
+        "chatcore_users",
+        "chatcore_users_username_key",
+    );
 
     let sql = e(rows::LIST_USERS);
-    for (prefix, after) in [("user1", ""), ("", ""), ("", "user150")] {
+    for (prefix, after) in [
+        ("USER1", None),
+        ("", None),
+        ("", Some("User150")),
+        ("user", Some("nobody")),
+    ] {
+        let after_key = after.map(|a: &str| a.to_lowercase()).unwrap_or_default();
         let plan = explain(
             &mut conn,
             sqlx::query(&sql)
-                .bind(rows::like_prefix(prefix))
+                .bind(rows::like_prefix(prefix).into_bytes())
+                .bind(after_key.clone().into_bytes())
                 .bind(after)
+                .bind(after_key.into_bytes())
                 .bind(3i64)
                 .bind(20u32),
         )
         .await;
-        assert_plan("list_users", &plan, "chatcore_users", "chatcore_users_username");
+        assert_plan(
+            "list_users",
+            &plan,
+            "chatcore_users",
+            "chatcore_users_username_key",
+        );
+        let step = plan.iter().find(|s| s.table == "chatcore_users").unwrap();
+        assert_eq!(
+            step.access, "range",
+            "the prefix and the cursor bound one range: {plan:?}"
+        );
     }
+
+    let sql = e(rows::DELETE_EXPIRED_SESSIONS);
+    let plan = explain(&mut conn, sqlx::query(&sql).bind(chrono::Utc::now().naive_utc())).await;
+    assert_plan(
+        "delete_expired_sessions",
+        &plan,
+        "chatcore_sessions",
+        "chatcore_sessions_expires",
+    );
 
     let sql = e(rows::SESSION_USER);
     let plan = explain(
@@ -226,14 +266,6 @@ async fn plans_use_indexes() {
     .await;
     assert_plan("message_for", &plan, "m", "PRIMARY");
 
-    let sql = e(rows::IDEMPOTENT_MESSAGE);
-    let plan = explain(
-        &mut conn,
-        sqlx::query(&sql).bind(101i64).bind(key_hash.as_slice()),
-    )
-    .await;
-    assert_plan("idempotent_message", &plan, "m", "chatcore_messages_idempotency");
-
     let sql = e(rows::CONVERSATION_PAGE);
     for before in [i64::MAX, 10_000] {
         let plan = explain(
@@ -241,11 +273,11 @@ async fn plans_use_indexes() {
             sqlx::query(&sql)
                 .bind(5i64)
                 .bind(5i64)
-                .bind("user010")
+                .bind(b"user010".as_slice())
                 .bind(5i64)
-                .bind("user010")
+                .bind(b"user010".as_slice())
                 .bind(5i64)
-                .bind("user010")
+                .bind(b"user010".as_slice())
                 .bind(before)
                 .bind(15u32)
                 .bind(0u32),
@@ -336,5 +368,5 @@ async fn plans_use_indexes() {
     assert!(read <= 3 * (1 + 2 * 2) + 4, "{read} handler reads for 3 users");
 
     let _ = conn.close().await;
-    store.close().await;
+    store.close().await.unwrap();
 }

@@ -25,22 +25,36 @@ macro_rules! message_joins {
     };
 }
 
-/// A user by exact name: `chatcore_users_username`, const.
-pub(crate) const FIND_USER: &str = "SELECT id, username FROM chatcore_users WHERE username = ?";
+/// A user by name without regard to case (the name's [`Username::key`]):
+/// `chatcore_users_username_key`, const.
+pub(crate) const FIND_USER: &str = "SELECT id, username FROM chatcore_users WHERE username_key = ?";
 
-/// A user and password hash by exact name: `chatcore_users_username`, const.
+/// A user and password hash by key: `chatcore_users_username_key`, const.
 pub(crate) const CREDENTIALS: &str =
-    "SELECT id, username, password_hash FROM chatcore_users WHERE username = ?";
+    "SELECT id, username, password_hash FROM chatcore_users WHERE username_key = ?";
 
-/// The directory: a range of `chatcore_users_username` in byte order (prefix as `LIKE 'p%'`,
-/// the keyset cursor as `>`), stopping after `LIMIT` rows.
+/// The directory: a range of `chatcore_users_username_key` in byte order (the prefix's key as
+/// `LIKE 'p%'`, the cursor's key as `>`), stopping after `LIMIT` rows. The cursor is the key
+/// of `after`; when a user is named exactly `after`, their stored key is the cursor (a user
+/// kept apart by migration 3 has a key of its own, just above their name's key, and paging
+/// past them must not return them again). That second bound is a filter on the range (the
+/// optimizer does not open a range on a subquery's value). The index is forced: it does not
+/// cover `username`, and with every row in range the optimizer would rather scan the table
+/// and sort it than look up the `LIMIT` rows.
+/// Binds: pattern, after's key, after (name or NULL), after's key, excluded id, limit.
 pub(crate) const LIST_USERS: &str = "SELECT id, username FROM chatcore_users \
-     WHERE username LIKE ? ESCAPE '!' AND username > ? AND id <> ? ORDER BY username LIMIT ?";
+     FORCE INDEX (chatcore_users_username_key) \
+     WHERE username_key LIKE ? ESCAPE '!' AND username_key > ? \
+       AND username_key > IFNULL((SELECT a.username_key FROM chatcore_users a WHERE a.username = ?), ?) \
+       AND id <> ? ORDER BY username_key LIMIT ?";
 
 /// A live session's user and expiry: the session by primary key, the user by primary key.
 pub(crate) const SESSION_USER: &str = "SELECT u.id AS id, u.username AS username, t.expires_at AS expires_at \
      FROM chatcore_sessions t JOIN chatcore_users u ON u.id = t.user_id \
      WHERE t.token_hash = ? AND t.expires_at > ?";
+
+/// Sessions expired at a time: a range of `chatcore_sessions_expires`.
+pub(crate) const DELETE_EXPIRED_SESSIONS: &str = "DELETE FROM chatcore_sessions WHERE expires_at <= ?";
 
 /// A user's newest message id (0 for none): the largest id of `chatcore_messages_sender` and
 /// of `chatcore_messages_recipient` for the user, each one index dive (MIN/MAX optimization:
@@ -69,35 +83,26 @@ pub(crate) const MESSAGE_WITH_KEY_SELECT: &str = concat!(
     message_joins!()
 );
 
-/// The message a sender stored under a key: `chatcore_messages_idempotency`, const.
-pub(crate) const IDEMPOTENT_MESSAGE: &str = concat!(
-    "SELECT ",
-    message_columns!(),
-    " FROM chatcore_messages m",
-    message_joins!(),
-    " WHERE m.sender_id = ? AND m.idempotency_key_hash = ?"
-);
-
 /// A conversation page and its total in one round trip. The first branch resolves the other
-/// user (unique name, const) and reads the total (`chatcore_counts` primary key); the second
+/// user (unique key, const) and reads the total (`chatcore_counts` primary key); the second
 /// reads the page, newest first, as a backward range of `chatcore_messages_conversation`. The
 /// other user's id comes from scalar subqueries, which the optimizer folds to constants: with
 /// a join instead, it sorts the whole conversation (filesort) before taking the page.
-/// Binds: viewer, viewer, other name, viewer, other name, viewer, other name, before, limit,
+/// Binds: viewer, viewer, other key, viewer, other key, viewer, other key, before, limit,
 /// offset.
 pub(crate) const CONVERSATION_PAGE: &str = concat!(
     "(SELECT o.id AS other_id, c.total AS total, NULL AS id, NULL AS sender, NULL AS recipient, \
       NULL AS created_at, NULL AS body \
       FROM chatcore_users o \
       LEFT JOIN chatcore_counts c ON c.low_id = LEAST(?, o.id) AND c.high_id = GREATEST(?, o.id) \
-      WHERE o.username = ?) \
+      WHERE o.username_key = ?) \
      UNION ALL \
      (SELECT NULL, NULL, ",
     message_columns!(),
     " FROM chatcore_messages m FORCE INDEX (chatcore_messages_conversation)",
     message_joins!(),
-    " WHERE m.conversation_low = LEAST(?, (SELECT id FROM chatcore_users WHERE username = ?)) \
-        AND m.conversation_high = GREATEST(?, (SELECT id FROM chatcore_users WHERE username = ?)) \
+    " WHERE m.conversation_low = LEAST(?, (SELECT id FROM chatcore_users WHERE username_key = ?)) \
+        AND m.conversation_high = GREATEST(?, (SELECT id FROM chatcore_users WHERE username_key = ?)) \
         AND m.id < ? ORDER BY m.id DESC LIMIT ? OFFSET ?)"
 );
 
@@ -144,21 +149,9 @@ pub(crate) const MESSAGES_AFTER: &str = concat!(
      ORDER BY id LIMIT ?"
 );
 
-/// A stored value that breaks the schema's rules.
-#[derive(Debug)]
-pub(crate) struct BadRow(pub(crate) String);
-
-impl std::fmt::Display for BadRow {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for BadRow {}
-
-fn username(raw: String) -> Result<Username, BoxError> {
-    Username::parse(raw.as_str())
-        .map_err(|_| Box::new(BadRow(format!("stored username {raw:?} is invalid"))) as BoxError)
+/// A name as stored: trusted, not checked again (it may predate today's rules).
+fn username(raw: String) -> Username {
+    Username::from_stored(raw)
 }
 
 fn get<'r, T>(row: &'r MySqlRow, column: &str) -> Result<T, BoxError>
@@ -186,7 +179,7 @@ pub(crate) fn text_opt(row: &MySqlRow, column: &str) -> Result<Option<String>, B
 pub(crate) fn user(row: &MySqlRow) -> Result<User, BoxError> {
     Ok(User {
         id: UserId(get(row, "id")?),
-        username: username(text(row, "username")?)?,
+        username: username(text(row, "username")?),
     })
 }
 
@@ -195,15 +188,17 @@ pub(crate) fn message(row: &MySqlRow) -> Result<Message, BoxError> {
     let created_at: NaiveDateTime = get(row, "created_at")?;
     Ok(Message {
         id: MessageId(get(row, "id")?),
-        sender: username(text(row, "sender")?)?,
-        recipient: username(text(row, "recipient")?)?,
+        sender: username(text(row, "sender")?),
+        recipient: username(text(row, "recipient")?),
         created_at: created_at.and_utc(),
         body: text(row, "body")?,
     })
 }
 
-/// `prefix` as a `LIKE` pattern with `!` as the escape character, matching literally.
+/// The key of `prefix` ([`Username::key_of`]) as a `LIKE` pattern with `!` as the escape
+/// character, matching literally.
 pub(crate) fn like_prefix(prefix: &str) -> String {
+    let prefix = Username::key_of(prefix);
     let mut pattern = String::with_capacity(prefix.len() + 1);
     for c in prefix.chars() {
         if matches!(c, '!' | '%' | '_') {
@@ -223,5 +218,6 @@ mod tests {
     fn like_prefix_escapes_metacharacters() {
         assert_eq!(like_prefix("a_b%c!"), "a!_b!%c!!%");
         assert_eq!(like_prefix(""), "%");
+        assert_eq!(like_prefix("ÅSA_"), "åsa!_%", "the prefix's key");
     }
 }

@@ -4,26 +4,49 @@
 use sha2::{Digest, Sha256};
 use sqlx::{Connection, MySqlConnection, Row};
 
-use chatcore::{Error, Result};
+use chatcore::{Error, MigrationReport, Result};
 
 use crate::error;
+use crate::username_keys;
 
-/// One schema change: statements run in order, then recorded.
+pub(crate) type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// One schema change: steps run in order, then recorded.
 pub(crate) struct Migration {
     /// 1, 2, 3, ...: applied in this order, each once.
     pub version: i64,
     /// For humans and the migrations table.
     pub description: &'static str,
-    /// One statement each (no client-side splitting needed).
-    pub statements: &'static [&'static str],
+    /// What the migration does, in order.
+    pub steps: &'static [Step],
+}
+
+/// One step of a [`Migration`].
+pub(crate) enum Step {
+    /// One SQL statement (no client-side splitting needed).
+    Sql(&'static str),
+    /// Rust code, for what SQL cannot do (MySQL has no NFKC). It must be safe to run again
+    /// after an interruption, and returns notes for the operator.
+    Rust {
+        /// Named in the checksum: a changed step gets a new name.
+        name: &'static str,
+        /// The step.
+        run: for<'c> fn(&'c mut MySqlConnection) -> BoxFuture<'c, Result<Vec<String>>>,
+    },
 }
 
 impl Migration {
-    /// SHA-256 over the statements, so an edited, already applied migration is detected.
+    /// SHA-256 over the steps, so an edited, already applied migration is detected.
     fn checksum(&self) -> [u8; 32] {
         let mut hash = Sha256::new();
-        for statement in self.statements {
-            hash.update(statement.as_bytes());
+        for step in self.steps {
+            match step {
+                Step::Sql(statement) => hash.update(statement.as_bytes()),
+                Step::Rust { name, .. } => {
+                    hash.update(b"rust:");
+                    hash.update(name.as_bytes());
+                }
+            }
             hash.update([0u8]);
         }
         hash.finalize().into()
@@ -44,10 +67,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
         description: "users, sessions, messages, counters, id sequence",
-        statements: &[
-            // Usernames compare byte-exactly (utf8mb4_bin): 'Alice' and 'alice' are two users and
-            // a prefix search is a range of the unique index in byte order.
-            "CREATE TABLE chatcore_users (
+        steps: &[
+            // Usernames compare byte-exactly (utf8mb4_bin). Until version 3, 'Alice' and 'alice'
+            // were two users; since, names are unique by `username_key`.
+            Step::Sql(
+                "CREATE TABLE chatcore_users (
             id BIGINT NOT NULL AUTO_INCREMENT,
             username VARCHAR(150) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
             password_hash VARCHAR(1024) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL,
@@ -55,9 +79,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             PRIMARY KEY (id),
             UNIQUE KEY chatcore_users_username (username)
         ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
+            ),
             // Only the SHA-256 of a token is kept. The foreign key gives the user index that
             // deletes cascade through; the expiry index serves the purge of expired sessions.
-            "CREATE TABLE chatcore_sessions (
+            Step::Sql(
+                "CREATE TABLE chatcore_sessions (
             token_hash BINARY(32) NOT NULL,
             user_id BIGINT NOT NULL,
             expires_at DATETIME(6) NOT NULL,
@@ -66,11 +92,13 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             CONSTRAINT chatcore_sessions_user FOREIGN KEY (user_id)
                 REFERENCES chatcore_users (id) ON DELETE CASCADE
         ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
+            ),
             // `id` comes from the id sequence (commit order), not AUTO_INCREMENT.
             // conversation: a conversation's page is one range, newest first.
             // sender / recipient: a user's messages and catch-up are two ranges merged.
             // idempotency: one key per sender; NULLs (no key) do not collide.
-            "CREATE TABLE chatcore_messages (
+            Step::Sql(
+                "CREATE TABLE chatcore_messages (
             id BIGINT NOT NULL,
             sender_id BIGINT NOT NULL,
             recipient_id BIGINT NOT NULL,
@@ -85,28 +113,33 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             KEY chatcore_messages_recipient (recipient_id, id),
             UNIQUE KEY chatcore_messages_idempotency (sender_id, idempotency_key_hash)
         ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
+            ),
             // Totals kept by the inserting transaction, so `total` is one primary-key lookup:
             // (low, high) with 1 <= low <= high for a conversation, (user, 0) for a user's total.
-            "CREATE TABLE chatcore_counts (
+            Step::Sql(
+                "CREATE TABLE chatcore_counts (
             low_id BIGINT NOT NULL,
             high_id BIGINT NOT NULL,
             total BIGINT NOT NULL,
             PRIMARY KEY (low_id, high_id)
         ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
+            ),
             // The message id sequence: its row is locked by every inserting transaction until it
             // commits, so ids are handed out in commit order across all processes.
-            "CREATE TABLE chatcore_sequences (
+            Step::Sql(
+                "CREATE TABLE chatcore_sequences (
             name VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
             last_value BIGINT NOT NULL,
             PRIMARY KEY (name)
         ) ENGINE=InnoDB",
-            "INSERT INTO chatcore_sequences (name, last_value) VALUES ('message_id', 0)",
+            ),
+            Step::Sql("INSERT INTO chatcore_sequences (name, last_value) VALUES ('message_id', 0)"),
         ],
     },
     Migration {
         version: 2,
         description: "message id sequence moves to chatcore_counts row (0, 0)",
-        statements: &[
+        steps: &[
             // The message id sequence becomes the row (0, 0) of chatcore_counts (no user has id 0),
             // so one upsert per batch both reserves the ids and adds to the counters (one statement
             // less per transaction). Its value is the last id handed out, copied from the old row;
@@ -118,11 +151,28 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             // migrating. The old table is dropped, so a process still running the previous
             // version fails its sends loudly ("table doesn't exist") instead of handing out ids
             // from the old sequence, which would duplicate or reorder ids.
-            "INSERT INTO chatcore_counts (low_id, high_id, total) \
+            Step::Sql(
+                "INSERT INTO chatcore_counts (low_id, high_id, total) \
          SELECT 0, 0, last_value FROM chatcore_sequences WHERE name = 'message_id' \
          ON DUPLICATE KEY UPDATE total = GREATEST(total, VALUES(total))",
-            "DROP TABLE chatcore_sequences",
+            ),
+            Step::Sql("DROP TABLE chatcore_sequences"),
         ],
+    },
+    Migration {
+        version: 3,
+        description: "usernames unique without regard to case (username_key)",
+        // Names are unique by their key (`Username::key`: lowercased NFKC), which MySQL cannot
+        // compute: the key column is added, filled in Rust, and only then made unique. Names
+        // that collide under the new rule are kept apart, never merged: the oldest keeps the
+        // key, the others get one no name produces and are reported (see `username_keys`).
+        //
+        // Processes running the previous version must be stopped first: they would insert
+        // users without a key (refused: the column is NOT NULL, and sessions run strict).
+        steps: &[Step::Rust {
+            name: "username_keys v1",
+            run: username_keys::migrate,
+        }],
     },
 ];
 
@@ -132,8 +182,9 @@ pub(crate) fn latest_version() -> i64 {
 }
 
 /// Applies every migration not yet recorded, holding a named lock so processes that migrate
-/// at once take turns. Returns the versions applied.
-pub(crate) async fn migrate(conn: &mut MySqlConnection, lock_timeout_secs: u64) -> Result<Vec<i64>> {
+/// at once take turns, and reports the versions before and after, with the notes of the
+/// migrations applied.
+pub(crate) async fn migrate(conn: &mut MySqlConnection, lock_timeout_secs: u64) -> Result<MigrationReport> {
     sqlx::query(MIGRATIONS_TABLE)
         .execute(&mut *conn)
         .await
@@ -149,22 +200,21 @@ pub(crate) async fn migrate(conn: &mut MySqlConnection, lock_timeout_secs: u64) 
             "another process held the chatcore migration lock for {lock_timeout_secs} s"
         )));
     }
-    let result = apply_pending(conn).await;
+    let result = apply_known(conn, MIGRATIONS).await;
     let released = sqlx::query("SELECT RELEASE_LOCK(CONCAT('chatcore_migrate.', DATABASE()))")
         .execute(&mut *conn)
         .await;
-    let applied = result?;
+    let report = result?;
     released.map_err(|e| error::map("releasing the migration lock", e))?;
-    Ok(applied)
-}
-
-async fn apply_pending(conn: &mut MySqlConnection) -> Result<Vec<i64>> {
-    apply_known(conn, MIGRATIONS).await
+    Ok(report)
 }
 
 /// Applies the migrations of `known` not yet recorded (`known` is [`MIGRATIONS`], or its first
 /// entries in tests that build a database of an earlier version).
-async fn apply_known(conn: &mut MySqlConnection, known_migrations: &[Migration]) -> Result<Vec<i64>> {
+pub(crate) async fn apply_known(
+    conn: &mut MySqlConnection,
+    known_migrations: &[Migration],
+) -> Result<MigrationReport> {
     let latest_version = || known_migrations.last().map_or(0, |m| m.version);
     let recorded = sqlx::query("SELECT version, checksum FROM chatcore_migrations ORDER BY version")
         .fetch_all(&mut *conn)
@@ -207,18 +257,28 @@ async fn apply_known(conn: &mut MySqlConnection, known_migrations: &[Migration])
             Some(_) => applied_versions.push(version),
         }
     }
-    let mut applied_now = Vec::new();
+    let mut report = MigrationReport {
+        previous: version_number(applied_versions.iter().copied().max().unwrap_or(0))?,
+        ..MigrationReport::default()
+    };
+    report.current = report.previous;
     for migration in known_migrations
         .iter()
         .filter(|m| !applied_versions.contains(&m.version))
     {
         // DDL commits implicitly in MySQL, so a migration is not atomic; each statement of a
-        // new migration creates something new, and the record is written last.
-        for statement in migration.statements {
-            sqlx::query(statement)
-                .execute(&mut *conn)
-                .await
-                .map_err(|e| error::map("applying a chatcore migration", e))?;
+        // new migration creates something new, Rust steps can run again, and the record is
+        // written last.
+        for step in migration.steps {
+            match step {
+                Step::Sql(statement) => {
+                    sqlx::query(statement)
+                        .execute(&mut *conn)
+                        .await
+                        .map_err(|e| error::map("applying a chatcore migration", e))?;
+                }
+                Step::Rust { run, .. } => report.notes.extend(run(&mut *conn).await?),
+            }
         }
         let mut tx = conn
             .begin()
@@ -237,14 +297,22 @@ async fn apply_known(conn: &mut MySqlConnection, known_migrations: &[Migration])
         tx.commit()
             .await
             .map_err(|e| error::map("recording a migration", e))?;
-        applied_now.push(migration.version);
+        report.current = version_number(migration.version)?;
     }
-    Ok(applied_now)
+    Ok(report)
+}
+
+/// A recorded version as [`MigrationReport`] counts them.
+fn version_number(version: i64) -> Result<u32> {
+    u32::try_from(version).map_err(|e| Error::Corrupt {
+        message: format!("chatcore_migrations records version {version}"),
+        source: Some(Box::new(e)),
+    })
 }
 
 #[cfg(test)]
 mod tests {
-    use chatcore::{NewMessage, Store, Username};
+    use chatcore::{Backend, NewMessage, PageRequest, Store, User, UserId, UserQuery, Username};
     use sqlx::{ConnectOptions, Row};
 
     use super::*;
@@ -258,7 +326,8 @@ mod tests {
         let database = TestDatabase::create("chatcore_mysql_test_").await.unwrap();
         let mut conn = database.options().unwrap().connect().await.unwrap();
         sqlx::query(MIGRATIONS_TABLE).execute(&mut conn).await.unwrap();
-        assert_eq!(apply_known(&mut conn, &MIGRATIONS[..1]).await.unwrap(), [1]);
+        let report = apply_known(&mut conn, &MIGRATIONS[..1]).await.unwrap();
+        assert_eq!((report.previous, report.current), (0, 1));
         // What version 1 left behind: two users and messages up to id 1000, as its writer
         // stored them (ids from the sequence row, counters alongside).
         sqlx::raw_sql(
@@ -274,8 +343,11 @@ mod tests {
         .await
         .unwrap();
 
-        let store = crate::MysqlStore::connect_with(database.options().unwrap(), MysqlConfig::default());
-        assert_eq!(store.migrate().await.unwrap(), [2]);
+        let store =
+            crate::MysqlStore::connect_with(database.options().unwrap(), MysqlConfig::default()).unwrap();
+        let report = store.migrate().await.unwrap();
+        assert_eq!((report.previous, report.current), (1, 3));
+        assert_eq!(report.notes, Vec::<String>::new(), "alice and bob do not collide");
         let tables: Vec<String> = sqlx::query(
             "SELECT TABLE_NAME AS t FROM information_schema.TABLES \
              WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'chatcore_sequences'",
@@ -313,5 +385,225 @@ mod tests {
                 .await
                 .unwrap();
         assert_eq!(total, 5, "counters stay exact");
+    }
+
+    fn name(s: &str) -> Username {
+        Username::parse(s).unwrap()
+    }
+
+    /// Users made at version 2, when 'Alice' and 'alice' were two names, stay two users after
+    /// version 3: the oldest keeps the name, the others are kept apart and reported, nothing
+    /// is merged; names are found by key from then on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn names_that_differ_only_in_case_are_kept_apart_and_reported() {
+        let database = TestDatabase::create("chatcore_mysql_test_").await.unwrap();
+        let mut conn = database.options().unwrap().connect().await.unwrap();
+        sqlx::query(MIGRATIONS_TABLE).execute(&mut conn).await.unwrap();
+        let report = apply_known(&mut conn, &MIGRATIONS[..2]).await.unwrap();
+        assert_eq!((report.previous, report.current), (0, 2));
+        // Version 2 compared names byte for byte, and did not normalize them: the full-width
+        // 'ｃａｒｏｌ' is 'carol' once normalized.
+        sqlx::raw_sql(
+            "INSERT INTO chatcore_users (id, username, password_hash, created_at) VALUES \
+               (1, 'Alice', 'h1', UTC_TIMESTAMP(6)), (2, 'bob', NULL, UTC_TIMESTAMP(6)), \
+               (3, 'alice', 'h3', UTC_TIMESTAMP(6)), (4, 'ALICE', NULL, UTC_TIMESTAMP(6)), \
+               (5, 'Bob', NULL, UTC_TIMESTAMP(6)), (6, 'carol', NULL, UTC_TIMESTAMP(6)), \
+               (7, 'ｃａｒｏｌ', NULL, UTC_TIMESTAMP(6)), (8, 'dave', NULL, UTC_TIMESTAMP(6)); \
+             INSERT INTO chatcore_messages (id, sender_id, recipient_id, conversation_low, \
+               conversation_high, created_at, body) VALUES (1, 3, 2, 2, 3, UTC_TIMESTAMP(6), 'old'); \
+             INSERT INTO chatcore_counts (low_id, high_id, total) VALUES (2, 3, 1), (2, 0, 1), (3, 0, 1); \
+             UPDATE chatcore_counts SET total = 1 WHERE low_id = 0 AND high_id = 0",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
+
+        let store =
+            crate::MysqlStore::connect_with(database.options().unwrap(), MysqlConfig::default()).unwrap();
+        let report = store.migrate().await.unwrap();
+        assert_eq!((report.previous, report.current), (2, 3));
+        assert_eq!(
+            report.notes.len(),
+            3,
+            "one note per shared name: {:#?}",
+            report.notes
+        );
+        let [alice, bob, carol] = [&report.notes[0], &report.notes[1], &report.notes[2]];
+        for (note, keeper, others) in [
+            (
+                alice,
+                "\"Alice\" (user id 1, the oldest) keeps it",
+                &["\"alice\" (user id 3)", "\"ALICE\" (user id 4)"][..],
+            ),
+            (
+                bob,
+                "\"bob\" (user id 2, the oldest) keeps it",
+                &["\"Bob\" (user id 5)"][..],
+            ),
+            (
+                carol,
+                "\"carol\" (user id 6, the oldest) keeps it",
+                &["\"ｃａｒｏｌ\" (user id 7)"][..],
+            ),
+        ] {
+            assert!(note.contains(keeper), "{note}");
+            for other in others {
+                assert!(note.contains(other), "{note}");
+            }
+            assert!(
+                note.contains("nothing was merged") && note.contains("Rename"),
+                "{note}"
+            );
+        }
+        assert!(report.notes.iter().all(|n| !n.contains("dave")));
+        // Run again: nothing to apply, nothing to report.
+        let again = store.migrate().await.unwrap();
+        assert!(!again.applied_any() && again.notes.is_empty(), "{again:?}");
+
+        // Every user is still there, with their own name and password hash.
+        let (users,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM chatcore_users")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(users, 8, "nothing merged");
+        let user = |id: i64, s: &str| User {
+            id: UserId(id),
+            username: Username::from_stored(s),
+        };
+        // Names are found by key: the oldest holder of each.
+        for (spelling, expected) in [
+            ("alice", 1),
+            ("ALICE", 1),
+            ("Bob", 2),
+            ("ｃａｒｏｌ", 6),
+            ("Dave", 8),
+        ] {
+            let found = store.find_user(&name(spelling)).await.unwrap();
+            let expected_name = ["", "Alice", "bob", "", "", "", "carol", "", "dave"][expected as usize];
+            assert_eq!(found, Some(user(expected, expected_name)), "{spelling}");
+        }
+        let creds = chatcore::SessionStore::credentials(&store, &name("aLiCe"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(creds.password_hash.as_deref(), Some("h1"));
+        match store.create_user(&name("alICE")).await {
+            Err(chatcore::Error::Conflict(_)) => {}
+            other => panic!("the key is taken, got {other:?}"),
+        }
+        // The directory lists everyone by key, the ones kept apart right after the keeper, and
+        // keyset paging by the names it returns walks it once.
+        let all: Vec<String> = store
+            .list_users(&UserQuery {
+                exclude: None,
+                prefix: String::new(),
+                after: None,
+                limit: 100,
+            })
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|u| u.username.into_string())
+            .collect();
+        assert_eq!(
+            all,
+            [
+                "Alice",
+                "alice",
+                "ALICE",
+                "bob",
+                "Bob",
+                "carol",
+                "ｃａｒｏｌ",
+                "dave"
+            ]
+        );
+        let mut paged = Vec::new();
+        let mut after = None;
+        while paged.len() <= all.len() {
+            let page = store
+                .list_users(&UserQuery {
+                    exclude: None,
+                    prefix: String::new(),
+                    after: after.clone(),
+                    limit: 2,
+                })
+                .await
+                .unwrap();
+            let Some(last) = page.last() else { break };
+            after = Some(last.username.clone());
+            paged.extend(page.into_iter().map(|u| u.username.into_string()));
+        }
+        assert_eq!(paged, all);
+        let prefixed = store
+            .list_users(&UserQuery {
+                exclude: Some(UserId(3)),
+                prefix: "ALI".into(),
+                after: None,
+                limit: 100,
+            })
+            .await
+            .unwrap();
+        assert_eq!(prefixed, [user(1, "Alice"), user(4, "ALICE")]);
+
+        // Old messages keep their names; a new one to "BOB" goes to the keeper, named as stored,
+        // from a user kept apart (who can still send: they are known by id).
+        let demoted = user(3, "alice");
+        let sent = store
+            .insert_message(NewMessage {
+                sender: demoted.clone(),
+                recipient: name("BOB"),
+                body: "new".into(),
+                idempotency_key: None,
+            })
+            .await
+            .unwrap();
+        assert_eq!(sent.recipient_id, UserId(2));
+        assert_eq!(sent.message.recipient.as_str(), "bob");
+        let page = store
+            .user_messages(UserId(3), &PageRequest::latest(10))
+            .await
+            .unwrap();
+        assert_eq!(page.total, 2);
+        let names: Vec<_> = page
+            .messages
+            .iter()
+            .map(|m| (m.sender.as_str(), m.recipient.as_str(), m.body.as_str()))
+            .collect();
+        assert_eq!(names, [("alice", "bob", "new"), ("alice", "bob", "old")]);
+        store.close().await.unwrap();
+    }
+
+    /// A run of migration 3 that got as far as the unique index but was not recorded (the
+    /// process died) is applied again without error, and reports again who was kept apart.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_interrupted_username_key_migration_runs_again() {
+        let database = TestDatabase::create("chatcore_mysql_test_").await.unwrap();
+        let mut conn = database.options().unwrap().connect().await.unwrap();
+        sqlx::query(MIGRATIONS_TABLE).execute(&mut conn).await.unwrap();
+        apply_known(&mut conn, &MIGRATIONS[..2]).await.unwrap();
+        sqlx::raw_sql(
+            "INSERT INTO chatcore_users (id, username, created_at) VALUES \
+               (1, 'Alice', UTC_TIMESTAMP(6)), (2, 'alice', UTC_TIMESTAMP(6))",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        // The step itself, without the record of the migration.
+        let notes = crate::username_keys::migrate(&mut conn).await.unwrap();
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        let store =
+            crate::MysqlStore::connect_with(database.options().unwrap(), MysqlConfig::default()).unwrap();
+        let report = store.migrate().await.unwrap();
+        assert_eq!((report.previous, report.current), (2, 3));
+        assert_eq!(report.notes.len(), 1, "{:?}", report.notes);
+        assert!(
+            report.notes[0].contains("\"alice\" (user id 2)") && report.notes[0].contains("rename"),
+            "{}",
+            report.notes[0]
+        );
+        let found = store.find_user(&name("ALICE")).await.unwrap().unwrap();
+        assert_eq!(found.id, UserId(1));
+        store.close().await.unwrap();
     }
 }

@@ -25,10 +25,56 @@ fn server_options() -> Result<MySqlConnectOptions> {
 }
 
 async fn admin() -> Result<MySqlConnection> {
-    server_options()?
-        .connect()
-        .await
-        .map_err(|e| error::map("connecting to the test server", e))
+    server_options()?.connect().await.map_err(|e| {
+        if error::is_unavailable(&e) {
+            chatcore::Error::storage_unavailable(Unreachable {
+                url: without_password(&server_url()),
+                cause: e,
+            })
+        } else {
+            error::map("connecting to the test server", e)
+        }
+    })
+}
+
+/// `url` with its password, if any, replaced by `***` (the URL goes into test output).
+fn without_password(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://")
+        && let Some((userinfo, host)) = rest.rsplit_once('@')
+        && let Some((user, _)) = userinfo.split_once(':')
+    {
+        return format!("{scheme}://{user}:***@{host}");
+    }
+    url.to_owned()
+}
+
+/// The test server does not answer. Its `Display` and `Debug` are the same one line, so a
+/// test that unwraps the error says what to do instead of printing the driver's error.
+struct Unreachable {
+    url: String,
+    cause: sqlx::Error,
+}
+
+impl std::fmt::Display for Unreachable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "MariaDB is not reachable at {} (CHATCORE_MYSQL_URL): run scripts/test, which starts it",
+            self.url
+        )
+    }
+}
+
+impl std::fmt::Debug for Unreachable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+impl std::error::Error for Unreachable {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.cause)
+    }
 }
 
 /// An empty database on the test server that exists until this guard drops.
@@ -75,8 +121,8 @@ impl TestDatabase {
 
     /// A migrated store on this database.
     pub async fn store(&self, config: MysqlConfig) -> Result<MysqlStore> {
-        let store = MysqlStore::connect_with(self.options()?, config);
-        store.migrate().await?;
+        let store = MysqlStore::connect_with(self.options()?, config)?;
+        chatcore::Backend::migrate(&store).await?;
         Ok(store)
     }
 }
@@ -133,4 +179,21 @@ async fn sweep_stale(admin: &mut MySqlConnection, prefix: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_unreachable_message_hides_the_password() {
+        use super::without_password;
+        assert_eq!(
+            without_password("mysql://root:s3cret@127.0.0.1:3306/db"),
+            "mysql://root:***@127.0.0.1:3306/db"
+        );
+        assert_eq!(
+            without_password("mysql://root@127.0.0.1:3306"),
+            "mysql://root@127.0.0.1:3306"
+        );
+        assert_eq!(without_password("not a url"), "not a url");
+    }
 }

@@ -28,6 +28,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 
 use chatcore::{
     ConversationKey, Entity, Error, Inserted, Message, MessageId, NewMessage, Position, Result, UserId,
+    Username,
 };
 
 use crate::MysqlConfig;
@@ -52,7 +53,7 @@ const KEY_RACE_RETRIES: usize = 3;
 /// Starts `writers` tasks on the current runtime and returns the queue they drain. The tasks
 /// end when every sender of the queue is dropped.
 pub(crate) fn spawn(pool: MySqlPool, config: &MysqlConfig) -> mpsc::Sender<Pending> {
-    let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
+    let (tx, rx) = mpsc::channel(config.queue_capacity);
     let rx = Arc::new(Mutex::new(rx));
     let known = Arc::new(std::sync::Mutex::new(KnownUsers::default()));
     let spare = Arc::new(std::sync::Mutex::new(None));
@@ -62,12 +63,12 @@ pub(crate) fn spawn(pool: MySqlPool, config: &MysqlConfig) -> mpsc::Sender<Pendi
     } else {
         Duration::ZERO
     };
-    for _ in 0..config.writers.max(1) {
+    for _ in 0..config.writers {
         let writer = Writer {
             pool: pool.clone(),
             queue: rx.clone(),
-            max_batch: config.max_batch.clamp(1, 1000),
-            max_batch_bytes: config.max_batch_bytes.max(1),
+            max_batch: config.max_batch,
+            max_batch_bytes: config.max_batch_bytes,
             cache_capacity: config.user_cache_capacity,
             known: known.clone(),
             spare: spare.clone(),
@@ -201,7 +202,8 @@ impl Writer {
                 Err(err) => return fail_all(err),
             },
         };
-        let users = match self.resolve_users(&mut conn, batch).await {
+        let keys: Vec<String> = batch.iter().map(|m| m.recipient.key()).collect();
+        let users = match self.resolve_users(&mut conn, batch, &keys).await {
             Ok(users) => users,
             // Handing the connection back has the pool check it (and drop it if it is dead).
             Err(err) => return fail_all(err),
@@ -209,7 +211,7 @@ impl Writer {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.try_write(&mut conn, batch, &users).await {
+            match self.try_write(&mut conn, batch, &keys, &users).await {
                 Ok(outcomes) => {
                     self.keep_spare(conn);
                     return outcomes;
@@ -217,7 +219,9 @@ impl Writer {
                 Err(err) => {
                     // The transaction may still be open on this connection: end it, or drop
                     // the connection rather than hand it back to the pool mid-transaction.
-                    if conn.execute(sqlx::raw_sql("ROLLBACK")).await.is_err() {
+                    if let Err(rollback) = conn.execute(sqlx::raw_sql("ROLLBACK")).await {
+                        // The callers get the error that failed the batch; this one is logged.
+                        tracing::warn!(error = %rollback, "rolling back a failed batch failed; dropping its connection");
                         drop(conn.detach());
                         return fail_all(err);
                     }
@@ -233,18 +237,20 @@ impl Writer {
         }
     }
 
-    /// Recipient ids by name and the set of existing sender ids, in one query.
+    /// Recipients by key (id and stored name) and the set of existing sender ids, in one
+    /// query. `keys` holds each message's recipient key ([`chatcore::Username::key`]).
     async fn resolve_users(
         &self,
         conn: &mut MySqlConnection,
         batch: &[NewMessage],
+        keys: &[String],
     ) -> Result<ResolvedUsers, sqlx::Error> {
-        if let Some(resolved) = self.known_users(batch) {
+        if let Some(resolved) = self.known_users(batch, keys) {
             return Ok(resolved);
         }
-        let names: Vec<&str> = batch
+        let unique_keys: Vec<&[u8]> = keys
             .iter()
-            .map(|m| m.recipient.as_str())
+            .map(|key| key.as_bytes())
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
@@ -256,13 +262,14 @@ impl Writer {
             .collect();
         // Lists are padded to a power of two (repeating the last entry) so a few statement
         // shapes serve every batch and stay in the prepared-statement cache.
-        let mut query =
-            QueryBuilder::<MySql>::new("SELECT id, username FROM chatcore_users WHERE username IN (");
+        let mut query = QueryBuilder::<MySql>::new(
+            "SELECT id, username, username_key FROM chatcore_users WHERE username_key IN (",
+        );
         let mut list = query.separated(", ");
-        for name in padded(&names) {
-            list.push_bind(*name);
+        for key in padded(&unique_keys) {
+            list.push_bind(*key);
         }
-        query.push(") UNION SELECT id, username FROM chatcore_users WHERE id IN (");
+        query.push(") UNION SELECT id, username, username_key FROM chatcore_users WHERE id IN (");
         let mut list = query.separated(", ");
         for id in padded(&senders) {
             list.push_bind(*id);
@@ -273,28 +280,27 @@ impl Writer {
         for row in rows {
             let id: i64 = row.try_get("id")?;
             let name = rows::text(&row, "username").map_err(sqlx::Error::Decode)?;
+            let key: Vec<u8> = row.try_get_unchecked("username_key")?;
             resolved.ids.insert(id);
-            resolved.by_name.insert(name, id);
+            resolved.by_key.insert(key, (id, Username::from_stored(name)));
         }
         self.remember(&resolved);
         Ok(resolved)
     }
 
     /// Every sender and recipient of `batch` from the cache, or `None` if one is missing.
-    fn known_users(&self, batch: &[NewMessage]) -> Option<ResolvedUsers> {
+    fn known_users(&self, batch: &[NewMessage], keys: &[String]) -> Option<ResolvedUsers> {
         if self.cache_capacity == 0 {
             return None;
         }
         let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
         let mut resolved = ResolvedUsers::default();
-        for new in batch {
-            let recipient = known.by_name.get(new.recipient.as_str())?;
+        for (new, key) in batch.iter().zip(keys) {
+            let recipient = known.by_key.get(key.as_bytes())?;
             if !known.ids.contains(&new.sender.id.0) {
                 return None;
             }
-            resolved
-                .by_name
-                .insert(new.recipient.as_str().to_owned(), *recipient);
+            resolved.by_key.insert(key.as_bytes().to_vec(), recipient.clone());
             resolved.ids.insert(new.sender.id.0);
         }
         Some(resolved)
@@ -311,24 +317,28 @@ impl Writer {
         }
         known.ids.extend(found.ids.iter().copied());
         known
-            .by_name
-            .extend(found.by_name.iter().map(|(name, id)| (name.clone(), *id)));
+            .by_key
+            .extend(found.by_key.iter().map(|(key, user)| (key.clone(), user.clone())));
     }
 
     async fn try_write(
         &self,
         conn: &mut MySqlConnection,
         batch: &[NewMessage],
+        keys: &[String],
         users: &ResolvedUsers,
     ) -> Result<Vec<Result<Inserted>>, sqlx::Error> {
         let mut outcomes: Vec<Option<Result<Inserted>>> = Vec::with_capacity(batch.len());
         let mut recipients = Vec::with_capacity(batch.len());
+        let mut recipient_names = Vec::with_capacity(batch.len());
         let mut key_hashes: Vec<Option<[u8; 32]>> = Vec::with_capacity(batch.len());
-        for new in batch {
-            let recipient = users.by_name.get(new.recipient.as_str()).copied();
+        for (new, key) in batch.iter().zip(keys) {
+            let recipient = users.by_key.get(key.as_bytes());
             let known = users.ids.contains(&new.sender.id.0) && recipient.is_some();
             outcomes.push((!known).then_some(Err(Error::NotFound(Entity::User))));
-            recipients.push(recipient.unwrap_or(0));
+            recipients.push(recipient.map_or(0, |(id, _)| *id));
+            // The recipient as they wrote their name, whatever case the sender typed.
+            recipient_names.push(recipient.map(|(_, name)| name));
             key_hashes.push(new.idempotency_key.as_deref().map(key_hash));
         }
 
@@ -429,7 +439,9 @@ impl Writer {
                         message: Message {
                             id: MessageId(id),
                             sender: new.sender.username.clone(),
-                            recipient: new.recipient.clone(),
+                            recipient: recipient_names[i].cloned().ok_or_else(|| {
+                                sqlx::Error::Protocol("a stored message without its recipient".into())
+                            })?,
                             created_at,
                             body: new.body.clone(),
                         },
@@ -577,7 +589,7 @@ impl Writer {
         let created_at: Option<chrono::NaiveDateTime> = row.try_get_unchecked("created_at")?;
         let (Some(last), Some(created_at)) = (last, created_at) else {
             return Err(sqlx::Error::Protocol(
-                "the chatcore message id sequence is missing: run MysqlStore::migrate()".into(),
+                "the chatcore message id sequence is missing: run Backend::migrate()".into(),
             ));
         };
         let mut latest = HashMap::with_capacity(rows.len());
@@ -655,16 +667,19 @@ fn push_hex(out: &mut String, bytes: &[u8]) {
     }
 }
 
-/// Users that exist: names never change owner and ids are never reused.
+/// Users that exist: keys never change owner and ids are never reused.
 #[derive(Default)]
 struct KnownUsers {
-    by_name: HashMap<String, i64>,
+    /// Id and stored name by [`chatcore::Username::key`].
+    by_key: HashMap<Vec<u8>, (i64, Username)>,
     ids: HashSet<i64>,
 }
 
+/// The users of one batch.
 #[derive(Default)]
 struct ResolvedUsers {
-    by_name: HashMap<String, i64>,
+    /// Id and stored name by [`chatcore::Username::key`].
+    by_key: HashMap<Vec<u8>, (i64, Username)>,
     ids: HashSet<i64>,
 }
 
@@ -684,7 +699,7 @@ fn padded<T>(items: &[T]) -> impl Iterator<Item = &T> {
 
 #[cfg(test)]
 mod tests {
-    use chatcore::{Store, User, Username};
+    use chatcore::{Backend, Store, User};
 
     use super::*;
     use crate::testing::TestDatabase;
@@ -709,12 +724,7 @@ mod tests {
         let store = db.store(MysqlConfig::default()).await.expect("migrated store");
         let mut users = Vec::new();
         for name in ["a", "b", "c", "d"] {
-            users.push(
-                store
-                    .create_user(&Username::parse(name).unwrap())
-                    .await
-                    .unwrap(),
-            );
+            users.push(store.create_user(&Username::parse(name).unwrap()).await.unwrap());
         }
         let (a, b, c, d) = (&users[0], &users[1], &users[2], &users[3]);
         let earlier = store.insert_message(send(a, b, Some("k0"))).await.unwrap();
@@ -778,6 +788,6 @@ mod tests {
             store.latest_position(UserId(1_000)).await.unwrap(),
             Position::START
         );
-        store.close().await;
+        store.close().await.unwrap();
     }
 }

@@ -46,12 +46,7 @@ async fn reconnecting_reader_misses_nothing_under_concurrent_writers() {
     let hub = stores[0].create_user(&name("hub")).await.unwrap();
     let mut senders = Vec::new();
     for i in 0..SENDERS {
-        senders.push(
-            stores[0]
-                .create_user(&name(&format!("s{i}")))
-                .await
-                .unwrap(),
-        );
+        senders.push(stores[0].create_user(&name(&format!("s{i}"))).await.unwrap());
     }
 
     let writing = Arc::new(AtomicBool::new(true));

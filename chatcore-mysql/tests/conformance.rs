@@ -1,6 +1,7 @@
-//! The chatcore conformance suite against MariaDB/MySQL (`CHATCORE_MYSQL_URL`), each scenario
+//! The chatcore conformance suites (`Store` and `SessionStore`) against MariaDB/MySQL (`CHATCORE_MYSQL_URL`), each scenario
 //! on its own database.
 
 mod common;
 
 chatcore::store_conformance_tests!(common::fresh_store);
+chatcore::session_store_conformance_tests!(common::fresh_session_store);

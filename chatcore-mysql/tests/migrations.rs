@@ -5,7 +5,7 @@ mod common;
 
 use std::sync::Arc;
 
-use chatcore::{Error, Store, Username};
+use chatcore::{Backend, Error, MigrationReport, Store, Username};
 use chatcore_mysql::MysqlStore;
 use common::TestDatabase;
 use sqlx::{ConnectOptions, Row};
@@ -23,18 +23,36 @@ async fn migrate_is_explicit_idempotent_and_keeps_to_its_own_tables() {
     .await
     .unwrap();
 
-    let store = MysqlStore::connect_with(database.options(), common::test_config());
+    let store = MysqlStore::connect_with(database.options(), common::test_config()).unwrap();
     // Nothing is created until the host asks.
     let tables = table_names(&mut conn).await;
     assert_eq!(tables, ["_sqlx_migrations"]);
 
-    let every_version: Vec<i64> = (1..=MysqlStore::schema_version()).collect();
-    assert_eq!(store.migrate().await.unwrap(), every_version);
+    let latest = MysqlStore::schema_version();
     assert_eq!(
         store.migrate().await.unwrap(),
-        Vec::<i64>::new(),
+        MigrationReport {
+            previous: 0,
+            current: latest,
+            notes: vec![]
+        }
+    );
+    let again = store.migrate().await.unwrap();
+    assert_eq!(
+        again,
+        MigrationReport {
+            previous: latest,
+            current: latest,
+            notes: vec![]
+        },
         "second run applies nothing"
     );
+    assert!(!again.applied_any());
+    let (recorded,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM chatcore_migrations")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(recorded, i64::from(latest), "one row per version");
 
     let tables = table_names(&mut conn).await;
     for table in &tables {
@@ -102,12 +120,7 @@ async fn migrate_is_explicit_idempotent_and_keeps_to_its_own_tables() {
 async fn processes_migrating_at_once_take_turns() {
     let database = TestDatabase::create().await;
     let stores: Vec<_> = (0..4)
-        .map(|_| {
-            Arc::new(MysqlStore::connect_with(
-                database.options(),
-                common::test_config(),
-            ))
-        })
+        .map(|_| Arc::new(MysqlStore::connect_with(database.options(), common::test_config()).unwrap()))
         .collect();
     let runs: Vec<_> = stores
         .iter()
@@ -116,12 +129,16 @@ async fn processes_migrating_at_once_take_turns() {
             tokio::spawn(async move { store.migrate().await })
         })
         .collect();
-    let mut applied = Vec::new();
+    let mut reports = Vec::new();
     for run in runs {
-        applied.extend(run.await.unwrap().expect("every concurrent migrate succeeds"));
+        reports.push(run.await.unwrap().expect("every concurrent migrate succeeds"));
     }
-    let every_version: Vec<i64> = (1..=MysqlStore::schema_version()).collect();
-    assert_eq!(applied, every_version, "applied exactly once");
+    // One of them applied everything; the others, after it, found the schema current.
+    let latest = MysqlStore::schema_version();
+    let applying: Vec<_> = reports.iter().filter(|r| r.applied_any()).collect();
+    assert_eq!(applying.len(), 1, "applied exactly once: {reports:?}");
+    assert_eq!((applying[0].previous, applying[0].current), (0, latest));
+    assert!(reports.iter().all(|r| r.current == latest), "{reports:?}");
     let user = stores[1]
         .create_user(&Username::parse("alice").unwrap())
         .await

@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use chatcore::{Error, NewMessage, PageRequest, Store, Username};
+use chatcore::{Backend, Error, NewMessage, PageRequest, Store, Username};
 use chatcore_mysql::{MysqlConfig, MysqlStore};
 use sqlx::ConnectOptions;
 use sqlx::mysql::MySqlConnectOptions;
@@ -188,7 +188,7 @@ async fn down_and_back() {
     assert_eq!(page.messages[0], after.message);
     assert_eq!(page.messages[1].body, "before");
 
-    store.close().await;
+    store.close().await.unwrap();
     server.kill().await;
 }
 
@@ -208,6 +208,67 @@ async fn connecting_to_nothing_is_unavailable() {
         match MysqlStore::connect(bad, MysqlConfig::default()).await {
             Err(Error::Invalid(message)) => assert!(message.contains("MySQL URL"), "{message}"),
             other => panic!("{bad} is invalid input, got {:?}", other.map(|_| ())),
+        }
+    }
+}
+
+/// A configuration that makes no sense is refused where the store is built, before any
+/// connection is tried (nothing listens on the port: only the check can answer `Invalid`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_that_makes_no_sense_is_invalid_at_connect() {
+    let url = format!("mysql://root@127.0.0.1:{}/chat", free_port());
+    let options = MySqlConnectOptions::from_str(&url).unwrap();
+    let bad = [
+        (
+            "max_connections",
+            MysqlConfig {
+                max_connections: 0,
+                ..MysqlConfig::default()
+            },
+        ),
+        (
+            "writers",
+            MysqlConfig {
+                writers: 0,
+                ..MysqlConfig::default()
+            },
+        ),
+        (
+            "max_batch",
+            MysqlConfig {
+                max_batch: 0,
+                ..MysqlConfig::default()
+            },
+        ),
+        (
+            "acquire_timeout",
+            MysqlConfig {
+                acquire_timeout: Duration::ZERO,
+                ..MysqlConfig::default()
+            },
+        ),
+        (
+            "idle_timeout",
+            MysqlConfig {
+                idle_timeout: Some(Duration::ZERO),
+                ..MysqlConfig::default()
+            },
+        ),
+    ];
+    for (field, config) in bad {
+        match MysqlStore::connect(&url, config.clone()).await {
+            Err(Error::Invalid(message)) => assert!(message.contains(field), "{field}: {message}"),
+            other => panic!(
+                "{field}: expected Invalid from connect, got {:?}",
+                other.map(|_| ())
+            ),
+        }
+        match MysqlStore::connect_with(options.clone(), config) {
+            Err(Error::Invalid(message)) => assert!(message.contains(field), "{field}: {message}"),
+            other => panic!(
+                "{field}: expected Invalid from connect_with, got {:?}",
+                other.map(|_| ())
+            ),
         }
     }
 }

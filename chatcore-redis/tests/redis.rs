@@ -146,7 +146,7 @@ fn to(users: &[UserId]) -> Vec<Recipient> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_on_node_b_receives_what_node_a_sent() {
-    let config = test_config(redis_url());
+    let config = test_config(redis_url().await);
     let store = Arc::new(MemoryStore::new());
     let (a, _na) = node(&store, &config).await;
     let (b, _nb) = node(&store, &config).await;
@@ -174,7 +174,7 @@ async fn a_subscriber_on_node_b_receives_what_node_a_sent() {
 async fn many_users_and_connections_across_nodes_lose_and_duplicate_nothing() {
     const USERS: usize = 50;
     const MESSAGES: usize = 300;
-    let config = test_config(redis_url());
+    let config = test_config(redis_url().await);
     let store = Arc::new(MemoryStore::new());
     let (a, _na) = node(&store, &config).await;
     let (b, _nb) = node(&store, &config).await;
@@ -257,7 +257,7 @@ async fn many_users_and_connections_across_nodes_lose_and_duplicate_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_channel_is_unsubscribed_when_the_last_local_subscription_drops() {
-    let url = redis_url();
+    let url = redis_url().await;
     let config = test_config(url.clone());
     let store = Arc::new(MemoryStore::new());
     let (a, na) = node(&store, &config).await;
@@ -302,7 +302,7 @@ async fn the_channel_is_unsubscribed_when_the_last_local_subscription_drops() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_that_falls_behind_gets_a_gap_and_keeps_its_channel() {
-    let url = redis_url();
+    let url = redis_url().await;
     let config = RedisConfig {
         queue_capacity: 2,
         ..test_config(url.clone())
@@ -332,7 +332,7 @@ async fn a_subscriber_that_falls_behind_gets_a_gap_and_keeps_its_channel() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreadable_payload_is_a_gap_for_the_channels_user() {
-    let url = redis_url();
+    let url = redis_url().await;
     let config = test_config(url.clone());
     let notifier = RedisNotifier::connect(config).await.unwrap();
     let user = UserId(31);
@@ -406,7 +406,7 @@ async fn connecting_to_no_server_fails_fast_and_bad_config_is_rejected() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_the_notifier_ends_its_subscriptions() {
-    let config = test_config(redis_url());
+    let config = test_config(redis_url().await);
     let notifier = RedisNotifier::connect(config).await.unwrap();
     let mut sub = notifier.subscribe(UserId(1)).await.unwrap();
     drop(notifier);
@@ -513,7 +513,7 @@ async fn a_redis_restart_resumes_subscriptions_after_a_gap_and_fails_fast_meanwh
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_published_right_after_subscribe_returns_is_received() {
-    let config = test_config(redis_url());
+    let config = test_config(redis_url().await);
     let (na, nb) = (
         RedisNotifier::connect(config.clone()).await.unwrap(),
         RedisNotifier::connect(config).await.unwrap(),
@@ -529,7 +529,7 @@ async fn a_message_published_right_after_subscribe_returns_is_received() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_named_twice_is_notified_once() {
-    let config = test_config(redis_url());
+    let config = test_config(redis_url().await);
     let (na, nb) = (
         RedisNotifier::connect(config.clone()).await.unwrap(),
         RedisNotifier::connect(config).await.unwrap(),

@@ -116,14 +116,7 @@ fn page_fixture(rt: &tokio::runtime::Runtime, dir: &std::path::Path, rows: i64) 
         store.create_user(&name("bob")).await.unwrap();
         let mut users = Vec::new();
         for i in 0..OTHER_CONVERSATIONS * 2 {
-            users.push(
-                store
-                    .create_user(&name(&format!("u{i}")))
-                    .await
-                    .unwrap()
-                    .id
-                    .0,
-            );
+            users.push(store.create_user(&name(&format!("u{i}"))).await.unwrap().id.0);
         }
         store.close().await.expect("close");
         (alice, users)

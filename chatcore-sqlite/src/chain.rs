@@ -286,7 +286,7 @@ mod tests {
     fn chains(n: i64) -> (Connection, Conversation, Conversation) {
         let mut conn = Connection::open_in_memory().unwrap();
         schema::migrate(&mut conn, 0).unwrap();
-        conn.execute_batch("INSERT INTO chatcore_users (id, username) VALUES (1, 'a'), (2, 'b'), (3, 'c')")
+        conn.execute_batch("INSERT INTO chatcore_users (id, username, username_key) VALUES (1, 'a', 'a'), (2, 'b', 'b'), (3, 'c', 'c')")
             .unwrap();
         let mut linker = testing::Linker::default();
         for id in 1..=n {

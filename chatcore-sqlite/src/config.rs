@@ -7,7 +7,8 @@ use std::time::Duration;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Location {
     /// A database file, created when missing if [`SqliteConfig::create_if_missing`] is set.
-    /// Its `-wal` and `-shm` companions live beside it.
+    /// Its `-wal` and `-shm` companions live beside it, and the lock file
+    /// `<file>-chatcore.lock` that keeps a second store off it.
     File(PathBuf),
     /// A private in-memory database, gone when the store closes. All work runs on the one
     /// writer thread and its one connection (so writes and reads see the same database);
@@ -79,29 +80,28 @@ pub struct SqliteConfig {
     /// Durability of commits (see [`Synchronous`]). Default: [`Synchronous::Full`].
     pub synchronous: Synchronous,
     /// Reader threads, each with its own read-only connection; reads never wait for the
-    /// writer (WAL mode). `0` serves reads on the writer thread. Default: `4`.
+    /// writer (WAL mode). `0` serves reads on the writer thread. At most [`MAX_READERS`].
+    /// Default: `4`.
     pub readers: usize,
-    /// How long a statement waits for a lock held by another connection (another process,
-    /// a backup tool) before failing with [`chatcore::Error::Unavailable`]. Default: 5 s.
+    /// How long a statement waits for a lock held by another connection (a backup tool, the
+    /// host's own connection) before failing with [`chatcore::Error::Unavailable`]. Whole
+    /// milliseconds up to `i32::MAX` (SQLite's limit). Default: 5 s.
     pub busy_timeout: Duration,
-    /// Most writes the writer commits in one transaction (group commit). Default: `1024`.
+    /// Most writes the writer commits in one transaction (group commit); at least 1.
+    /// Default: `1024`.
     pub max_batch: usize,
     /// Page cache per connection, in KiB (`PRAGMA cache_size=-N`). Default: 16384 (16 MiB).
     pub cache_size_kib: u32,
     /// Prepared statements cached per connection. Default: `64`.
     pub statement_cache: usize,
-    /// Usernames each thread caches for resolving names to ids (users are never renamed or
-    /// deleted, so a cached entry never goes stale); the cache is cleared when full.
+    /// Users each thread caches by [`chatcore::Username::key`], for resolving names (users
+    /// are never renamed or deleted, so a cached entry never goes stale); the cache is
+    /// cleared when full. `0` turns it off.
     /// Default: `100_000`.
     pub name_cache: usize,
-    /// Sessions kept in memory after their first lookup, so authenticating a request needs no
-    /// database read. Exact: every session write goes through this store, and a logout
-    /// forgets the session as soon as its delete commits. `0` turns the cache off.
-    /// Default: `100_000` (about 100 bytes each).
-    pub session_cache: usize,
     /// Upper bound on the database size in pages (`PRAGMA max_page_count`); a write past it
-    /// fails with [`chatcore::Error::StorageFull`]. `None` keeps SQLite's limit.
-    /// Default: `None`.
+    /// fails with [`chatcore::Error::StorageFull`]. `None` keeps SQLite's limit; `Some(0)` is
+    /// refused. Default: `None`.
     pub max_page_count: Option<u64>,
     /// With [`Synchronous::Full`] on a file: sync the WAL on a thread of its own instead of
     /// inside each commit, so the writer commits the next batch while the previous one is
@@ -116,7 +116,9 @@ pub struct SqliteConfig {
     /// WAL size, in pages, after which a commit copies the WAL back into the database file
     /// (`PRAGMA wal_autocheckpoint`). A larger value means fewer, larger checkpoints: pages
     /// changed many times between two checkpoints are copied once, at the cost of a larger
-    /// `-wal` file (about 4 KiB per page). Default: `1000` (SQLite's default).
+    /// `-wal` file (about 4 KiB per page). At least 1: the store checkpoints nowhere else
+    /// while it runs, so `0` (SQLite's "never") would let the WAL grow without bound.
+    /// Default: `1000` (SQLite's default).
     pub wal_autocheckpoint_pages: u32,
 }
 
@@ -132,7 +134,6 @@ impl Default for SqliteConfig {
             cache_size_kib: 16 * 1024,
             statement_cache: 64,
             name_cache: 100_000,
-            session_cache: 100_000,
             max_page_count: None,
             pipelined_sync: true,
             wal_autocheckpoint_pages: 1000,
@@ -167,13 +168,152 @@ impl SqliteConfig {
         }
     }
 
-    pub(crate) fn validate(&self) -> chatcore::Result<()> {
+    /// Checks that the settings make sense; [`SqliteStore::open`](crate::SqliteStore::open)
+    /// calls it first, and a host can call it where it builds the config to fail early.
+    /// [`chatcore::Error::Invalid`], naming the setting, for: an empty file path, more than
+    /// [`MAX_READERS`] readers, a `max_batch` of 0, a `busy_timeout` past SQLite's
+    /// `i32::MAX` ms, a `max_page_count` of `Some(0)`, a `wal_autocheckpoint_pages` of 0.
+    ///
+    /// ```
+    /// use chatcore_sqlite::SqliteConfig;
+    /// assert!(SqliteConfig::memory().validate().is_ok());
+    /// assert!(SqliteConfig { max_batch: 0, ..SqliteConfig::memory() }.validate().is_err());
+    /// assert!(SqliteConfig::file("").validate().is_err());
+    /// ```
+    pub fn validate(&self) -> chatcore::Result<()> {
+        let invalid = |message: String| Err(chatcore::Error::invalid(message));
+        if let Location::File(path) = &self.location
+            && path.as_os_str().is_empty()
+        {
+            return invalid("the SQLite database path is empty: name a file".to_owned());
+        }
+        if self.readers > MAX_READERS {
+            return invalid(format!(
+                "readers is {}: at most {MAX_READERS} reader threads (0 serves reads on the writer)",
+                self.readers
+            ));
+        }
         if self.max_batch == 0 {
-            return Err(chatcore::Error::invalid("max_batch must be at least 1"));
+            return invalid("max_batch must be at least 1".to_owned());
+        }
+        if self.busy_timeout.as_millis() > i32::MAX as u128 {
+            return invalid(format!(
+                "busy_timeout is {:?}: SQLite takes at most {} ms",
+                self.busy_timeout,
+                i32::MAX
+            ));
         }
         if self.max_page_count == Some(0) {
-            return Err(chatcore::Error::invalid("max_page_count must be at least 1"));
+            return invalid("max_page_count must be at least 1 (or None for SQLite's limit)".to_owned());
+        }
+        if self.wal_autocheckpoint_pages == 0 {
+            return invalid(
+                "wal_autocheckpoint_pages must be at least 1: with 0 the WAL would grow without bound"
+                    .to_owned(),
+            );
         }
         Ok(())
+    }
+}
+
+/// The most reader threads a store starts ([`SqliteConfig::readers`]): each is a thread and
+/// a connection with its own page cache, and more than the cores that serve them only adds
+/// memory.
+pub const MAX_READERS: usize = 256;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each setting that makes no sense is refused, naming the setting; the defaults pass,
+    /// and so do the edge values that do make sense.
+    #[test]
+    fn validate_refuses_each_senseless_setting() {
+        let base = SqliteConfig::file("chat.sqlite3");
+        base.validate().unwrap();
+        SqliteConfig::memory().validate().unwrap();
+        let fine = [
+            SqliteConfig {
+                readers: 0,
+                ..base.clone()
+            },
+            SqliteConfig {
+                readers: MAX_READERS,
+                ..base.clone()
+            },
+            SqliteConfig {
+                max_batch: 1,
+                ..base.clone()
+            },
+            SqliteConfig {
+                busy_timeout: Duration::ZERO,
+                ..base.clone()
+            },
+            SqliteConfig {
+                busy_timeout: Duration::from_millis(i32::MAX as u64),
+                ..base.clone()
+            },
+            SqliteConfig {
+                max_page_count: Some(1),
+                ..base.clone()
+            },
+            SqliteConfig {
+                wal_autocheckpoint_pages: 1,
+                ..base.clone()
+            },
+            SqliteConfig {
+                name_cache: 0,
+                statement_cache: 0,
+                cache_size_kib: 0,
+                ..base.clone()
+            },
+        ];
+        for config in fine {
+            assert!(config.validate().is_ok(), "{config:?}");
+        }
+        let refused = [
+            (SqliteConfig::file(""), "path"),
+            (
+                SqliteConfig {
+                    readers: MAX_READERS + 1,
+                    ..base.clone()
+                },
+                "readers",
+            ),
+            (
+                SqliteConfig {
+                    max_batch: 0,
+                    ..base.clone()
+                },
+                "max_batch",
+            ),
+            (
+                SqliteConfig {
+                    busy_timeout: Duration::from_millis(i32::MAX as u64 + 1),
+                    ..base.clone()
+                },
+                "busy_timeout",
+            ),
+            (
+                SqliteConfig {
+                    max_page_count: Some(0),
+                    ..base.clone()
+                },
+                "max_page_count",
+            ),
+            (
+                SqliteConfig {
+                    wal_autocheckpoint_pages: 0,
+                    ..base.clone()
+                },
+                "wal_autocheckpoint_pages",
+            ),
+        ];
+        for (config, setting) in refused {
+            match config.validate() {
+                Err(chatcore::Error::Invalid(message)) => assert!(message.contains(setting), "{message}"),
+                other => panic!("{setting}: expected Invalid, got {other:?}"),
+            }
+        }
     }
 }

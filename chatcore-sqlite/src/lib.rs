@@ -1,8 +1,9 @@
 //! # chatcore-sqlite
 //!
-//! The embedded default storage backend of chatcore: [`chatcore::Store`] on SQLite through
-//! `rusqlite`, with SQLite compiled in (no system library needed). It passes the whole
-//! chatcore conformance suite, on a file and in memory.
+//! The embedded default storage backend of chatcore: [`chatcore::Store`],
+//! [`chatcore::SessionStore`] and [`chatcore::Backend`] on SQLite through `rusqlite`, with
+//! SQLite compiled in (no system library needed). It passes both chatcore conformance
+//! suites, on a file and in memory.
 //!
 //! ```no_run
 //! # #[tokio::main] async fn main() -> chatcore::Result<()> {
@@ -11,7 +12,10 @@
 //! use chatcore_sqlite::{SqliteConfig, SqliteStore};
 //!
 //! let store = Arc::new(SqliteStore::open(SqliteConfig::file("chat.sqlite3")).await?);
-//! store.migrate().await?; // explicit: a no-op on every start after the first
+//! let report = store.migrate().await?; // explicit: a no-op on every start after the first
+//! for note in &report.notes {
+//!     eprintln!("chatcore-sqlite migration: {note}"); // e.g. names that clash by case
+//! }
 //! let chat = ChatService::new(store.clone(), Arc::new(LocalNotifier::default()), ChatConfig::default());
 //! let alice = chat.create_user("alice").await?;
 //! # let _ = alice;
@@ -24,8 +28,16 @@
 //!
 //! - **No SQLite call on the async runtime.** One dedicated writer thread owns the only
 //!   read-write connection; [`SqliteConfig::readers`] reader threads each own a read-only
-//!   connection and pull jobs from one shared queue. Every [`chatcore::Store`] method is one
-//!   job, answered through a oneshot channel: one round trip.
+//!   connection and pull jobs from one shared queue. Every [`chatcore::Store`] and
+//!   [`chatcore::SessionStore`] method is one job, answered through a oneshot channel: one
+//!   round trip. Session lookups read the database every time (caching them is a decorator
+//!   in `chatcore-axum`, for every backend).
+//! - **One store per file.** Each store keeps caches of its own and answers from its own
+//!   connections, so two stores on one file could disagree (about a revoked session, say).
+//!   [`SqliteStore::open`] takes an exclusive advisory lock on `<database file>-chatcore.lock`
+//!   (`std::fs::File::try_lock`), held until the store closes or drops (or its process
+//!   dies); a second store, in this process or another, is refused with
+//!   [`chatcore::Error::Unavailable`] naming both files. In-memory databases take no lock.
 //! - **Group commit.** The writer blocks for one job, then drains every job waiting at that
 //!   moment (up to [`SqliteConfig::max_batch`]) and commits them all in one
 //!   `BEGIN IMMEDIATE ... COMMIT`, so a durable commit costs one `fsync` per batch, not per
@@ -40,8 +52,15 @@
 //!   participant's previous position (the 2nd message of a user in a batch names the 1st),
 //!   and [`chatcore::Store::latest_position`] is one row read.
 //! - **Idempotency and the recipient are resolved in the writer's transaction**, in the same
-//!   job as the insert. Each thread caches username → id (users are never renamed or
-//!   deleted); the writer caches a name only once the transaction that saw it has committed.
+//!   job as the insert. Each thread caches [`chatcore::Username::key`] → user (users are
+//!   never renamed or deleted); the writer caches a name only once the transaction that saw
+//!   it has committed.
+//! - **Names are unique without regard to case.** Each user row keeps the name as chosen
+//!   and its key, under a unique index; lookups (users, credentials, recipients, the other
+//!   side of a conversation) go by key, the directory is sorted and filtered by key, and a
+//!   message names its recipient as they chose to write their name. Names read back from
+//!   the file are taken as stored ([`chatcore::Username::from_stored`]): they may predate
+//!   today's rules.
 //! - **Pipelined sync.** With [`Synchronous::Full`] (and [`SqliteConfig::pipelined_sync`], on
 //!   by default) the writer commits without waiting for the disk and hands the batch to a
 //!   sync thread, which `fdatasync`s the WAL once for every batch committed since its last
@@ -81,7 +100,8 @@
 //!
 //! # Schema and migrations
 //!
-//! [`SqliteStore::migrate`] applies the missing steps, each recorded in the table
+//! [`SqliteStore::migrate`] ([`chatcore::Backend::migrate`]) applies the missing steps, each
+//! recorded in the table
 //! `chatcore_migrations` (never `PRAGMA user_version`, which belongs to the host), and is a
 //! no-op once the schema is current. It never runs as a side effect of
 //! [`SqliteStore::open`]. A database migrated by newer code is refused with
@@ -90,8 +110,8 @@
 //!
 //! | table | what | index and why |
 //! |---|---|---|
-//! | `chatcore_users` | id (rowid), username, password hash | unique `chatcore_users_username`: name lookups, and the sorted directory with prefix and keyset paging as one range scan |
-//! | `chatcore_sessions` | SHA-256 of the token → user, expiry | primary key on the hash: one lookup per authenticated request |
+//! | `chatcore_users` | id (rowid), username as chosen, `username_key` ([`chatcore::Username::key`], schema version 5), password hash | unique `chatcore_users_key`: names unique without regard to case, lookups by key, and the sorted directory with prefix and keyset paging as one range scan |
+//! | `chatcore_sessions` | SHA-256 of the token → user, expiry | primary key on the hash: one lookup per authenticated request; `chatcore_sessions_expires (expires_at)` (version 5): `delete_expired_sessions` is one range delete |
 //! | `chatcore_messages` | id (rowid), sender, recipient, conversation key (`conv_low`, `conv_high`), `created_at` (µs), body, idempotency key, and the conversation's chain: `prev_id` (its previous message) and `seq` (1, 2, ... within the conversation) | partial unique `chatcore_messages_idempotency (sender_id, idempotency_key)`: replays, only keyed messages indexed. No per-conversation index: see below |
 //! | `chatcore_conversation_marks` | every 16th message of each conversation: its `seq` and id | primary key `(conv_low, conv_high, seq)` and unique `chatcore_conversation_marks_id (conv_low, conv_high, id)`: where a walk along a chain starts, for a `before` cursor, an offset or a catch-up |
 //! | `chatcore_user_conversations` | (user, conversation) for each participant, written with a conversation's first message | primary key `(user_id, conv_low, conv_high)`: a user's messages and catch-up are read conversation by conversation along each chain (newest activity first, stopping when no older conversation can make the page), so a send writes no per-user index row |
@@ -117,26 +137,44 @@
 //! rewrites every message row once to link and number it: about 10 s per million messages
 //! on the project's 2-core machine, in one transaction, so plan the upgrade of a large file.
 //!
+//! **Migration 5 and clashing names.** Names made before names were unique without regard to
+//! case may clash (`alice` and `Alice`). SQL cannot compute the key (NFKC), so the migration
+//! fills it in Rust. The oldest user of each clash (lowest id) keeps the key; each other one
+//! gets the key followed by NUL and their id, which no name can produce: they keep their
+//! messages and sessions but can no longer be found or log in by name. They are never
+//! merged, and never silently: each clash is a note in [`chatcore::MigrationReport::notes`]
+//! (and a warning in the log) naming the users and what the operator should do (rename
+//! them).
+//!
 //! # Errors
 //!
 //! `SQLITE_BUSY`/`SQLITE_LOCKED` (after [`SqliteConfig::busy_timeout`]) and I/O failures are
 //! [`chatcore::Error::Unavailable`]; `SQLITE_FULL` (disk full, or
 //! [`SqliteConfig::max_page_count`] reached) is [`chatcore::Error::StorageFull`];
-//! `SQLITE_NOTADB` and `SQLITE_CORRUPT` are [`chatcore::Error::Corrupt`]. Never a panic.
+//! `SQLITE_NOTADB` and `SQLITE_CORRUPT` are [`chatcore::Error::Corrupt`]; a file another store
+//! has open is [`chatcore::Error::Unavailable`]; a config that makes no sense is
+//! [`chatcore::Error::Invalid`] from [`SqliteStore::open`] (see [`SqliteConfig::validate`]).
+//! Never a panic.
 //!
 //! # Layout
-//! - `lib.rs`: [`SqliteStore`]: opening, the thread pool, the [`chatcore::Store`] impl,
-//!   [`SqliteStats`], close.
-//! - `config.rs`: [`SqliteConfig`], [`Location`], [`Synchronous`].
-//! - `schema.rs`: the migrations, `chatcore_migrations`, [`MigrationReport`].
-//! - `sql.rs`: every statement, and the directory's prefix bound.
-//! - `writer.rs`: the writer thread, group commit, connection setup.
+//! - `lib.rs`: [`SqliteStore`]: opening, the thread pool, the [`chatcore::Store`],
+//!   [`chatcore::SessionStore`] and [`chatcore::Backend`] impls, [`SqliteStats`], close.
+//! - `config.rs`: [`SqliteConfig`] and its validation, [`Location`], [`Synchronous`].
+//! - `lock.rs`: the lock file that keeps a second store off a database file.
+//! - `schema.rs`: the migrations (migration 5's Rust half keys the usernames and reports
+//!   clashes), `chatcore_migrations`.
+//! - `sql.rs`: every statement, the directory's prefix bound, the query-plan tests.
+//! - `writer/mod.rs`: the writer's jobs and its thread; `writer/connection.rs`: opening and
+//!   configuring connections; `writer/batch.rs`: the batch loop (group commit), the jobs in
+//!   the transaction, the job-by-job retry of a failed batch; `writer/durability.rs`: the
+//!   sync thread that makes each batch durable before answering it.
 //! - `reader.rs`: the reader threads, the read queries, the username cache.
 //! - `chain.rs`: walking a conversation's chain from its marks.
 //! - `error.rs`: SQLite result codes to [`chatcore::Error`].
-//! - `tests/conformance.rs`: the chatcore conformance suite on a file, in memory, and with
+//! - `tests/conformance.rs`: both chatcore conformance suites on a file, in memory, and with
 //!   reads on the writer; `tests/durability.rs`: `kill -9` during a send load;
-//!   `tests/errors.rs`: busy, full, not a database, corrupt, newer schema, closed, reopened.
+//!   `tests/errors.rs`: busy, full, not a database, corrupt, newer schema, closed, reopened,
+//!   a second store on one file, bad config, names from before the rules.
 //! - `benches/sqlite.rs`: send throughput and page latency; see `BENCHMARKS-sqlite.md`.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -144,30 +182,31 @@
 mod chain;
 mod config;
 mod error;
+mod lock;
 mod reader;
 mod schema;
-mod session_cache;
 mod sql;
 mod writer;
 
+use std::fs::File;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 
 use async_trait::async_trait;
 use chatcore::store::{
-    Credentials, Inserted, MessagePage, PageRequest, SessionRecord, Store, TokenHash, UserQuery,
+    Backend, Credentials, Inserted, MessagePage, MigrationReport, PageRequest, SessionRecord, SessionStore,
+    Store, TokenHash, UserQuery,
 };
 use chatcore::{Error, Message, MessageId, NewMessage, Position, Result, User, UserId, Username};
 use chrono::{DateTime, Utc};
 use crossbeam_channel::Sender;
 use tokio::sync::oneshot;
 
-pub use config::{Location, SqliteConfig, Synchronous};
-pub use schema::{MigrationReport, SCHEMA_VERSION};
+pub use config::{Location, MAX_READERS, SqliteConfig, Synchronous};
+pub use schema::SCHEMA_VERSION;
 
 use reader::{ReadCtx, ReadMsg};
-use session_cache::SessionCache;
 use writer::{Reply, WriteMsg, WriteOp, Writer, WriterStats};
 
 /// A [`chatcore::Store`] on SQLite: one writer thread with group commit, a pool of reader
@@ -181,8 +220,10 @@ pub struct SqliteStore {
     readers: Option<Sender<ReadMsg>>,
     reader_count: usize,
     stats: Arc<WriterStats>,
-    sessions: SessionCache,
     threads: Mutex<Vec<Worker>>,
+    /// The lock on `<database file>-chatcore.lock` (`None` in memory, and once closed):
+    /// one store per file.
+    lock: Mutex<Option<File>>,
 }
 
 /// What the writer has done since the store opened, from [`SqliteStore::stats`].
@@ -236,8 +277,9 @@ impl SqliteStore {
     ///
     /// Fails with [`Error::Corrupt`] for a file that is not an SQLite database or whose
     /// chatcore schema is newer than this code, [`Error::Unavailable`] when the file cannot
-    /// be opened or stays locked past [`SqliteConfig::busy_timeout`], [`Error::Invalid`] for
-    /// a bad config.
+    /// be opened, stays locked past [`SqliteConfig::busy_timeout`] or is open in another
+    /// store (this process's or another's: see the crate docs, "One store per file"),
+    /// [`Error::Invalid`] for a config [`SqliteConfig::validate`] refuses.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> chatcore::Result<()> {
@@ -250,6 +292,21 @@ impl SqliteStore {
     /// ```
     pub async fn open(config: SqliteConfig) -> Result<Self> {
         config.validate()?;
+        let lock = match &config.location {
+            Location::File(path) => {
+                if !config.create_if_missing && !path.exists() {
+                    return Err(Error::storage_unavailable(std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        format!(
+                            "the SQLite database {} does not exist (create_if_missing is off)",
+                            path.display()
+                        ),
+                    )));
+                }
+                Some(lock::lock_database(path)?)
+            }
+            Location::Memory => None,
+        };
         // std's channel, not crossbeam's: an idle receiver parks after a short spin, where
         // crossbeam's also calls `sched_yield` a few times, measured at 0.3 calls per send
         // under load, each a trip through the scheduler on 2 busy cores. (Readers share one
@@ -277,8 +334,8 @@ impl SqliteStore {
             readers: None,
             reader_count: 0,
             stats,
-            sessions: SessionCache::new(config.session_cache),
             threads: Mutex::new(vec![writer]),
+            lock: Mutex::new(lock),
         };
         ready_rx
             .await
@@ -339,9 +396,12 @@ impl SqliteStore {
     }
 
     /// Applies the missing schema migrations in one transaction on the writer thread and
-    /// reports the versions. A no-op (`applied_any() == false`) when the schema is current;
-    /// [`Error::Corrupt`] when the database was migrated by newer code. The standalone server
-    /// calls it at start; a host embedding the store calls it when it runs its own.
+    /// reports the versions ([`Backend::migrate`]). A no-op (`applied_any() == false`) when
+    /// the schema is current; [`Error::Corrupt`] when the database was migrated by newer
+    /// code. The standalone server calls it at start; a host embedding the store calls it
+    /// when it runs its own. The report's notes name usernames that clash without regard to
+    /// case (made before that rule, kept apart by migration 5, never merged) and say what to
+    /// do about them: log them.
     pub async fn migrate(&self) -> Result<MigrationReport> {
         let (reply, answer) = oneshot::channel();
         self.writer
@@ -351,11 +411,11 @@ impl SqliteStore {
     }
 
     /// Finishes the writes already queued, stops every thread and waits for them without
-    /// blocking the runtime. Later calls on the store fail with [`Error::Unavailable`].
-    /// Closing twice is fine.
+    /// blocking the runtime, then releases the file's lock ([`Backend::close`]). Later calls
+    /// on the store fail with [`Error::Unavailable`]. Closing twice is fine.
     ///
     /// The readers stop first, so the writer's connection closes last and checkpoints the
-    /// WAL into the database file (leaving a single file behind).
+    /// WAL into the database file (leaving a single file behind, and the lock file).
     pub async fn close(&self) -> Result<()> {
         let mut workers = std::mem::take(&mut *self.lock_threads());
         if workers.is_empty() {
@@ -372,6 +432,8 @@ impl SqliteStore {
             let _ = worker.exited.await;
             panicked |= worker.handle.join().is_err();
         }
+        // Every connection is closed: another store may have the file now.
+        drop(self.lock.lock().unwrap_or_else(|p| p.into_inner()).take());
         if panicked {
             return Err(Error::bug("an SQLite thread panicked"));
         }
@@ -442,12 +504,11 @@ impl Drop for SqliteStore {
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn create_user(&self, username: &Username, password_hash: Option<&str>) -> Result<User> {
+    async fn create_user(&self, username: &Username) -> Result<User> {
         let username = username.clone();
-        let password_hash = password_hash.map(str::to_owned);
         self.write(|reply| WriteOp::CreateUser {
             username,
-            password_hash,
+            password_hash: None,
             reply,
         })
         .await
@@ -461,72 +522,6 @@ impl Store for SqliteStore {
     async fn list_users(&self, query: &UserQuery) -> Result<Vec<User>> {
         let query = query.clone();
         self.read(move |ctx| ctx.list_users(&query)).await
-    }
-
-    async fn credentials(&self, username: &Username) -> Result<Option<Credentials>> {
-        let username = username.clone();
-        self.read(move |ctx| ctx.credentials(&username)).await
-    }
-
-    async fn set_password_hash(&self, user: UserId, password_hash: &str) -> Result<()> {
-        let password_hash = password_hash.to_owned();
-        self.write(|reply| WriteOp::SetPassword {
-            user,
-            password_hash,
-            reply,
-        })
-        .await
-    }
-
-    async fn create_session(
-        &self,
-        token_hash: &TokenHash,
-        user: UserId,
-        expires_at: DateTime<Utc>,
-    ) -> Result<()> {
-        let token_hash = *token_hash;
-        let expires_at = expires_at.timestamp_micros();
-        self.write(|reply| WriteOp::CreateSession {
-            token_hash,
-            user,
-            expires_at,
-            reply,
-        })
-        .await
-    }
-
-    async fn session_user(
-        &self,
-        token_hash: &TokenHash,
-        now: DateTime<Utc>,
-    ) -> Result<Option<SessionRecord>> {
-        let token_hash = *token_hash;
-        let now = now.timestamp_micros();
-        if let Some(record) = self.sessions.get(&token_hash, now) {
-            return Ok(Some(record));
-        }
-        let epoch = self.sessions.epoch();
-        let found = self.read(move |ctx| ctx.session_user(&token_hash, now)).await?;
-        let Some((user, expires_at)) = found else {
-            return Ok(None);
-        };
-        let expires_at = reader::micros_to_datetime(expires_at).map_err(|message| Error::Corrupt {
-            message: format!("a session's expiry: {message}"),
-            source: None,
-        })?;
-        let record = SessionRecord { user, expires_at };
-        self.sessions.insert(&token_hash, record.clone(), epoch);
-        Ok(Some(record))
-    }
-
-    async fn delete_session(&self, token_hash: &TokenHash) -> Result<()> {
-        let token_hash = *token_hash;
-        let deleted = self
-            .write(|reply| WriteOp::DeleteSession { token_hash, reply })
-            .await;
-        // Also after a failed delete: the cache must never be more permissive than the file.
-        self.sessions.invalidate(&token_hash);
-        deleted
     }
 
     async fn insert_message(&self, message: NewMessage) -> Result<Inserted> {
@@ -561,10 +556,77 @@ impl Store for SqliteStore {
     async fn latest_position(&self, user: UserId) -> Result<Position> {
         self.read(move |ctx| ctx.latest_position(user)).await
     }
+}
 
-    async fn idempotent_message(&self, sender: UserId, key: &str) -> Result<Option<Message>> {
-        let key = key.to_owned();
-        self.read(move |ctx| ctx.idempotent_message(sender, &key)).await
+/// Accounts and sessions live in the same file as the messages. Every lookup reads the
+/// database (one reader round trip): caching sessions is `chatcore-axum`'s decorator's job,
+/// for every backend alike.
+#[async_trait]
+impl SessionStore for SqliteStore {
+    async fn create_account(&self, username: &Username, password_hash: &str) -> Result<User> {
+        let username = username.clone();
+        let password_hash = Some(password_hash.to_owned());
+        self.write(|reply| WriteOp::CreateUser {
+            username,
+            password_hash,
+            reply,
+        })
+        .await
+    }
+
+    async fn credentials(&self, username: &Username) -> Result<Option<Credentials>> {
+        let username = username.clone();
+        self.read(move |ctx| ctx.credentials(&username)).await
+    }
+
+    async fn create_session(
+        &self,
+        token_hash: &TokenHash,
+        user: UserId,
+        expires_at: DateTime<Utc>,
+    ) -> Result<()> {
+        let token_hash = *token_hash;
+        let expires_at = expires_at.timestamp_micros();
+        self.write(|reply| WriteOp::CreateSession {
+            token_hash,
+            user,
+            expires_at,
+            reply,
+        })
+        .await
+    }
+
+    async fn session_user(
+        &self,
+        token_hash: &TokenHash,
+        now: DateTime<Utc>,
+    ) -> Result<Option<SessionRecord>> {
+        let token_hash = *token_hash;
+        let now = now.timestamp_micros();
+        self.read(move |ctx| ctx.session_user(&token_hash, now)).await
+    }
+
+    async fn delete_session(&self, token_hash: &TokenHash) -> Result<()> {
+        let token_hash = *token_hash;
+        self.write(|reply| WriteOp::DeleteSession { token_hash, reply })
+            .await
+    }
+
+    async fn delete_expired_sessions(&self, now: DateTime<Utc>) -> Result<u64> {
+        let now = now.timestamp_micros();
+        self.write(|reply| WriteOp::DeleteExpiredSessions { now, reply })
+            .await
+    }
+}
+
+#[async_trait]
+impl Backend for SqliteStore {
+    async fn migrate(&self) -> Result<MigrationReport> {
+        SqliteStore::migrate(self).await
+    }
+
+    async fn close(&self) -> Result<()> {
+        SqliteStore::close(self).await
     }
 }
 
@@ -605,18 +667,8 @@ mod tests {
             (Position::START, Position::START)
         );
 
-        // Hold the writer (a read job it runs) until every send of the batch is queued, so the
-        // batch holds them all.
-        let (running_tx, running) = std::sync::mpsc::channel::<()>();
-        let (release, held) = std::sync::mpsc::channel::<()>();
-        store
-            .writer
-            .send(WriteMsg::Read(Box::new(move |_| {
-                let _ = running_tx.send(());
-                let _ = held.recv();
-            })))
-            .unwrap();
-        running.recv().unwrap();
+        // Hold the writer until every send of the batch is queued, so the batch holds them all.
+        let release = hold_writer(&store);
         let transactions = store.stats().transactions;
         let plan = [(a, b), (b, a), (a, a), (c, b), (a, c), (c, c), (b, c)];
         let mut answers = Vec::new();
@@ -676,12 +728,13 @@ mod tests {
         store.close().await.unwrap();
     }
 
-    /// The session cache keeps the expiry it answers with.
+    /// A session's expiry comes back to the microsecond, and a deleted session is gone at
+    /// once: every lookup reads the database.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn cached_sessions_keep_their_expiry() {
+    async fn sessions_keep_their_expiry_and_end_at_once() {
         let store = SqliteStore::open(SqliteConfig::memory()).await.unwrap();
         store.migrate().await.unwrap();
-        let alice = store.create_user(&name("alice")).await.unwrap();
+        let alice = store.create_account(&name("alice"), "$argon2id$a").await.unwrap();
         let now = DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap();
         let expires_at = now + chrono::Duration::minutes(5);
         store
@@ -692,10 +745,102 @@ mod tests {
             user: alice,
             expires_at,
         });
-        // From the database, then from the cache.
-        assert_eq!(store.session_user(&[4; 32], now).await.unwrap(), expected);
         assert_eq!(store.session_user(&[4; 32], now).await.unwrap(), expected);
         assert_eq!(store.session_user(&[4; 32], expires_at).await.unwrap(), None);
+        store.delete_session(&[4; 32]).await.unwrap();
+        assert_eq!(store.session_user(&[4; 32], now).await.unwrap(), None);
+        store.close().await.unwrap();
+    }
+
+    /// Holds the writer (a read job it runs) until `release` is sent, so every write queued
+    /// meanwhile lands in one batch.
+    fn hold_writer(store: &SqliteStore) -> std::sync::mpsc::Sender<()> {
+        let (running_tx, running) = std::sync::mpsc::channel::<()>();
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        store
+            .writer
+            .send(WriteMsg::Read(Box::new(move |_| {
+                let _ = running_tx.send(());
+                let _ = held.recv();
+            })))
+            .unwrap();
+        running.recv().unwrap();
+        release
+    }
+
+    /// A batch that fails because of one job (here a trigger refusing the first message to
+    /// `victim`) is retried job by job on the real database: the other jobs commit, each in
+    /// its own transaction, with the previous positions of a clean start (nothing of the
+    /// failed batch leaks into them), and the failing job alone gets the error.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_failing_because_of_one_job_is_retried_job_by_job() {
+        let store = SqliteStore::open(SqliteConfig::memory()).await.unwrap();
+        store.migrate().await.unwrap();
+        let mut users = Vec::new();
+        for username in ["a", "b", "victim"] {
+            users.push(store.create_user(&name(username)).await.unwrap());
+        }
+        let (a, b, victim) = (&users[0], &users[1], &users[2]);
+        let earlier = store.insert_message(note(a, b)).await.unwrap().message.id;
+        let victim_id = victim.id.0;
+        store
+            .writer
+            .send(WriteMsg::Read(Box::new(move |ctx| {
+                ctx.conn
+                    .execute_batch(&format!(
+                        "CREATE TEMP TRIGGER refuse BEFORE INSERT ON chatcore_user_counts
+                         WHEN NEW.user_id = {victim_id} BEGIN SELECT RAISE(ABORT, 'refused'); END"
+                    ))
+                    .unwrap();
+            })))
+            .unwrap();
+        let release = hold_writer(&store);
+        let transactions = store.stats().transactions;
+        let mut answers = Vec::new();
+        for (from, to) in [(a, b), (a, victim), (b, a)] {
+            let (reply, answer) = oneshot::channel();
+            store
+                .writer
+                .send(WriteMsg::Op(WriteOp::Insert {
+                    message: note(from, to),
+                    reply,
+                }))
+                .unwrap();
+            answers.push(answer);
+        }
+        release.send(()).unwrap();
+        let mut results = Vec::new();
+        for answer in answers {
+            results.push(answer.await.unwrap());
+        }
+        let first = results[0].as_ref().expect("a to b commits");
+        assert!(
+            matches!(results[1], Err(Error::Internal { .. })),
+            "{:?}",
+            results[1]
+        );
+        let third = results[2].as_ref().expect("b to a commits");
+        assert_eq!(
+            (first.sender_previous.0, first.recipient_previous.0),
+            (earlier.0, earlier.0)
+        );
+        assert_eq!(
+            (third.sender_previous, third.recipient_previous),
+            (Position(first.message.id.0), Position(first.message.id.0))
+        );
+        assert_eq!(
+            store.stats().transactions,
+            transactions + 2,
+            "two single-job commits"
+        );
+        assert_eq!(store.latest_position(victim.id).await.unwrap(), Position::START);
+        let page = store
+            .conversation_page(a.id, &name("b"), &PageRequest::latest(10))
+            .await
+            .unwrap();
+        assert_eq!(page.total, 3);
+        let ids: Vec<i64> = page.messages.iter().map(|m| m.id.0).collect();
+        assert_eq!(ids, [third.message.id.0, first.message.id.0, earlier.0]);
         store.close().await.unwrap();
     }
 }

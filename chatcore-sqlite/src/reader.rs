@@ -4,7 +4,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 
-use chatcore::store::{Credentials, MessagePage, PageRequest, UserQuery};
+use chatcore::store::{Credentials, MessagePage, PageRequest, SessionRecord, UserQuery};
 use chatcore::{
     ConversationKey, Entity, Error, Message, MessageId, Position, Result, User, UserId, Username,
 };
@@ -32,10 +32,11 @@ pub(crate) struct ReadCtx {
     names: NameCache,
 }
 
-/// Username to id. Users are never renamed or deleted, so an entry read from a committed
-/// snapshot stays true forever; only committed names go in.
+/// [`Username::key`] to the user holding it (id and name as chosen). Users are never renamed
+/// or deleted, so an entry read from a committed snapshot stays true forever; only committed
+/// names go in.
 pub(crate) struct NameCache {
-    map: HashMap<Username, UserId>,
+    map: HashMap<String, User>,
     capacity: usize,
 }
 
@@ -47,18 +48,20 @@ impl NameCache {
         }
     }
 
-    pub(crate) fn get(&self, name: &str) -> Option<UserId> {
-        self.map.get(name).copied()
+    /// The user holding `key`, if cached.
+    pub(crate) fn get(&self, key: &str) -> Option<&User> {
+        self.map.get(key)
     }
 
-    pub(crate) fn insert(&mut self, name: Username, id: UserId) {
+    /// Caches the user holding `key` (a committed row).
+    pub(crate) fn insert(&mut self, key: String, user: User) {
         if self.capacity == 0 {
             return;
         }
         if self.map.len() >= self.capacity {
             self.map.clear();
         }
-        self.map.insert(name, id);
+        self.map.insert(key, user);
     }
 }
 
@@ -75,14 +78,13 @@ pub(crate) fn message_from_row(row: &Row<'_>) -> rusqlite::Result<Message> {
     })
 }
 
+/// A name as stored: not validated again, since it may predate today's rules.
 pub(crate) fn stored_username(row: &Row<'_>, index: usize) -> rusqlite::Result<Username> {
-    let raw: String = row.get(index)?;
-    Username::parse(raw).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, Box::new(e))
-    })
+    Ok(Username::from_stored(row.get::<_, String>(index)?))
 }
 
-fn user_from_row(row: &Row<'_>) -> rusqlite::Result<User> {
+/// A user from columns 0 (id) and 1 (name).
+pub(crate) fn user_from_row(row: &Row<'_>) -> rusqlite::Result<User> {
     Ok(User {
         id: UserId(row.get(0)?),
         username: stored_username(row, 1)?,
@@ -102,7 +104,7 @@ fn before_bound(page: &PageRequest) -> i64 {
     page.before.map_or(i64::MAX, |id| id.0)
 }
 
-/// A corrupt row (a name or timestamp that could not have been written by this code).
+/// A corrupt row (a timestamp or a value of a type this code never writes).
 fn row_error(error: rusqlite::Error) -> Error {
     match error {
         rusqlite::Error::FromSqlConversionFailure(..) | rusqlite::Error::InvalidColumnType(..) => {
@@ -135,35 +137,35 @@ impl ReadCtx {
         Ok(out)
     }
 
-    fn resolve(conn: &Connection, names: &mut NameCache, name: &Username) -> Result<Option<UserId>> {
-        if let Some(id) = names.get(name.as_str()) {
-            return Ok(Some(id));
+    /// The user holding `name`'s key, with their name as chosen.
+    fn resolve(conn: &Connection, names: &mut NameCache, name: &Username) -> Result<Option<User>> {
+        let key = name.key();
+        if let Some(user) = names.get(&key) {
+            return Ok(Some(user.clone()));
         }
-        let id = conn
-            .prepare_cached(sql::USER_ID_BY_NAME)
-            .and_then(|mut s| s.query_row([name.as_str()], |r| r.get(0)).optional())
-            .map_err(error::map)?
-            .map(UserId);
-        if let Some(id) = id {
-            names.insert(name.clone(), id);
+        let user = conn
+            .prepare_cached(sql::USER_BY_KEY)
+            .and_then(|mut s| s.query_row([&key], user_from_row).optional())
+            .map_err(row_error)?;
+        if let Some(user) = &user {
+            names.insert(key, user.clone());
         }
-        Ok(id)
+        Ok(user)
     }
 
     pub(crate) fn find_user(&mut self, name: &Username) -> Result<Option<User>> {
-        let id = Self::resolve(&self.conn, &mut self.names, name)?;
-        Ok(id.map(|id| User {
-            id,
-            username: name.clone(),
-        }))
+        Self::resolve(&self.conn, &mut self.names, name)
     }
 
+    /// The directory by key: the prefix's key bounds a range, `after`'s key starts it.
     pub(crate) fn list_users(&mut self, query: &UserQuery) -> Result<Vec<User>> {
-        let (lower, inclusive) = match &query.after {
-            Some(after) if after.as_str() >= query.prefix.as_str() => (after.as_str(), false),
-            _ => (query.prefix.as_str(), true),
+        let prefix = Username::key_of(&query.prefix);
+        let after = query.after.as_ref().map(Username::key);
+        let (lower, inclusive) = match &after {
+            Some(after) if *after >= prefix => (after.as_str(), false),
+            _ => (prefix.as_str(), true),
         };
-        let upper = sql::prefix_successor(&query.prefix);
+        let upper = sql::prefix_successor(&prefix);
         let mut stmt = self
             .conn
             .prepare_cached(sql::list_users(inclusive, upper.is_some()))
@@ -184,7 +186,7 @@ impl ReadCtx {
 
     pub(crate) fn credentials(&mut self, name: &Username) -> Result<Option<Credentials>> {
         let mut stmt = self.conn.prepare_cached(sql::CREDENTIALS).map_err(error::map)?;
-        stmt.query_row([name.as_str()], |row| {
+        stmt.query_row([name.key()], |row| {
             Ok(Credentials {
                 user: user_from_row(row)?,
                 password_hash: row.get(2)?,
@@ -194,11 +196,17 @@ impl ReadCtx {
         .map_err(row_error)
     }
 
-    /// The session's user and its expiry (microseconds), if it exists and is live at `now`.
-    pub(crate) fn session_user(&mut self, token_hash: &[u8], now: i64) -> Result<Option<(User, i64)>> {
+    /// The session's user and its expiry, if it exists and is live at `now` (microseconds).
+    pub(crate) fn session_user(&mut self, token_hash: &[u8], now: i64) -> Result<Option<SessionRecord>> {
         let mut stmt = self.conn.prepare_cached(sql::SESSION_USER).map_err(error::map)?;
         stmt.query_row(rusqlite::params![token_hash, now], |row| {
-            Ok((user_from_row(row)?, row.get(2)?))
+            let expires_at = micros_to_datetime(row.get(2)?).map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Integer, e.into())
+            })?;
+            Ok(SessionRecord {
+                user: user_from_row(row)?,
+                expires_at,
+            })
         })
         .optional()
         .map_err(row_error)
@@ -218,7 +226,9 @@ impl ReadCtx {
         page: &PageRequest,
     ) -> Result<MessagePage> {
         self.snapshot(|conn, names| {
-            let other = Self::resolve(conn, names, other)?.ok_or(Error::NotFound(Entity::User))?;
+            let other = Self::resolve(conn, names, other)?
+                .ok_or(Error::NotFound(Entity::User))?
+                .id;
             let key = ConversationKey::new(viewer, other);
             let Some((total, conversation)) = conversation_tail(conn, key.low().0, key.high().0)? else {
                 return Ok(MessagePage::default());
@@ -325,16 +335,6 @@ impl ReadCtx {
             .optional()
             .map_err(error::map)?;
         Ok(Position(last_id.unwrap_or(0)))
-    }
-
-    pub(crate) fn idempotent_message(&mut self, sender: UserId, key: &str) -> Result<Option<Message>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(sql::IDEMPOTENT_MESSAGE)
-            .map_err(error::map)?;
-        stmt.query_row(rusqlite::params![sender.0, key], message_from_row)
-            .optional()
-            .map_err(row_error)
     }
 }
 

@@ -1,6 +1,8 @@
 //! The schema, its migrations and the table that records them (`chatcore_migrations`).
 
-use chatcore::Error;
+use std::collections::HashMap;
+
+use chatcore::{Error, MigrationReport, Username};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 
 use crate::error;
@@ -10,7 +12,13 @@ struct Migration {
     version: u32,
     name: &'static str,
     sql: &'static str,
+    /// Work SQL cannot do (Unicode normalization), run after `sql` in the same transaction;
+    /// it may leave notes for the operator in the report.
+    then: Option<RustStep>,
 }
+
+/// A migration's Rust half: the open transaction, and the notes for the report.
+type RustStep = fn(&Connection, &mut Vec<String>) -> rusqlite::Result<()>;
 
 /// Every migration, oldest first. Never edit a released step: add a new one.
 const MIGRATIONS: &[Migration] = &[
@@ -69,6 +77,7 @@ CREATE TABLE chatcore_user_counts (
     message_count INTEGER NOT NULL
 );
 "#,
+        then: None,
     },
     Migration {
         version: 2,
@@ -95,6 +104,7 @@ UPDATE chatcore_conversations SET last_id = coalesce((
       AND m.conv_high = chatcore_conversations.conv_high), 0);
 DROP TABLE chatcore_user_messages;
 "#,
+        then: None,
     },
     Migration {
         version: 3,
@@ -126,6 +136,7 @@ INSERT INTO chatcore_conversation_marks (conv_low, conv_high, seq, id)
     SELECT conv_low, conv_high, seq, id FROM chatcore_messages WHERE seq % 16 = 0;
 DROP INDEX chatcore_messages_conversation;
 "#,
+        then: None,
     },
     Migration {
         version: 4,
@@ -141,26 +152,78 @@ UPDATE chatcore_user_counts SET last_id = coalesce((
     CROSS JOIN chatcore_conversations AS c ON c.conv_low = uc.conv_low AND c.conv_high = uc.conv_high
     WHERE uc.user_id = chatcore_user_counts.user_id), 0);
 "#,
+        then: None,
+    },
+    Migration {
+        version: 5,
+        name: "usernames unique without regard to case (username_key); an index on session expiry",
+        // Names are found and kept unique by `Username::key` (NFKC, lowercased), which SQL
+        // cannot compute: the column is added here and filled by `fill_username_keys`, which
+        // then creates its unique index. The name index goes: lookups and the directory use
+        // the key, and equal names have equal keys. `delete_expired_sessions` is one range
+        // delete on the expiry index.
+        sql: r#"
+ALTER TABLE chatcore_users ADD COLUMN username_key TEXT NOT NULL DEFAULT '';
+DROP INDEX chatcore_users_username;
+CREATE INDEX chatcore_sessions_expires ON chatcore_sessions (expires_at);
+"#,
+        then: Some(fill_username_keys),
     },
 ];
 
 /// The schema version this code writes and reads.
-pub const SCHEMA_VERSION: u32 = 4;
+pub const SCHEMA_VERSION: u32 = 5;
 
-/// What [`SqliteStore::migrate`](crate::SqliteStore::migrate) did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MigrationReport {
-    /// The schema version found (`0` for a database without chatcore's tables).
-    pub previous: u32,
-    /// The schema version now ([`SCHEMA_VERSION`]).
-    pub current: u32,
-}
-
-impl MigrationReport {
-    /// Whether any migration ran (false on every start after the first).
-    pub fn applied_any(&self) -> bool {
-        self.previous != self.current
+/// Migration 5's Rust half: gives every user the key of their stored name
+/// ([`Username::key_of`]; names made before today's rules are keyed as they are), then makes
+/// the key unique. Where existing names share a key, the oldest user (lowest id) keeps it and
+/// each other one gets the key followed by NUL and their id, which no name can produce: they
+/// keep their messages and sessions but can no longer be found or log in by name. Never
+/// merged, never silent: each clash becomes a note in the report (and a warning in the log)
+/// saying what the operator should do.
+fn fill_username_keys(conn: &Connection, notes: &mut Vec<String>) -> rusqlite::Result<()> {
+    let users: Vec<(i64, String)> = conn
+        .prepare("SELECT id, username FROM chatcore_users ORDER BY id")?
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    // Key -> the users holding it, oldest first.
+    let mut by_key: HashMap<String, Vec<(i64, String)>> = HashMap::with_capacity(users.len());
+    let mut order = Vec::new();
+    for (id, name) in users {
+        let key = Username::key_of(&name);
+        let holders = by_key.entry(key.clone()).or_default();
+        if holders.is_empty() {
+            order.push(key);
+        }
+        holders.push((id, name));
     }
+    let mut set_key = conn.prepare("UPDATE chatcore_users SET username_key = ?2 WHERE id = ?1")?;
+    for key in order {
+        let holders = &by_key[&key];
+        let (owner_id, owner_name) = &holders[0];
+        set_key.execute(rusqlite::params![owner_id, key])?;
+        if holders.len() == 1 {
+            continue;
+        }
+        for (id, _) in &holders[1..] {
+            set_key.execute(rusqlite::params![id, format!("{key}\u{0}{id}")])?;
+        }
+        let others: Vec<String> = holders[1..]
+            .iter()
+            .map(|(id, name)| format!("{name:?} (id {id})"))
+            .collect();
+        let note = format!(
+            "usernames {owner_name:?} (id {owner_id}) and {others} are the same name without regard to case \
+             (key {key:?}); they were not merged: user {owner_id} keeps the name, and {others} can no longer be \
+             found or log in by name (their messages and sessions are kept). Rename each of them to a free name \
+             (e.g. `UPDATE chatcore_users SET username = 'new-name', username_key = 'new-name' WHERE id = ...`, \
+             the key being the new name in lower case) and tell them their new name.",
+            others = others.join(", ")
+        );
+        tracing::warn!(%note, "usernames clash without regard to case");
+        notes.push(note);
+    }
+    conn.execute_batch("CREATE UNIQUE INDEX chatcore_users_key ON chatcore_users (username_key)")
 }
 
 const CREATE_MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS chatcore_migrations (
@@ -215,8 +278,12 @@ pub(crate) fn migrate(conn: &mut Connection, now_micros: i64) -> chatcore::Resul
         .unwrap_or(0)
         .clamp(0, i64::from(u32::MAX)) as u32;
     check_not_newer(previous)?;
+    let mut notes = Vec::new();
     for step in MIGRATIONS.iter().filter(|m| m.version > previous) {
         tx.execute_batch(step.sql).map_err(error::map)?;
+        if let Some(then) = step.then {
+            then(&tx, &mut notes).map_err(error::map)?;
+        }
         tx.execute(
             "INSERT INTO chatcore_migrations (version, name, applied_at) VALUES (?1, ?2, ?3)",
             (step.version, step.name, now_micros),
@@ -232,6 +299,7 @@ pub(crate) fn migrate(conn: &mut Connection, now_micros: i64) -> chatcore::Resul
     Ok(MigrationReport {
         previous,
         current: SCHEMA_VERSION,
+        notes,
     })
 }
 
@@ -452,6 +520,74 @@ mod tests {
             )
             .unwrap();
         assert_eq!(fresh, 0);
+    }
+
+    /// A version-4 database whose names clash without regard to case (they predate the
+    /// rule, one also predates NFKC) moves to version 5 with every user kept: the oldest of
+    /// each clash keeps the key, the others get keys no name can produce, and the report
+    /// says which names and ids clash and what to do. The key is unique from then on, the
+    /// sessions get their expiry index, and a database without clashes gets no notes.
+    #[test]
+    fn version_4_clashing_names_are_kept_apart_and_reported() {
+        let mut conn = database_at(4);
+        conn.execute_batch(
+            "INSERT INTO chatcore_users (id, username, password_hash) VALUES
+                 (1, 'bob', NULL), (2, 'Alice', '$a'), (3, 'alice', '$b'), (4, 'Bob', NULL),
+                 (5, 'carol', NULL), (6, '\u{FF41}lice', NULL);",
+        )
+        .unwrap();
+        let report = migrate(&mut conn, 1).unwrap();
+        assert_eq!((report.previous, report.current), (4, SCHEMA_VERSION));
+        let keys: Vec<(i64, String, String)> = rows(
+            &conn,
+            "SELECT id, username, username_key FROM chatcore_users ORDER BY id",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        );
+        let want = [
+            (1, "bob", "bob"),
+            (2, "Alice", "alice"),
+            (3, "alice", "alice\u{0}3"),
+            (4, "Bob", "bob\u{0}4"),
+            (5, "carol", "carol"),
+            (6, "\u{FF41}lice", "alice\u{0}6"),
+        ]
+        .map(|(id, name, key)| (id, name.to_owned(), key.to_owned()));
+        assert_eq!(keys, want);
+        assert_eq!(report.notes.len(), 2, "{:#?}", report.notes);
+        let (bob, alice) = (&report.notes[0], &report.notes[1]);
+        for (note, owner, others) in [
+            (bob, "\"bob\" (id 1)", &["\"Bob\" (id 4)"][..]),
+            (
+                alice,
+                "\"Alice\" (id 2)",
+                &["\"alice\" (id 3)", "\"\u{FF41}lice\" (id 6)"][..],
+            ),
+        ] {
+            assert!(note.contains(owner), "{note}");
+            for other in others {
+                assert!(note.contains(other), "{note}");
+            }
+            assert!(note.contains("not merged") && note.contains("Rename"), "{note}");
+        }
+        // Any case of a taken key is refused from now on.
+        let taken = conn.execute(
+            "INSERT INTO chatcore_users (username, username_key) VALUES ('CAROL', 'carol')",
+            [],
+        );
+        assert_eq!(
+            taken.unwrap_err().sqlite_error_code(),
+            Some(rusqlite::ffi::ErrorCode::ConstraintViolation)
+        );
+        assert!(in_schema(&conn, "chatcore_users_key"));
+        assert!(in_schema(&conn, "chatcore_sessions_expires"));
+        assert!(!in_schema(&conn, "chatcore_users_username"));
+
+        let mut clean = database_at(4);
+        clean
+            .execute_batch("INSERT INTO chatcore_users (id, username) VALUES (1, 'Dave'), (2, 'erin')")
+            .unwrap();
+        assert_eq!(migrate(&mut clean, 1).unwrap().notes, Vec::<String>::new());
     }
 
     #[test]

@@ -12,9 +12,9 @@ macro_rules! message_select {
 
 // ---- writer ----
 
-pub(crate) const INSERT_USER: &str = "INSERT INTO chatcore_users (username, password_hash) VALUES (?1, ?2)";
-
-pub(crate) const SET_PASSWORD: &str = "UPDATE chatcore_users SET password_hash = ?2 WHERE id = ?1";
+/// `?1` the name as chosen, `?2` its `Username::key` (unique), `?3` the password hash.
+pub(crate) const INSERT_USER: &str =
+    "INSERT INTO chatcore_users (username, username_key, password_hash) VALUES (?1, ?2, ?3)";
 
 pub(crate) const USER_EXISTS: &str = "SELECT 1 FROM chatcore_users WHERE id = ?1";
 
@@ -23,6 +23,9 @@ pub(crate) const UPSERT_SESSION: &str = "INSERT INTO chatcore_sessions (token_ha
      ON CONFLICT (token_hash) DO UPDATE SET user_id = excluded.user_id, expires_at = excluded.expires_at";
 
 pub(crate) const DELETE_SESSION: &str = "DELETE FROM chatcore_sessions WHERE token_hash = ?1";
+
+/// Every session expired at `?1`: one range of the expiry index.
+pub(crate) const DELETE_EXPIRED_SESSIONS: &str = "DELETE FROM chatcore_sessions WHERE expires_at <= ?1";
 
 /// `?8` is the conversation's previous message (`NULL` for its first), `?9` this message's
 /// number in the conversation (1, 2, ...): see `chain`.
@@ -53,10 +56,12 @@ pub(crate) const ADD_USER_COUNT: &str =
 
 // ---- both ----
 
-pub(crate) const USER_ID_BY_NAME: &str = "SELECT id FROM chatcore_users WHERE username = ?1";
+/// A user by `Username::key`: their id and their name as chosen.
+pub(crate) const USER_BY_KEY: &str = "SELECT id, username FROM chatcore_users WHERE username_key = ?1";
 
+/// The sender's earlier message under an idempotency key, and (column 5) its recipient's id.
 pub(crate) const IDEMPOTENT_MESSAGE: &str = concat!(
-    message_select!(),
+    "SELECT m.id, s.username, r.username, m.created_at, m.body, m.recipient_id FROM ",
     "chatcore_messages AS m
      CROSS JOIN chatcore_users AS s ON s.id = m.sender_id
      CROSS JOIN chatcore_users AS r ON r.id = m.recipient_id
@@ -66,7 +71,7 @@ pub(crate) const IDEMPOTENT_MESSAGE: &str = concat!(
 // ---- readers ----
 
 pub(crate) const CREDENTIALS: &str =
-    "SELECT id, username, password_hash FROM chatcore_users WHERE username = ?1";
+    "SELECT id, username, password_hash FROM chatcore_users WHERE username_key = ?1";
 
 pub(crate) const SESSION_USER: &str = "SELECT u.id, u.username, t.expires_at FROM chatcore_sessions AS t
      CROSS JOIN chatcore_users AS u ON u.id = t.user_id
@@ -124,29 +129,30 @@ pub(crate) const MESSAGE_BY_ID: &str = concat!(
      WHERE m.id = ?1"
 );
 
-/// The directory: `?1` lower bound, `?2` upper bound (prefix's successor), `?3` excluded id
-/// (`NULL` for none), `?4` limit. Four shapes, by which bounds apply.
+/// The directory, by `Username::key`: `?1` lower bound, `?2` upper bound (the prefix key's
+/// successor), `?3` excluded id (`NULL` for none), `?4` limit. Four shapes, by which bounds
+/// apply.
 pub(crate) fn list_users(lower_inclusive: bool, has_upper: bool) -> &'static str {
     match (lower_inclusive, has_upper) {
         (true, true) => {
             "SELECT id, username FROM chatcore_users
-             WHERE username >= ?1 AND username < ?2 AND id IS NOT ?3
-             ORDER BY username LIMIT ?4"
+             WHERE username_key >= ?1 AND username_key < ?2 AND id IS NOT ?3
+             ORDER BY username_key LIMIT ?4"
         }
         (true, false) => {
             "SELECT id, username FROM chatcore_users
-             WHERE username >= ?1 AND id IS NOT ?3
-             ORDER BY username LIMIT ?4"
+             WHERE username_key >= ?1 AND id IS NOT ?3
+             ORDER BY username_key LIMIT ?4"
         }
         (false, true) => {
             "SELECT id, username FROM chatcore_users
-             WHERE username > ?1 AND username < ?2 AND id IS NOT ?3
-             ORDER BY username LIMIT ?4"
+             WHERE username_key > ?1 AND username_key < ?2 AND id IS NOT ?3
+             ORDER BY username_key LIMIT ?4"
         }
         (false, false) => {
             "SELECT id, username FROM chatcore_users
-             WHERE username > ?1 AND id IS NOT ?3
-             ORDER BY username LIMIT ?4"
+             WHERE username_key > ?1 AND id IS NOT ?3
+             ORDER BY username_key LIMIT ?4"
         }
     }
 }
@@ -275,41 +281,38 @@ mod query_plans {
             IDEMPOTENT_MESSAGE,
             &["SEARCH m USING INDEX chatcore_messages_idempotency (sender_id=? AND idempotency_key=?)"],
         );
-        assert_plan(
-            conn,
-            USER_ID_BY_NAME,
-            &["SEARCH chatcore_users USING COVERING INDEX chatcore_users_username (username=?)"],
-        );
-        assert_plan(
-            conn,
-            CREDENTIALS,
-            &["SEARCH chatcore_users USING INDEX chatcore_users_username (username=?)"],
-        );
+        for sql in [USER_BY_KEY, CREDENTIALS] {
+            assert_plan(
+                conn,
+                sql,
+                &["SEARCH chatcore_users USING INDEX chatcore_users_key (username_key=?)"],
+            );
+        }
         assert_plan(conn, SESSION_USER, &["SEARCH t USING PRIMARY KEY (token_hash=?)"]);
         for (inclusive, upper, range) in [
-            (true, true, "(username>? AND username<?)"),
-            (true, false, "(username>?)"),
-            (false, true, "(username>? AND username<?)"),
-            (false, false, "(username>?)"),
+            (true, true, "(username_key>? AND username_key<?)"),
+            (true, false, "(username_key>?)"),
+            (false, true, "(username_key>? AND username_key<?)"),
+            (false, false, "(username_key>?)"),
         ] {
             assert_plan(
                 conn,
                 list_users(inclusive, upper),
                 &[&format!(
-                    "SEARCH chatcore_users USING COVERING INDEX chatcore_users_username {range}"
+                    "SEARCH chatcore_users USING INDEX chatcore_users_key {range}"
                 )],
             );
         }
-        assert_plan(
-            conn,
-            SET_PASSWORD,
-            &[&format!("SEARCH chatcore_users {BY_ROWID}")],
-        );
         assert_plan(conn, USER_EXISTS, &[&format!("SEARCH chatcore_users {BY_ROWID}")]);
         assert_plan(
             conn,
             DELETE_SESSION,
             &["SEARCH chatcore_sessions USING PRIMARY KEY (token_hash=?)"],
+        );
+        assert_plan(
+            conn,
+            DELETE_EXPIRED_SESSIONS,
+            &["SEARCH chatcore_sessions USING COVERING INDEX chatcore_sessions_expires (expires_at<?)"],
         );
     }
 
@@ -318,7 +321,8 @@ mod query_plans {
         crate::schema::migrate(&mut conn, 0).unwrap();
         let tx = conn.transaction().unwrap();
         for i in 1..=50 {
-            tx.execute(INSERT_USER, rusqlite::params![format!("user{i}"), None::<String>])
+            let name = format!("user{i}");
+            tx.execute(INSERT_USER, rusqlite::params![name, name, None::<String>])
                 .unwrap();
         }
         let mut linker = crate::chain::testing::Linker::default();

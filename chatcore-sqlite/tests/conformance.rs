@@ -1,13 +1,16 @@
-//! The whole chatcore conformance suite, on a temporary file and in memory.
+//! Both chatcore conformance suites (`Store` and `SessionStore`), on a temporary file, in
+//! memory, and on a file with reads served by the writer.
 
 mod common;
 
 mod file {
     chatcore::store_conformance_tests!(super::common::fresh_file_store);
+    chatcore::session_store_conformance_tests!(super::common::fresh_file_session_store);
 }
 
 mod memory {
     chatcore::store_conformance_tests!(super::common::fresh_memory_store);
+    chatcore::session_store_conformance_tests!(super::common::fresh_memory_session_store);
 }
 
 /// Reads served by the writer thread (`readers: 0`) on a file.
@@ -15,5 +18,11 @@ mod file_without_readers {
     async fn fresh() -> std::sync::Arc<dyn chatcore::Store> {
         super::common::temp_store(|c| c.readers = 0).await.into_shared()
     }
+    async fn fresh_sessions() -> std::sync::Arc<dyn chatcore::SessionStore> {
+        super::common::temp_store(|c| c.readers = 0)
+            .await
+            .into_shared_sessions()
+    }
     chatcore::store_conformance_tests!(fresh);
+    chatcore::session_store_conformance_tests!(fresh_sessions);
 }

@@ -101,10 +101,7 @@ fn kill_9_scenario(pipelined: bool) {
         store.migrate().await.unwrap();
         let hub = store.create_user(&name("hub")).await.unwrap();
         for t in 0..SENDERS {
-            store
-                .create_user(&name(&format!("sender{t}")))
-                .await
-                .unwrap();
+            store.create_user(&name(&format!("sender{t}"))).await.unwrap();
         }
         store.close().await.unwrap();
         hub.id

@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use chatcore::store::PageRequest;
-use chatcore::{Error, MessageId, Store};
+use chatcore::{Error, MessageId, SessionStore, Store};
 use chatcore_sqlite::{SqliteConfig, SqliteStore};
 use common::{name, new_message, temp_store};
 
@@ -256,6 +256,140 @@ async fn bad_locations_and_config_are_clear_errors() {
         SqliteStore::open(zero_batch).await,
         Err(Error::Invalid(_))
     ));
+    // Refused before anything is created: no database, no lock file.
+    let path = dir.path().join("refused.sqlite3");
+    for config in [
+        SqliteConfig::file(""),
+        SqliteConfig {
+            wal_autocheckpoint_pages: 0,
+            ..SqliteConfig::file(&path)
+        },
+        SqliteConfig {
+            readers: chatcore_sqlite::MAX_READERS + 1,
+            ..SqliteConfig::file(&path)
+        },
+        SqliteConfig {
+            busy_timeout: Duration::from_secs(u64::MAX / 2),
+            ..SqliteConfig::file(&path)
+        },
+    ] {
+        match SqliteStore::open(config.clone()).await {
+            Err(Error::Invalid(message)) => assert!(!message.is_empty()),
+            other => panic!("{config:?}: expected Invalid, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "nothing created"
+    );
+}
+
+/// The message of the error source of `error`, where `Unavailable` keeps its details.
+fn source_text(error: &Error) -> String {
+    std::error::Error::source(error)
+        .map(ToString::to_string)
+        .unwrap_or_default()
+}
+
+/// One store per file: a second open of the same file (here in the same process, as from
+/// another one) is refused with an error naming the database and its lock file, so two
+/// stores never disagree about a revoked session. After close (and drop) it opens again.
+/// In-memory stores take no lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_store_on_one_file_is_refused() {
+    let temp = temp_store(|_| {}).await;
+    let path = temp.path();
+    let lock = dir_entry(&path, "-chatcore.lock");
+    assert!(lock.exists(), "the lock file sits beside the database");
+    for attempt in 0..2 {
+        let error = SqliteStore::open(SqliteConfig::file(&path))
+            .await
+            .expect_err("a second store on one file");
+        assert!(matches!(error, Error::Unavailable { .. }), "{error:?}");
+        let text = source_text(&error);
+        assert!(text.contains("another chatcore process"), "{attempt}: {text}");
+        assert!(text.contains(&lock.display().to_string()), "{text}");
+        assert!(text.contains(&path.display().to_string()), "{text}");
+    }
+    // The refused opens changed nothing for the first store.
+    temp.store.create_user(&name("alice")).await.unwrap();
+    temp.store.close().await.unwrap();
+    let second = SqliteStore::open(SqliteConfig::file(&path))
+        .await
+        .expect("free once the first store closed");
+    assert!(second.find_user(&name("ALICE")).await.unwrap().is_some());
+    drop(second);
+    let third = SqliteStore::open(SqliteConfig::file(&path))
+        .await
+        .expect("free once the second store dropped");
+    third.close().await.unwrap();
+
+    let one = SqliteStore::open(SqliteConfig::memory()).await.unwrap();
+    let two = SqliteStore::open(SqliteConfig::memory()).await.unwrap();
+    one.close().await.unwrap();
+    two.close().await.unwrap();
+}
+
+/// `path` with `suffix` appended to its file name.
+fn dir_entry(path: &std::path::Path, suffix: &str) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    name.into()
+}
+
+/// Names stored before today's rules (here one with a space, which `Username::parse`
+/// refuses) still read back everywhere: as a sender, in the directory, through a session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_from_before_the_rules_read_back() {
+    let temp = temp_store(|_| {}).await;
+    let alice = temp.store.create_user(&name("alice")).await.unwrap();
+    temp.store.close().await.unwrap();
+    let conn = rusqlite::Connection::open(temp.path()).unwrap();
+    conn.execute(
+        "INSERT INTO chatcore_users (username, username_key) VALUES ('Old Timer', 'old timer')",
+        [],
+    )
+    .unwrap();
+    let old_id = chatcore::UserId(conn.last_insert_rowid());
+    drop(conn);
+    assert!(
+        chatcore::Username::parse("Old Timer").is_err(),
+        "the fixture predates the rules"
+    );
+    let store = SqliteStore::open(SqliteConfig::file(temp.path())).await.unwrap();
+    let old = chatcore::User {
+        id: old_id,
+        username: chatcore::Username::from_stored("Old Timer"),
+    };
+    let sent = store
+        .insert_message(new_message(&old, "ALICE", "still here"))
+        .await
+        .unwrap();
+    assert_eq!(sent.message.recipient.as_str(), "alice");
+    let page = store
+        .user_messages(alice.id, &PageRequest::latest(10))
+        .await
+        .unwrap();
+    assert_eq!(page.messages[0].sender.as_str(), "Old Timer");
+    let listed = store
+        .list_users(&chatcore::UserQuery {
+            exclude: None,
+            prefix: "OLD".to_owned(),
+            after: None,
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed, vec![old.clone()]);
+    let now = chrono::Utc::now();
+    store
+        .create_session(&[3; 32], old_id, now + chrono::Duration::hours(1))
+        .await
+        .unwrap();
+    let session = store.session_user(&[3; 32], now).await.unwrap().unwrap();
+    assert_eq!(session.user, old);
+    store.close().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -263,7 +397,7 @@ async fn a_reopened_file_keeps_everything_and_migrate_is_a_no_op() {
     let temp = temp_store(|_| {}).await;
     let alice = temp
         .store
-        .create_user(&name("alice"), Some("$argon2id$hash"))
+        .create_account(&name("alice"), "$argon2id$hash")
         .await
         .unwrap();
     temp.store.create_user(&name("bob")).await.unwrap();
@@ -348,12 +482,7 @@ async fn concurrent_sends_share_transactions() {
     let hub = temp.store.create_user(&name("hub")).await.unwrap();
     let mut senders = Vec::new();
     for i in 0..32 {
-        senders.push(
-            temp.store
-                .create_user(&name(&format!("s{i}")))
-                .await
-                .unwrap(),
-        );
+        senders.push(temp.store.create_user(&name(&format!("s{i}"))).await.unwrap());
     }
     let before = temp.store.stats();
     let tasks: Vec<_> = senders
@@ -400,11 +529,6 @@ async fn unknown_users_in_writes_are_not_found_and_store_nothing() {
     assert!(
         matches!(sent, Err(Error::NotFound(chatcore::Entity::User))),
         "{sent:?}"
-    );
-    let set = temp.store.set_password_hash(ghost.id, "$hash").await;
-    assert!(
-        matches!(set, Err(Error::NotFound(chatcore::Entity::User))),
-        "{set:?}"
     );
     let session = temp
         .store

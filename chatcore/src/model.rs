@@ -12,6 +12,13 @@ use crate::Error;
 #[serde(transparent)]
 pub struct UserId(pub i64);
 
+impl UserId {
+    /// Never a user (stores hand out ids from 1): the notifier channel on which
+    /// [`crate::ChatService::end_session`] also announces every ended session, so that each
+    /// node's session cache hears every revocation.
+    pub const SESSION_REVOCATIONS: UserId = UserId(0);
+}
+
 impl fmt::Display for UserId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)

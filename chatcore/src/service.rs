@@ -7,7 +7,7 @@ use crate::feed::{Connections, Feed, ReadGate};
 use crate::notify::{Event, Notifier, Position, Recipient};
 use crate::rate::SendRateLimiter;
 use crate::store::{MessagePage, PageRequest, Store, UserQuery};
-use crate::{Entity, Error, Message, MessageId, NewMessage, Result, User, Username};
+use crate::{Entity, Error, Message, MessageId, NewMessage, Result, User, UserId, Username};
 
 /// Limits and defaults of a [`ChatService`]. Every field is public and documented with its
 /// default; start from `ChatConfig::default()` and change what you need.
@@ -434,10 +434,15 @@ impl ChatService {
     }
 
     /// Closes every connection opened with `session` of `user`, on every node (logout,
-    /// expiry, account removal). Fails when the notifier cannot reach other nodes.
+    /// expiry, account removal), and tells every node's session cache (the event also goes to
+    /// [`UserId::SESSION_REVOCATIONS`]). Fails when the notifier cannot reach other nodes.
     pub async fn end_session(&self, user: &User, session: SessionId) -> Result<()> {
+        let recipients = [
+            Recipient::ephemeral(user.id),
+            Recipient::ephemeral(UserId::SESSION_REVOCATIONS),
+        ];
         self.notifier
-            .publish(&[Recipient::ephemeral(user.id)], &Event::session_ended(session))
+            .publish(&recipients, &Event::session_ended(session))
             .await
     }
 

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chatcore::{ChatConfig, ChatService, LocalNotifier, Notifier, Store, User};
+use chatcore::{Backend, ChatConfig, ChatService, LocalNotifier, Notifier, User};
 use chatcore_axum::{ApiConfig, ChatApi, SessionAuthenticator, SessionConfig, ShutdownHandle};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
@@ -38,6 +38,8 @@ pub struct Options {
     pub notifier_queue: usize,
     /// A transport of the test's own instead of a `LocalNotifier`.
     pub notifier: Option<Arc<dyn Notifier>>,
+    /// The authenticator's settings (default: [`fast_sessions`]).
+    pub sessions: SessionConfig,
 }
 
 impl Default for Options {
@@ -47,6 +49,7 @@ impl Default for Options {
             chat: ChatConfig::default(),
             notifier_queue: LocalNotifier::DEFAULT_QUEUE,
             notifier: None,
+            sessions: fast_sessions(),
         }
     }
 }
@@ -69,17 +72,20 @@ pub struct TestApp {
 }
 
 impl TestApp {
-    pub async fn spawn(store: Arc<dyn Store>) -> Self {
+    pub async fn spawn(store: Arc<dyn Backend>) -> Self {
         Self::spawn_with(store, Options::default()).await
     }
 
-    /// A host app with a route of its own and the chat router nested under [`PREFIX`].
-    pub async fn spawn_with(store: Arc<dyn Store>, options: Options) -> Self {
+    /// A host app with a route of its own and the chat router nested under [`PREFIX`]; the
+    /// service and the authenticator share `store`, and the authenticator's background work
+    /// is started.
+    pub async fn spawn_with(store: Arc<dyn Backend>, options: Options) -> Self {
         let notifier = options
             .notifier
             .unwrap_or_else(|| Arc::new(LocalNotifier::new(options.notifier_queue)));
         let chat = ChatService::new(store.clone(), notifier, options.chat);
-        let auth = SessionAuthenticator::new(store, fast_sessions()).unwrap();
+        let auth = SessionAuthenticator::new(store, options.sessions).unwrap();
+        auth.start(&chat).await.unwrap();
         let api = ChatApi::new(chat.clone(), auth.clone())
             .with_config(options.api)
             .with_auth_routes(auth.clone());

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chatcore::notify::SubscriberTable;
-use chatcore::{ChatConfig, Delivery, Event, Notifier, Recipient, SendRequest, Store, Subscription, UserId};
+use chatcore::{
+    Backend, ChatConfig, Delivery, Event, Notifier, Recipient, SendRequest, Subscription, UserId,
+};
 use chatcore_axum::ApiConfig;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
@@ -29,7 +31,7 @@ async fn error_of(response: reqwest::Response, status: u16) -> String {
     body["error"].as_str().expect("{\"error\": ...}").to_owned()
 }
 
-pub async fn auth_register_login_logout(store: Arc<dyn Store>) {
+pub async fn auth_register_login_logout(store: Arc<dyn Backend>) {
     let app = TestApp::spawn(store).await;
     let http = app.anonymous();
     let register = |body: Value| http.post(app.url("/api/v1/auth/register")).json(&body).send();
@@ -154,7 +156,128 @@ pub async fn auth_register_login_logout(store: Arc<dyn Store>) {
     .await;
 }
 
-pub async fn unauthenticated_requests_get_401(store: Arc<dyn Store>) {
+/// `Retry-After` of a 429, in seconds.
+fn retry_after(response: &reqwest::Response) -> u64 {
+    assert_eq!(response.status(), 429);
+    response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .expect("Retry-After in seconds")
+}
+
+pub async fn login_and_registration_are_limited_per_client_address(store: Arc<dyn Backend>) {
+    let limited = |behind_proxy| Options {
+        sessions: chatcore_axum::SessionConfig {
+            logins_per_minute: 3,
+            registrations_per_hour: 2,
+            behind_proxy,
+            ..fast_sessions()
+        },
+        ..Default::default()
+    };
+    let app = TestApp::spawn_with(store.clone(), limited(false)).await;
+    // Two clients: 127.0.0.1 and 127.0.0.2 (all of 127/8 is loopback).
+    let from = |ip: [u8; 4]| {
+        reqwest::Client::builder()
+            .local_address(std::net::IpAddr::from(ip))
+            .build()
+            .unwrap()
+    };
+    let (first, second) = (from([127, 0, 0, 1]), from([127, 0, 0, 2]));
+    let register = |client: &reqwest::Client, name: &str| {
+        client
+            .post(app.url("/api/v1/auth/register"))
+            .json(&json!({"username": name, "password": "correct horse"}))
+            .send()
+    };
+    let login = |client: &reqwest::Client, password: &str| {
+        client
+            .post(app.url("/api/v1/auth/login"))
+            .json(&json!({"username": "alice", "password": password}))
+            .send()
+    };
+    assert_eq!(register(&first, "alice").await.unwrap().status(), 201);
+    // A refused registration counts as well.
+    assert_eq!(register(&first, "alice").await.unwrap().status(), 409);
+    let refused = register(&first, "bob").await.unwrap();
+    // One registration more every 30 minutes.
+    assert!((1..=1800).contains(&retry_after(&refused)), "{refused:?}");
+    error_of(refused, 429).await;
+    assert_eq!(register(&second, "bob").await.unwrap().status(), 201);
+
+    // Three logins a minute per address, wrong passwords included; then 429 for about 20 s.
+    assert_eq!(login(&first, "wrong horse").await.unwrap().status(), 401);
+    for _ in 0..2 {
+        assert_eq!(login(&first, "correct horse").await.unwrap().status(), 200);
+    }
+    let refused = login(&first, "correct horse").await.unwrap();
+    assert!((1..=20).contains(&retry_after(&refused)), "{refused:?}");
+    assert_eq!(login(&second, "correct horse").await.unwrap().status(), 200);
+
+    // Behind a proxy the last X-Forwarded-For entry is the client; the TCP peer (the proxy,
+    // here 127.0.0.1 for everyone) is not counted, and a request without the header is a 500.
+    let proxied = TestApp::spawn_with(store, limited(true)).await;
+    let forwarded = |chain: &str| {
+        first
+            .post(proxied.url("/api/v1/auth/login"))
+            .header("x-forwarded-for", chain)
+            .json(&json!({"username": "alice", "password": "correct horse"}))
+            .send()
+    };
+    for _ in 0..3 {
+        assert_eq!(
+            forwarded("198.51.100.9, 203.0.113.7").await.unwrap().status(),
+            200
+        );
+    }
+    // The client's own claims (earlier entries) change nothing.
+    let refused = forwarded("198.51.100.10, 203.0.113.7").await.unwrap();
+    assert!(retry_after(&refused) >= 1);
+    assert_eq!(forwarded("203.0.113.7, 203.0.113.8").await.unwrap().status(), 200);
+    let no_header = first
+        .post(proxied.url("/api/v1/auth/login"))
+        .json(&json!({"username": "alice", "password": "correct horse"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(no_header, 500).await, "internal error");
+}
+
+pub async fn expired_sessions_are_swept_in_the_background(store: Arc<dyn Backend>) {
+    let options = Options {
+        sessions: chatcore_axum::SessionConfig {
+            expired_session_sweep: Duration::from_millis(50),
+            ..fast_sessions()
+        },
+        ..Default::default()
+    };
+    let app = TestApp::spawn_with(store.clone(), options).await;
+    let (alice, _) = app.user("alice").await;
+    let now = chrono::Utc::now();
+    let (expired, live) = ([7u8; 32], [8u8; 32]);
+    store
+        .create_session(&expired, alice.id, now - chrono::Duration::seconds(1))
+        .await
+        .unwrap();
+    store
+        .create_session(&live, alice.id, now + chrono::Duration::hours(1))
+        .await
+        .unwrap();
+    // Asked as of an hour ago, a session is found as long as its row exists.
+    let an_hour_ago = now - chrono::Duration::hours(1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while store.session_user(&expired, an_hour_ago).await.unwrap().is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the expired session is still stored"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(store.session_user(&live, an_hour_ago).await.unwrap().is_some());
+}
+
+pub async fn unauthenticated_requests_get_401(store: Arc<dyn Backend>) {
     let app = TestApp::spawn(store).await;
     let (_, token) = app.user("alice").await;
     app.user("bob").await;
@@ -192,7 +315,7 @@ pub async fn unauthenticated_requests_get_401(store: Arc<dyn Store>) {
     assert_eq!(page.json::<Value>().await.unwrap()["count"], 1);
 }
 
-pub async fn send_notifies_every_socket_of_both_and_no_one_else(store: Arc<dyn Store>) {
+pub async fn send_notifies_every_socket_of_both_and_no_one_else(store: Arc<dyn Backend>) {
     let app = TestApp::spawn(store).await;
     let (_, alice) = app.user("alice").await;
     let (_, bob) = app.user("bob").await;
@@ -232,7 +355,7 @@ pub async fn send_notifies_every_socket_of_both_and_no_one_else(store: Arc<dyn S
 /// Many sends at once, so notifications of one commit reach a socket together and cross each
 /// other: with frames gathered into one write and written one by one, every socket of a
 /// party gets each message exactly once, in position order, and no socket gets anyone else's.
-pub async fn concurrent_sends_reach_every_socket_exactly_once(store: Arc<dyn Store>) {
+pub async fn concurrent_sends_reach_every_socket_exactly_once(store: Arc<dyn Backend>) {
     for gather in [true, false] {
         let options = Options {
             api: ApiConfig {
@@ -295,7 +418,7 @@ pub async fn concurrent_sends_reach_every_socket_exactly_once(store: Arc<dyn Sto
     }
 }
 
-pub async fn form_bodies_trailing_slashes_and_reading_by_id(store: Arc<dyn Store>) {
+pub async fn form_bodies_trailing_slashes_and_reading_by_id(store: Arc<dyn Backend>) {
     let app = TestApp::spawn(store).await;
     let (_, alice) = app.user("alice").await;
     let (_, bob) = app.user("bob").await;
@@ -345,7 +468,7 @@ pub async fn form_bodies_trailing_slashes_and_reading_by_id(store: Arc<dyn Store
     }
 }
 
-pub async fn message_validation_errors(store: Arc<dyn Store>) {
+pub async fn message_validation_errors(store: Arc<dyn Backend>) {
     let app = TestApp::spawn(store).await;
     let (_, alice) = app.user("alice").await;
     app.user("bob").await;
@@ -465,7 +588,8 @@ pub async fn message_validation_errors(store: Arc<dyn Store>) {
         .await
         .unwrap();
     error_of(long_key, 400).await;
-    // Writing to yourself is allowed; everything above stored just the one valid message.
+    // Writing to yourself is allowed; of everything above only the two valid messages (the
+    // CRLF one and the longest) were stored.
     assert_eq!(
         send_json(json!({"recipient": "alice", "body": "me"}))
             .await
@@ -481,10 +605,10 @@ pub async fn message_validation_errors(store: Arc<dyn Store>) {
         .json()
         .await
         .unwrap();
-    assert_eq!(all["count"], 2);
+    assert_eq!(all["count"], 3);
 }
 
-pub async fn idempotent_retry_returns_same_message_and_notifies_once(store: Arc<dyn Store>) {
+pub async fn idempotent_retry_returns_same_message_and_notifies_once(store: Arc<dyn Backend>) {
     let app = TestApp::spawn(store).await;
     let (_, alice) = app.user("alice").await;
     let (_, bob) = app.user("bob").await;
@@ -552,7 +676,7 @@ pub async fn idempotent_retry_returns_same_message_and_notifies_once(store: Arc<
     close(bob_ws).await;
 }
 
-pub async fn send_rate_limit_answers_429_with_retry_after(store: Arc<dyn Store>) {
+pub async fn send_rate_limit_answers_429_with_retry_after(store: Arc<dyn Backend>) {
     let options = Options {
         chat: ChatConfig {
             send_burst: 3,
@@ -610,7 +734,7 @@ pub async fn send_rate_limit_answers_429_with_retry_after(store: Arc<dyn Store>)
     }
 }
 
-pub async fn unknown_paths_and_wrong_methods_answer_json(store: Arc<dyn Store>) {
+pub async fn unknown_paths_and_wrong_methods_answer_json(store: Arc<dyn Backend>) {
     let app = TestApp::spawn(store).await;
     let (_, alice) = app.user("alice").await;
     let client = app.client(&alice);
@@ -650,7 +774,7 @@ pub async fn unknown_paths_and_wrong_methods_answer_json(store: Arc<dyn Store>) 
     assert_eq!(home.text().await.unwrap(), "host home");
 }
 
-pub async fn cross_site_cookie_requests_are_refused(store: Arc<dyn Store>) {
+pub async fn cross_site_cookie_requests_are_refused(store: Arc<dyn Backend>) {
     let app = TestApp::spawn(store).await;
     app.auth.register("alice", "correct horse").await.unwrap();
     app.user("bob").await;
@@ -739,7 +863,7 @@ pub async fn cross_site_cookie_requests_are_refused(store: Arc<dyn Store>) {
     assert_eq!(all["count"], 4);
 }
 
-pub async fn history_pages_with_page_before_and_limit(store: Arc<dyn Store>) {
+pub async fn history_pages_with_page_before_and_limit(store: Arc<dyn Backend>) {
     let app = TestApp::spawn_with(
         store,
         Options {
@@ -891,7 +1015,7 @@ pub async fn history_pages_with_page_before_and_limit(store: Arc<dyn Store>) {
     }
 }
 
-pub async fn user_directory_filters_and_pages(store: Arc<dyn Store>) {
+pub async fn user_directory_filters_and_pages(store: Arc<dyn Backend>) {
     let app = TestApp::spawn(store).await;
     let (_, alice) = app.user("alice").await;
     for name in ["dave", "bobby", "carol", "bob"] {
@@ -924,7 +1048,7 @@ pub async fn user_directory_filters_and_pages(store: Arc<dyn Store>) {
     error_of(zero, 400).await;
 }
 
-pub async fn reconnect_with_since_gets_exactly_the_missed_messages(store: Arc<dyn Store>) {
+pub async fn reconnect_with_since_gets_exactly_the_missed_messages(store: Arc<dyn Backend>) {
     let app = TestApp::spawn(store).await;
     let (_, alice) = app.user("alice").await;
     let (_, bob) = app.user("bob").await;
@@ -969,7 +1093,7 @@ pub async fn reconnect_with_since_gets_exactly_the_missed_messages(store: Arc<dy
     assert_eq!(status, 400);
 }
 
-pub async fn since_under_concurrent_sends_has_no_gap_and_no_duplicate(store: Arc<dyn Store>) {
+pub async fn since_under_concurrent_sends_has_no_gap_and_no_duplicate(store: Arc<dyn Backend>) {
     let app = TestApp::spawn_with(
         store,
         Options {
@@ -1025,7 +1149,7 @@ pub async fn since_under_concurrent_sends_has_no_gap_and_no_duplicate(store: Arc
     close(bob_ws).await;
 }
 
-pub async fn too_many_missed_messages_ask_for_resync(store: Arc<dyn Store>) {
+pub async fn too_many_missed_messages_ask_for_resync(store: Arc<dyn Backend>) {
     let options = Options {
         chat: ChatConfig {
             catch_up_limit: 5,
@@ -1060,7 +1184,7 @@ pub async fn too_many_missed_messages_ask_for_resync(store: Arc<dyn Store>) {
     close(ws).await;
 }
 
-pub async fn transport_gap_is_caught_up_from_storage(store: Arc<dyn Store>) {
+pub async fn transport_gap_is_caught_up_from_storage(store: Arc<dyn Backend>) {
     let notifier = Arc::new(LossyNotifier::default());
     let options = Options {
         notifier: Some(notifier.clone()),
@@ -1102,7 +1226,7 @@ pub async fn transport_gap_is_caught_up_from_storage(store: Arc<dyn Store>) {
 
 /// A lost notification with no gap signal at all (a publisher that died between commit and
 /// publish): the next event's `previous` reveals it, and storage fills it in, in order.
-pub async fn a_silently_lost_notification_is_noticed_by_the_next_one(store: Arc<dyn Store>) {
+pub async fn a_silently_lost_notification_is_noticed_by_the_next_one(store: Arc<dyn Backend>) {
     let notifier = Arc::new(LossyNotifier::default());
     let options = Options {
         notifier: Some(notifier.clone()),
@@ -1124,7 +1248,7 @@ pub async fn a_silently_lost_notification_is_noticed_by_the_next_one(store: Arc<
 
 /// Notifications that cross (the second send's published first, as two senders or two
 /// nodes can do) still reach the socket in position order, without waiting for storage.
-pub async fn crossed_notifications_arrive_in_position_order(store: Arc<dyn Store>) {
+pub async fn crossed_notifications_arrive_in_position_order(store: Arc<dyn Backend>) {
     let notifier = Arc::new(LossyNotifier::default());
     let options = Options {
         notifier: Some(notifier.clone()),
@@ -1210,7 +1334,7 @@ impl Notifier for LossyNotifier {
     }
 }
 
-pub async fn a_users_oldest_socket_closes_past_the_limit(store: Arc<dyn Store>) {
+pub async fn a_users_oldest_socket_closes_past_the_limit(store: Arc<dyn Backend>) {
     let options = Options {
         chat: ChatConfig {
             max_connections_per_user: 2,
@@ -1239,7 +1363,7 @@ pub async fn a_users_oldest_socket_closes_past_the_limit(store: Arc<dyn Store>) 
     }
 }
 
-pub async fn logout_and_expiry_close_that_sessions_sockets(store: Arc<dyn Store>) {
+pub async fn logout_and_expiry_close_that_sessions_sockets(store: Arc<dyn Backend>) {
     let app = TestApp::spawn(store.clone()).await;
     let (alice_user, alice) = app.user("alice").await;
     let (bob_user, bob_laptop) = app.user("bob").await;
@@ -1283,7 +1407,7 @@ pub async fn logout_and_expiry_close_that_sessions_sockets(store: Arc<dyn Store>
     );
 }
 
-pub async fn oversized_client_frames_close_with_1009(store: Arc<dyn Store>) {
+pub async fn oversized_client_frames_close_with_1009(store: Arc<dyn Backend>) {
     let options = Options {
         api: ApiConfig {
             ws_max_incoming_message: 1024,
@@ -1299,7 +1423,7 @@ pub async fn oversized_client_frames_close_with_1009(store: Arc<dyn Store>) {
     assert_eq!(close_code(&mut ws).await, (1009, "message too big".to_owned()));
 }
 
-pub async fn a_long_backlog_is_sent_in_pages_in_order(store: Arc<dyn Store>) {
+pub async fn a_long_backlog_is_sent_in_pages_in_order(store: Arc<dyn Backend>) {
     let options = Options {
         chat: ChatConfig {
             catch_up_page: 3,
@@ -1329,7 +1453,7 @@ pub async fn a_long_backlog_is_sent_in_pages_in_order(store: Arc<dyn Store>) {
     close(ws).await;
 }
 
-pub async fn client_frames_are_ignored_and_pings_keep_it_alive(store: Arc<dyn Store>) {
+pub async fn client_frames_are_ignored_and_pings_keep_it_alive(store: Arc<dyn Backend>) {
     let options = Options {
         api: ApiConfig {
             ws_ping_interval: Duration::from_millis(100),
@@ -1362,7 +1486,7 @@ pub async fn client_frames_are_ignored_and_pings_keep_it_alive(store: Arc<dyn St
     close(ws).await;
 }
 
-pub async fn dead_websocket_is_dropped(store: Arc<dyn Store>) {
+pub async fn dead_websocket_is_dropped(store: Arc<dyn Backend>) {
     let options = Options {
         api: ApiConfig {
             ws_ping_interval: Duration::from_millis(100),
@@ -1384,7 +1508,7 @@ pub async fn dead_websocket_is_dropped(store: Arc<dyn Store>) {
     drop(silent);
 }
 
-pub async fn slow_websocket_reader_catches_up_from_storage_in_order(store: Arc<dyn Store>) {
+pub async fn slow_websocket_reader_catches_up_from_storage_in_order(store: Arc<dyn Backend>) {
     let options = Options {
         chat: ChatConfig {
             send_burst: 0,
@@ -1430,7 +1554,7 @@ pub async fn slow_websocket_reader_catches_up_from_storage_in_order(store: Arc<d
     no_frame(&mut ws, Duration::from_millis(200)).await;
 }
 
-pub async fn shutdown_sends_close_frames(store: Arc<dyn Store>) {
+pub async fn shutdown_sends_close_frames(store: Arc<dyn Backend>) {
     let app = TestApp::spawn(store).await;
     let (_, alice) = app.user("alice").await;
     let (_, bob) = app.user("bob").await;
@@ -1460,10 +1584,12 @@ pub async fn shutdown_sends_close_frames(store: Arc<dyn Store>) {
     );
 }
 
-pub async fn unavailable_storage_answers_503(store: Arc<dyn Store>) {
+pub async fn unavailable_storage_answers_503(store: Arc<dyn Backend>) {
     let failing = Arc::new(TestStore::new(store));
     let app = TestApp::spawn(failing.clone()).await;
-    let (_, alice) = app.user("alice").await;
+    let (alice_user, alice) = app.user("alice").await;
+    // A session not looked up yet, so not in the authenticator's cache.
+    let uncached = app.auth.start_session(alice_user).await.unwrap().token;
     app.user("bob").await;
     app.send(&alice, "bob", "before the outage").await;
     failing.down.store(true, Ordering::SeqCst);
@@ -1487,7 +1613,12 @@ pub async fn unavailable_storage_answers_503(store: Arc<dyn Store>) {
     assert_eq!(status, 503);
     // The authenticator's storage failing is a 503 too, not a 401.
     failing.sessions_down.store(true, Ordering::SeqCst);
-    let response = client.get(app.url("/api/v1/user/")).send().await.unwrap();
+    let response = app
+        .client(&uncached)
+        .get(app.url("/api/v1/user/"))
+        .send()
+        .await
+        .unwrap();
     error_of(response, 503).await;
     // Back up: everything works again.
     failing.down.store(false, Ordering::SeqCst);
@@ -1586,7 +1717,7 @@ pub async fn reconnecting_client_gets_every_message_once_in_order_over(nodes: &[
     no_frame(&mut ws, Duration::from_millis(100)).await;
 }
 
-pub async fn reconnecting_client_gets_every_message_once_in_order(store: Arc<dyn Store>) {
+pub async fn reconnecting_client_gets_every_message_once_in_order(store: Arc<dyn Backend>) {
     let options = Options {
         chat: ChatConfig {
             send_burst: 0,

@@ -1,5 +1,5 @@
 //! The HTTP and WebSocket suite, written once and run over every store: each case is an
-//! `async fn(Arc<dyn Store>)`, and [`api_suite!`] turns a store factory into one `#[tokio::test]`
+//! `async fn(Arc<dyn Backend>)`, and [`api_suite!`] turns a store factory into one `#[tokio::test]`
 //! per case. A real server on 127.0.0.1 port 0, real clients (reqwest, tokio-tungstenite).
 
 #![allow(dead_code)]
@@ -9,12 +9,14 @@ pub mod cases;
 pub mod stores;
 
 /// One `#[tokio::test]` per case of the suite, each on a fresh store from `$factory`
-/// (an `async fn() -> Arc<dyn chatcore::Store>`).
+/// (an `async fn() -> Arc<dyn chatcore::Backend>`).
 #[macro_export]
 macro_rules! api_suite {
     ($factory:path) => {
         $crate::api_suite!(@cases $factory;
             auth_register_login_logout,
+            login_and_registration_are_limited_per_client_address,
+            expired_sessions_are_swept_in_the_background,
             unauthenticated_requests_get_401,
             send_notifies_every_socket_of_both_and_no_one_else,
             concurrent_sends_reach_every_socket_exactly_once,

@@ -1,21 +1,31 @@
-//! Stores for the suite: a wrapper that fails on demand, and the MySQL factory.
+//! Stores for the suite: a wrapper that fails on demand (and counts session lookups), and the
+//! MySQL factory.
 
 use std::any::Any;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use async_trait::async_trait;
-use chatcore::store::{Credentials, Inserted, MessagePage, PageRequest, SessionRecord, TokenHash, UserQuery};
-use chatcore::{Error, Message, MessageId, NewMessage, Position, Store, User, UserId, Username};
+use chatcore::store::{
+    Credentials, Inserted, MessagePage, MigrationReport, PageRequest, SessionRecord, TokenHash, UserQuery,
+};
+use chatcore::{
+    Backend, Error, Message, MessageId, NewMessage, Position, SessionStore, Store, User, UserId, Username,
+};
 use chatcore_mysql::testing::TestDatabase;
 use chrono::{DateTime, Utc};
 
 /// A fresh, migrated MySQL store on a database of its own (`chatcore_axum_test_<pid>_<random>`),
 /// dropped with the store.
-pub async fn mysql_store() -> Arc<dyn Store> {
+pub async fn mysql_store() -> Arc<dyn Backend> {
+    // One line when MariaDB is down (the error's source says so and names scripts/test),
+    // not the driver's error.
     let database = TestDatabase::create("chatcore_axum_test_")
         .await
-        .expect("create the test database");
+        .unwrap_or_else(|error| match std::error::Error::source(&error) {
+            Some(cause) => panic!("{error}: {cause}"),
+            None => panic!("{error}"),
+        });
     let config = chatcore_mysql::MysqlConfig {
         max_connections: 4,
         ..Default::default()
@@ -24,23 +34,27 @@ pub async fn mysql_store() -> Arc<dyn Store> {
     Arc::new(TestStore::new(Arc::new(store)).with_guard(database))
 }
 
-/// A real store, wrapped: it fails on demand with [`Error::Unavailable`], and it may own a
-/// guard (e.g. a test database dropped with the store).
+/// A real backend, wrapped: it fails on demand with [`Error::Unavailable`], counts the
+/// session lookups that reach it, and may own a guard (e.g. a test database dropped with the
+/// store). It is a whole [`Backend`], so the suite serves it like any other.
 pub struct TestStore {
-    inner: Arc<dyn Store>,
+    inner: Arc<dyn Backend>,
     /// Every call but the session ones fails while set.
     pub down: AtomicBool,
     /// The session calls fail while set.
     pub sessions_down: AtomicBool,
+    /// How many [`SessionStore::session_user`] calls reached this store.
+    pub session_lookups: AtomicU64,
     _guard: Option<Box<dyn Any + Send + Sync>>,
 }
 
 impl TestStore {
-    pub fn new(inner: Arc<dyn Store>) -> Self {
+    pub fn new(inner: Arc<dyn Backend>) -> Self {
         Self {
             inner,
             down: AtomicBool::new(false),
             sessions_down: AtomicBool::new(false),
+            session_lookups: AtomicU64::new(0),
             _guard: None,
         }
     }
@@ -62,9 +76,9 @@ impl TestStore {
 
 #[async_trait]
 impl Store for TestStore {
-    async fn create_user(&self, username: &Username, password_hash: Option<&str>) -> chatcore::Result<User> {
+    async fn create_user(&self, username: &Username) -> chatcore::Result<User> {
         self.check(&self.down)?;
-        self.inner.create_user(username, password_hash).await
+        self.inner.create_user(username).await
     }
     async fn find_user(&self, username: &Username) -> chatcore::Result<Option<User>> {
         self.check(&self.down)?;
@@ -73,35 +87,6 @@ impl Store for TestStore {
     async fn list_users(&self, query: &UserQuery) -> chatcore::Result<Vec<User>> {
         self.check(&self.down)?;
         self.inner.list_users(query).await
-    }
-    async fn credentials(&self, username: &Username) -> chatcore::Result<Option<Credentials>> {
-        self.check(&self.down)?;
-        self.inner.credentials(username).await
-    }
-    async fn set_password_hash(&self, user: UserId, password_hash: &str) -> chatcore::Result<()> {
-        self.check(&self.down)?;
-        self.inner.set_password_hash(user, password_hash).await
-    }
-    async fn create_session(
-        &self,
-        token_hash: &TokenHash,
-        user: UserId,
-        expires_at: DateTime<Utc>,
-    ) -> chatcore::Result<()> {
-        self.check(&self.sessions_down)?;
-        self.inner.create_session(token_hash, user, expires_at).await
-    }
-    async fn session_user(
-        &self,
-        token_hash: &TokenHash,
-        now: DateTime<Utc>,
-    ) -> chatcore::Result<Option<SessionRecord>> {
-        self.check(&self.sessions_down)?;
-        self.inner.session_user(token_hash, now).await
-    }
-    async fn delete_session(&self, token_hash: &TokenHash) -> chatcore::Result<()> {
-        self.check(&self.sessions_down)?;
-        self.inner.delete_session(token_hash).await
     }
     async fn insert_message(&self, message: NewMessage) -> chatcore::Result<Inserted> {
         self.check(&self.down)?;
@@ -137,8 +122,52 @@ impl Store for TestStore {
         self.check(&self.down)?;
         self.inner.latest_position(user).await
     }
-    async fn idempotent_message(&self, sender: UserId, key: &str) -> chatcore::Result<Option<Message>> {
+}
+
+#[async_trait]
+impl SessionStore for TestStore {
+    async fn create_account(&self, username: &Username, password_hash: &str) -> chatcore::Result<User> {
         self.check(&self.down)?;
-        self.inner.idempotent_message(sender, key).await
+        self.inner.create_account(username, password_hash).await
+    }
+    async fn credentials(&self, username: &Username) -> chatcore::Result<Option<Credentials>> {
+        self.check(&self.down)?;
+        self.inner.credentials(username).await
+    }
+    async fn create_session(
+        &self,
+        token_hash: &TokenHash,
+        user: UserId,
+        expires_at: DateTime<Utc>,
+    ) -> chatcore::Result<()> {
+        self.check(&self.sessions_down)?;
+        self.inner.create_session(token_hash, user, expires_at).await
+    }
+    async fn session_user(
+        &self,
+        token_hash: &TokenHash,
+        now: DateTime<Utc>,
+    ) -> chatcore::Result<Option<SessionRecord>> {
+        self.check(&self.sessions_down)?;
+        self.session_lookups.fetch_add(1, Ordering::SeqCst);
+        self.inner.session_user(token_hash, now).await
+    }
+    async fn delete_session(&self, token_hash: &TokenHash) -> chatcore::Result<()> {
+        self.check(&self.sessions_down)?;
+        self.inner.delete_session(token_hash).await
+    }
+    async fn delete_expired_sessions(&self, now: DateTime<Utc>) -> chatcore::Result<u64> {
+        self.check(&self.sessions_down)?;
+        self.inner.delete_expired_sessions(now).await
+    }
+}
+
+#[async_trait]
+impl Backend for TestStore {
+    async fn migrate(&self) -> chatcore::Result<MigrationReport> {
+        self.inner.migrate().await
+    }
+    async fn close(&self) -> chatcore::Result<()> {
+        self.inner.close().await
     }
 }

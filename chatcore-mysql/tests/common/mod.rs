@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chatcore::Store;
 use chatcore::conformance::GuardedStore;
+use chatcore::{SessionStore, Store};
 use chatcore_mysql::{MysqlConfig, MysqlStore, testing};
 use sqlx::mysql::MySqlConnectOptions;
 
@@ -53,6 +53,13 @@ impl TestDatabase {
 
 /// The conformance factory: a fresh store on a fresh database, dropped with the store.
 pub async fn fresh_store() -> Arc<dyn Store> {
+    let database = TestDatabase::create().await;
+    let store = database.store().await;
+    Arc::new(GuardedStore::new(store, database))
+}
+
+/// The session conformance factory: the same, as a [`SessionStore`].
+pub async fn fresh_session_store() -> Arc<dyn SessionStore> {
     let database = TestDatabase::create().await;
     let store = database.store().await;
     Arc::new(GuardedStore::new(store, database))

@@ -12,9 +12,25 @@ use chatcore_redis::RedisConfig;
 /// How long a test waits for something that should happen in milliseconds.
 pub const PATIENCE: Duration = Duration::from_secs(10);
 
-/// The shared Redis: `CHATCORE_REDIS_URL`, default `redis://127.0.0.1:6379`.
-pub fn redis_url() -> String {
-    std::env::var("CHATCORE_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+/// The shared Redis: `CHATCORE_REDIS_URL`, default `redis://127.0.0.1:6379`, once it answers
+/// `PING`. When it does not, the test fails with one line that says so and what to run,
+/// rather than with the first driver error of the test.
+pub async fn redis_url() -> String {
+    let url = std::env::var("CHATCORE_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let ping = async {
+        let client = redis::Client::open(url.as_str()).ok()?;
+        let mut connection = client.get_multiplexed_async_connection().await.ok()?;
+        redis::cmd("PING")
+            .query_async::<String>(&mut connection)
+            .await
+            .ok()
+    };
+    match tokio::time::timeout(Duration::from_secs(5), ping).await {
+        Ok(Some(_)) => url,
+        _ => {
+            panic!("Redis is not reachable at {url} (CHATCORE_REDIS_URL): run scripts/test, which starts it")
+        }
+    }
 }
 
 /// `TEST_LOG=1` shows the notifier's logs (reconnects, failures).
@@ -116,7 +132,12 @@ impl PrivateRedis {
             .stdout(std::process::Stdio::null())
             .kill_on_drop(true)
             .spawn()
-            .expect("start redis-server (is it installed?)");
+            .unwrap_or_else(|_| {
+                panic!(
+                    "redis-server could not be started (is Redis installed?): this test runs a Redis of its own; \
+                     scripts/test checks for it and starts the shared one"
+                )
+            });
         self.child = Some(child);
         let url = self.url();
         eventually("private redis-server answers", || {

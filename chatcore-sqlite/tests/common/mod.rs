@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use chatcore::conformance::GuardedStore;
-use chatcore::store::Store;
+use chatcore::store::{SessionStore, Store};
 use chatcore::{NewMessage, User, Username};
 use chatcore_sqlite::{SqliteConfig, SqliteStore};
 
@@ -18,9 +18,20 @@ pub struct TempStore {
 }
 
 impl TempStore {
-    /// The store as the conformance suite takes it, still deleting its directory afterwards.
-    pub fn into_shared(self) -> Arc<dyn Store> {
+    /// The store as the conformance suites take it (both traits), still deleting its
+    /// directory afterwards.
+    pub fn into_guarded(self) -> Arc<GuardedStore<SqliteStore, tempfile::TempDir>> {
         Arc::new(GuardedStore::new(self.store, self.dir))
+    }
+
+    /// The store as the [`Store`] suite takes it.
+    pub fn into_shared(self) -> Arc<dyn Store> {
+        self.into_guarded()
+    }
+
+    /// The store as the [`SessionStore`] suite takes it.
+    pub fn into_shared_sessions(self) -> Arc<dyn SessionStore> {
+        self.into_guarded()
     }
 
     pub fn path(&self) -> PathBuf {
@@ -42,10 +53,23 @@ pub async fn fresh_file_store() -> Arc<dyn Store> {
     temp_store(|_| {}).await.into_shared()
 }
 
-pub async fn fresh_memory_store() -> Arc<dyn Store> {
+pub async fn fresh_file_session_store() -> Arc<dyn SessionStore> {
+    temp_store(|_| {}).await.into_shared_sessions()
+}
+
+/// A fresh, migrated in-memory store.
+pub async fn memory_store() -> Arc<SqliteStore> {
     let store = SqliteStore::open(SqliteConfig::memory()).await.expect("open");
     store.migrate().await.expect("migrate");
     Arc::new(store)
+}
+
+pub async fn fresh_memory_store() -> Arc<dyn Store> {
+    memory_store().await
+}
+
+pub async fn fresh_memory_session_store() -> Arc<dyn SessionStore> {
+    memory_store().await
 }
 
 pub fn name(s: &str) -> Username {

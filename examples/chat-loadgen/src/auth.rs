@@ -2,11 +2,12 @@
 //! cookies of existing users (the original app).
 
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures_util::{StreamExt, TryStreamExt, stream};
 use http::HeaderValue;
 use http::header::{COOKIE, HeaderName};
+use rand::Rng;
+use rand::distr::{Alphanumeric, SampleString};
 use serde::Serialize;
 
 use crate::cli::{Args, AuthMode};
@@ -14,16 +15,16 @@ use crate::progress::Progress;
 use crate::{Error, Result};
 
 /// `X-CSRFToken`, the header Django compares with the CSRF cookie.
-pub const CSRF_HEADER: HeaderName = HeaderName::from_static("x-csrftoken");
+pub(crate) const CSRF_HEADER: HeaderName = HeaderName::from_static("x-csrftoken");
 
 /// Whether `c` may appear in a username (letters, digits and `@ . + - _`).
-pub fn is_username_char(c: char) -> bool {
+pub(crate) fn is_username_char(c: char) -> bool {
     c.is_alphanumeric() || matches!(c, '@' | '.' | '+' | '-' | '_')
 }
 
 /// How one user proves who they are, as ready-made header values.
 #[derive(Debug, Clone)]
-pub enum Credential {
+pub(crate) enum Credential {
     /// `Authorization: Bearer <token>`.
     Bearer(HeaderValue),
     /// A session cookie (plus the CSRF cookie) and the matching `X-CSRFToken` value.
@@ -37,7 +38,7 @@ pub enum Credential {
 
 /// One user the load generator acts as.
 #[derive(Debug, Clone)]
-pub struct Session {
+pub(crate) struct Session {
     /// The username.
     pub username: String,
     /// How requests of this user authenticate.
@@ -46,7 +47,7 @@ pub struct Session {
 
 impl Session {
     /// The headers that authenticate a request of this user.
-    pub fn headers(&self) -> Vec<(HeaderName, HeaderValue)> {
+    pub(crate) fn headers(&self) -> Vec<(HeaderName, HeaderValue)> {
         match &self.credential {
             Credential::Bearer(value) => vec![(http::header::AUTHORIZATION, value.clone())],
             Credential::Cookie { cookie, csrf } => {
@@ -56,32 +57,19 @@ impl Session {
     }
 }
 
-/// A user-name prefix unique to this run: `lg` + the time and process id in base 36 + `_`.
+/// A user-name prefix unique to this run: `lg`, 10 random lowercase letters and digits, `_`.
 ///
 /// ```
 /// let p = chat_loadgen::auth::run_prefix();
 /// assert!(p.starts_with("lg") && p.ends_with('_'));
 /// ```
 pub fn run_prefix() -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let mixed = (nanos as u64) ^ (u64::from(std::process::id()) << 40);
-    format!("lg{}_", base36(mixed))
-}
-
-fn base36(mut n: u64) -> String {
     const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
-    let mut out = Vec::new();
-    loop {
-        out.push(DIGITS[(n % 36) as usize]);
-        n /= 36;
-        if n == 0 {
-            break;
-        }
-    }
-    out.reverse();
-    String::from_utf8(out).unwrap_or_default()
+    let mut rng = rand::rng();
+    let random: String = (0..10)
+        .map(|_| char::from(DIGITS[rng.random_range(0..DIGITS.len())]))
+        .collect();
+    format!("lg{random}_")
 }
 
 #[derive(Serialize)]
@@ -92,7 +80,11 @@ struct Credentials<'a> {
 
 /// Creates `args.users` fresh users (token mode) or reads the existing ones (original mode)
 /// and returns a logged-in session for each.
-pub async fn sessions(args: &Args, http: &reqwest::Client, progress: &Progress) -> Result<Vec<Session>> {
+pub(crate) async fn sessions(
+    args: &Args,
+    http: &reqwest::Client,
+    progress: &Progress,
+) -> Result<Vec<Session>> {
     match args.auth {
         AuthMode::Token => {
             let prefix = args.user_prefix.clone().unwrap_or_else(run_prefix);
@@ -186,9 +178,16 @@ async fn expect_status(response: reqwest::Response, want: u16, what: &str) -> Re
         .await
         .map_err(|e| Error::setup(what.to_owned(), e))?;
     if status != want {
+        // chatcore limits registrations and logins per client address; one load generator
+        // creating hundreds of users is one address.
+        let hint = if status == 429 {
+            " (run the server with --registrations-per-hour 0 --logins-per-minute 0)"
+        } else {
+            ""
+        };
         return Err(Error::Setup {
             what: format!(
-                "{what}: status {status}, expected {want}: {}",
+                "{what}: status {status}, expected {want}: {}{hint}",
                 String::from_utf8_lossy(&body[..body.len().min(200)])
             ),
             source: None,
@@ -211,19 +210,8 @@ fn read_lines(path: &Path) -> Result<Vec<String>> {
 /// A CSRF secret of our own: Django's CSRF check is double-submit (the header must match the
 /// cookie), so a client may choose the value as long as it has the right form (64 letters
 /// and digits).
-fn csrf_secret(seed: &str) -> String {
-    let mut state = seed.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    });
-    (0..64)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            const ALNUM: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
-            char::from(ALNUM[(state % ALNUM.len() as u64) as usize])
-        })
-        .collect()
+fn csrf_secret() -> String {
+    Alphanumeric.sample_string(&mut rand::rng(), 64)
 }
 
 fn cookie_session(args: &Args, username: String, session_id: &str, csrf: &str) -> Result<Session> {
@@ -243,7 +231,7 @@ fn cookie_session(args: &Args, username: String, session_id: &str, csrf: &str) -
 }
 
 /// Reads `username=SESSIONID` lines into sessions.
-pub fn parse_cookie_lines(lines: &[String], args: &Args) -> Result<Vec<Session>> {
+pub(crate) fn parse_cookie_lines(lines: &[String], args: &Args) -> Result<Vec<Session>> {
     let sessions: Vec<Session> = lines
         .iter()
         .map(|line| {
@@ -254,7 +242,7 @@ pub fn parse_cookie_lines(lines: &[String], args: &Args) -> Result<Vec<Session>>
                 .ok_or_else(|| {
                     Error::Usage(format!("cookie file line {line:?} is not username=SESSIONID"))
                 })?;
-            cookie_session(args, user.to_owned(), session_id, &csrf_secret(session_id))
+            cookie_session(args, user.to_owned(), session_id, &csrf_secret())
         })
         .collect::<Result<_>>()?;
     if sessions.is_empty() {
@@ -264,7 +252,7 @@ pub fn parse_cookie_lines(lines: &[String], args: &Args) -> Result<Vec<Session>>
 }
 
 /// Reads `username:password` (or bare `username`) lines.
-pub fn parse_login_lines(lines: &[String], default_password: &str) -> Result<Vec<(String, String)>> {
+pub(crate) fn parse_login_lines(lines: &[String], default_password: &str) -> Result<Vec<(String, String)>> {
     let users: Vec<(String, String)> = lines
         .iter()
         .map(|line| match line.split_once(':') {
@@ -366,15 +354,15 @@ mod tests {
 
     #[test]
     fn prefixes_are_valid_usernames_and_differ() {
-        let a = run_prefix();
-        std::thread::sleep(std::time::Duration::from_millis(2));
-        let b = run_prefix();
+        let (a, b) = (run_prefix(), run_prefix());
         assert_ne!(a, b);
+        assert_eq!(a.len(), 13);
+        assert!(
+            a.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        );
         assert!(a.chars().all(is_username_char));
         assert!(format!("{a}9999").len() <= 150);
-        assert_eq!(base36(0), "0");
-        assert_eq!(base36(35), "z");
-        assert_eq!(base36(36), "10");
     }
 
     #[test]

@@ -33,8 +33,8 @@ pub enum HttpClient {
 /// reports send throughput, send and notification latency, and lost or duplicated
 /// notifications.
 ///
-/// Run the server with its send rate limit off (`chat-server --send-rate-per-sec 0`),
-/// otherwise sends beyond the limit answer 429 and count as errors. `--ceiling` needs the
+/// Run the server with its send rate limit off (`chat-server --send-rate-per-sec 0`) and its per-address login and registration limits
+/// off (`--logins-per-minute 0 --registrations-per-hour 0`), otherwise sends beyond the limit answer 429 and count as errors. `--ceiling` needs the
 /// server started with `--bench-endpoints`.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "chat-loadgen", version, about, args_override_self = true)]
@@ -310,20 +310,12 @@ impl Args {
     }
 
     /// The base URL without a trailing slash.
-    pub fn base_url(&self) -> &str {
+    pub(crate) fn base_url(&self) -> &str {
         self.url.trim_end_matches('/')
     }
 
-    /// The WebSocket URL of `/ws` on the server.
-    ///
-    /// ```
-    /// use clap::Parser;
-    /// let args = chat_loadgen::Args::parse_from(["chat-loadgen", "--url", "http://127.0.0.1:9/chat/"]);
-    /// assert_eq!(args.ws_url(), "ws://127.0.0.1:9/chat/ws");
-    /// let other_node = chat_loadgen::Args::parse_from(["chat-loadgen", "--ws-base-url", "http://127.0.0.1:10/"]);
-    /// assert_eq!(other_node.ws_url(), "ws://127.0.0.1:10/ws");
-    /// ```
-    pub fn ws_url(&self) -> String {
+    /// The WebSocket URL of `/ws` on the server (`--ws-base-url`, or `--url`).
+    pub(crate) fn ws_url(&self) -> String {
         let base = self
             .ws_base_url
             .as_deref()
@@ -337,7 +329,7 @@ impl Args {
     }
 
     /// The per-request timeout.
-    pub fn request_timeout(&self) -> Duration {
+    pub(crate) fn request_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.request_timeout)
     }
 }
@@ -425,5 +417,9 @@ mod tests {
         let args = parse(&["--url", "https://example.test/"]);
         assert_eq!(args.base_url(), "https://example.test");
         assert_eq!(args.ws_url(), "wss://example.test/ws");
+        let args = parse(&["--url", "http://127.0.0.1:9/chat/"]);
+        assert_eq!(args.ws_url(), "ws://127.0.0.1:9/chat/ws");
+        let other_node = parse(&["--ws-base-url", "http://127.0.0.1:10/"]);
+        assert_eq!(other_node.ws_url(), "ws://127.0.0.1:10/ws");
     }
 }

@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 /// What one text frame on `/ws` said.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Frame {
+pub(crate) enum Frame {
     /// A notification about message `id` (with or without `data`).
     Message(i64),
     /// `{"resync": true}`: the server asks the client to reload history.
@@ -44,15 +44,7 @@ struct RawFrame {
 }
 
 /// Reads one text frame.
-///
-/// ```
-/// use chat_loadgen::frame::{parse_frame, Frame};
-/// assert_eq!(parse_frame(r#"{"message":"17","data":{"id":17,"body":"hi"}}"#), Frame::Message(17));
-/// assert_eq!(parse_frame(r#"{"message": "17"}"#), Frame::Message(17));
-/// assert_eq!(parse_frame(r#"{"resync": true}"#), Frame::Resync);
-/// assert_eq!(parse_frame("hello"), Frame::Other);
-/// ```
-pub fn parse_frame(text: &str) -> Frame {
+pub(crate) fn parse_frame(text: &str) -> Frame {
     match serde_json::from_str::<RawFrame>(text) {
         Ok(RawFrame { resync: true, .. }) => Frame::Resync,
         Ok(RawFrame {
@@ -68,12 +60,7 @@ struct Created {
 }
 
 /// The id in the answer to `POST /api/v1/message/` (`{"id": 17, ...}`), if there is one.
-///
-/// ```
-/// assert_eq!(chat_loadgen::frame::parse_created_id(br#"{"id":17,"user":"a","body":"x"}"#), Some(17));
-/// assert_eq!(chat_loadgen::frame::parse_created_id(b"{}"), None);
-/// ```
-pub fn parse_created_id(body: &[u8]) -> Option<i64> {
+pub(crate) fn parse_created_id(body: &[u8]) -> Option<i64> {
     serde_json::from_slice::<Created>(body).ok()?.id.get()
 }
 
@@ -86,6 +73,9 @@ mod tests {
         let full = r#"{"message":"9","data":{"id":9,"user":"a","recipient":"b","timestamp":"2026-11-28T10:00:00.123456Z","body":"x"}}"#;
         assert_eq!(parse_frame(full), Frame::Message(9));
         assert_eq!(parse_frame(r#"{"message":"42"}"#), Frame::Message(42));
+        assert_eq!(parse_frame(r#"{"message": " 42 "}"#), Frame::Message(42));
+        assert_eq!(parse_frame(r#"{"resync": true}"#), Frame::Resync);
+        assert_eq!(parse_frame("hello"), Frame::Other);
         assert_eq!(parse_frame(r#"{"message":42}"#), Frame::Message(42));
         assert_eq!(parse_frame(r#"{"resync":true}"#), Frame::Resync);
         assert_eq!(parse_frame(r#"{"resync":false}"#), Frame::Other);
@@ -97,7 +87,9 @@ mod tests {
 
     #[test]
     fn created_ids() {
+        assert_eq!(parse_created_id(br#"{"id":17,"user":"a","body":"x"}"#), Some(17));
         assert_eq!(parse_created_id(br#"{"id":"5"}"#), Some(5));
+        assert_eq!(parse_created_id(b"{}"), None);
         assert_eq!(parse_created_id(br#"{"error":"nope"}"#), None);
         assert_eq!(parse_created_id(b"<html>"), None);
     }

@@ -13,8 +13,9 @@
 //! - with `--idle-connections N --hold SECS`, N idle sockets held open to measure the server's
 //!   memory per connection.
 //!
-//! Run the server with its send rate limit off (`chat-server --send-rate-per-sec 0`, plus
-//! `--bench-endpoints` for `--ceiling`); otherwise sends beyond the limit answer 429 and are
+//! Run the server with its send rate limit off (`chat-server --send-rate-per-sec 0`, and its
+//! per-address login and registration limits off with `--logins-per-minute 0
+//! --registrations-per-hour 0`, plus `--bench-endpoints` for `--ceiling`); otherwise sends beyond the limit answer 429 and are
 //! counted as errors.
 //!
 //! ```text
@@ -73,8 +74,10 @@
 //!   (cookie file or Django login form) for the original app.
 //! - `frame.rs`: reading `/ws` frames and send answers (`{"message": "<id>"}` with or without
 //!   `data`).
-//! - `run.rs`: the run itself: sockets, closed- and open-loop senders, grace period, and
-//!   [`run::tally`], which matches frames to sends after the run.
+//! - `run/`: the runs themselves, one file per job: the three modes (`load.rs`, `sweep.rs`,
+//!   `idle.rs`), the ceiling phase, the shared setup and grace period, one phase of senders,
+//!   one send, the closed and the open loop, the WebSocket listeners, and `tally.rs`, which
+//!   matches frames to sends after the run (`run/mod.rs` lists them).
 //! - `report.rs`: hdrhistogram latencies, [`Report`], [`SweepReport`] and [`IdleReport`] as
 //!   JSON and tables.
 //! - `plot.rs`: the sweep's PNG (notification latency against offered load) with `plotters`.
@@ -85,14 +88,14 @@
 #![deny(missing_docs)]
 
 pub mod auth;
-pub mod cli;
+mod cli;
 mod error;
-pub mod frame;
+mod frame;
 pub mod plot;
 mod progress;
-pub mod report;
-pub mod run;
-pub mod transport;
+mod report;
+mod run;
+mod transport;
 
 pub use cli::{Args, AuthMode, HttpClient};
 pub use error::{Error, Result};

@@ -14,7 +14,7 @@ use crate::report::SweepReport;
 use crate::{Error, Result};
 
 /// Width and height of the plot in pixels.
-pub const PLOT_SIZE: (u32, u32) = (1000, 600);
+const PLOT_SIZE: (u32, u32) = (1000, 600);
 
 const FONT: &[u8] = include_bytes!("../fonts/DejaVuSans.ttf");
 const FAMILY: &str = "sans-serif";

@@ -17,7 +17,7 @@ impl Progress {
     }
 
     /// A bar counting to `len`.
-    pub fn bar(&self, what: &str, len: u64) -> ProgressBar {
+    pub(crate) fn bar(&self, what: &str, len: u64) -> ProgressBar {
         if !self.enabled {
             return ProgressBar::hidden();
         }
@@ -33,7 +33,7 @@ impl Progress {
     }
 
     /// A bar over `secs` seconds whose message the caller keeps up to date.
-    pub fn timer(&self, what: &str, secs: f64) -> ProgressBar {
+    pub(crate) fn timer(&self, what: &str, secs: f64) -> ProgressBar {
         if !self.enabled {
             return ProgressBar::hidden();
         }

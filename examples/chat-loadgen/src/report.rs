@@ -7,17 +7,8 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 /// A latency histogram in microseconds, from 1 µs to one hour, 3 significant digits.
-///
-/// ```
-/// use std::time::Duration;
-/// let mut h = chat_loadgen::report::Latency::new();
-/// h.record(Duration::from_millis(2));
-/// let s = h.summary();
-/// assert_eq!(s.count, 1);
-/// assert!((s.p50_ms - 2.0).abs() < 0.01);
-/// ```
 #[derive(Debug, Clone)]
-pub struct Latency(Histogram<u64>);
+pub(crate) struct Latency(Histogram<u64>);
 
 impl Default for Latency {
     fn default() -> Self {
@@ -29,30 +20,30 @@ impl Latency {
     const MAX_MICROS: u64 = 3_600_000_000;
 
     /// An empty histogram.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         // The bounds are constants that hdrhistogram accepts.
         Self(Histogram::new_with_bounds(1, Self::MAX_MICROS, 3).expect("valid histogram bounds"))
     }
 
     /// Records one latency; values beyond an hour count as an hour.
-    pub fn record(&mut self, latency: Duration) {
+    pub(crate) fn record(&mut self, latency: Duration) {
         let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
         self.0.saturating_record(micros.clamp(1, Self::MAX_MICROS));
     }
 
     /// Adds every value of `other`.
-    pub fn merge(&mut self, other: &Latency) {
+    pub(crate) fn merge(&mut self, other: &Latency) {
         // Same bounds on both sides, so adding cannot fail.
         self.0.add(&other.0).expect("histograms with the same bounds");
     }
 
     /// How many values were recorded.
-    pub fn count(&self) -> u64 {
+    pub(crate) fn count(&self) -> u64 {
         self.0.len()
     }
 
     /// Percentiles in milliseconds.
-    pub fn summary(&self) -> LatencySummary {
+    pub(crate) fn summary(&self) -> LatencySummary {
         let ms = |micros: u64| micros as f64 / 1_000.0;
         if self.0.is_empty() {
             return LatencySummary::default();
@@ -120,12 +111,12 @@ pub struct PhaseReport {
 impl PhaseReport {
     /// Microseconds of client CPU per successful send: if it approaches the server's, the
     /// client, not the server, limits the throughput on a shared machine.
-    pub fn client_cpu_us_per_send(&self) -> Option<f64> {
+    pub(crate) fn client_cpu_us_per_send(&self) -> Option<f64> {
         per_send(self.client_cpu_secs, self.sent)
     }
 
     /// Microseconds of server CPU per successful send (with `--server-pid`).
-    pub fn server_cpu_us_per_send(&self) -> Option<f64> {
+    pub(crate) fn server_cpu_us_per_send(&self) -> Option<f64> {
         per_send(self.server_cpu_secs, self.sent)
     }
 }
@@ -300,22 +291,17 @@ pub struct SweepStep {
 
 impl SweepStep {
     /// Offered load of the step, messages per second.
-    pub fn offered_rate(&self) -> f64 {
+    pub(crate) fn offered_rate(&self) -> f64 {
         self.send.offered_rate.unwrap_or(0.0)
     }
 
     /// `true` when no notification was lost or duplicated and no send failed.
-    pub fn is_clean(&self) -> bool {
+    pub(crate) fn is_clean(&self) -> bool {
         self.notifications.lost == 0 && self.notifications.duplicated == 0 && self.send.send_errors == 0
     }
 
     /// One line for the progress output.
-    ///
-    /// ```
-    /// let line = chat_loadgen::SweepStep::default().summary_line();
-    /// assert!(line.contains("lost"));
-    /// ```
-    pub fn summary_line(&self) -> String {
+    pub(crate) fn summary_line(&self) -> String {
         let l = &self.notifications.latency;
         format!(
             "{:.0} msgs/s offered: {:.1} sends/s, notification p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms, {} lost, {} duplicated",
@@ -355,13 +341,13 @@ pub struct SweepReport {
 }
 
 impl SweepReport {
-    /// `true` when every step is clean ([`SweepStep::is_clean`]).
+    /// `true` when no step lost or duplicated a notification or failed a send.
     pub fn is_clean(&self) -> bool {
         self.steps.iter().all(SweepStep::is_clean)
     }
 
     /// The label, or the URL without one.
-    pub fn title_target(&self) -> String {
+    pub(crate) fn title_target(&self) -> String {
         match &self.label {
             Some(label) => format!("{label} ({})", self.url),
             None => self.url.clone(),
@@ -448,33 +434,9 @@ impl SweepReport {
     }
 }
 
-/// `YYYY-MM-DD HH:MM UTC` for a point in time (no time zone database needed).
-///
-/// ```
-/// use std::time::{Duration, UNIX_EPOCH};
-/// let t = UNIX_EPOCH + Duration::from_secs(1_795_876_200);
-/// assert_eq!(chat_loadgen::report::utc_timestamp(t), "2026-11-28 14:30 UTC");
-/// ```
-pub fn utc_timestamp(at: std::time::SystemTime) -> String {
-    let secs = at
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let (days, rest) = (secs / 86_400, secs % 86_400);
-    // Howard Hinnant's civil_from_days, for days since 1970-01-01 (never negative here).
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z % 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02} UTC",
-        rest / 3_600,
-        rest % 3_600 / 60
-    )
+/// `YYYY-MM-DD HH:MM UTC` for a point in time.
+pub(crate) fn utc_timestamp(at: chrono::DateTime<chrono::Utc>) -> String {
+    at.format("%Y-%m-%d %H:%M UTC").to_string()
 }
 
 /// What the idle-connections mode observed.
@@ -572,12 +534,12 @@ mod tests {
 
     #[test]
     fn utc_timestamps() {
-        use std::time::{Duration, UNIX_EPOCH};
-        let at = |secs| utc_timestamp(UNIX_EPOCH + Duration::from_secs(secs));
+        let at = |secs| utc_timestamp(chrono::DateTime::from_timestamp(secs, 0).unwrap());
         assert_eq!(at(0), "1970-01-01 00:00 UTC");
         assert_eq!(at(951_782_400), "2000-02-29 00:00 UTC");
         assert_eq!(at(1_709_251_199), "2024-02-29 23:59 UTC");
         assert_eq!(at(4_102_444_800), "2100-01-01 00:00 UTC");
+        assert_eq!(at(1_795_876_200), "2026-11-28 14:30 UTC");
     }
 
     #[test]
@@ -601,6 +563,11 @@ mod tests {
         assert!(table.contains("42.250") && table.contains("7920.0"), "{table}");
         assert!(table.contains("OK"), "{table}");
         assert!(sweep.is_clean());
+        assert!(
+            SweepStep::default()
+                .summary_line()
+                .contains("0 lost, 0 duplicated")
+        );
         sweep.steps[1].notifications.lost = 2;
         assert!(!sweep.is_clean());
         assert!(sweep.to_table().contains("FAIL"));

@@ -12,7 +12,8 @@
 //! # Layout
 //! - `main.rs`: parses the command line, sets up logging, dispatches subcommands.
 //! - `options.rs`: every flag and environment variable.
-//! - `storage.rs`: opening, migrating and closing the SQLite or MySQL store.
+//! - `storage.rs`: opening the SQLite or MySQL store as an `Arc<dyn chatcore::Backend>` (the
+//!   only place that tells them apart), and migrating it.
 //! - `web.rs`: the application router: UI assets, chat API, bench endpoint, request spans.
 //! - `lib.rs`: [`run`], which serves until a shutdown future resolves, then shuts down in order.
 //! - `assets/`: the web UI (plain HTML, CSS and JS, embedded in the binary).
@@ -26,13 +27,12 @@ pub mod web;
 use std::future::Future;
 use std::sync::Arc;
 
-use chatcore::{ChatConfig, ChatService, LocalNotifier, Notifier};
-use chatcore_axum::{ApiConfig, ChatApi, SessionAuthenticator, SessionConfig};
+use chatcore::{Backend, ChatConfig, ChatService, LocalNotifier, Notifier};
+use chatcore_axum::{ApiConfig, ChatApi, SessionAuthenticator};
 use chatcore_redis::{RedisConfig, RedisNotifier};
 use tokio::net::TcpListener;
 
 pub use options::{Cli, Command, ServerOptions};
-use storage::Backend;
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -59,8 +59,9 @@ pub struct App {
 }
 
 impl App {
-    /// Builds the service over `backend`, connecting to Redis when configured.
-    pub async fn new(options: &ServerOptions, backend: &Backend) -> Result<Self, ServerError> {
+    /// Builds the service and the authenticator over `backend`, connecting to Redis when
+    /// configured. Starts nothing: [`run`] starts the authenticator's background work.
+    pub async fn new(options: &ServerOptions, backend: &Arc<dyn Backend>) -> Result<Self, ServerError> {
         let notifier: Arc<dyn Notifier> = match &options.redis {
             Some(url) => Arc::new(
                 RedisNotifier::connect(RedisConfig {
@@ -87,16 +88,8 @@ impl App {
             max_user_page: options.user_page_size,
             ..ChatConfig::default()
         };
-        let store = backend.store();
-        let chat = ChatService::new(store.clone(), notifier, chat_config);
-        let sessions = SessionAuthenticator::new(
-            store,
-            SessionConfig {
-                secure_cookies: options.secure_cookies,
-                session_lifetime: options.session_lifetime(),
-                ..SessionConfig::default()
-            },
-        )?;
+        let chat = ChatService::new(backend.clone(), notifier, chat_config);
+        let sessions = SessionAuthenticator::new(backend.clone(), options.session_config())?;
         let api_config = ApiConfig {
             max_request_body: options.max_request_bytes,
             ws_ping_interval: std::time::Duration::from_secs(options.ws_ping_secs.max(1)),
@@ -122,9 +115,11 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let backend = Backend::open(&options).await?;
-    backend.migrate().await?;
+    let backend = storage::open(&options).await?;
+    storage::migrate(&*backend).await?;
     let app = App::new(&options, &backend).await?;
+    // The session cache's revocations and the expired-session sweeper.
+    app.sessions.start(&app.chat).await?;
     let api = ChatApi::new(app.chat.clone(), app.sessions.clone())
         .with_config(app.api_config.clone())
         .with_auth_routes(app.sessions.clone());

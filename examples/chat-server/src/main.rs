@@ -3,7 +3,7 @@
 use std::io::{BufRead, Write};
 use std::process::ExitCode;
 
-use chat_server::storage::Backend;
+use chat_server::storage;
 use chat_server::{App, Cli, Command, ServerError, ServerOptions, options::LogFormat};
 use chatcore::UserQuery;
 use clap::Parser;
@@ -70,9 +70,10 @@ async fn serve(options: ServerOptions) -> Result<(), ServerError> {
 }
 
 async fn migrate(options: &ServerOptions) -> Result<(), ServerError> {
-    let backend = Backend::open(options).await?;
-    backend.migrate().await?;
+    let backend = storage::open(options).await?;
+    let migrated = storage::migrate(&*backend).await;
     backend.close().await?;
+    migrated?;
     println!("schema is up to date");
     Ok(())
 }
@@ -94,9 +95,11 @@ async fn create_user(
         }
         first
     };
-    let backend = Backend::open(options).await?;
-    backend.migrate().await?;
+    let backend = storage::open(options).await?;
+    storage::migrate(&*backend).await?;
     let app = App::new(options, &backend).await?;
+    // Through the authenticator: the same name and password rules, and hashing, as the
+    // register route.
     let result = app.sessions.register(username, &password).await;
     backend.close().await?;
     let user = result?;
@@ -105,10 +108,9 @@ async fn create_user(
 }
 
 async fn list_users(options: &ServerOptions, prefix: String, limit: u32) -> Result<(), ServerError> {
-    let backend = Backend::open(options).await?;
-    backend.migrate().await?;
+    let backend = storage::open(options).await?;
+    storage::migrate(&*backend).await?;
     let users = backend
-        .store()
         .list_users(&UserQuery {
             exclude: None,
             prefix,

@@ -167,6 +167,38 @@ pub struct ServerOptions {
     #[arg(long, env = "CHAT_SESSION_HOURS", default_value_t = 14 * 24, value_parser = clap::value_parser!(u64).range(1..))]
     pub session_hours: u64,
 
+    /// Live sessions this server keeps in memory so authenticated requests skip the
+    /// database; a logout on any node reaches every node's cache (through Redis when
+    /// configured). 0 turns the cache off.
+    #[arg(long, env = "CHAT_SESSION_CACHE_CAPACITY", default_value_t = 100_000)]
+    pub session_cache_capacity: u64,
+
+    /// Longest a session stays cached before the database is asked again, in seconds. 0
+    /// turns the cache off.
+    #[arg(long, env = "CHAT_SESSION_CACHE_TTL_SECS", default_value_t = 300)]
+    pub session_cache_ttl_secs: u64,
+
+    /// How often expired sessions are deleted from the database, in seconds. 0 turns the
+    /// sweep off.
+    #[arg(long, env = "CHAT_EXPIRED_SESSION_SWEEP_SECS", default_value_t = 3600)]
+    pub expired_session_sweep_secs: u64,
+
+    /// Logins accepted per minute from one client address (an IPv6 /64 counts as one);
+    /// beyond it 429 with Retry-After. 0 turns the limit off.
+    #[arg(long, env = "CHAT_LOGINS_PER_MINUTE", default_value_t = 10)]
+    pub logins_per_minute: u32,
+
+    /// Registrations accepted per hour from one client address; beyond it 429 with
+    /// Retry-After. 0 turns the limit off.
+    #[arg(long, env = "CHAT_REGISTRATIONS_PER_HOUR", default_value_t = 10)]
+    pub registrations_per_hour: u32,
+
+    /// The server runs behind a reverse proxy that appends the client's address to
+    /// X-Forwarded-For: the login and registration limits count the last entry, not the
+    /// proxy's address. Only behind such a proxy (otherwise clients pick their address).
+    #[arg(long, env = "CHAT_BEHIND_PROXY")]
+    pub behind_proxy: bool,
+
     /// Other origins (like `https://app.example.com`) allowed to POST with the session cookie
     /// and to open WebSockets, besides the server's own. Repeat or comma-separate.
     /// Each entry must be `scheme://host[:port]`; anything else (an empty entry, a missing
@@ -213,11 +245,56 @@ impl ServerOptions {
     pub fn session_lifetime(&self) -> Duration {
         Duration::from_secs(self.session_hours.saturating_mul(3600))
     }
+
+    /// The authenticator's settings.
+    pub fn session_config(&self) -> chatcore_axum::SessionConfig {
+        chatcore_axum::SessionConfig {
+            secure_cookies: self.secure_cookies,
+            session_lifetime: self.session_lifetime(),
+            session_cache_capacity: self.session_cache_capacity,
+            session_cache_ttl: Duration::from_secs(self.session_cache_ttl_secs),
+            expired_session_sweep: Duration::from_secs(self.expired_session_sweep_secs),
+            logins_per_minute: self.logins_per_minute,
+            registrations_per_hour: self.registrations_per_hour,
+            behind_proxy: self.behind_proxy,
+            ..chatcore_axum::SessionConfig::default()
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn session_defaults_are_the_libraries() {
+        let options = Cli::parse_from(["chat-server"]).server;
+        assert_eq!(
+            options.session_config(),
+            chatcore_axum::SessionConfig {
+                session_lifetime: options.session_lifetime(),
+                ..Default::default()
+            }
+        );
+        let flags = [
+            "chat-server",
+            "--session-cache-capacity",
+            "0",
+            "--logins-per-minute",
+            "3",
+            "--registrations-per-hour",
+            "0",
+            "--expired-session-sweep-secs",
+            "60",
+            "--behind-proxy",
+        ];
+        let config = Cli::parse_from(flags).server.session_config();
+        assert_eq!(config.session_cache_capacity, 0);
+        assert_eq!(config.logins_per_minute, 3);
+        assert_eq!(config.registrations_per_hour, 0);
+        assert_eq!(config.expired_session_sweep, Duration::from_secs(60));
+        assert!(config.behind_proxy);
+    }
 
     #[test]
     fn sqlite_durability_flags() {

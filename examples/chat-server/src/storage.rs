@@ -1,9 +1,9 @@
-//! Opening the store named by `--database`, migrating it, and closing it on shutdown.
+//! Opening the store named by `--database` as an `Arc<dyn chatcore::Backend>`, and migrating it.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use chatcore::Store;
+use chatcore::Backend;
 use chatcore_mysql::{MysqlConfig, MysqlStore};
 use chatcore_sqlite::{SqliteConfig, SqliteStore, Synchronous};
 
@@ -53,70 +53,44 @@ impl DatabaseUrl {
     }
 }
 
-/// An open store of either backend, so the server can migrate and close it.
-#[derive(Clone)]
-pub enum Backend {
-    /// Embedded SQLite.
-    Sqlite(Arc<SqliteStore>),
-    /// MySQL or MariaDB.
-    Mysql(Arc<MysqlStore>),
+/// Opens the database the options name, as a [`Backend`]: the one place that knows which
+/// backends exist. Everything after (migrate, serve, close) treats them alike. Does not
+/// migrate.
+pub async fn open(options: &ServerOptions) -> Result<Arc<dyn Backend>, ServerError> {
+    Ok(match DatabaseUrl::parse(&options.database)? {
+        url @ (DatabaseUrl::SqliteFile(_) | DatabaseUrl::SqliteMemory) => {
+            let mut config = match url {
+                DatabaseUrl::SqliteFile(path) => SqliteConfig::file(path),
+                _ => SqliteConfig::memory(),
+            };
+            config.synchronous = match options.sqlite_synchronous {
+                SqliteSync::Full | SqliteSync::FullInCommit => Synchronous::Full,
+                SqliteSync::Normal => Synchronous::Normal,
+                SqliteSync::Off => Synchronous::Off,
+            };
+            config.pipelined_sync = options.sqlite_synchronous == SqliteSync::Full;
+            config.readers = options.sqlite_readers.max(1);
+            Arc::new(SqliteStore::open(config).await?)
+        }
+        DatabaseUrl::Mysql(url) => {
+            let config = MysqlConfig {
+                max_connections: options.db_pool_size.max(1),
+                ..MysqlConfig::default()
+            };
+            Arc::new(MysqlStore::connect(&url, config).await?)
+        }
+    })
 }
 
-impl Backend {
-    /// Opens the database the options name. Does not migrate.
-    pub async fn open(options: &ServerOptions) -> Result<Self, ServerError> {
-        Ok(match DatabaseUrl::parse(&options.database)? {
-            url @ (DatabaseUrl::SqliteFile(_) | DatabaseUrl::SqliteMemory) => {
-                let mut config = match url {
-                    DatabaseUrl::SqliteFile(path) => SqliteConfig::file(path),
-                    _ => SqliteConfig::memory(),
-                };
-                config.synchronous = match options.sqlite_synchronous {
-                    SqliteSync::Full | SqliteSync::FullInCommit => Synchronous::Full,
-                    SqliteSync::Normal => Synchronous::Normal,
-                    SqliteSync::Off => Synchronous::Off,
-                };
-                config.pipelined_sync = options.sqlite_synchronous == SqliteSync::Full;
-                config.readers = options.sqlite_readers.max(1);
-                Backend::Sqlite(Arc::new(SqliteStore::open(config).await?))
-            }
-            DatabaseUrl::Mysql(url) => {
-                let config = MysqlConfig {
-                    max_connections: options.db_pool_size.max(1),
-                    ..MysqlConfig::default()
-                };
-                Backend::Mysql(Arc::new(MysqlStore::connect(&url, config).await?))
-            }
-        })
+/// Applies the schema migrations (a no-op when the schema is current) and logs what the
+/// backend wants an operator to know.
+pub async fn migrate(backend: &dyn Backend) -> Result<(), ServerError> {
+    let report = backend.migrate().await?;
+    if report.applied_any() {
+        tracing::info!(from = report.previous, to = report.current, "schema migrated");
     }
-
-    /// Applies the schema migrations (a no-op when the schema is current).
-    pub async fn migrate(&self) -> Result<(), ServerError> {
-        match self {
-            Backend::Sqlite(store) => {
-                store.migrate().await?;
-            }
-            Backend::Mysql(store) => {
-                store.migrate().await?;
-            }
-        }
-        Ok(())
+    for note in &report.notes {
+        tracing::warn!("{note}");
     }
-
-    /// The store as the service holds it.
-    pub fn store(&self) -> Arc<dyn Store> {
-        match self {
-            Backend::Sqlite(store) => store.clone(),
-            Backend::Mysql(store) => store.clone(),
-        }
-    }
-
-    /// Flushes and closes the store.
-    pub async fn close(&self) -> Result<(), ServerError> {
-        match self {
-            Backend::Sqlite(store) => store.close().await?,
-            Backend::Mysql(store) => store.close().await,
-        }
-        Ok(())
-    }
+    Ok(())
 }

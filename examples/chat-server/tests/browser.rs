@@ -29,7 +29,8 @@ struct Driver {
 async fn start_chromedriver() -> Driver {
     assert!(
         Path::new(CHROMIUM).exists() && Path::new(CHROMEDRIVER).exists(),
-        "browser tests need Debian's chromium and chromium-driver (scripts/test installs them)"
+        "Chromium is not installed ({CHROMIUM} and {CHROMEDRIVER}, Debian's chromium and chromium-driver): \
+         run scripts/test, which installs it"
     );
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

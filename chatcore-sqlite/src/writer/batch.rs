@@ -1,0 +1,606 @@
+//! The batch loop: block for one job, drain every job waiting at that moment (up to
+//! `max_batch`), run them all in one `BEGIN IMMEDIATE ... COMMIT`, and hand the batch on to
+//! be answered once durable. A batch that fails because of one job is retried job by job, so
+//! one bad job cannot fail the others; one that fails because of the database (busy, full,
+//! corrupt, I/O) fails every job with that error.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::Receiver;
+
+use chatcore::store::Inserted;
+use chatcore::{
+    ConversationKey, Entity, Error, Message, MessageId, NewMessage, Position, Result, User, UserId, Username,
+};
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, OptionalExtension};
+
+use super::durability::{Committed, MAX_UNSYNCED_BATCHES};
+use super::{Outcome, WriteMsg, WriteOp, Writer};
+use crate::reader::{self, ReadJob};
+use crate::{chain, error, schema, sql};
+
+impl Writer {
+    pub(super) fn run_batches(&mut self, queue: &Receiver<WriteMsg>) {
+        let mut ops = Vec::with_capacity(self.max_batch.min(4096));
+        let mut reads = Vec::new();
+        while let Ok(first) = queue.recv() {
+            // Let writes pile up while the disk is behind: one bigger commit writes each
+            // shared page (the newest leaf, the counters) once instead of once per small one.
+            self.unsynced.wait_below(MAX_UNSYNCED_BATCHES);
+            let mut stop = false;
+            let mut next = Some(first);
+            let mut taken = 0;
+            while let Some(msg) = next {
+                taken += 1;
+                match msg {
+                    WriteMsg::Op(op) => ops.push(op),
+                    WriteMsg::Read(job) => reads.push(job),
+                    WriteMsg::Migrate(reply) => {
+                        self.commit(&mut ops);
+                        self.run_reads(&mut reads);
+                        let now = self.next_timestamp().timestamp_micros();
+                        let migrated = schema::migrate(&mut self.ctx.conn, now);
+                        let _ = reply.send(migrated.and_then(|report| {
+                            self.sync_now()?;
+                            Ok(report)
+                        }));
+                    }
+                    WriteMsg::Stop => {
+                        stop = true;
+                        break;
+                    }
+                }
+                next = if taken < self.max_batch {
+                    queue.try_recv().ok()
+                } else {
+                    None
+                };
+            }
+            self.commit(&mut ops);
+            self.run_reads(&mut reads);
+            if stop {
+                break;
+            }
+        }
+    }
+
+    /// Reads queued on the writer run after the writes drained with them have committed.
+    fn run_reads(&mut self, reads: &mut Vec<ReadJob>) {
+        for job in reads.drain(..) {
+            job(&mut self.ctx);
+        }
+    }
+
+    /// Commits `ops` in one transaction (or job by job: [`commit_or_retry`]) and answers
+    /// every waiter once the commit is durable.
+    fn commit(&mut self, ops: &mut Vec<WriteOp>) {
+        if ops.is_empty() {
+            return;
+        }
+        let stats = self.stats.clone();
+        let committed = commit_or_retry(ops, |batch| {
+            let outcomes = self.try_batch(batch)?;
+            stats.transactions.fetch_add(1, Ordering::Relaxed);
+            stats.writes.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            Ok(outcomes)
+        });
+        self.answer_when_durable(committed);
+    }
+
+    /// The batch's commit time: now, but never before the previous batch's, so ids and
+    /// timestamps increase together even if the clock steps back.
+    fn next_timestamp(&mut self) -> DateTime<Utc> {
+        let now = chatcore::now_micros();
+        if now > self.last_timestamp {
+            self.last_timestamp = now;
+        }
+        self.last_timestamp
+    }
+
+    /// One `BEGIN IMMEDIATE ... COMMIT` around every job of `ops`.
+    fn try_batch(&mut self, ops: &[WriteOp]) -> rusqlite::Result<Vec<Outcome>> {
+        let created_at = self.next_timestamp();
+        self.pending_names.clear();
+        self.pending_ids.clear();
+        self.conversation_tails.clear();
+        self.user_tails.clear();
+        let result = self.apply_all(ops, created_at);
+        match &result {
+            Ok(_) => {
+                for (key, user) in self.pending_names.drain() {
+                    self.ctx.names_mut().insert(key, user);
+                }
+                if self.known_ids_capacity > 0 {
+                    if self.known_ids.len() + self.pending_ids.len() > self.known_ids_capacity {
+                        self.known_ids.clear();
+                    }
+                    self.known_ids.extend(self.pending_ids.drain());
+                }
+            }
+            Err(_) => {
+                self.pending_names.clear();
+                self.pending_ids.clear();
+                if !self.ctx.conn.is_autocommit()
+                    && let Err(e) = self.ctx.conn.execute_batch("ROLLBACK")
+                {
+                    tracing::warn!(error = %e, "rollback failed");
+                }
+            }
+        }
+        result
+    }
+
+    fn apply_all(&mut self, ops: &[WriteOp], created_at: DateTime<Utc>) -> rusqlite::Result<Vec<Outcome>> {
+        self.ctx.conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+        let mut outcomes = Vec::with_capacity(ops.len());
+        for op in ops {
+            outcomes.push(self.apply(op, created_at)?);
+        }
+        self.flush_counts()?;
+        self.ctx.conn.prepare_cached("COMMIT")?.execute([])?;
+        Ok(outcomes)
+    }
+
+    /// Adds the batch's counter increments and newest ids, one upsert per conversation and
+    /// per user.
+    fn flush_counts(&mut self) -> rusqlite::Result<()> {
+        let conn = &self.ctx.conn;
+        if !self.conversation_tails.is_empty() {
+            let mut add = conn.prepare_cached(sql::ADD_CONVERSATION_COUNT)?;
+            let mut join = conn.prepare_cached(sql::ADD_USER_CONVERSATION)?;
+            for (key, tail) in self.conversation_tails.drain() {
+                if tail.added == 0 {
+                    continue;
+                }
+                let (low, high) = (key.low().0, key.high().0);
+                add.execute([low, high, tail.added, tail.last_id])?;
+                // A new conversation: list it under each participant, once.
+                if tail.count == 0 {
+                    join.execute([low, low, high])?;
+                    if high != low {
+                        join.execute([high, low, high])?;
+                    }
+                }
+            }
+        }
+        if !self.user_tails.is_empty() {
+            let mut stmt = conn.prepare_cached(sql::ADD_USER_COUNT)?;
+            for (user, tail) in self.user_tails.drain() {
+                if tail.added == 0 {
+                    continue;
+                }
+                stmt.execute([user.0, tail.added, tail.last_id])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one job inside the open transaction. `Ok(Outcome(Err(..)))` is the job's own
+    /// failure (taken name, unknown user) and wrote nothing; `Err` aborts the batch.
+    fn apply(&mut self, op: &WriteOp, created_at: DateTime<Utc>) -> rusqlite::Result<Outcome> {
+        let conn = &self.ctx.conn;
+        match op {
+            WriteOp::CreateUser {
+                username,
+                password_hash,
+                ..
+            } => {
+                let key = username.key();
+                let inserted = conn.prepare_cached(sql::INSERT_USER)?.execute(rusqlite::params![
+                    username.as_str(),
+                    key,
+                    password_hash.as_deref()
+                ]);
+                match inserted {
+                    Ok(_) => {
+                        let user = User {
+                            id: UserId(conn.last_insert_rowid()),
+                            username: username.clone(),
+                        };
+                        self.pending_names.insert(key, user.clone());
+                        Ok(Outcome::User(Ok(user)))
+                    }
+                    Err(e) if is_constraint(&e) => Ok(Outcome::User(Err(Error::conflict(format!(
+                        "username {username} is taken"
+                    ))))),
+                    Err(e) => Err(e),
+                }
+            }
+            WriteOp::CreateSession {
+                token_hash,
+                user,
+                expires_at,
+                ..
+            } => {
+                let exists = conn
+                    .prepare_cached(sql::USER_EXISTS)?
+                    .query_row([user.0], |_| Ok(()))
+                    .optional()?
+                    .is_some();
+                if !exists {
+                    return Ok(Outcome::Unit(Err(Error::NotFound(Entity::User))));
+                }
+                conn.prepare_cached(sql::UPSERT_SESSION)?
+                    .execute(rusqlite::params![&token_hash[..], user.0, expires_at])?;
+                Ok(Outcome::Unit(Ok(())))
+            }
+            WriteOp::DeleteSession { token_hash, .. } => {
+                conn.prepare_cached(sql::DELETE_SESSION)?
+                    .execute([&token_hash[..]])?;
+                Ok(Outcome::Unit(Ok(())))
+            }
+            WriteOp::DeleteExpiredSessions { now, .. } => {
+                let deleted = conn
+                    .prepare_cached(sql::DELETE_EXPIRED_SESSIONS)?
+                    .execute([now])?;
+                Ok(Outcome::Count(Ok(deleted as u64)))
+            }
+            WriteOp::Insert { message, .. } => Ok(Outcome::Inserted(self.insert(message, created_at)?)),
+        }
+    }
+
+    fn insert(&mut self, new: &NewMessage, created_at: DateTime<Utc>) -> rusqlite::Result<Result<Inserted>> {
+        let Some(recipient) = self.resolve_in_tx(&new.recipient)? else {
+            return Ok(Err(Error::NotFound(Entity::User)));
+        };
+        let recipient_id = recipient.id;
+        let sender_id = new.sender.id;
+        if !self.sender_exists(sender_id)? {
+            return Ok(Err(Error::NotFound(Entity::User)));
+        }
+        let conn = &self.ctx.conn;
+        if let Some(key) = &new.idempotency_key {
+            let earlier = conn
+                .prepare_cached(sql::IDEMPOTENT_MESSAGE)?
+                .query_row(rusqlite::params![sender_id.0, key], |row| {
+                    Ok((reader::message_from_row(row)?, UserId(row.get(5)?)))
+                })
+                .optional()?;
+            // The earlier message and its recipient, whom the retry may have named differently.
+            if let Some((message, recipient_id)) = earlier {
+                return Ok(Ok(Inserted {
+                    message,
+                    recipient_id,
+                    replayed: true,
+                    sender_previous: Position::START,
+                    recipient_previous: Position::START,
+                }));
+            }
+        }
+        // Each participant's newest message before this one: ids follow commit order (one
+        // writer), so it is the user's previous position (`Store` docs, "Positions").
+        let sender_previous = user_tail(conn, &mut self.user_tails, sender_id)?.last_id;
+        let recipient_previous = if recipient_id == sender_id {
+            sender_previous
+        } else {
+            user_tail(conn, &mut self.user_tails, recipient_id)?.last_id
+        };
+        let key = ConversationKey::new(sender_id, recipient_id);
+        let (low, high) = (key.low().0, key.high().0);
+        let tail = match self.conversation_tails.entry(key) {
+            Entry::Occupied(entry) => entry.into_mut(),
+            Entry::Vacant(entry) => {
+                let (count, last_id) = chain::tail(conn, low, high)?;
+                entry.insert(Tail {
+                    count,
+                    added: 0,
+                    last_id,
+                })
+            }
+        };
+        let seq = tail.count + tail.added + 1;
+        let inserted = conn
+            .prepare_cached(sql::INSERT_MESSAGE)?
+            .execute(rusqlite::params![
+                sender_id.0,
+                recipient_id.0,
+                low,
+                high,
+                reader::datetime_to_micros(&created_at),
+                new.body,
+                new.idempotency_key,
+                (tail.last_id > 0).then_some(tail.last_id),
+                seq,
+            ]);
+        match inserted {
+            Ok(_) => {}
+            // The sender does not exist (foreign key): nothing was written.
+            Err(e) if is_constraint(&e) => return Ok(Err(Error::NotFound(Entity::User))),
+            Err(e) => return Err(e),
+        }
+        let id = conn.last_insert_rowid();
+        if seq % chain::MARK_EVERY == 0 {
+            conn.prepare_cached(sql::INSERT_MARK)?
+                .execute([low, high, seq, id])?;
+        }
+        tail.added += 1;
+        tail.last_id = id;
+        let participants = if recipient_id == sender_id {
+            &[sender_id][..]
+        } else {
+            &[sender_id, recipient_id][..]
+        };
+        for user in participants {
+            // Read above, so the entry is there.
+            let tail = self.user_tails.entry(*user).or_default();
+            tail.added += 1;
+            tail.last_id = id;
+        }
+        Ok(Ok(Inserted {
+            message: Message {
+                id: MessageId(id),
+                sender: new.sender.username.clone(),
+                // As the recipient chose to write their name, whatever case the sender typed.
+                recipient: recipient.username,
+                created_at,
+                body: new.body.clone(),
+            },
+            recipient_id,
+            replayed: false,
+            sender_previous: Position(sender_previous),
+            recipient_previous: Position(recipient_previous),
+        }))
+    }
+
+    /// Whether `id` is a user, as seen inside the open transaction. Only ids committed
+    /// before this transaction are cached (a user created in it could still roll back).
+    fn sender_exists(&mut self, id: UserId) -> rusqlite::Result<bool> {
+        if self.known_ids.contains(&id) || self.pending_ids.contains(&id) {
+            return Ok(true);
+        }
+        let exists = self
+            .ctx
+            .conn
+            .prepare_cached(sql::USER_EXISTS)?
+            .query_row([id.0], |_| Ok(()))
+            .optional()?
+            .is_some();
+        if exists {
+            self.pending_ids.insert(id);
+        }
+        Ok(exists)
+    }
+
+    /// The user holding `name`'s key as seen inside the open transaction, with their name
+    /// as chosen. Users found here are cached only after the commit, since the transaction
+    /// may yet roll back a user created in it.
+    fn resolve_in_tx(&mut self, name: &Username) -> rusqlite::Result<Option<User>> {
+        let key = name.key();
+        if let Some(user) = self.ctx.names_mut().get(&key) {
+            return Ok(Some(user.clone()));
+        }
+        if let Some(user) = self.pending_names.get(&key) {
+            return Ok(Some(user.clone()));
+        }
+        let user = self
+            .ctx
+            .conn
+            .prepare_cached(sql::USER_BY_KEY)?
+            .query_row([&key], reader::user_from_row)
+            .optional()?;
+        if let Some(user) = &user {
+            self.pending_names.insert(key, user.clone());
+        }
+        Ok(user)
+    }
+}
+
+/// Runs `ops` as one transaction through `run` and returns the committed jobs with their
+/// outcomes, emptying `ops`; failed jobs are answered here. If the batch fails for a reason
+/// that concerns the whole database (busy, full, corrupt, I/O: [`error::affects_everyone`]),
+/// every job gets that error; otherwise each job is retried in a transaction of its own, so
+/// one bad job cannot fail the others.
+fn commit_or_retry(
+    ops: &mut Vec<WriteOp>,
+    mut run: impl FnMut(&[WriteOp]) -> rusqlite::Result<Vec<Outcome>>,
+) -> Vec<Committed> {
+    match run(ops) {
+        Ok(outcomes) if outcomes.len() == ops.len() => ops.drain(..).zip(outcomes).collect(),
+        Ok(_) => {
+            for op in ops.drain(..) {
+                op.fail(Error::bug("writer lost a job's outcome"));
+            }
+            Vec::new()
+        }
+        Err(e) if ops.len() > 1 && !error::affects_everyone(&e) => {
+            tracing::warn!(error = %e, jobs = ops.len(), "group commit failed, retrying jobs one by one");
+            let mut committed = Vec::with_capacity(ops.len());
+            for op in ops.drain(..) {
+                match run(std::slice::from_ref(&op)) {
+                    Ok(mut outcomes) if outcomes.len() == 1 => {
+                        if let Some(outcome) = outcomes.pop() {
+                            committed.push((op, outcome));
+                        }
+                    }
+                    Ok(_) => op.fail(Error::bug("writer lost a job's outcome")),
+                    Err(e) => op.fail(error::map(e)),
+                }
+            }
+            committed
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, jobs = ops.len(), "write transaction failed");
+            let mut ops = ops.drain(..);
+            let last = ops.next_back();
+            for op in ops {
+                op.fail(error::map(error::duplicate(&e)));
+            }
+            if let Some(op) = last {
+                op.fail(error::map(e));
+            }
+            Vec::new()
+        }
+    }
+}
+
+/// A conversation's chain in the open transaction: its message count before it, the messages
+/// it added, and its newest id (`0` for none).
+pub(super) struct Tail {
+    count: i64,
+    added: i64,
+    last_id: i64,
+}
+
+/// A user's messages in the open transaction: the messages it added, and the user's newest
+/// id (`0` for none).
+#[derive(Default)]
+pub(super) struct UserTail {
+    added: i64,
+    last_id: i64,
+}
+
+/// Where `user`'s messages stand in the open transaction: read from their counter row (a
+/// primary-key lookup) the first time the batch meets them.
+fn user_tail<'t>(
+    conn: &Connection,
+    tails: &'t mut HashMap<UserId, UserTail>,
+    user: UserId,
+) -> rusqlite::Result<&'t mut UserTail> {
+    Ok(match tails.entry(user) {
+        Entry::Occupied(entry) => entry.into_mut(),
+        Entry::Vacant(entry) => {
+            let last_id: i64 = conn
+                .prepare_cached(sql::USER_LAST_ID)?
+                .query_row([user.0], |row| row.get(0))
+                .optional()?
+                .unwrap_or(0);
+            entry.insert(UserTail { added: 0, last_id })
+        }
+    })
+}
+
+/// The newest stored message's timestamp (one lookup at the end of the rowid b-tree), so
+/// timestamps keep increasing with ids across restarts even if the clock stepped back.
+/// `None` before the schema exists or when there are no messages.
+pub(super) fn latest_timestamp(conn: &Connection) -> Option<DateTime<Utc>> {
+    let micros: i64 = conn
+        .query_row(
+            "SELECT created_at FROM chatcore_messages ORDER BY id DESC LIMIT 1",
+            [],
+            |row| row.get(0),
+        )
+        .ok()?;
+    reader::micros_to_datetime(micros).ok()
+}
+
+fn is_constraint(error: &rusqlite::Error) -> bool {
+    error.sqlite_error_code() == Some(rusqlite::ffi::ErrorCode::ConstraintViolation)
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::sync::oneshot;
+
+    use super::*;
+
+    /// A job told apart by the first byte of its token, and where its answer arrives.
+    fn job(n: u8) -> (WriteOp, oneshot::Receiver<Result<()>>) {
+        let (reply, answer) = oneshot::channel();
+        let mut token_hash = [0u8; 32];
+        token_hash[0] = n;
+        (WriteOp::DeleteSession { token_hash, reply }, answer)
+    }
+
+    fn tag(op: &WriteOp) -> u8 {
+        match op {
+            WriteOp::DeleteSession { token_hash, .. } => token_hash[0],
+            _ => unreachable!("the tests queue session deletes only"),
+        }
+    }
+
+    fn failure(code: i32) -> rusqlite::Error {
+        rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), Some(format!("code {code}")))
+    }
+
+    /// A batch runner that fails every batch holding a job tagged `poison` with `error`,
+    /// and records the tags of each batch it was given.
+    fn runner(
+        poison: u8,
+        error: fn() -> rusqlite::Error,
+        calls: &mut Vec<Vec<u8>>,
+    ) -> impl FnMut(&[WriteOp]) -> rusqlite::Result<Vec<Outcome>> + '_ {
+        move |batch| {
+            let tags: Vec<u8> = batch.iter().map(tag).collect();
+            calls.push(tags.clone());
+            if tags.contains(&poison) {
+                return Err(error());
+            }
+            Ok(tags.iter().map(|_| Outcome::Unit(Ok(()))).collect())
+        }
+    }
+
+    fn queue(tags: &[u8]) -> (Vec<WriteOp>, Vec<oneshot::Receiver<Result<()>>>) {
+        tags.iter().map(|&n| job(n)).unzip()
+    }
+
+    /// One job's own failure (a constraint, not the database) fails the batch; each job is
+    /// then retried alone: the others commit, the failing one alone gets the error.
+    #[test]
+    fn a_batch_failing_because_of_one_job_is_retried_job_by_job() {
+        let (mut ops, mut answers) = queue(&[1, 2, 3]);
+        let mut calls = Vec::new();
+        let committed = commit_or_retry(
+            &mut ops,
+            runner(2, || failure(rusqlite::ffi::SQLITE_CONSTRAINT), &mut calls),
+        );
+        assert!(ops.is_empty());
+        assert_eq!(calls, vec![vec![1, 2, 3], vec![1], vec![2], vec![3]]);
+        let tags: Vec<u8> = committed.iter().map(|(op, _)| tag(op)).collect();
+        assert_eq!(tags, [1, 3], "committed, to be answered once durable");
+        match answers[1].try_recv() {
+            Ok(Err(Error::Internal { .. })) => {}
+            other => panic!("the failing job gets its error, got {other:?}"),
+        }
+        for i in [0, 2] {
+            assert!(
+                answers[i].try_recv().is_err(),
+                "not answered before it is durable"
+            );
+        }
+    }
+
+    /// A failure of the database (busy here) would fail every retry too: every job gets it
+    /// at once, without a retry.
+    #[test]
+    fn a_batch_failing_because_of_the_database_fails_every_job() {
+        let (mut ops, answers) = queue(&[1, 2, 3]);
+        let mut calls = Vec::new();
+        let committed = commit_or_retry(
+            &mut ops,
+            runner(2, || failure(rusqlite::ffi::SQLITE_BUSY), &mut calls),
+        );
+        assert!(committed.is_empty());
+        assert_eq!(calls, vec![vec![1, 2, 3]], "no retry");
+        for mut answer in answers {
+            match answer.try_recv() {
+                Ok(Err(Error::Unavailable { .. })) => {}
+                other => panic!("expected Unavailable, got {other:?}"),
+            }
+        }
+    }
+
+    /// A batch of one is not retried; a batch without the failing job commits whole.
+    #[test]
+    fn a_single_job_is_not_retried_and_a_clean_batch_commits_once() {
+        let (mut ops, mut answers) = queue(&[2]);
+        let mut calls = Vec::new();
+        let committed = commit_or_retry(
+            &mut ops,
+            runner(2, || failure(rusqlite::ffi::SQLITE_CONSTRAINT), &mut calls),
+        );
+        assert!(committed.is_empty());
+        assert_eq!(calls, vec![vec![2]]);
+        assert!(matches!(answers[0].try_recv(), Ok(Err(Error::Internal { .. }))));
+
+        let (mut ops, _answers) = queue(&[4, 5, 6]);
+        let mut calls = Vec::new();
+        let committed = commit_or_retry(
+            &mut ops,
+            runner(2, || failure(rusqlite::ffi::SQLITE_CONSTRAINT), &mut calls),
+        );
+        assert_eq!(calls, vec![vec![4, 5, 6]]);
+        assert_eq!(committed.len(), 3);
+    }
+}
