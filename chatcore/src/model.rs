@@ -268,16 +268,14 @@ pub mod timestamp_micros {
 
     /// Writes `ts` as `YYYY-MM-DDTHH:MM:SS.ffffffZ` into a stack buffer. Hand-rolled because
     /// chrono's generic formatter dominated the cost of serializing a history page.
-    fn render(ts: &DateTime<Utc>) -> ([u8; 27], usize) {
+    /// The fixed 27-byte layout, or `None` outside four-digit years, which chrono formats
+    /// (whole, never cut to the buffer).
+    fn render(ts: &DateTime<Utc>) -> Option<[u8; 27]> {
         use chrono::{Datelike, Timelike};
         let mut buf = [0u8; 27];
         let year = ts.year();
         if !(0..=9999).contains(&year) {
-            // Outside four-digit years the fixed layout does not apply; fall back to chrono.
-            let text = ts.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
-            let len = text.len().min(buf.len());
-            buf[..len].copy_from_slice(&text.as_bytes()[..len]);
-            return (buf, len);
+            return None;
         }
         let micros = ts.nanosecond() % 1_000_000_000 / 1_000;
         let fields: [(usize, u32, usize); 7] = [
@@ -302,20 +300,31 @@ pub mod timestamp_micros {
         buf[16] = b':';
         buf[19] = b'.';
         buf[26] = b'Z';
-        (buf, 27)
+        Some(buf)
+    }
+
+    fn slow(ts: &DateTime<Utc>) -> String {
+        ts.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
     }
 
     /// Formats `ts` in the wire format.
     pub fn format(ts: &DateTime<Utc>) -> String {
-        let (buf, len) = render(ts);
-        String::from_utf8_lossy(&buf[..len]).into_owned()
+        match render(ts) {
+            Some(buf) => buf.iter().map(|&b| char::from(b)).collect(),
+            None => slow(ts),
+        }
     }
 
     /// Serializes in the wire format.
     pub fn serialize<S: Serializer>(ts: &DateTime<Utc>, serializer: S) -> Result<S::Ok, S::Error> {
-        let (buf, len) = render(ts);
-        // Only ASCII digits and separators were written.
-        serializer.serialize_str(std::str::from_utf8(&buf[..len]).unwrap_or_default())
+        match render(ts) {
+            // Only ASCII digits and separators were written.
+            Some(buf) => match std::str::from_utf8(&buf) {
+                Ok(text) => serializer.serialize_str(text),
+                Err(e) => Err(serde::ser::Error::custom(e)),
+            },
+            None => serializer.serialize_str(&slow(ts)),
+        }
     }
 
     /// Accepts any RFC 3339 timestamp.
@@ -402,6 +411,12 @@ mod tests {
         );
         let back: Message = serde_json::from_str(&json).unwrap();
         assert_eq!(back, m);
+        // Years beyond four digits are written whole, never cut short.
+        let far = DateTime::parse_from_rfc3339("9999-12-31T23:59:59.999999Z").unwrap().with_timezone(&Utc)
+            + chrono::Duration::days(400);
+        assert_eq!(timestamp_micros::format(&far), "+10001-02-03T23:59:59.999999Z");
+        let json = serde_json::to_string(&Message { created_at: far, ..m.clone() }).unwrap();
+        assert!(json.contains(r#""timestamp":"+10001-02-03T23:59:59.999999Z""#), "{json}");
         let whole = ts.trunc_subsecs(0);
         assert_eq!(timestamp_micros::format(&whole), "2026-11-28T10:00:00.000000Z");
         // The hand-rolled formatter agrees with chrono's over many instants.

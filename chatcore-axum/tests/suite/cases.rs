@@ -1108,35 +1108,56 @@ pub async fn since_under_concurrent_sends_has_no_gap_and_no_duplicate(store: Arc
     let (alice_user, _) = app.user("alice").await;
     let (_, bob) = app.user("bob").await;
     let chat = app.chat.clone();
-    let sender = tokio::spawn(async move {
-        let mut ids = Vec::new();
-        for i in 0..200 {
-            let sent = chat
-                .send(
-                    &alice_user,
-                    SendRequest {
-                        recipient: "bob".into(),
-                        body: format!("{i}"),
-                        ..Default::default()
-                    },
-                )
-                .await
-                .unwrap();
-            ids.push(sent.message.id.0);
-            // Paced (200 ms or more in all) so the reconnect lands in the middle of the stream.
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        ids
-    });
-    // Reconnect in the middle of the stream, from id 0.
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    // The sender keeps sending until told to stop; the test tells it only once the socket,
+    // opened from id 0 in the middle of the stream, has delivered a message sent after it
+    // opened: so sends happen before, during and after the catch-up, with no timing guess.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (sent_tx, mut sent_rx) = tokio::sync::mpsc::unbounded_channel();
+    let sender = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut ids = Vec::new();
+            let mut i = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let sent = chat
+                    .send(
+                        &alice_user,
+                        SendRequest {
+                            recipient: "bob".into(),
+                            body: format!("{i}"),
+                            ..Default::default()
+                        },
+                    )
+                    .await
+                    .unwrap();
+                ids.push(sent.message.id.0);
+                let _ = sent_tx.send(sent.message.id.0);
+                i += 1;
+                tokio::task::yield_now().await;
+            }
+            ids
+        })
+    };
+    // Fifty sent, then reconnect from id 0 while the sends go on.
+    for _ in 0..50 {
+        sent_rx.recv().await.expect("the sender runs");
+    }
     let mut bob_ws = app.ws(&bob, Some(0)).await;
-    assert!(
-        !sender.is_finished(),
-        "the sends ended before the reconnect: no race tested"
-    );
-    let sent = sender.await.unwrap();
+    let mut newest_at_open = 0;
+    while let Ok(id) = sent_rx.try_recv() {
+        newest_at_open = id;
+    }
     let mut got = Vec::new();
+    loop {
+        let id = frame_id(&mut bob_ws).await;
+        got.push(id);
+        if id > newest_at_open {
+            break;
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    let sent = sender.await.unwrap();
+    assert!(sent.len() > 50, "sends went on after the reconnect");
     while got.len() < sent.len() {
         got.push(frame_id(&mut bob_ws).await);
     }

@@ -158,7 +158,12 @@ function drawMessage(message) {
   const item = document.createElement("li");
   item.dataset.id = String(message.id);
   if (message.user === state.me) item.classList.add("mine");
-  item.textContent = message.body;
+  // Bidirectional overrides in a body stay inside it: its own direction, isolated.
+  const body = document.createElement("span");
+  body.className = "body";
+  body.dir = "auto";
+  body.textContent = message.body;
+  item.append(body);
   const time = document.createElement("time");
   time.dateTime = message.timestamp;
   time.textContent = new Date(message.timestamp).toLocaleString();

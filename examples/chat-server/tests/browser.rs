@@ -103,7 +103,7 @@ async fn message_texts(client: &Client) -> Vec<String> {
         .unwrap_or_default();
     let mut texts = Vec::new();
     for item in items {
-        // The body is the item's first text node; the <time> child follows it.
+        // The body is the item's first child (an isolated span); the <time> child follows it.
         let text: String = client
             .execute(
                 "return arguments[0].firstChild.textContent;",
@@ -234,6 +234,16 @@ async fn two_users_chat_live_in_real_browsers() {
             "no element was created from the body"
         );
         assert!(client.get_alert_text().await.is_err(), "no alert ran");
+        // Every body is isolated, so a bidirectional override in it cannot reorder the page.
+        let isolation = client
+            .execute(
+                "const b = document.querySelector('#message-list li .body'); \
+                 return [b.dir, getComputedStyle(b).unicodeBidi];",
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(isolation, serde_json::json!(["auto", "isolate"]));
     }
 
     // Own messages sit on the right, the other's on the left.
