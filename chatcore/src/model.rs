@@ -412,11 +412,20 @@ mod tests {
         let back: Message = serde_json::from_str(&json).unwrap();
         assert_eq!(back, m);
         // Years beyond four digits are written whole, never cut short.
-        let far = DateTime::parse_from_rfc3339("9999-12-31T23:59:59.999999Z").unwrap().with_timezone(&Utc)
+        let far = DateTime::parse_from_rfc3339("9999-12-31T23:59:59.999999Z")
+            .unwrap()
+            .with_timezone(&Utc)
             + chrono::Duration::days(400);
         assert_eq!(timestamp_micros::format(&far), "+10001-02-03T23:59:59.999999Z");
-        let json = serde_json::to_string(&Message { created_at: far, ..m.clone() }).unwrap();
-        assert!(json.contains(r#""timestamp":"+10001-02-03T23:59:59.999999Z""#), "{json}");
+        let json = serde_json::to_string(&Message {
+            created_at: far,
+            ..m.clone()
+        })
+        .unwrap();
+        assert!(
+            json.contains(r#""timestamp":"+10001-02-03T23:59:59.999999Z""#),
+            "{json}"
+        );
         let whole = ts.trunc_subsecs(0);
         assert_eq!(timestamp_micros::format(&whole), "2026-11-28T10:00:00.000000Z");
         // The hand-rolled formatter agrees with chrono's over many instants.

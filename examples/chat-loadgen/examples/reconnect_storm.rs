@@ -5,7 +5,7 @@
 //! `--storm` clients each loop: open `/ws?since=0` as a storm user, read `--frames` frames
 //! (default: the whole backlog), close, repeat.
 //!
-//!     target/release/chat-server --send-rate-per-sec 0 --send-burst 0 --log warn \
+//!     target/release/chat-server --send-rate-per-sec 0 --send-burst 0 --logins-per-minute 0 --registrations-per-hour 0 --log warn \
 //!         --database sqlite:///tmp/storm/chat.db --listen 127.0.0.1:8400 &
 //!     cargo run --release -p chat-loadgen --example reconnect_storm -- \
 //!         --url http://127.0.0.1:8400 --storm 8 --storm-users 1 --backlog 1000 --duration 10 \
@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chat_loadgen::frame::{Frame, parse_frame};
-use chat_loadgen::run::{cpu_secs, load_average};
+use chat_loadgen::{cpu_secs, load_average};
 use clap::Parser;
 use futures_util::{StreamExt, TryStreamExt, stream};
 use hdrhistogram::Histogram;

@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 /// What one text frame on `/ws` said.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Frame {
+pub enum Frame {
     /// A notification about message `id` (with or without `data`).
     Message(i64),
     /// `{"resync": true}`: the server asks the client to reload history.
@@ -44,7 +44,7 @@ struct RawFrame {
 }
 
 /// Reads one text frame.
-pub(crate) fn parse_frame(text: &str) -> Frame {
+pub fn parse_frame(text: &str) -> Frame {
     match serde_json::from_str::<RawFrame>(text) {
         Ok(RawFrame { resync: true, .. }) => Frame::Resync,
         Ok(RawFrame {

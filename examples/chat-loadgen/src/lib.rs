@@ -90,7 +90,7 @@
 pub mod auth;
 mod cli;
 mod error;
-mod frame;
+pub mod frame;
 pub mod plot;
 mod progress;
 mod report;
@@ -103,4 +103,5 @@ pub use progress::Progress;
 pub use report::{
     IdleReport, LatencySummary, NotificationReport, PhaseReport, Report, SweepReport, SweepStep,
 };
+pub use run::procfs::{cpu_secs, load_average};
 pub use run::{run_idle, run_load, run_sweep};

@@ -26,7 +26,7 @@ mod listen;
 mod load;
 mod open_loop;
 mod phase;
-mod procfs;
+pub(crate) mod procfs;
 mod send;
 mod setup;
 mod sweep;

@@ -2,7 +2,7 @@
 
 /// CPU time (user + system, all threads) of process `pid` so far, in seconds, from
 /// `/proc/PID/stat` (clock ticks of 1/100 s, the fixed `USER_HZ` of that interface).
-pub(super) fn cpu_secs(pid: u32) -> Option<f64> {
+pub fn cpu_secs(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces; the fields after it follow its ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
@@ -13,7 +13,7 @@ pub(super) fn cpu_secs(pid: u32) -> Option<f64> {
 }
 
 /// The machine's 1-minute load average, from `/proc/loadavg`.
-pub(super) fn load_average() -> Option<f64> {
+pub fn load_average() -> Option<f64> {
     std::fs::read_to_string("/proc/loadavg")
         .ok()?
         .split_whitespace()
