@@ -9,7 +9,7 @@
 //! The third argument picks the store: `memory` (default) or `sqlite` (a temporary file).
 //! The user's connection limit is raised to N so that every socket stays open; with the
 //! default limit (20) the oldest ones are closed. Each socket holds at most one catch-up
-//! page (`ChatConfig::catch_up_page`, 25 events by default) while the client does not read, so the
+//! page (`ChatConfig::catch_up_page`, 100 events or 128 KiB of bodies by default) while the client does not read, so the
 //! growth stays flat in M. Linux only (reads `/proc/self/statm`).
 
 use std::sync::Arc;

@@ -70,6 +70,16 @@ impl Username {
         use unicode_normalization::UnicodeNormalization;
         use unicode_security::{GeneralSecurityProfile, MixedScript};
         let raw = name.into();
+        // The common case, checked in one pass: ASCII letters, digits and the five symbols
+        // are NFKC already, all Latin (or common to every script) and allowed in identifiers.
+        if !raw.is_empty()
+            && raw.len() <= Self::MAX_CHARS
+            && raw
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"@.+-_".contains(&b))
+        {
+            return Ok(Self(raw));
+        }
         let name: String = if unicode_normalization::is_nfkc_quick(raw.chars())
             == unicode_normalization::IsNormalized::Yes
         {
@@ -132,6 +142,10 @@ impl Username {
     /// [`Username::key`] of any text (for stores migrating names made before the rules).
     pub fn key_of(name: &str) -> String {
         use unicode_normalization::UnicodeNormalization;
+        if name.is_ascii() {
+            // ASCII is NFKC, and lowercasing keeps it so.
+            return name.to_ascii_lowercase();
+        }
         let lower = name.nfkc().collect::<String>().to_lowercase();
         lower.nfkc().collect()
     }

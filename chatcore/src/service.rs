@@ -29,9 +29,13 @@ pub struct ChatConfig {
     /// resync. Default 1,000.
     pub catch_up_limit: u32,
     /// Events read from storage per catch-up page: a connection holds at most one page of
-    /// its backlog at a time. Default 25: with the longest messages (4,000 characters) a page
-    /// is about 300 KiB, so 100 sockets reading a long backlog cost the server about 30 MiB.
+    /// its backlog at a time. Default 100.
     pub catch_up_page: u32,
+    /// A catch-up page also ends once its message bodies reach this many bytes (it always
+    /// holds at least one event), so a backlog of long messages costs a connection no more
+    /// memory than one of short ones. Default 128 KiB. (Smaller pages by count instead cost a
+    /// saturated server more reads than it can afford: measured in BENCHMARKS.md.)
+    pub catch_up_page_bytes: usize,
     /// Catch-up reads of one user that may run at once (across all their connections on this
     /// process); more wait their turn. Default 1.
     pub catch_up_reads_per_user: usize,
@@ -59,7 +63,8 @@ impl Default for ChatConfig {
             default_page_size: 15,
             max_page_size: 100,
             catch_up_limit: 1_000,
-            catch_up_page: 25,
+            catch_up_page: 100,
+            catch_up_page_bytes: 128 * 1024,
             catch_up_reads_per_user: 1,
             max_connections_per_user: 20,
             default_user_page: 1_000,
@@ -404,6 +409,18 @@ impl ChatService {
                 return Ok(CatchUpPage::Resync { resume_after });
             }
         }
+        let mut messages = messages;
+        let mut bytes = 0usize;
+        let keep = messages
+            .iter()
+            .take_while(|m| {
+                let within = bytes < self.config.catch_up_page_bytes;
+                bytes = bytes.saturating_add(m.body.len());
+                within
+            })
+            .count()
+            .max(1);
+        messages.truncate(keep);
         match messages.last() {
             Some(last) => catch_up.after = Position::from(last.id),
             None => {

@@ -438,3 +438,45 @@ async fn an_idempotency_key_names_one_message() {
         );
     }
 }
+
+#[tokio::test]
+async fn catch_up_pages_end_at_a_byte_bound_too() {
+    let chat = service(ChatConfig {
+        send_burst: 0,
+        catch_up_page: 100,
+        catch_up_page_bytes: 10_000,
+        ..Default::default()
+    });
+    let (alice, bob) = pair(&chat).await;
+    let long = "x".repeat(3_000);
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        ids.push(chat.send(&alice, to("bob", &long)).await.unwrap().message.id);
+    }
+    let mut catch_up = chat.catch_up(&bob, Position::START);
+    let mut pages = Vec::new();
+    loop {
+        match chat.catch_up_page(&mut catch_up).await.unwrap() {
+            CatchUpPage::Events(events) if events.is_empty() => break,
+            CatchUpPage::Events(events) => pages.push(events.len()),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // 3,000-byte bodies, 10,000 bytes a page: four a page (the one that crosses the bound
+    // ends it), everything once.
+    assert_eq!(pages, [4, 4, 2]);
+    assert_eq!(catch_up.after(), Position::from(*ids.last().unwrap()));
+    // A single body over the bound still makes a page of one.
+    let tiny = service(ChatConfig {
+        send_burst: 0,
+        catch_up_page_bytes: 1,
+        ..Default::default()
+    });
+    let (alice, bob) = pair(&tiny).await;
+    tiny.send(&alice, to("bob", &long)).await.unwrap();
+    let mut catch_up = tiny.catch_up(&bob, Position::START);
+    match tiny.catch_up_page(&mut catch_up).await.unwrap() {
+        CatchUpPage::Events(events) => assert_eq!(events.len(), 1),
+        other => panic!("unexpected {other:?}"),
+    }
+}

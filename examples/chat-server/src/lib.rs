@@ -80,6 +80,7 @@ impl App {
             max_page_size: options.max_page_size,
             catch_up_limit: options.catch_up_limit,
             catch_up_page: options.catch_up_page,
+            catch_up_page_bytes: usize::try_from(options.catch_up_page_bytes).unwrap_or(usize::MAX),
             catch_up_reads_per_user: options.catch_up_reads_per_user as usize,
             max_connections_per_user: options.max_sockets_per_user as usize,
             send_burst: options.send_burst,

@@ -125,8 +125,12 @@ pub struct ServerOptions {
     pub catch_up_limit: u32,
 
     /// Events a WebSocket reads from storage per catch-up page (its memory holds one page).
-    #[arg(long, env = "CHAT_CATCH_UP_PAGE", default_value_t = 25, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "CHAT_CATCH_UP_PAGE", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     pub catch_up_page: u32,
+
+    /// A catch-up page also ends once its message bodies reach this many bytes.
+    #[arg(long, env = "CHAT_CATCH_UP_PAGE_BYTES", default_value_t = 128 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub catch_up_page_bytes: u64,
 
     /// Catch-up reads of one user that may run at once; more wait their turn.
     #[arg(long, env = "CHAT_CATCH_UP_READS_PER_USER", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
