@@ -316,19 +316,22 @@ impl SqliteStore {
         let writer_config = config.clone();
         let stats = Arc::new(WriterStats::default());
         let writer_stats = stats.clone();
-        let writer = spawn_worker(
-            "chatcore-sqlite-writer".into(),
-            true,
-            move || match writer::open_connection(&writer_config) {
-                Ok(conn) => {
-                    let _ = ready_tx.send(Ok(()));
-                    Writer::new(conn, &writer_config, writer_stats).run(writer_rx);
-                }
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e));
-                }
-            },
-        )?;
+        let writer =
+            spawn_worker(
+                "chatcore-sqlite-writer".into(),
+                true,
+                move || match writer::open_connection(&writer_config)
+                    .and_then(|conn| Writer::new(conn, &writer_config, writer_stats))
+                {
+                    Ok(writer) => {
+                        let _ = ready_tx.send(Ok(()));
+                        writer.run(writer_rx);
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
+                },
+            )?;
         let mut store = SqliteStore {
             writer: writer_tx,
             readers: None,

@@ -473,16 +473,29 @@ fn user_tail<'t>(
 
 /// The newest stored message's timestamp (one lookup at the end of the rowid b-tree), so
 /// timestamps keep increasing with ids across restarts even if the clock stepped back.
-/// `None` before the schema exists or when there are no messages.
-pub(super) fn latest_timestamp(conn: &Connection) -> Option<DateTime<Utc>> {
-    let micros: i64 = conn
-        .query_row(
-            "SELECT created_at FROM chatcore_messages ORDER BY id DESC LIMIT 1",
-            [],
-            |row| row.get(0),
-        )
-        .ok()?;
-    reader::micros_to_datetime(micros).ok()
+/// `None` before the schema exists or when there are no messages; any other failure is an
+/// error (the store does not open), never taken for "no messages".
+pub(super) fn latest_timestamp(conn: &Connection) -> chatcore::Result<Option<DateTime<Utc>>> {
+    let micros = conn.query_row(
+        "SELECT created_at FROM chatcore_messages ORDER BY id DESC LIMIT 1",
+        [],
+        |row| row.get::<_, i64>(0),
+    );
+    match micros {
+        Ok(micros) => {
+            reader::micros_to_datetime(micros)
+                .map(Some)
+                .map_err(|message| chatcore::Error::Corrupt {
+                    message,
+                    source: None,
+                })
+        }
+        Err(rusqlite::Error::QueryReturnedNoRows) => Ok(None),
+        Err(rusqlite::Error::SqliteFailure(_, Some(message))) if message.starts_with("no such table") => {
+            Ok(None)
+        }
+        Err(e) => Err(error::map(e)),
+    }
 }
 
 fn is_constraint(error: &rusqlite::Error) -> bool {

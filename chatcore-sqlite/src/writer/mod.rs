@@ -156,9 +156,10 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    pub(crate) fn new(conn: Connection, config: &SqliteConfig, stats: Arc<WriterStats>) -> Self {
-        let last_timestamp = batch::latest_timestamp(&conn).unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
-        Self {
+    /// The writer over `conn`. Errors: the newest message's timestamp cannot be read.
+    pub(crate) fn new(conn: Connection, config: &SqliteConfig, stats: Arc<WriterStats>) -> Result<Self> {
+        let last_timestamp = batch::latest_timestamp(&conn)?.unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
+        Ok(Self {
             ctx: ReadCtx::new(conn, config.name_cache),
             wal_to_sync: durability::wal_path_to_sync(config),
             sync_queue: None,
@@ -172,7 +173,7 @@ impl Writer {
             pending_ids: HashSet::new(),
             conversation_tails: HashMap::new(),
             user_tails: HashMap::new(),
-        }
+        })
     }
 
     /// The writer loop (`batch.rs`): block for one message, drain whatever else is waiting
