@@ -13,18 +13,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chatcore::{ChatConfig, ChatService, LocalNotifier, MemoryStore};
-use chatcore_axum::{ChatApi, SessionAuthenticator, SessionConfig};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+mod common;
 
-fn resident_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").expect("/proc/self/statm (Linux only)");
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .expect("resident pages");
-    pages * 4096
-}
+use chatcore_axum::{ChatApi, SessionAuthenticator, SessionConfig};
+use common::{open_websocket, resident_bytes};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -61,12 +53,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Warm up allocator arenas and lazily initialised state with a few connections.
     let mut sockets = Vec::with_capacity(count + 16);
     for _ in 0..16 {
-        sockets.push(open(addr, &request).await?);
+        sockets.push(open_websocket(addr, &request).await?);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = resident_bytes();
     for _ in 0..count {
-        sockets.push(open(addr, &request).await?);
+        sockets.push(open_websocket(addr, &request).await?);
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after = resident_bytes();
@@ -81,23 +73,4 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     drop(sockets);
     server.await??;
     Ok(())
-}
-
-async fn open(addr: std::net::SocketAddr, request: &str) -> std::io::Result<tokio::net::TcpStream> {
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    stream.write_all(request.as_bytes()).await?;
-    let mut response = Vec::with_capacity(256);
-    let mut byte = [0u8; 1];
-    while !response.ends_with(b"\r\n\r\n") {
-        if stream.read(&mut byte).await? == 0 {
-            return Err(std::io::Error::other("connection closed during the handshake"));
-        }
-        response.push(byte[0]);
-    }
-    if !response.starts_with(b"HTTP/1.1 101") {
-        return Err(std::io::Error::other(
-            String::from_utf8_lossy(&response).into_owned(),
-        ));
-    }
-    Ok(stream)
 }

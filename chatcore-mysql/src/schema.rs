@@ -319,15 +319,21 @@ mod tests {
     use crate::MysqlConfig;
     use crate::testing::TestDatabase;
 
+    /// A fresh database with the first `version` migrations applied, as that version left it.
+    async fn database_at(version: usize) -> (TestDatabase, MySqlConnection) {
+        let database = TestDatabase::create("chatcore_mysql_test_").await.unwrap();
+        let mut conn = database.options().unwrap().connect().await.unwrap();
+        sqlx::query(MIGRATIONS_TABLE).execute(&mut conn).await.unwrap();
+        let report = apply_known(&mut conn, &MIGRATIONS[..version]).await.unwrap();
+        assert_eq!((report.previous, report.current), (0, version as u32));
+        (database, conn)
+    }
+
     /// A database written by the previous version (schema version 1, ids from
     /// `chatcore_sequences`) keeps handing out ids above the old ones once migrated.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_database_migrated_from_version_1_keeps_its_ids_increasing() {
-        let database = TestDatabase::create("chatcore_mysql_test_").await.unwrap();
-        let mut conn = database.options().unwrap().connect().await.unwrap();
-        sqlx::query(MIGRATIONS_TABLE).execute(&mut conn).await.unwrap();
-        let report = apply_known(&mut conn, &MIGRATIONS[..1]).await.unwrap();
-        assert_eq!((report.previous, report.current), (0, 1));
+        let (database, mut conn) = database_at(1).await;
         // What version 1 left behind: two users and messages up to id 1000, as its writer
         // stored them (ids from the sequence row, counters alongside).
         sqlx::raw_sql(
@@ -396,11 +402,7 @@ mod tests {
     /// is merged; names are found by key from then on.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn names_that_differ_only_in_case_are_kept_apart_and_reported() {
-        let database = TestDatabase::create("chatcore_mysql_test_").await.unwrap();
-        let mut conn = database.options().unwrap().connect().await.unwrap();
-        sqlx::query(MIGRATIONS_TABLE).execute(&mut conn).await.unwrap();
-        let report = apply_known(&mut conn, &MIGRATIONS[..2]).await.unwrap();
-        assert_eq!((report.previous, report.current), (0, 2));
+        let (database, mut conn) = database_at(2).await;
         // Version 2 compared names byte for byte, and did not normalize them: the full-width
         // 'ｃａｒｏｌ' is 'carol' once normalized.
         sqlx::raw_sql(
@@ -578,10 +580,7 @@ mod tests {
     /// process died) is applied again without error, and reports again who was kept apart.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_interrupted_username_key_migration_runs_again() {
-        let database = TestDatabase::create("chatcore_mysql_test_").await.unwrap();
-        let mut conn = database.options().unwrap().connect().await.unwrap();
-        sqlx::query(MIGRATIONS_TABLE).execute(&mut conn).await.unwrap();
-        apply_known(&mut conn, &MIGRATIONS[..2]).await.unwrap();
+        let (database, mut conn) = database_at(2).await;
         sqlx::raw_sql(
             "INSERT INTO chatcore_users (id, username, created_at) VALUES \
                (1, 'Alice', UTC_TIMESTAMP(6)), (2, 'alice', UTC_TIMESTAMP(6))",

@@ -671,26 +671,13 @@ mod tests {
         );
 
         // Hold the writer until every send of the batch is queued, so the batch holds them all.
-        let release = hold_writer(&store);
         let transactions = store.stats().transactions;
         let plan = [(a, b), (b, a), (a, a), (c, b), (a, c), (c, c), (b, c)];
-        let mut answers = Vec::new();
-        for (from, to) in plan {
-            let (reply, answer) = oneshot::channel();
-            store
-                .writer
-                .send(WriteMsg::Op(WriteOp::Insert {
-                    message: note(from, to),
-                    reply,
-                }))
-                .unwrap();
-            answers.push(answer);
-        }
-        release.send(()).unwrap();
-        let mut inserted = Vec::new();
-        for answer in answers {
-            inserted.push(answer.await.unwrap().unwrap());
-        }
+        let inserted: Vec<Inserted> = one_batch(&store, &plan)
+            .await
+            .into_iter()
+            .map(|result| result.unwrap())
+            .collect();
         assert_eq!(store.stats().transactions, transactions + 1, "one group commit");
         let ids: Vec<i64> = inserted.iter().map(|i| i.message.id.0).collect();
         let e = earlier.0;
@@ -757,6 +744,30 @@ mod tests {
 
     /// Holds the writer (a read job it runs) until `release` is sent, so every write queued
     /// meanwhile lands in one batch.
+    /// Sends `plan`'s messages so that they land in one group commit: the writer is held until
+    /// every one is queued. The answers, in plan order.
+    async fn one_batch(store: &SqliteStore, plan: &[(&User, &User)]) -> Vec<Result<Inserted>> {
+        let release = hold_writer(store);
+        let mut answers = Vec::new();
+        for (from, to) in plan {
+            let (reply, answer) = oneshot::channel();
+            store
+                .writer
+                .send(WriteMsg::Op(WriteOp::Insert {
+                    message: note(from, to),
+                    reply,
+                }))
+                .unwrap();
+            answers.push(answer);
+        }
+        release.send(()).unwrap();
+        let mut results = Vec::new();
+        for answer in answers {
+            results.push(answer.await.unwrap());
+        }
+        results
+    }
+
     fn hold_writer(store: &SqliteStore) -> std::sync::mpsc::Sender<()> {
         let (running_tx, running) = std::sync::mpsc::channel::<()>();
         let (release, held) = std::sync::mpsc::channel::<()>();
@@ -797,25 +808,8 @@ mod tests {
                     .unwrap();
             })))
             .unwrap();
-        let release = hold_writer(&store);
         let transactions = store.stats().transactions;
-        let mut answers = Vec::new();
-        for (from, to) in [(a, b), (a, victim), (b, a)] {
-            let (reply, answer) = oneshot::channel();
-            store
-                .writer
-                .send(WriteMsg::Op(WriteOp::Insert {
-                    message: note(from, to),
-                    reply,
-                }))
-                .unwrap();
-            answers.push(answer);
-        }
-        release.send(()).unwrap();
-        let mut results = Vec::new();
-        for answer in answers {
-            results.push(answer.await.unwrap());
-        }
+        let results = one_batch(&store, &[(a, b), (a, victim), (b, a)]).await;
         let first = results[0].as_ref().expect("a to b commits");
         assert!(
             matches!(results[1], Err(Error::Internal { .. })),

@@ -56,6 +56,41 @@ pub struct ChatConfig {
     pub send_rate_per_sec: u32,
 }
 
+impl ChatConfig {
+    /// Checks that every limit can be met: page sizes, catch-up sizes, connection and read
+    /// limits of at least 1, a default page within the maximum. A host calls it where it
+    /// builds the config (the standalone server does), so a zero from a flag or an environment
+    /// variable stops the start instead of being taken for 1.
+    ///
+    /// ```
+    /// let bad = chatcore::ChatConfig { catch_up_page: 0, ..Default::default() };
+    /// assert!(bad.validate().is_err());
+    /// assert!(chatcore::ChatConfig::default().validate().is_ok());
+    /// ```
+    pub fn validate(&self) -> Result<()> {
+        let positive: [(&str, u64); 9] = [
+            ("max_body_chars", self.max_body_chars as u64),
+            ("default_page_size", u64::from(self.default_page_size)),
+            ("max_page_size", u64::from(self.max_page_size)),
+            ("catch_up_page", u64::from(self.catch_up_page)),
+            ("catch_up_page_bytes", self.catch_up_page_bytes as u64),
+            ("catch_up_reads_per_user", self.catch_up_reads_per_user as u64),
+            ("max_connections_per_user", self.max_connections_per_user as u64),
+            ("max_user_page", u64::from(self.max_user_page)),
+            ("max_idempotency_key_len", self.max_idempotency_key_len as u64),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, value)| *value == 0) {
+            return Err(Error::invalid(format!("chat config: {name} must be at least 1")));
+        }
+        if self.default_page_size > self.max_page_size || self.default_user_page > self.max_user_page {
+            return Err(Error::invalid(
+                "chat config: a default page is larger than its maximum",
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for ChatConfig {
     fn default() -> Self {
         Self {
@@ -196,7 +231,8 @@ impl std::fmt::Debug for ChatService {
 }
 
 impl ChatService {
-    /// A service over `store` and `notifier`.
+    /// A service over `store` and `notifier`. Check `config` with [`ChatConfig::validate`]
+    /// where you build it: a zero limit here is taken for 1.
     pub fn new(store: Arc<dyn Store>, notifier: Arc<dyn Notifier>, config: ChatConfig) -> Self {
         Self {
             store,

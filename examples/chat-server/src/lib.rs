@@ -89,6 +89,8 @@ impl App {
             max_user_page: options.user_page_size,
             ..ChatConfig::default()
         };
+        // A zero from a flag stops the start here, never taken for 1 by the service.
+        chat_config.validate()?;
         let chat = ChatService::new(backend.clone(), notifier, chat_config);
         let sessions = SessionAuthenticator::new(backend.clone(), options.session_config())?;
         let api_config = ApiConfig {
