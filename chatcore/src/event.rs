@@ -2,7 +2,7 @@
 //! socket writes; [`Position`]: a durable event's place in its user's stream.
 //!
 //! # The ordering promise
-//! Every durable event (today a stored message) has a [`Position`]. A store hands positions
+//! Every durable event (a stored message, a read marker that moved) has a [`Position`]. A store hands positions
 //! out so that, for each user, a larger position was committed later, and it tells the
 //! publisher, for each participant, the position of that user's previous durable event
 //! ([`crate::store::Inserted::sender_previous`]). The notifier carries that `previous` beside
@@ -19,7 +19,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, Message, MessageId, Result};
+use crate::store::ReadMarker;
+use crate::{Error, Message, MessageId, Result, Username};
 
 /// A durable event's place in its user's event stream. Positions increase in commit order
 /// for each user; [`Position::START`] is before every event.
@@ -62,6 +63,8 @@ pub struct SessionId(pub u64);
 pub enum EventKind {
     /// A message the user sent or received was stored (durable, has a position).
     Message,
+    /// A read marker of one of the user's conversations moved (durable, has a position).
+    Read,
     /// One of the user's login sessions ended (logout, expiry, account removal): the
     /// connections opened with it must close. Never forwarded to a client.
     SessionEnded,
@@ -72,6 +75,7 @@ impl EventKind {
     pub fn as_str(self) -> &'static str {
         match self {
             EventKind::Message => "message",
+            EventKind::Read => "read",
             EventKind::SessionEnded => "session_ended",
         }
     }
@@ -81,6 +85,7 @@ impl EventKind {
     pub fn parse(name: &str) -> Option<Self> {
         match name {
             "message" => Some(EventKind::Message),
+            "read" => Some(EventKind::Read),
             "session_ended" => Some(EventKind::SessionEnded),
             _ => None,
         }
@@ -88,7 +93,7 @@ impl EventKind {
 
     /// Whether events of this kind are stored and have a position.
     pub fn is_durable(self) -> bool {
-        matches!(self, EventKind::Message)
+        matches!(self, EventKind::Message | EventKind::Read)
     }
 }
 
@@ -142,6 +147,8 @@ impl fmt::Debug for Event {
 pub enum EventData {
     /// A stored message.
     Message(Message),
+    /// A read marker that moved.
+    Read(ReadMarker),
     /// A session ended.
     SessionEnded(SessionId),
 }
@@ -152,6 +159,15 @@ struct MessageFrame<'a> {
     position: Position,
     message: String,
     data: &'a Message,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ReadFrame {
+    r#type: String,
+    position: Position,
+    reader: Username,
+    peer: Username,
+    up_to: MessageId,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -181,6 +197,32 @@ impl Event {
             data: message,
         };
         Self::rendered(EventKind::Message, Some(position), None, &frame)
+    }
+
+    /// The event "`marker.reader` has read up to `marker.up_to`", rendered as
+    /// `{"type":"read","position":P,"reader":"bob","peer":"alice","up_to":17}`.
+    ///
+    /// ```
+    /// use chatcore::store::ReadMarker;
+    /// use chatcore::{Event, EventKind, MessageId, Position, Username};
+    /// let event = Event::read(&ReadMarker {
+    ///     position: Position(18),
+    ///     reader: Username::parse("bob").unwrap(),
+    ///     peer: Username::parse("alice").unwrap(),
+    ///     up_to: MessageId(17),
+    /// });
+    /// assert_eq!(event.kind(), EventKind::Read);
+    /// assert_eq!(event.frame_str(), r#"{"type":"read","position":18,"reader":"bob","peer":"alice","up_to":17}"#);
+    /// ```
+    pub fn read(marker: &ReadMarker) -> Self {
+        let frame = ReadFrame {
+            r#type: EventKind::Read.as_str().to_owned(),
+            position: marker.position,
+            reader: marker.reader.clone(),
+            peer: marker.peer.clone(),
+            up_to: marker.up_to,
+        };
+        Self::rendered(EventKind::Read, Some(marker.position), None, &frame)
     }
 
     /// The event "session `session` ended": its connections close.
@@ -278,6 +320,15 @@ impl Event {
                     .map_err(bad)?
                     .data,
             )),
+            Some(EventKind::Read) => {
+                let frame: ReadFrame = serde_json::from_slice(&self.0.frame).map_err(bad)?;
+                Ok(EventData::Read(ReadMarker {
+                    position: frame.position,
+                    reader: frame.reader,
+                    peer: frame.peer,
+                    up_to: frame.up_to,
+                }))
+            }
             Some(EventKind::SessionEnded) => Ok(EventData::SessionEnded(
                 serde_json::from_slice::<SessionEndedFrame>(&self.0.frame)
                     .map_err(bad)?
@@ -346,8 +397,23 @@ mod tests {
     }
 
     #[test]
+    fn read_frame_round_trips() {
+        let marker = ReadMarker {
+            position: Position(9),
+            reader: Username::parse("bob").unwrap(),
+            peer: Username::parse("alice").unwrap(),
+            up_to: MessageId(8),
+        };
+        let event = Event::read(&marker);
+        assert_eq!(event.position(), Some(Position(9)));
+        assert_eq!(event.decode().unwrap(), EventData::Read(marker));
+        let again = Event::from_frame(EventKind::Read, Some(Position(9)), event.frame().clone()).unwrap();
+        assert_eq!(again, event);
+    }
+
+    #[test]
     fn kinds_round_trip_by_name() {
-        for kind in [EventKind::Message, EventKind::SessionEnded] {
+        for kind in [EventKind::Message, EventKind::Read, EventKind::SessionEnded] {
             assert_eq!(EventKind::parse(kind.as_str()), Some(kind));
         }
         assert_eq!(EventKind::parse("nope"), None);

@@ -72,10 +72,12 @@ pub use model::{
 };
 pub use notify::{CloseReason, Delivery, LocalNotifier, Notifier, Recipient, Subscription};
 pub use service::{
-    CatchUp, CatchUpPage, ChatConfig, ChatService, DirectoryQuery, HistoryQuery, SendRequest, Sent,
+    CatchUp, CatchUpPage, ChatConfig, ChatService, DirectoryQuery, HistoryQuery, InboxQuery, ReadState,
+    SendRequest, Sent,
 };
 pub use store::{
-    Backend, Credentials, Inserted, MessagePage, MigrationReport, PageRequest, SessionRecord, SessionStore,
-    Store, TokenHash, UserQuery,
+    Backend, Conversation, Credentials, InboxPage, InboxRequest, Inserted, MarkedRead, MessagePage,
+    MigrationReport, MovedMarker, PageRequest, ReadMarker, SessionRecord, SessionStore, Store, StoredEvent,
+    TokenHash, UserQuery,
 };
 pub use text::message_body;

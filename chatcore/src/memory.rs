@@ -8,8 +8,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::store::{
-    Backend, Credentials, Inserted, MessagePage, MigrationReport, PageRequest, SessionRecord, SessionStore,
-    Store, TokenHash, UserQuery,
+    Backend, Conversation, Credentials, InboxPage, InboxRequest, Inserted, MarkedRead, MessagePage,
+    MigrationReport, MovedMarker, PageRequest, ReadMarker, SessionRecord, SessionStore, Store, StoredEvent,
+    TokenHash, UserQuery,
 };
 use crate::{
     ConversationKey, Entity, Error, Message, MessageId, NewMessage, Position, Result, User, UserId, Username,
@@ -34,12 +35,42 @@ struct State {
     /// By [`Username::key`]: names are unique without regard to case.
     by_name: BTreeMap<String, UserId>,
     sessions: HashMap<TokenHash, (UserId, DateTime<Utc>)>,
-    /// Indexed by `MessageId - 1`.
+    /// Ascending by id (ids share the position sequence with read events, so they have gaps).
     messages: Vec<Message>,
+    /// Read events, ascending by position.
+    reads: Vec<ReadMarker>,
+    /// The last position handed out.
+    last_position: i64,
+    /// Each user's durable events, ascending by position.
+    streams: HashMap<UserId, Vec<EventRef>>,
+    /// Each user's conversations.
+    inboxes: HashMap<UserId, Inbox>,
     /// Indexes into `messages`, ascending.
     conversations: HashMap<ConversationKey, Vec<usize>>,
     by_user: HashMap<UserId, Vec<usize>>,
     idempotency: HashMap<(UserId, String), usize>,
+}
+
+/// One of a user's durable events: an index into `messages` or `reads`.
+#[derive(Debug, Clone, Copy)]
+enum EventRef {
+    Message(usize),
+    Read(usize),
+}
+
+#[derive(Debug, Default)]
+struct Inbox {
+    by_peer: HashMap<UserId, InboxEntry>,
+    /// Conversation's newest message id -> peer: the inbox order.
+    by_activity: BTreeMap<MessageId, UserId>,
+    unread_total: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct InboxEntry {
+    last: MessageId,
+    unread: u64,
+    read_up_to: Option<MessageId>,
 }
 
 #[derive(Debug)]
@@ -86,12 +117,53 @@ impl State {
         usize::try_from(id.0 - 1).ok().and_then(|i| self.users.get(i))
     }
 
-    /// The position of `user`'s newest message.
+    /// The position of `user`'s newest durable event.
     fn latest(&self, user: UserId) -> Position {
-        self.by_user
+        self.streams
             .get(&user)
-            .and_then(|indexes| indexes.last())
-            .map_or(Position::START, |&i| Position::from(self.messages[i].id))
+            .and_then(|events| events.last())
+            .map_or(Position::START, |&e| self.position_of(e))
+    }
+
+    fn position_of(&self, event: EventRef) -> Position {
+        match event {
+            EventRef::Message(i) => Position::from(self.messages[i].id),
+            EventRef::Read(i) => self.reads[i].position,
+        }
+    }
+
+    fn stored(&self, event: EventRef) -> StoredEvent {
+        match event {
+            EventRef::Message(i) => StoredEvent::Message(self.messages[i].clone()),
+            EventRef::Read(i) => StoredEvent::Read(self.reads[i].clone()),
+        }
+    }
+
+    fn message_index(&self, id: MessageId) -> Option<usize> {
+        self.messages.binary_search_by_key(&id, |m| m.id).ok()
+    }
+
+    fn next_position(&mut self) -> i64 {
+        self.last_position += 1;
+        self.last_position
+    }
+
+    /// Records `message` (at `index`) as the newest of `user`'s conversation with `peer`,
+    /// one more unread when `unread`.
+    fn touch_inbox(&mut self, user: UserId, peer: UserId, id: MessageId, unread: bool) {
+        let inbox = self.inboxes.entry(user).or_default();
+        let entry = inbox.by_peer.entry(peer).or_insert(InboxEntry {
+            last: id,
+            unread: 0,
+            read_up_to: None,
+        });
+        inbox.by_activity.remove(&entry.last);
+        entry.last = id;
+        inbox.by_activity.insert(id, peer);
+        if unread {
+            entry.unread += 1;
+            inbox.unread_total += 1;
+        }
     }
 
     /// Newest-first page of `indexes` (ascending by id).
@@ -178,7 +250,7 @@ impl Store for MemoryStore {
         let recipient_previous = state.latest(recipient_id);
         let index = state.messages.len();
         let message = Message {
-            id: MessageId(index as i64 + 1),
+            id: MessageId(state.next_position()),
             sender: new.sender.username.clone(),
             // As the recipient chose to write it, whatever case the sender typed.
             recipient: state
@@ -194,8 +266,20 @@ impl Store for MemoryStore {
             .or_default()
             .push(index);
         state.by_user.entry(new.sender.id).or_default().push(index);
+        state
+            .streams
+            .entry(new.sender.id)
+            .or_default()
+            .push(EventRef::Message(index));
+        state.touch_inbox(new.sender.id, recipient_id, message.id, false);
         if recipient_id != new.sender.id {
             state.by_user.entry(recipient_id).or_default().push(index);
+            state
+                .streams
+                .entry(recipient_id)
+                .or_default()
+                .push(EventRef::Message(index));
+            state.touch_inbox(recipient_id, new.sender.id, message.id, true);
         }
         if let Some(key) = new.idempotency_key {
             state.idempotency.insert((new.sender.id, key), index);
@@ -214,7 +298,7 @@ impl Store for MemoryStore {
         let Some(viewer) = state.user(viewer) else {
             return Ok(None);
         };
-        let message = usize::try_from(id.0 - 1).ok().and_then(|i| state.messages.get(i));
+        let message = state.message_index(id).map(|i| &state.messages[i]);
         Ok(message.filter(|m| m.involves(&viewer.user.username)).cloned())
     }
 
@@ -260,6 +344,144 @@ impl Store for MemoryStore {
 
     async fn latest_position(&self, user: UserId) -> Result<Position> {
         Ok(self.read().latest(user))
+    }
+
+    async fn events_after(&self, user: UserId, after: Position, limit: u32) -> Result<Vec<StoredEvent>> {
+        let state = self.read();
+        let Some(events) = state.streams.get(&user) else {
+            return Ok(Vec::new());
+        };
+        let start = events.partition_point(|&e| state.position_of(e) <= after);
+        Ok(events[start..]
+            .iter()
+            .take(limit as usize)
+            .map(|&e| state.stored(e))
+            .collect())
+    }
+
+    async fn inbox(&self, user: UserId, request: &InboxRequest) -> Result<InboxPage> {
+        let state = self.read();
+        let Some(inbox) = state.inboxes.get(&user) else {
+            return Ok(InboxPage::default());
+        };
+        let upper = request.before.map_or(Bound::Unbounded, Bound::Excluded);
+        let conversations = inbox
+            .by_activity
+            .range((Bound::Unbounded, upper))
+            .rev()
+            .take(request.limit as usize)
+            .map(|(&last, &peer)| {
+                let entry = inbox.by_peer[&peer];
+                let peer_read_up_to = state
+                    .inboxes
+                    .get(&peer)
+                    .and_then(|theirs| theirs.by_peer.get(&user))
+                    .and_then(|theirs| theirs.read_up_to);
+                let index = state.message_index(last).expect("an inbox names stored messages");
+                Conversation {
+                    peer: state
+                        .user(peer)
+                        .expect("an inbox names stored users")
+                        .user
+                        .username
+                        .clone(),
+                    last_message: state.messages[index].clone(),
+                    unread: entry.unread,
+                    read_up_to: entry.read_up_to,
+                    peer_read_up_to,
+                }
+            })
+            .collect();
+        Ok(InboxPage {
+            conversations,
+            unread_total: inbox.unread_total,
+        })
+    }
+
+    async fn mark_read(&self, reader: &User, peer: &Username, up_to: MessageId) -> Result<MarkedRead> {
+        let mut state = self.write();
+        let peer_id = *state
+            .by_name
+            .get(&peer.key())
+            .ok_or(Error::NotFound(Entity::User))?;
+        let key = ConversationKey::new(reader.id, peer_id);
+        let in_conversation = state.message_index(up_to).is_some_and(|i| {
+            state
+                .conversations
+                .get(&key)
+                .is_some_and(|indexes| indexes.binary_search(&i).is_ok())
+        });
+        let entry = state
+            .inboxes
+            .get(&reader.id)
+            .and_then(|inbox| inbox.by_peer.get(&peer_id))
+            .copied();
+        let (true, Some(entry)) = (in_conversation, entry) else {
+            return Err(Error::NotFound(Entity::Message));
+        };
+        if entry.read_up_to.is_some_and(|read| read >= up_to) {
+            return Ok(MarkedRead {
+                unread: entry.unread,
+                read_up_to: entry.read_up_to.unwrap_or(up_to),
+                moved: None,
+            });
+        }
+        // Only the messages the marker passes over are looked at.
+        let passed = if peer_id == reader.id {
+            0
+        } else {
+            let indexes = &state.conversations[&key];
+            let from = entry.read_up_to.unwrap_or(MessageId(0));
+            let start = indexes.partition_point(|&i| state.messages[i].id <= from);
+            let end = indexes.partition_point(|&i| state.messages[i].id <= up_to);
+            indexes[start..end]
+                .iter()
+                .filter(|&&i| state.messages[i].sender != reader.username)
+                .count() as u64
+        };
+        let reader_previous = state.latest(reader.id);
+        let peer_previous = state.latest(peer_id);
+        let position = Position(state.next_position());
+        let peer_name = state.user(peer_id).expect("found by name").user.username.clone();
+        let marker = ReadMarker {
+            position,
+            reader: reader.username.clone(),
+            peer: peer_name,
+            up_to,
+        };
+        let read_index = state.reads.len();
+        state.reads.push(marker.clone());
+        state
+            .streams
+            .entry(reader.id)
+            .or_default()
+            .push(EventRef::Read(read_index));
+        if peer_id != reader.id {
+            state
+                .streams
+                .entry(peer_id)
+                .or_default()
+                .push(EventRef::Read(read_index));
+        }
+        let inbox = state.inboxes.get_mut(&reader.id).expect("checked above");
+        inbox.unread_total -= passed;
+        let entry = inbox.by_peer.get_mut(&peer_id).expect("checked above");
+        entry.unread -= passed;
+        entry.read_up_to = Some(up_to);
+        Ok(MarkedRead {
+            unread: entry.unread,
+            read_up_to: up_to,
+            moved: Some(MovedMarker {
+                marker,
+                peer_id,
+                reader_previous,
+                peer_previous: if peer_id == reader.id {
+                    reader_previous
+                } else {
+                    peer_previous
+                },
+            }),
+        })
     }
 }
 

@@ -6,7 +6,7 @@ use crate::event::SessionId;
 use crate::feed::{Connections, Feed, ReadGate};
 use crate::notify::{Event, Notifier, Position, Recipient};
 use crate::rate::SendRateLimiter;
-use crate::store::{MessagePage, PageRequest, Store, UserQuery};
+use crate::store::{InboxPage, InboxRequest, MessagePage, PageRequest, Store, StoredEvent, UserQuery};
 use crate::{Entity, Error, Message, MessageId, NewMessage, Result, User, UserId, Username};
 
 /// Limits and defaults of a [`ChatService`]. Every field is public and documented with its
@@ -26,7 +26,8 @@ pub struct ChatConfig {
     /// Largest history page a client may ask for; larger requests are clamped. Default 100.
     pub max_page_size: u32,
     /// Most events replayed to a reconnecting client; beyond it the client is told to
-    /// resync. Default 1,000.
+    /// resync. Messages count against it; read events ride along with them (a client that
+    /// missed more than this many messages resyncs whatever else it missed). Default 1,000.
     pub catch_up_limit: u32,
     /// Events read from storage per catch-up page: a connection holds at most one page of
     /// its backlog at a time. Default 100.
@@ -54,6 +55,10 @@ pub struct ChatConfig {
     /// Sends per second a user may make after the burst. `0` turns the send rate limit off.
     /// Default 20.
     pub send_rate_per_sec: u32,
+    /// Conversations per inbox page when the client asks for no size. Default 20.
+    pub default_inbox_page: u32,
+    /// Largest inbox page a client may ask for; larger requests are clamped. Default 100.
+    pub max_inbox_page: u32,
 }
 
 impl ChatConfig {
@@ -68,7 +73,7 @@ impl ChatConfig {
     /// assert!(chatcore::ChatConfig::default().validate().is_ok());
     /// ```
     pub fn validate(&self) -> Result<()> {
-        let positive: [(&str, u64); 9] = [
+        let positive: [(&str, u64); 11] = [
             ("max_body_chars", self.max_body_chars as u64),
             ("default_page_size", u64::from(self.default_page_size)),
             ("max_page_size", u64::from(self.max_page_size)),
@@ -78,11 +83,16 @@ impl ChatConfig {
             ("max_connections_per_user", self.max_connections_per_user as u64),
             ("max_user_page", u64::from(self.max_user_page)),
             ("max_idempotency_key_len", self.max_idempotency_key_len as u64),
+            ("default_inbox_page", u64::from(self.default_inbox_page)),
+            ("max_inbox_page", u64::from(self.max_inbox_page)),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(Error::invalid(format!("chat config: {name} must be at least 1")));
         }
-        if self.default_page_size > self.max_page_size || self.default_user_page > self.max_user_page {
+        if self.default_page_size > self.max_page_size
+            || self.default_user_page > self.max_user_page
+            || self.default_inbox_page > self.max_inbox_page
+        {
             return Err(Error::invalid(
                 "chat config: a default page is larger than its maximum",
             ));
@@ -107,6 +117,8 @@ impl Default for ChatConfig {
             max_idempotency_key_len: 255,
             send_burst: 100,
             send_rate_per_sec: 20,
+            default_inbox_page: 20,
+            max_inbox_page: 100,
         }
     }
 }
@@ -156,6 +168,28 @@ pub struct DirectoryQuery {
     pub after: Option<String>,
     /// Page size; defaults to [`ChatConfig::default_user_page`].
     pub limit: Option<u32>,
+}
+
+/// Which inbox page a client asked for; the service fills in defaults and enforces limits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct InboxQuery {
+    /// Only conversations whose newest message is older than this id (the `next` cursor).
+    pub before: Option<MessageId>,
+    /// Page size; defaults to [`ChatConfig::default_inbox_page`], clamped to
+    /// [`ChatConfig::max_inbox_page`].
+    pub limit: Option<u32>,
+}
+
+/// Where a reader's marker stands after [`ChatService::mark_read`].
+#[derive(Debug)]
+pub struct ReadState {
+    /// The reader's unread messages in the conversation.
+    pub unread: u64,
+    /// The newest message the reader has read.
+    pub read_up_to: MessageId,
+    /// Set when the marker moved but notifying failed: the marker is stored, and connected
+    /// clients catch up on reconnect.
+    pub notify_error: Option<Error>,
 }
 
 /// A connection's way through what it missed, one page at a time
@@ -392,6 +426,77 @@ impl ChatService {
             .ok_or(Error::NotFound(Entity::Message))
     }
 
+    /// A page of `viewer`'s inbox: their conversations, latest activity first, with unread
+    /// counts, both read markers and the unread total.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> chatcore::Result<()> {
+    /// use std::sync::Arc;
+    /// use chatcore::{ChatConfig, ChatService, InboxQuery, LocalNotifier, MemoryStore, SendRequest};
+    /// let chat = ChatService::new(Arc::new(MemoryStore::new()), Arc::new(LocalNotifier::default()), ChatConfig::default());
+    /// let alice = chat.create_user("alice").await?;
+    /// let bob = chat.create_user("bob").await?;
+    /// let sent = chat.send(&alice, SendRequest { recipient: "bob".into(), body: "hi".into(), ..Default::default() }).await?;
+    /// let inbox = chat.inbox(&bob, InboxQuery::default()).await?;
+    /// assert_eq!((inbox.unread_total, inbox.conversations[0].unread), (1, 1));
+    /// let read = chat.mark_read(&bob, "alice", sent.message.id).await?;
+    /// assert_eq!(read.unread, 0);
+    /// # Ok(()) }
+    /// ```
+    pub async fn inbox(&self, viewer: &User, query: InboxQuery) -> Result<InboxPage> {
+        let limit = self.clamp(
+            query.limit,
+            self.config.default_inbox_page,
+            self.config.max_inbox_page,
+        )?;
+        let request = InboxRequest {
+            before: query.before,
+            limit,
+        };
+        self.store.inbox(viewer.id, &request).await
+    }
+
+    /// Marks `reader`'s conversation with `peer` read up to message `up_to`. The marker only
+    /// moves forward (an older id changes nothing); when it moves, both users' connections
+    /// get a `read` event, durable and in order with their messages.
+    ///
+    /// Errors: [`Error::NotFound`] for an unknown peer ([`Entity::User`]) and for an id that
+    /// is not a message between the two ([`Entity::Message`]).
+    pub async fn mark_read(&self, reader: &User, peer: &str, up_to: MessageId) -> Result<ReadState> {
+        let peer = Username::parse(peer).map_err(|_| Error::NotFound(Entity::User))?;
+        let marked = self.store.mark_read(reader, &peer, up_to).await?;
+        let mut notify_error = None;
+        if let Some(moved) = &marked.moved {
+            let reader_end = Recipient {
+                user: reader.id,
+                previous: Some(moved.reader_previous),
+            };
+            let peer_end = Recipient {
+                user: moved.peer_id,
+                previous: Some(moved.peer_previous),
+            };
+            let both = [reader_end, peer_end];
+            let recipients: &[Recipient] = if reader.id == moved.peer_id {
+                &both[..1]
+            } else {
+                &both
+            };
+            if let Err(error) = self
+                .notifier
+                .publish(recipients, &Event::read(&moved.marker))
+                .await
+            {
+                tracing::warn!(%error, position = %moved.marker.position, "read marker stored but not notified");
+                notify_error = Some(error);
+            }
+        }
+        Ok(ReadState {
+            unread: marked.unread,
+            read_up_to: marked.read_up_to,
+            notify_error,
+        })
+    }
+
     /// Starts a catch-up of what `user` missed after `since` (a position, or a message id:
     /// they are the same numbers). Read it with [`ChatService::catch_up_page`].
     pub fn catch_up(&self, user: &User, since: Position) -> CatchUp {
@@ -420,12 +525,11 @@ impl ChatService {
         } else {
             self.config.catch_up_page.max(1)
         };
-        let after = MessageId(catch_up.after.0);
-        let messages = self.store.messages_after(user, after, want).await?;
+        let mut events = self.store.events_after(user, catch_up.after, want).await?;
         if first {
-            let too_many = if messages.len() > limit as usize {
+            let too_many = if events.len() > limit as usize {
                 true
-            } else if messages.len() == want as usize {
+            } else if events.len() == want as usize {
                 // A full first page: is the `limit + 1`-th newest event still after `since`?
                 let probe = PageRequest {
                     before: None,
@@ -445,26 +549,29 @@ impl ChatService {
                 return Ok(CatchUpPage::Resync { resume_after });
             }
         }
-        let mut messages = messages;
         let mut bytes = 0usize;
-        let keep = messages
+        let keep = events
             .iter()
-            .take_while(|m| {
+            .take_while(|event| {
                 let within = bytes < self.config.catch_up_page_bytes;
-                bytes = bytes.saturating_add(m.body.len());
+                if let StoredEvent::Message(m) = event {
+                    bytes = bytes.saturating_add(m.body.len());
+                }
                 within
             })
             .count()
             .max(1);
-        messages.truncate(keep);
-        match messages.last() {
-            Some(last) => catch_up.after = Position::from(last.id),
+        events.truncate(keep);
+        match events.last() {
+            Some(last) => catch_up.after = last.position(),
             None => {
                 let latest = self.store.latest_position(user).await?;
                 catch_up.after = catch_up.after.min(latest);
             }
         }
-        Ok(CatchUpPage::Events(messages.iter().map(Event::message).collect()))
+        Ok(CatchUpPage::Events(
+            events.iter().map(StoredEvent::render).collect(),
+        ))
     }
 
     /// The position of `user`'s newest durable event: where a connection that asks for no

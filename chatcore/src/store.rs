@@ -80,6 +80,110 @@ pub struct Inserted {
     pub recipient_previous: Position,
 }
 
+/// Which slice of a user's inbox to read: conversations by latest activity, newest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InboxRequest {
+    /// Only conversations whose newest message is older than this id (the `next` cursor: the
+    /// previous page's last [`Conversation::last_message`] id).
+    pub before: Option<MessageId>,
+    /// At most this many conversations.
+    pub limit: u32,
+}
+
+/// One conversation of a user's inbox, as that user sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conversation {
+    /// The other participant (the user themself for their notes to self), with their name as
+    /// they chose it.
+    pub peer: Username,
+    /// The conversation's newest message: its id orders the inbox.
+    pub last_message: Message,
+    /// Messages from the peer after [`Conversation::read_up_to`] (all of them without a
+    /// marker); always 0 for notes to self.
+    pub unread: u64,
+    /// The user's read marker: the newest message they have read, if they marked any.
+    pub read_up_to: Option<MessageId>,
+    /// The peer's read marker on the same conversation (the user's own for notes to self).
+    pub peer_read_up_to: Option<MessageId>,
+}
+
+/// A page of a user's inbox, latest activity first, with their unread total.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct InboxPage {
+    /// The conversations, latest activity first.
+    pub conversations: Vec<Conversation>,
+    /// Unread messages over all the user's conversations (not only this page's). Stores keep
+    /// it as a counter; it is never a scan.
+    pub unread_total: u64,
+}
+
+/// A read marker that moved: a durable event of both users of the conversation, at its own
+/// position in each one's stream (rendered by [`crate::Event::read`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadMarker {
+    /// The event's position.
+    pub position: Position,
+    /// Who read.
+    pub reader: Username,
+    /// The other participant of the conversation (the reader for notes to self).
+    pub peer: Username,
+    /// The newest message the reader has now read.
+    pub up_to: MessageId,
+}
+
+/// A durable event as a store keeps it and reads it back ([`Store::events_after`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoredEvent {
+    /// A message was stored; its position is its id.
+    Message(Message),
+    /// A read marker moved.
+    Read(ReadMarker),
+}
+
+impl StoredEvent {
+    /// The event's position in its users' streams.
+    pub fn position(&self) -> Position {
+        match self {
+            StoredEvent::Message(message) => Position::from(message.id),
+            StoredEvent::Read(marker) => marker.position,
+        }
+    }
+
+    /// The event rendered into its frame.
+    pub fn render(&self) -> crate::Event {
+        match self {
+            StoredEvent::Message(message) => crate::Event::message(message),
+            StoredEvent::Read(marker) => crate::Event::read(marker),
+        }
+    }
+}
+
+/// What [`Store::mark_read`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MarkedRead {
+    /// The reader's unread count in this conversation now.
+    pub unread: u64,
+    /// The reader's marker now: the asked id, or a newer one already there.
+    pub read_up_to: MessageId,
+    /// Set when the marker moved: the event stored for it.
+    pub moved: Option<MovedMarker>,
+}
+
+/// The durable event of a marker that moved, with what the publisher needs to notify both
+/// users in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MovedMarker {
+    /// The event.
+    pub marker: ReadMarker,
+    /// The peer's id (the reader's for notes to self).
+    pub peer_id: UserId,
+    /// The position of the reader's durable event just before this one.
+    pub reader_previous: Position,
+    /// The same for the peer (equal to `reader_previous` for notes to self).
+    pub peer_previous: Position,
+}
+
 /// A user with the password hash kept for them, if any.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Credentials {
@@ -109,7 +213,9 @@ pub type TokenHash = [u8; 32];
 /// [`crate::store_conformance_tests!`]).
 ///
 /// # Positions
-/// A stored message is a durable event whose [`Position`] is its id. For each user, positions
+/// A stored message is a durable event whose [`Position`] is its id; a read marker that moves
+/// ([`Store::mark_read`]) is one too, taking its position from the same sequence, so a user's
+/// messages and read events share one order. For each user, positions
 /// are handed out in commit order: once any reader can see a user's event at position `p`,
 /// every reader can see all of that user's events below `p`, and no event of that user below
 /// `p` will appear later. [`Store::insert_message`] reports each participant's previous
@@ -139,7 +245,10 @@ pub trait Store: Send + Sync + 'static {
     /// sender typed. With an
     /// idempotency key already used by the same sender, stores nothing and returns the
     /// earlier message with `replayed: true`. Ids are handed out in commit order, and each
-    /// participant's previous position is reported (trait docs, "Positions").
+    /// participant's previous position is reported (trait docs, "Positions"). In the same
+    /// transaction it brings both users' inboxes up to date ([`Store::inbox`]): the
+    /// conversation's newest message, and one more unread for the recipient (never for a note
+    /// to oneself).
     async fn insert_message(&self, message: NewMessage) -> Result<Inserted>;
 
     /// The message `id`, if `viewer` sent or received it; `None` for anyone else and for an id
@@ -163,9 +272,38 @@ pub trait Store: Send + Sync + 'static {
     /// id while a smaller one of the same user may still appear (trait docs, "Positions").
     async fn messages_after(&self, user: UserId, after: MessageId, limit: u32) -> Result<Vec<Message>>;
 
-    /// The position of `user`'s newest durable event ([`Position::START`] when none, and for
-    /// an unknown user). One small read, whatever the user's history.
+    /// The position of `user`'s newest durable event of any kind ([`Position::START`] when
+    /// none, and for an unknown user). One small read, whatever the user's history.
     async fn latest_position(&self, user: UserId) -> Result<Position>;
+
+    /// Up to `limit` of `user`'s durable events (messages they sent or received, read markers
+    /// of their conversations that moved) with a position greater than `after`, oldest first,
+    /// read from one consistent view: the catch-up of a reconnecting client. Never returns a
+    /// position while a smaller one of the same user may still appear (trait docs,
+    /// "Positions").
+    async fn events_after(&self, user: UserId, after: Position, limit: u32) -> Result<Vec<StoredEvent>>;
+
+    /// A page of `user`'s inbox: their conversations, the one with the newest message first,
+    /// each with the user's unread count and both read markers, and the user's unread total.
+    ///
+    /// Costs what the page holds, never the number of the user's conversations nor their
+    /// length: unread counts and the total are kept at write time. Pages never repeat a
+    /// conversation; one that gets a new message while a client pages moves above the
+    /// cursor, and the client learns of it from that message's event.
+    async fn inbox(&self, user: UserId, request: &InboxRequest) -> Result<InboxPage>;
+
+    /// Moves `reader`'s read marker in their conversation with `peer` up to message `up_to`
+    /// (which either of them sent). The marker only moves forward: an id at or below it
+    /// changes nothing and stores no event. When it moves, the store keeps a durable
+    /// [`ReadMarker`] event for both users, at the next position of each one's stream
+    /// (trait docs, "Positions"), in the same transaction as the marker.
+    ///
+    /// Costs at most the number of messages the marker passes over, never the length of the
+    /// conversation.
+    ///
+    /// Errors: [`crate::Error::NotFound`] with [`crate::Entity::User`] for an unknown `peer`,
+    /// with [`crate::Entity::Message`] when `up_to` is not a message between the two.
+    async fn mark_read(&self, reader: &User, peer: &Username, up_to: MessageId) -> Result<MarkedRead>;
 }
 
 /// Accounts with passwords and login sessions: what `chatcore-axum`'s `SessionAuthenticator`

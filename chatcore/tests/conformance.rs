@@ -27,7 +27,10 @@ mod reordering {
     use std::sync::atomic::{AtomicI64, Ordering};
 
     use async_trait::async_trait;
-    use chatcore::store::{Inserted, MessagePage, PageRequest, Store, UserQuery};
+    use chatcore::store::{
+        InboxPage, InboxRequest, Inserted, MarkedRead, MessagePage, PageRequest, Store, StoredEvent,
+        UserQuery,
+    };
     use chatcore::{
         Entity, Error, MemoryStore, Message, MessageId, NewMessage, Position, Result, User, UserId, Username,
         now_micros,
@@ -180,6 +183,16 @@ mod reordering {
         }
         async fn latest_position(&self, user: UserId) -> Result<Position> {
             Ok(self.published().latest(user))
+        }
+        async fn events_after(&self, user: UserId, after: Position, limit: u32) -> Result<Vec<StoredEvent>> {
+            let messages = self.messages_after(user, MessageId(after.0), limit).await?;
+            Ok(messages.into_iter().map(StoredEvent::Message).collect())
+        }
+        async fn inbox(&self, _: UserId, _: &InboxRequest) -> Result<InboxPage> {
+            Err(Error::bug("not kept by this test store"))
+        }
+        async fn mark_read(&self, _: &User, _: &Username, _: MessageId) -> Result<MarkedRead> {
+            Err(Error::bug("not kept by this test store"))
         }
     }
 }

@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use chatcore::store::{
-    Credentials, Inserted, MessagePage, MigrationReport, PageRequest, SessionRecord, TokenHash, UserQuery,
+    Credentials, InboxPage, InboxRequest, Inserted, MarkedRead, MessagePage, MigrationReport, PageRequest,
+    SessionRecord, StoredEvent, TokenHash, UserQuery,
 };
 use chatcore::{
     Backend, Error, Message, MessageId, NewMessage, Position, SessionStore, Store, User, UserId, Username,
@@ -121,6 +122,28 @@ impl Store for TestStore {
     async fn latest_position(&self, user: UserId) -> chatcore::Result<Position> {
         self.check(&self.down)?;
         self.inner.latest_position(user).await
+    }
+    async fn events_after(
+        &self,
+        user: UserId,
+        after: Position,
+        limit: u32,
+    ) -> chatcore::Result<Vec<StoredEvent>> {
+        self.check(&self.down)?;
+        self.inner.events_after(user, after, limit).await
+    }
+    async fn inbox(&self, user: UserId, request: &InboxRequest) -> chatcore::Result<InboxPage> {
+        self.check(&self.down)?;
+        self.inner.inbox(user, request).await
+    }
+    async fn mark_read(
+        &self,
+        reader: &User,
+        peer: &Username,
+        up_to: MessageId,
+    ) -> chatcore::Result<MarkedRead> {
+        self.check(&self.down)?;
+        self.inner.mark_read(reader, peer, up_to).await
     }
 }
 

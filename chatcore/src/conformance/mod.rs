@@ -25,6 +25,7 @@
 //! - `users.rs`: names, uniqueness without regard to case, the directory.
 //! - `messages.rs`: sending, pages, counts, idempotency, text round trips.
 //! - `positions.rs`: catch-up after a position, previous positions, concurrent writers.
+//! - `inbox.rs`: the inbox, unread counts, read markers and read events.
 //! - `sessions.rs`: accounts, credentials, sessions and their expiry.
 
 use std::sync::Arc;
@@ -33,15 +34,18 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::store::{
-    Credentials, Inserted, MessagePage, PageRequest, SessionRecord, SessionStore, Store, TokenHash, UserQuery,
+    Credentials, InboxPage, InboxRequest, Inserted, MarkedRead, MessagePage, PageRequest, SessionRecord,
+    SessionStore, Store, StoredEvent, TokenHash, UserQuery,
 };
 use crate::{Entity, Error, Message, MessageId, NewMessage, Position, Result, User, UserId, Username};
 
+mod inbox;
 mod messages;
 mod positions;
 mod sessions;
 mod users;
 
+pub use inbox::*;
 pub use messages::*;
 pub use positions::*;
 pub use sessions::*;
@@ -109,6 +113,15 @@ impl<S: Store, G: Send + Sync + 'static> Store for GuardedStore<S, G> {
     async fn latest_position(&self, user: UserId) -> Result<Position> {
         self.store.latest_position(user).await
     }
+    async fn events_after(&self, user: UserId, after: Position, limit: u32) -> Result<Vec<StoredEvent>> {
+        self.store.events_after(user, after, limit).await
+    }
+    async fn inbox(&self, user: UserId, request: &InboxRequest) -> Result<InboxPage> {
+        self.store.inbox(user, request).await
+    }
+    async fn mark_read(&self, reader: &User, peer: &Username, up_to: MessageId) -> Result<MarkedRead> {
+        self.store.mark_read(reader, peer, up_to).await
+    }
 }
 
 #[async_trait]
@@ -168,6 +181,14 @@ macro_rules! store_conformance_tests {
             previous_positions_link_each_users_events,
             concurrent_writers_never_reveal_a_lower_position,
             latest_position_is_the_newest_event,
+            inbox_lists_conversations_by_latest_activity,
+            unread_counts_both_directions,
+            read_markers_only_move_forward,
+            note_to_self_is_never_unread,
+            read_events_take_their_place_in_both_streams,
+            concurrent_sends_while_the_other_marks_read,
+            inbox_pages_never_repeat_under_concurrent_sends,
+            concurrent_marks_and_sends_reveal_positions_in_order,
         );
     };
 }
