@@ -45,7 +45,10 @@
 //! | `GET /api/v1/message/?target=&page=&before=&limit=` | `{"count", "next", "previous", "results"}`, newest first |
 //! | `POST /api/v1/message/` (JSON or form, optional `Idempotency-Key`) | 201, the message |
 //! | `GET /api/v1/message/{id}/` | the message, for its sender or recipient only |
-//! | `GET /ws?since=POSITION` | WebSocket: `{"type": "message", "position", "message": "<id>", "data": <message>}` per new message, in position order |
+//! | `GET /api/v1/conversation/?limit=&before=` | the inbox: `{"next", "unread_total", "results": [{"peer", "last_message", "unread", "read_up_to", "peer_read_up_to"}]}`, latest activity first |
+//! | `POST /api/v1/conversation/{peer}/read` `{"up_to": <id>}` | moves the caller's read marker (forward only): `{"unread", "read_up_to"}` |
+//! | `GET /api/v1/auth/session` | `{"username"}` of the caller, 401 for no one |
+//! | `GET /ws?since=POSITION` | WebSocket: every durable event of the caller in position order: `{"type": "message", "position", "message": "<id>", "data": <message>}` and `{"type": "read", "position", "reader", "peer", "up_to"}` |
 //! | `POST /api/v1/auth/register`, `/login`, `/logout` | with `ChatApi::with_auth_routes` or `auth_router` (feature `sessions`); register and login limited per client address (429 with `Retry-After`) |
 //!
 //! Every error is JSON `{"error": "..."}` (see [`ApiError`]): 400, 401 with
@@ -112,6 +115,7 @@
 //!   registrations, and finding the client address.
 //! - `body.rs`: JSON-or-form body and query extractors that answer in our JSON errors.
 //! - `rest.rs`: the user and message routes, pagination links.
+//! - `inbox.rs`: the inbox, read markers, `GET /api/v1/auth/session`.
 //! - `ws.rs`: the `/ws` channel: catch-up, live frames, pings, close frames.
 //! - `cursor.rs`: a socket's delivered position and the live events held for an earlier one.
 //! - `state.rs`: the shared state and [`ShutdownHandle`].
@@ -129,6 +133,7 @@ mod body;
 mod config;
 mod cursor;
 mod error;
+mod inbox;
 #[cfg(feature = "sessions")]
 mod limits;
 mod rest;
@@ -144,7 +149,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::get;
+use axum::routing::{get, post};
 use chatcore::ChatService;
 use tower_http::catch_panic::CatchPanicLayer;
 
@@ -263,6 +268,12 @@ impl ChatApi {
             )
             .route("/api/v1/message/{id}", get(rest::get_message))
             .route("/api/v1/message/{id}/", get(rest::get_message))
+            .route("/api/v1/conversation", get(inbox::list_conversations))
+            .route("/api/v1/conversation/", get(inbox::list_conversations))
+            .route("/api/v1/conversation/{peer}/read", post(inbox::mark_read))
+            .route("/api/v1/conversation/{peer}/read/", post(inbox::mark_read))
+            .route("/api/v1/auth/session", get(inbox::current_session))
+            .route("/api/v1/auth/session/", get(inbox::current_session))
             .route("/ws", get(ws::upgrade))
             .route("/ws/", get(ws::upgrade))
             .method_not_allowed_fallback(error::method_not_allowed)

@@ -174,7 +174,7 @@ impl Links<'_> {
 }
 
 /// Percent-encodes everything but RFC 3986's unreserved characters.
-fn encode_component(value: &str, out: &mut String) {
+pub(crate) fn encode_component(value: &str, out: &mut String) {
     for byte in value.bytes() {
         if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
             out.push(byte as char);

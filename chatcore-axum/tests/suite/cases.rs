@@ -1749,3 +1749,248 @@ pub async fn reconnecting_client_gets_every_message_once_in_order(store: Arc<dyn
     let app = TestApp::spawn_with(store, options).await;
     reconnecting_client_gets_every_message_once_in_order_over(std::slice::from_ref(&app)).await;
 }
+
+/// GET a path as the owner of `token`; the status and the JSON body.
+async fn get_json(app: &TestApp, token: &str, path: &str) -> (u16, Value) {
+    let response = app.client(token).get(app.url(path)).send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+/// POSTs `{"up_to": id}` to mark `peer`'s conversation read.
+async fn mark_read(app: &TestApp, token: &str, peer: &str, up_to: i64) -> (u16, Value) {
+    let response = app
+        .client(token)
+        .post(app.url(&format!("/api/v1/conversation/{peer}/read")))
+        .json(&json!({ "up_to": up_to }))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+/// The next frame, checked to be a read event; returns it.
+async fn read_frame(ws: &mut Ws) -> Value {
+    let value = frame(ws).await;
+    assert_eq!(value["type"], "read", "expected a read frame, got {value}");
+    assert!(value["position"].is_i64(), "a read frame has a position: {value}");
+    value
+}
+
+pub async fn inbox_lists_conversations_with_unread_counts_and_pages(store: Arc<dyn Backend>) {
+    let app = TestApp::spawn(store).await;
+    let (_, alice) = app.user("alice").await;
+    let (_, bob) = app.user("Bob").await;
+    let (_, carol) = app.user("carol").await;
+    app.send(&bob, "alice", "b1").await;
+    app.send(&carol, "alice", "c1").await;
+    let last = app.send(&bob, "alice", "b2").await;
+    app.send(&alice, "alice", "a note").await;
+
+    for path in ["/api/v1/conversation/", "/api/v1/conversation"] {
+        let (status, inbox) = get_json(&app, &alice, path).await;
+        assert_eq!(status, 200, "{path}: {inbox}");
+        assert_eq!(inbox["unread_total"], 3, "{inbox}");
+        assert_eq!(inbox["next"], Value::Null);
+        let results = inbox["results"].as_array().unwrap();
+        let peers: Vec<&str> = results.iter().map(|c| c["peer"].as_str().unwrap()).collect();
+        assert_eq!(peers, ["alice", "Bob", "carol"]);
+        assert_eq!(results[0]["unread"], 0, "a note to self is never unread");
+        assert_eq!(
+            results[1]["last_message"], last,
+            "the newest message, in the message shape"
+        );
+        assert_eq!(results[1]["unread"], 2);
+        assert_eq!(results[1]["read_up_to"], Value::Null);
+        assert_eq!(results[1]["peer_read_up_to"], Value::Null);
+    }
+    // Pages of one, following `next`.
+    let mut peers = Vec::new();
+    let mut url = app.url("/api/v1/conversation/?limit=1");
+    loop {
+        let response = app.client(&alice).get(&url).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        let page: Value = response.json().await.unwrap();
+        let results = page["results"].as_array().unwrap();
+        assert!(results.len() <= 1);
+        peers.extend(results.iter().map(|c| c["peer"].as_str().unwrap().to_owned()));
+        match page["next"].as_str() {
+            Some(next) => {
+                assert!(next.contains("limit=1") && next.contains("before="), "{next}");
+                url = app.absolute(next);
+            }
+            None => break,
+        }
+    }
+    assert_eq!(peers, ["alice", "Bob", "carol"]);
+
+    let (_, bobs) = get_json(&app, &bob, "/api/v1/conversation/").await;
+    assert_eq!(
+        bobs["unread_total"], 0,
+        "bob wrote, he has nothing unread: {bobs}"
+    );
+    for bad in ["?limit=0", "?limit=x", "?before=abc"] {
+        let response = app
+            .client(&alice)
+            .get(app.url(&format!("/api/v1/conversation/{bad}")))
+            .send()
+            .await
+            .unwrap();
+        error_of(response, 400).await;
+    }
+    let response = app
+        .anonymous()
+        .get(app.url("/api/v1/conversation/"))
+        .send()
+        .await
+        .unwrap();
+    error_of(response, 401).await;
+}
+
+pub async fn marking_read_moves_forward_and_notifies_both(store: Arc<dyn Backend>) {
+    let app = TestApp::spawn(store).await;
+    let (_, alice) = app.user("alice").await;
+    let (_, bob) = app.user("bob").await;
+    let (_, carol) = app.user("carol").await;
+    let mut alice_ws = app.ws(&alice, None).await;
+    let mut bob_ws = app.ws(&bob, None).await;
+    let first = app.send(&alice, "bob", "one").await["id"].as_i64().unwrap();
+    let second = app.send(&alice, "bob", "two").await["id"].as_i64().unwrap();
+    for ws in [&mut alice_ws, &mut bob_ws] {
+        assert_eq!(frame_id(ws).await, first);
+        assert_eq!(frame_id(ws).await, second);
+    }
+
+    let (status, body) = mark_read(&app, &bob, "alice", first).await;
+    assert_eq!((status, &body), (200, &json!({"unread": 1, "read_up_to": first})));
+    let mut positions = Vec::new();
+    for ws in [&mut bob_ws, &mut alice_ws] {
+        let read = read_frame(ws).await;
+        assert_eq!(
+            (&read["reader"], &read["peer"], &read["up_to"]),
+            (&json!("bob"), &json!("alice"), &json!(first)),
+            "{read}"
+        );
+        assert!(read["position"].as_i64().unwrap() > second);
+        positions.push(read["position"].clone());
+    }
+    assert_eq!(positions[0], positions[1], "one event, one position for both");
+    // alice sees bob's marker in her inbox.
+    let (_, inbox) = get_json(&app, &alice, "/api/v1/conversation/").await;
+    assert_eq!(inbox["results"][0]["peer_read_up_to"], first);
+
+    // Backwards or in place: accepted, nothing changes, nothing is sent.
+    let (status, body) = mark_read(&app, &bob, "alice", first).await;
+    assert_eq!((status, &body), (200, &json!({"unread": 1, "read_up_to": first})));
+    no_frame(&mut bob_ws, Duration::from_millis(100)).await;
+    // A form body and a trailing slash work too.
+    let response = app
+        .client(&bob)
+        .post(app.url("/api/v1/conversation/alice/read/"))
+        .form(&[("up_to", second.to_string())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body, json!({"unread": 0, "read_up_to": second}));
+    assert_eq!(read_frame(&mut bob_ws).await["up_to"], second);
+    assert_eq!(read_frame(&mut alice_ws).await["up_to"], second);
+    let (_, inbox) = get_json(&app, &bob, "/api/v1/conversation/").await;
+    assert_eq!(inbox["unread_total"], 0);
+
+    // Not found: unknown peer, a message of another conversation, an id that does not exist.
+    let elsewhere = app.send(&alice, "carol", "not bob's").await["id"]
+        .as_i64()
+        .unwrap();
+    for (peer, id) in [
+        ("nobody", second),
+        ("alice", elsewhere),
+        ("alice", elsewhere + 1_000),
+    ] {
+        let (status, body) = mark_read(&app, &bob, peer, id).await;
+        assert_eq!(status, 404, "{peer} {id}: {body}");
+        assert!(body["error"].is_string());
+    }
+    let (status, _) = mark_read(&app, &carol, "bob", second).await;
+    assert_eq!(status, 404, "carol cannot mark bob's and alice's conversation");
+    // Bad bodies.
+    for body in [json!({}), json!({"up_to": "x"}), json!({"up_to": 1.5})] {
+        let response = app
+            .client(&bob)
+            .post(app.url("/api/v1/conversation/alice/read"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        error_of(response, 400).await;
+    }
+    no_frame(&mut bob_ws, Duration::from_millis(100)).await;
+    close(alice_ws).await;
+    close(bob_ws).await;
+}
+
+pub async fn read_events_are_replayed_by_since_in_order(store: Arc<dyn Backend>) {
+    let app = TestApp::spawn(store).await;
+    let (_, alice) = app.user("alice").await;
+    let (_, bob) = app.user("bob").await;
+    let seen = app.send(&bob, "alice", "seen").await["id"].as_i64().unwrap();
+    // While alice is away: a message, bob reads it, another message, alice reads on another tab.
+    let m1 = app.send(&alice, "bob", "m1").await["id"].as_i64().unwrap();
+    assert_eq!(mark_read(&app, &bob, "alice", m1).await.0, 200);
+    let m2 = app.send(&bob, "alice", "m2").await["id"].as_i64().unwrap();
+    assert_eq!(mark_read(&app, &alice, "bob", m2).await.0, 200);
+
+    let mut ws = app.ws(&alice, Some(seen)).await;
+    assert_eq!(frame_id(&mut ws).await, m1);
+    let bob_read = read_frame(&mut ws).await;
+    assert_eq!(
+        (&bob_read["reader"], &bob_read["up_to"]),
+        (&json!("bob"), &json!(m1))
+    );
+    assert_eq!(frame_id(&mut ws).await, m2);
+    let alice_read = read_frame(&mut ws).await;
+    assert_eq!(
+        (&alice_read["reader"], &alice_read["peer"], &alice_read["up_to"]),
+        (&json!("alice"), &json!("bob"), &json!(m2))
+    );
+    let positions = [
+        m1,
+        bob_read["position"].as_i64().unwrap(),
+        m2,
+        alice_read["position"].as_i64().unwrap(),
+    ];
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "{positions:?}");
+    no_frame(&mut ws, Duration::from_millis(100)).await;
+    close(ws).await;
+    // Resuming from the read event's position replays only what follows it.
+    let mut ws = app.ws(&alice, Some(positions[1])).await;
+    assert_eq!(frame_id(&mut ws).await, m2);
+    assert_eq!(read_frame(&mut ws).await["position"], positions[3]);
+    no_frame(&mut ws, Duration::from_millis(100)).await;
+    close(ws).await;
+}
+
+pub async fn auth_session_names_the_caller(store: Arc<dyn Backend>) {
+    let app = TestApp::spawn(store).await;
+    let (_, alice) = app.user("Alice").await;
+    for path in ["/api/v1/auth/session", "/api/v1/auth/session/"] {
+        let (status, body) = get_json(&app, &alice, path).await;
+        assert_eq!((status, body), (200, json!({"username": "Alice"})));
+    }
+    let response = app
+        .anonymous()
+        .get(app.url("/api/v1/auth/session"))
+        .send()
+        .await
+        .unwrap();
+    error_of(response, 401).await;
+    let response = app
+        .client("not-a-token")
+        .get(app.url("/api/v1/auth/session"))
+        .send()
+        .await
+        .unwrap();
+    error_of(response, 401).await;
+}

@@ -44,6 +44,10 @@ macro_rules! api_suite {
             slow_websocket_reader_catches_up_from_storage_in_order,
             shutdown_sends_close_frames,
             unavailable_storage_answers_503,
+            inbox_lists_conversations_with_unread_counts_and_pages,
+            marking_read_moves_forward_and_notifies_both,
+            read_events_are_replayed_by_since_in_order,
+            auth_session_names_the_caller,
         );
     };
     (@cases $factory:path; $($case:ident),* $(,)?) => {

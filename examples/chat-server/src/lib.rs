@@ -87,6 +87,8 @@ impl App {
             send_rate_per_sec: options.send_rate_per_sec,
             default_user_page: options.user_page_size,
             max_user_page: options.user_page_size,
+            default_inbox_page: options.inbox_page,
+            max_inbox_page: options.max_inbox_page,
             ..ChatConfig::default()
         };
         // A zero from a flag stops the start here, never taken for 1 by the service.

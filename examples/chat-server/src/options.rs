@@ -115,6 +115,14 @@ pub struct ServerOptions {
     #[arg(long, env = "CHAT_MAX_PAGE_SIZE", default_value_t = 100)]
     pub max_page_size: u32,
 
+    /// Conversations per inbox page (`GET /api/v1/conversation/`) when the client asks for no size.
+    #[arg(long, env = "CHAT_INBOX_PAGE", default_value_t = 20)]
+    pub inbox_page: u32,
+
+    /// Largest inbox page a client may ask for (`?limit=`); larger requests are clamped.
+    #[arg(long, env = "CHAT_MAX_INBOX_PAGE", default_value_t = 100)]
+    pub max_inbox_page: u32,
+
     /// Users per directory page when the client asks for no size, and the most it may ask for.
     #[arg(long, env = "CHAT_USER_PAGE_SIZE", default_value_t = 1000)]
     pub user_page_size: u32,
