@@ -195,8 +195,8 @@ use std::thread::JoinHandle;
 
 use async_trait::async_trait;
 use chatcore::store::{
-    Backend, Credentials, Inserted, MessagePage, MigrationReport, PageRequest, SessionRecord, SessionStore,
-    Store, TokenHash, UserQuery,
+    Backend, Credentials, InboxPage, InboxRequest, Inserted, MarkedRead, MessagePage, MigrationReport,
+    PageRequest, SessionRecord, SessionStore, Store, StoredEvent, TokenHash, UserQuery,
 };
 use chatcore::{Error, Message, MessageId, NewMessage, Position, Result, User, UserId, Username};
 use chrono::{DateTime, Utc};
@@ -558,6 +558,27 @@ impl Store for SqliteStore {
 
     async fn latest_position(&self, user: UserId) -> Result<Position> {
         self.read(move |ctx| ctx.latest_position(user)).await
+    }
+
+    async fn events_after(&self, user: UserId, after: Position, limit: u32) -> Result<Vec<StoredEvent>> {
+        self.read(move |ctx| ctx.events_after(user, after, limit)).await
+    }
+
+    async fn inbox(&self, user: UserId, request: &InboxRequest) -> Result<InboxPage> {
+        let request = *request;
+        self.read(move |ctx| ctx.inbox(user, &request)).await
+    }
+
+    async fn mark_read(&self, reader: &User, peer: &Username, up_to: MessageId) -> Result<MarkedRead> {
+        let reader = reader.clone();
+        let peer = peer.clone();
+        self.write(|reply| WriteOp::MarkRead {
+            reader,
+            peer,
+            up_to,
+            reply,
+        })
+        .await
     }
 }
 
