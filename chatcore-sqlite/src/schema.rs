@@ -361,6 +361,28 @@ pub(crate) fn migrate(conn: &mut Connection, now_micros: i64) -> chatcore::Resul
     })
 }
 
+/// Databases as older code left them, for migration tests elsewhere in the crate.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// Brings `conn` (empty) to schema `version` exactly, as that version's code did.
+    pub(crate) fn migrate_to(conn: &Connection, version: u32) {
+        conn.execute_batch(CREATE_MIGRATIONS_TABLE).unwrap();
+        for step in MIGRATIONS.iter().filter(|m| m.version <= version) {
+            conn.execute_batch(step.sql).unwrap();
+            if let Some(then) = step.then {
+                then(conn, &mut Vec::new()).unwrap();
+            }
+            conn.execute(
+                "INSERT INTO chatcore_migrations VALUES (?1, 'old', 0)",
+                [step.version],
+            )
+            .unwrap();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
