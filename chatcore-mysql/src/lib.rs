@@ -158,10 +158,9 @@ use sqlx::{ConnectOptions, Connection, Executor, Row};
 use tokio::sync::{RwLock, mpsc, oneshot};
 
 use chatcore::{
-    Backend, BoxError, Conversation, Credentials, Entity, Error, InboxPage, InboxRequest, Inserted,
-    MarkedRead, Message, MessageId, MessagePage, MigrationReport, NewMessage, PageRequest, Position,
-    ReadMarker, Result, SessionRecord, SessionStore, Store, StoredEvent, TokenHash, User, UserId,
-    UserQuery, Username,
+    Backend, BoxError, Credentials, Entity, Error, InboxPage, InboxRequest, Inserted, MarkedRead, Message,
+    MessageId, MessagePage, MigrationReport, NewMessage, PageRequest, Position, Result, SessionRecord,
+    SessionStore, Store, StoredEvent, TokenHash, User, UserId, UserQuery, Username,
 };
 
 pub use config::MysqlConfig;

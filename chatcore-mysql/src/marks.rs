@@ -20,8 +20,7 @@ use std::fmt::Write as _;
 use sqlx::{Executor, MySqlConnection, Row};
 
 use chatcore::{
-    Entity, Error, MarkedRead, MessageId, MovedMarker, Position, ReadMarker, Result, User, UserId,
-    Username,
+    Entity, Error, MarkedRead, MessageId, MovedMarker, Position, ReadMarker, Result, User, UserId, Username,
 };
 
 use crate::error;
@@ -120,8 +119,8 @@ pub(crate) async fn mark_read(
             moved: None,
         }));
     }
-    let position = int("position")?
-        .ok_or_else(|| sqlx::Error::Protocol("a moved marker without a position".into()))?;
+    let position =
+        int("position")?.ok_or_else(|| sqlx::Error::Protocol("a moved marker without a position".into()))?;
     let peer_name = rows::text_opt(row, "peer")
         .map_err(sqlx::Error::Decode)?
         .ok_or_else(|| sqlx::Error::Protocol("a peer without a name".into()))?;

@@ -195,7 +195,12 @@ async fn plans_use_indexes() {
     .unwrap();
     // The inbox and unread totals of these messages, as migration 4 fills them for a database
     // that had messages before it (its statements can run again).
-    for step in crate::schema::MIGRATIONS.iter().find(|m| m.version == 4).unwrap().steps {
+    for step in crate::schema::MIGRATIONS
+        .iter()
+        .find(|m| m.version == 4)
+        .unwrap()
+        .steps
+    {
         if let crate::schema::Step::Sql(statement) = step {
             sqlx::raw_sql(statement).execute(&mut conn).await.unwrap();
         }
@@ -412,11 +417,7 @@ async fn plans_use_indexes() {
     for before in [i64::MAX, 10_000] {
         let plan = explain(
             &mut conn,
-            sqlx::query(&sql)
-                .bind(5i64)
-                .bind(5i64)
-                .bind(before)
-                .bind(20u32),
+            sqlx::query(&sql).bind(5i64).bind(5i64).bind(before).bind(20u32),
         )
         .await;
         assert_plan("inbox", &plan, "i", "chatcore_inbox_activity");
@@ -464,7 +465,8 @@ async fn plans_use_indexes() {
     // ... and the whole transaction, run for real: a first mark passes over 2,000 of user 1's
     // messages; the next one, ten messages further, reads a few dozen rows, not the
     // conversation's 5,000.
-    let mark = |up_to: i64| crate::marks::mark_read_sql(chatcore::UserId(2), "user001", chatcore::MessageId(up_to));
+    let mark =
+        |up_to: i64| crate::marks::mark_read_sql(chatcore::UserId(2), "user001", chatcore::MessageId(up_to));
     let rows = sqlx::raw_sql(&mark(24_000)).fetch_all(&mut conn).await.unwrap();
     let moved: Option<i64> = rows[0].try_get_unchecked("moved").unwrap();
     assert_eq!(moved, Some(1));
@@ -474,7 +476,10 @@ async fn plans_use_indexes() {
     let unread: Option<i64> = rows[0].try_get_unchecked("unread").unwrap();
     assert_eq!(unread, Some(495), "user 1's messages after 24010");
     eprintln!("mark_read over 10 messages of 5,000: {read} handler reads");
-    assert!(read <= 80, "{read} handler reads to move a marker over 10 messages");
+    assert!(
+        read <= 80,
+        "{read} handler reads to move a marker over 10 messages"
+    );
 
     // The previous positions read at the end of an insert transaction, bounded by the last id
     // handed out before it.

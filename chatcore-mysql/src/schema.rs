@@ -687,13 +687,26 @@ mod tests {
             let store = store.clone();
             async move {
                 let page = store
-                    .inbox(who, &InboxRequest { before: None, limit: 10 })
+                    .inbox(
+                        who,
+                        &InboxRequest {
+                            before: None,
+                            limit: 10,
+                        },
+                    )
                     .await
                     .unwrap();
                 let rows: Vec<(String, i64, u64, Option<MessageId>)> = page
                     .conversations
                     .iter()
-                    .map(|c| (c.peer.as_str().to_owned(), c.last_message.id.0, c.unread, c.read_up_to))
+                    .map(|c| {
+                        (
+                            c.peer.as_str().to_owned(),
+                            c.last_message.id.0,
+                            c.unread,
+                            c.read_up_to,
+                        )
+                    })
                     .collect();
                 (page.unread_total, rows)
             }
@@ -713,7 +726,13 @@ mod tests {
         );
         assert_eq!(inbox(dave.id).await, (0, vec![]));
         let newest = store
-            .inbox(alice.id, &InboxRequest { before: None, limit: 1 })
+            .inbox(
+                alice.id,
+                &InboxRequest {
+                    before: None,
+                    limit: 1,
+                },
+            )
             .await
             .unwrap();
         assert_eq!(newest.conversations[0].last_message.body, "c to a");
@@ -733,17 +752,20 @@ mod tests {
         assert_eq!((sent.sender_previous.0, sent.recipient_previous.0), (6, 7));
         assert_eq!(
             inbox(alice.id).await,
-            (
-                4,
-                vec![row("Bob", 11, 2), row("carol", 7, 2), row("alice", 3, 0)]
-            )
+            (4, vec![row("Bob", 11, 2), row("carol", 7, 2), row("alice", 3, 0)])
         );
         // A mark passes over bob's two unread messages (2 and 11), none of alice's.
-        let marked = store.mark_read(&alice, &name("bob"), MessageId(11)).await.unwrap();
+        let marked = store
+            .mark_read(&alice, &name("bob"), MessageId(11))
+            .await
+            .unwrap();
         assert_eq!((marked.unread, marked.read_up_to), (0, MessageId(11)));
         let moved = marked.moved.expect("the marker moved");
         assert_eq!(moved.marker.position, Position(12));
-        assert_eq!((moved.reader_previous, moved.peer_previous), (Position(11), Position(11)));
+        assert_eq!(
+            (moved.reader_previous, moved.peer_previous),
+            (Position(11), Position(11))
+        );
         assert_eq!(moved.marker.peer.as_str(), "Bob");
         assert_eq!(inbox(alice.id).await.0, 2);
         assert_eq!(store.latest_position(bob.id).await.unwrap(), Position(12));
@@ -753,7 +775,13 @@ mod tests {
         assert!(matches!(&events[2], StoredEvent::Read(m) if m.up_to == MessageId(11)));
         // Bob's view of the conversation shows alice's marker.
         let bobs = store
-            .inbox(bob.id, &InboxRequest { before: None, limit: 10 })
+            .inbox(
+                bob.id,
+                &InboxRequest {
+                    before: None,
+                    limit: 10,
+                },
+            )
             .await
             .unwrap();
         assert_eq!(bobs.conversations[0].peer.as_str(), "alice");

@@ -598,18 +598,14 @@ impl Writer {
         }
         // The inbox rows in key order (every writer takes them so). The newest message of a
         // conversation in this batch is above every id stored before, so it replaces `last_id`.
-        sql.push_str(
-            "; INSERT INTO chatcore_inbox (user_id, peer_id, last_id, unread, read_up_to) VALUES ",
-        );
+        sql.push_str("; INSERT INTO chatcore_inbox (user_id, peer_id, last_id, unread, read_up_to) VALUES ");
         for (n, ((user, peer), (offset, unread))) in inbox.iter().enumerate() {
             if n > 0 {
                 sql.push(',');
             }
             let _ = write!(sql, "({user},{peer},@chatcore_last+{offset},{unread},NULL)");
         }
-        sql.push_str(
-            " ON DUPLICATE KEY UPDATE last_id = VALUES(last_id), unread = unread + VALUES(unread)",
-        );
+        sql.push_str(" ON DUPLICATE KEY UPDATE last_id = VALUES(last_id), unread = unread + VALUES(unread)");
         sql.push_str("; COMMIT; ");
         sql.push_str(&previous_positions_select(&users));
         // Only the last statement returns rows: one per user.
