@@ -140,7 +140,13 @@ function mergeConversations(results) {
       overtaken = true;
       continue;
     }
-    state.conversations.set(fetched.peer, { ...fetched });
+    const merged = { ...fetched };
+    if (known) {
+      // Markers only move forward: a live read frame may be newer than the page.
+      merged.read_up_to = maxId(known.read_up_to, fetched.read_up_to);
+      merged.peer_read_up_to = maxId(known.peer_read_up_to, fetched.peer_read_up_to);
+    }
+    state.conversations.set(fetched.peer, merged);
   }
   return overtaken;
 }
@@ -220,6 +226,8 @@ function drawInbox() {
     if (again) again.focus();
   }
   document.title = state.unreadTotal > 0 ? `(${state.unreadTotal}) ${TITLE}` : TITLE;
+  // The open conversation's "Seen" follows the peer's marker, wherever it was learnt.
+  drawSeen();
 }
 
 function inboxItem(conversation) {

@@ -202,17 +202,22 @@ async fn wait_live(client: &Client) {
     .await;
 }
 
+/// Clicks the element `css` selects, again if the page redrew it between finding and
+/// clicking (the inbox redraws on every event).
+async fn click(client: &Client, what: &str, css: &str) {
+    eventually(what, || async {
+        match client.find(Locator::Css(css)).await {
+            Ok(element) => element.click().await.is_ok(),
+            Err(_) => false,
+        }
+    })
+    .await;
+}
+
 /// Opens the conversation with `partner` from the inbox.
 async fn open_conversation(client: &Client, partner: &str) {
     let css = format!("#inbox-list li[data-peer='{partner}'] button");
-    eventually("the conversation in the inbox", || visible(client, &css)).await;
-    client
-        .find(Locator::Css(&css))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(client, "the conversation in the inbox", &css).await;
     eventually("the send box", || visible(client, "#send-body")).await;
     eventually("the partner's name on top", || async {
         text(client, "partner").await == partner
@@ -225,17 +230,10 @@ async fn start_conversation(client: &Client, prefix: &str, partner: &str) {
     let search = client.find(Locator::Id("user-search")).await.unwrap();
     search.send_keys(prefix).await.unwrap();
     let css = format!("#directory-list li[data-username='{partner}'] button");
-    eventually("the person in the directory", || visible(client, &css)).await;
-    client
-        .find(Locator::Css(&css))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(client, "the person in the directory", &css).await;
     eventually("the send box", || visible(client, "#send-body")).await;
     assert!(
-        visible(client, "#inbox-list").await,
+        visible(client, "#inbox-pane").await,
         "the inbox is back once a conversation is chosen"
     );
 }
