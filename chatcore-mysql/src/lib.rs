@@ -137,6 +137,7 @@
 
 mod config;
 mod error;
+mod marks;
 mod rows;
 mod schema;
 pub mod testing;
@@ -157,9 +158,9 @@ use sqlx::{ConnectOptions, Connection, Executor, Row};
 use tokio::sync::{RwLock, mpsc, oneshot};
 
 use chatcore::{
-    Backend, BoxError, Credentials, Entity, Error, Inserted, Message, MessageId, MessagePage,
-    MigrationReport, NewMessage, PageRequest, Position, Result, SessionRecord, SessionStore, Store,
-    TokenHash, User, UserId, UserQuery, Username,
+    Backend, BoxError, Credentials, Entity, Error, InboxPage, InboxRequest, Inserted, MarkedRead, Message,
+    MessageId, MessagePage, MigrationReport, NewMessage, PageRequest, Position, Result, SessionRecord,
+    SessionStore, Store, StoredEvent, TokenHash, User, UserId, UserQuery, Username,
 };
 
 pub use config::MysqlConfig;
@@ -547,10 +548,79 @@ impl Store for MysqlStore {
             sqlx::query_scalar(rows::LATEST_POSITION)
                 .bind(user.0)
                 .bind(user.0)
+                .bind(user.0)
+                .bind(user.0)
                 .fetch_one(&self.pool)
         })
         .await?;
         Ok(Position(latest.unwrap_or(0)))
+    }
+
+    async fn events_after(&self, user: UserId, after: Position, limit: u32) -> Result<Vec<StoredEvent>> {
+        let rows = read("catching up on events", || {
+            sqlx::query(rows::EVENTS_AFTER)
+                .bind(user.0)
+                .bind(after.0)
+                .bind(limit)
+                .bind(user.0)
+                .bind(user.0)
+                .bind(after.0)
+                .bind(limit)
+                .bind(user.0)
+                .bind(after.0)
+                .bind(limit)
+                .bind(user.0)
+                .bind(user.0)
+                .bind(after.0)
+                .bind(limit)
+                .bind(limit)
+                .fetch_all(&self.pool)
+        })
+        .await?;
+        let mut events = rows
+            .iter()
+            .map(|row| rows::event(row).map_err(corrupt))
+            .collect::<Result<Vec<_>>>()?;
+        // UNION ALL does not promise to keep the order of its `ORDER BY` either.
+        events.sort_unstable_by_key(StoredEvent::position);
+        Ok(events)
+    }
+
+    async fn inbox(&self, user: UserId, request: &InboxRequest) -> Result<InboxPage> {
+        let before = request.before.map_or(i64::MAX, |id| id.0);
+        let rows = read("reading an inbox", || {
+            sqlx::query(rows::INBOX_PAGE)
+                .bind(user.0)
+                .bind(user.0)
+                .bind(before)
+                .bind(request.limit)
+                .fetch_all(&self.pool)
+        })
+        .await?;
+        let mut page = InboxPage::default();
+        for row in &rows {
+            let total: Option<i64> = row.try_get("unread_total").map_err(|e| corrupt(Box::new(e)))?;
+            // No counter row: nothing was ever received. A negative one is corrupt, not zero.
+            page.unread_total = u64::try_from(total.unwrap_or(0)).map_err(|e| corrupt(Box::new(e)))?;
+            if let Some(conversation) = rows::conversation(row).map_err(corrupt)? {
+                page.conversations.push(conversation);
+            }
+        }
+        page.conversations
+            .sort_unstable_by_key(|c| std::cmp::Reverse(c.last_message.id));
+        Ok(page)
+    }
+
+    async fn mark_read(&self, reader: &User, peer: &Username, up_to: MessageId) -> Result<MarkedRead> {
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(|e| error::map("connecting to mark read", e))?;
+        match marks::mark_read(&mut conn, reader, peer, up_to).await {
+            Ok(outcome) => outcome,
+            Err(err) => Err(marks::fail(conn, err).await),
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 
 use sqlx::mysql::MySqlArguments;
 use sqlx::query::Query;
-use sqlx::{ConnectOptions, Connection, MySql, MySqlConnection};
+use sqlx::{ConnectOptions, Connection, MySql, MySqlConnection, Row};
 
 use chatcore::Backend;
 
@@ -177,10 +177,54 @@ async fn plans_use_indexes() {
     .execute(&mut conn)
     .await
     .unwrap();
-    sqlx::raw_sql("ANALYZE TABLE chatcore_users, chatcore_messages, chatcore_sessions, chatcore_counts")
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    // A long conversation between users 1 and 2 (5,000 messages, ids 20001 to 25000, each
+    // writing every other one), for the cost of a read marker that passes over a few of them.
+    let long: Vec<String> = (20_001..=25_000)
+        .map(|i| {
+            let (sender, recipient) = if i % 2 == 0 { (1, 2) } else { (2, 1) };
+            format!("({i},{sender},{recipient},1,2,UTC_TIMESTAMP(6),'body',NULL)")
+        })
+        .collect();
+    sqlx::raw_sql(&format!(
+        "INSERT INTO chatcore_messages (id, sender_id, recipient_id, conversation_low, conversation_high, \
+         created_at, body, idempotency_key_hash) VALUES {}",
+        long.join(",")
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    // The inbox and unread totals of these messages, as migration 4 fills them for a database
+    // that had messages before it (its statements can run again).
+    for step in crate::schema::MIGRATIONS
+        .iter()
+        .find(|m| m.version == 4)
+        .unwrap()
+        .steps
+    {
+        if let crate::schema::Step::Sql(statement) = step {
+            sqlx::raw_sql(statement).execute(&mut conn).await.unwrap();
+        }
+    }
+    // 2,000 read events, positions 25001 to 27000, spread over the users as readers and peers;
+    // the sequence row after them.
+    let reads: Vec<String> = (25_001..=27_000)
+        .map(|p| format!("({p},{},{},{})", p % 200 + 1, (p * 7) % 200 + 1, p - 25_000))
+        .collect();
+    sqlx::raw_sql(&format!(
+        "INSERT INTO chatcore_read_events (position, reader_id, peer_id, up_to) VALUES {}; \
+         UPDATE chatcore_counts SET total = 27000 WHERE low_id = 0 AND high_id = 0",
+        reads.join(",")
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    sqlx::raw_sql(
+        "ANALYZE TABLE chatcore_users, chatcore_messages, chatcore_sessions, chatcore_counts, \
+         chatcore_inbox, chatcore_read_events",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
 
     let e = |sql: &str| format!("EXPLAIN {sql}");
     // Rows that exist: a miss on a unique key is planned as "impossible WHERE", not a lookup.
@@ -331,8 +375,111 @@ async fn plans_use_indexes() {
     assert_plan("messages_after", &plan, "m", "chatcore_messages_recipient");
 
     let sql = e(rows::LATEST_POSITION);
-    let plan = explain(&mut conn, sqlx::query(&sql).bind(5i64).bind(5i64)).await;
-    assert_index_dives("latest_position", &plan, 2);
+    let plan = explain(
+        &mut conn,
+        sqlx::query(&sql).bind(5i64).bind(5i64).bind(5i64).bind(5i64),
+    )
+    .await;
+    assert_index_dives("latest_position", &plan, 4);
+
+    let sql = e(rows::EVENTS_AFTER);
+    for after in [0i64, 15_000] {
+        let plan = explain(
+            &mut conn,
+            sqlx::query(&sql)
+                .bind(5i64)
+                .bind(after)
+                .bind(100u32)
+                .bind(5i64)
+                .bind(5i64)
+                .bind(after)
+                .bind(100u32)
+                .bind(5i64)
+                .bind(after)
+                .bind(100u32)
+                .bind(5i64)
+                .bind(5i64)
+                .bind(after)
+                .bind(100u32)
+                .bind(100u32),
+        )
+        .await;
+        assert_plan("events_after", &plan, "m", "chatcore_messages_sender");
+        assert_plan("events_after", &plan, "m", "chatcore_messages_recipient");
+        assert_plan("events_after", &plan, "e", "chatcore_read_events_reader");
+        assert_plan("events_after", &plan, "e", "chatcore_read_events_peer");
+        for step in plan.iter().filter(|s| s.table == "m" || s.table == "e") {
+            assert_eq!(step.access, "range", "the position bounds the range: {plan:?}");
+        }
+    }
+
+    let sql = e(rows::INBOX_PAGE);
+    for before in [i64::MAX, 10_000] {
+        let plan = explain(
+            &mut conn,
+            sqlx::query(&sql).bind(5i64).bind(5i64).bind(before).bind(20u32),
+        )
+        .await;
+        assert_plan("inbox", &plan, "i", "chatcore_inbox_activity");
+        assert_plan("inbox", &plan, "pi", "PRIMARY");
+        assert_plan("inbox", &plan, "m", "PRIMARY");
+        assert_plan("inbox total", &plan, "c", "PRIMARY");
+        // Both key parts: the cursor is where the backward range starts.
+        let step = plan.iter().find(|s| s.table == "i").unwrap();
+        assert_eq!(
+            (step.access.as_str(), step.key_len.as_deref()),
+            ("range", Some("16")),
+            "{plan:?}"
+        );
+    }
+
+    // The count of a read marker's transaction, from its session variables: user 2 reads up
+    // to 24010 from 24000 in the long conversation.
+    sqlx::raw_sql(
+        "SET @chatcore_reader = 2, @chatcore_peer = 1, @chatcore_old = 24000, \
+         @chatcore_up_to = 24010, @chatcore_moves = 1",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let sql = e(rows::MARK_READ_PASSED);
+    let plan = explain(&mut conn, sqlx::query(&sql)).await;
+    assert_plan(
+        "mark_read passed",
+        &plan,
+        "chatcore_messages",
+        "chatcore_messages_conversation",
+    );
+    let step = plan.iter().find(|s| s.table == "chatcore_messages").unwrap();
+    assert_eq!(
+        (step.access.as_str(), step.key_len.as_deref()),
+        ("range", Some("24")),
+        "the markers bound the range: {plan:?}"
+    );
+    let (passed,): (i64,) = sqlx::query_as(rows::MARK_READ_PASSED)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(passed, 5, "user 1's messages in (24000, 24010]");
+
+    // ... and the whole transaction, run for real: a first mark passes over 2,000 of user 1's
+    // messages; the next one, ten messages further, reads a few dozen rows, not the
+    // conversation's 5,000.
+    let mark =
+        |up_to: i64| crate::marks::mark_read_sql(chatcore::UserId(2), "user001", chatcore::MessageId(up_to));
+    let rows = sqlx::raw_sql(&mark(24_000)).fetch_all(&mut conn).await.unwrap();
+    let moved: Option<i64> = rows[0].try_get_unchecked("moved").unwrap();
+    assert_eq!(moved, Some(1));
+    let before = handler_reads(&mut conn).await;
+    let rows = sqlx::raw_sql(&mark(24_010)).fetch_all(&mut conn).await.unwrap();
+    let read = handler_reads(&mut conn).await - before;
+    let unread: Option<i64> = rows[0].try_get_unchecked("unread").unwrap();
+    assert_eq!(unread, Some(495), "user 1's messages after 24010");
+    eprintln!("mark_read over 10 messages of 5,000: {read} handler reads");
+    assert!(
+        read <= 80,
+        "{read} handler reads to move a marker over 10 messages"
+    );
 
     // The previous positions read at the end of an insert transaction, bounded by the last id
     // handed out before it.
@@ -346,16 +493,18 @@ async fn plans_use_indexes() {
     assert_plan("previous positions", &plan, "u", "PRIMARY");
     assert_plan("previous positions", &plan, "ms", "chatcore_messages_sender");
     assert_plan("previous positions", &plan, "mr", "chatcore_messages_recipient");
-    for alias in ["ms", "mr"] {
+    assert_plan("previous positions", &plan, "er", "chatcore_read_events_reader");
+    assert_plan("previous positions", &plan, "ep", "chatcore_read_events_peer");
+    for alias in ["ms", "mr", "er", "ep"] {
         // Read from the index alone, in its order (newest first, stopping at the first row).
         let step = plan.iter().find(|s| s.table == alias).unwrap();
         assert_eq!(step.access, "ref", "{plan:?}");
         assert!(step.extra.contains("Using index"), "{plan:?}");
     }
     // ... which EXPLAIN does not show: count the rows the handlers read. Each of these users
-    // has about 200 messages below the bound; with the bound at the newest id, each
-    // subquery reads one entry (plus one past the end of its range).
-    sqlx::raw_sql("SET @chatcore_last = 20000")
+    // has about 200 messages and 20 read events below the bound; with the bound at the newest
+    // position, each subquery reads one entry (plus one past the end of its range).
+    sqlx::raw_sql("SET @chatcore_last = 27000")
         .execute(&mut conn)
         .await
         .unwrap();
@@ -365,7 +514,7 @@ async fn plans_use_indexes() {
     let read = handler_reads(&mut conn).await - before;
     assert_eq!(rows.len(), 3);
     eprintln!("previous positions: {read} handler reads");
-    assert!(read <= 3 * (1 + 2 * 2) + 4, "{read} handler reads for 3 users");
+    assert!(read <= 3 * (1 + 4 * 2) + 4, "{read} handler reads for 3 users");
 
     let _ = conn.close().await;
     store.close().await.unwrap();

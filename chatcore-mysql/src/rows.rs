@@ -9,7 +9,9 @@ use chrono::NaiveDateTime;
 use sqlx::Row;
 use sqlx::mysql::MySqlRow;
 
-use chatcore::{BoxError, Message, MessageId, User, UserId, Username};
+use chatcore::{
+    BoxError, Conversation, Message, MessageId, Position, ReadMarker, StoredEvent, User, UserId, Username,
+};
 
 /// The columns every message query returns, with sender and recipient names joined by
 /// primary key (`eq_ref`).
@@ -56,13 +58,100 @@ pub(crate) const SESSION_USER: &str = "SELECT u.id AS id, u.username AS username
 /// Sessions expired at a time: a range of `chatcore_sessions_expires`.
 pub(crate) const DELETE_EXPIRED_SESSIONS: &str = "DELETE FROM chatcore_sessions WHERE expires_at <= ?";
 
-/// A user's newest message id (0 for none): the largest id of `chatcore_messages_sender` and
-/// of `chatcore_messages_recipient` for the user, each one index dive (MIN/MAX optimization:
+/// A user's newest position, message or read event (0 for none): the largest entry of
+/// `chatcore_messages_sender`, `chatcore_messages_recipient`, `chatcore_read_events_reader`
+/// and `chatcore_read_events_peer` for the user, each one index dive (MIN/MAX optimization:
 /// "Select tables optimized away"), whatever the user's history.
-/// Binds: user, user.
+/// Binds: user, user, user, user.
 pub(crate) const LATEST_POSITION: &str = "SELECT GREATEST(\
      IFNULL((SELECT MAX(id) FROM chatcore_messages WHERE sender_id = ?), 0), \
-     IFNULL((SELECT MAX(id) FROM chatcore_messages WHERE recipient_id = ?), 0)) AS latest";
+     IFNULL((SELECT MAX(id) FROM chatcore_messages WHERE recipient_id = ?), 0), \
+     IFNULL((SELECT MAX(position) FROM chatcore_read_events WHERE reader_id = ?), 0), \
+     IFNULL((SELECT MAX(position) FROM chatcore_read_events WHERE peer_id = ?), 0)) AS latest";
+
+/// The columns of a read event in [`EVENTS_AFTER`], in the places of a message's: the reader's
+/// name as `sender`, the peer's as `recipient`.
+macro_rules! read_event_columns {
+    () => {
+        "1 AS kind, e.position AS id, rd.username AS sender, pe.username AS recipient, \
+         NULL AS created_at, NULL AS body, e.up_to AS up_to"
+    };
+}
+
+macro_rules! read_event_joins {
+    () => {
+        " JOIN chatcore_users rd ON rd.id = e.reader_id JOIN chatcore_users pe ON pe.id = e.peer_id"
+    };
+}
+
+/// Catch-up over every durable event of a user after a position, oldest first: one statement,
+/// so one consistent view (positions are committed in order, so a view holding a position
+/// holds every lower one). The merge of four forward ranges, each at most `limit` rows:
+/// `chatcore_messages_sender`, `chatcore_messages_recipient` (a note to oneself only in the
+/// first), `chatcore_read_events_reader` and `chatcore_read_events_peer` (a note to oneself's
+/// marker only in the first). `kind` is 0 for a message, 1 for a read event.
+/// Binds: user, after, limit, user, user, after, limit, user, after, limit, user, user, after,
+/// limit, limit.
+pub(crate) const EVENTS_AFTER: &str = concat!(
+    "(SELECT 0 AS kind, ",
+    message_columns!(),
+    ", NULL AS up_to FROM chatcore_messages m FORCE INDEX (chatcore_messages_sender)",
+    message_joins!(),
+    " WHERE m.sender_id = ? AND m.id > ? ORDER BY m.id LIMIT ?) \
+     UNION ALL \
+     (SELECT 0, ",
+    message_columns!(),
+    ", NULL FROM chatcore_messages m FORCE INDEX (chatcore_messages_recipient)",
+    message_joins!(),
+    " WHERE m.recipient_id = ? AND m.sender_id <> ? AND m.id > ? ORDER BY m.id LIMIT ?) \
+     UNION ALL \
+     (SELECT ",
+    read_event_columns!(),
+    " FROM chatcore_read_events e FORCE INDEX (chatcore_read_events_reader)",
+    read_event_joins!(),
+    " WHERE e.reader_id = ? AND e.position > ? ORDER BY e.position LIMIT ?) \
+     UNION ALL \
+     (SELECT ",
+    read_event_columns!(),
+    " FROM chatcore_read_events e FORCE INDEX (chatcore_read_events_peer)",
+    read_event_joins!(),
+    " WHERE e.peer_id = ? AND e.reader_id <> ? AND e.position > ? ORDER BY e.position LIMIT ?) \
+     ORDER BY id LIMIT ?"
+);
+
+/// A page of a user's inbox and their unread total in one round trip (one view): the total
+/// by `chatcore_counts` primary key `(user, -1)`, the page as a backward range of
+/// `chatcore_inbox_activity (user_id, last_id)` from the cursor, stopping after `limit` rows,
+/// each joined by primary key to the peer, the conversation's newest message (and its names)
+/// and the peer's own inbox row (their marker). The cost is the page's, whatever the number
+/// of the user's conversations.
+/// Binds: user, user, before, limit.
+pub(crate) const INBOX_PAGE: &str = concat!(
+    "SELECT t.total AS unread_total, p.* \
+     FROM (SELECT (SELECT c.total FROM chatcore_counts c WHERE c.low_id = ? AND c.high_id = -1) AS total) t \
+     LEFT JOIN (\
+       SELECT pu.username AS peer, i.unread AS unread, i.read_up_to AS read_up_to, \
+         pi.read_up_to AS peer_read_up_to, ",
+    message_columns!(),
+    " FROM chatcore_inbox i FORCE INDEX (chatcore_inbox_activity) \
+       JOIN chatcore_users pu ON pu.id = i.peer_id \
+       JOIN chatcore_messages m ON m.id = i.last_id",
+    message_joins!(),
+    " LEFT JOIN chatcore_inbox pi ON pi.user_id = i.peer_id AND pi.peer_id = i.user_id \
+       WHERE i.user_id = ? AND i.last_id < ? ORDER BY i.last_id DESC LIMIT ?\
+     ) p ON TRUE"
+);
+
+/// The peer's messages a read marker passes over, counted in the transaction of
+/// `mark_read` from its session variables: a range of `chatcore_messages_conversation`
+/// between the old marker (exclusive) and the new one (inclusive), empty when the marker does
+/// not move. Costs the messages passed over, never the conversation's length.
+pub(crate) const MARK_READ_PASSED: &str = "SELECT COUNT(*) FROM chatcore_messages \
+     FORCE INDEX (chatcore_messages_conversation) \
+     WHERE conversation_low = LEAST(@chatcore_reader, @chatcore_peer) \
+       AND conversation_high = GREATEST(@chatcore_reader, @chatcore_peer) \
+       AND id > IFNULL(@chatcore_old, 0) AND id <= IF(@chatcore_moves, @chatcore_up_to, 0) \
+       AND sender_id = @chatcore_peer";
 
 /// One message if the viewer is a participant: primary key, const.
 pub(crate) const MESSAGE_FOR: &str = concat!(
@@ -193,6 +282,43 @@ pub(crate) fn message(row: &MySqlRow) -> Result<Message, BoxError> {
         created_at: created_at.and_utc(),
         body: text(row, "body")?,
     })
+}
+
+/// A durable event from the columns of [`EVENTS_AFTER`].
+pub(crate) fn event(row: &MySqlRow) -> Result<StoredEvent, BoxError> {
+    let kind: i64 = row
+        .try_get_unchecked("kind")
+        .map_err(|e| Box::new(e) as BoxError)?;
+    if kind == 0 {
+        return Ok(StoredEvent::Message(message(row)?));
+    }
+    let up_to: Option<i64> = row
+        .try_get_unchecked("up_to")
+        .map_err(|e| Box::new(e) as BoxError)?;
+    Ok(StoredEvent::Read(ReadMarker {
+        position: Position(get(row, "id")?),
+        reader: username(text(row, "sender")?),
+        peer: username(text(row, "recipient")?),
+        up_to: MessageId(up_to.ok_or("a read event without its message")?),
+    }))
+}
+
+/// A conversation from a row of [`INBOX_PAGE`]; `None` for the row of a user with an empty
+/// page (the total alone).
+pub(crate) fn conversation(row: &MySqlRow) -> Result<Option<Conversation>, BoxError> {
+    let Some(peer) = text_opt(row, "peer")? else {
+        return Ok(None);
+    };
+    let unread: i64 = get(row, "unread")?;
+    let read_up_to: Option<i64> = get(row, "read_up_to")?;
+    let peer_read_up_to: Option<i64> = get(row, "peer_read_up_to")?;
+    Ok(Some(Conversation {
+        peer: username(peer),
+        last_message: message(row)?,
+        unread: u64::try_from(unread)?,
+        read_up_to: read_up_to.map(MessageId),
+        peer_read_up_to: peer_read_up_to.map(MessageId),
+    }))
 }
 
 /// The key of `prefix` ([`Username::key_of`]) as a `LIKE` pattern with `!` as the escape

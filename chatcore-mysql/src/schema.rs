@@ -174,6 +174,69 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             run: username_keys::migrate,
         }],
     },
+    Migration {
+        version: 4,
+        description: "inbox, unread counts, read markers and read events",
+        // Every statement can run again after an interruption (IF NOT EXISTS, upserts that
+        // recompute from the messages), so a migration stopped before its record is applied
+        // again cleanly. Processes running the previous version must be stopped first: their
+        // sends would not update the inbox, and the counts filled here would drift.
+        steps: &[
+            // One row per user and conversation partner (the user themself for notes to self),
+            // written by the inserting transaction: `last_id` is the conversation's newest
+            // message (the inbox order: `chatcore_inbox_activity` is read backwards from the
+            // cursor), `unread` the messages from the peer after `read_up_to` (the user's read
+            // marker, NULL until they mark one).
+            Step::Sql(
+                "CREATE TABLE IF NOT EXISTS chatcore_inbox (
+            user_id BIGINT NOT NULL,
+            peer_id BIGINT NOT NULL,
+            last_id BIGINT NOT NULL,
+            unread BIGINT NOT NULL,
+            read_up_to BIGINT NULL,
+            PRIMARY KEY (user_id, peer_id),
+            KEY chatcore_inbox_activity (user_id, last_id)
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
+            ),
+            // A read marker that moved: a durable event of the reader and of the peer (the same
+            // user for notes to self), at a position from the message id sequence. Each index
+            // is one user's events in position order, as reader and as peer.
+            Step::Sql(
+                "CREATE TABLE IF NOT EXISTS chatcore_read_events (
+            position BIGINT NOT NULL,
+            reader_id BIGINT NOT NULL,
+            peer_id BIGINT NOT NULL,
+            up_to BIGINT NOT NULL,
+            PRIMARY KEY (position),
+            KEY chatcore_read_events_reader (reader_id, position),
+            KEY chatcore_read_events_peer (peer_id, position)
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
+            ),
+            // The inbox of the messages stored so far: nobody has a marker yet, so every
+            // message received from someone else is unread (notes to self never are). Read
+            // per conversation off `chatcore_messages_conversation`; the second branch is the
+            // other side of each conversation between two users.
+            Step::Sql(
+                "INSERT INTO chatcore_inbox (user_id, peer_id, last_id, unread, read_up_to) \
+         SELECT conversation_low, conversation_high, MAX(id), \
+           SUM(recipient_id = conversation_low AND sender_id <> recipient_id), NULL \
+         FROM chatcore_messages GROUP BY conversation_low, conversation_high \
+         UNION ALL \
+         SELECT conversation_high, conversation_low, MAX(id), \
+           SUM(recipient_id = conversation_high), NULL \
+         FROM chatcore_messages WHERE conversation_low <> conversation_high \
+         GROUP BY conversation_low, conversation_high \
+         ON DUPLICATE KEY UPDATE last_id = VALUES(last_id), unread = VALUES(unread), read_up_to = NULL",
+            ),
+            // Each user's unread total: the row (user, -1) of chatcore_counts (no conversation
+            // key is negative), kept by the inserting transaction and by mark_read.
+            Step::Sql(
+                "INSERT INTO chatcore_counts (low_id, high_id, total) \
+         SELECT user_id, -1, SUM(unread) FROM chatcore_inbox GROUP BY user_id \
+         ON DUPLICATE KEY UPDATE total = VALUES(total)",
+            ),
+        ],
+    },
 ];
 
 /// The newest schema version this code knows.
@@ -312,7 +375,10 @@ fn version_number(version: i64) -> Result<u32> {
 
 #[cfg(test)]
 mod tests {
-    use chatcore::{Backend, NewMessage, PageRequest, Store, User, UserId, UserQuery, Username};
+    use chatcore::{
+        Backend, InboxRequest, MessageId, NewMessage, PageRequest, Position, Store, StoredEvent, User,
+        UserId, UserQuery, Username,
+    };
     use sqlx::{ConnectOptions, Row};
 
     use super::*;
@@ -352,7 +418,7 @@ mod tests {
         let store =
             crate::MysqlStore::connect_with(database.options().unwrap(), MysqlConfig::default()).unwrap();
         let report = store.migrate().await.unwrap();
-        assert_eq!((report.previous, report.current), (1, 3));
+        assert_eq!((report.previous, report.current), (1, 4));
         assert_eq!(report.notes, Vec::<String>::new(), "alice and bob do not collide");
         let tables: Vec<String> = sqlx::query(
             "SELECT TABLE_NAME AS t FROM information_schema.TABLES \
@@ -423,7 +489,7 @@ mod tests {
         let store =
             crate::MysqlStore::connect_with(database.options().unwrap(), MysqlConfig::default()).unwrap();
         let report = store.migrate().await.unwrap();
-        assert_eq!((report.previous, report.current), (2, 3));
+        assert_eq!((report.previous, report.current), (2, 4));
         assert_eq!(
             report.notes.len(),
             3,
@@ -576,6 +642,154 @@ mod tests {
         store.close().await.unwrap();
     }
 
+    /// A database written at version 3 (messages, no inbox) gets its inbox filled by version 4:
+    /// conversations by their newest message, every message received from someone else
+    /// unread (nobody has a marker yet), notes to self never, the unread totals their sum;
+    /// sends and marks then keep them up to date, and positions continue above the old ids.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_database_migrated_from_version_3_gets_its_inbox() {
+        let (database, mut conn) = database_at(3).await;
+        // 1 alice, 2 bob, 3 carol, 4 dave; messages 1 to 7 as version 3's writer stored them
+        // (the sequence at 10: ids 8 to 10 went to sends that failed), counters alongside.
+        sqlx::raw_sql(
+            "INSERT INTO chatcore_users (id, username, username_key, created_at) VALUES \
+               (1, 'alice', 'alice', UTC_TIMESTAMP(6)), (2, 'Bob', 'bob', UTC_TIMESTAMP(6)), \
+               (3, 'carol', 'carol', UTC_TIMESTAMP(6)), (4, 'dave', 'dave', UTC_TIMESTAMP(6)); \
+             INSERT INTO chatcore_messages (id, sender_id, recipient_id, conversation_low, \
+               conversation_high, created_at, body) VALUES \
+               (1, 1, 2, 1, 2, UTC_TIMESTAMP(6), 'a to b'), (2, 2, 1, 1, 2, UTC_TIMESTAMP(6), 'b to a'), \
+               (3, 1, 1, 1, 1, UTC_TIMESTAMP(6), 'note'), (4, 3, 1, 1, 3, UTC_TIMESTAMP(6), 'c to a'), \
+               (5, 1, 2, 1, 2, UTC_TIMESTAMP(6), 'a to b'), (6, 3, 2, 2, 3, UTC_TIMESTAMP(6), 'c to b'), \
+               (7, 3, 1, 1, 3, UTC_TIMESTAMP(6), 'c to a'); \
+             INSERT INTO chatcore_counts (low_id, high_id, total) VALUES \
+               (1, 2, 3), (1, 1, 1), (1, 3, 2), (2, 3, 1), (1, 0, 6), (2, 0, 4), (3, 0, 3); \
+             UPDATE chatcore_counts SET total = 10 WHERE low_id = 0 AND high_id = 0",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
+
+        let store =
+            crate::MysqlStore::connect_with(database.options().unwrap(), MysqlConfig::default()).unwrap();
+        let report = store.migrate().await.unwrap();
+        assert_eq!((report.previous, report.current), (3, 4));
+        let user = |id: i64, s: &str| User {
+            id: UserId(id),
+            username: Username::from_stored(s),
+        };
+        let (alice, bob, carol, dave) = (
+            user(1, "alice"),
+            user(2, "Bob"),
+            user(3, "carol"),
+            user(4, "dave"),
+        );
+        let inbox = |who: UserId| {
+            let store = store.clone();
+            async move {
+                let page = store
+                    .inbox(
+                        who,
+                        &InboxRequest {
+                            before: None,
+                            limit: 10,
+                        },
+                    )
+                    .await
+                    .unwrap();
+                let rows: Vec<(String, i64, u64, Option<MessageId>)> = page
+                    .conversations
+                    .iter()
+                    .map(|c| {
+                        (
+                            c.peer.as_str().to_owned(),
+                            c.last_message.id.0,
+                            c.unread,
+                            c.read_up_to,
+                        )
+                    })
+                    .collect();
+                (page.unread_total, rows)
+            }
+        };
+        let row = |peer: &str, last: i64, unread: u64| (peer.to_owned(), last, unread, None);
+        assert_eq!(
+            inbox(alice.id).await,
+            (3, vec![row("carol", 7, 2), row("Bob", 5, 1), row("alice", 3, 0)])
+        );
+        assert_eq!(
+            inbox(bob.id).await,
+            (3, vec![row("carol", 6, 1), row("alice", 5, 2)])
+        );
+        assert_eq!(
+            inbox(carol.id).await,
+            (0, vec![row("alice", 7, 0), row("Bob", 6, 0)])
+        );
+        assert_eq!(inbox(dave.id).await, (0, vec![]));
+        let newest = store
+            .inbox(
+                alice.id,
+                &InboxRequest {
+                    before: None,
+                    limit: 1,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(newest.conversations[0].last_message.body, "c to a");
+        assert_eq!(newest.conversations[0].last_message.sender.as_str(), "carol");
+
+        // A send after the migration counts on top of the old messages.
+        let sent = store
+            .insert_message(NewMessage {
+                sender: bob.clone(),
+                recipient: name("ALICE"),
+                body: "new".into(),
+                idempotency_key: None,
+            })
+            .await
+            .unwrap();
+        assert_eq!(sent.message.id.0, 11, "ids continue above the old sequence");
+        assert_eq!((sent.sender_previous.0, sent.recipient_previous.0), (6, 7));
+        assert_eq!(
+            inbox(alice.id).await,
+            (4, vec![row("Bob", 11, 2), row("carol", 7, 2), row("alice", 3, 0)])
+        );
+        // A mark passes over bob's two unread messages (2 and 11), none of alice's.
+        let marked = store
+            .mark_read(&alice, &name("bob"), MessageId(11))
+            .await
+            .unwrap();
+        assert_eq!((marked.unread, marked.read_up_to), (0, MessageId(11)));
+        let moved = marked.moved.expect("the marker moved");
+        assert_eq!(moved.marker.position, Position(12));
+        assert_eq!(
+            (moved.reader_previous, moved.peer_previous),
+            (Position(11), Position(11))
+        );
+        assert_eq!(moved.marker.peer.as_str(), "Bob");
+        assert_eq!(inbox(alice.id).await.0, 2);
+        assert_eq!(store.latest_position(bob.id).await.unwrap(), Position(12));
+        let events = store.events_after(alice.id, Position(5), 10).await.unwrap();
+        let positions: Vec<i64> = events.iter().map(|e| e.position().0).collect();
+        assert_eq!(positions, [7, 11, 12]);
+        assert!(matches!(&events[2], StoredEvent::Read(m) if m.up_to == MessageId(11)));
+        // Bob's view of the conversation shows alice's marker.
+        let bobs = store
+            .inbox(
+                bob.id,
+                &InboxRequest {
+                    before: None,
+                    limit: 10,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(bobs.conversations[0].peer.as_str(), "alice");
+        assert_eq!(bobs.conversations[0].peer_read_up_to, Some(MessageId(11)));
+        assert_eq!(bobs.unread_total, 3, "bob's own unread is untouched");
+        store.close().await.unwrap();
+    }
+
     /// A run of migration 3 that got as far as the unique index but was not recorded (the
     /// process died) is applied again without error, and reports again who was kept apart.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -594,7 +808,7 @@ mod tests {
         let store =
             crate::MysqlStore::connect_with(database.options().unwrap(), MysqlConfig::default()).unwrap();
         let report = store.migrate().await.unwrap();
-        assert_eq!((report.previous, report.current), (2, 3));
+        assert_eq!((report.previous, report.current), (2, 4));
         assert_eq!(report.notes.len(), 1, "{:?}", report.notes);
         assert!(
             report.notes[0].contains("\"alice\" (user id 2)") && report.notes[0].contains("rename"),

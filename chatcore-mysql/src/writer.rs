@@ -8,11 +8,17 @@
 //! only after the previous one committed: ids are handed out in commit order, and a reader
 //! that has seen id `n` has already been able to see every id below `n`.
 //!
-//! The same lock gives each participant's previous position (their newest message before
-//! this one, see `chatcore::Store`, "Positions"): every id up to the last one handed out
-//! before the batch was committed before it, so after its `COMMIT` the batch reads, for each
-//! user it involves, their largest id up to there (two short index reads), and links its own
-//! messages in id order from that.
+//! The same lock gives each participant's previous position (their newest event before
+//! this one, message or read event, see `chatcore::Store`, "Positions"): every position up to
+//! the last one handed out before the batch was committed before it, so after its `COMMIT`
+//! the batch reads, for each user it involves, their largest position up to there (four
+//! short index reads), and links its own messages in id order from that.
+//!
+//! The batch keeps both participants' inbox rows (`chatcore_inbox`) and the recipient's
+//! unread total (`chatcore_counts` row `(user, -1)`) in the same transaction, one upsert row
+//! per user and conversation of the batch. `MysqlStore::mark_read` takes the same sequence
+//! lock first, so read events get their positions in commit order too, and a marker and the
+//! sends of its conversation never interleave inside each other's transaction.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -486,11 +492,13 @@ impl Writer {
     /// them, and each participant's newest id before them:
     ///
     /// `BEGIN`; one upsert of `chatcore_counts` that locks the sequence row `(0, 0)` first,
-    /// reserves `fresh.len()` ids and adds to the counters; note the first id and the server
-    /// clock; insert the messages; `COMMIT`; report the ids, the time and, for each user of
-    /// the batch, their largest id up to the last one handed out before the batch (see
-    /// [`previous_positions_select`]). Six statements: each costs the server time even within
-    /// one round trip, which is what a send at low concurrency waits for.
+    /// reserves `fresh.len()` ids and adds to the counters (unread totals among them); note
+    /// the first id and the server clock; insert the messages; upsert the participants' inbox
+    /// rows (one per user and conversation of the batch); `COMMIT`; report the ids, the time
+    /// and, for each user of the batch, their newest position up to the last one handed out
+    /// before the batch (see [`previous_positions_select`]). Seven statements: each costs the
+    /// server time even within one round trip, which is what a send at low concurrency waits
+    /// for.
     ///
     /// The lock is held only while the server runs these statements, not across a network
     /// round trip. Every value written into the SQL is an integer or a hex literal, so nothing
@@ -508,8 +516,12 @@ impl Writer {
         let body_bytes: usize = fresh.iter().map(|&i| batch[i].body.len()).sum();
         let mut sql = String::with_capacity(2 * body_bytes + 200 * fresh.len() + 1024);
         let mut counts: BTreeMap<(i64, i64), i64> = BTreeMap::new();
+        // (user, peer) -> (offset of the conversation's newest message in the batch, messages
+        // from the peer): one inbox upsert row per participant and conversation, however many
+        // messages the batch holds for it.
+        let mut inbox: BTreeMap<(i64, i64), (usize, i64)> = BTreeMap::new();
         let mut users = BTreeSet::new();
-        for &i in fresh {
+        for (n, &i) in fresh.iter().enumerate() {
             let sender = batch[i].sender.id;
             let recipient = UserId(recipients[i]);
             users.insert(sender.0);
@@ -517,8 +529,14 @@ impl Writer {
             let key = ConversationKey::new(sender, recipient);
             *counts.entry((key.low().0, key.high().0)).or_default() += 1;
             *counts.entry((sender.0, 0)).or_default() += 1;
+            inbox.entry((sender.0, recipient.0)).or_default().0 = n + 1;
             if recipient != sender {
                 *counts.entry((recipient.0, 0)).or_default() += 1;
+                // The recipient's unread total (notes to self are never unread).
+                *counts.entry((recipient.0, -1)).or_default() += 1;
+                let entry = inbox.entry((recipient.0, sender.0)).or_default();
+                entry.0 = n + 1;
+                entry.1 += 1;
             }
         }
         // One upsert reserves the ids and adds to the counters. Its first row is the sequence
@@ -578,6 +596,16 @@ impl Writer {
                 None => sql.push_str("NULL)"),
             }
         }
+        // The inbox rows in key order (every writer takes them so). The newest message of a
+        // conversation in this batch is above every id stored before, so it replaces `last_id`.
+        sql.push_str("; INSERT INTO chatcore_inbox (user_id, peer_id, last_id, unread, read_up_to) VALUES ");
+        for (n, ((user, peer), (offset, unread))) in inbox.iter().enumerate() {
+            if n > 0 {
+                sql.push(',');
+            }
+            let _ = write!(sql, "({user},{peer},@chatcore_last+{offset},{unread},NULL)");
+        }
+        sql.push_str(" ON DUPLICATE KEY UPDATE last_id = VALUES(last_id), unread = unread + VALUES(unread)");
         sql.push_str("; COMMIT; ");
         sql.push_str(&previous_positions_select(&users));
         // Only the last statement returns rows: one per user.
@@ -624,12 +652,15 @@ struct Committed {
 /// Every id up to `@chatcore_last` was committed before the batch took the sequence lock, so
 /// this read (a new snapshot, after the `COMMIT`: the lock is already released) sees all of
 /// them, and the batch's own ids and any later batch's are above the bound. For each user,
-/// two backward reads of their entries in `chatcore_messages_sender (sender_id, id)` and
-/// `chatcore_messages_recipient (recipient_id, id)`, from their newest, that stop at the first
-/// id within the bound: they pass over only the user's messages committed since the batch
-/// took its ids (its own among them), never their history (`plans.rs` checks the plan).
+/// four backward reads of their entries in `chatcore_messages_sender (sender_id, id)`,
+/// `chatcore_messages_recipient (recipient_id, id)`, `chatcore_read_events_reader (reader_id,
+/// position)` and `chatcore_read_events_peer (peer_id, position)` (read events share the
+/// sequence, so they are positions too), from their newest, that stop at the first one within
+/// the bound: they pass over only the user's events committed since the batch took its ids
+/// (its own among them), never their history (`plans.rs` checks the plan). `mark_read` ends
+/// its round trip with the same statement.
 ///
-/// One query block for the users (a primary-key range of `chatcore_users`) with two correlated
+/// One query block for the users (a primary-key range of `chatcore_users`) with correlated
 /// subqueries, whatever the number of users. Measured on MariaDB 10.11 (statement alone,
 /// 65 users / 2 users, client round trip included): this 0.27 ms / 0.09 ms; a `UNION ALL` of
 /// one `SELECT` per user with `MAX` subqueries (each one index dive) 1.4 ms / 0.1 ms, the
@@ -637,14 +668,11 @@ struct Committed {
 /// over the two indexes (a loose index scan) 0.6 ms / 0.1 ms; the old final `SELECT` of the
 /// id and time alone 0.04 ms. The user ids are integers written into the SQL.
 pub(crate) fn previous_positions_select(users: &BTreeSet<i64>) -> String {
-    let mut sql = String::with_capacity(600 + 21 * users.len());
+    let mut sql = String::with_capacity(1100 + 21 * users.len());
+    sql.push_str("SELECT u.id AS user_id, ");
+    push_previous_position(&mut sql, "u.id");
     sql.push_str(
-        "SELECT u.id AS user_id, GREATEST(\
-         IFNULL((SELECT ms.id FROM chatcore_messages ms FORCE INDEX (chatcore_messages_sender) \
-           WHERE ms.sender_id = u.id AND ms.id <= @chatcore_last ORDER BY ms.id DESC LIMIT 1), 0), \
-         IFNULL((SELECT mr.id FROM chatcore_messages mr FORCE INDEX (chatcore_messages_recipient) \
-           WHERE mr.recipient_id = u.id AND mr.id <= @chatcore_last ORDER BY mr.id DESC LIMIT 1), 0)\
-         ) AS previous, @chatcore_last AS last_id, CAST(@chatcore_at AS DATETIME(6)) AS created_at \
+        " AS previous, @chatcore_last AS last_id, CAST(@chatcore_at AS DATETIME(6)) AS created_at \
          FROM chatcore_users u WHERE u.id IN (",
     );
     for (n, user) in users.iter().enumerate() {
@@ -657,8 +685,27 @@ pub(crate) fn previous_positions_select(users: &BTreeSet<i64>) -> String {
     sql
 }
 
+/// Appends the expression of `user`'s newest position up to `@chatcore_last` (0 for none):
+/// the greatest of four backward reads of the user's index entries (messages as sender and as
+/// recipient, read events as reader and as peer), each stopping at its first entry within the
+/// bound. `user` is SQL: a column, an integer or a session variable.
+pub(crate) fn push_previous_position(sql: &mut String, user: &str) {
+    let _ = write!(
+        sql,
+        "GREATEST(\
+         IFNULL((SELECT ms.id FROM chatcore_messages ms FORCE INDEX (chatcore_messages_sender) \
+           WHERE ms.sender_id = {user} AND ms.id <= @chatcore_last ORDER BY ms.id DESC LIMIT 1), 0), \
+         IFNULL((SELECT mr.id FROM chatcore_messages mr FORCE INDEX (chatcore_messages_recipient) \
+           WHERE mr.recipient_id = {user} AND mr.id <= @chatcore_last ORDER BY mr.id DESC LIMIT 1), 0), \
+         IFNULL((SELECT er.position FROM chatcore_read_events er FORCE INDEX (chatcore_read_events_reader) \
+           WHERE er.reader_id = {user} AND er.position <= @chatcore_last ORDER BY er.position DESC LIMIT 1), 0), \
+         IFNULL((SELECT ep.position FROM chatcore_read_events ep FORCE INDEX (chatcore_read_events_peer) \
+           WHERE ep.peer_id = {user} AND ep.position <= @chatcore_last ORDER BY ep.position DESC LIMIT 1), 0))"
+    );
+}
+
 /// Appends `bytes` as upper-case hex digits.
-fn push_hex(out: &mut String, bytes: &[u8]) {
+pub(crate) fn push_hex(out: &mut String, bytes: &[u8]) {
     const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
     out.reserve(bytes.len() * 2);
     for byte in bytes {

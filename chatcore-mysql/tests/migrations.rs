@@ -63,8 +63,10 @@ async fn migrate_is_explicit_idempotent_and_keeps_to_its_own_tables() {
     }
     for expected in [
         "chatcore_counts",
+        "chatcore_inbox",
         "chatcore_messages",
         "chatcore_migrations",
+        "chatcore_read_events",
         "chatcore_sessions",
         "chatcore_users",
     ] {

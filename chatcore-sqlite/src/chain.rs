@@ -240,10 +240,12 @@ pub(crate) mod testing {
     use super::MARK_EVERY;
     use crate::sql;
 
-    /// Each conversation's number and newest id so far.
+    /// Each conversation's number, newest id and messages from `conv_low` so far, and the
+    /// last id handed out.
     #[derive(Default)]
     pub(crate) struct Linker {
-        tails: HashMap<(i64, i64), (i64, Option<i64>)>,
+        tails: HashMap<(i64, i64), (i64, Option<i64>, i64)>,
+        last_id: i64,
     }
 
     impl Linker {
@@ -251,14 +253,21 @@ pub(crate) mod testing {
         /// every [`MARK_EVERY`]th) and returns its id.
         pub(crate) fn insert(&mut self, conn: &Connection, from: i64, to: i64, key: Option<&str>) -> i64 {
             let (low, high) = (from.min(to), from.max(to));
-            let (seq, prev) = self.tails.entry((low, high)).or_default();
+            let (seq, prev, from_low) = self.tails.entry((low, high)).or_default();
             *seq += 1;
+            let sender_seq = if from == low {
+                *from_low += 1;
+                *from_low
+            } else {
+                *seq - *from_low
+            };
+            self.last_id += 1;
+            let id = self.last_id;
             conn.execute(
                 sql::INSERT_MESSAGE,
-                rusqlite::params![from, to, low, high, 0, "body", key, *prev, *seq],
+                rusqlite::params![id, from, to, low, high, 0, "body", key, *prev, *seq, sender_seq],
             )
             .unwrap();
-            let id = conn.last_insert_rowid();
             if *seq % MARK_EVERY == 0 {
                 conn.execute(sql::INSERT_MARK, [low, high, *seq, id]).unwrap();
             }
@@ -270,7 +279,7 @@ pub(crate) mod testing {
         pub(crate) fn last_id(&self, low: i64, high: i64) -> i64 {
             self.tails
                 .get(&(low, high))
-                .and_then(|(_, prev)| *prev)
+                .and_then(|(_, prev, _)| *prev)
                 .unwrap_or(0)
         }
     }

@@ -195,8 +195,8 @@ use std::thread::JoinHandle;
 
 use async_trait::async_trait;
 use chatcore::store::{
-    Backend, Credentials, Inserted, MessagePage, MigrationReport, PageRequest, SessionRecord, SessionStore,
-    Store, TokenHash, UserQuery,
+    Backend, Credentials, InboxPage, InboxRequest, Inserted, MarkedRead, MessagePage, MigrationReport,
+    PageRequest, SessionRecord, SessionStore, Store, StoredEvent, TokenHash, UserQuery,
 };
 use chatcore::{Error, Message, MessageId, NewMessage, Position, Result, User, UserId, Username};
 use chrono::{DateTime, Utc};
@@ -559,6 +559,27 @@ impl Store for SqliteStore {
     async fn latest_position(&self, user: UserId) -> Result<Position> {
         self.read(move |ctx| ctx.latest_position(user)).await
     }
+
+    async fn events_after(&self, user: UserId, after: Position, limit: u32) -> Result<Vec<StoredEvent>> {
+        self.read(move |ctx| ctx.events_after(user, after, limit)).await
+    }
+
+    async fn inbox(&self, user: UserId, request: &InboxRequest) -> Result<InboxPage> {
+        let request = *request;
+        self.read(move |ctx| ctx.inbox(user, &request)).await
+    }
+
+    async fn mark_read(&self, reader: &User, peer: &Username, up_to: MessageId) -> Result<MarkedRead> {
+        let reader = reader.clone();
+        let peer = peer.clone();
+        self.write(|reply| WriteOp::MarkRead {
+            reader,
+            peer,
+            up_to,
+            reply,
+        })
+        .await
+    }
 }
 
 /// Accounts and sessions live in the same file as the messages. Every lookup reads the
@@ -635,6 +656,8 @@ impl Backend for SqliteStore {
 
 #[cfg(test)]
 mod tests {
+    use chatcore::store::InboxRequest;
+
     use super::*;
 
     fn name(s: &str) -> Username {
@@ -715,6 +738,343 @@ mod tests {
             store.latest_position(UserId(1_000)).await.unwrap(),
             Position::START
         );
+        store.close().await.unwrap();
+    }
+
+    /// Sends and marks of one conversation in one group commit: each mark sees what the
+    /// sends queued before it did (the batch's inbox changes are still in memory), counts
+    /// only the peer's messages it passes over, and takes the next position of the sequence
+    /// the messages share; the counters written once at the end agree with the answers.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn marks_and_sends_in_one_group_commit() {
+        let store = SqliteStore::open(SqliteConfig::memory()).await.unwrap();
+        store.migrate().await.unwrap();
+        let a = store.create_user(&name("a")).await.unwrap();
+        let b = store.create_user(&name("b")).await.unwrap();
+        let f = store.insert_message(note(&a, &b)).await.unwrap().message.id.0;
+        let transactions = store.stats().transactions;
+
+        let release = hold_writer(&store);
+        let send = |from: &User, to: &User| {
+            let (reply, answer) = oneshot::channel();
+            let message = note(from, to);
+            store
+                .writer
+                .send(WriteMsg::Op(WriteOp::Insert { message, reply }))
+                .unwrap();
+            answer
+        };
+        let mark = |up_to: i64| {
+            let (reply, answer) = oneshot::channel();
+            store
+                .writer
+                .send(WriteMsg::Op(WriteOp::MarkRead {
+                    reader: b.clone(),
+                    peer: a.username.clone(),
+                    up_to: MessageId(up_to),
+                    reply,
+                }))
+                .unwrap();
+            answer
+        };
+        let m1 = send(&a, &b);
+        let m2 = send(&b, &a);
+        let mark1 = mark(f + 1);
+        let m3 = send(&a, &b);
+        let mark2 = mark(f + 4);
+        let mark3 = mark(f + 1);
+        let m4 = send(&a, &b);
+        release.send(()).unwrap();
+        let [m1, m2, m3, m4] = [m1, m2, m3, m4].map(|m| async { m.await.unwrap().unwrap() });
+        let (m1, m2, m3, m4) = (m1.await, m2.await, m3.await, m4.await);
+        let (mark1, mark2, mark3) = (
+            mark1.await.unwrap().unwrap(),
+            mark2.await.unwrap().unwrap(),
+            mark3.await.unwrap().unwrap(),
+        );
+        assert_eq!(store.stats().transactions, transactions + 1, "one group commit");
+
+        let ids: Vec<i64> = [&m1, &m2, &m3, &m4].iter().map(|m| m.message.id.0).collect();
+        assert_eq!(
+            ids,
+            [f + 1, f + 2, f + 4, f + 6],
+            "read events take positions between"
+        );
+        let moved = mark1.moved.expect("the first mark moves");
+        assert_eq!(
+            (
+                mark1.unread,
+                moved.marker.position,
+                moved.reader_previous,
+                moved.peer_previous
+            ),
+            (0, Position(f + 3), Position(f + 2), Position(f + 2)),
+            "a's first two messages read; both streams stood at m2"
+        );
+        assert_eq!(
+            (m3.sender_previous, m3.recipient_previous),
+            (Position(f + 3), Position(f + 3)),
+            "the read event is the previous position of both"
+        );
+        let moved = mark2.moved.expect("the second mark moves");
+        assert_eq!((mark2.unread, moved.marker.position), (0, Position(f + 5)));
+        assert_eq!(
+            (mark3.unread, mark3.read_up_to, mark3.moved),
+            (0, MessageId(f + 4), None),
+            "an older id changes nothing, even within the batch"
+        );
+        assert_eq!(
+            (m4.sender_previous, m4.recipient_previous),
+            (Position(f + 5), Position(f + 5))
+        );
+
+        let bs = store
+            .inbox(
+                b.id,
+                &InboxRequest {
+                    before: None,
+                    limit: 10,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(bs.unread_total, 1);
+        let conversation = &bs.conversations[0];
+        assert_eq!(
+            (
+                conversation.unread,
+                conversation.read_up_to,
+                conversation.last_message.id
+            ),
+            (1, Some(MessageId(f + 4)), MessageId(f + 6))
+        );
+        let as_ = store
+            .inbox(
+                a.id,
+                &InboxRequest {
+                    before: None,
+                    limit: 10,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(as_.unread_total, 1, "b's reply");
+        assert_eq!(as_.conversations[0].peer_read_up_to, Some(MessageId(f + 4)));
+        for user in [&a, &b] {
+            assert_eq!(store.latest_position(user.id).await.unwrap(), Position(f + 6));
+            let positions: Vec<i64> = store
+                .events_after(user.id, Position(f), 100)
+                .await
+                .unwrap()
+                .iter()
+                .map(|e| e.position().0)
+                .collect();
+            assert_eq!(positions, (f + 1..=f + 6).collect::<Vec<_>>());
+        }
+        store.close().await.unwrap();
+    }
+
+    /// A database left by schema 5 with messages (chains, marks, counters as that code wrote
+    /// them) migrates to 6 with every message kept and its inbox right: conversations by
+    /// newest message, every received message unread (never a note to oneself), the totals
+    /// their sums. Then marks count from there, sends land on top, and after a reopen the
+    /// position sequence resumes above the newest read event.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_schema_5_database_migrates_to_the_inbox() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.sqlite3");
+        // (from, to): 1 alice, 2 bob, 3 carol, 4 dave, 5 erin (no messages).
+        let mut plan = Vec::new();
+        for i in 0..40 {
+            plan.push(if i % 3 == 0 { (1, 2) } else { (2, 1) });
+            if i % 10 == 0 {
+                plan.push((3, 1));
+            }
+        }
+        plan.extend([(1, 1), (1, 4), (1, 1), (4, 3)]);
+        {
+            let conn = rusqlite::Connection::open(&path).unwrap();
+            schema::testing::migrate_to(&conn, 5);
+            for (id, n) in [(1, "alice"), (2, "bob"), (3, "carol"), (4, "Dave"), (5, "erin")] {
+                conn.execute(
+                    "INSERT INTO chatcore_users (id, username, username_key) VALUES (?1, ?2, ?3)",
+                    rusqlite::params![id, n, n.to_lowercase()],
+                )
+                .unwrap();
+            }
+            let mut tails: std::collections::HashMap<(i64, i64), (i64, Option<i64>)> = Default::default();
+            for (i, &(from, to)) in plan.iter().enumerate() {
+                let id = i as i64 + 1;
+                let (low, high) = (from.min(to), from.max(to));
+                let (seq, prev) = tails.entry((low, high)).or_default();
+                *seq += 1;
+                conn.execute(
+                    "INSERT INTO chatcore_messages
+                     (id, sender_id, recipient_id, conv_low, conv_high, created_at, body, prev_id, seq)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'old', ?7, ?8)",
+                    rusqlite::params![
+                        id,
+                        from,
+                        to,
+                        low,
+                        high,
+                        1_700_000_000_000_000i64 + id,
+                        *prev,
+                        *seq
+                    ],
+                )
+                .unwrap();
+                if *seq % chain::MARK_EVERY == 0 {
+                    conn.execute(
+                        "INSERT INTO chatcore_conversation_marks VALUES (?1, ?2, ?3, ?4)",
+                        [low, high, *seq, id],
+                    )
+                    .unwrap();
+                }
+                *prev = Some(id);
+                conn.execute(
+                    "INSERT INTO chatcore_conversations (conv_low, conv_high, message_count, last_id)
+                     VALUES (?1, ?2, 1, ?3) ON CONFLICT DO UPDATE SET
+                     message_count = message_count + 1, last_id = excluded.last_id",
+                    [low, high, id],
+                )
+                .unwrap();
+                for user in if from == to { vec![from] } else { vec![from, to] } {
+                    conn.execute(
+                        "INSERT OR IGNORE INTO chatcore_user_conversations VALUES (?1, ?2, ?3)",
+                        [user, low, high],
+                    )
+                    .unwrap();
+                    conn.execute(
+                        "INSERT INTO chatcore_user_counts (user_id, message_count, last_id) VALUES (?1, 1, ?2)
+                         ON CONFLICT DO UPDATE SET message_count = message_count + 1, last_id = excluded.last_id",
+                        [user, id],
+                    )
+                    .unwrap();
+                }
+            }
+        }
+        let sent = |from: i64, to: i64| plan.iter().filter(|&&p| p == (from, to)).count() as u64;
+        let last = |a: i64, b: i64| {
+            plan.iter()
+                .rposition(|&(f, t)| (f, t) == (a, b) || (f, t) == (b, a))
+                .unwrap() as i64
+                + 1
+        };
+        let newest = plan.len() as i64;
+
+        let store = SqliteStore::open(SqliteConfig::file(&path)).await.unwrap();
+        let report = store.migrate().await.unwrap();
+        assert_eq!((report.previous, report.current), (5, SCHEMA_VERSION));
+        let users: Vec<User> = [1, 2, 3, 4, 5]
+            .into_iter()
+            .zip(["alice", "bob", "carol", "Dave", "erin"])
+            .map(|(id, n)| User {
+                id: UserId(id),
+                username: name(n),
+            })
+            .collect();
+        let (alice, bob, carol) = (&users[0], &users[1], &users[2]);
+        let inbox = |user: UserId| {
+            let store = &store;
+            async move {
+                store
+                    .inbox(
+                        user,
+                        &InboxRequest {
+                            before: None,
+                            limit: 50,
+                        },
+                    )
+                    .await
+                    .unwrap()
+            }
+        };
+        let summary = |page: &InboxPage| -> Vec<(String, u64, i64)> {
+            page.conversations
+                .iter()
+                .map(|c| (c.peer.to_string(), c.unread, c.last_message.id.0))
+                .collect()
+        };
+        let alices = inbox(alice.id).await;
+        let mut want = vec![
+            ("bob".to_owned(), sent(2, 1), last(1, 2)),
+            ("carol".to_owned(), sent(3, 1), last(1, 3)),
+            ("alice".to_owned(), 0, last(1, 1)),
+            ("Dave".to_owned(), 0, last(1, 4)),
+        ];
+        want.sort_by_key(|w| std::cmp::Reverse(w.2));
+        assert_eq!(summary(&alices), want);
+        assert_eq!(alices.unread_total, sent(2, 1) + sent(3, 1));
+        assert!(alices.conversations.iter().all(|c| c.read_up_to.is_none()));
+        let bobs = inbox(bob.id).await;
+        assert_eq!(summary(&bobs), [("alice".to_owned(), sent(1, 2), last(1, 2))]);
+        assert_eq!(bobs.unread_total, sent(1, 2));
+        let carols = inbox(carol.id).await;
+        assert_eq!(carols.unread_total, 1, "Dave's message");
+        assert_eq!(inbox(UserId(5)).await, InboxPage::default());
+        for user in &users[..4] {
+            let events = store.events_after(user.id, Position::START, 1_000).await.unwrap();
+            let count = plan
+                .iter()
+                .filter(|&&(f, t)| f == user.id.0 || t == user.id.0)
+                .count();
+            assert_eq!(events.len(), count, "{}: every message kept", user.username);
+        }
+
+        // alice reads bob's conversation up to its 20th message: the messages bob sent up to
+        // there are read, the rest still unread.
+        let ab: Vec<i64> = (1..=newest)
+            .filter(|&id| matches!(plan[id as usize - 1], (1, 2) | (2, 1)))
+            .collect();
+        let up_to = ab[19];
+        let from_bob_to_there = ab[..20]
+            .iter()
+            .filter(|&&id| plan[id as usize - 1] == (2, 1))
+            .count() as u64;
+        let marked = store
+            .mark_read(alice, &name("BOB"), MessageId(up_to))
+            .await
+            .unwrap();
+        assert_eq!(marked.unread, sent(2, 1) - from_bob_to_there);
+        let moved = marked.moved.expect("the marker moved");
+        assert_eq!(
+            moved.marker.position,
+            Position(newest + 1),
+            "after every stored message"
+        );
+        assert_eq!(
+            moved.reader_previous,
+            Position(newest - 1),
+            "alice's last: a note to herself"
+        );
+        let reply = store.insert_message(note(bob, alice)).await.unwrap();
+        assert_eq!(reply.message.id.0, newest + 2);
+        assert_eq!(reply.recipient_previous, moved.marker.position);
+        let alices = inbox(alice.id).await;
+        assert_eq!(alices.conversations[0].peer.as_str(), "bob");
+        assert_eq!(alices.conversations[0].unread, sent(2, 1) - from_bob_to_there + 1);
+        assert_eq!(
+            alices.unread_total,
+            sent(2, 1) - from_bob_to_there + 1 + sent(3, 1)
+        );
+        let bobs = inbox(bob.id).await;
+        assert_eq!(bobs.conversations[0].peer_read_up_to, Some(MessageId(up_to)));
+
+        // A read event as the newest position survives a reopen: the next id comes after it.
+        let marked = store
+            .mark_read(alice, &name("carol"), MessageId(last(1, 3)))
+            .await
+            .unwrap();
+        let read_at = marked.moved.expect("the marker moved").marker.position;
+        assert_eq!(marked.unread, 0);
+        store.close().await.unwrap();
+        drop(store);
+        let store = SqliteStore::open(SqliteConfig::file(&path)).await.unwrap();
+        assert!(!store.migrate().await.unwrap().applied_any());
+        let after = store.insert_message(note(carol, alice)).await.unwrap();
+        assert_eq!(Position(after.message.id.0), Position(read_at.0 + 1));
+        assert_eq!(after.recipient_previous, read_at);
         store.close().await.unwrap();
     }
 

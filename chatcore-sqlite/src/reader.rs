@@ -4,7 +4,10 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 
-use chatcore::store::{Credentials, MessagePage, PageRequest, SessionRecord, UserQuery};
+use chatcore::store::{
+    Conversation as InboxConversation, Credentials, InboxPage, InboxRequest, MessagePage, PageRequest,
+    ReadMarker, SessionRecord, StoredEvent, UserQuery,
+};
 use chatcore::{
     ConversationKey, Entity, Error, Message, MessageId, Position, Result, User, UserId, Username,
 };
@@ -305,29 +308,90 @@ impl ReadCtx {
         after: MessageId,
         limit: u32,
     ) -> Result<Vec<Message>> {
+        self.snapshot(|conn, _| messages_after(conn, user, after, limit))
+    }
+
+    /// The first `limit` of `user`'s events after `after`, oldest first: their first `limit`
+    /// messages and first `limit` read events of each kind, merged by position and cut, all
+    /// in one read transaction, so every position below the last one returned is there.
+    pub(crate) fn events_after(
+        &mut self,
+        user: UserId,
+        after: Position,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>> {
         self.snapshot(|conn, _| {
-            let want = limit as usize;
-            if want == 0 {
+            if limit == 0 {
                 return Ok(Vec::new());
             }
-            let conversations = user_conversations(conn, sql::USER_CONVERSATIONS_AFTER, &[user.0, after.0])?;
-            // The `want` smallest ids seen so far (a max-heap: its top is the largest kept).
-            let mut kept: BinaryHeap<i64> = BinaryHeap::with_capacity(want.min(1024) + 1);
-            for conversation in conversations {
-                let first = conversation.first_above(conn, after.0)?;
-                if kept.len() == want
-                    && first.is_none_or(|first| kept.peek().is_some_and(|&worst| first.id >= worst))
-                {
-                    continue;
+            let messages = messages_after(conn, user, MessageId(after.0), limit)?;
+            let mut events: Vec<StoredEvent> = messages.into_iter().map(StoredEvent::Message).collect();
+            for sql in [sql::READS_AS_READER, sql::READS_AS_PEER] {
+                let mut stmt = conn.prepare_cached(sql).map_err(error::map)?;
+                let rows = stmt
+                    .query_map([user.0, after.0, i64::from(limit)], |row| {
+                        Ok(StoredEvent::Read(ReadMarker {
+                            position: Position(row.get(0)?),
+                            reader: stored_username(row, 1)?,
+                            peer: stored_username(row, 2)?,
+                            up_to: MessageId(row.get(3)?),
+                        }))
+                    })
+                    .map_err(error::map)?;
+                for row in rows {
+                    events.push(row.map_err(row_error)?);
                 }
-                keep_best(conversation.ids_forward(conn, first), &mut kept, want, |id| id)?;
             }
-            messages_by_id(conn, kept.into_sorted_vec().into_iter())
+            events.sort_unstable_by_key(StoredEvent::position);
+            events.truncate(limit as usize);
+            Ok(events)
         })
     }
 
-    /// The user's newest message id (`0` for none, and for an unknown user): one primary-key
-    /// read of their counter row.
+    /// A page of `user`'s inbox: a range of their activity index (newest first, stopping at
+    /// the limit) and their unread counter, from one snapshot.
+    pub(crate) fn inbox(&mut self, user: UserId, request: &InboxRequest) -> Result<InboxPage> {
+        self.snapshot(|conn, _| {
+            let unread_total = count(conn, sql::USER_UNREAD_TOTAL, &[user.0])?;
+            let before = request.before.map_or(i64::MAX, |id| id.0);
+            let mut stmt = conn.prepare_cached(sql::INBOX_PAGE).map_err(error::map)?;
+            let rows = stmt
+                .query_map(
+                    rusqlite::params![user.0, before, i64::from(request.limit)],
+                    |row| {
+                        let message = Message {
+                            id: MessageId(row.get(4)?),
+                            sender: stored_username(row, 5)?,
+                            recipient: stored_username(row, 6)?,
+                            created_at: micros_to_datetime(row.get(7)?).map_err(|e| {
+                                rusqlite::Error::FromSqlConversionFailure(
+                                    7,
+                                    rusqlite::types::Type::Integer,
+                                    e.into(),
+                                )
+                            })?,
+                            body: row.get(8)?,
+                        };
+                        Ok(InboxConversation {
+                            peer: stored_username(row, 0)?,
+                            last_message: message,
+                            unread: row.get::<_, i64>(1)?.max(0) as u64,
+                            read_up_to: row.get::<_, Option<i64>>(2)?.map(MessageId),
+                            peer_read_up_to: row.get::<_, Option<i64>>(3)?.map(MessageId),
+                        })
+                    },
+                )
+                .map_err(error::map)?;
+            let conversations = rows.map(|r| r.map_err(row_error)).collect::<Result<_>>()?;
+            Ok(InboxPage {
+                conversations,
+                unread_total,
+            })
+        })
+    }
+
+    /// The user's newest position, message or read event (`0` for none, and for an unknown
+    /// user): one primary-key read of their counter row.
     pub(crate) fn latest_position(&mut self, user: UserId) -> Result<Position> {
         let mut stmt = self.conn.prepare_cached(sql::USER_LAST_ID).map_err(error::map)?;
         let last_id: Option<i64> = stmt
@@ -336,6 +400,27 @@ impl ReadCtx {
             .map_err(error::map)?;
         Ok(Position(last_id.unwrap_or(0)))
     }
+}
+
+/// The first `limit` messages of `user` after `after`, oldest first: the smallest ids
+/// above `after` of every conversation that has one (its newest id says so).
+fn messages_after(conn: &Connection, user: UserId, after: MessageId, limit: u32) -> Result<Vec<Message>> {
+    let want = limit as usize;
+    if want == 0 {
+        return Ok(Vec::new());
+    }
+    let conversations = user_conversations(conn, sql::USER_CONVERSATIONS_AFTER, &[user.0, after.0])?;
+    // The `want` smallest ids seen so far (a max-heap: its top is the largest kept).
+    let mut kept: BinaryHeap<i64> = BinaryHeap::with_capacity(want.min(1024) + 1);
+    for conversation in conversations {
+        let first = conversation.first_above(conn, after.0)?;
+        if kept.len() == want && first.is_none_or(|first| kept.peek().is_some_and(|&worst| first.id >= worst))
+        {
+            continue;
+        }
+        keep_best(conversation.ids_forward(conn, first), &mut kept, want, |id| id)?;
+    }
+    messages_by_id(conn, kept.into_sorted_vec().into_iter())
 }
 
 fn user_conversations(conn: &Connection, sql: &str, params: &[i64]) -> Result<Vec<Conversation>> {

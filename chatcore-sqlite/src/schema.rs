@@ -169,10 +169,68 @@ CREATE INDEX chatcore_sessions_expires ON chatcore_sessions (expires_at);
 "#,
         then: Some(fill_username_keys),
     },
+    Migration {
+        version: 6,
+        name: "the inbox and read state: per-user conversations by latest activity, unread counters, read events",
+        // Positions: read events share the message id sequence, so the writer hands out
+        // message ids itself from now on (see `writer`). `sender_seq` numbers a message among
+        // its sender's messages of the conversation, so how many of a user's messages lie at
+        // or below a message is one row read: moving a read marker costs two rowid lookups,
+        // whatever it passes over. `low_count` (messages sent by `conv_low`) lets the writer
+        // number the next message without reading the previous one. The inbox is one row per
+        // user and conversation, ordered by its newest id through `chatcore_inbox_activity`,
+        // so a page costs what it holds; the unread counters are kept at write time.
+        // Existing data starts without markers: every received message is unread (a note to
+        // oneself never is). Like migration 3, numbering rewrites every message row once.
+        sql: r#"
+ALTER TABLE chatcore_messages ADD COLUMN sender_seq INTEGER NOT NULL DEFAULT 0;
+UPDATE chatcore_messages SET sender_seq = w.n
+    FROM (SELECT id, row_number() OVER (PARTITION BY conv_low, conv_high, sender_id ORDER BY id) AS n
+          FROM chatcore_messages) AS w
+    WHERE chatcore_messages.id = w.id;
+ALTER TABLE chatcore_conversations ADD COLUMN low_count INTEGER NOT NULL DEFAULT 0;
+UPDATE chatcore_conversations SET low_count = coalesce((
+    SELECT CASE WHEN m.sender_id = chatcore_conversations.conv_low THEN m.sender_seq ELSE m.seq - m.sender_seq END
+    FROM chatcore_messages AS m WHERE m.id = chatcore_conversations.last_id), 0);
+
+CREATE TABLE chatcore_inbox (
+    user_id    INTEGER NOT NULL,
+    peer_id    INTEGER NOT NULL,
+    last_id    INTEGER NOT NULL,
+    unread     INTEGER NOT NULL,
+    read_up_to INTEGER,
+    PRIMARY KEY (user_id, peer_id)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX chatcore_inbox_activity ON chatcore_inbox (user_id, last_id);
+INSERT INTO chatcore_inbox (user_id, peer_id, last_id, unread, read_up_to)
+    SELECT conv_low, conv_high, last_id,
+           CASE WHEN conv_low = conv_high THEN 0 ELSE message_count - low_count END, NULL
+    FROM chatcore_conversations WHERE message_count > 0;
+INSERT INTO chatcore_inbox (user_id, peer_id, last_id, unread, read_up_to)
+    SELECT conv_high, conv_low, last_id, low_count, NULL
+    FROM chatcore_conversations WHERE message_count > 0 AND conv_low <> conv_high;
+
+ALTER TABLE chatcore_user_counts ADD COLUMN unread_total INTEGER NOT NULL DEFAULT 0;
+UPDATE chatcore_user_counts SET unread_total = coalesce((
+    SELECT sum(i.unread) FROM chatcore_inbox AS i WHERE i.user_id = chatcore_user_counts.user_id), 0);
+
+-- A read marker that moved: a durable event of the reader and the peer. Each user's events
+-- are found by one index or the other (a note to oneself only by the reader's).
+CREATE TABLE chatcore_reads (
+    position  INTEGER PRIMARY KEY,
+    reader_id INTEGER NOT NULL REFERENCES chatcore_users (id),
+    peer_id   INTEGER NOT NULL REFERENCES chatcore_users (id),
+    up_to     INTEGER NOT NULL
+);
+CREATE INDEX chatcore_reads_reader ON chatcore_reads (reader_id);
+CREATE INDEX chatcore_reads_peer ON chatcore_reads (peer_id) WHERE peer_id <> reader_id;
+"#,
+        then: None,
+    },
 ];
 
 /// The schema version this code writes and reads.
-pub const SCHEMA_VERSION: u32 = 5;
+pub const SCHEMA_VERSION: u32 = 6;
 
 /// Migration 5's Rust half: gives every user the key of their stored name
 /// ([`Username::key_of`]; names made before today's rules are keyed as they are), then makes
@@ -301,6 +359,28 @@ pub(crate) fn migrate(conn: &mut Connection, now_micros: i64) -> chatcore::Resul
         current: SCHEMA_VERSION,
         notes,
     })
+}
+
+/// Databases as older code left them, for migration tests elsewhere in the crate.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// Brings `conn` (empty) to schema `version` exactly, as that version's code did.
+    pub(crate) fn migrate_to(conn: &Connection, version: u32) {
+        conn.execute_batch(CREATE_MIGRATIONS_TABLE).unwrap();
+        for step in MIGRATIONS.iter().filter(|m| m.version <= version) {
+            conn.execute_batch(step.sql).unwrap();
+            if let Some(then) = step.then {
+                then(conn, &mut Vec::new()).unwrap();
+            }
+            conn.execute(
+                "INSERT INTO chatcore_migrations VALUES (?1, 'old', 0)",
+                [step.version],
+            )
+            .unwrap();
+        }
+    }
 }
 
 #[cfg(test)]

@@ -27,32 +27,72 @@ pub(crate) const DELETE_SESSION: &str = "DELETE FROM chatcore_sessions WHERE tok
 /// Every session expired at `?1`: one range of the expiry index.
 pub(crate) const DELETE_EXPIRED_SESSIONS: &str = "DELETE FROM chatcore_sessions WHERE expires_at <= ?1";
 
-/// `?8` is the conversation's previous message (`NULL` for its first), `?9` this message's
-/// number in the conversation (1, 2, ...): see `chain`.
+/// `?1` the id (the writer's next position), `?9` the conversation's previous message
+/// (`NULL` for its first), `?10` this message's number in the conversation (1, 2, ...: see
+/// `chain`), `?11` its number among its sender's messages of the conversation.
 pub(crate) const INSERT_MESSAGE: &str = "INSERT INTO chatcore_messages
-     (sender_id, recipient_id, conv_low, conv_high, created_at, body, idempotency_key, prev_id, seq)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+     (id, sender_id, recipient_id, conv_low, conv_high, created_at, body, idempotency_key, prev_id, seq,
+      sender_seq)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
+
+/// The last position handed out, messages and read events alike: where the writer's
+/// sequence resumes (two lookups at the ends of rowid b-trees).
+pub(crate) const LAST_POSITION: &str = "SELECT max(
+         coalesce((SELECT max(id) FROM chatcore_messages), 0),
+         coalesce((SELECT max(position) FROM chatcore_reads), 0))";
+
+/// A message's conversation and place in it, for `mark_read`: `conv_low`, `conv_high`,
+/// `sender_id`, `seq`, `sender_seq`.
+pub(crate) const MESSAGE_PLACE: &str =
+    "SELECT conv_low, conv_high, sender_id, seq, sender_seq FROM chatcore_messages WHERE id = ?1";
+
+/// A user's inbox row for one conversation: unread count and read marker.
+pub(crate) const INBOX_ENTRY: &str =
+    "SELECT unread, read_up_to FROM chatcore_inbox WHERE user_id = ?1 AND peer_id = ?2";
+
+/// A batch's changes to one inbox row: `?3` the conversation's newest id (`0`: none in this
+/// batch), `?4` unread to add (negative when a marker moved), `?5` the new marker (`NULL`:
+/// unchanged).
+pub(crate) const UPSERT_INBOX: &str =
+    "INSERT INTO chatcore_inbox (user_id, peer_id, last_id, unread, read_up_to) VALUES (?1, ?2, ?3, ?4, ?5)
+     ON CONFLICT (user_id, peer_id) DO UPDATE SET
+         last_id = max(last_id, excluded.last_id),
+         unread = unread + excluded.unread,
+         read_up_to = coalesce(excluded.read_up_to, read_up_to)";
+
+/// A read event: `?1` position, `?2` reader, `?3` peer, `?4` the newest message read.
+pub(crate) const INSERT_READ: &str =
+    "INSERT INTO chatcore_reads (position, reader_id, peer_id, up_to) VALUES (?1, ?2, ?3, ?4)";
 
 /// Every `chain::MARK_EVERY`th message of a conversation.
 pub(crate) const INSERT_MARK: &str =
     "INSERT INTO chatcore_conversation_marks (conv_low, conv_high, seq, id) VALUES (?1, ?2, ?3, ?4)";
 
-/// Adds `?3` messages up to id `?4` to a conversation.
+/// Adds `?3` messages up to id `?4` to a conversation, `?5` of them sent by `conv_low`.
 pub(crate) const ADD_CONVERSATION_COUNT: &str =
-    "INSERT INTO chatcore_conversations (conv_low, conv_high, message_count, last_id) VALUES (?1, ?2, ?3, ?4)
+    "INSERT INTO chatcore_conversations (conv_low, conv_high, message_count, last_id, low_count)
+     VALUES (?1, ?2, ?3, ?4, ?5)
      ON CONFLICT (conv_low, conv_high) DO UPDATE SET
          message_count = message_count + excluded.message_count,
-         last_id = max(last_id, excluded.last_id)";
+         last_id = max(last_id, excluded.last_id),
+         low_count = low_count + excluded.low_count";
+
+/// What the writer needs to link and number a conversation's next message: its count, newest
+/// id and how many of its messages `conv_low` sent.
+pub(crate) const CONVERSATION_TAIL_COUNTS: &str = "SELECT message_count, last_id, low_count
+     FROM chatcore_conversations WHERE conv_low = ?1 AND conv_high = ?2";
 
 pub(crate) const ADD_USER_CONVERSATION: &str =
     "INSERT OR IGNORE INTO chatcore_user_conversations (user_id, conv_low, conv_high) VALUES (?1, ?2, ?3)";
 
-/// Adds `?2` messages up to id `?3` to a user.
+/// Adds `?2` messages to a user, moves their newest position up to `?3` and adds `?4` to
+/// their unread total (negative when a marker moved).
 pub(crate) const ADD_USER_COUNT: &str =
-    "INSERT INTO chatcore_user_counts (user_id, message_count, last_id) VALUES (?1, ?2, ?3)
+    "INSERT INTO chatcore_user_counts (user_id, message_count, last_id, unread_total) VALUES (?1, ?2, ?3, ?4)
      ON CONFLICT (user_id) DO UPDATE SET
          message_count = message_count + excluded.message_count,
-         last_id = max(last_id, excluded.last_id)";
+         last_id = max(last_id, excluded.last_id),
+         unread_total = unread_total + excluded.unread_total";
 
 // ---- both ----
 
@@ -103,8 +143,8 @@ pub(crate) const MARK_FROM_SEQ: &str = "SELECT id FROM chatcore_conversation_mar
 
 pub(crate) const USER_COUNT: &str = "SELECT message_count FROM chatcore_user_counts WHERE user_id = ?1";
 
-/// A user's newest message id (no row: none yet): `latest_position`, and the previous
-/// position of the user's first message in a batch, which the writer reads too.
+/// A user's newest position, message or read event (no row: none yet): `latest_position`,
+/// and the previous position of the user's first event in a batch, which the writer reads too.
 pub(crate) const USER_LAST_ID: &str = "SELECT last_id FROM chatcore_user_counts WHERE user_id = ?1";
 
 /// The conversations `?1` takes part in, with each one's newest message id.
@@ -128,6 +168,42 @@ pub(crate) const MESSAGE_BY_ID: &str = concat!(
      CROSS JOIN chatcore_users AS r ON r.id = m.recipient_id
      WHERE m.id = ?1"
 );
+
+/// A user's unread total over all their conversations (a counter, never a sum).
+pub(crate) const USER_UNREAD_TOTAL: &str = "SELECT unread_total FROM chatcore_user_counts WHERE user_id = ?1";
+
+/// A page of `?1`'s inbox: conversations whose newest id is below `?2`, newest first, at most
+/// `?3`. Columns: the peer's name, unread, the user's marker, the peer's marker (the user's
+/// own row for notes to self), then the newest message as `reader::message_from_row` reads
+/// it from column 4.
+pub(crate) const INBOX_PAGE: &str = "SELECT p.username, i.unread, i.read_up_to, o.read_up_to,
+         m.id, s.username, r.username, m.created_at, m.body
+     FROM chatcore_inbox AS i
+     CROSS JOIN chatcore_users AS p ON p.id = i.peer_id
+     LEFT JOIN chatcore_inbox AS o ON o.user_id = i.peer_id AND o.peer_id = i.user_id
+     CROSS JOIN chatcore_messages AS m ON m.id = i.last_id
+     CROSS JOIN chatcore_users AS s ON s.id = m.sender_id
+     CROSS JOIN chatcore_users AS r ON r.id = m.recipient_id
+     WHERE i.user_id = ?1 AND i.last_id < ?2
+     ORDER BY i.last_id DESC LIMIT ?3";
+
+/// `?1`'s read events as the reader after position `?2`, oldest first, at most `?3`: position,
+/// reader's name, peer's name, up_to.
+pub(crate) const READS_AS_READER: &str = "SELECT e.position, u.username, p.username, e.up_to
+     FROM chatcore_reads AS e
+     CROSS JOIN chatcore_users AS u ON u.id = e.reader_id
+     CROSS JOIN chatcore_users AS p ON p.id = e.peer_id
+     WHERE e.reader_id = ?1 AND e.position > ?2
+     ORDER BY e.position LIMIT ?3";
+
+/// The same as the peer, notes to self left out (they are the reader's): the condition on
+/// `reader_id` is the partial index's, so the index applies.
+pub(crate) const READS_AS_PEER: &str = "SELECT e.position, u.username, p.username, e.up_to
+     FROM chatcore_reads AS e
+     CROSS JOIN chatcore_users AS u ON u.id = e.reader_id
+     CROSS JOIN chatcore_users AS p ON p.id = e.peer_id
+     WHERE e.peer_id = ?1 AND e.peer_id <> e.reader_id AND e.position > ?2
+     ORDER BY e.position LIMIT ?3";
 
 /// The directory, by `Username::key`: `?1` lower bound, `?2` upper bound (the prefix key's
 /// successor), `?3` excluded id (`NULL` for none), `?4` limit. Four shapes, by which bounds
@@ -218,7 +294,11 @@ mod query_plans {
     fn assert_plan(conn: &Connection, sql: &str, expected: &[&str]) {
         let details = plan(conn, sql);
         for detail in &details {
-            assert!(!detail.starts_with("SCAN"), "a scan in {details:?} for {sql}");
+            // The one row of a SELECT without FROM (around scalar subqueries) is no table.
+            assert!(
+                !detail.starts_with("SCAN") || detail == "SCAN CONSTANT ROW",
+                "a scan in {details:?} for {sql}"
+            );
             assert!(!detail.contains("TEMP B-TREE"), "a sort in {details:?} for {sql}");
         }
         for want in expected {
@@ -306,6 +386,57 @@ mod query_plans {
         assert_plan(conn, USER_EXISTS, &[&format!("SEARCH chatcore_users {BY_ROWID}")]);
         assert_plan(
             conn,
+            CONVERSATION_TAIL_COUNTS,
+            &["SEARCH chatcore_conversations USING PRIMARY KEY (conv_low=? AND conv_high=?)"],
+        );
+        assert_plan(
+            conn,
+            LAST_POSITION,
+            &["SEARCH chatcore_messages", "SEARCH chatcore_reads"],
+        );
+        assert_plan(
+            conn,
+            MESSAGE_PLACE,
+            &[&format!("SEARCH chatcore_messages {BY_ROWID}")],
+        );
+        assert_plan(
+            conn,
+            INBOX_ENTRY,
+            &["SEARCH chatcore_inbox USING PRIMARY KEY (user_id=? AND peer_id=?)"],
+        );
+        assert_plan(
+            conn,
+            USER_UNREAD_TOTAL,
+            &[&format!("SEARCH chatcore_user_counts {BY_ROWID}")],
+        );
+        assert_plan(
+            conn,
+            INBOX_PAGE,
+            &[
+                "SEARCH i USING INDEX chatcore_inbox_activity (user_id=? AND last_id<?)",
+                &format!("SEARCH p {BY_ROWID}"),
+                "SEARCH o USING PRIMARY KEY (user_id=? AND peer_id=?)",
+                &format!("SEARCH m {BY_ROWID}"),
+                &format!("SEARCH s {BY_ROWID}"),
+                &format!("SEARCH r {BY_ROWID}"),
+            ],
+        );
+        assert_plan(
+            conn,
+            READS_AS_READER,
+            &[
+                "SEARCH e USING INDEX chatcore_reads_reader (reader_id=? AND rowid>?)",
+                &format!("SEARCH u {BY_ROWID}"),
+                &format!("SEARCH p {BY_ROWID}"),
+            ],
+        );
+        assert_plan(
+            conn,
+            READS_AS_PEER,
+            &["SEARCH e USING INDEX chatcore_reads_peer (peer_id=? AND rowid>?)"],
+        );
+        assert_plan(
+            conn,
             DELETE_SESSION,
             &["SEARCH chatcore_sessions USING PRIMARY KEY (token_hash=?)"],
         );
@@ -331,10 +462,26 @@ mod query_plans {
             let key = (id % 3 == 0).then(|| format!("k{id}"));
             let (low, high) = (from.min(to), from.max(to));
             linker.insert(&tx, from, to, key.as_deref());
-            tx.execute(ADD_CONVERSATION_COUNT, [low, high, 1, id]).unwrap();
+            tx.execute(ADD_CONVERSATION_COUNT, [low, high, 1, id, i64::from(from == low)])
+                .unwrap();
             tx.execute(ADD_USER_CONVERSATION, [low, low, high]).unwrap();
             tx.execute(ADD_USER_CONVERSATION, [high, low, high]).unwrap();
-            tx.execute(ADD_USER_COUNT, [from, 1, id]).unwrap();
+            tx.execute(ADD_USER_COUNT, [from, 1, id, 0]).unwrap();
+            tx.execute(UPSERT_INBOX, rusqlite::params![from, to, id, 0, None::<i64>])
+                .unwrap();
+            if to != from {
+                tx.execute(ADD_USER_COUNT, [to, 1, id, 1]).unwrap();
+                tx.execute(UPSERT_INBOX, rusqlite::params![to, from, id, 1, None::<i64>])
+                    .unwrap();
+            }
+        }
+        // Read events, a tenth of them on notes to oneself.
+        for position in 2001..=2500i64 {
+            let (reader, peer) = (position % 50 + 1, (position * 7) % 50 + 1);
+            let peer = if position % 10 == 0 { reader } else { peer };
+            tx.execute(INSERT_READ, [position, reader, peer, position - 2000])
+                .unwrap();
+            tx.execute(ADD_USER_COUNT, [reader, 0, position, 0]).unwrap();
         }
         tx.commit().unwrap();
         conn

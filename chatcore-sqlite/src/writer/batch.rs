@@ -9,7 +9,7 @@ use std::collections::hash_map::Entry;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::Receiver;
 
-use chatcore::store::Inserted;
+use chatcore::store::{Inserted, MarkedRead, MovedMarker, ReadMarker};
 use chatcore::{
     ConversationKey, Entity, Error, Message, MessageId, NewMessage, Position, Result, User, UserId, Username,
 };
@@ -42,6 +42,8 @@ impl Writer {
                         self.run_reads(&mut reads);
                         let now = self.next_timestamp().timestamp_micros();
                         let migrated = schema::migrate(&mut self.ctx.conn, now);
+                        // The tables the sequence is read from may have just appeared.
+                        self.last_position = None;
                         let _ = reply.send(migrated.and_then(|report| {
                             self.sync_now()?;
                             Ok(report)
@@ -106,6 +108,7 @@ impl Writer {
         self.pending_ids.clear();
         self.conversation_tails.clear();
         self.user_tails.clear();
+        self.inbox_tails.clear();
         let result = self.apply_all(ops, created_at);
         match &result {
             Ok(_) => {
@@ -122,6 +125,8 @@ impl Writer {
             Err(_) => {
                 self.pending_names.clear();
                 self.pending_ids.clear();
+                // Positions handed out in the rolled-back transaction were never seen.
+                self.last_position = None;
                 if !self.ctx.conn.is_autocommit()
                     && let Err(e) = self.ctx.conn.execute_batch("ROLLBACK")
                 {
@@ -143,8 +148,8 @@ impl Writer {
         Ok(outcomes)
     }
 
-    /// Adds the batch's counter increments and newest ids, one upsert per conversation and
-    /// per user.
+    /// Adds the batch's counter increments and newest ids, one upsert per conversation, per
+    /// user and per inbox row.
     fn flush_counts(&mut self) -> rusqlite::Result<()> {
         let conn = &self.ctx.conn;
         if !self.conversation_tails.is_empty() {
@@ -155,7 +160,7 @@ impl Writer {
                     continue;
                 }
                 let (low, high) = (key.low().0, key.high().0);
-                add.execute([low, high, tail.added, tail.last_id])?;
+                add.execute([low, high, tail.added, tail.last_id, tail.low_added])?;
                 // A new conversation: list it under each participant, once.
                 if tail.count == 0 {
                     join.execute([low, low, high])?;
@@ -168,13 +173,41 @@ impl Writer {
         if !self.user_tails.is_empty() {
             let mut stmt = conn.prepare_cached(sql::ADD_USER_COUNT)?;
             for (user, tail) in self.user_tails.drain() {
-                if tail.added == 0 {
+                if !tail.changed {
                     continue;
                 }
-                stmt.execute([user.0, tail.added, tail.last_id])?;
+                stmt.execute([user.0, tail.added, tail.last_id, tail.unread])?;
+            }
+        }
+        if !self.inbox_tails.is_empty() {
+            let mut stmt = conn.prepare_cached(sql::UPSERT_INBOX)?;
+            for ((user, peer), tail) in self.inbox_tails.drain() {
+                stmt.execute(rusqlite::params![
+                    user.0,
+                    peer.0,
+                    tail.last_id,
+                    tail.unread,
+                    tail.read_up_to
+                ])?;
             }
         }
         Ok(())
+    }
+
+    /// The next position of the single sequence messages and read events share (trait docs,
+    /// "Positions"): handed out here in the order the writer applies jobs, which is commit
+    /// order.
+    fn next_position(&mut self) -> rusqlite::Result<i64> {
+        let last = match self.last_position {
+            Some(last) => last,
+            None => self
+                .ctx
+                .conn
+                .prepare_cached(sql::LAST_POSITION)?
+                .query_row([], |row| row.get(0))?,
+        };
+        self.last_position = Some(last + 1);
+        Ok(last + 1)
     }
 
     /// Runs one job inside the open transaction. `Ok(Outcome(Err(..)))` is the job's own
@@ -238,7 +271,109 @@ impl Writer {
                 Ok(Outcome::Count(Ok(deleted as u64)))
             }
             WriteOp::Insert { message, .. } => Ok(Outcome::Inserted(self.insert(message, created_at)?)),
+            WriteOp::MarkRead {
+                reader, peer, up_to, ..
+            } => Ok(Outcome::Marked(self.mark_read(reader, peer, *up_to)?)),
         }
+    }
+
+    /// Moves `reader`'s marker on their conversation with `peer` up to `up_to` (never back),
+    /// takes unread off by the peer's messages it passes over and stores the read event for
+    /// both users at the next position. What this batch already changed in the inbox row is
+    /// still in memory (`inbox_tails`), so it is read over the stored row.
+    fn mark_read(
+        &mut self,
+        reader: &User,
+        peer: &Username,
+        up_to: MessageId,
+    ) -> rusqlite::Result<Result<MarkedRead>> {
+        let Some(peer) = self.resolve_in_tx(peer)? else {
+            return Ok(Err(Error::NotFound(Entity::User)));
+        };
+        let key = ConversationKey::new(reader.id, peer.id);
+        let conn = &self.ctx.conn;
+        let Some(target) = message_place(conn, up_to.0)? else {
+            return Ok(Err(Error::NotFound(Entity::Message)));
+        };
+        if (target.low, target.high) != (key.low().0, key.high().0) {
+            return Ok(Err(Error::NotFound(Entity::Message)));
+        }
+        let stored: Option<(i64, Option<i64>)> = conn
+            .prepare_cached(sql::INBOX_ENTRY)?
+            .query_row([reader.id.0, peer.id.0], |row| Ok((row.get(0)?, row.get(1)?)))
+            .optional()?;
+        let pending = self.inbox_tails.get(&(reader.id, peer.id));
+        if stored.is_none() && pending.is_none() {
+            // The message is theirs, so the conversation has an inbox row: a broken file.
+            return Ok(Err(Error::Corrupt {
+                message: format!("message {} has no inbox row for user {}", up_to.0, reader.id.0),
+                source: None,
+            }));
+        }
+        let (stored_unread, stored_marker) = stored.unwrap_or((0, None));
+        let unread = stored_unread + pending.map_or(0, |p| p.unread);
+        let marker = pending.and_then(|p| p.read_up_to).or(stored_marker);
+        if let Some(marker) = marker
+            && marker >= up_to.0
+        {
+            return Ok(Ok(MarkedRead {
+                unread: unread.max(0) as u64,
+                read_up_to: MessageId(marker),
+                moved: None,
+            }));
+        }
+        let passed = if peer.id == reader.id {
+            0
+        } else {
+            let before = match marker {
+                Some(marker) => match message_place(conn, marker)? {
+                    Some(at) => at.sent_by(peer.id.0),
+                    None => {
+                        return Ok(Err(Error::Corrupt {
+                            message: format!("read marker {marker} names no message"),
+                            source: None,
+                        }));
+                    }
+                },
+                None => 0,
+            };
+            target.sent_by(peer.id.0) - before
+        };
+        let reader_previous = user_tail(conn, &mut self.user_tails, reader.id)?.last_id;
+        let peer_previous = if peer.id == reader.id {
+            reader_previous
+        } else {
+            user_tail(conn, &mut self.user_tails, peer.id)?.last_id
+        };
+        let position = self.next_position()?;
+        let conn = &self.ctx.conn;
+        conn.prepare_cached(sql::INSERT_READ)?
+            .execute([position, reader.id.0, peer.id.0, up_to.0])?;
+        for user in [reader.id, peer.id] {
+            // Read above, so the entry is there.
+            let tail = self.user_tails.entry(user).or_default();
+            tail.last_id = position;
+            tail.changed = true;
+        }
+        self.user_tails.entry(reader.id).or_default().unread -= passed;
+        let inbox = self.inbox_tails.entry((reader.id, peer.id)).or_default();
+        inbox.unread -= passed;
+        inbox.read_up_to = Some(up_to.0);
+        Ok(Ok(MarkedRead {
+            unread: (unread - passed).max(0) as u64,
+            read_up_to: up_to,
+            moved: Some(MovedMarker {
+                marker: ReadMarker {
+                    position: Position(position),
+                    reader: reader.username.clone(),
+                    peer: peer.username,
+                    up_to,
+                },
+                peer_id: peer.id,
+                reader_previous: Position(reader_previous),
+                peer_previous: Position(peer_previous),
+            }),
+        }))
     }
 
     fn insert(&mut self, new: &NewMessage, created_at: DateTime<Utc>) -> rusqlite::Result<Result<Inserted>> {
@@ -279,21 +414,36 @@ impl Writer {
         };
         let key = ConversationKey::new(sender_id, recipient_id);
         let (low, high) = (key.low().0, key.high().0);
+        let id = self.next_position()?;
+        let conn = &self.ctx.conn;
         let tail = match self.conversation_tails.entry(key) {
             Entry::Occupied(entry) => entry.into_mut(),
             Entry::Vacant(entry) => {
-                let (count, last_id) = chain::tail(conn, low, high)?;
+                let (count, last_id, low_count) = conn
+                    .prepare_cached(sql::CONVERSATION_TAIL_COUNTS)?
+                    .query_row([low, high], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+                    .optional()?
+                    .unwrap_or((0, 0, 0));
                 entry.insert(Tail {
                     count,
+                    low_count,
                     added: 0,
+                    low_added: 0,
                     last_id,
                 })
             }
         };
         let seq = tail.count + tail.added + 1;
+        let from_low = tail.low_count + tail.low_added;
+        let sender_seq = if sender_id.0 == low {
+            from_low + 1
+        } else {
+            seq - from_low
+        };
         let inserted = conn
             .prepare_cached(sql::INSERT_MESSAGE)?
             .execute(rusqlite::params![
+                id,
                 sender_id.0,
                 recipient_id.0,
                 low,
@@ -303,6 +453,7 @@ impl Writer {
                 new.idempotency_key,
                 (tail.last_id > 0).then_some(tail.last_id),
                 seq,
+                sender_seq,
             ]);
         match inserted {
             Ok(_) => {}
@@ -310,12 +461,14 @@ impl Writer {
             Err(e) if is_constraint(&e) => return Ok(Err(Error::NotFound(Entity::User))),
             Err(e) => return Err(e),
         }
-        let id = conn.last_insert_rowid();
         if seq % chain::MARK_EVERY == 0 {
             conn.prepare_cached(sql::INSERT_MARK)?
                 .execute([low, high, seq, id])?;
         }
         tail.added += 1;
+        if sender_id.0 == low {
+            tail.low_added += 1;
+        }
         tail.last_id = id;
         let participants = if recipient_id == sender_id {
             &[sender_id][..]
@@ -327,6 +480,17 @@ impl Writer {
             let tail = self.user_tails.entry(*user).or_default();
             tail.added += 1;
             tail.last_id = id;
+            tail.changed = true;
+        }
+        self.inbox_tails
+            .entry((sender_id, recipient_id))
+            .or_default()
+            .last_id = id;
+        if recipient_id != sender_id {
+            let theirs = self.inbox_tails.entry((recipient_id, sender_id)).or_default();
+            theirs.last_id = id;
+            theirs.unread += 1;
+            self.user_tails.entry(recipient_id).or_default().unread += 1;
         }
         Ok(Ok(Inserted {
             message: Message {
@@ -435,20 +599,71 @@ fn commit_or_retry(
     }
 }
 
-/// A conversation's chain in the open transaction: its message count before it, the messages
-/// it added, and its newest id (`0` for none).
+/// A conversation's chain in the open transaction: its message count before it and how many
+/// of those `conv_low` sent, the messages it added and how many of them `conv_low` sent, and
+/// its newest id (`0` for none).
 pub(super) struct Tail {
     count: i64,
+    low_count: i64,
     added: i64,
+    low_added: i64,
     last_id: i64,
 }
 
-/// A user's messages in the open transaction: the messages it added, and the user's newest
-/// id (`0` for none).
+/// A user in the open transaction: the messages it added, the user's newest position (`0`
+/// for none), what it added to their unread total, and whether any of it changed.
 #[derive(Default)]
 pub(super) struct UserTail {
     added: i64,
     last_id: i64,
+    unread: i64,
+    changed: bool,
+}
+
+/// An inbox row's changes in the open transaction: the conversation's newest id (`0`: no
+/// message in it yet), unread added (less the messages a marker passed over), and the marker
+/// if it moved.
+#[derive(Default)]
+pub(super) struct InboxTail {
+    last_id: i64,
+    unread: i64,
+    read_up_to: Option<i64>,
+}
+
+/// Where a message sits: its conversation, sender and numbers (`chatcore_messages` columns).
+struct Place {
+    low: i64,
+    high: i64,
+    sender: i64,
+    seq: i64,
+    sender_seq: i64,
+}
+
+impl Place {
+    /// How many of the conversation's messages up to this one `user` sent: one of the
+    /// sender's numbers or the other's, so a marker's move is counted without a walk.
+    fn sent_by(&self, user: i64) -> i64 {
+        if self.sender == user {
+            self.sender_seq
+        } else {
+            self.seq - self.sender_seq
+        }
+    }
+}
+
+/// The place of message `id`, if it exists (a rowid lookup).
+fn message_place(conn: &Connection, id: i64) -> rusqlite::Result<Option<Place>> {
+    conn.prepare_cached(sql::MESSAGE_PLACE)?
+        .query_row([id], |row| {
+            Ok(Place {
+                low: row.get(0)?,
+                high: row.get(1)?,
+                sender: row.get(2)?,
+                seq: row.get(3)?,
+                sender_seq: row.get(4)?,
+            })
+        })
+        .optional()
 }
 
 /// Where `user`'s messages stand in the open transaction: read from their counter row (a
@@ -466,7 +681,12 @@ fn user_tail<'t>(
                 .query_row([user.0], |row| row.get(0))
                 .optional()?
                 .unwrap_or(0);
-            entry.insert(UserTail { added: 0, last_id })
+            entry.insert(UserTail {
+                added: 0,
+                last_id,
+                unread: 0,
+                changed: false,
+            })
         }
     })
 }

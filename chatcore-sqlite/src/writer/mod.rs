@@ -18,8 +18,10 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::sync::mpsc::{self, Receiver, Sender};
 
-use chatcore::store::Inserted;
-use chatcore::{ConversationKey, Error, MigrationReport, NewMessage, Result, User, UserId, Username};
+use chatcore::store::{Inserted, MarkedRead};
+use chatcore::{
+    ConversationKey, Error, MessageId, MigrationReport, NewMessage, Result, User, UserId, Username,
+};
 use chrono::{DateTime, Utc};
 use rusqlite::Connection;
 use tokio::sync::oneshot;
@@ -29,7 +31,7 @@ use crate::reader::{ReadCtx, ReadJob};
 
 pub(crate) use connection::{open_connection, open_reader_connection};
 
-use batch::{Tail, UserTail};
+use batch::{InboxTail, Tail, UserTail};
 use durability::{Backlog, Committed};
 
 /// Where a job's answer goes.
@@ -62,6 +64,12 @@ pub(crate) enum WriteOp {
         message: NewMessage,
         reply: Reply<Inserted>,
     },
+    MarkRead {
+        reader: User,
+        peer: Username,
+        up_to: MessageId,
+        reply: Reply<MarkedRead>,
+    },
 }
 
 /// What the writer queue carries.
@@ -80,6 +88,7 @@ pub(crate) enum Outcome {
     Unit(Result<()>),
     Count(Result<u64>),
     Inserted(Result<Inserted>),
+    Marked(Result<MarkedRead>),
 }
 
 impl WriteOp {
@@ -100,6 +109,9 @@ impl WriteOp {
             (WriteOp::Insert { reply, .. }, Outcome::Inserted(result)) => {
                 let _ = reply.send(result);
             }
+            (WriteOp::MarkRead { reply, .. }, Outcome::Marked(result)) => {
+                let _ = reply.send(result);
+            }
             (op, _) => op.fail(Error::bug("writer outcome does not match its job")),
         }
     }
@@ -116,6 +128,9 @@ impl WriteOp {
                 let _ = reply.send(Err(error));
             }
             WriteOp::Insert { reply, .. } => {
+                let _ = reply.send(Err(error));
+            }
+            WriteOp::MarkRead { reply, .. } => {
                 let _ = reply.send(Err(error));
             }
         }
@@ -151,8 +166,15 @@ pub(crate) struct Writer {
     pending_ids: HashSet<UserId>,
     /// Where each conversation's chain stands in the open transaction.
     conversation_tails: HashMap<ConversationKey, Tail>,
-    /// Where each user's messages stand in the open transaction.
+    /// Where each user's events and unread total stand in the open transaction.
     user_tails: HashMap<UserId, UserTail>,
+    /// Each inbox row's changes in the open transaction, by (user, peer): written once per
+    /// batch, however many of the batch's messages touch it.
+    inbox_tails: HashMap<(UserId, UserId), InboxTail>,
+    /// The last position handed out (message id or read event), read from the database by
+    /// the first batch that needs it and forgotten when a batch rolls back or the schema
+    /// migrates: the single writer hands out every position, so it stays true in between.
+    last_position: Option<i64>,
 }
 
 impl Writer {
@@ -173,6 +195,8 @@ impl Writer {
             pending_ids: HashSet::new(),
             conversation_tails: HashMap::new(),
             user_tails: HashMap::new(),
+            inbox_tails: HashMap::new(),
+            last_position: None,
         })
     }
 
