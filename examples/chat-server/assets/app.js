@@ -168,8 +168,13 @@ async function loadInbox() {
 
 $("inbox-more").addEventListener("click", async () => {
   if (!state.inboxNext) return;
-  // `next` is a path under the API root, as the server printed it.
-  const page = await api(state.inboxNext.replace(/^\/api\/v1/, ""));
+  let page;
+  try {
+    // `next` is a path under the API root, as the server printed it.
+    page = await api(state.inboxNext.replace(/^\/api\/v1/, ""));
+  } catch (_) {
+    return; // the button stays for another try
+  }
   mergeConversations(page.results);
   state.unreadTotal = page.unread_total;
   state.inboxNext = page.next;
@@ -714,6 +719,8 @@ async function start(username) {
   state.me = username;
   state.conversations.clear();
   state.unreadTotal = 0;
+  $("user-search").value = "";
+  showDirectory(false);
   $("loading").hidden = true;
   $("auth").hidden = true;
   $("app").hidden = false;
