@@ -40,6 +40,11 @@
 //!   Version 3 made names unique without regard to case (see `chatcore_users`); stop the
 //!   processes of the previous version before migrating too: they would create users without
 //!   a key, which the database now refuses.
+//!   Version 4 added the inbox and read state (`chatcore_inbox`, `chatcore_read_events`, the
+//!   unread totals) and filled them from the messages already stored: no read markers, every
+//!   message received from someone else unread (notes to self never), each conversation
+//!   ordered by its newest message. Stop the processes of the previous version before
+//!   migrating: their sends would not update the inbox.
 //! - `chatcore_users`: `username` (`utf8mb4_bin`) is the name as its owner chose to write it,
 //!   for display; `username_key` (`VARBINARY`, unique index `chatcore_users_username_key`) is
 //!   its [`chatcore::Username::key`] (lowercased NFKC, computed in Rust: MySQL has no NFKC),
@@ -67,8 +72,20 @@
 //!   (unique): replays. Keys are stored as SHA-256, so a key of any length fits the index.
 //! - `chatcore_counts`: message totals kept by the inserting transaction, so a page's `total`
 //!   is a primary-key lookup, never a count: `(low, high)` for a conversation, `(user, 0)` for
-//!   a user's total, and `(0, 0)` for the message id sequence (the last id handed out; no user
-//!   has id 0), see below.
+//!   a user's total, `(user, -1)` for a user's unread total (kept by the inserting transaction
+//!   and by [`chatcore::Store::mark_read`]), and `(0, 0)` for the position sequence (the last
+//!   message id or read event position handed out; no user has id 0), see below.
+//! - `chatcore_inbox`: one row per user and conversation partner (the user themself for notes
+//!   to self), primary key `(user_id, peer_id)`: `last_id` (the conversation's newest
+//!   message), `unread` (messages from the peer after the marker), `read_up_to` (the user's
+//!   read marker). The inserting transaction upserts one row per participant and
+//!   conversation of its batch. `chatcore_inbox_activity (user_id, last_id)`: an inbox page
+//!   is one backward range from the cursor, whatever the number of the user's conversations;
+//!   the peer's marker is the peer's row, by primary key.
+//! - `chatcore_read_events`: each read marker that moved, primary key `position` (from the
+//!   same sequence as message ids), with `reader_id`, `peer_id` and `up_to`;
+//!   `chatcore_read_events_reader (reader_id, position)` and `chatcore_read_events_peer
+//!   (peer_id, position)`: a user's read events, as reader and as peer, in position order.
 //!
 //! # Ids in commit order
 //! A reconnecting client asks for the messages after the last id it saw. With
@@ -99,7 +116,22 @@
 //! `chatcore_messages_sender` and `chatcore_messages_recipient` from the user's newest entry,
 //! which pass over only what was committed since the batch took its ids, never the user's
 //! history. The writer links the batch's own messages in id order from those; no column is
-//! kept for it. [`chatcore::Store::latest_position`] is two index dives (`MAX` on each index).
+//! kept for it. [`chatcore::Store::latest_position`] is four index dives (`MAX` on each of the
+//! message and read event indexes above).
+//!
+//! # Read markers
+//! A read marker that moves is a durable event of both users ([`chatcore::Store::mark_read`]),
+//! at a position from the same sequence: its transaction locks the sequence row first, as a
+//! batch does, and holds it until it commits, so read events and messages share one commit
+//! order. The same transaction reads the user's inbox row, counts the peer's messages the
+//! marker passes over (a range of `chatcore_messages_conversation` between the old marker and
+//! the new one, never the whole conversation), moves the marker, lowers the unread count and
+//! total by that many and stores the event; it is one multi-statement round trip whose
+//! statements write only when the marker moves (the server decides, in session variables),
+//! ending after `COMMIT` with a read of both users' previous positions, as a batch does.
+//! [`chatcore::Store::events_after`] is one statement (one consistent view): the merge of four
+//! forward ranges, the user's messages as sender and as recipient and their read events as
+//! reader and as peer.
 //!
 //! # Errors
 //! A server that is down, unreachable, out of connections or timing out is
@@ -120,6 +152,7 @@
 //!   reads) and [`chatcore::SessionStore`] implementations.
 //! - `config.rs`: [`MysqlConfig`] and its checks.
 //! - `writer.rs`: the group-commit writer tasks behind `insert_message`.
+//! - `marks.rs`: the transaction behind `mark_read`.
 //! - `rows.rs`: the read queries (each with the index it uses) and row decoding.
 //! - `schema.rs`: the embedded migrations and their runner.
 //! - `username_keys.rs`: migration 3's Rust step, filling `username_key` and keeping apart
@@ -131,7 +164,8 @@
 //! - `tests/`: both conformance suites, commit order under concurrent writers, migrations, a
 //!   private MariaDB stopped and restarted (and configurations refused at connect), and
 //!   closing with idle writers; `benches/mysql.rs`: sends and pages (figures in
-//!   `BENCHMARKS-mysql.md`). Every test and bench run uses its own database and drops it.
+//!   `BENCHMARKS-mysql.md`); `benches/inbox.rs`: inbox pages and read markers (figures in the
+//!   workspace's `BENCHMARKS.md`). Every test and bench run uses its own database and drops it.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 

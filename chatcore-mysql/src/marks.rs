@@ -108,10 +108,13 @@ pub(crate) async fn mark_read(
     }
     let unread = int("unread")?.unwrap_or(0);
     let unread = u64::try_from(unread).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-    let read_up_to = MessageId(
-        int("read_up_to")?
-            .ok_or_else(|| sqlx::Error::Protocol("a marker that did not move and was not set".into()))?,
-    );
+    // The transaction has committed by now: what is left to go wrong is a bug, not a reason
+    // to roll back.
+    let Some(read_up_to) = int("read_up_to")?.map(MessageId) else {
+        return Ok(Err(Error::bug(
+            "mark_read: a marker that did not move and was not set",
+        )));
+    };
     if int("moved")? != Some(1) {
         return Ok(Ok(MarkedRead {
             unread,
@@ -119,11 +122,14 @@ pub(crate) async fn mark_read(
             moved: None,
         }));
     }
-    let position =
-        int("position")?.ok_or_else(|| sqlx::Error::Protocol("a moved marker without a position".into()))?;
-    let peer_name = rows::text_opt(row, "peer")
-        .map_err(sqlx::Error::Decode)?
-        .ok_or_else(|| sqlx::Error::Protocol("a peer without a name".into()))?;
+    let (Some(position), Some(peer_name)) = (
+        int("position")?,
+        rows::text_opt(row, "peer").map_err(sqlx::Error::Decode)?,
+    ) else {
+        return Ok(Err(Error::bug(
+            "mark_read: a moved marker without its position or peer",
+        )));
+    };
     let reader_previous = Position(int("reader_previous")?.unwrap_or(0));
     let peer_previous = Position(int("peer_previous")?.unwrap_or(0));
     Ok(Ok(MarkedRead {

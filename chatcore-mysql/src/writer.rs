@@ -658,11 +658,12 @@ struct Committed {
 /// sequence, so they are positions too), from their newest, that stop at the first one within
 /// the bound: they pass over only the user's events committed since the batch took its ids
 /// (its own among them), never their history (`plans.rs` checks the plan). `mark_read` ends
-/// its round trip with the same statement.
+/// its round trip with the same reads ([`push_previous_position`]).
 ///
 /// One query block for the users (a primary-key range of `chatcore_users`) with correlated
-/// subqueries, whatever the number of users. Measured on MariaDB 10.11 (statement alone,
-/// 65 users / 2 users, client round trip included): this 0.27 ms / 0.09 ms; a `UNION ALL` of
+/// subqueries, whatever the number of users. Measured on MariaDB 10.11 before read events
+/// existed (two subqueries per user; statement alone, 65 users / 2 users, client round trip
+/// included): this 0.27 ms / 0.09 ms; a `UNION ALL` of
 /// one `SELECT` per user with `MAX` subqueries (each one index dive) 1.4 ms / 0.1 ms, the
 /// server's parsing and planning of 195 query blocks taking most of it; `MAX ... GROUP BY`
 /// over the two indexes (a loose index scan) 0.6 ms / 0.1 ms; the old final `SELECT` of the

@@ -232,3 +232,66 @@ async fn a_missing_id_sequence_fails_the_send_and_stores_nothing() {
             .unwrap();
     assert_eq!(sequences, 0, "the send did not recreate the sequence row from 0");
 }
+
+/// The same for a read marker: without the sequence row there is no position for its event,
+/// so the mark fails and changes nothing (marker, unread counts, events); once the row is
+/// back the same mark goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_id_sequence_fails_a_mark_and_changes_nothing() {
+    let database = TestDatabase::create().await;
+    let store = database.store().await;
+    let alice = store
+        .create_user(&Username::parse("alice").unwrap())
+        .await
+        .unwrap();
+    let bob = store.create_user(&Username::parse("bob").unwrap()).await.unwrap();
+    let sent = store
+        .insert_message(chatcore::NewMessage {
+            sender: alice.clone(),
+            recipient: bob.username.clone(),
+            body: "read me".into(),
+            idempotency_key: None,
+        })
+        .await
+        .unwrap();
+    let mut conn = database.options().connect().await.unwrap();
+    sqlx::query("DELETE FROM chatcore_counts WHERE low_id = 0 AND high_id = 0")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let result = store.mark_read(&bob, &alice.username, sent.message.id).await;
+    assert!(matches!(result, Err(Error::Internal { .. })), "got {result:?}");
+    let request = chatcore::InboxRequest {
+        before: None,
+        limit: 10,
+    };
+    let inbox = store.inbox(bob.id, &request).await.unwrap();
+    assert_eq!(
+        (inbox.unread_total, inbox.conversations[0].read_up_to),
+        (1, None),
+        "the failed mark rolled back"
+    );
+    let (events,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM chatcore_read_events")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(events, 0);
+
+    sqlx::query("INSERT INTO chatcore_counts (low_id, high_id, total) VALUES (0, 0, ?)")
+        .bind(sent.message.id.0)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let again = store
+        .mark_read(&bob, &alice.username, sent.message.id)
+        .await
+        .unwrap();
+    assert_eq!((again.unread, again.read_up_to), (0, sent.message.id));
+    assert!(again.moved.is_some());
+    assert_eq!(store.inbox(bob.id, &request).await.unwrap().unread_total, 0);
+    assert_eq!(
+        store.latest_position(bob.id).await.unwrap(),
+        chatcore::Position(sent.message.id.0 + 1),
+        "one read event, right after the message"
+    );
+}

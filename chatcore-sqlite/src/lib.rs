@@ -44,13 +44,26 @@
 //!   message. Waiters are answered only after the commit is durable. If the batch fails because of one
 //!   job, each job is retried in its own transaction; if it fails because of the database
 //!   (busy, full, corrupt), every waiter gets that error.
-//! - **Ids in commit order.** Message ids are the `INTEGER PRIMARY KEY` (rowid) assigned by
-//!   the single writer, so a larger id was committed later. `created_at` is the batch's commit
+//! - **Positions in commit order.** Message ids and read events' positions come from one
+//!   sequence (schema version 6) that the single writer hands out itself, in the order it
+//!   applies jobs (it reads the last one from the ends of both tables once, and again after a
+//!   rollback or a migration), so a larger position was committed later and a message's id
+//!   is its position. `created_at` is the batch's commit
 //!   time in UTC microseconds (never earlier than the previous batch's), stored as an integer.
-//!   Each user's counter row keeps their newest id; the writer reads it once per user and
-//!   batch (a primary-key lookup) and follows it through the batch, so an insert reports each
-//!   participant's previous position (the 2nd message of a user in a batch names the 1st),
-//!   and [`chatcore::Store::latest_position`] is one row read.
+//!   Each user's counter row keeps their newest position, message or read event; the writer
+//!   reads it once per user and
+//!   batch (a primary-key lookup) and follows it through the batch, so an insert or a mark
+//!   reports each participant's previous position (the 2nd event of a user in a batch names
+//!   the 1st), and [`chatcore::Store::latest_position`] is one row read.
+//! - **The inbox is kept at write time** (schema version 6). Each user has a row per
+//!   conversation with its newest id, their unread count and their read marker, under an
+//!   index by newest id, so an inbox page is one range of that index whatever the number of
+//!   conversations; the unread total is a column of the user's counter row. The writer
+//!   gathers a batch's changes to each row in memory and writes each row once per batch.
+//!   A marker moves forward only; the peer's messages it passes over are counted from two
+//!   message rows (each message is numbered among its sender's messages of the
+//!   conversation), never by walking. A mark queued in the same batch as sends reads the
+//!   batch's pending changes over the stored row.
 //! - **Idempotency and the recipient are resolved in the writer's transaction**, in the same
 //!   job as the insert. Each thread caches [`chatcore::Username::key`] → user (users are
 //!   never renamed or deleted); the writer caches a name only once the transaction that saw
@@ -112,11 +125,13 @@
 //! |---|---|---|
 //! | `chatcore_users` | id (rowid), username as chosen, `username_key` ([`chatcore::Username::key`], schema version 5), password hash | unique `chatcore_users_key`: names unique without regard to case, lookups by key, and the sorted directory with prefix and keyset paging as one range scan |
 //! | `chatcore_sessions` | SHA-256 of the token → user, expiry | primary key on the hash: one lookup per authenticated request; `chatcore_sessions_expires (expires_at)` (version 5): `delete_expired_sessions` is one range delete |
-//! | `chatcore_messages` | id (rowid), sender, recipient, conversation key (`conv_low`, `conv_high`), `created_at` (µs), body, idempotency key, and the conversation's chain: `prev_id` (its previous message) and `seq` (1, 2, ... within the conversation) | partial unique `chatcore_messages_idempotency (sender_id, idempotency_key)`: replays, only keyed messages indexed. No per-conversation index: see below |
+//! | `chatcore_messages` | id (rowid), sender, recipient, conversation key (`conv_low`, `conv_high`), `created_at` (µs), body, idempotency key, and the conversation's chain: `prev_id` (its previous message) and `seq` (1, 2, ... within the conversation); `sender_seq` (schema version 6: 1, 2, ... among the sender's messages of the conversation) | partial unique `chatcore_messages_idempotency (sender_id, idempotency_key)`: replays, only keyed messages indexed. No per-conversation index: see below |
 //! | `chatcore_conversation_marks` | every 16th message of each conversation: its `seq` and id | primary key `(conv_low, conv_high, seq)` and unique `chatcore_conversation_marks_id (conv_low, conv_high, id)`: where a walk along a chain starts, for a `before` cursor, an offset or a catch-up |
 //! | `chatcore_user_conversations` | (user, conversation) for each participant, written with a conversation's first message | primary key `(user_id, conv_low, conv_high)`: a user's messages and catch-up are read conversation by conversation along each chain (newest activity first, stopping when no older conversation can make the page), so a send writes no per-user index row |
-//! | `chatcore_conversations` | messages per conversation and its newest id (the head of its chain) | primary key `(conv_low, conv_high)`: the page `total` is one row, never a count; the newest id starts the latest page, orders and prunes the per-user reads |
-//! | `chatcore_user_counts` | messages per user and their newest id (schema version 4) | primary key `user_id`: the per-user `total`; the newest id is `latest_position` and the previous position an insert reports |
+//! | `chatcore_conversations` | messages per conversation and its newest id (the head of its chain); `low_count` (schema version 6: how many `conv_low` sent) | primary key `(conv_low, conv_high)`: the page `total` is one row, never a count; the newest id starts the latest page, orders and prunes the per-user reads |
+//! | `chatcore_user_counts` | messages per user and their newest position (schema version 4; read events too since 6), their unread total (6) | primary key `user_id`: the per-user `total`; the newest position is `latest_position` and the previous position an insert or a mark reports; the inbox's `unread_total` |
+//! | `chatcore_inbox` | per user and peer (schema version 6): the conversation's newest id, the user's unread count and read marker | primary key `(user_id, peer_id)`: a mark's row, and the peer's marker on an inbox page; unique `chatcore_inbox_activity (user_id, last_id)`: the inbox, newest activity first, with its `before` cursor, as one range |
+//! | `chatcore_reads` | read events (schema version 6): position (rowid), reader, peer, the message read up to | `chatcore_reads_reader (reader_id)` and the partial `chatcore_reads_peer (peer_id) WHERE peer_id <> reader_id`: a user's read events after a position, as reader and as peer (a note to oneself once), each one range |
 //! | `chatcore_migrations` | applied schema steps | primary key `version` |
 //!
 //! The counters are updated in the same transaction as the messages (one upsert per
@@ -145,6 +160,12 @@
 //! merged, and never silently: each clash is a note in [`chatcore::MigrationReport::notes`]
 //! (and a warning in the log) naming the users and what the operator should do (rename
 //! them).
+//!
+//! **Migration 6 and the inbox.** It numbers every message among its sender's messages of
+//! the conversation (one rewrite of every message row, like migration 3, in one
+//! transaction), then fills the inbox from the conversations' counters: a database migrated
+//! from version 5 has no read markers, so every message a user received is unread (a note to
+//! oneself never is) and each unread total is the sum of the user's rows.
 //!
 //! # Errors
 //!
@@ -176,6 +197,7 @@
 //!   `tests/errors.rs`: busy, full, not a database, corrupt, newer schema, closed, reopened,
 //!   a second store on one file, bad config, names from before the rules.
 //! - `benches/sqlite.rs`: send throughput and page latency; see `BENCHMARKS-sqlite.md`.
+//!   `benches/inbox.rs`: the inbox's first page at 10 and 10,000 conversations, `mark_read`.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 

@@ -110,6 +110,14 @@ pub struct Args {
     #[arg(long, default_value_t = 1024)]
     pub max_in_flight: usize,
 
+    /// Closed loop, chatcore servers: after every Nth answered send of a sender, its recipient
+    /// marks the conversation read up to that message (`POST /api/v1/conversation/<sender>/read`)
+    /// and reads the first page of their inbox (`GET /api/v1/conversation/`), before the
+    /// sender's next send: read markers, read events and inbox reads under the send load.
+    /// Their latencies are reported apart. 0 (the default) turns it off.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub read_every: u64,
+
     /// Size of each message body in bytes (at least the tag that identifies the send).
     #[arg(long, default_value_t = 32)]
     pub body_size: usize,
@@ -284,6 +292,12 @@ impl Args {
         }
         if self.max_in_flight == 0 {
             return bad("--max-in-flight must be at least 1");
+        }
+        if self.read_every > 0 && (self.rate.is_some() || !self.sweep_rates.is_empty()) {
+            return bad("--read-every works in the closed loop only (not with --rate or --sweep-rates)");
+        }
+        if self.read_every > 0 && self.auth != AuthMode::Token {
+            return bad("--read-every needs a chatcore server (--auth token)");
         }
         if !(self.request_timeout.is_finite() && self.request_timeout > 0.0) {
             return bad("--request-timeout must be a positive number of seconds");

@@ -102,10 +102,28 @@ pub struct PhaseReport {
     pub start_lag: Option<LatencySummary>,
     /// Send latency: POST start (the scheduled start for held-back sends) to the full answer.
     pub send_latency: LatencySummary,
+    /// With `--read-every`: the recipients' read markers and inbox reads during the phase.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reads: Option<ReadsReport>,
     /// CPU time (user + system) the load generator used during the phase, seconds (Linux).
     pub client_cpu_secs: Option<f64>,
     /// CPU time the server used during the phase, seconds (with `--server-pid`).
     pub server_cpu_secs: Option<f64>,
+}
+
+/// The read-state work of a phase run with `--read-every`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ReadsReport {
+    /// Read markers moved (`POST /api/v1/conversation/<peer>/read` answered with success).
+    pub marks: u64,
+    /// First inbox pages read (`GET /api/v1/conversation/` answered with success).
+    pub inbox_reads: u64,
+    /// Marks and inbox reads that failed.
+    pub errors: u64,
+    /// Latency of the read marker POSTs.
+    pub mark_read_latency: LatencySummary,
+    /// Latency of the inbox GETs.
+    pub inbox_latency: LatencySummary,
 }
 
 impl PhaseReport {
@@ -178,7 +196,10 @@ pub struct Report {
 impl Report {
     /// `true` when no notification was lost or duplicated and no send failed.
     pub fn is_clean(&self) -> bool {
-        self.notifications.lost == 0 && self.notifications.duplicated == 0 && self.send.send_errors == 0
+        self.notifications.lost == 0
+            && self.notifications.duplicated == 0
+            && self.send.send_errors == 0
+            && self.send.reads.as_ref().is_none_or(|r| r.errors == 0)
     }
 
     /// The report as a table for a human.
@@ -226,6 +247,14 @@ impl Report {
             phase_row("ceiling", ceiling);
         }
         phase_row("send", &self.send);
+        if let Some(reads) = &self.send.reads {
+            let (m, i) = (&reads.mark_read_latency, &reads.inbox_latency);
+            let _ = writeln!(
+                out,
+                "read markers: {} (p50 {:.3} ms, p99 {:.3} ms); inbox pages: {} (p50 {:.3} ms, p99 {:.3} ms); {} errors",
+                reads.marks, m.p50_ms, m.p99_ms, reads.inbox_reads, i.p50_ms, i.p99_ms, reads.errors
+            );
+        }
         for (name, phase) in [("ceiling", self.ceiling.as_ref()), ("send", Some(&self.send))] {
             let Some(phase) = phase else { continue };
             let fmt = |v: Option<f64>| v.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.1}"));

@@ -68,6 +68,51 @@ async fn closed_loop_run_loses_and_duplicates_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_every_marks_read_and_reads_the_inbox_under_load() {
+    let url = support::spawn_minimal_server(false).await;
+    let args = cli(
+        &url,
+        &[
+            "--users",
+            "4",
+            "--connections",
+            "4",
+            "--senders",
+            "1",
+            "--count",
+            "60",
+            "--read-every",
+            "3",
+        ],
+    );
+    let report = run_load(&args, Progress::new(false)).await.expect("run");
+    assert_eq!(report.send.sent, 60, "{report:?}");
+    let reads = report
+        .send
+        .reads
+        .as_ref()
+        .expect("reads are reported with --read-every");
+    assert_eq!(
+        (reads.marks, reads.inbox_reads, reads.errors),
+        (20, 20, 0),
+        "{reads:?}"
+    );
+    assert_eq!(reads.mark_read_latency.count, 20);
+    assert!(reads.inbox_latency.p50_ms > 0.0);
+    assert!(report.is_clean(), "{report:?}");
+    assert!(report.to_table().contains("read markers: 20"));
+    let plain = run_load(
+        &cli(&url, &["--users", "2", "--count", "4"]),
+        Progress::new(false),
+    )
+    .await
+    .expect("run");
+    assert!(plain.send.reads.is_none(), "no read report without --read-every");
+    let bad = Args::try_parse_from(["chat-loadgen", "--rate", "10", "--read-every", "2"]).unwrap();
+    assert!(bad.validate().is_err(), "--read-every is closed loop only");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_loop_with_ceiling_reports_a_ratio() {
     let url = support::spawn_minimal_server(false).await;
     let args = cli(

@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use super::send::{Plan, SendContext, SenderLog, pair, send_one};
+use super::send::{Plan, SendContext, SenderLog, pair, read_after, send_one};
 use crate::transport::ConnectionPool;
 
 /// Sender `k`'s sends, one at a time, until `plan` is spent.
@@ -14,8 +14,15 @@ pub(super) async fn closed_loop(ctx: &SendContext, plan: &Plan, k: usize) -> Sen
     while plan.claim(ctx.epoch.elapsed()) {
         let (me, to) = pair(k, i, users);
         let done = send_one(ctx, pool.as_ref(), me, to, i, Instant::now()).await;
+        let id = done.id();
         log.absorb(ctx, done);
         i += 1;
+        if ctx.read_every > 0
+            && i % ctx.read_every == 0
+            && let Some(id) = id
+        {
+            read_after(ctx, &mut log, me, to, id).await;
+        }
     }
     log
 }

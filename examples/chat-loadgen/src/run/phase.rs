@@ -16,7 +16,7 @@ use super::send::{Plan, SendContext};
 use super::tally::SendRecord;
 use crate::Args;
 use crate::progress::Progress;
-use crate::report::{Latency, PhaseReport};
+use crate::report::{Latency, PhaseReport, ReadsReport};
 
 /// Runs one phase with all senders; returns its report and the successful sends.
 pub(super) async fn run_phase(
@@ -55,6 +55,9 @@ pub(super) async fn run_phase(
     };
     let mut latency = Latency::new();
     let mut start_lag = Latency::new();
+    let mut mark_read = Latency::new();
+    let mut inbox = Latency::new();
+    let mut read_errors = 0;
     let mut records = Vec::new();
     let mut last_done_ns = 0;
     for task in tasks {
@@ -62,6 +65,9 @@ pub(super) async fn run_phase(
             Ok(log) => {
                 latency.merge(&log.latency);
                 start_lag.merge(&log.start_lag);
+                mark_read.merge(&log.mark_read);
+                inbox.merge(&log.inbox);
+                read_errors += log.read_errors;
                 report.sent += log.latency.count();
                 report.send_errors += log.errors;
                 report.late_starts += log.late;
@@ -96,6 +102,13 @@ pub(super) async fn run_phase(
     };
     report.send_latency = latency.summary();
     report.start_lag = args.rate.map(|_| start_lag.summary());
+    report.reads = (ctx.read_every > 0).then(|| ReadsReport {
+        marks: mark_read.count(),
+        inbox_reads: inbox.count(),
+        errors: read_errors,
+        mark_read_latency: mark_read.summary(),
+        inbox_latency: inbox.summary(),
+    });
     (report, records)
 }
 

@@ -78,6 +78,10 @@ pub(super) struct SendContext {
     pub(super) expect_id: bool,
     pub(super) conns_per_user: Vec<u32>,
     pub(super) body_size: usize,
+    /// `--read-every`: 0, or every how many sends the recipient marks read and reads the inbox.
+    pub(super) read_every: u64,
+    /// The server's base URL (prefix kept), for the read routes.
+    pub(super) base_url: reqwest::Url,
     pub(super) epoch: Instant,
     pub(super) live: Arc<Live>,
 }
@@ -94,15 +98,94 @@ pub(super) struct SenderLog {
     /// Open loop: how far after its scheduled time each send started.
     pub(super) start_lag: Latency,
     pub(super) last_done_ns: u64,
+    /// `--read-every`: the recipient's read marker POSTs.
+    pub(super) mark_read: Latency,
+    /// `--read-every`: the recipient's first inbox page GETs.
+    pub(super) inbox: Latency,
+    /// `--read-every`: marks or inbox reads that failed.
+    pub(super) read_errors: u64,
+}
+
+/// The recipient of message `id` (from `sender`) marks it read, then reads their inbox's first
+/// page, each timed into `log` (the read-state work a busy client adds to its sends).
+pub(super) async fn read_after(ctx: &SendContext, log: &mut SenderLog, sender: u32, recipient: u32, id: i64) {
+    let headers = &ctx.headers[recipient as usize];
+    let peer = &ctx.names[sender as usize];
+    let request =
+        |method: http::Method, path: &str| -> std::result::Result<reqwest::RequestBuilder, String> {
+            let url = ctx.base_url.join(path).map_err(|e| format!("{path}: {e}"))?;
+            let mut request = ctx.http.request(method, url).timeout(ctx.timeout);
+            for (name, value) in headers {
+                request = request.header(name, value);
+            }
+            Ok(request)
+        };
+    let checked =
+        |what: String, result: reqwest::Result<reqwest::Response>| -> std::result::Result<(), String> {
+            let response = result.map_err(|e| format!("{what}: {e}"))?;
+            if response.status().is_success() {
+                Ok(())
+            } else {
+                Err(format!("{what}: status {}", response.status()))
+            }
+        };
+    let path = format!("api/v1/conversation/{}/read", encode_path_segment(peer));
+    let start = Instant::now();
+    let marked = match request(http::Method::POST, &path) {
+        Ok(req) => checked(
+            format!("POST {path}"),
+            req.body(format!("{{\"up_to\":{id}}}")).send().await,
+        ),
+        Err(e) => Err(e),
+    };
+    match marked {
+        Ok(()) => log.mark_read.record(start.elapsed()),
+        Err(error) => {
+            log.read_errors += 1;
+            log.first_error.get_or_insert(error);
+        }
+    }
+    let start = Instant::now();
+    let listed = match request(http::Method::GET, "api/v1/conversation/") {
+        Ok(req) => checked("GET api/v1/conversation/".to_owned(), req.send().await),
+        Err(e) => Err(e),
+    };
+    match listed {
+        Ok(()) => log.inbox.record(start.elapsed()),
+        Err(error) => {
+            log.read_errors += 1;
+            log.first_error.get_or_insert(error);
+        }
+    }
+}
+
+/// Percent-encodes a user name for a path segment (names may hold `@` and `+`).
+fn encode_path_segment(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
 }
 
 /// One answered (or failed) send.
 pub(super) struct Done {
-    sender: u32,
-    recipient: u32,
+    pub(super) sender: u32,
+    pub(super) recipient: u32,
     start: Instant,
     finished: Instant,
     result: Result<Option<i64>, String>,
+}
+
+impl Done {
+    /// The stored message's id, when the send succeeded and named one.
+    pub(super) fn id(&self) -> Option<i64> {
+        self.result.as_ref().ok().copied().flatten()
+    }
 }
 
 impl SenderLog {

@@ -99,6 +99,11 @@ impl Setup {
             expect_id,
             conns_per_user,
             body_size: args.body_size,
+            // Read markers go with messages only, never with the ceiling's echo.
+            read_every: if expect_id { args.read_every } else { 0 },
+            // With a trailing slash, so joining a relative path keeps a path prefix.
+            base_url: reqwest::Url::parse(&format!("{}/", args.base_url()))
+                .map_err(|e| Error::Usage(format!("--url {}: {e}", args.url)))?,
             epoch: Instant::now(),
             live: self.live.clone(),
         }))

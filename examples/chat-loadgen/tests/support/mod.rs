@@ -193,6 +193,47 @@ async fn send(State(app): State<App>, headers: HeaderMap, Json(s): Json<Send>) -
     }
 }
 
+#[derive(Deserialize)]
+struct ReadUpTo {
+    up_to: i64,
+}
+
+/// `POST /api/v1/conversation/{peer}/read`, as chatcore-axum answers it.
+async fn mark_read(
+    State(app): State<App>,
+    headers: HeaderMap,
+    axum::extract::Path(peer): axum::extract::Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let Some(user) = app.caller(&headers, true) else {
+        return error(StatusCode::UNAUTHORIZED, "log in");
+    };
+    // The load generator sends JSON without asking for a content type check.
+    let Ok(read) = serde_json::from_slice::<ReadUpTo>(&body) else {
+        return error(StatusCode::BAD_REQUEST, "up_to");
+    };
+    match app
+        .chat
+        .mark_read(&user, &peer, chatcore::MessageId(read.up_to))
+        .await
+    {
+        Ok(state) => Json(json!({ "unread": state.unread, "read_up_to": state.read_up_to })).into_response(),
+        Err(e) => error(StatusCode::NOT_FOUND, &e.to_string()),
+    }
+}
+
+/// `GET /api/v1/conversation/`: the first page of the inbox.
+async fn inbox(State(app): State<App>, headers: HeaderMap) -> Response {
+    let Some(user) = app.caller(&headers, false) else {
+        return error(StatusCode::UNAUTHORIZED, "log in");
+    };
+    match app.chat.inbox(&user, chatcore::InboxQuery::default()).await {
+        Ok(page) => Json(json!({ "unread_total": page.unread_total, "results": page.conversations.len() }))
+            .into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
 async fn echo(Json(s): Json<Send>) -> Response {
     Json(json!({ "recipient": s.recipient, "body": s.body })).into_response()
 }
@@ -299,6 +340,8 @@ pub async fn spawn_faulty_server(original_frames: bool, faults: Faults) -> Strin
         .route("/api/v1/auth/register", post(register))
         .route("/api/v1/auth/login", post(login))
         .route("/api/v1/message/", post(send))
+        .route("/api/v1/conversation/{peer}/read", post(mark_read))
+        .route("/api/v1/conversation/", get(inbox))
         .route("/_bench/echo", post(echo))
         .route("/accounts/login/", get(login_page).post(login_form))
         .route("/ws", get(ws))
