@@ -226,7 +226,7 @@ fn inbox(c: &mut Criterion) {
                 let started = Instant::now();
                 for id in ids {
                     let marked = store.mark_read(&reader, &writer.username, id).await.unwrap();
-                    assert!(marked.moved.is_some() && marked.unread == 0);
+                    assert!(marked.moved.is_some(), "each mark moves the marker");
                 }
                 started.elapsed()
             }

@@ -255,8 +255,8 @@ pub struct SqliteStats {
     /// `fsync` of the WAL before it is answered; with the pipelined sync one `fsync` can
     /// cover several of them.
     pub transactions: u64,
-    /// Writes committed in them (sends, users, sessions). `writes / transactions` is the
-    /// average group-commit batch.
+    /// Writes committed in them (sends, read marks, users, sessions). `writes / transactions`
+    /// is the average group-commit batch.
     pub writes: u64,
 }
 
