@@ -4,18 +4,25 @@
 
 const API = "/api/v1";
 const PAGE_SIZE = 15;
+const TITLE = "chatcore";
 const $ = (id) => document.getElementById(id);
 
 const state = {
-  me: localStorage.getItem("chatcore.username"),
-  partner: null,       // username of the open conversation
-  oldestShown: null,   // id of the oldest message drawn, for "load older"
-  shownIds: new Set(), // ids drawn in the open conversation (no duplicates)
-  lastEventId: null,   // highest message id this page has heard of, for ?since= on reconnect
-  unread: new Map(),   // username -> count
+  me: null,
+  partner: null,          // username of the open conversation
+  oldestShown: null,      // id of the oldest message drawn, for "load older"
+  newestShown: null,      // id of the newest message drawn, what a read marker moves to
+  newestFromPeer: null,   // id of the peer's newest message drawn: nothing newer, nothing to mark
+  shownIds: new Set(),    // ids drawn in the open conversation (no duplicates)
+  lastEventId: null,      // highest position this page has heard of, for ?since= on reconnect
+  conversations: new Map(), // peer -> {peer, last_message, unread, read_up_to, peer_read_up_to}
+  unreadTotal: 0,         // over every conversation, including those not loaded yet
+  inboxNext: null,        // path of the next inbox page, null when all are loaded
+  directory: [],
+  marking: null,
+  localChanges: 0,        // bumped by every local count change, to spot a refetch that predates one          // the read-marker POST in flight, so there is one at a time
   socket: null,
   reconnectDelay: 500,
-  users: [],
 };
 
 class ApiError extends Error {
@@ -40,13 +47,50 @@ async function api(path, options = {}) {
   return body;
 }
 
+// ---- time ----
+
+function sameDay(a, b) {
+  return a.getFullYear() === b.getFullYear() && a.getMonth() === b.getMonth() && a.getDate() === b.getDate();
+}
+
+function clockTime(date) {
+  return date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+}
+
+// The inbox shows hh:mm for today and the date for anything older.
+function shortWhen(date) {
+  const now = new Date();
+  if (sameDay(date, now)) return clockTime(date);
+  const options = { month: "short", day: "numeric" };
+  if (date.getFullYear() !== now.getFullYear()) options.year = "numeric";
+  return date.toLocaleDateString([], options);
+}
+
+function dayLabel(date) {
+  const now = new Date();
+  if (sameDay(date, now)) return "Today";
+  const yesterday = new Date(now);
+  yesterday.setDate(now.getDate() - 1);
+  if (sameDay(date, yesterday)) return "Yesterday";
+  const options = { weekday: "long", month: "long", day: "numeric" };
+  if (date.getFullYear() !== now.getFullYear()) options.year = "numeric";
+  return date.toLocaleDateString([], options);
+}
+
+function dayKey(date) {
+  return `${date.getFullYear()}-${date.getMonth() + 1}-${date.getDate()}`;
+}
+
 // ---- authentication ----
 
 function showAuth(message = "") {
   closeSocket();
+  state.me = null;
+  $("loading").hidden = true;
   $("app").hidden = true;
   $("auth").hidden = false;
   $("auth-error").textContent = message;
+  document.title = TITLE;
 }
 
 $("auth-form").addEventListener("submit", async (event) => {
@@ -58,10 +102,8 @@ $("auth-form").addEventListener("submit", async (event) => {
   try {
     if (action === "register") await api("/auth/register", { json: { username, password } });
     const session = await api("/auth/login", { json: { username, password } });
-    state.me = session.username;
-    localStorage.setItem("chatcore.username", state.me);
     $("auth-password").value = "";
-    await start();
+    await start(session.username);
   } catch (error) {
     $("auth-error").textContent = error.message;
   }
@@ -69,63 +111,272 @@ $("auth-form").addEventListener("submit", async (event) => {
 
 $("logout-button").addEventListener("click", async () => {
   try { await api("/auth/logout", { method: "POST" }); } catch (_) { /* already logged out */ }
-  localStorage.removeItem("chatcore.username");
-  state.me = null;
-  state.partner = null;
+  closeConversation();
   showAuth();
 });
 
-// ---- people ----
+// ---- inbox ----
 
-async function loadUsers() {
-  const q = $("user-search").value.trim();
-  const query = q ? `?q=${encodeURIComponent(q)}` : "";
-  state.users = await api(`/user/${query}`);
-  drawUsers();
+function conversationOf(message) {
+  // A note to self is the conversation with yourself.
+  return message.user === state.me ? message.recipient : message.user;
 }
 
-function drawUsers() {
-  const list = $("user-list");
-  list.replaceChildren();
-  for (const user of state.users) {
-    const item = document.createElement("li");
-    item.textContent = user.username;
-    item.dataset.username = user.username;
-    if (user.username === state.partner) item.classList.add("active");
-    const unread = state.unread.get(user.username);
-    if (unread) {
-      const badge = document.createElement("span");
-      badge.className = "unread";
-      badge.textContent = String(unread);
-      item.append(badge);
+function setUnread(conversation, unread) {
+  state.localChanges += 1;
+  state.unreadTotal = Math.max(0, state.unreadTotal + unread - conversation.unread);
+  conversation.unread = unread;
+}
+
+// Merges a page of conversations; a conversation known locally with a newer message keeps
+// its local state (a live frame overtook the request), and a refetch follows anyway.
+function mergeConversations(results) {
+  let overtaken = false;
+  for (const fetched of results) {
+    const known = state.conversations.get(fetched.peer);
+    if (known && known.last_message.id > fetched.last_message.id) {
+      known.read_up_to = maxId(known.read_up_to, fetched.read_up_to);
+      known.peer_read_up_to = maxId(known.peer_read_up_to, fetched.peer_read_up_to);
+      overtaken = true;
+      continue;
     }
-    item.addEventListener("click", () => openConversation(user.username));
+    const merged = { ...fetched };
+    if (known) {
+      // Markers only move forward: a live read frame may be newer than the page.
+      merged.read_up_to = maxId(known.read_up_to, fetched.read_up_to);
+      merged.peer_read_up_to = maxId(known.peer_read_up_to, fetched.peer_read_up_to);
+    }
+    state.conversations.set(fetched.peer, merged);
+  }
+  return overtaken;
+}
+
+function maxId(a, b) {
+  if (a === null || a === undefined) return b === undefined ? null : b;
+  if (b === null || b === undefined) return a;
+  return Math.max(a, b);
+}
+
+async function loadInbox() {
+  const page = await api("/conversation/");
+  state.conversations.clear();
+  mergeConversations(page.results);
+  state.unreadTotal = page.unread_total;
+  state.inboxNext = page.next;
+  drawInbox();
+}
+
+$("inbox-more").addEventListener("click", async () => {
+  if (!state.inboxNext) return;
+  let page;
+  try {
+    // `next` is a path under the API root, as the server printed it.
+    page = await api(state.inboxNext.replace(/^\/api\/v1/, ""));
+  } catch (_) {
+    return; // the button stays for another try
+  }
+  mergeConversations(page.results);
+  state.unreadTotal = page.unread_total;
+  state.inboxNext = page.next;
+  drawInbox();
+});
+
+// Several events in a burst cost one request: the first page carries every count that
+// changed, since a conversation with news sorts first.
+let refreshTimer = null;
+let refreshing = null;
+let refreshAgain = false;
+function refreshInboxSoon() {
+  clearTimeout(refreshTimer);
+  refreshTimer = setTimeout(refreshInbox, 150);
+}
+
+async function refreshInbox() {
+  if (refreshing) { refreshAgain = true; return; }
+  refreshing = (async () => {
+    // A page older than a live frame has a total without that frame's message: ask again,
+    // a few times at most (the server has stored whatever a frame announced).
+    let rounds = 0;
+    do {
+      refreshAgain = false;
+      try {
+        const changes = state.localChanges;
+        const page = await api("/conversation/");
+        // A count changed here while the page was out (a read answered, a frame arrived):
+        // the page may predate it, so it is asked for again rather than shown.
+        if (changes !== state.localChanges && rounds < 2) { refreshAgain = true; continue; }
+        if (mergeConversations(page.results)) refreshAgain = true;
+        state.unreadTotal = page.unread_total;
+        drawInbox();
+      } catch (_) { /* the next event or reconnect retries */ }
+    } while (refreshAgain && ++rounds < 3);
+  })();
+  await refreshing;
+  refreshing = null;
+}
+
+function drawInbox() {
+  const list = $("inbox-list");
+  // Redrawing replaces the buttons: keyboard focus must not fall back to the page's start.
+  const focused = document.activeElement ? document.activeElement.closest("#inbox-list li") : null;
+  const keepFocus = focused ? focused.dataset.peer : null;
+  const sorted = [...state.conversations.values()]
+    .sort((a, b) => b.last_message.id - a.last_message.id);
+  list.replaceChildren();
+  for (const conversation of sorted) list.append(inboxItem(conversation));
+  $("inbox-empty").hidden = sorted.length > 0;
+  $("inbox-more").hidden = !state.inboxNext;
+  if (keepFocus !== null) {
+    const again = list.querySelector(`li[data-peer="${CSS.escape(keepFocus)}"] button`);
+    if (again) again.focus();
+  }
+  document.title = state.unreadTotal > 0 ? `(${state.unreadTotal}) ${TITLE}` : TITLE;
+  // The open conversation's "Seen" follows the peer's marker, wherever it was learnt.
+  drawSeen();
+}
+
+function inboxItem(conversation) {
+  const item = document.createElement("li");
+  item.dataset.peer = conversation.peer;
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "conversation";
+  if (conversation.peer === state.partner) {
+    item.classList.add("active");
+    button.setAttribute("aria-current", "true");
+  }
+  if (conversation.unread > 0) item.classList.add("has-unread");
+
+  const top = document.createElement("span");
+  top.className = "top";
+  const peer = document.createElement("span");
+  peer.className = "peer";
+  peer.dir = "auto";
+  peer.textContent = conversation.peer === state.me ? `${conversation.peer} (you)` : conversation.peer;
+  const when = document.createElement("time");
+  when.className = "when";
+  const date = new Date(conversation.last_message.timestamp);
+  when.dateTime = conversation.last_message.timestamp;
+  when.title = date.toLocaleString();
+  when.textContent = shortWhen(date);
+  top.append(peer, when);
+
+  const bottom = document.createElement("span");
+  bottom.className = "bottom";
+  const preview = document.createElement("span");
+  preview.className = "preview";
+  if (conversation.last_message.user === state.me && conversation.peer !== state.me) {
+    const you = document.createElement("span");
+    you.className = "you";
+    you.textContent = "You: ";
+    preview.append(you);
+  }
+  // One line: the body's line breaks become spaces, and its direction stays inside it.
+  const text = document.createElement("bdi");
+  text.textContent = conversation.last_message.body.replace(/\s+/g, " ");
+  preview.append(text);
+  bottom.append(preview);
+  if (conversation.unread > 0) {
+    const badge = document.createElement("span");
+    badge.className = "badge";
+    badge.textContent = String(conversation.unread);
+    badge.setAttribute("aria-label", `${conversation.unread} unread`);
+    bottom.append(badge);
+  }
+  button.append(top, bottom);
+  button.addEventListener("click", () => openConversation(conversation.peer));
+  item.append(button);
+  return item;
+}
+
+// ---- directory: starting a conversation ----
+
+async function loadDirectory() {
+  const q = $("user-search").value.trim();
+  if (!q) {
+    state.directory = [];
+    showDirectory(false);
+    return;
+  }
+  const users = await api(`/user/?q=${encodeURIComponent(q)}&limit=20`);
+  if ($("user-search").value.trim() !== q) return; // typed on meanwhile
+  state.directory = users;
+  drawDirectory();
+  showDirectory(true);
+}
+
+function showDirectory(on) {
+  $("directory-pane").hidden = !on;
+  $("inbox-pane").hidden = on;
+}
+
+function drawDirectory() {
+  const list = $("directory-list");
+  list.replaceChildren();
+  for (const user of state.directory) {
+    const item = document.createElement("li");
+    item.dataset.username = user.username;
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "person";
+    button.dir = "auto";
+    button.textContent = user.username;
+    button.addEventListener("click", () => {
+      $("user-search").value = "";
+      showDirectory(false);
+      openConversation(user.username);
+    });
+    item.append(button);
     list.append(item);
   }
+  $("directory-empty").hidden = state.directory.length > 0;
 }
 
 let searchTimer = null;
 $("user-search").addEventListener("input", () => {
   clearTimeout(searchTimer);
-  searchTimer = setTimeout(() => loadUsers().catch(() => {}), 150);
+  searchTimer = setTimeout(() => loadDirectory().catch(() => {}), 150);
+});
+
+$("user-search").addEventListener("keydown", (event) => {
+  if (event.key === "Escape") {
+    $("user-search").value = "";
+    showDirectory(false);
+  } else if (event.key === "Enter") {
+    event.preventDefault();
+    const first = $("directory-list").querySelector("button");
+    if (first) first.click();
+  }
 });
 
 // ---- conversation ----
 
 async function openConversation(username) {
   state.partner = username;
-  state.unread.delete(username);
   state.shownIds.clear();
   state.oldestShown = null;
-  $("partner").textContent = username;
+  state.newestShown = null;
+  state.newestFromPeer = null;
+  $("partner").textContent = username === state.me ? `${username} (you)` : username;
   $("message-list").replaceChildren();
   $("send-form").hidden = false;
   $("send-error").textContent = "";
   $("app").classList.add("in-conversation");
-  drawUsers();
+  drawInbox();
   await loadPage(null);
+  if (username !== state.partner) return;
   scrollToBottom();
   $("send-body").focus();
+  maybeMarkRead();
+}
+
+function closeConversation() {
+  state.partner = null;
+  $("app").classList.remove("in-conversation");
+  $("partner").textContent = "Pick a conversation";
+  $("message-list").replaceChildren();
+  $("send-form").hidden = true;
+  $("load-older").hidden = true;
 }
 
 async function loadPage(before) {
@@ -135,6 +386,8 @@ async function loadPage(before) {
   const page = await api(path);
   if (partner !== state.partner) return; // the user switched conversations meanwhile
   for (const message of page.results) drawMessage(message);
+  drawDayLines();
+  drawSeen();
   $("load-older").hidden = !page.next;
 }
 
@@ -146,17 +399,26 @@ $("load-older").addEventListener("click", async () => {
 });
 
 $("back-button").addEventListener("click", () => {
-  $("app").classList.remove("in-conversation");
-  state.partner = null;
-  drawUsers();
+  const partner = state.partner;
+  closeConversation();
+  drawInbox();
+  const item = $("inbox-list").querySelector(`li[data-peer="${CSS.escape(partner || "")}"] button`);
+  if (item) item.focus();
 });
 
 function drawMessage(message) {
-  if (state.shownIds.has(message.id)) return;
+  if (state.shownIds.has(message.id)) return false;
   state.shownIds.add(message.id);
   if (state.oldestShown === null || message.id < state.oldestShown) state.oldestShown = message.id;
+  if (state.newestShown === null || message.id > state.newestShown) state.newestShown = message.id;
+  if (message.user !== state.me && (state.newestFromPeer === null || message.id > state.newestFromPeer)) {
+    state.newestFromPeer = message.id;
+  }
   const item = document.createElement("li");
+  item.className = "msg";
   item.dataset.id = String(message.id);
+  const date = new Date(message.timestamp);
+  item.dataset.day = dayKey(date);
   if (message.user === state.me) item.classList.add("mine");
   // Bidirectional overrides in a body stay inside it: its own direction, isolated.
   const body = document.createElement("span");
@@ -164,26 +426,125 @@ function drawMessage(message) {
   body.dir = "auto";
   body.textContent = message.body;
   item.append(body);
+  // The day is on the date line above; the bubble needs only the time.
   const time = document.createElement("time");
   time.dateTime = message.timestamp;
-  time.textContent = new Date(message.timestamp).toLocaleString();
+  time.title = date.toLocaleString();
+  time.textContent = clockTime(date);
   item.append(time);
   const list = $("message-list");
   // Keep the list ordered by id whichever way messages arrive.
   let anchor = null;
-  const last = list.lastElementChild;
-  if (!last || Number(last.dataset.id) > message.id) {
-    for (const other of list.children) {
+  const last = lastMessageItem(list);
+  if (last && Number(last.dataset.id) > message.id) {
+    for (const other of list.querySelectorAll("li.msg")) {
       if (Number(other.dataset.id) > message.id) { anchor = other; break; }
     }
   }
   list.insertBefore(item, anchor);
+  return true;
+}
+
+function lastMessageItem(list) {
+  const items = list.querySelectorAll("li.msg");
+  return items.length ? items[items.length - 1] : null;
+}
+
+// One date line above the first message of each day.
+function drawDayLines() {
+  const list = $("message-list");
+  for (const line of list.querySelectorAll("li.day")) line.remove();
+  let previous = null;
+  for (const item of [...list.querySelectorAll("li.msg")]) {
+    if (item.dataset.day !== previous) {
+      previous = item.dataset.day;
+      const line = document.createElement("li");
+      line.className = "day";
+      const time = document.createElement("time");
+      const stamp = item.querySelector("time").dateTime;
+      time.dateTime = stamp.slice(0, 10);
+      time.textContent = dayLabel(new Date(stamp));
+      line.append(time);
+      list.insertBefore(line, item);
+    }
+  }
+}
+
+// "Seen" under my latest message that the peer has read.
+function drawSeen() {
+  const list = $("message-list");
+  for (const old of list.querySelectorAll(".seen")) old.remove();
+  if (!state.partner || state.partner === state.me) return;
+  const conversation = state.conversations.get(state.partner);
+  const upTo = conversation ? conversation.peer_read_up_to : null;
+  if (upTo === null || upTo === undefined) return;
+  const mine = [...list.querySelectorAll("li.msg.mine")].filter((item) => Number(item.dataset.id) <= upTo);
+  if (!mine.length) return;
+  const seen = document.createElement("span");
+  seen.className = "seen";
+  seen.textContent = "Seen";
+  mine[mine.length - 1].append(seen);
 }
 
 function scrollToBottom() {
   const box = $("messages");
   box.scrollTop = box.scrollHeight;
 }
+
+function latestInView() {
+  const box = $("messages");
+  // A hidden pane (the inbox on a phone) shows nothing, however it is scrolled.
+  if (!state.partner || box.getClientRects().length === 0 || box.clientHeight === 0) return false;
+  return box.scrollHeight - box.scrollTop - box.clientHeight < 40;
+}
+
+function watching() {
+  return document.visibilityState === "visible" && document.hasFocus() && latestInView();
+}
+
+// Moves the read marker to the newest message shown when the reader can see it, and only
+// when that would move it: the peer's newest message is past the marker.
+function maybeMarkRead() {
+  const peer = state.partner;
+  if (!peer || peer === state.me || state.marking || !watching()) return;
+  if (state.newestFromPeer === null) return;
+  const conversation = state.conversations.get(peer);
+  const marker = conversation ? conversation.read_up_to : null;
+  if (marker !== null && marker !== undefined && marker >= state.newestFromPeer) {
+    if (conversation.unread > 0) { setUnread(conversation, 0); drawInbox(); }
+    return;
+  }
+  const upTo = state.newestShown;
+  state.marking = (async () => {
+    try {
+      const answer = await api(`/conversation/${encodeURIComponent(peer)}/read`, { json: { up_to: upTo } });
+      const known = state.conversations.get(peer);
+      if (known) {
+        known.read_up_to = maxId(known.read_up_to, answer.read_up_to);
+        setUnread(known, answer.unread);
+      } else {
+        // Not on a loaded inbox page: only the server knows the total now.
+        refreshInboxSoon();
+      }
+      drawInbox();
+    } catch (_) {
+      // Not fatal: the next scroll, focus or message tries again.
+    }
+  })();
+  state.marking.finally(() => {
+    state.marking = null;
+    // Something newer may have arrived while the request was out.
+    if (state.partner === peer && state.newestFromPeer !== null && state.newestFromPeer > upTo) maybeMarkRead();
+  });
+}
+
+window.addEventListener("focus", maybeMarkRead);
+document.addEventListener("visibilitychange", maybeMarkRead);
+let scrollTimer = null;
+$("messages").addEventListener("scroll", () => {
+  clearTimeout(scrollTimer);
+  scrollTimer = setTimeout(maybeMarkRead, 100);
+});
 
 $("send-body").addEventListener("keydown", (event) => {
   if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
@@ -206,7 +567,7 @@ $("send-form").addEventListener("submit", async (event) => {
       json: { recipient: state.partner, body },
       headers: { "Idempotency-Key": key },
     });
-    onMessage(message);
+    onMessage(message, false);
   } catch (error) {
     input.value = body;
     $("send-error").textContent = error.message;
@@ -215,18 +576,64 @@ $("send-form").addEventListener("submit", async (event) => {
 
 // ---- live updates ----
 
-function onMessage(message) {
-  if (state.lastEventId === null || message.id > state.lastEventId) state.lastEventId = message.id;
-  const partner = message.user === state.me ? message.recipient : message.user;
-  if (partner === state.partner) {
-    const box = $("messages");
-    const atBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
-    drawMessage(message);
-    if (atBottom || message.user === state.me) scrollToBottom();
-  } else if (message.user !== state.me) {
-    state.unread.set(partner, (state.unread.get(partner) || 0) + 1);
-    if (!state.users.some((u) => u.username === partner)) loadUsers().catch(() => {});
-    drawUsers();
+function onMessage(message, live) {
+  const peer = conversationOf(message);
+  const fromPeer = message.user !== state.me;
+  let conversation = state.conversations.get(peer);
+  // An id at or below the newest known one was counted already (a catch-up replay, or the
+  // echo of one's own send).
+  const isNews = !conversation || message.id > conversation.last_message.id;
+  if (!conversation) {
+    conversation = { peer, last_message: message, unread: 0, read_up_to: null, peer_read_up_to: null };
+    state.conversations.set(peer, conversation);
+    // Unknown here: an older conversation below the loaded pages, whose markers and count
+    // only the server has.
+    refreshInboxSoon();
+  }
+  if (isNews) conversation.last_message = message;
+
+  let drawn = false;
+  if (peer === state.partner) {
+    const atBottom = latestInView();
+    drawn = drawMessage(message);
+    if (drawn) {
+      drawDayLines();
+      drawSeen();
+      if (atBottom || !fromPeer) scrollToBottom();
+    }
+  }
+  if (isNews && fromPeer && peer !== state.me) {
+    if (peer === state.partner && watching()) {
+      maybeMarkRead();
+    } else {
+      setUnread(conversation, conversation.unread + 1);
+    }
+  }
+  if (live && drawn && fromPeer) {
+    $("announcer").textContent = `${message.user}: ${message.body}`;
+  }
+  drawInbox();
+}
+
+function onRead(frame) {
+  if (frame.reader === state.me) {
+    // Another tab (or this one) read: the badge follows.
+    const conversation = state.conversations.get(frame.peer);
+    if (!conversation) { refreshInboxSoon(); return; }
+    conversation.read_up_to = maxId(conversation.read_up_to, frame.up_to);
+    if (frame.up_to >= conversation.last_message.id) {
+      setUnread(conversation, 0);
+    } else {
+      // Read part of the way: only the server can count what is left.
+      refreshInboxSoon();
+    }
+    drawInbox();
+  } else {
+    // The peer read my messages: "Seen".
+    const conversation = state.conversations.get(frame.reader);
+    if (!conversation) { refreshInboxSoon(); return; }
+    conversation.peer_read_up_to = maxId(conversation.peer_read_up_to, frame.up_to);
+    if (frame.reader === state.partner) drawSeen();
   }
 }
 
@@ -238,14 +645,20 @@ async function onFrame(frame) {
   if (frame.type === "resync" || frame.resync) {
     // Too much was missed to replay: reload what is on screen and start from the newest id.
     await primeLastEventId();
+    await loadInbox();
     if (state.partner) await openConversation(state.partner);
     return;
   }
-  if (frame.data) {
-    onMessage(frame.data);
-  } else if (frame.message) {
-    onMessage(await api(`/message/${encodeURIComponent(frame.message)}/`));
+  if (frame.type === "read") {
+    onRead(frame);
+  } else if (frame.type === "message" || frame.type === undefined) {
+    if (frame.data) {
+      onMessage(frame.data, true);
+    } else if (frame.message) {
+      onMessage(await api(`/message/${encodeURIComponent(frame.message)}/`), true);
+    }
   }
+  // Any other type is from a later version: ignored.
 }
 
 async function primeLastEventId() {
@@ -275,8 +688,7 @@ function connect() {
     $("connection").classList.remove("live");
     if (event.code === 4001) {
       // The session ended (logged out elsewhere, or expired): reconnecting would be refused.
-      state.me = null;
-      $("connection").textContent = "offline";
+      closeConversation();
       showAuth("Your session ended. Please log in again.");
       return;
     }
@@ -302,19 +714,34 @@ function closeSocket() {
 
 // ---- start ----
 
-async function start() {
+async function start(username) {
+  closeConversation();
+  state.me = username;
+  state.conversations.clear();
+  state.unreadTotal = 0;
+  $("user-search").value = "";
+  showDirectory(false);
+  $("loading").hidden = true;
   $("auth").hidden = true;
   $("app").hidden = false;
-  $("me").textContent = state.me;
+  $("me").textContent = username;
+  // The position comes first: whatever happens after it is replayed on the socket, and
+  // replays are harmless (counted messages are recognised by id, markers only move forward).
   await primeLastEventId();
-  await loadUsers();
+  await loadInbox();
   connect();
 }
 
+// The server, not this page, knows whether the session cookie is still good.
 (async () => {
-  if (!state.me) return showAuth();
+  let session;
   try {
-    await start();
+    session = await api("/auth/session");
+  } catch (error) {
+    return showAuth(error instanceof ApiError && error.status === 401 ? "" : error.message);
+  }
+  try {
+    await start(session.username);
   } catch (error) {
     if (!(error instanceof ApiError && error.status === 401)) showAuth(error.message);
   }

@@ -1,10 +1,14 @@
 //! End-to-end test of the web UI in headless Chromium (Debian's `chromium` and
 //! `chromium-driver`, which `scripts/test` installs when missing), driven over WebDriver.
 //!
-//! Two users in two separate browsers sign up through the page; alice opens bob and sends;
-//! bob sees it appear without reloading; a body of HTML shows as text and runs nothing; after
-//! 20 messages a reload shows the latest 15 and "Load older" brings the rest. Screenshots are
-//! saved under `target/artifacts/` (or `$CHAT_ARTIFACTS_DIR`).
+//! Two users in two separate browsers sign up through the page, a third writes over HTTP.
+//! The inbox: bob's badge and the "(n) chatcore" title appear live for a message that arrives
+//! while he is in another conversation, survive a reload (which keeps him logged in, from the
+//! session cookie), and clear when he opens it; alice then sees "Seen" under her message.
+//! Then the conversation itself: a message arrives live, a body of HTML shows as text and runs
+//! nothing, bodies are isolated, one date line per day, after 20 messages a reload shows the
+//! latest 15 and "Load older" brings the rest. Screenshots (desktop and phone-sized) are saved
+//! under `target/artifacts/` (or `$CHAT_ARTIFACTS_DIR`).
 
 mod common;
 
@@ -96,26 +100,70 @@ async fn visible(client: &Client, css: &str) -> bool {
     }
 }
 
+/// The bodies of the messages shown in the open conversation, oldest first.
 async fn message_texts(client: &Client) -> Vec<String> {
-    let items = client
-        .find_all(Locator::Css("#message-list li"))
+    let value = client
+        .execute(
+            "return [...document.querySelectorAll('#message-list li.msg .body')].map(b => b.textContent);",
+            vec![],
+        )
         .await
         .unwrap_or_default();
-    let mut texts = Vec::new();
-    for item in items {
-        // The body is the item's first child (an isolated span); the <time> child follows it.
-        let text: String = client
-            .execute(
-                "return arguments[0].firstChild.textContent;",
-                vec![serde_json::to_value(&item).unwrap()],
-            )
-            .await
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
-        texts.push(text);
+    serde_json::from_value(value).unwrap_or_default()
+}
+
+/// The inbox as shown: `(peer, badge text or "", preview)`, top first.
+async fn inbox(client: &Client) -> Vec<(String, String, String)> {
+    let value = client
+        .execute(
+            "return [...document.querySelectorAll('#inbox-list li')].map(li => [\
+                 li.dataset.peer, \
+                 (li.querySelector('.badge') || {textContent: ''}).textContent, \
+                 li.querySelector('.preview').textContent]);",
+            vec![],
+        )
+        .await
+        .unwrap_or_default();
+    serde_json::from_value(value).unwrap_or_default()
+}
+
+fn row(peer: &str, badge: &str, preview: &str) -> (String, String, String) {
+    (peer.to_owned(), badge.to_owned(), preview.to_owned())
+}
+
+/// The badge of `peer` in the inbox: `None` when the conversation is not listed, `Some("")`
+/// when it is listed without a badge.
+async fn badge(client: &Client, peer: &str) -> Option<String> {
+    inbox(client)
+        .await
+        .into_iter()
+        .find(|(p, _, _)| p == peer)
+        .map(|(_, badge, _)| badge)
+}
+
+async fn title(client: &Client) -> String {
+    client.title().await.unwrap_or_default()
+}
+
+/// The body of the message "Seen" is under, if any.
+async fn seen_under(client: &Client) -> Option<String> {
+    let value = client
+        .execute(
+            "const seen = document.querySelectorAll('#message-list .seen'); \
+             if (seen.length !== 1) return seen.length ? 'several' : null; \
+             return seen[0].closest('li.msg.mine').querySelector('.body').textContent;",
+            vec![],
+        )
+        .await
+        .unwrap_or_default();
+    value.as_str().map(str::to_owned)
+}
+
+async fn text(client: &Client, id: &str) -> String {
+    match client.find(Locator::Id(id)).await {
+        Ok(element) => element.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
     }
-    texts
 }
 
 async fn sign_up(client: &Client, base: &str, username: &str) {
@@ -143,27 +191,51 @@ async fn sign_up(client: &Client, base: &str, username: &str) {
         .await
         .unwrap();
     eventually("the app after sign-up", || visible(client, "#app")).await;
-    let me = client
-        .find(Locator::Id("me"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert_eq!(me, username);
+    assert_eq!(text(client, "me").await, username);
+    wait_live(client).await;
 }
 
+async fn wait_live(client: &Client) {
+    eventually("the live connection", || async {
+        text(client, "connection").await == "live"
+    })
+    .await;
+}
+
+/// Clicks the element `css` selects, again if the page redrew it between finding and
+/// clicking (the inbox redraws on every event).
+async fn click(client: &Client, what: &str, css: &str) {
+    eventually(what, || async {
+        match client.find(Locator::Css(css)).await {
+            Ok(element) => element.click().await.is_ok(),
+            Err(_) => false,
+        }
+    })
+    .await;
+}
+
+/// Opens the conversation with `partner` from the inbox.
 async fn open_conversation(client: &Client, partner: &str) {
-    let css = format!("#user-list li[data-username='{partner}']");
-    eventually("the partner in the user list", || visible(client, &css)).await;
-    client
-        .find(Locator::Css(&css))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    let css = format!("#inbox-list li[data-peer='{partner}'] button");
+    click(client, "the conversation in the inbox", &css).await;
     eventually("the send box", || visible(client, "#send-body")).await;
+    eventually("the partner's name on top", || async {
+        text(client, "partner").await == partner
+    })
+    .await;
+}
+
+/// Starts a conversation with someone from the directory search.
+async fn start_conversation(client: &Client, prefix: &str, partner: &str) {
+    let search = client.find(Locator::Id("user-search")).await.unwrap();
+    search.send_keys(prefix).await.unwrap();
+    let css = format!("#directory-list li[data-username='{partner}'] button");
+    click(client, "the person in the directory", &css).await;
+    eventually("the send box", || visible(client, "#send-body")).await;
+    assert!(
+        visible(client, "#inbox-pane").await,
+        "the inbox is back once a conversation is chosen"
+    );
 }
 
 async fn send(client: &Client, body: &str) {
@@ -174,6 +246,69 @@ async fn send(client: &Client, body: &str) {
         message_texts(client).await.len() > before
     })
     .await;
+}
+
+/// Reloads the page and waits for the app: no login form, the session cookie is enough.
+async fn reload_logged_in(client: &Client, username: &str) {
+    client.refresh().await.unwrap();
+    eventually("the app after a reload, without logging in again", || async {
+        visible(client, "#app").await && text(client, "me").await == username
+    })
+    .await;
+    assert!(
+        !visible(client, "#auth-form").await,
+        "a reload with a valid session cookie does not ask to log in"
+    );
+    wait_live(client).await;
+}
+
+/// A user outside the browsers, over HTTP with a bearer token.
+struct HttpUser {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl HttpUser {
+    async fn sign_up(base: &str, username: &str) -> Self {
+        let http = reqwest::Client::new();
+        let credentials = json!({"username": username, "password": "correct horse battery"});
+        let status = http
+            .post(format!("{base}/api/v1/auth/register"))
+            .json(&credentials)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 201, "register {username}");
+        let login: serde_json::Value = http
+            .post(format!("{base}/api/v1/auth/login"))
+            .json(&credentials)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        Self {
+            http,
+            base: base.to_owned(),
+            token: login["token"].as_str().expect("a token").to_owned(),
+        }
+    }
+
+    async fn send(&self, recipient: &str, body: &str) {
+        let status = self
+            .http
+            .post(format!("{}/api/v1/message/", self.base))
+            .bearer_auth(&self.token)
+            .json(&json!({"recipient": recipient, "body": body}))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 201, "send to {recipient}");
+    }
 }
 
 fn artifacts_dir() -> PathBuf {
@@ -191,36 +326,117 @@ async fn two_users_chat_live_in_real_browsers() {
     let driver = start_chromedriver().await;
     let alice = browser(&driver, &work.path().join("profile-alice")).await;
     let bob = browser(&driver, &work.path().join("profile-bob")).await;
+    let dir = artifacts_dir();
 
     sign_up(&alice, &server.base, "alice").await;
     sign_up(&bob, &server.base, "bob").await;
+    assert_eq!(title(&bob).await, "chatcore");
 
-    // bob has alice's conversation open before she writes: the message must arrive live.
-    open_conversation(&bob, "alice").await;
-    eventually("bob's live connection", || async {
-        bob.find(Locator::Id("connection"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-            == "live"
+    // A message from someone bob has never talked to appears live, with its badge and the
+    // total in the title.
+    let carol = HttpUser::sign_up(&server.base, "carol").await;
+    carol.send("bob", "hi bob, carol here").await;
+    eventually("carol's conversation in bob's inbox with a badge", || async {
+        inbox(&bob).await == [row("carol", "1", "hi bob, carol here")]
     })
     .await;
-    // alice signed up before bob existed: her list fills when she searches.
-    let search = alice.find(Locator::Id("user-search")).await.unwrap();
-    search.send_keys("bo").await.unwrap();
-    open_conversation(&alice, "bob").await;
+    eventually("the total in bob's title", || async {
+        title(&bob).await == "(1) chatcore"
+    })
+    .await;
 
+    // Opening it (the window has focus, the latest message is in view) marks it read.
+    open_conversation(&bob, "carol").await;
+    eventually("carol's badge cleared once bob opened it", || async {
+        badge(&bob, "carol").await.as_deref() == Some("")
+    })
+    .await;
+    eventually("bob's title without a count", || async {
+        title(&bob).await == "chatcore"
+    })
+    .await;
+
+    // alice starts a conversation from the directory while bob reads carol's.
+    start_conversation(&alice, "bo", "bob").await;
     send(&alice, "hello bob").await;
-    eventually("the message on bob's screen without reload", || async {
+    eventually("bob's badge for alice, on top of his inbox", || async {
+        inbox(&bob).await
+            == [
+                row("alice", "1", "hello bob"),
+                row("carol", "", "hi bob, carol here"),
+            ]
+    })
+    .await;
+    eventually("the total in bob's title", || async {
+        title(&bob).await == "(1) chatcore"
+    })
+    .await;
+    assert_eq!(
+        message_texts(&bob).await,
+        ["hi bob, carol here"],
+        "alice's message does not land in carol's conversation"
+    );
+    eventually("alice's own inbox, her message as the preview", || async {
+        inbox(&alice).await == [row("bob", "", "You: hello bob")]
+    })
+    .await;
+    assert_eq!(seen_under(&alice).await, None, "bob has not read it yet");
+    std::fs::write(dir.join("browser-bob-badge.png"), bob.screenshot().await.unwrap()).unwrap();
+
+    // A reload keeps bob logged in (the cookie, checked with the server) and keeps the counts.
+    reload_logged_in(&bob, "bob").await;
+    eventually("the counts after bob's reload", || async {
+        inbox(&bob).await
+            == [
+                row("alice", "1", "hello bob"),
+                row("carol", "", "hi bob, carol here"),
+            ]
+    })
+    .await;
+    assert_eq!(title(&bob).await, "(1) chatcore");
+
+    // bob opens it: his badge clears, and alice sees "Seen" under her message, live.
+    open_conversation(&bob, "alice").await;
+    eventually("the message in bob's conversation", || async {
         message_texts(&bob).await == ["hello bob"]
     })
     .await;
+    eventually("alice's badge cleared", || async {
+        badge(&bob, "alice").await.as_deref() == Some("")
+    })
+    .await;
+    eventually("bob's title without a count", || async {
+        title(&bob).await == "chatcore"
+    })
+    .await;
+    eventually("\"Seen\" under alice's message", || async {
+        seen_under(&alice).await.as_deref() == Some("hello bob")
+    })
+    .await;
+    assert!(
+        seen_under(&bob).await.is_none(),
+        "bob has written nothing, so nothing of his is seen"
+    );
+
+    // Both reload: the read state is the server's, not the page's.
+    reload_logged_in(&alice, "alice").await;
+    assert_eq!(title(&alice).await, "chatcore");
+    open_conversation(&alice, "bob").await;
+    eventually("\"Seen\" after alice's reload", || async {
+        seen_under(&alice).await.as_deref() == Some("hello bob")
+    })
+    .await;
+    reload_logged_in(&bob, "bob").await;
+    eventually("bob's inbox after the reload", || async {
+        badge(&bob, "alice").await.as_deref() == Some("") && badge(&bob, "carol").await.as_deref() == Some("")
+    })
+    .await;
+    assert_eq!(title(&bob).await, "chatcore");
+    open_conversation(&bob, "alice").await;
 
     // HTML in a body is shown as text and runs nothing.
     send(&alice, XSS).await;
-    eventually("the HTML body on bob's screen as text", || async {
+    eventually("the HTML body on bob's screen as text, live", || async {
         message_texts(&bob).await.last().map(String::as_str) == Some(XSS)
     })
     .await;
@@ -248,7 +464,7 @@ async fn two_users_chat_live_in_real_browsers() {
 
     // Own messages sit on the right, the other's on the left.
     let mine = alice
-        .find_all(Locator::Css("#message-list li.mine"))
+        .find_all(Locator::Css("#message-list li.msg.mine"))
         .await
         .unwrap();
     assert_eq!(mine.len(), 2);
@@ -266,8 +482,20 @@ async fn two_users_chat_live_in_real_browsers() {
         message_texts(&bob).await.len() == 20
     })
     .await;
+    // bob watches the conversation: what arrives is read at once, no badge, and alice sees it.
+    eventually("\"Seen\" under alice's latest message", || async {
+        seen_under(&alice).await.as_deref() == Some("message 20")
+    })
+    .await;
+    assert_eq!(badge(&bob, "alice").await.as_deref(), Some(""));
+    assert_eq!(title(&bob).await, "chatcore");
+    let preview = inbox(&bob).await;
+    assert_eq!(
+        preview[0].2, "message 20",
+        "the preview follows the latest message"
+    );
 
-    bob.refresh().await.unwrap();
+    reload_logged_in(&bob, "bob").await;
     open_conversation(&bob, "alice").await;
     eventually("the latest 15 after reload", || async {
         message_texts(&bob).await.len() == 15
@@ -291,8 +519,18 @@ async fn two_users_chat_live_in_real_browsers() {
     assert_eq!(all[0], "hello bob");
     assert_eq!(all[1], XSS);
     assert!(!visible(&bob, "#load-older").await, "nothing older remains");
+    // Messages of one day share one date line, above the first of them.
+    let days: serde_json::Value = bob
+        .execute(
+            "const list = document.getElementById('message-list'); \
+             return [[...list.querySelectorAll('li.day')].map(d => d.textContent), \
+                     list.firstElementChild.className];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(days, json!([["Today"], "day"]));
 
-    let dir = artifacts_dir();
     std::fs::write(dir.join("browser-bob.png"), bob.screenshot().await.unwrap()).unwrap();
     std::fs::write(dir.join("browser-alice.png"), alice.screenshot().await.unwrap()).unwrap();
 
@@ -302,13 +540,19 @@ async fn two_users_chat_live_in_real_browsers() {
         !visible(&bob, "#sidebar").await,
         "the conversation takes the whole phone screen"
     );
+    std::fs::write(
+        dir.join("browser-bob-phone-conversation.png"),
+        bob.screenshot().await.unwrap(),
+    )
+    .unwrap();
     bob.find(Locator::Id("back-button"))
         .await
         .unwrap()
         .click()
         .await
         .unwrap();
-    eventually("the people list on a phone", || visible(&bob, "#user-list")).await;
+    eventually("the inbox on a phone", || visible(&bob, "#inbox-list")).await;
+    assert!(!visible(&bob, "#conversation").await);
     std::fs::write(dir.join("browser-bob-phone.png"), bob.screenshot().await.unwrap()).unwrap();
 
     alice.close().await.unwrap();
