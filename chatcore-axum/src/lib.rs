@@ -132,6 +132,7 @@ mod error;
 #[cfg(feature = "sessions")]
 mod limits;
 mod rest;
+mod serve;
 #[cfg(feature = "sessions")]
 mod session;
 #[cfg(feature = "sessions")]
@@ -140,7 +141,6 @@ mod state;
 mod ws;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -151,6 +151,9 @@ use tower_http::catch_panic::CatchPanicLayer;
 pub use auth::{Authenticated, Authenticator, SessionInfo, TrustedOrigin};
 pub use config::ApiConfig;
 pub use error::{ApiError, UNAVAILABLE_RETRY_AFTER_SECS};
+pub use serve::{
+    EdgeCounters, MIN_HEADER_BYTES, ServeConfig, descriptor_limits, raise_descriptor_limit, serve, serve_with,
+};
 #[cfg(feature = "sessions")]
 pub use session::{Session, SessionAuthenticator, SessionConfig, token_hash};
 #[cfg(feature = "sessions")]
@@ -308,38 +311,6 @@ pub fn auth_router<S: Clone + Send + Sync + 'static>(
         trusted_origins: config.trusted_origins.clone().into(),
     })
     .layer(DefaultBodyLimit::max(config.max_request_body))
-}
-
-/// How long [`serve`] waits for WebSockets to send their close frames after a shutdown.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
-/// Serves `app` on `listener` until `shutdown` is triggered, then closes every WebSocket of
-/// the routers sharing that handle (close frame 1001), finishes in-flight requests, and
-/// returns (waiting at most [`SHUTDOWN_GRACE`] for the sockets). In the style of
-/// mini-redis's `server::run`: tests bind port 0 and call [`ShutdownHandle::shutdown`].
-/// Requests carry axum's `ConnectInfo<SocketAddr>` (the peer address the login and
-/// registration limits count); a host serving the router itself does the same with
-/// `into_make_service_with_connect_info::<SocketAddr>()`.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    app: Router,
-    shutdown: ShutdownHandle,
-) -> std::io::Result<()> {
-    let token = shutdown.token().clone();
-    // The peer address is what the per-address login and registration limits count.
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { token.cancelled().await })
-    .await?;
-    if !shutdown.closed(SHUTDOWN_GRACE).await {
-        tracing::warn!(
-            open = shutdown.open_sockets(),
-            "websockets still open after the shutdown grace period"
-        );
-    }
-    Ok(())
 }
 
 #[cfg(test)]
