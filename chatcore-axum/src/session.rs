@@ -298,6 +298,33 @@ impl SessionAuthenticator {
         if self.inner.sessions.is_enabled() {
             match chat.notifier().subscribe(UserId::SESSION_REVOCATIONS).await {
                 Ok(subscription) => self.inner.sessions.follow_revocations(subscription, stop.clone()),
+                // The notifier is down (Redis at start): the cache serves nothing until it
+                // follows revocations (every lookup asks the store), and subscribing is retried
+                // in the background, as a notifier outage at run time is.
+                Err(error @ Error::Unavailable { .. }) => {
+                    tracing::warn!(%error, "session revocations unavailable: sessions are not cached until the notifier answers");
+                    let (notifier, sessions, stop) = (
+                        chat.notifier().clone(),
+                        Arc::downgrade(&self.inner.sessions),
+                        stop.clone(),
+                    );
+                    tokio::spawn(async move {
+                        let mut wait = Duration::from_millis(100);
+                        loop {
+                            tokio::select! {
+                                () = stop.cancelled() => return,
+                                () = tokio::time::sleep(wait) => {}
+                            }
+                            let Some(cache) = sessions.upgrade() else { return };
+                            if let Ok(subscription) = notifier.subscribe(UserId::SESSION_REVOCATIONS).await {
+                                tracing::info!("session revocations followed: sessions are cached again");
+                                cache.follow_revocations(subscription, stop);
+                                return;
+                            }
+                            wait = (wait * 2).min(Duration::from_secs(5));
+                        }
+                    });
+                }
                 Err(error) => {
                     self.inner.started.store(false, Ordering::Release);
                     return Err(error);
