@@ -49,9 +49,12 @@
 //! | `POST /api/v1/auth/register`, `/login`, `/logout` | with `ChatApi::with_auth_routes` or `auth_router` (feature `sessions`); register and login limited per client address (429 with `Retry-After`) |
 //!
 //! Every error is JSON `{"error": "..."}` (see [`ApiError`]): 400, 401 with
-//! `WWW-Authenticate`, 403 cross-site, 404 (also for unknown paths), 405, 409, 413, 415, 429
-//! and 503 with `Retry-After`; even a bug that panics in a handler (or in the host's
-//! authenticator) is a logged JSON 500, not a dropped connection. Limits are in [`ApiConfig`] and [`chatcore::ChatConfig`].
+//! `WWW-Authenticate`, 403 cross-site, 404 (also for unknown paths), 405, 408 (a body that
+//! stopped arriving), 409, 413, 415, 429 and 503 with `Retry-After`; even a bug that panics in
+//! a handler (or in the host's authenticator) is a logged JSON 500, not a dropped connection.
+//! [`serve_with`] also answers in JSON what hyper answers itself before the router (400 for a
+//! malformed request, 431 for a head too large). Limits are in [`ApiConfig`],
+//! [`ServeConfig`] (connections: timeouts, head size, how many) and [`chatcore::ChatConfig`].
 //!
 //! # History pages
 //!
@@ -100,7 +103,10 @@
 //! silent. Frames sent by clients are ignored.
 //!
 //! # Layout
-//! - `lib.rs`: [`ChatApi`] (the builder), [`router`], `auth_router`, [`serve`].
+//! - `lib.rs`: [`ChatApi`] (the builder), [`router`], `auth_router`.
+//! - `serve.rs`: [`serve`] and [`serve_with`], the server's edge: one task per connection
+//!   (hyper's HTTP/1 builder, with upgrades) under [`ServeConfig`]'s timeouts and connection
+//!   limits, the shutdown grace period, JSON for hyper's own error answers.
 //! - `config.rs`: [`ApiConfig`], the HTTP and WebSocket limits.
 //! - `error.rs`: [`ApiError`] and the one mapping from [`chatcore::Error`] to a status.
 //! - `auth.rs`: the [`Authenticator`] trait, the same-origin (CSRF) check, the caller extractor.
