@@ -792,6 +792,38 @@ mod tests {
         authenticator_over(Arc::new(chatcore::MemoryStore::new()), config)
     }
 
+    /// Issue 16: a junk session cookie planted next to the valid one (by a sibling subdomain)
+    /// does not log the user out, whichever comes first.
+    #[tokio::test]
+    async fn a_valid_session_cookie_wins_over_junk() {
+        let auth = authenticator(SessionConfig::default());
+        let alice = auth.register("alice", "a long password").await.unwrap();
+        let session = auth.login("alice", "a long password").await.unwrap().unwrap();
+        let junk = URL_SAFE_NO_PAD.encode([9u8; 32]);
+        for cookie in [
+            format!("chatcore_session={junk}; chatcore_session={}", session.token),
+            format!(
+                "chatcore_session={}; chatcore_session=x; chatcore_session={junk}",
+                session.token
+            ),
+        ] {
+            let request = http::Request::get("/")
+                .header(header::COOKIE, cookie.as_str())
+                .body(())
+                .unwrap();
+            let (parts, ()) = request.into_parts();
+            let user = auth.authenticate(&parts).await.unwrap();
+            assert_eq!(user.map(|u| u.id), Some(alice.id), "{cookie}");
+        }
+        let only_junk = http::Request::get("/")
+            .header(header::COOKIE, format!("chatcore_session={junk}"))
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        assert_eq!(auth.authenticate(&only_junk).await.unwrap(), None);
+    }
+
     fn authenticator_over(store: Arc<chatcore::MemoryStore>, config: SessionConfig) -> SessionAuthenticator {
         let fast = SessionConfig {
             argon2_memory_kib: 64,
