@@ -1,5 +1,6 @@
 //! `ChatService` end to end over each store: send (store + notify both parties) at concurrency 1
-//! and 64, and the latest-15 history page of a 10,000-message conversation.
+//! and 64, the latest-15 history page of a 10,000-message conversation, and numbered pages
+//! 1 and 300 (of 10) side by side on each store, against a `before` cursor at the same depth.
 //!
 //! Stores: in memory; SQLite on a temporary file with `synchronous=FULL` (durable); MySQL on a
 //! database of its own on `CHATCORE_MYSQL_URL` (default `mysql://root@127.0.0.1:3306`), dropped
@@ -125,6 +126,60 @@ fn bench_store(c: &mut Criterion, runtime: &Runtime, backend: &str, store: Arc<d
                 .await
                 .unwrap();
             assert_eq!(page.messages.len(), 15);
+            black_box(page)
+        })
+    });
+    group.finish();
+
+    // Issue 16: a numbered page costs more the deeper it is (the store skips the messages
+    // above it), so the service refuses pages past `ChatConfig::max_page_offset` (default
+    // 3,000 messages). Page 1 against page 300 of 10 (offset 2,990, the deepest allowed at that
+    // size), on the conversation and on the list of all the caller's messages, and the same
+    // depth reached with a `before` cursor.
+    let mut group = c.benchmark_group(format!("service_deep_pages/{backend}"));
+    group.throughput(Throughput::Elements(1));
+    let page = |n: u32| HistoryQuery {
+        page: Some(n),
+        limit: Some(10),
+        ..Default::default()
+    };
+    for n in [1u32, 300] {
+        group.bench_function(format!("conversation_page_{n}"), |b| {
+            b.to_async(runtime).iter(|| async {
+                let page = fx
+                    .chat
+                    .conversation(&fx.reader, "sender0", page(n))
+                    .await
+                    .unwrap();
+                assert_eq!(page.messages.len(), 10);
+                black_box(page)
+            })
+        });
+        group.bench_function(format!("all_messages_page_{n}"), |b| {
+            b.to_async(runtime).iter(|| async {
+                let page = fx.chat.all_messages(&fx.reader, page(n)).await.unwrap();
+                assert_eq!(page.messages.len(), 10);
+                black_box(page)
+            })
+        });
+    }
+    let cursor = runtime.block_on(async {
+        let above = fx
+            .chat
+            .conversation(&fx.reader, "sender0", page(300))
+            .await
+            .unwrap();
+        chatcore::MessageId(above.messages[0].id.0 + 1)
+    });
+    group.bench_function("conversation_before_cursor_at_page_300", |b| {
+        b.to_async(runtime).iter(|| async {
+            let query = HistoryQuery {
+                before: Some(cursor),
+                limit: Some(10),
+                ..Default::default()
+            };
+            let page = fx.chat.conversation(&fx.reader, "sender0", query).await.unwrap();
+            assert_eq!(page.messages.len(), 10);
             black_box(page)
         })
     });

@@ -190,6 +190,9 @@ macro_rules! from_rejections {
     ($($rejection:ty),* $(,)?) => {$(
         impl From<$rejection> for ApiError {
             fn from(rejection: $rejection) -> Self {
+                if body_timed_out(&rejection) {
+                    return Self::new(StatusCode::REQUEST_TIMEOUT, "the request body came too slowly");
+                }
                 Self::from_rejection(rejection.status(), rejection.body_text())
             }
         }
@@ -203,6 +206,19 @@ from_rejections!(
     axum::extract::rejection::BytesRejection,
     axum::extract::ws::rejection::WebSocketUpgradeRejection,
 );
+
+/// Whether reading the body failed because the client stopped sending it
+/// ([`crate::ServeConfig::request_body_timeout`]).
+fn body_timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(error);
+    while let Some(cause) = source {
+        if cause.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
+}
 
 /// JSON 404 for paths the router does not know.
 pub(crate) async fn unknown_path() -> ApiError {

@@ -52,9 +52,12 @@
 //! | `POST /api/v1/auth/register`, `/login`, `/logout` | with `ChatApi::with_auth_routes` or `auth_router` (feature `sessions`); register and login limited per client address (429 with `Retry-After`) |
 //!
 //! Every error is JSON `{"error": "..."}` (see [`ApiError`]): 400, 401 with
-//! `WWW-Authenticate`, 403 cross-site, 404 (also for unknown paths), 405, 409, 413, 415, 429
-//! and 503 with `Retry-After`; even a bug that panics in a handler (or in the host's
-//! authenticator) is a logged JSON 500, not a dropped connection. Limits are in [`ApiConfig`] and [`chatcore::ChatConfig`].
+//! `WWW-Authenticate`, 403 cross-site, 404 (also for unknown paths), 405, 408 (a body that
+//! stopped arriving), 409, 413, 415, 429 and 503 with `Retry-After`; even a bug that panics in
+//! a handler (or in the host's authenticator) is a logged JSON 500, not a dropped connection.
+//! [`serve_with`] also answers in JSON what hyper answers itself before the router (400 for a
+//! malformed request, 431 for a head too large). Limits are in [`ApiConfig`],
+//! [`ServeConfig`] (connections: timeouts, head size, how many) and [`chatcore::ChatConfig`].
 //!
 //! # History pages
 //!
@@ -103,7 +106,10 @@
 //! silent. Frames sent by clients are ignored.
 //!
 //! # Layout
-//! - `lib.rs`: [`ChatApi`] (the builder), [`router`], `auth_router`, [`serve`].
+//! - `lib.rs`: [`ChatApi`] (the builder), [`router`], `auth_router`.
+//! - `serve.rs`: [`serve`] and [`serve_with`], the server's edge: one task per connection
+//!   (hyper's HTTP/1 builder, with upgrades) under [`ServeConfig`]'s timeouts and connection
+//!   limits, the shutdown grace period, JSON for hyper's own error answers.
 //! - `config.rs`: [`ApiConfig`], the HTTP and WebSocket limits.
 //! - `error.rs`: [`ApiError`] and the one mapping from [`chatcore::Error`] to a status.
 //! - `auth.rs`: the [`Authenticator`] trait, the same-origin (CSRF) check, the caller extractor.
@@ -137,6 +143,7 @@ mod inbox;
 #[cfg(feature = "sessions")]
 mod limits;
 mod rest;
+mod serve;
 #[cfg(feature = "sessions")]
 mod session;
 #[cfg(feature = "sessions")]
@@ -145,7 +152,6 @@ mod state;
 mod ws;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -156,6 +162,9 @@ use tower_http::catch_panic::CatchPanicLayer;
 pub use auth::{Authenticated, Authenticator, SessionInfo, TrustedOrigin};
 pub use config::ApiConfig;
 pub use error::{ApiError, UNAVAILABLE_RETRY_AFTER_SECS};
+pub use serve::{
+    EdgeCounters, MIN_HEADER_BYTES, ServeConfig, descriptor_limits, raise_descriptor_limit, serve, serve_with,
+};
 #[cfg(feature = "sessions")]
 pub use session::{Session, SessionAuthenticator, SessionConfig, token_hash};
 #[cfg(feature = "sessions")]
@@ -319,38 +328,6 @@ pub fn auth_router<S: Clone + Send + Sync + 'static>(
         trusted_origins: config.trusted_origins.clone().into(),
     })
     .layer(DefaultBodyLimit::max(config.max_request_body))
-}
-
-/// How long [`serve`] waits for WebSockets to send their close frames after a shutdown.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
-/// Serves `app` on `listener` until `shutdown` is triggered, then closes every WebSocket of
-/// the routers sharing that handle (close frame 1001), finishes in-flight requests, and
-/// returns (waiting at most [`SHUTDOWN_GRACE`] for the sockets). In the style of
-/// mini-redis's `server::run`: tests bind port 0 and call [`ShutdownHandle::shutdown`].
-/// Requests carry axum's `ConnectInfo<SocketAddr>` (the peer address the login and
-/// registration limits count); a host serving the router itself does the same with
-/// `into_make_service_with_connect_info::<SocketAddr>()`.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    app: Router,
-    shutdown: ShutdownHandle,
-) -> std::io::Result<()> {
-    let token = shutdown.token().clone();
-    // The peer address is what the per-address login and registration limits count.
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { token.cancelled().await })
-    .await?;
-    if !shutdown.closed(SHUTDOWN_GRACE).await {
-        tracing::warn!(
-            open = shutdown.open_sockets(),
-            "websockets still open after the shutdown grace period"
-        );
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -39,10 +39,13 @@ use crate::session_cache::{CachedSessions, session_id};
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionConfig {
-    /// Name of the session cookie. Default `chatcore_session`.
+    /// Name of the session cookie. Default `chatcore_session`. With
+    /// [`SessionConfig::secure_cookies`] the cookie is named with the `__Host-` prefix
+    /// (`__Host-chatcore_session`), which browsers accept only from this host over HTTPS,
+    /// with `Path=/` and no `Domain`: a sibling subdomain cannot set or shadow it.
     pub cookie_name: String,
-    /// Mark the cookie `Secure` (only sent over HTTPS). Turn on when serving HTTPS; plain-HTTP
-    /// localhost needs it off. Default `false`.
+    /// Mark the cookie `Secure` (only sent over HTTPS) and name it with the `__Host-` prefix.
+    /// Turn on when serving HTTPS; plain-HTTP localhost needs it off. Default `false`.
     pub secure_cookies: bool,
     /// How long a session lasts after login. Default 14 days.
     pub session_lifetime: Duration,
@@ -160,6 +163,9 @@ struct Inner {
     /// The store behind its cache.
     sessions: Arc<CachedSessions>,
     config: SessionConfig,
+    /// The cookie's name as sent: `__Host-` + [`SessionConfig::cookie_name`] with secure
+    /// cookies.
+    cookie_name: String,
     limits: AddressLimits,
     /// Cancelled when the last clone goes: stops the background tasks.
     tasks: CancellationToken,
@@ -239,6 +245,11 @@ impl SessionAuthenticator {
             tasks: CancellationToken::new(),
             started: AtomicBool::new(false),
             hashing: tokio::sync::Semaphore::new(config.max_concurrent_hashes),
+            cookie_name: if config.secure_cookies {
+                format!("__Host-{}", config.cookie_name)
+            } else {
+                config.cookie_name.clone()
+            },
             config,
             argon2: Argon2::new(Algorithm::Argon2id, Version::V0x13, params),
             dummy_hash: String::new(),
@@ -252,6 +263,12 @@ impl SessionAuthenticator {
     /// The settings in force.
     pub fn config(&self) -> &SessionConfig {
         &self.inner.config
+    }
+
+    /// The session cookie's name as sent to browsers (with the `__Host-` prefix when
+    /// [`SessionConfig::secure_cookies`] is on).
+    pub fn cookie_name(&self) -> &str {
+        &self.inner.cookie_name
     }
 
     /// The session store as the authenticator uses it: behind its cache.
@@ -281,6 +298,33 @@ impl SessionAuthenticator {
         if self.inner.sessions.is_enabled() {
             match chat.notifier().subscribe(UserId::SESSION_REVOCATIONS).await {
                 Ok(subscription) => self.inner.sessions.follow_revocations(subscription, stop.clone()),
+                // The notifier is down (Redis at start): the cache serves nothing until it
+                // follows revocations (every lookup asks the store), and subscribing is retried
+                // in the background, as a notifier outage at run time is.
+                Err(error @ Error::Unavailable { .. }) => {
+                    tracing::warn!(%error, "session revocations unavailable: sessions are not cached until the notifier answers");
+                    let (notifier, sessions, stop) = (
+                        chat.notifier().clone(),
+                        Arc::downgrade(&self.inner.sessions),
+                        stop.clone(),
+                    );
+                    tokio::spawn(async move {
+                        let mut wait = Duration::from_millis(100);
+                        loop {
+                            tokio::select! {
+                                () = stop.cancelled() => return,
+                                () = tokio::time::sleep(wait) => {}
+                            }
+                            let Some(cache) = sessions.upgrade() else { return };
+                            if let Ok(subscription) = notifier.subscribe(UserId::SESSION_REVOCATIONS).await {
+                                tracing::info!("session revocations followed: sessions are cached again");
+                                cache.follow_revocations(subscription, stop);
+                                return;
+                            }
+                            wait = (wait * 2).min(Duration::from_secs(5));
+                        }
+                    });
+                }
                 Err(error) => {
                     self.inner.started.store(false, Ordering::Release);
                     return Err(error);
@@ -430,12 +474,26 @@ impl SessionAuthenticator {
     }
 
     /// The session token a request carries: the `Authorization: Bearer` header when present,
-    /// else the session cookie.
+    /// else the first session cookie. See [`SessionAuthenticator::tokens_from_headers`] for
+    /// all of them.
     pub fn token_from_headers<'h>(&self, headers: &'h HeaderMap) -> Option<&'h str> {
+        self.tokens_from_headers(headers).into_iter().next()
+    }
+
+    /// The session tokens a request carries, in order: the `Authorization: Bearer` header
+    /// alone when present, else every session cookie that could be a token (a browser sends
+    /// several cookies of one name when another site, e.g. a sibling subdomain, planted
+    /// one), at most [`MAX_SESSION_COOKIES`]. The first live one authenticates, so junk
+    /// planted next to a valid cookie cannot log its user out.
+    pub fn tokens_from_headers<'h>(&self, headers: &'h HeaderMap) -> Vec<&'h str> {
         if let Some(value) = headers.get(header::AUTHORIZATION) {
-            let value = value.to_str().ok()?;
-            let (scheme, token) = value.split_once(' ')?;
-            return scheme.eq_ignore_ascii_case("bearer").then(|| token.trim());
+            let bearer = value
+                .to_str()
+                .ok()
+                .and_then(|value| value.split_once(' '))
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                .map(|(_, token)| token.trim());
+            return bearer.into_iter().collect();
         }
         headers
             .get_all(header::COOKIE)
@@ -443,8 +501,24 @@ impl SessionAuthenticator {
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(';'))
             .filter_map(|pair| pair.trim().split_once('='))
-            .find(|(name, _)| *name == self.inner.config.cookie_name)
+            .filter(|(name, _)| *name == self.inner.cookie_name)
             .map(|(_, value)| value.trim_matches('"'))
+            .filter(|token| plausible_token(token))
+            .take(MAX_SESSION_COOKIES)
+            .collect()
+    }
+
+    /// The first live session among the tokens `headers` carries.
+    async fn session_from_headers(
+        &self,
+        headers: &HeaderMap,
+    ) -> chatcore::Result<Option<(Authenticated, String)>> {
+        for token in self.tokens_from_headers(headers) {
+            if let Some(caller) = self.session_for_token(token).await? {
+                return Ok(Some((caller, token.to_owned())));
+            }
+        }
+        Ok(None)
     }
 
     /// The `Set-Cookie` value that stores `token` in the browser: HttpOnly, SameSite=Lax,
@@ -464,7 +538,7 @@ impl SessionAuthenticator {
         let secure = if config.secure_cookies { "; Secure" } else { "" };
         let cookie = format!(
             "{}={value}; HttpOnly; SameSite=Lax; Path=/; Max-Age={max_age}{secure}",
-            config.cookie_name
+            self.inner.cookie_name
         );
         // The name was checked in `new` and tokens are base64url: this cannot fail, and if it
         // did the answer is an error, never an empty header.
@@ -557,20 +631,23 @@ fn plausible_token(token: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+/// Most session cookies of one request that are looked up (each may cost a storage read).
+pub const MAX_SESSION_COOKIES: usize = 4;
+
 #[async_trait]
 impl Authenticator for SessionAuthenticator {
     async fn authenticate(&self, parts: &Parts) -> chatcore::Result<Option<User>> {
-        match self.token_from_headers(&parts.headers) {
-            Some(token) => self.user_for_token(token).await,
-            None => Ok(None),
-        }
+        Ok(self
+            .session_from_headers(&parts.headers)
+            .await?
+            .map(|(caller, _)| caller.user))
     }
 
     async fn authenticate_session(&self, parts: &Parts) -> chatcore::Result<Option<Authenticated>> {
-        match self.token_from_headers(&parts.headers) {
-            Some(token) => self.session_for_token(token).await,
-            None => Ok(None),
-        }
+        Ok(self
+            .session_from_headers(&parts.headers)
+            .await?
+            .map(|(caller, _)| caller))
     }
 }
 
@@ -662,10 +739,11 @@ async fn logout(
     _: SameOrigin,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let Some(token) = state.auth.token_from_headers(&headers) else {
+    // The live session among the cookies (junk planted next to it is not the one to end).
+    let Some((_, token)) = state.auth.session_from_headers(&headers).await? else {
         return Err(ApiError::unauthorized());
     };
-    state.auth.logout(&state.chat, token).await?;
+    state.auth.logout(&state.chat, &token).await?;
     let mut response = StatusCode::NO_CONTENT.into_response();
     response
         .headers_mut()
@@ -714,6 +792,38 @@ mod tests {
         authenticator_over(Arc::new(chatcore::MemoryStore::new()), config)
     }
 
+    /// Issue 16: a junk session cookie planted next to the valid one (by a sibling subdomain)
+    /// does not log the user out, whichever comes first.
+    #[tokio::test]
+    async fn a_valid_session_cookie_wins_over_junk() {
+        let auth = authenticator(SessionConfig::default());
+        let alice = auth.register("alice", "a long password").await.unwrap();
+        let session = auth.login("alice", "a long password").await.unwrap().unwrap();
+        let junk = URL_SAFE_NO_PAD.encode([9u8; 32]);
+        for cookie in [
+            format!("chatcore_session={junk}; chatcore_session={}", session.token),
+            format!(
+                "chatcore_session={}; chatcore_session=x; chatcore_session={junk}",
+                session.token
+            ),
+        ] {
+            let request = http::Request::get("/")
+                .header(header::COOKIE, cookie.as_str())
+                .body(())
+                .unwrap();
+            let (parts, ()) = request.into_parts();
+            let user = auth.authenticate(&parts).await.unwrap();
+            assert_eq!(user.map(|u| u.id), Some(alice.id), "{cookie}");
+        }
+        let only_junk = http::Request::get("/")
+            .header(header::COOKIE, format!("chatcore_session={junk}"))
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        assert_eq!(auth.authenticate(&only_junk).await.unwrap(), None);
+    }
+
     fn authenticator_over(store: Arc<chatcore::MemoryStore>, config: SessionConfig) -> SessionAuthenticator {
         let fast = SessionConfig {
             argon2_memory_kib: 64,
@@ -745,8 +855,15 @@ mod tests {
             auth.token_from_headers(&headers(&[("authorization", "Basic abc")])),
             None
         );
-        let cookies = headers(&[("cookie", "theme=dark; chatcore_session=\"tok\"; other=1")]);
-        assert_eq!(auth.token_from_headers(&cookies), Some("tok"));
+        let tok = URL_SAFE_NO_PAD.encode([1u8; 32]);
+        let mut cookies = HeaderMap::new();
+        let value = format!("theme=dark; chatcore_session=\"{tok}\"; other=1");
+        cookies.insert(header::COOKIE, HeaderValue::from_str(&value).unwrap());
+        assert_eq!(auth.token_from_headers(&cookies), Some(tok.as_str()));
+        // Several session cookies: junk is skipped, every plausible one is a candidate.
+        let junk = format!("chatcore_session=junk; chatcore_session={tok}; chatcore_session={tok}x");
+        cookies.insert(header::COOKIE, HeaderValue::from_str(&junk).unwrap());
+        assert_eq!(auth.tokens_from_headers(&cookies), vec![tok.as_str()]);
         assert_eq!(
             auth.token_from_headers(&headers(&[("cookie", "chatcore_sessionx=1")])),
             None
@@ -773,6 +890,15 @@ mod tests {
             cookie_name: "sid".into(),
             ..Default::default()
         });
+        assert_eq!(secure.cookie_name(), "__Host-sid");
+        assert!(
+            secure
+                .session_cookie("t")
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("__Host-sid=t; ")
+        );
         assert!(
             secure
                 .session_cookie("t")
@@ -787,7 +913,7 @@ mod tests {
                 .unwrap()
                 .to_str()
                 .unwrap()
-                .starts_with("sid=; ")
+                .starts_with("__Host-sid=; ")
         );
     }
 

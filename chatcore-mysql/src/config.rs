@@ -22,6 +22,13 @@ pub struct MysqlConfig {
     /// How long a call waits for a connection (including connecting to a server that is down)
     /// before it fails with [`chatcore::Error::Unavailable`]; not zero. Default 5 s.
     pub acquire_timeout: Duration,
+    /// Longest a call waits for MySQL's answer, connection included (a server that hangs,
+    /// e.g. behind a network partition, answers nothing and closes nothing); past it the call
+    /// fails with [`chatcore::Error::Unavailable`] (an HTTP front end answers 503 with
+    /// `Retry-After`) and the connection it used is dropped. A send answered so may still be
+    /// committed once the server answers, which a retry with the same idempotency key
+    /// resolves. Not zero. Default 5 s.
+    pub statement_timeout: Duration,
     /// Idle connections are closed after this long (not zero). `None` keeps them. Default 10
     /// minutes.
     pub idle_timeout: Option<Duration>,
@@ -70,6 +77,7 @@ impl Default for MysqlConfig {
             max_connections: 16,
             min_connections: 0,
             acquire_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(5),
             idle_timeout: Some(Duration::from_secs(600)),
             max_lifetime: Some(Duration::from_secs(1800)),
             ping_if_idle_for: Duration::from_secs(1),
@@ -110,6 +118,7 @@ impl MysqlConfig {
         }
         for (field, value) in [
             ("acquire_timeout", Some(self.acquire_timeout)),
+            ("statement_timeout", Some(self.statement_timeout)),
             ("idle_timeout", self.idle_timeout),
             ("max_lifetime", self.max_lifetime),
             ("migration_lock_timeout", Some(self.migration_lock_timeout)),

@@ -108,6 +108,25 @@ impl SharedError {
     }
 }
 
+/// No answer from MySQL within [`crate::MysqlConfig::statement_timeout`].
+#[derive(Debug)]
+pub(crate) struct NoAnswer {
+    pub(crate) context: &'static str,
+    pub(crate) limit: std::time::Duration,
+}
+
+impl std::fmt::Display for NoAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: no answer from MySQL within {:?}",
+            self.context, self.limit
+        )
+    }
+}
+
+impl std::error::Error for NoAnswer {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

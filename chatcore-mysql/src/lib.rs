@@ -313,10 +313,11 @@ impl MysqlStore {
 
     /// Checks that the server answers.
     pub async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map_err(|e| error::map("pinging MySQL", e))?;
+        let ping = sqlx::query("SELECT 1").execute(&self.pool);
+        bounded(self.config.statement_timeout, "pinging MySQL", async {
+            ping.await.map_err(|e| error::map("pinging MySQL", e))
+        })
+        .await?;
         Ok(())
     }
 
@@ -387,15 +388,32 @@ impl Backend for MysqlStore {
 /// restarted. The failed connection is not handed out again (the pool checks every connection
 /// given back), so the second try gets a live one or a new one. Only reads are retried: a
 /// write may have happened before the connection broke.
-async fn read<T, F, Fut>(context: &'static str, run: F) -> Result<T>
+/// Both tries together are bounded by [`MysqlConfig::statement_timeout`].
+async fn read<T, F, Fut>(limit: std::time::Duration, context: &'static str, run: F) -> Result<T>
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = std::result::Result<T, sqlx::Error>>,
 {
-    match run().await {
-        Ok(found) => Ok(found),
-        Err(sqlx::Error::Io(_)) => run().await.map_err(|e| error::map(context, e)),
-        Err(e) => Err(error::map(context, e)),
+    bounded(limit, context, async {
+        match run().await {
+            Ok(found) => Ok(found),
+            Err(sqlx::Error::Io(_)) => run().await.map_err(|e| error::map(context, e)),
+            Err(e) => Err(error::map(context, e)),
+        }
+    })
+    .await
+}
+
+/// `call` within `limit` ([`MysqlConfig::statement_timeout`]), else [`Error::Unavailable`];
+/// dropping it drops the connection it was using, so a hung server holds none of ours.
+async fn bounded<T>(
+    limit: std::time::Duration,
+    context: &'static str,
+    call: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(result) => result,
+        Err(_) => Err(Error::storage_unavailable(error::NoAnswer { context, limit })),
     }
 }
 
@@ -423,7 +441,7 @@ impl Store for MysqlStore {
 
     async fn find_user(&self, username: &Username) -> Result<Option<User>> {
         let key = username.key();
-        let row = read("finding a user", || {
+        let row = read(self.config.statement_timeout, "finding a user", || {
             sqlx::query(rows::FIND_USER)
                 .bind(key.as_bytes())
                 .fetch_optional(&self.pool)
@@ -435,7 +453,7 @@ impl Store for MysqlStore {
     async fn list_users(&self, query: &UserQuery) -> Result<Vec<User>> {
         let pattern = rows::like_prefix(&query.prefix);
         let after_key = query.after.as_ref().map(Username::key).unwrap_or_default();
-        let rows = read("listing users", || {
+        let rows = read(self.config.statement_timeout, "listing users", || {
             sqlx::query(rows::LIST_USERS)
                 .bind(pattern.as_bytes())
                 .bind(after_key.as_bytes())
@@ -460,13 +478,16 @@ impl Store for MysqlStore {
             .send(writer::Pending { new: message, reply })
             .await
             .map_err(|_| Error::bug("the MySQL writer tasks have stopped"))?;
-        answer
-            .await
-            .map_err(|_| Error::bug("a MySQL writer task ended without answering"))?
+        bounded(self.config.statement_timeout, "sending a message", async {
+            answer
+                .await
+                .map_err(|_| Error::bug("a MySQL writer task ended without answering"))?
+        })
+        .await
     }
 
     async fn message_for(&self, viewer: UserId, id: MessageId) -> Result<Option<Message>> {
-        let row = read("reading a message", || {
+        let row = read(self.config.statement_timeout, "reading a message", || {
             sqlx::query(rows::MESSAGE_FOR)
                 .bind(id.0)
                 .bind(viewer.0)
@@ -485,7 +506,7 @@ impl Store for MysqlStore {
     ) -> Result<MessagePage> {
         let other = other.key();
         let other = other.as_bytes();
-        let rows = read("reading a conversation", || {
+        let rows = read(self.config.statement_timeout, "reading a conversation", || {
             sqlx::query(rows::CONVERSATION_PAGE)
                 .bind(viewer.0)
                 .bind(viewer.0)
@@ -525,7 +546,7 @@ impl Store for MysqlStore {
     async fn user_messages(&self, user: UserId, page: &PageRequest) -> Result<MessagePage> {
         let before = upper_bound(page);
         let window = u64::from(page.offset) + u64::from(page.limit);
-        let rows = read("reading a user's messages", || {
+        let rows = read(self.config.statement_timeout, "reading a user's messages", || {
             sqlx::query(rows::USER_MESSAGES)
                 .bind(user.0)
                 .bind(user.0)
@@ -556,7 +577,7 @@ impl Store for MysqlStore {
     }
 
     async fn messages_after(&self, user: UserId, after: MessageId, limit: u32) -> Result<Vec<Message>> {
-        let rows = read("catching up", || {
+        let rows = read(self.config.statement_timeout, "catching up", || {
             sqlx::query(rows::MESSAGES_AFTER)
                 .bind(user.0)
                 .bind(after.0)
@@ -578,20 +599,24 @@ impl Store for MysqlStore {
     }
 
     async fn latest_position(&self, user: UserId) -> Result<Position> {
-        let latest: Option<i64> = read("reading a user's latest position", || {
-            sqlx::query_scalar(rows::LATEST_POSITION)
-                .bind(user.0)
-                .bind(user.0)
-                .bind(user.0)
-                .bind(user.0)
-                .fetch_one(&self.pool)
-        })
+        let latest: Option<i64> = read(
+            self.config.statement_timeout,
+            "reading a user's latest position",
+            || {
+                sqlx::query_scalar(rows::LATEST_POSITION)
+                    .bind(user.0)
+                    .bind(user.0)
+                    .bind(user.0)
+                    .bind(user.0)
+                    .fetch_one(&self.pool)
+            },
+        )
         .await?;
         Ok(Position(latest.unwrap_or(0)))
     }
 
     async fn events_after(&self, user: UserId, after: Position, limit: u32) -> Result<Vec<StoredEvent>> {
-        let rows = read("catching up on events", || {
+        let rows = read(self.config.statement_timeout, "catching up on events", || {
             sqlx::query(rows::EVENTS_AFTER)
                 .bind(user.0)
                 .bind(after.0)
@@ -622,7 +647,7 @@ impl Store for MysqlStore {
 
     async fn inbox(&self, user: UserId, request: &InboxRequest) -> Result<InboxPage> {
         let before = request.before.map_or(i64::MAX, |id| id.0);
-        let rows = read("reading an inbox", || {
+        let rows = read(self.config.statement_timeout, "reading an inbox", || {
             sqlx::query(rows::INBOX_PAGE)
                 .bind(user.0)
                 .bind(user.0)
@@ -646,15 +671,20 @@ impl Store for MysqlStore {
     }
 
     async fn mark_read(&self, reader: &User, peer: &Username, up_to: MessageId) -> Result<MarkedRead> {
-        let mut conn = self
-            .pool
-            .acquire()
-            .await
-            .map_err(|e| error::map("connecting to mark read", e))?;
-        match marks::mark_read(&mut conn, reader, peer, up_to).await {
-            Ok(outcome) => outcome,
-            Err(err) => Err(marks::fail(conn, err).await),
-        }
+        // Past the deadline the transaction's connection is dropped with the future: the
+        // server rolls it back, and the caller may retry (marks are idempotent).
+        bounded(self.config.statement_timeout, "marking read", async {
+            let mut conn = self
+                .pool
+                .acquire()
+                .await
+                .map_err(|e| error::map("connecting to mark read", e))?;
+            match marks::mark_read(&mut conn, reader, peer, up_to).await {
+                Ok(outcome) => outcome,
+                Err(err) => Err(marks::fail(conn, err).await),
+            }
+        })
+        .await
     }
 }
 
@@ -666,7 +696,7 @@ impl SessionStore for MysqlStore {
 
     async fn credentials(&self, username: &Username) -> Result<Option<Credentials>> {
         let key = username.key();
-        let row = read("reading credentials", || {
+        let row = read(self.config.statement_timeout, "reading credentials", || {
             sqlx::query(rows::CREDENTIALS)
                 .bind(key.as_bytes())
                 .fetch_optional(&self.pool)
@@ -685,19 +715,21 @@ impl SessionStore for MysqlStore {
         user: UserId,
         expires_at: DateTime<Utc>,
     ) -> Result<()> {
-        sqlx::query(
+        let insert = sqlx::query(
             "INSERT INTO chatcore_sessions (token_hash, user_id, expires_at) VALUES (?, ?, ?) \
              ON DUPLICATE KEY UPDATE user_id = VALUES(user_id), expires_at = VALUES(expires_at)",
         )
         .bind(token_hash.as_slice())
         .bind(user.0)
         .bind(expires_at.naive_utc())
-        .execute(&self.pool)
-        .await
-        .map_err(|e| match error::server_code(&e) {
-            Some(error::code::NO_REFERENCED_ROW) => Error::NotFound(Entity::User),
-            _ => error::map("creating a session", e),
-        })?;
+        .execute(&self.pool);
+        bounded(self.config.statement_timeout, "creating a session", async {
+            insert.await.map_err(|e| match error::server_code(&e) {
+                Some(error::code::NO_REFERENCED_ROW) => Error::NotFound(Entity::User),
+                _ => error::map("creating a session", e),
+            })
+        })
+        .await?;
         Ok(())
     }
 
@@ -706,7 +738,7 @@ impl SessionStore for MysqlStore {
         token_hash: &TokenHash,
         now: DateTime<Utc>,
     ) -> Result<Option<SessionRecord>> {
-        let row = read("reading a session", || {
+        let row = read(self.config.statement_timeout, "reading a session", || {
             sqlx::query(rows::SESSION_USER)
                 .bind(token_hash.as_slice())
                 .bind(now.naive_utc())
@@ -723,21 +755,31 @@ impl SessionStore for MysqlStore {
     }
 
     async fn delete_session(&self, token_hash: &TokenHash) -> Result<()> {
-        sqlx::query("DELETE FROM chatcore_sessions WHERE token_hash = ?")
+        let delete = sqlx::query("DELETE FROM chatcore_sessions WHERE token_hash = ?")
             .bind(token_hash.as_slice())
-            .execute(&self.pool)
-            .await
-            .map_err(|e| error::map("deleting a session", e))?;
+            .execute(&self.pool);
+        bounded(self.config.statement_timeout, "deleting a session", async {
+            delete.await.map_err(|e| error::map("deleting a session", e))
+        })
+        .await?;
         Ok(())
     }
 
     async fn delete_expired_sessions(&self, now: DateTime<Utc>) -> Result<u64> {
         // A range of `chatcore_sessions_expires`.
-        let done = sqlx::query(rows::DELETE_EXPIRED_SESSIONS)
+        let delete = sqlx::query(rows::DELETE_EXPIRED_SESSIONS)
             .bind(now.naive_utc())
-            .execute(&self.pool)
-            .await
-            .map_err(|e| error::map("deleting expired sessions", e))?;
+            .execute(&self.pool);
+        let done = bounded(
+            self.config.statement_timeout,
+            "deleting expired sessions",
+            async {
+                delete
+                    .await
+                    .map_err(|e| error::map("deleting expired sessions", e))
+            },
+        )
+        .await?;
         Ok(done.rows_affected())
     }
 }
@@ -746,19 +788,22 @@ impl MysqlStore {
     /// Inserts a user under `username`, keyed by [`Username::key`]; a taken key (or name) is
     /// [`Error::Conflict`].
     async fn insert_user(&self, username: &Username, password_hash: Option<&str>) -> Result<User> {
-        let done = sqlx::query(
+        let key = username.key().into_bytes();
+        let insert = sqlx::query(
             "INSERT INTO chatcore_users (username, username_key, password_hash, created_at) \
              VALUES (?, ?, ?, UTC_TIMESTAMP(6))",
         )
         .bind(username.as_str())
-        .bind(username.key().into_bytes())
+        .bind(key)
         .bind(password_hash)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| match error::server_code(&e) {
-            Some(error::code::DUP_ENTRY) => Error::conflict(format!("username {username} is taken")),
-            _ => error::map("creating a user", e),
-        })?;
+        .execute(&self.pool);
+        let done = bounded(self.config.statement_timeout, "creating a user", async {
+            insert.await.map_err(|e| match error::server_code(&e) {
+                Some(error::code::DUP_ENTRY) => Error::conflict(format!("username {username} is taken")),
+                _ => error::map("creating a user", e),
+            })
+        })
+        .await?;
         Ok(User {
             id: UserId(done.last_insert_id() as i64),
             username: username.clone(),

@@ -192,6 +192,103 @@ async fn down_and_back() {
     server.kill().await;
 }
 
+impl Server {
+    /// Sends `signal` (`STOP`, `CONT`) to this test's own server: a stopped server keeps its
+    /// connections open and answers nothing, as behind a network partition.
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().and_then(Child::id).expect("server running");
+        let status = std::process::Command::new("kill")
+            .args([format!("-{signal}"), pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+}
+
+/// Issue 16: a hung server (SIGSTOP) costs every call at most the statement timeout, sends
+/// included, and the store answers again by itself after SIGCONT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_server_costs_each_call_the_statement_timeout_and_recovers() {
+    tokio::time::timeout(Duration::from_secs(120), hung_and_back())
+        .await
+        .expect("the hung-and-back scenario finishes within 120 s");
+}
+
+async fn hung_and_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::install(dir.path(), free_port()).await;
+    server.start().await;
+    let mut admin = server.admin_options().connect().await.unwrap();
+    sqlx::query("CREATE DATABASE chat")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    drop(admin);
+    let limit = Duration::from_secs(1);
+    let config = MysqlConfig {
+        max_connections: 4,
+        acquire_timeout: limit,
+        statement_timeout: limit,
+        ..MysqlConfig::default()
+    };
+    let url = format!("mysql://root@127.0.0.1:{}/chat", server.port);
+    let store = std::sync::Arc::new(MysqlStore::connect(&url, config).await.unwrap());
+    store.migrate().await.unwrap();
+    let alice = store.create_user(&name("alice")).await.unwrap();
+    let bob = store.create_user(&name("bob")).await.unwrap();
+    let send = |body: &str| NewMessage {
+        sender: alice.clone(),
+        recipient: name("bob"),
+        body: body.to_owned(),
+        idempotency_key: None,
+    };
+    store.insert_message(send("before")).await.unwrap();
+
+    server.signal("STOP");
+    let started = Instant::now();
+    // A send, a history read and a session read at once: each ends at the deadline.
+    let (alice_name, latest) = (name("alice"), PageRequest::latest(15));
+    let (sent, page, session) = tokio::join!(
+        store.insert_message(send("while hung")),
+        store.conversation_page(bob.id, &alice_name, &latest),
+        chatcore::SessionStore::session_user(&*store, &[9; 32], chrono::Utc::now()),
+    );
+    assert_unavailable(sent, "send while hung");
+    assert_unavailable(page, "history while hung");
+    assert_unavailable(session, "session while hung");
+    // Later calls too (the first ones' connections are gone, new ones cannot be made).
+    assert_unavailable(store.find_user(&name("alice")).await, "read while hung");
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < Duration::from_secs(6),
+        "four calls, each bounded by the 1 s statement timeout, took {elapsed:?}"
+    );
+
+    server.signal("CONT");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match store.insert_message(send("after")).await {
+            Ok(_) => break,
+            Err(err) => {
+                assert!(
+                    err.is_retryable(),
+                    "only unavailability while recovering, got {err:?}"
+                );
+                assert!(Instant::now() < deadline, "store did not recover: {err:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    let page = store
+        .conversation_page(bob.id, &name("alice"), &PageRequest::latest(15))
+        .await
+        .unwrap();
+    assert_eq!(page.messages[0].body, "after");
+    assert_eq!(page.messages.last().unwrap().body, "before");
+    store.close().await.unwrap();
+    server.kill().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connecting_to_nothing_is_unavailable() {
     let port = free_port();

@@ -94,11 +94,56 @@ impl RedisNotifier {
             .map_err(|e| Error::invalid(format!("redis notifier: bad url: {e}")))?;
         let publisher = connect_publisher(&client, &config).await?;
         let subscriber_connection = subscriber::open(&client, &config).await?;
+        Ok(Self::spawn(
+            client,
+            config,
+            publisher,
+            Some(subscriber_connection),
+        ))
+    }
 
+    /// Like [`RedisNotifier::connect`], but a Redis that cannot be reached now is not an
+    /// error: the notifier starts down, exactly as after an outage at run time (`subscribe`
+    /// fails with [`Error::Unavailable`], `publish` delivers locally and fails, so a server
+    /// answers `/ws` with 503), logs a warning, and connects in the background with the
+    /// reconnect backoff; [`RedisNotifier::is_connected`] turns true once it has. For a
+    /// server that must keep serving without Redis.
+    ///
+    /// Errors: [`Error::Invalid`] for a bad setting or URL only.
+    pub async fn connect_in_background(config: RedisConfig) -> Result<Self> {
+        config.validate()?;
+        let client = redis::Client::open(config.url.as_str())
+            .map_err(|e| Error::invalid(format!("redis notifier: bad url: {e}")))?;
+        let subscriber_connection = match subscriber::open(&client, &config).await {
+            Ok(connection) => Some(connection),
+            Err(error) => {
+                tracing::warn!(%error, "redis is unavailable: cross-node notifications are unavailable until it answers; retrying in the background");
+                None
+            }
+        };
+        let publisher = match subscriber_connection {
+            Some(_) => connect_publisher(&client, &config).await.ok(),
+            None => None,
+        };
+        // Either way the publishing connection is (re)made by the manager on the next publish.
+        let publisher = match publisher {
+            Some(publisher) => publisher,
+            None => ConnectionManager::new_lazy_with_config(client.clone(), publisher_config(&config))
+                .map_err(|e| Error::invalid(format!("redis notifier: {e}")))?,
+        };
+        Ok(Self::spawn(client, config, publisher, subscriber_connection))
+    }
+
+    fn spawn(
+        client: redis::Client,
+        config: RedisConfig,
+        publisher: ConnectionManager,
+        subscriber_connection: Option<(redis::aio::PubSubSink, redis::aio::PubSubStream)>,
+    ) -> Self {
         let node = NodeId::random();
         let channels = Arc::new(Channels::new(&config.channel_prefix));
         let table = Arc::new(SubscriberTable::new(config.queue_capacity));
-        let connected = Arc::new(AtomicBool::new(true));
+        let connected = Arc::new(AtomicBool::new(subscriber_connection.is_some()));
         let debts = Arc::new(Debts::default());
         let (commands, receiver) = mpsc::unbounded_channel();
         let command_timeout = config.command_timeout;
@@ -118,7 +163,7 @@ impl RedisNotifier {
             connected: connected.clone(),
         };
         let subscriber_task = tokio::spawn(subscriber::run(shared, receiver, subscriber_connection));
-        Ok(Self {
+        Self {
             inner: Arc::new(Inner {
                 node,
                 publisher,
@@ -130,7 +175,7 @@ impl RedisNotifier {
                 command_timeout,
                 tasks: [subscriber_task, gap_task],
             }),
-        })
+        }
     }
 
     /// Whether the subscriber connection is up now. While it is down, `subscribe` fails
@@ -165,16 +210,19 @@ impl RedisNotifier {
     }
 }
 
-async fn connect_publisher(client: &redis::Client, config: &RedisConfig) -> Result<ConnectionManager> {
-    // No retries inside the manager: while Redis is down each publish makes one connection
-    // attempt and fails at once instead of waiting out a backoff; the next one tries again.
-    let manager_config = ConnectionManagerConfig::new()
+/// No retries inside the manager: while Redis is down each publish makes one connection
+/// attempt and fails at once instead of waiting out a backoff; the next one tries again.
+fn publisher_config(config: &RedisConfig) -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
         .set_connection_timeout(Some(config.connect_timeout))
         .set_response_timeout(Some(config.command_timeout))
         .set_number_of_retries(0)
         .set_min_delay(config.reconnect_min_delay)
-        .set_max_delay(config.reconnect_max_delay);
-    let connect = ConnectionManager::new_with_config(client.clone(), manager_config);
+        .set_max_delay(config.reconnect_max_delay)
+}
+
+async fn connect_publisher(client: &redis::Client, config: &RedisConfig) -> Result<ConnectionManager> {
+    let connect = ConnectionManager::new_with_config(client.clone(), publisher_config(config));
     match tokio::time::timeout(config.connect_timeout, connect).await {
         Ok(Ok(manager)) => Ok(manager),
         Ok(Err(error)) => Err(Error::notifications_unavailable(error)),

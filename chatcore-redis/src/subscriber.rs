@@ -133,14 +133,15 @@ pub(crate) async fn open(
 }
 
 /// Runs until every command sender is gone or the task is aborted. `connection` is the one
-/// opened by `connect` (its subscriptions start empty, so it needs no `Gap`).
+/// opened by `connect` (its subscriptions start empty, so it needs no `Gap`), or `None` when
+/// Redis could not be reached at start: then it connects first, with the reconnect backoff.
 pub(crate) async fn run(
     shared: Shared,
     mut commands: mpsc::UnboundedReceiver<Command>,
-    connection: (PubSubSink, PubSubStream),
+    connection: Option<(PubSubSink, PubSubStream)>,
 ) {
     let mut state = State::default();
-    let mut connection = Some(connection);
+    let mut connection = connection;
     loop {
         let (sink, stream) = match connection.take() {
             Some(connection) => connection,

@@ -646,3 +646,38 @@ async fn a_publish_that_times_out_while_subscribers_stay_up_is_a_gap_on_other_no
     }
     assert_eq!(next_message(&mut here).await.id, MessageId(2));
 }
+
+/// Issue 16: a server must start while Redis is down and connect once it answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notifier_started_while_redis_is_down_connects_when_it_comes_back() {
+    let mut server = PrivateRedis::start().await;
+    let config = test_config(server.url());
+    server.kill().await;
+    // `connect` refuses; `connect_in_background` starts down.
+    assert!(matches!(
+        RedisNotifier::connect(config.clone()).await,
+        Err(Error::Unavailable { .. })
+    ));
+    let notifier = RedisNotifier::connect_in_background(config.clone())
+        .await
+        .unwrap();
+    assert!(!notifier.is_connected());
+    assert!(matches!(
+        notifier.subscribe(UserId(5)).await,
+        Err(Error::Unavailable { .. })
+    ));
+    assert!(notifier.publish(&to(&[UserId(5)]), &sentinel(1)).await.is_err());
+
+    server.restart().await;
+    eventually("the notifier connects", || async { notifier.is_connected() }).await;
+    let mut sub = notifier.subscribe(UserId(5)).await.unwrap();
+    // Another node's publish arrives over Redis; the first publish after the outage may
+    // still be failing while the publishing connection is made again.
+    let other = RedisNotifier::connect(config).await.unwrap();
+    other.publish(&to(&[UserId(5)]), &sentinel(2)).await.unwrap();
+    assert_eq!(next_message_after_gaps(&mut sub).await.id, MessageId(2));
+    eventually("this node publishes again", || async {
+        notifier.publish(&to(&[UserId(5)]), &sentinel(3)).await.is_ok()
+    })
+    .await;
+}

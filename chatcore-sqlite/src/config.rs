@@ -87,6 +87,12 @@ pub struct SqliteConfig {
     /// host's own connection) before failing with [`chatcore::Error::Unavailable`]. Whole
     /// milliseconds up to `i32::MAX` (SQLite's limit). Default: 5 s.
     pub busy_timeout: Duration,
+    /// Longest a caller waits for the writer or a reader thread to answer (queued behind
+    /// other work, or stuck on a lock or a slow disk) before it gets
+    /// [`chatcore::Error::Unavailable`] (an HTTP front end answers 503 with `Retry-After`).
+    /// The work itself is not cancelled: a send answered so may still be committed, which a
+    /// retry with the same idempotency key resolves. More than zero. Default: 5 s.
+    pub answer_timeout: Duration,
     /// Most writes the writer commits in one transaction (group commit); at least 1.
     /// Default: `1024`.
     pub max_batch: usize,
@@ -130,6 +136,7 @@ impl Default for SqliteConfig {
             synchronous: Synchronous::Full,
             readers: 4,
             busy_timeout: Duration::from_secs(5),
+            answer_timeout: Duration::from_secs(5),
             max_batch: 1024,
             cache_size_kib: 16 * 1024,
             statement_cache: 64,
@@ -171,7 +178,7 @@ impl SqliteConfig {
     /// Checks that the settings make sense; [`SqliteStore::open`](crate::SqliteStore::open)
     /// calls it first, and a host can call it where it builds the config to fail early.
     /// [`chatcore::Error::Invalid`], naming the setting, for: an empty file path, more than
-    /// [`MAX_READERS`] readers, a `max_batch` of 0, a `busy_timeout` past SQLite's
+    /// [`MAX_READERS`] readers, a `max_batch` of 0, a zero `answer_timeout`, a `busy_timeout` past SQLite's
     /// `i32::MAX` ms, a `max_page_count` of `Some(0)`, a `wal_autocheckpoint_pages` of 0.
     ///
     /// ```
@@ -202,6 +209,9 @@ impl SqliteConfig {
                 self.busy_timeout,
                 i32::MAX
             ));
+        }
+        if self.answer_timeout.is_zero() {
+            return invalid("answer_timeout must be more than zero".to_owned());
         }
         if self.max_page_count == Some(0) {
             return invalid("max_page_count must be at least 1 (or None for SQLite's limit)".to_owned());

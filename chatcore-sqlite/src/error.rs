@@ -85,6 +85,18 @@ pub(crate) fn duplicate(error: &rusqlite::Error) -> rusqlite::Error {
     }
 }
 
+/// No answer from the SQLite threads within [`crate::SqliteConfig::answer_timeout`].
+#[derive(Debug)]
+pub(crate) struct NoAnswer(pub(crate) std::time::Duration);
+
+impl std::fmt::Display for NoAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "no answer from SQLite within {:?}", self.0)
+    }
+}
+
+impl std::error::Error for NoAnswer {}
+
 /// The error a caller sees when the store's threads are gone.
 pub(crate) fn closed() -> Error {
     Error::storage_unavailable("the SQLite store is closed")

@@ -241,6 +241,8 @@ pub struct SqliteStore {
     /// `None` when reads are served by the writer (in memory, or `readers: 0`).
     readers: Option<Sender<ReadMsg>>,
     reader_count: usize,
+    /// [`SqliteConfig::answer_timeout`].
+    answer_timeout: std::time::Duration,
     stats: Arc<WriterStats>,
     threads: Mutex<Vec<Worker>>,
     /// The lock on `<database file>-chatcore.lock` (`None` in memory, and once closed):
@@ -358,6 +360,7 @@ impl SqliteStore {
             writer: writer_tx,
             readers: None,
             reader_count: 0,
+            answer_timeout: config.answer_timeout,
             stats,
             threads: Mutex::new(vec![writer]),
             lock: Mutex::new(lock),
@@ -494,7 +497,7 @@ impl SqliteStore {
         if !sent {
             return Err(error::closed());
         }
-        answer.await.map_err(|_| error::closed())?
+        self.answer(answer).await
     }
 
     /// Queues a write for the next group commit: one round trip.
@@ -503,7 +506,15 @@ impl SqliteStore {
         self.writer
             .send(WriteMsg::Op(op(reply)))
             .map_err(|_| error::closed())?;
-        answer.await.map_err(|_| error::closed())?
+        self.answer(answer).await
+    }
+
+    /// A thread's answer, within [`SqliteConfig::answer_timeout`].
+    async fn answer<T>(&self, answer: oneshot::Receiver<Result<T>>) -> Result<T> {
+        match tokio::time::timeout(self.answer_timeout, answer).await {
+            Ok(answered) => answered.map_err(|_| error::closed())?,
+            Err(_) => Err(Error::storage_unavailable(error::NoAnswer(self.answer_timeout))),
+        }
     }
 }
 
@@ -1121,6 +1132,44 @@ mod tests {
         assert_eq!(store.session_user(&[4; 32], expires_at).await.unwrap(), None);
         store.delete_session(&[4; 32]).await.unwrap();
         assert_eq!(store.session_user(&[4; 32], now).await.unwrap(), None);
+        store.close().await.unwrap();
+    }
+
+    /// Issue 16: a writer that does not answer (stuck on a lock, a slow disk) costs a caller
+    /// at most `answer_timeout`, then `Unavailable`; the store answers again once it is free.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_writer_that_does_not_answer_is_unavailable_after_the_answer_timeout() {
+        let store = SqliteStore::open(SqliteConfig {
+            answer_timeout: std::time::Duration::from_millis(300),
+            ..SqliteConfig::memory()
+        })
+        .await
+        .unwrap();
+        store.migrate().await.unwrap();
+        let alice = store
+            .create_user(&Username::parse("alice").unwrap())
+            .await
+            .unwrap();
+        let bob = store.create_user(&Username::parse("bob").unwrap()).await.unwrap();
+        let release = hold_writer(&store);
+        let started = std::time::Instant::now();
+        let sent = store.insert_message(note(&alice, &bob)).await;
+        assert!(
+            matches!(sent, Err(Error::Unavailable { what: "storage", .. })),
+            "{sent:?}"
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        // Reads served by the writer (in memory) are bounded the same way.
+        assert!(matches!(
+            store.find_user(&Username::parse("bob").unwrap()).await,
+            Err(Error::Unavailable { .. })
+        ));
+        release.send(()).unwrap();
+        store.insert_message(note(&alice, &bob)).await.unwrap();
         store.close().await.unwrap();
     }
 

@@ -25,6 +25,11 @@ pub struct ChatConfig {
     pub default_page_size: u32,
     /// Largest history page a client may ask for; larger requests are clamped. Default 100.
     pub max_page_size: u32,
+    /// Most messages a numbered page may skip (`(page - 1) × limit`); a deeper page is
+    /// [`Error::Invalid`] telling the client to page with `before` (a cursor read costs the
+    /// same at any depth, an offset read grows with it). `0` allows page 1 only.
+    /// Default 3,000.
+    pub max_page_offset: u32,
     /// Most events replayed to a reconnecting client; beyond it the client is told to
     /// resync. Messages count against it; read events ride along with them (a client that
     /// missed more than this many messages resyncs whatever else it missed). Default 1,000.
@@ -107,6 +112,7 @@ impl Default for ChatConfig {
             max_body_chars: 4_000,
             default_page_size: 15,
             max_page_size: 100,
+            max_page_offset: 3_000,
             catch_up_limit: 1_000,
             catch_up_page: 100,
             catch_up_page_bytes: 128 * 1024,
@@ -616,9 +622,15 @@ impl ChatService {
         let offset = match query.page {
             None => 0,
             Some(0) => return Err(Error::invalid("page numbers start at 1")),
-            Some(page) => (page - 1)
-                .checked_mul(limit)
-                .ok_or_else(|| Error::invalid("page number is too large"))?,
+            Some(page) => match (page - 1).checked_mul(limit) {
+                Some(offset) if offset <= self.config.max_page_offset => offset,
+                _ => {
+                    return Err(Error::invalid(format!(
+                        "page {page} is too deep (at most {} messages may be skipped): page with ?before=<id of the oldest message you have> instead",
+                        self.config.max_page_offset
+                    )));
+                }
+            },
         };
         Ok(PageRequest {
             before: query.before,

@@ -144,6 +144,46 @@ async fn idempotent_retry_returns_same_message_and_notifies_once() {
 }
 
 #[tokio::test]
+async fn numbered_pages_stop_at_the_configured_depth() {
+    let chat = service(ChatConfig {
+        send_burst: 0,
+        max_page_offset: 30,
+        ..Default::default()
+    });
+    let (alice, bob) = pair(&chat).await;
+    for i in 0..60 {
+        chat.send(&alice, to("bob", &format!("{i}"))).await.unwrap();
+    }
+    let page = |n| HistoryQuery {
+        page: Some(n),
+        ..Default::default()
+    };
+    // Page 3 skips 30 messages: the deepest allowed.
+    let deepest = chat.conversation(&bob, "alice", page(3)).await.unwrap();
+    assert_eq!(deepest.messages[0].body, "29");
+    assert_eq!(chat.all_messages(&bob, page(3)).await.unwrap().messages.len(), 15);
+    // Page 4 would skip 45: refused on both lists, pointing to the cursor.
+    for refused in [
+        chat.conversation(&bob, "alice", page(4)).await,
+        chat.all_messages(&bob, page(4)).await,
+        chat.all_messages(&bob, page(u32::MAX)).await,
+    ] {
+        match refused {
+            Err(Error::Invalid(message)) => assert!(message.contains("?before="), "{message}"),
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+    // The cursor reaches every depth.
+    let oldest_of_deepest = deepest.messages.last().unwrap().id;
+    let below = HistoryQuery {
+        before: Some(oldest_of_deepest),
+        ..Default::default()
+    };
+    let next = chat.conversation(&bob, "alice", below).await.unwrap();
+    assert_eq!(next.messages[0].body, "14");
+}
+
+#[tokio::test]
 async fn history_defaults_and_limits() {
     let chat = service(ChatConfig {
         send_burst: 0,

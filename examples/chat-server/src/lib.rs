@@ -63,8 +63,10 @@ impl App {
     /// configured. Starts nothing: [`run`] starts the authenticator's background work.
     pub async fn new(options: &ServerOptions, backend: &Arc<dyn Backend>) -> Result<Self, ServerError> {
         let notifier: Arc<dyn Notifier> = match &options.redis {
+            // A Redis that is down at start is an outage like one at run time: the server
+            // serves, `/ws` answers 503 until Redis answers, then it connects.
             Some(url) => Arc::new(
-                RedisNotifier::connect(RedisConfig {
+                RedisNotifier::connect_in_background(RedisConfig {
                     url: url.clone(),
                     channel_prefix: options.redis_prefix.clone(),
                     queue_capacity: options.ws_queue as usize,
@@ -78,6 +80,7 @@ impl App {
             max_body_chars: options.max_message_chars,
             default_page_size: options.page_size,
             max_page_size: options.max_page_size,
+            max_page_offset: options.max_page_offset,
             catch_up_limit: options.catch_up_limit,
             catch_up_page: options.catch_up_page,
             catch_up_page_bytes: usize::try_from(options.catch_up_page_bytes).unwrap_or(usize::MAX),
@@ -112,14 +115,17 @@ impl App {
     }
 }
 
-/// Opens and migrates the store, serves on `listener` until `shutdown` resolves, then stops
-/// accepting, sends close frames to every WebSocket, finishes in-flight requests, and flushes
-/// and closes the store.
+/// Opens and migrates the store, serves on `listener` (under the connection limits and
+/// timeouts of [`ServerOptions::serve_config`]) until `shutdown` resolves, then stops
+/// accepting, sends close frames to every WebSocket, gives in-flight requests the shutdown
+/// grace period, closes what is left, and flushes and closes the store.
 pub async fn run(
     options: ServerOptions,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    let serve_config = options.serve_config();
+    serve_config.validate().map_err(ServerError::Config)?;
     let backend = storage::open(&options).await?;
     storage::migrate(&*backend).await?;
     let app = App::new(&options, &backend).await?;
@@ -137,7 +143,14 @@ pub async fn run(
         trigger.shutdown();
     });
     tracing::info!(address = %listener.local_addr()?, database = %redacted(&options.database), redis = options.redis.is_some(), "serving");
-    let served = chatcore_axum::serve(listener, router, handle).await;
+    let served = chatcore_axum::serve_with(
+        listener,
+        router,
+        handle,
+        serve_config,
+        chatcore_axum::EdgeCounters::default(),
+    )
+    .await;
     let closed = backend.close().await;
     served?;
     closed?;
@@ -157,31 +170,45 @@ fn redacted(url: &str) -> String {
     }
 }
 
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-pub async fn shutdown_signal() {
-    let interrupt = async {
-        if let Err(error) = tokio::signal::ctrl_c().await {
-            tracing::error!(%error, "cannot listen for Ctrl-C");
-            std::future::pending::<()>().await;
-        }
-    };
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM. The handlers are installed when this is called,
+/// not when the future is first polled, so a signal that arrives while the server is still
+/// starting shuts it down gracefully instead of killing it.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let listen = |kind: SignalKind, name: &'static str| match signal(kind) {
+            Ok(signal) => Some(signal),
             Err(error) => {
-                tracing::error!(%error, "cannot listen for SIGTERM");
+                tracing::error!(%error, "cannot listen for {name}");
+                None
+            }
+        };
+        let interrupt = listen(SignalKind::interrupt(), "SIGINT");
+        let terminate = listen(SignalKind::terminate(), "SIGTERM");
+        async move {
+            let wait = |signal: Option<tokio::signal::unix::Signal>| async move {
+                match signal {
+                    Some(mut signal) => {
+                        signal.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                () = wait(interrupt) => {}
+                () = wait(terminate) => {}
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        async {
+            if let Err(error) = tokio::signal::ctrl_c().await {
+                tracing::error!(%error, "cannot listen for Ctrl-C");
                 std::future::pending::<()>().await;
             }
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = interrupt => {}
-        () = terminate => {}
     }
 }
 

@@ -62,11 +62,18 @@ fn init_logging(options: &ServerOptions) {
 }
 
 async fn serve(options: ServerOptions) -> Result<(), ServerError> {
+    // Every connection is a descriptor: use all the hard limit allows (logged), and the
+    // server sheds connections before reaching it (`--descriptor-reserve`).
+    if let Err(error) = chatcore_axum::raise_descriptor_limit() {
+        tracing::warn!(%error, "could not raise the file descriptor limit");
+    }
+    // Before the address is printed: a SIGTERM from then on is a graceful shutdown.
+    let shutdown = chat_server::shutdown_signal();
     let listener = tokio::net::TcpListener::bind(options.listen).await?;
     // Tests and scripts read this line to learn the port when listening on port 0.
     println!("chat-server listening on http://{}", listener.local_addr()?);
     std::io::stdout().flush()?;
-    chat_server::run(options, listener, chat_server::shutdown_signal()).await
+    chat_server::run(options, listener, shutdown).await
 }
 
 async fn migrate(options: &ServerOptions) -> Result<(), ServerError> {

@@ -122,6 +122,11 @@ pub struct ServerOptions {
     /// Largest inbox page a client may ask for (`?limit=`); larger requests are clamped.
     #[arg(long, env = "CHAT_MAX_INBOX_PAGE", default_value_t = 100)]
     pub max_inbox_page: u32,
+    /// Most messages a numbered page (`?page=N`) may skip, (N-1) x limit; a deeper page gets
+    /// 400 telling the client to page with `?before=<id>` (same cost at any depth). 0 allows
+    /// page 1 only.
+    #[arg(long, env = "CHAT_MAX_PAGE_OFFSET", default_value_t = 3000)]
+    pub max_page_offset: u32,
 
     /// Users per directory page when the client asks for no size, and the most it may ask for.
     #[arg(long, env = "CHAT_USER_PAGE_SIZE", default_value_t = 1000)]
@@ -226,9 +231,56 @@ pub struct ServerOptions {
     #[arg(long, env = "CHAT_SQLITE_READERS", default_value_t = 4)]
     pub sqlite_readers: usize,
 
+    /// Seconds a database call may go unanswered (a hung or partitioned MySQL, a stuck SQLite
+    /// writer) before the request gets 503 with Retry-After; the server recovers by itself
+    /// once the database answers.
+    #[arg(long, env = "CHAT_STORAGE_TIMEOUT_SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    pub storage_timeout_secs: u64,
+
     /// MySQL connection pool size.
     #[arg(long, env = "CHAT_DB_POOL_SIZE", default_value_t = 16)]
     pub db_pool_size: u32,
+
+    /// Seconds a client may take to send a whole request head; a slower one is disconnected.
+    #[arg(long, env = "CHAT_HEADER_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_timeout_secs: u64,
+
+    /// Seconds a request body may go without a byte arriving; then 408.
+    #[arg(long, env = "CHAT_BODY_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub body_timeout_secs: u64,
+
+    /// Seconds a connection may stay open with no request in progress (keep-alive, or before
+    /// its first request); WebSockets have their own pings.
+    #[arg(long, env = "CHAT_IDLE_TIMEOUT_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_timeout_secs: u64,
+
+    /// Largest request head (request line and headers) in bytes, at least 8192; larger gets
+    /// 431 (414 for a request line alone too long).
+    #[arg(long, env = "CHAT_MAX_HEADER_BYTES", default_value_t = 16 * 1024, value_parser = clap::value_parser!(u64).range(8192..))]
+    pub max_header_bytes: u64,
+
+    /// Most headers in one request; more gets 431.
+    #[arg(long, env = "CHAT_MAX_HEADERS", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_headers: u64,
+
+    /// Most open connections (WebSockets included); past it new connections are closed at
+    /// once (counted, logged at most every 10 s). Lowered at start to fit the descriptor
+    /// limit minus --descriptor-reserve.
+    #[arg(long, env = "CHAT_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: u64,
+
+    /// Most open connections from one client address (an IPv6 /64 counts as one).
+    #[arg(long, env = "CHAT_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections_per_address: u64,
+
+    /// File descriptors kept free for the database, files and logs: connections never use them.
+    #[arg(long, env = "CHAT_DESCRIPTOR_RESERVE", default_value_t = 256)]
+    pub descriptor_reserve: u64,
+
+    /// Seconds in-flight requests get to finish after SIGTERM/SIGINT before the connections
+    /// still open are closed.
+    #[arg(long, env = "CHAT_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
+    pub shutdown_grace_secs: u64,
 
     /// Serve `POST /_bench/echo` (parse the JSON, answer it): the framework ceiling that the
     /// load generator compares against. Off by default.
@@ -251,6 +303,27 @@ impl ServerOptions {
         options.listen = listen;
         options.database = database.into();
         options
+    }
+
+    /// The deadline of every storage call.
+    pub fn storage_timeout(&self) -> Duration {
+        Duration::from_secs(self.storage_timeout_secs)
+    }
+
+    /// The connection limits and timeouts.
+    pub fn serve_config(&self) -> chatcore_axum::ServeConfig {
+        let count = |value: u64| usize::try_from(value).unwrap_or(usize::MAX);
+        chatcore_axum::ServeConfig {
+            header_read_timeout: Duration::from_secs(self.header_timeout_secs),
+            request_body_timeout: Duration::from_secs(self.body_timeout_secs),
+            idle_timeout: Duration::from_secs(self.idle_timeout_secs),
+            max_header_bytes: count(self.max_header_bytes),
+            max_headers: count(self.max_headers),
+            max_connections: count(self.max_connections),
+            max_connections_per_address: count(self.max_connections_per_address),
+            descriptor_reserve: count(self.descriptor_reserve),
+            shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
+        }
     }
 
     /// The session lifetime.
@@ -306,6 +379,14 @@ mod tests {
         assert_eq!(config.registrations_per_hour, 0);
         assert_eq!(config.expired_session_sweep, Duration::from_secs(60));
         assert!(config.behind_proxy);
+    }
+
+    #[test]
+    fn edge_defaults_are_the_libraries() {
+        let options = Cli::parse_from(["chat-server"]).server;
+        assert_eq!(options.serve_config(), chatcore_axum::ServeConfig::default());
+        assert!(Cli::try_parse_from(["chat-server", "--max-header-bytes", "100"]).is_err());
+        assert!(Cli::try_parse_from(["chat-server", "--idle-timeout-secs", "0"]).is_err());
     }
 
     #[test]

@@ -70,11 +70,13 @@ pub async fn open(options: &ServerOptions) -> Result<Arc<dyn Backend>, ServerErr
             };
             config.pipelined_sync = options.sqlite_synchronous == SqliteSync::Full;
             config.readers = options.sqlite_readers.max(1);
+            config.answer_timeout = options.storage_timeout();
             Arc::new(SqliteStore::open(config).await?)
         }
         DatabaseUrl::Mysql(url) => {
             let config = MysqlConfig {
                 max_connections: options.db_pool_size.max(1),
+                statement_timeout: options.storage_timeout(),
                 ..MysqlConfig::default()
             };
             Arc::new(MysqlStore::connect(&url, config).await?)
