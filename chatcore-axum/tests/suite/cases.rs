@@ -1139,11 +1139,11 @@ pub async fn since_under_concurrent_sends_has_no_gap_and_no_duplicate(store: Arc
         })
     };
     // Fifty sent, then reconnect from id 0 while the sends go on.
+    let mut newest_at_open = 0;
     for _ in 0..50 {
-        sent_rx.recv().await.expect("the sender runs");
+        newest_at_open = sent_rx.recv().await.expect("the sender runs");
     }
     let mut bob_ws = app.ws(&bob, Some(0)).await;
-    let mut newest_at_open = 0;
     while let Ok(id) = sent_rx.try_recv() {
         newest_at_open = id;
     }
