@@ -41,9 +41,18 @@
 //!   user's messages and the catch-up are two ranges merged; a unique partial index on
 //!   `(sender_id, idempotency_key_hash)`: replays. Reads never depend on the table's size.
 //! - `chatcore_counts`: totals kept by the inserting transaction, so a page's `total` is a
-//!   primary-key lookup, never a count; row `(0, 0)` is the message id sequence.
+//!   primary-key lookup, never a count; row `(0, 0)` is the position sequence (message ids
+//!   and read events), row `(user, -1)` the user's unread total.
+//! - `chatcore_inbox`: one row per user and conversation partner (themself for notes to
+//!   self): the newest message id, the unread count, the read marker; primary key
+//!   `(user_id, peer_id)`, `(user_id, last_id)`: an inbox page is one backward range.
+//! - `chatcore_read_events`: read markers that moved, at positions from the same sequence as
+//!   message ids, indexed `(reader_id, position)` and `(peer_id, position)`:
+//!   [`chatcore::Store::events_after`] is one statement merging four limited ranges.
 //! - `chatcore_notify_payloads`: large notification frames (see [`PgNotifier`]).
-//! - the function `chatcore_insert_messages`: one batch of sends in one statement.
+//! - the function `chatcore_insert_messages`: one batch of sends in one statement (with both
+//!   users' inbox rows and the recipient's unread total); `chatcore_mark_read`: one
+//!   [`chatcore::Store::mark_read`] in one statement, under the same sequence lock.
 //!
 //! # Ids in commit order
 //! A reconnecting client asks for the messages after the last id it saw. With a plain
@@ -111,9 +120,9 @@ use sqlx::{ConnectOptions, Connection, Row};
 use tokio::sync::{RwLock, mpsc, oneshot};
 
 use chatcore::{
-    Backend, BoxError, Credentials, Entity, Error, Inserted, Message, MessageId, MessagePage,
-    MigrationReport, NewMessage, PageRequest, Position, Result, SessionRecord, SessionStore, Store,
-    TokenHash, User, UserId, UserQuery, Username,
+    Backend, BoxError, Credentials, Entity, Error, InboxPage, InboxRequest, Inserted, MarkedRead, Message,
+    MessageId, MessagePage, MigrationReport, MovedMarker, NewMessage, PageRequest, Position, ReadMarker,
+    Result, SessionRecord, SessionStore, Store, StoredEvent, TokenHash, User, UserId, UserQuery, Username,
 };
 
 pub use config::PostgresConfig;
@@ -448,6 +457,112 @@ impl Store for PostgresStore {
         })
         .await?;
         Ok(Position(latest.unwrap_or(0)))
+    }
+
+    async fn events_after(&self, user: UserId, after: Position, limit: u32) -> Result<Vec<StoredEvent>> {
+        let rows = read("catching up on events", || {
+            sqlx::query(rows::EVENTS_AFTER)
+                .bind(user.0)
+                .bind(after.0)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+        })
+        .await?;
+        let mut events = rows
+            .iter()
+            .map(|row| rows::event(row).map_err(corrupt))
+            .collect::<Result<Vec<_>>>()?;
+        // UNION ALL under an ORDER BY keeps that order, but sorting costs nothing here.
+        events.sort_unstable_by_key(StoredEvent::position);
+        Ok(events)
+    }
+
+    async fn inbox(&self, user: UserId, request: &InboxRequest) -> Result<InboxPage> {
+        let before = request.before.map_or(i64::MAX, |id| id.0);
+        let rows = read("reading an inbox", || {
+            sqlx::query(rows::INBOX_PAGE)
+                .bind(user.0)
+                .bind(before)
+                .bind(i64::from(request.limit))
+                .fetch_all(&self.pool)
+        })
+        .await?;
+        let mut page = InboxPage::default();
+        for row in &rows {
+            let total: Option<i64> = row.try_get("unread_total").map_err(|e| corrupt(Box::new(e)))?;
+            // No counter row: nothing was ever received. A negative one is corrupt, not zero.
+            page.unread_total = u64::try_from(total.unwrap_or(0)).map_err(|e| corrupt(Box::new(e)))?;
+            if let Some(conversation) = rows::conversation(row).map_err(corrupt)? {
+                page.conversations.push(conversation);
+            }
+        }
+        // A lateral join does not promise to keep the subquery's order.
+        page.conversations
+            .sort_unstable_by_key(|c| std::cmp::Reverse(c.last_message.id));
+        Ok(page)
+    }
+
+    async fn mark_read(&self, reader: &User, peer: &Username, up_to: MessageId) -> Result<MarkedRead> {
+        // One statement, one transaction: not retried (it may have committed before a
+        // connection broke), though a retry by the caller is harmless (marks are idempotent).
+        let row = sqlx::query(rows::MARK_READ)
+            .bind(reader.id.0)
+            .bind(peer.key())
+            .bind(up_to.0)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| error::map("marking read", e))?;
+        let text = |column: &str| -> Result<Option<String>> {
+            row.try_get(column).map_err(|e| corrupt(Box::new(e)))
+        };
+        let int =
+            |column: &str| -> Result<Option<i64>> { row.try_get(column).map_err(|e| corrupt(Box::new(e))) };
+        let outcome = text("r_outcome")?.unwrap_or_default();
+        match outcome.as_str() {
+            "no_user" => return Err(Error::NotFound(Entity::User)),
+            "no_message" => return Err(Error::NotFound(Entity::Message)),
+            "kept" | "moved" => {}
+            other => {
+                return Err(Error::bug(format!(
+                    "chatcore_mark_read: unknown outcome {other:?}"
+                )));
+            }
+        }
+        let unread = u64::try_from(int("r_unread")?.unwrap_or(0)).map_err(|e| corrupt(Box::new(e)))?;
+        let Some(read_up_to) = int("r_read_up_to")?.map(MessageId) else {
+            return Err(Error::bug(
+                "chatcore_mark_read: a marker that did not move and was not set",
+            ));
+        };
+        if outcome == "kept" {
+            return Ok(MarkedRead {
+                unread,
+                read_up_to,
+                moved: None,
+            });
+        }
+        let (Some(position), Some(peer_id), Some(peer_name)) =
+            (int("r_position")?, int("r_peer_id")?, text("r_peer_name")?)
+        else {
+            return Err(Error::bug(
+                "chatcore_mark_read: a moved marker without its position or peer",
+            ));
+        };
+        Ok(MarkedRead {
+            unread,
+            read_up_to,
+            moved: Some(MovedMarker {
+                marker: ReadMarker {
+                    position: Position(position),
+                    reader: reader.username.clone(),
+                    peer: Username::from_stored(peer_name),
+                    up_to: read_up_to,
+                },
+                peer_id: UserId(peer_id),
+                reader_previous: Position(int("r_reader_previous")?.unwrap_or(0)),
+                peer_previous: Position(int("r_peer_previous")?.unwrap_or(0)),
+            }),
+        })
     }
 }
 
