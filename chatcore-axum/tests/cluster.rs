@@ -1,6 +1,7 @@
-//! Two servers sharing one store and one Redis (`CHATCORE_REDIS_URL`): the notification
-//! channel works across them, as in a deployment of several processes behind a balancer, and a
-//! logout on one reaches the session cache of the other.
+//! Two servers sharing one store and one Redis (`CHATCORE_REDIS_URL`), or PostgreSQL alone
+//! (its store and `PgNotifier`): the notification channel works across them, as in a
+//! deployment of several processes behind a balancer, and a logout on one reaches the session
+//! cache of the other.
 
 mod suite;
 
@@ -10,8 +11,33 @@ use std::time::Duration;
 use std::sync::atomic::Ordering;
 
 use chatcore::Backend;
+use chatcore_postgres::{PgNotifier, PgNotifierConfig};
 use chatcore_redis::{RedisConfig, RedisNotifier};
 use suite::app::*;
+
+/// How the nodes of one test carry notifications between them.
+enum Transport {
+    /// Redis, on channels with this prefix.
+    Redis(String),
+    /// `PgNotifier` on the database at this URL.
+    Postgres(String),
+}
+
+async fn node_on(store: Arc<dyn Backend>, transport: &Transport) -> TestApp {
+    match transport {
+        Transport::Redis(prefix) => node(store, prefix).await,
+        Transport::Postgres(url) => {
+            let notifier = PgNotifier::connect(url, PgNotifierConfig::default())
+                .await
+                .expect("connect the PostgreSQL notifier");
+            let options = Options {
+                notifier: Some(Arc::new(notifier)),
+                ..Default::default()
+            };
+            TestApp::spawn_with(store, options).await
+        }
+    }
+}
 
 async fn node(store: Arc<dyn Backend>, prefix: &str) -> TestApp {
     let config = RedisConfig {
@@ -39,10 +65,13 @@ fn unique_prefix(test: &str) -> String {
 }
 
 async fn cluster_fan_out_and_catch_up(store: Arc<dyn Backend>) {
+    cluster_fan_out_and_catch_up_over(store, Transport::Redis(unique_prefix("test"))).await;
+}
+
+async fn cluster_fan_out_and_catch_up_over(store: Arc<dyn Backend>, transport: Transport) {
     suite::app::init_logs();
-    let prefix = unique_prefix("test");
-    let one = node(store.clone(), &prefix).await;
-    let two = node(store, &prefix).await;
+    let one = node_on(store.clone(), &transport).await;
+    let two = node_on(store, &transport).await;
     let (_, alice) = one.user("alice").await;
     let (_, bob) = one.user("bob").await;
     let (_, carol) = one.user("carol").await;
@@ -98,6 +127,27 @@ async fn mysql_two_nodes_reconnecting_client_gets_every_message_once_in_order() 
     let store = suite::stores::mysql_store().await;
     let prefix = unique_prefix("order");
     let nodes = [node(store.clone(), &prefix).await, node(store, &prefix).await];
+    suite::cases::reconnecting_client_gets_every_message_once_in_order_over(&nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_alone_behind_two_nodes() {
+    let (store, url) = suite::stores::postgres_store_and_url().await;
+    cluster_fan_out_and_catch_up_over(store, Transport::Postgres(url)).await;
+}
+
+/// The ordering promise across nodes on PostgreSQL alone: eight senders through two servers
+/// sharing one database and its LISTEN/NOTIFY, and a client that reconnects to either at
+/// random moments with `since`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_two_nodes_reconnecting_client_gets_every_message_once_in_order() {
+    suite::app::init_logs();
+    let (store, url) = suite::stores::postgres_store_and_url().await;
+    let transport = Transport::Postgres(url);
+    let nodes = [
+        node_on(store.clone(), &transport).await,
+        node_on(store, &transport).await,
+    ];
     suite::cases::reconnecting_client_gets_every_message_once_in_order_over(&nodes).await;
 }
 

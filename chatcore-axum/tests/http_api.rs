@@ -46,3 +46,7 @@ mod sqlite_file {
 mod mysql {
     crate::api_suite!(crate::suite::stores::mysql_store);
 }
+
+mod postgres {
+    crate::api_suite!(crate::suite::stores::postgres_store);
+}

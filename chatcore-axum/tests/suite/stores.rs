@@ -1,5 +1,5 @@
 //! Stores for the suite: a wrapper that fails on demand (and counts session lookups), and the
-//! MySQL factory.
+//! MySQL and PostgreSQL factories.
 
 use std::any::Any;
 use std::sync::Arc;
@@ -33,6 +33,32 @@ pub async fn mysql_store() -> Arc<dyn Backend> {
     };
     let store = database.store(config).await.expect("migrate the test database");
     Arc::new(TestStore::new(Arc::new(store)).with_guard(database))
+}
+
+/// A fresh, migrated PostgreSQL store on a database of its own
+/// (`chatcore_axum_test_<pid>_<random>` on `CHATCORE_POSTGRES_URL`), dropped with the store.
+pub async fn postgres_store() -> Arc<dyn Backend> {
+    postgres_store_and_url().await.0
+}
+
+/// [`postgres_store`], and the URL of its database (for a `PgNotifier` on it).
+pub async fn postgres_store_and_url() -> (Arc<dyn Backend>, String) {
+    let database = chatcore_postgres::testing::TestDatabase::create("chatcore_axum_test_")
+        .await
+        .unwrap_or_else(|error| match std::error::Error::source(&error) {
+            Some(cause) => panic!("{error}: {cause}"),
+            None => panic!("{error}"),
+        });
+    let config = chatcore_postgres::PostgresConfig {
+        max_connections: 4,
+        ..Default::default()
+    };
+    let store = database.store(config).await.expect("migrate the test database");
+    let url = database.url();
+    (
+        Arc::new(TestStore::new(Arc::new(store)).with_guard(database)),
+        url,
+    )
 }
 
 /// A real backend, wrapped: it fails on demand with [`Error::Unavailable`], counts the

@@ -1,8 +1,9 @@
 //! # chat-server
 //!
 //! The standalone chatcore server: the REST API and `/ws` notifications of `chatcore-axum`, the
-//! account routes, and a web UI at `/`, on embedded SQLite (default, no other service needed)
-//! or MySQL, optionally with Redis carrying notifications between several server processes.
+//! account routes, and a web UI at `/`, on embedded SQLite (default, no other service needed),
+//! MySQL or PostgreSQL, with notifications carried between several server processes by Redis
+//! or by PostgreSQL `LISTEN`/`NOTIFY` (`--notify`, see [`ServerOptions::notify`]).
 //!
 //! ```text
 //! cargo run --release -p chat-server                  # http://127.0.0.1:8000, SQLite file chat.db
@@ -12,7 +13,7 @@
 //! # Layout
 //! - `main.rs`: parses the command line, sets up logging, dispatches subcommands.
 //! - `options.rs`: every flag and environment variable.
-//! - `storage.rs`: opening the SQLite or MySQL store as an `Arc<dyn chatcore::Backend>` (the
+//! - `storage.rs`: opening the SQLite, MySQL or PostgreSQL store as an `Arc<dyn chatcore::Backend>` (the
 //!   only place that tells them apart), and migrating it.
 //! - `web.rs`: the application router: UI assets, chat API, bench endpoint, request spans.
 //! - `lib.rs`: [`run`], which serves until a shutdown future resolves, then shuts down in order.
@@ -29,9 +30,11 @@ use std::sync::Arc;
 
 use chatcore::{Backend, ChatConfig, ChatService, LocalNotifier, Notifier};
 use chatcore_axum::{ApiConfig, ChatApi, SessionAuthenticator};
+use chatcore_postgres::{PgNotifier, PgNotifierConfig};
 use chatcore_redis::{RedisConfig, RedisNotifier};
 use tokio::net::TcpListener;
 
+use options::NotifierChoice;
 pub use options::{Cli, Command, ServerOptions};
 
 /// Why the server could not start or stopped with an error.
@@ -59,22 +62,34 @@ pub struct App {
 }
 
 impl App {
-    /// Builds the service and the authenticator over `backend`, connecting to Redis when
-    /// configured. Starts nothing: [`run`] starts the authenticator's background work.
+    /// Builds the service and the authenticator over `backend`, connecting the notification
+    /// transport that [`ServerOptions::notifier_choice`] picks. Starts nothing: [`run`] starts
+    /// the authenticator's background work.
     pub async fn new(options: &ServerOptions, backend: &Arc<dyn Backend>) -> Result<Self, ServerError> {
-        let notifier: Arc<dyn Notifier> = match &options.redis {
+        let notifier: Arc<dyn Notifier> = match options.notifier_choice()? {
             // A Redis that is down at start is an outage like one at run time: the server
             // serves, `/ws` answers 503 until Redis answers, then it connects.
-            Some(url) => Arc::new(
+            NotifierChoice::Redis(url) => Arc::new(
                 RedisNotifier::connect_in_background(RedisConfig {
-                    url: url.clone(),
+                    url,
                     channel_prefix: options.redis_prefix.clone(),
                     queue_capacity: options.ws_queue as usize,
                     ..RedisConfig::default()
                 })
                 .await?,
             ),
-            None => Arc::new(LocalNotifier::new(options.ws_queue as usize)),
+            NotifierChoice::Postgres(url) => Arc::new(
+                PgNotifier::connect(
+                    &url,
+                    PgNotifierConfig {
+                        channel: options.notify_channel.clone(),
+                        queue_capacity: options.ws_queue as usize,
+                        ..PgNotifierConfig::default()
+                    },
+                )
+                .await?,
+            ),
+            NotifierChoice::Local => Arc::new(LocalNotifier::new(options.ws_queue as usize)),
         };
         let chat_config = ChatConfig {
             max_body_chars: options.max_message_chars,
@@ -142,7 +157,7 @@ pub async fn run(
         tracing::info!("shutting down: closing WebSockets and finishing requests");
         trigger.shutdown();
     });
-    tracing::info!(address = %listener.local_addr()?, database = %redacted(&options.database), redis = options.redis.is_some(), "serving");
+    tracing::info!(address = %listener.local_addr()?, database = %redacted(&options.database), notify = ?options.notifier_choice()?.kind(), "serving");
     let served = chatcore_axum::serve_with(
         listener,
         router,

@@ -69,6 +69,40 @@ pub enum SqliteSync {
     Off,
 }
 
+/// Which transport carries notifications (`--notify`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum NotifyKind {
+    /// In this process only: one server.
+    Local,
+    /// Redis pub/sub (`--redis URL`): several servers.
+    Redis,
+    /// PostgreSQL `LISTEN`/`NOTIFY` on the `--database` (which must be PostgreSQL): several
+    /// servers, no other service.
+    Postgres,
+}
+
+/// The notification transport the options resolve to ([`ServerOptions::notifier_choice`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotifierChoice {
+    /// In this process only.
+    Local,
+    /// Redis at this URL.
+    Redis(String),
+    /// PostgreSQL `LISTEN`/`NOTIFY` on the database at this URL.
+    Postgres(String),
+}
+
+impl NotifierChoice {
+    /// Which transport, without its URL (which may hold a password): for the log.
+    pub fn kind(&self) -> NotifyKind {
+        match self {
+            NotifierChoice::Local => NotifyKind::Local,
+            NotifierChoice::Redis(_) => NotifyKind::Redis,
+            NotifierChoice::Postgres(_) => NotifyKind::Postgres,
+        }
+    }
+}
+
 /// Everything the server is configured with. Each flag has an environment variable.
 #[derive(Debug, Clone, Args)]
 pub struct ServerOptions {
@@ -90,6 +124,19 @@ pub struct ServerOptions {
     /// Prefix of the Redis channels, so several deployments can share one Redis.
     #[arg(long, env = "CHAT_REDIS_PREFIX", default_value = "chatcore:")]
     pub redis_prefix: String,
+
+    /// How notifications reach the WebSockets: `local` (this process only), `redis` (needs
+    /// `--redis`) or `postgres` (LISTEN/NOTIFY on the `--database`, which must be PostgreSQL).
+    /// Without it: `redis` when `--redis` is given, else `postgres` when the database is
+    /// PostgreSQL (so several servers on one PostgreSQL act as one with no other service),
+    /// else `local`.
+    #[arg(long, env = "CHAT_NOTIFY", value_enum)]
+    pub notify: Option<NotifyKind>,
+
+    /// The PostgreSQL LISTEN/NOTIFY channel (lowercase letters, digits, `_`): the same on
+    /// every server of one deployment, different for deployments sharing one database.
+    #[arg(long, env = "CHAT_NOTIFY_CHANNEL", default_value = "chatcore")]
+    pub notify_channel: String,
 
     /// Largest request body in bytes; larger requests get 413.
     #[arg(long, env = "CHAT_MAX_REQUEST_BYTES", default_value_t = 64 * 1024)]
@@ -237,7 +284,7 @@ pub struct ServerOptions {
     #[arg(long, env = "CHAT_STORAGE_TIMEOUT_SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     pub storage_timeout_secs: u64,
 
-    /// MySQL connection pool size.
+    /// MySQL or PostgreSQL connection pool size.
     #[arg(long, env = "CHAT_DB_POOL_SIZE", default_value_t = 16)]
     pub db_pool_size: u32,
 
@@ -323,6 +370,42 @@ impl ServerOptions {
             max_connections_per_address: count(self.max_connections_per_address),
             descriptor_reserve: count(self.descriptor_reserve),
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
+        }
+    }
+
+    /// The notification transport: `--notify` if given (checked against `--redis` and
+    /// `--database`), else the default rule described on [`ServerOptions::notify`]. A choice
+    /// that cannot work is [`ServerError::Config`], never quietly replaced by another.
+    ///
+    /// ```
+    /// use chat_server::options::{NotifierChoice, NotifyKind, ServerOptions};
+    /// let mut options = ServerOptions::for_tests("127.0.0.1:0".parse().unwrap(), "postgres://db/chat");
+    /// assert_eq!(options.notifier_choice().unwrap(), NotifierChoice::Postgres("postgres://db/chat".into()));
+    /// options.redis = Some("redis://r".into());
+    /// assert_eq!(options.notifier_choice().unwrap(), NotifierChoice::Redis("redis://r".into()));
+    /// options.notify = Some(NotifyKind::Local);
+    /// assert!(options.notifier_choice().is_err(), "local with a Redis URL is a contradiction");
+    /// ```
+    pub fn notifier_choice(&self) -> Result<NotifierChoice, crate::ServerError> {
+        let postgres = matches!(
+            crate::storage::DatabaseUrl::parse(&self.database),
+            Ok(crate::storage::DatabaseUrl::Postgres(_))
+        );
+        let config = |message: &str| Err(crate::ServerError::Config(message.to_owned()));
+        match (self.notify, &self.redis) {
+            (Some(NotifyKind::Local), Some(_)) => config("--notify local contradicts --redis: drop one"),
+            (Some(NotifyKind::Local), None) => Ok(NotifierChoice::Local),
+            (Some(NotifyKind::Redis) | None, Some(url)) => Ok(NotifierChoice::Redis(url.clone())),
+            (Some(NotifyKind::Redis), None) => config("--notify redis needs --redis URL"),
+            (Some(NotifyKind::Postgres), Some(_)) => {
+                config("--notify postgres contradicts --redis: drop one")
+            }
+            (Some(NotifyKind::Postgres), None) if !postgres => {
+                config("--notify postgres needs a postgres:// --database")
+            }
+            (Some(NotifyKind::Postgres), None) => Ok(NotifierChoice::Postgres(self.database.clone())),
+            (None, None) if postgres => Ok(NotifierChoice::Postgres(self.database.clone())),
+            (None, None) => Ok(NotifierChoice::Local),
         }
     }
 

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use chatcore::Backend;
 use chatcore_mysql::{MysqlConfig, MysqlStore};
+use chatcore_postgres::{PostgresConfig, PostgresStore};
 use chatcore_sqlite::{SqliteConfig, SqliteStore, Synchronous};
 
 use crate::ServerError;
@@ -19,17 +20,21 @@ pub enum DatabaseUrl {
     SqliteMemory,
     /// A MySQL or MariaDB server.
     Mysql(String),
+    /// A PostgreSQL server.
+    Postgres(String),
 }
 
 impl DatabaseUrl {
-    /// Parses `sqlite://PATH`, `sqlite:PATH`, `sqlite::memory:` or `mysql://...`.
+    /// Parses `sqlite://PATH`, `sqlite:PATH`, `sqlite::memory:`, `mysql://...` or
+    /// `postgres://...` (`postgresql://...`).
     ///
     /// ```
     /// use chat_server::storage::DatabaseUrl;
     /// assert_eq!(DatabaseUrl::parse("sqlite://chat.db").unwrap(), DatabaseUrl::SqliteFile("chat.db".into()));
     /// assert_eq!(DatabaseUrl::parse("sqlite:///var/lib/chat.db").unwrap(), DatabaseUrl::SqliteFile("/var/lib/chat.db".into()));
     /// assert_eq!(DatabaseUrl::parse("sqlite::memory:").unwrap(), DatabaseUrl::SqliteMemory);
-    /// assert!(DatabaseUrl::parse("postgres://x").is_err());
+    /// assert_eq!(DatabaseUrl::parse("postgres://u@db/chat").unwrap(), DatabaseUrl::Postgres("postgres://u@db/chat".into()));
+    /// assert!(DatabaseUrl::parse("oracle://x").is_err());
     /// ```
     pub fn parse(url: &str) -> Result<Self, ServerError> {
         if url == "sqlite::memory:" || url == "sqlite://:memory:" {
@@ -47,8 +52,11 @@ impl DatabaseUrl {
         if url.starts_with("mysql://") || url.starts_with("mariadb://") {
             return Ok(DatabaseUrl::Mysql(url.replacen("mariadb://", "mysql://", 1)));
         }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(DatabaseUrl::Postgres(url.to_owned()));
+        }
         Err(ServerError::Config(format!(
-            "unsupported database URL {url:?}: use sqlite://PATH, sqlite::memory: or mysql://..."
+            "unsupported database URL {url:?}: use sqlite://PATH, sqlite::memory:, mysql://... or postgres://..."
         )))
     }
 }
@@ -80,6 +88,13 @@ pub async fn open(options: &ServerOptions) -> Result<Arc<dyn Backend>, ServerErr
                 ..MysqlConfig::default()
             };
             Arc::new(MysqlStore::connect(&url, config).await?)
+        }
+        DatabaseUrl::Postgres(url) => {
+            let config = PostgresConfig {
+                max_connections: options.db_pool_size.max(1),
+                ..PostgresConfig::default()
+            };
+            Arc::new(PostgresStore::connect(&url, config).await?)
         }
     })
 }

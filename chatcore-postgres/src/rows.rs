@@ -1,0 +1,257 @@
+//! The read queries (each with the index it reads) and the decoding of their rows.
+
+use sqlx::Row;
+use sqlx::postgres::PgRow;
+
+use chatcore::{
+    BoxError, Conversation, Message, MessageId, Position, ReadMarker, StoredEvent, User, UserId, Username,
+};
+
+/// A user by name without regard to case: `chatcore_users_username_key`.
+pub(crate) const FIND_USER: &str = "SELECT id, username FROM chatcore_users WHERE username_key = $1";
+
+/// A user and password hash by key: `chatcore_users_username_key`.
+pub(crate) const CREDENTIALS: &str =
+    "SELECT id, username, password_hash FROM chatcore_users WHERE username_key = $1";
+
+/// The directory: a range of `chatcore_users_username_key` (collation "C", so `LIKE 'p%'`
+/// is a range and the order is byte order) after the cursor's key, stopping after `LIMIT`.
+/// Binds: pattern, after's key ('' for none), excluded id (0 for none), limit.
+pub(crate) const LIST_USERS: &str = "SELECT id, username FROM chatcore_users \
+     WHERE username_key LIKE $1 ESCAPE '!' AND username_key > $2 AND id <> $3 \
+     ORDER BY username_key LIMIT $4";
+
+/// A live session's user and expiry: the session and the user by primary key.
+pub(crate) const SESSION_USER: &str = "SELECT u.id AS id, u.username AS username, t.expires_at AS expires_at \
+     FROM chatcore_sessions t JOIN chatcore_users u ON u.id = t.user_id \
+     WHERE t.token_hash = $1 AND t.expires_at > $2";
+
+/// Sessions expired at a time: a range of `chatcore_sessions_expires`.
+pub(crate) const DELETE_EXPIRED_SESSIONS: &str = "DELETE FROM chatcore_sessions WHERE expires_at <= $1";
+
+/// A user's newest durable event of any kind (0 for none): one backward dive into each of
+/// `chatcore_messages_sender`, `chatcore_messages_recipient`, `chatcore_read_events_reader` and
+/// `chatcore_read_events_peer`, whatever the user's history.
+pub(crate) const LATEST_POSITION: &str = "SELECT GREATEST(\
+     COALESCE((SELECT MAX(id) FROM chatcore_messages WHERE sender_id = $1), 0), \
+     COALESCE((SELECT MAX(id) FROM chatcore_messages WHERE recipient_id = $1), 0), \
+     COALESCE((SELECT MAX(position) FROM chatcore_read_events WHERE reader_id = $1), 0), \
+     COALESCE((SELECT MAX(position) FROM chatcore_read_events WHERE peer_id = $1), 0)) AS latest";
+
+/// The columns every message query returns, names joined by primary key.
+macro_rules! message_columns {
+    ($m:literal) => {
+        concat!(
+            $m,
+            ".id AS id, s.username AS sender, r.username AS recipient, ",
+            $m,
+            ".created_at AS created_at, ",
+            $m,
+            ".body AS body"
+        )
+    };
+}
+
+macro_rules! message_joins {
+    ($m:literal) => {
+        concat!(
+            " JOIN chatcore_users s ON s.id = ",
+            $m,
+            ".sender_id JOIN chatcore_users r ON r.id = ",
+            $m,
+            ".recipient_id"
+        )
+    };
+}
+
+/// One message if the viewer is a participant: primary key. Binds: id, viewer.
+pub(crate) const MESSAGE_FOR: &str = concat!(
+    "SELECT ",
+    message_columns!("m"),
+    " FROM chatcore_messages m",
+    message_joins!("m"),
+    " WHERE m.id = $1 AND (m.sender_id = $2 OR m.recipient_id = $2)"
+);
+
+/// A conversation page and its total in one round trip: the other user by key, the total by
+/// `chatcore_counts` primary key, the page as one backward range of
+/// `chatcore_messages_conversation` from the cursor. No row: the other user does not exist;
+/// one row with a NULL id: an empty page. Binds: viewer, other's key, before, limit, offset.
+pub(crate) const CONVERSATION_PAGE: &str = concat!(
+    "SELECT o.id AS other_id, \
+       (SELECT c.total FROM chatcore_counts c WHERE c.low_id = LEAST($1, o.id) AND c.high_id = GREATEST($1, o.id)) AS total, \
+       p.id, p.sender, p.recipient, p.created_at, p.body \
+     FROM chatcore_users o LEFT JOIN LATERAL (SELECT ",
+    message_columns!("m"),
+    " FROM chatcore_messages m",
+    message_joins!("m"),
+    " WHERE m.conversation_low = LEAST($1, o.id) AND m.conversation_high = GREATEST($1, o.id) \
+       AND m.id < $3 ORDER BY m.id DESC LIMIT $4 OFFSET $5) p ON TRUE \
+     WHERE o.username_key = $2"
+);
+
+/// A user's messages, newest first, and their total, in one round trip: the total by
+/// `chatcore_counts` primary key, the page as the merge of two backward ranges, one of
+/// `chatcore_messages_sender` and one of `chatcore_messages_recipient` (a note to oneself only
+/// in the first), each at most `offset + limit` rows. One row with a NULL id: an empty page.
+/// Binds: user, before, window (offset + limit), limit, offset.
+pub(crate) const USER_MESSAGES: &str = concat!(
+    "SELECT (SELECT c.total FROM chatcore_counts c WHERE c.low_id = $1 AND c.high_id = 0) AS total, \
+       p.id, p.sender, p.recipient, p.created_at, p.body \
+     FROM (SELECT 1) one LEFT JOIN LATERAL (SELECT ",
+    message_columns!("u"),
+    " FROM ((SELECT * FROM chatcore_messages WHERE sender_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3) \
+        UNION ALL \
+        (SELECT * FROM chatcore_messages WHERE recipient_id = $1 AND sender_id <> $1 AND id < $2 \
+         ORDER BY id DESC LIMIT $3)) u",
+    message_joins!("u"),
+    " ORDER BY u.id DESC LIMIT $4 OFFSET $5) p ON TRUE"
+);
+
+/// Catch-up: a user's messages after an id, oldest first, as the merge of two forward ranges
+/// of `chatcore_messages_sender` and `chatcore_messages_recipient`.
+/// Binds: user, after, limit.
+pub(crate) const MESSAGES_AFTER: &str = concat!(
+    "SELECT ",
+    message_columns!("u"),
+    " FROM ((SELECT * FROM chatcore_messages WHERE sender_id = $1 AND id > $2 ORDER BY id LIMIT $3) \
+        UNION ALL \
+        (SELECT * FROM chatcore_messages WHERE recipient_id = $1 AND sender_id <> $1 AND id > $2 \
+         ORDER BY id LIMIT $3)) u",
+    message_joins!("u"),
+    " ORDER BY u.id LIMIT $3"
+);
+
+/// Catch-up on every durable event, in one statement (one consistent view): four forward
+/// ranges, each limited, of `chatcore_messages_sender`, `chatcore_messages_recipient` (notes
+/// to self only in the first), `chatcore_read_events_reader` and `chatcore_read_events_peer`
+/// (notes to self only in the first), merged, ordered and limited. A read event fills a
+/// message's columns: `id` is its position, `sender` the reader, `recipient` the peer.
+/// Binds: user, after, limit.
+pub(crate) const EVENTS_AFTER: &str = concat!(
+    "SELECT ev.* FROM (SELECT 0 AS kind, ",
+    message_columns!("u"),
+    ", NULL::BIGINT AS up_to \
+     FROM ((SELECT * FROM chatcore_messages WHERE sender_id = $1 AND id > $2 ORDER BY id LIMIT $3) \
+        UNION ALL \
+        (SELECT * FROM chatcore_messages WHERE recipient_id = $1 AND sender_id <> $1 AND id > $2 \
+         ORDER BY id LIMIT $3)) u",
+    message_joins!("u"),
+    " UNION ALL \
+     SELECT 1, e.position, s.username, r.username, NULL::TIMESTAMPTZ, NULL::TEXT, e.up_to \
+     FROM ((SELECT * FROM chatcore_read_events WHERE reader_id = $1 AND position > $2 \
+         ORDER BY position LIMIT $3) \
+        UNION ALL \
+        (SELECT * FROM chatcore_read_events WHERE peer_id = $1 AND reader_id <> $1 AND position > $2 \
+         ORDER BY position LIMIT $3)) e \
+     JOIN chatcore_users s ON s.id = e.reader_id JOIN chatcore_users r ON r.id = e.peer_id) ev \
+     ORDER BY ev.id LIMIT $3"
+);
+
+/// A page of a user's inbox and their unread total in one round trip: the total by
+/// `chatcore_counts` primary key (row (user, -1)), the page as one backward range of
+/// `chatcore_inbox_activity` from the cursor, each row joined by primary key to the peer, the
+/// newest message and the peer's own inbox row (their marker). One row with a NULL peer: an
+/// empty page. Binds: user, before, limit.
+pub(crate) const INBOX_PAGE: &str = concat!(
+    "SELECT (SELECT c.total FROM chatcore_counts c WHERE c.low_id = $1 AND c.high_id = -1) AS unread_total, \
+       p.* FROM (SELECT 1) one LEFT JOIN LATERAL (SELECT pu.username AS peer, i.unread AS unread, \
+       i.read_up_to AS read_up_to, pi.read_up_to AS peer_read_up_to, ",
+    message_columns!("m"),
+    " FROM chatcore_inbox i JOIN chatcore_users pu ON pu.id = i.peer_id \
+       JOIN chatcore_messages m ON m.id = i.last_id",
+    message_joins!("m"),
+    " LEFT JOIN chatcore_inbox pi ON pi.user_id = i.peer_id AND pi.peer_id = i.user_id \
+     WHERE i.user_id = $1 AND i.last_id < $2 ORDER BY i.last_id DESC LIMIT $3) p ON TRUE"
+);
+
+/// One `mark_read`: the function `chatcore_mark_read` (see `schema.rs`).
+/// Binds: reader, peer's key, up_to.
+pub(crate) const MARK_READ: &str = "SELECT r_outcome, r_peer_id, r_peer_name, r_position, r_read_up_to, \
+     r_unread, r_reader_previous, r_peer_previous FROM chatcore_mark_read($1, $2, $3)";
+
+fn get<'r, T>(row: &'r PgRow, column: &str) -> Result<T, BoxError>
+where
+    T: sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
+{
+    row.try_get(column).map_err(|e| Box::new(e) as BoxError)
+}
+
+/// A user from columns `id` and `username` (a stored name is trusted as stored).
+pub(crate) fn user(row: &PgRow) -> Result<User, BoxError> {
+    Ok(User {
+        id: UserId(get(row, "id")?),
+        username: Username::from_stored(get::<String>(row, "username")?),
+    })
+}
+
+/// A message from the [`message_columns`] columns.
+pub(crate) fn message(row: &PgRow) -> Result<Message, BoxError> {
+    Ok(Message {
+        id: MessageId(get(row, "id")?),
+        sender: Username::from_stored(get::<String>(row, "sender")?),
+        recipient: Username::from_stored(get::<String>(row, "recipient")?),
+        created_at: get(row, "created_at")?,
+        body: get(row, "body")?,
+    })
+}
+
+/// A durable event from the columns of [`EVENTS_AFTER`].
+pub(crate) fn event(row: &PgRow) -> Result<StoredEvent, BoxError> {
+    let kind: i32 = get(row, "kind")?;
+    if kind == 0 {
+        return Ok(StoredEvent::Message(message(row)?));
+    }
+    let up_to: Option<i64> = get(row, "up_to")?;
+    Ok(StoredEvent::Read(ReadMarker {
+        position: Position(get(row, "id")?),
+        reader: Username::from_stored(get::<String>(row, "sender")?),
+        peer: Username::from_stored(get::<String>(row, "recipient")?),
+        up_to: MessageId(up_to.ok_or("a read event without its message")?),
+    }))
+}
+
+/// A conversation from a row of [`INBOX_PAGE`]; `None` for the row of an empty page (the
+/// total alone).
+pub(crate) fn conversation(row: &PgRow) -> Result<Option<Conversation>, BoxError> {
+    let Some(peer) = get::<Option<String>>(row, "peer")? else {
+        return Ok(None);
+    };
+    let unread: i64 = get(row, "unread")?;
+    let read_up_to: Option<i64> = get(row, "read_up_to")?;
+    let peer_read_up_to: Option<i64> = get(row, "peer_read_up_to")?;
+    Ok(Some(Conversation {
+        peer: Username::from_stored(peer),
+        last_message: message(row)?,
+        unread: u64::try_from(unread)?,
+        read_up_to: read_up_to.map(MessageId),
+        peer_read_up_to: peer_read_up_to.map(MessageId),
+    }))
+}
+
+/// The key of `prefix` ([`Username::key_of`]) as a `LIKE` pattern with `!` as the escape
+/// character, matching literally.
+pub(crate) fn like_prefix(prefix: &str) -> String {
+    let prefix = Username::key_of(prefix);
+    let mut pattern = String::with_capacity(prefix.len() + 1);
+    for c in prefix.chars() {
+        if matches!(c, '!' | '%' | '_') {
+            pattern.push('!');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn like_prefix_escapes_metacharacters() {
+        assert_eq!(like_prefix("a_b%c!"), "a!_b!%c!!%");
+        assert_eq!(like_prefix(""), "%");
+        assert_eq!(like_prefix("ÅSA_"), "åsa!_%", "the prefix's key");
+    }
+}

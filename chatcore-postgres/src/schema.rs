@@ -1,0 +1,691 @@
+//! The embedded migrations and the runner that applies them, tracked in `chatcore_migrations`
+//! (never the host's `_sqlx_migrations`).
+//!
+//! PostgreSQL runs DDL inside transactions, so the whole run (every missing migration and
+//! its record) is one transaction: a run that fails leaves the schema as it was.
+
+use sha2::{Digest, Sha256};
+use sqlx::{Connection, PgConnection, Row};
+
+use chatcore::{Error, MigrationReport, Result};
+
+use crate::error;
+
+/// One schema change: statements run in order, then recorded.
+pub(crate) struct Migration {
+    /// 1, 2, 3, ...: applied in this order, each once.
+    pub version: i64,
+    /// For humans and the migrations table.
+    pub description: &'static str,
+    /// The statements, in order.
+    pub steps: &'static [&'static str],
+}
+
+impl Migration {
+    /// SHA-256 over the statements, so an edited, already applied migration is detected.
+    fn checksum(&self) -> Vec<u8> {
+        let mut hash = Sha256::new();
+        for step in self.steps {
+            hash.update(step.as_bytes());
+            hash.update([0u8]);
+        }
+        hash.finalize().to_vec()
+    }
+}
+
+/// The key of the advisory lock that serializes migration runs of every process ("chatcore").
+const MIGRATION_LOCK: i64 = 0x6368_6174_636f_7265;
+
+/// The table recording applied migrations. Ours alone: a host using `sqlx::migrate!` keeps its
+/// `_sqlx_migrations`, and neither sees the other's entries.
+const MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS chatcore_migrations (
+    version BIGINT NOT NULL PRIMARY KEY,
+    description TEXT NOT NULL,
+    checksum BYTEA NOT NULL,
+    applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+)";
+
+/// Every migration this version of the crate knows, oldest first.
+pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    description: "users, sessions, messages, counters and id sequence, the batch insert function, notification payloads",
+    steps: &[
+        // `username` as its owner wrote it, for display; names are unique by
+        // `username_key` (lowercased NFKC, computed in Rust), compared byte-wise (collation
+        // "C"), so the directory is a range of the key index in byte order and a prefix is a
+        // range too.
+        "CREATE TABLE chatcore_users (
+            id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            username TEXT NOT NULL,
+            username_key TEXT COLLATE \"C\" NOT NULL,
+            password_hash TEXT NULL,
+            created_at TIMESTAMPTZ NOT NULL DEFAULT now()
+        )",
+        "CREATE UNIQUE INDEX chatcore_users_username_key ON chatcore_users (username_key)",
+        // Only the SHA-256 of a token is kept; the expiry index serves the purge.
+        "CREATE TABLE chatcore_sessions (
+            token_hash BYTEA NOT NULL PRIMARY KEY,
+            user_id BIGINT NOT NULL REFERENCES chatcore_users (id) ON DELETE CASCADE,
+            expires_at TIMESTAMPTZ NOT NULL
+        )",
+        "CREATE INDEX chatcore_sessions_expires ON chatcore_sessions (expires_at)",
+        "CREATE INDEX chatcore_sessions_user ON chatcore_sessions (user_id)",
+        // `id` comes from the id sequence row of `chatcore_counts` (commit order), never from
+        // a PostgreSQL sequence. No foreign keys: the insert function resolves both users
+        // under its lock, and a key check per row would only slow every send.
+        "CREATE TABLE chatcore_messages (
+            id BIGINT NOT NULL PRIMARY KEY,
+            sender_id BIGINT NOT NULL,
+            recipient_id BIGINT NOT NULL,
+            conversation_low BIGINT NOT NULL,
+            conversation_high BIGINT NOT NULL,
+            created_at TIMESTAMPTZ NOT NULL,
+            body TEXT NOT NULL,
+            idempotency_key_hash BYTEA NULL
+        )",
+        // A conversation page is one backward range; a user's messages and the catch-up are
+        // two ranges merged; replays are one unique lookup (keys stored as SHA-256).
+        "CREATE INDEX chatcore_messages_conversation ON chatcore_messages (conversation_low, conversation_high, id)",
+        "CREATE INDEX chatcore_messages_sender ON chatcore_messages (sender_id, id)",
+        "CREATE INDEX chatcore_messages_recipient ON chatcore_messages (recipient_id, id)",
+        "CREATE UNIQUE INDEX chatcore_messages_idempotency ON chatcore_messages (sender_id, idempotency_key_hash) \
+            WHERE idempotency_key_hash IS NOT NULL",
+        // Totals kept by the inserting transaction, so `total` is one primary-key lookup:
+        // (low, high) with 1 <= low <= high for a conversation, (user, 0) for a user's
+        // total, and (0, 0) for the last message id handed out (no user has id 0).
+        "CREATE TABLE chatcore_counts (
+            low_id BIGINT NOT NULL,
+            high_id BIGINT NOT NULL,
+            total BIGINT NOT NULL,
+            PRIMARY KEY (low_id, high_id)
+        )",
+        "INSERT INTO chatcore_counts (low_id, high_id, total) VALUES (0, 0, 0)",
+        // One batch of sends in one statement (one round trip, one transaction when called
+        // outside a transaction block). The first statement locks the id sequence row until
+        // the transaction commits: every inserting transaction of every process takes it
+        // first, so ids are handed out in commit order. In READ COMMITTED each statement of a
+        // volatile function takes a new snapshot, so the second one, run under the lock,
+        // sees every message committed before the lock was granted: the idempotency keys
+        // (no race with another process), and each user's newest id up to the sequence value
+        // (their previous position). The clock is read under the lock too, so timestamps
+        // follow id order.
+        //
+        // Rows returned: 'missing' (unknown sender or recipient), 'replay' (the message
+        // stored earlier under the key, with its names), 'stored' (the new id, recipient,
+        // time), and one 'previous' row per user of the stored messages (their newest id
+        // before the batch, 0 for none). The inserts in WITH run to completion whether or not
+        // the result reads them; they share the statement's snapshot, so the 'previous' reads
+        // (bounded by the sequence value anyway) never see the batch's own rows.
+        "CREATE FUNCTION chatcore_insert_messages(
+            p_senders BIGINT[], p_recipient_keys TEXT[], p_bodies TEXT[], p_key_hashes BYTEA[])
+        RETURNS TABLE (
+            ord INT, outcome TEXT, message_id BIGINT, recipient_id BIGINT, recipient_name TEXT,
+            sender_name TEXT, created_at TIMESTAMPTZ, body TEXT, user_id BIGINT, previous BIGINT)
+        LANGUAGE plpgsql VOLATILE AS $fn$
+        DECLARE
+            v_last BIGINT;
+            v_at TIMESTAMPTZ;
+        BEGIN
+            SELECT c.total INTO v_last FROM chatcore_counts c
+                WHERE c.low_id = 0 AND c.high_id = 0 FOR UPDATE;
+            IF v_last IS NULL THEN
+                RAISE EXCEPTION 'the chatcore message id sequence is missing: run Backend::migrate()'
+                    USING ERRCODE = 'XX000';
+            END IF;
+            v_at := date_trunc('microseconds', clock_timestamp());
+            RETURN QUERY
+            WITH input AS (
+                SELECT t.ord::INT AS ord, t.sender_id, t.rkey, t.body, t.khash
+                FROM unnest(p_senders, p_recipient_keys, p_bodies, p_key_hashes)
+                    WITH ORDINALITY AS t(sender_id, rkey, body, khash, ord)
+            ), resolved AS (
+                SELECT i.*, r.id AS rid, r.username AS rname, s.username AS sname
+                FROM input i
+                LEFT JOIN chatcore_users r ON r.username_key = i.rkey
+                LEFT JOIN chatcore_users s ON s.id = i.sender_id
+            ), earlier AS (
+                SELECT rs.ord, m.id, m.recipient_id, ru.username AS rname, su.username AS sname,
+                    m.created_at, m.body
+                FROM resolved rs
+                JOIN chatcore_messages m
+                    ON m.sender_id = rs.sender_id AND m.idempotency_key_hash = rs.khash
+                JOIN chatcore_users su ON su.id = m.sender_id
+                JOIN chatcore_users ru ON ru.id = m.recipient_id
+                WHERE rs.khash IS NOT NULL AND rs.rid IS NOT NULL AND rs.sname IS NOT NULL
+            ), fresh AS (
+                SELECT rs.*, v_last + row_number() OVER (ORDER BY rs.ord) AS new_id
+                FROM resolved rs
+                WHERE rs.rid IS NOT NULL AND rs.sname IS NOT NULL
+                    AND NOT EXISTS (SELECT 1 FROM earlier e WHERE e.ord = rs.ord)
+            ), stored AS (
+                INSERT INTO chatcore_messages (id, sender_id, recipient_id, conversation_low,
+                    conversation_high, created_at, body, idempotency_key_hash)
+                SELECT f.new_id, f.sender_id, f.rid, LEAST(f.sender_id, f.rid),
+                    GREATEST(f.sender_id, f.rid), v_at, f.body, f.khash
+                FROM fresh f
+                RETURNING id
+            ), counted AS (
+                INSERT INTO chatcore_counts AS c (low_id, high_id, total)
+                SELECT k.low_id, k.high_id, count(*) FROM (
+                    SELECT 0::BIGINT AS low_id, 0::BIGINT AS high_id FROM fresh
+                    UNION ALL SELECT LEAST(f.sender_id, f.rid), GREATEST(f.sender_id, f.rid) FROM fresh f
+                    UNION ALL SELECT f.sender_id, 0 FROM fresh f
+                    UNION ALL SELECT f.rid, 0 FROM fresh f WHERE f.rid <> f.sender_id
+                ) k
+                GROUP BY k.low_id, k.high_id
+                ORDER BY k.low_id, k.high_id
+                ON CONFLICT (low_id, high_id) DO UPDATE SET total = c.total + EXCLUDED.total
+                RETURNING c.low_id
+            ), users AS (
+                SELECT f.sender_id AS uid FROM fresh f UNION SELECT f.rid FROM fresh f
+            )
+            SELECT rs.ord, 'missing'::TEXT, NULL::BIGINT, NULL::BIGINT, NULL::TEXT, NULL::TEXT,
+                NULL::TIMESTAMPTZ, NULL::TEXT, NULL::BIGINT, NULL::BIGINT
+            FROM resolved rs WHERE rs.rid IS NULL OR rs.sname IS NULL
+            UNION ALL
+            SELECT e.ord, 'replay', e.id, e.recipient_id, e.rname, e.sname, e.created_at, e.body,
+                NULL, NULL
+            FROM earlier e
+            UNION ALL
+            SELECT f.ord, 'stored', f.new_id, f.rid, f.rname, f.sname, v_at, NULL, NULL, NULL
+            FROM fresh f
+            UNION ALL
+            SELECT NULL, 'previous', NULL, NULL, NULL, NULL, NULL, NULL, u.uid, GREATEST(
+                COALESCE((SELECT ms.id FROM chatcore_messages ms
+                    WHERE ms.sender_id = u.uid AND ms.id <= v_last ORDER BY ms.id DESC LIMIT 1), 0),
+                COALESCE((SELECT mr.id FROM chatcore_messages mr
+                    WHERE mr.recipient_id = u.uid AND mr.id <= v_last ORDER BY mr.id DESC LIMIT 1), 0))
+            FROM users u;
+        END
+        $fn$",
+        // Notification frames too large for a NOTIFY payload (8000 bytes) travel by
+        // reference: `PgNotifier` stores them here and each node reads one back once. Old
+        // rows are deleted by later large publishes.
+        "CREATE TABLE chatcore_notify_payloads (
+            id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            frame BYTEA NOT NULL,
+            created_at TIMESTAMPTZ NOT NULL DEFAULT now()
+        )",
+        "CREATE INDEX chatcore_notify_payloads_created ON chatcore_notify_payloads (created_at)",
+    ],
+}, Migration {
+    version: 2,
+    description: "inbox, unread counts, read markers and read events",
+    // The whole run is one transaction, so a migration stopped halfway leaves nothing behind.
+    // Processes running the previous version must be stopped first: their sends would not
+    // update the inbox, and the counts filled here would drift.
+    steps: &[
+        // One row per user and conversation partner (the user themself for notes to self),
+        // written by the inserting transaction: `last_id` is the conversation's newest message
+        // (the inbox order: `chatcore_inbox_activity` is read backwards from the cursor),
+        // `unread` the messages from the peer after `read_up_to` (the user's read marker, NULL
+        // until they mark one).
+        "CREATE TABLE chatcore_inbox (
+            user_id BIGINT NOT NULL,
+            peer_id BIGINT NOT NULL,
+            last_id BIGINT NOT NULL,
+            unread BIGINT NOT NULL,
+            read_up_to BIGINT NULL,
+            PRIMARY KEY (user_id, peer_id)
+        )",
+        "CREATE INDEX chatcore_inbox_activity ON chatcore_inbox (user_id, last_id)",
+        // A read marker that moved: a durable event of the reader and of the peer (the same
+        // user for notes to self), at a position from the message id sequence (row (0, 0) of
+        // `chatcore_counts`). Each index is one user's events in position order, as reader
+        // and as peer.
+        "CREATE TABLE chatcore_read_events (
+            position BIGINT NOT NULL PRIMARY KEY,
+            reader_id BIGINT NOT NULL,
+            peer_id BIGINT NOT NULL,
+            up_to BIGINT NOT NULL
+        )",
+        "CREATE INDEX chatcore_read_events_reader ON chatcore_read_events (reader_id, position)",
+        "CREATE INDEX chatcore_read_events_peer ON chatcore_read_events (peer_id, position)",
+        // The inbox of the messages stored so far: nobody has a marker yet, so every message
+        // received from someone else is unread (notes to self never are). The second branch
+        // is the other side of each conversation between two users.
+        "INSERT INTO chatcore_inbox (user_id, peer_id, last_id, unread, read_up_to)
+        SELECT conversation_low, conversation_high, MAX(id),
+            COUNT(*) FILTER (WHERE recipient_id = conversation_low AND sender_id <> recipient_id), NULL::BIGINT
+        FROM chatcore_messages GROUP BY conversation_low, conversation_high
+        UNION ALL
+        SELECT conversation_high, conversation_low, MAX(id),
+            COUNT(*) FILTER (WHERE recipient_id = conversation_high), NULL::BIGINT
+        FROM chatcore_messages WHERE conversation_low <> conversation_high
+        GROUP BY conversation_low, conversation_high",
+        // Each user's unread total: the row (user, -1) of chatcore_counts (no conversation
+        // key is negative), kept by the inserting transaction and by `chatcore_mark_read`.
+        "INSERT INTO chatcore_counts (low_id, high_id, total)
+        SELECT user_id, -1, SUM(unread) FROM chatcore_inbox GROUP BY user_id",
+        // The batch function of migration 1, now also bringing both users' inboxes up to date
+        // (one upsert row per user and conversation of the batch: the newest id, and the
+        // unread messages it adds for the recipient), the recipient's unread total, and with
+        // read events among each user's previous positions.
+        "CREATE OR REPLACE FUNCTION chatcore_insert_messages(
+            p_senders BIGINT[], p_recipient_keys TEXT[], p_bodies TEXT[], p_key_hashes BYTEA[])
+        RETURNS TABLE (
+            ord INT, outcome TEXT, message_id BIGINT, recipient_id BIGINT, recipient_name TEXT,
+            sender_name TEXT, created_at TIMESTAMPTZ, body TEXT, user_id BIGINT, previous BIGINT)
+        LANGUAGE plpgsql VOLATILE AS $fn$
+        #variable_conflict use_column
+        DECLARE
+            v_last BIGINT;
+            v_at TIMESTAMPTZ;
+        BEGIN
+            SELECT c.total INTO v_last FROM chatcore_counts c
+                WHERE c.low_id = 0 AND c.high_id = 0 FOR UPDATE;
+            IF v_last IS NULL THEN
+                RAISE EXCEPTION 'the chatcore message id sequence is missing: run Backend::migrate()'
+                    USING ERRCODE = 'XX000';
+            END IF;
+            v_at := date_trunc('microseconds', clock_timestamp());
+            RETURN QUERY
+            WITH input AS (
+                SELECT t.ord::INT AS ord, t.sender_id, t.rkey, t.body, t.khash
+                FROM unnest(p_senders, p_recipient_keys, p_bodies, p_key_hashes)
+                    WITH ORDINALITY AS t(sender_id, rkey, body, khash, ord)
+            ), resolved AS (
+                SELECT i.*, r.id AS rid, r.username AS rname, s.username AS sname
+                FROM input i
+                LEFT JOIN chatcore_users r ON r.username_key = i.rkey
+                LEFT JOIN chatcore_users s ON s.id = i.sender_id
+            ), earlier AS (
+                SELECT rs.ord, m.id, m.recipient_id, ru.username AS rname, su.username AS sname,
+                    m.created_at, m.body
+                FROM resolved rs
+                JOIN chatcore_messages m
+                    ON m.sender_id = rs.sender_id AND m.idempotency_key_hash = rs.khash
+                JOIN chatcore_users su ON su.id = m.sender_id
+                JOIN chatcore_users ru ON ru.id = m.recipient_id
+                WHERE rs.khash IS NOT NULL AND rs.rid IS NOT NULL AND rs.sname IS NOT NULL
+            ), fresh AS (
+                SELECT rs.*, v_last + row_number() OVER (ORDER BY rs.ord) AS new_id
+                FROM resolved rs
+                WHERE rs.rid IS NOT NULL AND rs.sname IS NOT NULL
+                    AND NOT EXISTS (SELECT 1 FROM earlier e WHERE e.ord = rs.ord)
+            ), stored AS (
+                INSERT INTO chatcore_messages (id, sender_id, recipient_id, conversation_low,
+                    conversation_high, created_at, body, idempotency_key_hash)
+                SELECT f.new_id, f.sender_id, f.rid, LEAST(f.sender_id, f.rid),
+                    GREATEST(f.sender_id, f.rid), v_at, f.body, f.khash
+                FROM fresh f
+                RETURNING id
+            ), counted AS (
+                INSERT INTO chatcore_counts AS c (low_id, high_id, total)
+                SELECT k.low_id, k.high_id, count(*) FROM (
+                    SELECT 0::BIGINT AS low_id, 0::BIGINT AS high_id FROM fresh
+                    UNION ALL SELECT LEAST(f.sender_id, f.rid), GREATEST(f.sender_id, f.rid) FROM fresh f
+                    UNION ALL SELECT f.sender_id, 0 FROM fresh f
+                    UNION ALL SELECT f.rid, 0 FROM fresh f WHERE f.rid <> f.sender_id
+                    UNION ALL SELECT f.rid, -1 FROM fresh f WHERE f.rid <> f.sender_id
+                ) k
+                GROUP BY k.low_id, k.high_id
+                ORDER BY k.low_id, k.high_id
+                ON CONFLICT (low_id, high_id) DO UPDATE SET total = c.total + EXCLUDED.total
+                RETURNING c.low_id
+            ), boxed AS (
+                INSERT INTO chatcore_inbox AS b (user_id, peer_id, last_id, unread, read_up_to)
+                SELECT k.uid, k.pid, MAX(k.mid), SUM(k.n), NULL::BIGINT FROM (
+                    SELECT f.sender_id AS uid, f.rid AS pid, f.new_id AS mid, 0::BIGINT AS n
+                    FROM fresh f
+                    UNION ALL SELECT f.rid, f.sender_id, f.new_id, 1 FROM fresh f
+                    WHERE f.rid <> f.sender_id
+                ) k
+                GROUP BY k.uid, k.pid
+                ORDER BY k.uid, k.pid
+                ON CONFLICT ON CONSTRAINT chatcore_inbox_pkey DO UPDATE
+                    SET last_id = GREATEST(b.last_id, EXCLUDED.last_id),
+                        unread = b.unread + EXCLUDED.unread
+                RETURNING b.user_id
+            ), users AS (
+                SELECT f.sender_id AS uid FROM fresh f UNION SELECT f.rid FROM fresh f
+            )
+            SELECT rs.ord, 'missing'::TEXT, NULL::BIGINT, NULL::BIGINT, NULL::TEXT, NULL::TEXT,
+                NULL::TIMESTAMPTZ, NULL::TEXT, NULL::BIGINT, NULL::BIGINT
+            FROM resolved rs WHERE rs.rid IS NULL OR rs.sname IS NULL
+            UNION ALL
+            SELECT e.ord, 'replay', e.id, e.recipient_id, e.rname, e.sname, e.created_at, e.body,
+                NULL, NULL
+            FROM earlier e
+            UNION ALL
+            SELECT f.ord, 'stored', f.new_id, f.rid, f.rname, f.sname, v_at, NULL, NULL, NULL
+            FROM fresh f
+            UNION ALL
+            SELECT NULL, 'previous', NULL, NULL, NULL, NULL, NULL, NULL, u.uid, GREATEST(
+                COALESCE((SELECT ms.id FROM chatcore_messages ms
+                    WHERE ms.sender_id = u.uid AND ms.id <= v_last ORDER BY ms.id DESC LIMIT 1), 0),
+                COALESCE((SELECT mr.id FROM chatcore_messages mr
+                    WHERE mr.recipient_id = u.uid AND mr.id <= v_last ORDER BY mr.id DESC LIMIT 1), 0),
+                COALESCE((SELECT er.position FROM chatcore_read_events er
+                    WHERE er.reader_id = u.uid AND er.position <= v_last
+                    ORDER BY er.position DESC LIMIT 1), 0),
+                COALESCE((SELECT ep.position FROM chatcore_read_events ep
+                    WHERE ep.peer_id = u.uid AND ep.position <= v_last
+                    ORDER BY ep.position DESC LIMIT 1), 0))
+            FROM users u;
+        END
+        $fn$",
+        // One `mark_read` in one statement (one round trip, one transaction outside a
+        // transaction block). It locks the id sequence row first, like every batch, so the read
+        // event's position comes from the same sequence in commit order, and no send of the
+        // conversation commits between the read of the inbox row and its update. Outcomes:
+        // 'no_user' (unknown peer), 'no_message' (`up_to` is not a message between the two),
+        // 'kept' (the marker is already there or beyond: nothing written), 'moved'.
+        "CREATE FUNCTION chatcore_mark_read(p_reader BIGINT, p_peer_key TEXT, p_up_to BIGINT)
+        RETURNS TABLE (
+            r_outcome TEXT, r_peer_id BIGINT, r_peer_name TEXT, r_position BIGINT,
+            r_read_up_to BIGINT, r_unread BIGINT, r_reader_previous BIGINT, r_peer_previous BIGINT)
+        LANGUAGE plpgsql VOLATILE AS $fn$
+        #variable_conflict use_column
+        DECLARE
+            v_last BIGINT;
+            v_peer BIGINT;
+            v_peer_name TEXT;
+            v_old BIGINT;
+            v_unread BIGINT;
+            v_passed BIGINT;
+            v_reader_prev BIGINT;
+            v_peer_prev BIGINT;
+        BEGIN
+            SELECT c.total INTO v_last FROM chatcore_counts c
+                WHERE c.low_id = 0 AND c.high_id = 0 FOR UPDATE;
+            IF v_last IS NULL THEN
+                RAISE EXCEPTION 'the chatcore message id sequence is missing: run Backend::migrate()'
+                    USING ERRCODE = 'XX000';
+            END IF;
+            SELECT u.id, u.username INTO v_peer, v_peer_name FROM chatcore_users u
+                WHERE u.username_key = p_peer_key;
+            IF v_peer IS NULL THEN
+                RETURN QUERY SELECT 'no_user'::TEXT, NULL::BIGINT, NULL::TEXT, NULL::BIGINT,
+                    NULL::BIGINT, NULL::BIGINT, NULL::BIGINT, NULL::BIGINT;
+                RETURN;
+            END IF;
+            IF NOT EXISTS (SELECT 1 FROM chatcore_messages m WHERE m.id = p_up_to
+                    AND m.conversation_low = LEAST(p_reader, v_peer)
+                    AND m.conversation_high = GREATEST(p_reader, v_peer)) THEN
+                RETURN QUERY SELECT 'no_message'::TEXT, v_peer, v_peer_name, NULL::BIGINT,
+                    NULL::BIGINT, NULL::BIGINT, NULL::BIGINT, NULL::BIGINT;
+                RETURN;
+            END IF;
+            SELECT i.read_up_to, i.unread INTO v_old, v_unread FROM chatcore_inbox i
+                WHERE i.user_id = p_reader AND i.peer_id = v_peer FOR UPDATE;
+            IF NOT FOUND THEN
+                RAISE EXCEPTION 'chatcore_inbox lacks the row of a conversation with messages'
+                    USING ERRCODE = 'XX000';
+            END IF;
+            IF v_old IS NOT NULL AND v_old >= p_up_to THEN
+                RETURN QUERY SELECT 'kept'::TEXT, v_peer, v_peer_name, NULL::BIGINT, v_old,
+                    v_unread, NULL::BIGINT, NULL::BIGINT;
+                RETURN;
+            END IF;
+            -- The peer's messages the marker passes over: one range of the conversation index.
+            IF p_reader = v_peer THEN
+                v_passed := 0;
+            ELSE
+                SELECT count(*) INTO v_passed FROM chatcore_messages m
+                    WHERE m.conversation_low = LEAST(p_reader, v_peer)
+                    AND m.conversation_high = GREATEST(p_reader, v_peer)
+                    AND m.id > COALESCE(v_old, 0) AND m.id <= p_up_to AND m.sender_id = v_peer;
+            END IF;
+            v_reader_prev := GREATEST(
+                COALESCE((SELECT ms.id FROM chatcore_messages ms
+                    WHERE ms.sender_id = p_reader ORDER BY ms.id DESC LIMIT 1), 0),
+                COALESCE((SELECT mr.id FROM chatcore_messages mr
+                    WHERE mr.recipient_id = p_reader ORDER BY mr.id DESC LIMIT 1), 0),
+                COALESCE((SELECT er.position FROM chatcore_read_events er
+                    WHERE er.reader_id = p_reader ORDER BY er.position DESC LIMIT 1), 0),
+                COALESCE((SELECT ep.position FROM chatcore_read_events ep
+                    WHERE ep.peer_id = p_reader ORDER BY ep.position DESC LIMIT 1), 0));
+            v_peer_prev := GREATEST(
+                COALESCE((SELECT ms.id FROM chatcore_messages ms
+                    WHERE ms.sender_id = v_peer ORDER BY ms.id DESC LIMIT 1), 0),
+                COALESCE((SELECT mr.id FROM chatcore_messages mr
+                    WHERE mr.recipient_id = v_peer ORDER BY mr.id DESC LIMIT 1), 0),
+                COALESCE((SELECT er.position FROM chatcore_read_events er
+                    WHERE er.reader_id = v_peer ORDER BY er.position DESC LIMIT 1), 0),
+                COALESCE((SELECT ep.position FROM chatcore_read_events ep
+                    WHERE ep.peer_id = v_peer ORDER BY ep.position DESC LIMIT 1), 0));
+            UPDATE chatcore_counts c SET total = v_last + 1 WHERE c.low_id = 0 AND c.high_id = 0;
+            INSERT INTO chatcore_read_events (position, reader_id, peer_id, up_to)
+                VALUES (v_last + 1, p_reader, v_peer, p_up_to);
+            UPDATE chatcore_inbox i SET read_up_to = p_up_to, unread = i.unread - v_passed
+                WHERE i.user_id = p_reader AND i.peer_id = v_peer;
+            IF v_passed > 0 THEN
+                UPDATE chatcore_counts c SET total = c.total - v_passed
+                    WHERE c.low_id = p_reader AND c.high_id = -1;
+            END IF;
+            RETURN QUERY SELECT 'moved'::TEXT, v_peer, v_peer_name, v_last + 1, p_up_to,
+                v_unread - v_passed, v_reader_prev, v_peer_prev;
+        END
+        $fn$",
+    ],
+}];
+
+/// The newest version this code knows.
+pub(crate) fn latest_version() -> i64 {
+    MIGRATIONS.last().map_or(0, |m| m.version)
+}
+
+/// Applies the missing migrations in one transaction, under an advisory lock that other
+/// processes migrating the same database wait for (at most `lock_timeout_ms`).
+pub(crate) async fn migrate(conn: &mut PgConnection, lock_timeout_ms: u128) -> Result<MigrationReport> {
+    let mut tx = conn
+        .begin()
+        .await
+        .map_err(|e| error::map("starting the migration", e))?;
+    sqlx::query(&format!("SET LOCAL lock_timeout = {lock_timeout_ms}"))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| error::map("setting the migration lock timeout", e))?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(MIGRATION_LOCK)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| error::map("waiting for the migration lock", e))?;
+    // Quiet: the table usually exists, and the notice would be logged on every start.
+    sqlx::query("SET LOCAL client_min_messages = warning")
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| error::map("migrating", e))?;
+    sqlx::query(MIGRATIONS_TABLE)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| error::map("creating chatcore_migrations", e))?;
+    let applied = sqlx::query("SELECT version, checksum FROM chatcore_migrations ORDER BY version")
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(|e| error::map("reading chatcore_migrations", e))?;
+    let mut previous = 0i64;
+    for row in &applied {
+        let version: i64 = row
+            .try_get("version")
+            .map_err(|e| error::map("reading chatcore_migrations", e))?;
+        let checksum: Vec<u8> = row
+            .try_get("checksum")
+            .map_err(|e| error::map("reading chatcore_migrations", e))?;
+        let Some(known) = MIGRATIONS.iter().find(|m| m.version == version) else {
+            return Err(Error::Corrupt {
+                message: format!(
+                    "the database has chatcore schema version {version}, newer than this code knows ({})",
+                    latest_version()
+                ),
+                source: None,
+            });
+        };
+        if known.checksum() != checksum {
+            return Err(Error::Corrupt {
+                message: format!("chatcore migration {version} was changed after it was applied"),
+                source: None,
+            });
+        }
+        previous = previous.max(version);
+    }
+    for migration in MIGRATIONS.iter().filter(|m| m.version > previous) {
+        for step in migration.steps {
+            sqlx::query(step)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| error::map("applying a chatcore migration", e))?;
+        }
+        sqlx::query("INSERT INTO chatcore_migrations (version, description, checksum) VALUES ($1, $2, $3)")
+            .bind(migration.version)
+            .bind(migration.description)
+            .bind(migration.checksum())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| error::map("recording a chatcore migration", e))?;
+    }
+    tx.commit()
+        .await
+        .map_err(|e| error::map("committing the migration", e))?;
+    // Versions are small positive constants.
+    Ok(MigrationReport {
+        previous: previous as u32,
+        current: latest_version().max(previous) as u32,
+        notes: Vec::new(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use chatcore::{Backend, InboxRequest, Store, UserId};
+    use sqlx::{ConnectOptions, Row};
+
+    use super::*;
+    use crate::testing::TestDatabase;
+    use crate::{PostgresConfig, PostgresStore};
+
+    /// A database at schema version 1 with messages gets its inbox filled by migration 2:
+    /// every received message unread (no markers yet), notes to self never, totals the sums,
+    /// last activity the newest message.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn migration_2_fills_the_inbox_of_existing_messages() {
+        let database = TestDatabase::create("chatcore_pg_test_").await.unwrap();
+        let mut conn = database.options().unwrap().connect().await.unwrap();
+        // Version 1 as an older release left it.
+        sqlx::query(MIGRATIONS_TABLE).execute(&mut conn).await.unwrap();
+        for step in MIGRATIONS[0].steps {
+            sqlx::query(step).execute(&mut conn).await.unwrap();
+        }
+        sqlx::query("INSERT INTO chatcore_migrations (version, description, checksum) VALUES ($1, $2, $3)")
+            .bind(MIGRATIONS[0].version)
+            .bind(MIGRATIONS[0].description)
+            .bind(MIGRATIONS[0].checksum())
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let mut ids = Vec::new();
+        for name in ["ann", "bob", "cy"] {
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO chatcore_users (username, username_key) VALUES ($1, $1) RETURNING id",
+            )
+            .bind(name)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+            ids.push(id);
+        }
+        let (ann, bob, cy) = (ids[0], ids[1], ids[2]);
+        // ann→bob, bob→ann, ann→bob, ann→ann (note), cy→ann, in that id order.
+        let sends = [
+            (ann, "bob"),
+            (bob, "ann"),
+            (ann, "bob"),
+            (ann, "ann"),
+            (cy, "ann"),
+        ];
+        for (sender, recipient) in sends {
+            sqlx::query("SELECT * FROM chatcore_insert_messages($1, $2, $3, $4)")
+                .bind(vec![sender])
+                .bind(vec![recipient])
+                .bind(vec!["hi"])
+                .bind(vec![None::<Vec<u8>>])
+                .fetch_all(&mut conn)
+                .await
+                .unwrap();
+        }
+        let version_1_ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM chatcore_messages ORDER BY id")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(version_1_ids.len(), 5);
+        let [_, _, m3, m4, m5] = version_1_ids[..] else {
+            unreachable!()
+        };
+
+        let store =
+            PostgresStore::connect_with(database.options().unwrap(), PostgresConfig::default()).unwrap();
+        let report = store.migrate().await.unwrap();
+        assert_eq!((report.previous, report.current), (1, 2));
+
+        let rows = sqlx::query("SELECT user_id, peer_id, last_id, unread, read_up_to FROM chatcore_inbox ORDER BY user_id, peer_id")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+        let inbox: Vec<(i64, i64, i64, i64, Option<i64>)> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get("user_id"),
+                    r.get("peer_id"),
+                    r.get("last_id"),
+                    r.get("unread"),
+                    r.get("read_up_to"),
+                )
+            })
+            .collect();
+        assert_eq!(
+            inbox,
+            [
+                (ann, ann, m4, 0, None),
+                (ann, bob, m3, 1, None),
+                (ann, cy, m5, 1, None),
+                (bob, ann, m3, 2, None),
+                (cy, ann, m5, 0, None),
+            ]
+        );
+
+        let ann_inbox = store
+            .inbox(
+                UserId(ann),
+                &InboxRequest {
+                    before: None,
+                    limit: 10,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(ann_inbox.unread_total, 2);
+        let peers: Vec<_> = ann_inbox
+            .conversations
+            .iter()
+            .map(|c| (c.peer.as_str(), c.unread))
+            .collect();
+        assert_eq!(peers, [("cy", 1), ("ann", 0), ("bob", 1)]);
+        let bob_inbox = store
+            .inbox(
+                UserId(bob),
+                &InboxRequest {
+                    before: None,
+                    limit: 10,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(bob_inbox.unread_total, 2);
+        let cy_inbox = store
+            .inbox(
+                UserId(cy),
+                &InboxRequest {
+                    before: None,
+                    limit: 10,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(cy_inbox.unread_total, 0);
+        assert_eq!(cy_inbox.conversations.len(), 1);
+        assert_eq!(cy_inbox.conversations[0].last_message.id.0, m5);
+        store.close().await.unwrap();
+    }
+}

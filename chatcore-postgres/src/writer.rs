@@ -1,0 +1,264 @@
+//! The group-commit writer: every `insert_message` of a store goes through a few writer tasks
+//! that gather pending sends into one transaction each.
+//!
+//! A batch is one call of the SQL function `chatcore_insert_messages` (one statement, one
+//! round trip, one transaction). It locks the id sequence row of `chatcore_counts` until it
+//! commits, so ids are handed out in commit order across every process sharing the database
+//! (see the function's comment in `schema.rs` and the crate docs). It reports each user's
+//! newest id before the batch; the writer links the batch's own messages in id order from
+//! there (`chatcore::Store`, "Positions").
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
+use sqlx::{PgPool, Row};
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+use chatcore::{Entity, Error, Inserted, Message, MessageId, NewMessage, Position, Result, UserId, Username};
+
+use crate::PostgresConfig;
+use crate::error::SharedError;
+
+type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// A send waiting for a writer.
+pub(crate) struct Pending {
+    pub(crate) new: NewMessage,
+    pub(crate) reply: oneshot::Sender<Result<Inserted>>,
+}
+
+/// How many times a writer yields to the runtime for more sends before it closes a batch that
+/// is not full. Costs microseconds; lets callers woken by the previous batch join this one.
+const BATCH_YIELDS: usize = 2;
+
+/// The batch statement: the function's rows, in no particular order.
+const INSERT_BATCH: &str = "SELECT ord, outcome, message_id, recipient_id, recipient_name, sender_name, \
+     created_at, body, user_id, previous FROM chatcore_insert_messages($1, $2, $3, $4)";
+
+/// Starts `writers` tasks on the current runtime and returns the queue they drain. The tasks
+/// end when every sender of the queue is dropped.
+pub(crate) fn spawn(pool: PgPool, config: &PostgresConfig) -> mpsc::Sender<Pending> {
+    let (tx, rx) = mpsc::channel(config.queue_capacity);
+    let rx = Arc::new(Mutex::new(rx));
+    for _ in 0..config.writers {
+        let writer = Writer {
+            pool: pool.clone(),
+            queue: rx.clone(),
+            max_batch: config.max_batch,
+            max_batch_bytes: config.max_batch_bytes,
+        };
+        tokio::spawn(writer.run());
+    }
+    tx
+}
+
+pub(crate) struct Writer {
+    pub(crate) pool: PgPool,
+    /// Shared by the writers: one gathers a batch while the others commit theirs.
+    pub(crate) queue: Arc<Mutex<mpsc::Receiver<Pending>>>,
+    pub(crate) max_batch: usize,
+    pub(crate) max_batch_bytes: usize,
+}
+
+impl Writer {
+    async fn run(self) {
+        loop {
+            // Boxed as `Send` futures: spelling the type out sidesteps a compiler limitation
+            // with higher-ranked lifetimes in `tokio::spawn`ed futures that borrow.
+            let next: BoxFuture<'_, Option<Vec<Pending>>> = Box::pin(self.next_batch());
+            let Some(batch) = next.await else { return };
+            let (messages, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.new, p.reply)).unzip();
+            let write: BoxFuture<'_, Vec<Result<Inserted>>> = Box::pin(self.write(&messages));
+            let outcomes = write.await;
+            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                // A caller that gave up (dropped its future) no longer needs the answer.
+                let _ = reply.send(outcome);
+            }
+        }
+    }
+
+    /// Waits for a pending send, then takes what else is queued, up to `max_batch`. `None`
+    /// once the store is gone.
+    async fn next_batch(&self) -> Option<Vec<Pending>> {
+        let mut queue = self.queue.lock().await;
+        let first = queue.recv().await?;
+        let mut bytes = first.new.body.len();
+        let mut batch = vec![first];
+        let mut yields = 0;
+        while batch.len() < self.max_batch && bytes < self.max_batch_bytes {
+            match queue.try_recv() {
+                Ok(next) => {
+                    bytes += next.new.body.len();
+                    batch.push(next);
+                }
+                // Callers just answered by the previous batch are about to send again: give
+                // them a turn on the runtime so they join this batch instead of the next one.
+                Err(_) if yields < BATCH_YIELDS => {
+                    yields += 1;
+                    tokio::task::yield_now().await;
+                }
+                Err(_) => break,
+            }
+        }
+        Some(batch)
+    }
+
+    /// Stores `batch`; one outcome per message, in order.
+    pub(crate) async fn write(&self, batch: &[NewMessage]) -> Vec<Result<Inserted>> {
+        match self.try_write(batch).await {
+            Ok(outcomes) => outcomes,
+            Err(err) => {
+                let err = SharedError(Arc::new(err));
+                batch
+                    .iter()
+                    .map(|_| Err(err.to_error("storing messages")))
+                    .collect()
+            }
+        }
+    }
+
+    async fn try_write(&self, batch: &[NewMessage]) -> Result<Vec<Result<Inserted>>, sqlx::Error> {
+        // A key used twice in this batch: the later send replays the earlier one, which alone
+        // goes to the database.
+        let mut first_with_key: HashMap<(i64, [u8; 32]), usize> = HashMap::new();
+        let mut replay_of: Vec<Option<usize>> = vec![None; batch.len()];
+        let mut sent = Vec::with_capacity(batch.len()); // indexes into `batch`
+        let mut senders = Vec::with_capacity(batch.len());
+        let mut keys = Vec::with_capacity(batch.len());
+        let mut bodies = Vec::with_capacity(batch.len());
+        let mut hashes: Vec<Option<Vec<u8>>> = Vec::with_capacity(batch.len());
+        for (i, new) in batch.iter().enumerate() {
+            let hash = new.idempotency_key.as_deref().map(key_hash);
+            if let Some(hash) = hash {
+                match first_with_key.entry((new.sender.id.0, hash)) {
+                    std::collections::hash_map::Entry::Occupied(first) => {
+                        replay_of[i] = Some(*first.get());
+                        continue;
+                    }
+                    std::collections::hash_map::Entry::Vacant(slot) => {
+                        slot.insert(i);
+                    }
+                }
+            }
+            sent.push(i);
+            senders.push(new.sender.id.0);
+            keys.push(new.recipient.key());
+            bodies.push(new.body.as_str());
+            hashes.push(hash.map(|h| h.to_vec()));
+        }
+
+        let rows = sqlx::query(INSERT_BATCH)
+            .bind(&senders)
+            .bind(&keys)
+            .bind(&bodies)
+            .bind(&hashes)
+            .fetch_all(&self.pool)
+            .await?;
+
+        let protocol = |what: &str| sqlx::Error::Protocol(format!("chatcore_insert_messages: {what}"));
+        let mut outcomes: Vec<Option<Result<Inserted>>> = (0..batch.len()).map(|_| None).collect();
+        let mut latest: HashMap<i64, i64> = HashMap::new();
+        // (id, index into batch, recipient id, recipient name, time) of the stored messages.
+        let mut stored: Vec<(i64, usize, i64, String, DateTime<Utc>)> = Vec::new();
+        for row in &rows {
+            let outcome: String = row.try_get("outcome")?;
+            if outcome == "previous" {
+                let user: i64 = row.try_get("user_id")?;
+                let previous: i64 = row.try_get("previous")?;
+                latest.insert(user, previous);
+                continue;
+            }
+            let ord: i32 = row.try_get("ord")?;
+            let i = usize::try_from(ord)
+                .ok()
+                .and_then(|ord| sent.get(ord.wrapping_sub(1)))
+                .copied()
+                .ok_or_else(|| protocol("a row for no send of the batch"))?;
+            match outcome.as_str() {
+                "missing" => outcomes[i] = Some(Err(Error::NotFound(Entity::User))),
+                "replay" => {
+                    outcomes[i] = Some(Ok(Inserted {
+                        message: Message {
+                            id: MessageId(row.try_get("message_id")?),
+                            sender: Username::from_stored(row.try_get::<String, _>("sender_name")?),
+                            recipient: Username::from_stored(row.try_get::<String, _>("recipient_name")?),
+                            created_at: row.try_get("created_at")?,
+                            body: row.try_get("body")?,
+                        },
+                        recipient_id: UserId(row.try_get("recipient_id")?),
+                        replayed: true,
+                        sender_previous: Position::START,
+                        recipient_previous: Position::START,
+                    }))
+                }
+                "stored" => stored.push((
+                    row.try_get("message_id")?,
+                    i,
+                    row.try_get("recipient_id")?,
+                    row.try_get("recipient_name")?,
+                    row.try_get("created_at")?,
+                )),
+                other => return Err(protocol(&format!("unknown outcome {other:?}"))),
+            }
+        }
+
+        // `latest` holds each user's newest id before the batch; follow it through the
+        // batch's messages in id order.
+        stored.sort_unstable_by_key(|s| s.0);
+        let mut previous_of = |user: i64, id: i64| match latest.get_mut(&user) {
+            Some(last) => Ok(Position(std::mem::replace(last, id))),
+            None => Err(protocol(&format!("no previous position for user {user}"))),
+        };
+        for (id, i, recipient_id, recipient_name, created_at) in stored {
+            let new = &batch[i];
+            let (sender_previous, recipient_previous) = if recipient_id == new.sender.id.0 {
+                let previous = previous_of(recipient_id, id)?;
+                (previous, previous)
+            } else {
+                (previous_of(new.sender.id.0, id)?, previous_of(recipient_id, id)?)
+            };
+            outcomes[i] = Some(Ok(Inserted {
+                message: Message {
+                    id: MessageId(id),
+                    sender: new.sender.username.clone(),
+                    // As the recipient chose to write it, whatever case the sender typed.
+                    recipient: Username::from_stored(recipient_name),
+                    created_at,
+                    body: new.body.clone(),
+                },
+                recipient_id: UserId(recipient_id),
+                replayed: false,
+                sender_previous,
+                recipient_previous,
+            }));
+        }
+
+        // A replay within the batch answers like its first: the earlier message, or the
+        // first's error (an unknown user).
+        for i in 0..batch.len() {
+            if let Some(first) = replay_of[i] {
+                outcomes[i] = Some(match &outcomes[first] {
+                    Some(Ok(inserted)) => Ok(Inserted {
+                        replayed: true,
+                        sender_previous: Position::START,
+                        recipient_previous: Position::START,
+                        ..inserted.clone()
+                    }),
+                    Some(Err(_)) => Err(Error::NotFound(Entity::User)),
+                    None => Err(Error::bug("replayed send without its first")),
+                });
+            }
+        }
+        Ok(outcomes
+            .into_iter()
+            .map(|outcome| outcome.unwrap_or_else(|| Err(Error::bug("a send of the batch got no answer"))))
+            .collect())
+    }
+}
+
+/// The SHA-256 of an idempotency key: keys of any length fit one fixed-size index column.
+pub(crate) fn key_hash(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
