@@ -96,7 +96,7 @@ fn operator_subcommands() {
         assert!(help.contains(flag), "--help documents {flag}");
     }
     let bad = std::process::Command::new(env!("CARGO_BIN_EXE_chat-server"))
-        .args(["--database", "postgres://nope", "migrate"])
+        .args(["--database", "redis://nope", "migrate"])
         .output()
         .unwrap();
     assert!(!bad.status.success());
