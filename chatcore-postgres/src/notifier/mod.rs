@@ -177,7 +177,17 @@ impl PgNotifier {
         let publisher = PgPoolOptions::new()
             .max_connections(config.max_connections)
             .acquire_timeout(config.connect_timeout)
-            .connect_lazy_with(options.clone().application_name(PUBLISH_APPLICATION));
+            // `NOTIFY` gives its transaction an id, so with the server's default each
+            // notification would wait for a WAL flush of its own (one `fsync` per event, on top
+            // of the message's commit). A notification needs no durability (what it announces
+            // is committed already, and a lost one is caught up from storage); delivery to
+            // listeners happens at commit, not at the flush.
+            .connect_lazy_with(
+                options
+                    .clone()
+                    .application_name(PUBLISH_APPLICATION)
+                    .options([("synchronous_commit", "off")]),
+            );
         let listen_pool = PgPoolOptions::new()
             .max_connections(1)
             .acquire_timeout(config.connect_timeout)
@@ -482,4 +492,32 @@ async fn run_gap_notices(shared: Arc<Shared>, debts: Arc<GapDebts>) {
             },
         )
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::TestDatabase;
+
+    /// Publishing connections do not wait for a WAL flush per notification.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn publishers_commit_without_waiting_for_the_flush() {
+        let database = TestDatabase::create("chatcore_pg_test_").await.unwrap();
+        let notifier = PgNotifier::connect_with(database.options().unwrap(), PgNotifierConfig::default())
+            .await
+            .unwrap();
+        let setting: String = sqlx::query_scalar("SHOW synchronous_commit")
+            .fetch_one(&notifier.inner.shared.publisher)
+            .await
+            .unwrap();
+        assert_eq!(setting, "off");
+        let mut plain = sqlx::ConnectOptions::connect(&database.options().unwrap())
+            .await
+            .unwrap();
+        let default: String = sqlx::query_scalar("SHOW synchronous_commit")
+            .fetch_one(&mut plain)
+            .await
+            .unwrap();
+        assert_eq!(default, "on", "the server's default, which the publishers change");
+    }
 }
