@@ -4,7 +4,9 @@
 //!
 //! Stores: in memory; SQLite on a temporary file with `synchronous=FULL` (durable); MySQL on a
 //! database of its own on `CHATCORE_MYSQL_URL` (default `mysql://root@127.0.0.1:3306`), dropped
-//! afterwards. Set `CHATCORE_BENCH_SKIP_MYSQL=1` to leave MySQL out when no server is at hand.
+//! afterwards; PostgreSQL likewise on `CHATCORE_POSTGRES_URL` (default
+//! `postgres://postgres@127.0.0.1:5432`). Set `CHATCORE_BENCH_SKIP_MYSQL=1` or
+//! `CHATCORE_BENCH_SKIP_POSTGRES=1` to leave one out when no server is at hand.
 
 // criterion_group!/criterion_main! generate undocumented items.
 #![allow(missing_docs)]
@@ -18,6 +20,7 @@ use chatcore::{
 };
 use chatcore_mysql::MysqlConfig;
 use chatcore_mysql::testing::TestDatabase;
+use chatcore_postgres::PostgresConfig;
 use chatcore_sqlite::{SqliteConfig, SqliteStore};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use tokio::runtime::Runtime;
@@ -216,6 +219,25 @@ fn service(c: &mut Criterion) {
         let mysql = Arc::new(runtime.block_on(database.store(MysqlConfig::default())).unwrap());
         bench_store(c, &runtime, "mysql", mysql.clone());
         runtime.block_on(mysql.close()).unwrap();
+        drop(database);
+    }
+
+    if std::env::var_os("CHATCORE_BENCH_SKIP_POSTGRES").is_none() {
+        let database = runtime
+            .block_on(chatcore_postgres::testing::TestDatabase::create(
+                "chatcore_bench_service_",
+            ))
+            .unwrap_or_else(|error| match std::error::Error::source(&error) {
+                Some(cause) => panic!("{error}: {cause}"),
+                None => panic!("{error}"),
+            });
+        let postgres = Arc::new(
+            runtime
+                .block_on(database.store(PostgresConfig::default()))
+                .unwrap(),
+        );
+        bench_store(c, &runtime, "postgres", postgres.clone());
+        runtime.block_on(postgres.close()).unwrap();
         drop(database);
     }
 }

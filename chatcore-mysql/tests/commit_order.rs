@@ -132,6 +132,35 @@ async fn reconnecting_reader_misses_nothing_under_concurrent_writers() {
     assert_eq!(seen_set, written, "saw exactly what was written");
 }
 
+/// Waits (bounded) until `done()` or until a transaction on `database` waits for a lock.
+async fn until_finished_or_waiting_on_a_lock(database: &TestDatabase, done: impl Fn() -> bool) {
+    let mut observer = database.options().connect().await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if done() {
+            return;
+        }
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM information_schema.INNODB_TRX AS t \
+             JOIN information_schema.PROCESSLIST AS p ON p.ID = t.trx_mysql_thread_id \
+             WHERE t.trx_state = 'LOCK WAIT' AND p.DB = ?",
+        )
+        .bind(database.name())
+        .fetch_one(&mut observer)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the second insert neither finished nor waited for a lock"
+        );
+        // Polls the server's lock table; the wait itself is the event.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Another process that reserved an id and has not committed yet holds back every later id:
 /// the store's insert waits for that commit and then gets a larger id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -166,7 +195,7 @@ async fn an_uncommitted_id_holds_back_later_ones() {
         let alice = alice.clone();
         tokio::spawn(async move { store.insert_message(note(&alice, "bob", "second".into())).await })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    until_finished_or_waiting_on_a_lock(&database, || pending.is_finished()).await;
     assert!(
         !pending.is_finished(),
         "a later insert must wait for the earlier id's commit"

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chatcore::notify::{Delivery, Event, Notifier, Recipient, SubscriberTable, Subscription};
+use chatcore::notify::{Delivery, Event, GapDebts, Notifier, Recipient, SubscriberTable, Subscription};
 use chatcore::{Error, Result, UserId};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::{mpsc, oneshot};
@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 
 use crate::RedisConfig;
 use crate::error::TransportError;
-use crate::gaps::{self, Debts};
+use crate::gaps;
 use crate::subscriber::{self, Channels, Command, Shared};
 use crate::wire::{NodeId, Payload};
 
@@ -54,7 +54,7 @@ struct Inner {
     commands: mpsc::UnboundedSender<Command>,
     connected: Arc<AtomicBool>,
     /// Users owed a gap notice after a failed publish.
-    debts: Arc<Debts>,
+    debts: Arc<GapDebts>,
     command_timeout: Duration,
     /// The subscriber task and the gap-notice task.
     tasks: [JoinHandle<()>; 2],
@@ -144,7 +144,7 @@ impl RedisNotifier {
         let channels = Arc::new(Channels::new(&config.channel_prefix));
         let table = Arc::new(SubscriberTable::new(config.queue_capacity));
         let connected = Arc::new(AtomicBool::new(subscriber_connection.is_some()));
-        let debts = Arc::new(Debts::default());
+        let debts = Arc::new(GapDebts::default());
         let (commands, receiver) = mpsc::unbounded_channel();
         let command_timeout = config.command_timeout;
         let gap_task = tokio::spawn(gaps::run(

@@ -50,6 +50,7 @@
 mod error;
 pub mod event;
 mod feed;
+mod gap_debts;
 mod memory;
 mod model;
 pub mod notify;

@@ -14,6 +14,7 @@ use async_trait::async_trait;
 use tokio::sync::mpsc;
 
 pub use crate::event::{Event, EventKind, Position};
+pub use crate::gap_debts::GapDebts;
 use crate::{Result, UserId};
 
 /// Who an event goes to, and where it sits in that user's stream.

@@ -35,6 +35,11 @@ impl TestDatabase {
         )
     }
 
+    /// This database's name.
+    pub fn name(&self) -> &str {
+        self.0.name()
+    }
+
     /// Connection options for this database.
     pub fn options(&self) -> MySqlConnectOptions {
         self.0.options().expect("CHATCORE_MYSQL_URL is a valid MySQL URL")

@@ -43,17 +43,15 @@
 mod config;
 mod wire;
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use chatcore::notify::{Delivery, Event, Notifier, Recipient, SubscriberTable, Subscription};
+use chatcore::notify::{Delivery, Event, GapDebts, Notifier, Recipient, SubscriberTable, Subscription};
 use chatcore::{Error, Position, Result, UserId};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
-use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 pub use config::PgNotifierConfig;
@@ -87,7 +85,7 @@ pub struct PgNotifier {
 
 struct Inner {
     shared: Arc<Shared>,
-    debts: Arc<Debts>,
+    debts: Arc<GapDebts>,
     /// The listening task and the gap-notice task.
     tasks: [JoinHandle<()>; 2],
 }
@@ -179,7 +177,17 @@ impl PgNotifier {
         let publisher = PgPoolOptions::new()
             .max_connections(config.max_connections)
             .acquire_timeout(config.connect_timeout)
-            .connect_lazy_with(options.clone().application_name(PUBLISH_APPLICATION));
+            // `NOTIFY` gives its transaction an id, so with the server's default each
+            // notification would wait for a WAL flush of its own (one `fsync` per event, on top
+            // of the message's commit). A notification needs no durability (what it announces
+            // is committed already, and a lost one is caught up from storage); delivery to
+            // listeners happens at commit, not at the flush.
+            .connect_lazy_with(
+                options
+                    .clone()
+                    .application_name(PUBLISH_APPLICATION)
+                    .options([("synchronous_commit", "off")]),
+            );
         let listen_pool = PgPoolOptions::new()
             .max_connections(1)
             .acquire_timeout(config.connect_timeout)
@@ -196,7 +204,7 @@ impl PgNotifier {
         });
         let listener = listen(&shared).await.map_err(Error::notifications_unavailable)?;
         shared.connected.store(true, Ordering::Release);
-        let debts = Arc::new(Debts::default());
+        let debts = Arc::new(GapDebts::default());
         let listen_task = tokio::spawn(run_listener(shared.clone(), listener));
         let gap_task = tokio::spawn(run_gap_notices(shared.clone(), debts.clone()));
         Ok(Self {
@@ -467,116 +475,49 @@ async fn route(
     Ok(())
 }
 
-/// The users owed a gap notice after failed publishes.
-#[derive(Debug, Default)]
-struct Debts {
-    owed: Mutex<Owed>,
-    wake: Notify,
-}
-
-#[derive(Debug, Default)]
-struct Owed {
-    /// Each user with the number of the failure that last added them, so that a notice
-    /// published while another failure of the same user happened does not settle that one.
-    users: HashMap<UserId, u64>,
-    failures: u64,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Every critical section leaves the map consistent.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-impl Debts {
-    fn owe(&self, users: impl IntoIterator<Item = UserId>) {
-        {
-            let mut owed = lock(&self.owed);
-            owed.failures += 1;
-            let failure = owed.failures;
-            owed.users.extend(users.into_iter().map(|user| (user, failure)));
-        }
-        self.wake.notify_one();
-    }
-
-    fn len(&self) -> usize {
-        lock(&self.owed).users.len()
-    }
-
-    fn snapshot(&self) -> Vec<(UserId, u64)> {
-        lock(&self.owed)
-            .users
-            .iter()
-            .map(|(user, failure)| (*user, *failure))
-            .collect()
-    }
-
-    /// Forgets the debts that `paid` settled (unless a later failure renewed them).
-    fn settle(&self, paid: &[(UserId, u64)]) {
-        let mut owed = lock(&self.owed);
-        for (user, failure) in paid {
-            if owed.users.get(user) == Some(failure) {
-                owed.users.remove(user);
-            }
-        }
-    }
-}
-
 /// Publishes the owed gap notices, retrying with the backoff while the server refuses them.
 /// Runs until aborted.
-async fn run_gap_notices(shared: Arc<Shared>, debts: Arc<Debts>) {
-    let mut failures = 0u32;
-    loop {
-        let owed = debts.snapshot();
-        if owed.is_empty() {
-            failures = 0;
-            // `owe` stores a permit when nobody waits: a debt added since the snapshot wakes
-            // this at once.
-            debts.wake.notified().await;
-            continue;
-        }
-        let mut refused = None;
-        for chunk in owed.chunks(MAX_RECIPIENTS) {
-            let users: Vec<UserId> = chunk.iter().map(|(user, _)| *user).collect();
-            let notice = sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(&shared.config.channel)
-                .bind(wire::gap(shared.node, &users))
-                .execute(&shared.publisher);
-            match within(shared.config.command_timeout, notice).await {
-                Ok(_) => debts.settle(chunk),
-                Err(error) => {
-                    refused = Some(error);
-                    break;
-                }
-            }
-        }
-        match refused {
-            None => failures = 0,
-            Some(error) => {
-                let wait = shared.config.backoff(failures);
-                failures = failures.saturating_add(1);
-                tracing::warn!(%error, users = debts.len(), retry_in = ?wait, "could not publish gap notices");
-                tokio::time::sleep(wait).await;
-            }
-        }
-    }
+async fn run_gap_notices(shared: Arc<Shared>, debts: Arc<GapDebts>) {
+    debts
+        .pay(
+            MAX_RECIPIENTS,
+            |failures| shared.config.backoff(failures),
+            |users| {
+                let notice = sqlx::query("SELECT pg_notify($1, $2)")
+                    .bind(&shared.config.channel)
+                    .bind(wire::gap(shared.node, &users))
+                    .execute(&shared.publisher);
+                let limit = shared.config.command_timeout;
+                async move { within(limit, notice).await.map(|_| ()) }
+            },
+        )
+        .await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::TestDatabase;
 
-    #[test]
-    fn a_later_failure_is_not_settled_by_an_earlier_notice() {
-        let debts = Debts::default();
-        debts.owe([UserId(1), UserId(2)]);
-        let first = debts.snapshot();
-        debts.owe([UserId(2)]);
-        debts.settle(&first);
-        assert_eq!(
-            debts.snapshot().iter().map(|(u, _)| *u).collect::<Vec<_>>(),
-            [UserId(2)]
-        );
-        debts.settle(&debts.snapshot());
-        assert_eq!(debts.len(), 0);
+    /// Publishing connections do not wait for a WAL flush per notification.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn publishers_commit_without_waiting_for_the_flush() {
+        let database = TestDatabase::create("chatcore_pg_test_").await.unwrap();
+        let notifier = PgNotifier::connect_with(database.options().unwrap(), PgNotifierConfig::default())
+            .await
+            .unwrap();
+        let setting: String = sqlx::query_scalar("SHOW synchronous_commit")
+            .fetch_one(&notifier.inner.shared.publisher)
+            .await
+            .unwrap();
+        assert_eq!(setting, "off");
+        let mut plain = sqlx::ConnectOptions::connect(&database.options().unwrap())
+            .await
+            .unwrap();
+        let default: String = sqlx::query_scalar("SHOW synchronous_commit")
+            .fetch_one(&mut plain)
+            .await
+            .unwrap();
+        assert_eq!(default, "on", "the server's default, which the publishers change");
     }
 }

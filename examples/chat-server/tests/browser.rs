@@ -25,9 +25,23 @@ const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const XSS: &str = "<img src=x onerror=alert(1)>";
 
+/// chromedriver and the Chromium processes it starts, in a process group of their own, so
+/// that a failing test (which never closes its sessions) leaves no browser running.
 struct Driver {
-    _child: Child,
+    child: Child,
     url: String,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        if let Some(group) = self.child.id() {
+            // Chromium's processes outlive chromedriver when it alone is killed.
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", "--", &format!("-{group}")])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
 }
 
 async fn start_chromedriver() -> Driver {
@@ -46,6 +60,7 @@ async fn start_chromedriver() -> Driver {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)
+        .process_group(0)
         .spawn()
         .expect("start chromedriver");
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -54,7 +69,7 @@ async fn start_chromedriver() -> Driver {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Driver {
-        _child: child,
+        child,
         url: format!("http://127.0.0.1:{port}"),
     }
 }

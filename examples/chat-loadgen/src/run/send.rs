@@ -159,17 +159,15 @@ pub(super) async fn read_after(ctx: &SendContext, log: &mut SenderLog, sender: u
     }
 }
 
-/// Percent-encodes a user name for a path segment (names may hold `@` and `+`).
+/// Percent-encodes a user name for a path segment (names may hold `@` and `+`): everything
+/// but RFC 3986's unreserved characters.
 fn encode_path_segment(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for byte in value.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
+    const COMPONENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    percent_encoding::utf8_percent_encode(value, COMPONENT).to_string()
 }
 
 /// One answered (or failed) send.
