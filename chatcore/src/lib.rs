@@ -43,6 +43,8 @@
 //!   per-user catch-up read gate.
 //! - `service.rs`: [`ChatService`] and [`ChatConfig`].
 //! - `memory.rs`: [`MemoryStore`].
+//! - `metrics.rs`: the metric names, the handles the service, stores and notifiers register,
+//!   and how a host installs a recorder ([`metrics`]).
 //! - `conformance.rs`: the backend conformance suite.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -51,6 +53,7 @@ mod error;
 pub mod event;
 mod feed;
 mod memory;
+pub mod metrics;
 mod model;
 pub mod notify;
 mod rate;
