@@ -7,6 +7,10 @@
 # Each BIN_DIR holds a release `chat-server` and `chat-loadgen` (the load generator of each build
 # drives its own server). Writes one JSON report per run under $OUT (default /tmp/ab-e2e) and
 # prints sends/s, server CPU per send and the ceiling's server CPU per request per run.
+# BEFORE_SERVER_ARGS and AFTER_SERVER_ARGS add flags to one side's server, so one build can be
+# compared with itself, e.g. metrics off against on:
+#
+#   BEFORE_SERVER_ARGS="--metrics off" scripts/bench/ab_e2e.sh target/release target/release 5 256
 set -euo pipefail
 before=$1 after=$2 pairs=$3 senders=$4
 shift 4
@@ -14,13 +18,14 @@ out=${OUT:-/tmp/ab-e2e}
 mkdir -p "$out"
 port=18800
 
-run() { # run LABEL BIN_DIR N
-  local label=$1 bin=$2 n=$3 dir
+run() { # run LABEL BIN_DIR N SERVER_ARGS
+  local label=$1 bin=$2 n=$3 server_args=$4 dir
+  shift 4 # the rest: chat-loadgen flags
   dir=$(mktemp -d)
   port=$((port + 1))
   "$bin/chat-server" --send-rate-per-sec 0 --send-burst 0 --logins-per-minute 0 \
     --registrations-per-hour 0 --bench-endpoints --log warn \
-    --database "sqlite://$dir/chat.db" --listen "127.0.0.1:$port" &
+    --database "sqlite://$dir/chat.db" --listen "127.0.0.1:$port" $server_args &
   local pid=$!
   for _ in $(seq 100); do
     curl -fs -o /dev/null -X POST -H 'content-type: application/json' -d '{"recipient":"x","body":"y"}' \
@@ -45,6 +50,6 @@ EOF
 }
 
 for i in $(seq "$pairs"); do
-  run before "$before" "$i" "$@"
-  run after "$after" "$i" "$@"
+  run before "$before" "$i" "${BEFORE_SERVER_ARGS:-}" "$@"
+  run after "$after" "$i" "${AFTER_SERVER_ARGS:-}" "$@"
 done
