@@ -105,6 +105,16 @@
 //! The server pings every [`ApiConfig::ws_ping_interval`] and drops connections that stay
 //! silent. Frames sent by clients are ignored.
 //!
+//! # Metrics
+//!
+//! The router emits through the `metrics` facade (names in [`chatcore::metrics`]): open
+//! sockets, why sockets ended (`lagging` ones among them: dropped for not taking a frame
+//! within [`ApiConfig::ws_send_timeout`]), and how long a send took from
+//! [`chatcore::ChatService::send`] to its frame written to a socket. Its handles are
+//! registered when [`ChatApi::router`] is called: install your recorder before. Requests by
+//! route template, method and status are counted and timed by [`HttpMetricsLayer`], which
+//! the host adds to its outermost router. Without a recorder all of it is a no-op.
+//!
 //! # Layout
 //! - `lib.rs`: [`ChatApi`] (the builder), [`router`], `auth_router`.
 //! - `serve.rs`: [`serve`] and [`serve_with`], the server's edge: one task per connection
@@ -123,6 +133,8 @@
 //! - `rest.rs`: the user and message routes, pagination links.
 //! - `inbox.rs`: the inbox, read markers, `GET /api/v1/auth/session`.
 //! - `ws.rs`: the `/ws` channel: catch-up, live frames, pings, close frames.
+//! - `metrics.rs`: [`HttpMetricsLayer`] (requests by route template, method and status) and
+//!   the `/ws` handles (open sockets, why they ended, send-to-socket latency).
 //! - `cursor.rs`: a socket's delivered position and the live events held for an earlier one.
 //! - `state.rs`: the shared state and [`ShutdownHandle`].
 //! - `tests/http_api.rs`: the contract end to end (real server on port 0, reqwest and
@@ -142,6 +154,7 @@ mod error;
 mod inbox;
 #[cfg(feature = "sessions")]
 mod limits;
+pub mod metrics;
 mod rest;
 mod serve;
 #[cfg(feature = "sessions")]
@@ -159,6 +172,7 @@ use axum::routing::{get, post};
 use chatcore::ChatService;
 use tower_http::catch_panic::CatchPanicLayer;
 
+pub use crate::metrics::HttpMetricsLayer;
 pub use auth::{Authenticated, Authenticator, SessionInfo, TrustedOrigin};
 pub use config::ApiConfig;
 pub use error::{ApiError, UNAVAILABLE_RETRY_AFTER_SECS};

@@ -9,6 +9,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Authenticator;
 use crate::config::ApiConfig;
+use crate::metrics::WsMetrics;
 
 /// What every handler shares. Cheap to clone (one `Arc`).
 #[derive(Clone)]
@@ -19,6 +20,7 @@ struct Inner {
     authenticator: Arc<dyn Authenticator>,
     config: ApiConfig,
     shutdown: ShutdownHandle,
+    metrics: WsMetrics,
 }
 
 impl ApiState {
@@ -33,6 +35,8 @@ impl ApiState {
             authenticator,
             config,
             shutdown,
+            // Registered when the router is built, under the host's recorder.
+            metrics: WsMetrics::register(),
         }))
     }
 
@@ -50,6 +54,10 @@ impl ApiState {
 
     pub(crate) fn shutdown(&self) -> &ShutdownHandle {
         &self.0.shutdown
+    }
+
+    pub(crate) fn metrics(&self) -> &WsMetrics {
+        &self.0.metrics
     }
 }
 

@@ -20,6 +20,7 @@ use crate::auth::{CallerSession, SessionInfo};
 use crate::body::ApiQuery;
 use crate::cursor::{Accepted, Cursor, MAX_HELD};
 use crate::error::ApiError;
+use crate::metrics::SocketEnd;
 use crate::state::ApiState;
 
 /// Close code when the server shuts down ("going away").
@@ -86,6 +87,7 @@ pub(crate) async fn upgrade(
         .max_frame_size(config.ws_max_incoming_message)
         .on_upgrade(move |socket| async move {
             let _guard = guard;
+            let _open = state.metrics().open_socket();
             run(state, user, session, feed, start, socket).await;
         }))
 }
@@ -118,15 +120,17 @@ async fn run(
         user: &user,
         sink,
         cursor: Cursor::new(from),
+        unwritten_sends: Vec::new(),
     };
-    let close = tokio::select! {
-        close = writer.run(feed, backlog, session, &last_heard, started) => close,
+    let ending = tokio::select! {
+        ending = writer.run(feed, backlog, session, &last_heard, started) => ending,
         end = read(stream, &last_heard, started) => match end {
-            ReadEnd::TooBig => Some((CLOSE_TOO_BIG, "message too big")),
-            ReadEnd::Gone => None,
+            ReadEnd::TooBig => Ok((CLOSE_TOO_BIG, "message too big")),
+            ReadEnd::Gone => Err(Gone::Broken),
         },
     };
-    if let Some((code, reason)) = close {
+    state.metrics().ended(socket_end(&ending));
+    if let Ok((code, reason)) = ending {
         let frame = CloseFrame {
             code,
             reason: Utf8Bytes::from_static(reason),
@@ -167,8 +171,16 @@ fn millis_since(started: Instant) -> u64 {
     u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Why a write failed: the connection is dropped without ceremony.
-struct Gone;
+/// Why the connection is dropped without ceremony (no close frame).
+#[derive(Debug, Clone, Copy)]
+enum Gone {
+    /// A write failed or the client closed: it went away.
+    Broken,
+    /// The client did not take a frame within the send timeout.
+    Lagging,
+    /// The client stayed silent after a ping.
+    Unresponsive,
+}
 
 /// One write to the socket within `limit`: a failed write or a client too slow to take it
 /// within the limit means the connection is gone.
@@ -179,11 +191,25 @@ async fn within<E>(
 ) -> Result<(), Gone> {
     match timeout(limit, write).await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) => Err(Gone),
+        Ok(Err(_)) => Err(Gone::Broken),
         Err(_) => {
             tracing::debug!(user = %user.username, "websocket client too slow, dropping it");
-            Err(Gone)
+            Err(Gone::Lagging)
         }
+    }
+}
+
+/// How a connection ended, for the metrics: by its close code, or why it was dropped.
+fn socket_end(ending: &Result<Close, Gone>) -> SocketEnd {
+    match ending {
+        Ok((CLOSE_GOING_AWAY, _)) => SocketEnd::Shutdown,
+        Ok((CLOSE_POLICY, _)) => SocketEnd::Evicted,
+        Ok((CLOSE_TOO_BIG, _)) => SocketEnd::FrameTooBig,
+        Ok((CLOSE_SESSION_ENDED, _)) => SocketEnd::SessionEnded,
+        Ok(_) => SocketEnd::Unavailable,
+        Err(Gone::Broken) => SocketEnd::ClientGone,
+        Err(Gone::Lagging) => SocketEnd::Lagging,
+        Err(Gone::Unresponsive) => SocketEnd::Unresponsive,
     }
 }
 
@@ -210,10 +236,14 @@ struct Writer<'a> {
     user: &'a User,
     sink: SplitSink<WebSocket, WsMessage>,
     cursor: Cursor,
+    /// When the sends of the frames fed since the last flush were accepted (this process's
+    /// sends only): timed once the flush has written them.
+    unwritten_sends: Vec<std::time::Instant>,
 }
 
 impl Writer<'_> {
-    /// Runs until the connection must end; returns the close frame to send, if any.
+    /// Runs until the connection must end: the close frame to send, or why it is dropped
+    /// without one.
     async fn run(
         &mut self,
         mut feed: Feed,
@@ -221,15 +251,13 @@ impl Writer<'_> {
         session: Option<SessionInfo>,
         last_heard: &AtomicU64,
         started: Instant,
-    ) -> Option<Close> {
+    ) -> Result<Close, Gone> {
         let config = self.state.config();
         let shutdown = self.state.shutdown().token().clone();
-        if let Some((catch_up, first)) = backlog {
-            match self.catch_up(catch_up, Some(first)).await {
-                Ok(None) => {}
-                Ok(close) => return close,
-                Err(Gone) => return None,
-            }
+        if let Some((catch_up, first)) = backlog
+            && let Some(close) = self.catch_up(catch_up, Some(first)).await?
+        {
+            return Ok(close);
         }
         let expiry = session.map(|s| {
             let left = (s.expires_at - chrono::Utc::now())
@@ -264,33 +292,50 @@ impl Writer<'_> {
                     let silent = millis_since(started).saturating_sub(last_heard.load(Ordering::Relaxed));
                     if Duration::from_millis(silent) > allowed_silence {
                         tracing::debug!(user = %self.user.username, "websocket dead, dropping it");
-                        return None;
+                        return Err(Gone::Unresponsive);
                     }
                     self.send(WsMessage::Ping(Default::default())).await.map(|()| None)
                 }
             };
-            match result {
-                Ok(None) => {}
-                Ok(close) => return close,
-                Err(Gone) => return None,
+            if let Some(close) = result? {
+                return Ok(close);
             }
         }
     }
 
-    /// Sends one frame and flushes it, within the configured time.
+    /// Sends one frame and flushes it (with the frames fed before it), within the
+    /// configured time.
     async fn send(&mut self, message: WsMessage) -> Result<(), Gone> {
         let limit = self.state.config().ws_send_timeout;
-        within(limit, self.user, self.sink.send(message)).await
+        within(limit, self.user, self.sink.send(message)).await?;
+        self.written();
+        Ok(())
     }
 
     async fn feed_frame(&mut self, event: &Event) -> Result<(), Gone> {
         let limit = self.state.config().ws_send_timeout;
-        within(limit, self.user, self.sink.feed(text(event))).await
+        within(limit, self.user, self.sink.feed(text(event))).await?;
+        if let Some(accepted) = event.accepted_at() {
+            self.unwritten_sends.push(accepted);
+        }
+        Ok(())
     }
 
     async fn flush(&mut self) -> Result<(), Gone> {
         let limit = self.state.config().ws_send_timeout;
-        within(limit, self.user, self.sink.flush()).await
+        within(limit, self.user, self.sink.flush()).await?;
+        self.written();
+        Ok(())
+    }
+
+    /// The frames fed so far are written: time the sends among them.
+    fn written(&mut self) {
+        if !self.unwritten_sends.is_empty() {
+            let now = std::time::Instant::now();
+            self.state
+                .metrics()
+                .delivered(self.unwritten_sends.drain(..), now);
+        }
     }
 
     /// Handles `first` and whatever else is queued (up to [`BURST`]), after one yield when

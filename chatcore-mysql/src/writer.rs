@@ -22,7 +22,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
@@ -36,6 +36,8 @@ use chatcore::{
     ConversationKey, Entity, Error, Inserted, Message, MessageId, NewMessage, Position, Result, UserId,
     Username,
 };
+
+use chatcore::metrics::StoreMetrics;
 
 use crate::MysqlConfig;
 use crate::error::{self, SharedError, code};
@@ -63,6 +65,8 @@ pub(crate) fn spawn(pool: MySqlPool, config: &MysqlConfig) -> mpsc::Sender<Pendi
     let rx = Arc::new(Mutex::new(rx));
     let known = Arc::new(std::sync::Mutex::new(KnownUsers::default()));
     let spare = Arc::new(std::sync::Mutex::new(None));
+    // Registered here, where the caller's recorder is in force, and shared by the writers.
+    let metrics = StoreMetrics::register("mysql");
     // Keeping the pool's only connection idle would make readers wait for it.
     let hold_idle = if config.max_connections >= 2 {
         config.ping_if_idle_for
@@ -79,6 +83,7 @@ pub(crate) fn spawn(pool: MySqlPool, config: &MysqlConfig) -> mpsc::Sender<Pendi
             known: known.clone(),
             spare: spare.clone(),
             hold_idle,
+            metrics: metrics.clone(),
         };
         tokio::spawn(writer.run());
     }
@@ -99,6 +104,8 @@ struct Writer {
     hold_idle: Duration,
     /// Users already seen, shared by the writers (locked briefly, once per batch).
     known: Arc<std::sync::Mutex<KnownUsers>>,
+    /// Batch sizes, transaction times, waits for a pooled connection.
+    metrics: StoreMetrics,
 }
 
 impl Writer {
@@ -203,10 +210,15 @@ impl Writer {
         // batch when sends keep coming.
         let mut conn = match self.take_spare() {
             Some(conn) => conn,
-            None => match self.pool.acquire().await {
-                Ok(conn) => conn,
-                Err(err) => return fail_all(err),
-            },
+            None => {
+                let waiting = Instant::now();
+                let acquired = self.pool.acquire().await;
+                self.metrics.waited_for_connection(waiting.elapsed());
+                match acquired {
+                    Ok(conn) => conn,
+                    Err(err) => return fail_all(err),
+                }
+            }
         };
         let keys: Vec<String> = batch.iter().map(|m| m.recipient.key()).collect();
         let users = match self.resolve_users(&mut conn, batch, &keys).await {
@@ -415,6 +427,7 @@ impl Writer {
 
         let mut stored: HashMap<usize, Inserted> = HashMap::new();
         if !fresh.is_empty() {
+            let started = Instant::now();
             let Committed {
                 first_id,
                 created_at,
@@ -422,6 +435,7 @@ impl Writer {
             } = self
                 .commit_fresh(conn, batch, &fresh, &recipients, &key_hashes)
                 .await?;
+            self.metrics.committed(fresh.len(), started.elapsed());
             // `latest` holds each user's newest id before the batch; follow it through the
             // batch's messages in id order.
             let mut previous_of = |user: i64, id: i64| match latest.get_mut(&user) {
@@ -788,6 +802,7 @@ mod tests {
             known: Arc::default(),
             spare: Arc::default(),
             hold_idle: Duration::ZERO,
+            metrics: StoreMetrics::register("mysql"),
         };
         let batch = [
             send(a, b, None),

@@ -10,12 +10,14 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use sqlx::{PgPool, Row};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
+use chatcore::metrics::StoreMetrics;
 use chatcore::{Entity, Error, Inserted, Message, MessageId, NewMessage, Position, Result, UserId, Username};
 
 use crate::PostgresConfig;
@@ -42,12 +44,15 @@ const INSERT_BATCH: &str = "SELECT ord, outcome, message_id, recipient_id, recip
 pub(crate) fn spawn(pool: PgPool, config: &PostgresConfig) -> mpsc::Sender<Pending> {
     let (tx, rx) = mpsc::channel(config.queue_capacity);
     let rx = Arc::new(Mutex::new(rx));
+    // Registered here, where the caller's recorder is in force, and shared by the writers.
+    let metrics = StoreMetrics::register("postgres");
     for _ in 0..config.writers {
         let writer = Writer {
             pool: pool.clone(),
             queue: rx.clone(),
             max_batch: config.max_batch,
             max_batch_bytes: config.max_batch_bytes,
+            metrics: metrics.clone(),
         };
         tokio::spawn(writer.run());
     }
@@ -60,6 +65,8 @@ pub(crate) struct Writer {
     pub(crate) queue: Arc<Mutex<mpsc::Receiver<Pending>>>,
     pub(crate) max_batch: usize,
     pub(crate) max_batch_bytes: usize,
+    /// Batch sizes, transaction times, waits for a pooled connection.
+    pub(crate) metrics: StoreMetrics,
 }
 
 impl Writer {
@@ -149,13 +156,21 @@ impl Writer {
             hashes.push(hash.map(|h| h.to_vec()));
         }
 
+        let waiting = Instant::now();
+        let acquired = self.pool.acquire().await;
+        self.metrics.waited_for_connection(waiting.elapsed());
+        let mut conn = acquired?;
+        let started = Instant::now();
         let rows = sqlx::query(INSERT_BATCH)
             .bind(&senders)
             .bind(&keys)
             .bind(&bodies)
             .bind(&hashes)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *conn)
             .await?;
+        // The function call is the whole transaction.
+        self.metrics.committed(sent.len(), started.elapsed());
+        drop(conn);
 
         let protocol = |what: &str| sqlx::Error::Protocol(format!("chatcore_insert_messages: {what}"));
         let mut outcomes: Vec<Option<Result<Inserted>>> = (0..batch.len()).map(|_| None).collect();

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chatcore::metrics::NotifierMetrics;
 use chatcore::notify::{Delivery, Event, GapDebts, Notifier, Recipient, SubscriberTable, Subscription};
 use chatcore::{Error, Result, UserId};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -56,6 +57,7 @@ struct Inner {
     /// Users owed a gap notice after a failed publish.
     debts: Arc<GapDebts>,
     command_timeout: Duration,
+    metrics: NotifierMetrics,
     /// The subscriber task and the gap-notice task.
     tasks: [JoinHandle<()>; 2],
 }
@@ -142,7 +144,11 @@ impl RedisNotifier {
     ) -> Self {
         let node = NodeId::random();
         let channels = Arc::new(Channels::new(&config.channel_prefix));
-        let table = Arc::new(SubscriberTable::new(config.queue_capacity));
+        let metrics = NotifierMetrics::register("redis");
+        let table = Arc::new(SubscriberTable::with_metrics(
+            config.queue_capacity,
+            metrics.clone(),
+        ));
         let connected = Arc::new(AtomicBool::new(subscriber_connection.is_some()));
         let debts = Arc::new(GapDebts::default());
         let (commands, receiver) = mpsc::unbounded_channel();
@@ -161,6 +167,7 @@ impl RedisNotifier {
             channels: channels.clone(),
             table: table.clone(),
             connected: connected.clone(),
+            metrics: metrics.clone(),
         };
         let subscriber_task = tokio::spawn(subscriber::run(shared, receiver, subscriber_connection));
         Self {
@@ -173,6 +180,7 @@ impl RedisNotifier {
                 connected,
                 debts,
                 command_timeout,
+                metrics,
                 tasks: [subscriber_task, gap_task],
             }),
         }
@@ -286,6 +294,7 @@ impl Notifier for RedisNotifier {
         }
         let result = run_pipeline(&inner.publisher, &pipeline, inner.command_timeout).await;
         if result.is_err() {
+            inner.metrics.publish_failed();
             // Other nodes' subscriptions may have missed it while their connections stay
             // up: they get a gap notice once Redis takes one (see `gaps.rs`).
             inner.debts.owe(users);

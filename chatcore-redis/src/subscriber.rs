@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chatcore::UserId;
+use chatcore::metrics::NotifierMetrics;
 use chatcore::notify::{Delivery, SubscriberTable};
 use futures_util::StreamExt;
 use redis::aio::{PubSubSink, PubSubStream};
@@ -107,6 +108,8 @@ pub(crate) struct Shared {
     pub(crate) channels: Arc<Channels>,
     pub(crate) table: Arc<SubscriberTable>,
     pub(crate) connected: Arc<AtomicBool>,
+    /// Reconnects (the table counts the gaps).
+    pub(crate) metrics: NotifierMetrics,
 }
 
 /// What the task changes as it goes.
@@ -350,6 +353,7 @@ async fn reconnect(
         match outcome {
             Ok((sink, stream, users)) => {
                 tracing::info!(users = users.len(), "redis subscriber reconnected");
+                shared.metrics.reconnected();
                 state.active = users;
                 // Before anything read on the new connection is fanned out, so that a
                 // consumer's catch-up from storage covers everything it may have missed.

@@ -681,3 +681,47 @@ async fn a_notifier_started_while_redis_is_down_connects_when_it_comes_back() {
     })
     .await;
 }
+
+/// What the notifier counts (`transport="redis"`), read from a recorder local to this test's
+/// thread: the notifier registers its handles when it connects, and its tasks run here too.
+#[tokio::test]
+async fn reconnects_gaps_and_failed_publishes_are_counted() {
+    use chatcore::metrics::{
+        NOTIFIER_GAPS_TOTAL, NOTIFIER_PUBLISH_FAILURES_TOTAL, NOTIFIER_RECONNECTS_TOTAL,
+    };
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _recording = metrics::set_default_local_recorder(&recorder);
+    let mut server = PrivateRedis::start().await;
+    let notifier = RedisNotifier::connect(test_config(server.url())).await.unwrap();
+    let mut subscription = notifier.subscribe(UserId(1)).await.unwrap();
+
+    server.kill().await;
+    eventually("the notifier notices", || async { !notifier.is_connected() }).await;
+    assert!(notifier.publish(&to(&[UserId(1)]), &sentinel(1)).await.is_err());
+    server.restart().await;
+    // The failed publish was still delivered here; then the reconnect's gap.
+    assert!(matches!(next(&mut subscription).await, Delivery::Event { .. }));
+    assert_eq!(next(&mut subscription).await, Delivery::Gap);
+
+    let counters: HashMap<String, u64> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter_map(|(key, _, _, value)| match value {
+            DebugValue::Counter(n) => {
+                assert!(
+                    key.key()
+                        .labels()
+                        .any(|l| l.key() == "transport" && l.value() == "redis")
+                );
+                Some((key.key().name().to_owned(), n))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(counters[NOTIFIER_PUBLISH_FAILURES_TOTAL], 1);
+    assert_eq!(counters[NOTIFIER_RECONNECTS_TOTAL], 1);
+    assert_eq!(counters[NOTIFIER_GAPS_TOTAL], 1, "one subscription was told");
+}

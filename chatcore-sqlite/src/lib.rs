@@ -340,12 +340,14 @@ impl SqliteStore {
         let writer_config = config.clone();
         let stats = Arc::new(WriterStats::default());
         let writer_stats = stats.clone();
+        // Registered here, on the caller's thread, where the host's recorder is in force.
+        let metrics = chatcore::metrics::StoreMetrics::register("sqlite");
         let writer =
             spawn_worker(
                 "chatcore-sqlite-writer".into(),
                 true,
                 move || match writer::open_connection(&writer_config)
-                    .and_then(|conn| Writer::new(conn, &writer_config, writer_stats))
+                    .and_then(|conn| Writer::new(conn, &writer_config, writer_stats, metrics))
                 {
                     Ok(writer) => {
                         let _ = ready_tx.send(Ok(()));

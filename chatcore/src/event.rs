@@ -15,6 +15,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -119,17 +120,28 @@ impl EventKind {
 /// assert_eq!(event.position(), Some(Position(17)));
 /// assert!(event.frame_str().starts_with(r#"{"type":"message","position":17,"message":"17","data":{"#));
 /// ```
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct Event(Arc<Rendered>);
 
-#[derive(PartialEq, Eq)]
 struct Rendered {
     kind: EventKind,
     position: Option<Position>,
     session: Option<SessionId>,
     /// UTF-8 JSON, checked when built.
     frame: Bytes,
+    /// When this process's service accepted the send the event reports: what the delivery
+    /// latency is measured from. Not part of what the event says, so not compared.
+    accepted_at: Option<Instant>,
 }
+
+impl PartialEq for Event {
+    fn eq(&self, other: &Self) -> bool {
+        let (a, b) = (&*self.0, &*other.0);
+        a.kind == b.kind && a.position == b.position && a.session == b.session && a.frame == b.frame
+    }
+}
+
+impl Eq for Event {}
 
 impl fmt::Debug for Event {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -189,6 +201,12 @@ struct MessageFrameIn {
 impl Event {
     /// The event "this message was stored", rendered.
     pub fn message(message: &Message) -> Self {
+        Self::message_accepted_at(message, None)
+    }
+
+    /// [`Event::message`] for a send this process accepted at `accepted_at`
+    /// ([`Event::accepted_at`]).
+    pub(crate) fn message_accepted_at(message: &Message, accepted_at: Option<Instant>) -> Self {
         let position = Position::from(message.id);
         let frame = MessageFrame {
             r#type: EventKind::Message.as_str(),
@@ -196,7 +214,11 @@ impl Event {
             message: message.id.to_string(),
             data: message,
         };
-        Self::rendered(EventKind::Message, Some(position), None, &frame)
+        let mut event = Self::rendered(EventKind::Message, Some(position), None, &frame);
+        if let Some(rendered) = Arc::get_mut(&mut event.0) {
+            rendered.accepted_at = accepted_at;
+        }
+        event
     }
 
     /// The event "`marker.reader` has read up to `marker.up_to`", rendered as
@@ -248,6 +270,7 @@ impl Event {
             position,
             session,
             frame: Bytes::from(frame),
+            accepted_at: None,
         }))
     }
 
@@ -281,6 +304,7 @@ impl Event {
             position,
             session,
             frame,
+            accepted_at: None,
         })))
     }
 
@@ -297,6 +321,15 @@ impl Event {
     /// The session a [`EventKind::SessionEnded`] event ends.
     pub fn session(&self) -> Option<SessionId> {
         self.0.session
+    }
+
+    /// When [`crate::ChatService::send`] on this process accepted the send this message event
+    /// reports, for measuring how long it took to reach a socket
+    /// ([`crate::metrics::WS_DELIVERY_SECONDS`]). `None` for events built elsewhere: read
+    /// from storage, rebuilt from a transport's frame (another node's send), or made by
+    /// [`Event::message`].
+    pub fn accepted_at(&self) -> Option<Instant> {
+        self.0.accepted_at
     }
 
     /// The rendered frame: UTF-8 JSON, shared by every clone.

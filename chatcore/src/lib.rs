@@ -43,6 +43,8 @@
 //!   per-user catch-up read gate.
 //! - `service.rs`: [`ChatService`] and [`ChatConfig`].
 //! - `memory.rs`: [`MemoryStore`].
+//! - `metrics.rs`: the metric names, the handles the service, stores and notifiers register,
+//!   and how a host installs a recorder ([`metrics`]).
 //! - `conformance.rs`: the backend conformance suite.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -52,6 +54,7 @@ pub mod event;
 mod feed;
 mod gap_debts;
 mod memory;
+pub mod metrics;
 mod model;
 pub mod notify;
 mod rate;

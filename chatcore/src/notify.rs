@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 
 pub use crate::event::{Event, EventKind, Position};
 pub use crate::gap_debts::GapDebts;
+use crate::metrics::NotifierMetrics;
 use crate::{Result, UserId};
 
 /// Who an event goes to, and where it sits in that user's stream.
@@ -151,6 +152,8 @@ pub struct SubscriberHandle {
     id: u64,
     sender: mpsc::Sender<Delivery>,
     overflowed: Arc<AtomicBool>,
+    /// Counts the gaps this handle's overflows owe (its table's, else a no-op).
+    overflows: ::metrics::Counter,
 }
 
 impl SubscriberHandle {
@@ -166,7 +169,9 @@ impl SubscriberHandle {
         match self.sender.try_send(delivery) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
-                self.overflowed.store(true, Ordering::Release);
+                if !self.overflowed.swap(true, Ordering::AcqRel) {
+                    self.overflows.increment(1);
+                }
                 true
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,
@@ -213,6 +218,7 @@ pub fn subscription_channel(
             id,
             sender,
             overflowed: overflowed.clone(),
+            overflows: ::metrics::Counter::noop(),
         },
         Subscription {
             receiver,
@@ -235,11 +241,18 @@ pub struct SubscriberTable {
     hasher: std::collections::hash_map::RandomState,
     next_id: AtomicU64,
     capacity: usize,
+    metrics: NotifierMetrics,
 }
 
 impl SubscriberTable {
-    /// A table whose subscriptions queue up to `capacity` deliveries each.
+    /// A table whose subscriptions queue up to `capacity` deliveries each, counting nothing.
     pub fn new(capacity: usize) -> Self {
+        Self::with_metrics(capacity, NotifierMetrics::noop())
+    }
+
+    /// A table whose subscriptions queue up to `capacity` deliveries each, counting queue
+    /// overflows and the gaps it delivers into `metrics` (its transport's).
+    pub fn with_metrics(capacity: usize, metrics: NotifierMetrics) -> Self {
         let shard_count =
             (std::thread::available_parallelism().map_or(4, |n| n.get()) * 16).next_power_of_two();
         Self {
@@ -247,6 +260,7 @@ impl SubscriberTable {
             hasher: Default::default(),
             next_id: AtomicU64::new(1),
             capacity,
+            metrics,
         }
     }
 
@@ -266,13 +280,14 @@ impl SubscriberTable {
     ) -> (Subscription, bool) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let table = Arc::downgrade(self);
-        let (handle, subscription) = subscription_channel(id, self.capacity, move || {
+        let (mut handle, subscription) = subscription_channel(id, self.capacity, move || {
             if let Some(table) = table.upgrade()
                 && table.remove(user, id)
             {
                 on_last_dropped();
             }
         });
+        handle.overflows = self.metrics.overflows.clone();
         let mut shard = lock(self.shard(user));
         let handles = shard.entry(user).or_default();
         handles.push(handle);
@@ -306,18 +321,26 @@ impl SubscriberTable {
         if delivered == 0 {
             shard.remove(&user);
         }
+        if matches!(delivery, Delivery::Gap) {
+            self.metrics.gaps(delivered);
+        }
         delivered
     }
 
     /// Offers `delivery` to every subscription of every user (e.g. [`Delivery::Gap`] after a
     /// broker reconnect).
     pub fn deliver_all(&self, delivery: &Delivery) {
+        let mut delivered = 0;
         for shard in self.shards.iter() {
             let mut shard = lock(shard);
             shard.retain(|_, handles| {
                 handles.retain(|h| h.offer(delivery.clone()));
+                delivered += handles.len();
                 !handles.is_empty()
             });
+        }
+        if matches!(delivery, Delivery::Gap) {
+            self.metrics.gaps(delivered);
         }
     }
 
@@ -356,10 +379,14 @@ impl LocalNotifier {
     /// Default per-subscription queue length.
     pub const DEFAULT_QUEUE: usize = 256;
 
-    /// A notifier whose subscriptions queue up to `queue_capacity` events each.
+    /// A notifier whose subscriptions queue up to `queue_capacity` events each. Registers
+    /// its metric handles (transport `local`) with the recorder installed now.
     pub fn new(queue_capacity: usize) -> Self {
         Self {
-            table: Arc::new(SubscriberTable::new(queue_capacity)),
+            table: Arc::new(SubscriberTable::with_metrics(
+                queue_capacity,
+                NotifierMetrics::register("local"),
+            )),
         }
     }
 

@@ -1,9 +1,11 @@
 //! [`ChatService`]: the message center's logic over a [`Store`] and a [`Notifier`].
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::event::SessionId;
 use crate::feed::{Connections, Feed, ReadGate};
+use crate::metrics::{SendOutcome, ServiceMetrics};
 use crate::notify::{Event, Notifier, Position, Recipient};
 use crate::rate::SendRateLimiter;
 use crate::store::{InboxPage, InboxRequest, MessagePage, PageRequest, Store, StoredEvent, UserQuery};
@@ -260,6 +262,7 @@ pub struct ChatService {
     connections: Arc<Connections>,
     catch_up_gate: Arc<ReadGate>,
     send_limiter: Option<Arc<SendRateLimiter>>,
+    metrics: Arc<ServiceMetrics>,
 }
 
 impl std::fmt::Debug for ChatService {
@@ -272,7 +275,8 @@ impl std::fmt::Debug for ChatService {
 
 impl ChatService {
     /// A service over `store` and `notifier`. Check `config` with [`ChatConfig::validate`]
-    /// where you build it: a zero limit here is taken for 1.
+    /// where you build it: a zero limit here is taken for 1. Registers its metric handles
+    /// with the recorder installed now ([`crate::metrics`]).
     pub fn new(store: Arc<dyn Store>, notifier: Arc<dyn Notifier>, config: ChatConfig) -> Self {
         Self {
             store,
@@ -281,6 +285,7 @@ impl ChatService {
             catch_up_gate: Arc::new(ReadGate::new(config.catch_up_reads_per_user)),
             send_limiter: SendRateLimiter::new(config.send_burst, config.send_rate_per_sec).map(Arc::new),
             config: Arc::new(config),
+            metrics: Arc::new(ServiceMetrics::register()),
         }
     }
 
@@ -343,6 +348,23 @@ impl ChatService {
     /// [`Error::Unprocessable`] for an idempotency key already used with another recipient or
     /// body.
     pub async fn send(&self, sender: &User, request: SendRequest) -> Result<Sent> {
+        // The delivery latency of the message's notification is measured from here.
+        let accepted_at = Instant::now();
+        let sent = self.store_and_notify(sender, request, accepted_at).await;
+        self.metrics.send(match &sent {
+            Ok(sent) if sent.replayed => SendOutcome::Replayed,
+            Ok(_) => SendOutcome::Stored,
+            Err(error) => SendOutcome::of_error(error),
+        });
+        sent
+    }
+
+    async fn store_and_notify(
+        &self,
+        sender: &User,
+        request: SendRequest,
+        accepted_at: Instant,
+    ) -> Result<Sent> {
         if let Some(limiter) = &self.send_limiter {
             limiter
                 .check(sender.id)
@@ -398,7 +420,7 @@ impl ChatService {
                 &both
             };
             // Rendered once: every socket of both users, on every node, writes these bytes.
-            let event = Event::message(&message);
+            let event = Event::message_accepted_at(&message, Some(accepted_at));
             if let Err(error) = self.notifier.publish(recipients, &event).await {
                 tracing::warn!(%error, message_id = %message.id, "message stored but not notified");
                 notify_error = Some(error);
@@ -506,6 +528,7 @@ impl ChatService {
     /// Starts a catch-up of what `user` missed after `since` (a position, or a message id:
     /// they are the same numbers). Read it with [`ChatService::catch_up_page`].
     pub fn catch_up(&self, user: &User, since: Position) -> CatchUp {
+        self.metrics.catch_ups.increment(1);
         CatchUp {
             user: user.clone(),
             since,
@@ -552,6 +575,7 @@ impl ChatService {
             if too_many {
                 let resume_after = self.store.latest_position(user).await?;
                 catch_up.after = resume_after;
+                self.metrics.resyncs.increment(1);
                 return Ok(CatchUpPage::Resync { resume_after });
             }
         }
@@ -568,6 +592,7 @@ impl ChatService {
             .count()
             .max(1);
         events.truncate(keep);
+        self.metrics.catch_up_events.increment(events.len() as u64);
         match events.last() {
             Some(last) => catch_up.after = last.position(),
             None => {

@@ -12,7 +12,9 @@
 # side, e.g. flags the older build does not know), LOADGEN_FLAGS_BEFORE / LOADGEN_FLAGS_AFTER
 # (extra load generator flags for one side, e.g. `--read-every 4` on the build that has the
 # inbox), LOADGEN (one chat-loadgen binary that drives both servers, so the client's cost is
-# the same on both sides).
+# the same on both sides). One build against itself, e.g. metrics off against on:
+#
+#   SERVER_FLAGS_BEFORE="--metrics off" scripts/bench/ab_e2e.sh target/release target/release 5 256
 set -euo pipefail
 before=$1 after=$2 pairs=$3 senders=$4
 shift 4

@@ -49,6 +49,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use chatcore::metrics::NotifierMetrics;
 use chatcore::notify::{Delivery, Event, GapDebts, Notifier, Recipient, SubscriberTable, Subscription};
 use chatcore::{Error, Position, Result, UserId};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
@@ -107,6 +108,8 @@ struct Shared {
     listen_pool: PgPool,
     table: Arc<SubscriberTable>,
     connected: AtomicBool,
+    /// Reconnects and failed publishes (the table counts overflows and gaps).
+    metrics: NotifierMetrics,
 }
 
 impl std::fmt::Debug for PgNotifier {
@@ -194,13 +197,18 @@ impl PgNotifier {
             .idle_timeout(None)
             .max_lifetime(None)
             .connect_lazy_with(options.application_name(LISTEN_APPLICATION));
+        let metrics = NotifierMetrics::register("postgres");
         let shared = Arc::new(Shared {
             node: NodeId::random(),
-            table: Arc::new(SubscriberTable::new(config.queue_capacity)),
+            table: Arc::new(SubscriberTable::with_metrics(
+                config.queue_capacity,
+                metrics.clone(),
+            )),
             config,
             publisher,
             listen_pool,
             connected: AtomicBool::new(false),
+            metrics,
         });
         let listener = listen(&shared).await.map_err(Error::notifications_unavailable)?;
         shared.connected.store(true, Ordering::Release);
@@ -296,6 +304,7 @@ impl Notifier for PgNotifier {
         match within(shared.config.command_timeout, self.notify(event, &users)).await {
             Ok(()) => Ok(()),
             Err(error) => {
+                shared.metrics.publish_failed();
                 // Other nodes' subscriptions may have missed it while their listening
                 // connections stay up: they get a gap notice once the server takes one.
                 self.inner.debts.owe(users.iter().map(|(user, _)| *user));
@@ -347,6 +356,7 @@ async fn run_listener(shared: Arc<Shared>, mut listener: PgListener) {
         };
         shared.connected.store(true, Ordering::Release);
         tracing::info!("PostgreSQL listening connection reopened");
+        shared.metrics.reconnected();
         // Before anything read on the new connection, so that a consumer's catch-up covers
         // everything it may have missed.
         shared.table.deliver_all(&Delivery::Gap);

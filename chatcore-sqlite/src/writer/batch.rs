@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::Receiver;
+use std::time::Instant;
 
 use chatcore::store::{Inserted, MarkedRead, MovedMarker, ReadMarker};
 use chatcore::{
@@ -83,7 +84,9 @@ impl Writer {
         }
         let stats = self.stats.clone();
         let committed = commit_or_retry(ops, |batch| {
+            let started = Instant::now();
             let outcomes = self.try_batch(batch)?;
+            self.metrics.committed(batch.len(), started.elapsed());
             stats.transactions.fetch_add(1, Ordering::Relaxed);
             stats.writes.fetch_add(batch.len() as u64, Ordering::Relaxed);
             Ok(outcomes)

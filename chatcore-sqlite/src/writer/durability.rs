@@ -7,7 +7,9 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::Receiver;
 use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::Instant;
 
+use chatcore::metrics::StoreMetrics;
 use chatcore::{Error, Result};
 
 use super::{Outcome, WriteOp, Writer};
@@ -50,7 +52,7 @@ impl Writer {
     /// Makes everything committed so far durable (a no-op when SQLite syncs at commit).
     pub(super) fn sync_now(&self) -> Result<()> {
         match &self.wal_to_sync {
-            Some(wal) => sync_wal(wal, &mut None),
+            Some(wal) => sync_wal(wal, &mut None, &self.metrics),
             None => Ok(()),
         }
     }
@@ -111,12 +113,17 @@ pub(super) fn wal_path_to_sync(config: &SqliteConfig) -> Option<PathBuf> {
 
 /// The sync thread: takes every batch committed since its last sync, syncs the WAL once
 /// (`fdatasync`), then answers them all. Ends when the writer closes the queue.
-pub(super) fn sync_and_answer(wal: &Path, queue: &Receiver<Vec<Committed>>, unsynced: &Backlog) {
+pub(super) fn sync_and_answer(
+    wal: &Path,
+    queue: &Receiver<Vec<Committed>>,
+    unsynced: &Backlog,
+    metrics: &StoreMetrics,
+) {
     let mut file = None;
     while let Ok(first) = queue.recv() {
         let mut batches = vec![first];
         batches.extend(queue.try_iter());
-        let synced = sync_wal(wal, &mut file);
+        let synced = sync_wal(wal, &mut file, metrics);
         unsynced.remove(batches.len());
         if let Err(e) = &synced {
             tracing::error!(error = %e, "syncing the SQLite WAL failed; the writes it covers are reported as failed");
@@ -129,9 +136,9 @@ pub(super) fn sync_and_answer(wal: &Path, queue: &Receiver<Vec<Committed>>, unsy
     }
 }
 
-/// `fdatasync` of the WAL, opening it on first use. Syncing any descriptor of the file
-/// flushes the writes SQLite made through its own.
-fn sync_wal(wal: &Path, file: &mut Option<File>) -> Result<()> {
+/// `fdatasync` of the WAL, opening it on first use, timed. Syncing any descriptor of the
+/// file flushes the writes SQLite made through its own.
+fn sync_wal(wal: &Path, file: &mut Option<File>, metrics: &StoreMetrics) -> Result<()> {
     let failed = |e: std::io::Error| {
         Error::storage_unavailable(std::io::Error::new(
             e.kind(),
@@ -142,7 +149,10 @@ fn sync_wal(wal: &Path, file: &mut Option<File>) -> Result<()> {
         Some(f) => f,
         None => file.insert(File::open(wal).map_err(failed)?),
     };
-    wal_file.sync_data().map_err(failed)
+    let started = Instant::now();
+    let synced = wal_file.sync_data().map_err(failed);
+    metrics.synced(started.elapsed());
+    synced
 }
 
 /// Answers committed writes, or fails them all with a copy of `sync_error`.

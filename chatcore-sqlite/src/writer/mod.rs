@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::sync::mpsc::{self, Receiver, Sender};
 
+use chatcore::metrics::StoreMetrics;
 use chatcore::store::{Inserted, MarkedRead};
 use chatcore::{
     ConversationKey, Error, MessageId, MigrationReport, NewMessage, Result, User, UserId, Username,
@@ -153,6 +154,8 @@ pub(crate) struct Writer {
     /// Batches committed and not yet synced.
     unsynced: Arc<Backlog>,
     stats: Arc<WriterStats>,
+    /// Batch sizes, commit and fsync times.
+    metrics: StoreMetrics,
     max_batch: usize,
     last_timestamp: DateTime<Utc>,
     /// Users found or created inside the open transaction, by key; cached only once it
@@ -179,7 +182,12 @@ pub(crate) struct Writer {
 
 impl Writer {
     /// The writer over `conn`. Errors: the newest message's timestamp cannot be read.
-    pub(crate) fn new(conn: Connection, config: &SqliteConfig, stats: Arc<WriterStats>) -> Result<Self> {
+    pub(crate) fn new(
+        conn: Connection,
+        config: &SqliteConfig,
+        stats: Arc<WriterStats>,
+        metrics: StoreMetrics,
+    ) -> Result<Self> {
         let last_timestamp = batch::latest_timestamp(&conn)?.unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
         Ok(Self {
             ctx: ReadCtx::new(conn, config.name_cache),
@@ -187,6 +195,7 @@ impl Writer {
             sync_queue: None,
             unsynced: Arc::new(Backlog::default()),
             stats,
+            metrics,
             max_batch: config.max_batch,
             last_timestamp,
             pending_names: HashMap::new(),
@@ -211,10 +220,11 @@ impl Writer {
         std::thread::scope(|scope| {
             let (sync_tx, sync_rx) = mpsc::channel::<Vec<Committed>>();
             let backlog = self.unsynced.clone();
+            let metrics = self.metrics.clone();
             let spawned = std::thread::Builder::new()
                 .name("chatcore-sqlite-sync".into())
                 .spawn_scoped(scope, move || {
-                    durability::sync_and_answer(&wal, &sync_rx, &backlog)
+                    durability::sync_and_answer(&wal, &sync_rx, &backlog, &metrics)
                 });
             match spawned {
                 Ok(_) => self.sync_queue = Some(sync_tx),

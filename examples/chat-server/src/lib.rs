@@ -16,11 +16,13 @@
 //! - `storage.rs`: opening the SQLite, MySQL or PostgreSQL store as an `Arc<dyn chatcore::Backend>` (the
 //!   only place that tells them apart), and migrating it.
 //! - `web.rs`: the application router: UI assets, chat API, bench endpoint, request spans.
+//! - `metrics.rs`: the Prometheus recorder, the HTTP metrics layer and `/metrics`.
 //! - `lib.rs`: [`run`], which serves until a shutdown future resolves, then shuts down in order.
 //! - `assets/`: the web UI (plain HTML, CSS and JS, embedded in the binary).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod metrics;
 pub mod options;
 pub mod storage;
 pub mod web;
@@ -133,10 +135,12 @@ impl App {
 /// Opens and migrates the store, serves on `listener` (under the connection limits and
 /// timeouts of [`ServerOptions::serve_config`]) until `shutdown` resolves, then stops
 /// accepting, sends close frames to every WebSocket, gives in-flight requests the shutdown
-/// grace period, closes what is left, and flushes and closes the store.
+/// grace period, closes what is left, and flushes and closes the store. `metrics` (from
+/// [`metrics::setup`], before this) says where `/metrics` is served, if anywhere.
 pub async fn run(
     options: ServerOptions,
     listener: TcpListener,
+    metrics: metrics::Metrics,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let serve_config = options.serve_config();
@@ -151,6 +155,16 @@ pub async fn run(
         .with_auth_routes(app.sessions.clone());
     let handle = api.shutdown_handle();
     let router = web::router(api, options.bench_endpoints);
+    let (router, metrics_server) = metrics::wire(router, metrics);
+    let metrics_server = metrics_server.map(|(listener, router)| {
+        tokio::spawn(chatcore_axum::serve_with(
+            listener,
+            router,
+            handle.clone(),
+            serve_config.clone(),
+            chatcore_axum::EdgeCounters::default(),
+        ))
+    });
     let trigger = handle.clone();
     tokio::spawn(async move {
         shutdown.await;
@@ -166,8 +180,15 @@ pub async fn run(
         chatcore_axum::EdgeCounters::default(),
     )
     .await;
+    let metrics_served = match metrics_server {
+        Some(server) => server
+            .await
+            .unwrap_or_else(|error| Err(std::io::Error::other(error))),
+        None => Ok(()),
+    };
     let closed = backend.close().await;
     served?;
+    metrics_served?;
     closed?;
     tracing::info!("stopped");
     Ok(())
@@ -243,3 +264,8 @@ mod tests {
 #[cfg(doctest)]
 #[doc = include_str!("../../../README.md")]
 pub struct ReadmeDoctests;
+
+/// The metrics guide's example (bring your own recorder), compiled as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/metrics.md")]
+pub struct MetricsDocDoctests;

@@ -69,11 +69,19 @@ async fn serve(options: ServerOptions) -> Result<(), ServerError> {
     }
     // Before the address is printed: a SIGTERM from then on is a graceful shutdown.
     let shutdown = chat_server::shutdown_signal();
+    // Before anything registers a metric handle.
+    let metrics = chat_server::metrics::setup(&options).await?;
     let listener = tokio::net::TcpListener::bind(options.listen).await?;
+    if let chat_server::metrics::Metrics::Separate(_, metrics_listener) = &metrics {
+        println!(
+            "chat-server metrics on http://{}/metrics",
+            metrics_listener.local_addr()?
+        );
+    }
     // Tests and scripts read this line to learn the port when listening on port 0.
     println!("chat-server listening on http://{}", listener.local_addr()?);
     std::io::stdout().flush()?;
-    chat_server::run(options, listener, shutdown).await
+    chat_server::run(options, listener, metrics, shutdown).await
 }
 
 async fn migrate(options: &ServerOptions) -> Result<(), ServerError> {

@@ -53,6 +53,15 @@ pub enum LogFormat {
     Json,
 }
 
+/// Whether the server measures itself (`--metrics`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MetricsMode {
+    /// Install a Prometheus recorder and serve `/metrics`.
+    On,
+    /// Measure nothing, serve no `/metrics` (every handle in the libraries is a no-op).
+    Off,
+}
+
 /// SQLite durability (`PRAGMA synchronous`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SqliteSync {
@@ -333,6 +342,17 @@ pub struct ServerOptions {
     /// load generator compares against. Off by default.
     #[arg(long, env = "CHAT_BENCH_ENDPOINTS")]
     pub bench_endpoints: bool,
+
+    /// Prometheus metrics: `on` (a recorder, and `/metrics` in the Prometheus text format) or
+    /// `off` (nothing measured or served; the same binary measured both ways shows what
+    /// metrics cost).
+    #[arg(long, env = "CHAT_METRICS", value_enum, default_value_t = MetricsMode::On)]
+    pub metrics: MetricsMode,
+
+    /// Serve `/metrics` on this address only, not on the main listener (port 0 picks a free
+    /// port; the chosen address is printed before the main one).
+    #[arg(long, env = "CHAT_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 
     /// Log format.
     #[arg(long, env = "CHAT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]

@@ -15,6 +15,8 @@ pub struct ServerProcess {
     /// `http://127.0.0.1:PORT`
     pub base: String,
     pub addr: String,
+    /// `http://127.0.0.1:PORT/metrics` when started with `--metrics-listen`.
+    pub metrics_url: Option<String>,
 }
 
 impl ServerProcess {
@@ -40,19 +42,32 @@ impl ServerProcess {
         let mut child = command.spawn().expect("start chat-server");
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-            .await
-            .expect("chat-server printed its address in time")
-            .expect("read chat-server stdout")
-            .expect("chat-server exited before listening");
-        let base = line
-            .strip_prefix("chat-server listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_owned();
+        let mut metrics_url = None;
+        let base = loop {
+            let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+                .await
+                .expect("chat-server printed its address in time")
+                .expect("read chat-server stdout")
+                .expect("chat-server exited before listening");
+            // With --metrics-listen, its address comes first.
+            if let Some(url) = line.strip_prefix("chat-server metrics on ") {
+                metrics_url = Some(url.to_owned());
+                continue;
+            }
+            break line
+                .strip_prefix("chat-server listening on ")
+                .unwrap_or_else(|| panic!("unexpected line {line:?}"))
+                .to_owned();
+        };
         let addr = base.trim_start_matches("http://").to_owned();
         // Keep draining stdout so the child never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Self { child, base, addr }
+        Self {
+            child,
+            base,
+            addr,
+            metrics_url,
+        }
     }
 
     /// Sends SIGTERM and waits for the exit status.
@@ -68,4 +83,51 @@ impl ServerProcess {
             .expect("server exits after SIGTERM")
             .expect("wait for server")
     }
+}
+
+/// POSTs `body` as JSON to `url`, with `token` as bearer token if any.
+pub async fn post(
+    http: &reqwest::Client,
+    url: String,
+    token: Option<&str>,
+    body: serde_json::Value,
+) -> reqwest::Response {
+    let mut request = http.post(url).json(&body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    request.send().await.unwrap()
+}
+
+/// Registers `name` (password "a long password") and logs in: the bearer token.
+pub async fn sign_up(http: &reqwest::Client, base: &str, name: &str) -> String {
+    let credentials = serde_json::json!({"username": name, "password": "a long password"});
+    let registered = post(
+        http,
+        format!("{base}/api/v1/auth/register"),
+        None,
+        credentials.clone(),
+    )
+    .await;
+    assert_eq!(registered.status(), 201);
+    let login = post(http, format!("{base}/api/v1/auth/login"), None, credentials).await;
+    let session: serde_json::Value = login.json().await.unwrap();
+    session["token"].as_str().expect("a token").to_owned()
+}
+
+/// A WebSocket on `ws://{addr}{path}` authenticated with `token`.
+pub async fn open_socket(
+    addr: &str,
+    path: &str,
+    token: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = format!("ws://{addr}{path}").into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    tokio_tungstenite::connect_async(request)
+        .await
+        .expect("websocket")
+        .0
 }
