@@ -46,10 +46,13 @@
 //! - `policy.rs`: [`SendPolicy`], the host's say before a message is stored, and the chain
 //!   that runs the policies under their deadline.
 //! - `memory.rs`: [`MemoryStore`].
+//! - `consumer.rs`: [`FeedConsumer`], a host's loop over the event feed
+//!   ([`Store::feed_after`]) with its checkpoint in the store, retried with backoff.
 //! - `conformance.rs`: the backend conformance suite.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod consumer;
 mod error;
 pub mod event;
 mod feed;
@@ -67,6 +70,7 @@ pub mod conformance;
 #[cfg(feature = "conformance")]
 pub mod notifier_conformance;
 
+pub use consumer::{FeedConsumer, FeedConsumerConfig, FeedHandler};
 pub use error::{BoxError, Entity, Error, Result};
 pub use event::{Event, EventData, EventKind, Position, RESYNC_FRAME, SessionId};
 pub use feed::Feed;
