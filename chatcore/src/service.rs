@@ -642,6 +642,32 @@ impl ChatService {
         self.connections.count(user.id)
     }
 
+    /// Whether the user `user` holds at least one live connection
+    /// ([`ChatService::subscribe`]) on this process: a host's push consumer asks it to notify
+    /// only those who would not see the event live. One lookup in a sharded table, no I/O.
+    ///
+    /// Per process: with several server processes behind a notifier that carries events
+    /// between them, a user connected to another process is not connected *here*; a
+    /// cluster-wide answer needs presence shared between nodes (issue #20), which does not
+    /// exist yet.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> chatcore::Result<()> {
+    /// use std::sync::Arc;
+    /// use chatcore::{ChatConfig, ChatService, LocalNotifier, MemoryStore};
+    /// let chat = ChatService::new(Arc::new(MemoryStore::new()), Arc::new(LocalNotifier::default()), ChatConfig::default());
+    /// let bob = chat.create_user("bob").await?;
+    /// assert!(!chat.is_connected_here(bob.id));
+    /// let tab = chat.subscribe(&bob, None).await?;
+    /// assert!(chat.is_connected_here(bob.id));
+    /// drop(tab);
+    /// assert!(!chat.is_connected_here(bob.id));
+    /// # Ok(()) }
+    /// ```
+    pub fn is_connected_here(&self, user: UserId) -> bool {
+        self.connections.count(user) > 0
+    }
+
     /// Closes every connection opened with `session` of `user`, on every node (logout,
     /// expiry, account removal), and tells every node's session cache (the event also goes to
     /// [`UserId::SESSION_REVOCATIONS`]). Fails when the notifier cannot reach other nodes.

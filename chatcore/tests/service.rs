@@ -370,6 +370,21 @@ async fn too_many_connections_close_the_oldest() {
 }
 
 #[tokio::test]
+async fn is_connected_here_follows_the_users_live_connections() {
+    let chat = service(ChatConfig::default());
+    let (alice, bob) = pair(&chat).await;
+    assert!(!chat.is_connected_here(bob.id));
+    let first = chat.subscribe(&bob, None).await.unwrap();
+    let second = chat.clone().subscribe(&bob, None).await.unwrap();
+    assert!(chat.is_connected_here(bob.id), "clones share the table");
+    assert!(!chat.is_connected_here(alice.id), "per user");
+    drop(first);
+    assert!(chat.is_connected_here(bob.id), "one connection left");
+    drop(second);
+    assert!(!chat.is_connected_here(bob.id));
+}
+
+#[tokio::test]
 async fn directory_excludes_caller_and_pages() {
     let chat = service(ChatConfig::default());
     let (alice, _) = pair(&chat).await;
