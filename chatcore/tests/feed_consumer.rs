@@ -6,9 +6,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use chatcore::store::{InboxPage, InboxRequest, Inserted, MarkedRead, MessagePage, PageRequest, UserQuery};
 use chatcore::{
-    BoxError, FeedConsumer, FeedConsumerConfig, FeedHandler, MemoryStore, NewMessage, Position, Store,
-    StoredEvent, User, Username,
+    BoxError, Error, FeedConsumer, FeedConsumerConfig, FeedHandler, MemoryStore, Message, MessageId,
+    NewMessage, Position, Store, StoredEvent, User, UserId, Username,
 };
 use tokio::sync::Notify;
 
@@ -197,4 +198,129 @@ fn a_bad_config_is_refused_where_the_consumer_is_built() {
         ..FeedConsumerConfig::new("x")
     };
     assert!(FeedConsumer::new(store, bad).is_err());
+}
+
+/// A [`MemoryStore`] whose feed calls fail on demand, as a database that is down would.
+#[derive(Default)]
+struct Flaky {
+    inner: MemoryStore,
+    /// The next this many reads (`load_checkpoint`, `feed_after`) fail.
+    failing_reads: AtomicUsize,
+    /// The next this many `save_checkpoint` calls fail.
+    failing_saves: AtomicUsize,
+}
+
+fn take_failure(counter: &AtomicUsize) -> chatcore::Result<()> {
+    match counter.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)) {
+        Ok(_) => Err(Error::storage_unavailable("injected outage")),
+        Err(_) => Ok(()),
+    }
+}
+
+#[async_trait]
+impl Store for Flaky {
+    async fn create_user(&self, username: &Username) -> chatcore::Result<User> {
+        self.inner.create_user(username).await
+    }
+    async fn find_user(&self, username: &Username) -> chatcore::Result<Option<User>> {
+        self.inner.find_user(username).await
+    }
+    async fn list_users(&self, query: &UserQuery) -> chatcore::Result<Vec<User>> {
+        self.inner.list_users(query).await
+    }
+    async fn insert_message(&self, message: NewMessage) -> chatcore::Result<Inserted> {
+        self.inner.insert_message(message).await
+    }
+    async fn message_for(&self, viewer: UserId, id: MessageId) -> chatcore::Result<Option<Message>> {
+        self.inner.message_for(viewer, id).await
+    }
+    async fn conversation_page(
+        &self,
+        viewer: UserId,
+        other: &Username,
+        page: &PageRequest,
+    ) -> chatcore::Result<MessagePage> {
+        self.inner.conversation_page(viewer, other, page).await
+    }
+    async fn user_messages(&self, user: UserId, page: &PageRequest) -> chatcore::Result<MessagePage> {
+        self.inner.user_messages(user, page).await
+    }
+    async fn messages_after(
+        &self,
+        user: UserId,
+        after: MessageId,
+        limit: u32,
+    ) -> chatcore::Result<Vec<Message>> {
+        self.inner.messages_after(user, after, limit).await
+    }
+    async fn latest_position(&self, user: UserId) -> chatcore::Result<Position> {
+        self.inner.latest_position(user).await
+    }
+    async fn events_after(
+        &self,
+        user: UserId,
+        after: Position,
+        limit: u32,
+    ) -> chatcore::Result<Vec<StoredEvent>> {
+        self.inner.events_after(user, after, limit).await
+    }
+    async fn inbox(&self, user: UserId, request: &InboxRequest) -> chatcore::Result<InboxPage> {
+        self.inner.inbox(user, request).await
+    }
+    async fn mark_read(
+        &self,
+        reader: &User,
+        peer: &Username,
+        up_to: MessageId,
+    ) -> chatcore::Result<MarkedRead> {
+        self.inner.mark_read(reader, peer, up_to).await
+    }
+    async fn feed_after(&self, after: Position, limit: u32) -> chatcore::Result<Vec<StoredEvent>> {
+        take_failure(&self.failing_reads)?;
+        self.inner.feed_after(after, limit).await
+    }
+    async fn load_checkpoint(&self, name: &str) -> chatcore::Result<Position> {
+        take_failure(&self.failing_reads)?;
+        self.inner.load_checkpoint(name).await
+    }
+    async fn save_checkpoint(&self, name: &str, position: Position) -> chatcore::Result<()> {
+        take_failure(&self.failing_saves)?;
+        self.inner.save_checkpoint(name, position).await
+    }
+}
+
+/// Store failures are retried like the handler's: failed reads hand nothing, a failed save
+/// hands the same batch again (at least once), and in the end every event was handled, in
+/// order, and the checkpoint is past the last.
+#[tokio::test]
+async fn store_failures_are_retried_and_a_failed_save_hands_the_batch_again() {
+    let store = Arc::new(Flaky::default());
+    let alice = user(&store.inner, "alice").await;
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        ids.push(send(&store.inner, &alice, &alice, &format!("{i}")).await);
+    }
+    // Loading the checkpoint fails twice and the first read of the feed once; the first save
+    // fails once.
+    store.failing_reads.store(3, Ordering::SeqCst);
+    store.failing_saves.store(1, Ordering::SeqCst);
+    let handler = Recorder::default();
+    let consumer = FeedConsumer::new(store.clone(), config("flaky")).unwrap();
+    let last = *ids.last().unwrap();
+    let caught_up = {
+        let store = store.clone();
+        async move {
+            while store.inner.load_checkpoint("flaky").await.unwrap().0 < last {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    consumer.run(&handler, caught_up).await;
+    // Batches of 7: the first one twice (its save failed), then the rest.
+    let mut expected = ids[..7].to_vec();
+    expected.extend_from_slice(&ids);
+    assert_eq!(*handler.handled.lock().unwrap(), expected);
+    assert_eq!(handler.calls.load(Ordering::SeqCst), 3);
+    assert_eq!(store.failing_reads.load(Ordering::SeqCst), 0);
+    assert_eq!(store.failing_saves.load(Ordering::SeqCst), 0);
 }
