@@ -123,6 +123,12 @@ impl From<chatcore::Error> for ApiError {
             E::NotFound(entity) => Self::not_found(format!("{entity} not found")),
             E::Conflict(message) => Self::new(StatusCode::CONFLICT, message),
             E::Unprocessable(message) => Self::new(StatusCode::UNPROCESSABLE_ENTITY, message),
+            E::Rejected(rejection) => match rejection.kind {
+                chatcore::RejectionKind::Forbidden => Self::forbidden(rejection.reason),
+                chatcore::RejectionKind::Unprocessable => {
+                    Self::new(StatusCode::UNPROCESSABLE_ENTITY, rejection.reason)
+                }
+            },
             E::RateLimited { retry_after } => Self::too_many_requests(retry_after),
             E::Unavailable { what, ref source } => {
                 tracing::warn!(what, error = %ErrorChain(source.as_ref()), "backend unavailable");
@@ -252,6 +258,8 @@ mod tests {
             (Error::invalid("x"), 400),
             (Error::NotFound(Entity::User), 404),
             (Error::conflict("taken"), 409),
+            (Error::Rejected(chatcore::Rejection::forbidden("paywall")), 403),
+            (Error::Rejected(chatcore::Rejection::unprocessable("spam")), 422),
             (
                 Error::RateLimited {
                     retry_after: Duration::from_millis(1500),
@@ -265,6 +273,10 @@ mod tests {
             let api = ApiError::from(error);
             assert_eq!(api.status().as_u16(), status, "{api}");
         }
+        let refused = ApiError::from(Error::Rejected(chatcore::Rejection::forbidden(
+            "links are for subscribers",
+        )));
+        assert_eq!(refused.message(), "links are for subscribers");
         let hidden = ApiError::from(Error::internal("password=hunter2 in query", "boom"));
         assert_eq!(hidden.message(), "internal error");
         let limited = ApiError::from(Error::RateLimited {

@@ -87,6 +87,13 @@
 //!   `chatcore_read_events_reader (reader_id, position)` and `chatcore_read_events_peer
 //!   (peer_id, position)`: a user's read events, as reader and as peer, in position order.
 //!
+//! - `chatcore_checkpoints` (version 5): feed consumers' checkpoints, primary key `name`
+//!   (`VARBINARY(100)`, compared byte for byte). The host's feed
+//!   ([`chatcore::Store::feed_after`]) is one statement merging two forward ranges of primary
+//!   keys (`chatcore_messages.id`, `chatcore_read_events.position`): positions are committed
+//!   in order across all users (below), so its one view never holds a position without every
+//!   smaller one.
+//!
 //! # Ids in commit order
 //! A reconnecting client asks for the messages after the last id it saw. With
 //! `AUTO_INCREMENT`, a transaction that took id 10 can commit after one that took id 11; a
@@ -191,6 +198,7 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
 use sqlx::{ConnectOptions, Connection, Executor, Row};
 use tokio::sync::{RwLock, mpsc, oneshot};
 
+use chatcore::store::check_checkpoint_name;
 use chatcore::{
     Backend, BoxError, Credentials, Entity, Error, InboxPage, InboxRequest, Inserted, MarkedRead, Message,
     MessageId, MessagePage, MigrationReport, NewMessage, PageRequest, Position, Result, SessionRecord,
@@ -636,13 +644,7 @@ impl Store for MysqlStore {
                 .fetch_all(&self.pool)
         })
         .await?;
-        let mut events = rows
-            .iter()
-            .map(|row| rows::event(row).map_err(corrupt))
-            .collect::<Result<Vec<_>>>()?;
-        // UNION ALL does not promise to keep the order of its `ORDER BY` either.
-        events.sort_unstable_by_key(StoredEvent::position);
-        Ok(events)
+        events_in_order(&rows)
     }
 
     async fn inbox(&self, user: UserId, request: &InboxRequest) -> Result<InboxPage> {
@@ -686,6 +688,55 @@ impl Store for MysqlStore {
         })
         .await
     }
+
+    async fn feed_after(&self, after: Position, limit: u32) -> Result<Vec<StoredEvent>> {
+        let rows = read(self.config.statement_timeout, "reading the event feed", || {
+            sqlx::query(rows::FEED_AFTER)
+                .bind(after.0)
+                .bind(limit)
+                .bind(after.0)
+                .bind(limit)
+                .bind(limit)
+                .fetch_all(&self.pool)
+        })
+        .await?;
+        events_in_order(&rows)
+    }
+
+    async fn load_checkpoint(&self, name: &str) -> Result<Position> {
+        check_checkpoint_name(name)?;
+        let position: Option<i64> = read(self.config.statement_timeout, "reading a checkpoint", || {
+            sqlx::query_scalar(rows::LOAD_CHECKPOINT)
+                .bind(name.as_bytes())
+                .fetch_optional(&self.pool)
+        })
+        .await?;
+        Ok(Position(position.unwrap_or(0)))
+    }
+
+    async fn save_checkpoint(&self, name: &str, position: Position) -> Result<()> {
+        check_checkpoint_name(name)?;
+        let save = sqlx::query(rows::SAVE_CHECKPOINT)
+            .bind(name.as_bytes())
+            .bind(position.0)
+            .execute(&self.pool);
+        bounded(self.config.statement_timeout, "saving a checkpoint", async {
+            save.await.map_err(|e| error::map("saving a checkpoint", e))
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+/// The events of rows of [`rows::EVENTS_AFTER`] or [`rows::FEED_AFTER`], by position.
+fn events_in_order(rows: &[sqlx::mysql::MySqlRow]) -> Result<Vec<StoredEvent>> {
+    let mut events = rows
+        .iter()
+        .map(|row| rows::event(row).map_err(corrupt))
+        .collect::<Result<Vec<_>>>()?;
+    // UNION ALL does not promise to keep the order of its `ORDER BY` either.
+    events.sort_unstable_by_key(StoredEvent::position);
+    Ok(events)
 }
 
 #[async_trait]

@@ -413,6 +413,37 @@ async fn plans_use_indexes() {
         }
     }
 
+    let sql = e(rows::FEED_AFTER);
+    for after in [0i64, 15_000] {
+        let plan = explain(
+            &mut conn,
+            sqlx::query(&sql)
+                .bind(after)
+                .bind(100u32)
+                .bind(after)
+                .bind(100u32)
+                .bind(100u32),
+        )
+        .await;
+        assert_plan("feed_after", &plan, "m", "PRIMARY");
+        assert_plan("feed_after", &plan, "e", "PRIMARY");
+        for step in plan.iter().filter(|s| s.table == "m" || s.table == "e") {
+            assert_eq!(step.access, "range", "the position bounds the range: {plan:?}");
+        }
+    }
+
+    for name in ["search-index", "webhooks"] {
+        sqlx::query(rows::SAVE_CHECKPOINT)
+            .bind(name.as_bytes())
+            .bind(7i64)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    let sql = e(rows::LOAD_CHECKPOINT);
+    let plan = explain(&mut conn, sqlx::query(&sql).bind(b"webhooks".as_slice())).await;
+    assert_plan("load_checkpoint", &plan, "chatcore_checkpoints", "PRIMARY");
+
     let sql = e(rows::INBOX_PAGE);
     for before in [i64::MAX, 10_000] {
         let plan = explain(

@@ -119,6 +119,33 @@ pub(crate) const EVENTS_AFTER: &str = concat!(
      ORDER BY id LIMIT ?"
 );
 
+/// Every user's events after a position, oldest first (the host's feed): one statement, so
+/// one consistent view (positions are committed in order across all users, so a view
+/// holding a position holds every lower one), merging two forward ranges of primary keys,
+/// `chatcore_messages` by id and `chatcore_read_events` by position, each at most `limit`
+/// rows. Columns as [`EVENTS_AFTER`]. Binds: after, limit, after, limit, limit.
+pub(crate) const FEED_AFTER: &str = concat!(
+    "(SELECT 0 AS kind, ",
+    message_columns!(),
+    ", NULL AS up_to FROM chatcore_messages m FORCE INDEX (PRIMARY)",
+    message_joins!(),
+    " WHERE m.id > ? ORDER BY m.id LIMIT ?) \
+     UNION ALL \
+     (SELECT ",
+    read_event_columns!(),
+    " FROM chatcore_read_events e FORCE INDEX (PRIMARY)",
+    read_event_joins!(),
+    " WHERE e.position > ? ORDER BY e.position LIMIT ?) \
+     ORDER BY id LIMIT ?"
+);
+
+/// A feed consumer's checkpoint by name: the primary key of `chatcore_checkpoints`.
+pub(crate) const LOAD_CHECKPOINT: &str = "SELECT position FROM chatcore_checkpoints WHERE name = ?";
+
+/// Saves a checkpoint, replacing the one saved before. Binds: name, position.
+pub(crate) const SAVE_CHECKPOINT: &str = "INSERT INTO chatcore_checkpoints (name, position) VALUES (?, ?) \
+     ON DUPLICATE KEY UPDATE position = VALUES(position)";
+
 /// A page of a user's inbox and their unread total in one round trip (one view): the total
 /// by `chatcore_counts` primary key `(user, -1)`, the page as a backward range of
 /// `chatcore_inbox_activity (user_id, last_id)` from the cursor, stopping after `limit` rows,

@@ -237,6 +237,20 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             ),
         ],
     },
+    Migration {
+        version: 5,
+        description: "feed consumers' checkpoints",
+        // The host's feed reads the primary keys of `chatcore_messages` and
+        // `chatcore_read_events` forward: no index to add. A name is at most 100 bytes
+        // (`chatcore::store::MAX_CHECKPOINT_NAME`), compared byte for byte.
+        steps: &[Step::Sql(
+            "CREATE TABLE IF NOT EXISTS chatcore_checkpoints (
+            name VARBINARY(100) NOT NULL,
+            position BIGINT NOT NULL,
+            PRIMARY KEY (name)
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
+        )],
+    },
 ];
 
 /// The newest schema version this code knows.
@@ -418,7 +432,7 @@ mod tests {
         let store =
             crate::MysqlStore::connect_with(database.options().unwrap(), MysqlConfig::default()).unwrap();
         let report = store.migrate().await.unwrap();
-        assert_eq!((report.previous, report.current), (1, 4));
+        assert_eq!((report.previous, report.current), (1, latest_version() as u32));
         assert_eq!(report.notes, Vec::<String>::new(), "alice and bob do not collide");
         let tables: Vec<String> = sqlx::query(
             "SELECT TABLE_NAME AS t FROM information_schema.TABLES \
@@ -489,7 +503,7 @@ mod tests {
         let store =
             crate::MysqlStore::connect_with(database.options().unwrap(), MysqlConfig::default()).unwrap();
         let report = store.migrate().await.unwrap();
-        assert_eq!((report.previous, report.current), (2, 4));
+        assert_eq!((report.previous, report.current), (2, latest_version() as u32));
         assert_eq!(
             report.notes.len(),
             3,
@@ -672,7 +686,16 @@ mod tests {
         let store =
             crate::MysqlStore::connect_with(database.options().unwrap(), MysqlConfig::default()).unwrap();
         let report = store.migrate().await.unwrap();
-        assert_eq!((report.previous, report.current), (3, 4));
+        assert_eq!((report.previous, report.current), (3, latest_version() as u32));
+        // The host's feed lists the messages stored before, in id order.
+        let feed: Vec<i64> = store
+            .feed_after(Position::START, 100)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.position().0)
+            .collect();
+        assert_eq!(feed, [1, 2, 3, 4, 5, 6, 7]);
         let user = |id: i64, s: &str| User {
             id: UserId(id),
             username: Username::from_stored(s),
@@ -808,7 +831,7 @@ mod tests {
         let store =
             crate::MysqlStore::connect_with(database.options().unwrap(), MysqlConfig::default()).unwrap();
         let report = store.migrate().await.unwrap();
-        assert_eq!((report.previous, report.current), (2, 4));
+        assert_eq!((report.previous, report.current), (2, latest_version() as u32));
         assert_eq!(report.notes.len(), 1, "{:?}", report.notes);
         assert!(
             report.notes[0].contains("\"alice\" (user id 2)") && report.notes[0].contains("rename"),

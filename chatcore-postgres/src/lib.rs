@@ -50,6 +50,11 @@
 //!   message ids, indexed `(reader_id, position)` and `(peer_id, position)`:
 //!   [`chatcore::Store::events_after`] is one statement merging four limited ranges.
 //! - `chatcore_notify_payloads`: large notification frames (see [`PgNotifier`]).
+//! - `chatcore_checkpoints` (schema version 4): feed consumers' checkpoints, primary key
+//!   `name`. The host's feed ([`chatcore::Store::feed_after`]) is one statement merging two
+//!   forward ranges of primary keys (`chatcore_messages.id`, `chatcore_read_events.position`):
+//!   every position comes from the sequence row locked until commit (below), so a statement's
+//!   snapshot that holds a position holds every smaller one.
 //! - the function `chatcore_insert_messages`: one batch of sends in one statement (with both
 //!   users' inbox rows and the recipient's unread total); `chatcore_mark_read`: one
 //!   [`chatcore::Store::mark_read`] in one statement, under the same sequence lock.
@@ -119,6 +124,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, Row};
 use tokio::sync::{RwLock, mpsc, oneshot};
 
+use chatcore::store::check_checkpoint_name;
 use chatcore::{
     Backend, BoxError, Credentials, Entity, Error, InboxPage, InboxRequest, Inserted, MarkedRead, Message,
     MessageId, MessagePage, MigrationReport, MovedMarker, NewMessage, PageRequest, Position, ReadMarker,
@@ -468,13 +474,7 @@ impl Store for PostgresStore {
                 .fetch_all(&self.pool)
         })
         .await?;
-        let mut events = rows
-            .iter()
-            .map(|row| rows::event(row).map_err(corrupt))
-            .collect::<Result<Vec<_>>>()?;
-        // UNION ALL under an ORDER BY keeps that order, but sorting costs nothing here.
-        events.sort_unstable_by_key(StoredEvent::position);
-        Ok(events)
+        events_in_order(&rows)
     }
 
     async fn inbox(&self, user: UserId, request: &InboxRequest) -> Result<InboxPage> {
@@ -564,6 +564,50 @@ impl Store for PostgresStore {
             }),
         })
     }
+
+    async fn feed_after(&self, after: Position, limit: u32) -> Result<Vec<StoredEvent>> {
+        let rows = read("reading the event feed", || {
+            sqlx::query(rows::FEED_AFTER)
+                .bind(after.0)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+        })
+        .await?;
+        events_in_order(&rows)
+    }
+
+    async fn load_checkpoint(&self, name: &str) -> Result<Position> {
+        check_checkpoint_name(name)?;
+        let position: Option<i64> = read("reading a checkpoint", || {
+            sqlx::query_scalar(rows::LOAD_CHECKPOINT)
+                .bind(name)
+                .fetch_optional(&self.pool)
+        })
+        .await?;
+        Ok(Position(position.unwrap_or(0)))
+    }
+
+    async fn save_checkpoint(&self, name: &str, position: Position) -> Result<()> {
+        check_checkpoint_name(name)?;
+        sqlx::query(rows::SAVE_CHECKPOINT)
+            .bind(name)
+            .bind(position.0)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| error::map("saving a checkpoint", e))?;
+        Ok(())
+    }
+}
+
+/// The events of rows of [`rows::EVENTS_AFTER`] or [`rows::FEED_AFTER`], by position.
+fn events_in_order(rows: &[sqlx::postgres::PgRow]) -> Result<Vec<StoredEvent>> {
+    let mut events = rows
+        .iter()
+        .map(|row| rows::event(row).map_err(corrupt))
+        .collect::<Result<Vec<_>>>()?;
+    // UNION ALL under an ORDER BY keeps that order, but sorting costs nothing here.
+    events.sort_unstable_by_key(StoredEvent::position);
+    Ok(events)
 }
 
 #[async_trait]

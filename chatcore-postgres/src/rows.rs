@@ -148,6 +148,29 @@ pub(crate) const EVENTS_AFTER: &str = concat!(
      ORDER BY ev.id LIMIT $3"
 );
 
+/// Every user's events after a position, oldest first (the host's feed), in one statement
+/// (one snapshot): a forward range of each primary key, `chatcore_messages` and
+/// `chatcore_read_events`, merged. Columns as [`EVENTS_AFTER`]. Binds: after, limit.
+pub(crate) const FEED_AFTER: &str = concat!(
+    "SELECT ev.* FROM (SELECT 0 AS kind, ",
+    message_columns!("u"),
+    ", NULL::BIGINT AS up_to \
+     FROM (SELECT * FROM chatcore_messages WHERE id > $1 ORDER BY id LIMIT $2) u",
+    message_joins!("u"),
+    " UNION ALL \
+     SELECT 1, e.position, s.username, r.username, NULL::TIMESTAMPTZ, NULL::TEXT, e.up_to \
+     FROM (SELECT * FROM chatcore_read_events WHERE position > $1 ORDER BY position LIMIT $2) e \
+     JOIN chatcore_users s ON s.id = e.reader_id JOIN chatcore_users r ON r.id = e.peer_id) ev \
+     ORDER BY ev.id LIMIT $2"
+);
+
+/// A feed consumer's checkpoint by name: the primary key of `chatcore_checkpoints`.
+pub(crate) const LOAD_CHECKPOINT: &str = "SELECT position FROM chatcore_checkpoints WHERE name = $1";
+
+/// Saves a checkpoint, replacing the one saved before. Binds: name, position.
+pub(crate) const SAVE_CHECKPOINT: &str = "INSERT INTO chatcore_checkpoints (name, position) VALUES ($1, $2) \
+     ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position";
+
 /// A page of a user's inbox and their unread total in one round trip: the total by
 /// `chatcore_counts` primary key (row (user, -1)), the page as one backward range of
 /// `chatcore_inbox_activity` from the cursor, each row joined by primary key to the peer, the

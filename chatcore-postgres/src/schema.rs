@@ -473,6 +473,15 @@ pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
             SET plan_cache_mode = force_generic_plan",
         "ALTER FUNCTION chatcore_mark_read(BIGINT, TEXT, BIGINT) SET plan_cache_mode = force_generic_plan",
     ],
+}, Migration {
+    version: 4,
+    description: "feed consumers' checkpoints",
+    // The host's feed reads the primary keys of `chatcore_messages` and
+    // `chatcore_read_events` forward: no index to add.
+    steps: &["CREATE TABLE chatcore_checkpoints (
+            name TEXT NOT NULL PRIMARY KEY,
+            position BIGINT NOT NULL
+        )"],
 }];
 
 /// The newest version this code knows.
@@ -656,6 +665,15 @@ mod tests {
             PostgresStore::connect_with(database.options().unwrap(), PostgresConfig::default()).unwrap();
         let report = store.migrate().await.unwrap();
         assert_eq!((report.previous, report.current), (1, latest_version() as u32));
+        // The host's feed lists the messages stored before, in id order.
+        let feed: Vec<i64> = store
+            .feed_after(chatcore::Position::START, 100)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.position().0)
+            .collect();
+        assert_eq!(feed, version_1_ids);
 
         let rows = sqlx::query("SELECT user_id, peer_id, last_id, unread, read_up_to FROM chatcore_inbox ORDER BY user_id, peer_id")
             .fetch_all(&mut conn)

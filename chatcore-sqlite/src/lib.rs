@@ -132,7 +132,15 @@
 //! | `chatcore_user_counts` | messages per user and their newest position (schema version 4; read events too since 6), their unread total (6) | primary key `user_id`: the per-user `total`; the newest position is `latest_position` and the previous position an insert or a mark reports; the inbox's `unread_total` |
 //! | `chatcore_inbox` | per user and peer (schema version 6): the conversation's newest id, the user's unread count and read marker | primary key `(user_id, peer_id)`: a mark's row, and the peer's marker on an inbox page; unique `chatcore_inbox_activity (user_id, last_id)`: the inbox, newest activity first, with its `before` cursor, as one range |
 //! | `chatcore_reads` | read events (schema version 6): position (rowid), reader, peer, the message read up to | `chatcore_reads_reader (reader_id)` and the partial `chatcore_reads_peer (peer_id) WHERE peer_id <> reader_id`: a user's read events after a position, as reader and as peer (a note to oneself once), each one range |
+//! | `chatcore_checkpoints` | feed consumers' checkpoints (schema version 7): name → position | primary key `name` |
 //! | `chatcore_migrations` | applied schema steps | primary key `version` |
+//!
+//! The host's event feed ([`chatcore::Store::feed_after`]) is two forward ranges of primary
+//! keys, messages by id and read events by position, read in one transaction and merged:
+//! the single writer commits positions in order, so a snapshot that holds a position holds
+//! every smaller one. Like every read, with the pipelined sync it may show a commit up to one
+//! `fsync` before it is durable (see "Durability" below): a power loss in that window can take
+//! back an event a consumer already handled, and its position is then handed out again.
 //!
 //! The counters are updated in the same transaction as the messages (one upsert per
 //! conversation and user per batch). The `query_plans` tests in `sql.rs` assert with
@@ -219,6 +227,7 @@ use async_trait::async_trait;
 use chatcore::store::{
     Backend, Credentials, InboxPage, InboxRequest, Inserted, MarkedRead, MessagePage, MigrationReport,
     PageRequest, SessionRecord, SessionStore, Store, StoredEvent, TokenHash, UserQuery,
+    check_checkpoint_name,
 };
 use chatcore::{Error, Message, MessageId, NewMessage, Position, Result, User, UserId, Username};
 use chrono::{DateTime, Utc};
@@ -615,6 +624,27 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    async fn feed_after(&self, after: Position, limit: u32) -> Result<Vec<StoredEvent>> {
+        self.read(move |ctx| ctx.feed_after(after, limit)).await
+    }
+
+    async fn load_checkpoint(&self, name: &str) -> Result<Position> {
+        check_checkpoint_name(name)?;
+        let name = name.to_owned();
+        self.read(move |ctx| ctx.load_checkpoint(&name)).await
+    }
+
+    async fn save_checkpoint(&self, name: &str, position: Position) -> Result<()> {
+        check_checkpoint_name(name)?;
+        let name = name.to_owned();
+        self.write(|reply| WriteOp::SaveCheckpoint {
+            name,
+            position: position.0,
+            reply,
+        })
+        .await
+    }
 }
 
 /// Accounts and sessions live in the same file as the messages. Every lookup reads the
@@ -1001,6 +1031,15 @@ mod tests {
         let store = SqliteStore::open(SqliteConfig::file(&path)).await.unwrap();
         let report = store.migrate().await.unwrap();
         assert_eq!((report.previous, report.current), (5, SCHEMA_VERSION));
+        // The host's feed lists the messages stored before, in id order.
+        let feed: Vec<i64> = store
+            .feed_after(Position::START, 1_000)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.position().0)
+            .collect();
+        assert_eq!(feed, (1..=plan.len() as i64).collect::<Vec<_>>());
         let users: Vec<User> = [1, 2, 3, 4, 5]
             .into_iter()
             .zip(["alice", "bob", "carol", "Dave", "erin"])

@@ -81,6 +81,16 @@ pub(crate) fn message_from_row(row: &Row<'_>) -> rusqlite::Result<Message> {
     })
 }
 
+/// A read event from the columns of `sql::READS_AS_READER` (and its siblings).
+fn read_from_row(row: &Row<'_>) -> rusqlite::Result<StoredEvent> {
+    Ok(StoredEvent::Read(ReadMarker {
+        position: Position(row.get(0)?),
+        reader: stored_username(row, 1)?,
+        peer: stored_username(row, 2)?,
+        up_to: MessageId(row.get(3)?),
+    }))
+}
+
 /// A name as stored: not validated again, since it may predate today's rules.
 pub(crate) fn stored_username(row: &Row<'_>, index: usize) -> rusqlite::Result<Username> {
     Ok(Username::from_stored(row.get::<_, String>(index)?))
@@ -329,14 +339,7 @@ impl ReadCtx {
             for sql in [sql::READS_AS_READER, sql::READS_AS_PEER] {
                 let mut stmt = conn.prepare_cached(sql).map_err(error::map)?;
                 let rows = stmt
-                    .query_map([user.0, after.0, i64::from(limit)], |row| {
-                        Ok(StoredEvent::Read(ReadMarker {
-                            position: Position(row.get(0)?),
-                            reader: stored_username(row, 1)?,
-                            peer: stored_username(row, 2)?,
-                            up_to: MessageId(row.get(3)?),
-                        }))
-                    })
+                    .query_map([user.0, after.0, i64::from(limit)], read_from_row)
                     .map_err(error::map)?;
                 for row in rows {
                     events.push(row.map_err(row_error)?);
@@ -346,6 +349,48 @@ impl ReadCtx {
             events.truncate(limit as usize);
             Ok(events)
         })
+    }
+
+    /// The first `limit` events of every user after `after`, oldest first: the first `limit`
+    /// messages and the first `limit` read events, merged by position and cut, from one read
+    /// transaction. The writer commits one position after another, so a snapshot never
+    /// holds a position without every smaller one.
+    pub(crate) fn feed_after(&mut self, after: Position, limit: u32) -> Result<Vec<StoredEvent>> {
+        self.snapshot(|conn, _| {
+            if limit == 0 {
+                return Ok(Vec::new());
+            }
+            let bounds = [after.0, i64::from(limit)];
+            let mut events = Vec::new();
+            let mut stmt = conn.prepare_cached(sql::FEED_MESSAGES).map_err(error::map)?;
+            let rows = stmt
+                .query_map(bounds, |row| message_from_row(row).map(StoredEvent::Message))
+                .map_err(error::map)?;
+            for row in rows {
+                events.push(row.map_err(row_error)?);
+            }
+            let mut stmt = conn.prepare_cached(sql::FEED_READS).map_err(error::map)?;
+            let rows = stmt.query_map(bounds, read_from_row).map_err(error::map)?;
+            for row in rows {
+                events.push(row.map_err(row_error)?);
+            }
+            events.sort_unstable_by_key(StoredEvent::position);
+            events.truncate(limit as usize);
+            Ok(events)
+        })
+    }
+
+    /// The checkpoint saved under `name`, `0` when none was.
+    pub(crate) fn load_checkpoint(&mut self, name: &str) -> Result<Position> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(sql::LOAD_CHECKPOINT)
+            .map_err(error::map)?;
+        let position: Option<i64> = stmt
+            .query_row([name], |r| r.get(0))
+            .optional()
+            .map_err(error::map)?;
+        Ok(Position(position.unwrap_or(0)))
     }
 
     /// A page of `user`'s inbox: a range of their activity index (newest first, stopping at

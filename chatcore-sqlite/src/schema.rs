@@ -227,10 +227,24 @@ CREATE INDEX chatcore_reads_peer ON chatcore_reads (peer_id) WHERE peer_id <> re
 "#,
         then: None,
     },
+    Migration {
+        version: 7,
+        name: "feed consumers' checkpoints",
+        // The host's feed reads the primary keys of `chatcore_messages` and `chatcore_reads`
+        // forward: no index to add. A consumer's checkpoint lives with the data it points
+        // into, one row per name.
+        sql: r#"
+CREATE TABLE chatcore_checkpoints (
+    name     TEXT PRIMARY KEY,
+    position INTEGER NOT NULL
+) WITHOUT ROWID;
+"#,
+        then: None,
+    },
 ];
 
 /// The schema version this code writes and reads.
-pub const SCHEMA_VERSION: u32 = 6;
+pub const SCHEMA_VERSION: u32 = 7;
 
 /// Migration 5's Rust half: gives every user the key of their stored name
 /// ([`Username::key_of`]; names made before today's rules are keyed as they are), then makes

@@ -205,6 +205,31 @@ pub(crate) const READS_AS_PEER: &str = "SELECT e.position, u.username, p.usernam
      WHERE e.peer_id = ?1 AND e.peer_id <> e.reader_id AND e.position > ?2
      ORDER BY e.position LIMIT ?3";
 
+/// Every user's messages after position `?1`, oldest first, at most `?2`: the host's feed, a
+/// forward range of the primary key.
+pub(crate) const FEED_MESSAGES: &str = concat!(
+    message_select!(),
+    "chatcore_messages AS m
+     CROSS JOIN chatcore_users AS s ON s.id = m.sender_id
+     CROSS JOIN chatcore_users AS r ON r.id = m.recipient_id
+     WHERE m.id > ?1 ORDER BY m.id LIMIT ?2"
+);
+
+/// Every read event after position `?1`, oldest first, at most `?2` (columns as
+/// [`READS_AS_READER`]): the feed's other forward range of a primary key.
+pub(crate) const FEED_READS: &str = "SELECT e.position, u.username, p.username, e.up_to
+     FROM chatcore_reads AS e
+     CROSS JOIN chatcore_users AS u ON u.id = e.reader_id
+     CROSS JOIN chatcore_users AS p ON p.id = e.peer_id
+     WHERE e.position > ?1 ORDER BY e.position LIMIT ?2";
+
+/// A feed consumer's checkpoint by name.
+pub(crate) const LOAD_CHECKPOINT: &str = "SELECT position FROM chatcore_checkpoints WHERE name = ?1";
+
+/// `?1` the checkpoint's name, `?2` its position (replacing the one saved before).
+pub(crate) const SAVE_CHECKPOINT: &str = "INSERT INTO chatcore_checkpoints (name, position) VALUES (?1, ?2)
+     ON CONFLICT (name) DO UPDATE SET position = excluded.position";
+
 /// The directory, by `Username::key`: `?1` lower bound, `?2` upper bound (the prefix key's
 /// successor), `?3` excluded id (`NULL` for none), `?4` limit. Four shapes, by which bounds
 /// apply.
@@ -434,6 +459,29 @@ mod query_plans {
             conn,
             READS_AS_PEER,
             &["SEARCH e USING INDEX chatcore_reads_peer (peer_id=? AND rowid>?)"],
+        );
+        assert_plan(
+            conn,
+            FEED_MESSAGES,
+            &[
+                "SEARCH m USING INTEGER PRIMARY KEY (rowid>?)",
+                &format!("SEARCH s {BY_ROWID}"),
+                &format!("SEARCH r {BY_ROWID}"),
+            ],
+        );
+        assert_plan(
+            conn,
+            FEED_READS,
+            &[
+                "SEARCH e USING INTEGER PRIMARY KEY (rowid>?)",
+                &format!("SEARCH u {BY_ROWID}"),
+                &format!("SEARCH p {BY_ROWID}"),
+            ],
+        );
+        assert_plan(
+            conn,
+            LOAD_CHECKPOINT,
+            &["SEARCH chatcore_checkpoints USING PRIMARY KEY (name=?)"],
         );
         assert_plan(
             conn,

@@ -26,3 +26,17 @@ mod file_without_readers {
     chatcore::store_conformance_tests!(fresh);
     chatcore::session_store_conformance_tests!(fresh_sessions);
 }
+
+/// The feed and its checkpoints survive closing the file and opening it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feed_resumes_after_a_restart() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("chat.sqlite3");
+    let open = || async {
+        let config = chatcore_sqlite::SqliteConfig::file(path.clone());
+        let store = chatcore_sqlite::SqliteStore::open(config).await.expect("open");
+        store.migrate().await.expect("migrate");
+        std::sync::Arc::new(store) as std::sync::Arc<dyn chatcore::Store>
+    };
+    chatcore::conformance::feed_resumes_after_a_restart(open().await, open).await;
+}

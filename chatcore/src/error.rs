@@ -27,6 +27,11 @@ pub enum Error {
     #[error("{0}")]
     Unprocessable(String),
 
+    /// A send policy refused the message ([`crate::SendPolicy`]); nothing was stored. HTTP 403
+    /// or 422, as the policy chose ([`crate::RejectionKind`]), with the policy's reason.
+    #[error("{0}")]
+    Rejected(crate::Rejection),
+
     /// The caller must slow down (HTTP 429 with `Retry-After`).
     #[error("too many requests, retry in {} ms", retry_after.as_millis())]
     RateLimited {

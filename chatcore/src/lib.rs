@@ -8,7 +8,8 @@
 //! - the domain types ([`Username`], [`Message`], [`ConversationKey`], ...);
 //! - the [`Store`] trait that storage backends implement (`chatcore-sqlite`, `chatcore-mysql`)
 //!   and the [`Notifier`] trait that notification transports implement (`chatcore-redis`);
-//! - [`ChatService`], the logic: validate, store durably, then notify both parties;
+//! - [`ChatService`], the logic: validate, ask the host's [`SendPolicy`]s, store durably, then
+//!   notify both parties;
 //! - [`MemoryStore`] and [`LocalNotifier`], complete in-process backends;
 //! - with feature `conformance`, the suite every storage backend must pass
 //!   ([`store_conformance_tests!`]).
@@ -42,13 +43,18 @@
 //! - `feed.rs`: [`Feed`], a connection's subscription under the service's rules, and the
 //!   per-user catch-up read gate.
 //! - `service.rs`: [`ChatService`] and [`ChatConfig`].
+//! - `policy.rs`: [`SendPolicy`], the host's say before a message is stored, and the chain
+//!   that runs the policies under their deadline.
 //! - `memory.rs`: [`MemoryStore`].
+//! - `consumer.rs`: [`FeedConsumer`], a host's loop over the event feed
+//!   ([`Store::feed_after`]) with its checkpoint in the store, retried with backoff.
 //! - `metrics.rs`: the metric names, the handles the service, stores and notifiers register,
 //!   and how a host installs a recorder ([`metrics`]).
 //! - `conformance.rs`: the backend conformance suite.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod consumer;
 mod error;
 pub mod event;
 mod feed;
@@ -57,6 +63,7 @@ mod memory;
 pub mod metrics;
 mod model;
 pub mod notify;
+mod policy;
 mod rate;
 mod service;
 pub mod store;
@@ -67,6 +74,7 @@ pub mod conformance;
 #[cfg(feature = "conformance")]
 pub mod notifier_conformance;
 
+pub use consumer::{FeedConsumer, FeedConsumerConfig, FeedHandler};
 pub use error::{BoxError, Entity, Error, Result};
 pub use event::{Event, EventData, EventKind, Position, RESYNC_FRAME, SessionId};
 pub use feed::Feed;
@@ -75,6 +83,9 @@ pub use model::{
     ConversationKey, Message, MessageId, NewMessage, User, UserId, Username, now_micros, timestamp_micros,
 };
 pub use notify::{CloseReason, Delivery, LocalNotifier, Notifier, Recipient, Subscription};
+pub use policy::{
+    Draft, PolicyAction, PolicyCounts, PolicyFallback, Rejection, RejectionKind, SendPolicy, Verdict,
+};
 pub use service::{
     CatchUp, CatchUpPage, ChatConfig, ChatService, DirectoryQuery, HistoryQuery, InboxQuery, ReadState,
     SendRequest, Sent,

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use crate::store::{
     Backend, Conversation, Credentials, InboxPage, InboxRequest, Inserted, MarkedRead, MessagePage,
     MigrationReport, MovedMarker, PageRequest, ReadMarker, SessionRecord, SessionStore, Store, StoredEvent,
-    TokenHash, UserQuery,
+    TokenHash, UserQuery, check_checkpoint_name,
 };
 use crate::{
     ConversationKey, Entity, Error, Message, MessageId, NewMessage, Position, Result, User, UserId, Username,
@@ -49,6 +49,8 @@ struct State {
     conversations: HashMap<ConversationKey, Vec<usize>>,
     by_user: HashMap<UserId, Vec<usize>>,
     idempotency: HashMap<(UserId, String), usize>,
+    /// Feed consumers' checkpoints by name.
+    checkpoints: HashMap<String, Position>,
 }
 
 /// One of a user's durable events: an index into `messages` or `reads`.
@@ -482,6 +484,45 @@ impl Store for MemoryStore {
                 },
             }),
         })
+    }
+
+    async fn feed_after(&self, after: Position, limit: u32) -> Result<Vec<StoredEvent>> {
+        let state = self.read();
+        let first_message = state.messages.partition_point(|m| Position::from(m.id) <= after);
+        let first_read = state.reads.partition_point(|r| r.position <= after);
+        let mut messages = state.messages[first_message..].iter().peekable();
+        let mut reads = state.reads[first_read..].iter().peekable();
+        let mut events = Vec::with_capacity((limit as usize).min(1024));
+        while events.len() < limit as usize {
+            let message_first = match (messages.peek(), reads.peek()) {
+                (None, None) => break,
+                (Some(message), Some(read)) => Position::from(message.id) < read.position,
+                (message, _) => message.is_some(),
+            };
+            let event = if message_first {
+                messages.next().cloned().map(StoredEvent::Message)
+            } else {
+                reads.next().cloned().map(StoredEvent::Read)
+            };
+            events.extend(event);
+        }
+        Ok(events)
+    }
+
+    async fn load_checkpoint(&self, name: &str) -> Result<Position> {
+        check_checkpoint_name(name)?;
+        Ok(self
+            .read()
+            .checkpoints
+            .get(name)
+            .copied()
+            .unwrap_or(Position::START))
+    }
+
+    async fn save_checkpoint(&self, name: &str, position: Position) -> Result<()> {
+        check_checkpoint_name(name)?;
+        self.write().checkpoints.insert(name.to_owned(), position);
+        Ok(())
     }
 }
 

@@ -1,12 +1,13 @@
 //! [`ChatService`]: the message center's logic over a [`Store`] and a [`Notifier`].
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::event::SessionId;
 use crate::feed::{Connections, Feed, ReadGate};
 use crate::metrics::{SendOutcome, ServiceMetrics};
 use crate::notify::{Event, Notifier, Position, Recipient};
+use crate::policy::{PolicyAction, PolicyChain, PolicyCounts, PolicyFallback, SendPolicy};
 use crate::rate::SendRateLimiter;
 use crate::store::{InboxPage, InboxRequest, MessagePage, PageRequest, Store, StoredEvent, UserQuery};
 use crate::{Entity, Error, Message, MessageId, NewMessage, Result, User, UserId, Username};
@@ -66,6 +67,13 @@ pub struct ChatConfig {
     pub default_inbox_page: u32,
     /// Largest inbox page a client may ask for; larger requests are clamped. Default 100.
     pub max_inbox_page: u32,
+    /// How long each [`SendPolicy`] may take to answer; past it [`ChatConfig::policy_fallback`]
+    /// applies and is counted ([`ChatService::policy_counts`]). Must be more than zero.
+    /// Default 500 ms.
+    pub policy_deadline: Duration,
+    /// What a policy that does not answer in time, or fails, decides. Default
+    /// [`PolicyFallback::Allow`].
+    pub policy_fallback: PolicyFallback,
 }
 
 impl ChatConfig {
@@ -95,6 +103,11 @@ impl ChatConfig {
         ];
         if let Some((name, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(Error::invalid(format!("chat config: {name} must be at least 1")));
+        }
+        if self.policy_deadline.is_zero() {
+            return Err(Error::invalid(
+                "chat config: policy_deadline must be more than zero",
+            ));
         }
         if self.default_page_size > self.max_page_size
             || self.default_user_page > self.max_user_page
@@ -127,6 +140,8 @@ impl Default for ChatConfig {
             send_rate_per_sec: 20,
             default_inbox_page: 20,
             max_inbox_page: 100,
+            policy_deadline: Duration::from_millis(500),
+            policy_fallback: PolicyFallback::Allow,
         }
     }
 }
@@ -263,6 +278,7 @@ pub struct ChatService {
     catch_up_gate: Arc<ReadGate>,
     send_limiter: Option<Arc<SendRateLimiter>>,
     metrics: Arc<ServiceMetrics>,
+    policies: Arc<PolicyChain>,
 }
 
 impl std::fmt::Debug for ChatService {
@@ -284,9 +300,25 @@ impl ChatService {
             connections: Arc::new(Connections::new(config.max_connections_per_user.max(1))),
             catch_up_gate: Arc::new(ReadGate::new(config.catch_up_reads_per_user)),
             send_limiter: SendRateLimiter::new(config.send_burst, config.send_rate_per_sec).map(Arc::new),
+            policies: Arc::new(PolicyChain::new(&config)),
             config: Arc::new(config),
             metrics: Arc::new(ServiceMetrics::register()),
         }
+    }
+
+    /// Adds `policy` after the policies added before it: every send asks them in order
+    /// ([`SendPolicy`]), each under [`ChatConfig::policy_deadline`]. Add policies while
+    /// building the service: clones made before do not see the new one.
+    pub fn with_send_policy(mut self, policy: Arc<dyn SendPolicy>) -> Self {
+        self.policies = Arc::new(self.policies.with(policy));
+        self
+    }
+
+    /// How often a policy did not answer in time or failed, so that
+    /// [`ChatConfig::policy_fallback`] decided instead, since the service was built (shared
+    /// by its clones).
+    pub fn policy_counts(&self) -> PolicyCounts {
+        self.policies.counts()
     }
 
     /// The store.
@@ -339,12 +371,14 @@ impl ChatService {
     }
 
     /// Sends a message from `sender`: applies the send rate limit, trims and checks the body,
-    /// stores it durably, and only then notifies each distinct participant once.
+    /// asks the send policies ([`ChatService::with_send_policy`]), stores it durably, and only
+    /// then notifies each distinct participant once.
     ///
     /// Errors: [`Error::RateLimited`] past [`ChatConfig::send_burst`] /
     /// [`ChatConfig::send_rate_per_sec`]; [`Error::Invalid`] for a body that is empty once
     /// whitespace and invisible characters are set aside, too long, or holding control
-    /// characters other than newline and tab; [`Error::NotFound`] for an unknown recipient;
+    /// characters other than newline and tab (a policy's rewrite included);
+    /// [`Error::Rejected`] when a policy refused it; [`Error::NotFound`] for an unknown recipient;
     /// [`Error::Unprocessable`] for an idempotency key already used with another recipient or
     /// body.
     pub async fn send(&self, sender: &User, request: SendRequest) -> Result<Sent> {
@@ -381,6 +415,13 @@ impl ChatService {
                 )));
             }
             other => other,
+        };
+        let body = if self.policies.is_empty() {
+            body
+        } else {
+            self.policies
+                .decide(PolicyAction::Send, sender, &recipient, body)
+                .await?
         };
         let keyed_body = idempotency_key.as_ref().map(|_| body.clone());
         let inserted = self
@@ -623,6 +664,32 @@ impl ChatService {
     /// How many live connections `user` holds on this process.
     pub fn connection_count(&self, user: &User) -> usize {
         self.connections.count(user.id)
+    }
+
+    /// Whether the user `user` holds at least one live connection
+    /// ([`ChatService::subscribe`]) on this process: a host's push consumer asks it to notify
+    /// only those who would not see the event live. One lookup in a sharded table, no I/O.
+    ///
+    /// Per process: with several server processes behind a notifier that carries events
+    /// between them, a user connected to another process is not connected *here*; a
+    /// cluster-wide answer needs presence shared between nodes (issue #20), which does not
+    /// exist yet.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> chatcore::Result<()> {
+    /// use std::sync::Arc;
+    /// use chatcore::{ChatConfig, ChatService, LocalNotifier, MemoryStore};
+    /// let chat = ChatService::new(Arc::new(MemoryStore::new()), Arc::new(LocalNotifier::default()), ChatConfig::default());
+    /// let bob = chat.create_user("bob").await?;
+    /// assert!(!chat.is_connected_here(bob.id));
+    /// let tab = chat.subscribe(&bob, None).await?;
+    /// assert!(chat.is_connected_here(bob.id));
+    /// drop(tab);
+    /// assert!(!chat.is_connected_here(bob.id));
+    /// # Ok(()) }
+    /// ```
+    pub fn is_connected_here(&self, user: UserId) -> bool {
+        self.connections.count(user) > 0
     }
 
     /// Closes every connection opened with `session` of `user`, on every node (logout,

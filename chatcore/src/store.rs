@@ -223,6 +223,11 @@ pub type TokenHash = [u8; 32];
 /// A backend that takes ids from a plain database sequence without ordering commits breaks
 /// this; the conformance suite's `concurrent_writers_never_reveal_a_lower_position` catches it.
 ///
+/// The same holds across users, for the host's event feed ([`Store::feed_after`]): once any
+/// reader can see position `p`, every reader can see every event below `p`, whoever it
+/// belongs to (`feed_never_skips_under_concurrent_writers` checks it). One sequence whose
+/// lock is held until commit (what every backend of this workspace does) gives both.
+///
 /// Errors: a missing user or message is `Ok(None)` where the signature allows it, otherwise
 /// [`crate::Error::NotFound`]; a taken username is [`crate::Error::Conflict`]; a backend that
 /// is down or busy is [`crate::Error::Unavailable`].
@@ -304,6 +309,47 @@ pub trait Store: Send + Sync + 'static {
     /// Errors: [`crate::Error::NotFound`] with [`crate::Entity::User`] for an unknown `peer`,
     /// with [`crate::Entity::Message`] when `up_to` is not a message between the two.
     async fn mark_read(&self, reader: &User, peer: &Username, up_to: MessageId) -> Result<MarkedRead>;
+
+    /// Up to `limit` durable events of every user (messages, read markers that moved) with a
+    /// position greater than `after`, oldest first, each once (a message is one event, not
+    /// one per participant), read from one consistent view: the host's event feed, read
+    /// after a checkpoint it keeps ([`Store::load_checkpoint`], [`crate::FeedConsumer`]).
+    ///
+    /// The promise a consumer relies on: the global order is position order, and a position
+    /// becomes visible here only once every smaller position that will ever exist is visible
+    /// (positions are handed out in commit order across all users, not only per user: trait
+    /// docs, "Positions"). So a consumer that reads after the last position it handled never
+    /// skips an event, whatever the number of concurrent writers. Costs an index range of
+    /// at most `limit` rows per kind of event, whatever the size of the tables.
+    async fn feed_after(&self, after: Position, limit: u32) -> Result<Vec<StoredEvent>>;
+
+    /// The position saved under `name` by [`Store::save_checkpoint`]; [`Position::START`]
+    /// when none was. Names are at most [`MAX_CHECKPOINT_NAME`] bytes (longer is
+    /// [`crate::Error::Invalid`]).
+    async fn load_checkpoint(&self, name: &str) -> Result<Position>;
+
+    /// Durably saves `position` under `name`, replacing what was saved before (even a larger
+    /// position: a consumer may move back to replay). Checkpoints live with the chat data, so a
+    /// consumer restarted on any node resumes where the last one stopped.
+    async fn save_checkpoint(&self, name: &str, position: Position) -> Result<()>;
+}
+
+/// The longest checkpoint name, in bytes ([`Store::save_checkpoint`]).
+pub const MAX_CHECKPOINT_NAME: usize = 100;
+
+/// Checks a checkpoint name: 1 to [`MAX_CHECKPOINT_NAME`] bytes. Every store calls it first.
+///
+/// ```
+/// assert!(chatcore::store::check_checkpoint_name("webhooks").is_ok());
+/// assert!(chatcore::store::check_checkpoint_name("").is_err());
+/// ```
+pub fn check_checkpoint_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > MAX_CHECKPOINT_NAME {
+        return Err(crate::Error::invalid(format!(
+            "a checkpoint name is 1 to {MAX_CHECKPOINT_NAME} bytes"
+        )));
+    }
+    Ok(())
 }
 
 /// Accounts with passwords and login sessions: what `chatcore-axum`'s `SessionAuthenticator`

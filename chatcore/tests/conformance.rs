@@ -191,7 +191,27 @@ mod reordering {
         async fn inbox(&self, _: UserId, _: &InboxRequest) -> Result<InboxPage> {
             Err(Error::bug("not kept by this test store"))
         }
-        async fn mark_read(&self, _: &User, _: &Username, _: MessageId) -> Result<MarkedRead> {
+        /// Markers are not kept: a mark stores nothing and moves nothing.
+        async fn mark_read(&self, _: &User, _: &Username, up_to: MessageId) -> Result<MarkedRead> {
+            Ok(MarkedRead {
+                unread: 0,
+                read_up_to: up_to,
+                moved: None,
+            })
+        }
+        async fn feed_after(&self, after: Position, limit: u32) -> Result<Vec<StoredEvent>> {
+            Ok(self
+                .published()
+                .messages
+                .range(after.0.saturating_add(1)..)
+                .take(limit as usize)
+                .map(|(_, (m, _, _))| StoredEvent::Message(m.clone()))
+                .collect())
+        }
+        async fn load_checkpoint(&self, _: &str) -> Result<Position> {
+            Err(Error::bug("not kept by this test store"))
+        }
+        async fn save_checkpoint(&self, _: &str, _: Position) -> Result<()> {
             Err(Error::bug("not kept by this test store"))
         }
     }
@@ -236,11 +256,39 @@ async fn concurrent_check_catches_a_reader_passing_an_unpublished_id_on_two_thre
     catches_the_reordering_store(true).await;
 }
 
-/// The check passes a correct store on one thread too (the suite runs it on two).
+async fn feed_check_catches_the_reordering_store() {
+    let mut failures = Vec::new();
+    for _ in 0..TRIES {
+        let store: Arc<dyn chatcore::Store> = Arc::new(reordering::ReorderingStore::new(true));
+        if let Err(failure) = chatcore::conformance::check_feed_order(store).await {
+            failures.push(failure);
+        }
+    }
+    assert!(
+        !failures.is_empty(),
+        "the feed check passed a store that reveals positions out of order {TRIES} times out of {TRIES}"
+    );
+    eprintln!("caught {} of {TRIES}: {}", failures.len(), failures[0]);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn feed_check_catches_out_of_order_positions_on_one_thread() {
+    feed_check_catches_the_reordering_store().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feed_check_catches_out_of_order_positions_on_two_threads() {
+    feed_check_catches_the_reordering_store().await;
+}
+
+/// The checks pass a correct store on one thread too (the suite runs them on two).
 #[tokio::test(flavor = "current_thread")]
 async fn concurrent_check_passes_the_memory_store_on_one_thread() {
     for _ in 0..3 {
         chatcore::conformance::check_concurrent_positions(fresh_store().await)
+            .await
+            .unwrap();
+        chatcore::conformance::check_feed_order(fresh_store().await)
             .await
             .unwrap();
     }

@@ -1,28 +1,15 @@
 //! `ChatService` behaviour over the in-memory backends.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use chatcore::{
     CatchUpPage, ChatConfig, ChatService, CloseReason, Delivery, DirectoryQuery, Entity, Error, Feed,
-    HistoryQuery, LocalNotifier, MemoryStore, MessageId, Position, SendRequest, SessionId, User,
+    HistoryQuery, MessageId, Position, SendRequest, SessionId, User,
 };
 
-fn service(config: ChatConfig) -> ChatService {
-    ChatService::new(
-        Arc::new(MemoryStore::new()),
-        Arc::new(LocalNotifier::new(64)),
-        config,
-    )
-}
+mod common;
 
-fn to(recipient: &str, body: &str) -> SendRequest {
-    SendRequest {
-        recipient: recipient.into(),
-        body: body.into(),
-        idempotency_key: None,
-    }
-}
+use common::{pair, service, to};
 
 /// The next event's position, `None` when nothing is queued. `LocalNotifier` delivers
 /// within `publish`, so everything a finished send published is already queued.
@@ -39,13 +26,6 @@ async fn next(feed: &mut Feed) -> Delivery {
         .await
         .expect("a delivery within 5 s")
         .expect("the feed goes on")
-}
-
-async fn pair(chat: &ChatService) -> (User, User) {
-    (
-        chat.create_user("alice").await.unwrap(),
-        chat.create_user("bob").await.unwrap(),
-    )
 }
 
 #[tokio::test]
@@ -387,6 +367,21 @@ async fn too_many_connections_close_the_oldest() {
     // Other users are counted apart.
     let _alice_tab = chat.subscribe(&alice, None).await.unwrap();
     assert_eq!(chat.connection_count(&bob), 1);
+}
+
+#[tokio::test]
+async fn is_connected_here_follows_the_users_live_connections() {
+    let chat = service(ChatConfig::default());
+    let (alice, bob) = pair(&chat).await;
+    assert!(!chat.is_connected_here(bob.id));
+    let first = chat.subscribe(&bob, None).await.unwrap();
+    let second = chat.clone().subscribe(&bob, None).await.unwrap();
+    assert!(chat.is_connected_here(bob.id), "clones share the table");
+    assert!(!chat.is_connected_here(alice.id), "per user");
+    drop(first);
+    assert!(chat.is_connected_here(bob.id), "one connection left");
+    drop(second);
+    assert!(!chat.is_connected_here(bob.id));
 }
 
 #[tokio::test]

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chatcore::{Backend, ChatConfig, ChatService, LocalNotifier, Notifier, User};
+use chatcore::{Backend, ChatConfig, ChatService, LocalNotifier, Notifier, SendPolicy, User};
 use chatcore_axum::{ApiConfig, ChatApi, SessionAuthenticator, SessionConfig, ShutdownHandle};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
@@ -40,6 +40,8 @@ pub struct Options {
     pub notifier: Option<Arc<dyn Notifier>>,
     /// The authenticator's settings (default: [`fast_sessions`]).
     pub sessions: SessionConfig,
+    /// Send policies, in order (default: none).
+    pub policies: Vec<Arc<dyn SendPolicy>>,
 }
 
 impl Default for Options {
@@ -50,6 +52,7 @@ impl Default for Options {
             notifier_queue: LocalNotifier::DEFAULT_QUEUE,
             notifier: None,
             sessions: fast_sessions(),
+            policies: Vec::new(),
         }
     }
 }
@@ -83,7 +86,10 @@ impl TestApp {
         let notifier = options
             .notifier
             .unwrap_or_else(|| Arc::new(LocalNotifier::new(options.notifier_queue)));
-        let chat = ChatService::new(store.clone(), notifier, options.chat);
+        let chat = options.policies.into_iter().fold(
+            ChatService::new(store.clone(), notifier, options.chat),
+            ChatService::with_send_policy,
+        );
         let auth = SessionAuthenticator::new(store, options.sessions).unwrap();
         auth.start(&chat).await.unwrap();
         let api = ChatApi::new(chat.clone(), auth.clone())

@@ -734,6 +734,92 @@ pub async fn send_rate_limit_answers_429_with_retry_after(store: Arc<dyn Backend
     }
 }
 
+/// Refuses spam (422) and links (403), rewrites "darn", allows the rest.
+struct Moderator;
+
+#[async_trait]
+impl chatcore::SendPolicy for Moderator {
+    async fn check(&self, draft: &chatcore::Draft<'_>) -> Result<chatcore::Verdict, chatcore::BoxError> {
+        use chatcore::{Rejection, Verdict};
+        Ok(if draft.body.contains("spam") {
+            Verdict::Reject(Rejection::unprocessable("that looks like spam"))
+        } else if draft.body.contains("http://") {
+            Verdict::Reject(Rejection::forbidden("links are for subscribers"))
+        } else if draft.body.contains("darn") {
+            Verdict::Rewrite(draft.body.replace("darn", "d*rn"))
+        } else {
+            Verdict::Allow
+        })
+    }
+}
+
+/// Never answers.
+struct SilentPolicy;
+
+#[async_trait]
+impl chatcore::SendPolicy for SilentPolicy {
+    async fn check(&self, _draft: &chatcore::Draft<'_>) -> Result<chatcore::Verdict, chatcore::BoxError> {
+        std::future::pending().await
+    }
+}
+
+pub async fn send_policies_answer_403_422_or_rewrite(store: Arc<dyn Backend>) {
+    let options = Options {
+        policies: vec![Arc::new(Moderator) as Arc<dyn chatcore::SendPolicy>],
+        ..Default::default()
+    };
+    let app = TestApp::spawn_with(store, options).await;
+    let (_, alice) = app.user("alice").await;
+    let (_, bob) = app.user("bob").await;
+    let mut bob_ws = app.ws(&bob, None).await;
+    let post = |body: &str| {
+        app.client(&alice)
+            .post(app.url("/api/v1/message/"))
+            .json(&json!({"recipient": "bob", "body": body}))
+            .send()
+    };
+    let spam = error_of(post("cheap spam").await.unwrap(), 422).await;
+    assert_eq!(spam, "that looks like spam");
+    let link = error_of(post("see http://example.com").await.unwrap(), 403).await;
+    assert_eq!(link, "links are for subscribers");
+    let rewritten = app.send(&alice, "bob", "darn it").await;
+    assert_eq!(rewritten["body"], "d*rn it");
+    // The refused messages were never notified: bob's first frame is the rewritten one.
+    let first = frame(&mut bob_ws).await;
+    assert_eq!(first["data"], rewritten);
+    // ... nor stored.
+    let (status, history) = get_json(&app, &bob, "/api/v1/message/?target=alice").await;
+    assert_eq!(status, 200);
+    assert_eq!(history["count"], 1);
+    assert_eq!(history["results"][0]["body"], "d*rn it");
+    close(bob_ws).await;
+
+    // A policy that does not answer in time, with the fallback "reject": 403, nothing stored.
+    let strict = Options {
+        chat: ChatConfig {
+            policy_deadline: Duration::from_millis(50),
+            policy_fallback: chatcore::PolicyFallback::Reject,
+            ..Default::default()
+        },
+        policies: vec![Arc::new(SilentPolicy) as Arc<dyn chatcore::SendPolicy>],
+        ..Default::default()
+    };
+    let app = TestApp::spawn_with(Arc::new(chatcore::MemoryStore::new()), strict).await;
+    let (_, alice) = app.user("alice").await;
+    app.user("bob").await;
+    let refused = app
+        .client(&alice)
+        .post(app.url("/api/v1/message/"))
+        .json(&json!({"recipient": "bob", "body": "hello"}))
+        .send()
+        .await
+        .unwrap();
+    error_of(refused, 403).await;
+    assert_eq!(app.chat.policy_counts().timed_out, 1);
+    let (_, history) = get_json(&app, &alice, "/api/v1/message/").await;
+    assert_eq!(history["count"], 0);
+}
+
 pub async fn unknown_paths_and_wrong_methods_answer_json(store: Arc<dyn Backend>) {
     let app = TestApp::spawn(store).await;
     let (_, alice) = app.user("alice").await;

@@ -24,6 +24,7 @@ macro_rules! api_suite {
             message_validation_errors,
             idempotent_retry_returns_same_message_and_notifies_once,
             send_rate_limit_answers_429_with_retry_after,
+            send_policies_answer_403_422_or_rewrite,
             unknown_paths_and_wrong_methods_answer_json,
             cross_site_cookie_requests_are_refused,
             history_pages_with_page_before_and_limit,

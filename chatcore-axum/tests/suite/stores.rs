@@ -171,6 +171,18 @@ impl Store for TestStore {
         self.check(&self.down)?;
         self.inner.mark_read(reader, peer, up_to).await
     }
+    async fn feed_after(&self, after: Position, limit: u32) -> chatcore::Result<Vec<StoredEvent>> {
+        self.check(&self.down)?;
+        self.inner.feed_after(after, limit).await
+    }
+    async fn load_checkpoint(&self, name: &str) -> chatcore::Result<Position> {
+        self.check(&self.down)?;
+        self.inner.load_checkpoint(name).await
+    }
+    async fn save_checkpoint(&self, name: &str, position: Position) -> chatcore::Result<()> {
+        self.check(&self.down)?;
+        self.inner.save_checkpoint(name, position).await
+    }
 }
 
 #[async_trait]

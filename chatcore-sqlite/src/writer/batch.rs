@@ -273,6 +273,11 @@ impl Writer {
                     .execute([now])?;
                 Ok(Outcome::Count(Ok(deleted as u64)))
             }
+            WriteOp::SaveCheckpoint { name, position, .. } => {
+                conn.prepare_cached(sql::SAVE_CHECKPOINT)?
+                    .execute(rusqlite::params![name, position])?;
+                Ok(Outcome::Unit(Ok(())))
+            }
             WriteOp::Insert { message, .. } => Ok(Outcome::Inserted(self.insert(message, created_at)?)),
             WriteOp::MarkRead {
                 reader, peer, up_to, ..

@@ -71,6 +71,12 @@ pub(crate) enum WriteOp {
         up_to: MessageId,
         reply: Reply<MarkedRead>,
     },
+    /// A feed consumer's checkpoint (`Store::save_checkpoint`).
+    SaveCheckpoint {
+        name: String,
+        position: i64,
+        reply: Reply<()>,
+    },
 }
 
 /// What the writer queue carries.
@@ -99,7 +105,9 @@ impl WriteOp {
                 let _ = reply.send(result);
             }
             (
-                WriteOp::CreateSession { reply, .. } | WriteOp::DeleteSession { reply, .. },
+                WriteOp::CreateSession { reply, .. }
+                | WriteOp::DeleteSession { reply, .. }
+                | WriteOp::SaveCheckpoint { reply, .. },
                 Outcome::Unit(result),
             ) => {
                 let _ = reply.send(result);
@@ -122,7 +130,9 @@ impl WriteOp {
             WriteOp::CreateUser { reply, .. } => {
                 let _ = reply.send(Err(error));
             }
-            WriteOp::CreateSession { reply, .. } | WriteOp::DeleteSession { reply, .. } => {
+            WriteOp::CreateSession { reply, .. }
+            | WriteOp::DeleteSession { reply, .. }
+            | WriteOp::SaveCheckpoint { reply, .. } => {
                 let _ = reply.send(Err(error));
             }
             WriteOp::DeleteExpiredSessions { reply, .. } => {

@@ -26,6 +26,9 @@
 //! - `messages.rs`: sending, pages, counts, idempotency, text round trips.
 //! - `positions.rs`: catch-up after a position, previous positions, concurrent writers.
 //! - `inbox.rs`: the inbox, unread counts, read markers and read events.
+//! - `feed.rs`: the host's event feed ([`Store::feed_after`]) and checkpoints, and the
+//!   restart scenario a backend with durable storage runs by itself
+//!   ([`feed_resumes_after_a_restart`]).
 //! - `sessions.rs`: accounts, credentials, sessions and their expiry.
 
 use std::sync::Arc;
@@ -39,12 +42,14 @@ use crate::store::{
 };
 use crate::{Entity, Error, Message, MessageId, NewMessage, Position, Result, User, UserId, Username};
 
+mod feed;
 mod inbox;
 mod messages;
 mod positions;
 mod sessions;
 mod users;
 
+pub use feed::*;
 pub use inbox::*;
 pub use messages::*;
 pub use positions::*;
@@ -122,6 +127,15 @@ impl<S: Store, G: Send + Sync + 'static> Store for GuardedStore<S, G> {
     async fn mark_read(&self, reader: &User, peer: &Username, up_to: MessageId) -> Result<MarkedRead> {
         self.store.mark_read(reader, peer, up_to).await
     }
+    async fn feed_after(&self, after: Position, limit: u32) -> Result<Vec<StoredEvent>> {
+        self.store.feed_after(after, limit).await
+    }
+    async fn load_checkpoint(&self, name: &str) -> Result<Position> {
+        self.store.load_checkpoint(name).await
+    }
+    async fn save_checkpoint(&self, name: &str, position: Position) -> Result<()> {
+        self.store.save_checkpoint(name, position).await
+    }
 }
 
 #[async_trait]
@@ -189,6 +203,9 @@ macro_rules! store_conformance_tests {
             concurrent_sends_while_the_other_marks_read,
             inbox_pages_never_repeat_under_concurrent_sends,
             concurrent_marks_and_sends_reveal_positions_in_order,
+            feed_lists_every_event_once_in_position_order,
+            feed_never_skips_under_concurrent_writers,
+            checkpoints_are_saved_by_name,
         );
     };
 }
