@@ -24,7 +24,8 @@
 //! - `mod.rs`: [`GuardedStore`], the macros, helpers shared by the scenarios.
 //! - `users.rs`: names, uniqueness without regard to case, the directory.
 //! - `messages.rs`: sending, pages, counts, idempotency, text round trips.
-//! - `positions.rs`: catch-up after a position, previous positions, concurrent writers.
+//! - `positions.rs`: catch-up after a position, previous positions, concurrent writers, and
+//!   the readiness read (`Store::check_ready`).
 //! - `inbox.rs`: the inbox, unread counts, read markers and read events.
 //! - `sessions.rs`: accounts, credentials, sessions and their expiry.
 
@@ -122,6 +123,9 @@ impl<S: Store, G: Send + Sync + 'static> Store for GuardedStore<S, G> {
     async fn mark_read(&self, reader: &User, peer: &Username, up_to: MessageId) -> Result<MarkedRead> {
         self.store.mark_read(reader, peer, up_to).await
     }
+    async fn check_ready(&self) -> Result<()> {
+        self.store.check_ready().await
+    }
 }
 
 #[async_trait]
@@ -189,6 +193,7 @@ macro_rules! store_conformance_tests {
             concurrent_sends_while_the_other_marks_read,
             inbox_pages_never_repeat_under_concurrent_sends,
             concurrent_marks_and_sends_reveal_positions_in_order,
+            check_ready_reads_without_a_trace,
         );
     };
 }
