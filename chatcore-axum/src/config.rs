@@ -60,6 +60,11 @@ pub struct ApiConfig {
     /// Built with [`TrustedOrigin::parse`], so a bad entry fails where the setting is read.
     /// Default: none.
     pub trusted_origins: Vec<TrustedOrigin>,
+    /// Longest `/readyz` waits for the store's trivial read
+    /// ([`chatcore::Store::check_ready`]) before it answers 503: shorter than an
+    /// orchestrator's probe timeout, so a hung database fails the probe with a reason
+    /// instead of timing it out. Default 2 s.
+    pub readiness_timeout: Duration,
 }
 
 impl Default for ApiConfig {
@@ -74,6 +79,7 @@ impl Default for ApiConfig {
             ws_max_incoming_message: 64 * 1024,
             ws_gather_frames: false,
             trusted_origins: Vec::new(),
+            readiness_timeout: Duration::from_secs(2),
         }
     }
 }

@@ -7,33 +7,67 @@ use axum::extract::{OriginalUri, Path, State};
 use axum::response::{IntoResponse, Response};
 use chatcore::{Conversation, InboxQuery, Message, MessageId};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::Caller;
 use crate::body::{ApiQuery, JsonOrForm};
 use crate::error::ApiError;
+use crate::openapi::{BodyErrors, ErrorBody, MessageDoc, ServerErrors, Unauthenticated};
 use crate::rest::encode_component;
 use crate::state::ApiState;
 
 /// `GET /api/v1/conversation/?limit=&before=`.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct InboxParams {
+    /// Conversations per page (20 by default, at most 100).
+    #[param(example = 20)]
     limit: Option<u32>,
+    /// Only conversations whose newest message is older than this id (the `next` link).
+    #[param(example = 120)]
     before: Option<i64>,
 }
 
-#[derive(Serialize)]
+/// A page of the caller's inbox, latest activity first.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Inbox, example = json!({
+    "next": null,
+    "unread_total": 3,
+    "results": [{
+        "peer": "bob",
+        "last_message": {"id": 18, "user": "bob", "recipient": "alice", "timestamp": "2026-11-28T10:00:00.123456Z", "body": "hi"},
+        "unread": 3, "read_up_to": 12, "peer_read_up_to": 17
+    }]
+}))]
 struct InboxBody<'a> {
+    /// The next page, an absolute path; `null` once a page comes back short.
     next: Option<String>,
+    /// Unread messages over all the caller's conversations.
     unread_total: u64,
+    /// The conversations, the one with the newest message first.
     results: Vec<ConversationBody<'a>>,
 }
 
-#[derive(Serialize)]
+/// One conversation as the caller sees it.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Conversation, example = json!({
+    "peer": "bob",
+    "last_message": {"id": 18, "user": "bob", "recipient": "alice", "timestamp": "2026-11-28T10:00:00.123456Z", "body": "hi"},
+    "unread": 3, "read_up_to": 12, "peer_read_up_to": 17
+}))]
 struct ConversationBody<'a> {
+    /// The other user (the caller for notes to self).
     peer: &'a str,
+    /// The conversation's newest message.
+    #[schema(value_type = MessageDoc)]
     last_message: &'a Message,
+    /// The peer's messages after the caller's read marker.
     unread: u64,
+    /// The caller's read marker, if they marked any.
+    #[schema(value_type = Option<i64>)]
     read_up_to: Option<MessageId>,
+    /// The peer's read marker.
+    #[schema(value_type = Option<i64>)]
     peer_read_up_to: Option<MessageId>,
 }
 
@@ -49,6 +83,23 @@ impl<'a> From<&'a Conversation> for ConversationBody<'a> {
     }
 }
 
+/// The inbox.
+///
+/// The caller's conversations, the one with the newest message first, with unread counts and
+/// both read markers.
+#[utoipa::path(
+    get,
+    path = "/api/v1/conversation/",
+    tag = "inbox",
+    params(InboxParams),
+    security(("session_cookie" = []), ("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of the inbox", body = InboxBody),
+        (status = 400, description = "A malformed query", body = ErrorBody,
+            example = json!({"error": "Failed to deserialize query string: before: invalid digit found in string"})),
+        Unauthenticated, ServerErrors
+    )
+)]
 pub(crate) async fn list_conversations(
     State(state): State<ApiState>,
     Caller(caller): Caller,
@@ -96,17 +147,47 @@ pub(crate) async fn list_conversations(
 }
 
 /// `POST /api/v1/conversation/{peer}/read` body.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
+#[schema(example = json!({"up_to": 17}))]
 pub(crate) struct ReadForm {
+    /// The newest message read: a message of this conversation, of either side.
     up_to: i64,
 }
 
-#[derive(Serialize)]
+/// The caller's read state of the conversation after the call.
+#[derive(Serialize, ToSchema)]
+#[schema(as = ReadState, example = json!({"unread": 0, "read_up_to": 17}))]
 struct ReadBody {
+    /// The peer's messages still unread.
     unread: u64,
+    /// The caller's marker now (the asked id, or a newer one already there).
+    #[schema(value_type = i64)]
     read_up_to: MessageId,
 }
 
+/// Mark a conversation read.
+///
+/// Moves the caller's read marker in the conversation with `peer` forward to `up_to` (an
+/// older id changes nothing); when it moves, both users' sockets get a `read` frame.
+#[utoipa::path(
+    post,
+    path = "/api/v1/conversation/{peer}/read",
+    tag = "inbox",
+    params(("peer" = String, Path, description = "The other user of the conversation", example = "bob")),
+    request_body(description = "The newest message read, as JSON or as a form", content(
+        (ReadForm = "application/json", example = json!({"up_to": 17})),
+        (ReadForm = "application/x-www-form-urlencoded", example = json!({"up_to": 17}))
+    )),
+    security(("session_cookie" = []), ("bearer" = [])),
+    responses(
+        (status = 200, description = "The marker as it stands", body = ReadBody),
+        (status = 400, description = "A missing or non-integer `up_to`", body = ErrorBody,
+            example = json!({"error": "Failed to deserialize the JSON body into the target type: missing field `up_to`"})),
+        (status = 404, description = "Unknown peer, or `up_to` is not a message of this conversation", body = ErrorBody,
+            example = json!({"error": "message not found"})),
+        Unauthenticated, BodyErrors, ServerErrors
+    )
+)]
 pub(crate) async fn mark_read(
     State(state): State<ApiState>,
     Caller(caller): Caller,
@@ -125,13 +206,28 @@ pub(crate) async fn mark_read(
     .into_response())
 }
 
-#[derive(Serialize)]
+/// Who the caller is.
+#[derive(Serialize, ToSchema)]
+#[schema(as = SessionUser, example = json!({"username": "alice"}))]
 struct SessionBody<'a> {
+    /// The caller's name as they chose to write it.
     username: &'a str,
 }
 
-/// `GET /api/v1/auth/session`: who the caller is, by whatever the authenticator accepts (a
-/// session cookie, a bearer token, the host's own scheme); 401 for no one.
+/// Who the caller is.
+///
+/// Who the caller is, by whatever the authenticator accepts (a session cookie, a bearer
+/// token, the host's own scheme); 401 for no one.
+#[utoipa::path(
+    get,
+    path = "/api/v1/auth/session",
+    tag = "auth",
+    security(("session_cookie" = []), ("bearer" = [])),
+    responses(
+        (status = 200, description = "The caller", body = SessionBody),
+        Unauthenticated, ServerErrors
+    )
+)]
 pub(crate) async fn current_session(Caller(caller): Caller) -> Response {
     Json(SessionBody {
         username: caller.username.as_str(),

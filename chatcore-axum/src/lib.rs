@@ -50,6 +50,9 @@
 //! | `GET /api/v1/auth/session` | `{"username"}` of the caller, 401 for no one |
 //! | `GET /ws?since=POSITION` | WebSocket: every durable event of the caller in position order: `{"type": "message", "position", "message": "<id>", "data": <message>}` and `{"type": "read", "position", "reader", "peer", "up_to"}` |
 //! | `POST /api/v1/auth/register`, `/login`, `/logout` | with `ChatApi::with_auth_routes` or `auth_router` (feature `sessions`); register and login limited per client address (429 with `Retry-After`) |
+//! | `GET /healthz` | `{"status": "ok"}`: the process answers (touches no backend) |
+//! | `GET /readyz` | `{"status": "ready"}`, or 503 `{"error"}` while draining for a shutdown ([`ShutdownHandle::drain`]), with the notifier disconnected, or with the store not answering a trivial read within [`ApiConfig::readiness_timeout`] |
+//! | `GET /api/v1/openapi.json` | the OpenAPI 3.1 description of all of the above ([`ChatApi::openapi`]) |
 //!
 //! Every error is JSON `{"error": "..."}` (see [`ApiError`]): 400, 401 with
 //! `WWW-Authenticate`, 403 cross-site, 404 (also for unknown paths), 405, 408 (a body that
@@ -58,6 +61,22 @@
 //! [`serve_with`] also answers in JSON what hyper answers itself before the router (400 for a
 //! malformed request, 431 for a head too large). Limits are in [`ApiConfig`],
 //! [`ServeConfig`] (connections: timeouts, head size, how many) and [`chatcore::ChatConfig`].
+//!
+//! # Operations
+//!
+//! The router describes itself: [`ChatApi::openapi`] is its OpenAPI 3.1 description, built
+//! from each handler's `#[utoipa::path]` attribute as the route is registered (utoipa-axum),
+//! so a route cannot be served undescribed; the router serves it at [`OPENAPI_PATH`].
+//!
+//! The health probes are routes of the router, not of a server, because readiness is about
+//! what the router needs (its service's store and notifier, its [`ShutdownHandle`]); a host
+//! nesting it under `/chat` probes `/chat/readyz`. For an orderly shutdown behind a load
+//! balancer, call [`ShutdownHandle::drain`] (or [`ShutdownHandle::shutdown_after_drain`])
+//! first: `/readyz` fails while the listener still accepts.
+//!
+//! [`with_request_ids`] gives every request an `x-request-id` (the client's when sane, else a
+//! UUID) for the host's spans ([`request_id`]) and echoes it on the answer. It is a separate
+//! wrapper because a host usually has its own tracing layer to put inside it.
 //!
 //! # History pages
 //!
@@ -135,12 +154,17 @@
 //! - `ws.rs`: the `/ws` channel: catch-up, live frames, pings, close frames.
 //! - `metrics.rs`: [`HttpMetricsLayer`] (requests by route template, method and status) and
 //!   the `/ws` handles (open sockets, why they ended, send-to-socket latency).
+//! - `openapi.rs`: the description's frame (title, security schemes, tags, shared schemas),
+//!   how a route group registers itself described, and `GET /api/v1/openapi.json`.
+//! - `health.rs`: `/healthz` and `/readyz`.
+//! - `request_id.rs`: [`with_request_ids`], the `x-request-id` layers.
 //! - `cursor.rs`: a socket's delivered position and the live events held for an earlier one.
 //! - `state.rs`: the shared state and [`ShutdownHandle`].
 //! - `tests/http_api.rs`: the contract end to end (real server on port 0, reqwest and
 //!   tokio-tungstenite clients), one suite (`tests/suite/`, macro `api_suite!`) run on the
 //!   memory, SQLite and MySQL stores; `tests/cluster.rs`: two servers sharing a store and
-//!   Redis.
+//!   Redis; `tests/openapi.rs`: the description against the router's own route table and
+//!   answers; `tests/operations.rs`: health probes, the drain, request ids.
 //! - `benches/router.rs`: the router in process (criterion); `examples/idle_ws_memory.rs`:
 //!   memory per idle WebSocket.
 #![forbid(unsafe_code)]
@@ -151,10 +175,13 @@ mod body;
 mod config;
 mod cursor;
 mod error;
+mod health;
 mod inbox;
 #[cfg(feature = "sessions")]
 mod limits;
 pub mod metrics;
+mod openapi;
+mod request_id;
 mod rest;
 mod serve;
 #[cfg(feature = "sessions")]
@@ -168,14 +195,17 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
 use chatcore::ChatService;
 use tower_http::catch_panic::CatchPanicLayer;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use crate::metrics::HttpMetricsLayer;
 pub use auth::{Authenticated, Authenticator, SessionInfo, TrustedOrigin};
 pub use config::ApiConfig;
 pub use error::{ApiError, UNAVAILABLE_RETRY_AFTER_SECS};
+pub use openapi::OPENAPI_PATH;
+pub use request_id::{MAX_REQUEST_ID_BYTES, REQUEST_ID_HEADER, request_id, with_request_ids};
 pub use serve::{
     EdgeCounters, MIN_HEADER_BYTES, ServeConfig, descriptor_limits, raise_descriptor_limit, serve, serve_with,
 };
@@ -269,50 +299,82 @@ impl ChatApi {
 
     /// The router, with its state applied, ready to nest or merge into the host's router
     /// whatever the host's state type `S`. Unknown paths under it answer JSON 404, wrong
-    /// methods JSON 405. The host may add its own layers around it.
+    /// methods JSON 405. The host may add its own layers around it. It serves its own
+    /// description at [`OPENAPI_PATH`] (see [`ChatApi::openapi`]) and the health probes
+    /// `/healthz` and `/readyz`.
     pub fn router<S: Clone + Send + Sync + 'static>(self) -> Router<S> {
+        self.build().0
+    }
+
+    /// The OpenAPI 3.1 description of the router this builder makes: every route it serves
+    /// (the auth routes only with [`ChatApi::with_auth_routes`]), with parameters, bodies and
+    /// their examples, answers, and the security schemes; the `/ws` frames are described in
+    /// text. Paths are relative to where the router is nested. Generated from the handlers
+    /// while the routes are registered, so the two cannot drift; the router serves the same
+    /// description at [`OPENAPI_PATH`].
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use chatcore::{ChatConfig, ChatService, LocalNotifier, MemoryStore};
+    /// use chatcore_axum::{ChatApi, SessionAuthenticator, SessionConfig};
+    ///
+    /// let store = Arc::new(MemoryStore::new());
+    /// let chat = ChatService::new(store.clone(), Arc::new(LocalNotifier::default()), ChatConfig::default());
+    /// let auth = SessionAuthenticator::new(store, SessionConfig::default()).expect("valid settings");
+    /// let description = ChatApi::new(chat, auth.clone()).with_auth_routes(auth).openapi();
+    /// assert!(description.paths.paths.contains_key("/api/v1/message/"));
+    /// println!("{}", description.to_pretty_json().expect("JSON"));
+    /// ```
+    pub fn openapi(&self) -> utoipa::openapi::OpenApi {
+        self.clone().build::<()>().1
+    }
+
+    /// The router and its description, made together: each handler is registered with the
+    /// description its `#[utoipa::path]` attribute generates.
+    fn build<S: Clone + Send + Sync + 'static>(self) -> (Router<S>, utoipa::openapi::OpenApi) {
         let body_limit = self.config.max_request_body;
         #[cfg(feature = "sessions")]
         let trusted_origins: Arc<[TrustedOrigin]> = self.config.trusted_origins.clone().into();
         #[cfg(feature = "sessions")]
         let chat = self.service.clone();
         let state = ApiState::new(self.service, self.authenticator, self.config, self.shutdown);
+        let routes = openapi::group::<ApiState>();
+        let routes = openapi::add(routes, routes!(rest::list_users));
+        let routes = openapi::add(routes, routes!(rest::list_messages, rest::send_message));
+        let routes = openapi::add(routes, routes!(rest::get_message));
+        let routes = openapi::add(routes, routes!(inbox::list_conversations));
+        let routes = openapi::add(routes, routes!(inbox::mark_read));
+        let routes = openapi::add(routes, routes!(inbox::current_session));
+        let routes = openapi::add(routes, routes!(ws::upgrade));
+        let routes = openapi::add(routes, routes!(health::healthz));
+        let routes = openapi::add(routes, routes!(health::readyz));
         #[cfg_attr(not(feature = "sessions"), allow(unused_mut))]
-        let mut routes = Router::new()
-            .route("/api/v1/user", get(rest::list_users))
-            .route("/api/v1/user/", get(rest::list_users))
-            .route(
-                "/api/v1/message",
-                get(rest::list_messages).post(rest::send_message),
-            )
-            .route(
-                "/api/v1/message/",
-                get(rest::list_messages).post(rest::send_message),
-            )
-            .route("/api/v1/message/{id}", get(rest::get_message))
-            .route("/api/v1/message/{id}/", get(rest::get_message))
-            .route("/api/v1/conversation", get(inbox::list_conversations))
-            .route("/api/v1/conversation/", get(inbox::list_conversations))
-            .route("/api/v1/conversation/{peer}/read", post(inbox::mark_read))
-            .route("/api/v1/conversation/{peer}/read/", post(inbox::mark_read))
-            .route("/api/v1/auth/session", get(inbox::current_session))
-            .route("/api/v1/auth/session/", get(inbox::current_session))
-            .route("/ws", get(ws::upgrade))
-            .route("/ws/", get(ws::upgrade))
-            .method_not_allowed_fallback(error::method_not_allowed)
-            .with_state::<S>(state);
+        let mut described: OpenApiRouter<S> =
+            OpenApiRouter::with_openapi(openapi::base()).merge(routes.with_state(state));
         #[cfg(feature = "sessions")]
         if let Some(sessions) = self.sessions {
-            routes = routes.merge(session::routes(session::AuthState {
+            described = described.merge(session::routes(session::AuthState {
                 auth: sessions,
                 chat,
                 trusted_origins,
             }));
         }
-        routes
+        // The description describes its own route too: that route's part joins before the
+        // whole is rendered, once, for every request to come.
+        let document = openapi::add(
+            openapi::group::<openapi::RenderedDescription>(),
+            routes!(openapi::document),
+        );
+        let mut description = described.get_openapi().clone();
+        description.merge(document.get_openapi().clone());
+        let rendered = openapi::RenderedDescription::new(&description);
+        let (router, description) = described.merge(document.with_state(rendered)).split_for_parts();
+        let router = router
+            .method_not_allowed_fallback(error::method_not_allowed)
             .fallback(error::unknown_path)
             .layer(DefaultBodyLimit::max(body_limit))
-            .layer(CatchPanicLayer::custom(error::panic_response))
+            .layer(CatchPanicLayer::custom(error::panic_response));
+        (router, description)
     }
 }
 
@@ -336,12 +398,15 @@ pub fn auth_router<S: Clone + Send + Sync + 'static>(
     chat: ChatService,
     config: &ApiConfig,
 ) -> Router<S> {
-    session::routes(session::AuthState {
+    let (router, _) = session::routes(session::AuthState {
         auth: sessions,
         chat,
         trusted_origins: config.trusted_origins.clone().into(),
     })
-    .layer(DefaultBodyLimit::max(config.max_request_body))
+    .split_for_parts();
+    router
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(DefaultBodyLimit::max(config.max_request_body))
 }
 
 #[cfg(test)]

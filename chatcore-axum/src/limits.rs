@@ -12,6 +12,18 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http::request::Parts;
 
 use crate::error::ApiError;
+use crate::openapi::ErrorBody;
+
+/// 429 of the routes these limits guard (register, login), in the API description.
+#[derive(utoipa::IntoResponses)]
+#[response(
+    status = 429,
+    description = "Too many attempts from this client address (an IPv6 /64 counts as one)",
+    headers(("Retry-After" = u64, description = "Seconds to wait")),
+    example = json!({"error": "too many requests, slow down"})
+)]
+#[allow(dead_code)] // only described: `ApiError::too_many_requests` renders it
+pub(crate) struct TooManyAttempts(ErrorBody);
 
 /// Which attempt is counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

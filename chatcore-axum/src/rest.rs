@@ -7,25 +7,54 @@ use axum::response::{IntoResponse, Response};
 use chatcore::{DirectoryQuery, HistoryQuery, Message, MessageId, MessagePage, SendRequest};
 use http::{HeaderMap, HeaderValue, StatusCode};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::Caller;
 use crate::body::{ApiQuery, JsonOrForm};
 use crate::error::ApiError;
+use crate::openapi::{BodyErrors, ErrorBody, MessageDoc, ServerErrors, Unauthenticated};
 use crate::state::ApiState;
 
 /// `GET /api/v1/user/?q=&limit=&after=`.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct DirectoryParams {
+    /// Only names that start with this prefix, without regard to case.
+    #[param(example = "al")]
     q: Option<String>,
+    /// At most this many users (the server's user page size by default, and at most).
+    #[param(example = 50)]
     limit: Option<u32>,
+    /// Only names after this one (the last name of the previous page).
+    #[param(example = "alice")]
     after: Option<String>,
 }
 
-#[derive(Serialize)]
+/// One entry of the user directory.
+#[derive(Serialize, ToSchema)]
+#[schema(as = UserEntry, example = json!({"username": "bob"}))]
 struct UserEntry<'a> {
+    /// The name as its user chose to write it.
     username: &'a str,
 }
 
+/// The user directory.
+///
+/// The other users, sorted by name (without regard to case).
+#[utoipa::path(
+    get,
+    path = "/api/v1/user/",
+    tag = "users",
+    params(DirectoryParams),
+    security(("session_cookie" = []), ("bearer" = [])),
+    responses(
+        (status = 200, description = "The other users, sorted by name", body = Vec<UserEntry>,
+            example = json!([{"username": "bob"}, {"username": "carol"}])),
+        (status = 400, description = "A malformed query", body = ErrorBody,
+            example = json!({"error": "Failed to deserialize query string: limit: invalid digit found in string"})),
+        Unauthenticated, ServerErrors
+    )
+)]
 pub(crate) async fn list_users(
     State(state): State<ApiState>,
     Caller(caller): Caller,
@@ -52,23 +81,62 @@ pub(crate) async fn list_users(
 }
 
 /// `GET /api/v1/message/?target=&page=&before=&limit=`.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct HistoryParams {
+    /// The other user of the conversation; without it, every message of the caller's.
+    #[param(example = "bob")]
     target: Option<String>,
+    /// Page number, from 1 (the original app's paging; limited in depth, see `before`).
+    #[param(example = 1)]
     page: Option<u32>,
+    /// Only messages older than this id: keyset paging, the same cost at any depth.
+    #[param(example = 120)]
     before: Option<i64>,
+    /// Page size (15 by default, at most 100).
+    #[param(example = 15)]
     limit: Option<u32>,
 }
 
-/// The paginated list, in the original app's shape.
-#[derive(Serialize)]
+/// A page of messages, newest first, in the original app's shape.
+#[derive(Serialize, ToSchema)]
+#[schema(as = MessagePage, example = json!({
+    "count": 42,
+    "next": "/api/v1/message/?target=bob&before=17",
+    "previous": null,
+    "results": [{"id": 18, "user": "alice", "recipient": "bob", "timestamp": "2026-11-28T10:00:00.123456Z", "body": "hi"}]
+}))]
 struct PageBody<'a> {
+    /// How many messages the whole list holds.
     count: u64,
+    /// The next (older) page, an absolute path; `null` at the end.
     next: Option<String>,
+    /// The previous (newer) page, an absolute path; `null` on the first page.
     previous: Option<String>,
+    /// The messages, newest first.
+    #[schema(value_type = Vec<MessageDoc>)]
     results: &'a [Message],
 }
 
+/// Message history.
+///
+/// The messages between the caller and `target`, newest first (without `target`: every
+/// message the caller sent or received).
+#[utoipa::path(
+    get,
+    path = "/api/v1/message/",
+    tag = "messages",
+    params(HistoryParams),
+    security(("session_cookie" = []), ("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of messages, newest first", body = PageBody),
+        (status = 400, description = "A malformed query, or a page too deep (use `before`)", body = ErrorBody,
+            example = json!({"error": "page 500 is too deep (at most 3000 messages may be skipped): page with ?before=<id of the oldest message you have> instead"})),
+        (status = 404, description = "Unknown `target`", body = ErrorBody,
+            example = json!({"error": "user not found"})),
+        Unauthenticated, ServerErrors
+    )
+)]
 pub(crate) async fn list_messages(
     State(state): State<ApiState>,
     Caller(caller): Caller,
@@ -186,12 +254,48 @@ pub(crate) fn encode_component(value: &str, out: &mut String) {
 }
 
 /// `POST /api/v1/message/` body.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
+#[schema(example = json!({"recipient": "bob", "body": "hi"}))]
 pub(crate) struct SendForm {
+    /// Who the message is for (found without regard to case).
     recipient: String,
+    /// The text: trimmed; 1 to 4,000 characters (configurable) after trimming; no control
+    /// characters but newline and tab.
     body: String,
 }
 
+/// Send a message.
+///
+/// Sends a message; 201 once it is durably stored, then both users' sockets are notified.
+/// A retry with the same `Idempotency-Key` answers with the message first stored (and the
+/// header `Idempotent-Replayed: true`).
+#[utoipa::path(
+    post,
+    path = "/api/v1/message/",
+    tag = "messages",
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes a retry safe: the same key by the same sender stores nothing new and answers with the first message", example = "7f9c2ba4-e88f-11ee-9b0c-3b2a7d1c2e5f")
+    ),
+    request_body(description = "The message, as JSON or as a form", content(
+        (SendForm = "application/json", example = json!({"recipient": "bob", "body": "hi"})),
+        (SendForm = "application/x-www-form-urlencoded", example = json!({"recipient": "bob", "body": "hi"}))
+    )),
+    security(("session_cookie" = []), ("bearer" = [])),
+    responses(
+        (status = 201, description = "Stored (or replayed for a known `Idempotency-Key`)", body = MessageDoc,
+            headers(("Idempotent-Replayed" = String, description = "`true` when an earlier message was replayed"))),
+        (status = 400, description = "Bad input: empty or too long body, control characters, invalid UTF-8, malformed body", body = ErrorBody,
+            example = json!({"error": "message body is empty"})),
+        (status = 404, description = "Unknown recipient", body = ErrorBody,
+            example = json!({"error": "user not found"})),
+        (status = 422, description = "The `Idempotency-Key` was used for another message", body = ErrorBody,
+            example = json!({"error": "this Idempotency-Key was used for a different message"})),
+        (status = 429, description = "Sending too fast", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait")),
+            example = json!({"error": "too many requests, slow down"})),
+        Unauthenticated, BodyErrors, ServerErrors
+    )
+)]
 pub(crate) async fn send_message(
     State(state): State<ApiState>,
     Caller(caller): Caller,
@@ -227,6 +331,23 @@ pub(crate) async fn send_message(
     Ok(response)
 }
 
+/// One message.
+///
+/// One message, for its sender or its recipient; 404 for anyone else and for an id that does
+/// not exist (the same answer, so ids cannot be probed).
+#[utoipa::path(
+    get,
+    path = "/api/v1/message/{id}/",
+    tag = "messages",
+    params(("id" = i64, Path, description = "The message id", example = 17)),
+    security(("session_cookie" = []), ("bearer" = [])),
+    responses(
+        (status = 200, description = "The message", body = MessageDoc),
+        (status = 404, description = "No such message for the caller", body = ErrorBody,
+            example = json!({"error": "message not found"})),
+        Unauthenticated, ServerErrors
+    )
+)]
 pub(crate) async fn get_message(
     State(state): State<ApiState>,
     Caller(caller): Caller,

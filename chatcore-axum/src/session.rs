@@ -13,7 +13,6 @@ use async_trait::async_trait;
 use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chatcore::{ChatService, Error, SessionStore, TokenHash, User, UserId, Username};
@@ -24,11 +23,16 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 use unicode_normalization::UnicodeNormalization;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth::{Authenticated, Authenticator, SessionInfo, TrustedOrigin, check_same_origin};
 use crate::body::JsonOrForm;
 use crate::error::ApiError;
+use crate::limits::TooManyAttempts;
 use crate::limits::{AddressLimits, Attempt};
+use crate::openapi::{self, BodyErrors, ErrorBody, ServerErrors};
 use crate::session_cache::{CachedSessions, session_id};
 
 /// Settings of a [`SessionAuthenticator`]. Start from `SessionConfig::default()`.
@@ -652,20 +656,32 @@ impl Authenticator for SessionAuthenticator {
 }
 
 /// `{"username", "password"}` of the register and login routes.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
+#[schema(as = Account, example = json!({"username": "alice", "password": "a long password"}))]
 struct AccountForm {
+    /// 1 to 150 characters of letters, digits and `@ . + - _`, in one script (login: any case).
+    #[schema(min_length = 1, max_length = 150)]
     username: String,
+    /// 8 to 1,024 characters after NFKC normalization, not only whitespace.
+    #[schema(min_length = 8, max_length = 1024)]
     password: String,
 }
 
-#[derive(Serialize)]
+/// The account just made.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Registered, example = json!({"username": "alice"}))]
 struct RegisteredBody<'a> {
+    /// The name, NFKC-normalized, in the case chosen.
     username: &'a str,
 }
 
-#[derive(Serialize)]
+/// A new session.
+#[derive(Serialize, ToSchema)]
+#[schema(as = LoginSession, example = json!({"token": "mJ3k0Yq2T9m8d3Q0vR7yXhUe4bN1cZpW5sLfA6gKiOE", "username": "alice"}))]
 struct LoginBody<'a> {
+    /// The session token, for `Authorization: Bearer <token>` (also set as the cookie).
     token: &'a str,
+    /// The account's name as chosen.
     username: &'a str,
 }
 
@@ -676,25 +692,37 @@ pub(crate) struct AuthState {
     pub(crate) trusted_origins: Arc<[TrustedOrigin]>,
 }
 
-/// The auth routes, relative to where the router is nested:
+/// The auth routes, relative to where the router is nested, described:
 /// `POST /api/v1/auth/register`, `POST /api/v1/auth/login`, `POST /api/v1/auth/logout`
 /// (each with and without a trailing slash; bodies as JSON or form).
-pub(crate) fn routes<S: Clone + Send + Sync + 'static>(state: AuthState) -> axum::Router<S> {
-    let mut router = axum::Router::new();
-    for (path, handler) in [
-        ("/api/v1/auth/register", post(register)),
-        ("/api/v1/auth/login", post(login)),
-        ("/api/v1/auth/logout", post(logout)),
-    ] {
-        router = router
-            .route(path, handler.clone())
-            .route(&format!("{path}/"), handler);
-    }
-    router
-        .method_not_allowed_fallback(crate::error::method_not_allowed)
-        .with_state(state)
+pub(crate) fn routes<S: Clone + Send + Sync + 'static>(state: AuthState) -> OpenApiRouter<S> {
+    let router = openapi::group::<AuthState>();
+    let router = openapi::add(router, routes!(register));
+    let router = openapi::add(router, routes!(login));
+    let router = openapi::add(router, routes!(logout));
+    router.with_state(state)
 }
 
+/// Register.
+///
+/// Makes an account (limited per client address: 429 with `Retry-After` past it).
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/register",
+    tag = "auth",
+    request_body(description = "The new account, as JSON or as a form", content(
+        (AccountForm = "application/json", example = json!({"username": "alice", "password": "a long password"})),
+        (AccountForm = "application/x-www-form-urlencoded", example = json!({"username": "alice", "password": "a long password"}))
+    )),
+    responses(
+        (status = 201, description = "The account was made", body = RegisteredBody),
+        (status = 400, description = "A bad name or password, or a malformed body", body = ErrorBody,
+            example = json!({"error": "password must be at least 8 characters"})),
+        (status = 409, description = "The name is taken (in any case)", body = ErrorBody,
+            example = json!({"error": "username is taken"})),
+        TooManyAttempts, BodyErrors, ServerErrors
+    )
+)]
 async fn register(
     State(state): State<AuthState>,
     _: SameOrigin,
@@ -711,6 +739,28 @@ async fn register(
         .into_response())
 }
 
+/// Log in.
+///
+/// Starts a session: answers its token and sets the HttpOnly session cookie (limited per
+/// client address: 429 with `Retry-After` past it).
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/login",
+    tag = "auth",
+    request_body(description = "The credentials, as JSON or as a form", content(
+        (AccountForm = "application/json", example = json!({"username": "alice", "password": "a long password"})),
+        (AccountForm = "application/x-www-form-urlencoded", example = json!({"username": "alice", "password": "a long password"}))
+    )),
+    responses(
+        (status = 200, description = "Logged in; the session cookie is set", body = LoginBody,
+            headers(("Set-Cookie" = String, description = "The session cookie: HttpOnly, SameSite=Lax, Path=/"))),
+        (status = 400, description = "A malformed body or an overlong password", body = ErrorBody,
+            example = json!({"error": "Failed to deserialize the JSON body into the target type: missing field `password`"})),
+        (status = 401, description = "Wrong name or password (the same answer for both)", body = ErrorBody,
+            example = json!({"error": "wrong username or password"})),
+        TooManyAttempts, BodyErrors, ServerErrors
+    )
+)]
 async fn login(
     State(state): State<AuthState>,
     _: SameOrigin,
@@ -734,6 +784,25 @@ async fn login(
     Ok(response)
 }
 
+/// Log out.
+///
+/// Ends the caller's session at once, on every server: the token and cookie stop working,
+/// and every WebSocket opened with it closes with 4001. Clears the cookie.
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/logout",
+    tag = "auth",
+    security(("session_cookie" = []), ("bearer" = [])),
+    responses(
+        (status = 204, description = "Logged out; the cookie is cleared",
+            headers(("Set-Cookie" = String, description = "Clears the session cookie"))),
+        (status = 401, description = "No live session", body = ErrorBody,
+            example = json!({"error": "authentication required"})),
+        (status = 403, description = "A request from another site", body = ErrorBody,
+            example = json!({"error": "cross-site request refused"})),
+        ServerErrors
+    )
+)]
 async fn logout(
     State(state): State<AuthState>,
     _: SameOrigin,

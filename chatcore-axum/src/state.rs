@@ -85,6 +85,9 @@ impl ApiState {
 #[derive(Debug, Clone, Default)]
 pub struct ShutdownHandle {
     token: CancellationToken,
+    /// Cancelled when the shutdown is announced ([`ShutdownHandle::drain`]): `/readyz`
+    /// answers 503 from then on, while everything else still serves.
+    draining: CancellationToken,
     sockets: TaskTracker,
 }
 
@@ -94,10 +97,47 @@ impl ShutdownHandle {
         Self::default()
     }
 
-    /// Tells every WebSocket to send its close frame and end; new upgrades are refused (503).
+    /// Tells every WebSocket to send its close frame and end; new upgrades are refused (503),
+    /// and `/readyz` answers 503 (if [`ShutdownHandle::drain`] has not already made it).
     pub fn shutdown(&self) {
+        self.draining.cancel();
         self.sockets.close();
         self.token.cancel();
+    }
+
+    /// Announces a shutdown without starting it: `/readyz` answers 503 from now on, so a
+    /// load balancer or an orchestrator takes this server out of rotation, while every
+    /// other route, the open WebSockets and the listener go on serving. Call
+    /// [`ShutdownHandle::shutdown`] after the drain period (or use
+    /// [`ShutdownHandle::shutdown_after_drain`]).
+    ///
+    /// ```
+    /// let handle = chatcore_axum::ShutdownHandle::new();
+    /// handle.drain();
+    /// assert!(handle.is_draining() && !handle.is_shutting_down());
+    /// handle.shutdown();
+    /// assert!(handle.is_shutting_down());
+    /// ```
+    pub fn drain(&self) {
+        self.draining.cancel();
+    }
+
+    /// Whether [`ShutdownHandle::drain`] or [`ShutdownHandle::shutdown`] was called: the
+    /// router is no longer ready for new traffic.
+    pub fn is_draining(&self) -> bool {
+        self.draining.is_cancelled()
+    }
+
+    /// [`ShutdownHandle::drain`], then waits `drain` (while the server still accepts and
+    /// serves, so that whoever routes traffic here has time to see `/readyz` fail), then
+    /// [`ShutdownHandle::shutdown`]. With a zero `drain` the order still holds: `/readyz`
+    /// fails before the listener closes.
+    pub async fn shutdown_after_drain(&self, drain: Duration) {
+        self.drain();
+        if !drain.is_zero() {
+            tokio::time::sleep(drain).await;
+        }
+        self.shutdown();
     }
 
     /// Whether [`ShutdownHandle::shutdown`] was called.

@@ -15,12 +15,14 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use tokio::time::{Instant, timeout};
+use utoipa::IntoParams;
 
 use crate::auth::{CallerSession, SessionInfo};
 use crate::body::ApiQuery;
 use crate::cursor::{Accepted, Cursor, MAX_HELD};
 use crate::error::ApiError;
 use crate::metrics::SocketEnd;
+use crate::openapi::{ErrorBody, ServerErrors, Unauthenticated};
 use crate::state::ApiState;
 
 /// Close code when the server shuts down ("going away").
@@ -41,8 +43,12 @@ const BURST: usize = 64;
 const WRITE_BUFFER_FLUSH_AT: usize = 16 * 1024;
 
 /// `GET /ws?since=POSITION` (a message id works: message positions are their ids).
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct WsParams {
+    /// Replay every event of the caller's after this position (the last one the client saw)
+    /// before the live frames; without it, live frames start from the caller's newest.
+    #[param(example = 17)]
     since: Option<i64>,
 }
 
@@ -52,6 +58,43 @@ type Close = (u16, &'static str);
 /// backlog after `since`, or where a connection without `since` starts), so those failures
 /// are plain HTTP answers (401, 403, 503). The rest of a backlog is read after the upgrade,
 /// page by page as the socket drains.
+/// The notification WebSocket.
+///
+/// The notification channel: a WebSocket upgrade (`Connection: Upgrade`,
+/// `Upgrade: websocket`), only for an authenticated caller, answered only after the
+/// subscription and one storage read succeeded (so each failure is a JSON answer). Then every
+/// frame the server sends is a JSON text frame with a `type`, in position order:
+///
+/// - `{"type": "message", "position": 17, "message": "17", "data": <Message>}` for every
+///   message the caller sent or received (a message's position is its id);
+/// - `{"type": "read", "position": 18, "reader": "bob", "peer": "alice", "up_to": 17}` when a
+///   read marker of one of the caller's conversations moved;
+/// - `{"type": "resync", "resync": true}` when more events were missed than the catch-up
+///   bound (1,000): reload history; live frames go on from the newest position.
+///
+/// Once a socket has delivered position p it has delivered every earlier event of the user's
+/// (after `since`), so reconnecting with `since` = the last position seen is always safe. A
+/// client ignores frame types it does not know; frames it sends are ignored.
+///
+/// Close codes: 1001 the server is shutting down; 1008 the user opened more sockets than
+/// allowed and this was the oldest (do not reconnect automatically); 1009 a client frame over
+/// 64 KiB; 1013 storage could not be read or the notifications ended (reconnect with
+/// `since`); 4001 the session the socket was opened with ended (log in again).
+#[utoipa::path(
+    get,
+    path = "/ws",
+    tag = "notifications",
+    params(WsParams),
+    security(("session_cookie" = []), ("bearer" = [])),
+    responses(
+        (status = 101, description = "Switched to the WebSocket protocol; frames as described above"),
+        (status = 400, description = "Not a valid WebSocket upgrade, or a malformed `since`", body = ErrorBody,
+            example = json!({"error": "Connection header did not include 'upgrade'"})),
+        (status = 403, description = "A cookie-authenticated upgrade from another site", body = ErrorBody,
+            example = json!({"error": "cross-site request refused"})),
+        Unauthenticated, ServerErrors
+    )
+)]
 pub(crate) async fn upgrade(
     State(state): State<ApiState>,
     CallerSession(caller): CallerSession,

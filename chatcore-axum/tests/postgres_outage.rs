@@ -1,7 +1,8 @@
 //! PostgreSQL goes away under a running server and comes back: requests answer 503 with
 //! `Retry-After` within the configured timeout (no hang), and once the database is back the
 //! same server stores, reads and notifies again without a restart (the store's pool and the
-//! `PgNotifier`'s listening connection reconnect by themselves). Runs a PostgreSQL of the
+//! `PgNotifier`'s listening connection reconnect by themselves); `/readyz` follows: 503 while
+//! the database is down, 200 once it is back. Runs a PostgreSQL of the
 //! test's own (`initdb` and `pg_ctl` on a free port in a temporary directory), never the
 //! machine's one.
 
@@ -55,6 +56,9 @@ async fn a_stopped_postgres_answers_503_in_time_and_the_server_recovers_without_
         .unwrap();
     assert_eq!(frame_id(&mut bob_ws).await, before);
     close(bob_ws).await;
+    let probes = reqwest::Client::new();
+    let readyz = app.url("/readyz");
+    assert_eq!(probes.get(&readyz).send().await.unwrap().status(), 200);
 
     server.stop().await.expect("stop the private PostgreSQL");
     let client = app.client(&alice);
@@ -83,6 +87,12 @@ async fn a_stopped_postgres_answers_503_in_time_and_the_server_recovers_without_
             "{attempt} answered after {took:?}, beyond the {ACQUIRE_TIMEOUT:?} acquire timeout"
         );
     }
+    let started = Instant::now();
+    let probe = probes.get(&readyz).send().await.unwrap();
+    assert_eq!(probe.status(), 503, "/readyz while PostgreSQL is down");
+    assert!(started.elapsed() < ACQUIRE_TIMEOUT + Duration::from_secs(2));
+    let body: serde_json::Value = probe.json().await.unwrap();
+    assert!(body["error"].is_string(), "{body}");
 
     server
         .start_again()
@@ -112,6 +122,12 @@ async fn a_stopped_postgres_answers_503_in_time_and_the_server_recovers_without_
             "the notifier did not reconnect within 30 s"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while probes.get(&readyz).send().await.unwrap().status() != 200 {
+        assert!(Instant::now() < deadline, "/readyz did not recover within 30 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
     // Bob comes back with `since` and gets what was stored meanwhile, then live messages.

@@ -264,6 +264,12 @@ pub(crate) async fn run_pipeline(
 
 #[async_trait]
 impl Notifier for RedisNotifier {
+    fn is_ready(&self) -> bool {
+        // The subscriber connection is up (and resubscribed after a reconnect): both what `subscribe`
+        // needs and what carries other nodes' events here.
+        self.is_connected()
+    }
+
     async fn publish(&self, recipients: &[Recipient], event: &Event) -> Result<()> {
         let inner = &self.inner;
         let mut pipeline = redis::pipe();

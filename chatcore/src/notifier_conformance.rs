@@ -245,6 +245,12 @@ pub async fn subscribed_means_subscribed(fixture: &dyn NotifierFixture, node_cou
         for (i, node) in nodes.iter().enumerate() {
             let user = UserId(1_000 + round * node_count as i64 + i as i64);
             let mut sub = subscribe(node, user).await;
+            // A transport that has just subscribed is connected: a readiness probe must
+            // not take it out of service.
+            assert!(
+                node.notifier.is_ready(),
+                "node {i} subscribed but reports not ready (Notifier::is_ready)"
+            );
             // The same node and the other one in turn.
             let publisher = &nodes[(i + round as usize) % node_count];
             let sent = event(round + 1);

@@ -97,6 +97,16 @@ pub trait Notifier: Send + Sync + 'static {
 
     /// Subscribes one connection to `user`'s events. Dropping the subscription unsubscribes.
     async fn subscribe(&self, user: UserId) -> Result<Subscription>;
+
+    /// Whether the transport can carry events now: connected and subscribed to its broker,
+    /// so that a `subscribe` would succeed and a `publish` reach every node. A readiness
+    /// probe (`/readyz` of `chatcore-axum`) asks it; it must answer at once from what the
+    /// transport already knows (no round trip). The default, `true`, fits an in-process
+    /// transport such as [`LocalNotifier`], which has no broker to lose; a transport with a
+    /// connection reports its state (`chatcore-redis` and `chatcore-postgres` do).
+    fn is_ready(&self) -> bool {
+        true
+    }
 }
 
 /// One connection's stream of [`Delivery`]s. Drop it to unsubscribe.

@@ -652,6 +652,22 @@ impl ChatService {
         self.store.latest_position(user.id).await
     }
 
+    /// Whether this service can serve now, for a readiness probe: the notification
+    /// transport is connected ([`Notifier::is_ready`]) and the store answers a trivial read
+    /// ([`Store::check_ready`]). The caller bounds the wait (the store's own deadline may be
+    /// longer than a probe's).
+    ///
+    /// Errors: [`Error::Unavailable`] naming `notifications` when the transport is not
+    /// connected, otherwise what the store's read failed with.
+    pub async fn check_ready(&self) -> Result<()> {
+        if !self.notifier.is_ready() {
+            return Err(Error::notifications_unavailable(
+                "the notification transport is not connected",
+            ));
+        }
+        self.store.check_ready().await
+    }
+
     /// Subscribes one connection to `user`'s live events. `session` is the login session the
     /// connection was opened with, if any: ending it ([`ChatService::end_session`]) closes
     /// the connection. Opening more than [`ChatConfig::max_connections_per_user`] closes the

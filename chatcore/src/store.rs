@@ -332,6 +332,22 @@ pub trait Store: Send + Sync + 'static {
     /// position: a consumer may move back to replay). Checkpoints live with the chat data, so a
     /// consumer restarted on any node resumes where the last one stopped.
     async fn save_checkpoint(&self, name: &str, position: Position) -> Result<()>;
+
+    /// Whether the storage answers a trivial read now: what a readiness probe (`/readyz` of
+    /// `chatcore-axum`) asks before it sends traffic here. `Ok(())` when it answered;
+    /// [`crate::Error::Unavailable`] (or whatever the read failed with) when it did not. The
+    /// caller bounds the wait with its own timeout. Reads nothing a caller could see and
+    /// changes nothing.
+    ///
+    /// The default reads [`Store::latest_position`] of user id 0, which no backend hands out
+    /// (an unknown user is one small indexed read answering [`Position::START`]): it goes
+    /// through the backend's own read path (its pool or reader threads, its timeouts), so a
+    /// hung database or a stuck reader shows here as it would for a client. The backends of
+    /// this workspace keep it for that reason; override it only with a read that is at
+    /// least as honest.
+    async fn check_ready(&self) -> Result<()> {
+        self.latest_position(UserId(0)).await.map(|_| ())
+    }
 }
 
 /// The longest checkpoint name, in bytes ([`Store::save_checkpoint`]).

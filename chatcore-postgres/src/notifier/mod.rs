@@ -279,6 +279,11 @@ impl PgNotifier {
 
 #[async_trait]
 impl Notifier for PgNotifier {
+    fn is_ready(&self) -> bool {
+        // The listening connection is up (LISTEN issued): what carries other nodes' events here.
+        self.is_connected()
+    }
+
     async fn publish(&self, recipients: &[Recipient], event: &Event) -> Result<()> {
         let shared = &self.inner.shared;
         let mut users: Vec<(UserId, Option<Position>)> = Vec::with_capacity(recipients.len());

@@ -24,7 +24,8 @@
 //! - `mod.rs`: [`GuardedStore`], the macros, helpers shared by the scenarios.
 //! - `users.rs`: names, uniqueness without regard to case, the directory.
 //! - `messages.rs`: sending, pages, counts, idempotency, text round trips.
-//! - `positions.rs`: catch-up after a position, previous positions, concurrent writers.
+//! - `positions.rs`: catch-up after a position, previous positions, concurrent writers, and
+//!   the readiness read (`Store::check_ready`).
 //! - `inbox.rs`: the inbox, unread counts, read markers and read events.
 //! - `feed.rs`: the host's event feed ([`Store::feed_after`]) and checkpoints, and the
 //!   restart scenario a backend with durable storage runs by itself
@@ -136,6 +137,9 @@ impl<S: Store, G: Send + Sync + 'static> Store for GuardedStore<S, G> {
     async fn save_checkpoint(&self, name: &str, position: Position) -> Result<()> {
         self.store.save_checkpoint(name, position).await
     }
+    async fn check_ready(&self) -> Result<()> {
+        self.store.check_ready().await
+    }
 }
 
 #[async_trait]
@@ -206,6 +210,7 @@ macro_rules! store_conformance_tests {
             feed_lists_every_event_once_in_position_order,
             feed_never_skips_under_concurrent_writers,
             checkpoints_are_saved_by_name,
+            check_ready_reads_without_a_trace,
         );
     };
 }

@@ -486,3 +486,37 @@ pub async fn latest_position_is_the_newest_event(store: Arc<dyn Store>) {
         );
     }
 }
+
+/// `check_ready` answers `Ok` on an empty store and on one with users and messages, and
+/// leaves nothing behind: no user, no message, no position moved (a readiness probe runs
+/// every few seconds for the life of a server).
+pub async fn check_ready_reads_without_a_trace(store: Arc<dyn Store>) {
+    store
+        .check_ready()
+        .await
+        .expect("an empty, working store is ready");
+    let alice = user(&store, "alice").await;
+    let bob = user(&store, "bob").await;
+    let sent = send(&store, &alice, &bob, "hello").await;
+    for _ in 0..3 {
+        store.check_ready().await.expect("a working store is ready");
+    }
+    let everyone = store
+        .list_users(&UserQuery {
+            exclude: None,
+            prefix: String::new(),
+            after: None,
+            limit: 10,
+        })
+        .await
+        .expect("list users");
+    assert_eq!(everyone.len(), 2, "check_ready created or removed users");
+    for who in [&alice, &bob] {
+        assert_eq!(
+            store.latest_position(who.id).await.expect("latest position"),
+            Position(sent.id.0),
+            "check_ready moved {}'s position",
+            who.username
+        );
+    }
+}

@@ -122,6 +122,7 @@ impl App {
             trusted_origins: options.trusted_origin.clone(),
             ws_gather_frames: options.ws_gather_frames,
             ws_gap_wait: std::time::Duration::from_millis(options.ws_gap_wait_ms),
+            readiness_timeout: std::time::Duration::from_millis(options.readiness_timeout_ms),
             ..ApiConfig::default()
         };
         Ok(Self {
@@ -166,10 +167,14 @@ pub async fn run(
         ))
     });
     let trigger = handle.clone();
+    let drain = std::time::Duration::from_secs(options.shutdown_drain_secs);
     tokio::spawn(async move {
         shutdown.await;
-        tracing::info!("shutting down: closing WebSockets and finishing requests");
-        trigger.shutdown();
+        tracing::info!(
+            drain_secs = drain.as_secs(),
+            "shutting down: /readyz answers 503, then WebSockets close and requests finish"
+        );
+        trigger.shutdown_after_drain(drain).await;
     });
     tracing::info!(address = %listener.local_addr()?, database = %redacted(&options.database), notify = ?options.notifier_choice()?.kind(), "serving");
     let served = chatcore_axum::serve_with(
@@ -192,6 +197,27 @@ pub async fn run(
     closed?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The OpenAPI description of the API the server serves (`chat-server openapi`, and
+/// `/api/v1/openapi.json`): the chat router with its auth routes. Built over an in-memory
+/// store, since the description does not depend on the database.
+pub fn openapi_description() -> Result<String, ServerError> {
+    let store = Arc::new(chatcore::MemoryStore::new());
+    let chat = ChatService::new(
+        store.clone(),
+        Arc::new(LocalNotifier::default()),
+        ChatConfig::default(),
+    );
+    let sessions = SessionAuthenticator::new(store, chatcore_axum::SessionConfig::default())?;
+    let description = ChatApi::new(chat, sessions.clone())
+        .with_auth_routes(sessions)
+        .openapi();
+    let mut json = description
+        .to_pretty_json()
+        .map_err(|error| ServerError::Config(format!("rendering the OpenAPI description: {error}")))?;
+    json.push('\n');
+    Ok(json)
 }
 
 /// The URL without its password, for logs.

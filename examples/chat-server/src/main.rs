@@ -19,7 +19,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.server);
+    if let Err(error) = init_logging(&cli.server) {
+        eprintln!("chat-server: {error}");
+        return ExitCode::FAILURE;
+    }
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(cli.server).await,
         Command::CreateUser {
@@ -28,6 +31,7 @@ async fn main() -> ExitCode {
         } => create_user(&cli.server, &username, password_stdin).await,
         Command::ListUsers { prefix, limit } => list_users(&cli.server, prefix, limit).await,
         Command::Migrate => migrate(&cli.server).await,
+        Command::Openapi { output } => openapi(output),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -44,14 +48,11 @@ async fn main() -> ExitCode {
     }
 }
 
-fn init_logging(options: &ServerOptions) {
-    let filter = EnvFilter::try_new(&options.log).unwrap_or_else(|error| {
-        eprintln!(
-            "chat-server: bad --log filter {:?} ({error}); using \"info\"",
-            options.log
-        );
-        EnvFilter::new("info")
-    });
+/// Logs to stderr as `--log-format` says, filtered by `--log`; a filter that does not parse
+/// stops the start (no silent fallback to another filter).
+fn init_logging(options: &ServerOptions) -> Result<(), ServerError> {
+    let filter = EnvFilter::try_new(&options.log)
+        .map_err(|error| ServerError::Config(format!("bad --log filter {:?}: {error}", options.log)))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -59,6 +60,7 @@ fn init_logging(options: &ServerOptions) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+    Ok(())
 }
 
 async fn serve(options: ServerOptions) -> Result<(), ServerError> {
@@ -82,6 +84,15 @@ async fn serve(options: ServerOptions) -> Result<(), ServerError> {
     println!("chat-server listening on http://{}", listener.local_addr()?);
     std::io::stdout().flush()?;
     chat_server::run(options, listener, metrics, shutdown).await
+}
+
+fn openapi(output: Option<std::path::PathBuf>) -> Result<(), ServerError> {
+    let json = chat_server::openapi_description()?;
+    match output {
+        Some(path) => std::fs::write(&path, json)?,
+        None => std::io::stdout().write_all(json.as_bytes())?,
+    }
+    Ok(())
 }
 
 async fn migrate(options: &ServerOptions) -> Result<(), ServerError> {

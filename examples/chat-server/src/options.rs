@@ -42,6 +42,14 @@ pub enum Command {
     },
     /// Apply the database schema migrations and exit.
     Migrate,
+    /// Print the OpenAPI 3.1 description of the API (what the server serves at
+    /// /api/v1/openapi.json) and exit; touches no database.
+    Openapi {
+        /// Write it to this file instead of standard output (the repository keeps it in
+        /// docs/openapi.json).
+        #[arg(long)]
+        output: Option<std::path::PathBuf>,
+    },
 }
 
 /// Log output format.
@@ -337,6 +345,17 @@ pub struct ServerOptions {
     /// still open are closed.
     #[arg(long, env = "CHAT_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,
+
+    /// Seconds between SIGTERM/SIGINT and the start of the shutdown during which /readyz
+    /// answers 503 while everything else (the listener included) still serves, so a load
+    /// balancer takes the server out of rotation first. 0: shut down at once (/readyz still
+    /// fails before the listener closes).
+    #[arg(long, env = "CHAT_SHUTDOWN_DRAIN_SECS", default_value_t = 0)]
+    pub shutdown_drain_secs: u64,
+
+    /// Milliseconds /readyz waits for the database's trivial read before answering 503.
+    #[arg(long, env = "CHAT_READINESS_TIMEOUT_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub readiness_timeout_ms: u64,
 
     /// Serve `POST /_bench/echo` (parse the JSON, answer it): the framework ceiling that the
     /// load generator compares against. Off by default.

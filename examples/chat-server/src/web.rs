@@ -1,5 +1,5 @@
-//! The application router: the web UI, the chat API, the optional bench endpoint, and one
-//! tracing span per request.
+//! The application router: the web UI, the chat API, the optional bench endpoint, one
+//! tracing span per request, and request ids (`x-request-id`, in the span and the answer).
 
 use axum::Router;
 use axum::http::{HeaderName, HeaderValue, Request, StatusCode, header};
@@ -19,7 +19,9 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; st
      connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
 /// The whole application: UI at `/`, assets under `/static/`, the chat API and `/ws`, and
-/// `POST /_bench/echo` when `bench_endpoints` is set.
+/// `POST /_bench/echo` when `bench_endpoints` is set. Every request gets an id (the
+/// client's `x-request-id` when sane, else a fresh one) that its span carries and its
+/// answer echoes.
 pub fn router(api: ChatApi, bench_endpoints: bool) -> Router {
     let mut ui = Router::new()
         .route(
@@ -38,10 +40,19 @@ pub fn router(api: ChatApi, bench_endpoints: bool) -> Router {
         ui = ui.route("/_bench/echo", post(echo));
     }
     // The chat router answers unknown paths itself (JSON 404), so it goes last.
-    ui.merge(api.router())
+    let app = ui
+        .merge(api.router())
         .layer(TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
-            tracing::info_span!("request", method = %request.method(), path = %request.uri().path())
-        }))
+            let request_id = chatcore_axum::request_id(request).unwrap_or("-");
+            tracing::info_span!(
+                "request",
+                method = %request.method(),
+                path = %request.uri().path(),
+                request_id = %request_id
+            )
+        }));
+    // Outside the trace layer, so the span sees the id.
+    chatcore_axum::with_request_ids(app)
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {

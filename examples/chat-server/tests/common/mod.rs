@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
+use tokio::sync::mpsc::UnboundedReceiver;
 
 /// A running `chat-server` process; killed when dropped.
 pub struct ServerProcess {
@@ -22,22 +23,42 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts the binary on 127.0.0.1 port 0 with `args`, in `dir`, and waits for its address.
     pub async fn start(dir: &Path, args: &[&str]) -> Self {
+        let log = std::env::var("TEST_LOG").map(|_| "info").unwrap_or("warn");
+        let stderr = if std::env::var_os("TEST_LOG").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        };
+        Self::spawn(dir, args, log, stderr).await
+    }
+
+    /// Like [`ServerProcess::start`] with the log filter `log`, and the server's log lines
+    /// (stderr) sent to the receiver as they come.
+    pub async fn start_logging(dir: &Path, args: &[&str], log: &str) -> (Self, UnboundedReceiver<String>) {
+        let mut server = Self::spawn(dir, args, log, Stdio::piped()).await;
+        let stderr = server.child.stderr.take().expect("stderr is piped");
+        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        (server, receiver)
+    }
+
+    async fn spawn(dir: &Path, args: &[&str], log: &str, stderr: Stdio) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_chat-server"));
         command
             .current_dir(dir)
             .args(["--listen", "127.0.0.1:0"])
             .args(args)
-            .env(
-                "CHAT_LOG",
-                std::env::var("TEST_LOG").map(|_| "info").unwrap_or("warn"),
-            )
+            .env("CHAT_LOG", log)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(if std::env::var_os("TEST_LOG").is_some() {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            })
+            .stderr(stderr)
             .kill_on_drop(true);
         let mut child = command.spawn().expect("start chat-server");
         let stdout = child.stdout.take().unwrap();
@@ -70,14 +91,19 @@ impl ServerProcess {
         }
     }
 
-    /// Sends SIGTERM and waits for the exit status.
-    pub async fn terminate(mut self) -> std::process::ExitStatus {
+    /// Sends SIGTERM without waiting for the exit.
+    pub fn signal_terminate(&self) {
         let pid = self.child.id().expect("running").to_string();
         let status = std::process::Command::new("kill")
             .args(["-TERM", &pid])
             .status()
             .expect("run kill");
         assert!(status.success());
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub async fn terminate(mut self) -> std::process::ExitStatus {
+        self.signal_terminate();
         tokio::time::timeout(Duration::from_secs(20), self.child.wait())
             .await
             .expect("server exits after SIGTERM")
