@@ -5,7 +5,7 @@ use axum::Json;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{OriginalUri, Path, State};
 use axum::response::{IntoResponse, Response};
-use chatcore::{Conversation, InboxQuery, Message, MessageId};
+use chatcore::{Conversation, InboxQuery, Message, MessageId, PresenceStatus};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -36,7 +36,8 @@ pub(crate) struct InboxParams {
     "results": [{
         "peer": "bob",
         "last_message": {"id": 18, "user": "bob", "recipient": "alice", "timestamp": "2026-11-28T10:00:00.123456Z", "body": "hi"},
-        "unread": 3, "read_up_to": 12, "peer_read_up_to": 17
+        "unread": 3, "read_up_to": 12, "peer_read_up_to": 17,
+        "online": false, "last_seen": "2026-11-28T10:05:00.000000Z"
     }]
 }))]
 struct InboxBody<'a> {
@@ -53,7 +54,8 @@ struct InboxBody<'a> {
 #[schema(as = Conversation, example = json!({
     "peer": "bob",
     "last_message": {"id": 18, "user": "bob", "recipient": "alice", "timestamp": "2026-11-28T10:00:00.123456Z", "body": "hi"},
-    "unread": 3, "read_up_to": 12, "peer_read_up_to": 17
+    "unread": 3, "read_up_to": 12, "peer_read_up_to": 17,
+    "online": true, "last_seen": null
 }))]
 struct ConversationBody<'a> {
     /// The other user (the caller for notes to self).
@@ -69,24 +71,60 @@ struct ConversationBody<'a> {
     /// The peer's read marker.
     #[schema(value_type = Option<i64>)]
     peer_read_up_to: Option<MessageId>,
+    /// The peer's presence; both fields are absent when the server keeps no presence.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    #[schema(inline)]
+    presence: Option<PresenceBody>,
 }
 
-impl<'a> From<&'a Conversation> for ConversationBody<'a> {
-    fn from(c: &'a Conversation) -> Self {
+/// A user's presence, as shown to the users who share a conversation with them.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct PresenceBody {
+    /// Whether at least one of the user's connections is open (on any node).
+    pub(crate) online: bool,
+    /// When the user was last online, if the running servers remember; `null` while
+    /// online and when unknown.
+    #[schema(value_type = Option<String>, format = DateTime, example = "2026-11-28T10:05:00.000000Z")]
+    #[serde(serialize_with = "last_seen")]
+    pub(crate) last_seen: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl From<PresenceStatus> for PresenceBody {
+    fn from(status: PresenceStatus) -> Self {
+        Self {
+            online: status.online,
+            last_seen: status.last_seen,
+        }
+    }
+}
+
+fn last_seen<S: serde::Serializer>(
+    at: &Option<chrono::DateTime<chrono::Utc>>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match at {
+        Some(at) => chatcore::timestamp_micros::serialize(at, serializer),
+        None => serializer.serialize_none(),
+    }
+}
+
+impl<'a> ConversationBody<'a> {
+    fn new(c: &'a Conversation, service: &chatcore::ChatService) -> Self {
         Self {
             peer: c.peer.as_str(),
             last_message: &c.last_message,
             unread: c.unread,
             read_up_to: c.read_up_to,
             peer_read_up_to: c.peer_read_up_to,
+            presence: service.presence_of(&c.peer).map(PresenceBody::from),
         }
     }
 }
 
 /// The inbox.
 ///
-/// The caller's conversations, the one with the newest message first, with unread counts and
-/// both read markers.
+/// The caller's conversations, the one with the newest message first, with unread counts,
+/// both read markers and (when the server keeps presence) whether the peer is online.
 #[utoipa::path(
     get,
     path = "/api/v1/conversation/",
@@ -141,7 +179,11 @@ pub(crate) async fn list_conversations(
     Ok(Json(InboxBody {
         next,
         unread_total: page.unread_total,
-        results: page.conversations.iter().map(ConversationBody::from).collect(),
+        results: page
+            .conversations
+            .iter()
+            .map(|c| ConversationBody::new(c, service))
+            .collect(),
     })
     .into_response())
 }

@@ -12,6 +12,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::auth::Caller;
 use crate::body::{ApiQuery, JsonOrForm};
 use crate::error::ApiError;
+use crate::inbox::PresenceBody;
 use crate::openapi::{BodyErrors, ErrorBody, MessageDoc, ServerErrors, Unauthenticated};
 use crate::state::ApiState;
 
@@ -32,10 +33,15 @@ pub(crate) struct DirectoryParams {
 
 /// One entry of the user directory.
 #[derive(Serialize, ToSchema)]
-#[schema(as = UserEntry, example = json!({"username": "bob"}))]
+#[schema(as = UserEntry, example = json!({"username": "bob", "online": true, "last_seen": null}))]
 struct UserEntry<'a> {
     /// The name as its user chose to write it.
     username: &'a str,
+    /// The user's presence: only for users who share a conversation with the caller, and
+    /// only when the server keeps presence (absent otherwise).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    #[schema(inline)]
+    presence: Option<PresenceBody>,
 }
 
 /// The user directory.
@@ -48,8 +54,8 @@ struct UserEntry<'a> {
     params(DirectoryParams),
     security(("session_cookie" = []), ("bearer" = [])),
     responses(
-        (status = 200, description = "The other users, sorted by name", body = Vec<UserEntry>,
-            example = json!([{"username": "bob"}, {"username": "carol"}])),
+        (status = 200, description = "The other users, sorted by name; `online` and `last_seen` for those the caller shares a conversation with", body = Vec<UserEntry>,
+            example = json!([{"username": "bob", "online": false, "last_seen": "2026-11-28T10:05:00.000000Z"}, {"username": "carol"}])),
         (status = 400, description = "A malformed query", body = ErrorBody,
             example = json!({"error": "Failed to deserialize query string: limit: invalid digit found in string"})),
         Unauthenticated, ServerErrors
@@ -71,10 +77,13 @@ pub(crate) async fn list_users(
             },
         )
         .await?;
+    let presence = state.service().presence_in_directory(&caller, &users).await?;
     let entries: Vec<UserEntry<'_>> = users
         .iter()
-        .map(|u| UserEntry {
+        .zip(presence)
+        .map(|(u, presence)| UserEntry {
             username: u.username.as_str(),
+            presence: presence.map(PresenceBody::from),
         })
         .collect();
     Ok(Json(entries).into_response())

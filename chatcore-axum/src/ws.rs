@@ -167,7 +167,7 @@ async fn run(
     };
     let ending = tokio::select! {
         ending = writer.run(feed, backlog, session, &last_heard, started) => ending,
-        end = read(stream, &last_heard, started) => match end {
+        end = read(&state, &user, stream, &last_heard, started) => match end {
             ReadEnd::TooBig => Ok((CLOSE_TOO_BIG, "message too big")),
             ReadEnd::Gone => Err(Gone::Broken),
         },
@@ -191,13 +191,46 @@ enum ReadEnd {
     Gone,
 }
 
-/// Reads until the client goes away. Clients' frames carry no meaning (yet) and are
-/// ignored; any frame, a pong included, proves the client alive.
-async fn read(mut stream: SplitStream<WebSocket>, last_heard: &AtomicU64, started: Instant) -> ReadEnd {
+/// A frame a client sends: only `{"type":"typing","to":"bob"}` (with `"stop":true` when
+/// the typist cleared the box) has a meaning.
+#[derive(Deserialize)]
+struct ClientFrame<'a> {
+    r#type: &'a str,
+    #[serde(default)]
+    to: Option<String>,
+    #[serde(default)]
+    stop: bool,
+}
+
+/// Reads until the client goes away. Typing frames go to the service
+/// ([`chatcore::ChatService::typing`], which rate-limits them per connection and drops what
+/// it must); any other frame is ignored. Any frame, a pong included, proves the client
+/// alive.
+async fn read(
+    state: &ApiState,
+    user: &User,
+    mut stream: SplitStream<WebSocket>,
+    last_heard: &AtomicU64,
+    started: Instant,
+) -> ReadEnd {
+    let service = state.service();
+    let mut gate = service.typing_gate();
     // After a close frame, reading on lets tungstenite send the reply and then ends.
     loop {
         match stream.next().await {
-            Some(Ok(_)) => last_heard.store(millis_since(started), Ordering::Relaxed),
+            Some(Ok(frame)) => {
+                last_heard.store(millis_since(started), Ordering::Relaxed);
+                if let WsMessage::Text(text) = &frame
+                    && let Ok(ClientFrame {
+                        r#type: "typing",
+                        to: Some(to),
+                        stop,
+                    }) = serde_json::from_str::<ClientFrame<'_>>(text.as_str())
+                    && let Err(error) = service.typing(user, &mut gate, &to, stop).await
+                {
+                    tracing::debug!(%error, user = %user.username, "typing frame not relayed");
+                }
+            }
             Some(Err(error)) => {
                 let too_big = error
                     .into_inner()

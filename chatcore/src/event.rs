@@ -69,6 +69,16 @@ pub enum EventKind {
     /// One of the user's login sessions ended (logout, expiry, account removal): the
     /// connections opened with it must close. Never forwarded to a client.
     SessionEnded,
+    /// Someone the user shares a conversation with is typing to them, or stopped
+    /// ([`Event::typing`]). Ephemeral: never stored, never replayed.
+    Typing,
+    /// Users the user shares a conversation with came online or went offline
+    /// ([`Event::presence`]). Ephemeral: never stored, never replayed.
+    Presence,
+    /// One node's account of who is connected to it, exchanged between the nodes of a
+    /// deployment on [`crate::UserId::PRESENCE`] (see [`crate::ChatConfig::presence`]).
+    /// Ephemeral, and never forwarded to a client.
+    PresenceSync,
 }
 
 impl EventKind {
@@ -78,6 +88,9 @@ impl EventKind {
             EventKind::Message => "message",
             EventKind::Read => "read",
             EventKind::SessionEnded => "session_ended",
+            EventKind::Typing => "typing",
+            EventKind::Presence => "presence",
+            EventKind::PresenceSync => "presence_sync",
         }
     }
 
@@ -88,6 +101,9 @@ impl EventKind {
             "message" => Some(EventKind::Message),
             "read" => Some(EventKind::Read),
             "session_ended" => Some(EventKind::SessionEnded),
+            "typing" => Some(EventKind::Typing),
+            "presence" => Some(EventKind::Presence),
+            "presence_sync" => Some(EventKind::PresenceSync),
             _ => None,
         }
     }
@@ -163,6 +179,65 @@ pub enum EventData {
     Read(ReadMarker),
     /// A session ended.
     SessionEnded(SessionId),
+    /// `from` is typing (for `expires_in_ms` more milliseconds; 0: they stopped).
+    Typing {
+        /// Who types.
+        from: Username,
+        /// How long the indication holds unless renewed; 0 when they stopped.
+        expires_in_ms: u64,
+    },
+    /// Users came online or went offline.
+    Presence(Vec<PresenceChange>),
+    /// A node's presence account (internal to the service; its frame is not decoded here).
+    PresenceSync,
+}
+
+/// One user's presence as a `presence` frame reports it ([`Event::presence`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceChange {
+    /// The user.
+    pub user: Username,
+    /// Whether at least one of their connections is open anywhere in the deployment.
+    pub online: bool,
+    /// When they were last online (when their last connection closed), as far as the
+    /// deployment remembers since it started; `None` while online, or when unknown.
+    #[serde(with = "optional_timestamp")]
+    pub last_seen: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+mod optional_timestamp {
+    use chrono::{DateTime, Utc};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(ts: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+        match ts {
+            Some(ts) => crate::timestamp_micros::serialize(ts, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DateTime<Utc>>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|text| {
+                DateTime::parse_from_rfc3339(&text)
+                    .map(|t| t.with_timezone(&Utc))
+                    .map_err(serde::de::Error::custom)
+            })
+            .transpose()
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct TypingFrame {
+    r#type: String,
+    from: Username,
+    expires_in_ms: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PresenceFrame {
+    r#type: String,
+    users: Vec<PresenceChange>,
 }
 
 #[derive(Serialize)]
@@ -254,6 +329,55 @@ impl Event {
             session,
         };
         Self::rendered(EventKind::SessionEnded, None, Some(session), &frame)
+    }
+
+    /// The event "`from` is typing": `{"type":"typing","from":"alice","expires_in_ms":6000}`.
+    /// The indication holds for `expires_in_ms` unless renewed; `0` says `from` stopped.
+    ///
+    /// ```
+    /// use chatcore::{Event, EventKind, Username};
+    /// let event = Event::typing(&Username::parse("alice").unwrap(), 6000);
+    /// assert_eq!(event.kind(), EventKind::Typing);
+    /// assert_eq!(event.position(), None);
+    /// assert_eq!(event.frame_str(), r#"{"type":"typing","from":"alice","expires_in_ms":6000}"#);
+    /// ```
+    pub fn typing(from: &Username, expires_in_ms: u64) -> Self {
+        let frame = TypingFrame {
+            r#type: EventKind::Typing.as_str().to_owned(),
+            from: from.clone(),
+            expires_in_ms,
+        };
+        Self::rendered(EventKind::Typing, None, None, &frame)
+    }
+
+    /// The event "these users came online or went offline":
+    /// `{"type":"presence","users":[{"user":"bob","online":false,"last_seen":"2026-11-28T10:00:00.123456Z"}]}`.
+    ///
+    /// ```
+    /// use chatcore::{Event, EventKind, PresenceChange, Username};
+    /// let change = PresenceChange { user: Username::parse("bob").unwrap(), online: true, last_seen: None };
+    /// let event = Event::presence(&[change]);
+    /// assert_eq!(event.kind(), EventKind::Presence);
+    /// assert_eq!(event.frame_str(), r#"{"type":"presence","users":[{"user":"bob","online":true,"last_seen":null}]}"#);
+    /// ```
+    pub fn presence(changes: &[PresenceChange]) -> Self {
+        let frame = PresenceFrame {
+            r#type: EventKind::Presence.as_str().to_owned(),
+            users: changes.to_vec(),
+        };
+        Self::rendered(EventKind::Presence, None, None, &frame)
+    }
+
+    /// An ephemeral event of `kind` around a frame rendered elsewhere (checked to be UTF-8
+    /// by construction: it is a `String`).
+    pub(crate) fn ephemeral(kind: EventKind, frame: String) -> Self {
+        Event(Arc::new(Rendered {
+            kind,
+            position: None,
+            session: None,
+            frame: Bytes::from(frame),
+            accepted_at: None,
+        }))
     }
 
     fn rendered(
@@ -367,6 +491,19 @@ impl Event {
                     .map_err(bad)?
                     .session,
             )),
+            Some(EventKind::Typing) => {
+                let frame: TypingFrame = serde_json::from_slice(&self.0.frame).map_err(bad)?;
+                Ok(EventData::Typing {
+                    from: frame.from,
+                    expires_in_ms: frame.expires_in_ms,
+                })
+            }
+            Some(EventKind::Presence) => Ok(EventData::Presence(
+                serde_json::from_slice::<PresenceFrame>(&self.0.frame)
+                    .map_err(bad)?
+                    .users,
+            )),
+            Some(EventKind::PresenceSync) => Ok(EventData::PresenceSync),
             None => Err(Error::invalid(format!("unknown event type {:?}", any.r#type))),
         }
     }
@@ -386,6 +523,37 @@ pub const RESYNC_FRAME: &str = r#"{"type":"resync","resync":true}"#;
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn ephemeral_frames_round_trip() {
+        let alice = Username::parse("alice").unwrap();
+        let typing = Event::typing(&alice, 0);
+        assert_eq!(
+            typing.decode().unwrap(),
+            EventData::Typing {
+                from: alice.clone(),
+                expires_in_ms: 0
+            }
+        );
+        let again = Event::from_frame(EventKind::Typing, None, typing.frame().clone()).unwrap();
+        assert_eq!(again, typing);
+        let seen = now_micros();
+        let changes = vec![
+            PresenceChange {
+                user: alice,
+                online: false,
+                last_seen: Some(seen),
+            },
+            PresenceChange {
+                user: Username::parse("bob").unwrap(),
+                online: true,
+                last_seen: None,
+            },
+        ];
+        let presence = Event::presence(&changes);
+        assert_eq!(presence.decode().unwrap(), EventData::Presence(changes));
+        assert!(Event::from_frame(EventKind::Presence, Some(Position(1)), presence.frame().clone()).is_err());
+    }
+
     use super::*;
     use crate::{Username, now_micros};
 
@@ -446,7 +614,14 @@ mod tests {
 
     #[test]
     fn kinds_round_trip_by_name() {
-        for kind in [EventKind::Message, EventKind::Read, EventKind::SessionEnded] {
+        for kind in [
+            EventKind::Message,
+            EventKind::Read,
+            EventKind::SessionEnded,
+            EventKind::Typing,
+            EventKind::Presence,
+            EventKind::PresenceSync,
+        ] {
             assert_eq!(EventKind::parse(kind.as_str()), Some(kind));
         }
         assert_eq!(EventKind::parse("nope"), None);

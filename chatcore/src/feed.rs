@@ -10,6 +10,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::event::{EventKind, SessionId};
 use crate::notify::{CloseReason, Delivery, Subscription};
+use crate::presence::PresenceTicket;
 use crate::{Error, Result, UserId};
 
 /// A user's live connections on this process, oldest first, so that opening one too many
@@ -105,6 +106,8 @@ impl Drop for Registration {
 /// Session events are consumed here and never reach the caller.
 pub struct Feed {
     subscription: Subscription,
+    /// The connection's presence frames and its place in presence, when presence is on.
+    presence: Option<PresenceTicket>,
     registration: Registration,
     session: Option<SessionId>,
     closed: bool,
@@ -125,9 +128,11 @@ impl Feed {
         connections: &Arc<Connections>,
         user: UserId,
         session: Option<SessionId>,
+        presence: Option<PresenceTicket>,
     ) -> Self {
         Self {
             subscription,
+            presence,
             registration: connections.open(user),
             session,
             closed: false,
@@ -152,6 +157,7 @@ impl Feed {
                     Some(delivery) => delivery,
                     None => Delivery::Closed(CloseReason::TransportClosed),
                 },
+                Some(event) = presence_frame(&mut self.presence) => Delivery::Event { event, previous: None },
             };
             if let Some(delivery) = self.apply(delivery) {
                 return Some(delivery);
@@ -170,7 +176,16 @@ impl Feed {
                 Err(oneshot::error::TryRecvError::Closed) => Delivery::Closed(CloseReason::TransportClosed),
                 Err(oneshot::error::TryRecvError::Empty) => match self.subscription.try_recv() {
                     Ok(Some(delivery)) => delivery,
-                    Ok(None) => return None,
+                    Ok(None) => {
+                        return self
+                            .presence
+                            .as_mut()
+                            .and_then(PresenceTicket::try_recv)
+                            .map(|event| Delivery::Event {
+                                event,
+                                previous: None,
+                            });
+                    }
                     Err(()) => Delivery::Closed(CloseReason::TransportClosed),
                 },
             };
@@ -197,6 +212,14 @@ impl Feed {
             }
             other => Some(other),
         }
+    }
+}
+
+/// The connection's next presence frame; never, without presence.
+async fn presence_frame(presence: &mut Option<PresenceTicket>) -> Option<crate::Event> {
+    match presence {
+        Some(ticket) => ticket.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -43,6 +43,8 @@
 //! - `feed.rs`: [`Feed`], a connection's subscription under the service's rules, and the
 //!   per-user catch-up read gate.
 //! - `service.rs`: [`ChatService`] and [`ChatConfig`].
+//! - `presence.rs`: who is online, deployment-wide, and the task that tells the users who
+//!   share a conversation with them ([`ChatConfig::presence`]).
 //! - `policy.rs`: [`SendPolicy`], the host's say before a message is stored, and the chain
 //!   that runs the policies under their deadline.
 //! - `memory.rs`: [`MemoryStore`].
@@ -64,6 +66,7 @@ pub mod metrics;
 mod model;
 pub mod notify;
 mod policy;
+pub mod presence;
 mod rate;
 mod service;
 pub mod store;
@@ -76,7 +79,7 @@ pub mod notifier_conformance;
 
 pub use consumer::{FeedConsumer, FeedConsumerConfig, FeedHandler};
 pub use error::{BoxError, Entity, Error, Result};
-pub use event::{Event, EventData, EventKind, Position, RESYNC_FRAME, SessionId};
+pub use event::{Event, EventData, EventKind, Position, PresenceChange, RESYNC_FRAME, SessionId};
 pub use feed::Feed;
 pub use memory::MemoryStore;
 pub use model::{
@@ -86,9 +89,10 @@ pub use notify::{CloseReason, Delivery, LocalNotifier, Notifier, Recipient, Subs
 pub use policy::{
     Draft, PolicyAction, PolicyCounts, PolicyFallback, Rejection, RejectionKind, SendPolicy, Verdict,
 };
+pub use presence::PresenceStatus;
 pub use service::{
     CatchUp, CatchUpPage, ChatConfig, ChatService, DirectoryQuery, HistoryQuery, InboxQuery, ReadState,
-    SendRequest, Sent,
+    SendRequest, Sent, TypingGate,
 };
 pub use store::{
     Backend, Conversation, Credentials, InboxPage, InboxRequest, Inserted, MarkedRead, MessagePage,

@@ -17,6 +17,10 @@ impl UserId {
     /// [`crate::ChatService::end_session`] also announces every ended session, so that each
     /// node's session cache hears every revocation.
     pub const SESSION_REVOCATIONS: UserId = UserId(0);
+
+    /// Never a user: the notifier channel on which the nodes of a deployment tell each other
+    /// who is connected to them (see [`crate::ChatConfig::presence`]).
+    pub const PRESENCE: UserId = UserId(-1);
 }
 
 impl fmt::Display for UserId {

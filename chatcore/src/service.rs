@@ -8,6 +8,7 @@ use crate::feed::{Connections, Feed, ReadGate};
 use crate::metrics::{SendOutcome, ServiceMetrics};
 use crate::notify::{Event, Notifier, Position, Recipient};
 use crate::policy::{PolicyAction, PolicyChain, PolicyCounts, PolicyFallback, SendPolicy};
+use crate::presence::{Presence, PresenceStatus};
 use crate::rate::SendRateLimiter;
 use crate::store::{InboxPage, InboxRequest, MessagePage, PageRequest, Store, StoredEvent, UserQuery};
 use crate::{Entity, Error, Message, MessageId, NewMessage, Result, User, UserId, Username};
@@ -74,6 +75,33 @@ pub struct ChatConfig {
     /// What a policy that does not answer in time, or fails, decides. Default
     /// [`PolicyFallback::Allow`].
     pub policy_fallback: PolicyFallback,
+    /// Whether the service keeps track of who is online and tells the users who share a
+    /// conversation with them (`presence` frames, [`ChatService::presence_of`]): see
+    /// [`crate::presence`]. Costs one inbox read per change of a user's presence (never work
+    /// per message). Default `false` (the standalone server turns it on).
+    pub presence: bool,
+    /// How long a user whose last connection closed stays online, so that a reloaded page
+    /// (closed and reopened within it) sends no offline/online pair. Default 5 s.
+    pub presence_grace: Duration,
+    /// How often presence changes are gathered and sent: each watcher gets at most one
+    /// `presence` frame per interval, listing every change it can see. More than zero.
+    /// Default 1 s.
+    pub presence_interval: Duration,
+    /// After how long without word from a node (it was killed, or cut off) the other nodes
+    /// take its users for offline. Each node speaks at least every third of it. More than
+    /// [`ChatConfig::presence_interval`]. Default 30 s.
+    pub presence_timeout: Duration,
+    /// Typing frames one connection may send in a burst before
+    /// [`ChatConfig::typing_rate_per_sec`] applies; extra frames are dropped (the
+    /// connection stays open). `0` turns typing off (every typing frame is dropped).
+    /// Default 5.
+    pub typing_burst: u32,
+    /// Typing frames per second one connection may send after the burst. At least 1 when
+    /// typing is on. Default 1.
+    pub typing_rate_per_sec: u32,
+    /// How long a `typing` indication holds unless the typist renews it (its
+    /// `expires_in_ms`). More than zero. Default 6 s.
+    pub typing_expiry: Duration,
 }
 
 impl ChatConfig {
@@ -109,6 +137,21 @@ impl ChatConfig {
                 "chat config: policy_deadline must be more than zero",
             ));
         }
+        if self.presence_interval.is_zero() || self.presence_timeout <= self.presence_interval {
+            return Err(Error::invalid(
+                "chat config: presence_interval must be more than zero and presence_timeout more than presence_interval",
+            ));
+        }
+        if self.typing_expiry.is_zero() {
+            return Err(Error::invalid(
+                "chat config: typing_expiry must be more than zero",
+            ));
+        }
+        if self.typing_burst > 0 && self.typing_rate_per_sec == 0 {
+            return Err(Error::invalid(
+                "chat config: typing_rate_per_sec must be at least 1 while typing is on (typing_burst > 0)",
+            ));
+        }
         if self.default_page_size > self.max_page_size
             || self.default_user_page > self.max_user_page
             || self.default_inbox_page > self.max_inbox_page
@@ -142,6 +185,41 @@ impl Default for ChatConfig {
             max_inbox_page: 100,
             policy_deadline: Duration::from_millis(500),
             policy_fallback: PolicyFallback::Allow,
+            presence: false,
+            presence_grace: Duration::from_secs(5),
+            presence_interval: Duration::from_secs(1),
+            presence_timeout: Duration::from_secs(30),
+            typing_burst: 5,
+            typing_rate_per_sec: 1,
+            typing_expiry: Duration::from_secs(6),
+        }
+    }
+}
+
+/// One connection's typing allowance ([`ChatService::typing_gate`]): a token bucket.
+#[derive(Debug, Clone)]
+pub struct TypingGate {
+    burst: f64,
+    rate: f64,
+    tokens: f64,
+    updated: Instant,
+}
+
+impl TypingGate {
+    /// Takes one token if there is one.
+    fn allow(&mut self) -> bool {
+        if self.burst <= 0.0 {
+            return false;
+        }
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.updated).as_secs_f64();
+        self.updated = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
         }
     }
 }
@@ -279,6 +357,7 @@ pub struct ChatService {
     send_limiter: Option<Arc<SendRateLimiter>>,
     metrics: Arc<ServiceMetrics>,
     policies: Arc<PolicyChain>,
+    presence: Option<Arc<Presence>>,
 }
 
 impl std::fmt::Debug for ChatService {
@@ -294,7 +373,11 @@ impl ChatService {
     /// where you build it: a zero limit here is taken for 1. Registers its metric handles
     /// with the recorder installed now ([`crate::metrics`]).
     pub fn new(store: Arc<dyn Store>, notifier: Arc<dyn Notifier>, config: ChatConfig) -> Self {
+        let presence = config
+            .presence
+            .then(|| Arc::new(Presence::new(&config, store.clone(), notifier.clone())));
         Self {
+            presence,
             store,
             notifier,
             connections: Arc::new(Connections::new(config.max_connections_per_user.max(1))),
@@ -674,7 +757,140 @@ impl ChatService {
     /// user's oldest connection on this process.
     pub async fn subscribe(&self, user: &User, session: Option<SessionId>) -> Result<Feed> {
         let subscription = self.notifier.subscribe(user.id).await?;
-        Ok(Feed::new(subscription, &self.connections, user.id, session))
+        let presence = self
+            .presence
+            .as_ref()
+            .map(|presence| presence.connect(user.id, &user.username));
+        Ok(Feed::new(
+            subscription,
+            &self.connections,
+            user.id,
+            session,
+            presence,
+        ))
+    }
+
+    /// Starts keeping track of presence now (when [`ChatConfig::presence`] is on), instead
+    /// of with the first connection: the node then hears the other nodes' accounts at once,
+    /// so its first inbox answers already say who is online elsewhere. Call it once the
+    /// runtime is up; the standalone server does at start. Does nothing when presence is
+    /// off or already started.
+    pub fn start_presence(&self) {
+        if let Some(presence) = &self.presence {
+            presence.start();
+        }
+    }
+
+    /// Whether presence is kept ([`ChatConfig::presence`]).
+    pub fn presence_enabled(&self) -> bool {
+        self.presence.is_some()
+    }
+
+    /// `user`'s presence as this node knows the deployment's: online while one of their
+    /// connections is open on any node (within [`ChatConfig::presence_grace`] after the last
+    /// closed, and [`ChatConfig::presence_timeout`] after a node stopped answering), and
+    /// when they were last seen. `None` when presence is off. One lookup in a sharded
+    /// table, no I/O. Callers show it only to users who share a conversation with `user`
+    /// ([`ChatService::inbox`] entries, [`ChatService::presence_in_directory`]).
+    pub fn presence_of(&self, user: &Username) -> Option<PresenceStatus> {
+        self.presence.as_ref().map(|presence| presence.status(user))
+    }
+
+    /// The presence of each of `users` (a directory page `viewer` reads) that `viewer` may
+    /// see: those they share a conversation with, in the same order; `None` for the others
+    /// and for everyone when presence is off. Reads `viewer`'s inbox (in pages of 500) to
+    /// learn who they share a conversation with: a cost that grows with the viewer's
+    /// conversations, paid by directory reads only when presence is on.
+    pub async fn presence_in_directory(
+        &self,
+        viewer: &User,
+        users: &[User],
+    ) -> Result<Vec<Option<PresenceStatus>>> {
+        let Some(presence) = &self.presence else {
+            return Ok(vec![None; users.len()]);
+        };
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        let statuses: Vec<PresenceStatus> = users.iter().map(|u| presence.status(&u.username)).collect();
+        let shared = crate::presence::shared_with(&*self.store, viewer.id).await;
+        Ok(users
+            .iter()
+            .zip(statuses)
+            .map(|(user, status)| shared.contains(&user.username.key()).then_some(status))
+            .collect())
+    }
+
+    /// A connection's typing allowance: [`ChatConfig::typing_burst`] frames, then
+    /// [`ChatConfig::typing_rate_per_sec`]. Make one per connection and pass it to every
+    /// [`ChatService::typing`] call of that connection.
+    pub fn typing_gate(&self) -> TypingGate {
+        TypingGate {
+            burst: f64::from(self.config.typing_burst),
+            rate: f64::from(self.config.typing_rate_per_sec),
+            tokens: f64::from(self.config.typing_burst),
+            updated: Instant::now(),
+        }
+    }
+
+    /// A typing frame from one of `from`'s connections: `from` is typing to `to` (or,
+    /// with `stop`, stopped). When the connection's `gate` allows it and
+    /// [`ChatService::typing_allowed`] says so, `to`'s connections (on every node) get
+    /// `{"type":"typing","from":..,"expires_in_ms":..}` ([`crate::Event::typing`]; 0 for a
+    /// stop). Returns whether it was relayed. Anything else is dropped silently, never an
+    /// error to the client: over the rate, typing off, an impossible or unknown name, no
+    /// conversation between the two, typing to oneself. Nothing is stored.
+    ///
+    /// The indication ends when it expires, when a stop frame comes, or when the typist's
+    /// message arrives: clients clear it on a `message` frame from `from` (no frame is sent
+    /// for that).
+    ///
+    /// Errors: only a failure to read the store or to publish.
+    pub async fn typing(&self, from: &User, gate: &mut TypingGate, to: &str, stop: bool) -> Result<bool> {
+        if !gate.allow() {
+            return Ok(false);
+        }
+        let Ok(to) = Username::parse(to) else {
+            return Ok(false);
+        };
+        let Some(peer) = self.typing_allowed(from, &to).await? else {
+            return Ok(false);
+        };
+        let expires_in_ms = if stop {
+            0
+        } else {
+            u64::try_from(self.config.typing_expiry.as_millis()).unwrap_or(u64::MAX)
+        };
+        self.notifier
+            .publish(
+                &[Recipient::ephemeral(peer)],
+                &Event::typing(&from.username, expires_in_ms),
+            )
+            .await?;
+        Ok(true)
+    }
+
+    /// Whether `from` may tell `to` they are typing, and `to`'s id if so: `to` exists, is not
+    /// `from`, and the two share a conversation (at least one message between them). Every
+    /// rule on who may see whom typing joins here (the blocks of issue 19: typing to someone
+    /// who blocked you is dropped). One storage read (the conversation's counter).
+    pub async fn typing_allowed(&self, from: &User, to: &Username) -> Result<Option<UserId>> {
+        if to.key() == from.username.key() {
+            return Ok(None);
+        }
+        let Some(peer) = self.store.find_user(to).await? else {
+            return Ok(None);
+        };
+        let page = match self
+            .store
+            .conversation_page(from.id, to, &PageRequest::latest(1))
+            .await
+        {
+            Ok(page) => page,
+            Err(Error::NotFound(_)) => return Ok(None),
+            Err(error) => return Err(error),
+        };
+        Ok((page.total > 0).then_some(peer.id))
     }
 
     /// How many live connections `user` holds on this process.
