@@ -149,6 +149,7 @@ macro_rules! notifier_conformance_tests {
             dropping_unsubscribes,
             a_user_listed_twice_gets_the_event_once,
             every_subscription_of_the_user_and_no_other_gets_the_event,
+            ephemeral_events_arrive_unchanged_on_every_node,
         );
     };
     ($fixture:expr) => {
@@ -663,6 +664,78 @@ pub async fn every_subscription_of_the_user_and_no_other_gets_the_event(
     for (n, sub) in subs.iter_mut().enumerate() {
         let what = format!("subscription {n} of the user, once more");
         expect(sub, &three, Some(Position(2)), &what).await;
+    }
+}
+
+/// The ephemeral path (typing, presence, and the nodes' presence accounts on
+/// [`UserId::PRESENCE`], a negative id): events without a position, published with
+/// [`Recipient::ephemeral`], reach every subscription of their users on every node with
+/// their frame unchanged, no position and no `previous`, in publish order, mixed with
+/// durable events; a user listed twice gets them once.
+pub async fn ephemeral_events_arrive_unchanged_on_every_node(
+    fixture: &dyn NotifierFixture,
+    node_count: usize,
+) {
+    let nodes = nodes(fixture, node_count, 64).await;
+    let (bob, presence) = (UserId(31), UserId::PRESENCE);
+    let mut subs = Vec::new();
+    for node in &nodes {
+        subs.push((bob, subscribe(node, bob).await));
+        subs.push((presence, subscribe(node, presence).await));
+    }
+    let alice = Username::parse("alice").expect("valid username");
+    let changes = [crate::PresenceChange {
+        user: alice.clone(),
+        online: false,
+        last_seen: Some(now_micros()),
+    }];
+    let sync = Event::from_frame(
+        EventKind::PresenceSync,
+        None,
+        Bytes::from(format!(
+            r#"{{"type":"presence_sync","node":"00ff","full":true,"hello":false,"online":[[1,"alice"]],"offline":[],"pad":"{}"}}"#,
+            "x".repeat(10_000)
+        )),
+    )
+    .expect("a valid frame");
+    let for_bob = [
+        Event::typing(&alice, 6_000),
+        event(1),
+        Event::presence(&changes),
+        Event::typing(&alice, 0),
+    ];
+    // One publisher, so each subscription receives them in this order.
+    let publisher = &nodes[node_count - 1];
+    for (n, sent) in for_bob.iter().enumerate() {
+        let recipients = if sent.position().is_some() {
+            vec![to(bob, 0)]
+        } else if n == 0 {
+            vec![Recipient::ephemeral(bob), Recipient::ephemeral(bob)]
+        } else {
+            vec![Recipient::ephemeral(bob)]
+        };
+        publish(publisher, &recipients, sent).await;
+    }
+    publish(publisher, &[Recipient::ephemeral(presence)], &sync).await;
+    for (i, (user, sub)) in subs.iter_mut().enumerate() {
+        let want: Vec<&Event> = if *user == bob {
+            for_bob.iter().collect()
+        } else {
+            vec![&sync]
+        };
+        for (n, want) in want.into_iter().enumerate() {
+            let what = format!("subscription {i} ({user:?}), event {n}");
+            let (got, previous) = next_event(sub, &what).await;
+            assert_eq!(got.frame(), want.frame(), "{what}: frame changed");
+            assert_eq!(got.kind(), want.kind(), "{what}");
+            assert_eq!(got.position(), want.position(), "{what}");
+            let want_previous = want.position().map(|_| Position(0));
+            assert_eq!(previous, want_previous, "{what}: previous");
+        }
+        match sub.try_recv() {
+            Ok(None) => {}
+            other => panic!("subscription {i} ({user:?}): unexpected {other:?}"),
+        }
     }
 }
 

@@ -109,6 +109,13 @@ impl App {
             max_user_page: options.user_page_size,
             default_inbox_page: options.inbox_page,
             max_inbox_page: options.max_inbox_page,
+            presence: options.presence == crate::options::Switch::On,
+            presence_grace: std::time::Duration::from_millis(options.presence_grace_ms),
+            presence_interval: std::time::Duration::from_millis(options.presence_interval_ms),
+            presence_timeout: std::time::Duration::from_millis(options.presence_timeout_ms),
+            typing_burst: options.typing_burst,
+            typing_rate_per_sec: options.typing_rate_per_sec,
+            typing_expiry: std::time::Duration::from_millis(options.typing_expiry_ms),
             ..ChatConfig::default()
         };
         // A zero from a flag stops the start here, never taken for 1 by the service.
@@ -151,6 +158,8 @@ pub async fn run(
     let app = App::new(&options, &backend).await?;
     // The session cache's revocations and the expired-session sweeper.
     app.sessions.start(&app.chat).await?;
+    // Presence hears the other servers from the start, not from the first WebSocket.
+    app.chat.start_presence();
     let api = ChatApi::new(app.chat.clone(), app.sessions.clone())
         .with_config(app.api_config.clone())
         .with_auth_routes(app.sessions.clone());

@@ -86,6 +86,15 @@ pub enum SqliteSync {
     Off,
 }
 
+/// A feature switch (`--presence on|off`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Switch {
+    /// On.
+    On,
+    /// Off.
+    Off,
+}
+
 /// Which transport carries notifications (`--notify`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum NotifyKind {
@@ -239,6 +248,40 @@ pub struct ServerOptions {
     /// Seconds after a missed pong before a WebSocket is considered dead and dropped.
     #[arg(long, env = "CHAT_WS_PING_TIMEOUT_SECS", default_value_t = 10)]
     pub ws_ping_timeout_secs: u64,
+
+    /// Presence: who is online, told to the users who share a conversation with them
+    /// (`presence` frames, `online`/`last_seen` in the inbox and the directory),
+    /// deployment-wide over the notifier. `off` drops all of it.
+    #[arg(long, env = "CHAT_PRESENCE", value_enum, default_value_t = Switch::On)]
+    pub presence: Switch,
+
+    /// Milliseconds a user whose last WebSocket closed stays online, so that a reloaded
+    /// page sends no offline/online pair.
+    #[arg(long, env = "CHAT_PRESENCE_GRACE_MS", default_value_t = 5000)]
+    pub presence_grace_ms: u64,
+
+    /// Milliseconds between presence rounds: each watcher gets at most one `presence` frame
+    /// per round, listing every change.
+    #[arg(long, env = "CHAT_PRESENCE_INTERVAL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub presence_interval_ms: u64,
+
+    /// Milliseconds without word from a server after which the others show its users
+    /// offline (a server killed without goodbye); each server speaks every third of it.
+    #[arg(long, env = "CHAT_PRESENCE_TIMEOUT_MS", default_value_t = 30_000)]
+    pub presence_timeout_ms: u64,
+
+    /// Typing frames one WebSocket may send in a burst; extra ones are dropped. 0 turns
+    /// typing off.
+    #[arg(long, env = "CHAT_TYPING_BURST", default_value_t = 5)]
+    pub typing_burst: u32,
+
+    /// Typing frames per second one WebSocket may send after the burst.
+    #[arg(long, env = "CHAT_TYPING_RATE_PER_SEC", default_value_t = 1)]
+    pub typing_rate_per_sec: u32,
+
+    /// How long a typing indication holds unless renewed (`expires_in_ms`), in milliseconds.
+    #[arg(long, env = "CHAT_TYPING_EXPIRY_MS", default_value_t = 6000)]
+    pub typing_expiry_ms: u64,
 
     /// Mark the session cookie `Secure` (when served over HTTPS, e.g. behind a TLS proxy).
     #[arg(long, env = "CHAT_SECURE_COOKIES")]

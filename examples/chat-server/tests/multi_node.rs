@@ -128,3 +128,118 @@ async fn message_posted_to_one_node_reaches_a_socket_on_the_other() {
     assert!(node_a.terminate().await.success());
     assert!(node_b.terminate().await.success());
 }
+
+/// The next text frame of `socket` whose `type` is `kind`, within `wait` (other frames are
+/// skipped).
+async fn next_of_type(
+    socket: &mut tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    kind: &str,
+    wait: Duration,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let frame = tokio::time::timeout_at(deadline, socket.next())
+            .await
+            .unwrap_or_else(|_| panic!("no {kind} frame within {wait:?}"))
+            .expect("the socket is open")
+            .expect("a frame");
+        if let Ok(text) = frame.to_text()
+            && let Ok(value) = serde_json::from_str::<Value>(text)
+            && value["type"] == kind
+        {
+            return value;
+        }
+    }
+}
+
+/// Presence and typing across nodes: alice on node A sees bob, on node B, come online and
+/// type, and go offline once B is killed with -9 (no goodbye): A takes B's users for
+/// offline after the configured timeout without word from B.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_and_typing_cross_nodes_and_a_killed_node_goes_offline() {
+    let db = TestDatabase::create("chat_presence_")
+        .await
+        .expect("a test database");
+    let db_url = format!("{}/{}", server_url().trim_end_matches('/'), db.name());
+    let prefix = format!("chat-presence-{}-{}:", std::process::id(), rand_suffix());
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "--database",
+        &db_url,
+        "--redis",
+        &redis_url(),
+        "--redis-prefix",
+        &prefix,
+        "--presence",
+        "on",
+        "--presence-interval-ms",
+        "100",
+        "--presence-grace-ms",
+        "200",
+        "--presence-timeout-ms",
+        "1500",
+    ];
+    let node_a = ServerProcess::start(dir.path(), &args).await;
+    let mut node_b = ServerProcess::start(dir.path(), &args).await;
+    let http = reqwest::Client::new();
+    let alice = common::sign_up(&http, &node_a.base, "alice").await;
+    let bob = common::sign_up(&http, &node_a.base, "bob").await;
+    let sent = post_json(
+        &http,
+        format!("{}/api/v1/message/", node_a.base),
+        Some(&bob),
+        json!({"recipient": "alice", "body": "hi"}),
+    )
+    .await;
+    assert_eq!(sent.status(), 201);
+
+    let mut alice_ws = common::open_socket(&node_a.addr, "/ws", &alice).await;
+    let mut bob_ws = common::open_socket(&node_b.addr, "/ws", &bob).await;
+    let wait = Duration::from_secs(15);
+    let online = next_of_type(&mut alice_ws, "presence", wait).await;
+    assert_eq!(
+        online,
+        json!({"type": "presence", "users": [{"user": "bob", "online": true, "last_seen": null}]})
+    );
+    // Node A's inbox knows bob is online on B.
+    let inbox: Value = http
+        .get(format!("{}/api/v1/conversation/", node_a.base))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(inbox["results"][0]["online"], true, "{inbox}");
+
+    use futures_util::SinkExt;
+    bob_ws
+        .send(tokio_tungstenite::tungstenite::Message::text(
+            json!({"type": "typing", "to": "alice"}).to_string(),
+        ))
+        .await
+        .unwrap();
+    let typing = next_of_type(&mut alice_ws, "typing", wait).await;
+    assert_eq!(
+        typing,
+        json!({"type": "typing", "from": "bob", "expires_in_ms": 6000})
+    );
+
+    // Kill B without a goodbye: its socket to bob stays half-open, nobody closes it.
+    let killed_at = tokio::time::Instant::now();
+    node_b.child.start_kill().expect("SIGKILL node B");
+    node_b.child.wait().await.expect("node B ended");
+    let offline = next_of_type(&mut alice_ws, "presence", wait).await;
+    assert_eq!(offline["users"][0]["user"], "bob", "{offline}");
+    assert_eq!(offline["users"][0]["online"], false, "{offline}");
+    assert!(offline["users"][0]["last_seen"].is_string(), "{offline}");
+    report_offline_after(killed_at.elapsed());
+    drop(bob_ws);
+    assert!(node_a.terminate().await.success());
+}
+
+/// How long the survivors took, for whoever runs the test with `--nocapture`.
+fn report_offline_after(took: Duration) {
+    println!("node B's users shown offline {took:?} after the kill (timeout 1.5 s)");
+}
