@@ -281,6 +281,8 @@ struct Node {
 
 struct Local {
     count: usize,
+    /// When the grace of the user's last close ends, while they have no connection here.
+    leaving_until: Option<Instant>,
 }
 
 struct Task {
@@ -370,8 +372,12 @@ impl Task {
     fn apply(&mut self, command: Command) {
         match command {
             Command::Up(user, name) => {
-                let local = self.local.entry(user).or_insert(Local { count: 0 });
+                let local = self.local.entry(user).or_insert(Local {
+                    count: 0,
+                    leaving_until: None,
+                });
                 local.count += 1;
+                local.leaving_until = None;
                 self.local_keys.insert(name.key(), user);
                 if !self.here.contains_key(&user) {
                     self.here.insert(user, name.clone());
@@ -384,8 +390,9 @@ impl Task {
                 if let Some(local) = self.local.get_mut(&user) {
                     local.count = local.count.saturating_sub(1);
                     if local.count == 0 {
-                        self.leaving
-                            .push_back((Instant::now() + self.settings.grace, user));
+                        let until = Instant::now() + self.settings.grace;
+                        local.leaving_until = Some(until);
+                        self.leaving.push_back((until, user));
                     }
                 }
             }
@@ -399,7 +406,12 @@ impl Task {
                 break;
             }
             self.leaving.pop_front();
-            if self.local.get(&user).is_some_and(|l| l.count == 0) {
+            // A user who came back and left again waits for the end of their latest grace.
+            if self
+                .local
+                .get(&user)
+                .is_some_and(|l| l.count == 0 && l.leaving_until == Some(until))
+            {
                 self.local.remove(&user);
                 if let Some(name) = self.names.get(&user) {
                     self.local_keys.remove(&name.key());
