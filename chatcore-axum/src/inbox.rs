@@ -71,52 +71,50 @@ struct ConversationBody<'a> {
     /// The peer's read marker.
     #[schema(value_type = Option<i64>)]
     peer_read_up_to: Option<MessageId>,
-    /// The peer's presence; both fields are absent when the server keeps no presence.
-    #[serde(flatten, skip_serializing_if = "Option::is_none")]
-    #[schema(inline)]
-    presence: Option<PresenceBody>,
-}
-
-/// A user's presence, as shown to the users who share a conversation with them.
-#[derive(Serialize, ToSchema)]
-pub(crate) struct PresenceBody {
-    /// Whether at least one of the user's connections is open (on any node).
-    pub(crate) online: bool,
-    /// When the user was last online, if the running servers remember; `null` while
-    /// online and when unknown.
+    /// Whether the peer has a WebSocket open (on any server); absent when the server keeps
+    /// no presence.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    online: Option<bool>,
+    /// When the peer was last online, if the running servers remember (`null` while online
+    /// and when unknown); absent when the server keeps no presence.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "last_seen")]
     #[schema(value_type = Option<String>, format = DateTime, example = "2026-11-28T10:05:00.000000Z")]
-    #[serde(serialize_with = "last_seen")]
-    pub(crate) last_seen: Option<chrono::DateTime<chrono::Utc>>,
+    last_seen: Option<Option<chrono::DateTime<chrono::Utc>>>,
 }
 
-impl From<PresenceStatus> for PresenceBody {
-    fn from(status: PresenceStatus) -> Self {
-        Self {
-            online: status.online,
-            last_seen: status.last_seen,
-        }
+/// A user's presence as two optional fields (`online`, `last_seen`): both `None` when the
+/// server keeps no presence or the caller may not see it.
+pub(crate) type PresenceFields = (Option<bool>, Option<Option<chrono::DateTime<chrono::Utc>>>);
+
+pub(crate) fn presence_fields(status: Option<PresenceStatus>) -> PresenceFields {
+    match status {
+        Some(status) => (Some(status.online), Some(status.last_seen)),
+        None => (None, None),
     }
 }
 
-fn last_seen<S: serde::Serializer>(
-    at: &Option<chrono::DateTime<chrono::Utc>>,
+/// Writes `last_seen`: the timestamp, or `null`.
+pub(crate) fn last_seen<S: serde::Serializer>(
+    at: &Option<Option<chrono::DateTime<chrono::Utc>>>,
     serializer: S,
 ) -> Result<S::Ok, S::Error> {
     match at {
-        Some(at) => chatcore::timestamp_micros::serialize(at, serializer),
-        None => serializer.serialize_none(),
+        Some(Some(at)) => chatcore::timestamp_micros::serialize(at, serializer),
+        _ => serializer.serialize_none(),
     }
 }
 
 impl<'a> ConversationBody<'a> {
     fn new(c: &'a Conversation, service: &chatcore::ChatService) -> Self {
+        let (online, last_seen) = presence_fields(service.presence_of(&c.peer));
         Self {
             peer: c.peer.as_str(),
             last_message: &c.last_message,
             unread: c.unread,
             read_up_to: c.read_up_to,
             peer_read_up_to: c.peer_read_up_to,
-            presence: service.presence_of(&c.peer).map(PresenceBody::from),
+            online,
+            last_seen,
         }
     }
 }

@@ -12,7 +12,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::auth::Caller;
 use crate::body::{ApiQuery, JsonOrForm};
 use crate::error::ApiError;
-use crate::inbox::PresenceBody;
+use crate::inbox::{last_seen, presence_fields};
 use crate::openapi::{BodyErrors, ErrorBody, MessageDoc, ServerErrors, Unauthenticated};
 use crate::state::ApiState;
 
@@ -37,11 +37,16 @@ pub(crate) struct DirectoryParams {
 struct UserEntry<'a> {
     /// The name as its user chose to write it.
     username: &'a str,
-    /// The user's presence: only for users who share a conversation with the caller, and
-    /// only when the server keeps presence (absent otherwise).
-    #[serde(flatten, skip_serializing_if = "Option::is_none")]
-    #[schema(inline)]
-    presence: Option<PresenceBody>,
+    /// Whether the user has a WebSocket open (on any server): only for users who share a
+    /// conversation with the caller, and only when the server keeps presence (absent
+    /// otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    online: Option<bool>,
+    /// When the user was last online, if the running servers remember (`null` while online
+    /// and when unknown); present exactly when `online` is.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "last_seen")]
+    #[schema(value_type = Option<String>, format = DateTime, example = "2026-11-28T10:05:00.000000Z")]
+    last_seen: Option<Option<chrono::DateTime<chrono::Utc>>>,
 }
 
 /// The user directory.
@@ -81,9 +86,13 @@ pub(crate) async fn list_users(
     let entries: Vec<UserEntry<'_>> = users
         .iter()
         .zip(presence)
-        .map(|(u, presence)| UserEntry {
-            username: u.username.as_str(),
-            presence: presence.map(PresenceBody::from),
+        .map(|(u, presence)| {
+            let (online, last_seen) = presence_fields(presence);
+            UserEntry {
+                username: u.username.as_str(),
+                online,
+                last_seen,
+            }
         })
         .collect();
     Ok(Json(entries).into_response())

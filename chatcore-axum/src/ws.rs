@@ -1,7 +1,7 @@
 //! `/ws`: the notification channel. One task per connection runs a writer (catch-up, live
-//! frames in position order, pings, close frames) and a reader (ignores clients' frames,
-//! notices pongs, oversized frames and the end of the connection) side by side under one
-//! `select!`.
+//! frames in position order, ephemeral typing and presence frames, pings, close frames) and a
+//! reader (hands typing frames to the service, ignores other client frames, notices pongs,
+//! oversized frames and the end of the connection) side by side under one `select!`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -70,11 +70,21 @@ type Close = (u16, &'static str);
 /// - `{"type": "read", "position": 18, "reader": "bob", "peer": "alice", "up_to": 17}` when a
 ///   read marker of one of the caller's conversations moved;
 /// - `{"type": "resync", "resync": true}` when more events were missed than the catch-up
-///   bound (1,000): reload history; live frames go on from the newest position.
+///   bound (1,000): reload history; live frames go on from the newest position;
+/// - `{"type": "typing", "from": "alice", "expires_in_ms": 6000}` while someone the caller
+///   shares a conversation with types to them (`0`: they stopped; a message from them ends it
+///   too); ephemeral, never replayed;
+/// - `{"type": "presence", "users": [{"user": "bob", "online": false, "last_seen": "..."}]}`
+///   when users the caller shares a conversation with come online or go offline (on any
+///   server), at most one frame per second listing every change, when the server keeps
+///   presence; ephemeral, never replayed.
 ///
 /// Once a socket has delivered position p it has delivered every earlier event of the user's
 /// (after `since`), so reconnecting with `since` = the last position seen is always safe. A
-/// client ignores frame types it does not know; frames it sends are ignored.
+/// client ignores frame types it does not know. Frames it sends are ignored except
+/// `{"type": "typing", "to": "bob"}` (with `"stop": true` when the box is cleared), relayed to
+/// `bob` only when the two share a conversation, at most a burst of 5 then 1 per second per
+/// socket (extra ones are dropped, never an error).
 ///
 /// Close codes: 1001 the server is shutting down; 1008 the user opened more sockets than
 /// allowed and this was the oldest (do not reconnect automatically); 1009 a client frame over

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use std::sync::atomic::Ordering;
 
-use chatcore::Backend;
+use chatcore::{Backend, ChatConfig};
 use chatcore_postgres::{PgNotifier, PgNotifierConfig};
 use chatcore_redis::{RedisConfig, RedisNotifier};
 use suite::app::*;
@@ -24,35 +24,40 @@ enum Transport {
 }
 
 async fn node_on(store: Arc<dyn Backend>, transport: &Transport) -> TestApp {
-    match transport {
-        Transport::Redis(prefix) => node(store, prefix).await,
-        Transport::Postgres(url) => {
-            let notifier = PgNotifier::connect(url, PgNotifierConfig::default())
+    node_with(store, transport, ChatConfig::default()).await
+}
+
+/// A node on `transport` whose service runs with `chat`.
+async fn node_with(store: Arc<dyn Backend>, transport: &Transport, chat: ChatConfig) -> TestApp {
+    let notifier: Arc<dyn chatcore::Notifier> = match transport {
+        Transport::Redis(prefix) => Arc::new(redis_notifier(prefix).await),
+        Transport::Postgres(url) => Arc::new(
+            PgNotifier::connect(url, PgNotifierConfig::default())
                 .await
-                .expect("connect the PostgreSQL notifier");
-            let options = Options {
-                notifier: Some(Arc::new(notifier)),
-                ..Default::default()
-            };
-            TestApp::spawn_with(store, options).await
-        }
-    }
+                .expect("connect the PostgreSQL notifier"),
+        ),
+    };
+    let options = Options {
+        notifier: Some(notifier),
+        chat,
+        ..Default::default()
+    };
+    TestApp::spawn_with(store, options).await
 }
 
 async fn node(store: Arc<dyn Backend>, prefix: &str) -> TestApp {
+    node_on(store, &Transport::Redis(prefix.to_owned())).await
+}
+
+async fn redis_notifier(prefix: &str) -> RedisNotifier {
     let config = RedisConfig {
         url: std::env::var("CHATCORE_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned()),
         channel_prefix: prefix.to_owned(),
         ..Default::default()
     };
-    let notifier = RedisNotifier::connect(config)
+    RedisNotifier::connect(config)
         .await
-        .expect("connect to Redis at CHATCORE_REDIS_URL");
-    let options = Options {
-        notifier: Some(Arc::new(notifier)),
-        ..Default::default()
-    };
-    TestApp::spawn_with(store, options).await
+        .expect("connect to Redis at CHATCORE_REDIS_URL")
 }
 
 /// A channel prefix of the test's own, so parallel runs sharing the Redis never meet.
@@ -107,6 +112,58 @@ async fn cluster_fan_out_and_catch_up_over(store: Arc<dyn Backend>, transport: T
     for ws in [alice_on_one, bob_on_two, carol_on_two, bob_back] {
         close(ws).await;
     }
+}
+
+/// Presence and typing across two nodes: alice on one sees bob on the other come online,
+/// type, and go offline; a reload within the grace (closing on one node, reopening on the
+/// other) sends nothing.
+async fn presence_and_typing_across_nodes(store: Arc<dyn Backend>, transport: Transport) {
+    suite::app::init_logs();
+    let chat = ChatConfig {
+        presence: true,
+        presence_grace: Duration::from_secs(2),
+        presence_interval: Duration::from_millis(50),
+        ..Default::default()
+    };
+    let one = node_with(store.clone(), &transport, chat.clone()).await;
+    let two = node_with(store, &transport, chat).await;
+    let (_, alice) = one.user("alice").await;
+    let (_, bob) = one.user("bob").await;
+    one.send(&bob, "alice", "hi").await;
+    let mut alice_on_one = one.ws(&alice, None).await;
+    let mut bob_on_two = two.ws(&bob, None).await;
+    assert_eq!(
+        frame(&mut alice_on_one).await,
+        serde_json::json!({"type": "presence", "users": [{"user": "bob", "online": true, "last_seen": null}]})
+    );
+    send_raw(
+        &mut bob_on_two,
+        tokio_tungstenite::tungstenite::Message::text(r#"{"type":"typing","to":"alice"}"#),
+    )
+    .await;
+    let typing = frame(&mut alice_on_one).await;
+    assert_eq!(
+        (typing["type"].as_str(), typing["from"].as_str()),
+        (Some("typing"), Some("bob"))
+    );
+    close(bob_on_two).await;
+    let bob_on_one = one.ws(&bob, None).await;
+    close(bob_on_one).await;
+    let offline = frame(&mut alice_on_one).await;
+    assert_eq!(offline["users"][0]["online"], false, "{offline}");
+    close(alice_on_one).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_and_typing_across_nodes_over_redis() {
+    let transport = Transport::Redis(unique_prefix("presence"));
+    presence_and_typing_across_nodes(Arc::new(chatcore::MemoryStore::new()), transport).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_and_typing_across_nodes_over_postgres() {
+    let (store, url) = suite::stores::postgres_store_and_url().await;
+    presence_and_typing_across_nodes(store, Transport::Postgres(url)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

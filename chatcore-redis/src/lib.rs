@@ -87,6 +87,11 @@
 //!   limit: the debt lives in the publishing process; if that process ends before Redis
 //!   accepts the notices, the other nodes learn of the missed event only from the user's
 //!   next event, whose `previous` is beyond what they delivered.
+//! - **Ephemeral events and presence.** Typing and presence frames travel like any event,
+//!   without a position (`-`). The nodes' presence accounts (`presence_sync`, see
+//!   `chatcore::presence`) go to the reserved user [`chatcore::UserId::PRESENCE`], i.e.
+//!   `<channel_prefix>user:-1`, to which every node with presence on is subscribed; a node
+//!   killed without a goodbye simply stops publishing there, and the others time it out.
 //! - **Unreadable payloads.** A payload whose header this version cannot read (garbage,
 //!   another version, an unknown kind, a frame [`chatcore::Event::from_frame`] refuses) is
 //!   delivered as a [`chatcore::Delivery::Gap`] to the channel's user, and logged.

@@ -31,6 +31,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt::Write as _;
 use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -119,6 +120,9 @@ pub(crate) struct Presence {
     frames: Arc<SubscriberTable>,
     commands: mpsc::UnboundedSender<Command>,
     parts: Mutex<Option<Parts>>,
+    /// Set once the task runs, so that the callers that start it on demand (every
+    /// connection, every status lookup) take no lock after that.
+    started: AtomicBool,
     task: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -199,6 +203,7 @@ impl Presence {
                 store,
                 notifier,
             })),
+            started: AtomicBool::new(false),
             task: Mutex::new(None),
         }
     }
@@ -206,6 +211,9 @@ impl Presence {
     /// Starts the task if it has not started (needs a Tokio runtime; without one it starts
     /// with the first call made within one).
     pub(crate) fn start(&self) {
+        if self.started.load(Ordering::Acquire) {
+            return;
+        }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
@@ -235,6 +243,7 @@ impl Presence {
             hello: true,
         };
         *lock(&self.task) = Some(runtime.spawn(task.run(parts.commands)));
+        self.started.store(true, Ordering::Release);
     }
 
     /// Registers one open connection of `user`.
@@ -349,6 +358,10 @@ impl Task {
                         next_heartbeat = now + heartbeat_every;
                     }
                     self.tick(now).await;
+                    // The next round starts a whole interval after this one delivered, so
+                    // no watcher gets two frames less than an interval apart, however long
+                    // a round's reads took.
+                    tick.reset();
                 }
             }
         }
@@ -379,8 +392,8 @@ impl Task {
                 local.count += 1;
                 local.leaving_until = None;
                 self.local_keys.insert(name.key(), user);
-                if !self.here.contains_key(&user) {
-                    self.here.insert(user, name.clone());
+                if let std::collections::hash_map::Entry::Vacant(entry) = self.here.entry(user) {
+                    entry.insert(name.clone());
                     self.came.push(user);
                     self.dirty.insert(user);
                 }

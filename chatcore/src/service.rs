@@ -903,9 +903,10 @@ impl ChatService {
     /// only those who would not see the event live. One lookup in a sharded table, no I/O.
     ///
     /// Per process: with several server processes behind a notifier that carries events
-    /// between them, a user connected to another process is not connected *here*; a
-    /// cluster-wide answer needs presence shared between nodes (issue #20), which does not
-    /// exist yet.
+    /// between them, a user connected to another process is not connected *here*; the
+    /// deployment-wide answer is [`ChatService::presence_of`] (with [`ChatConfig::presence`]
+    /// on), which lags by up to [`ChatConfig::presence_interval`] and holds for
+    /// [`ChatConfig::presence_grace`] after the last connection closed.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> chatcore::Result<()> {

@@ -37,6 +37,11 @@
 //!   a background task publishes a gap notice for them, retrying with the backoff until the
 //!   server takes it ([`PgNotifier::gap_notices_owed`]); a node that receives one delivers a
 //!   `Gap` to those users' subscriptions.
+//! - **Ephemeral events and presence.** Typing and presence frames travel like any event,
+//!   without a position. The nodes' presence accounts (`presence_sync`, see
+//!   `chatcore::presence`) name the reserved user [`chatcore::UserId::PRESENCE`] (`-1`); a
+//!   full account of many users is larger than a `NOTIFY` takes and goes through
+//!   `chatcore_notify_payloads` like any large frame.
 //! - **Unreadable payloads** are delivered as a `Gap` to the users the header names (or to
 //!   every local subscription when even those cannot be read), and logged.
 
