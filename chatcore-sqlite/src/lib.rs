@@ -225,8 +225,8 @@ use std::thread::JoinHandle;
 
 use async_trait::async_trait;
 use chatcore::store::{
-    Backend, Credentials, InboxPage, InboxRequest, Inserted, MarkedRead, MessagePage, MigrationReport,
-    PageRequest, SessionRecord, SessionStore, Store, StoredEvent, TokenHash, UserQuery,
+    Backend, Changed, Credentials, InboxPage, InboxRequest, Inserted, MarkedRead, MessageChange, MessagePage,
+    MigrationReport, PageRequest, SessionRecord, SessionStore, Store, StoredEvent, TokenHash, UserQuery,
     check_checkpoint_name,
 };
 use chatcore::{Error, Message, MessageId, NewMessage, Position, Result, User, UserId, Username};
@@ -620,6 +620,17 @@ impl Store for SqliteStore {
             reader,
             peer,
             up_to,
+            reply,
+        })
+        .await
+    }
+
+    async fn change_message(&self, sender: UserId, id: MessageId, change: &MessageChange) -> Result<Changed> {
+        let change = change.clone();
+        self.write(|reply| WriteOp::Change {
+            sender,
+            id,
+            change,
             reply,
         })
         .await

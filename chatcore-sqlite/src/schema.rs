@@ -241,10 +241,34 @@ CREATE TABLE chatcore_checkpoints (
 "#,
         then: None,
     },
+    Migration {
+        version: 8,
+        name: "edits and deletions of messages, and their events",
+        // A message keeps its newest body only: an edit overwrites it (`edited_at`, µs), a
+        // deletion empties it and sets `deleted`. Each edit or deletion is a durable event of
+        // both participants at a position of the one sequence, kept in `chatcore_changes`; the
+        // event names the message and is read with it as it is now, so no text that was
+        // edited or deleted stays behind in an event. Indexed like `chatcore_reads`: a user's
+        // changes after a position, as sender and as recipient (a note to oneself once).
+        sql: r#"
+ALTER TABLE chatcore_messages ADD COLUMN edited_at INTEGER;
+ALTER TABLE chatcore_messages ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE chatcore_changes (
+    position     INTEGER PRIMARY KEY,
+    message_id   INTEGER NOT NULL REFERENCES chatcore_messages (id),
+    sender_id    INTEGER NOT NULL,
+    recipient_id INTEGER NOT NULL,
+    deleted      INTEGER NOT NULL
+);
+CREATE INDEX chatcore_changes_sender ON chatcore_changes (sender_id);
+CREATE INDEX chatcore_changes_recipient ON chatcore_changes (recipient_id) WHERE recipient_id <> sender_id;
+"#,
+        then: None,
+    },
 ];
 
 /// The schema version this code writes and reads.
-pub const SCHEMA_VERSION: u32 = 7;
+pub const SCHEMA_VERSION: u32 = 8;
 
 /// Migration 5's Rust half: gives every user the key of their stored name
 /// ([`Username::key_of`]; names made before today's rules are keyed as they are), then makes

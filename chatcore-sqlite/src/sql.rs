@@ -6,7 +6,7 @@
 /// Columns of a [`chatcore::Message`], in the order `reader::message_from_row` reads them.
 macro_rules! message_select {
     () => {
-        "SELECT m.id, s.username, r.username, m.created_at, m.body FROM "
+        "SELECT m.id, s.username, r.username, m.created_at, m.body, m.edited_at, m.deleted FROM "
     };
 }
 
@@ -39,7 +39,33 @@ pub(crate) const INSERT_MESSAGE: &str = "INSERT INTO chatcore_messages
 /// sequence resumes (two lookups at the ends of rowid b-trees).
 pub(crate) const LAST_POSITION: &str = "SELECT max(
          coalesce((SELECT max(id) FROM chatcore_messages), 0),
-         coalesce((SELECT max(position) FROM chatcore_reads), 0))";
+         coalesce((SELECT max(position) FROM chatcore_reads), 0),
+         coalesce((SELECT max(position) FROM chatcore_changes), 0))";
+
+/// A message to change, with its participants' ids (columns 7 and 8) for the checks and the
+/// event: `change_message`.
+pub(crate) const MESSAGE_TO_CHANGE: &str = concat!(
+    "SELECT m.id, s.username, r.username, m.created_at, m.body, m.edited_at, m.deleted,
+         m.sender_id, m.recipient_id FROM ",
+    "chatcore_messages AS m
+     CROSS JOIN chatcore_users AS s ON s.id = m.sender_id
+     CROSS JOIN chatcore_users AS r ON r.id = m.recipient_id
+     WHERE m.id = ?1"
+);
+
+/// An edit: `?1` the message, `?2` the new body, `?3` when (µs).
+pub(crate) const EDIT_MESSAGE: &str = "UPDATE chatcore_messages SET body = ?2, edited_at = ?3 WHERE id = ?1";
+
+/// A deletion: the body is overwritten (with `secure_delete`, the old text is zeroed on its
+/// page too) and the row stays as the tombstone.
+pub(crate) const DELETE_MESSAGE: &str =
+    "UPDATE chatcore_messages SET body = '', edited_at = NULL, deleted = 1 WHERE id = ?1";
+
+/// An edit or deletion event: `?1` position, `?2` message, `?3` sender, `?4` recipient,
+/// `?5` 1 for a deletion.
+pub(crate) const INSERT_CHANGE: &str =
+    "INSERT INTO chatcore_changes (position, message_id, sender_id, recipient_id, deleted)
+     VALUES (?1, ?2, ?3, ?4, ?5)";
 
 /// A message's conversation and place in it, for `mark_read`: `conv_low`, `conv_high`,
 /// `sender_id`, `seq`, `sender_seq`.
@@ -99,9 +125,9 @@ pub(crate) const ADD_USER_COUNT: &str =
 /// A user by `Username::key`: their id and their name as chosen.
 pub(crate) const USER_BY_KEY: &str = "SELECT id, username FROM chatcore_users WHERE username_key = ?1";
 
-/// The sender's earlier message under an idempotency key, and (column 5) its recipient's id.
+/// The sender's earlier message under an idempotency key, and (column 7) its recipient's id.
 pub(crate) const IDEMPOTENT_MESSAGE: &str = concat!(
-    "SELECT m.id, s.username, r.username, m.created_at, m.body, m.recipient_id FROM ",
+    "SELECT m.id, s.username, r.username, m.created_at, m.body, m.edited_at, m.deleted, m.recipient_id FROM ",
     "chatcore_messages AS m
      CROSS JOIN chatcore_users AS s ON s.id = m.sender_id
      CROSS JOIN chatcore_users AS r ON r.id = m.recipient_id
@@ -159,10 +185,10 @@ pub(crate) const USER_CONVERSATIONS_AFTER: &str = "SELECT c.conv_low, c.conv_hig
      CROSS JOIN chatcore_conversations AS c ON c.conv_low = uc.conv_low AND c.conv_high = uc.conv_high
      WHERE uc.user_id = ?1 AND c.last_id > ?2";
 
-/// A message, and (column 5) its conversation's previous message, so a page can follow the
+/// A message, and (column 7) its conversation's previous message, so a page can follow the
 /// chain as it reads.
 pub(crate) const MESSAGE_BY_ID: &str = concat!(
-    "SELECT m.id, s.username, r.username, m.created_at, m.body, m.prev_id FROM ",
+    "SELECT m.id, s.username, r.username, m.created_at, m.body, m.edited_at, m.deleted, m.prev_id FROM ",
     "chatcore_messages AS m
      CROSS JOIN chatcore_users AS s ON s.id = m.sender_id
      CROSS JOIN chatcore_users AS r ON r.id = m.recipient_id
@@ -177,7 +203,7 @@ pub(crate) const USER_UNREAD_TOTAL: &str = "SELECT unread_total FROM chatcore_us
 /// own row for notes to self), then the newest message as `reader::message_from_row` reads
 /// it from column 4.
 pub(crate) const INBOX_PAGE: &str = "SELECT p.username, i.unread, i.read_up_to, o.read_up_to,
-         m.id, s.username, r.username, m.created_at, m.body
+         m.id, s.username, r.username, m.created_at, m.body, m.edited_at, m.deleted
      FROM chatcore_inbox AS i
      CROSS JOIN chatcore_users AS p ON p.id = i.peer_id
      LEFT JOIN chatcore_inbox AS o ON o.user_id = i.peer_id AND o.peer_id = i.user_id
@@ -222,6 +248,39 @@ pub(crate) const FEED_READS: &str = "SELECT e.position, u.username, p.username, 
      CROSS JOIN chatcore_users AS u ON u.id = e.reader_id
      CROSS JOIN chatcore_users AS p ON p.id = e.peer_id
      WHERE e.position > ?1 ORDER BY e.position LIMIT ?2";
+
+/// `?1`'s edits and deletions as the sender after position `?2`, oldest first, at most `?3`:
+/// position, 1 for a deletion, then the message as it is now (columns of
+/// `reader::message_at` from 2).
+pub(crate) const CHANGES_AS_SENDER: &str = "SELECT c.position, c.deleted,
+         m.id, s.username, r.username, m.created_at, m.body, m.edited_at, m.deleted
+     FROM chatcore_changes AS c
+     CROSS JOIN chatcore_messages AS m ON m.id = c.message_id
+     CROSS JOIN chatcore_users AS s ON s.id = m.sender_id
+     CROSS JOIN chatcore_users AS r ON r.id = m.recipient_id
+     WHERE c.sender_id = ?1 AND c.position > ?2
+     ORDER BY c.position LIMIT ?3";
+
+/// The same as the recipient, notes to self left out (they are the sender's): the condition
+/// on `sender_id` is the partial index's.
+pub(crate) const CHANGES_AS_RECIPIENT: &str = "SELECT c.position, c.deleted,
+         m.id, s.username, r.username, m.created_at, m.body, m.edited_at, m.deleted
+     FROM chatcore_changes AS c
+     CROSS JOIN chatcore_messages AS m ON m.id = c.message_id
+     CROSS JOIN chatcore_users AS s ON s.id = m.sender_id
+     CROSS JOIN chatcore_users AS r ON r.id = m.recipient_id
+     WHERE c.recipient_id = ?1 AND c.recipient_id <> c.sender_id AND c.position > ?2
+     ORDER BY c.position LIMIT ?3";
+
+/// Every edit and deletion after position `?1`, oldest first, at most `?2` (columns as
+/// [`CHANGES_AS_SENDER`]): the feed's third forward range of a primary key.
+pub(crate) const FEED_CHANGES: &str = "SELECT c.position, c.deleted,
+         m.id, s.username, r.username, m.created_at, m.body, m.edited_at, m.deleted
+     FROM chatcore_changes AS c
+     CROSS JOIN chatcore_messages AS m ON m.id = c.message_id
+     CROSS JOIN chatcore_users AS s ON s.id = m.sender_id
+     CROSS JOIN chatcore_users AS r ON r.id = m.recipient_id
+     WHERE c.position > ?1 ORDER BY c.position LIMIT ?2";
 
 /// A feed consumer's checkpoint by name.
 pub(crate) const LOAD_CHECKPOINT: &str = "SELECT position FROM chatcore_checkpoints WHERE name = ?1";
@@ -417,7 +476,33 @@ mod query_plans {
         assert_plan(
             conn,
             LAST_POSITION,
-            &["SEARCH chatcore_messages", "SEARCH chatcore_reads"],
+            &[
+                "SEARCH chatcore_messages",
+                "SEARCH chatcore_reads",
+                "SEARCH chatcore_changes",
+            ],
+        );
+        assert_plan(conn, MESSAGE_TO_CHANGE, &[&format!("SEARCH m {BY_ROWID}")]);
+        assert_plan(
+            conn,
+            CHANGES_AS_SENDER,
+            &[
+                "SEARCH c USING INDEX chatcore_changes_sender (sender_id=? AND rowid>?)",
+                &format!("SEARCH m {BY_ROWID}"),
+            ],
+        );
+        assert_plan(
+            conn,
+            CHANGES_AS_RECIPIENT,
+            &["SEARCH c USING INDEX chatcore_changes_recipient (recipient_id=? AND rowid>?)"],
+        );
+        assert_plan(
+            conn,
+            FEED_CHANGES,
+            &[
+                "SEARCH c USING INTEGER PRIMARY KEY (rowid>?)",
+                &format!("SEARCH m {BY_ROWID}"),
+            ],
         );
         assert_plan(
             conn,

@@ -10,9 +10,10 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::Receiver;
 use std::time::Instant;
 
-use chatcore::store::{Inserted, MarkedRead, MovedMarker, ReadMarker};
+use chatcore::store::{ChangeEvent, Changed, Inserted, MarkedRead, MessageChange, MovedMarker, ReadMarker};
 use chatcore::{
-    ConversationKey, Entity, Error, Message, MessageId, NewMessage, Position, Result, User, UserId, Username,
+    ConversationKey, Entity, Error, Forbidden, Message, MessageId, NewMessage, Position, Result, User,
+    UserId, Username,
 };
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension};
@@ -282,7 +283,102 @@ impl Writer {
             WriteOp::MarkRead {
                 reader, peer, up_to, ..
             } => Ok(Outcome::Marked(self.mark_read(reader, peer, *up_to)?)),
+            WriteOp::Change {
+                sender, id, change, ..
+            } => Ok(Outcome::Changed(self.change(*sender, *id, change, created_at)?)),
         }
+    }
+
+    /// Edits or deletes message `id` for `sender` (`Store::change_message`'s rules, in its
+    /// order) and stores the event for both participants at the next position. A message
+    /// queued in the same batch is already in the table.
+    fn change(
+        &mut self,
+        sender: UserId,
+        id: MessageId,
+        change: &MessageChange,
+        at: DateTime<Utc>,
+    ) -> rusqlite::Result<Result<Changed>> {
+        let conn = &self.ctx.conn;
+        let found = conn
+            .prepare_cached(sql::MESSAGE_TO_CHANGE)?
+            .query_row([id.0], |row| {
+                Ok((
+                    reader::message_from_row(row)?,
+                    UserId(row.get(7)?),
+                    UserId(row.get(8)?),
+                ))
+            })
+            .optional()?;
+        let Some((message, sender_id, recipient_id)) = found else {
+            return Ok(Err(Error::NotFound(Entity::Message)));
+        };
+        if sender != sender_id {
+            return Ok(Err(if sender == recipient_id {
+                Error::Forbidden(Forbidden::NotTheSender)
+            } else {
+                Error::NotFound(Entity::Message)
+            }));
+        }
+        if message.deleted {
+            return Ok(match change {
+                MessageChange::Edit { .. } => Err(Error::NotFound(Entity::Message)),
+                MessageChange::Delete => Ok(Changed { message, event: None }),
+            });
+        }
+        if let MessageChange::Edit {
+            not_before: Some(not_before),
+            ..
+        } = change
+            && message.created_at < *not_before
+        {
+            return Ok(Err(Error::Forbidden(Forbidden::EditWindowClosed)));
+        }
+        let sender_previous = user_tail(conn, &mut self.user_tails, sender_id)?.last_id;
+        let recipient_previous = if recipient_id == sender_id {
+            sender_previous
+        } else {
+            user_tail(conn, &mut self.user_tails, recipient_id)?.last_id
+        };
+        let position = self.next_position()?;
+        let conn = &self.ctx.conn;
+        let message = match change {
+            MessageChange::Edit { body, .. } => {
+                conn.prepare_cached(sql::EDIT_MESSAGE)?
+                    .execute(rusqlite::params![id.0, body, reader::datetime_to_micros(&at)])?;
+                Message {
+                    body: body.clone(),
+                    edited: Some(at),
+                    ..message
+                }
+            }
+            MessageChange::Delete => {
+                conn.prepare_cached(sql::DELETE_MESSAGE)?.execute([id.0])?;
+                message.into_tombstone()
+            }
+        };
+        conn.prepare_cached(sql::INSERT_CHANGE)?.execute([
+            position,
+            id.0,
+            sender_id.0,
+            recipient_id.0,
+            i64::from(message.deleted),
+        ])?;
+        for user in [sender_id, recipient_id] {
+            // Read above, so the entry is there.
+            let tail = self.user_tails.entry(user).or_default();
+            tail.last_id = position;
+            tail.changed = true;
+        }
+        Ok(Ok(Changed {
+            message,
+            event: Some(ChangeEvent {
+                position: Position(position),
+                recipient_id,
+                sender_previous: Position(sender_previous),
+                recipient_previous: Position(recipient_previous),
+            }),
+        }))
     }
 
     /// Moves `reader`'s marker on their conversation with `peer` up to `up_to` (never back),
@@ -398,7 +494,7 @@ impl Writer {
             let earlier = conn
                 .prepare_cached(sql::IDEMPOTENT_MESSAGE)?
                 .query_row(rusqlite::params![sender_id.0, key], |row| {
-                    Ok((reader::message_from_row(row)?, UserId(row.get(5)?)))
+                    Ok((reader::message_from_row(row)?, UserId(row.get(7)?)))
                 })
                 .optional()?;
             // The earlier message and its recipient, whom the retry may have named differently.
@@ -508,6 +604,8 @@ impl Writer {
                 recipient: recipient.username,
                 created_at,
                 body: new.body.clone(),
+                edited: None,
+                deleted: false,
             },
             recipient_id,
             replayed: false,

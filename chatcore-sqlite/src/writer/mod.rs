@@ -19,7 +19,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::mpsc::{self, Receiver, Sender};
 
 use chatcore::metrics::StoreMetrics;
-use chatcore::store::{Inserted, MarkedRead};
+use chatcore::store::{Changed, Inserted, MarkedRead, MessageChange};
 use chatcore::{
     ConversationKey, Error, MessageId, MigrationReport, NewMessage, Result, User, UserId, Username,
 };
@@ -71,6 +71,13 @@ pub(crate) enum WriteOp {
         up_to: MessageId,
         reply: Reply<MarkedRead>,
     },
+    /// An edit or a deletion (`Store::change_message`).
+    Change {
+        sender: UserId,
+        id: MessageId,
+        change: MessageChange,
+        reply: Reply<Changed>,
+    },
     /// A feed consumer's checkpoint (`Store::save_checkpoint`).
     SaveCheckpoint {
         name: String,
@@ -96,6 +103,7 @@ pub(crate) enum Outcome {
     Count(Result<u64>),
     Inserted(Result<Inserted>),
     Marked(Result<MarkedRead>),
+    Changed(Result<Changed>),
 }
 
 impl WriteOp {
@@ -121,6 +129,9 @@ impl WriteOp {
             (WriteOp::MarkRead { reply, .. }, Outcome::Marked(result)) => {
                 let _ = reply.send(result);
             }
+            (WriteOp::Change { reply, .. }, Outcome::Changed(result)) => {
+                let _ = reply.send(result);
+            }
             (op, _) => op.fail(Error::bug("writer outcome does not match its job")),
         }
     }
@@ -142,6 +153,9 @@ impl WriteOp {
                 let _ = reply.send(Err(error));
             }
             WriteOp::MarkRead { reply, .. } => {
+                let _ = reply.send(Err(error));
+            }
+            WriteOp::Change { reply, .. } => {
                 let _ = reply.send(Err(error));
             }
         }
