@@ -109,6 +109,7 @@ impl App {
             max_user_page: options.user_page_size,
             default_inbox_page: options.inbox_page,
             max_inbox_page: options.max_inbox_page,
+            edit_window: options.edit_window.map(std::time::Duration::from_secs),
             ..ChatConfig::default()
         };
         // A zero from a flag stops the start here, never taken for 1 by the service.
