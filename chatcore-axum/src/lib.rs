@@ -50,6 +50,7 @@
 //! | `GET /api/v1/conversation/?limit=&before=` | the inbox: `{"next", "unread_total", "results": [{"peer", "last_message", "unread", "read_up_to", "peer_read_up_to"}]}`, latest activity first |
 //! | `POST /api/v1/conversation/{peer}/read` `{"up_to": <id>}` | moves the caller's read marker (forward only): `{"unread", "read_up_to"}` |
 //! | `GET /api/v1/auth/session` | `{"username"}` of the caller, 401 for no one |
+//! | `GET /api/v1/auth/export` | `{"username", "messages": [...]}`: every message the caller sent or received, newest first, streamed page by page |
 //! | `GET /ws?since=POSITION` | WebSocket: every durable event of the caller in position order: `{"type": "message", "position", "message": "<id>", "data": <message>}`, `{"type": "read", "position", "reader", "peer", "up_to"}`, `{"type": "edit", "position", "data": <message>}` and `{"type": "delete", "position", "data": <tombstone>}` |
 //! | `POST /api/v1/auth/register`, `/login`, `/logout` | with `ChatApi::with_auth_routes` or `auth_router` (feature `sessions`); register and login limited per client address (429 with `Retry-After`) |
 //! | `GET /healthz` | `{"status": "ok"}`: the process answers (touches no backend) |
@@ -347,6 +348,7 @@ impl ChatApi {
             routes,
             routes!(rest::get_message, rest::edit_message, rest::delete_message),
         );
+        let routes = openapi::add(routes, routes!(rest::export));
         let routes = openapi::add(routes, routes!(inbox::list_conversations));
         let routes = openapi::add(routes, routes!(inbox::mark_read));
         let routes = openapi::add(routes, routes!(inbox::current_session));

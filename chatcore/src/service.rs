@@ -82,6 +82,9 @@ pub struct ChatConfig {
     /// ([`crate::Forbidden::EditWindowClosed`]). Deleting is never limited. `None`: no
     /// window, edits are always allowed. When set, more than zero. Default `None`.
     pub edit_window: Option<Duration>,
+    /// Messages read from storage per page of an export ([`ChatService::export_page`]): what
+    /// an export holds in memory at a time, whatever the size of the history. Default 500.
+    pub export_page: u32,
 }
 
 impl ChatConfig {
@@ -96,7 +99,8 @@ impl ChatConfig {
     /// assert!(chatcore::ChatConfig::default().validate().is_ok());
     /// ```
     pub fn validate(&self) -> Result<()> {
-        let positive: [(&str, u64); 11] = [
+        let positive: [(&str, u64); 12] = [
+            ("export_page", u64::from(self.export_page)),
             ("max_body_chars", self.max_body_chars as u64),
             ("default_page_size", u64::from(self.default_page_size)),
             ("max_page_size", u64::from(self.max_page_size)),
@@ -162,6 +166,7 @@ impl Default for ChatConfig {
             policy_deadline: Duration::from_millis(500),
             policy_fallback: PolicyFallback::Allow,
             edit_window: None,
+            export_page: 500,
         }
     }
 }
@@ -591,6 +596,38 @@ impl ChatService {
             }
         }
         Ok(changed.message)
+    }
+
+    /// One page of `user`'s export: every message they sent or received (tombstones
+    /// included), newest first, at most [`ChatConfig::export_page`], older than `before`
+    /// (the oldest id of the previous page; `None` to start). An empty page ends the export.
+    /// A host streams the pages one after the other, so an export of any size holds one page
+    /// in memory; messages stored after the export started are not in it.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> chatcore::Result<()> {
+    /// use std::sync::Arc;
+    /// use chatcore::{ChatConfig, ChatService, LocalNotifier, MemoryStore, SendRequest};
+    /// let config = ChatConfig { export_page: 2, ..Default::default() };
+    /// let chat = ChatService::new(Arc::new(MemoryStore::new()), Arc::new(LocalNotifier::default()), config);
+    /// let alice = chat.create_user("alice").await?;
+    /// chat.create_user("bob").await?;
+    /// for body in ["1", "2", "3"] {
+    ///     chat.send(&alice, SendRequest { recipient: "bob".into(), body: body.into(), ..Default::default() }).await?;
+    /// }
+    /// let first = chat.export_page(&alice, None).await?;
+    /// let second = chat.export_page(&alice, first.last().map(|m| m.id)).await?;
+    /// assert_eq!((first.len(), second.len()), (2, 1));
+    /// assert!(chat.export_page(&alice, second.last().map(|m| m.id)).await?.is_empty());
+    /// # Ok(()) }
+    /// ```
+    pub async fn export_page(&self, user: &User, before: Option<MessageId>) -> Result<Vec<Message>> {
+        let page = PageRequest {
+            before,
+            offset: 0,
+            limit: self.config.export_page.max(1),
+        };
+        Ok(self.store.user_messages(user.id, &page).await?.messages)
     }
 
     /// A page of the conversation between `viewer` and `other`, newest first.

@@ -234,3 +234,77 @@ pub async fn an_edit_window_allows_edits_within_it(store: Arc<dyn Backend>) {
         .to_string();
     assert_eq!(patch(&app, &alice, &id, "fixed").await.status(), 200);
 }
+
+pub async fn export_streams_the_whole_history_page_by_page(store: Arc<dyn Backend>) {
+    let options = Options {
+        chat: ChatConfig {
+            export_page: 100,
+            ..ChatConfig::default()
+        },
+        ..Options::default()
+    };
+    let app = TestApp::spawn_with(store, options).await;
+    let (alice_user, alice) = app.user("alice").await;
+    let (bob_user, _) = app.user("bob").await;
+    let (_, carol) = app.user("carol").await;
+    // More than ten pages, written straight to the store (past the send rate limit).
+    let mut ids = Vec::new();
+    for i in 0..1_050 {
+        let (from, to) = if i % 2 == 0 {
+            (&alice_user, &bob_user)
+        } else {
+            (&bob_user, &alice_user)
+        };
+        let inserted = app
+            .chat
+            .store()
+            .insert_message(chatcore::NewMessage {
+                sender: from.clone(),
+                recipient: to.username.clone(),
+                body: format!("#{i} \"quoted\""),
+                idempotency_key: None,
+            })
+            .await
+            .unwrap();
+        ids.push(inserted.message.id.0);
+    }
+    app.chat
+        .delete_message(&alice_user, chatcore::MessageId(ids[0]))
+        .await
+        .unwrap();
+    let response = app
+        .client(&alice)
+        .get(app.url("/api/v1/auth/export"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    assert!(
+        response.headers().get("content-length").is_none(),
+        "streamed, not buffered: {:?}",
+        response.headers()
+    );
+    let document: Value = response.json().await.unwrap();
+    assert_eq!(document["username"], "alice");
+    let messages = document["messages"].as_array().unwrap();
+    let exported: Vec<i64> = messages.iter().map(|m| m["id"].as_i64().unwrap()).collect();
+    ids.reverse();
+    assert_eq!(exported, ids, "every message, newest first, once");
+    assert_eq!(messages[0]["body"], "#1049 \"quoted\"");
+    assert_eq!(messages.last().unwrap()["deleted"], true);
+
+    // Someone with no history gets an empty list; no one gets 401.
+    let (status, empty) = get_json(&app, &carol, "/api/v1/auth/export").await;
+    assert_eq!(
+        (status, empty),
+        (200, json!({"username": "carol", "messages": []}))
+    );
+    let response = app
+        .anonymous()
+        .get(app.url("/api/v1/auth/export"))
+        .send()
+        .await
+        .unwrap();
+    error_of(response, 401).await;
+}

@@ -56,6 +56,7 @@ macro_rules! api_suite {
             edits_and_deletes_reach_both_sockets_and_are_replayed,
             the_edit_window_answers_403_past_it,
             an_edit_window_allows_edits_within_it,
+            export_streams_the_whole_history_page_by_page,
         );
     };
     (@controls $factory:path; $($case:ident),* $(,)?) => {

@@ -403,3 +403,51 @@ pub async fn concurrent_changes_and_sends_reveal_positions_in_order(store: Arc<d
         );
     }
 }
+
+/// What an export reads (`ChatService::export_page`): a user's whole history, tombstones
+/// included, in pages of a bounded size walked down by `before`: every page within its
+/// limit, newest first, each message once, none missing, across conversations.
+pub async fn export_pages_through_a_large_history(store: Arc<dyn Store>) {
+    let alice = user(&store, "alice").await;
+    let bob = user(&store, "bob").await;
+    let carol = user(&store, "carol").await;
+    let mut expected = Vec::new();
+    for i in 0..2_100 {
+        let (from, to) = match i % 3 {
+            0 => (&alice, &bob),
+            1 => (&carol, &alice),
+            _ => (&bob, &carol),
+        };
+        let m = send(&store, from, to, &format!("#{i}")).await;
+        if from.id == alice.id || to.id == alice.id {
+            expected.push(m);
+        }
+    }
+    let gone = change(&store, &alice, expected[0].id, &MessageChange::Delete)
+        .await
+        .unwrap();
+    expected[0] = gone.message;
+    expected.reverse();
+    let mut exported: Vec<Message> = Vec::new();
+    let mut pages = 0;
+    loop {
+        let before = exported.last().map(|m| m.id);
+        let page = match before {
+            Some(before) => PageRequest::before(before, 250),
+            None => PageRequest::latest(250),
+        };
+        let page = store.user_messages(alice.id, &page).await.unwrap();
+        assert!(page.messages.len() <= 250, "a page holds at most its limit");
+        if page.messages.is_empty() {
+            break;
+        }
+        pages += 1;
+        exported.extend(page.messages);
+    }
+    assert_eq!(pages, expected.len().div_ceil(250));
+    assert_eq!(exported.len(), expected.len());
+    assert!(
+        exported == expected,
+        "the whole history, newest first, once, tombstones included"
+    );
+}

@@ -27,7 +27,8 @@
 //! - `positions.rs`: catch-up after a position, previous positions, concurrent writers, and
 //!   the readiness read (`Store::check_ready`).
 //! - `inbox.rs`: the inbox, unread counts, read markers and read events.
-//! - `changes.rs`: edits and deletions, tombstones, their events.
+//! - `changes.rs`: edits and deletions, tombstones, their events; the paging an export
+//!   relies on.
 //! - `feed.rs`: the host's event feed ([`Store::feed_after`]) and checkpoints, and the
 //!   restart scenario a backend with durable storage runs by itself
 //!   ([`feed_resumes_after_a_restart`]).
@@ -221,6 +222,7 @@ macro_rules! store_conformance_tests {
             tombstones_keep_ids_and_order,
             changes_are_events_in_both_streams,
             concurrent_changes_and_sends_reveal_positions_in_order,
+            export_pages_through_a_large_history,
         );
     };
 }
