@@ -48,7 +48,7 @@ pub(crate) fn change_sql(sender: UserId, id: MessageId, change: &MessageChange) 
             not_before: Some(not_before),
             ..
         } => push_timestamp_comparison(&mut sql, not_before),
-        _ => sql.push_str("1"),
+        _ => sql.push('1'),
     }
     let (kind, is_edit) = match change {
         MessageChange::Edit { .. } => (1, 1),
