@@ -86,7 +86,7 @@ pub async fn send_load_among(
                         .await
                         .expect("send");
                     i += 1;
-                    if read_every > 0 && i % read_every == 0 {
+                    if read_every > 0 && i.is_multiple_of(read_every) {
                         store
                             .mark_read(to, &users[me].username, sent.message.id)
                             .await
