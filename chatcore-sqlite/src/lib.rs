@@ -988,6 +988,11 @@ mod tests {
             if i % 13 == 0 {
                 plan.push(Step::Send(4, 4));
             }
+            // More one way than the other, so each side's count differs.
+            if i % 4 == 1 {
+                plan.push(Step::Send(1, 2));
+                plan.push(Step::Send(3, 1));
+            }
             if i % 7 == 3 {
                 plan.push(Step::Mark(2, 1, 0));
             }

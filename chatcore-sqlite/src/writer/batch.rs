@@ -173,17 +173,16 @@ impl Writer {
                 for &(user, peer) in sides {
                     // Before its first message a conversation has no entry; after it, its
                     // entry sits at the newest id its row held.
-                    if tail.count == 0 || move_to.execute([user, tail.stored_last_id, tail.last_id])? == 0 {
-                        if tail.count > 0 {
-                            tracing::warn!(
-                                user,
-                                peer,
-                                last_id = tail.stored_last_id,
-                                "a conversation had no activity entry at its newest id; adding one"
-                            );
-                        }
-                        insert.execute([user, tail.last_id, peer])?;
+                    let moved = tail.count > 0 && move_to.execute([user, tail.stored_last_id])? == 1;
+                    if tail.count > 0 && !moved {
+                        tracing::warn!(
+                            user,
+                            peer,
+                            last_id = tail.stored_last_id,
+                            "a conversation had no activity entry at its newest id; adding one"
+                        );
                     }
+                    insert.execute([user, tail.last_id, peer])?;
                 }
             }
         }
