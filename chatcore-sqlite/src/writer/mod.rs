@@ -32,7 +32,7 @@ use crate::reader::{ReadCtx, ReadJob};
 
 pub(crate) use connection::{open_connection, open_reader_connection};
 
-use batch::{InboxTail, Tail, UserTail};
+use batch::{Tail, UserTail};
 use durability::{Backlog, Committed};
 
 /// Where a job's answer goes.
@@ -195,9 +195,6 @@ pub(crate) struct Writer {
     conversation_tails: HashMap<ConversationKey, Tail>,
     /// Where each user's events and unread total stand in the open transaction.
     user_tails: HashMap<UserId, UserTail>,
-    /// Each inbox row's changes in the open transaction, by (user, peer): written once per
-    /// batch, however many of the batch's messages touch it.
-    inbox_tails: HashMap<(UserId, UserId), InboxTail>,
     /// The last position handed out (message id or read event), read from the database by
     /// the first batch that needs it and forgotten when a batch rolls back or the schema
     /// migrates: the single writer hands out every position, so it stays true in between.
@@ -228,7 +225,6 @@ impl Writer {
             pending_ids: HashSet::new(),
             conversation_tails: HashMap::new(),
             user_tails: HashMap::new(),
-            inbox_tails: HashMap::new(),
             last_position: None,
         })
     }
