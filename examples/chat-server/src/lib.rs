@@ -116,6 +116,7 @@ impl App {
             typing_burst: options.typing_burst,
             typing_rate_per_sec: options.typing_rate_per_sec,
             typing_expiry: std::time::Duration::from_millis(options.typing_expiry_ms),
+            edit_window: options.edit_window.map(std::time::Duration::from_secs),
             ..ChatConfig::default()
         };
         // A zero from a flag stops the start here, never taken for 1 by the service.
