@@ -15,10 +15,10 @@
 //! - `options.rs`: every flag and environment variable.
 //! - `storage.rs`: opening the SQLite, MySQL or PostgreSQL store as an `Arc<dyn chatcore::Backend>` (the
 //!   only place that tells them apart), and migrating it.
-//! - `web.rs`: the application router: UI assets, chat API, bench endpoint, request spans.
+//! - `web.rs`: the application router: the page, chat API (with the UI's files), bench endpoint, request spans.
 //! - `metrics.rs`: the Prometheus recorder, the HTTP metrics layer and `/metrics`.
 //! - `lib.rs`: [`run`], which serves until a shutdown future resolves, then shuts down in order.
-//! - `assets/`: the web UI (plain HTML, CSS and JS, embedded in the binary).
+//! - `assets/index.html`: the page at `/`, chatcore-axum's `<chatcore-app>` element full-screen.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
