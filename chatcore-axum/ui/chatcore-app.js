@@ -213,6 +213,8 @@ function mount(host) {
   const loginUrl = host.getAttribute("login-url");
   const useHistory = host.getAttribute("history") !== "off";
   const touch = window.matchMedia("(pointer: coarse)").matches;
+  // A host that logs people in also logs them out.
+  $("logout-button").hidden = loginUrl !== null;
   const cleanups = [];
   let state = freshState();
   // Bumped on every logout and login: answers to requests of an earlier session are dropped.
