@@ -24,6 +24,21 @@ pub enum DatabaseUrl {
     Postgres(String),
 }
 
+/// Fails when `--database` names an SQLite file that does not exist: for `command`s that only
+/// read, so a mistyped path is reported instead of creating a new, empty database there.
+pub fn require_existing(options: &ServerOptions, command: &str) -> Result<(), ServerError> {
+    if let DatabaseUrl::SqliteFile(path) = DatabaseUrl::parse(&options.database)?
+        && !path.exists()
+    {
+        return Err(ServerError::Config(format!(
+            "no database at {}: check --database ({command} only reads and creates no database; \
+             `chat-server migrate` or starting the server creates it)",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
 impl DatabaseUrl {
     /// Parses `sqlite://PATH`, `sqlite:PATH`, `sqlite::memory:`, `mysql://...` or
     /// `postgres://...` (`postgresql://...`).

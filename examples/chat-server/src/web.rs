@@ -1,13 +1,18 @@
 //! The application router: the web UI, the chat API, the optional bench endpoint, one
-//! tracing span per request, and request ids (`x-request-id`, in the span and the answer).
+//! tracing span and one `info` line per request, and request ids (`x-request-id`, in the
+//! span and the answer).
+
+use std::time::Duration;
 
 use axum::Router;
+use axum::extract::MatchedPath;
 use axum::http::{HeaderName, HeaderValue, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chatcore_axum::ChatApi;
 use serde::{Deserialize, Serialize};
 use tower_http::trace::TraceLayer;
+use tracing::Span;
 
 /// The page: `<chatcore-app>` (served by the chat router under `/ui/`) full-screen.
 const INDEX_HTML: &str = include_str!("../assets/index.html");
@@ -22,17 +27,36 @@ pub fn router(api: ChatApi, bench_endpoints: bool) -> Router {
         ui = ui.route("/_bench/echo", post(echo));
     }
     // The chat router answers unknown paths itself (JSON 404), so it goes last.
-    let app = ui
-        .merge(api.router())
-        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
-            let request_id = chatcore_axum::request_id(request).unwrap_or("-");
-            tracing::info_span!(
-                "request",
-                method = %request.method(),
-                path = %request.uri().path(),
-                request_id = %request_id
-            )
-        }));
+    let app = ui.merge(api.router()).layer(
+        TraceLayer::new_for_http()
+            .make_span_with(|request: &Request<_>| {
+                let request_id = chatcore_axum::request_id(request).unwrap_or("-");
+                // The route template (`/api/v1/message/{id}/`), known here because
+                // `Router::layer` wraps each route after routing; "-" for no route.
+                let route = request
+                    .extensions()
+                    .get::<MatchedPath>()
+                    .map_or("-", MatchedPath::as_str);
+                tracing::info_span!(
+                    "request",
+                    method = %request.method(),
+                    route = %route,
+                    path = %request.uri().path(),
+                    request_id = %request_id
+                )
+            })
+            .on_request(())
+            // One line per request at `info`, in the request's span (method, route, id);
+            // `--log info,chat_server::request=warn` silences it alone.
+            .on_response(|response: &Response, latency: Duration, _span: &Span| {
+                tracing::info!(
+                    target: "chat_server::request",
+                    status = response.status().as_u16(),
+                    duration_ms = latency.as_secs_f64() * 1000.0,
+                    "answered"
+                );
+            }),
+    );
     // Outside the trace layer, so the span sees the id.
     chatcore_axum::with_request_ids(app)
 }

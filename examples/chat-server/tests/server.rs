@@ -68,6 +68,23 @@ fn operator_subcommands() {
     );
     assert!(!short.status.success(), "a short password is refused");
 
+    // Without a terminal (stdin is a pipe here) create-user says how to give the password.
+    let no_tty = operator(dir.path(), &["create-user", "erin"], "");
+    assert!(!no_tty.status.success());
+    assert!(
+        String::from_utf8_lossy(&no_tty.stderr).contains("--password-stdin"),
+        "{}",
+        String::from_utf8_lossy(&no_tty.stderr)
+    );
+
+    // A read-only command on a mistyped path reports it and creates nothing there; global
+    // options may also follow the subcommand.
+    let typo = operator(dir.path(), &["list-users", "--database", "sqlite://opps.db"], "");
+    assert!(!typo.status.success());
+    let error = String::from_utf8_lossy(&typo.stderr);
+    assert!(error.contains("no database at opps.db"), "{error}");
+    assert!(!dir.path().join("opps.db").exists(), "no file was created");
+
     let list = operator(dir.path(), &["list-users"], "");
     let names: Vec<String> = String::from_utf8_lossy(&list.stdout)
         .lines()
