@@ -10,7 +10,7 @@
 //!
 //! and the element finds the API from the module's own address (`/chat/ui/` → `/chat/`), or
 //! from its `base` attribute. It reads who is logged in from `GET /api/v1/auth/session`, so
-//! a host that has set the session cookie (see [`crate::SessionAuthenticator::session_cookie`])
+//! a host that has set the session cookie (`SessionAuthenticator::session_cookie`)
 //! shows the chat without a second login. It loads nothing else and needs no inline script
 //! or style: the page may run under [`CONTENT_SECURITY_POLICY`]. Attributes, events and the
 //! CSS custom properties for theming are listed at the top of `ui/chatcore-app.js` and in

@@ -496,6 +496,22 @@ impl ServerOptions {
     }
 }
 
+/// `--listen`: `IP:PORT`, or `HOST:PORT` resolved now (the first address it resolves to).
+pub fn parse_listen(value: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(address) = value.parse() {
+        return Ok(address);
+    }
+    let mut addresses = value.to_socket_addrs().map_err(|error| {
+        format!(
+            "cannot resolve {value:?} ({error}): expected HOST:PORT, like 127.0.0.1:8000 or localhost:8000"
+        )
+    })?;
+    addresses
+        .next()
+        .ok_or_else(|| format!("{value:?} resolves to no address: expected HOST:PORT, like 127.0.0.1:8000"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -588,20 +604,4 @@ mod tests {
         assert_eq!(parse("normal"), SqliteSync::Normal);
         assert!(Cli::try_parse_from(["chat-server", "--sqlite-synchronous", "fast"]).is_err());
     }
-}
-
-/// `--listen`: `IP:PORT`, or `HOST:PORT` resolved now (the first address it resolves to).
-pub fn parse_listen(value: &str) -> Result<SocketAddr, String> {
-    use std::net::ToSocketAddrs;
-    if let Ok(address) = value.parse() {
-        return Ok(address);
-    }
-    let mut addresses = value.to_socket_addrs().map_err(|error| {
-        format!(
-            "cannot resolve {value:?} ({error}): expected HOST:PORT, like 127.0.0.1:8000 or localhost:8000"
-        )
-    })?;
-    addresses
-        .next()
-        .ok_or_else(|| format!("{value:?} resolves to no address: expected HOST:PORT, like 127.0.0.1:8000"))
 }
