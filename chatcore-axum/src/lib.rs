@@ -15,6 +15,10 @@
 //! authenticator turns the feature off (`default-features = false`) and does without argon2
 //! and the rest.
 //!
+//! With feature `ui` the router also serves the web UI, the `<chatcore-app>` custom element,
+//! under `/ui/` (see the `ui` module): a host page adds
+//! `<script type="module" src="/chat/ui/chatcore-app.js">` and the element.
+//!
 //! ```no_run
 //! use std::sync::Arc;
 //! use axum::{Router, routing::get};

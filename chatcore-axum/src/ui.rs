@@ -56,7 +56,8 @@ pub(crate) fn routes<S: Clone + Send + Sync + 'static>() -> utoipa_axum::router:
     path = "/ui/chatcore-app.js",
     tag = "ui",
     responses(
-        (status = 200, description = "The module", content_type = "text/javascript", body = String),
+        (status = 200, description = "The module", content_type = "text/javascript", body = String,
+            example = json!("export class ChatcoreApp extends HTMLElement { /* ... */ }")),
         (status = "default", description = "Any other error", body = ErrorBody)
     )
 )]
@@ -73,7 +74,8 @@ pub(crate) async fn script() -> Response {
     path = "/ui/chatcore-app.css",
     tag = "ui",
     responses(
-        (status = 200, description = "The style sheet", content_type = "text/css", body = String),
+        (status = 200, description = "The style sheet", content_type = "text/css", body = String,
+            example = json!(":host { display: block; /* ... */ }")),
         (status = "default", description = "Any other error", body = ErrorBody)
     )
 )]
@@ -89,7 +91,8 @@ pub(crate) async fn stylesheet() -> Response {
     path = "/ui/favicon.svg",
     tag = "ui",
     responses(
-        (status = 200, description = "The icon", content_type = "image/svg+xml", body = String),
+        (status = 200, description = "The icon", content_type = "image/svg+xml", body = String,
+            example = json!("<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 32 32\">...</svg>")),
         (status = "default", description = "Any other error", body = ErrorBody)
     )
 )]

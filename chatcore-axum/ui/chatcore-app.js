@@ -196,6 +196,7 @@ function freshState() {
     marking: null,          // the read-marker POST in flight, so there is one at a time
     localChanges: 0,        // bumped by every local count change, to spot a refetch that predates one
     pending: null,          // {recipient, body, key} of a send that failed, retried with its key
+    drafts: new Map(),      // peer -> unsent text of a conversation not open
     socket: null,
     reconnectDelay: 500,
     reconnectTimer: null,
@@ -644,18 +645,20 @@ function mount(host) {
   async function openConversation(username, { record = true } = {}) {
     if (record) recordInUrl(username);
     if (username !== state.partner) {
-      const keep = $("send-body").value;
+      // A draft stays with the conversation it was written in.
+      if (state.partner !== null) state.drafts.set(state.partner, $("send-body").value);
       state.partner = username;
       state.shownIds.clear();
       state.oldestShown = null;
       state.newestShown = null;
       state.newestFromPeer = null;
       $("message-list").replaceChildren();
-      // A draft stays with the conversation it was written in: a failed send's text too.
-      $("send-body").value = state.pending && state.pending.recipient === username ? state.pending.body : "";
-      if (keep && state.pending && state.pending.body === keep && state.pending.recipient !== username) {
+      $("send-body").value = state.drafts.get(username) || "";
+      // A failed send's problem shows in its own conversation only.
+      if (state.pending && state.pending.recipient === username) {
+        showProblem(state.pending.problem, true);
+      } else {
         clearProblem();
-        state.pending = null;
       }
       drawComposer();
     }
@@ -922,6 +925,7 @@ function mount(host) {
         headers: { "Idempotency-Key": attempt.key },
       });
       if (state.pending === attempt) state.pending = null;
+      if (state.drafts.get(attempt.recipient) === attempt.body) state.drafts.delete(attempt.recipient);
       // The text was put back after a failure: it is sent now.
       if (state.partner === attempt.recipient && $("send-body").value === attempt.body) {
         $("send-body").value = "";
@@ -937,8 +941,11 @@ function mount(host) {
       if (state.partner === attempt.recipient && $("send-body").value === "") {
         $("send-body").value = attempt.body;
         drawComposer();
+      } else if (state.partner !== attempt.recipient && !state.drafts.get(attempt.recipient)) {
+        state.drafts.set(attempt.recipient, attempt.body);
       }
-      showProblem(`Not sent: ${error instanceof ApiError ? error.message : "something went wrong."}`, retry);
+      attempt.problem = `Not sent: ${error instanceof ApiError ? error.message : "something went wrong."}`;
+      if (state.partner === attempt.recipient) showProblem(attempt.problem, retry);
     }
   }
 

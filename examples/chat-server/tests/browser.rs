@@ -559,9 +559,21 @@ async fn connection_banner(client: &Client) {
     assert!(!visible(client, "#banner").await);
 }
 
-/// alice logs out; bob logs in in the same tab (with Enter): nothing of alice's is left.
+/// Drafts stay with their conversation; then alice logs out and bob logs in in the same tab
+/// (with Enter): nothing of alice's is left.
 async fn logout_leaves_nothing_behind(client: &Client) {
+    // A draft stays with its conversation while another is open.
     set_draft(client, "a draft of alice's").await;
+    start_conversation(client, "ca", "carol").await;
+    assert_eq!(
+        js(client, "return R.getElementById('send-body').value;").await,
+        json!("")
+    );
+    open_conversation(client, "bob").await;
+    assert_eq!(
+        js(client, "return R.getElementById('send-body').value;").await,
+        json!("a draft of alice's")
+    );
     type_into(client, "#user-search", "ca").await;
     click(client, "log out", "#logout-button").await;
     eventually("the login form after logging out", || {

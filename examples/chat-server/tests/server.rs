@@ -158,12 +158,21 @@ async fn serves_ui_api_and_websocket_then_shuts_down_gracefully() {
         .unwrap()
         .to_owned();
     assert!(csp.contains("script-src 'self'"));
-    assert!(page.text().await.unwrap().contains("/static/app.js"));
-    for asset in ["/static/app.js", "/static/app.css"] {
-        assert_eq!(
-            http.get(format!("{base}{asset}")).send().await.unwrap().status(),
-            200
-        );
+    let html = page.text().await.unwrap();
+    assert!(
+        html.contains(r#"<script type="module" src="ui/chatcore-app.js">"#),
+        "{html}"
+    );
+    assert!(html.contains("<chatcore-app fullscreen"), "{html}");
+    for (asset, media) in [
+        ("/ui/chatcore-app.js", "text/javascript; charset=utf-8"),
+        ("/ui/chatcore-app.css", "text/css; charset=utf-8"),
+        ("/ui/favicon.svg", "image/svg+xml"),
+    ] {
+        let answer = http.get(format!("{base}{asset}")).send().await.unwrap();
+        assert_eq!(answer.status(), 200, "{asset}");
+        assert_eq!(answer.headers()["content-type"], media, "{asset}");
+        assert_eq!(answer.headers()["x-content-type-options"], "nosniff", "{asset}");
     }
     let echo = http
         .post(format!("{base}/_bench/echo"))
