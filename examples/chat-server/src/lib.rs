@@ -51,6 +51,18 @@ pub enum ServerError {
     /// Binding or serving failed.
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    /// The database could not be opened: where (the URL without its password) and what to
+    /// try, with the backend's error as the cause.
+    #[error("cannot open the database {url} ({hint})")]
+    Database {
+        /// `--database` without its password.
+        url: String,
+        /// What the operator may do about it.
+        hint: &'static str,
+        /// The backend's error.
+        #[source]
+        source: chatcore::Error,
+    },
 }
 
 /// The service, authenticator and API configured from `options` over an open `backend`.
@@ -220,8 +232,8 @@ pub fn openapi_description() -> Result<String, ServerError> {
     Ok(json)
 }
 
-/// The URL without its password, for logs.
-fn redacted(url: &str) -> String {
+/// The URL without its password, for logs and error messages.
+pub(crate) fn redacted(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             let userinfo = &url[scheme + 3..at];

@@ -85,6 +85,41 @@ fn operator_subcommands() {
     assert!(error.contains("no database at opps.db"), "{error}");
     assert!(!dir.path().join("opps.db").exists(), "no file was created");
 
+    // An unopenable database: the error names it (without its password) and what to do.
+    let missing_dir = operator(
+        dir.path(),
+        &["migrate", "--database", "sqlite://no/such/dir/x.db"],
+        "",
+    );
+    let error = String::from_utf8_lossy(&missing_dir.stderr);
+    assert!(!missing_dir.status.success());
+    assert!(
+        error.contains("cannot open the database sqlite://no/such/dir/x.db (check the path"),
+        "{error}"
+    );
+    let mysql = std::env::var("CHATCORE_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into());
+    if let Some(server) = mysql
+        .strip_prefix("mysql://")
+        .and_then(|rest| rest.split('/').next())
+    {
+        // The server's own user, plus a password that must not be printed.
+        let host = server.rsplit('@').next().unwrap_or(server);
+        let user = server
+            .split_once('@')
+            .map_or("root", |(user, _)| user.split(':').next().unwrap_or("root"));
+        let url = format!("mysql://{user}:not-printed@{host}/chatcore_no_such_database");
+        let unknown = operator(dir.path(), &["migrate", "--database", &url], "");
+        let error = String::from_utf8_lossy(&unknown.stderr);
+        assert!(!unknown.status.success());
+        assert!(!error.contains("not-printed"), "the password stays out: {error}");
+        assert!(error.contains(&format!("mysql://{user}:***@{host}")), "{error}");
+        // With the server's own credentials: the database itself is missing (1049).
+        let url = format!("mysql://{server}/chatcore_no_such_database");
+        let unknown = operator(dir.path(), &["migrate", "--database", &url], "");
+        let error = String::from_utf8_lossy(&unknown.stderr);
+        assert!(error.contains("create the database first"), "{error}");
+    }
+
     let list = operator(dir.path(), &["list-users"], "");
     let names: Vec<String> = String::from_utf8_lossy(&list.stdout)
         .lines()
