@@ -370,7 +370,7 @@ function mount(host) {
       await api("/auth/login", { json: { username, password } });
       $("auth-password").value = "";
       // The session answer carries the server's limits as well as the name.
-      await start(await api("/auth/session"));
+      await start(await api("/auth/session"), { focus: true });
     } catch (error) {
       showError($("auth-error"), error);
     }
@@ -1145,7 +1145,9 @@ function mount(host) {
 
   // ---- start ----
 
-  async function start(session) {
+  // `focus`: after logging in here, the focus moves into the chat; a page that merely loads
+  // with a session (maybe a host's page with fields of its own) keeps its focus.
+  async function start(session, { focus = false } = {}) {
     reset(false);
     state.me = session.username;
     if (Number.isInteger(session.max_message_chars)) state.maxChars = session.max_message_chars;
@@ -1154,7 +1156,7 @@ function mount(host) {
     $("host-login").hidden = true;
     $("app").hidden = false;
     $("me").textContent = session.username;
-    $("user-search").focus();
+    if (focus) $("user-search").focus();
     emit("chatcore-session", { username: session.username });
     // The position comes first: whatever happens after it is replayed on the socket, and
     // replays are harmless (counted messages are recognised by id, markers only move forward).
