@@ -81,6 +81,14 @@ async fn site_login(client: &Client, base: &str, name: &str) {
         !visible(client, "#logout-button").await,
         "logging out is the site's"
     );
+    assert_eq!(
+        client
+            .execute("return document.activeElement === document.body;", vec![])
+            .await
+            .unwrap(),
+        json!(true),
+        "an element that loads with a session leaves the page's focus alone"
+    );
 }
 
 /// What `fetch(path)` answers in the page: the status.
