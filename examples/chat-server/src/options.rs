@@ -380,6 +380,10 @@ pub struct ServerOptions {
     /// Log filter in `tracing` syntax (e.g. `info`, `chatcore=debug,tower_http=debug`).
     #[arg(long, env = "CHAT_LOG", default_value = "info")]
     pub log: String,
+
+    /// Webhooks and the HTTP send policy (`--webhook-*`, `--policy-*`).
+    #[command(flatten)]
+    pub hooks: crate::hooks::HookOptions,
 }
 
 impl ServerOptions {
