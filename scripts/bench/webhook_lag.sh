@@ -20,7 +20,7 @@ sink_port=$(free_port) port=$(free_port)
 sink=$!
 for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:$sink_port/stats" && break; sleep 0.1; done
 "$bin/chat-server" --send-rate-per-sec 0 --send-burst 0 --logins-per-minute 0 \
-  --registrations-per-hour 0 --log warn --database "sqlite://$dir/chat.db" --listen "127.0.0.1:$port" \
+  --registrations-per-hour 0 --max-connections-per-address 4096 --log warn --database "sqlite://$dir/chat.db" --listen "127.0.0.1:$port" \
   --webhook-url "http://127.0.0.1:$sink_port/hook" --webhook-secret "$secret" "$@" &
 server=$!
 trap 'kill $server $sink 2>/dev/null || true; rm -rf "$dir"' EXIT
