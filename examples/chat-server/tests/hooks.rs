@@ -382,12 +382,22 @@ async fn webhooks_are_signed_with_the_secret() {
         endpoints.insert(endpoint.to_owned());
     }
     assert_eq!(endpoints.len(), 1, "one endpoint id");
+    // The server counts a delivery once it has read the answer, after the receiver kept it.
+    let delivered = [("outcome", "delivered")];
+    wait_for_metric(
+        &http,
+        &server.base,
+        "chatcore_webhook_deliveries_total",
+        &delivered,
+        3.0,
+    )
+    .await;
     assert_eq!(
         metric(
             &http,
             &server.base,
             "chatcore_webhook_deliveries_total",
-            &[("outcome", "delivered")]
+            &delivered
         )
         .await,
         3.0
@@ -431,6 +441,14 @@ async fn webhooks_retry_after_500s_and_4xx() {
             ("second", "1", 200)
         ]
     );
+    wait_for_metric(
+        &http,
+        &server.base,
+        "chatcore_webhook_deliveries_total",
+        &[("outcome", "delivered")],
+        2.0,
+    )
+    .await;
     let count = |outcome: &'static str| {
         let (http, base) = (&http, &server.base);
         async move {
