@@ -116,6 +116,7 @@ impl App {
             max_inbox_page: options.max_inbox_page,
             policy_deadline: options.hooks.policy_deadline(),
             policy_fallback: options.hooks.policy_fallback.into(),
+            edit_window: options.edit_window.map(std::time::Duration::from_secs),
             ..ChatConfig::default()
         };
         // A zero from a flag stops the start here, never taken for 1 by the service.

@@ -354,6 +354,9 @@ fn by_conversation(events: &[StoredEvent]) -> Vec<Vec<&StoredEvent>> {
         let (a, b) = match event {
             StoredEvent::Message(message) => (message.sender.as_str(), message.recipient.as_str()),
             StoredEvent::Read(marker) => (marker.reader.as_str(), marker.peer.as_str()),
+            StoredEvent::Edit(change) | StoredEvent::Delete(change) => {
+                (change.message.sender.as_str(), change.message.recipient.as_str())
+            }
             // A kind this version does not know: all of them in one sequence.
             _ => ("", ""),
         };
@@ -400,6 +403,8 @@ mod tests {
             recipient: Username::parse(to).unwrap(),
             created_at: chrono::Utc::now(),
             body: "hi".into(),
+            edited: None,
+            deleted: false,
         })
     }
 
