@@ -18,6 +18,8 @@ fn message(id: i64) -> Message {
         recipient: Username::parse("bob").unwrap(),
         created_at: now_micros(),
         body: "a typical short chat message, about sixty bytes long......".into(),
+        edited: None,
+        deleted: false,
     }
 }
 

@@ -135,6 +135,8 @@ mod tests {
             recipient: Username::parse("b").unwrap(),
             created_at: now_micros(),
             body: "x".into(),
+            edited: None,
+            deleted: false,
         })
     }
 

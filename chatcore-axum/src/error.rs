@@ -129,6 +129,7 @@ impl From<chatcore::Error> for ApiError {
                     Self::new(StatusCode::UNPROCESSABLE_ENTITY, rejection.reason)
                 }
             },
+            E::Forbidden(why) => Self::forbidden(why.to_string()),
             E::RateLimited { retry_after } => Self::too_many_requests(retry_after),
             E::Unavailable { what, ref source } => {
                 tracing::warn!(what, error = %ErrorChain(source.as_ref()), "backend unavailable");

@@ -49,10 +49,13 @@
 //! | `GET /api/v1/message/?target=&page=&before=&limit=` | `{"count", "next", "previous", "results"}`, newest first |
 //! | `POST /api/v1/message/` (JSON or form, optional `Idempotency-Key`) | 201, the message |
 //! | `GET /api/v1/message/{id}/` | the message, for its sender or recipient only |
+//! | `PATCH /api/v1/message/{id}/` `{"body"}` | its sender edits it: the message with `"edited"`; 403 for its recipient (or past the edit window), 404 for anyone else and for a deleted one |
+//! | `DELETE /api/v1/message/{id}/` | its sender deletes it: 204 (again: 204); it stays as a tombstone `{..., "body": "", "deleted": true}`; 403 for its recipient, 404 for anyone else |
 //! | `GET /api/v1/conversation/?limit=&before=` | the inbox: `{"next", "unread_total", "results": [{"peer", "last_message", "unread", "read_up_to", "peer_read_up_to"}]}`, latest activity first |
 //! | `POST /api/v1/conversation/{peer}/read` `{"up_to": <id>}` | moves the caller's read marker (forward only): `{"unread", "read_up_to"}` |
 //! | `GET /api/v1/auth/session` | `{"username"}` of the caller, 401 for no one |
-//! | `GET /ws?since=POSITION` | WebSocket: every durable event of the caller in position order: `{"type": "message", "position", "message": "<id>", "data": <message>}` and `{"type": "read", "position", "reader", "peer", "up_to"}` |
+//! | `GET /api/v1/auth/export` | `{"username", "messages": [...]}`: every message the caller sent or received, newest first, streamed page by page |
+//! | `GET /ws?since=POSITION` | WebSocket: every durable event of the caller in position order: `{"type": "message", "position", "message": "<id>", "data": <message>}`, `{"type": "read", "position", "reader", "peer", "up_to"}`, `{"type": "edit", "position", "data": <message>}` and `{"type": "delete", "position", "data": <tombstone>}` |
 //! | `POST /api/v1/auth/register`, `/login`, `/logout` | with `ChatApi::with_auth_routes` or `auth_router` (feature `sessions`); register and login limited per client address (429 with `Retry-After`) |
 //! | `GET /healthz` | `{"status": "ok"}`: the process answers (touches no backend) |
 //! | `GET /readyz` | `{"status": "ready"}`, or 503 `{"error"}` while draining for a shutdown ([`ShutdownHandle::drain`]), with the notifier disconnected, or with the store not answering a trivial read within [`ApiConfig::readiness_timeout`] |
@@ -350,7 +353,11 @@ impl ChatApi {
         let routes = openapi::group::<ApiState>();
         let routes = openapi::add(routes, routes!(rest::list_users));
         let routes = openapi::add(routes, routes!(rest::list_messages, rest::send_message));
-        let routes = openapi::add(routes, routes!(rest::get_message));
+        let routes = openapi::add(
+            routes,
+            routes!(rest::get_message, rest::edit_message, rest::delete_message),
+        );
+        let routes = openapi::add(routes, routes!(rest::export));
         let routes = openapi::add(routes, routes!(inbox::list_conversations));
         let routes = openapi::add(routes, routes!(inbox::mark_read));
         let routes = openapi::add(routes, routes!(inbox::current_session));

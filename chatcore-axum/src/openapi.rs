@@ -139,7 +139,7 @@ pub(crate) enum ServerErrors {
 #[derive(ToSchema)]
 #[schema(as = Message, example = json!({
     "id": 17, "user": "alice", "recipient": "bob",
-    "timestamp": "2026-11-28T10:00:00.123456Z", "body": "hi"
+    "timestamp": "2026-11-28T10:00:00.123456Z", "body": "hi", "edited": null
 }))]
 #[allow(dead_code)] // only described: `chatcore::Message` is what is serialized
 pub(crate) struct MessageDoc {
@@ -152,8 +152,13 @@ pub(crate) struct MessageDoc {
     /// When the server stored it, ISO 8601 UTC with microseconds.
     #[schema(format = DateTime)]
     timestamp: String,
-    /// The text, trimmed, with `\n` line breaks.
+    /// The text, trimmed, with `\n` line breaks; empty once deleted.
     body: String,
+    /// When its sender last edited it; `null` if never (and once deleted).
+    #[schema(format = DateTime, required = true)]
+    edited: Option<String>,
+    /// Present and `true` once its sender deleted it: the text is gone for good.
+    deleted: Option<bool>,
 }
 
 /// A new empty [`Description`] that route groups add themselves to.

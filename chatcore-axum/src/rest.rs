@@ -355,14 +355,189 @@ pub(crate) async fn get_message(
     Caller(caller): Caller,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    // A malformed id is as unknown as a missing one.
-    let id = id
-        .ok()
-        .and_then(|Path(id)| id.parse::<i64>().ok())
-        .ok_or(())
-        .map_err(|_| ApiError::from(chatcore::Error::NotFound(chatcore::Entity::Message)))?;
-    let message = state.service().message(&caller, MessageId(id)).await?;
+    let message = state.service().message(&caller, message_id(id)?).await?;
     Ok(Json(message).into_response())
+}
+
+/// The message id of a path; a malformed id is as unknown as a missing one.
+fn message_id(id: Result<Path<String>, PathRejection>) -> Result<MessageId, ApiError> {
+    id.ok()
+        .and_then(|Path(id)| id.parse::<i64>().ok())
+        .map(MessageId)
+        .ok_or_else(|| ApiError::from(chatcore::Error::NotFound(chatcore::Entity::Message)))
+}
+
+/// `PATCH /api/v1/message/{id}/` body.
+#[derive(Deserialize, ToSchema)]
+#[schema(example = json!({"body": "hi, fixed"}))]
+pub(crate) struct EditForm {
+    /// The new text, under the rules of a send's: trimmed; 1 to 4,000 characters
+    /// (configurable) after trimming; no control characters but newline and tab.
+    body: String,
+}
+
+/// Edit a message.
+///
+/// Replaces the text of a message the caller sent; the message gains `"edited"` (when).
+/// Both users' sockets get `{"type": "edit", "position", "data": <message>}`; unread counts
+/// do not change. The server may limit how long after sending a message can be edited
+/// (`--edit-window`; none by default).
+#[utoipa::path(
+    patch,
+    path = "/api/v1/message/{id}/",
+    tag = "messages",
+    params(("id" = i64, Path, description = "The message id", example = 17)),
+    request_body(description = "The new text, as JSON or as a form", content(
+        (EditForm = "application/json", example = json!({"body": "hi, fixed"})),
+        (EditForm = "application/x-www-form-urlencoded", example = json!({"body": "hi, fixed"}))
+    )),
+    security(("session_cookie" = []), ("bearer" = [])),
+    responses(
+        (status = 200, description = "The message as edited", body = MessageDoc,
+            example = json!({"id": 17, "user": "alice", "recipient": "bob",
+                "timestamp": "2026-11-28T10:00:00.123456Z", "body": "hi, fixed",
+                "edited": "2026-11-28T10:01:30.000001Z"})),
+        (status = 400, description = "Bad input: empty or too long body, control characters, malformed body", body = ErrorBody,
+            example = json!({"error": "message body is empty"})),
+        (status = 403, description = "The caller received this message (only its sender may change it), the edit window has passed, or a send policy of the host refused the new text", body = ErrorBody,
+            example = json!({"error": "only the sender of a message can change it"})),
+        (status = 404, description = "No such message for the caller, or it was deleted", body = ErrorBody,
+            example = json!({"error": "message not found"})),
+        (status = 422, description = "A send policy of the host found the new text unacceptable", body = ErrorBody,
+            example = json!({"error": "this text is not acceptable"})),
+        Unauthenticated, BodyErrors, ServerErrors
+    )
+)]
+pub(crate) async fn edit_message(
+    State(state): State<ApiState>,
+    Caller(caller): Caller,
+    id: Result<Path<String>, PathRejection>,
+    JsonOrForm(form): JsonOrForm<EditForm>,
+) -> Result<Response, ApiError> {
+    let message = state
+        .service()
+        .edit_message(&caller, message_id(id)?, &form.body)
+        .await?;
+    Ok(Json(message).into_response())
+}
+
+/// Delete a message.
+///
+/// Deletes a message the caller sent: its text is removed from storage for good, and it
+/// stays in both histories as `{"id", "user", "recipient", "timestamp", "body": "",
+/// "edited": null, "deleted": true}`. Both users' sockets get `{"type": "delete", "position",
+/// "data": <the tombstone>}`; unread counts do not change. Deleting again answers 204 too.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/message/{id}/",
+    tag = "messages",
+    params(("id" = i64, Path, description = "The message id", example = 17)),
+    security(("session_cookie" = []), ("bearer" = [])),
+    responses(
+        (status = 204, description = "Deleted (or already deleted)"),
+        (status = 403, description = "The caller received this message: only its sender may delete it (or a cross-site request riding on the session cookie)", body = ErrorBody,
+            example = json!({"error": "only the sender of a message can change it"})),
+        (status = 404, description = "No such message for the caller", body = ErrorBody,
+            example = json!({"error": "message not found"})),
+        Unauthenticated, ServerErrors
+    )
+)]
+pub(crate) async fn delete_message(
+    State(state): State<ApiState>,
+    Caller(caller): Caller,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    state.service().delete_message(&caller, message_id(id)?).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Export my data.
+///
+/// Every message the caller sent or received (tombstones included), newest first, as one
+/// JSON document `{"username": "alice", "messages": [<message>, ...]}`, streamed: the server
+/// reads the history in pages (500 messages by default) and writes each page as it comes,
+/// so an export of any size holds one page in memory. Messages stored after the export
+/// began are not in it. Should storage fail midway, the connection is cut before the
+/// document is complete (the status was already sent): retry.
+#[utoipa::path(
+    get,
+    path = "/api/v1/auth/export",
+    tag = "auth",
+    security(("session_cookie" = []), ("bearer" = [])),
+    responses(
+        (status = 200, description = "The caller's data, streamed (chunked)", content_type = "application/json",
+            body = ExportDoc),
+        Unauthenticated, ServerErrors
+    )
+)]
+pub(crate) async fn export(
+    State(state): State<ApiState>,
+    Caller(caller): Caller,
+) -> Result<Response, ApiError> {
+    // The first page is read before answering, so a storage failure is a plain 503.
+    let chat = state.service().clone();
+    let first = chat.export_page(&caller, None).await?;
+    let mut head = Vec::with_capacity(64);
+    head.extend_from_slice(br#"{"username":"#);
+    serde_json::to_writer(&mut head, &caller.username).map_err(|e| chatcore::Error::internal("export", e))?;
+    head.extend_from_slice(br#","messages":["#);
+    let start = ExportState {
+        chat,
+        user: caller,
+        page: Some(first),
+        head: Some(head),
+        first_message: true,
+    };
+    let pages = futures_util::stream::try_unfold(start, |mut at| async move {
+        let Some(page) = at.page.take() else {
+            return Ok::<_, chatcore::Error>(None);
+        };
+        let mut chunk = at.head.take().unwrap_or_default();
+        if page.is_empty() {
+            chunk.extend_from_slice(b"]}");
+            return Ok(Some((axum::body::Bytes::from(chunk), at)));
+        }
+        for message in &page {
+            if !std::mem::take(&mut at.first_message) {
+                chunk.push(b',');
+            }
+            serde_json::to_writer(&mut chunk, message).map_err(|e| chatcore::Error::internal("export", e))?;
+        }
+        let before = page.last().map(|m| m.id);
+        at.page = Some(at.chat.export_page(&at.user, before).await?);
+        Ok(Some((axum::body::Bytes::from(chunk), at)))
+    });
+    Ok((
+        [(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        axum::body::Body::from_stream(pages),
+    )
+        .into_response())
+}
+
+/// Where an export stream stands: the page to write next (`None` once the document is
+/// closed), and what goes before it.
+struct ExportState {
+    chat: chatcore::ChatService,
+    user: chatcore::User,
+    page: Option<Vec<Message>>,
+    head: Option<Vec<u8>>,
+    first_message: bool,
+}
+
+/// The export document.
+#[derive(ToSchema)]
+#[schema(as = Export, example = json!({"username": "alice", "messages": [
+    {"id": 18, "user": "alice", "recipient": "bob", "timestamp": "2026-11-28T10:00:00.123456Z", "body": "hi", "edited": null}
+]}))]
+#[allow(dead_code)] // only described: the handler writes the document as it streams
+pub(crate) struct ExportDoc {
+    /// The caller's name.
+    username: String,
+    /// Every message the caller sent or received, newest first.
+    messages: Vec<MessageDoc>,
 }
 
 #[cfg(test)]

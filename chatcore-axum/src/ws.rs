@@ -69,6 +69,10 @@ type Close = (u16, &'static str);
 ///   message the caller sent or received (a message's position is its id);
 /// - `{"type": "read", "position": 18, "reader": "bob", "peer": "alice", "up_to": 17}` when a
 ///   read marker of one of the caller's conversations moved;
+/// - `{"type": "edit", "position": 19, "data": <Message>}` when the sender of one of the
+///   caller's messages edited it, and `{"type": "delete", "position": 20, "data": <Message>}`
+///   (the tombstone: `"body": ""`, `"deleted": true`) when they deleted it; replayed with the
+///   message as it is now, so no deleted text is ever sent again;
 /// - `{"type": "resync", "resync": true}` when more events were missed than the catch-up
 ///   bound (1,000): reload history; live frames go on from the newest position.
 ///

@@ -315,17 +315,28 @@ async fn the_message_schema_matches_a_real_message() {
         .unwrap();
     let real = serde_json::to_value(&*sent.message).unwrap();
     let real_fields: BTreeSet<&String> = real.as_object().unwrap().keys().collect();
+    let tombstone = chat.delete_message(&alice, sent.message.id).await.unwrap();
+    let tombstone = serde_json::to_value(&tombstone).unwrap();
+    let tombstone_fields: BTreeSet<&String> = tombstone.as_object().unwrap().keys().collect();
     let description = description(&api);
     let schema = &description["components"]["schemas"]["Message"];
     let described: BTreeSet<&String> = schema["properties"].as_object().unwrap().keys().collect();
-    assert_eq!(described, real_fields);
+    assert_eq!(
+        described,
+        real_fields.union(&tombstone_fields).copied().collect(),
+        "a message's fields, and a tombstone's"
+    );
     let required: BTreeSet<&str> = schema["required"]
         .as_array()
         .unwrap()
         .iter()
         .map(|field| field.as_str().unwrap())
         .collect();
-    assert_eq!(required.len(), real_fields.len(), "every field is always present");
+    assert_eq!(
+        required,
+        real_fields.iter().map(|field| field.as_str()).collect(),
+        "every field of a message is always present (`deleted` only on tombstones)"
+    );
 }
 
 /// The router serves its own description, also when nested under a prefix.

@@ -176,6 +176,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod changes;
 mod config;
 mod error;
 mod marks;
@@ -200,9 +201,9 @@ use tokio::sync::{RwLock, mpsc, oneshot};
 
 use chatcore::store::check_checkpoint_name;
 use chatcore::{
-    Backend, BoxError, Credentials, Entity, Error, InboxPage, InboxRequest, Inserted, MarkedRead, Message,
-    MessageId, MessagePage, MigrationReport, NewMessage, PageRequest, Position, Result, SessionRecord,
-    SessionStore, Store, StoredEvent, TokenHash, User, UserId, UserQuery, Username,
+    Backend, BoxError, Changed, Credentials, Entity, Error, InboxPage, InboxRequest, Inserted, MarkedRead,
+    Message, MessageChange, MessageId, MessagePage, MigrationReport, NewMessage, PageRequest, Position,
+    Result, SessionRecord, SessionStore, Store, StoredEvent, TokenHash, User, UserId, UserQuery, Username,
 };
 
 pub use config::MysqlConfig;
@@ -682,6 +683,23 @@ impl Store for MysqlStore {
                 .await
                 .map_err(|e| error::map("connecting to mark read", e))?;
             match marks::mark_read(&mut conn, reader, peer, up_to).await {
+                Ok(outcome) => outcome,
+                Err(err) => Err(marks::fail(conn, err).await),
+            }
+        })
+        .await
+    }
+
+    async fn change_message(&self, sender: UserId, id: MessageId, change: &MessageChange) -> Result<Changed> {
+        // As `mark_read`: past the deadline the connection is dropped with the future and the
+        // server rolls the transaction back.
+        bounded(self.config.statement_timeout, "changing a message", async {
+            let mut conn = self
+                .pool
+                .acquire()
+                .await
+                .map_err(|e| error::map("connecting to change a message", e))?;
+            match changes::change_message(&mut conn, sender, id, change).await {
                 Ok(outcome) => outcome,
                 Err(err) => Err(marks::fail(conn, err).await),
             }

@@ -149,11 +149,11 @@ pub(crate) async fn mark_read(
     }))
 }
 
-/// Rolls back whatever `mark_read` left open after `err`, and maps `err`. A connection whose
+/// Rolls back whatever `mark_read` (or `change_message`) left open after `err`, and maps `err`. A connection whose
 /// rollback fails is dropped rather than handed back to the pool mid-transaction.
 pub(crate) async fn fail(mut conn: sqlx::pool::PoolConnection<sqlx::MySql>, err: sqlx::Error) -> Error {
     if let Err(rollback) = conn.execute(sqlx::raw_sql("ROLLBACK")).await {
-        tracing::warn!(error = %rollback, "rolling back a failed mark_read failed; dropping its connection");
+        tracing::warn!(error = %rollback, "rolling back a failed transaction failed; dropping its connection");
         drop(conn.detach());
     }
     error::map("marking read", err)

@@ -10,14 +10,16 @@ use sqlx::Row;
 use sqlx::mysql::MySqlRow;
 
 use chatcore::{
-    BoxError, Conversation, Message, MessageId, Position, ReadMarker, StoredEvent, User, UserId, Username,
+    BoxError, ChangedMessage, Conversation, Message, MessageId, Position, ReadMarker, StoredEvent, User,
+    UserId, Username,
 };
 
 /// The columns every message query returns, with sender and recipient names joined by
 /// primary key (`eq_ref`).
 macro_rules! message_columns {
     () => {
-        "m.id AS id, s.username AS sender, r.username AS recipient, m.created_at AS created_at, m.body AS body"
+        "m.id AS id, s.username AS sender, r.username AS recipient, m.created_at AS created_at, m.body AS body, \
+         m.edited_at AS edited_at, m.deleted AS deleted"
     };
 }
 
@@ -58,7 +60,7 @@ pub(crate) const SESSION_USER: &str = "SELECT u.id AS id, u.username AS username
 /// Sessions expired at a time: a range of `chatcore_sessions_expires`.
 pub(crate) const DELETE_EXPIRED_SESSIONS: &str = "DELETE FROM chatcore_sessions WHERE expires_at <= ?";
 
-/// A user's newest position, message or read event (0 for none): the largest entry of
+/// A user's newest position, message or other event (0 for none): the largest entry of
 /// `chatcore_messages_sender`, `chatcore_messages_recipient`, `chatcore_read_events_reader`
 /// and `chatcore_read_events_peer` for the user, each one index dive (MIN/MAX optimization:
 /// "Select tables optimized away"), whatever the user's history.
@@ -70,26 +72,32 @@ pub(crate) const LATEST_POSITION: &str = "SELECT GREATEST(\
      IFNULL((SELECT MAX(position) FROM chatcore_read_events WHERE peer_id = ?), 0)) AS latest";
 
 /// The columns of a read event in [`EVENTS_AFTER`], in the places of a message's: the reader's
-/// name as `sender`, the peer's as `recipient`.
+/// name as `sender`, the peer's as `recipient`. An edit or deletion (`e.kind` 1 or 2, kind 2
+/// or 3 here) is kept in the same table with the sender as reader and the message as
+/// `up_to`: its message, as it is now, fills the message's columns.
 macro_rules! read_event_columns {
     () => {
-        "1 AS kind, e.position AS id, rd.username AS sender, pe.username AS recipient, \
-         NULL AS created_at, NULL AS body, e.up_to AS up_to"
+        "1 + e.kind AS kind, e.position AS id, rd.username AS sender, pe.username AS recipient, \
+         cm.created_at AS created_at, cm.body AS body, cm.edited_at AS edited_at, cm.deleted AS deleted, \
+         e.up_to AS up_to"
     };
 }
 
 macro_rules! read_event_joins {
     () => {
-        " JOIN chatcore_users rd ON rd.id = e.reader_id JOIN chatcore_users pe ON pe.id = e.peer_id"
+        " JOIN chatcore_users rd ON rd.id = e.reader_id JOIN chatcore_users pe ON pe.id = e.peer_id \
+         LEFT JOIN chatcore_messages cm ON cm.id = e.up_to AND e.kind <> 0"
     };
 }
 
-/// Catch-up over every durable event of a user after a position, oldest first: one statement,
+/// Catch-up over every durable event of a user after a position, oldest first (edits and
+/// deletions ride in `chatcore_read_events`, see [`read_event_columns`]): one statement,
 /// so one consistent view (positions are committed in order, so a view holding a position
 /// holds every lower one). The merge of four forward ranges, each at most `limit` rows:
 /// `chatcore_messages_sender`, `chatcore_messages_recipient` (a note to oneself only in the
 /// first), `chatcore_read_events_reader` and `chatcore_read_events_peer` (a note to oneself's
-/// marker only in the first). `kind` is 0 for a message, 1 for a read event.
+/// marker only in the first). `kind` is 0 for a message, 1 for a read event, 2 for an edit,
+/// 3 for a deletion.
 /// Binds: user, after, limit, user, user, after, limit, user, after, limit, user, user, after,
 /// limit, limit.
 pub(crate) const EVENTS_AFTER: &str = concat!(
@@ -208,7 +216,7 @@ pub(crate) const MESSAGE_WITH_KEY_SELECT: &str = concat!(
 /// offset.
 pub(crate) const CONVERSATION_PAGE: &str = concat!(
     "(SELECT o.id AS other_id, c.total AS total, NULL AS id, NULL AS sender, NULL AS recipient, \
-      NULL AS created_at, NULL AS body \
+      NULL AS created_at, NULL AS body, NULL AS edited_at, NULL AS deleted \
       FROM chatcore_users o \
       LEFT JOIN chatcore_counts c ON c.low_id = LEAST(?, o.id) AND c.high_id = GREATEST(?, o.id) \
       WHERE o.username_key = ?) \
@@ -229,7 +237,7 @@ pub(crate) const CONVERSATION_PAGE: &str = concat!(
 /// Binds: user, user, before, window, user, user, before, window, limit, offset.
 pub(crate) const USER_MESSAGES: &str = concat!(
     "SELECT t.total AS total, p.id AS id, p.sender AS sender, p.recipient AS recipient, \
-       p.created_at AS created_at, p.body AS body \
+       p.created_at AS created_at, p.body AS body, p.edited_at AS edited_at, p.deleted AS deleted \
      FROM (SELECT (SELECT c.total FROM chatcore_counts c WHERE c.low_id = ? AND c.high_id = 0) AS total) t \
      LEFT JOIN (\
        (SELECT ",
@@ -301,13 +309,24 @@ pub(crate) fn user(row: &MySqlRow) -> Result<User, BoxError> {
 
 /// A message from the [`message_columns`] columns.
 pub(crate) fn message(row: &MySqlRow) -> Result<Message, BoxError> {
+    message_with_id(row, get(row, "id")?)
+}
+
+/// A message with id `id` from the other [`message_columns`] columns.
+fn message_with_id(row: &MySqlRow, id: i64) -> Result<Message, BoxError> {
     let created_at: NaiveDateTime = get(row, "created_at")?;
+    let edited_at: Option<NaiveDateTime> = get(row, "edited_at")?;
+    let deleted: i64 = row
+        .try_get_unchecked("deleted")
+        .map_err(|e| Box::new(e) as BoxError)?;
     Ok(Message {
-        id: MessageId(get(row, "id")?),
+        id: MessageId(id),
         sender: username(text(row, "sender")?),
         recipient: username(text(row, "recipient")?),
         created_at: created_at.and_utc(),
         body: text(row, "body")?,
+        edited: edited_at.map(|at| at.and_utc()),
+        deleted: deleted != 0,
     })
 }
 
@@ -322,6 +341,17 @@ pub(crate) fn event(row: &MySqlRow) -> Result<StoredEvent, BoxError> {
     let up_to: Option<i64> = row
         .try_get_unchecked("up_to")
         .map_err(|e| Box::new(e) as BoxError)?;
+    if kind == 2 || kind == 3 {
+        let changed = ChangedMessage {
+            position: Position(get(row, "id")?),
+            message: message_with_id(row, up_to.ok_or("a change event without its message")?)?,
+        };
+        return Ok(if kind == 2 {
+            StoredEvent::Edit(changed)
+        } else {
+            StoredEvent::Delete(changed)
+        });
+    }
     Ok(StoredEvent::Read(ReadMarker {
         position: Position(get(row, "id")?),
         reader: username(text(row, "sender")?),

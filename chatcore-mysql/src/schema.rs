@@ -251,7 +251,51 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
         )],
     },
+    Migration {
+        version: 6,
+        description: "edits and deletions of messages, and their events",
+        // A message keeps its newest body only: an edit overwrites it (`edited_at`), a
+        // deletion empties it and sets `deleted`. Each edit or deletion is a durable event of
+        // both participants, kept in `chatcore_read_events` with a `kind` (0 a read marker,
+        // 1 an edit, 2 a deletion; `reader_id` the sender, `peer_id` the recipient, `up_to`
+        // the message): its two indexes already give every user's events after a position and
+        // their newest one, so a send's previous positions read no more indexes than before.
+        // Each column is added only when missing, so an interrupted run can run again.
+        steps: &[Step::Rust {
+            name: "message changes v1",
+            run: add_change_columns,
+        }],
+    },
 ];
+
+/// Migration 6: the columns of edits and deletions, each added if it is not there yet.
+fn add_change_columns(conn: &mut MySqlConnection) -> BoxFuture<'_, Result<Vec<String>>> {
+    Box::pin(async move {
+        let columns = [
+            ("chatcore_messages", "edited_at", "DATETIME(6) NULL"),
+            ("chatcore_messages", "deleted", "TINYINT NOT NULL DEFAULT 0"),
+            ("chatcore_read_events", "kind", "TINYINT NOT NULL DEFAULT 0"),
+        ];
+        for (table, column, definition) in columns {
+            let (count,): (i64,) = sqlx::query_as(
+                "SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() \
+                 AND TABLE_NAME = ? AND COLUMN_NAME = ?",
+            )
+            .bind(table)
+            .bind(column)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(|e| error::map("reading the schema", e))?;
+            if count == 0 {
+                sqlx::query(&format!("ALTER TABLE {table} ADD COLUMN {column} {definition}"))
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(|e| error::map("adding a column for message changes", e))?;
+            }
+        }
+        Ok(Vec::new())
+    })
+}
 
 /// The newest schema version this code knows.
 pub(crate) fn latest_version() -> i64 {

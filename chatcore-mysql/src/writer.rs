@@ -464,6 +464,8 @@ impl Writer {
                             })?,
                             created_at,
                             body: new.body.clone(),
+                            edited: None,
+                            deleted: false,
                         },
                         recipient_id: UserId(recipients[i]),
                         replayed: false,

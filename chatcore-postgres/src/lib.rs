@@ -126,9 +126,10 @@ use tokio::sync::{RwLock, mpsc, oneshot};
 
 use chatcore::store::check_checkpoint_name;
 use chatcore::{
-    Backend, BoxError, Credentials, Entity, Error, InboxPage, InboxRequest, Inserted, MarkedRead, Message,
-    MessageId, MessagePage, MigrationReport, MovedMarker, NewMessage, PageRequest, Position, ReadMarker,
-    Result, SessionRecord, SessionStore, Store, StoredEvent, TokenHash, User, UserId, UserQuery, Username,
+    Backend, BoxError, ChangeEvent, Changed, Credentials, Entity, Error, InboxPage, InboxRequest, Inserted,
+    MarkedRead, Message, MessageChange, MessageId, MessagePage, MigrationReport, MovedMarker, NewMessage,
+    PageRequest, Position, ReadMarker, Result, SessionRecord, SessionStore, Store, StoredEvent, TokenHash,
+    User, UserId, UserQuery, Username,
 };
 
 pub use config::PostgresConfig;
@@ -500,6 +501,53 @@ impl Store for PostgresStore {
         page.conversations
             .sort_unstable_by_key(|c| std::cmp::Reverse(c.last_message.id));
         Ok(page)
+    }
+
+    async fn change_message(&self, sender: UserId, id: MessageId, change: &MessageChange) -> Result<Changed> {
+        let (delete, body, not_before) = match change {
+            MessageChange::Edit { body, not_before } => (false, Some(body.as_str()), *not_before),
+            MessageChange::Delete => (true, None, None),
+        };
+        // One statement, one transaction, like `mark_read`: not retried here.
+        let row = sqlx::query(rows::CHANGE_MESSAGE)
+            .bind(sender.0)
+            .bind(id.0)
+            .bind(delete)
+            .bind(body)
+            .bind(not_before)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| error::map("changing a message", e))?;
+        let outcome: Option<String> = row.try_get("r_outcome").map_err(|e| corrupt(Box::new(e)))?;
+        let int =
+            |column: &str| -> Result<Option<i64>> { row.try_get(column).map_err(|e| corrupt(Box::new(e))) };
+        match outcome.as_deref().unwrap_or_default() {
+            "missing" => Err(Error::NotFound(Entity::Message)),
+            "not_sender" => Err(Error::Forbidden(chatcore::Forbidden::NotTheSender)),
+            "window" => Err(Error::Forbidden(chatcore::Forbidden::EditWindowClosed)),
+            "gone" if !delete => Err(Error::NotFound(Entity::Message)),
+            "gone" => Ok(Changed {
+                message: rows::message(&row).map_err(corrupt)?,
+                event: None,
+            }),
+            "changed" => {
+                let (Some(recipient), Some(position)) = (int("r_recipient_id")?, int("r_position")?) else {
+                    return Err(Error::bug("chatcore_change_message: a change without its event"));
+                };
+                Ok(Changed {
+                    message: rows::message(&row).map_err(corrupt)?,
+                    event: Some(ChangeEvent {
+                        position: Position(position),
+                        recipient_id: UserId(recipient),
+                        sender_previous: Position(int("r_sender_previous")?.unwrap_or(0)),
+                        recipient_previous: Position(int("r_recipient_previous")?.unwrap_or(0)),
+                    }),
+                })
+            }
+            other => Err(Error::bug(format!(
+                "chatcore_change_message: unknown outcome {other:?}"
+            ))),
+        }
     }
 
     async fn mark_read(&self, reader: &User, peer: &Username, up_to: MessageId) -> Result<MarkedRead> {

@@ -4,7 +4,8 @@ use sqlx::Row;
 use sqlx::postgres::PgRow;
 
 use chatcore::{
-    BoxError, Conversation, Message, MessageId, Position, ReadMarker, StoredEvent, User, UserId, Username,
+    BoxError, ChangedMessage, Conversation, Message, MessageId, Position, ReadMarker, StoredEvent, User,
+    UserId, Username,
 };
 
 /// A user by name without regard to case: `chatcore_users_username_key`.
@@ -47,7 +48,11 @@ macro_rules! message_columns {
             $m,
             ".created_at AS created_at, ",
             $m,
-            ".body AS body"
+            ".body AS body, ",
+            $m,
+            ".edited_at AS edited_at, ",
+            $m,
+            ".deleted AS deleted"
         )
     };
 }
@@ -80,7 +85,7 @@ pub(crate) const MESSAGE_FOR: &str = concat!(
 pub(crate) const CONVERSATION_PAGE: &str = concat!(
     "SELECT o.id AS other_id, \
        (SELECT c.total FROM chatcore_counts c WHERE c.low_id = LEAST($1, o.id) AND c.high_id = GREATEST($1, o.id)) AS total, \
-       p.id, p.sender, p.recipient, p.created_at, p.body \
+       p.id, p.sender, p.recipient, p.created_at, p.body, p.edited_at, p.deleted \
      FROM chatcore_users o LEFT JOIN LATERAL (SELECT ",
     message_columns!("m"),
     " FROM chatcore_messages m",
@@ -97,7 +102,7 @@ pub(crate) const CONVERSATION_PAGE: &str = concat!(
 /// Binds: user, before, window (offset + limit), limit, offset.
 pub(crate) const USER_MESSAGES: &str = concat!(
     "SELECT (SELECT c.total FROM chatcore_counts c WHERE c.low_id = $1 AND c.high_id = 0) AS total, \
-       p.id, p.sender, p.recipient, p.created_at, p.body \
+       p.id, p.sender, p.recipient, p.created_at, p.body, p.edited_at, p.deleted \
      FROM (SELECT 1) one LEFT JOIN LATERAL (SELECT ",
     message_columns!("u"),
     " FROM ((SELECT * FROM chatcore_messages WHERE sender_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3) \
@@ -126,7 +131,10 @@ pub(crate) const MESSAGES_AFTER: &str = concat!(
 /// ranges, each limited, of `chatcore_messages_sender`, `chatcore_messages_recipient` (notes
 /// to self only in the first), `chatcore_read_events_reader` and `chatcore_read_events_peer`
 /// (notes to self only in the first), merged, ordered and limited. A read event fills a
-/// message's columns: `id` is its position, `sender` the reader, `recipient` the peer.
+/// message's columns: `id` is its position, `sender` the reader, `recipient` the peer. An
+/// edit or deletion is kept in `chatcore_read_events` too (`kind` 1 or 2: the sender as
+/// reader, the recipient as peer, the message as `up_to`; kind 2 or 3 here) and fills the
+/// message's other columns with the message as it is now.
 /// Binds: user, after, limit.
 pub(crate) const EVENTS_AFTER: &str = concat!(
     "SELECT ev.* FROM (SELECT 0 AS kind, ",
@@ -138,13 +146,15 @@ pub(crate) const EVENTS_AFTER: &str = concat!(
          ORDER BY id LIMIT $3)) u",
     message_joins!("u"),
     " UNION ALL \
-     SELECT 1, e.position, s.username, r.username, NULL::TIMESTAMPTZ, NULL::TEXT, e.up_to \
+     SELECT 1 + e.kind, e.position, s.username, r.username, cm.created_at, cm.body, cm.edited_at, \
+       cm.deleted, e.up_to \
      FROM ((SELECT * FROM chatcore_read_events WHERE reader_id = $1 AND position > $2 \
          ORDER BY position LIMIT $3) \
         UNION ALL \
         (SELECT * FROM chatcore_read_events WHERE peer_id = $1 AND reader_id <> $1 AND position > $2 \
          ORDER BY position LIMIT $3)) e \
-     JOIN chatcore_users s ON s.id = e.reader_id JOIN chatcore_users r ON r.id = e.peer_id) ev \
+     JOIN chatcore_users s ON s.id = e.reader_id JOIN chatcore_users r ON r.id = e.peer_id \
+     LEFT JOIN chatcore_messages cm ON cm.id = e.up_to AND e.kind <> 0) ev \
      ORDER BY ev.id LIMIT $3"
 );
 
@@ -158,9 +168,11 @@ pub(crate) const FEED_AFTER: &str = concat!(
      FROM (SELECT * FROM chatcore_messages WHERE id > $1 ORDER BY id LIMIT $2) u",
     message_joins!("u"),
     " UNION ALL \
-     SELECT 1, e.position, s.username, r.username, NULL::TIMESTAMPTZ, NULL::TEXT, e.up_to \
+     SELECT 1 + e.kind, e.position, s.username, r.username, cm.created_at, cm.body, cm.edited_at, \
+       cm.deleted, e.up_to \
      FROM (SELECT * FROM chatcore_read_events WHERE position > $1 ORDER BY position LIMIT $2) e \
-     JOIN chatcore_users s ON s.id = e.reader_id JOIN chatcore_users r ON r.id = e.peer_id) ev \
+     JOIN chatcore_users s ON s.id = e.reader_id JOIN chatcore_users r ON r.id = e.peer_id \
+     LEFT JOIN chatcore_messages cm ON cm.id = e.up_to AND e.kind <> 0) ev \
      ORDER BY ev.id LIMIT $2"
 );
 
@@ -188,6 +200,14 @@ pub(crate) const INBOX_PAGE: &str = concat!(
      WHERE i.user_id = $1 AND i.last_id < $2 ORDER BY i.last_id DESC LIMIT $3) p ON TRUE"
 );
 
+/// One edit or deletion: the function `chatcore_change_message` (see `schema.rs`).
+/// Binds: sender, message id, delete?, new body (NULL for a deletion), not before (NULL: no
+/// window).
+pub(crate) const CHANGE_MESSAGE: &str = "SELECT r_outcome, r_recipient_id, r_position, r_sender_previous, \
+     r_recipient_previous, r_id AS id, r_sender AS sender, r_recipient AS recipient, r_created_at AS created_at, \
+     r_body AS body, r_edited_at AS edited_at, r_deleted AS deleted \
+     FROM chatcore_change_message($1, $2, $3, $4, $5)";
+
 /// One `mark_read`: the function `chatcore_mark_read` (see `schema.rs`).
 /// Binds: reader, peer's key, up_to.
 pub(crate) const MARK_READ: &str = "SELECT r_outcome, r_peer_id, r_peer_name, r_position, r_read_up_to, \
@@ -210,12 +230,19 @@ pub(crate) fn user(row: &PgRow) -> Result<User, BoxError> {
 
 /// A message from the [`message_columns`] columns.
 pub(crate) fn message(row: &PgRow) -> Result<Message, BoxError> {
+    message_with_id(row, get(row, "id")?)
+}
+
+/// A message with id `id` from the other [`message_columns`] columns.
+fn message_with_id(row: &PgRow, id: i64) -> Result<Message, BoxError> {
     Ok(Message {
-        id: MessageId(get(row, "id")?),
+        id: MessageId(id),
         sender: Username::from_stored(get::<String>(row, "sender")?),
         recipient: Username::from_stored(get::<String>(row, "recipient")?),
         created_at: get(row, "created_at")?,
         body: get(row, "body")?,
+        edited: get(row, "edited_at")?,
+        deleted: get(row, "deleted")?,
     })
 }
 
@@ -226,6 +253,17 @@ pub(crate) fn event(row: &PgRow) -> Result<StoredEvent, BoxError> {
         return Ok(StoredEvent::Message(message(row)?));
     }
     let up_to: Option<i64> = get(row, "up_to")?;
+    if kind == 2 || kind == 3 {
+        let changed = ChangedMessage {
+            position: Position(get(row, "id")?),
+            message: message_with_id(row, up_to.ok_or("a change event without its message")?)?,
+        };
+        return Ok(if kind == 2 {
+            StoredEvent::Edit(changed)
+        } else {
+            StoredEvent::Delete(changed)
+        });
+    }
     Ok(StoredEvent::Read(ReadMarker {
         position: Position(get(row, "id")?),
         reader: Username::from_stored(get::<String>(row, "sender")?),

@@ -482,6 +482,108 @@ pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
             name TEXT NOT NULL PRIMARY KEY,
             position BIGINT NOT NULL
         )"],
+}, Migration {
+    version: 5,
+    description: "edits and deletions of messages, and their events",
+    // A message keeps its newest body only: an edit overwrites it (`edited_at`), a deletion
+    // empties it and sets `deleted`. Each edit or deletion is a durable event of both
+    // participants, kept in `chatcore_read_events` with a `kind` (0 a read marker, 1 an edit,
+    // 2 a deletion; `reader_id` the sender, `peer_id` the recipient, `up_to` the message): its
+    // two indexes already give each user's events after a position and their newest one, so
+    // a send's previous positions read no more indexes than before.
+    steps: &[
+        "ALTER TABLE chatcore_messages ADD COLUMN edited_at TIMESTAMPTZ NULL, \
+            ADD COLUMN deleted BOOLEAN NOT NULL DEFAULT FALSE",
+        "ALTER TABLE chatcore_read_events ADD COLUMN kind SMALLINT NOT NULL DEFAULT 0",
+        // One edit or deletion in one statement (one round trip, one transaction). It locks
+        // the position sequence row first, like every batch and mark, so the event's position
+        // comes from the same sequence in commit order; then the message row, so two changes
+        // of one message apply one after the other. Outcomes (`Store::change_message`'s
+        // order): 'missing' (no such message, or the caller is not a participant),
+        // 'not_sender', 'gone' (a tombstone: the message comes back as it is), 'window'
+        // (older than `p_not_before`), 'changed'.
+        "CREATE FUNCTION chatcore_change_message(
+            p_sender BIGINT, p_id BIGINT, p_delete BOOLEAN, p_body TEXT, p_not_before TIMESTAMPTZ)
+        RETURNS TABLE (
+            r_outcome TEXT, r_recipient_id BIGINT, r_position BIGINT, r_sender_previous BIGINT,
+            r_recipient_previous BIGINT, r_id BIGINT, r_sender TEXT, r_recipient TEXT,
+            r_created_at TIMESTAMPTZ, r_body TEXT, r_edited_at TIMESTAMPTZ, r_deleted BOOLEAN)
+        LANGUAGE plpgsql VOLATILE AS $fn$
+        #variable_conflict use_column
+        DECLARE
+            v_last BIGINT;
+            v_from BIGINT;
+            v_to BIGINT;
+            v_created TIMESTAMPTZ;
+            v_deleted BOOLEAN;
+            v_outcome TEXT;
+            v_sender_prev BIGINT;
+            v_recipient_prev BIGINT;
+        BEGIN
+            SELECT c.total INTO v_last FROM chatcore_counts c
+                WHERE c.low_id = 0 AND c.high_id = 0 FOR UPDATE;
+            IF v_last IS NULL THEN
+                RAISE EXCEPTION 'the chatcore message id sequence is missing: run Backend::migrate()'
+                    USING ERRCODE = 'XX000';
+            END IF;
+            SELECT m.sender_id, m.recipient_id, m.created_at, m.deleted
+                INTO v_from, v_to, v_created, v_deleted
+                FROM chatcore_messages m WHERE m.id = p_id FOR UPDATE;
+            IF v_from IS NULL OR (v_from <> p_sender AND v_to <> p_sender) THEN
+                RETURN QUERY SELECT 'missing'::TEXT, NULL::BIGINT, NULL::BIGINT, NULL::BIGINT,
+                    NULL::BIGINT, NULL::BIGINT, NULL::TEXT, NULL::TEXT, NULL::TIMESTAMPTZ, NULL::TEXT,
+                    NULL::TIMESTAMPTZ, NULL::BOOLEAN;
+                RETURN;
+            END IF;
+            IF v_from <> p_sender THEN
+                v_outcome := 'not_sender';
+            ELSIF v_deleted THEN
+                v_outcome := 'gone';
+            ELSIF NOT p_delete AND p_not_before IS NOT NULL AND v_created < p_not_before THEN
+                v_outcome := 'window';
+            ELSE
+                v_outcome := 'changed';
+                v_sender_prev := GREATEST(
+                    COALESCE((SELECT ms.id FROM chatcore_messages ms
+                        WHERE ms.sender_id = v_from ORDER BY ms.id DESC LIMIT 1), 0),
+                    COALESCE((SELECT mr.id FROM chatcore_messages mr
+                        WHERE mr.recipient_id = v_from ORDER BY mr.id DESC LIMIT 1), 0),
+                    COALESCE((SELECT er.position FROM chatcore_read_events er
+                        WHERE er.reader_id = v_from ORDER BY er.position DESC LIMIT 1), 0),
+                    COALESCE((SELECT ep.position FROM chatcore_read_events ep
+                        WHERE ep.peer_id = v_from ORDER BY ep.position DESC LIMIT 1), 0));
+                v_recipient_prev := GREATEST(
+                    COALESCE((SELECT ms.id FROM chatcore_messages ms
+                        WHERE ms.sender_id = v_to ORDER BY ms.id DESC LIMIT 1), 0),
+                    COALESCE((SELECT mr.id FROM chatcore_messages mr
+                        WHERE mr.recipient_id = v_to ORDER BY mr.id DESC LIMIT 1), 0),
+                    COALESCE((SELECT er.position FROM chatcore_read_events er
+                        WHERE er.reader_id = v_to ORDER BY er.position DESC LIMIT 1), 0),
+                    COALESCE((SELECT ep.position FROM chatcore_read_events ep
+                        WHERE ep.peer_id = v_to ORDER BY ep.position DESC LIMIT 1), 0));
+                UPDATE chatcore_counts c SET total = v_last + 1 WHERE c.low_id = 0 AND c.high_id = 0;
+                IF p_delete THEN
+                    UPDATE chatcore_messages m SET body = '', edited_at = NULL, deleted = TRUE
+                        WHERE m.id = p_id;
+                ELSE
+                    UPDATE chatcore_messages m
+                        SET body = p_body, edited_at = date_trunc('microseconds', clock_timestamp())
+                        WHERE m.id = p_id;
+                END IF;
+                INSERT INTO chatcore_read_events (position, reader_id, peer_id, up_to, kind)
+                    VALUES (v_last + 1, v_from, v_to, p_id, CASE WHEN p_delete THEN 2 ELSE 1 END);
+            END IF;
+            RETURN QUERY SELECT v_outcome, v_to,
+                CASE WHEN v_outcome = 'changed' THEN v_last + 1 END, v_sender_prev, v_recipient_prev,
+                m.id, s.username, r.username, m.created_at, m.body, m.edited_at, m.deleted
+                FROM chatcore_messages m
+                JOIN chatcore_users s ON s.id = m.sender_id JOIN chatcore_users r ON r.id = m.recipient_id
+                WHERE m.id = p_id;
+        END
+        $fn$",
+        "ALTER FUNCTION chatcore_change_message(BIGINT, BIGINT, BOOLEAN, TEXT, TIMESTAMPTZ) \
+            SET plan_cache_mode = force_generic_plan",
+    ],
 }];
 
 /// The newest version this code knows.

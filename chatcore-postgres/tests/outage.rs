@@ -27,6 +27,8 @@ fn event(id: i64) -> Event {
         recipient: name("bob"),
         created_at: chatcore::now_micros(),
         body: format!("event {id}"),
+        edited: None,
+        deleted: false,
     })
 }
 

@@ -16,6 +16,8 @@ fn event() -> Event {
         recipient: Username::parse("bob").unwrap(),
         created_at: now_micros(),
         body: "a typical short chat message of about a hundred characters, give or take a few words".into(),
+        edited: None,
+        deleted: false,
     })
 }
 

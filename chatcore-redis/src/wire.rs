@@ -200,6 +200,8 @@ mod tests {
             recipient: Username::parse("bob").unwrap(),
             created_at: now_micros(),
             body: body.into(),
+            edited: None,
+            deleted: false,
         })
     }
 

@@ -131,6 +131,8 @@ fn sentinel(id: i64) -> Event {
         recipient: name,
         created_at: now_micros(),
         body: "end".into(),
+        edited: None,
+        deleted: false,
     })
 }
 

@@ -12,6 +12,11 @@
 //!   and the WAL is checkpointed (passively, from a connection of its own) before it too, so
 //!   the marks do not pay for checkpointing the sends.
 //!
+//! - `sqlite_changes/{normal,full}/{edit,delete}`: throughput of `change_message` (issue 19),
+//!   64 edits or deletions at once (so the writer groups them in commits), each of a
+//!   different message sent untimed before, with `synchronous=NORMAL` and `FULL`. Each
+//!   element is one change with its event.
+//!
 //! The fixtures are built through the store (so inboxes are written as the writer writes
 //! them), with `synchronous=OFF` for the inbox fixture, which only reads.
 //!
@@ -20,7 +25,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chatcore::store::{InboxRequest, Store};
+use chatcore::store::{InboxRequest, MessageChange, Store};
 use chatcore::{MessageId, NewMessage, User, Username};
 use chatcore_sqlite::{SqliteConfig, SqliteStore, Synchronous};
 use criterion::{BenchmarkId, Criterion, criterion_main};
@@ -210,7 +215,76 @@ fn mark_read(c: &mut Criterion) {
     group.finish();
 }
 
+fn changes(c: &mut Criterion) {
+    const BATCH: usize = 256;
+    let rt = runtime();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut group = c.benchmark_group("sqlite_changes");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(3))
+        .throughput(criterion::Throughput::Elements(BATCH as u64));
+    for (label, synchronous) in [("normal", Synchronous::Normal), ("full", Synchronous::Full)] {
+        let path = dir.path().join(format!("changes-{label}.sqlite3"));
+        let config = SqliteConfig {
+            synchronous,
+            ..SqliteConfig::file(&path)
+        };
+        let (store, alice, bob) = rt.block_on(async {
+            let store = Arc::new(SqliteStore::open(config).await.expect("open"));
+            store.migrate().await.expect("migrate");
+            let alice = store.create_user(&name("alice")).await.unwrap();
+            let bob = store.create_user(&name("bob")).await.unwrap();
+            (store, alice, bob)
+        });
+        for kind in ["edit", "delete"] {
+            group.bench_function(format!("{label}/{kind}"), |b| {
+                b.iter_custom(|iters| {
+                    rt.block_on(async {
+                        let mut elapsed = Duration::ZERO;
+                        for _ in 0..iters {
+                            // The messages this iteration changes, sent untimed.
+                            let (s, from, to) = (store.clone(), alice.clone(), bob.clone());
+                            let sent = in_parallel(BATCH, move |_| {
+                                let (store, from, to) = (s.clone(), from.clone(), to.clone());
+                                async move { store.insert_message(message(&from, &to)).await.unwrap() }
+                            })
+                            .await;
+                            let ids: Arc<Vec<MessageId>> =
+                                Arc::new(sent.iter().map(|i| i.message.id).collect());
+                            let change = if kind == "edit" {
+                                MessageChange::Edit {
+                                    body: "an edited benchmark message, about as long as the first".into(),
+                                    not_before: None,
+                                }
+                            } else {
+                                MessageChange::Delete
+                            };
+                            let (s, sender) = (store.clone(), alice.id);
+                            let start = Instant::now();
+                            in_parallel(BATCH, move |i| {
+                                let (store, ids, change) = (s.clone(), ids.clone(), change.clone());
+                                async move {
+                                    let changed =
+                                        store.change_message(sender, ids[i], &change).await.unwrap();
+                                    debug_assert!(changed.event.is_some());
+                                }
+                            })
+                            .await;
+                            elapsed += start.elapsed();
+                        }
+                        elapsed
+                    })
+                })
+            });
+        }
+        rt.block_on(store.close()).expect("close");
+    }
+    group.finish();
+}
+
 mod harness {
-    criterion::criterion_group!(benches, super::inbox, super::mark_read);
+    criterion::criterion_group!(benches, super::inbox, super::mark_read, super::changes);
 }
 criterion_main!(harness::benches);

@@ -8,6 +8,15 @@
 //! cargo run --release -p chatcore-sqlite --example send_profile -- --sends 200000 --concurrency 64
 //! ```
 //!
+//! `--users M` sends among M users the way `chat-loadgen` pairs them (every conversation
+//! active, each inbox warm: `M * (M - 1)` sends before the measured ones) instead of one
+//! conversation per task; `--read-every N` then follows every Nth send of a task with the
+//! recipient's mark and inbox read (as `chat-loadgen --read-every`):
+//!
+//! ```sh
+//! cargo run --release -p chatcore-sqlite --example send_profile -- --sends 100000 --concurrency 64 --users 32
+//! ```
+//!
 //! `--dir PATH` puts the database elsewhere than the temp directory (e.g. `/dev/shm` to take
 //! `fsync` out); `--normal` uses `synchronous=NORMAL`; `--no-pipeline` turns
 //! `SqliteConfig::pipelined_sync` off (SQLite syncs inside each commit); `--checkpoint-pages N`
@@ -21,7 +30,7 @@ use chatcore_sqlite::{SqliteConfig, SqliteStore, Synchronous};
 
 #[path = "../benches/common/send_load.rs"]
 mod send_load;
-use send_load::send_load;
+use send_load::{send_load, send_load_among};
 
 struct Args {
     sends: u64,
@@ -30,6 +39,8 @@ struct Args {
     normal: bool,
     no_pipeline: bool,
     checkpoint_pages: u32,
+    users: usize,
+    read_every: u64,
 }
 
 fn parse_args() -> Args {
@@ -40,6 +51,8 @@ fn parse_args() -> Args {
         normal: false,
         no_pipeline: false,
         checkpoint_pages: 1000,
+        users: 0,
+        read_every: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -51,6 +64,8 @@ fn parse_args() -> Args {
             "--normal" => args.normal = true,
             "--no-pipeline" => args.no_pipeline = true,
             "--checkpoint-pages" => args.checkpoint_pages = value().parse().expect("--checkpoint-pages N"),
+            "--users" => args.users = value().parse().expect("--users M"),
+            "--read-every" => args.read_every = value().parse().expect("--read-every N"),
             other => panic!("unknown flag {other}"),
         }
     }
@@ -103,18 +118,34 @@ fn main() {
     rt.block_on(async {
         let store = Arc::new(SqliteStore::open(config).await.expect("open"));
         store.migrate().await.expect("migrate");
+        let name = |s: String| Username::parse(&s).expect("name");
+        let mut users = Vec::new();
         let mut pairs = Vec::new();
-        for i in 0..args.concurrency {
-            let name = |s: String| Username::parse(&s).expect("name");
-            let from = store.create_user(&name(format!("from{i}"))).await.expect("user");
-            let to = store.create_user(&name(format!("to{i}"))).await.expect("user");
-            pairs.push((from, to));
+        if args.users >= 2 {
+            for i in 0..args.users {
+                users.push(store.create_user(&name(format!("user{i}"))).await.expect("user"));
+            }
+        } else {
+            for i in 0..args.concurrency {
+                let from = store.create_user(&name(format!("from{i}"))).await.expect("user");
+                let to = store.create_user(&name(format!("to{i}"))).await.expect("user");
+                pairs.push((from, to));
+            }
         }
-        let pairs = Arc::new(pairs);
+        let (users, pairs) = (Arc::new(users), Arc::new(pairs));
+        if args.users >= 2 {
+            // Every conversation gets messages, so the measured sends move existing rows.
+            let warm = (args.users * (args.users - 1)) as u64;
+            send_load_among(store.clone(), users.clone(), args.concurrency, warm, args.read_every).await;
+        }
         let before_stats = store.stats();
         let (r0, w0, b0) = io_counters();
         let cpu0 = cpu_ticks();
-        let elapsed = send_load(store.clone(), pairs, args.concurrency, args.sends).await;
+        let elapsed = if args.users >= 2 {
+            send_load_among(store.clone(), users, args.concurrency, args.sends, args.read_every).await
+        } else {
+            send_load(store.clone(), pairs, args.concurrency, args.sends).await
+        };
         let (r1, w1, b1) = io_counters();
         let cpu1 = cpu_ticks();
         let stats = store.stats();

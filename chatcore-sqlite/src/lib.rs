@@ -55,15 +55,20 @@
 //!   batch (a primary-key lookup) and follows it through the batch, so an insert or a mark
 //!   reports each participant's previous position (the 2nd event of a user in a batch names
 //!   the 1st), and [`chatcore::Store::latest_position`] is one row read.
-//! - **The inbox is kept at write time** (schema version 6). Each user has a row per
-//!   conversation with its newest id, their unread count and their read marker, under an
-//!   index by newest id, so an inbox page is one range of that index whatever the number of
-//!   conversations; the unread total is a column of the user's counter row. The writer
-//!   gathers a batch's changes to each row in memory and writes each row once per batch.
-//!   A marker moves forward only; the peer's messages it passes over are counted from two
-//!   message rows (each message is numbered among its sender's messages of the
-//!   conversation), never by walking. A mark queued in the same batch as sends reads the
-//!   batch's pending changes over the stored row.
+//! - **The inbox is ordered at write time** (schema version 8). Each user has an activity
+//!   tree keyed by (user, conversation's newest id) → peer, so an inbox page is one range of
+//!   it whatever the number of conversations. The writer moves each conversation's two
+//!   entries once per batch, from the newest id the conversation's row held before the
+//!   batch to the newest id now, so a message writes one entry per participant in one tree
+//!   (a user's entries sit together, so usually on one leaf). Read markers have a table of
+//!   their own that only marks write, with how many of the peer's messages each covers; a
+//!   conversation's unread count is the peer's messages up to the newest one (each message
+//!   is numbered among its sender's messages of the conversation) less those, computed on
+//!   the inbox page from the rows it reads anyway, never written per message. The unread
+//!   total is a column of the user's counter row, which each message writes anyway. A
+//!   marker moves forward only; the peer's messages it passes over are counted from one
+//!   message row and the marker's count, never by walking. A mark queued in the same batch
+//!   as sends counts them from the batch's conversation tails in memory.
 //! - **Idempotency and the recipient are resolved in the writer's transaction**, in the same
 //!   job as the insert. Each thread caches [`chatcore::Username::key`] → user (users are
 //!   never renamed or deleted); the writer caches a name only once the transaction that saw
@@ -127,10 +132,10 @@
 //! | `chatcore_sessions` | SHA-256 of the token → user, expiry | primary key on the hash: one lookup per authenticated request; `chatcore_sessions_expires (expires_at)` (version 5): `delete_expired_sessions` is one range delete |
 //! | `chatcore_messages` | id (rowid), sender, recipient, conversation key (`conv_low`, `conv_high`), `created_at` (µs), body, idempotency key, and the conversation's chain: `prev_id` (its previous message) and `seq` (1, 2, ... within the conversation); `sender_seq` (schema version 6: 1, 2, ... among the sender's messages of the conversation) | partial unique `chatcore_messages_idempotency (sender_id, idempotency_key)`: replays, only keyed messages indexed. No per-conversation index: see below |
 //! | `chatcore_conversation_marks` | every 16th message of each conversation: its `seq` and id | primary key `(conv_low, conv_high, seq)` and unique `chatcore_conversation_marks_id (conv_low, conv_high, id)`: where a walk along a chain starts, for a `before` cursor, an offset or a catch-up |
-//! | `chatcore_user_conversations` | (user, conversation) for each participant, written with a conversation's first message | primary key `(user_id, conv_low, conv_high)`: a user's messages and catch-up are read conversation by conversation along each chain (newest activity first, stopping when no older conversation can make the page), so a send writes no per-user index row |
 //! | `chatcore_conversations` | messages per conversation and its newest id (the head of its chain); `low_count` (schema version 6: how many `conv_low` sent) | primary key `(conv_low, conv_high)`: the page `total` is one row, never a count; the newest id starts the latest page, orders and prunes the per-user reads |
 //! | `chatcore_user_counts` | messages per user and their newest position (schema version 4; read events too since 6), their unread total (6) | primary key `user_id`: the per-user `total`; the newest position is `latest_position` and the previous position an insert or a mark reports; the inbox's `unread_total` |
-//! | `chatcore_inbox` | per user and peer (schema version 6): the conversation's newest id, the user's unread count and read marker | primary key `(user_id, peer_id)`: a mark's row, and the peer's marker on an inbox page; unique `chatcore_inbox_activity (user_id, last_id)`: the inbox, newest activity first, with its `before` cursor, as one range |
+//! | `chatcore_activity` | per user, each conversation's newest id → the peer (schema version 8; replaces 6's `chatcore_inbox` and 2's `chatcore_user_conversations`) | primary key `(user_id, last_id)`, no other index: the inbox, newest activity first, with its `before` cursor, as one range; a user's messages and catch-up are read conversation by conversation along each chain (newest activity first, stopping when no older conversation can make the page; a catch-up reads only the range above its position), so a send writes no per-user index row |
+//! | `chatcore_read_markers` | per user and peer (schema version 8): the newest message read and how many of the peer's messages of the conversation lie at or below it | primary key `(user_id, peer_id)`: a mark's row, both markers on an inbox page |
 //! | `chatcore_reads` | read events (schema version 6): position (rowid), reader, peer, the message read up to | `chatcore_reads_reader (reader_id)` and the partial `chatcore_reads_peer (peer_id) WHERE peer_id <> reader_id`: a user's read events after a position, as reader and as peer (a note to oneself once), each one range |
 //! | `chatcore_checkpoints` | feed consumers' checkpoints (schema version 7): name → position | primary key `name` |
 //! | `chatcore_migrations` | applied schema steps | primary key `version` |
@@ -174,6 +179,13 @@
 //! transaction), then fills the inbox from the conversations' counters: a database migrated
 //! from version 5 has no read markers, so every message a user received is unread (a note to
 //! oneself never is) and each unread total is the sum of the user's rows.
+//!
+//! **Migration 8 and the inbox's write cost.** It builds the activity trees from the
+//! conversations' rows, moves each read marker into `chatcore_read_markers` with the count
+//! of the peer's messages it covers (from the marker's message row), recomputes each unread
+//! total by the new rule (the same numbers on a consistent file), and drops
+//! `chatcore_inbox` and `chatcore_user_conversations`. It reads each conversation and
+//! marker once and rewrites no message.
 //!
 //! # Errors
 //!
@@ -225,8 +237,8 @@ use std::thread::JoinHandle;
 
 use async_trait::async_trait;
 use chatcore::store::{
-    Backend, Credentials, InboxPage, InboxRequest, Inserted, MarkedRead, MessagePage, MigrationReport,
-    PageRequest, SessionRecord, SessionStore, Store, StoredEvent, TokenHash, UserQuery,
+    Backend, Changed, Credentials, InboxPage, InboxRequest, Inserted, MarkedRead, MessageChange, MessagePage,
+    MigrationReport, PageRequest, SessionRecord, SessionStore, Store, StoredEvent, TokenHash, UserQuery,
     check_checkpoint_name,
 };
 use chatcore::{Error, Message, MessageId, NewMessage, Position, Result, User, UserId, Username};
@@ -625,6 +637,17 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn change_message(&self, sender: UserId, id: MessageId, change: &MessageChange) -> Result<Changed> {
+        let change = change.clone();
+        self.write(|reply| WriteOp::Change {
+            sender,
+            id,
+            change,
+            reply,
+        })
+        .await
+    }
+
     async fn feed_after(&self, after: Position, limit: u32) -> Result<Vec<StoredEvent>> {
         self.read(move |ctx| ctx.feed_after(after, limit)).await
     }
@@ -807,7 +830,7 @@ mod tests {
     }
 
     /// Sends and marks of one conversation in one group commit: each mark sees what the
-    /// sends queued before it did (the batch's inbox changes are still in memory), counts
+    /// sends queued before it did (the batch's conversation tails are still in memory), counts
     /// only the peer's messages it passes over, and takes the next position of the sequence
     /// the messages share; the counters written once at the end agree with the answers.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -936,6 +959,313 @@ mod tests {
                 .collect();
             assert_eq!(positions, (f + 1..=f + 6).collect::<Vec<_>>());
         }
+        store.close().await.unwrap();
+    }
+
+    /// A database left by schema 7 with messages, read markers and read events (rows as that
+    /// code's writer left them) migrates to 8 and answers every inbox question the same:
+    /// each user's conversations in the same order with the same newest message, unread
+    /// count and both markers, and the same unread total, as schema 7's own inbox query gave
+    /// on the file before the migration. Then sends and marks go on from there, and a user's
+    /// messages and catch-up still read through their conversations.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_schema_7_database_migrates_and_answers_the_same() {
+        use std::collections::HashMap;
+
+        /// Schema 7's inbox page query, verbatim.
+        const V7_INBOX_PAGE: &str = "SELECT p.username, i.unread, i.read_up_to, o.read_up_to,
+                 m.id, s.username, r.username, m.created_at, m.body
+             FROM chatcore_inbox AS i
+             CROSS JOIN chatcore_users AS p ON p.id = i.peer_id
+             LEFT JOIN chatcore_inbox AS o ON o.user_id = i.peer_id AND o.peer_id = i.user_id
+             CROSS JOIN chatcore_messages AS m ON m.id = i.last_id
+             CROSS JOIN chatcore_users AS s ON s.id = m.sender_id
+             CROSS JOIN chatcore_users AS r ON r.id = m.recipient_id
+             WHERE i.user_id = ?1 AND i.last_id < ?2
+             ORDER BY i.last_id DESC LIMIT ?3";
+        type Answer = (Vec<(String, u64, Option<i64>, Option<i64>, i64)>, u64);
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v7.sqlite3");
+        let names = ["alice", "bob", "carol", "Dave", "erin"];
+        // Sends (from, to) and marks (reader, peer, how many messages back from the newest).
+        enum Step {
+            Send(i64, i64),
+            Mark(i64, i64, usize),
+        }
+        let mut plan = Vec::new();
+        for i in 0..60i64 {
+            plan.push(Step::Send(1 + i % 3, 1 + (i * 7 + 1) % 4));
+            if i % 13 == 0 {
+                plan.push(Step::Send(4, 4));
+            }
+            // More one way than the other, so each side's count differs.
+            if i % 4 == 1 {
+                plan.push(Step::Send(1, 2));
+                plan.push(Step::Send(3, 1));
+            }
+            if i % 7 == 3 {
+                plan.push(Step::Mark(2, 1, 0));
+            }
+            if i % 11 == 5 {
+                plan.push(Step::Mark(1, 3, 2));
+                plan.push(Step::Mark(4, 4, 0));
+            }
+            if i == 40 {
+                // Behind the marker: changes nothing.
+                plan.push(Step::Mark(2, 1, 5));
+            }
+        }
+        {
+            let conn = rusqlite::Connection::open(&path).unwrap();
+            schema::testing::migrate_to(&conn, 7);
+            for (i, n) in names.iter().enumerate() {
+                conn.execute(
+                    "INSERT INTO chatcore_users (id, username, username_key) VALUES (?1, ?2, ?3)",
+                    rusqlite::params![i as i64 + 1, n, n.to_lowercase()],
+                )
+                .unwrap();
+            }
+            // What schema 7's writer kept, step by step.
+            let mut position = 0i64;
+            // (low, high) -> ids in order
+            let mut conversations: HashMap<(i64, i64), Vec<i64>> = HashMap::new();
+            let mut senders: HashMap<i64, i64> = HashMap::new();
+            // (user, peer) -> (last_id, unread, read_up_to)
+            let mut inbox: HashMap<(i64, i64), (i64, i64, Option<i64>)> = HashMap::new();
+            // user -> (message_count, last position, unread_total)
+            let mut counts: HashMap<i64, (i64, i64, i64)> = HashMap::new();
+            for step in &plan {
+                position += 1;
+                match *step {
+                    Step::Send(from, to) => {
+                        let (low, high) = (from.min(to), from.max(to));
+                        let ids = conversations.entry((low, high)).or_default();
+                        let seq = ids.len() as i64 + 1;
+                        let sender_seq = ids.iter().filter(|id| senders[id] == from).count() as i64 + 1;
+                        conn.execute(
+                            "INSERT INTO chatcore_messages (id, sender_id, recipient_id, conv_low, conv_high,
+                                 created_at, body, prev_id, seq, sender_seq)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'v7', ?7, ?8, ?9)",
+                            rusqlite::params![
+                                position,
+                                from,
+                                to,
+                                low,
+                                high,
+                                1_700_000_000_000_000i64 + position,
+                                ids.last(),
+                                seq,
+                                sender_seq
+                            ],
+                        )
+                        .unwrap();
+                        if seq % chain::MARK_EVERY == 0 {
+                            conn.execute(
+                                "INSERT INTO chatcore_conversation_marks VALUES (?1, ?2, ?3, ?4)",
+                                [low, high, seq, position],
+                            )
+                            .unwrap();
+                        }
+                        ids.push(position);
+                        senders.insert(position, from);
+                        for user in if from == to { vec![from] } else { vec![from, to] } {
+                            let peer = if user == from { to } else { from };
+                            let row = inbox.entry((user, peer)).or_insert((0, 0, None));
+                            row.0 = position;
+                            let count = counts.entry(user).or_default();
+                            count.0 += 1;
+                            count.1 = position;
+                            if user == to && from != to {
+                                row.1 += 1;
+                                count.2 += 1;
+                            }
+                        }
+                    }
+                    Step::Mark(reader, peer, back) => {
+                        let ids = &conversations[&(reader.min(peer), reader.max(peer))];
+                        let up_to = ids[ids.len().saturating_sub(1 + back)];
+                        let row = inbox.get_mut(&(reader, peer)).unwrap();
+                        if row.2.is_some_and(|m| m >= up_to) {
+                            position -= 1;
+                            continue;
+                        }
+                        let passed = ids
+                            .iter()
+                            .filter(|&&id| id <= up_to && row.2.is_none_or(|m| id > m))
+                            .filter(|id| senders[id] == peer && reader != peer)
+                            .count() as i64;
+                        row.1 -= passed;
+                        row.2 = Some(up_to);
+                        counts.get_mut(&reader).unwrap().2 -= passed;
+                        for user in [reader, peer] {
+                            counts.get_mut(&user).unwrap().1 = position;
+                        }
+                        conn.execute(
+                            "INSERT INTO chatcore_reads (position, reader_id, peer_id, up_to) VALUES (?1, ?2, ?3, ?4)",
+                            [position, reader, peer, up_to],
+                        )
+                        .unwrap();
+                    }
+                }
+            }
+            for (&(low, high), ids) in &conversations {
+                let low_count = ids.iter().filter(|id| senders[id] == low).count() as i64;
+                conn.execute(
+                    "INSERT INTO chatcore_conversations (conv_low, conv_high, message_count, last_id, low_count)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    [low, high, ids.len() as i64, *ids.last().unwrap(), low_count],
+                )
+                .unwrap();
+                for user in [low, high] {
+                    conn.execute(
+                        "INSERT OR IGNORE INTO chatcore_user_conversations VALUES (?1, ?2, ?3)",
+                        [user, low, high],
+                    )
+                    .unwrap();
+                }
+            }
+            for (&(user, peer), &(last_id, unread, read_up_to)) in &inbox {
+                conn.execute(
+                    "INSERT INTO chatcore_inbox (user_id, peer_id, last_id, unread, read_up_to)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    rusqlite::params![user, peer, last_id, unread, read_up_to],
+                )
+                .unwrap();
+            }
+            for (&user, &(message_count, last_id, unread_total)) in &counts {
+                conn.execute(
+                    "INSERT INTO chatcore_user_counts (user_id, message_count, last_id, unread_total)
+                     VALUES (?1, ?2, ?3, ?4)",
+                    [user, message_count, last_id, unread_total],
+                )
+                .unwrap();
+            }
+        }
+        // Schema 7's answers, from its own query on the file.
+        let before: Vec<Answer> = {
+            let conn = rusqlite::Connection::open(&path).unwrap();
+            (1..=names.len() as i64)
+                .map(|user| {
+                    let rows = conn
+                        .prepare(V7_INBOX_PAGE)
+                        .unwrap()
+                        .query_map(rusqlite::params![user, i64::MAX, 100], |r| {
+                            Ok((
+                                r.get::<_, String>(0)?,
+                                r.get::<_, i64>(1)?.max(0) as u64,
+                                r.get(2)?,
+                                r.get(3)?,
+                                r.get(4)?,
+                            ))
+                        })
+                        .unwrap()
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                        .unwrap();
+                    let total: i64 = conn
+                        .query_row(
+                            "SELECT coalesce((SELECT unread_total FROM chatcore_user_counts WHERE user_id = ?1), 0)",
+                            [user],
+                            |r| r.get(0),
+                        )
+                        .unwrap();
+                    (rows, total as u64)
+                })
+                .collect()
+        };
+        // The fixture has what the test is about: unread both ways, markers, a note to self
+        // with a marker, and a user without conversations.
+        assert!(before[0].0.iter().any(|c| c.1 > 0 && c.2.is_some()), "{before:?}");
+        assert!(
+            before[1].0.iter().any(|c| c.2.is_some() && c.3.is_none()),
+            "{before:?}"
+        );
+        assert!(
+            before[3].0.iter().any(|c| c.0 == "Dave" && c.2.is_some()),
+            "{before:?}"
+        );
+        assert!(before[4].0.is_empty());
+
+        let store = SqliteStore::open(SqliteConfig::file(&path)).await.unwrap();
+        let report = store.migrate().await.unwrap();
+        assert_eq!((report.previous, report.current), (7, SCHEMA_VERSION));
+        let answer = |user: i64| {
+            let store = &store;
+            async move {
+                let page = store
+                    .inbox(
+                        UserId(user),
+                        &InboxRequest {
+                            before: None,
+                            limit: 100,
+                        },
+                    )
+                    .await
+                    .unwrap();
+                let rows = page
+                    .conversations
+                    .iter()
+                    .map(|c| {
+                        (
+                            c.peer.as_str().to_owned(),
+                            c.unread,
+                            c.read_up_to.map(|m| m.0),
+                            c.peer_read_up_to.map(|m| m.0),
+                            c.last_message.id.0,
+                        )
+                    })
+                    .collect::<Vec<_>>();
+                (rows, page.unread_total)
+            }
+        };
+        for user in 1..=names.len() as i64 {
+            assert_eq!(answer(user).await, before[user as usize - 1], "user {user}");
+        }
+
+        // From there: bob writes to alice, alice's count for bob grows by one; alice reads
+        // it all, her count and total drop by what the marker passed.
+        let alice = User {
+            id: UserId(1),
+            username: name("alice"),
+        };
+        let bob = User {
+            id: UserId(2),
+            username: name("bob"),
+        };
+        let unread_for_bob = |a: &Answer| a.0.iter().find(|c| c.0 == "bob").map_or(0, |c| c.1);
+        let (was, was_total) = (unread_for_bob(&before[0]), before[0].1);
+        let sent = store.insert_message(note(&bob, &alice)).await.unwrap();
+        let now = answer(1).await;
+        assert_eq!(now.0[0].4, sent.message.id.0, "bob's conversation comes first");
+        assert_eq!((unread_for_bob(&now), now.1), (was + 1, was_total + 1));
+        let marked = store
+            .mark_read(&alice, &name("bob"), sent.message.id)
+            .await
+            .unwrap();
+        assert_eq!(marked.unread, 0);
+        let now = answer(1).await;
+        assert_eq!((unread_for_bob(&now), now.1), (0, was_total - was));
+        assert_eq!(
+            answer(2).await.0[0].3,
+            Some(sent.message.id.0),
+            "bob sees alice's marker"
+        );
+        // A user's messages and catch-up still find every conversation.
+        let sent_or_received = plan
+            .iter()
+            .filter(|s| matches!(s, Step::Send(f, t) if *f == 1 || *t == 1))
+            .count() as u64
+            + 1;
+        let page = store
+            .user_messages(alice.id, &PageRequest::latest(1_000))
+            .await
+            .unwrap();
+        assert_eq!(
+            (page.total, page.messages.len() as u64),
+            (sent_or_received, sent_or_received)
+        );
+        let caught_up = store.messages_after(alice.id, MessageId(0), 1_000).await.unwrap();
+        assert_eq!(caught_up.len() as u64, sent_or_received);
         store.close().await.unwrap();
     }
 

@@ -5,8 +5,8 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 
 use chatcore::store::{
-    Conversation as InboxConversation, Credentials, InboxPage, InboxRequest, MessagePage, PageRequest,
-    ReadMarker, SessionRecord, StoredEvent, UserQuery,
+    ChangedMessage, Conversation as InboxConversation, Credentials, InboxPage, InboxRequest, MessagePage,
+    PageRequest, ReadMarker, SessionRecord, StoredEvent, UserQuery,
 };
 use chatcore::{
     ConversationKey, Entity, Error, Message, MessageId, Position, Result, User, UserId, Username,
@@ -70,14 +70,40 @@ impl NameCache {
 
 /// Reads one message row (the columns of `sql::message_select!`).
 pub(crate) fn message_from_row(row: &Row<'_>) -> rusqlite::Result<Message> {
+    message_at(row, 0)
+}
+
+/// Reads a message from the seven columns of `sql::message_select!` starting at `at`.
+pub(crate) fn message_at(row: &Row<'_>, at: usize) -> rusqlite::Result<Message> {
+    let time = |index: usize, micros: i64| {
+        micros_to_datetime(micros).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Integer, e.into())
+        })
+    };
     Ok(Message {
-        id: MessageId(row.get(0)?),
-        sender: stored_username(row, 1)?,
-        recipient: stored_username(row, 2)?,
-        created_at: micros_to_datetime(row.get(3)?).map_err(|e| {
-            rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Integer, e.into())
-        })?,
-        body: row.get(4)?,
+        id: MessageId(row.get(at)?),
+        sender: stored_username(row, at + 1)?,
+        recipient: stored_username(row, at + 2)?,
+        created_at: time(at + 3, row.get(at + 3)?)?,
+        body: row.get(at + 4)?,
+        edited: match row.get::<_, Option<i64>>(at + 5)? {
+            Some(micros) => Some(time(at + 5, micros)?),
+            None => None,
+        },
+        deleted: row.get::<_, i64>(at + 6)? != 0,
+    })
+}
+
+/// An edit or deletion event from the columns of `sql::CHANGES_AS_SENDER` (and its siblings).
+fn change_from_row(row: &Row<'_>) -> rusqlite::Result<StoredEvent> {
+    let changed = ChangedMessage {
+        position: Position(row.get(0)?),
+        message: message_at(row, 2)?,
+    };
+    Ok(if row.get::<_, i64>(1)? != 0 {
+        StoredEvent::Delete(changed)
+    } else {
+        StoredEvent::Edit(changed)
     })
 }
 
@@ -261,7 +287,7 @@ impl ReadCtx {
             {
                 let (message, prev) = stmt
                     .query_row([id], |row| {
-                        Ok((message_from_row(row)?, row.get::<_, Option<i64>>(5)?))
+                        Ok((message_from_row(row)?, row.get::<_, Option<i64>>(7)?))
                     })
                     .map_err(row_error)?;
                 if let Some(prev) = prev {
@@ -336,10 +362,17 @@ impl ReadCtx {
             }
             let messages = messages_after(conn, user, MessageId(after.0), limit)?;
             let mut events: Vec<StoredEvent> = messages.into_iter().map(StoredEvent::Message).collect();
-            for sql in [sql::READS_AS_READER, sql::READS_AS_PEER] {
+            type FromRow = fn(&Row<'_>) -> rusqlite::Result<StoredEvent>;
+            let ranges: [(&str, FromRow); 4] = [
+                (sql::READS_AS_READER, read_from_row),
+                (sql::READS_AS_PEER, read_from_row),
+                (sql::CHANGES_AS_SENDER, change_from_row),
+                (sql::CHANGES_AS_RECIPIENT, change_from_row),
+            ];
+            for (sql, from_row) in ranges {
                 let mut stmt = conn.prepare_cached(sql).map_err(error::map)?;
                 let rows = stmt
-                    .query_map([user.0, after.0, i64::from(limit)], read_from_row)
+                    .query_map([user.0, after.0, i64::from(limit)], from_row)
                     .map_err(error::map)?;
                 for row in rows {
                     events.push(row.map_err(row_error)?);
@@ -374,6 +407,11 @@ impl ReadCtx {
             for row in rows {
                 events.push(row.map_err(row_error)?);
             }
+            let mut stmt = conn.prepare_cached(sql::FEED_CHANGES).map_err(error::map)?;
+            let rows = stmt.query_map(bounds, change_from_row).map_err(error::map)?;
+            for row in rows {
+                events.push(row.map_err(row_error)?);
+            }
             events.sort_unstable_by_key(StoredEvent::position);
             events.truncate(limit as usize);
             Ok(events)
@@ -404,19 +442,7 @@ impl ReadCtx {
                 .query_map(
                     rusqlite::params![user.0, before, i64::from(request.limit)],
                     |row| {
-                        let message = Message {
-                            id: MessageId(row.get(4)?),
-                            sender: stored_username(row, 5)?,
-                            recipient: stored_username(row, 6)?,
-                            created_at: micros_to_datetime(row.get(7)?).map_err(|e| {
-                                rusqlite::Error::FromSqlConversionFailure(
-                                    7,
-                                    rusqlite::types::Type::Integer,
-                                    e.into(),
-                                )
-                            })?,
-                            body: row.get(8)?,
-                        };
+                        let message = message_at(row, 4)?;
                         Ok(InboxConversation {
                             peer: stored_username(row, 0)?,
                             last_message: message,

@@ -241,10 +241,89 @@ CREATE TABLE chatcore_checkpoints (
 "#,
         then: None,
     },
+    Migration {
+        version: 8,
+        name: "the inbox in one activity tree per user, read markers apart, unread counted at read time",
+        // Migration 6's inbox moved two rows of `chatcore_inbox` and their two entries in
+        // `chatcore_inbox_activity` per message, on scattered pages: most of what the inbox
+        // added to a commit. Now each user has one entry per conversation in a tree keyed by
+        // (user, the conversation's newest id), which the writer moves from the newest id it
+        // already knows (the conversation's row) to the new one: one tree, and both entries of
+        // a user usually on one leaf. Read markers live in a table of their own that only
+        // marks write, with how many of the peer's messages they cover (`peer_seen`), so a
+        // conversation's unread count is the peer's messages up to the newest one (numbered
+        // by `sender_seq`) less `peer_seen`: computed on the inbox page from rows it reads
+        // anyway, never kept per message. The activity tree also lists a user's
+        // conversations, so `chatcore_user_conversations` goes. Unread totals stay in
+        // `chatcore_user_counts` (a row each message writes anyway) and are recomputed here
+        // from the same rule.
+        sql: r#"
+CREATE TABLE chatcore_activity (
+    user_id INTEGER NOT NULL,
+    last_id INTEGER NOT NULL,
+    peer_id INTEGER NOT NULL,
+    PRIMARY KEY (user_id, last_id)
+) WITHOUT ROWID;
+INSERT INTO chatcore_activity (user_id, last_id, peer_id)
+    SELECT conv_low, last_id, conv_high FROM chatcore_conversations WHERE message_count > 0;
+INSERT INTO chatcore_activity (user_id, last_id, peer_id)
+    SELECT conv_high, last_id, conv_low FROM chatcore_conversations
+    WHERE message_count > 0 AND conv_low <> conv_high;
+
+CREATE TABLE chatcore_read_markers (
+    user_id   INTEGER NOT NULL,
+    peer_id   INTEGER NOT NULL,
+    up_to     INTEGER NOT NULL,
+    peer_seen INTEGER NOT NULL,
+    PRIMARY KEY (user_id, peer_id)
+) WITHOUT ROWID;
+INSERT INTO chatcore_read_markers (user_id, peer_id, up_to, peer_seen)
+    SELECT i.user_id, i.peer_id, i.read_up_to, coalesce(
+        CASE WHEN m.sender_id = i.peer_id THEN m.sender_seq ELSE m.seq - m.sender_seq END, 0)
+    FROM chatcore_inbox AS i LEFT JOIN chatcore_messages AS m ON m.id = i.read_up_to
+    WHERE i.read_up_to IS NOT NULL;
+
+UPDATE chatcore_user_counts SET unread_total = coalesce((
+    SELECT sum(CASE WHEN m.sender_id = a.peer_id THEN m.sender_seq ELSE m.seq - m.sender_seq END
+               - coalesce(r.peer_seen, 0))
+    FROM chatcore_activity AS a
+    CROSS JOIN chatcore_messages AS m ON m.id = a.last_id
+    LEFT JOIN chatcore_read_markers AS r ON r.user_id = a.user_id AND r.peer_id = a.peer_id
+    WHERE a.user_id = chatcore_user_counts.user_id AND a.peer_id <> a.user_id), 0);
+
+DROP TABLE chatcore_inbox;
+DROP TABLE chatcore_user_conversations;
+"#,
+        then: None,
+    },
+    Migration {
+        version: 9,
+        name: "edits and deletions of messages, and their events",
+        // A message keeps its newest body only: an edit overwrites it (`edited_at`, µs), a
+        // deletion empties it and sets `deleted`. Each edit or deletion is a durable event of
+        // both participants at a position of the one sequence, kept in `chatcore_changes`; the
+        // event names the message and is read with it as it is now, so no text that was
+        // edited or deleted stays behind in an event. Indexed like `chatcore_reads`: a user's
+        // changes after a position, as sender and as recipient (a note to oneself once).
+        sql: r#"
+ALTER TABLE chatcore_messages ADD COLUMN edited_at INTEGER;
+ALTER TABLE chatcore_messages ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE chatcore_changes (
+    position     INTEGER PRIMARY KEY,
+    message_id   INTEGER NOT NULL REFERENCES chatcore_messages (id),
+    sender_id    INTEGER NOT NULL,
+    recipient_id INTEGER NOT NULL,
+    deleted      INTEGER NOT NULL
+);
+CREATE INDEX chatcore_changes_sender ON chatcore_changes (sender_id);
+CREATE INDEX chatcore_changes_recipient ON chatcore_changes (recipient_id) WHERE recipient_id <> sender_id;
+"#,
+        then: None,
+    },
 ];
 
 /// The schema version this code writes and reads.
-pub const SCHEMA_VERSION: u32 = 7;
+pub const SCHEMA_VERSION: u32 = 9;
 
 /// Migration 5's Rust half: gives every user the key of their stored name
 /// ([`Username::key_of`]; names made before today's rules are keyed as they are), then makes
@@ -470,7 +549,8 @@ mod tests {
     }
 
     /// A version-1 database with messages moves to version 2 with its conversations listed
-    /// under both participants (once for a note to oneself) and each conversation's newest id.
+    /// under both participants (once for a note to oneself) and each conversation's newest id
+    /// (and on to today's activity trees, which list them since version 8).
     #[test]
     fn version_1_data_migrates() {
         let mut conn = database_at(1);
@@ -488,7 +568,7 @@ mod tests {
         assert_eq!((report.previous, report.current), (1, SCHEMA_VERSION));
         let listed: Vec<(i64, i64, i64)> = rows(
             &conn,
-            "SELECT user_id, conv_low, conv_high FROM chatcore_user_conversations ORDER BY 1, 2, 3",
+            "SELECT user_id, min(user_id, peer_id), max(user_id, peer_id) FROM chatcore_activity ORDER BY 1, 2, 3",
             [],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         );

@@ -6,7 +6,7 @@
 /// Columns of a [`chatcore::Message`], in the order `reader::message_from_row` reads them.
 macro_rules! message_select {
     () => {
-        "SELECT m.id, s.username, r.username, m.created_at, m.body FROM "
+        "SELECT m.id, s.username, r.username, m.created_at, m.body, m.edited_at, m.deleted FROM "
     };
 }
 
@@ -39,26 +39,60 @@ pub(crate) const INSERT_MESSAGE: &str = "INSERT INTO chatcore_messages
 /// sequence resumes (two lookups at the ends of rowid b-trees).
 pub(crate) const LAST_POSITION: &str = "SELECT max(
          coalesce((SELECT max(id) FROM chatcore_messages), 0),
-         coalesce((SELECT max(position) FROM chatcore_reads), 0))";
+         coalesce((SELECT max(position) FROM chatcore_reads), 0),
+         coalesce((SELECT max(position) FROM chatcore_changes), 0))";
+
+/// A message to change, with its participants' ids (columns 7 and 8) for the checks and the
+/// event: `change_message`.
+pub(crate) const MESSAGE_TO_CHANGE: &str = concat!(
+    "SELECT m.id, s.username, r.username, m.created_at, m.body, m.edited_at, m.deleted,
+         m.sender_id, m.recipient_id FROM ",
+    "chatcore_messages AS m
+     CROSS JOIN chatcore_users AS s ON s.id = m.sender_id
+     CROSS JOIN chatcore_users AS r ON r.id = m.recipient_id
+     WHERE m.id = ?1"
+);
+
+/// An edit: `?1` the message, `?2` the new body, `?3` when (µs).
+pub(crate) const EDIT_MESSAGE: &str = "UPDATE chatcore_messages SET body = ?2, edited_at = ?3 WHERE id = ?1";
+
+/// A deletion: the body is overwritten (with `secure_delete`, the old text is zeroed on its
+/// page too) and the row stays as the tombstone.
+pub(crate) const DELETE_MESSAGE: &str =
+    "UPDATE chatcore_messages SET body = '', edited_at = NULL, deleted = 1 WHERE id = ?1";
+
+/// An edit or deletion event: `?1` position, `?2` message, `?3` sender, `?4` recipient,
+/// `?5` 1 for a deletion.
+pub(crate) const INSERT_CHANGE: &str =
+    "INSERT INTO chatcore_changes (position, message_id, sender_id, recipient_id, deleted)
+     VALUES (?1, ?2, ?3, ?4, ?5)";
 
 /// A message's conversation and place in it, for `mark_read`: `conv_low`, `conv_high`,
 /// `sender_id`, `seq`, `sender_seq`.
 pub(crate) const MESSAGE_PLACE: &str =
     "SELECT conv_low, conv_high, sender_id, seq, sender_seq FROM chatcore_messages WHERE id = ?1";
 
-/// A user's inbox row for one conversation: unread count and read marker.
-pub(crate) const INBOX_ENTRY: &str =
-    "SELECT unread, read_up_to FROM chatcore_inbox WHERE user_id = ?1 AND peer_id = ?2";
+/// A user's read marker on their conversation with a peer: the newest message read and how
+/// many of the peer's messages of the conversation lie at or below it.
+pub(crate) const READ_MARKER: &str =
+    "SELECT up_to, peer_seen FROM chatcore_read_markers WHERE user_id = ?1 AND peer_id = ?2";
 
-/// A batch's changes to one inbox row: `?3` the conversation's newest id (`0`: none in this
-/// batch), `?4` unread to add (negative when a marker moved), `?5` the new marker (`NULL`:
-/// unchanged).
-pub(crate) const UPSERT_INBOX: &str =
-    "INSERT INTO chatcore_inbox (user_id, peer_id, last_id, unread, read_up_to) VALUES (?1, ?2, ?3, ?4, ?5)
-     ON CONFLICT (user_id, peer_id) DO UPDATE SET
-         last_id = max(last_id, excluded.last_id),
-         unread = unread + excluded.unread,
-         read_up_to = coalesce(excluded.read_up_to, read_up_to)";
+/// `?1` reader, `?2` peer, `?3` the newest message read, `?4` how many of the peer's messages
+/// of the conversation lie at or below it (replacing the marker before: the writer checked it
+/// is older).
+pub(crate) const SAVE_READ_MARKER: &str =
+    "INSERT INTO chatcore_read_markers (user_id, peer_id, up_to, peer_seen)
+     VALUES (?1, ?2, ?3, ?4)
+     ON CONFLICT (user_id, peer_id) DO UPDATE SET up_to = excluded.up_to, peer_seen = excluded.peer_seen";
+
+/// A new conversation in `?1`'s activity tree: `?2` its newest id, `?3` the peer.
+pub(crate) const INSERT_ACTIVITY: &str =
+    "INSERT INTO chatcore_activity (user_id, last_id, peer_id) VALUES (?1, ?2, ?3)";
+
+/// Takes `?1`'s entry of a conversation off its newest id before the batch (`?2`, from the
+/// conversation's row), for [`INSERT_ACTIVITY`] to put it at the newest id now: two seeks of
+/// the tree, where an `UPDATE` of the key takes four.
+pub(crate) const MOVE_ACTIVITY: &str = "DELETE FROM chatcore_activity WHERE user_id = ?1 AND last_id = ?2";
 
 /// A read event: `?1` position, `?2` reader, `?3` peer, `?4` the newest message read.
 pub(crate) const INSERT_READ: &str =
@@ -82,9 +116,6 @@ pub(crate) const ADD_CONVERSATION_COUNT: &str =
 pub(crate) const CONVERSATION_TAIL_COUNTS: &str = "SELECT message_count, last_id, low_count
      FROM chatcore_conversations WHERE conv_low = ?1 AND conv_high = ?2";
 
-pub(crate) const ADD_USER_CONVERSATION: &str =
-    "INSERT OR IGNORE INTO chatcore_user_conversations (user_id, conv_low, conv_high) VALUES (?1, ?2, ?3)";
-
 /// Adds `?2` messages to a user, moves their newest position up to `?3` and adds `?4` to
 /// their unread total (negative when a marker moved).
 pub(crate) const ADD_USER_COUNT: &str =
@@ -99,9 +130,9 @@ pub(crate) const ADD_USER_COUNT: &str =
 /// A user by `Username::key`: their id and their name as chosen.
 pub(crate) const USER_BY_KEY: &str = "SELECT id, username FROM chatcore_users WHERE username_key = ?1";
 
-/// The sender's earlier message under an idempotency key, and (column 5) its recipient's id.
+/// The sender's earlier message under an idempotency key, and (column 7) its recipient's id.
 pub(crate) const IDEMPOTENT_MESSAGE: &str = concat!(
-    "SELECT m.id, s.username, r.username, m.created_at, m.body, m.recipient_id FROM ",
+    "SELECT m.id, s.username, r.username, m.created_at, m.body, m.edited_at, m.deleted, m.recipient_id FROM ",
     "chatcore_messages AS m
      CROSS JOIN chatcore_users AS s ON s.id = m.sender_id
      CROSS JOIN chatcore_users AS r ON r.id = m.recipient_id
@@ -147,22 +178,21 @@ pub(crate) const USER_COUNT: &str = "SELECT message_count FROM chatcore_user_cou
 /// and the previous position of the user's first event in a batch, which the writer reads too.
 pub(crate) const USER_LAST_ID: &str = "SELECT last_id FROM chatcore_user_counts WHERE user_id = ?1";
 
-/// The conversations `?1` takes part in, with each one's newest message id.
-pub(crate) const USER_CONVERSATIONS: &str = "SELECT c.conv_low, c.conv_high, c.last_id
-     FROM chatcore_user_conversations AS uc
-     CROSS JOIN chatcore_conversations AS c ON c.conv_low = uc.conv_low AND c.conv_high = uc.conv_high
-     WHERE uc.user_id = ?1";
+/// The conversations `?1` takes part in (`conv_low`, `conv_high`), with each one's newest
+/// message id, newest first: their activity tree.
+pub(crate) const USER_CONVERSATIONS: &str =
+    "SELECT min(user_id, peer_id), max(user_id, peer_id), last_id FROM chatcore_activity
+     WHERE user_id = ?1 ORDER BY last_id DESC";
 
-/// The same, only those with a message after id `?2`.
-pub(crate) const USER_CONVERSATIONS_AFTER: &str = "SELECT c.conv_low, c.conv_high, c.last_id
-     FROM chatcore_user_conversations AS uc
-     CROSS JOIN chatcore_conversations AS c ON c.conv_low = uc.conv_low AND c.conv_high = uc.conv_high
-     WHERE uc.user_id = ?1 AND c.last_id > ?2";
+/// The same, only those with a message after id `?2`: one range of the tree.
+pub(crate) const USER_CONVERSATIONS_AFTER: &str =
+    "SELECT min(user_id, peer_id), max(user_id, peer_id), last_id FROM chatcore_activity
+     WHERE user_id = ?1 AND last_id > ?2";
 
-/// A message, and (column 5) its conversation's previous message, so a page can follow the
+/// A message, and (column 7) its conversation's previous message, so a page can follow the
 /// chain as it reads.
 pub(crate) const MESSAGE_BY_ID: &str = concat!(
-    "SELECT m.id, s.username, r.username, m.created_at, m.body, m.prev_id FROM ",
+    "SELECT m.id, s.username, r.username, m.created_at, m.body, m.edited_at, m.deleted, m.prev_id FROM ",
     "chatcore_messages AS m
      CROSS JOIN chatcore_users AS s ON s.id = m.sender_id
      CROSS JOIN chatcore_users AS r ON r.id = m.recipient_id
@@ -174,18 +204,24 @@ pub(crate) const USER_UNREAD_TOTAL: &str = "SELECT unread_total FROM chatcore_us
 
 /// A page of `?1`'s inbox: conversations whose newest id is below `?2`, newest first, at most
 /// `?3`. Columns: the peer's name, unread, the user's marker, the peer's marker (the user's
-/// own row for notes to self), then the newest message as `reader::message_from_row` reads
-/// it from column 4.
-pub(crate) const INBOX_PAGE: &str = "SELECT p.username, i.unread, i.read_up_to, o.read_up_to,
-         m.id, s.username, r.username, m.created_at, m.body
-     FROM chatcore_inbox AS i
-     CROSS JOIN chatcore_users AS p ON p.id = i.peer_id
-     LEFT JOIN chatcore_inbox AS o ON o.user_id = i.peer_id AND o.peer_id = i.user_id
-     CROSS JOIN chatcore_messages AS m ON m.id = i.last_id
+/// own for notes to self), then the newest message as `reader::message_from_row` reads it
+/// from column 4. Unread is the peer's messages up to the newest (its `sender_seq`, or the
+/// other side of its `seq`) less those the user's marker covers; never any in a note to self.
+pub(crate) const INBOX_PAGE: &str = "SELECT p.username,
+         CASE WHEN a.peer_id = a.user_id THEN 0
+              ELSE CASE WHEN m.sender_id = a.peer_id THEN m.sender_seq ELSE m.seq - m.sender_seq END
+                   - coalesce(mine.peer_seen, 0) END,
+         mine.up_to, theirs.up_to,
+         m.id, s.username, r.username, m.created_at, m.body, m.edited_at, m.deleted
+     FROM chatcore_activity AS a
+     CROSS JOIN chatcore_users AS p ON p.id = a.peer_id
+     CROSS JOIN chatcore_messages AS m ON m.id = a.last_id
+     LEFT JOIN chatcore_read_markers AS mine ON mine.user_id = a.user_id AND mine.peer_id = a.peer_id
+     LEFT JOIN chatcore_read_markers AS theirs ON theirs.user_id = a.peer_id AND theirs.peer_id = a.user_id
      CROSS JOIN chatcore_users AS s ON s.id = m.sender_id
      CROSS JOIN chatcore_users AS r ON r.id = m.recipient_id
-     WHERE i.user_id = ?1 AND i.last_id < ?2
-     ORDER BY i.last_id DESC LIMIT ?3";
+     WHERE a.user_id = ?1 AND a.last_id < ?2
+     ORDER BY a.last_id DESC LIMIT ?3";
 
 /// `?1`'s read events as the reader after position `?2`, oldest first, at most `?3`: position,
 /// reader's name, peer's name, up_to.
@@ -222,6 +258,39 @@ pub(crate) const FEED_READS: &str = "SELECT e.position, u.username, p.username, 
      CROSS JOIN chatcore_users AS u ON u.id = e.reader_id
      CROSS JOIN chatcore_users AS p ON p.id = e.peer_id
      WHERE e.position > ?1 ORDER BY e.position LIMIT ?2";
+
+/// `?1`'s edits and deletions as the sender after position `?2`, oldest first, at most `?3`:
+/// position, 1 for a deletion, then the message as it is now (columns of
+/// `reader::message_at` from 2).
+pub(crate) const CHANGES_AS_SENDER: &str = "SELECT c.position, c.deleted,
+         m.id, s.username, r.username, m.created_at, m.body, m.edited_at, m.deleted
+     FROM chatcore_changes AS c
+     CROSS JOIN chatcore_messages AS m ON m.id = c.message_id
+     CROSS JOIN chatcore_users AS s ON s.id = m.sender_id
+     CROSS JOIN chatcore_users AS r ON r.id = m.recipient_id
+     WHERE c.sender_id = ?1 AND c.position > ?2
+     ORDER BY c.position LIMIT ?3";
+
+/// The same as the recipient, notes to self left out (they are the sender's): the condition
+/// on `sender_id` is the partial index's.
+pub(crate) const CHANGES_AS_RECIPIENT: &str = "SELECT c.position, c.deleted,
+         m.id, s.username, r.username, m.created_at, m.body, m.edited_at, m.deleted
+     FROM chatcore_changes AS c
+     CROSS JOIN chatcore_messages AS m ON m.id = c.message_id
+     CROSS JOIN chatcore_users AS s ON s.id = m.sender_id
+     CROSS JOIN chatcore_users AS r ON r.id = m.recipient_id
+     WHERE c.recipient_id = ?1 AND c.recipient_id <> c.sender_id AND c.position > ?2
+     ORDER BY c.position LIMIT ?3";
+
+/// Every edit and deletion after position `?1`, oldest first, at most `?2` (columns as
+/// [`CHANGES_AS_SENDER`]): the feed's third forward range of a primary key.
+pub(crate) const FEED_CHANGES: &str = "SELECT c.position, c.deleted,
+         m.id, s.username, r.username, m.created_at, m.body, m.edited_at, m.deleted
+     FROM chatcore_changes AS c
+     CROSS JOIN chatcore_messages AS m ON m.id = c.message_id
+     CROSS JOIN chatcore_users AS s ON s.id = m.sender_id
+     CROSS JOIN chatcore_users AS r ON r.id = m.recipient_id
+     WHERE c.position > ?1 ORDER BY c.position LIMIT ?2";
 
 /// A feed consumer's checkpoint by name.
 pub(crate) const LOAD_CHECKPOINT: &str = "SELECT position FROM chatcore_checkpoints WHERE name = ?1";
@@ -301,7 +370,7 @@ mod tests {
 /// of a table and never a sort, so its cost does not grow with the table.
 #[cfg(test)]
 mod query_plans {
-    use rusqlite::Connection;
+    use rusqlite::{Connection, OptionalExtension};
 
     use super::*;
 
@@ -361,16 +430,16 @@ mod query_plans {
         for sql in [USER_COUNT, USER_LAST_ID] {
             assert_plan(conn, sql, &[&format!("SEARCH chatcore_user_counts {BY_ROWID}")]);
         }
-        for sql in [USER_CONVERSATIONS, USER_CONVERSATIONS_AFTER] {
-            assert_plan(
-                conn,
-                sql,
-                &[
-                    "SEARCH uc USING PRIMARY KEY (user_id=?)",
-                    "SEARCH c USING PRIMARY KEY (conv_low=? AND conv_high=?)",
-                ],
-            );
-        }
+        assert_plan(
+            conn,
+            USER_CONVERSATIONS,
+            &["SEARCH chatcore_activity USING PRIMARY KEY (user_id=?)"],
+        );
+        assert_plan(
+            conn,
+            USER_CONVERSATIONS_AFTER,
+            &["SEARCH chatcore_activity USING PRIMARY KEY (user_id=? AND last_id>?)"],
+        );
         assert_plan(
             conn,
             MESSAGE_BY_ID,
@@ -417,7 +486,33 @@ mod query_plans {
         assert_plan(
             conn,
             LAST_POSITION,
-            &["SEARCH chatcore_messages", "SEARCH chatcore_reads"],
+            &[
+                "SEARCH chatcore_messages",
+                "SEARCH chatcore_reads",
+                "SEARCH chatcore_changes",
+            ],
+        );
+        assert_plan(conn, MESSAGE_TO_CHANGE, &[&format!("SEARCH m {BY_ROWID}")]);
+        assert_plan(
+            conn,
+            CHANGES_AS_SENDER,
+            &[
+                "SEARCH c USING INDEX chatcore_changes_sender (sender_id=? AND rowid>?)",
+                &format!("SEARCH m {BY_ROWID}"),
+            ],
+        );
+        assert_plan(
+            conn,
+            CHANGES_AS_RECIPIENT,
+            &["SEARCH c USING INDEX chatcore_changes_recipient (recipient_id=? AND rowid>?)"],
+        );
+        assert_plan(
+            conn,
+            FEED_CHANGES,
+            &[
+                "SEARCH c USING INTEGER PRIMARY KEY (rowid>?)",
+                &format!("SEARCH m {BY_ROWID}"),
+            ],
         );
         assert_plan(
             conn,
@@ -426,8 +521,8 @@ mod query_plans {
         );
         assert_plan(
             conn,
-            INBOX_ENTRY,
-            &["SEARCH chatcore_inbox USING PRIMARY KEY (user_id=? AND peer_id=?)"],
+            READ_MARKER,
+            &["SEARCH chatcore_read_markers USING PRIMARY KEY (user_id=? AND peer_id=?)"],
         );
         assert_plan(
             conn,
@@ -438,10 +533,11 @@ mod query_plans {
             conn,
             INBOX_PAGE,
             &[
-                "SEARCH i USING INDEX chatcore_inbox_activity (user_id=? AND last_id<?)",
+                "SEARCH a USING PRIMARY KEY (user_id=? AND last_id<?)",
                 &format!("SEARCH p {BY_ROWID}"),
-                "SEARCH o USING PRIMARY KEY (user_id=? AND peer_id=?)",
                 &format!("SEARCH m {BY_ROWID}"),
+                "SEARCH mine USING PRIMARY KEY (user_id=? AND peer_id=?)",
+                "SEARCH theirs USING PRIMARY KEY (user_id=? AND peer_id=?)",
                 &format!("SEARCH s {BY_ROWID}"),
                 &format!("SEARCH r {BY_ROWID}"),
             ],
@@ -512,15 +608,26 @@ mod query_plans {
             linker.insert(&tx, from, to, key.as_deref());
             tx.execute(ADD_CONVERSATION_COUNT, [low, high, 1, id, i64::from(from == low)])
                 .unwrap();
-            tx.execute(ADD_USER_CONVERSATION, [low, low, high]).unwrap();
-            tx.execute(ADD_USER_CONVERSATION, [high, low, high]).unwrap();
+            for (user, peer) in [(from, to), (to, from)] {
+                let previous: Option<i64> = tx
+                    .query_row(
+                        "SELECT last_id FROM chatcore_activity WHERE user_id = ?1 AND peer_id = ?2",
+                        [user, peer],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .unwrap();
+                if let Some(previous) = previous {
+                    tx.execute(MOVE_ACTIVITY, [user, previous]).unwrap();
+                }
+                tx.execute(INSERT_ACTIVITY, [user, id, peer]).unwrap();
+                if to == from {
+                    break;
+                }
+            }
             tx.execute(ADD_USER_COUNT, [from, 1, id, 0]).unwrap();
-            tx.execute(UPSERT_INBOX, rusqlite::params![from, to, id, 0, None::<i64>])
-                .unwrap();
             if to != from {
                 tx.execute(ADD_USER_COUNT, [to, 1, id, 1]).unwrap();
-                tx.execute(UPSERT_INBOX, rusqlite::params![to, from, id, 1, None::<i64>])
-                    .unwrap();
             }
         }
         // Read events, a tenth of them on notes to oneself.
@@ -530,6 +637,8 @@ mod query_plans {
             tx.execute(INSERT_READ, [position, reader, peer, position - 2000])
                 .unwrap();
             tx.execute(ADD_USER_COUNT, [reader, 0, position, 0]).unwrap();
+            tx.execute(SAVE_READ_MARKER, [reader, peer, position - 2000, 1])
+                .unwrap();
         }
         tx.commit().unwrap();
         conn

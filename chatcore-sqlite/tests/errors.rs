@@ -625,3 +625,82 @@ async fn a_chain_linking_forward_is_corrupt() {
     }
     store.close().await.unwrap();
 }
+
+/// A deleted message's text leaves the file, not only the row: once the store is closed
+/// (the WAL checkpointed into the file and removed), the bytes of a deleted text are nowhere
+/// in the directory, while a message kept is still there. A long body spills onto overflow
+/// pages, which a deletion frees: `secure_delete` zeroes them (without it they keep the text
+/// on the free list).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_body_is_gone_from_the_file() {
+    let temp = temp_store(|_| {}).await;
+    let alice = temp.store.create_user(&name("alice")).await.unwrap();
+    temp.store.create_user(&name("bob")).await.unwrap();
+    let secret = "the-secret-text-3f9a1c";
+    let long_secret = "the-long-secret-5e8d ".repeat(400);
+    let long = temp
+        .store
+        .insert_message(new_message(&alice, "bob", &long_secret))
+        .await
+        .unwrap()
+        .message;
+    let kept = "the-kept-text-77b2e0";
+    for i in 0..20 {
+        temp.store
+            .insert_message(new_message(&alice, "bob", &format!("filler {i}")))
+            .await
+            .unwrap();
+    }
+    let gone = temp
+        .store
+        .insert_message(new_message(&alice, "bob", secret))
+        .await
+        .unwrap()
+        .message;
+    temp.store
+        .insert_message(new_message(&alice, "bob", kept))
+        .await
+        .unwrap();
+    let edited = temp
+        .store
+        .insert_message(new_message(&alice, "bob", "before-the-edit-91d4"))
+        .await
+        .unwrap()
+        .message;
+    temp.store
+        .change_message(alice.id, gone.id, &chatcore::MessageChange::Delete)
+        .await
+        .unwrap();
+    let edit = chatcore::MessageChange::Edit {
+        body: "after".into(),
+        not_before: None,
+    };
+    temp.store
+        .change_message(alice.id, edited.id, &edit)
+        .await
+        .unwrap();
+    temp.store
+        .change_message(alice.id, long.id, &chatcore::MessageChange::Delete)
+        .await
+        .unwrap();
+    for i in 0..20 {
+        temp.store
+            .insert_message(new_message(&alice, "bob", &format!("more {i}")))
+            .await
+            .unwrap();
+    }
+    temp.store.close().await.unwrap();
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(temp.dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        files.extend(std::fs::read(&path).unwrap());
+    }
+    let contains = |needle: &str| files.windows(needle.len()).any(|w| w == needle.as_bytes());
+    assert!(contains(kept), "the check finds text that is there");
+    assert!(!contains(secret), "a deleted body is gone from the file");
+    assert!(!contains("before-the-edit-91d4"), "an edited body is overwritten");
+    assert!(
+        !contains("the-long-secret-5e8d"),
+        "a long deleted body is gone from its overflow pages"
+    );
+}

@@ -32,6 +32,12 @@ pub enum Error {
     #[error("{0}")]
     Rejected(crate::Rejection),
 
+    /// The caller may not do this, whatever the input: not the sender of the message they
+    /// change, past the edit window, writing to someone who blocks them (HTTP 403). Nothing
+    /// was stored.
+    #[error("{0}")]
+    Forbidden(Forbidden),
+
     /// The caller must slow down (HTTP 429 with `Retry-After`).
     #[error("too many requests, retry in {} ms", retry_after.as_millis())]
     RateLimited {
@@ -94,6 +100,29 @@ impl std::fmt::Display for Entity {
             Entity::User => "user",
             Entity::Message => "message",
             Entity::Session => "session",
+        })
+    }
+}
+
+/// Why an [`Error::Forbidden`] was refused. Displays as the message a client is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Forbidden {
+    /// The recipient of a message tried to edit or delete it: only its sender may.
+    NotTheSender,
+    /// The sender tried to edit a message older than [`crate::ChatConfig::edit_window`].
+    EditWindowClosed,
+    /// The recipient blocks the sender ([`crate::Store::block`]): nothing was stored or
+    /// notified.
+    Blocked,
+}
+
+impl std::fmt::Display for Forbidden {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Forbidden::NotTheSender => "only the sender of a message can change it",
+            Forbidden::EditWindowClosed => "this message can no longer be edited",
+            Forbidden::Blocked => "you cannot message this user",
         })
     }
 }

@@ -2,7 +2,8 @@
 //! socket writes; [`Position`]: a durable event's place in its user's stream.
 //!
 //! # The ordering promise
-//! Every durable event (a stored message, a read marker that moved) has a [`Position`]. A store hands positions
+//! Every durable event (a stored message, a read marker that moved, an edit or a deletion) has
+//! a [`Position`]. A store hands positions
 //! out so that, for each user, a larger position was committed later, and it tells the
 //! publisher, for each participant, the position of that user's previous durable event
 //! ([`crate::store::Inserted::sender_previous`]). The notifier carries that `previous` beside
@@ -20,7 +21,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::store::ReadMarker;
+use crate::store::{ChangedMessage, ReadMarker};
 use crate::{Error, Message, MessageId, Result, Username};
 
 /// A durable event's place in its user's event stream. Positions increase in commit order
@@ -66,6 +67,12 @@ pub enum EventKind {
     Message,
     /// A read marker of one of the user's conversations moved (durable, has a position).
     Read,
+    /// A message the user sent or received was edited by its sender (durable, has a
+    /// position).
+    Edit,
+    /// A message the user sent or received was deleted by its sender (durable, has a
+    /// position).
+    Delete,
     /// One of the user's login sessions ended (logout, expiry, account removal): the
     /// connections opened with it must close. Never forwarded to a client.
     SessionEnded,
@@ -77,6 +84,8 @@ impl EventKind {
         match self {
             EventKind::Message => "message",
             EventKind::Read => "read",
+            EventKind::Edit => "edit",
+            EventKind::Delete => "delete",
             EventKind::SessionEnded => "session_ended",
         }
     }
@@ -87,6 +96,8 @@ impl EventKind {
         match name {
             "message" => Some(EventKind::Message),
             "read" => Some(EventKind::Read),
+            "edit" => Some(EventKind::Edit),
+            "delete" => Some(EventKind::Delete),
             "session_ended" => Some(EventKind::SessionEnded),
             _ => None,
         }
@@ -94,7 +105,10 @@ impl EventKind {
 
     /// Whether events of this kind are stored and have a position.
     pub fn is_durable(self) -> bool {
-        matches!(self, EventKind::Message | EventKind::Read)
+        matches!(
+            self,
+            EventKind::Message | EventKind::Read | EventKind::Edit | EventKind::Delete
+        )
     }
 }
 
@@ -114,6 +128,8 @@ impl EventKind {
 ///     recipient: Username::parse("bob").unwrap(),
 ///     created_at: now_micros(),
 ///     body: "hi".into(),
+///     edited: None,
+///     deleted: false,
 /// };
 /// let event = Event::message(&message);
 /// assert_eq!(event.kind(), EventKind::Message);
@@ -161,6 +177,10 @@ pub enum EventData {
     Message(Message),
     /// A read marker that moved.
     Read(ReadMarker),
+    /// A message its sender edited.
+    Edit(ChangedMessage),
+    /// A message its sender deleted (its tombstone).
+    Delete(ChangedMessage),
     /// A session ended.
     SessionEnded(SessionId),
 }
@@ -171,6 +191,19 @@ struct MessageFrame<'a> {
     position: Position,
     message: String,
     data: &'a Message,
+}
+
+#[derive(Serialize)]
+struct ChangeFrame<'a> {
+    r#type: &'static str,
+    position: Position,
+    data: &'a Message,
+}
+
+#[derive(Deserialize)]
+struct ChangeFrameIn {
+    position: Position,
+    data: Message,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -245,6 +278,37 @@ impl Event {
             up_to: marker.up_to,
         };
         Self::rendered(EventKind::Read, Some(marker.position), None, &frame)
+    }
+
+    /// The event "the sender edited this message", rendered as
+    /// `{"type":"edit","position":P,"data":<the message as edited>}`.
+    ///
+    /// ```
+    /// use chatcore::{ChangedMessage, Event, EventKind, Message, MessageId, Position, Username, now_micros};
+    /// let mut message = Message::new(MessageId(17), Username::parse("alice").unwrap(),
+    ///     Username::parse("bob").unwrap(), now_micros(), "hi!".into());
+    /// message.edited = Some(now_micros());
+    /// let event = Event::edit(&ChangedMessage { position: Position(20), message });
+    /// assert_eq!(event.kind(), EventKind::Edit);
+    /// assert!(event.frame_str().starts_with(r#"{"type":"edit","position":20,"data":{"id":17,"#));
+    /// ```
+    pub fn edit(changed: &ChangedMessage) -> Self {
+        Self::change(EventKind::Edit, changed)
+    }
+
+    /// The event "the sender deleted this message", rendered as
+    /// `{"type":"delete","position":P,"data":<the tombstone>}`.
+    pub fn delete(changed: &ChangedMessage) -> Self {
+        Self::change(EventKind::Delete, changed)
+    }
+
+    fn change(kind: EventKind, changed: &ChangedMessage) -> Self {
+        let frame = ChangeFrame {
+            r#type: kind.as_str(),
+            position: changed.position,
+            data: &changed.message,
+        };
+        Self::rendered(kind, Some(changed.position), None, &frame)
     }
 
     /// The event "session `session` ended": its connections close.
@@ -362,6 +426,18 @@ impl Event {
                     up_to: frame.up_to,
                 }))
             }
+            Some(kind @ (EventKind::Edit | EventKind::Delete)) => {
+                let frame: ChangeFrameIn = serde_json::from_slice(&self.0.frame).map_err(bad)?;
+                let changed = ChangedMessage {
+                    position: frame.position,
+                    message: frame.data,
+                };
+                Ok(if kind == EventKind::Edit {
+                    EventData::Edit(changed)
+                } else {
+                    EventData::Delete(changed)
+                })
+            }
             Some(EventKind::SessionEnded) => Ok(EventData::SessionEnded(
                 serde_json::from_slice::<SessionEndedFrame>(&self.0.frame)
                     .map_err(bad)?
@@ -396,6 +472,8 @@ mod tests {
             recipient: Username::parse("bob").unwrap(),
             created_at: now_micros(),
             body: "hi \"there\"".into(),
+            edited: None,
+            deleted: false,
         }
     }
 
@@ -445,8 +523,45 @@ mod tests {
     }
 
     #[test]
+    fn change_frames_round_trip() {
+        let mut edited = message(5);
+        edited.edited = Some(now_micros());
+        let changed = ChangedMessage {
+            position: Position(12),
+            message: edited,
+        };
+        let event = Event::edit(&changed);
+        let value: serde_json::Value = serde_json::from_str(event.frame_str()).unwrap();
+        assert_eq!(
+            (value["type"].as_str(), value["position"].as_i64()),
+            (Some("edit"), Some(12))
+        );
+        assert_eq!(value["data"]["id"], 5);
+        assert_eq!(event.decode().unwrap(), EventData::Edit(changed.clone()));
+        let gone = ChangedMessage {
+            position: Position(13),
+            message: changed.message.into_tombstone(),
+        };
+        let event = Event::delete(&gone);
+        let value: serde_json::Value = serde_json::from_str(event.frame_str()).unwrap();
+        assert_eq!(value["type"], "delete");
+        assert_eq!(
+            (value["data"]["body"].as_str(), value["data"]["deleted"].as_bool()),
+            (Some(""), Some(true))
+        );
+        let again = Event::from_frame(EventKind::Delete, Some(Position(13)), event.frame().clone()).unwrap();
+        assert_eq!(again.decode().unwrap(), EventData::Delete(gone));
+    }
+
+    #[test]
     fn kinds_round_trip_by_name() {
-        for kind in [EventKind::Message, EventKind::Read, EventKind::SessionEnded] {
+        for kind in [
+            EventKind::Message,
+            EventKind::Read,
+            EventKind::Edit,
+            EventKind::Delete,
+            EventKind::SessionEnded,
+        ] {
             assert_eq!(EventKind::parse(kind.as_str()), Some(kind));
         }
         assert_eq!(EventKind::parse("nope"), None);

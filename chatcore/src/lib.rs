@@ -75,7 +75,7 @@ pub mod conformance;
 pub mod notifier_conformance;
 
 pub use consumer::{FeedConsumer, FeedConsumerConfig, FeedHandler};
-pub use error::{BoxError, Entity, Error, Result};
+pub use error::{BoxError, Entity, Error, Forbidden, Result};
 pub use event::{Event, EventData, EventKind, Position, RESYNC_FRAME, SessionId};
 pub use feed::Feed;
 pub use memory::MemoryStore;
@@ -91,8 +91,8 @@ pub use service::{
     SendRequest, Sent,
 };
 pub use store::{
-    Backend, Conversation, Credentials, InboxPage, InboxRequest, Inserted, MarkedRead, MessagePage,
-    MigrationReport, MovedMarker, PageRequest, ReadMarker, SessionRecord, SessionStore, Store, StoredEvent,
-    TokenHash, UserQuery,
+    Backend, ChangeEvent, Changed, ChangedMessage, Conversation, Credentials, InboxPage, InboxRequest,
+    Inserted, MarkedRead, MessageChange, MessagePage, MigrationReport, MovedMarker, PageRequest, ReadMarker,
+    SessionRecord, SessionStore, Store, StoredEvent, TokenHash, UserQuery,
 };
 pub use text::message_body;

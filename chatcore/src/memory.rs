@@ -8,13 +8,13 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::store::{
-    Backend, Conversation, Credentials, InboxPage, InboxRequest, Inserted, MarkedRead, MessagePage,
-    MigrationReport, MovedMarker, PageRequest, ReadMarker, SessionRecord, SessionStore, Store, StoredEvent,
-    TokenHash, UserQuery, check_checkpoint_name,
+    Backend, ChangeEvent, Changed, ChangedMessage, Conversation, Credentials, InboxPage, InboxRequest,
+    Inserted, MarkedRead, MessageChange, MessagePage, MigrationReport, MovedMarker, PageRequest, ReadMarker,
+    SessionRecord, SessionStore, Store, StoredEvent, TokenHash, UserQuery, check_checkpoint_name,
 };
 use crate::{
-    ConversationKey, Entity, Error, Message, MessageId, NewMessage, Position, Result, User, UserId, Username,
-    now_micros,
+    ConversationKey, Entity, Error, Forbidden, Message, MessageId, NewMessage, Position, Result, User,
+    UserId, Username, now_micros,
 };
 
 /// A [`Store`] in process memory: for tests, and for hosts that need no persistence.
@@ -39,6 +39,8 @@ struct State {
     messages: Vec<Message>,
     /// Read events, ascending by position.
     reads: Vec<ReadMarker>,
+    /// Edits and deletions, ascending by position.
+    changes: Vec<ChangeRecord>,
     /// The last position handed out.
     last_position: i64,
     /// Each user's durable events, ascending by position.
@@ -53,11 +55,21 @@ struct State {
     checkpoints: HashMap<String, Position>,
 }
 
-/// One of a user's durable events: an index into `messages` or `reads`.
+/// One of a user's durable events: an index into `messages`, `reads` or `changes`.
 #[derive(Debug, Clone, Copy)]
 enum EventRef {
     Message(usize),
     Read(usize),
+    Change(usize),
+}
+
+/// An edit or a deletion of `messages[index]`: the event names the message, whose current
+/// state it renders (so no text that was edited or deleted stays behind in the events).
+#[derive(Debug, Clone, Copy)]
+struct ChangeRecord {
+    position: Position,
+    index: usize,
+    deleted: bool,
 }
 
 #[derive(Debug, Default)]
@@ -131,6 +143,19 @@ impl State {
         match event {
             EventRef::Message(i) => Position::from(self.messages[i].id),
             EventRef::Read(i) => self.reads[i].position,
+            EventRef::Change(i) => self.changes[i].position,
+        }
+    }
+
+    fn change_event(&self, change: &ChangeRecord) -> StoredEvent {
+        let changed = ChangedMessage {
+            position: change.position,
+            message: self.messages[change.index].clone(),
+        };
+        if change.deleted {
+            StoredEvent::Delete(changed)
+        } else {
+            StoredEvent::Edit(changed)
         }
     }
 
@@ -138,6 +163,7 @@ impl State {
         match event {
             EventRef::Message(i) => StoredEvent::Message(self.messages[i].clone()),
             EventRef::Read(i) => StoredEvent::Read(self.reads[i].clone()),
+            EventRef::Change(i) => self.change_event(&self.changes[i]),
         }
     }
 
@@ -251,16 +277,16 @@ impl Store for MemoryStore {
         let sender_previous = state.latest(new.sender.id);
         let recipient_previous = state.latest(recipient_id);
         let index = state.messages.len();
-        let message = Message {
-            id: MessageId(state.next_position()),
-            sender: new.sender.username.clone(),
+        let message = Message::new(
+            MessageId(state.next_position()),
+            new.sender.username.clone(),
             // As the recipient chose to write it, whatever case the sender typed.
-            recipient: state
+            state
                 .user(recipient_id)
                 .map_or(new.recipient, |r| r.user.username.clone()),
-            created_at: now_micros(),
-            body: new.body,
-        };
+            now_micros(),
+            new.body,
+        );
         state.messages.push(message.clone());
         state
             .conversations
@@ -486,26 +512,113 @@ impl Store for MemoryStore {
         })
     }
 
+    async fn change_message(&self, sender: UserId, id: MessageId, change: &MessageChange) -> Result<Changed> {
+        let mut state = self.write();
+        let Some(user) = state.user(sender).map(|r| r.user.username.clone()) else {
+            return Err(Error::NotFound(Entity::Message));
+        };
+        let Some(index) = state
+            .message_index(id)
+            .filter(|&i| state.messages[i].involves(&user))
+        else {
+            return Err(Error::NotFound(Entity::Message));
+        };
+        let message = &state.messages[index];
+        if message.sender != user {
+            return Err(Error::Forbidden(Forbidden::NotTheSender));
+        }
+        if message.deleted {
+            return match change {
+                MessageChange::Edit { .. } => Err(Error::NotFound(Entity::Message)),
+                MessageChange::Delete => Ok(Changed {
+                    message: message.clone(),
+                    event: None,
+                }),
+            };
+        }
+        if let MessageChange::Edit {
+            not_before: Some(not_before),
+            ..
+        } = change
+            && message.created_at < *not_before
+        {
+            return Err(Error::Forbidden(Forbidden::EditWindowClosed));
+        }
+        let recipient_id = *state
+            .by_name
+            .get(&message.recipient.key())
+            .expect("a message names stored users");
+        let sender_previous = state.latest(sender);
+        let recipient_previous = if recipient_id == sender {
+            sender_previous
+        } else {
+            state.latest(recipient_id)
+        };
+        let position = Position(state.next_position());
+        let message = &mut state.messages[index];
+        match change {
+            MessageChange::Edit { body, .. } => {
+                message.body = body.clone();
+                message.edited = Some(now_micros());
+            }
+            MessageChange::Delete => *message = message.clone().into_tombstone(),
+        }
+        let message = message.clone();
+        let change_index = state.changes.len();
+        state.changes.push(ChangeRecord {
+            position,
+            index,
+            deleted: message.deleted,
+        });
+        state
+            .streams
+            .entry(sender)
+            .or_default()
+            .push(EventRef::Change(change_index));
+        if recipient_id != sender {
+            state
+                .streams
+                .entry(recipient_id)
+                .or_default()
+                .push(EventRef::Change(change_index));
+        }
+        Ok(Changed {
+            message,
+            event: Some(ChangeEvent {
+                position,
+                recipient_id,
+                sender_previous,
+                recipient_previous,
+            }),
+        })
+    }
+
     async fn feed_after(&self, after: Position, limit: u32) -> Result<Vec<StoredEvent>> {
         let state = self.read();
         let first_message = state.messages.partition_point(|m| Position::from(m.id) <= after);
         let first_read = state.reads.partition_point(|r| r.position <= after);
-        let mut messages = state.messages[first_message..].iter().peekable();
-        let mut reads = state.reads[first_read..].iter().peekable();
-        let mut events = Vec::with_capacity((limit as usize).min(1024));
-        while events.len() < limit as usize {
-            let message_first = match (messages.peek(), reads.peek()) {
-                (None, None) => break,
-                (Some(message), Some(read)) => Position::from(message.id) < read.position,
-                (message, _) => message.is_some(),
-            };
-            let event = if message_first {
-                messages.next().cloned().map(StoredEvent::Message)
-            } else {
-                reads.next().cloned().map(StoredEvent::Read)
-            };
-            events.extend(event);
-        }
+        let first_change = state.changes.partition_point(|c| c.position <= after);
+        let mut events: Vec<StoredEvent> = state.messages[first_message..]
+            .iter()
+            .take(limit as usize)
+            .cloned()
+            .map(StoredEvent::Message)
+            .chain(
+                state.reads[first_read..]
+                    .iter()
+                    .take(limit as usize)
+                    .cloned()
+                    .map(StoredEvent::Read),
+            )
+            .chain(
+                state.changes[first_change..]
+                    .iter()
+                    .take(limit as usize)
+                    .map(|c| state.change_event(c)),
+            )
+            .collect();
+        events.sort_by_key(StoredEvent::position);
+        events.truncate(limit as usize);
         Ok(events)
     }
 

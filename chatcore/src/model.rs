@@ -231,8 +231,12 @@ impl ConversationKey {
     }
 }
 
-/// A stored message. Serializes to the wire shape of the original app:
-/// `{"id": 1, "user": "alice", "recipient": "bob", "timestamp": "2019-06-04T10:00:00.123456Z", "body": "hi"}`.
+/// A stored message. Serializes to the wire shape of the original app, with `edited` added:
+/// `{"id": 1, "user": "alice", "recipient": "bob", "timestamp": "2019-06-04T10:00:00.123456Z", "body": "hi", "edited": null}`.
+///
+/// A message its sender deleted stays in history as a tombstone: its id, participants and
+/// timestamp, an empty body (the text is gone from the store, not only hidden), `edited`
+/// `null` and `"deleted": true` (the field is left out of messages that are not deleted).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Message {
     /// Id, increasing in commit order.
@@ -245,11 +249,47 @@ pub struct Message {
     /// When the store accepted it, UTC, microsecond precision (`timestamp` on the wire).
     #[serde(rename = "timestamp", with = "timestamp_micros")]
     pub created_at: DateTime<Utc>,
-    /// The trimmed text.
+    /// The trimmed text; empty for a tombstone.
     pub body: String,
+    /// When the sender last edited it (`null` on the wire until then, and for a tombstone).
+    #[serde(default, with = "timestamp_micros::option")]
+    pub edited: Option<DateTime<Utc>>,
+    /// Whether the sender deleted it: the body is gone and only this tombstone remains. On
+    /// the wire only when `true`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
 }
 
 impl Message {
+    /// A message as a store keeps it before any edit: not edited, not deleted.
+    pub fn new(
+        id: MessageId,
+        sender: Username,
+        recipient: Username,
+        created_at: DateTime<Utc>,
+        body: String,
+    ) -> Self {
+        Self {
+            id,
+            sender,
+            recipient,
+            created_at,
+            body,
+            edited: None,
+            deleted: false,
+        }
+    }
+
+    /// This message as a tombstone: the body gone, not edited, deleted.
+    pub fn into_tombstone(self) -> Self {
+        Self {
+            body: String::new(),
+            edited: None,
+            deleted: true,
+            ..self
+        }
+    }
+
     /// Whether `user` sent or received this message.
     pub fn involves(&self, user: &Username) -> bool {
         &self.sender == user || &self.recipient == user
@@ -348,6 +388,35 @@ pub mod timestamp_micros {
             .map(|ts| ts.with_timezone(&Utc))
             .map_err(serde::de::Error::custom)
     }
+
+    /// The same for an optional timestamp: `null` for `None`.
+    pub mod option {
+        use super::*;
+
+        /// Serializes `Some` in the wire format, `None` as `null`.
+        pub fn serialize<S: Serializer>(
+            ts: &Option<DateTime<Utc>>,
+            serializer: S,
+        ) -> Result<S::Ok, S::Error> {
+            match ts {
+                Some(ts) => super::serialize(ts, serializer),
+                None => serializer.serialize_none(),
+            }
+        }
+
+        /// Accepts `null` or any RFC 3339 timestamp.
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            deserializer: D,
+        ) -> Result<Option<DateTime<Utc>>, D::Error> {
+            let raw = Option::<std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+            raw.map(|raw| {
+                DateTime::parse_from_rfc3339(&raw)
+                    .map(|ts| ts.with_timezone(&Utc))
+                    .map_err(serde::de::Error::custom)
+            })
+            .transpose()
+        }
+    }
 }
 
 #[cfg(test)]
@@ -417,14 +486,33 @@ mod tests {
             recipient: Username::parse("bob").unwrap(),
             created_at: ts,
             body: "hi".into(),
+            edited: None,
+            deleted: false,
         };
         let json = serde_json::to_string(&m).unwrap();
         assert_eq!(
             json,
-            r#"{"id":17,"user":"alice","recipient":"bob","timestamp":"2026-11-28T10:00:00.123456Z","body":"hi"}"#
+            r#"{"id":17,"user":"alice","recipient":"bob","timestamp":"2026-11-28T10:00:00.123456Z","body":"hi","edited":null}"#
         );
         let back: Message = serde_json::from_str(&json).unwrap();
         assert_eq!(back, m);
+        let edited = Message {
+            edited: Some(ts),
+            ..m.clone()
+        };
+        let json = serde_json::to_string(&edited).unwrap();
+        assert!(
+            json.ends_with(r#""edited":"2026-11-28T10:00:00.123456Z"}"#),
+            "{json}"
+        );
+        assert_eq!(serde_json::from_str::<Message>(&json).unwrap(), edited);
+        let tombstone = edited.into_tombstone();
+        let json = serde_json::to_string(&tombstone).unwrap();
+        assert!(
+            json.ends_with(r#""body":"","edited":null,"deleted":true}"#),
+            "{json}"
+        );
+        assert_eq!(serde_json::from_str::<Message>(&json).unwrap(), tombstone);
         // Years beyond four digits are written whole, never cut short.
         let far = DateTime::parse_from_rfc3339("9999-12-31T23:59:59.999999Z")
             .unwrap()

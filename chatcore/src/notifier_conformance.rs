@@ -179,6 +179,8 @@ fn event(position: i64) -> Event {
         recipient: Username::parse("bob").expect("valid username"),
         created_at: now_micros(),
         body: format!("event {position}"),
+        edited: None,
+        deleted: false,
     })
 }
 
@@ -320,6 +322,8 @@ pub async fn frames_and_previous_arrive_unchanged(fixture: &dyn NotifierFixture,
             recipient: Username::parse("bob").expect("valid username"),
             created_at: now_micros(),
             body,
+            edited: None,
+            deleted: false,
         })
     };
     let raw = Event::from_frame(

@@ -446,6 +446,8 @@ mod tests {
             recipient: Username::parse("b").unwrap(),
             created_at: now_micros(),
             body: "x".into(),
+            edited: None,
+            deleted: false,
         })
     }
 

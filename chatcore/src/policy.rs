@@ -10,13 +10,15 @@ use async_trait::async_trait;
 
 use crate::{BoxError, Error, Result, User, Username};
 
-/// What a [`SendPolicy`] is asked about. Edits will be asked too once they exist, as a
-/// variant of their own.
+/// What a [`SendPolicy`] is asked about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum PolicyAction {
     /// A new message ([`crate::ChatService::send`]).
     Send,
+    /// A new body for a message its sender edits ([`crate::ChatService::edit_message`]); the
+    /// draft's recipient is the message's.
+    Edit,
 }
 
 /// A message about to be stored, as a [`SendPolicy`] sees it: the body is already trimmed and

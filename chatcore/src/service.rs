@@ -9,7 +9,10 @@ use crate::metrics::{SendOutcome, ServiceMetrics};
 use crate::notify::{Event, Notifier, Position, Recipient};
 use crate::policy::{PolicyAction, PolicyChain, PolicyCounts, PolicyFallback, SendPolicy};
 use crate::rate::SendRateLimiter;
-use crate::store::{InboxPage, InboxRequest, MessagePage, PageRequest, Store, StoredEvent, UserQuery};
+use crate::store::{
+    ChangedMessage, InboxPage, InboxRequest, MessageChange, MessagePage, PageRequest, Store, StoredEvent,
+    UserQuery,
+};
 use crate::{Entity, Error, Message, MessageId, NewMessage, Result, User, UserId, Username};
 
 /// Limits and defaults of a [`ChatService`]. Every field is public and documented with its
@@ -74,6 +77,14 @@ pub struct ChatConfig {
     /// What a policy that does not answer in time, or fails, decides. Default
     /// [`PolicyFallback::Allow`].
     pub policy_fallback: PolicyFallback,
+    /// How long after sending a message its sender may still edit it
+    /// ([`ChatService::edit_message`]); past it an edit is [`Error::Forbidden`]
+    /// ([`crate::Forbidden::EditWindowClosed`]). Deleting is never limited. `None`: no
+    /// window, edits are always allowed. When set, more than zero. Default `None`.
+    pub edit_window: Option<Duration>,
+    /// Messages read from storage per page of an export ([`ChatService::export_page`]): what
+    /// an export holds in memory at a time, whatever the size of the history. Default 500.
+    pub export_page: u32,
 }
 
 impl ChatConfig {
@@ -88,7 +99,8 @@ impl ChatConfig {
     /// assert!(chatcore::ChatConfig::default().validate().is_ok());
     /// ```
     pub fn validate(&self) -> Result<()> {
-        let positive: [(&str, u64); 11] = [
+        let positive: [(&str, u64); 12] = [
+            ("export_page", u64::from(self.export_page)),
             ("max_body_chars", self.max_body_chars as u64),
             ("default_page_size", u64::from(self.default_page_size)),
             ("max_page_size", u64::from(self.max_page_size)),
@@ -103,6 +115,17 @@ impl ChatConfig {
         ];
         if let Some((name, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(Error::invalid(format!("chat config: {name} must be at least 1")));
+        }
+        if self.edit_window.is_some_and(|window| window.is_zero()) {
+            return Err(Error::invalid(
+                "chat config: edit_window must be more than zero (leave it unset for no window)",
+            ));
+        }
+        if self
+            .edit_window
+            .is_some_and(|window| chrono::Duration::from_std(window).is_err())
+        {
+            return Err(Error::invalid("chat config: edit_window is too long"));
         }
         if self.policy_deadline.is_zero() {
             return Err(Error::invalid(
@@ -142,6 +165,8 @@ impl Default for ChatConfig {
             max_inbox_page: 100,
             policy_deadline: Duration::from_millis(500),
             policy_fallback: PolicyFallback::Allow,
+            edit_window: None,
+            export_page: 500,
         }
     }
 }
@@ -474,6 +499,137 @@ impl ChatService {
         })
     }
 
+    /// Replaces the body of message `id`, which `editor` sent: trimmed and checked like a
+    /// send's ([`ChatConfig::max_body_chars`]), asked of the send policies as a
+    /// [`PolicyAction::Edit`], then stored with [`Message::edited`] set. Both participants'
+    /// connections get an `edit` event, durable and in order with their other events; unread
+    /// counts do not change. Returns the message as edited.
+    ///
+    /// Errors: [`Error::Invalid`] for a body a send would refuse; [`Error::NotFound`]
+    /// ([`Entity::Message`]) when `editor` neither sent nor received `id` (the same answer
+    /// as a missing id), and for a message already deleted; [`Error::Forbidden`] when
+    /// `editor` only received it ([`crate::Forbidden::NotTheSender`]) or it is older than
+    /// [`ChatConfig::edit_window`] ([`crate::Forbidden::EditWindowClosed`]);
+    /// [`Error::Rejected`] when a policy refused the new body.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> chatcore::Result<()> {
+    /// use std::sync::Arc;
+    /// use chatcore::{ChatConfig, ChatService, Error, LocalNotifier, MemoryStore, SendRequest};
+    /// let chat = ChatService::new(Arc::new(MemoryStore::new()), Arc::new(LocalNotifier::default()), ChatConfig::default());
+    /// let alice = chat.create_user("alice").await?;
+    /// let bob = chat.create_user("bob").await?;
+    /// let sent = chat.send(&alice, SendRequest { recipient: "bob".into(), body: "helo".into(), ..Default::default() }).await?;
+    /// let edited = chat.edit_message(&alice, sent.message.id, " hello ").await?;
+    /// assert_eq!((edited.body.as_str(), edited.edited.is_some()), ("hello", true));
+    /// assert!(matches!(chat.edit_message(&bob, sent.message.id, "hi").await, Err(Error::Forbidden(_))));
+    /// # Ok(()) }
+    /// ```
+    pub async fn edit_message(&self, editor: &User, id: MessageId, body: &str) -> Result<Message> {
+        let body = crate::text::message_body(body, self.config.max_body_chars)?;
+        let body = if self.policies.is_empty() {
+            body
+        } else {
+            // The policies are told the recipient: one more read, only for hosts with policies.
+            let message = self.message(editor, id).await?;
+            if message.sender != editor.username {
+                return Err(Error::Forbidden(crate::Forbidden::NotTheSender));
+            }
+            self.policies
+                .decide(PolicyAction::Edit, editor, &message.recipient, body)
+                .await?
+        };
+        let not_before = self
+            .config
+            .edit_window
+            .and_then(|window| chrono::Duration::from_std(window).ok())
+            .map(|window| crate::now_micros() - window);
+        let change = MessageChange::Edit { body, not_before };
+        self.change_and_notify(editor, id, &change).await
+    }
+
+    /// Deletes message `id`, which `sender` sent: its body is removed from storage for good
+    /// and it stays in every history as a tombstone ([`Message::into_tombstone`]). Both
+    /// participants' connections get a `delete` event, durable and in order; unread counts do
+    /// not change. Deleting it again changes nothing and succeeds. Returns the tombstone.
+    ///
+    /// Errors: [`Error::NotFound`] ([`Entity::Message`]) when `sender` neither sent nor
+    /// received `id`; [`Error::Forbidden`] ([`crate::Forbidden::NotTheSender`]) when they
+    /// only received it.
+    pub async fn delete_message(&self, sender: &User, id: MessageId) -> Result<Message> {
+        self.change_and_notify(sender, id, &MessageChange::Delete).await
+    }
+
+    async fn change_and_notify(
+        &self,
+        sender: &User,
+        id: MessageId,
+        change: &MessageChange,
+    ) -> Result<Message> {
+        let changed = self.store.change_message(sender.id, id, change).await?;
+        if let Some(event) = &changed.event {
+            let stored = ChangedMessage {
+                position: event.position,
+                message: changed.message.clone(),
+            };
+            let rendered = match change {
+                MessageChange::Edit { .. } => Event::edit(&stored),
+                MessageChange::Delete => Event::delete(&stored),
+            };
+            let sender_end = Recipient {
+                user: sender.id,
+                previous: Some(event.sender_previous),
+            };
+            let recipient_end = Recipient {
+                user: event.recipient_id,
+                previous: Some(event.recipient_previous),
+            };
+            let both = [sender_end, recipient_end];
+            let recipients: &[Recipient] = if sender.id == event.recipient_id {
+                &both[..1]
+            } else {
+                &both
+            };
+            if let Err(error) = self.notifier.publish(recipients, &rendered).await {
+                // Stored: connected clients catch up on reconnect.
+                tracing::warn!(%error, position = %event.position, "message change stored but not notified");
+            }
+        }
+        Ok(changed.message)
+    }
+
+    /// One page of `user`'s export: every message they sent or received (tombstones
+    /// included), newest first, at most [`ChatConfig::export_page`], older than `before`
+    /// (the oldest id of the previous page; `None` to start). An empty page ends the export.
+    /// A host streams the pages one after the other, so an export of any size holds one page
+    /// in memory; messages stored after the export started are not in it.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> chatcore::Result<()> {
+    /// use std::sync::Arc;
+    /// use chatcore::{ChatConfig, ChatService, LocalNotifier, MemoryStore, SendRequest};
+    /// let config = ChatConfig { export_page: 2, ..Default::default() };
+    /// let chat = ChatService::new(Arc::new(MemoryStore::new()), Arc::new(LocalNotifier::default()), config);
+    /// let alice = chat.create_user("alice").await?;
+    /// chat.create_user("bob").await?;
+    /// for body in ["1", "2", "3"] {
+    ///     chat.send(&alice, SendRequest { recipient: "bob".into(), body: body.into(), ..Default::default() }).await?;
+    /// }
+    /// let first = chat.export_page(&alice, None).await?;
+    /// let second = chat.export_page(&alice, first.last().map(|m| m.id)).await?;
+    /// assert_eq!((first.len(), second.len()), (2, 1));
+    /// assert!(chat.export_page(&alice, second.last().map(|m| m.id)).await?.is_empty());
+    /// # Ok(()) }
+    /// ```
+    pub async fn export_page(&self, user: &User, before: Option<MessageId>) -> Result<Vec<Message>> {
+        let page = PageRequest {
+            before,
+            offset: 0,
+            limit: self.config.export_page.max(1),
+        };
+        Ok(self.store.user_messages(user.id, &page).await?.messages)
+    }
+
     /// A page of the conversation between `viewer` and `other`, newest first.
     pub async fn conversation(&self, viewer: &User, other: &str, query: HistoryQuery) -> Result<MessagePage> {
         let other = Username::parse(other).map_err(|_| Error::NotFound(Entity::User))?;
@@ -625,9 +781,7 @@ impl ChatService {
             .iter()
             .take_while(|event| {
                 let within = bytes < self.config.catch_up_page_bytes;
-                if let StoredEvent::Message(m) = event {
-                    bytes = bytes.saturating_add(m.body.len());
-                }
+                bytes = bytes.saturating_add(event.body_len());
                 within
             })
             .count()

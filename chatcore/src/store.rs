@@ -131,6 +131,18 @@ pub struct ReadMarker {
     pub up_to: MessageId,
 }
 
+/// A message its sender edited or deleted: a durable event of both participants, at its own
+/// position in each one's stream (rendered by [`crate::Event::edit`] and
+/// [`crate::Event::delete`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangedMessage {
+    /// The event's position.
+    pub position: Position,
+    /// The message as it is now: read back later, an edit event shows the latest text (or
+    /// the tombstone, once deleted), so a replay never brings back text that is gone.
+    pub message: Message,
+}
+
 /// A durable event as a store keeps it and reads it back ([`Store::events_after`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -139,6 +151,10 @@ pub enum StoredEvent {
     Message(Message),
     /// A read marker moved.
     Read(ReadMarker),
+    /// A message was edited by its sender.
+    Edit(ChangedMessage),
+    /// A message was deleted by its sender (the message is its tombstone).
+    Delete(ChangedMessage),
 }
 
 impl StoredEvent {
@@ -147,6 +163,7 @@ impl StoredEvent {
         match self {
             StoredEvent::Message(message) => Position::from(message.id),
             StoredEvent::Read(marker) => marker.position,
+            StoredEvent::Edit(changed) | StoredEvent::Delete(changed) => changed.position,
         }
     }
 
@@ -155,8 +172,58 @@ impl StoredEvent {
         match self {
             StoredEvent::Message(message) => crate::Event::message(message),
             StoredEvent::Read(marker) => crate::Event::read(marker),
+            StoredEvent::Edit(changed) => crate::Event::edit(changed),
+            StoredEvent::Delete(changed) => crate::Event::delete(changed),
         }
     }
+
+    /// The bytes of message text the event carries (what a catch-up page is bounded by).
+    pub fn body_len(&self) -> usize {
+        match self {
+            StoredEvent::Message(message) => message.body.len(),
+            StoredEvent::Edit(changed) | StoredEvent::Delete(changed) => changed.message.body.len(),
+            StoredEvent::Read(_) => 0,
+        }
+    }
+}
+
+/// What a sender asks to do to one of their messages ([`Store::change_message`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MessageChange {
+    /// Replace the body (already trimmed and checked by the service).
+    Edit {
+        /// The new body.
+        body: String,
+        /// The edit window: a message created before this instant is not edited
+        /// ([`crate::Forbidden::EditWindowClosed`]). `None`: no window.
+        not_before: Option<DateTime<Utc>>,
+    },
+    /// Delete the body for good and keep a tombstone.
+    Delete,
+}
+
+/// What [`Store::change_message`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Changed {
+    /// The message now: edited, or the tombstone.
+    pub message: Message,
+    /// Set when something changed: the durable event stored for it. `None` for the deletion
+    /// of a message already deleted.
+    pub event: Option<ChangeEvent>,
+}
+
+/// The durable event of an edit or a deletion, with what the publisher needs to notify both
+/// participants in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeEvent {
+    /// The event's position in both participants' streams.
+    pub position: Position,
+    /// The recipient's id (the sender's for a note to self).
+    pub recipient_id: UserId,
+    /// The position of the sender's durable event just before this one.
+    pub sender_previous: Position,
+    /// The same for the recipient (equal to `sender_previous` for a note to self).
+    pub recipient_previous: Position,
 }
 
 /// What [`Store::mark_read`] did.
@@ -282,7 +349,7 @@ pub trait Store: Send + Sync + 'static {
     async fn latest_position(&self, user: UserId) -> Result<Position>;
 
     /// Up to `limit` of `user`'s durable events (messages they sent or received, read markers
-    /// of their conversations that moved) with a position greater than `after`, oldest first,
+    /// of their conversations that moved, edits and deletions of their messages) with a position greater than `after`, oldest first,
     /// read from one consistent view: the catch-up of a reconnecting client. Never returns a
     /// position while a smaller one of the same user may still appear (trait docs,
     /// "Positions").
@@ -309,6 +376,26 @@ pub trait Store: Send + Sync + 'static {
     /// Errors: [`crate::Error::NotFound`] with [`crate::Entity::User`] for an unknown `peer`,
     /// with [`crate::Entity::Message`] when `up_to` is not a message between the two.
     async fn mark_read(&self, reader: &User, peer: &Username, up_to: MessageId) -> Result<MarkedRead>;
+
+    /// Applies `change` to message `id` on behalf of `sender`, in one transaction, and keeps
+    /// a durable event of it for both participants at the next position of each one's stream
+    /// (trait docs, "Positions"), visible in the host feed ([`Store::feed_after`]) too.
+    ///
+    /// - An edit replaces the body and sets [`Message::edited`] to the commit time.
+    /// - A deletion removes the body from storage for good (not only hidden) and keeps the
+    ///   tombstone ([`Message::into_tombstone`]) with its id, participants and timestamp, in
+    ///   its place in every history. Deleting a tombstone again changes nothing, stores no
+    ///   event and answers the tombstone (`event: None`).
+    /// - Neither changes any unread count or read marker; the inbox shows the message as it
+    ///   is now (an edited or deleted newest message shows edited or deleted).
+    ///
+    /// Errors, checked in this order: [`crate::Error::NotFound`] ([`crate::Entity::Message`])
+    /// when `id` is not a message `sender` sent or received (the same answer as a missing id,
+    /// so ids cannot be probed); [`crate::Error::Forbidden`]
+    /// ([`crate::Forbidden::NotTheSender`]) when `sender` only received it;
+    /// [`crate::Error::NotFound`] for an edit of a tombstone; [`crate::Forbidden::EditWindowClosed`]
+    /// for an edit of a message created before `not_before`.
+    async fn change_message(&self, sender: UserId, id: MessageId, change: &MessageChange) -> Result<Changed>;
 
     /// Up to `limit` durable events of every user (messages, read markers that moved) with a
     /// position greater than `after`, oldest first, each once (a message is one event, not

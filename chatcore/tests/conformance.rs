@@ -28,8 +28,8 @@ mod reordering {
 
     use async_trait::async_trait;
     use chatcore::store::{
-        InboxPage, InboxRequest, Inserted, MarkedRead, MessagePage, PageRequest, Store, StoredEvent,
-        UserQuery,
+        Changed, InboxPage, InboxRequest, Inserted, MarkedRead, MessageChange, MessagePage, PageRequest,
+        Store, StoredEvent, UserQuery,
     };
     use chatcore::{
         Entity, Error, MemoryStore, Message, MessageId, NewMessage, Position, Result, User, UserId, Username,
@@ -140,6 +140,8 @@ mod reordering {
                 recipient: recipient.username.clone(),
                 created_at: now_micros(),
                 body: new.body,
+                edited: None,
+                deleted: false,
             };
             let mut published = self.published();
             published
@@ -198,6 +200,9 @@ mod reordering {
                 read_up_to: up_to,
                 moved: None,
             })
+        }
+        async fn change_message(&self, _: UserId, _: MessageId, _: &MessageChange) -> Result<Changed> {
+            Err(Error::bug("not kept by this test store"))
         }
         async fn feed_after(&self, after: Position, limit: u32) -> Result<Vec<StoredEvent>> {
             Ok(self

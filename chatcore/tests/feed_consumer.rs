@@ -6,7 +6,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use chatcore::store::{InboxPage, InboxRequest, Inserted, MarkedRead, MessagePage, PageRequest, UserQuery};
+use chatcore::store::{
+    Changed, InboxPage, InboxRequest, Inserted, MarkedRead, MessageChange, MessagePage, PageRequest,
+    UserQuery,
+};
 use chatcore::{
     BoxError, Error, FeedConsumer, FeedConsumerConfig, FeedHandler, MemoryStore, Message, MessageId,
     NewMessage, Position, Store, StoredEvent, User, UserId, Username,
@@ -233,6 +236,14 @@ impl Store for Flaky {
     }
     async fn message_for(&self, viewer: UserId, id: MessageId) -> chatcore::Result<Option<Message>> {
         self.inner.message_for(viewer, id).await
+    }
+    async fn change_message(
+        &self,
+        sender: UserId,
+        id: MessageId,
+        change: &MessageChange,
+    ) -> chatcore::Result<Changed> {
+        self.inner.change_message(sender, id, change).await
     }
     async fn conversation_page(
         &self,

@@ -262,3 +262,46 @@ fn a_zero_policy_deadline_is_refused_where_the_config_is_built() {
     let err = config.validate().unwrap_err();
     assert!(err.to_string().contains("policy_deadline"), "{err}");
 }
+
+/// Edits are asked too, as [`PolicyAction::Edit`] with the message's recipient: a refused
+/// edit changes nothing, a rewrite is what is stored; the recipient is refused before any
+/// policy is asked.
+#[tokio::test]
+async fn edits_are_asked_of_the_policies() {
+    let recorder = Arc::new(Recorder::default());
+    let chat = service(ChatConfig::default())
+        .with_send_policy(recorder.clone())
+        .with_send_policy(Arc::new(Moderator));
+    let (alice, bob) = pair(&chat).await;
+    let sent = chat.send(&alice, to("bob", "hello")).await.unwrap();
+    let id = sent.message.id;
+    let refused = chat.edit_message(&alice, id, "buy spam").await.unwrap_err();
+    assert!(
+        matches!(&refused, Error::Rejected(r) if r.kind == RejectionKind::Unprocessable),
+        "{refused:?}"
+    );
+    assert_eq!(stored_bodies(&chat, &bob, "alice").await, ["hello"]);
+    let edited = chat.edit_message(&alice, id, " oh darn ").await.unwrap();
+    assert_eq!(edited.body, "oh d*rn");
+    assert_eq!(stored_bodies(&chat, &bob, "alice").await, ["oh d*rn"]);
+    let by_bob = chat.edit_message(&bob, id, "mine now").await.unwrap_err();
+    assert!(
+        matches!(by_bob, Error::Forbidden(chatcore::Forbidden::NotTheSender)),
+        "{by_bob:?}"
+    );
+    let seen = recorder.seen.lock().unwrap().clone();
+    assert_eq!(
+        seen.len(),
+        3,
+        "the send and two edits, not the recipient's attempt"
+    );
+    assert_eq!(
+        seen[2],
+        (
+            PolicyAction::Edit,
+            "alice".to_owned(),
+            "bob".to_owned(),
+            "oh darn".to_owned()
+        )
+    );
+}

@@ -18,7 +18,7 @@ use super::app::*;
 use super::stores::TestStore;
 
 /// The JSON error body of a response, checking its shape.
-async fn error_of(response: reqwest::Response, status: u16) -> String {
+pub(crate) async fn error_of(response: reqwest::Response, status: u16) -> String {
     assert_eq!(response.status().as_u16(), status, "status");
     assert!(
         response.headers()["content-type"]
@@ -836,8 +836,8 @@ pub async fn unknown_paths_and_wrong_methods_answer_json(store: Arc<dyn Backend>
         (reqwest::Method::DELETE, "/api/v1/message/"),
         (reqwest::Method::PUT, "/api/v1/message"),
         (reqwest::Method::POST, "/api/v1/user/"),
-        (reqwest::Method::DELETE, "/api/v1/message/1/"),
-        (reqwest::Method::PATCH, "/api/v1/message/1"),
+        (reqwest::Method::PUT, "/api/v1/message/1/"),
+        (reqwest::Method::POST, "/api/v1/message/1"),
         (reqwest::Method::POST, "/ws"),
         (reqwest::Method::GET, "/api/v1/auth/login"),
         (reqwest::Method::DELETE, "/api/v1/auth/logout/"),
@@ -1837,7 +1837,7 @@ pub async fn reconnecting_client_gets_every_message_once_in_order(store: Arc<dyn
 }
 
 /// GET a path as the owner of `token`; the status and the JSON body.
-async fn get_json(app: &TestApp, token: &str, path: &str) -> (u16, Value) {
+pub(crate) async fn get_json(app: &TestApp, token: &str, path: &str) -> (u16, Value) {
     let response = app.client(token).get(app.url(path)).send().await.unwrap();
     let status = response.status().as_u16();
     (status, response.json().await.unwrap())

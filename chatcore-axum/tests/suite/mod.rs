@@ -6,6 +6,7 @@
 
 pub mod app;
 pub mod cases;
+pub mod controls;
 pub mod stores;
 
 /// One `#[tokio::test]` per case of the suite, each on a fresh store from `$factory`
@@ -50,6 +51,22 @@ macro_rules! api_suite {
             read_events_are_replayed_by_since_in_order,
             auth_session_names_the_caller,
         );
+        $crate::api_suite!(@controls $factory;
+            edit_and_delete_answer_by_role,
+            edits_and_deletes_reach_both_sockets_and_are_replayed,
+            the_edit_window_answers_403_past_it,
+            an_edit_window_allows_edits_within_it,
+            export_streams_the_whole_history_page_by_page,
+        );
+    };
+    (@controls $factory:path; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                $crate::suite::app::init_logs();
+                $crate::suite::controls::$case($factory().await).await;
+            }
+        )*
     };
     (@cases $factory:path; $($case:ident),* $(,)?) => {
         $(

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use chatcore::store::{
-    Credentials, InboxPage, InboxRequest, Inserted, MarkedRead, MessagePage, MigrationReport, PageRequest,
-    SessionRecord, StoredEvent, TokenHash, UserQuery,
+    Changed, Credentials, InboxPage, InboxRequest, Inserted, MarkedRead, MessageChange, MessagePage,
+    MigrationReport, PageRequest, SessionRecord, StoredEvent, TokenHash, UserQuery,
 };
 use chatcore::{
     Backend, Error, Message, MessageId, NewMessage, Position, SessionStore, Store, User, UserId, Username,
@@ -170,6 +170,15 @@ impl Store for TestStore {
     ) -> chatcore::Result<MarkedRead> {
         self.check(&self.down)?;
         self.inner.mark_read(reader, peer, up_to).await
+    }
+    async fn change_message(
+        &self,
+        sender: UserId,
+        id: MessageId,
+        change: &MessageChange,
+    ) -> chatcore::Result<Changed> {
+        self.check(&self.down)?;
+        self.inner.change_message(sender, id, change).await
     }
     async fn feed_after(&self, after: Position, limit: u32) -> chatcore::Result<Vec<StoredEvent>> {
         self.check(&self.down)?;

@@ -10,9 +10,10 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::Receiver;
 use std::time::Instant;
 
-use chatcore::store::{Inserted, MarkedRead, MovedMarker, ReadMarker};
+use chatcore::store::{ChangeEvent, Changed, Inserted, MarkedRead, MessageChange, MovedMarker, ReadMarker};
 use chatcore::{
-    ConversationKey, Entity, Error, Message, MessageId, NewMessage, Position, Result, User, UserId, Username,
+    ConversationKey, Entity, Error, Forbidden, Message, MessageId, NewMessage, Position, Result, User,
+    UserId, Username,
 };
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension};
@@ -111,7 +112,6 @@ impl Writer {
         self.pending_ids.clear();
         self.conversation_tails.clear();
         self.user_tails.clear();
-        self.inbox_tails.clear();
         let result = self.apply_all(ops, created_at);
         match &result {
             Ok(_) => {
@@ -151,25 +151,39 @@ impl Writer {
         Ok(outcomes)
     }
 
-    /// Adds the batch's counter increments and newest ids, one upsert per conversation, per
-    /// user and per inbox row.
+    /// Adds the batch's counter increments and newest ids, one upsert per conversation and
+    /// per user, and moves each conversation's entry in its participants' activity trees
+    /// once, from its newest id before the batch to its newest id now.
     fn flush_counts(&mut self) -> rusqlite::Result<()> {
         let conn = &self.ctx.conn;
         if !self.conversation_tails.is_empty() {
             let mut add = conn.prepare_cached(sql::ADD_CONVERSATION_COUNT)?;
-            let mut join = conn.prepare_cached(sql::ADD_USER_CONVERSATION)?;
+            let mut insert = conn.prepare_cached(sql::INSERT_ACTIVITY)?;
+            let mut move_to = conn.prepare_cached(sql::MOVE_ACTIVITY)?;
             for (key, tail) in self.conversation_tails.drain() {
                 if tail.added == 0 {
                     continue;
                 }
                 let (low, high) = (key.low().0, key.high().0);
                 add.execute([low, high, tail.added, tail.last_id, tail.low_added])?;
-                // A new conversation: list it under each participant, once.
-                if tail.count == 0 {
-                    join.execute([low, low, high])?;
-                    if high != low {
-                        join.execute([high, low, high])?;
+                let sides: &[(i64, i64)] = if low == high {
+                    &[(low, high)]
+                } else {
+                    &[(low, high), (high, low)]
+                };
+                for &(user, peer) in sides {
+                    // Before its first message a conversation has no entry; after it, its
+                    // entry sits at the newest id its row held.
+                    let moved = tail.count > 0 && move_to.execute([user, tail.stored_last_id])? == 1;
+                    if tail.count > 0 && !moved {
+                        tracing::warn!(
+                            user,
+                            peer,
+                            last_id = tail.stored_last_id,
+                            "a conversation had no activity entry at its newest id; adding one"
+                        );
                     }
+                    insert.execute([user, tail.last_id, peer])?;
                 }
             }
         }
@@ -180,18 +194,6 @@ impl Writer {
                     continue;
                 }
                 stmt.execute([user.0, tail.added, tail.last_id, tail.unread])?;
-            }
-        }
-        if !self.inbox_tails.is_empty() {
-            let mut stmt = conn.prepare_cached(sql::UPSERT_INBOX)?;
-            for ((user, peer), tail) in self.inbox_tails.drain() {
-                stmt.execute(rusqlite::params![
-                    user.0,
-                    peer.0,
-                    tail.last_id,
-                    tail.unread,
-                    tail.read_up_to
-                ])?;
             }
         }
         Ok(())
@@ -282,13 +284,110 @@ impl Writer {
             WriteOp::MarkRead {
                 reader, peer, up_to, ..
             } => Ok(Outcome::Marked(self.mark_read(reader, peer, *up_to)?)),
+            WriteOp::Change {
+                sender, id, change, ..
+            } => Ok(Outcome::Changed(self.change(*sender, *id, change, created_at)?)),
         }
     }
 
+    /// Edits or deletes message `id` for `sender` (`Store::change_message`'s rules, in its
+    /// order) and stores the event for both participants at the next position. A message
+    /// queued in the same batch is already in the table.
+    fn change(
+        &mut self,
+        sender: UserId,
+        id: MessageId,
+        change: &MessageChange,
+        at: DateTime<Utc>,
+    ) -> rusqlite::Result<Result<Changed>> {
+        let conn = &self.ctx.conn;
+        let found = conn
+            .prepare_cached(sql::MESSAGE_TO_CHANGE)?
+            .query_row([id.0], |row| {
+                Ok((
+                    reader::message_from_row(row)?,
+                    UserId(row.get(7)?),
+                    UserId(row.get(8)?),
+                ))
+            })
+            .optional()?;
+        let Some((message, sender_id, recipient_id)) = found else {
+            return Ok(Err(Error::NotFound(Entity::Message)));
+        };
+        if sender != sender_id {
+            return Ok(Err(if sender == recipient_id {
+                Error::Forbidden(Forbidden::NotTheSender)
+            } else {
+                Error::NotFound(Entity::Message)
+            }));
+        }
+        if message.deleted {
+            return Ok(match change {
+                MessageChange::Edit { .. } => Err(Error::NotFound(Entity::Message)),
+                MessageChange::Delete => Ok(Changed { message, event: None }),
+            });
+        }
+        if let MessageChange::Edit {
+            not_before: Some(not_before),
+            ..
+        } = change
+            && message.created_at < *not_before
+        {
+            return Ok(Err(Error::Forbidden(Forbidden::EditWindowClosed)));
+        }
+        let sender_previous = user_tail(conn, &mut self.user_tails, sender_id)?.last_id;
+        let recipient_previous = if recipient_id == sender_id {
+            sender_previous
+        } else {
+            user_tail(conn, &mut self.user_tails, recipient_id)?.last_id
+        };
+        let position = self.next_position()?;
+        let conn = &self.ctx.conn;
+        let message = match change {
+            MessageChange::Edit { body, .. } => {
+                conn.prepare_cached(sql::EDIT_MESSAGE)?
+                    .execute(rusqlite::params![id.0, body, reader::datetime_to_micros(&at)])?;
+                Message {
+                    body: body.clone(),
+                    edited: Some(at),
+                    ..message
+                }
+            }
+            MessageChange::Delete => {
+                conn.prepare_cached(sql::DELETE_MESSAGE)?.execute([id.0])?;
+                message.into_tombstone()
+            }
+        };
+        conn.prepare_cached(sql::INSERT_CHANGE)?.execute([
+            position,
+            id.0,
+            sender_id.0,
+            recipient_id.0,
+            i64::from(message.deleted),
+        ])?;
+        for user in [sender_id, recipient_id] {
+            // Read above, so the entry is there.
+            let tail = self.user_tails.entry(user).or_default();
+            tail.last_id = position;
+            tail.changed = true;
+        }
+        Ok(Ok(Changed {
+            message,
+            event: Some(ChangeEvent {
+                position: Position(position),
+                recipient_id,
+                sender_previous: Position(sender_previous),
+                recipient_previous: Position(recipient_previous),
+            }),
+        }))
+    }
+
     /// Moves `reader`'s marker on their conversation with `peer` up to `up_to` (never back),
-    /// takes unread off by the peer's messages it passes over and stores the read event for
-    /// both users at the next position. What this batch already changed in the inbox row is
-    /// still in memory (`inbox_tails`), so it is read over the stored row.
+    /// takes the peer's messages it passes over off the reader's unread total and stores the
+    /// read event for both users at the next position. The conversation's unread count is
+    /// the peer's messages (from its row, with this batch's sends still in memory in
+    /// `conversation_tails`) less those the marker covers; the marker is written at once, so
+    /// a later mark of the batch reads it back.
     fn mark_read(
         &mut self,
         reader: &User,
@@ -306,47 +405,31 @@ impl Writer {
         if (target.low, target.high) != (key.low().0, key.high().0) {
             return Ok(Err(Error::NotFound(Entity::Message)));
         }
-        let stored: Option<(i64, Option<i64>)> = conn
-            .prepare_cached(sql::INBOX_ENTRY)?
+        let marker: Option<(i64, i64)> = conn
+            .prepare_cached(sql::READ_MARKER)?
             .query_row([reader.id.0, peer.id.0], |row| Ok((row.get(0)?, row.get(1)?)))
             .optional()?;
-        let pending = self.inbox_tails.get(&(reader.id, peer.id));
-        if stored.is_none() && pending.is_none() {
-            // The message is theirs, so the conversation has an inbox row: a broken file.
-            return Ok(Err(Error::Corrupt {
-                message: format!("message {} has no inbox row for user {}", up_to.0, reader.id.0),
-                source: None,
-            }));
-        }
-        let (stored_unread, stored_marker) = stored.unwrap_or((0, None));
-        let unread = stored_unread + pending.map_or(0, |p| p.unread);
-        let marker = pending.and_then(|p| p.read_up_to).or(stored_marker);
+        let (marker, seen) = marker.map_or((None, 0), |(up_to, seen)| (Some(up_to), seen));
+        let note_to_self = peer.id == reader.id;
+        let peer_sent = if note_to_self {
+            0
+        } else {
+            let tail = conversation_tail(conn, &mut self.conversation_tails, key)?;
+            tail.sent_by(key, peer.id.0)
+        };
         if let Some(marker) = marker
             && marker >= up_to.0
         {
             return Ok(Ok(MarkedRead {
-                unread: unread.max(0) as u64,
+                unread: (peer_sent - seen).max(0) as u64,
                 read_up_to: MessageId(marker),
                 moved: None,
             }));
         }
-        let passed = if peer.id == reader.id {
-            0
-        } else {
-            let before = match marker {
-                Some(marker) => match message_place(conn, marker)? {
-                    Some(at) => at.sent_by(peer.id.0),
-                    None => {
-                        return Ok(Err(Error::Corrupt {
-                            message: format!("read marker {marker} names no message"),
-                            source: None,
-                        }));
-                    }
-                },
-                None => 0,
-            };
-            target.sent_by(peer.id.0) - before
-        };
+        let now_seen = target.sent_by(peer.id.0);
+        let passed = if note_to_self { 0 } else { now_seen - seen };
+        conn.prepare_cached(sql::SAVE_READ_MARKER)?
+            .execute([reader.id.0, peer.id.0, up_to.0, now_seen])?;
         let reader_previous = user_tail(conn, &mut self.user_tails, reader.id)?.last_id;
         let peer_previous = if peer.id == reader.id {
             reader_previous
@@ -364,11 +447,12 @@ impl Writer {
             tail.changed = true;
         }
         self.user_tails.entry(reader.id).or_default().unread -= passed;
-        let inbox = self.inbox_tails.entry((reader.id, peer.id)).or_default();
-        inbox.unread -= passed;
-        inbox.read_up_to = Some(up_to.0);
         Ok(Ok(MarkedRead {
-            unread: (unread - passed).max(0) as u64,
+            unread: if note_to_self {
+                0
+            } else {
+                (peer_sent - now_seen).max(0) as u64
+            },
             read_up_to: up_to,
             moved: Some(MovedMarker {
                 marker: ReadMarker {
@@ -398,7 +482,7 @@ impl Writer {
             let earlier = conn
                 .prepare_cached(sql::IDEMPOTENT_MESSAGE)?
                 .query_row(rusqlite::params![sender_id.0, key], |row| {
-                    Ok((reader::message_from_row(row)?, UserId(row.get(5)?)))
+                    Ok((reader::message_from_row(row)?, UserId(row.get(7)?)))
                 })
                 .optional()?;
             // The earlier message and its recipient, whom the retry may have named differently.
@@ -424,23 +508,7 @@ impl Writer {
         let (low, high) = (key.low().0, key.high().0);
         let id = self.next_position()?;
         let conn = &self.ctx.conn;
-        let tail = match self.conversation_tails.entry(key) {
-            Entry::Occupied(entry) => entry.into_mut(),
-            Entry::Vacant(entry) => {
-                let (count, last_id, low_count) = conn
-                    .prepare_cached(sql::CONVERSATION_TAIL_COUNTS)?
-                    .query_row([low, high], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
-                    .optional()?
-                    .unwrap_or((0, 0, 0));
-                entry.insert(Tail {
-                    count,
-                    low_count,
-                    added: 0,
-                    low_added: 0,
-                    last_id,
-                })
-            }
-        };
+        let tail = conversation_tail(conn, &mut self.conversation_tails, key)?;
         let seq = tail.count + tail.added + 1;
         let from_low = tail.low_count + tail.low_added;
         let sender_seq = if sender_id.0 == low {
@@ -490,14 +558,7 @@ impl Writer {
             tail.last_id = id;
             tail.changed = true;
         }
-        self.inbox_tails
-            .entry((sender_id, recipient_id))
-            .or_default()
-            .last_id = id;
         if recipient_id != sender_id {
-            let theirs = self.inbox_tails.entry((recipient_id, sender_id)).or_default();
-            theirs.last_id = id;
-            theirs.unread += 1;
             self.user_tails.entry(recipient_id).or_default().unread += 1;
         }
         Ok(Ok(Inserted {
@@ -508,6 +569,8 @@ impl Writer {
                 recipient: recipient.username,
                 created_at,
                 body: new.body.clone(),
+                edited: None,
+                deleted: false,
             },
             recipient_id,
             replayed: false,
@@ -608,14 +671,56 @@ fn commit_or_retry(
 }
 
 /// A conversation's chain in the open transaction: its message count before it and how many
-/// of those `conv_low` sent, the messages it added and how many of them `conv_low` sent, and
-/// its newest id (`0` for none).
+/// of those `conv_low` sent, the messages it added and how many of them `conv_low` sent, its
+/// newest id before it (where its activity entries sit) and now (`0` for none).
 pub(super) struct Tail {
     count: i64,
     low_count: i64,
     added: i64,
     low_added: i64,
+    stored_last_id: i64,
     last_id: i64,
+}
+
+impl Tail {
+    /// How many of the conversation's messages `user` (one of its two sides) has sent so far.
+    fn sent_by(&self, key: ConversationKey, user: i64) -> i64 {
+        let from_low = self.low_count + self.low_added;
+        if user == key.low().0 {
+            from_low
+        } else {
+            self.count + self.added - from_low
+        }
+    }
+}
+
+/// Where conversation `key` stands in the open transaction: read from its row (a primary-key
+/// lookup) the first time the batch meets it.
+fn conversation_tail<'t>(
+    conn: &Connection,
+    tails: &'t mut HashMap<ConversationKey, Tail>,
+    key: ConversationKey,
+) -> rusqlite::Result<&'t mut Tail> {
+    Ok(match tails.entry(key) {
+        Entry::Occupied(entry) => entry.into_mut(),
+        Entry::Vacant(entry) => {
+            let (count, last_id, low_count) = conn
+                .prepare_cached(sql::CONVERSATION_TAIL_COUNTS)?
+                .query_row([key.low().0, key.high().0], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                })
+                .optional()?
+                .unwrap_or((0, 0, 0));
+            entry.insert(Tail {
+                count,
+                low_count,
+                added: 0,
+                low_added: 0,
+                stored_last_id: last_id,
+                last_id,
+            })
+        }
+    })
 }
 
 /// A user in the open transaction: the messages it added, the user's newest position (`0`
@@ -626,16 +731,6 @@ pub(super) struct UserTail {
     last_id: i64,
     unread: i64,
     changed: bool,
-}
-
-/// An inbox row's changes in the open transaction: the conversation's newest id (`0`: no
-/// message in it yet), unread added (less the messages a marker passed over), and the marker
-/// if it moved.
-#[derive(Default)]
-pub(super) struct InboxTail {
-    last_id: i64,
-    unread: i64,
-    read_up_to: Option<i64>,
 }
 
 /// Where a message sits: its conversation, sender and numbers (`chatcore_messages` columns).

@@ -19,7 +19,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::mpsc::{self, Receiver, Sender};
 
 use chatcore::metrics::StoreMetrics;
-use chatcore::store::{Inserted, MarkedRead};
+use chatcore::store::{Changed, Inserted, MarkedRead, MessageChange};
 use chatcore::{
     ConversationKey, Error, MessageId, MigrationReport, NewMessage, Result, User, UserId, Username,
 };
@@ -32,7 +32,7 @@ use crate::reader::{ReadCtx, ReadJob};
 
 pub(crate) use connection::{open_connection, open_reader_connection};
 
-use batch::{InboxTail, Tail, UserTail};
+use batch::{Tail, UserTail};
 use durability::{Backlog, Committed};
 
 /// Where a job's answer goes.
@@ -71,6 +71,13 @@ pub(crate) enum WriteOp {
         up_to: MessageId,
         reply: Reply<MarkedRead>,
     },
+    /// An edit or a deletion (`Store::change_message`).
+    Change {
+        sender: UserId,
+        id: MessageId,
+        change: MessageChange,
+        reply: Reply<Changed>,
+    },
     /// A feed consumer's checkpoint (`Store::save_checkpoint`).
     SaveCheckpoint {
         name: String,
@@ -96,6 +103,7 @@ pub(crate) enum Outcome {
     Count(Result<u64>),
     Inserted(Result<Inserted>),
     Marked(Result<MarkedRead>),
+    Changed(Result<Changed>),
 }
 
 impl WriteOp {
@@ -121,6 +129,9 @@ impl WriteOp {
             (WriteOp::MarkRead { reply, .. }, Outcome::Marked(result)) => {
                 let _ = reply.send(result);
             }
+            (WriteOp::Change { reply, .. }, Outcome::Changed(result)) => {
+                let _ = reply.send(result);
+            }
             (op, _) => op.fail(Error::bug("writer outcome does not match its job")),
         }
     }
@@ -142,6 +153,9 @@ impl WriteOp {
                 let _ = reply.send(Err(error));
             }
             WriteOp::MarkRead { reply, .. } => {
+                let _ = reply.send(Err(error));
+            }
+            WriteOp::Change { reply, .. } => {
                 let _ = reply.send(Err(error));
             }
         }
@@ -181,9 +195,6 @@ pub(crate) struct Writer {
     conversation_tails: HashMap<ConversationKey, Tail>,
     /// Where each user's events and unread total stand in the open transaction.
     user_tails: HashMap<UserId, UserTail>,
-    /// Each inbox row's changes in the open transaction, by (user, peer): written once per
-    /// batch, however many of the batch's messages touch it.
-    inbox_tails: HashMap<(UserId, UserId), InboxTail>,
     /// The last position handed out (message id or read event), read from the database by
     /// the first batch that needs it and forgotten when a batch rolls back or the schema
     /// migrates: the single writer hands out every position, so it stays true in between.
@@ -214,7 +225,6 @@ impl Writer {
             pending_ids: HashSet::new(),
             conversation_tails: HashMap::new(),
             user_tails: HashMap::new(),
-            inbox_tails: HashMap::new(),
             last_position: None,
         })
     }

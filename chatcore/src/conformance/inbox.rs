@@ -43,7 +43,31 @@ fn peers(conversations: &[Conversation]) -> Vec<&str> {
 }
 
 /// Every durable event of `user`, oldest first, read back in pages of `events_after`.
-async fn all_events(store: &Arc<dyn Store>, user: UserId) -> Vec<StoredEvent> {
+/// A task reading `user`'s stream with `events_after` while writers run, until `done` is set
+/// and it is caught up: every event it saw, in the order it saw them.
+pub(crate) fn follow_stream(
+    store: &Arc<dyn Store>,
+    user: &User,
+    done: &Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<StoredEvent>> {
+    let (store, user, done) = (store.clone(), user.clone(), done.clone());
+    tokio::spawn(async move {
+        let mut seen: Vec<StoredEvent> = Vec::new();
+        loop {
+            let finished = done.load(Ordering::Acquire);
+            let after = seen.last().map_or(Position::START, StoredEvent::position);
+            let page = store.events_after(user.id, after, 50).await.unwrap();
+            let empty = page.is_empty();
+            seen.extend(page);
+            if finished && empty {
+                return seen;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+}
+
+pub(crate) async fn all_events(store: &Arc<dyn Store>, user: UserId) -> Vec<StoredEvent> {
     let mut all: Vec<StoredEvent> = Vec::new();
     loop {
         let after = all.last().map_or(Position::START, StoredEvent::position);
@@ -476,23 +500,7 @@ pub async fn concurrent_marks_and_sends_reveal_positions_in_order(store: Arc<dyn
         peers_of_bob.push(user(&store, &format!("peer{i}")).await);
     }
     let done = Arc::new(AtomicBool::new(false));
-    let reader = {
-        let (store, bob, done) = (store.clone(), bob.clone(), done.clone());
-        tokio::spawn(async move {
-            let mut seen: Vec<StoredEvent> = Vec::new();
-            loop {
-                let finished = done.load(Ordering::Acquire);
-                let after = seen.last().map_or(Position::START, StoredEvent::position);
-                let page = store.events_after(bob.id, after, 50).await.unwrap();
-                let empty = page.is_empty();
-                seen.extend(page);
-                if finished && empty {
-                    return seen;
-                }
-                tokio::task::yield_now().await;
-            }
-        })
-    };
+    let reader = follow_stream(&store, &bob, &done);
     let mut writers = Vec::new();
     for (i, peer) in peers_of_bob.iter().enumerate() {
         let (store, bob, peer) = (store.clone(), bob.clone(), peer.clone());

@@ -27,6 +27,8 @@
 //! - `positions.rs`: catch-up after a position, previous positions, concurrent writers, and
 //!   the readiness read (`Store::check_ready`).
 //! - `inbox.rs`: the inbox, unread counts, read markers and read events.
+//! - `changes.rs`: edits and deletions, tombstones, their events; the paging an export
+//!   relies on.
 //! - `feed.rs`: the host's event feed ([`Store::feed_after`]) and checkpoints, and the
 //!   restart scenario a backend with durable storage runs by itself
 //!   ([`feed_resumes_after_a_restart`]).
@@ -38,11 +40,12 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::store::{
-    Credentials, InboxPage, InboxRequest, Inserted, MarkedRead, MessagePage, PageRequest, SessionRecord,
-    SessionStore, Store, StoredEvent, TokenHash, UserQuery,
+    Changed, ChangedMessage, Credentials, InboxPage, InboxRequest, Inserted, MarkedRead, MessageChange,
+    MessagePage, PageRequest, SessionRecord, SessionStore, Store, StoredEvent, TokenHash, UserQuery,
 };
 use crate::{Entity, Error, Message, MessageId, NewMessage, Position, Result, User, UserId, Username};
 
+mod changes;
 mod feed;
 mod inbox;
 mod messages;
@@ -50,6 +53,7 @@ mod positions;
 mod sessions;
 mod users;
 
+pub use changes::*;
 pub use feed::*;
 pub use inbox::*;
 pub use messages::*;
@@ -127,6 +131,9 @@ impl<S: Store, G: Send + Sync + 'static> Store for GuardedStore<S, G> {
     }
     async fn mark_read(&self, reader: &User, peer: &Username, up_to: MessageId) -> Result<MarkedRead> {
         self.store.mark_read(reader, peer, up_to).await
+    }
+    async fn change_message(&self, sender: UserId, id: MessageId, change: &MessageChange) -> Result<Changed> {
+        self.store.change_message(sender, id, change).await
     }
     async fn feed_after(&self, after: Position, limit: u32) -> Result<Vec<StoredEvent>> {
         self.store.feed_after(after, limit).await
@@ -211,6 +218,11 @@ macro_rules! store_conformance_tests {
             feed_never_skips_under_concurrent_writers,
             checkpoints_are_saved_by_name,
             check_ready_reads_without_a_trace,
+            only_the_sender_changes_a_message,
+            tombstones_keep_ids_and_order,
+            changes_are_events_in_both_streams,
+            concurrent_changes_and_sends_reveal_positions_in_order,
+            export_pages_through_a_large_history,
         );
     };
 }

@@ -17,11 +17,14 @@
 //!   only place that tells them apart), and migrating it.
 //! - `web.rs`: the application router: the page, chat API (with the UI's files), bench endpoint, request spans.
 //! - `metrics.rs`: the Prometheus recorder, the HTTP metrics layer and `/metrics`.
+//! - `hooks/`: webhooks (`--webhook-url`, over the event feed) and the HTTP send policy
+//!   (`--policy-url`), with their signatures.
 //! - `lib.rs`: [`run`], which serves until a shutdown future resolves, then shuts down in order.
 //! - `assets/index.html`: the page at `/`, chatcore-axum's `<chatcore-app>` element full-screen.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod hooks;
 pub mod metrics;
 pub mod options;
 pub mod storage;
@@ -73,6 +76,8 @@ pub struct App {
     pub sessions: SessionAuthenticator,
     /// The HTTP layer's limits.
     pub api_config: ApiConfig,
+    /// The HTTP client of the hooks (policy and webhooks share its connection pool).
+    pub hooks_client: reqwest::Client,
 }
 
 impl App {
@@ -121,11 +126,24 @@ impl App {
             max_user_page: options.user_page_size,
             default_inbox_page: options.inbox_page,
             max_inbox_page: options.max_inbox_page,
+            policy_deadline: options.hooks.policy_deadline(),
+            policy_fallback: options.hooks.policy_fallback.into(),
+            edit_window: options.edit_window.map(std::time::Duration::from_secs),
             ..ChatConfig::default()
         };
         // A zero from a flag stops the start here, never taken for 1 by the service.
         chat_config.validate()?;
-        let chat = ChatService::new(backend.clone(), notifier, chat_config);
+        // Checked before anything runs: a webhook without a secret stops the start.
+        options.hooks.webhook_endpoints()?;
+        let hooks_client = hooks::http_client()?;
+        let mut chat = ChatService::new(backend.clone(), notifier, chat_config);
+        if let Some(url) = &options.hooks.policy_url {
+            chat = chat.with_send_policy(Arc::new(hooks::policy::HttpPolicy::new(
+                hooks_client.clone(),
+                url.clone(),
+                options.hooks.signer()?,
+            )));
+        }
         let sessions = SessionAuthenticator::new(backend.clone(), options.session_config())?;
         let api_config = ApiConfig {
             max_request_body: options.max_request_bytes,
@@ -141,6 +159,7 @@ impl App {
             chat,
             sessions,
             api_config,
+            hooks_client,
         })
     }
 }
@@ -148,7 +167,8 @@ impl App {
 /// Opens and migrates the store, serves on `listener` (under the connection limits and
 /// timeouts of [`ServerOptions::serve_config`]) until `shutdown` resolves, then stops
 /// accepting, sends close frames to every WebSocket, gives in-flight requests the shutdown
-/// grace period, closes what is left, and flushes and closes the store. `metrics` (from
+/// grace period, stops the webhook deliveries, closes what is left, and flushes and closes
+/// the store. `metrics` (from
 /// [`metrics::setup`], before this) says where `/metrics` is served, if anywhere.
 pub async fn run(
     options: ServerOptions,
@@ -158,11 +178,14 @@ pub async fn run(
 ) -> Result<(), ServerError> {
     let serve_config = options.serve_config();
     serve_config.validate().map_err(ServerError::Config)?;
+    options.hooks.webhook_endpoints()?;
     let backend = storage::open(&options).await?;
     storage::migrate(&*backend).await?;
     let app = App::new(&options, &backend).await?;
     // The session cache's revocations and the expired-session sweeper.
     app.sessions.start(&app.chat).await?;
+    // Off the send path: each endpoint follows the event feed on its own task.
+    let webhooks = hooks::webhook::Webhooks::start(&options.hooks, backend.clone(), &app.hooks_client)?;
     let api = ChatApi::new(app.chat.clone(), app.sessions.clone())
         .with_config(app.api_config.clone())
         .with_auth_routes(app.sessions.clone());
@@ -203,6 +226,7 @@ pub async fn run(
             .unwrap_or_else(|error| Err(std::io::Error::other(error))),
         None => Ok(()),
     };
+    webhooks.stop().await;
     let closed = backend.close().await;
     served?;
     metrics_served?;

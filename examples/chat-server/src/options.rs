@@ -178,6 +178,12 @@ pub struct ServerOptions {
     #[arg(long, global = true, env = "CHAT_SEND_BURST", default_value_t = 100)]
     pub send_burst: u32,
 
+    /// How many seconds after sending a message its sender may still edit it
+    /// (`PATCH /api/v1/message/{id}/`); past it 403. Unset: no window (edits always allowed).
+    /// Deleting is never limited. Must be at least 1 when set.
+    #[arg(long, global = true, env = "CHAT_EDIT_WINDOW", value_name = "SECONDS")]
+    pub edit_window: Option<u64>,
+
     /// Messages per history page when the client asks for no size.
     #[arg(long, global = true, env = "CHAT_PAGE_SIZE", default_value_t = 15)]
     pub page_size: u32,
@@ -407,6 +413,10 @@ pub struct ServerOptions {
     /// Log filter in `tracing` syntax (e.g. `info`, `chatcore=debug,tower_http=debug`).
     #[arg(long, global = true, env = "CHAT_LOG", default_value = "info")]
     pub log: String,
+
+    /// Webhooks and the HTTP send policy (`--webhook-*`, `--policy-*`).
+    #[command(flatten)]
+    pub hooks: crate::hooks::HookOptions,
 }
 
 impl ServerOptions {
