@@ -24,24 +24,53 @@ use crate::state::ApiState;
 /// upgrade) is assumed to ride on an ambient credential such as a cookie, and must come from
 /// the request's own origin (or a [trusted one](crate::ApiConfig::trusted_origins)).
 ///
-/// ```
-/// use async_trait::async_trait;
-/// use chatcore::{User, UserId, Username};
-/// use chatcore_axum::Authenticator;
+/// A complete authenticator that maps each caller to their own chat user, created the first
+/// time they are seen (the dependencies: `async-trait`, `http`, `chatcore`, `chatcore-axum`):
 ///
-/// /// Trusts a header set by the host's reverse proxy (only behind one!).
-/// struct ProxyHeader;
+/// ```
+/// use std::sync::Arc;
+///
+/// use async_trait::async_trait;
+/// use chatcore::{ChatConfig, ChatService, LocalNotifier, MemoryStore, User};
+/// use chatcore_axum::Authenticator;
+/// use http::request::Parts;
+///
+/// /// Trusts the `x-user` header set by the host's reverse proxy. Only behind a proxy that
+/// /// sets it and strips any a client sent: anyone who can send it is whoever it names.
+/// struct ProxyHeader {
+///     chat: ChatService,
+/// }
 ///
 /// #[async_trait]
 /// impl Authenticator for ProxyHeader {
-///     async fn authenticate(&self, parts: &http::request::Parts) -> chatcore::Result<Option<User>> {
+///     async fn authenticate(&self, parts: &Parts) -> chatcore::Result<Option<User>> {
 ///         let Some(name) = parts.headers.get("x-user").and_then(|v| v.to_str().ok()) else {
-///             return Ok(None);
+///             return Ok(None); // no one: 401
 ///         };
-///         // A real host looks the user up (e.g. `ChatService::find_user`).
-///         Ok(Some(User { id: UserId(1), username: Username::parse(name)? }))
+///         if let Some(user) = self.chat.find_user(name).await? {
+///             return Ok(Some(user));
+///         }
+///         // First visit: provision the chat user. A concurrent first visit may win the race.
+///         match self.chat.create_user(name).await {
+///             Ok(user) => Ok(Some(user)),
+///             Err(chatcore::Error::Conflict(_)) => self.chat.find_user(name).await,
+///             Err(error) => Err(error),
+///         }
 ///     }
 /// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> chatcore::Result<()> {
+/// let chat = ChatService::new(Arc::new(MemoryStore::new()), Arc::new(LocalNotifier::default()), ChatConfig::default());
+/// let auth = ProxyHeader { chat: chat.clone() };
+/// let parts = |name: &str| http::Request::get("/").header("x-user", name).body(()).unwrap().into_parts().0;
+/// let alice = auth.authenticate(&parts("alice")).await?.expect("alice");
+/// let bob = auth.authenticate(&parts("bob")).await?.expect("bob");
+/// assert_ne!(alice.id, bob.id);
+/// assert_eq!(auth.authenticate(&parts("alice")).await?.map(|user| user.id), Some(alice.id));
+/// let app: axum::Router = chatcore_axum::router(chat, auth);
+/// # Ok(())
+/// # }
 /// ```
 #[async_trait]
 pub trait Authenticator: Send + Sync + 'static {

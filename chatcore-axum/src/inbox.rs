@@ -248,16 +248,20 @@ pub(crate) async fn mark_read(
 
 /// Who the caller is.
 #[derive(Serialize, ToSchema)]
-#[schema(as = SessionUser, example = json!({"username": "alice"}))]
+#[schema(as = SessionUser, example = json!({"username": "alice", "max_message_chars": 4000}))]
 struct SessionBody<'a> {
     /// The caller's name as they chose to write it.
     username: &'a str,
+    /// The longest message body the server accepts, in Unicode scalar values after trimming
+    /// ([`chatcore::ChatConfig::max_body_chars`]), so a client can count as the server does.
+    max_message_chars: usize,
 }
 
 /// Who the caller is.
 ///
 /// Who the caller is, by whatever the authenticator accepts (a session cookie, a bearer
-/// token, the host's own scheme); 401 for no one.
+/// token, the host's own scheme); 401 for no one. Also the longest message body the server
+/// accepts, for a client's character counter.
 #[utoipa::path(
     get,
     path = "/api/v1/auth/session",
@@ -268,9 +272,10 @@ struct SessionBody<'a> {
         Unauthenticated, ServerErrors
     )
 )]
-pub(crate) async fn current_session(Caller(caller): Caller) -> Response {
+pub(crate) async fn current_session(State(state): State<ApiState>, Caller(caller): Caller) -> Response {
     Json(SessionBody {
         username: caller.username.as_str(),
+        max_message_chars: state.service().config().max_body_chars,
     })
     .into_response()
 }

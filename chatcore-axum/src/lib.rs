@@ -15,6 +15,10 @@
 //! authenticator turns the feature off (`default-features = false`) and does without argon2
 //! and the rest.
 //!
+//! With feature `ui` the router also serves the web UI, the `<chatcore-app>` custom element,
+//! under `/ui/` (see the `ui` module): a host page adds
+//! `<script type="module" src="/chat/ui/chatcore-app.js">` and the element.
+//!
 //! ```no_run
 //! use std::sync::Arc;
 //! use axum::{Router, routing::get};
@@ -56,6 +60,7 @@
 //! | `GET /healthz` | `{"status": "ok"}`: the process answers (touches no backend) |
 //! | `GET /readyz` | `{"status": "ready"}`, or 503 `{"error"}` while draining for a shutdown ([`ShutdownHandle::drain`]), with the notifier disconnected, or with the store not answering a trivial read within [`ApiConfig::readiness_timeout`] |
 //! | `GET /api/v1/openapi.json` | the OpenAPI 3.1 description of all of the above ([`ChatApi::openapi`]) |
+//! | `GET /ui/chatcore-app.js`, `/ui/chatcore-app.css`, `/ui/favicon.svg` | with feature `ui`: the web UI as a custom element, `<chatcore-app>` (see `ui`) |
 //!
 //! Every error is JSON `{"error": "..."}` (see [`ApiError`]): 400, 401 with
 //! `WWW-Authenticate`, 403 cross-site, 404 (also for unknown paths), 405, 408 (a body that
@@ -160,6 +165,8 @@
 //! - `openapi.rs`: the description's frame (title, security schemes, tags, shared schemas),
 //!   how a route group registers itself described, and `GET /api/v1/openapi.json`.
 //! - `health.rs`: `/healthz` and `/readyz`.
+//! - `ui.rs` (feature `ui`): the web UI's files under `/ui/`; the files themselves are in
+//!   `ui/` (`chatcore-app.js`, the `<chatcore-app>` custom element; its style sheet; an icon).
 //! - `request_id.rs`: [`with_request_ids`], the `x-request-id` layers.
 //! - `cursor.rs`: a socket's delivered position and the live events held for an earlier one.
 //! - `state.rs`: the shared state and [`ShutdownHandle`].
@@ -192,6 +199,8 @@ mod session;
 #[cfg(feature = "sessions")]
 mod session_cache;
 mod state;
+#[cfg(feature = "ui")]
+pub mod ui;
 mod ws;
 
 use std::sync::Arc;
@@ -355,9 +364,13 @@ impl ChatApi {
         let routes = openapi::add(routes, routes!(ws::upgrade));
         let routes = openapi::add(routes, routes!(health::healthz));
         let routes = openapi::add(routes, routes!(health::readyz));
-        #[cfg_attr(not(feature = "sessions"), allow(unused_mut))]
+        #[cfg_attr(not(any(feature = "sessions", feature = "ui")), allow(unused_mut))]
         let mut described: OpenApiRouter<S> =
             OpenApiRouter::with_openapi(openapi::base()).merge(routes.with_state(state));
+        #[cfg(feature = "ui")]
+        {
+            described = described.merge(ui::routes());
+        }
         #[cfg(feature = "sessions")]
         if let Some(sessions) = self.sessions {
             described = described.merge(session::routes(session::AuthState {

@@ -44,7 +44,8 @@ pub(crate) const BEARER: &str = "bearer";
         (name = "inbox", description = "Conversations, unread counts and read markers"),
         (name = "auth", description = "Accounts and sessions (`SessionAuthenticator`)"),
         (name = "notifications", description = "The `/ws` WebSocket channel"),
-        (name = "operations", description = "Health probes and this description")
+        (name = "operations", description = "Health probes and this description"),
+        (name = "ui", description = "The web UI, `<chatcore-app>` (feature `ui`)")
     )
 )]
 struct BaseDescription;

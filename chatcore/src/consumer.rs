@@ -68,9 +68,10 @@ impl FeedConsumerConfig {
         Ok(())
     }
 
-    /// The wait after `failures` failures in a row (at least 1): exponential, capped, with
-    /// jitter.
-    fn backoff(&self, failures: u32) -> Duration {
+    /// The wait after `failures` failures in a row (at least 1): exponential from
+    /// `retry_initial`, capped at `retry_max`, drawn at random between its half and itself.
+    /// Public so a handler that retries on its own (a webhook delivery) backs off alike.
+    pub fn backoff(&self, failures: u32) -> Duration {
         let doubled = self
             .retry_initial
             .saturating_mul(1u32.checked_shl(failures.saturating_sub(1)).unwrap_or(u32::MAX));

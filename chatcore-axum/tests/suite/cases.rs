@@ -2063,7 +2063,10 @@ pub async fn auth_session_names_the_caller(store: Arc<dyn Backend>) {
     let (_, alice) = app.user("Alice").await;
     for path in ["/api/v1/auth/session", "/api/v1/auth/session/"] {
         let (status, body) = get_json(&app, &alice, path).await;
-        assert_eq!((status, body), (200, json!({"username": "Alice"})));
+        assert_eq!(
+            (status, body),
+            (200, json!({"username": "Alice", "max_message_chars": 4000}))
+        );
     }
     let response = app
         .anonymous()

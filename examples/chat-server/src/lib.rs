@@ -15,13 +15,16 @@
 //! - `options.rs`: every flag and environment variable.
 //! - `storage.rs`: opening the SQLite, MySQL or PostgreSQL store as an `Arc<dyn chatcore::Backend>` (the
 //!   only place that tells them apart), and migrating it.
-//! - `web.rs`: the application router: UI assets, chat API, bench endpoint, request spans.
+//! - `web.rs`: the application router: the page, chat API (with the UI's files), bench endpoint, request spans.
 //! - `metrics.rs`: the Prometheus recorder, the HTTP metrics layer and `/metrics`.
+//! - `hooks/`: webhooks (`--webhook-url`, over the event feed) and the HTTP send policy
+//!   (`--policy-url`), with their signatures.
 //! - `lib.rs`: [`run`], which serves until a shutdown future resolves, then shuts down in order.
-//! - `assets/`: the web UI (plain HTML, CSS and JS, embedded in the binary).
+//! - `assets/index.html`: the page at `/`, chatcore-axum's `<chatcore-app>` element full-screen.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod hooks;
 pub mod metrics;
 pub mod options;
 pub mod storage;
@@ -51,6 +54,18 @@ pub enum ServerError {
     /// Binding or serving failed.
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    /// The database could not be opened: where (the URL without its password) and what to
+    /// try, with the backend's error as the cause.
+    #[error("cannot open the database {url} ({hint})")]
+    Database {
+        /// `--database` without its password.
+        url: String,
+        /// What the operator may do about it.
+        hint: &'static str,
+        /// The backend's error.
+        #[source]
+        source: chatcore::Error,
+    },
 }
 
 /// The service, authenticator and API configured from `options` over an open `backend`.
@@ -61,6 +76,8 @@ pub struct App {
     pub sessions: SessionAuthenticator,
     /// The HTTP layer's limits.
     pub api_config: ApiConfig,
+    /// The HTTP client of the hooks (policy and webhooks share its connection pool).
+    pub hooks_client: reqwest::Client,
 }
 
 impl App {
@@ -116,12 +133,24 @@ impl App {
             typing_burst: options.typing_burst,
             typing_rate_per_sec: options.typing_rate_per_sec,
             typing_expiry: std::time::Duration::from_millis(options.typing_expiry_ms),
+            policy_deadline: options.hooks.policy_deadline(),
+            policy_fallback: options.hooks.policy_fallback.into(),
             edit_window: options.edit_window.map(std::time::Duration::from_secs),
             ..ChatConfig::default()
         };
         // A zero from a flag stops the start here, never taken for 1 by the service.
         chat_config.validate()?;
-        let chat = ChatService::new(backend.clone(), notifier, chat_config);
+        // Checked before anything runs: a webhook without a secret stops the start.
+        options.hooks.webhook_endpoints()?;
+        let hooks_client = hooks::http_client()?;
+        let mut chat = ChatService::new(backend.clone(), notifier, chat_config);
+        if let Some(url) = &options.hooks.policy_url {
+            chat = chat.with_send_policy(Arc::new(hooks::policy::HttpPolicy::new(
+                hooks_client.clone(),
+                url.clone(),
+                options.hooks.signer()?,
+            )));
+        }
         let sessions = SessionAuthenticator::new(backend.clone(), options.session_config())?;
         let api_config = ApiConfig {
             max_request_body: options.max_request_bytes,
@@ -137,6 +166,7 @@ impl App {
             chat,
             sessions,
             api_config,
+            hooks_client,
         })
     }
 }
@@ -144,7 +174,8 @@ impl App {
 /// Opens and migrates the store, serves on `listener` (under the connection limits and
 /// timeouts of [`ServerOptions::serve_config`]) until `shutdown` resolves, then stops
 /// accepting, sends close frames to every WebSocket, gives in-flight requests the shutdown
-/// grace period, closes what is left, and flushes and closes the store. `metrics` (from
+/// grace period, stops the webhook deliveries, closes what is left, and flushes and closes
+/// the store. `metrics` (from
 /// [`metrics::setup`], before this) says where `/metrics` is served, if anywhere.
 pub async fn run(
     options: ServerOptions,
@@ -154,6 +185,7 @@ pub async fn run(
 ) -> Result<(), ServerError> {
     let serve_config = options.serve_config();
     serve_config.validate().map_err(ServerError::Config)?;
+    options.hooks.webhook_endpoints()?;
     let backend = storage::open(&options).await?;
     storage::migrate(&*backend).await?;
     let app = App::new(&options, &backend).await?;
@@ -161,6 +193,8 @@ pub async fn run(
     app.sessions.start(&app.chat).await?;
     // Presence hears the other servers from the start, not from the first WebSocket.
     app.chat.start_presence();
+    // Off the send path: each endpoint follows the event feed on its own task.
+    let webhooks = hooks::webhook::Webhooks::start(&options.hooks, backend.clone(), &app.hooks_client)?;
     let api = ChatApi::new(app.chat.clone(), app.sessions.clone())
         .with_config(app.api_config.clone())
         .with_auth_routes(app.sessions.clone());
@@ -201,6 +235,7 @@ pub async fn run(
             .unwrap_or_else(|error| Err(std::io::Error::other(error))),
         None => Ok(()),
     };
+    webhooks.stop().await;
     let closed = backend.close().await;
     served?;
     metrics_served?;
@@ -230,8 +265,8 @@ pub fn openapi_description() -> Result<String, ServerError> {
     Ok(json)
 }
 
-/// The URL without its password, for logs.
-fn redacted(url: &str) -> String {
+/// The URL without its password, for logs and error messages.
+pub(crate) fn redacted(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             let userinfo = &url[scheme + 3..at];

@@ -1,6 +1,6 @@
 //! The `chat-server` binary: see the crate docs of `chat_server` and `--help`.
 
-use std::io::{BufRead, Write};
+use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
 
 use chat_server::storage;
@@ -53,8 +53,10 @@ async fn main() -> ExitCode {
 fn init_logging(options: &ServerOptions) -> Result<(), ServerError> {
     let filter = EnvFilter::try_new(&options.log)
         .map_err(|error| ServerError::Config(format!("bad --log filter {:?}: {error}", options.log)))?;
+    // Colours only for a person at a terminal: a file or a log collector gets plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match options.log_format {
         LogFormat::Text => builder.init(),
@@ -73,7 +75,9 @@ async fn serve(options: ServerOptions) -> Result<(), ServerError> {
     let shutdown = chat_server::shutdown_signal();
     // Before anything registers a metric handle.
     let metrics = chat_server::metrics::setup(&options).await?;
-    let listener = tokio::net::TcpListener::bind(options.listen).await?;
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .map_err(|error| listen_error(options.listen, error))?;
     if let chat_server::metrics::Metrics::Separate(_, metrics_listener) = &metrics {
         println!(
             "chat-server metrics on http://{}/metrics",
@@ -84,6 +88,23 @@ async fn serve(options: ServerOptions) -> Result<(), ServerError> {
     println!("chat-server listening on http://{}", listener.local_addr()?);
     std::io::stdout().flush()?;
     chat_server::run(options, listener, metrics, shutdown).await
+}
+
+/// Why the address could not be bound, and what to do about it.
+fn listen_error(address: std::net::SocketAddr, error: std::io::Error) -> ServerError {
+    let hint = match error.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            "the address is in use (is another server running?): stop it or pick another --listen"
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            "permission denied: ports below 1024 need privileges; pick another --listen port"
+        }
+        std::io::ErrorKind::AddrNotAvailable => {
+            "no interface of this machine has that address: check --listen"
+        }
+        _ => "check --listen",
+    };
+    ServerError::Config(format!("cannot listen on {address}: {error}; {hint}"))
 }
 
 fn openapi(output: Option<std::path::PathBuf>) -> Result<(), ServerError> {
@@ -109,6 +130,12 @@ async fn create_user(
     username: &str,
     password_stdin: bool,
 ) -> Result<(), ServerError> {
+    if !password_stdin && !std::io::stdin().is_terminal() {
+        return Err(ServerError::Config(format!(
+            "no terminal to ask for {username}'s password: pipe it in with --password-stdin \
+             (e.g. `echo 'a long password' | chat-server create-user {username} --password-stdin`)"
+        )));
+    }
     let password = if password_stdin {
         let mut line = String::new();
         std::io::stdin().lock().read_line(&mut line)?;
@@ -134,6 +161,8 @@ async fn create_user(
 }
 
 async fn list_users(options: &ServerOptions, prefix: String, limit: u32) -> Result<(), ServerError> {
+    // Only reads: a mistyped path must not leave a new, empty database behind.
+    storage::require_existing(options, "list-users")?;
     let backend = storage::open(options).await?;
     storage::migrate(&*backend).await?;
     let users = backend

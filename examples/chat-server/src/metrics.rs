@@ -74,6 +74,7 @@ fn install() -> Result<PrometheusHandle, ServerError> {
     ::metrics::set_global_recorder(recorder)
         .map_err(|_| ServerError::Config("a metrics recorder is already installed in this process".into()))?;
     chatcore::metrics::describe();
+    crate::hooks::describe_metrics();
     Ok(handle)
 }
 

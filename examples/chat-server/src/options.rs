@@ -129,26 +129,33 @@ impl NotifierChoice {
     }
 }
 
-/// Everything the server is configured with. Each flag has an environment variable.
+/// Everything the server is configured with. Each flag has an environment variable, and may
+/// come before or after a subcommand (`--database x list-users` = `list-users --database x`).
 #[derive(Debug, Clone, Args)]
 pub struct ServerOptions {
     /// Address to listen on (port 0 picks a free port; the chosen address is printed).
-    #[arg(long, env = "CHAT_LISTEN", default_value = "127.0.0.1:8000")]
+    /// A host name is resolved once at start (`localhost:8000`), the first address is used.
+    #[arg(long, global = true, env = "CHAT_LISTEN", default_value = "127.0.0.1:8000", value_parser = parse_listen)]
     pub listen: SocketAddr,
 
     /// Database: `sqlite://PATH` (relative to the working directory; `sqlite:///abs/path` for an
     /// absolute one), `sqlite::memory:`, or `mysql://user:pass@host:port/db`.
-    #[arg(long, env = "CHAT_DATABASE_URL", default_value = "sqlite://chat.db")]
+    #[arg(
+        long,
+        global = true,
+        env = "CHAT_DATABASE_URL",
+        default_value = "sqlite://chat.db"
+    )]
     pub database: String,
 
     /// Redis URL (e.g. `redis://127.0.0.1:6379`): carry notifications over Redis pub/sub so that
     /// several server processes sharing one MySQL act as one. Without it, notifications stay in
     /// this process.
-    #[arg(long, env = "CHAT_REDIS_URL")]
+    #[arg(long, global = true, env = "CHAT_REDIS_URL")]
     pub redis: Option<String>,
 
     /// Prefix of the Redis channels, so several deployments can share one Redis.
-    #[arg(long, env = "CHAT_REDIS_PREFIX", default_value = "chatcore:")]
+    #[arg(long, global = true, env = "CHAT_REDIS_PREFIX", default_value = "chatcore:")]
     pub redis_prefix: String,
 
     /// How notifications reach the WebSockets: `local` (this process only), `redis` (needs
@@ -156,279 +163,303 @@ pub struct ServerOptions {
     /// Without it: `redis` when `--redis` is given, else `postgres` when the database is
     /// PostgreSQL (so several servers on one PostgreSQL act as one with no other service),
     /// else `local`.
-    #[arg(long, env = "CHAT_NOTIFY", value_enum)]
+    #[arg(long, global = true, env = "CHAT_NOTIFY", value_enum)]
     pub notify: Option<NotifyKind>,
 
     /// The PostgreSQL LISTEN/NOTIFY channel (lowercase letters, digits, `_`): the same on
     /// every server of one deployment, different for deployments sharing one database.
-    #[arg(long, env = "CHAT_NOTIFY_CHANNEL", default_value = "chatcore")]
+    #[arg(long, global = true, env = "CHAT_NOTIFY_CHANNEL", default_value = "chatcore")]
     pub notify_channel: String,
 
     /// Largest request body in bytes; larger requests get 413.
-    #[arg(long, env = "CHAT_MAX_REQUEST_BYTES", default_value_t = 64 * 1024)]
+    #[arg(long, global = true, env = "CHAT_MAX_REQUEST_BYTES", default_value_t = 64 * 1024)]
     pub max_request_bytes: usize,
 
     /// Longest message body in characters after trimming; longer ones get 400.
-    #[arg(long, env = "CHAT_MAX_MESSAGE_CHARS", default_value_t = 4000)]
+    #[arg(long, global = true, env = "CHAT_MAX_MESSAGE_CHARS", default_value_t = 4000)]
     pub max_message_chars: usize,
 
     /// Sends per second per user after the burst; beyond it 429 with Retry-After. 0 turns the limit off.
-    #[arg(long, env = "CHAT_SEND_RATE_PER_SEC", default_value_t = 20)]
+    #[arg(long, global = true, env = "CHAT_SEND_RATE_PER_SEC", default_value_t = 20)]
     pub send_rate_per_sec: u32,
 
     /// Sends a user may make in a burst before the rate applies. 0 turns the limit off.
-    #[arg(long, env = "CHAT_SEND_BURST", default_value_t = 100)]
+    #[arg(long, global = true, env = "CHAT_SEND_BURST", default_value_t = 100)]
     pub send_burst: u32,
 
     /// How many seconds after sending a message its sender may still edit it
     /// (`PATCH /api/v1/message/{id}/`); past it 403. Unset: no window (edits always allowed).
     /// Deleting is never limited. Must be at least 1 when set.
-    #[arg(long, env = "CHAT_EDIT_WINDOW", value_name = "SECONDS")]
+    #[arg(long, global = true, env = "CHAT_EDIT_WINDOW", value_name = "SECONDS")]
     pub edit_window: Option<u64>,
 
     /// Messages per history page when the client asks for no size.
-    #[arg(long, env = "CHAT_PAGE_SIZE", default_value_t = 15)]
+    #[arg(long, global = true, env = "CHAT_PAGE_SIZE", default_value_t = 15)]
     pub page_size: u32,
 
     /// Largest history page a client may ask for (`?limit=`); larger requests are clamped.
-    #[arg(long, env = "CHAT_MAX_PAGE_SIZE", default_value_t = 100)]
+    #[arg(long, global = true, env = "CHAT_MAX_PAGE_SIZE", default_value_t = 100)]
     pub max_page_size: u32,
 
     /// Conversations per inbox page (`GET /api/v1/conversation/`) when the client asks for no size.
-    #[arg(long, env = "CHAT_INBOX_PAGE", default_value_t = 20)]
+    #[arg(long, global = true, env = "CHAT_INBOX_PAGE", default_value_t = 20)]
     pub inbox_page: u32,
 
     /// Largest inbox page a client may ask for (`?limit=`); larger requests are clamped.
-    #[arg(long, env = "CHAT_MAX_INBOX_PAGE", default_value_t = 100)]
+    #[arg(long, global = true, env = "CHAT_MAX_INBOX_PAGE", default_value_t = 100)]
     pub max_inbox_page: u32,
     /// Most messages a numbered page (`?page=N`) may skip, (N-1) x limit; a deeper page gets
     /// 400 telling the client to page with `?before=<id>` (same cost at any depth). 0 allows
     /// page 1 only.
-    #[arg(long, env = "CHAT_MAX_PAGE_OFFSET", default_value_t = 3000)]
+    #[arg(long, global = true, env = "CHAT_MAX_PAGE_OFFSET", default_value_t = 3000)]
     pub max_page_offset: u32,
 
     /// Users per directory page when the client asks for no size, and the most it may ask for.
-    #[arg(long, env = "CHAT_USER_PAGE_SIZE", default_value_t = 1000)]
+    #[arg(long, global = true, env = "CHAT_USER_PAGE_SIZE", default_value_t = 1000)]
     pub user_page_size: u32,
 
     /// Most missed events replayed to a reconnecting WebSocket (`?since=`); beyond it the
     /// client gets `{"type":"resync","resync":true}`.
-    #[arg(long, env = "CHAT_CATCH_UP_LIMIT", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, global = true, env = "CHAT_CATCH_UP_LIMIT", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
     pub catch_up_limit: u32,
 
     /// Events a WebSocket reads from storage per catch-up page (its memory holds one page).
-    #[arg(long, env = "CHAT_CATCH_UP_PAGE", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, global = true, env = "CHAT_CATCH_UP_PAGE", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     pub catch_up_page: u32,
 
     /// A catch-up page also ends once its message bodies reach this many bytes.
-    #[arg(long, env = "CHAT_CATCH_UP_PAGE_BYTES", default_value_t = 128 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, global = true, env = "CHAT_CATCH_UP_PAGE_BYTES", default_value_t = 128 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
     pub catch_up_page_bytes: u64,
 
     /// Catch-up reads of one user that may run at once; more wait their turn.
-    #[arg(long, env = "CHAT_CATCH_UP_READS_PER_USER", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, global = true, env = "CHAT_CATCH_UP_READS_PER_USER", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     pub catch_up_reads_per_user: u64,
 
     /// WebSockets one user may hold open on this server; one more closes their oldest (1008).
-    #[arg(long, env = "CHAT_MAX_SOCKETS_PER_USER", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, global = true, env = "CHAT_MAX_SOCKETS_PER_USER", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_sockets_per_user: u64,
 
     /// Notifications queued per WebSocket; past it the events that do not fit are read from
     /// storage once the socket gets to them.
-    #[arg(long, env = "CHAT_WS_QUEUE", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, global = true, env = "CHAT_WS_QUEUE", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
     pub ws_queue: u64,
 
     /// Milliseconds a live notification that arrived ahead of an earlier one waits for it
     /// before the socket reads the missing events from storage.
-    #[arg(long, env = "CHAT_WS_GAP_WAIT_MS", default_value_t = 50)]
+    #[arg(long, global = true, env = "CHAT_WS_GAP_WAIT_MS", default_value_t = 50)]
     pub ws_gap_wait_ms: u64,
 
     /// Let the notifications of one commit gather into one write per WebSocket: 3-5% more
     /// sends/s when the server is saturated, at the price of a longer notification tail then.
-    #[arg(long, env = "CHAT_WS_GATHER_FRAMES")]
+    #[arg(long, global = true, env = "CHAT_WS_GATHER_FRAMES")]
     pub ws_gather_frames: bool,
 
     /// Seconds between pings on an open WebSocket.
-    #[arg(long, env = "CHAT_WS_PING_SECS", default_value_t = 30)]
+    #[arg(long, global = true, env = "CHAT_WS_PING_SECS", default_value_t = 30)]
     pub ws_ping_secs: u64,
 
     /// Seconds after a missed pong before a WebSocket is considered dead and dropped.
-    #[arg(long, env = "CHAT_WS_PING_TIMEOUT_SECS", default_value_t = 10)]
+    #[arg(long, global = true, env = "CHAT_WS_PING_TIMEOUT_SECS", default_value_t = 10)]
     pub ws_ping_timeout_secs: u64,
 
     /// Presence: who is online, told to the users who share a conversation with them
     /// (`presence` frames, `online`/`last_seen` in the inbox and the directory),
     /// deployment-wide over the notifier. `off` drops all of it.
-    #[arg(long, env = "CHAT_PRESENCE", value_enum, default_value_t = Switch::On)]
+    #[arg(long, global = true, env = "CHAT_PRESENCE", value_enum, default_value_t = Switch::On)]
     pub presence: Switch,
 
     /// Milliseconds a user whose last WebSocket closed stays online, so that a reloaded
     /// page sends no offline/online pair.
-    #[arg(long, env = "CHAT_PRESENCE_GRACE_MS", default_value_t = 5000)]
+    #[arg(long, global = true, env = "CHAT_PRESENCE_GRACE_MS", default_value_t = 5000)]
     pub presence_grace_ms: u64,
 
     /// Milliseconds between presence rounds: each watcher gets at most one `presence` frame
     /// per round, listing every change.
-    #[arg(long, env = "CHAT_PRESENCE_INTERVAL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, global = true, env = "CHAT_PRESENCE_INTERVAL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     pub presence_interval_ms: u64,
 
     /// Milliseconds without word from a server after which the others show its users
     /// offline (a server killed without goodbye); each server speaks every third of it.
-    #[arg(long, env = "CHAT_PRESENCE_TIMEOUT_MS", default_value_t = 30_000)]
+    #[arg(long, global = true, env = "CHAT_PRESENCE_TIMEOUT_MS", default_value_t = 30_000)]
     pub presence_timeout_ms: u64,
 
     /// Typing frames one WebSocket may send in a burst; extra ones are dropped. 0 turns
     /// typing off.
-    #[arg(long, env = "CHAT_TYPING_BURST", default_value_t = 5)]
+    #[arg(long, global = true, env = "CHAT_TYPING_BURST", default_value_t = 5)]
     pub typing_burst: u32,
 
     /// Typing frames per second one WebSocket may send after the burst.
-    #[arg(long, env = "CHAT_TYPING_RATE_PER_SEC", default_value_t = 1)]
+    #[arg(long, global = true, env = "CHAT_TYPING_RATE_PER_SEC", default_value_t = 1)]
     pub typing_rate_per_sec: u32,
 
     /// How long a typing indication holds unless renewed (`expires_in_ms`), in milliseconds.
-    #[arg(long, env = "CHAT_TYPING_EXPIRY_MS", default_value_t = 6000)]
+    #[arg(long, global = true, env = "CHAT_TYPING_EXPIRY_MS", default_value_t = 6000)]
     pub typing_expiry_ms: u64,
 
     /// Mark the session cookie `Secure` (when served over HTTPS, e.g. behind a TLS proxy).
-    #[arg(long, env = "CHAT_SECURE_COOKIES")]
+    #[arg(long, global = true, env = "CHAT_SECURE_COOKIES")]
     pub secure_cookies: bool,
 
     /// How long a login session lasts, in hours.
-    #[arg(long, env = "CHAT_SESSION_HOURS", default_value_t = 14 * 24, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, global = true, env = "CHAT_SESSION_HOURS", default_value_t = 14 * 24, value_parser = clap::value_parser!(u64).range(1..))]
     pub session_hours: u64,
 
     /// Live sessions this server keeps in memory so authenticated requests skip the
     /// database; a logout on any node reaches every node's cache (through Redis when
     /// configured). 0 turns the cache off.
-    #[arg(long, env = "CHAT_SESSION_CACHE_CAPACITY", default_value_t = 100_000)]
+    #[arg(
+        long,
+        global = true,
+        env = "CHAT_SESSION_CACHE_CAPACITY",
+        default_value_t = 100_000
+    )]
     pub session_cache_capacity: u64,
 
     /// Longest a session stays cached before the database is asked again, in seconds. 0
     /// turns the cache off.
-    #[arg(long, env = "CHAT_SESSION_CACHE_TTL_SECS", default_value_t = 300)]
+    #[arg(
+        long,
+        global = true,
+        env = "CHAT_SESSION_CACHE_TTL_SECS",
+        default_value_t = 300
+    )]
     pub session_cache_ttl_secs: u64,
 
     /// How often expired sessions are deleted from the database, in seconds. 0 turns the
     /// sweep off.
-    #[arg(long, env = "CHAT_EXPIRED_SESSION_SWEEP_SECS", default_value_t = 3600)]
+    #[arg(
+        long,
+        global = true,
+        env = "CHAT_EXPIRED_SESSION_SWEEP_SECS",
+        default_value_t = 3600
+    )]
     pub expired_session_sweep_secs: u64,
 
     /// Logins accepted per minute from one client address (an IPv6 /64 counts as one);
     /// beyond it 429 with Retry-After. 0 turns the limit off.
-    #[arg(long, env = "CHAT_LOGINS_PER_MINUTE", default_value_t = 10)]
+    #[arg(long, global = true, env = "CHAT_LOGINS_PER_MINUTE", default_value_t = 10)]
     pub logins_per_minute: u32,
 
     /// Registrations accepted per hour from one client address; beyond it 429 with
     /// Retry-After. 0 turns the limit off.
-    #[arg(long, env = "CHAT_REGISTRATIONS_PER_HOUR", default_value_t = 10)]
+    #[arg(
+        long,
+        global = true,
+        env = "CHAT_REGISTRATIONS_PER_HOUR",
+        default_value_t = 10
+    )]
     pub registrations_per_hour: u32,
 
     /// The server runs behind a reverse proxy that appends the client's address to
     /// X-Forwarded-For: the login and registration limits count the last entry, not the
     /// proxy's address. Only behind such a proxy (otherwise clients pick their address).
-    #[arg(long, env = "CHAT_BEHIND_PROXY")]
+    #[arg(long, global = true, env = "CHAT_BEHIND_PROXY")]
     pub behind_proxy: bool,
 
     /// Other origins (like `https://app.example.com`) allowed to POST with the session cookie
     /// and to open WebSockets, besides the server's own. Repeat or comma-separate.
     /// Each entry must be `scheme://host[:port]`; anything else (an empty entry, a missing
     /// scheme, a path) stops the server at start.
-    #[arg(long, env = "CHAT_TRUSTED_ORIGINS", value_delimiter = ',')]
+    #[arg(long, global = true, env = "CHAT_TRUSTED_ORIGINS", value_delimiter = ',')]
     pub trusted_origin: Vec<chatcore_axum::TrustedOrigin>,
 
     /// SQLite durability: `full` (default), `full-in-commit`, `normal` or `off`.
-    #[arg(long, env = "CHAT_SQLITE_SYNCHRONOUS", value_enum, default_value_t = SqliteSync::Full)]
+    #[arg(long, global = true, env = "CHAT_SQLITE_SYNCHRONOUS", value_enum, default_value_t = SqliteSync::Full)]
     pub sqlite_synchronous: SqliteSync,
 
     /// SQLite reader threads.
-    #[arg(long, env = "CHAT_SQLITE_READERS", default_value_t = 4)]
+    #[arg(long, global = true, env = "CHAT_SQLITE_READERS", default_value_t = 4)]
     pub sqlite_readers: usize,
 
     /// Seconds a database call may go unanswered (a hung or partitioned MySQL, a stuck SQLite
     /// writer) before the request gets 503 with Retry-After; the server recovers by itself
     /// once the database answers.
-    #[arg(long, env = "CHAT_STORAGE_TIMEOUT_SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, global = true, env = "CHAT_STORAGE_TIMEOUT_SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     pub storage_timeout_secs: u64,
 
     /// MySQL or PostgreSQL connection pool size.
-    #[arg(long, env = "CHAT_DB_POOL_SIZE", default_value_t = 16)]
+    #[arg(long, global = true, env = "CHAT_DB_POOL_SIZE", default_value_t = 16)]
     pub db_pool_size: u32,
 
     /// Seconds a client may take to send a whole request head; a slower one is disconnected.
-    #[arg(long, env = "CHAT_HEADER_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, global = true, env = "CHAT_HEADER_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub header_timeout_secs: u64,
 
     /// Seconds a request body may go without a byte arriving; then 408.
-    #[arg(long, env = "CHAT_BODY_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, global = true, env = "CHAT_BODY_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub body_timeout_secs: u64,
 
     /// Seconds a connection may stay open with no request in progress (keep-alive, or before
     /// its first request); WebSockets have their own pings.
-    #[arg(long, env = "CHAT_IDLE_TIMEOUT_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, global = true, env = "CHAT_IDLE_TIMEOUT_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     pub idle_timeout_secs: u64,
 
     /// Largest request head (request line and headers) in bytes, at least 8192; larger gets
     /// 431 (414 for a request line alone too long).
-    #[arg(long, env = "CHAT_MAX_HEADER_BYTES", default_value_t = 16 * 1024, value_parser = clap::value_parser!(u64).range(8192..))]
+    #[arg(long, global = true, env = "CHAT_MAX_HEADER_BYTES", default_value_t = 16 * 1024, value_parser = clap::value_parser!(u64).range(8192..))]
     pub max_header_bytes: u64,
 
     /// Most headers in one request; more gets 431.
-    #[arg(long, env = "CHAT_MAX_HEADERS", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, global = true, env = "CHAT_MAX_HEADERS", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_headers: u64,
 
     /// Most open connections (WebSockets included); past it new connections are closed at
     /// once (counted, logged at most every 10 s). Lowered at start to fit the descriptor
     /// limit minus --descriptor-reserve.
-    #[arg(long, env = "CHAT_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, global = true, env = "CHAT_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_connections: u64,
 
     /// Most open connections from one client address (an IPv6 /64 counts as one).
-    #[arg(long, env = "CHAT_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, global = true, env = "CHAT_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_connections_per_address: u64,
 
     /// File descriptors kept free for the database, files and logs: connections never use them.
-    #[arg(long, env = "CHAT_DESCRIPTOR_RESERVE", default_value_t = 256)]
+    #[arg(long, global = true, env = "CHAT_DESCRIPTOR_RESERVE", default_value_t = 256)]
     pub descriptor_reserve: u64,
 
     /// Seconds in-flight requests get to finish after SIGTERM/SIGINT before the connections
     /// still open are closed.
-    #[arg(long, env = "CHAT_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
+    #[arg(long, global = true, env = "CHAT_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,
 
     /// Seconds between SIGTERM/SIGINT and the start of the shutdown during which /readyz
     /// answers 503 while everything else (the listener included) still serves, so a load
     /// balancer takes the server out of rotation first. 0: shut down at once (/readyz still
     /// fails before the listener closes).
-    #[arg(long, env = "CHAT_SHUTDOWN_DRAIN_SECS", default_value_t = 0)]
+    #[arg(long, global = true, env = "CHAT_SHUTDOWN_DRAIN_SECS", default_value_t = 0)]
     pub shutdown_drain_secs: u64,
 
     /// Milliseconds /readyz waits for the database's trivial read before answering 503.
-    #[arg(long, env = "CHAT_READINESS_TIMEOUT_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, global = true, env = "CHAT_READINESS_TIMEOUT_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
     pub readiness_timeout_ms: u64,
 
     /// Serve `POST /_bench/echo` (parse the JSON, answer it): the framework ceiling that the
     /// load generator compares against. Off by default.
-    #[arg(long, env = "CHAT_BENCH_ENDPOINTS")]
+    #[arg(long, global = true, env = "CHAT_BENCH_ENDPOINTS")]
     pub bench_endpoints: bool,
 
     /// Prometheus metrics: `on` (a recorder, and `/metrics` in the Prometheus text format) or
     /// `off` (nothing measured or served; the same binary measured both ways shows what
     /// metrics cost).
-    #[arg(long, env = "CHAT_METRICS", value_enum, default_value_t = MetricsMode::On)]
+    #[arg(long, global = true, env = "CHAT_METRICS", value_enum, default_value_t = MetricsMode::On)]
     pub metrics: MetricsMode,
 
     /// Serve `/metrics` on this address only, not on the main listener (port 0 picks a free
     /// port; the chosen address is printed before the main one).
-    #[arg(long, env = "CHAT_METRICS_LISTEN")]
+    #[arg(long, global = true, env = "CHAT_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
 
     /// Log format.
-    #[arg(long, env = "CHAT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, global = true, env = "CHAT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
     /// Log filter in `tracing` syntax (e.g. `info`, `chatcore=debug,tower_http=debug`).
-    #[arg(long, env = "CHAT_LOG", default_value = "info")]
+    #[arg(long, global = true, env = "CHAT_LOG", default_value = "info")]
     pub log: String,
+
+    /// Webhooks and the HTTP send policy (`--webhook-*`, `--policy-*`).
+    #[command(flatten)]
+    pub hooks: crate::hooks::HookOptions,
 }
 
 impl ServerOptions {
@@ -518,9 +549,60 @@ impl ServerOptions {
     }
 }
 
+/// `--listen`: `IP:PORT`, or `HOST:PORT` resolved now (the first address it resolves to).
+pub fn parse_listen(value: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(address) = value.parse() {
+        return Ok(address);
+    }
+    let mut addresses = value.to_socket_addrs().map_err(|error| {
+        format!(
+            "cannot resolve {value:?} ({error}): expected HOST:PORT, like 127.0.0.1:8000 or localhost:8000"
+        )
+    })?;
+    addresses
+        .next()
+        .ok_or_else(|| format!("{value:?} resolves to no address: expected HOST:PORT, like 127.0.0.1:8000"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn global_options_go_before_or_after_the_subcommand() {
+        for args in [
+            &[
+                "chat-server",
+                "--database",
+                "sqlite://x.db",
+                "list-users",
+                "--prefix",
+                "a",
+            ][..],
+            &[
+                "chat-server",
+                "list-users",
+                "--database",
+                "sqlite://x.db",
+                "--prefix",
+                "a",
+            ][..],
+        ] {
+            let cli = Cli::try_parse_from(args).expect("parses");
+            assert_eq!(cli.server.database, "sqlite://x.db", "{args:?}");
+            assert!(matches!(cli.command, Some(Command::ListUsers { ref prefix, .. }) if prefix == "a"));
+        }
+    }
+
+    #[test]
+    fn listen_takes_a_host_name() {
+        let cli = Cli::try_parse_from(["chat-server", "--listen", "localhost:8000"]).expect("parses");
+        assert!(cli.server.listen.ip().is_loopback());
+        assert_eq!(cli.server.listen.port(), 8000);
+        let error = Cli::try_parse_from(["chat-server", "--listen", "localhost"]).unwrap_err();
+        assert!(error.to_string().contains("expected HOST:PORT"), "{error}");
+    }
 
     #[test]
     fn session_defaults_are_the_libraries() {

@@ -24,6 +24,21 @@ pub enum DatabaseUrl {
     Postgres(String),
 }
 
+/// Fails when `--database` names an SQLite file that does not exist: for `command`s that only
+/// read, so a mistyped path is reported instead of creating a new, empty database there.
+pub fn require_existing(options: &ServerOptions, command: &str) -> Result<(), ServerError> {
+    if let DatabaseUrl::SqliteFile(path) = DatabaseUrl::parse(&options.database)?
+        && !path.exists()
+    {
+        return Err(ServerError::Config(format!(
+            "no database at {}: check --database ({command} only reads and creates no database; \
+             `chat-server migrate` or starting the server creates it)",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
 impl DatabaseUrl {
     /// Parses `sqlite://PATH`, `sqlite:PATH`, `sqlite::memory:`, `mysql://...` or
     /// `postgres://...` (`postgresql://...`).
@@ -65,7 +80,46 @@ impl DatabaseUrl {
 /// backends exist. Everything after (migrate, serve, close) treats them alike. Does not
 /// migrate.
 pub async fn open(options: &ServerOptions) -> Result<Arc<dyn Backend>, ServerError> {
-    Ok(match DatabaseUrl::parse(&options.database)? {
+    let url = DatabaseUrl::parse(&options.database)?;
+    let sqlite = matches!(url, DatabaseUrl::SqliteFile(_) | DatabaseUrl::SqliteMemory);
+    open_url(options, url)
+        .await
+        .map_err(|source| ServerError::Database {
+            url: crate::redacted(&options.database),
+            hint: open_hint(sqlite, &source),
+            source,
+        })
+}
+
+/// What an operator can do about `error` from opening a database.
+fn open_hint(sqlite: bool, error: &chatcore::Error) -> &'static str {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    if text.contains("1049") || text.contains("does not exist") {
+        "create the database first (CREATE DATABASE ...), or fix its name in --database"
+    } else if text.contains("1045")
+        || text.contains("password authentication failed")
+        || text.contains("Access denied")
+    {
+        "check the user name and password in --database"
+    } else if text.contains("pool timed out")
+        || text.contains("Connection refused")
+        || text.contains("connection refused")
+    {
+        "is the database server running and reachable at that address? check host and port in --database"
+    } else if sqlite {
+        "check the path in --database, that its directory exists and is writable, and that no other server has it open"
+    } else {
+        "check --database and that the database server answers"
+    }
+}
+
+async fn open_url(options: &ServerOptions, url: DatabaseUrl) -> Result<Arc<dyn Backend>, chatcore::Error> {
+    Ok(match url {
         url @ (DatabaseUrl::SqliteFile(_) | DatabaseUrl::SqliteMemory) => {
             let mut config = match url {
                 DatabaseUrl::SqliteFile(path) => SqliteConfig::file(path),

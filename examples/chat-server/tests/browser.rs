@@ -1,280 +1,56 @@
-//! End-to-end test of the web UI in headless Chromium (Debian's `chromium` and
-//! `chromium-driver`, which `scripts/test` installs when missing), driven over WebDriver.
+//! End-to-end test of the web UI, `<chatcore-app>` full-screen on the standalone server's
+//! page, in headless Chromium driven over WebDriver (helpers in `support/browser.rs`, shared
+//! with host-app's browser test).
 //!
 //! Two users in two separate browsers sign up through the page, a third writes over HTTP.
 //! The inbox: bob's badge and the "(n) chatcore" title appear live for a message that arrives
 //! while he is in another conversation, survive a reload (which keeps him logged in, from the
 //! session cookie), and clear when he opens it; alice then sees "Seen" under her message.
 //! Then the conversation itself: a message arrives live, a body of HTML shows as text and runs
-//! nothing, bodies are isolated, one date line per day, after 20 messages a reload shows the
-//! latest 15 and "Load older" brings the rest. Screenshots (desktop and phone-sized) are saved
-//! under `target/artifacts/` (or `$CHAT_ARTIFACTS_DIR`).
+//! nothing, links are links, bodies are isolated, one date line per day, after 20 messages a
+//! reload shows the latest 15 and "Load older" brings the rest. And what a newcomer met: the
+//! keyboard (focus after login and after opening, arrows, Enter), the open conversation in
+//! the URL (reload, Back), the empty state, the composer's counter, a failed send retried
+//! with its key, the connection banner, contrast, and a logout that leaves nothing of the
+//! previous user for the next one in the same tab. Screenshots (desktop and phone-sized) are
+//! saved under `target/browser-artifacts/` (or `$CHAT_ARTIFACTS_DIR`).
 
 mod common;
-
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+#[path = "support/browser.rs"]
+mod support;
 
 use common::ServerProcess;
-use fantoccini::{Client, ClientBuilder, Locator};
+use fantoccini::Client;
 use serde_json::json;
-use tokio::process::{Child, Command};
+use support::*;
 
-const CHROMIUM: &str = "/usr/bin/chromium";
-const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const XSS: &str = "<img src=x onerror=alert(1)>";
-
-/// chromedriver and the Chromium processes it starts, in a process group of their own, so
-/// that a failing test (which never closes its sessions) leaves no browser running.
-struct Driver {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        if let Some(group) = self.child.id() {
-            // Chromium's processes outlive chromedriver when it alone is killed.
-            let _ = std::process::Command::new("kill")
-                .args(["-KILL", "--", &format!("-{group}")])
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-}
-
-async fn start_chromedriver() -> Driver {
-    assert!(
-        Path::new(CHROMIUM).exists() && Path::new(CHROMEDRIVER).exists(),
-        "Chromium is not installed ({CHROMIUM} and {CHROMEDRIVER}, Debian's chromium and chromium-driver): \
-         run scripts/test, which installs it"
-    );
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new(CHROMEDRIVER)
-        .args([format!("--port={port}"), "--allowed-ips=127.0.0.1".into()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .process_group(0)
-        .spawn()
-        .expect("start chromedriver");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-        assert!(Instant::now() < deadline, "chromedriver did not start listening");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Driver {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-    }
-}
-
-async fn browser(driver: &Driver, profile: &Path) -> Client {
-    let mut capabilities = serde_json::Map::new();
-    capabilities.insert(
-        "goog:chromeOptions".into(),
-        json!({
-            "binary": CHROMIUM,
-            "args": [
-                "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--disable-quic", "--window-size=1000,800",
-                format!("--user-data-dir={}", profile.display()),
-            ],
-        }),
-    );
-    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-        .capabilities(capabilities)
-        .connect(&driver.url)
-        .await
-        .expect("open a Chromium session")
-}
-
-/// Polls `check` until it returns true or 15 s pass.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn visible(client: &Client, css: &str) -> bool {
-    match client.find(Locator::Css(css)).await {
-        Ok(element) => element.is_displayed().await.unwrap_or(false),
-        Err(_) => false,
-    }
-}
-
-/// The bodies of the messages shown in the open conversation, oldest first.
-async fn message_texts(client: &Client) -> Vec<String> {
-    let value = client
-        .execute(
-            "return [...document.querySelectorAll('#message-list li.msg .body')].map(b => b.textContent);",
-            vec![],
-        )
-        .await
-        .unwrap_or_default();
-    serde_json::from_value(value).unwrap_or_default()
-}
-
-/// The inbox as shown: `(peer, badge text or "", preview)`, top first.
-async fn inbox(client: &Client) -> Vec<(String, String, String)> {
-    let value = client
-        .execute(
-            "return [...document.querySelectorAll('#inbox-list li')].map(li => [\
-                 li.dataset.peer, \
-                 (li.querySelector('.badge') || {textContent: ''}).textContent, \
-                 li.querySelector('.preview').textContent]);",
-            vec![],
-        )
-        .await
-        .unwrap_or_default();
-    serde_json::from_value(value).unwrap_or_default()
-}
-
-fn row(peer: &str, badge: &str, preview: &str) -> (String, String, String) {
-    (peer.to_owned(), badge.to_owned(), preview.to_owned())
-}
-
-/// The badge of `peer` in the inbox: `None` when the conversation is not listed, `Some("")`
-/// when it is listed without a badge.
-async fn badge(client: &Client, peer: &str) -> Option<String> {
-    inbox(client)
-        .await
-        .into_iter()
-        .find(|(p, _, _)| p == peer)
-        .map(|(_, badge, _)| badge)
-}
-
-async fn title(client: &Client) -> String {
-    client.title().await.unwrap_or_default()
-}
-
-/// The body of the message "Seen" is under, if any.
-async fn seen_under(client: &Client) -> Option<String> {
-    let value = client
-        .execute(
-            "const seen = document.querySelectorAll('#message-list .seen'); \
-             if (seen.length !== 1) return seen.length ? 'several' : null; \
-             return seen[0].closest('li.msg.mine').querySelector('.body').textContent;",
-            vec![],
-        )
-        .await
-        .unwrap_or_default();
-    value.as_str().map(str::to_owned)
-}
-
-async fn text(client: &Client, id: &str) -> String {
-    match client.find(Locator::Id(id)).await {
-        Ok(element) => element.text().await.unwrap_or_default(),
-        Err(_) => String::new(),
-    }
-}
 
 async fn sign_up(client: &Client, base: &str, username: &str) {
     client.goto(base).await.unwrap();
     eventually("the login form", || visible(client, "#auth-form")).await;
-    client
-        .find(Locator::Id("auth-username"))
-        .await
-        .unwrap()
-        .send_keys(username)
-        .await
-        .unwrap();
-    client
-        .find(Locator::Id("auth-password"))
-        .await
-        .unwrap()
-        .send_keys("correct horse battery")
-        .await
-        .unwrap();
-    client
-        .find(Locator::Id("register-button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    eventually("the app after sign-up", || visible(client, "#app")).await;
-    assert_eq!(text(client, "me").await, username);
-    wait_live(client).await;
-}
-
-async fn wait_live(client: &Client) {
-    eventually("the live connection", || async {
-        text(client, "connection").await == "live"
-    })
-    .await;
-}
-
-/// Clicks the element `css` selects, again if the page redrew it between finding and
-/// clicking (the inbox redraws on every event).
-async fn click(client: &Client, what: &str, css: &str) {
-    eventually(what, || async {
-        match client.find(Locator::Css(css)).await {
-            Ok(element) => element.click().await.is_ok(),
-            Err(_) => false,
-        }
-    })
-    .await;
-}
-
-/// Opens the conversation with `partner` from the inbox.
-async fn open_conversation(client: &Client, partner: &str) {
-    let css = format!("#inbox-list li[data-peer='{partner}'] button");
-    click(client, "the conversation in the inbox", &css).await;
-    eventually("the send box", || visible(client, "#send-body")).await;
-    eventually("the partner's name on top", || async {
-        text(client, "partner").await == partner
-    })
-    .await;
-}
-
-/// Starts a conversation with someone from the directory search.
-async fn start_conversation(client: &Client, prefix: &str, partner: &str) {
-    let search = client.find(Locator::Id("user-search")).await.unwrap();
-    search.send_keys(prefix).await.unwrap();
-    let css = format!("#directory-list li[data-username='{partner}'] button");
-    click(client, "the person in the directory", &css).await;
-    eventually("the send box", || visible(client, "#send-body")).await;
-    assert!(
-        visible(client, "#inbox-pane").await,
-        "the inbox is back once a conversation is chosen"
+    assert_eq!(
+        focused(client).await,
+        "auth-username",
+        "the login form opens with the focus on the name"
+    );
+    type_into(client, "#auth-username", username).await;
+    type_into(client, "#auth-password", "correct horse battery").await;
+    click(client, "the sign-up button", "#register-button").await;
+    wait_app(client, username).await;
+    assert_eq!(
+        focused(client).await,
+        "user-search",
+        "after logging in the focus is on the search for people"
     );
 }
 
-async fn send(client: &Client, body: &str) {
-    let before = message_texts(client).await.len();
-    let input = client.find(Locator::Id("send-body")).await.unwrap();
-    input.send_keys(&format!("{body}\u{E007}")).await.unwrap(); // U+E007 is WebDriver's Enter
-    eventually("the sent message on the sender's screen", || async {
-        message_texts(client).await.len() > before
-    })
-    .await;
-}
-
-/// Reloads the page and waits for the app: no login form, the session cookie is enough.
-async fn reload_logged_in(client: &Client, username: &str) {
-    client.refresh().await.unwrap();
-    eventually("the app after a reload, without logging in again", || async {
-        visible(client, "#app").await && text(client, "me").await == username
-    })
-    .await;
-    assert!(
-        !visible(client, "#auth-form").await,
-        "a reload with a valid session cookie does not ask to log in"
-    );
-    wait_live(client).await;
+/// Logs in through the form with the keyboard only: Enter in the password field logs in.
+async fn log_in_with_enter(client: &Client, username: &str) {
+    eventually("the login form", || visible(client, "#auth-form")).await;
+    type_into(client, "#auth-username", username).await;
+    type_into(client, "#auth-password", &format!("correct horse battery{ENTER}")).await;
+    wait_app(client, username).await;
 }
 
 /// A user outside the browsers, over HTTP with a bearer token.
@@ -326,12 +102,14 @@ impl HttpUser {
     }
 }
 
-fn artifacts_dir() -> PathBuf {
-    let dir = std::env::var_os("CHAT_ARTIFACTS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/artifacts"));
-    std::fs::create_dir_all(&dir).expect("create the artifacts directory");
-    dir
+async fn url_fragment(client: &Client) -> String {
+    client
+        .current_url()
+        .await
+        .unwrap()
+        .fragment()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -341,11 +119,29 @@ async fn two_users_chat_live_in_real_browsers() {
     let driver = start_chromedriver().await;
     let alice = browser(&driver, &work.path().join("profile-alice")).await;
     let bob = browser(&driver, &work.path().join("profile-bob")).await;
-    let dir = artifacts_dir();
+
+    // The page links its icon, served by the chat router with the element.
+    let icon = reqwest::get(format!("{}/ui/favicon.svg", server.base))
+        .await
+        .unwrap();
+    assert_eq!(icon.status(), 200);
+    assert_eq!(icon.headers()["content-type"], "image/svg+xml");
 
     sign_up(&alice, &server.base, "alice").await;
+    // Alone on the server: the empty state says what to do.
+    eventually("the empty state for the first user", || {
+        visible(&alice, "#nobody")
+    })
+    .await;
+    assert!(!visible(&alice, "#inbox-empty").await);
     sign_up(&bob, &server.base, "bob").await;
     assert_eq!(title(&bob).await, "chatcore");
+    assert!(
+        visible(&bob, "#inbox-empty").await && !visible(&bob, "#nobody").await,
+        "with someone to write to, the hint says to search"
+    );
+    let contrast = low_contrast(&bob).await;
+    assert!(contrast.is_empty(), "text under WCAG AA contrast: {contrast:?}");
 
     // A message from someone bob has never talked to appears live, with its badge and the
     // total in the title.
@@ -359,9 +155,33 @@ async fn two_users_chat_live_in_real_browsers() {
         title(&bob).await == "(1) chatcore"
     })
     .await;
+    assert_eq!(
+        js(&bob, "return R.getElementById('announcer').textContent;").await,
+        json!("carol: hi bob, carol here"),
+        "a message arriving live is announced"
+    );
 
-    // Opening it (the window has focus, the latest message is in view) marks it read.
-    open_conversation(&bob, "carol").await;
+    // By keyboard: from the search field Down reaches the conversation, Enter opens it and
+    // the focus goes to the composer. Opening it (the window has focus, the latest message
+    // is in view) marks it read.
+    click(&bob, "the search field", "#user-search").await;
+    press(&bob, ARROW_DOWN).await;
+    eventually("the conversation focused", || async {
+        js(&bob, "return R.activeElement && R.activeElement.closest('#inbox-list li') ? R.activeElement.closest('li').dataset.peer : null;").await
+            == json!("carol")
+    })
+    .await;
+    press(&bob, ENTER).await;
+    wait_conversation(&bob, "carol").await;
+    eventually("the focus in the composer", || async {
+        focused(&bob).await == "send-body"
+    })
+    .await;
+    assert_eq!(
+        url_fragment(&bob).await,
+        "chat=carol",
+        "the open conversation is in the URL"
+    );
     eventually("carol's badge cleared once bob opened it", || async {
         badge(&bob, "carol").await.as_deref() == Some("")
     })
@@ -396,10 +216,12 @@ async fn two_users_chat_live_in_real_browsers() {
     })
     .await;
     assert_eq!(seen_under(&alice).await, None, "bob has not read it yet");
-    std::fs::write(dir.join("browser-bob-badge.png"), bob.screenshot().await.unwrap()).unwrap();
+    screenshot(&bob, "browser-bob-badge.png").await;
 
-    // A reload keeps bob logged in (the cookie, checked with the server) and keeps the counts.
+    // A reload keeps bob logged in (the cookie, checked with the server), keeps the counts and
+    // the open conversation (from the URL).
     reload_logged_in(&bob, "bob").await;
+    wait_conversation(&bob, "carol").await;
     eventually("the counts after bob's reload", || async {
         inbox(&bob).await
             == [
@@ -436,7 +258,7 @@ async fn two_users_chat_live_in_real_browsers() {
     // Both reload: the read state is the server's, not the page's.
     reload_logged_in(&alice, "alice").await;
     assert_eq!(title(&alice).await, "chatcore");
-    open_conversation(&alice, "bob").await;
+    wait_conversation(&alice, "bob").await;
     eventually("\"Seen\" after alice's reload", || async {
         seen_under(&alice).await.as_deref() == Some("hello bob")
     })
@@ -447,50 +269,62 @@ async fn two_users_chat_live_in_real_browsers() {
     })
     .await;
     assert_eq!(title(&bob).await, "chatcore");
-    open_conversation(&bob, "alice").await;
+    wait_conversation(&bob, "alice").await;
 
-    // HTML in a body is shown as text and runs nothing.
+    // HTML in a body is shown as text and runs nothing; an address is a link, and only that.
     send(&alice, XSS).await;
     eventually("the HTML body on bob's screen as text, live", || async {
         message_texts(&bob).await.last().map(String::as_str) == Some(XSS)
     })
     .await;
+    send(&alice, "see https://example.com/a?b=1.").await;
+    eventually("the link on bob's screen", || async {
+        js(
+            &bob,
+            "const a = R.querySelectorAll('#message-list li.msg a'); \
+                  return [...a].map(l => [l.getAttribute('href'), l.textContent, l.rel, l.target]);",
+        )
+        .await
+            == json!([[
+                "https://example.com/a?b=1",
+                "https://example.com/a?b=1",
+                "noopener noreferrer",
+                "_blank"
+            ]])
+    })
+    .await;
     for client in [&alice, &bob] {
-        assert!(
-            client
-                .find_all(Locator::Css("#message-list img"))
-                .await
-                .unwrap()
-                .is_empty(),
+        assert_eq!(
+            js(client, "return R.querySelectorAll('#message-list img').length;").await,
+            json!(0),
             "no element was created from the body"
         );
         assert!(client.get_alert_text().await.is_err(), "no alert ran");
         // Every body is isolated, so a bidirectional override in it cannot reorder the page.
-        let isolation = client
-            .execute(
-                "const b = document.querySelector('#message-list li .body'); \
-                 return [b.dir, getComputedStyle(b).unicodeBidi];",
-                vec![],
-            )
-            .await
-            .unwrap();
-        assert_eq!(isolation, serde_json::json!(["auto", "isolate"]));
+        let isolation = js(
+            client,
+            "const b = R.querySelector('#message-list li .body'); \
+             return [b.dir, getComputedStyle(b).unicodeBidi];",
+        )
+        .await;
+        assert_eq!(isolation, json!(["auto", "isolate"]));
     }
 
     // Own messages sit on the right, the other's on the left.
-    let mine = alice
-        .find_all(Locator::Css("#message-list li.msg.mine"))
-        .await
-        .unwrap();
-    assert_eq!(mine.len(), 2);
-    assert!(
-        bob.find_all(Locator::Css("#message-list li.mine"))
-            .await
-            .unwrap()
-            .is_empty()
+    assert_eq!(
+        js(
+            &alice,
+            "return R.querySelectorAll('#message-list li.msg.mine').length;"
+        )
+        .await,
+        json!(3)
+    );
+    assert_eq!(
+        js(&bob, "return R.querySelectorAll('#message-list li.mine').length;").await,
+        json!(0)
     );
 
-    for i in 3..=20 {
+    for i in 4..=20 {
         send(&alice, &format!("message {i}")).await;
     }
     eventually("all 20 on bob's screen", || async {
@@ -511,7 +345,7 @@ async fn two_users_chat_live_in_real_browsers() {
     );
 
     reload_logged_in(&bob, "bob").await;
-    open_conversation(&bob, "alice").await;
+    wait_conversation(&bob, "alice").await;
     eventually("the latest 15 after reload", || async {
         message_texts(&bob).await.len() == 15
     })
@@ -520,12 +354,7 @@ async fn two_users_chat_live_in_real_browsers() {
     assert_eq!(latest.first().map(String::as_str), Some("message 6"));
     assert_eq!(latest.last().map(String::as_str), Some("message 20"));
     eventually("the load older button", || visible(&bob, "#load-older")).await;
-    bob.find(Locator::Id("load-older"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&bob, "load older", "#load-older").await;
     eventually("all 20 after load older", || async {
         message_texts(&bob).await.len() == 20
     })
@@ -535,43 +364,249 @@ async fn two_users_chat_live_in_real_browsers() {
     assert_eq!(all[1], XSS);
     assert!(!visible(&bob, "#load-older").await, "nothing older remains");
     // Messages of one day share one date line, above the first of them.
-    let days: serde_json::Value = bob
-        .execute(
-            "const list = document.getElementById('message-list'); \
-             return [[...list.querySelectorAll('li.day')].map(d => d.textContent), \
-                     list.firstElementChild.className];",
-            vec![],
-        )
-        .await
-        .unwrap();
+    let days = js(
+        &bob,
+        "const list = R.getElementById('message-list'); \
+         return [[...list.querySelectorAll('li.day')].map(d => d.textContent), \
+                 list.firstElementChild.className];",
+    )
+    .await;
     assert_eq!(days, json!([["Today"], "day"]));
 
-    std::fs::write(dir.join("browser-bob.png"), bob.screenshot().await.unwrap()).unwrap();
-    std::fs::write(dir.join("browser-alice.png"), alice.screenshot().await.unwrap()).unwrap();
+    composer(&alice).await;
+    failed_send_is_retried_with_its_key(&alice, &bob).await;
 
-    // A phone-width screen shows one pane at a time.
+    screenshot(&bob, "browser-desktop-bob.png").await;
+    screenshot(&alice, "browser-desktop-alice.png").await;
+
+    // A phone-width screen shows one pane at a time; the phone's Back returns to the list.
     bob.set_window_size(390, 800).await.unwrap();
     assert!(
         !visible(&bob, "#sidebar").await,
         "the conversation takes the whole phone screen"
     );
-    std::fs::write(
-        dir.join("browser-bob-phone-conversation.png"),
-        bob.screenshot().await.unwrap(),
-    )
-    .unwrap();
-    bob.find(Locator::Id("back-button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    screenshot(&bob, "browser-phone-conversation.png").await;
+    click(&bob, "the back arrow", "#back-button").await;
     eventually("the inbox on a phone", || visible(&bob, "#inbox-list")).await;
     assert!(!visible(&bob, "#conversation").await);
-    std::fs::write(dir.join("browser-bob-phone.png"), bob.screenshot().await.unwrap()).unwrap();
+    assert_eq!(
+        url_fragment(&bob).await,
+        "",
+        "the list has no conversation in the URL"
+    );
+    screenshot(&bob, "browser-phone-inbox.png").await;
+    open_conversation(&bob, "carol").await;
+    assert_eq!(url_fragment(&bob).await, "chat=carol");
+    bob.back().await.unwrap();
+    eventually("the inbox after the browser's Back", || {
+        visible(&bob, "#inbox-list")
+    })
+    .await;
+    assert!(!visible(&bob, "#conversation").await);
+    bob.set_window_size(1000, 800).await.unwrap();
+
+    connection_banner(&bob).await;
+    logout_leaves_nothing_behind(&alice).await;
 
     alice.close().await.unwrap();
     bob.close().await.unwrap();
     let status = server.terminate().await;
     assert!(status.success(), "server exits cleanly on SIGTERM: {status:?}");
+}
+
+/// Sets the composer's text as typing would (an input event), without typing it key by key.
+async fn set_draft(client: &Client, text: &str) {
+    let script = format!(
+        "const input = R.getElementById('send-body'); input.value = {}; \
+         input.dispatchEvent(new Event('input'));",
+        json!(text)
+    );
+    js(client, &script).await;
+}
+
+/// The composer grows with its text, counts as the server does (scalar values: one emoji
+/// is one, not two UTF-16 units) near the limit, and refuses, never cuts, a text too long.
+async fn composer(client: &Client) {
+    let one_line = js(client, "return R.getElementById('send-body').offsetHeight;").await;
+    set_draft(client, "one\ntwo\nthree\nfour").await;
+    let four_lines = js(client, "return R.getElementById('send-body').offsetHeight;").await;
+    assert!(
+        four_lines.as_f64() > one_line.as_f64(),
+        "the composer grows: {one_line} then {four_lines}"
+    );
+    set_draft(client, "").await;
+    assert!(
+        !visible(client, "#send-counter").await,
+        "no counter far from the limit"
+    );
+    set_draft(client, &"😀".repeat(3_700)).await;
+    assert_eq!(text(client, "#send-counter").await, "3700 / 4000 characters");
+    let long = "😀".repeat(4_001);
+    set_draft(client, &long).await;
+    assert_eq!(
+        text(client, "#send-counter").await,
+        "4001 / 4000 characters: 1 too many to send"
+    );
+    let sent_before = message_texts(client).await.len();
+    type_into(client, "#send-body", ENTER).await;
+    eventually("the refusal", || async {
+        text(client, "#send-error").await == "This message is 1 characters too long to send."
+    })
+    .await;
+    assert_eq!(
+        js(client, "return [...R.getElementById('send-body').value].length;").await,
+        json!(4_001),
+        "the text is kept whole"
+    );
+    assert_eq!(message_texts(client).await.len(), sent_before);
+    // Exactly at the limit it goes.
+    set_draft(client, &"😀".repeat(4_000)).await;
+    type_into(client, "#send-body", ENTER).await;
+    eventually("the message at the limit, sent", || async {
+        message_texts(client).await.len() == sent_before + 1
+    })
+    .await;
+    assert!(!visible(client, "#send-counter").await);
+    assert!(!visible(client, "#send-problem").await);
+}
+
+/// A send that fails on the network keeps its text, says so in words, and "Retry" sends it
+/// with the same Idempotency-Key: it is stored once.
+async fn failed_send_is_retried_with_its_key(alice: &Client, bob: &Client) {
+    js(
+        alice,
+        "window.__keys = []; window.__fail = 1; const real = window.fetch; \
+         window.fetch = (url, init) => { \
+           if (String(url).endsWith('/api/v1/message/') && init && init.method === 'POST') { \
+             window.__keys.push(init.headers['Idempotency-Key']); \
+             if (window.__fail-- > 0) return Promise.reject(new TypeError('Failed to fetch')); \
+           } \
+           return real(url, init); };",
+    )
+    .await;
+    let before = message_texts(alice).await.len();
+    type_into(alice, "#send-body", &format!("try again{ENTER}")).await;
+    eventually("the failure, in words", || async {
+        text(alice, "#send-error").await
+            == "Not sent: Cannot reach the chat server. Check your connection and try again."
+    })
+    .await;
+    assert_eq!(
+        js(alice, "return R.getElementById('send-body').value;").await,
+        json!("try again"),
+        "the text is back in the composer"
+    );
+    assert_eq!(message_texts(alice).await.len(), before);
+    click(alice, "retry", "#send-retry").await;
+    eventually("the retried message", || async {
+        message_texts(alice).await.last().map(String::as_str) == Some("try again")
+    })
+    .await;
+    let keys = js(alice, "return window.__keys;").await;
+    let keys = keys.as_array().expect("the keys sent");
+    assert_eq!(keys.len(), 2);
+    assert_eq!(keys[0], keys[1], "the retry reuses the key");
+    assert_eq!(
+        js(alice, "return R.getElementById('send-body').value;").await,
+        json!("")
+    );
+    assert!(!visible(alice, "#send-problem").await);
+    eventually("one copy on bob's screen", || async {
+        message_texts(bob).await.last().map(String::as_str) == Some("try again")
+    })
+    .await;
+    let copies = message_texts(bob)
+        .await
+        .iter()
+        .filter(|body| *body == "try again")
+        .count();
+    assert_eq!(copies, 1);
+}
+
+/// With the socket down a banner says so and offers "Retry now", which reconnects.
+async fn connection_banner(client: &Client) {
+    assert!(!visible(client, "#banner").await, "no banner while live");
+    client.execute("window.__socket = null;", vec![]).await.unwrap();
+    // Sockets made from here on go nowhere until allowed again; the open one is closed.
+    client
+        .execute(
+            "window.__block = true; const Real = window.WebSocket; \
+             window.WebSocket = class extends Real { \
+               constructor(url, protocols) { super(window.__block ? 'ws://127.0.0.1:9/' : url, protocols); \
+                 window.__socket = this; } }; window.__block = false;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    // Logging in again (without a reload, which would drop the wrapper) makes the page open
+    // its socket through it.
+    click(client, "log out", "#logout-button").await;
+    log_in_with_enter(client, "bob").await;
+    eventually("a socket made by the page", || async {
+        client.execute("return !!window.__socket;", vec![]).await.unwrap() == json!(true)
+    })
+    .await;
+    client
+        .execute("window.__block = true; window.__socket.close();", vec![])
+        .await
+        .unwrap();
+    eventually("the banner", || visible(client, "#banner")).await;
+    assert!(text(client, "#banner-text").await.starts_with("Not connected"));
+    assert!(visible(client, "#retry-now").await);
+    client.execute("window.__block = false;", vec![]).await.unwrap();
+    click(client, "retry now", "#retry-now").await;
+    wait_live(client).await;
+    assert!(!visible(client, "#banner").await);
+}
+
+/// Drafts stay with their conversation; then alice logs out and bob logs in in the same tab
+/// (with Enter): nothing of alice's is left.
+async fn logout_leaves_nothing_behind(client: &Client) {
+    // A draft stays with its conversation while another is open.
+    set_draft(client, "a draft of alice's").await;
+    start_conversation(client, "ca", "carol").await;
+    assert_eq!(
+        js(client, "return R.getElementById('send-body').value;").await,
+        json!("")
+    );
+    open_conversation(client, "bob").await;
+    assert_eq!(
+        js(client, "return R.getElementById('send-body').value;").await,
+        json!("a draft of alice's")
+    );
+    type_into(client, "#user-search", "ca").await;
+    click(client, "log out", "#logout-button").await;
+    eventually("the login form after logging out", || {
+        visible(client, "#auth-form")
+    })
+    .await;
+    assert_eq!(title(client).await, "chatcore");
+    assert_eq!(url_fragment(client).await, "");
+    let leftovers = js(
+        client,
+        "return ['message-list', 'inbox-list', 'directory-list', 'me', 'partner', 'announcer'] \
+           .map(id => [id, R.getElementById(id).textContent.trim()]) \
+           .concat([['send-body', R.getElementById('send-body').value], \
+                    ['user-search', R.getElementById('user-search').value]]) \
+           .filter(([id, value]) => value && value !== 'No conversation open');",
+    )
+    .await;
+    assert_eq!(leftovers, json!([]), "nothing of alice's is left on the page");
+    log_in_with_enter(client, "bob").await;
+    eventually("bob's own inbox", || async {
+        let peers: Vec<String> = inbox(client).await.into_iter().map(|(peer, _, _)| peer).collect();
+        peers == ["alice", "carol"]
+    })
+    .await;
+    assert!(!visible(client, "#messages").await, "no conversation open");
+    assert_eq!(message_texts(client).await, Vec::<String>::new());
+    assert_eq!(
+        js(client, "return R.getElementById('send-body').value;").await,
+        json!("")
+    );
+    let text = js(client, "return R.textContent;").await;
+    assert!(
+        !text.as_str().unwrap_or_default().contains("a draft of alice's"),
+        "alice's draft is gone"
+    );
 }

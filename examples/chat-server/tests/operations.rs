@@ -71,7 +71,7 @@ async fn serves_its_description_and_logs_json_with_request_ids() {
     let (server, mut logs) = ServerProcess::start_logging(
         dir.path(),
         &["--database", "sqlite://chat.db", "--log-format", "json"],
-        "info,tower_http=debug",
+        "info",
     )
     .await;
     let http = reqwest::Client::new();
@@ -102,6 +102,13 @@ async fn serves_its_description_and_logs_json_with_request_ids() {
     assert_eq!(entry["span"]["name"], "request", "{entry}");
     assert_eq!(entry["span"]["request_id"], "probe-7f3a", "{entry}");
     assert_eq!(entry["span"]["path"], "/api/v1/openapi.json", "{entry}");
+    // At `info`: one line per request, with method, route, status, duration and the id.
+    assert_eq!(entry["target"], "chat_server::request", "{entry}");
+    assert_eq!(entry["level"], "INFO", "{entry}");
+    assert_eq!(entry["span"]["method"], "GET", "{entry}");
+    assert_eq!(entry["span"]["route"], "/api/v1/openapi.json", "{entry}");
+    assert_eq!(entry["fields"]["status"], 200, "{entry}");
+    assert!(entry["fields"]["duration_ms"].as_f64().is_some(), "{entry}");
 }
 
 /// On SIGTERM with a drain period, `/readyz` answers 503 at once while the server still

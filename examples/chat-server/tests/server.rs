@@ -68,6 +68,58 @@ fn operator_subcommands() {
     );
     assert!(!short.status.success(), "a short password is refused");
 
+    // Without a terminal (stdin is a pipe here) create-user says how to give the password.
+    let no_tty = operator(dir.path(), &["create-user", "erin"], "");
+    assert!(!no_tty.status.success());
+    assert!(
+        String::from_utf8_lossy(&no_tty.stderr).contains("--password-stdin"),
+        "{}",
+        String::from_utf8_lossy(&no_tty.stderr)
+    );
+
+    // A read-only command on a mistyped path reports it and creates nothing there; global
+    // options may also follow the subcommand.
+    let typo = operator(dir.path(), &["list-users", "--database", "sqlite://opps.db"], "");
+    assert!(!typo.status.success());
+    let error = String::from_utf8_lossy(&typo.stderr);
+    assert!(error.contains("no database at opps.db"), "{error}");
+    assert!(!dir.path().join("opps.db").exists(), "no file was created");
+
+    // An unopenable database: the error names it (without its password) and what to do.
+    let missing_dir = operator(
+        dir.path(),
+        &["migrate", "--database", "sqlite://no/such/dir/x.db"],
+        "",
+    );
+    let error = String::from_utf8_lossy(&missing_dir.stderr);
+    assert!(!missing_dir.status.success());
+    assert!(
+        error.contains("cannot open the database sqlite://no/such/dir/x.db (check the path"),
+        "{error}"
+    );
+    let mysql = std::env::var("CHATCORE_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into());
+    if let Some(server) = mysql
+        .strip_prefix("mysql://")
+        .and_then(|rest| rest.split('/').next())
+    {
+        // The server's own user, plus a password that must not be printed.
+        let host = server.rsplit('@').next().unwrap_or(server);
+        let user = server
+            .split_once('@')
+            .map_or("root", |(user, _)| user.split(':').next().unwrap_or("root"));
+        let url = format!("mysql://{user}:not-printed@{host}/chatcore_no_such_database");
+        let unknown = operator(dir.path(), &["migrate", "--database", &url], "");
+        let error = String::from_utf8_lossy(&unknown.stderr);
+        assert!(!unknown.status.success());
+        assert!(!error.contains("not-printed"), "the password stays out: {error}");
+        assert!(error.contains(&format!("mysql://{user}:***@{host}")), "{error}");
+        // With the server's own credentials: the database itself is missing (1049).
+        let url = format!("mysql://{server}/chatcore_no_such_database");
+        let unknown = operator(dir.path(), &["migrate", "--database", &url], "");
+        let error = String::from_utf8_lossy(&unknown.stderr);
+        assert!(error.contains("create the database first"), "{error}");
+    }
+
     let list = operator(dir.path(), &["list-users"], "");
     let names: Vec<String> = String::from_utf8_lossy(&list.stdout)
         .lines()
@@ -141,12 +193,21 @@ async fn serves_ui_api_and_websocket_then_shuts_down_gracefully() {
         .unwrap()
         .to_owned();
     assert!(csp.contains("script-src 'self'"));
-    assert!(page.text().await.unwrap().contains("/static/app.js"));
-    for asset in ["/static/app.js", "/static/app.css"] {
-        assert_eq!(
-            http.get(format!("{base}{asset}")).send().await.unwrap().status(),
-            200
-        );
+    let html = page.text().await.unwrap();
+    assert!(
+        html.contains(r#"<script type="module" src="ui/chatcore-app.js">"#),
+        "{html}"
+    );
+    assert!(html.contains("<chatcore-app fullscreen"), "{html}");
+    for (asset, media) in [
+        ("/ui/chatcore-app.js", "text/javascript; charset=utf-8"),
+        ("/ui/chatcore-app.css", "text/css; charset=utf-8"),
+        ("/ui/favicon.svg", "image/svg+xml"),
+    ] {
+        let answer = http.get(format!("{base}{asset}")).send().await.unwrap();
+        assert_eq!(answer.status(), 200, "{asset}");
+        assert_eq!(answer.headers()["content-type"], media, "{asset}");
+        assert_eq!(answer.headers()["x-content-type-options"], "nosniff", "{asset}");
     }
     let echo = http
         .post(format!("{base}/_bench/echo"))
