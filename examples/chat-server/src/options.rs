@@ -280,7 +280,12 @@ pub struct ServerOptions {
 
     /// Milliseconds without word from a server after which the others show its users
     /// offline (a server killed without goodbye); each server speaks every third of it.
-    #[arg(long, global = true, env = "CHAT_PRESENCE_TIMEOUT_MS", default_value_t = 30_000)]
+    #[arg(
+        long,
+        global = true,
+        env = "CHAT_PRESENCE_TIMEOUT_MS",
+        default_value_t = 30_000
+    )]
     pub presence_timeout_ms: u64,
 
     /// Typing frames one WebSocket may send in a burst; extra ones are dropped. 0 turns
