@@ -191,10 +191,11 @@ pub async fn edits_and_deletes_reach_both_sockets_and_are_replayed(store: Arc<dy
     close(ws).await;
 }
 
-pub async fn the_edit_window_answers_403_past_it(store: Arc<dyn Backend>) {
+/// An app with `window` as its edit window, and the id of a message alice sent bob in it.
+async fn with_edit_window(store: Arc<dyn Backend>, window: Duration) -> (TestApp, String, String) {
     let options = Options {
         chat: ChatConfig {
-            edit_window: Some(Duration::from_millis(1)),
+            edit_window: Some(window),
             ..ChatConfig::default()
         },
         ..Options::default()
@@ -206,6 +207,11 @@ pub async fn the_edit_window_answers_403_past_it(store: Arc<dyn Backend>) {
         .as_i64()
         .unwrap()
         .to_string();
+    (app, alice, id)
+}
+
+pub async fn the_edit_window_answers_403_past_it(store: Arc<dyn Backend>) {
+    let (app, alice, id) = with_edit_window(store, Duration::from_millis(1)).await;
     // Past a 1 ms window whatever the machine's speed.
     tokio::time::sleep(Duration::from_millis(20)).await;
     let refused = error_of(patch(&app, &alice, &id, "fixed").await, 403).await;
@@ -218,20 +224,7 @@ pub async fn the_edit_window_answers_403_past_it(store: Arc<dyn Backend>) {
 }
 
 pub async fn an_edit_window_allows_edits_within_it(store: Arc<dyn Backend>) {
-    let options = Options {
-        chat: ChatConfig {
-            edit_window: Some(Duration::from_secs(3600)),
-            ..ChatConfig::default()
-        },
-        ..Options::default()
-    };
-    let app = TestApp::spawn_with(store, options).await;
-    let (_, alice) = app.user("alice").await;
-    app.user("bob").await;
-    let id = app.send(&alice, "bob", "typo").await["id"]
-        .as_i64()
-        .unwrap()
-        .to_string();
+    let (app, alice, id) = with_edit_window(store, Duration::from_secs(3600)).await;
     assert_eq!(patch(&app, &alice, &id, "fixed").await.status(), 200);
 }
 
