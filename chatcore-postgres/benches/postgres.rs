@@ -89,6 +89,21 @@ async fn raw_send(pool: &PgPool, users: &[User], t: usize) {
     .expect("raw insert");
 }
 
+/// Task `t`'s send as one direct call of the batch function (a batch of one, no writer task):
+/// what the store's SQL costs without its queue.
+async fn function_send(pool: &PgPool, users: &[User], t: usize) {
+    let sender = users[t].id.0;
+    let recipient = users[(t + 1) % users.len()].username.key();
+    sqlx::query("SELECT * FROM chatcore_insert_messages($1, $2, $3, $4)")
+        .bind(vec![sender])
+        .bind(vec![recipient])
+        .bind(vec![BODY])
+        .bind(vec![None::<Vec<u8>>])
+        .fetch_all(pool)
+        .await
+        .expect("function call");
+}
+
 fn sends(c: &mut Criterion) {
     let runtime = Arc::new(
         tokio::runtime::Builder::new_multi_thread()
@@ -172,6 +187,21 @@ fn sends(c: &mut Criterion) {
                         let pool = pool.clone();
                         let users = users.clone();
                         async move { raw_send(&pool, &users, t).await }
+                    })
+                });
+            },
+        );
+        group.bench_with_input(
+            BenchmarkId::new("function_call", concurrency),
+            &concurrency,
+            |b, &tasks| {
+                b.to_async(&*runtime).iter_custom(|iters| {
+                    let pool = pool.clone();
+                    let users = users.clone();
+                    concurrently(iters, tasks, move |t| {
+                        let pool = pool.clone();
+                        let users = users.clone();
+                        async move { function_send(&pool, &users, t).await }
                     })
                 });
             },
