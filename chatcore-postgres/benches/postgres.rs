@@ -7,9 +7,14 @@
 //!   same row (autocommit, id from a plain sequence, same indexes) from C tasks with a
 //!   connection each. The ratio of the two is the library's overhead (or gain, thanks to
 //!   group commit).
+//! - `send/function_call/C`: the store's batch function `chatcore_insert_messages` called
+//!   directly with one message per call, from C tasks sharing the raw pool: the SQL's own
+//!   cost (ids, counters, inbox, previous positions), without the store's writer. Set
+//!   against `send/chatcore/1` it shows what the writer adds; at 8 and 64 it shows what group
+//!   commit saves.
 //!
 //! `cargo bench -p chatcore-postgres --bench postgres` (`-- --measurement-time 3` for a
-//! shorter run).
+//! shorter run, `-- 'send/(chatcore|raw_insert)'` for the ratio alone).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
