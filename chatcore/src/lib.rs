@@ -91,11 +91,11 @@ pub use policy::{
 };
 pub use presence::PresenceStatus;
 pub use service::{
-    CatchUp, CatchUpPage, ChatConfig, ChatService, DirectoryQuery, HistoryQuery, InboxQuery, ReadState,
+    CatchUp, CatchUpPage, ChatConfig, ChatService, DirectoryQuery, HistoryQuery, BlockListQuery, InboxQuery, ReadState,
     SendRequest, Sent, TypingGate,
 };
 pub use store::{
-    Backend, ChangeEvent, Changed, ChangedMessage, Conversation, Credentials, InboxPage, InboxRequest,
+    Backend, BlockQuery, ChangeEvent, Changed, ChangedMessage, Conversation, Credentials, InboxPage, InboxRequest,
     Inserted, MarkedRead, MessageChange, MessagePage, MigrationReport, MovedMarker, PageRequest, ReadMarker,
     SessionRecord, SessionStore, Store, StoredEvent, TokenHash, UserQuery,
 };
