@@ -237,7 +237,7 @@ use std::thread::JoinHandle;
 
 use async_trait::async_trait;
 use chatcore::store::{
-    Backend, Changed, Credentials, InboxPage, InboxRequest, Inserted, MarkedRead, MessageChange, MessagePage,
+    Backend, BlockQuery, Changed, Credentials, InboxPage, InboxRequest, Inserted, MarkedRead, MessageChange, MessagePage,
     MigrationReport, PageRequest, SessionRecord, SessionStore, Store, StoredEvent, TokenHash, UserQuery,
     check_checkpoint_name,
 };
@@ -646,6 +646,32 @@ impl Store for SqliteStore {
             reply,
         })
         .await
+    }
+
+    async fn set_block(&self, blocker: UserId, blocked: &Username, on: bool) -> Result<User> {
+        let blocked = blocked.clone();
+        self.write(|reply| WriteOp::SetBlock {
+            blocker,
+            blocked,
+            on,
+            reply,
+        })
+        .await
+    }
+
+    async fn blocked_users(&self, user: UserId, query: &BlockQuery) -> Result<Vec<User>> {
+        let query = query.clone();
+        self.read(move |ctx| ctx.blocked_users(user, &query)).await
+    }
+
+    async fn reachable_peer(&self, user: UserId, peer: &Username) -> Result<Option<UserId>> {
+        let peer = peer.clone();
+        self.read(move |ctx| ctx.reachable_peer(user, &peer)).await
+    }
+
+    async fn conversation_peers(&self, user: UserId, among: &[UserId]) -> Result<Vec<UserId>> {
+        let among = among.to_vec();
+        self.read(move |ctx| ctx.conversation_peers(user, &among)).await
     }
 
     async fn feed_after(&self, after: Position, limit: u32) -> Result<Vec<StoredEvent>> {

@@ -320,10 +320,29 @@ CREATE INDEX chatcore_changes_recipient ON chatcore_changes (recipient_id) WHERE
 "#,
         then: None,
     },
+    Migration {
+        version: 10,
+        name: "blocks between users",
+        // A block is a row per blocker and blocked user, durable state and not an event (no
+        // position). The writer looks the pair up both ways by primary key in the transaction
+        // that inserts a message or edits one, so a block committed before is never slipped
+        // past. A user's block list is sorted by the blocked user's key (copied here: keys
+        // never change), so a page is one range of the second index.
+        sql: r#"
+CREATE TABLE chatcore_blocks (
+    blocker_id  INTEGER NOT NULL REFERENCES chatcore_users (id),
+    blocked_id  INTEGER NOT NULL REFERENCES chatcore_users (id),
+    blocked_key TEXT NOT NULL,
+    PRIMARY KEY (blocker_id, blocked_id)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX chatcore_blocks_by_key ON chatcore_blocks (blocker_id, blocked_key);
+"#,
+        then: None,
+    },
 ];
 
 /// The schema version this code writes and reads.
-pub const SCHEMA_VERSION: u32 = 9;
+pub const SCHEMA_VERSION: u32 = 10;
 
 /// Migration 5's Rust half: gives every user the key of their stored name
 /// ([`Username::key_of`]; names made before today's rules are keyed as they are), then makes

@@ -280,6 +280,9 @@ impl Writer {
                     .execute(rusqlite::params![name, position])?;
                 Ok(Outcome::Unit(Ok(())))
             }
+            WriteOp::SetBlock {
+                blocker, blocked, on, ..
+            } => Ok(Outcome::User(self.set_block(*blocker, blocked, *on)?)),
             WriteOp::Insert { message, .. } => Ok(Outcome::Inserted(self.insert(message, created_at)?)),
             WriteOp::MarkRead {
                 reader, peer, up_to, ..
@@ -288,6 +291,44 @@ impl Writer {
                 sender, id, change, ..
             } => Ok(Outcome::Changed(self.change(*sender, *id, change, created_at)?)),
         }
+    }
+
+    /// Starts or ends `blocker`'s block of `blocked` (`Store::set_block`). Jobs later in the
+    /// batch (inserts, edits) see it: they run in this transaction after it.
+    fn set_block(&mut self, blocker: UserId, blocked: &Username, on: bool) -> rusqlite::Result<Result<User>> {
+        let Some(target) = self.resolve_in_tx(blocked)? else {
+            return Ok(Err(Error::NotFound(Entity::User)));
+        };
+        if target.id == blocker {
+            return Ok(Err(Error::invalid("you cannot block yourself")));
+        }
+        if on {
+            // Foreign keys are not enforced on this connection (see `connection.rs`).
+            if !self.sender_exists(blocker)? {
+                return Ok(Err(Error::NotFound(Entity::User)));
+            }
+            self.ctx.conn.prepare_cached(sql::INSERT_BLOCK)?.execute(rusqlite::params![
+                blocker.0,
+                target.id.0,
+                target.username.key()
+            ])?;
+        } else {
+            let conn = &self.ctx.conn;
+            conn.prepare_cached(sql::DELETE_BLOCK)?
+                .execute([blocker.0, target.id.0])?;
+        }
+        Ok(Ok(target))
+    }
+
+    /// Whether a block stands between `a` and `b`, either way, in the open transaction.
+    fn blocked(&self, a: UserId, b: UserId) -> rusqlite::Result<bool> {
+        Ok(self
+            .ctx
+            .conn
+            .prepare_cached(sql::BLOCK_BETWEEN)?
+            .query_row([a.0, b.0], |_| Ok(()))
+            .optional()?
+            .is_some())
     }
 
     /// Edits or deletes message `id` for `sender` (`Store::change_message`'s rules, in its
@@ -326,6 +367,9 @@ impl Writer {
                 MessageChange::Edit { .. } => Err(Error::NotFound(Entity::Message)),
                 MessageChange::Delete => Ok(Changed { message, event: None }),
             });
+        }
+        if matches!(change, MessageChange::Edit { .. }) && self.blocked(sender_id, recipient_id)? {
+            return Ok(Err(Error::Forbidden(Forbidden::Blocked)));
         }
         if let MessageChange::Edit {
             not_before: Some(not_before),
@@ -496,6 +540,12 @@ impl Writer {
                 }));
             }
         }
+        // In the writer's transaction: a block committed before is seen, one queued after
+        // this insert in the batch comes after it (`Store::set_block`).
+        if recipient_id != sender_id && self.blocked(sender_id, recipient_id)? {
+            return Ok(Err(Error::Forbidden(Forbidden::Blocked)));
+        }
+        let conn = &self.ctx.conn;
         // Each participant's newest message before this one: ids follow commit order (one
         // writer), so it is the user's previous position (`Store` docs, "Positions").
         let sender_previous = user_tail(conn, &mut self.user_tails, sender_id)?.last_id;
