@@ -326,9 +326,13 @@ CREATE INDEX chatcore_changes_recipient ON chatcore_changes (recipient_id) WHERE
         // A block is a row per blocker and blocked user, durable state and not an event (no
         // position). The writer looks the pair up both ways by primary key in the transaction
         // that inserts a message or edits one, so a block committed before is never slipped
-        // past. A user's block list is sorted by the blocked user's key (copied here: keys
-        // never change), so a page is one range of the second index.
+        // past. Each user's counter row (which the writer reads for every send anyway) counts
+        // the blocks they take part in, either side: a send between two users of whom one
+        // has none skips the lookup, so only users with blocks pay for them. A user's block
+        // list is sorted by the blocked user's key (copied here: keys never change), so a
+        // page is one range of the second index.
         sql: r#"
+ALTER TABLE chatcore_user_counts ADD COLUMN block_count INTEGER NOT NULL DEFAULT 0;
 CREATE TABLE chatcore_blocks (
     blocker_id  INTEGER NOT NULL REFERENCES chatcore_users (id),
     blocked_id  INTEGER NOT NULL REFERENCES chatcore_users (id),

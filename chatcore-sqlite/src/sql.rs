@@ -129,6 +129,17 @@ pub(crate) const ADD_USER_COUNT: &str =
 pub(crate) const BLOCK_BETWEEN: &str = "SELECT 1 FROM chatcore_blocks WHERE blocker_id = ?1 AND blocked_id = ?2
      UNION ALL SELECT 1 FROM chatcore_blocks WHERE blocker_id = ?2 AND blocked_id = ?1 LIMIT 1";
 
+/// Adds `?2` (1 or -1) to the blocks user `?1` takes part in.
+pub(crate) const ADD_BLOCK_COUNT: &str =
+    "INSERT INTO chatcore_user_counts (user_id, message_count, last_id, unread_total, block_count)
+     VALUES (?1, 0, 0, 0, ?2)
+     ON CONFLICT (user_id) DO UPDATE SET block_count = block_count + excluded.block_count";
+
+/// What the writer needs of a user the first time a batch meets them: their newest position
+/// and how many blocks they take part in.
+pub(crate) const USER_TAIL: &str =
+    "SELECT last_id, block_count FROM chatcore_user_counts WHERE user_id = ?1";
+
 /// `?1` blocks `?2`, whose key is `?3` (again: nothing changes).
 pub(crate) const INSERT_BLOCK: &str =
     "INSERT OR IGNORE INTO chatcore_blocks (blocker_id, blocked_id, blocked_key) VALUES (?1, ?2, ?3)";
@@ -457,7 +468,7 @@ mod query_plans {
             MARK_FROM_SEQ,
             &["SEARCH chatcore_conversation_marks USING PRIMARY KEY (conv_low=? AND conv_high=? AND seq>?)"],
         );
-        for sql in [USER_COUNT, USER_LAST_ID] {
+        for sql in [USER_COUNT, USER_LAST_ID, USER_TAIL] {
             assert_plan(conn, sql, &[&format!("SEARCH chatcore_user_counts {BY_ROWID}")]);
         }
         assert_plan(

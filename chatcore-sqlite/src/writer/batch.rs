@@ -302,7 +302,7 @@ impl Writer {
         if target.id == blocker {
             return Ok(Err(Error::invalid("you cannot block yourself")));
         }
-        if on {
+        let changed = if on {
             // Foreign keys are not enforced on this connection (see `connection.rs`).
             if !self.sender_exists(blocker)? {
                 return Ok(Err(Error::NotFound(Entity::User)));
@@ -311,11 +311,25 @@ impl Writer {
                 blocker.0,
                 target.id.0,
                 target.username.key()
-            ])?;
+            ])?
         } else {
-            let conn = &self.ctx.conn;
-            conn.prepare_cached(sql::DELETE_BLOCK)?
-                .execute([blocker.0, target.id.0])?;
+            self.ctx
+                .conn
+                .prepare_cached(sql::DELETE_BLOCK)?
+                .execute([blocker.0, target.id.0])?
+        };
+        if changed > 0 {
+            let delta: i64 = if on { 1 } else { -1 };
+            for user in [blocker, target.id] {
+                self.ctx
+                    .conn
+                    .prepare_cached(sql::ADD_BLOCK_COUNT)?
+                    .execute([user.0, delta])?;
+                // A user the batch already read: later jobs of the batch see the count.
+                if let Some(tail) = self.user_tails.get_mut(&user) {
+                    tail.blocks += delta;
+                }
+            }
         }
         Ok(Ok(target))
     }
@@ -540,20 +554,23 @@ impl Writer {
                 }));
             }
         }
-        // In the writer's transaction: a block committed before is seen, one queued after
-        // this insert in the batch comes after it (`Store::set_block`).
-        if recipient_id != sender_id && self.blocked(sender_id, recipient_id)? {
-            return Ok(Err(Error::Forbidden(Forbidden::Blocked)));
-        }
-        let conn = &self.ctx.conn;
         // Each participant's newest message before this one: ids follow commit order (one
         // writer), so it is the user's previous position (`Store` docs, "Positions").
-        let sender_previous = user_tail(conn, &mut self.user_tails, sender_id)?.last_id;
-        let recipient_previous = if recipient_id == sender_id {
-            sender_previous
+        let sender = user_tail(conn, &mut self.user_tails, sender_id)?;
+        let (sender_previous, sender_blocks) = (sender.last_id, sender.blocks);
+        let (recipient_previous, recipient_blocks) = if recipient_id == sender_id {
+            (sender_previous, 0)
         } else {
-            user_tail(conn, &mut self.user_tails, recipient_id)?.last_id
+            let recipient = user_tail(conn, &mut self.user_tails, recipient_id)?;
+            (recipient.last_id, recipient.blocks)
         };
+        // In the writer's transaction: a block committed before is seen, one queued after
+        // this insert in the batch comes after it (`Store::set_block`). A block between the
+        // two needs both to take part in one, which their counter rows (read just above)
+        // tell: most sends skip the lookup.
+        if sender_blocks > 0 && recipient_blocks > 0 && self.blocked(sender_id, recipient_id)? {
+            return Ok(Err(Error::Forbidden(Forbidden::Blocked)));
+        }
         let key = ConversationKey::new(sender_id, recipient_id);
         let (low, high) = (key.low().0, key.high().0);
         let id = self.next_position()?;
@@ -774,12 +791,15 @@ fn conversation_tail<'t>(
 }
 
 /// A user in the open transaction: the messages it added, the user's newest position (`0`
-/// for none), what it added to their unread total, and whether any of it changed.
+/// for none), what it added to their unread total, how many blocks they take part in, and
+/// whether any of the first three changed.
 #[derive(Default)]
 pub(super) struct UserTail {
     added: i64,
     last_id: i64,
     unread: i64,
+    /// The blocks the user takes part in, either side (kept in step by `set_block`).
+    blocks: i64,
     changed: bool,
 }
 
@@ -829,15 +849,16 @@ fn user_tail<'t>(
     Ok(match tails.entry(user) {
         Entry::Occupied(entry) => entry.into_mut(),
         Entry::Vacant(entry) => {
-            let last_id: i64 = conn
-                .prepare_cached(sql::USER_LAST_ID)?
-                .query_row([user.0], |row| row.get(0))
+            let (last_id, blocks) = conn
+                .prepare_cached(sql::USER_TAIL)?
+                .query_row([user.0], |row| Ok((row.get(0)?, row.get(1)?)))
                 .optional()?
-                .unwrap_or(0);
+                .unwrap_or((0, 0));
             entry.insert(UserTail {
                 added: 0,
                 last_id,
                 unread: 0,
+                blocks,
                 changed: false,
             })
         }
