@@ -204,9 +204,10 @@ use tokio::sync::{RwLock, mpsc, oneshot};
 
 use chatcore::store::check_checkpoint_name;
 use chatcore::{
-    Backend, BlockQuery, BoxError, Changed, Credentials, Entity, Error, InboxPage, InboxRequest, Inserted, MarkedRead,
-    Message, MessageChange, MessageId, MessagePage, MigrationReport, NewMessage, PageRequest, Position,
-    Result, SessionRecord, SessionStore, Store, StoredEvent, TokenHash, User, UserId, UserQuery, Username,
+    Backend, BlockQuery, BoxError, Changed, Credentials, Entity, Error, InboxPage, InboxRequest, Inserted,
+    MarkedRead, Message, MessageChange, MessageId, MessagePage, MigrationReport, NewMessage, PageRequest,
+    Position, Result, SessionRecord, SessionStore, Store, StoredEvent, TokenHash, User, UserId, UserQuery,
+    Username,
 };
 
 pub use config::MysqlConfig;

@@ -33,8 +33,8 @@ use sqlx::{Executor, MySql, MySqlConnection, MySqlPool, QueryBuilder, Row};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use chatcore::{
-    ConversationKey, Entity, Error, Forbidden, Inserted, Message, MessageId, NewMessage, Position, Result, UserId,
-    Username,
+    ConversationKey, Entity, Error, Forbidden, Inserted, Message, MessageId, NewMessage, Position, Result,
+    UserId, Username,
 };
 
 use chatcore::metrics::StoreMetrics;
@@ -249,7 +249,10 @@ impl Writer {
                     // refused to take ids (see `commit_fresh`) and rolled back. Those sends
                     // are refused and the others tried again; each such round refuses at
                     // least one send, so it ends.
-                    match self.refuse_blocked(&mut conn, batch, &keys, &users, &mut refused).await {
+                    match self
+                        .refuse_blocked(&mut conn, batch, &keys, &users, &mut refused)
+                        .await
+                    {
                         Ok(true) => continue,
                         Ok(false) => {}
                         Err(read) => {

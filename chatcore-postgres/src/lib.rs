@@ -126,10 +126,10 @@ use tokio::sync::{RwLock, mpsc, oneshot};
 
 use chatcore::store::check_checkpoint_name;
 use chatcore::{
-    Backend, BlockQuery, BoxError, ChangeEvent, Changed, Credentials, Entity, Error, InboxPage, InboxRequest, Inserted,
-    MarkedRead, Message, MessageChange, MessageId, MessagePage, MigrationReport, MovedMarker, NewMessage,
-    PageRequest, Position, ReadMarker, Result, SessionRecord, SessionStore, Store, StoredEvent, TokenHash,
-    User, UserId, UserQuery, Username,
+    Backend, BlockQuery, BoxError, ChangeEvent, Changed, Credentials, Entity, Error, InboxPage, InboxRequest,
+    Inserted, MarkedRead, Message, MessageChange, MessageId, MessagePage, MigrationReport, MovedMarker,
+    NewMessage, PageRequest, Position, ReadMarker, Result, SessionRecord, SessionStore, Store, StoredEvent,
+    TokenHash, User, UserId, UserQuery, Username,
 };
 
 pub use config::PostgresConfig;
@@ -566,7 +566,9 @@ impl Store for PostgresStore {
             "no_user" => Err(Error::NotFound(Entity::User)),
             "self" => Err(Error::invalid("you cannot block yourself")),
             "done" => rows::user(&row).map_err(corrupt),
-            other => Err(Error::bug(format!("chatcore_set_block: unknown outcome {other:?}"))),
+            other => Err(Error::bug(format!(
+                "chatcore_set_block: unknown outcome {other:?}"
+            ))),
         }
     }
 

@@ -18,7 +18,9 @@ use sqlx::{PgPool, Row};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use chatcore::metrics::StoreMetrics;
-use chatcore::{Entity, Error, Forbidden, Inserted, Message, MessageId, NewMessage, Position, Result, UserId, Username};
+use chatcore::{
+    Entity, Error, Forbidden, Inserted, Message, MessageId, NewMessage, Position, Result, UserId, Username,
+};
 
 use crate::PostgresConfig;
 use crate::error::SharedError;

@@ -237,9 +237,9 @@ use std::thread::JoinHandle;
 
 use async_trait::async_trait;
 use chatcore::store::{
-    Backend, BlockQuery, Changed, Credentials, InboxPage, InboxRequest, Inserted, MarkedRead, MessageChange, MessagePage,
-    MigrationReport, PageRequest, SessionRecord, SessionStore, Store, StoredEvent, TokenHash, UserQuery,
-    check_checkpoint_name,
+    Backend, BlockQuery, Changed, Credentials, InboxPage, InboxRequest, Inserted, MarkedRead, MessageChange,
+    MessagePage, MigrationReport, PageRequest, SessionRecord, SessionStore, Store, StoredEvent, TokenHash,
+    UserQuery, check_checkpoint_name,
 };
 use chatcore::{Error, Message, MessageId, NewMessage, Position, Result, User, UserId, Username};
 use chrono::{DateTime, Utc};
@@ -926,7 +926,10 @@ mod tests {
         store.set_block(b.id, &a.username, false).await.unwrap();
         store.set_block(c.id, &a.username, true).await.unwrap();
         assert!(store.insert_message(note(&a, &b)).await.is_ok());
-        assert!(store.insert_message(note(&b, &c)).await.is_ok(), "b blocks no one now");
+        assert!(
+            store.insert_message(note(&b, &c)).await.is_ok(),
+            "b blocks no one now"
+        );
         store.set_block(c.id, &a.username, false).await.unwrap();
         store.set_block(c.id, &a.username, false).await.unwrap(); // counted once
         let counts: Vec<i64> = store

@@ -5,8 +5,8 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 
 use chatcore::store::{
-    BlockQuery, ChangedMessage, Conversation as InboxConversation, Credentials, InboxPage, InboxRequest, MessagePage,
-    PageRequest, ReadMarker, SessionRecord, StoredEvent, UserQuery,
+    BlockQuery, ChangedMessage, Conversation as InboxConversation, Credentials, InboxPage, InboxRequest,
+    MessagePage, PageRequest, ReadMarker, SessionRecord, StoredEvent, UserQuery,
 };
 use chatcore::{
     ConversationKey, Entity, Error, Message, MessageId, Position, Result, User, UserId, Username,
@@ -238,17 +238,24 @@ impl ReadCtx {
 
     /// `Store::reachable_peer`: one statement.
     pub(crate) fn reachable_peer(&mut self, user: UserId, peer: &Username) -> Result<Option<UserId>> {
-        let mut stmt = self.conn.prepare_cached(sql::REACHABLE_PEER).map_err(error::map)?;
-        stmt.query_row(rusqlite::params![user.0, peer.key()], |row| Ok(UserId(row.get(0)?)))
-            .optional()
-            .map_err(row_error)
+        let mut stmt = self
+            .conn
+            .prepare_cached(sql::REACHABLE_PEER)
+            .map_err(error::map)?;
+        stmt.query_row(rusqlite::params![user.0, peer.key()], |row| {
+            Ok(UserId(row.get(0)?))
+        })
+        .optional()
+        .map_err(row_error)
     }
 
     /// `Store::conversation_peers`: a primary-key lookup of each listed conversation's
     /// counter row, in one snapshot.
     pub(crate) fn conversation_peers(&mut self, user: UserId, among: &[UserId]) -> Result<Vec<UserId>> {
         self.snapshot(|conn, _| {
-            let mut stmt = conn.prepare_cached(sql::CONVERSATION_EXISTS).map_err(error::map)?;
+            let mut stmt = conn
+                .prepare_cached(sql::CONVERSATION_EXISTS)
+                .map_err(error::map)?;
             let mut found = Vec::new();
             let mut asked = std::collections::HashSet::with_capacity(among.len());
             for &peer in among {

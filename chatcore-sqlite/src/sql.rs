@@ -126,7 +126,8 @@ pub(crate) const ADD_USER_COUNT: &str =
          unread_total = unread_total + excluded.unread_total";
 
 /// Whether a block stands between `?1` and `?2`, either way: two primary-key lookups.
-pub(crate) const BLOCK_BETWEEN: &str = "SELECT 1 FROM chatcore_blocks WHERE blocker_id = ?1 AND blocked_id = ?2
+pub(crate) const BLOCK_BETWEEN: &str =
+    "SELECT 1 FROM chatcore_blocks WHERE blocker_id = ?1 AND blocked_id = ?2
      UNION ALL SELECT 1 FROM chatcore_blocks WHERE blocker_id = ?2 AND blocked_id = ?1 LIMIT 1";
 
 /// Adds `?2` (1 or -1) to the blocks user `?1` takes part in.
@@ -137,8 +138,7 @@ pub(crate) const ADD_BLOCK_COUNT: &str =
 
 /// What the writer needs of a user the first time a batch meets them: their newest position
 /// and how many blocks they take part in.
-pub(crate) const USER_TAIL: &str =
-    "SELECT last_id, block_count FROM chatcore_user_counts WHERE user_id = ?1";
+pub(crate) const USER_TAIL: &str = "SELECT last_id, block_count FROM chatcore_user_counts WHERE user_id = ?1";
 
 /// `?1` blocks `?2`, whose key is `?3` (again: nothing changes).
 pub(crate) const INSERT_BLOCK: &str =

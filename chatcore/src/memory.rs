@@ -8,9 +8,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::store::{
-    Backend, BlockQuery, ChangeEvent, Changed, ChangedMessage, Conversation, Credentials, InboxPage, InboxRequest,
-    Inserted, MarkedRead, MessageChange, MessagePage, MigrationReport, MovedMarker, PageRequest, ReadMarker,
-    SessionRecord, SessionStore, Store, StoredEvent, TokenHash, UserQuery, check_checkpoint_name,
+    Backend, BlockQuery, ChangeEvent, Changed, ChangedMessage, Conversation, Credentials, InboxPage,
+    InboxRequest, Inserted, MarkedRead, MessageChange, MessagePage, MigrationReport, MovedMarker,
+    PageRequest, ReadMarker, SessionRecord, SessionStore, Store, StoredEvent, TokenHash, UserQuery,
+    check_checkpoint_name,
 };
 use crate::{
     ConversationKey, Entity, Error, Forbidden, Message, MessageId, NewMessage, Position, Result, User,
@@ -663,11 +664,9 @@ impl Store for MemoryStore {
 
     async fn reachable_peer(&self, user: UserId, peer: &Username) -> Result<Option<UserId>> {
         let state = self.read();
-        Ok(state
-            .by_name
-            .get(&peer.key())
-            .copied()
-            .filter(|&peer| peer != user && state.share_conversation(user, peer) && !state.blocked(user, peer)))
+        Ok(state.by_name.get(&peer.key()).copied().filter(|&peer| {
+            peer != user && state.share_conversation(user, peer) && !state.blocked(user, peer)
+        }))
     }
 
     async fn conversation_peers(&self, user: UserId, among: &[UserId]) -> Result<Vec<UserId>> {

@@ -11,8 +11,8 @@ use crate::policy::{PolicyAction, PolicyChain, PolicyCounts, PolicyFallback, Sen
 use crate::presence::{Presence, PresenceStatus};
 use crate::rate::SendRateLimiter;
 use crate::store::{
-    BlockQuery, ChangedMessage, InboxPage, InboxRequest, MessageChange, MessagePage, PageRequest, Store, StoredEvent,
-    UserQuery,
+    BlockQuery, ChangedMessage, InboxPage, InboxRequest, MessageChange, MessagePage, PageRequest, Store,
+    StoredEvent, UserQuery,
 };
 use crate::{Entity, Error, Message, MessageId, NewMessage, Result, User, UserId, Username};
 
@@ -1047,8 +1047,12 @@ impl ChatService {
             return Ok(Vec::new());
         }
         let ids: Vec<UserId> = users.iter().map(|u| u.id).collect();
-        let shared: std::collections::HashSet<UserId> =
-            self.store.conversation_peers(viewer.id, &ids).await?.into_iter().collect();
+        let shared: std::collections::HashSet<UserId> = self
+            .store
+            .conversation_peers(viewer.id, &ids)
+            .await?
+            .into_iter()
+            .collect();
         Ok(users
             .iter()
             .map(|user| shared.contains(&user.id).then(|| presence.status(&user.username)))

@@ -28,8 +28,8 @@ mod reordering {
 
     use async_trait::async_trait;
     use chatcore::store::{
-        BlockQuery, Changed, InboxPage, InboxRequest, Inserted, MarkedRead, MessageChange, MessagePage, PageRequest,
-        Store, StoredEvent, UserQuery,
+        BlockQuery, Changed, InboxPage, InboxRequest, Inserted, MarkedRead, MessageChange, MessagePage,
+        PageRequest, Store, StoredEvent, UserQuery,
     };
     use chatcore::{
         Entity, Error, MemoryStore, Message, MessageId, NewMessage, Position, Result, User, UserId, Username,

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chatcore::store::{
-    BlockQuery, Changed, InboxPage, InboxRequest, Inserted, MarkedRead, MessageChange, MessagePage, PageRequest,
-    UserQuery,
+    BlockQuery, Changed, InboxPage, InboxRequest, Inserted, MarkedRead, MessageChange, MessagePage,
+    PageRequest, UserQuery,
 };
 use chatcore::{
     BoxError, Error, FeedConsumer, FeedConsumerConfig, FeedHandler, MemoryStore, Message, MessageId,

@@ -341,15 +341,27 @@ pub async fn blocks_refuse_sends_and_edits_both_ways(store: Arc<dyn Backend>) {
     }
     // Neither may now write to the other, nor edit a message to the other.
     const REFUSED: &str = "you cannot message this user";
-    assert_eq!(error_of(try_send(&app, &alice, "bob", "hello?").await, 403).await, REFUSED);
-    assert_eq!(error_of(try_send(&app, &bob, "Alice", "go away").await, 403).await, REFUSED);
-    assert_eq!(error_of(patch(&app, &alice, &id, "hi bob!").await, 403).await, REFUSED);
+    assert_eq!(
+        error_of(try_send(&app, &alice, "bob", "hello?").await, 403).await,
+        REFUSED
+    );
+    assert_eq!(
+        error_of(try_send(&app, &bob, "Alice", "go away").await, 403).await,
+        REFUSED
+    );
+    assert_eq!(
+        error_of(patch(&app, &alice, &id, "hi bob!").await, 403).await,
+        REFUSED
+    );
     // Nothing was stored or notified: the next frames are what carol sends them.
     app.send(&carol, "bob", "from carol").await;
     app.send(&carol, "alice", "from carol").await;
     for ws in [&mut alice_ws, &mut bob_ws] {
         let next = frame(ws).await;
-        assert_eq!((&next["type"], &next["data"]["user"]), (&json!("message"), &json!("carol")));
+        assert_eq!(
+            (&next["type"], &next["data"]["user"]),
+            (&json!("message"), &json!("carol"))
+        );
     }
     for (token, peer) in [(&alice, "bob"), (&bob, "alice")] {
         let (_, page) = get_json(&app, token, &format!("/api/v1/message/?target={peer}")).await;
@@ -357,7 +369,10 @@ pub async fn blocks_refuse_sends_and_edits_both_ways(store: Arc<dyn Backend>) {
         assert_eq!(page["results"][0]["body"], "hi bob");
     }
     let (_, inbox) = get_json(&app, &bob, "/api/v1/conversation/").await;
-    assert_eq!(inbox["unread_total"], 2, "one from alice, one from carol: {inbox}");
+    assert_eq!(
+        inbox["unread_total"], 2,
+        "one from alice, one from carol: {inbox}"
+    );
     // Deleting one's own message stays allowed.
     assert_eq!(delete(&app, &alice, &id).await.status(), 204);
     for ws in [&mut alice_ws, &mut bob_ws] {
@@ -368,7 +383,10 @@ pub async fn blocks_refuse_sends_and_edits_both_ways(store: Arc<dyn Backend>) {
     for _ in 0..2 {
         assert_eq!(set_block(&app, &bob, "alice", false).await.status(), 204);
     }
-    assert_eq!(try_send(&app, &alice, "bob", "friends again?").await.status(), 201);
+    assert_eq!(
+        try_send(&app, &alice, "bob", "friends again?").await.status(),
+        201
+    );
     for ws in [&mut alice_ws, &mut bob_ws] {
         assert_eq!(frame(ws).await["data"]["body"], "friends again?");
     }
@@ -396,9 +414,19 @@ pub async fn block_routes_answer_errors_and_list_by_name(store: Arc<dyn Backend>
             "you cannot block yourself"
         );
     }
-    let response = app.anonymous().put(app.url("/api/v1/block/bob")).send().await.unwrap();
+    let response = app
+        .anonymous()
+        .put(app.url("/api/v1/block/bob"))
+        .send()
+        .await
+        .unwrap();
     error_of(response, 401).await;
-    let response = app.anonymous().get(app.url("/api/v1/block/")).send().await.unwrap();
+    let response = app
+        .anonymous()
+        .get(app.url("/api/v1/block/"))
+        .send()
+        .await
+        .unwrap();
     error_of(response, 401).await;
 
     for path in ["/api/v1/block/", "/api/v1/block"] {
@@ -421,9 +449,19 @@ pub async fn block_routes_answer_errors_and_list_by_name(store: Arc<dyn Backend>
     );
     let (_, bobs) = app.user("bob2").await;
     assert_eq!(get_json(&app, &bobs, "/api/v1/block/").await, (200, json!([])));
-    let response = app.client(&alice).get(app.url("/api/v1/block/?limit=0")).send().await.unwrap();
+    let response = app
+        .client(&alice)
+        .get(app.url("/api/v1/block/?limit=0"))
+        .send()
+        .await
+        .unwrap();
     error_of(response, 400).await;
-    let response = app.client(&alice).get(app.url("/api/v1/block/?limit=x")).send().await.unwrap();
+    let response = app
+        .client(&alice)
+        .get(app.url("/api/v1/block/?limit=x"))
+        .send()
+        .await
+        .unwrap();
     error_of(response, 400).await;
     assert_eq!(set_block(&app, &alice, "carol", false).await.status(), 204);
     assert_eq!(

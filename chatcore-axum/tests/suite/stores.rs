@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use chatcore::store::{
-    BlockQuery, Changed, Credentials, InboxPage, InboxRequest, Inserted, MarkedRead, MessageChange, MessagePage,
-    MigrationReport, PageRequest, SessionRecord, StoredEvent, TokenHash, UserQuery,
+    BlockQuery, Changed, Credentials, InboxPage, InboxRequest, Inserted, MarkedRead, MessageChange,
+    MessagePage, MigrationReport, PageRequest, SessionRecord, StoredEvent, TokenHash, UserQuery,
 };
 use chatcore::{
     Backend, Error, Message, MessageId, NewMessage, Position, SessionStore, Store, User, UserId, Username,

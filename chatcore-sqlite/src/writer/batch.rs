@@ -307,11 +307,10 @@ impl Writer {
             if !self.sender_exists(blocker)? {
                 return Ok(Err(Error::NotFound(Entity::User)));
             }
-            self.ctx.conn.prepare_cached(sql::INSERT_BLOCK)?.execute(rusqlite::params![
-                blocker.0,
-                target.id.0,
-                target.username.key()
-            ])?
+            self.ctx
+                .conn
+                .prepare_cached(sql::INSERT_BLOCK)?
+                .execute(rusqlite::params![blocker.0, target.id.0, target.username.key()])?
         } else {
             self.ctx
                 .conn

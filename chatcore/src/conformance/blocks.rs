@@ -46,7 +46,16 @@ async fn trace(store: &Arc<dyn Store>, user: &User) -> Trace {
     Trace {
         events: all_events(store, user.id).await,
         latest: store.latest_position(user.id).await.unwrap(),
-        inbox: store.inbox(user.id, &InboxRequest { before: None, limit: 50 }).await.unwrap(),
+        inbox: store
+            .inbox(
+                user.id,
+                &InboxRequest {
+                    before: None,
+                    limit: 50,
+                },
+            )
+            .await
+            .unwrap(),
         total: store
             .user_messages(user.id, &PageRequest::latest(1))
             .await
@@ -77,7 +86,10 @@ pub async fn blocks_refuse_sends_both_ways_and_store_nothing(store: Arc<dyn Stor
         assert!(is_blocked(&refused), "{} to {to}: {refused:?}", from.username);
     }
     let replay = send_keyed(&store, &bob, &alice, "before", Some("k1")).await;
-    assert!(replay.replayed, "a key stored before the block replays its message");
+    assert!(
+        replay.replayed,
+        "a key stored before the block replays its message"
+    );
     assert_eq!(replay.message, keyed.message);
     let page = store
         .conversation_page(alice.id, &name("bob"), &PageRequest::latest(10))
@@ -141,14 +153,23 @@ pub async fn blocks_are_idempotent_and_listed_by_name(store: Arc<dyn Store>) {
     for blocked in ["Zed", "bob", "carol", "BOB", "zed"] {
         block(&store, &alice, blocked, true).await;
     }
-    assert_eq!(list(None, 10).await, vec![bob.clone(), carol.clone(), zed.clone()]);
+    assert_eq!(
+        list(None, 10).await,
+        vec![bob.clone(), carol.clone(), zed.clone()]
+    );
     assert_eq!(list(None, 2).await, vec![bob.clone(), carol.clone()]);
     assert_eq!(list(Some("CAROL"), 2).await, vec![zed.clone()]);
     assert_eq!(list(Some("bob"), 1).await, vec![carol.clone()]);
     assert!(list(Some("zed"), 10).await.is_empty());
     assert!(
         store
-            .blocked_users(bob.id, &BlockQuery { after: None, limit: 10 })
+            .blocked_users(
+                bob.id,
+                &BlockQuery {
+                    after: None,
+                    limit: 10
+                }
+            )
             .await
             .unwrap()
             .is_empty(),
@@ -180,10 +201,15 @@ pub async fn block_errors(store: Arc<dyn Store>) {
         }
     }
     assert!(matches!(
-        store.set_block(UserId(alice.id.0 + 1000), &name("alice"), true).await,
+        store
+            .set_block(UserId(alice.id.0 + 1000), &name("alice"), true)
+            .await,
         Err(Error::NotFound(Entity::User))
     ));
-    let query = BlockQuery { after: None, limit: 10 };
+    let query = BlockQuery {
+        after: None,
+        limit: 10,
+    };
     assert!(store.blocked_users(alice.id, &query).await.unwrap().is_empty());
     let note = try_send(&store, &alice, "alice", "note to self").await;
     assert!(note.is_ok(), "notes to self are never blocked: {note:?}");
@@ -245,7 +271,11 @@ pub async fn no_send_lands_after_a_block_is_confirmed(store: Arc<dyn Store>) {
     let (started_tx, mut started) = tokio::sync::mpsc::unbounded_channel();
     let mut senders = Vec::new();
     for n in 0..2 * SENDERS_PER_SIDE {
-        let (from, to) = if n % 2 == 0 { (&bob, &alice) } else { (&alice, &bob) };
+        let (from, to) = if n % 2 == 0 {
+            (&bob, &alice)
+        } else {
+            (&alice, &bob)
+        };
         let (store, from, to) = (store.clone(), from.clone(), to.clone());
         let (started, confirmed) = (started_tx.clone(), confirmed.clone());
         senders.push(tokio::spawn(async move {
@@ -330,7 +360,11 @@ pub async fn reachable_peer_needs_a_conversation_and_no_block(store: Arc<dyn Sto
     block(&store, &bob, "alice", false).await;
     assert_eq!(reach(&alice, "bob").await, Some(bob.id));
     block(&store, &alice, "carol", true).await;
-    assert_eq!(reach(&alice, "bob").await, Some(bob.id), "other blocks do not matter");
+    assert_eq!(
+        reach(&alice, "bob").await,
+        Some(bob.id),
+        "other blocks do not matter"
+    );
 }
 
 /// [`Store::conversation_peers`]: exactly the listed users with a conversation with the
@@ -353,8 +387,19 @@ pub async fn conversation_peers_are_the_listed_users_with_a_conversation(store: 
             unique
         }
     };
-    let everyone = vec![bob.id, carol.id, dave.id, alice.id, bob.id, erin.id, UserId(9_999)];
-    assert_eq!(peers(&alice, everyone.clone()).await, BTreeSet::from([bob.id, dave.id]));
+    let everyone = vec![
+        bob.id,
+        carol.id,
+        dave.id,
+        alice.id,
+        bob.id,
+        erin.id,
+        UserId(9_999),
+    ];
+    assert_eq!(
+        peers(&alice, everyone.clone()).await,
+        BTreeSet::from([bob.id, dave.id])
+    );
     send(&store, &alice, &alice, "note").await;
     assert_eq!(
         peers(&alice, everyone.clone()).await,

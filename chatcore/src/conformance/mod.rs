@@ -43,8 +43,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::store::{
-    BlockQuery, Changed, ChangedMessage, Credentials, InboxPage, InboxRequest, Inserted, MarkedRead, MessageChange,
-    MessagePage, PageRequest, SessionRecord, SessionStore, Store, StoredEvent, TokenHash, UserQuery,
+    BlockQuery, Changed, ChangedMessage, Credentials, InboxPage, InboxRequest, Inserted, MarkedRead,
+    MessageChange, MessagePage, PageRequest, SessionRecord, SessionStore, Store, StoredEvent, TokenHash,
+    UserQuery,
 };
 use crate::{Entity, Error, Message, MessageId, NewMessage, Position, Result, User, UserId, Username};
 
