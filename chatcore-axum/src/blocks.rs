@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use chatcore::BlockListQuery;
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use utoipa::{IntoParams, IntoResponses, ToSchema};
 
 use crate::auth::Caller;
 use crate::body::ApiQuery;
@@ -20,6 +20,21 @@ use crate::state::ApiState;
 fn username(name: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
     name.map(|Path(name)| name)
         .map_err(|_| ApiError::from(chatcore::Error::NotFound(chatcore::Entity::User)))
+}
+
+/// The errors of blocking and unblocking besides every route's.
+#[derive(IntoResponses)]
+#[allow(dead_code)] // only described: `ApiError` renders them
+enum BlockErrors {
+    /// The caller named themself
+    #[response(status = 400, example = json!({"error": "you cannot block yourself"}))]
+    Oneself(ErrorBody),
+    /// A cross-site request riding on the session cookie
+    #[response(status = 403, example = json!({"error": "cross-site request refused"}))]
+    CrossSite(ErrorBody),
+    /// Unknown user
+    #[response(status = 404, example = json!({"error": "user not found"}))]
+    Unknown(ErrorBody),
 }
 
 /// Block a user.
@@ -38,13 +53,7 @@ fn username(name: Result<Path<String>, PathRejection>) -> Result<String, ApiErro
     security(("session_cookie" = []), ("bearer" = [])),
     responses(
         (status = 204, description = "Blocked (or already blocked)"),
-        (status = 400, description = "The caller named themself", body = ErrorBody,
-            example = json!({"error": "you cannot block yourself"})),
-        (status = 403, description = "A cross-site request riding on the session cookie", body = ErrorBody,
-            example = json!({"error": "cross-site request refused"})),
-        (status = 404, description = "Unknown user", body = ErrorBody,
-            example = json!({"error": "user not found"})),
-        Unauthenticated, ServerErrors
+        BlockErrors, Unauthenticated, ServerErrors
     )
 )]
 pub(crate) async fn block(
@@ -68,13 +77,7 @@ pub(crate) async fn block(
     security(("session_cookie" = []), ("bearer" = [])),
     responses(
         (status = 204, description = "Not blocked (any more)"),
-        (status = 400, description = "The caller named themself", body = ErrorBody,
-            example = json!({"error": "you cannot block yourself"})),
-        (status = 403, description = "A cross-site request riding on the session cookie", body = ErrorBody,
-            example = json!({"error": "cross-site request refused"})),
-        (status = 404, description = "Unknown user", body = ErrorBody,
-            example = json!({"error": "user not found"})),
-        Unauthenticated, ServerErrors
+        BlockErrors, Unauthenticated, ServerErrors
     )
 )]
 pub(crate) async fn unblock(

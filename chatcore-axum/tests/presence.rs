@@ -58,8 +58,9 @@ fn with_presence(grace: Duration, interval: Duration) -> Options {
     }
 }
 
-async fn typing_is_relayed_only_within_a_conversation(store: Arc<dyn Backend>) {
-    // Enough allowance for every frame of the case (the limit has a case of its own).
+/// An app with enough typing allowance for every frame of a case (the limit has a case of
+/// its own), and the tokens of alice, bob and carol.
+async fn typing_app(store: Arc<dyn Backend>) -> (TestApp, [String; 3]) {
     let options = Options {
         chat: ChatConfig {
             typing_burst: 20,
@@ -71,6 +72,11 @@ async fn typing_is_relayed_only_within_a_conversation(store: Arc<dyn Backend>) {
     let (_, alice) = app.user("alice").await;
     let (_, bob) = app.user("bob").await;
     let (_, carol) = app.user("carol").await;
+    (app, [alice, bob, carol])
+}
+
+async fn typing_is_relayed_only_within_a_conversation(store: Arc<dyn Backend>) {
+    let (app, [alice, bob, carol]) = typing_app(store).await;
     let mut alice_ws = app.ws(&alice, None).await;
     let mut bob_ws = app.ws(&bob, None).await;
     let mut carol_ws = app.ws(&carol, None).await;
@@ -120,17 +126,7 @@ async fn typing_is_relayed_only_within_a_conversation(store: Arc<dyn Backend>) {
 }
 
 async fn typing_is_dropped_while_a_block_stands(store: Arc<dyn Backend>) {
-    let options = Options {
-        chat: ChatConfig {
-            typing_burst: 20,
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let app = TestApp::spawn_with(store, options).await;
-    let (_, alice) = app.user("alice").await;
-    let (_, bob) = app.user("bob").await;
-    let (_, carol) = app.user("carol").await;
+    let (app, [alice, bob, carol]) = typing_app(store).await;
     let mut alice_ws = app.ws(&alice, None).await;
     let mut bob_ws = app.ws(&bob, None).await;
     app.send(&alice, "bob", "hello").await;

@@ -872,15 +872,7 @@ mod tests {
         let c = store.create_user(&name("c")).await.unwrap();
         let transactions = store.stats().transactions;
         let release = hold_writer(&store);
-        let send = |from: &User, to: &User| {
-            let (reply, answer) = oneshot::channel();
-            let message = note(from, to);
-            store
-                .writer
-                .send(WriteMsg::Op(WriteOp::Insert { message, reply }))
-                .unwrap();
-            answer
-        };
+        let send = |from: &User, to: &User| queue_insert(&store, from, to);
         let block = |on: bool| {
             let (reply, answer) = oneshot::channel();
             store
@@ -954,15 +946,7 @@ mod tests {
         let transactions = store.stats().transactions;
 
         let release = hold_writer(&store);
-        let send = |from: &User, to: &User| {
-            let (reply, answer) = oneshot::channel();
-            let message = note(from, to);
-            store
-                .writer
-                .send(WriteMsg::Op(WriteOp::Insert { message, reply }))
-                .unwrap();
-            answer
-        };
+        let send = |from: &User, to: &User| queue_insert(&store, from, to);
         let mark = |up_to: i64| {
             let (reply, answer) = oneshot::channel();
             store
@@ -1663,15 +1647,7 @@ mod tests {
         let release = hold_writer(store);
         let mut answers = Vec::new();
         for (from, to) in plan {
-            let (reply, answer) = oneshot::channel();
-            store
-                .writer
-                .send(WriteMsg::Op(WriteOp::Insert {
-                    message: note(from, to),
-                    reply,
-                }))
-                .unwrap();
-            answers.push(answer);
+            answers.push(queue_insert(store, from, to));
         }
         release.send(()).unwrap();
         let mut results = Vec::new();
@@ -1679,6 +1655,19 @@ mod tests {
             results.push(answer.await.unwrap());
         }
         results
+    }
+
+    /// Queues `from`'s note to `to` for the writer; the receiver gets its answer.
+    fn queue_insert(store: &SqliteStore, from: &User, to: &User) -> oneshot::Receiver<Result<Inserted>> {
+        let (reply, answer) = oneshot::channel();
+        store
+            .writer
+            .send(WriteMsg::Op(WriteOp::Insert {
+                message: note(from, to),
+                reply,
+            }))
+            .unwrap();
+        answer
     }
 
     fn hold_writer(store: &SqliteStore) -> std::sync::mpsc::Sender<()> {

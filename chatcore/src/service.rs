@@ -472,19 +472,12 @@ impl ChatService {
 
     /// The directory as `viewer` sees it: everyone else, sorted by name.
     pub async fn users(&self, viewer: &User, query: DirectoryQuery) -> Result<Vec<User>> {
-        let after = match query.after {
-            Some(after) if !after.is_empty() => Some(Username::parse(after)?),
-            _ => None,
-        };
+        let (after, limit) = self.user_page(query.after, query.limit)?;
         let query = UserQuery {
             exclude: Some(viewer.id),
             prefix: query.prefix.unwrap_or_default(),
             after,
-            limit: self.clamp(
-                query.limit,
-                self.config.default_user_page,
-                self.config.max_user_page,
-            )?,
+            limit,
         };
         self.store.list_users(&query).await
     }
@@ -541,19 +534,10 @@ impl ChatService {
     /// The users `user` blocks, sorted by name (without regard to case), paged like the
     /// directory: after [`BlockListQuery::after`], at most [`ChatConfig::max_user_page`].
     pub async fn blocked_users(&self, user: &User, query: BlockListQuery) -> Result<Vec<User>> {
-        let after = match query.after {
-            Some(after) if !after.is_empty() => Some(Username::parse(after)?),
-            _ => None,
-        };
-        let query = BlockQuery {
-            after,
-            limit: self.clamp(
-                query.limit,
-                self.config.default_user_page,
-                self.config.max_user_page,
-            )?,
-        };
-        self.store.blocked_users(user.id, &query).await
+        let (after, limit) = self.user_page(query.after, query.limit)?;
+        self.store
+            .blocked_users(user.id, &BlockQuery { after, limit })
+            .await
     }
 
     /// Sends a message from `sender`: applies the send rate limit, trims and checks the body,
@@ -1188,6 +1172,17 @@ impl ChatService {
             offset,
             limit,
         })
+    }
+
+    /// A page of a list of users (the directory, the block list): the name to start after
+    /// (none when empty) and the size, within [`ChatConfig::max_user_page`].
+    fn user_page(&self, after: Option<String>, limit: Option<u32>) -> Result<(Option<Username>, u32)> {
+        let after = match after {
+            Some(after) if !after.is_empty() => Some(Username::parse(after)?),
+            _ => None,
+        };
+        let limit = self.clamp(limit, self.config.default_user_page, self.config.max_user_page)?;
+        Ok((after, limit))
     }
 
     fn clamp(&self, asked: Option<u32>, default: u32, max: u32) -> Result<u32> {

@@ -17,17 +17,6 @@ async fn block(store: &Arc<dyn Store>, blocker: &User, blocked: &str, on: bool) 
         .unwrap_or_else(|e| panic!("set_block({}, {blocked}, {on}): {e}", blocker.username))
 }
 
-async fn try_send(store: &Arc<dyn Store>, from: &User, to: &str, body: &str) -> Result<Inserted> {
-    store
-        .insert_message(NewMessage {
-            sender: from.clone(),
-            recipient: name(to),
-            body: body.to_owned(),
-            idempotency_key: None,
-        })
-        .await
-}
-
 fn is_blocked<T: std::fmt::Debug>(result: &Result<T>) -> bool {
     matches!(result, Err(Error::Forbidden(Forbidden::Blocked)))
 }
@@ -82,7 +71,7 @@ pub async fn blocks_refuse_sends_both_ways_and_store_nothing(store: Arc<dyn Stor
     let feed_before = store.feed_after(Position::START, 100).await.unwrap();
     let (alice_before, bob_before) = (trace(&store, &alice).await, trace(&store, &bob).await);
     for (from, to) in [(&bob, "alice"), (&bob, "ALICE"), (&alice, "bob"), (&alice, "Bob")] {
-        let refused = try_send(&store, from, to, "hello?").await;
+        let refused = try_send_to(&store, from, to, "hello?").await;
         assert!(is_blocked(&refused), "{} to {to}: {refused:?}", from.username);
     }
     let replay = send_keyed(&store, &bob, &alice, "before", Some("k1")).await;
@@ -111,8 +100,8 @@ pub async fn blocks_refuse_sends_both_ways_and_store_nothing(store: Arc<dyn Stor
     // bob blocks alice too: alice's unblock alone does not open the way.
     block(&store, &bob, "alice", true).await;
     block(&store, &alice, "bob", false).await;
-    assert!(is_blocked(&try_send(&store, &alice, "bob", "now?").await));
-    assert!(is_blocked(&try_send(&store, &bob, "alice", "now?").await));
+    assert!(is_blocked(&try_send_to(&store, &alice, "bob", "now?").await));
+    assert!(is_blocked(&try_send_to(&store, &bob, "alice", "now?").await));
     block(&store, &bob, "alice", false).await;
 
     let bob_latest = store.latest_position(bob.id).await.unwrap();
@@ -180,8 +169,8 @@ pub async fn blocks_are_idempotent_and_listed_by_name(store: Arc<dyn Store>) {
     }
     block(&store, &bob, "carol", false).await; // never blocked: nothing to end
     assert_eq!(list(None, 10).await, vec![bob.clone(), zed.clone()]);
-    assert!(is_blocked(&try_send(&store, &zed, "alice", "hi").await));
-    assert!(try_send(&store, &carol, "alice", "hi").await.is_ok());
+    assert!(is_blocked(&try_send_to(&store, &zed, "alice", "hi").await));
+    assert!(try_send_to(&store, &carol, "alice", "hi").await.is_ok());
 }
 
 /// An unknown name is [`Error::NotFound`] (blocking and unblocking), blocking oneself (in any
@@ -211,7 +200,7 @@ pub async fn block_errors(store: Arc<dyn Store>) {
         limit: 10,
     };
     assert!(store.blocked_users(alice.id, &query).await.unwrap().is_empty());
-    let note = try_send(&store, &alice, "alice", "note to self").await;
+    let note = try_send_to(&store, &alice, "alice", "note to self").await;
     assert!(note.is_ok(), "notes to self are never blocked: {note:?}");
 }
 
@@ -284,7 +273,7 @@ pub async fn no_send_lands_after_a_block_is_confirmed(store: Arc<dyn Store>) {
                 // Read before the send starts: a send that starts after the confirmation
                 // must be refused; one already under way may still have been stored first.
                 let after_confirmation = confirmed.load(Ordering::SeqCst);
-                match try_send(&store, &from, to.username.as_str(), &format!("{n}/{i}")).await {
+                match try_send_to(&store, &from, to.username.as_str(), &format!("{n}/{i}")).await {
                     Ok(inserted) => {
                         assert!(
                             !after_confirmation,

@@ -311,6 +311,23 @@ pub(crate) async fn send_keyed(
         .expect("insert message")
 }
 
+/// Inserts a message from `from` to the user named `to` (as written) without a key.
+pub(crate) async fn try_send_to(
+    store: &Arc<dyn Store>,
+    from: &User,
+    to: &str,
+    body: &str,
+) -> Result<Inserted> {
+    store
+        .insert_message(NewMessage {
+            sender: from.clone(),
+            recipient: name(to),
+            body: body.to_owned(),
+            idempotency_key: None,
+        })
+        .await
+}
+
 /// What a page at `offset` with `limit` holds of `newest_first`.
 pub(crate) fn slice(newest_first: &[Message], offset: u32, limit: u32) -> &[Message] {
     let start = (offset as usize).min(newest_first.len());
