@@ -55,9 +55,11 @@ pub struct ChatConfig {
     /// Live connections ([`ChatService::subscribe`]) one user may hold on this process; opening
     /// one more closes their oldest ([`crate::CloseReason::TooManyConnections`]). Default 20.
     pub max_connections_per_user: usize,
-    /// Users per directory page when the client asks for no size. Default 1,000.
+    /// Users per directory page (and block list page, [`ChatService::blocked_users`]) when the
+    /// client asks for no size. Default 1,000.
     pub default_user_page: u32,
-    /// Largest directory page a client may ask for; larger requests are clamped. Default 1,000.
+    /// Largest directory (and block list) page a client may ask for; larger requests are
+    /// clamped. Default 1,000.
     pub max_user_page: u32,
     /// Longest `Idempotency-Key`, in bytes. Default 255.
     pub max_idempotency_key_len: usize,
