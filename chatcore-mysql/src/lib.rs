@@ -727,8 +727,7 @@ impl Store for MysqlStore {
         // server rolls the transaction back.
         bounded(self.config.statement_timeout, "blocking", async {
             let mut conn = self
-                .pool
-                .acquire()
+                .connection()
                 .await
                 .map_err(|e| error::map("connecting to block", e))?;
             match blocks::set_block(&mut conn, blocker, blocked, on).await {
@@ -741,12 +740,12 @@ impl Store for MysqlStore {
 
     async fn blocked_users(&self, user: UserId, query: &BlockQuery) -> Result<Vec<User>> {
         let after = query.after.as_ref().map(Username::key).unwrap_or_default();
-        let rows = read(self.config.statement_timeout, "listing blocks", || {
+        let rows = read!(self, "listing blocks", |conn| {
             sqlx::query(rows::BLOCKED_USERS)
                 .bind(user.0)
                 .bind(after.as_bytes())
                 .bind(query.limit)
-                .fetch_all(&self.pool)
+                .fetch_all(conn)
         })
         .await?;
         decode_users(&rows)
@@ -754,14 +753,14 @@ impl Store for MysqlStore {
 
     async fn reachable_peer(&self, user: UserId, peer: &Username) -> Result<Option<UserId>> {
         let key = peer.key();
-        let id: Option<i64> = read(self.config.statement_timeout, "finding a peer", || {
+        let id: Option<i64> = read!(self, "finding a peer", |conn| {
             sqlx::query_scalar(rows::REACHABLE_PEER)
                 .bind(user.0)
                 .bind(user.0)
                 .bind(user.0)
                 .bind(key.as_bytes())
                 .bind(user.0)
-                .fetch_optional(&self.pool)
+                .fetch_optional(conn)
         })
         .await?;
         Ok(id.map(UserId))
@@ -783,8 +782,8 @@ impl Store for MysqlStore {
             sql.push_str(&peer.0.to_string());
         }
         sql.push(')');
-        let rows = read(self.config.statement_timeout, "finding conversations", || {
-            sqlx::raw_sql(&sql).fetch_all(&self.pool)
+        let rows = read!(self, "finding conversations", |conn| {
+            Executor::fetch_all(conn, sqlx::raw_sql(&sql))
         })
         .await?;
         rows.iter()
