@@ -135,7 +135,7 @@ const MARKUP = `
   </section>
   <section aria-labelledby="delete-title">
     <h3 id="delete-title">Delete your account</h3>
-    <p class="hint">Your messages become "message deleted" for the people you wrote to, you are logged out
+    <p class="hint">Your messages become “Message deleted” for the people you wrote to, you are logged out
       everywhere, and your name stays reserved. This cannot be undone.</p>
     <form id="delete-form">
       <label>Your password <input id="delete-password" type="password" required autocomplete="current-password"></label>
@@ -292,8 +292,9 @@ function mount(host) {
   const loginUrl = host.getAttribute("login-url");
   const useHistory = host.getAttribute("history") !== "off";
   const touch = window.matchMedia("(pointer: coarse)").matches;
-  // A host that logs people in also logs them out.
+  // A host that logs people in also logs them out, and keeps their accounts.
   $("logout-button").hidden = loginUrl !== null;
+  $("delete-title").parentElement.hidden = loginUrl !== null;
   const cleanups = [];
   let state = freshState();
   // Bumped on every logout and login: answers to requests of an earlier session are dropped.
@@ -441,6 +442,8 @@ function mount(host) {
       $("host-login").hidden = false;
     } else {
       $("auth").hidden = false;
+      // The name the previous user logged in with is theirs too.
+      if (hadUser) $("auth-username").value = "";
       $("auth-error").textContent = message;
       $("auth-username").focus();
     }
