@@ -280,6 +280,7 @@ function freshState() {
     blocked: new Map(),     // lower-cased username -> username, the people I block
     blocking: true,         // the server has the block routes
     leaving: false,         // the account is being deleted: its socket's close is expected
+    connectedOnce: false,   // a socket of this session has opened before (the next is a reconnect)
   };
 }
 
@@ -592,8 +593,10 @@ function mount(host) {
     }
     setTitle();
     emit("chatcore-unread", { total: state.unreadTotal });
-    // The open conversation's "Seen" follows the peer's marker, wherever it was learnt.
+    // The open conversation's "Seen" follows the peer's marker, and its header the peer's
+    // presence, wherever they were learnt.
     drawSeen();
+    drawPartnerStatus();
   }
 
   function inboxItem(conversation) {
@@ -1769,6 +1772,10 @@ function mount(host) {
       if (owner.socket !== socket) return;
       owner.reconnectDelay = 500;
       setConnection("live", true, null);
+      // Presence frames missed while the socket was down are never replayed: the inbox
+      // carries who is online now.
+      if (owner.connectedOnce) refreshInboxSoon();
+      owner.connectedOnce = true;
     });
     socket.addEventListener("message", (event) => {
       if (owner.socket !== socket) return;

@@ -314,8 +314,9 @@ async fn edits_deletions_typing_and_presence_in_real_browsers() {
     // After a reload the history has the same tombstone.
     reload_logged_in(&bob, "bob").await;
     wait_conversation(&bob, "alice").await;
-    eventually("the tombstone in the history", || async {
+    eventually("the tombstone in the history and the inbox", || async {
         message_texts(&bob).await == ["hello bob", "Message deleted"]
+            && inbox(&bob).await == [row("alice", "", "Message deleted")]
     })
     .await;
 
