@@ -160,6 +160,8 @@
 //! - `config.rs`: [`MysqlConfig`] and its checks.
 //! - `writer.rs`: the group-commit writer tasks behind `insert_message`.
 //! - `marks.rs`: the transaction behind `mark_read`.
+//! - `changes.rs`: the transaction behind `change_message` (edits and deletions).
+//! - `blocks.rs`: the transaction behind `set_block`, and how blocks stay in step with sends.
 //! - `rows.rs`: the read queries (each with the index it uses) and row decoding.
 //! - `schema.rs`: the embedded migrations and their runner.
 //! - `username_keys.rs`: migration 3's Rust step, filling `username_key` and keeping apart
@@ -176,6 +178,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod blocks;
 mod changes;
 mod config;
 mod error;
@@ -203,9 +206,10 @@ use tokio::sync::{RwLock, mpsc, oneshot};
 use chatcore::metrics::StoreMetrics;
 use chatcore::store::check_checkpoint_name;
 use chatcore::{
-    Backend, BoxError, Changed, Credentials, Entity, Error, InboxPage, InboxRequest, Inserted, MarkedRead,
-    Message, MessageChange, MessageId, MessagePage, MigrationReport, NewMessage, PageRequest, Position,
-    Result, SessionRecord, SessionStore, Store, StoredEvent, TokenHash, User, UserId, UserQuery, Username,
+    Backend, BlockQuery, BoxError, Changed, Credentials, Entity, Error, InboxPage, InboxRequest, Inserted,
+    MarkedRead, Message, MessageChange, MessageId, MessagePage, MigrationReport, NewMessage, PageRequest,
+    Position, Result, SessionRecord, SessionStore, Store, StoredEvent, TokenHash, User, UserId, UserQuery,
+    Username,
 };
 
 pub use config::MysqlConfig;
@@ -716,6 +720,76 @@ impl Store for MysqlStore {
             }
         })
         .await
+    }
+
+    async fn set_block(&self, blocker: UserId, blocked: &Username, on: bool) -> Result<User> {
+        // As `mark_read`: past the deadline the connection is dropped with the future and the
+        // server rolls the transaction back.
+        bounded(self.config.statement_timeout, "blocking", async {
+            let mut conn = self
+                .connection()
+                .await
+                .map_err(|e| error::map("connecting to block", e))?;
+            match blocks::set_block(&mut conn, blocker, blocked, on).await {
+                Ok(outcome) => outcome,
+                Err(err) => Err(marks::fail(conn, err).await),
+            }
+        })
+        .await
+    }
+
+    async fn blocked_users(&self, user: UserId, query: &BlockQuery) -> Result<Vec<User>> {
+        let after = query.after.as_ref().map(Username::key).unwrap_or_default();
+        let rows = read!(self, "listing blocks", |conn| {
+            sqlx::query(rows::BLOCKED_USERS)
+                .bind(user.0)
+                .bind(after.as_bytes())
+                .bind(query.limit)
+                .fetch_all(conn)
+        })
+        .await?;
+        decode_users(&rows)
+    }
+
+    async fn reachable_peer(&self, user: UserId, peer: &Username) -> Result<Option<UserId>> {
+        let key = peer.key();
+        let id: Option<i64> = read!(self, "finding a peer", |conn| {
+            sqlx::query_scalar(rows::REACHABLE_PEER)
+                .bind(user.0)
+                .bind(user.0)
+                .bind(user.0)
+                .bind(key.as_bytes())
+                .bind(user.0)
+                .fetch_optional(conn)
+        })
+        .await?;
+        Ok(id.map(UserId))
+    }
+
+    async fn conversation_peers(&self, user: UserId, among: &[UserId]) -> Result<Vec<UserId>> {
+        if among.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Integers written into the SQL: a text query, one round trip.
+        let mut sql = String::with_capacity(rows::CONVERSATION_PEERS.len() + 32 + 21 * among.len());
+        sql.push_str(rows::CONVERSATION_PEERS);
+        sql.push_str(&user.0.to_string());
+        sql.push_str(" AND peer_id IN (");
+        for (n, peer) in among.iter().enumerate() {
+            if n > 0 {
+                sql.push(',');
+            }
+            sql.push_str(&peer.0.to_string());
+        }
+        sql.push(')');
+        let rows = read!(self, "finding conversations", |conn| {
+            Executor::fetch_all(conn, sqlx::raw_sql(&sql))
+        })
+        .await?;
+        rows.iter()
+            .map(|row| row.try_get_unchecked::<i64, _>(0).map(UserId))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| corrupt(Box::new(e)))
     }
 
     async fn feed_after(&self, after: Position, limit: u32) -> Result<Vec<StoredEvent>> {

@@ -266,6 +266,25 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             run: add_change_columns,
         }],
     },
+    Migration {
+        version: 7,
+        description: "blocks between users",
+        // A block is a row per blocker and blocked user: durable state, not an event (no
+        // position). The inserting batch and `change_message` look every pair they write
+        // up both ways by primary key under the sequence lock, which `set_block` takes too,
+        // so a block and the sends of its pair commit one after the other. A user's block
+        // list is sorted by the blocked user's key (copied here: keys never change), so a
+        // page is one range of the second index.
+        steps: &[Step::Sql(
+            "CREATE TABLE IF NOT EXISTS chatcore_blocks (
+            blocker_id BIGINT NOT NULL,
+            blocked_id BIGINT NOT NULL,
+            blocked_key VARBINARY(1024) NOT NULL,
+            PRIMARY KEY (blocker_id, blocked_id),
+            UNIQUE KEY chatcore_blocks_by_key (blocker_id, blocked_key)
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
+        )],
+    },
 ];
 
 /// Migration 6: the columns of edits and deletions, each added if it is not there yet.

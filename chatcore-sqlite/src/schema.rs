@@ -320,10 +320,33 @@ CREATE INDEX chatcore_changes_recipient ON chatcore_changes (recipient_id) WHERE
 "#,
         then: None,
     },
+    Migration {
+        version: 10,
+        name: "blocks between users",
+        // A block is a row per blocker and blocked user, durable state and not an event (no
+        // position). The writer looks the pair up both ways by primary key in the transaction
+        // that inserts a message or edits one, so a block committed before is never slipped
+        // past. Each user's counter row (which the writer reads for every send anyway) counts
+        // the blocks they take part in, either side: a send between two users of whom one
+        // has none skips the lookup, so only users with blocks pay for them. A user's block
+        // list is sorted by the blocked user's key (copied here: keys never change), so a
+        // page is one range of the second index.
+        sql: r#"
+ALTER TABLE chatcore_user_counts ADD COLUMN block_count INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE chatcore_blocks (
+    blocker_id  INTEGER NOT NULL REFERENCES chatcore_users (id),
+    blocked_id  INTEGER NOT NULL REFERENCES chatcore_users (id),
+    blocked_key TEXT NOT NULL,
+    PRIMARY KEY (blocker_id, blocked_id)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX chatcore_blocks_by_key ON chatcore_blocks (blocker_id, blocked_key);
+"#,
+        then: None,
+    },
 ];
 
 /// The schema version this code writes and reads.
-pub const SCHEMA_VERSION: u32 = 9;
+pub const SCHEMA_VERSION: u32 = 10;
 
 /// Migration 5's Rust half: gives every user the key of their stored name
 /// ([`Username::key_of`]; names made before today's rules are keyed as they are), then makes

@@ -78,6 +78,13 @@ pub(crate) enum WriteOp {
         change: MessageChange,
         reply: Reply<Changed>,
     },
+    /// A block started or ended (`Store::set_block`); answers the blocked user.
+    SetBlock {
+        blocker: UserId,
+        blocked: Username,
+        on: bool,
+        reply: Reply<User>,
+    },
     /// A feed consumer's checkpoint (`Store::save_checkpoint`).
     SaveCheckpoint {
         name: String,
@@ -109,7 +116,7 @@ pub(crate) enum Outcome {
 impl WriteOp {
     fn answer(self, outcome: Outcome) {
         match (self, outcome) {
-            (WriteOp::CreateUser { reply, .. }, Outcome::User(result)) => {
+            (WriteOp::CreateUser { reply, .. } | WriteOp::SetBlock { reply, .. }, Outcome::User(result)) => {
                 let _ = reply.send(result);
             }
             (
@@ -138,7 +145,7 @@ impl WriteOp {
 
     fn fail(self, error: Error) {
         match self {
-            WriteOp::CreateUser { reply, .. } => {
+            WriteOp::CreateUser { reply, .. } | WriteOp::SetBlock { reply, .. } => {
                 let _ = reply.send(Err(error));
             }
             WriteOp::CreateSession { reply, .. }

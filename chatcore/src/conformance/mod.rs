@@ -29,6 +29,9 @@
 //! - `inbox.rs`: the inbox, unread counts, read markers and read events.
 //! - `changes.rs`: edits and deletions, tombstones, their events; the paging an export
 //!   relies on.
+//! - `blocks.rs`: blocks between users (sends and edits refused both ways, under concurrent
+//!   sends too), the block list, and the two reads that join conversations and blocks
+//!   ([`Store::reachable_peer`], [`Store::conversation_peers`]).
 //! - `feed.rs`: the host's event feed ([`Store::feed_after`]) and checkpoints, and the
 //!   restart scenario a backend with durable storage runs by itself
 //!   ([`feed_resumes_after_a_restart`]).
@@ -40,11 +43,13 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::store::{
-    Changed, ChangedMessage, Credentials, InboxPage, InboxRequest, Inserted, MarkedRead, MessageChange,
-    MessagePage, PageRequest, SessionRecord, SessionStore, Store, StoredEvent, TokenHash, UserQuery,
+    BlockQuery, Changed, ChangedMessage, Credentials, InboxPage, InboxRequest, Inserted, MarkedRead,
+    MessageChange, MessagePage, PageRequest, SessionRecord, SessionStore, Store, StoredEvent, TokenHash,
+    UserQuery,
 };
 use crate::{Entity, Error, Message, MessageId, NewMessage, Position, Result, User, UserId, Username};
 
+mod blocks;
 mod changes;
 mod feed;
 mod inbox;
@@ -53,6 +58,7 @@ mod positions;
 mod sessions;
 mod users;
 
+pub use blocks::*;
 pub use changes::*;
 pub use feed::*;
 pub use inbox::*;
@@ -134,6 +140,18 @@ impl<S: Store, G: Send + Sync + 'static> Store for GuardedStore<S, G> {
     }
     async fn change_message(&self, sender: UserId, id: MessageId, change: &MessageChange) -> Result<Changed> {
         self.store.change_message(sender, id, change).await
+    }
+    async fn set_block(&self, blocker: UserId, blocked: &Username, on: bool) -> Result<User> {
+        self.store.set_block(blocker, blocked, on).await
+    }
+    async fn blocked_users(&self, user: UserId, query: &BlockQuery) -> Result<Vec<User>> {
+        self.store.blocked_users(user, query).await
+    }
+    async fn reachable_peer(&self, user: UserId, peer: &Username) -> Result<Option<UserId>> {
+        self.store.reachable_peer(user, peer).await
+    }
+    async fn conversation_peers(&self, user: UserId, among: &[UserId]) -> Result<Vec<UserId>> {
+        self.store.conversation_peers(user, among).await
     }
     async fn feed_after(&self, after: Position, limit: u32) -> Result<Vec<StoredEvent>> {
         self.store.feed_after(after, limit).await
@@ -223,6 +241,13 @@ macro_rules! store_conformance_tests {
             changes_are_events_in_both_streams,
             concurrent_changes_and_sends_reveal_positions_in_order,
             export_pages_through_a_large_history,
+            blocks_refuse_sends_both_ways_and_store_nothing,
+            blocks_are_idempotent_and_listed_by_name,
+            block_errors,
+            blocked_edits_are_refused_and_deletes_allowed,
+            no_send_lands_after_a_block_is_confirmed,
+            reachable_peer_needs_a_conversation_and_no_block,
+            conversation_peers_are_the_listed_users_with_a_conversation,
         );
     };
 }
@@ -284,6 +309,23 @@ pub(crate) async fn send_keyed(
         })
         .await
         .expect("insert message")
+}
+
+/// Inserts a message from `from` to the user named `to` (as written) without a key.
+pub(crate) async fn try_send_to(
+    store: &Arc<dyn Store>,
+    from: &User,
+    to: &str,
+    body: &str,
+) -> Result<Inserted> {
+    store
+        .insert_message(NewMessage {
+            sender: from.clone(),
+            recipient: name(to),
+            body: body.to_owned(),
+            idempotency_key: None,
+        })
+        .await
 }
 
 /// What a page at `offset` with `limit` holds of `newest_first`.

@@ -214,7 +214,8 @@ pub struct ServerOptions {
     #[arg(long, global = true, env = "CHAT_MAX_PAGE_OFFSET", default_value_t = 3000)]
     pub max_page_offset: u32,
 
-    /// Users per directory page when the client asks for no size, and the most it may ask for.
+    /// Users per directory page (and page of `GET /api/v1/block/`) when the client asks for no
+    /// size, and the most it may ask for.
     #[arg(long, global = true, env = "CHAT_USER_PAGE_SIZE", default_value_t = 1000)]
     pub user_page_size: u32,
 
