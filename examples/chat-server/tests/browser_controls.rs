@@ -8,6 +8,9 @@
 //! bob sees "typing…" while alice types, and it ends when she sends or clears the box, well
 //! before it would expire. Presence: bob sees alice's dot and "online", then "last seen just
 //! now" once her page is gone (the server runs with a short presence grace), then online again.
+//! Blocking: bob blocks alice from the conversation's header (confirmed), his composer closes
+//! with an explanation, alice's next send is refused with its text kept; bob unblocks her from
+//! the settings panel.
 //! Screenshots go to `target/browser-artifacts/` (or `$CHAT_ARTIFACTS_DIR`).
 
 mod common;
@@ -354,6 +357,100 @@ async fn edits_deletions_typing_and_presence_in_real_browsers() {
     wait_app(&alice, "alice").await;
     eventually("alice online again for bob", || async {
         online_dot(&bob, "alice").await && partner_status(&bob).await == "online"
+    })
+    .await;
+
+    alice.close().await.unwrap();
+    bob.close().await.unwrap();
+    let status = server.terminate().await;
+    assert!(status.success(), "server exits cleanly on SIGTERM: {status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocking_in_real_browsers() {
+    let work = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(work.path(), &["--database", "sqlite://chat.db"]).await;
+    let driver = start_chromedriver().await;
+    let (alice, bob) = two_in_a_conversation(&server, &driver, work.path()).await;
+
+    // bob blocks alice from the conversation's header, after a question.
+    eventually("the block button", || visible(&bob, "#block-button")).await;
+    assert_eq!(text(&bob, "#block-button").await, "Block");
+    click(&bob, "block", "#block-button").await;
+    eventually("the question", || visible(&bob, "#confirm")).await;
+    assert_eq!(focused(&bob).await, "confirm-cancel");
+    assert!(text(&bob, "#confirm-text").await.starts_with("Block alice?"));
+    click(&bob, "confirm", "#confirm-ok").await;
+    eventually("the blocked state", || visible(&bob, "#blocked-note")).await;
+    assert!(
+        text(&bob, "#blocked-text")
+            .await
+            .starts_with("You blocked alice: neither of you can send messages")
+    );
+    assert_eq!(
+        js(
+            &bob,
+            "return [R.getElementById('send-body').disabled, R.getElementById('send-button').disabled];"
+        )
+        .await,
+        json!([true, true]),
+        "the composer is closed"
+    );
+    assert_eq!(text(&bob, "#block-button").await, "Unblock");
+    assert_eq!(focused(&bob).await, "unblock-button");
+    assert_contrast(&bob, "blocked").await;
+    screenshot(&bob, "browser-controls-bob-blocked.png").await;
+
+    // alice's next send is refused: the reason, and her text kept.
+    type_into(&alice, "#send-body", &format!("are you there?{ENTER}")).await;
+    eventually("the refusal on alice's screen", || async {
+        text(&alice, "#send-error").await == "Not sent: you cannot message this user"
+    })
+    .await;
+    assert_eq!(composer_value(&alice).await, "are you there?");
+    assert!(!visible(&alice, "#send-retry").await, "nothing to retry");
+    assert_eq!(message_texts(&alice).await, ["hello bob"]);
+    screenshot(&alice, "browser-controls-alice-refused.png").await;
+
+    // The settings panel lists whom bob blocks; he unblocks alice there.
+    click(&bob, "settings", "#settings-button").await;
+    eventually("the settings panel", || visible(&bob, "#settings")).await;
+    eventually("alice in the blocked list", || async {
+        js(
+            &bob,
+            "return [...R.querySelectorAll('#blocked-list li')].map(li => li.dataset.username);",
+        )
+        .await
+            == json!(["alice"])
+    })
+    .await;
+    assert_contrast(&bob, "the settings panel").await;
+    screenshot(&bob, "browser-controls-settings.png").await;
+    click(
+        &bob,
+        "unblock alice",
+        "#blocked-list li[data-username='alice'] button",
+    )
+    .await;
+    eventually("nobody blocked", || visible(&bob, "#blocked-none")).await;
+    press(&bob, ESCAPE).await;
+    eventually("the panel closed", || async { !visible(&bob, "#settings").await }).await;
+    assert_eq!(
+        focused(&bob).await,
+        "settings-button",
+        "the focus is back on its button"
+    );
+    assert!(!visible(&bob, "#blocked-note").await);
+    assert_eq!(text(&bob, "#block-button").await, "Block");
+    assert_eq!(
+        js(&bob, "return R.getElementById('send-body').disabled;").await,
+        json!(false)
+    );
+
+    // alice's kept text goes now.
+    type_into(&alice, "#send-body", ENTER).await;
+    eventually("the message on bob's screen", || async {
+        message_texts(&bob).await == ["hello bob", "are you there?"]
     })
     .await;
 
