@@ -102,14 +102,16 @@ impl Webhooks {
             };
             let consumer = FeedConsumer::new(store.clone(), config.clone())?;
             tracing::info!(endpoint = %endpoint.id, url = %endpoint.display(), checkpoint = %config.name, "webhook deliveries start");
-            let handler = WebhookHandler::new(
+            let handler = WebhookHandler {
+                metrics: EndpointMetrics::new(&endpoint.id),
                 endpoint,
-                client.clone(),
-                config,
-                Duration::from_millis(options.webhook_timeout_ms),
-                usize::try_from(options.webhook_concurrency).unwrap_or(usize::MAX),
-                usize::try_from(options.webhook_events_per_post).unwrap_or(usize::MAX),
-            );
+                client: client.clone(),
+                retry: config,
+                timeout: Duration::from_millis(options.webhook_timeout_ms),
+                concurrency: usize::try_from(options.webhook_concurrency).unwrap_or(usize::MAX),
+                // At least 1: the flag's parser refuses 0.
+                events_per_post: usize::try_from(options.webhook_events_per_post).unwrap_or(usize::MAX),
+            };
             let mut stopped = stopped.clone();
             tasks.push(tokio::spawn(async move {
                 // Resolves when `stop` is dropped or signals.
@@ -202,26 +204,6 @@ struct WebhookHandler {
 }
 
 impl WebhookHandler {
-    fn new(
-        endpoint: Endpoint,
-        client: reqwest::Client,
-        retry: FeedConsumerConfig,
-        timeout: Duration,
-        concurrency: usize,
-        events_per_post: usize,
-    ) -> Self {
-        let metrics = EndpointMetrics::new(&endpoint.id);
-        Self {
-            endpoint,
-            client,
-            retry,
-            timeout,
-            concurrency,
-            events_per_post: events_per_post.max(1),
-            metrics,
-        }
-    }
-
     /// Delivers `post`, retrying with backoff until the endpoint accepts it (2xx). Every
     /// other answer is retried, 4xx included: an event is never dropped by the server; a
     /// receiver that wants to drop one answers 2xx.
