@@ -193,6 +193,7 @@ impl Writer {
                 .ok_or_else(|| protocol("a row for no send of the batch"))?;
             match outcome.as_str() {
                 "missing" => outcomes[i] = Some(Err(Error::NotFound(Entity::User))),
+                "removed" => outcomes[i] = Some(Err(Error::Forbidden(chatcore::Forbidden::AccountRemoved))),
                 "replay" => {
                     outcomes[i] = Some(Ok(Inserted {
                         message: Message {

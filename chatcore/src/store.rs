@@ -446,8 +446,9 @@ pub trait Store: Send + Sync + 'static {
     /// up to `limit` of the messages `sender` sent with an id greater than `after` that are
     /// not tombstones yet, oldest first, in one transaction: each body is removed from
     /// storage for good, and each deletion is a durable event of both participants at its
-    /// own position (trait docs, "Positions"). Returns what changed, in id order (each
-    /// [`Changed::event`] set); an empty answer means none is left after `after`. The
+    /// own position (trait docs, "Positions"). Returns the tombstones in id order, each with its
+    /// event ([`Changed::event`]; `None` only for one that a concurrent deletion tombstoned
+    /// first); an empty answer means none is left after `after`. The
     /// caller pages on with the last id answered, so a history of any length is deleted in
     /// bounded batches and read once. Costs an index range of `sender`'s sent messages
     /// after `after` (tombstones in it are skipped), never their whole history.
