@@ -221,7 +221,7 @@ impl Writer {
             }
         };
         let keys: Vec<String> = batch.iter().map(|m| m.recipient.key()).collect();
-        let users = match self.resolve_users(&mut conn, batch, &keys).await {
+        let mut users = match self.resolve_users(&mut conn, batch, &keys, true).await {
             Ok(users) => users,
             // Handing the connection back has the pool check it (and drop it if it is dead).
             Err(err) => return fail_all(err),
@@ -247,23 +247,42 @@ impl Writer {
                     // and our insert; the whole transaction rolled back. Checking again finds
                     // its message.
                     let key_race = error::server_code(&err) == Some(code::DUP_ENTRY);
-                    if !(key_race && attempt < KEY_RACE_RETRIES) {
-                        return fail_all(err);
+                    if key_race && attempt < KEY_RACE_RETRIES {
+                        continue;
                     }
+                    // A sender known from the cache was removed meanwhile (by any process):
+                    // the transaction refused the whole batch (see `commit_fresh`). Read the
+                    // users again; the removed sender's sends are refused, the others retried.
+                    let removal = error::server_code(&err) == Some(code::BAD_NULL);
+                    if removal && attempt < KEY_RACE_RETRIES {
+                        match self.resolve_users(&mut conn, batch, &keys, false).await {
+                            Ok(fresh) if !fresh.removed.is_empty() => {
+                                users = fresh;
+                                continue;
+                            }
+                            Ok(_) => {}
+                            Err(resolve) => {
+                                tracing::warn!(error = %resolve, "reading a failed batch's users again failed");
+                            }
+                        }
+                    }
+                    return fail_all(err);
                 }
             }
         }
     }
 
-    /// Recipients by key (id and stored name) and the set of existing sender ids, in one
-    /// query. `keys` holds each message's recipient key ([`chatcore::Username::key`]).
+    /// Recipients by key (id and stored name) and the set of existing sender ids (removed
+    /// ones apart), in one query, or from the cache when `cached` and it knows them all.
+    /// `keys` holds each message's recipient key ([`chatcore::Username::key`]).
     async fn resolve_users(
         &self,
         conn: &mut MySqlConnection,
         batch: &[NewMessage],
         keys: &[String],
+        cached: bool,
     ) -> Result<ResolvedUsers, sqlx::Error> {
-        if let Some(resolved) = self.known_users(batch, keys) {
+        if cached && let Some(resolved) = self.known_users(batch, keys) {
             return Ok(resolved);
         }
         let unique_keys: Vec<&[u8]> = keys
@@ -281,13 +300,17 @@ impl Writer {
         // Lists are padded to a power of two (repeating the last entry) so a few statement
         // shapes serve every batch and stay in the prepared-statement cache.
         let mut query = QueryBuilder::<MySql>::new(
-            "SELECT id, username, username_key FROM chatcore_users WHERE username_key IN (",
+            "SELECT id, username, username_key, removed_at IS NOT NULL AS removed FROM chatcore_users \
+             WHERE username_key IN (",
         );
         let mut list = query.separated(", ");
         for key in padded(&unique_keys) {
             list.push_bind(*key);
         }
-        query.push(") UNION SELECT id, username, username_key FROM chatcore_users WHERE id IN (");
+        query.push(
+            ") UNION SELECT id, username, username_key, removed_at IS NOT NULL AS removed \
+             FROM chatcore_users WHERE id IN (",
+        );
         let mut list = query.separated(", ");
         for id in padded(&senders) {
             list.push_bind(*id);
@@ -299,7 +322,12 @@ impl Writer {
             let id: i64 = row.try_get("id")?;
             let name = rows::text(&row, "username").map_err(sqlx::Error::Decode)?;
             let key: Vec<u8> = row.try_get_unchecked("username_key")?;
-            resolved.ids.insert(id);
+            let removed: i64 = row.try_get_unchecked("removed")?;
+            if removed == 0 {
+                resolved.ids.insert(id);
+            } else {
+                resolved.removed.insert(id);
+            }
             resolved.by_key.insert(key, (id, Username::from_stored(name)));
         }
         self.remember(&resolved);
@@ -334,6 +362,9 @@ impl Writer {
             *known = KnownUsers::default();
         }
         known.ids.extend(found.ids.iter().copied());
+        for id in &found.removed {
+            known.ids.remove(id);
+        }
         known
             .by_key
             .extend(found.by_key.iter().map(|(key, user)| (key.clone(), user.clone())));
@@ -353,7 +384,11 @@ impl Writer {
         for (new, key) in batch.iter().zip(keys) {
             let recipient = users.by_key.get(key.as_bytes());
             let known = users.ids.contains(&new.sender.id.0) && recipient.is_some();
-            outcomes.push((!known).then_some(Err(Error::NotFound(Entity::User))));
+            outcomes.push(if users.removed.contains(&new.sender.id.0) {
+                Some(Err(Error::Forbidden(chatcore::Forbidden::AccountRemoved)))
+            } else {
+                (!known).then_some(Err(Error::NotFound(Entity::User)))
+            });
             recipients.push(recipient.map_or(0, |(id, _)| *id));
             // The recipient as they wrote their name, whatever case the sender typed.
             recipient_names.push(recipient.map(|(_, name)| name));
@@ -512,7 +547,8 @@ impl Writer {
     /// the first id and the server clock; insert the messages; upsert the participants' inbox
     /// rows (one per user and conversation of the batch); `COMMIT`; report the ids, the time
     /// and, for each user of the batch, their newest position up to the last one handed out
-    /// before the batch (see [`previous_positions_select`]). Seven statements: each costs the
+    /// before the batch (see [`previous_positions_select`]). Eight statements (the senders' check
+    /// among them, see below): each costs the
     /// server time even within one round trip, which is what a send at low concurrency waits
     /// for.
     ///
@@ -573,11 +609,28 @@ impl Writer {
         for ((low, high), total) in &counts {
             let _ = write!(sql, ",({low},{high},{total})");
         }
+        // Under the sequence lock, the senders are read with a shared lock: a removal
+        // (`Store::remove_user`, an exclusive lock on the user row) either waits for this
+        // transaction to commit, or came first and is seen here. Then the ids are NULL, the
+        // message insert fails (strict mode) and the batch rolls back; `write` reads the users
+        // again and refuses the removed sender's sends.
+        let senders: BTreeSet<i64> = fresh.iter().map(|&i| batch[i].sender.id.0).collect();
         let _ = write!(
             sql,
             " ON DUPLICATE KEY UPDATE total = IF(low_id = 0, \
              LAST_INSERT_ID(total + VALUES(total)), total + VALUES(total)); \
-             SET @chatcore_last = IF(LAST_INSERT_ID() > 0, LAST_INSERT_ID() - {count}, NULL), \
+             SELECT COUNT(*) INTO @chatcore_removed FROM chatcore_users WHERE id IN ("
+        );
+        for (n, sender) in senders.iter().enumerate() {
+            if n > 0 {
+                sql.push(',');
+            }
+            let _ = write!(sql, "{sender}");
+        }
+        let _ = write!(
+            sql,
+            ") AND removed_at IS NOT NULL LOCK IN SHARE MODE; \
+             SET @chatcore_last = IF(LAST_INSERT_ID() > 0 AND @chatcore_removed = 0, LAST_INSERT_ID() - {count}, NULL), \
              @chatcore_at = UTC_TIMESTAMP(6); "
         );
         sql.push_str(
@@ -744,7 +797,10 @@ struct KnownUsers {
 struct ResolvedUsers {
     /// Id and stored name by [`chatcore::Username::key`].
     by_key: HashMap<Vec<u8>, (i64, Username)>,
+    /// Users who may send: found and not removed.
     ids: HashSet<i64>,
+    /// Removed accounts among them (`Store::remove_user`): their sends are refused.
+    removed: HashSet<i64>,
 }
 
 /// The SHA-256 of an idempotency key: keys of any length fit one fixed-size index column.
