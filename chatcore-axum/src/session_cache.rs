@@ -100,8 +100,15 @@ impl CachedSessions {
         self.cache.as_ref().map_or(0, Cache::entry_count)
     }
 
-    /// Forgets `session` here (a revocation heard from any node).
+    /// Forgets `session` here (a revocation heard from any node); [`SessionId::ALL`] (every
+    /// session of a user ended: account removal, a new password, an operator's revocation)
+    /// forgets every session, since the cache does not index sessions by user: each is read
+    /// from the store once more.
     pub async fn revoke(&self, session: SessionId) {
+        if session == SessionId::ALL {
+            self.clear();
+            return;
+        }
         self.epoch.fetch_add(1, Ordering::SeqCst);
         let hash = lock(&self.index).remove(&session);
         if let (Some(cache), Some(hash)) = (&self.cache, hash) {
@@ -116,6 +123,25 @@ impl CachedSessions {
             cache.invalidate_all();
         }
         lock(&self.index).clear();
+    }
+
+    /// The session's user and expiry as the store has them now, bypassing the cache (what an
+    /// open connection asks now and then to learn that its session was ended by a process
+    /// whose revocation did not reach this one, see `ApiConfig::ws_session_recheck`). A
+    /// session the store no longer has is forgotten here too.
+    pub async fn session_user_uncached(
+        &self,
+        token_hash: &TokenHash,
+        now: DateTime<Utc>,
+    ) -> chatcore::Result<Option<SessionRecord>> {
+        let record = self.inner.session_user(token_hash, now).await?;
+        if record.is_none() {
+            self.revoke(session_id(token_hash)).await;
+            if let Some(cache) = &self.cache {
+                cache.invalidate(token_hash).await;
+            }
+        }
+        Ok(record)
     }
 
     /// Follows the revocations of `subscription` (a subscription to
@@ -233,6 +259,19 @@ impl SessionStore for CachedSessions {
     async fn delete_expired_sessions(&self, now: DateTime<Utc>) -> chatcore::Result<u64> {
         self.inner.delete_expired_sessions(now).await
     }
+
+    /// Ends the sessions in the store, then forgets every cached session here at once (the
+    /// cache does not know which are the user's); other nodes forget them when
+    /// [`chatcore::ChatService::end_all_sessions`] reaches them.
+    async fn delete_user_sessions(&self, user: UserId) -> chatcore::Result<u64> {
+        let deleted = self.inner.delete_user_sessions(user).await;
+        self.clear();
+        deleted
+    }
+
+    async fn set_password_hash(&self, username: &Username, password_hash: &str) -> chatcore::Result<User> {
+        self.inner.set_password_hash(username, password_hash).await
+    }
 }
 
 /// The public name of the session whose token hashes to `hash`: the first 8 bytes of the
@@ -300,6 +339,12 @@ mod tests {
         }
         async fn delete_expired_sessions(&self, now: DateTime<Utc>) -> chatcore::Result<u64> {
             self.inner.delete_expired_sessions(now).await
+        }
+        async fn delete_user_sessions(&self, user: UserId) -> chatcore::Result<u64> {
+            self.inner.delete_user_sessions(user).await
+        }
+        async fn set_password_hash(&self, username: &Username, hash: &str) -> chatcore::Result<User> {
+            self.inner.set_password_hash(username, hash).await
         }
     }
 
