@@ -316,3 +316,23 @@ async fn set_password_and_delete_user_reach_a_running_server_through_postgres() 
     assert_eq!(login("another password").await.status(), 401);
     assert!(server.terminate().await.success());
 }
+
+/// A SQLite file is held by the running server: the command says to stop it, and changes
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_sqlite_file_held_by_a_server_the_command_says_to_stop_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), &["--database", "sqlite://chat.db"]).await;
+    let http = reqwest::Client::new();
+    let alice = account(&http, &server.base, "alice").await;
+    let dir_path = dir.path().to_owned();
+    let out = tokio::task::spawn_blocking(move || {
+        operator(&dir_path, "sqlite://chat.db", &["revoke-sessions", "alice"], "")
+    })
+    .await
+    .unwrap();
+    let error = failed(&out);
+    assert!(error.contains("Stop it first"), "{error}");
+    assert_eq!(session_status(&http, &server.base, &alice).await, 200);
+    assert!(server.terminate().await.success());
+}
