@@ -5,30 +5,12 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::Stdio;
 use std::time::Duration;
 
-use common::ServerProcess;
+use common::{ServerProcess, operator, post, sign_up};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::{Message as Frame, client::IntoClientRequest};
-
-/// Runs `chat-server --database DATABASE ARGS...` in `dir` with `stdin` piped in.
-fn operator(dir: &std::path::Path, database: &str, args: &[&str], stdin: &str) -> std::process::Output {
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_chat-server"))
-        .current_dir(dir)
-        .args(["--database", database])
-        .args(args)
-        .env("CHAT_LOG", "warn")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run chat-server");
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-    child.wait_with_output().unwrap()
-}
+use tokio_tungstenite::tungstenite::Message as Frame;
 
 fn succeeded(out: &std::process::Output) -> String {
     assert!(
@@ -117,41 +99,10 @@ fn account_subcommands_on_sqlite() {
     );
 }
 
-async fn post(http: &reqwest::Client, url: String, token: Option<&str>, body: Value) -> reqwest::Response {
-    let mut request = http.post(url).json(&body);
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    request.send().await.unwrap()
-}
-
-/// Registers `name` and logs in: the token.
-async fn account(http: &reqwest::Client, base: &str, name: &str) -> String {
-    let credentials = json!({"username": name, "password": "a long password"});
-    let registered = post(
-        http,
-        format!("{base}/api/v1/auth/register"),
-        None,
-        credentials.clone(),
-    )
-    .await;
-    assert_eq!(registered.status(), 201);
-    let session: Value = post(http, format!("{base}/api/v1/auth/login"), None, credentials)
-        .await
-        .json()
-        .await
-        .unwrap();
-    session["token"].as_str().unwrap().to_owned()
-}
-
 type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn socket(server: &ServerProcess, token: &str) -> Socket {
-    let mut request = format!("ws://{}/ws", server.addr).into_client_request().unwrap();
-    request
-        .headers_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    tokio_tungstenite::connect_async(request).await.expect("socket").0
+    common::open_socket(&server.addr, "/ws", token).await
 }
 
 /// The next frame that is not a ping or a pong, within `wait`.
@@ -204,8 +155,8 @@ async fn revoke_sessions_from_another_process_closes_the_socket_at_the_recheck()
     )
     .await;
     let http = reqwest::Client::new();
-    let alice = account(&http, &server.base, "alice").await;
-    let bob = account(&http, &server.base, "bob").await;
+    let alice = sign_up(&http, &server.base, "alice").await;
+    let bob = sign_up(&http, &server.base, "bob").await;
     let mut alice_ws = socket(&server, &alice).await;
     let mut bob_ws = socket(&server, &bob).await;
     assert_eq!(session_status(&http, &server.base, &alice).await, 200);
@@ -253,8 +204,8 @@ async fn set_password_and_delete_user_reach_a_running_server_through_postgres() 
     )
     .await;
     let http = reqwest::Client::new();
-    let alice = account(&http, &server.base, "alice").await;
-    let bob = account(&http, &server.base, "bob").await;
+    let alice = sign_up(&http, &server.base, "alice").await;
+    let bob = sign_up(&http, &server.base, "bob").await;
     let mut sent = Vec::new();
     for body in ["one", "two"] {
         let response = post(
@@ -324,7 +275,7 @@ async fn on_a_sqlite_file_held_by_a_server_the_command_says_to_stop_it() {
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(dir.path(), &["--database", "sqlite://chat.db"]).await;
     let http = reqwest::Client::new();
-    let alice = account(&http, &server.base, "alice").await;
+    let alice = sign_up(&http, &server.base, "alice").await;
     let dir_path = dir.path().to_owned();
     let out = tokio::task::spawn_blocking(move || {
         operator(&dir_path, "sqlite://chat.db", &["revoke-sessions", "alice"], "")
