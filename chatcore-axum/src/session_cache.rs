@@ -439,4 +439,69 @@ mod tests {
         cache.session_user(&one, Utc::now()).await.unwrap().unwrap();
         assert_eq!(lookups(), before + 3);
     }
+
+    /// "Every session of a user ended" (`SessionId::ALL`, from any node) empties the cache:
+    /// each session is read from the store again, and one the store no longer has is gone.
+    #[tokio::test]
+    async fn ending_all_sessions_of_a_user_empties_the_cache() {
+        let store = Arc::new(Counting {
+            inner: MemoryStore::new(),
+            lookups: AtomicU64::new(0),
+        });
+        let alice = store
+            .inner
+            .create_user(&Username::parse("alice").unwrap())
+            .await
+            .unwrap();
+        let bob = store
+            .inner
+            .create_user(&Username::parse("bob").unwrap())
+            .await
+            .unwrap();
+        let later = Utc::now() + chrono::Duration::hours(1);
+        store.create_session(&[1; 32], alice.id, later).await.unwrap();
+        store.create_session(&[2; 32], bob.id, later).await.unwrap();
+        let cache = Arc::new(CachedSessions::new(store.clone(), 100, Duration::from_secs(3600)));
+        let notifier = LocalNotifier::new(16);
+        let subscription = notifier.subscribe(UserId::SESSION_REVOCATIONS).await.unwrap();
+        cache.follow_revocations(subscription, CancellationToken::new());
+        for _ in 0..2 {
+            for hash in [[1; 32], [2; 32]] {
+                cache.session_user(&hash, Utc::now()).await.unwrap().unwrap();
+            }
+        }
+        assert_eq!(store.lookups.load(Ordering::SeqCst), 2, "both cached");
+        // Another node ended every session of alice: gone from the store, then announced.
+        assert_eq!(store.inner.delete_user_sessions(alice.id).await.unwrap(), 1);
+        notifier
+            .publish(
+                &[Recipient::ephemeral(UserId::SESSION_REVOCATIONS)],
+                &Event::session_ended(SessionId::ALL),
+            )
+            .await
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while cache.session_user(&[1; 32], Utc::now()).await.unwrap().is_some() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the revocation never arrived"
+            );
+            tokio::task::yield_now().await;
+        }
+        let before = store.lookups.load(Ordering::SeqCst);
+        assert_eq!(
+            cache
+                .session_user(&[2; 32], Utc::now())
+                .await
+                .unwrap()
+                .unwrap()
+                .user,
+            bob
+        );
+        assert_eq!(
+            store.lookups.load(Ordering::SeqCst),
+            before + 1,
+            "read again once"
+        );
+    }
 }

@@ -444,9 +444,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes, as [`Store::change_message`] with [`MessageChange::Delete`] does one by one,
     /// up to `limit` of the messages `sender` sent with an id greater than `after` that are
-    /// not tombstones yet, oldest first, in one transaction: each body is removed from
-    /// storage for good, and each deletion is a durable event of both participants at its
-    /// own position (trait docs, "Positions"). Returns the tombstones in id order, each with its
+    /// not tombstones yet, oldest first: each body is removed from storage for good, and each
+    /// deletion commits with its durable event of both participants at its own position
+    /// (trait docs, "Positions"); a backend may commit the batch as one transaction or each
+    /// deletion as its own. Returns the tombstones in id order, each with its
     /// event ([`Changed::event`]; `None` only for one that a concurrent deletion tombstoned
     /// first); an empty answer means none is left after `after`. The
     /// caller pages on with the last id answered, so a history of any length is deleted in
