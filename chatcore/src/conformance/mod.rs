@@ -36,7 +36,7 @@
 //!   user's sessions, new passwords.
 //! - `accounts.rs`: account removal ([`Store::remove_user`],
 //!   [`Store::delete_sent_messages`]) with its effects on sessions and credentials, run by
-//!   [`account_conformance_tests!`] against a whole [`Backend`].
+//!   [`crate::account_conformance_tests!`] against a whole [`Backend`].
 
 use std::sync::Arc;
 
