@@ -54,6 +54,8 @@
 //! | `GET /api/v1/conversation/?limit=&before=` | the inbox: `{"next", "unread_total", "results": [{"peer", "last_message", "unread", "read_up_to", "peer_read_up_to"}]}`, latest activity first |
 //! | `POST /api/v1/conversation/{peer}/read` `{"up_to": <id>}` | moves the caller's read marker (forward only): `{"unread", "read_up_to"}` |
 //! | `GET /api/v1/auth/session` | `{"username"}` of the caller, 401 for no one |
+//! | `PUT /api/v1/block/{username}`, `DELETE /api/v1/block/{username}` | the caller blocks / unblocks a user: 204 (again: 204); 404 unknown user, 400 oneself. While either of two users blocks the other, sends and edits between them answer 403 `{"error": "you cannot message this user"}` and nothing is stored |
+//! | `GET /api/v1/block/?after=&limit=` | `[{"username"}]`: whom the caller blocks, sorted by name, paged like the directory |
 //! | `GET /api/v1/auth/export` | `{"username", "messages": [...]}`: every message the caller sent or received, newest first, streamed page by page |
 //! | `GET /ws?since=POSITION` | WebSocket: every durable event of the caller in position order: `{"type": "message", "position", "message": "<id>", "data": <message>}`, `{"type": "read", "position", "reader", "peer", "up_to"}`, `{"type": "edit", "position", "data": <message>}` and `{"type": "delete", "position", "data": <tombstone>}` |
 //! | `POST /api/v1/auth/register`, `/login`, `/logout` | with `ChatApi::with_auth_routes` or `auth_router` (feature `sessions`); register and login limited per client address (429 with `Retry-After`) |
@@ -159,6 +161,7 @@
 //!   registrations, and finding the client address.
 //! - `body.rs`: JSON-or-form body and query extractors that answer in our JSON errors.
 //! - `rest.rs`: the user and message routes, pagination links.
+//! - `blocks.rs`: the block routes.
 //! - `inbox.rs`: the inbox, read markers, `GET /api/v1/auth/session`.
 //! - `ws.rs`: the `/ws` channel: catch-up, live frames, pings, close frames.
 //! - `metrics.rs`: [`HttpMetricsLayer`] (requests by route template, method and status) and
@@ -182,6 +185,7 @@
 #![deny(missing_docs)]
 
 mod auth;
+mod blocks;
 mod body;
 mod config;
 mod cursor;
@@ -359,6 +363,8 @@ impl ChatApi {
             routes!(rest::get_message, rest::edit_message, rest::delete_message),
         );
         let routes = openapi::add(routes, routes!(rest::export));
+        let routes = openapi::add(routes, routes!(blocks::list_blocked));
+        let routes = openapi::add(routes, routes!(blocks::block, blocks::unblock));
         let routes = openapi::add(routes, routes!(inbox::list_conversations));
         let routes = openapi::add(routes, routes!(inbox::mark_read));
         let routes = openapi::add(routes, routes!(inbox::current_session));

@@ -27,7 +27,7 @@ pub(crate) const BEARER: &str = "bearer";
     info(
         title = "chatcore",
         description = "The chatcore HTTP API: users, messages, the inbox and read markers, \
-            accounts and sessions, health probes, and the `/ws` notification channel (its \
+            blocks, accounts and sessions, health probes, and the `/ws` notification channel (its \
             frames are described on `GET /ws`). Paths are relative to where the host nests \
             the router. Every path also answers with the trailing slash toggled \
             (`/api/v1/message/` and `/api/v1/message`). Every error is JSON \
@@ -42,6 +42,7 @@ pub(crate) const BEARER: &str = "bearer";
         (name = "users", description = "The user directory"),
         (name = "messages", description = "Sending and reading messages"),
         (name = "inbox", description = "Conversations, unread counts and read markers"),
+        (name = "blocks", description = "Blocking users: while either of two users blocks the other, neither can message the other"),
         (name = "auth", description = "Accounts and sessions (`SessionAuthenticator`)"),
         (name = "notifications", description = "The `/ws` WebSocket channel"),
         (name = "operations", description = "Health probes and this description"),

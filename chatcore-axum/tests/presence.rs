@@ -58,8 +58,9 @@ fn with_presence(grace: Duration, interval: Duration) -> Options {
     }
 }
 
-async fn typing_is_relayed_only_within_a_conversation(store: Arc<dyn Backend>) {
-    // Enough allowance for every frame of the case (the limit has a case of its own).
+/// An app with enough typing allowance for every frame of a case (the limit has a case of
+/// its own), and the tokens of alice, bob and carol.
+async fn typing_app(store: Arc<dyn Backend>) -> (TestApp, [String; 3]) {
     let options = Options {
         chat: ChatConfig {
             typing_burst: 20,
@@ -71,6 +72,11 @@ async fn typing_is_relayed_only_within_a_conversation(store: Arc<dyn Backend>) {
     let (_, alice) = app.user("alice").await;
     let (_, bob) = app.user("bob").await;
     let (_, carol) = app.user("carol").await;
+    (app, [alice, bob, carol])
+}
+
+async fn typing_is_relayed_only_within_a_conversation(store: Arc<dyn Backend>) {
+    let (app, [alice, bob, carol]) = typing_app(store).await;
     let mut alice_ws = app.ws(&alice, None).await;
     let mut bob_ws = app.ws(&bob, None).await;
     let mut carol_ws = app.ws(&carol, None).await;
@@ -117,6 +123,47 @@ async fn typing_is_relayed_only_within_a_conversation(store: Arc<dyn Backend>) {
     for ws in [alice_ws, bob_ws, carol_ws, again] {
         close(ws).await;
     }
+}
+
+async fn typing_is_dropped_while_a_block_stands(store: Arc<dyn Backend>) {
+    let (app, [alice, bob, carol]) = typing_app(store).await;
+    let mut alice_ws = app.ws(&alice, None).await;
+    let mut bob_ws = app.ws(&bob, None).await;
+    app.send(&alice, "bob", "hello").await;
+    message_frame(&mut alice_ws, "hello").await;
+    message_frame(&mut bob_ws, "hello").await;
+    let response = app
+        .client(&bob)
+        .put(app.url("/api/v1/block/alice"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+
+    // Both ways dropped: the next frame each gets is carol's message.
+    send_raw(&mut alice_ws, typing("bob")).await;
+    send_raw(&mut bob_ws, typing("alice")).await;
+    fence(&mut alice_ws).await;
+    fence(&mut bob_ws).await;
+    app.send(&carol, "bob", "from carol").await;
+    app.send(&carol, "alice", "from carol").await;
+    message_frame(&mut bob_ws, "from carol").await;
+    message_frame(&mut alice_ws, "from carol").await;
+
+    let response = app
+        .client(&bob)
+        .delete(app.url("/api/v1/block/alice"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    send_raw(&mut alice_ws, typing("bob")).await;
+    assert_eq!(
+        frame(&mut bob_ws).await,
+        json!({"type": "typing", "from": "alice", "expires_in_ms": 6000})
+    );
+    close(alice_ws).await;
+    close(bob_ws).await;
 }
 
 async fn typing_frames_are_rate_limited_per_socket(store: Arc<dyn Backend>) {
@@ -326,6 +373,7 @@ macro_rules! presence_suite {
         presence_suite!($factory;
             typing_is_relayed_only_within_a_conversation,
             typing_frames_are_rate_limited_per_socket,
+            typing_is_dropped_while_a_block_stands,
             typing_off_drops_every_typing_frame,
             presence_reaches_conversation_peers_without_flapping,
             many_changes_in_one_interval_make_one_frame_per_watcher,

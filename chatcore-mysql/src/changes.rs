@@ -7,7 +7,9 @@
 //! The message row is locked next (`FOR UPDATE`), so two changes of one message apply one
 //! after the other. Whether anything changes is decided by the server from what it read under
 //! the locks, kept in session variables; the statements after that write only when it does,
-//! so a refused change writes nothing and one round trip serves every outcome.
+//! so a refused change writes nothing and one round trip serves every outcome. An edit looks
+//! the participants' blocks up under the sequence lock, which `set_block` takes too, so a
+//! block confirmed before is never slipped past (`blocks.rs`).
 //!
 //! The event is a row of `chatcore_read_events` with `kind` 1 (edit) or 2 (deletion), the
 //! sender as `reader_id`, the recipient as `peer_id` and the message as `up_to` (schema
@@ -24,12 +26,19 @@ use chatcore::{Entity, Error, Forbidden, MessageId, Position, Result, UserId};
 use crate::rows;
 use crate::writer::{push_hex, push_previous_position};
 
+/// The blocks between the participants of the message a change reads (its session
+/// variables), both ways: two primary-key lookups.
+pub(crate) const BLOCKS_OF_CHANGE: &str = "SELECT 1 FROM chatcore_blocks FORCE INDEX (PRIMARY) \
+     WHERE (blocker_id = @chatcore_from AND blocked_id = @chatcore_to) \
+        OR (blocker_id = @chatcore_to AND blocked_id = @chatcore_from)";
+
 /// The transaction of one change. Every value written into the SQL is an integer, a hex
 /// literal (the body) or a formatted timestamp, so no input can change the statement.
 pub(crate) fn change_sql(sender: UserId, id: MessageId, change: &MessageChange) -> String {
     let (sender, id) = (sender.0, id.0);
     let mut sql = String::with_capacity(4096);
     // Variables reset first: `SELECT ... INTO` leaves them unchanged when it finds no row.
+    let is_edit = u8::from(matches!(change, MessageChange::Edit { .. }));
     let _ = write!(
         sql,
         "SET @chatcore_sender = {sender}, @chatcore_message = {id}, @chatcore_last = NULL, \
@@ -41,6 +50,7 @@ pub(crate) fn change_sql(sender: UserId, id: MessageId, change: &MessageChange) 
          SELECT 1, sender_id, recipient_id, deleted, created_at \
            INTO @chatcore_found, @chatcore_from, @chatcore_to, @chatcore_was_deleted, @chatcore_created \
            FROM chatcore_messages WHERE id = @chatcore_message FOR UPDATE; \
+         SET @chatcore_blocked = {is_edit} AND @chatcore_found = 1 AND EXISTS ({BLOCKS_OF_CHANGE}); \
          SET @chatcore_in_window = "
     );
     match change {
@@ -50,14 +60,14 @@ pub(crate) fn change_sql(sender: UserId, id: MessageId, change: &MessageChange) 
         } => push_timestamp_comparison(&mut sql, not_before),
         _ => sql.push('1'),
     }
-    let (kind, is_edit) = match change {
-        MessageChange::Edit { .. } => (1, 1),
-        MessageChange::Delete => (2, 0),
+    let kind = match change {
+        MessageChange::Edit { .. } => 1,
+        MessageChange::Delete => 2,
     };
     let _ = write!(
         sql,
         "; SET @chatcore_changes = (@chatcore_found = 1 AND @chatcore_from = @chatcore_sender \
-           AND @chatcore_was_deleted = 0 AND @chatcore_in_window = 1); \
+           AND @chatcore_was_deleted = 0 AND @chatcore_blocked = 0 AND @chatcore_in_window = 1); \
          SET @chatcore_position = IF(@chatcore_changes, @chatcore_last + 1, NULL), \
            @chatcore_at = UTC_TIMESTAMP(6), @chatcore_is_edit = {is_edit}; \
          UPDATE chatcore_counts SET total = @chatcore_position \
@@ -80,7 +90,8 @@ pub(crate) fn change_sql(sender: UserId, id: MessageId, change: &MessageChange) 
            FROM DUAL WHERE @chatcore_changes; \
          COMMIT; \
          SELECT @chatcore_found AS found, @chatcore_from AS sender_id, @chatcore_to AS recipient_id, \
-           @chatcore_was_deleted AS was_deleted, @chatcore_in_window AS in_window, \
+           @chatcore_was_deleted AS was_deleted, @chatcore_blocked AS blocked, \
+           @chatcore_in_window AS in_window, \
            @chatcore_changes AS changed, @chatcore_position AS position, "
     );
     push_previous_position(&mut sql, "@chatcore_from");
@@ -139,6 +150,9 @@ pub(crate) async fn change_message(
             MessageChange::Edit { .. } => Err(Error::NotFound(Entity::Message)),
             MessageChange::Delete => Ok(Changed { message, event: None }),
         });
+    }
+    if int("blocked")? != Some(0) {
+        return Ok(Err(Error::Forbidden(Forbidden::Blocked)));
     }
     if int("in_window")? != Some(1) {
         return Ok(Err(Error::Forbidden(Forbidden::EditWindowClosed)));

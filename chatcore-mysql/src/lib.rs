@@ -160,6 +160,8 @@
 //! - `config.rs`: [`MysqlConfig`] and its checks.
 //! - `writer.rs`: the group-commit writer tasks behind `insert_message`.
 //! - `marks.rs`: the transaction behind `mark_read`.
+//! - `changes.rs`: the transaction behind `change_message` (edits and deletions).
+//! - `blocks.rs`: the transaction behind `set_block`, and how blocks stay in step with sends.
 //! - `rows.rs`: the read queries (each with the index it uses) and row decoding.
 //! - `schema.rs`: the embedded migrations and their runner.
 //! - `username_keys.rs`: migration 3's Rust step, filling `username_key` and keeping apart
@@ -176,6 +178,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod blocks;
 mod changes;
 mod config;
 mod error;
@@ -196,14 +199,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
-use sqlx::{ConnectOptions, Connection, Executor, Row};
+use sqlx::pool::PoolConnection;
+use sqlx::{ConnectOptions, Connection, Executor, MySql, Row};
 use tokio::sync::{RwLock, mpsc, oneshot};
 
+use chatcore::metrics::StoreMetrics;
 use chatcore::store::check_checkpoint_name;
 use chatcore::{
-    Backend, BoxError, Changed, Credentials, Entity, Error, InboxPage, InboxRequest, Inserted, MarkedRead,
-    Message, MessageChange, MessageId, MessagePage, MigrationReport, NewMessage, PageRequest, Position,
-    Result, SessionRecord, SessionStore, Store, StoredEvent, TokenHash, User, UserId, UserQuery, Username,
+    Backend, BlockQuery, BoxError, Changed, Credentials, Entity, Error, InboxPage, InboxRequest, Inserted,
+    MarkedRead, Message, MessageChange, MessageId, MessagePage, MigrationReport, NewMessage, PageRequest,
+    Position, Result, SessionRecord, SessionStore, Store, StoredEvent, TokenHash, User, UserId, UserQuery,
+    Username,
 };
 
 pub use config::MysqlConfig;
@@ -216,6 +222,8 @@ pub use config::MysqlConfig;
 #[derive(Debug, Clone)]
 pub struct MysqlStore {
     pool: MySqlPool,
+    /// Records the reads' and statements' waits for a connection.
+    metrics: StoreMetrics,
     writer: mpsc::Sender<writer::Pending>,
     config: MysqlConfig,
     lifecycle: Arc<Lifecycle>,
@@ -314,6 +322,7 @@ impl MysqlStore {
         let writer = writer::spawn(pool.clone(), &config);
         Ok(Self {
             pool,
+            metrics: StoreMetrics::register("mysql"),
             writer,
             config,
             lifecycle: Arc::default(),
@@ -322,7 +331,7 @@ impl MysqlStore {
 
     /// Checks that the server answers.
     pub async fn ping(&self) -> Result<()> {
-        let ping = sqlx::query("SELECT 1").execute(&self.pool);
+        let ping = self.execute(sqlx::query("SELECT 1"));
         bounded(self.config.statement_timeout, "pinging MySQL", async {
             ping.await.map_err(|e| error::map("pinging MySQL", e))
         })
@@ -392,25 +401,37 @@ impl Backend for MysqlStore {
     }
 }
 
-/// Runs a read query, and once more if it failed on a dead connection: one the pool handed
-/// out without a ping (used within [`MysqlConfig::ping_if_idle_for`]) after the server
-/// restarted. The failed connection is not handed out again (the pool checks every connection
-/// given back), so the second try gets a live one or a new one. Only reads are retried: a
-/// write may have happened before the connection broke.
-/// Both tries together are bounded by [`MysqlConfig::statement_timeout`].
-async fn read<T, F, Fut>(limit: std::time::Duration, context: &'static str, run: F) -> Result<T>
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = std::result::Result<T, sqlx::Error>>,
-{
-    bounded(limit, context, async {
-        match run().await {
-            Ok(found) => Ok(found),
-            Err(sqlx::Error::Io(_)) => run().await.map_err(|e| error::map(context, e)),
-            Err(e) => Err(error::map(context, e)),
-        }
-    })
-    .await
+/// Runs a read query on a pooled connection ([`MysqlStore::connection`], the wait recorded),
+/// and once more if it failed on a dead connection: one the pool handed out without a ping
+/// (used within [`MysqlConfig::ping_if_idle_for`]) after the server restarted. The failed
+/// connection is closed, not handed back, so the second try gets a live one or a new one.
+/// Only reads are retried: a write may have happened before the connection broke. Both tries
+/// together are bounded by [`MysqlConfig::statement_timeout`].
+///
+/// `read!(store, "what it does", |conn| query.fetch_one(conn))` is a future of
+/// `Result<T>`. A macro, not a function taking a closure: the query borrows the connection,
+/// which a closure's future cannot do and stay `Send` for `async_trait`.
+macro_rules! read {
+    ($store:expr, $context:expr, |$conn:ident| $query:expr $(,)?) => {
+        bounded($store.config.statement_timeout, $context, async {
+            let mut pooled = $store.connection().await.map_err(|e| error::map($context, e))?;
+            let outcome = {
+                let $conn = &mut *pooled;
+                $query.await
+            };
+            match outcome {
+                Ok(found) => Ok(found),
+                Err(sqlx::Error::Io(_)) => {
+                    pooled.close_on_drop();
+                    drop(pooled);
+                    let mut pooled = $store.connection().await.map_err(|e| error::map($context, e))?;
+                    let $conn = &mut *pooled;
+                    $query.await.map_err(|e| error::map($context, e))
+                }
+                Err(e) => Err(error::map($context, e)),
+            }
+        })
+    };
 }
 
 /// `call` within `limit` ([`MysqlConfig::statement_timeout`]), else [`Error::Unavailable`];
@@ -450,10 +471,10 @@ impl Store for MysqlStore {
 
     async fn find_user(&self, username: &Username) -> Result<Option<User>> {
         let key = username.key();
-        let row = read(self.config.statement_timeout, "finding a user", || {
+        let row = read!(self, "finding a user", |conn| {
             sqlx::query(rows::FIND_USER)
                 .bind(key.as_bytes())
-                .fetch_optional(&self.pool)
+                .fetch_optional(conn)
         })
         .await?;
         row.map(|row| rows::user(&row).map_err(corrupt)).transpose()
@@ -462,7 +483,7 @@ impl Store for MysqlStore {
     async fn list_users(&self, query: &UserQuery) -> Result<Vec<User>> {
         let pattern = rows::like_prefix(&query.prefix);
         let after_key = query.after.as_ref().map(Username::key).unwrap_or_default();
-        let rows = read(self.config.statement_timeout, "listing users", || {
+        let rows = read!(self, "listing users", |conn| {
             sqlx::query(rows::LIST_USERS)
                 .bind(pattern.as_bytes())
                 .bind(after_key.as_bytes())
@@ -470,7 +491,7 @@ impl Store for MysqlStore {
                 .bind(after_key.as_bytes())
                 .bind(query.exclude.map_or(0, |id| id.0))
                 .bind(query.limit)
-                .fetch_all(&self.pool)
+                .fetch_all(conn)
         })
         .await?;
         decode_users(&rows)
@@ -496,12 +517,12 @@ impl Store for MysqlStore {
     }
 
     async fn message_for(&self, viewer: UserId, id: MessageId) -> Result<Option<Message>> {
-        let row = read(self.config.statement_timeout, "reading a message", || {
+        let row = read!(self, "reading a message", |conn| {
             sqlx::query(rows::MESSAGE_FOR)
                 .bind(id.0)
                 .bind(viewer.0)
                 .bind(viewer.0)
-                .fetch_optional(&self.pool)
+                .fetch_optional(conn)
         })
         .await?;
         row.map(|row| rows::message(&row).map_err(corrupt)).transpose()
@@ -515,7 +536,7 @@ impl Store for MysqlStore {
     ) -> Result<MessagePage> {
         let other = other.key();
         let other = other.as_bytes();
-        let rows = read(self.config.statement_timeout, "reading a conversation", || {
+        let rows = read!(self, "reading a conversation", |conn| {
             sqlx::query(rows::CONVERSATION_PAGE)
                 .bind(viewer.0)
                 .bind(viewer.0)
@@ -527,7 +548,7 @@ impl Store for MysqlStore {
                 .bind(upper_bound(page))
                 .bind(page.limit)
                 .bind(page.offset)
-                .fetch_all(&self.pool)
+                .fetch_all(conn)
         })
         .await?;
         let mut found_other = false;
@@ -555,7 +576,7 @@ impl Store for MysqlStore {
     async fn user_messages(&self, user: UserId, page: &PageRequest) -> Result<MessagePage> {
         let before = upper_bound(page);
         let window = u64::from(page.offset) + u64::from(page.limit);
-        let rows = read(self.config.statement_timeout, "reading a user's messages", || {
+        let rows = read!(self, "reading a user's messages", |conn| {
             sqlx::query(rows::USER_MESSAGES)
                 .bind(user.0)
                 .bind(user.0)
@@ -567,7 +588,7 @@ impl Store for MysqlStore {
                 .bind(window)
                 .bind(page.limit)
                 .bind(page.offset)
-                .fetch_all(&self.pool)
+                .fetch_all(conn)
         })
         .await?;
         let mut total = 0;
@@ -586,7 +607,7 @@ impl Store for MysqlStore {
     }
 
     async fn messages_after(&self, user: UserId, after: MessageId, limit: u32) -> Result<Vec<Message>> {
-        let rows = read(self.config.statement_timeout, "catching up", || {
+        let rows = read!(self, "catching up", |conn| {
             sqlx::query(rows::MESSAGES_AFTER)
                 .bind(user.0)
                 .bind(after.0)
@@ -596,7 +617,7 @@ impl Store for MysqlStore {
                 .bind(after.0)
                 .bind(limit)
                 .bind(limit)
-                .fetch_all(&self.pool)
+                .fetch_all(conn)
         })
         .await?;
         let mut messages = rows
@@ -608,24 +629,20 @@ impl Store for MysqlStore {
     }
 
     async fn latest_position(&self, user: UserId) -> Result<Position> {
-        let latest: Option<i64> = read(
-            self.config.statement_timeout,
-            "reading a user's latest position",
-            || {
-                sqlx::query_scalar(rows::LATEST_POSITION)
-                    .bind(user.0)
-                    .bind(user.0)
-                    .bind(user.0)
-                    .bind(user.0)
-                    .fetch_one(&self.pool)
-            },
-        )
+        let latest: Option<i64> = read!(self, "reading a user's latest position", |conn| {
+            sqlx::query_scalar(rows::LATEST_POSITION)
+                .bind(user.0)
+                .bind(user.0)
+                .bind(user.0)
+                .bind(user.0)
+                .fetch_one(conn)
+        },)
         .await?;
         Ok(Position(latest.unwrap_or(0)))
     }
 
     async fn events_after(&self, user: UserId, after: Position, limit: u32) -> Result<Vec<StoredEvent>> {
-        let rows = read(self.config.statement_timeout, "catching up on events", || {
+        let rows = read!(self, "catching up on events", |conn| {
             sqlx::query(rows::EVENTS_AFTER)
                 .bind(user.0)
                 .bind(after.0)
@@ -642,7 +659,7 @@ impl Store for MysqlStore {
                 .bind(after.0)
                 .bind(limit)
                 .bind(limit)
-                .fetch_all(&self.pool)
+                .fetch_all(conn)
         })
         .await?;
         events_in_order(&rows)
@@ -650,13 +667,13 @@ impl Store for MysqlStore {
 
     async fn inbox(&self, user: UserId, request: &InboxRequest) -> Result<InboxPage> {
         let before = request.before.map_or(i64::MAX, |id| id.0);
-        let rows = read(self.config.statement_timeout, "reading an inbox", || {
+        let rows = read!(self, "reading an inbox", |conn| {
             sqlx::query(rows::INBOX_PAGE)
                 .bind(user.0)
                 .bind(user.0)
                 .bind(before)
                 .bind(request.limit)
-                .fetch_all(&self.pool)
+                .fetch_all(conn)
         })
         .await?;
         let mut page = InboxPage::default();
@@ -678,8 +695,7 @@ impl Store for MysqlStore {
         // server rolls it back, and the caller may retry (marks are idempotent).
         bounded(self.config.statement_timeout, "marking read", async {
             let mut conn = self
-                .pool
-                .acquire()
+                .connection()
                 .await
                 .map_err(|e| error::map("connecting to mark read", e))?;
             match marks::mark_read(&mut conn, reader, peer, up_to).await {
@@ -695,8 +711,7 @@ impl Store for MysqlStore {
         // server rolls the transaction back.
         bounded(self.config.statement_timeout, "changing a message", async {
             let mut conn = self
-                .pool
-                .acquire()
+                .connection()
                 .await
                 .map_err(|e| error::map("connecting to change a message", e))?;
             match changes::change_message(&mut conn, sender, id, change).await {
@@ -707,15 +722,85 @@ impl Store for MysqlStore {
         .await
     }
 
+    async fn set_block(&self, blocker: UserId, blocked: &Username, on: bool) -> Result<User> {
+        // As `mark_read`: past the deadline the connection is dropped with the future and the
+        // server rolls the transaction back.
+        bounded(self.config.statement_timeout, "blocking", async {
+            let mut conn = self
+                .connection()
+                .await
+                .map_err(|e| error::map("connecting to block", e))?;
+            match blocks::set_block(&mut conn, blocker, blocked, on).await {
+                Ok(outcome) => outcome,
+                Err(err) => Err(marks::fail(conn, err).await),
+            }
+        })
+        .await
+    }
+
+    async fn blocked_users(&self, user: UserId, query: &BlockQuery) -> Result<Vec<User>> {
+        let after = query.after.as_ref().map(Username::key).unwrap_or_default();
+        let rows = read!(self, "listing blocks", |conn| {
+            sqlx::query(rows::BLOCKED_USERS)
+                .bind(user.0)
+                .bind(after.as_bytes())
+                .bind(query.limit)
+                .fetch_all(conn)
+        })
+        .await?;
+        decode_users(&rows)
+    }
+
+    async fn reachable_peer(&self, user: UserId, peer: &Username) -> Result<Option<UserId>> {
+        let key = peer.key();
+        let id: Option<i64> = read!(self, "finding a peer", |conn| {
+            sqlx::query_scalar(rows::REACHABLE_PEER)
+                .bind(user.0)
+                .bind(user.0)
+                .bind(user.0)
+                .bind(key.as_bytes())
+                .bind(user.0)
+                .fetch_optional(conn)
+        })
+        .await?;
+        Ok(id.map(UserId))
+    }
+
+    async fn conversation_peers(&self, user: UserId, among: &[UserId]) -> Result<Vec<UserId>> {
+        if among.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Integers written into the SQL: a text query, one round trip.
+        let mut sql = String::with_capacity(rows::CONVERSATION_PEERS.len() + 32 + 21 * among.len());
+        sql.push_str(rows::CONVERSATION_PEERS);
+        sql.push_str(&user.0.to_string());
+        sql.push_str(" AND peer_id IN (");
+        for (n, peer) in among.iter().enumerate() {
+            if n > 0 {
+                sql.push(',');
+            }
+            sql.push_str(&peer.0.to_string());
+        }
+        sql.push(')');
+        let rows = read!(self, "finding conversations", |conn| {
+            Executor::fetch_all(conn, sqlx::raw_sql(&sql))
+        })
+        .await?;
+        rows.iter()
+            .map(|row| row.try_get_unchecked::<i64, _>(0).map(UserId))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| corrupt(Box::new(e)))
+    }
+
     async fn feed_after(&self, after: Position, limit: u32) -> Result<Vec<StoredEvent>> {
-        let rows = read(self.config.statement_timeout, "reading the event feed", || {
+        let rows = read!(self, "reading the event feed", |conn| {
             sqlx::query(rows::FEED_AFTER)
                 .bind(after.0)
                 .bind(limit)
                 .bind(after.0)
                 .bind(limit)
                 .bind(limit)
-                .fetch_all(&self.pool)
+                .fetch_all(conn)
         })
         .await?;
         events_in_order(&rows)
@@ -723,10 +808,10 @@ impl Store for MysqlStore {
 
     async fn load_checkpoint(&self, name: &str) -> Result<Position> {
         check_checkpoint_name(name)?;
-        let position: Option<i64> = read(self.config.statement_timeout, "reading a checkpoint", || {
+        let position: Option<i64> = read!(self, "reading a checkpoint", |conn| {
             sqlx::query_scalar(rows::LOAD_CHECKPOINT)
                 .bind(name.as_bytes())
-                .fetch_optional(&self.pool)
+                .fetch_optional(conn)
         })
         .await?;
         Ok(Position(position.unwrap_or(0)))
@@ -734,10 +819,11 @@ impl Store for MysqlStore {
 
     async fn save_checkpoint(&self, name: &str, position: Position) -> Result<()> {
         check_checkpoint_name(name)?;
-        let save = sqlx::query(rows::SAVE_CHECKPOINT)
-            .bind(name.as_bytes())
-            .bind(position.0)
-            .execute(&self.pool);
+        let save = self.execute(
+            sqlx::query(rows::SAVE_CHECKPOINT)
+                .bind(name.as_bytes())
+                .bind(position.0),
+        );
         bounded(self.config.statement_timeout, "saving a checkpoint", async {
             save.await.map_err(|e| error::map("saving a checkpoint", e))
         })
@@ -752,7 +838,8 @@ impl Store for MysqlStore {
         // check of the senders to its commit (`writer.rs`), so this waits for those and every
         // later one sees the removal.
         bounded(self.config.statement_timeout, CONTEXT, async {
-            let mut tx = self.pool.begin().await.map_err(map)?;
+            let mut conn = self.connection().await.map_err(map)?;
+            let mut tx = conn.begin().await.map_err(map)?;
             let found: Option<i64> =
                 sqlx::query_scalar("SELECT id FROM chatcore_users WHERE id = ? FOR UPDATE")
                     .bind(user.0)
@@ -786,17 +873,13 @@ impl Store for MysqlStore {
         after: MessageId,
         limit: u32,
     ) -> Result<Vec<Changed>> {
-        let ids: Vec<i64> = read(
-            self.config.statement_timeout,
-            "finding a sender's messages",
-            || {
-                sqlx::query_scalar(rows::SENT_TO_DELETE)
-                    .bind(sender.0)
-                    .bind(after.0)
-                    .bind(limit)
-                    .fetch_all(&self.pool)
-            },
-        )
+        let ids: Vec<i64> = read!(self, "finding a sender's messages", |conn| {
+            sqlx::query_scalar(rows::SENT_TO_DELETE)
+                .bind(sender.0)
+                .bind(after.0)
+                .bind(limit)
+                .fetch_all(conn)
+        })
         .await?;
         // Each deletion is its own transaction with its event (`changes.rs`), as one
         // `change_message`: a batch holds no lock across round trips.
@@ -830,10 +913,10 @@ impl SessionStore for MysqlStore {
 
     async fn credentials(&self, username: &Username) -> Result<Option<Credentials>> {
         let key = username.key();
-        let row = read(self.config.statement_timeout, "reading credentials", || {
+        let row = read!(self, "reading credentials", |conn| {
             sqlx::query(rows::CREDENTIALS)
                 .bind(key.as_bytes())
-                .fetch_optional(&self.pool)
+                .fetch_optional(conn)
         })
         .await?;
         let Some(row) = row else { return Ok(None) };
@@ -850,29 +933,28 @@ impl SessionStore for MysqlStore {
         expires_at: DateTime<Utc>,
     ) -> Result<()> {
         const CONTEXT: &str = "creating a session";
-        bounded(self.config.statement_timeout, CONTEXT, async {
-            let done = sqlx::query(rows::CREATE_SESSION)
+        let insert = self.execute(
+            sqlx::query(rows::CREATE_SESSION)
                 .bind(token_hash.as_slice())
                 .bind(expires_at.naive_utc())
-                .bind(user.0)
-                .execute(&self.pool)
-                .await
-                .map_err(|e| error::map(CONTEXT, e))?;
-            if done.rows_affected() > 0 {
-                return Ok(());
-            }
-            // Nothing written: no such user (or removed), or the same session again.
-            let same: Option<i64> = sqlx::query_scalar(
-                "SELECT user_id FROM chatcore_sessions WHERE token_hash = ? AND user_id = ?",
-            )
-            .bind(token_hash.as_slice())
-            .bind(user.0)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| error::map(CONTEXT, e))?;
-            same.map(|_| ()).ok_or(Error::NotFound(Entity::User))
+                .bind(user.0),
+        );
+        let done = bounded(self.config.statement_timeout, CONTEXT, async {
+            insert.await.map_err(|e| error::map(CONTEXT, e))
         })
-        .await
+        .await?;
+        if done.rows_affected() > 0 {
+            return Ok(());
+        }
+        // Nothing written: no such user (or removed), or the same session again.
+        let same: Option<i64> = read!(self, CONTEXT, |conn| {
+            sqlx::query_scalar("SELECT user_id FROM chatcore_sessions WHERE token_hash = ? AND user_id = ?")
+                .bind(token_hash.as_slice())
+                .bind(user.0)
+                .fetch_optional(conn)
+        })
+        .await?;
+        same.map(|_| ()).ok_or(Error::NotFound(Entity::User))
     }
 
     async fn session_user(
@@ -880,11 +962,11 @@ impl SessionStore for MysqlStore {
         token_hash: &TokenHash,
         now: DateTime<Utc>,
     ) -> Result<Option<SessionRecord>> {
-        let row = read(self.config.statement_timeout, "reading a session", || {
+        let row = read!(self, "reading a session", |conn| {
             sqlx::query(rows::SESSION_USER)
                 .bind(token_hash.as_slice())
                 .bind(now.naive_utc())
-                .fetch_optional(&self.pool)
+                .fetch_optional(conn)
         })
         .await?;
         let Some(row) = row else { return Ok(None) };
@@ -897,9 +979,9 @@ impl SessionStore for MysqlStore {
     }
 
     async fn delete_session(&self, token_hash: &TokenHash) -> Result<()> {
-        let delete = sqlx::query("DELETE FROM chatcore_sessions WHERE token_hash = ?")
-            .bind(token_hash.as_slice())
-            .execute(&self.pool);
+        let delete = self.execute(
+            sqlx::query("DELETE FROM chatcore_sessions WHERE token_hash = ?").bind(token_hash.as_slice()),
+        );
         bounded(self.config.statement_timeout, "deleting a session", async {
             delete.await.map_err(|e| error::map("deleting a session", e))
         })
@@ -909,9 +991,8 @@ impl SessionStore for MysqlStore {
 
     async fn delete_user_sessions(&self, user: UserId) -> Result<u64> {
         // A range of the foreign key's index on `user_id`.
-        let delete = sqlx::query("DELETE FROM chatcore_sessions WHERE user_id = ?")
-            .bind(user.0)
-            .execute(&self.pool);
+        let delete =
+            self.execute(sqlx::query("DELETE FROM chatcore_sessions WHERE user_id = ?").bind(user.0));
         let done = bounded(self.config.statement_timeout, "ending a user's sessions", async {
             delete
                 .await
@@ -924,33 +1005,32 @@ impl SessionStore for MysqlStore {
     async fn set_password_hash(&self, username: &Username, password_hash: &str) -> Result<User> {
         const CONTEXT: &str = "setting a password";
         let key = username.key();
-        bounded(self.config.statement_timeout, CONTEXT, async {
-            let row = sqlx::query(
+        let row = read!(self, CONTEXT, |conn| {
+            sqlx::query(
                 "SELECT id, username FROM chatcore_users WHERE username_key = ? AND removed_at IS NULL",
             )
             .bind(key.as_bytes())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| error::map(CONTEXT, e))?;
-            let user = rows::user(&row.ok_or(Error::NotFound(Entity::User))?).map_err(corrupt)?;
-            // MySQL counts changed rows: the same hash again changes none, so the row found
-            // above answers, and a removal in between is checked by the condition.
+            .fetch_optional(conn)
+        })
+        .await?;
+        let user = rows::user(&row.ok_or(Error::NotFound(Entity::User))?).map_err(corrupt)?;
+        // MySQL counts changed rows: the same hash again changes none, so the row found
+        // above answers, and a removal in between is checked by the condition.
+        let update = self.execute(
             sqlx::query(rows::SET_PASSWORD_HASH)
                 .bind(password_hash)
-                .bind(key.as_bytes())
-                .execute(&self.pool)
-                .await
-                .map_err(|e| error::map(CONTEXT, e))?;
-            Ok(user)
+                .bind(key.as_bytes()),
+        );
+        bounded(self.config.statement_timeout, CONTEXT, async {
+            update.await.map_err(|e| error::map(CONTEXT, e))
         })
-        .await
+        .await?;
+        Ok(user)
     }
 
     async fn delete_expired_sessions(&self, now: DateTime<Utc>) -> Result<u64> {
         // A range of `chatcore_sessions_expires`.
-        let delete = sqlx::query(rows::DELETE_EXPIRED_SESSIONS)
-            .bind(now.naive_utc())
-            .execute(&self.pool);
+        let delete = self.execute(sqlx::query(rows::DELETE_EXPIRED_SESSIONS).bind(now.naive_utc()));
         let done = bounded(
             self.config.statement_timeout,
             "deleting expired sessions",
@@ -966,18 +1046,38 @@ impl SessionStore for MysqlStore {
 }
 
 impl MysqlStore {
+    /// A connection from the pool; the wait for it is recorded
+    /// (`chatcore_store_pool_wait_seconds`).
+    async fn connection(&self) -> std::result::Result<PoolConnection<MySql>, sqlx::Error> {
+        let waiting = std::time::Instant::now();
+        let acquired = self.pool.acquire().await;
+        self.metrics.waited_for_connection(waiting.elapsed());
+        acquired
+    }
+
+    /// Runs a write statement on a pooled connection ([`MysqlStore::connection`]); the
+    /// caller bounds it in time.
+    async fn execute<'q>(
+        &self,
+        query: sqlx::query::Query<'q, MySql, sqlx::mysql::MySqlArguments>,
+    ) -> std::result::Result<sqlx::mysql::MySqlQueryResult, sqlx::Error> {
+        let mut conn = self.connection().await?;
+        query.execute(&mut *conn).await
+    }
+
     /// Inserts a user under `username`, keyed by [`Username::key`]; a taken key (or name) is
     /// [`Error::Conflict`].
     async fn insert_user(&self, username: &Username, password_hash: Option<&str>) -> Result<User> {
         let key = username.key().into_bytes();
-        let insert = sqlx::query(
-            "INSERT INTO chatcore_users (username, username_key, password_hash, created_at) \
+        let insert = self.execute(
+            sqlx::query(
+                "INSERT INTO chatcore_users (username, username_key, password_hash, created_at) \
              VALUES (?, ?, ?, UTC_TIMESTAMP(6))",
-        )
-        .bind(username.as_str())
-        .bind(key)
-        .bind(password_hash)
-        .execute(&self.pool);
+            )
+            .bind(username.as_str())
+            .bind(key)
+            .bind(password_hash),
+        );
         let done = bounded(self.config.statement_timeout, "creating a user", async {
             insert.await.map_err(|e| match error::server_code(&e) {
                 Some(error::code::DUP_ENTRY) => Error::conflict(format!("username {username} is taken")),

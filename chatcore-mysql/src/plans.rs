@@ -218,9 +218,25 @@ async fn plans_use_indexes() {
     .execute(&mut conn)
     .await
     .unwrap();
+    // Each user blocks three others.
+    let blocks: Vec<String> = (1..=200)
+        .flat_map(|blocker: i64| {
+            [3, 11, 29].map(|step| {
+                let blocked = (blocker + step - 1) % 200 + 1;
+                format!("({blocker},{blocked},'user{blocked:03}')")
+            })
+        })
+        .collect();
+    sqlx::raw_sql(&format!(
+        "INSERT INTO chatcore_blocks (blocker_id, blocked_id, blocked_key) VALUES {}",
+        blocks.join(",")
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
     sqlx::raw_sql(
         "ANALYZE TABLE chatcore_users, chatcore_messages, chatcore_sessions, chatcore_counts, \
-         chatcore_inbox, chatcore_read_events",
+         chatcore_inbox, chatcore_read_events, chatcore_blocks",
     )
     .execute(&mut conn)
     .await
@@ -546,6 +562,60 @@ async fn plans_use_indexes() {
     assert_eq!(rows.len(), 3);
     eprintln!("previous positions: {read} handler reads");
     assert!(read <= 3 * (1 + 4 * 2) + 4, "{read} handler reads for 3 users");
+
+    // Blocks: a user's list by key, the peer a typing frame may reach, the listed users a
+    // viewer shares a conversation with, and the blocks of a batch's pairs.
+    let sql = e(rows::BLOCKED_USERS);
+    for after in ["", "user010"] {
+        let plan = explain(
+            &mut conn,
+            sqlx::query(&sql).bind(5i64).bind(after.as_bytes()).bind(50u32),
+        )
+        .await;
+        assert_plan("blocked_users", &plan, "b", "chatcore_blocks_by_key");
+        assert_plan("blocked_users", &plan, "u", "PRIMARY");
+    }
+    let sql = e(rows::REACHABLE_PEER);
+    let plan = explain(
+        &mut conn,
+        sqlx::query(&sql)
+            .bind(5i64)
+            .bind(5i64)
+            .bind(5i64)
+            .bind(b"user036".as_slice())
+            .bind(5i64),
+    )
+    .await;
+    assert_plan("reachable_peer", &plan, "u", "chatcore_users_username_key");
+    assert_plan("reachable_peer", &plan, "i", "PRIMARY");
+    assert_plan("reachable_peer", &plan, "b", "PRIMARY");
+    assert_plan("reachable_peer", &plan, "c", "PRIMARY");
+    let listed: Vec<String> = (1..=200).map(|id: i64| id.to_string()).collect();
+    let sql = e(&format!(
+        "{}5 AND peer_id IN ({})",
+        rows::CONVERSATION_PEERS,
+        listed.join(",")
+    ));
+    let plan = explain(&mut conn, sqlx::query(&sql)).await;
+    assert_plan("conversation_peers", &plan, "chatcore_inbox", "PRIMARY");
+    assert_eq!(plan[0].access, "range", "one point range per listed id: {plan:?}");
+    let mut sql = String::from("EXPLAIN SELECT 1 FROM ");
+    crate::writer::push_blocks_between(&mut sql, (1..=64i64).map(|n| (n, n + 1)));
+    let plan = explain(&mut conn, sqlx::query(&sql)).await;
+    assert_plan("blocks of a batch", &plan, "chatcore_blocks", "PRIMARY");
+    assert_eq!(
+        (plan[0].access.as_str(), plan[0].key_len.as_deref()),
+        ("range", Some("16")),
+        "both key parts: point lookups: {plan:?}"
+    );
+    // ... and an edit's, from its session variables.
+    sqlx::raw_sql("SET @chatcore_from = 5, @chatcore_to = 36")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let sql = e(crate::changes::BLOCKS_OF_CHANGE);
+    let plan = explain(&mut conn, sqlx::query(&sql)).await;
+    assert_plan("blocks of a change", &plan, "chatcore_blocks", "PRIMARY");
 
     let _ = conn.close().await;
     store.close().await.unwrap();

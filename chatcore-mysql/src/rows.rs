@@ -68,6 +68,31 @@ pub(crate) const CREATE_SESSION: &str = "INSERT INTO chatcore_sessions (token_ha
      SELECT ?, u.id, ? FROM chatcore_users u WHERE u.id = ? AND u.removed_at IS NULL LOCK IN SHARE MODE \
      ON DUPLICATE KEY UPDATE user_id = VALUES(user_id), expires_at = VALUES(expires_at)";
 
+/// A user's blocks by the blocked user's key after a key, at most `LIMIT`: a range of
+/// `chatcore_blocks_by_key`, the names by primary key. Binds: blocker, after's key (empty for
+/// all), limit.
+pub(crate) const BLOCKED_USERS: &str = "SELECT u.id AS id, u.username AS username \
+     FROM chatcore_blocks b FORCE INDEX (chatcore_blocks_by_key) JOIN chatcore_users u ON u.id = b.blocked_id \
+     WHERE b.blocker_id = ? AND b.blocked_key > ? ORDER BY b.blocked_key LIMIT ?";
+
+/// The id of the user keyed `?` when the caller shares a conversation with them (their inbox
+/// row, by primary key), they are not the caller and no block stands between the two (the
+/// pair's two block rows, by primary key, must be missing). Binds: caller, caller, caller,
+/// key, caller.
+pub(crate) const REACHABLE_PEER: &str = "SELECT u.id AS id FROM chatcore_users u \
+     JOIN chatcore_inbox i ON i.user_id = ? AND i.peer_id = u.id \
+     LEFT JOIN chatcore_blocks b FORCE INDEX (PRIMARY) ON b.blocker_id = ? AND b.blocked_id = u.id \
+     LEFT JOIN chatcore_blocks c FORCE INDEX (PRIMARY) ON c.blocker_id = u.id AND c.blocked_id = ? \
+     WHERE u.username_key = ? AND u.id <> ? AND b.blocker_id IS NULL AND c.blocker_id IS NULL";
+
+/// The start of the query of which listed users share a conversation with a user: their
+/// inbox rows by primary key (`user_id = ? AND peer_id IN (...)`, the list appended), one
+/// point range per listed id. The index is forced: for a long list the optimizer would rather
+/// read all of the user's entries in the activity index, which grows with their
+/// conversations.
+pub(crate) const CONVERSATION_PEERS: &str =
+    "SELECT peer_id FROM chatcore_inbox FORCE INDEX (PRIMARY) WHERE user_id = ";
+
 /// A live session's user and expiry: the session by primary key, the user by primary key.
 pub(crate) const SESSION_USER: &str = "SELECT u.id AS id, u.username AS username, t.expires_at AS expires_at \
      FROM chatcore_sessions t JOIN chatcore_users u ON u.id = t.user_id \

@@ -266,12 +266,24 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             run: add_change_columns,
         }],
     },
-    // MERGE NOTE: version 7 belongs to the blocks of branch `blocks`; this empty stand-in only
-    // keeps the list contiguous on this branch and is replaced by it at the merge.
     Migration {
         version: 7,
-        description: "reserved (blocks)",
-        steps: &[],
+        description: "blocks between users",
+        // A block is a row per blocker and blocked user: durable state, not an event (no
+        // position). The inserting batch and `change_message` look every pair they write
+        // up both ways by primary key under the sequence lock, which `set_block` takes too,
+        // so a block and the sends of its pair commit one after the other. A user's block
+        // list is sorted by the blocked user's key (copied here: keys never change), so a
+        // page is one range of the second index.
+        steps: &[Step::Sql(
+            "CREATE TABLE IF NOT EXISTS chatcore_blocks (
+            blocker_id BIGINT NOT NULL,
+            blocked_id BIGINT NOT NULL,
+            blocked_key VARBINARY(1024) NOT NULL,
+            PRIMARY KEY (blocker_id, blocked_id),
+            UNIQUE KEY chatcore_blocks_by_key (blocker_id, blocked_key)
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
+        )],
     },
     Migration {
         version: 8,

@@ -33,8 +33,8 @@ use sqlx::{Executor, MySql, MySqlConnection, MySqlPool, QueryBuilder, Row};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use chatcore::{
-    ConversationKey, Entity, Error, Inserted, Message, MessageId, NewMessage, Position, Result, UserId,
-    Username,
+    ConversationKey, Entity, Error, Forbidden, Inserted, Message, MessageId, NewMessage, Position, Result,
+    UserId, Username,
 };
 
 use chatcore::metrics::StoreMetrics;
@@ -227,9 +227,11 @@ impl Writer {
             Err(err) => return fail_all(err),
         };
         let mut attempt = 0;
+        // Sends refused for a block found by an earlier attempt of this batch.
+        let mut refused = vec![false; batch.len()];
         loop {
             attempt += 1;
-            match self.try_write(&mut conn, batch, &keys, &users).await {
+            match self.try_write(&mut conn, batch, &keys, &users, &refused).await {
                 Ok(outcomes) => {
                     self.keep_spare(conn);
                     return outcomes;
@@ -243,6 +245,39 @@ impl Writer {
                         drop(conn.detach());
                         return fail_all(err);
                     }
+                    // A sender known from the cache was removed meanwhile (by any process):
+                    // the transaction refused the whole batch (see `commit_fresh`). Read the
+                    // users again; the removed sender's sends are refused, the others retried.
+                    // Checked before the blocks, so a removed sender's send is refused as
+                    // removed whatever its pair (the order every backend answers in).
+                    if error::server_code(&err) == Some(code::BAD_NULL) {
+                        match self.reread_removed(&mut conn, batch, &keys, &users).await {
+                            Ok(Some(fresh)) => {
+                                users = fresh;
+                                continue;
+                            }
+                            Ok(None) => {}
+                            Err(read) => {
+                                tracing::warn!(error = %read, "reading a failed batch's users again failed");
+                                return fail_all(err);
+                            }
+                        }
+                    }
+                    // A block stood between the users of one of its sends: the transaction
+                    // refused to take ids (see `commit_fresh`) and rolled back. Those sends
+                    // are refused and the others tried again; each such round refuses at
+                    // least one send, so it ends.
+                    match self
+                        .refuse_blocked(&mut conn, batch, &keys, &users, &mut refused)
+                        .await
+                    {
+                        Ok(true) => continue,
+                        Ok(false) => {}
+                        Err(read) => {
+                            tracing::warn!(error = %read, "reading the blocks of a failed batch failed");
+                            return fail_all(err);
+                        }
+                    }
                     // Another process stored one of our idempotency keys between our check
                     // and our insert; the whole transaction rolled back. Checking again finds
                     // its message.
@@ -250,26 +285,70 @@ impl Writer {
                     if key_race && attempt < KEY_RACE_RETRIES {
                         continue;
                     }
-                    // A sender known from the cache was removed meanwhile (by any process):
-                    // the transaction refused the whole batch (see `commit_fresh`). Read the
-                    // users again; the removed sender's sends are refused, the others retried.
-                    let removal = error::server_code(&err) == Some(code::BAD_NULL);
-                    if removal && attempt < KEY_RACE_RETRIES {
-                        match self.resolve_users(&mut conn, batch, &keys, false).await {
-                            Ok(fresh) if !fresh.removed.is_empty() => {
-                                users = fresh;
-                                continue;
-                            }
-                            Ok(_) => {}
-                            Err(resolve) => {
-                                tracing::warn!(error = %resolve, "reading a failed batch's users again failed");
-                            }
-                        }
-                    }
                     return fail_all(err);
                 }
             }
         }
+    }
+
+    /// After a failed batch: whether its transaction found a block (`@chatcore_blocked`), and
+    /// if so, marks in `refused` the sends not refused yet whose users a block stands between
+    /// now (one read of the blocks by primary key) and answers whether it marked any. A block
+    /// ended in between marks none: the batch is then tried again as it was.
+    async fn refuse_blocked(
+        &self,
+        conn: &mut MySqlConnection,
+        batch: &[NewMessage],
+        keys: &[String],
+        users: &ResolvedUsers,
+        refused: &mut [bool],
+    ) -> Result<bool, sqlx::Error> {
+        let row = conn.fetch_one(sqlx::raw_sql("SELECT @chatcore_blocked")).await?;
+        let found: Option<i64> = row.try_get_unchecked(0)?;
+        if found != Some(1) {
+            return Ok(false);
+        }
+        let pairs = unrefused_pairs(batch, keys, users, refused);
+        if pairs.is_empty() {
+            // A value left by an earlier batch on this connection: this one failed before.
+            return Ok(false);
+        }
+        let mut sql = String::from("SELECT blocker_id, blocked_id FROM ");
+        push_blocks_between(&mut sql, pairs.iter().map(|&(_, a, b)| (a, b)));
+        let rows = conn.fetch_all(sqlx::raw_sql(&sql)).await?;
+        let blocks = block_rows(&rows)?;
+        let mut marked = false;
+        for (i, a, b) in pairs {
+            if blocks.contains(&(a, b)) || blocks.contains(&(b, a)) {
+                refused[i] = true;
+                marked = true;
+            }
+        }
+        Ok(marked)
+    }
+
+    /// After a batch failed on NULL ids: whether its transaction found a removed sender
+    /// (`@chatcore_removed`), and if so, the batch's users read again from the database when
+    /// they show a sender removed that `users` did not know of (the cache knew them before
+    /// the removal). The batch is then tried again with them: the removed senders' sends are
+    /// refused, the others go on. Each such round learns of one more removed sender of the
+    /// batch, so it ends.
+    async fn reread_removed(
+        &self,
+        conn: &mut MySqlConnection,
+        batch: &[NewMessage],
+        keys: &[String],
+        users: &ResolvedUsers,
+    ) -> Result<Option<ResolvedUsers>, sqlx::Error> {
+        let row = conn.fetch_one(sqlx::raw_sql("SELECT @chatcore_removed")).await?;
+        let found: Option<i64> = row.try_get_unchecked(0)?;
+        if found.unwrap_or(0) == 0 {
+            return Ok(None);
+        }
+        // A value left by an earlier batch on this connection finds no new removal here.
+        let fresh = self.resolve_users(conn, batch, keys, false).await?;
+        let learned = fresh.removed.iter().any(|id| !users.removed.contains(id));
+        Ok(learned.then_some(fresh))
     }
 
     /// Recipients by key (id and stored name) and the set of existing sender ids (removed
@@ -376,18 +455,23 @@ impl Writer {
         batch: &[NewMessage],
         keys: &[String],
         users: &ResolvedUsers,
+        refused: &[bool],
     ) -> Result<Vec<Result<Inserted>>, sqlx::Error> {
         let mut outcomes: Vec<Option<Result<Inserted>>> = Vec::with_capacity(batch.len());
         let mut recipients = Vec::with_capacity(batch.len());
         let mut recipient_names = Vec::with_capacity(batch.len());
         let mut key_hashes: Vec<Option<[u8; 32]>> = Vec::with_capacity(batch.len());
-        for (new, key) in batch.iter().zip(keys) {
+        for ((new, key), refused) in batch.iter().zip(keys).zip(refused) {
             let recipient = users.by_key.get(key.as_bytes());
             let known = users.ids.contains(&new.sender.id.0) && recipient.is_some();
             outcomes.push(if users.removed.contains(&new.sender.id.0) {
-                Some(Err(Error::Forbidden(chatcore::Forbidden::AccountRemoved)))
+                Some(Err(Error::Forbidden(Forbidden::AccountRemoved)))
+            } else if !known {
+                Some(Err(Error::NotFound(Entity::User)))
+            } else if *refused {
+                Some(Err(Error::Forbidden(Forbidden::Blocked)))
             } else {
-                (!known).then_some(Err(Error::NotFound(Entity::User)))
+                None
             });
             recipients.push(recipient.map_or(0, |(id, _)| *id));
             // The recipient as they wrote their name, whatever case the sender typed.
@@ -543,12 +627,13 @@ impl Writer {
     /// them, and each participant's newest id before them:
     ///
     /// `BEGIN`; one upsert of `chatcore_counts` that locks the sequence row `(0, 0)` first,
-    /// reserves `fresh.len()` ids and adds to the counters (unread totals among them); note
-    /// the first id and the server clock; insert the messages; upsert the participants' inbox
-    /// rows (one per user and conversation of the batch); `COMMIT`; report the ids, the time
-    /// and, for each user of the batch, their newest position up to the last one handed out
-    /// before the batch (see [`previous_positions_select`]). Eight statements (the senders' check
-    /// among them, see below): each costs the
+    /// reserves `fresh.len()` ids and adds to the counters (unread totals among them); count
+    /// the removed senders among the batch's (`@chatcore_removed`); look up the blocks between
+    /// the batch's pairs (`@chatcore_blocked`); note the first id (NULL when a sender was
+    /// removed or a block stands) and the server clock; insert the messages; upsert the
+    /// participants' inbox rows (one per user and conversation of the batch); `COMMIT`; report
+    /// the ids, the time and, for each user of the batch, their newest position up to the last
+    /// one handed out before the batch (see [`previous_positions_select`]). Nine statements: each costs the
     /// server time even within one round trip, which is what a send at low concurrency waits
     /// for.
     ///
@@ -611,9 +696,14 @@ impl Writer {
         }
         // Under the sequence lock, the senders are read with a shared lock: a removal
         // (`Store::remove_user`, an exclusive lock on the user row) either waits for this
-        // transaction to commit, or came first and is seen here. Then the ids are NULL, the
-        // message insert fails (strict mode) and the batch rolls back; `write` reads the users
-        // again and refuses the removed sender's sends.
+        // transaction to commit, or came first and is seen here (`@chatcore_removed`). Then
+        // the batch's first consistent read (the sequence lock is taken by `set_block` too)
+        // sees every block committed before (`@chatcore_blocked`; its own statement: MariaDB
+        // evaluates every value of one `SET` before assigning any). Either leaves the ids
+        // NULL, so the message insert fails (strict mode) and the whole transaction rolls
+        // back; `write` then refuses the removed senders' sends (reading the users again) or
+        // the blocked ones, and tries the others again. Both variables tell that failure from
+        // a missing sequence row.
         let senders: BTreeSet<i64> = fresh.iter().map(|&i| batch[i].sender.id.0).collect();
         let _ = write!(
             sql,
@@ -630,7 +720,23 @@ impl Writer {
         let _ = write!(
             sql,
             ") AND removed_at IS NOT NULL LOCK IN SHARE MODE; \
-             SET @chatcore_last = IF(LAST_INSERT_ID() > 0 AND @chatcore_removed = 0, LAST_INSERT_ID() - {count}, NULL), \
+             SET @chatcore_blocked = "
+        );
+        let pairs: BTreeSet<(i64, i64)> = fresh
+            .iter()
+            .map(|&i| (batch[i].sender.id.0, recipients[i]))
+            .filter(|(sender, recipient)| sender != recipient)
+            .collect();
+        if pairs.is_empty() {
+            sql.push('0');
+        } else {
+            sql.push_str("EXISTS (SELECT 1 FROM ");
+            push_blocks_between(&mut sql, pairs.iter().copied());
+            sql.push(')');
+        }
+        let _ = write!(
+            sql,
+            "; SET @chatcore_last = IF(LAST_INSERT_ID() > 0 AND @chatcore_removed = 0 AND @chatcore_blocked = 0, LAST_INSERT_ID() - {count}, NULL), \
              @chatcore_at = UTC_TIMESTAMP(6); "
         );
         sql.push_str(
@@ -772,6 +878,53 @@ pub(crate) fn push_previous_position(sql: &mut String, user: &str) {
          IFNULL((SELECT ep.position FROM chatcore_read_events ep FORCE INDEX (chatcore_read_events_peer) \
            WHERE ep.peer_id = {user} AND ep.position <= @chatcore_last ORDER BY ep.position DESC LIMIT 1), 0))"
     );
+}
+
+/// The sends of `batch` not refused yet between two users (not notes to self), as (index,
+/// sender, recipient).
+fn unrefused_pairs(
+    batch: &[NewMessage],
+    keys: &[String],
+    users: &ResolvedUsers,
+    refused: &[bool],
+) -> Vec<(usize, i64, i64)> {
+    let mut pairs = Vec::new();
+    for (i, (new, key)) in batch.iter().zip(keys).enumerate() {
+        if refused[i] {
+            continue;
+        }
+        if let Some((recipient, _)) = users.by_key.get(key.as_bytes())
+            && *recipient != new.sender.id.0
+        {
+            pairs.push((i, new.sender.id.0, *recipient));
+        }
+    }
+    pairs
+}
+
+/// The (blocker, blocked) pairs of rows of `chatcore_blocks`.
+fn block_rows(rows: &[sqlx::mysql::MySqlRow]) -> Result<HashSet<(i64, i64)>, sqlx::Error> {
+    let mut blocks = HashSet::with_capacity(rows.len());
+    for row in rows {
+        blocks.insert((row.try_get_unchecked(0)?, row.try_get_unchecked(1)?));
+    }
+    Ok(blocks)
+}
+
+/// Appends `chatcore_blocks` and the condition that finds the blocks between each pair of
+/// `pairs`, both ways: primary-key lookups (two per pair). The index is forced: the optimizer
+/// would otherwise read every block of each user in the key index. The ids are integers.
+pub(crate) fn push_blocks_between(sql: &mut String, pairs: impl Iterator<Item = (i64, i64)>) {
+    sql.push_str("chatcore_blocks FORCE INDEX (PRIMARY) WHERE ");
+    for (n, (a, b)) in pairs.enumerate() {
+        if n > 0 {
+            sql.push_str(" OR ");
+        }
+        let _ = write!(
+            sql,
+            "(blocker_id = {a} AND blocked_id = {b}) OR (blocker_id = {b} AND blocked_id = {a})"
+        );
+    }
 }
 
 /// Appends `bytes` as upper-case hex digits.

@@ -126,10 +126,10 @@ use tokio::sync::{RwLock, mpsc, oneshot};
 
 use chatcore::store::check_checkpoint_name;
 use chatcore::{
-    Backend, BoxError, ChangeEvent, Changed, Credentials, Entity, Error, InboxPage, InboxRequest, Inserted,
-    MarkedRead, Message, MessageChange, MessageId, MessagePage, MigrationReport, MovedMarker, NewMessage,
-    PageRequest, Position, ReadMarker, Result, SessionRecord, SessionStore, Store, StoredEvent, TokenHash,
-    User, UserId, UserQuery, Username,
+    Backend, BlockQuery, BoxError, ChangeEvent, Changed, Credentials, Entity, Error, InboxPage, InboxRequest,
+    Inserted, MarkedRead, Message, MessageChange, MessageId, MessagePage, MigrationReport, MovedMarker,
+    NewMessage, PageRequest, Position, ReadMarker, Result, SessionRecord, SessionStore, Store, StoredEvent,
+    TokenHash, User, UserId, UserQuery, Username,
 };
 
 pub use config::PostgresConfig;
@@ -552,6 +552,67 @@ impl Store for PostgresStore {
         Ok(changed)
     }
 
+    async fn set_block(&self, blocker: UserId, blocked: &Username, on: bool) -> Result<User> {
+        // One statement, one transaction, like `mark_read`: not retried here (a retry by the
+        // caller is harmless: blocks are idempotent).
+        let row = sqlx::query(rows::SET_BLOCK)
+            .bind(blocker.0)
+            .bind(blocked.key())
+            .bind(on)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| error::map("blocking", e))?;
+        let outcome: Option<String> = row.try_get("r_outcome").map_err(|e| corrupt(Box::new(e)))?;
+        match outcome.as_deref().unwrap_or_default() {
+            "no_user" => Err(Error::NotFound(Entity::User)),
+            "self" => Err(Error::invalid("you cannot block yourself")),
+            "done" => rows::user(&row).map_err(corrupt),
+            other => Err(Error::bug(format!(
+                "chatcore_set_block: unknown outcome {other:?}"
+            ))),
+        }
+    }
+
+    async fn blocked_users(&self, user: UserId, query: &BlockQuery) -> Result<Vec<User>> {
+        let after = query.after.as_ref().map(Username::key).unwrap_or_default();
+        let rows = read("listing blocks", || {
+            sqlx::query(rows::BLOCKED_USERS)
+                .bind(user.0)
+                .bind(&after)
+                .bind(i64::from(query.limit))
+                .fetch_all(&self.pool)
+        })
+        .await?;
+        rows.iter().map(|row| rows::user(row).map_err(corrupt)).collect()
+    }
+
+    async fn reachable_peer(&self, user: UserId, peer: &Username) -> Result<Option<UserId>> {
+        let key = peer.key();
+        let id: Option<i64> = read("finding a peer", || {
+            sqlx::query_scalar(rows::REACHABLE_PEER)
+                .bind(user.0)
+                .bind(&key)
+                .fetch_optional(&self.pool)
+        })
+        .await?;
+        Ok(id.map(UserId))
+    }
+
+    async fn conversation_peers(&self, user: UserId, among: &[UserId]) -> Result<Vec<UserId>> {
+        if among.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<i64> = among.iter().map(|id| id.0).collect();
+        let found: Vec<i64> = read("finding conversations", || {
+            sqlx::query_scalar(rows::CONVERSATION_PEERS)
+                .bind(user.0)
+                .bind(&ids)
+                .fetch_all(&self.pool)
+        })
+        .await?;
+        Ok(found.into_iter().map(UserId).collect())
+    }
+
     async fn mark_read(&self, reader: &User, peer: &Username, up_to: MessageId) -> Result<MarkedRead> {
         // One statement, one transaction: not retried (it may have committed before a
         // connection broke), though a retry by the caller is harmless (marks are idempotent).
@@ -657,6 +718,7 @@ fn changed_from_row(row: &sqlx::postgres::PgRow, delete: bool) -> Result<Changed
         "missing" => Err(Error::NotFound(Entity::Message)),
         "not_sender" => Err(Error::Forbidden(chatcore::Forbidden::NotTheSender)),
         "window" => Err(Error::Forbidden(chatcore::Forbidden::EditWindowClosed)),
+        "blocked" => Err(Error::Forbidden(chatcore::Forbidden::Blocked)),
         "gone" if !delete => Err(Error::NotFound(Entity::Message)),
         "gone" => Ok(Changed {
             message: rows::message(row).map_err(corrupt)?,

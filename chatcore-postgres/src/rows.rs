@@ -22,6 +22,32 @@ pub(crate) const LIST_USERS: &str = "SELECT id, username FROM chatcore_users \
      WHERE username_key LIKE $1 ESCAPE '!' AND username_key > $2 AND id <> $3 AND removed_at IS NULL \
      ORDER BY username_key LIMIT $4";
 
+/// A user's blocks by the blocked user's key after a key ('' for all), at most `LIMIT`: a
+/// range of `chatcore_blocks_by_key`, the names by primary key. Binds: blocker, after's key,
+/// limit.
+pub(crate) const BLOCKED_USERS: &str = "SELECT u.id AS id, u.username AS username \
+     FROM chatcore_blocks b JOIN chatcore_users u ON u.id = b.blocked_id \
+     WHERE b.blocker_id = $1 AND b.blocked_key > $2 ORDER BY b.blocked_key LIMIT $3";
+
+/// A block started or ended (`chatcore_set_block`, schema version 6). Binds: blocker, the
+/// blocked user's key, on.
+pub(crate) const SET_BLOCK: &str = "SELECT r_outcome, r_id AS id, r_username AS username \
+     FROM chatcore_set_block($1, $2, $3)";
+
+/// The id of the user keyed `$2` when `$1` shares a conversation with them (`$1`'s inbox row,
+/// by primary key), they are not `$1` and no block stands between the two (two primary-key
+/// lookups).
+pub(crate) const REACHABLE_PEER: &str = "SELECT u.id FROM chatcore_users u \
+     JOIN chatcore_inbox i ON i.user_id = $1 AND i.peer_id = u.id \
+     WHERE u.username_key = $2 AND u.id <> $1 \
+       AND NOT EXISTS (SELECT 1 FROM chatcore_blocks b WHERE b.blocker_id = $1 AND b.blocked_id = u.id) \
+       AND NOT EXISTS (SELECT 1 FROM chatcore_blocks b WHERE b.blocker_id = u.id AND b.blocked_id = $1)";
+
+/// Which of the listed users `$2` share a conversation with `$1`: `$1`'s inbox rows by
+/// primary key, one probe per listed id.
+pub(crate) const CONVERSATION_PEERS: &str =
+    "SELECT DISTINCT peer_id FROM chatcore_inbox WHERE user_id = $1 AND peer_id = ANY($2)";
+
 /// A live session's user and expiry: the session and the user by primary key.
 pub(crate) const SESSION_USER: &str = "SELECT u.id AS id, u.username AS username, t.expires_at AS expires_at \
      FROM chatcore_sessions t JOIN chatcore_users u ON u.id = t.user_id \

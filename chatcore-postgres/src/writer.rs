@@ -18,7 +18,9 @@ use sqlx::{PgPool, Row};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use chatcore::metrics::StoreMetrics;
-use chatcore::{Entity, Error, Inserted, Message, MessageId, NewMessage, Position, Result, UserId, Username};
+use chatcore::{
+    Entity, Error, Forbidden, Inserted, Message, MessageId, NewMessage, Position, Result, UserId, Username,
+};
 
 use crate::PostgresConfig;
 use crate::error::SharedError;
@@ -193,7 +195,9 @@ impl Writer {
                 .ok_or_else(|| protocol("a row for no send of the batch"))?;
             match outcome.as_str() {
                 "missing" => outcomes[i] = Some(Err(Error::NotFound(Entity::User))),
-                "removed" => outcomes[i] = Some(Err(Error::Forbidden(chatcore::Forbidden::AccountRemoved))),
+                "removed" => outcomes[i] = Some(Err(Error::Forbidden(Forbidden::AccountRemoved))),
+                // A block stands between the two (schema version 6): nothing stored for it.
+                "blocked" => outcomes[i] = Some(Err(Error::Forbidden(Forbidden::Blocked))),
                 "replay" => {
                     outcomes[i] = Some(Ok(Inserted {
                         message: Message {
@@ -256,7 +260,7 @@ impl Writer {
         }
 
         // A replay within the batch answers like its first: the earlier message, or the
-        // first's error (an unknown user).
+        // first's error (an unknown user, a block).
         for i in 0..batch.len() {
             if let Some(first) = replay_of[i] {
                 outcomes[i] = Some(match &outcomes[first] {
@@ -266,6 +270,7 @@ impl Writer {
                         recipient_previous: Position::START,
                         ..inserted.clone()
                     }),
+                    Some(Err(Error::Forbidden(why))) => Err(Error::Forbidden(*why)),
                     Some(Err(_)) => Err(Error::NotFound(Entity::User)),
                     None => Err(Error::bug("replayed send without its first")),
                 });

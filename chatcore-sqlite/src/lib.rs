@@ -237,9 +237,9 @@ use std::thread::JoinHandle;
 
 use async_trait::async_trait;
 use chatcore::store::{
-    Backend, Changed, Credentials, InboxPage, InboxRequest, Inserted, MarkedRead, MessageChange, MessagePage,
-    MigrationReport, PageRequest, SessionRecord, SessionStore, Store, StoredEvent, TokenHash, UserQuery,
-    check_checkpoint_name,
+    Backend, BlockQuery, Changed, Credentials, InboxPage, InboxRequest, Inserted, MarkedRead, MessageChange,
+    MessagePage, MigrationReport, PageRequest, SessionRecord, SessionStore, Store, StoredEvent, TokenHash,
+    UserQuery, check_checkpoint_name,
 };
 use chatcore::{Error, Message, MessageId, NewMessage, Position, Result, User, UserId, Username};
 use chrono::{DateTime, Utc};
@@ -648,6 +648,32 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn set_block(&self, blocker: UserId, blocked: &Username, on: bool) -> Result<User> {
+        let blocked = blocked.clone();
+        self.write(|reply| WriteOp::SetBlock {
+            blocker,
+            blocked,
+            on,
+            reply,
+        })
+        .await
+    }
+
+    async fn blocked_users(&self, user: UserId, query: &BlockQuery) -> Result<Vec<User>> {
+        let query = query.clone();
+        self.read(move |ctx| ctx.blocked_users(user, &query)).await
+    }
+
+    async fn reachable_peer(&self, user: UserId, peer: &Username) -> Result<Option<UserId>> {
+        let peer = peer.clone();
+        self.read(move |ctx| ctx.reachable_peer(user, &peer)).await
+    }
+
+    async fn conversation_peers(&self, user: UserId, among: &[UserId]) -> Result<Vec<UserId>> {
+        let among = among.to_vec();
+        self.read(move |ctx| ctx.conversation_peers(user, &among)).await
+    }
+
     async fn feed_after(&self, after: Position, limit: u32) -> Result<Vec<StoredEvent>> {
         self.read(move |ctx| ctx.feed_after(after, limit)).await
     }
@@ -869,6 +895,83 @@ mod tests {
     /// sends queued before it did (the batch's conversation tails are still in memory), counts
     /// only the peer's messages it passes over, and takes the next position of the sequence
     /// the messages share; the counters written once at the end agree with the answers.
+    /// Blocks and sends queued in one group commit apply in queue order: a send after the
+    /// block in the batch is refused (the block counts the batch already read follow it), one
+    /// after the unblock goes through, and the block counts that let sends skip the lookup
+    /// stay right across batches.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn blocks_and_sends_in_one_group_commit() {
+        let store = SqliteStore::open(SqliteConfig::memory()).await.unwrap();
+        store.migrate().await.unwrap();
+        let a = store.create_user(&name("a")).await.unwrap();
+        let b = store.create_user(&name("b")).await.unwrap();
+        let c = store.create_user(&name("c")).await.unwrap();
+        let transactions = store.stats().transactions;
+        let release = hold_writer(&store);
+        let send = |from: &User, to: &User| queue_insert(&store, from, to);
+        let block = |on: bool| {
+            let (reply, answer) = oneshot::channel();
+            store
+                .writer
+                .send(WriteMsg::Op(WriteOp::SetBlock {
+                    blocker: b.id,
+                    blocked: a.username.clone(),
+                    on,
+                    reply,
+                }))
+                .unwrap();
+            answer
+        };
+        let before = send(&a, &b);
+        let blocked = block(true);
+        let refused = [send(&a, &b), send(&b, &a)];
+        let others = [send(&a, &c), send(&c, &b)];
+        let unblocked = block(false);
+        let after = send(&b, &a);
+        release.send(()).unwrap();
+        assert!(before.await.unwrap().is_ok());
+        assert_eq!(blocked.await.unwrap().unwrap(), a);
+        for answer in refused {
+            assert!(matches!(
+                answer.await.unwrap(),
+                Err(Error::Forbidden(chatcore::Forbidden::Blocked))
+            ));
+        }
+        for answer in others {
+            assert!(answer.await.unwrap().is_ok(), "other pairs go through");
+        }
+        assert_eq!(unblocked.await.unwrap().unwrap(), a);
+        assert!(after.await.unwrap().is_ok());
+        assert_eq!(store.stats().transactions, transactions + 1, "one group commit");
+
+        // Across batches, from the counter rows: blocked, then free again.
+        store.set_block(b.id, &a.username, true).await.unwrap();
+        store.set_block(b.id, &a.username, true).await.unwrap(); // counted once
+        assert!(matches!(
+            store.insert_message(note(&a, &b)).await,
+            Err(Error::Forbidden(chatcore::Forbidden::Blocked))
+        ));
+        store.set_block(b.id, &a.username, false).await.unwrap();
+        store.set_block(c.id, &a.username, true).await.unwrap();
+        assert!(store.insert_message(note(&a, &b)).await.is_ok());
+        assert!(
+            store.insert_message(note(&b, &c)).await.is_ok(),
+            "b blocks no one now"
+        );
+        store.set_block(c.id, &a.username, false).await.unwrap();
+        store.set_block(c.id, &a.username, false).await.unwrap(); // counted once
+        let counts: Vec<i64> = store
+            .read(|ctx| {
+                ctx.conn
+                    .prepare("SELECT block_count FROM chatcore_user_counts ORDER BY user_id")
+                    .and_then(|mut stmt| stmt.query_map([], |row| row.get(0))?.collect())
+                    .map_err(error::map)
+            })
+            .await
+            .unwrap();
+        assert_eq!(counts, vec![0, 0, 0], "every block ended, every count back to 0");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn marks_and_sends_in_one_group_commit() {
         let store = SqliteStore::open(SqliteConfig::memory()).await.unwrap();
@@ -879,15 +982,7 @@ mod tests {
         let transactions = store.stats().transactions;
 
         let release = hold_writer(&store);
-        let send = |from: &User, to: &User| {
-            let (reply, answer) = oneshot::channel();
-            let message = note(from, to);
-            store
-                .writer
-                .send(WriteMsg::Op(WriteOp::Insert { message, reply }))
-                .unwrap();
-            answer
-        };
+        let send = |from: &User, to: &User| queue_insert(&store, from, to);
         let mark = |up_to: i64| {
             let (reply, answer) = oneshot::channel();
             store
@@ -1588,15 +1683,7 @@ mod tests {
         let release = hold_writer(store);
         let mut answers = Vec::new();
         for (from, to) in plan {
-            let (reply, answer) = oneshot::channel();
-            store
-                .writer
-                .send(WriteMsg::Op(WriteOp::Insert {
-                    message: note(from, to),
-                    reply,
-                }))
-                .unwrap();
-            answers.push(answer);
+            answers.push(queue_insert(store, from, to));
         }
         release.send(()).unwrap();
         let mut results = Vec::new();
@@ -1604,6 +1691,19 @@ mod tests {
             results.push(answer.await.unwrap());
         }
         results
+    }
+
+    /// Queues `from`'s note to `to` for the writer; the receiver gets its answer.
+    fn queue_insert(store: &SqliteStore, from: &User, to: &User) -> oneshot::Receiver<Result<Inserted>> {
+        let (reply, answer) = oneshot::channel();
+        store
+            .writer
+            .send(WriteMsg::Op(WriteOp::Insert {
+                message: note(from, to),
+                reply,
+            }))
+            .unwrap();
+        answer
     }
 
     fn hold_writer(store: &SqliteStore) -> std::sync::mpsc::Sender<()> {

@@ -5,8 +5,8 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 
 use chatcore::store::{
-    ChangedMessage, Conversation as InboxConversation, Credentials, InboxPage, InboxRequest, MessagePage,
-    PageRequest, ReadMarker, SessionRecord, StoredEvent, UserQuery,
+    BlockQuery, ChangedMessage, Conversation as InboxConversation, Credentials, InboxPage, InboxRequest,
+    MessagePage, PageRequest, ReadMarker, SessionRecord, StoredEvent, UserQuery,
 };
 use chatcore::{
     ConversationKey, Entity, Error, Message, MessageId, Position, Result, User, UserId, Username,
@@ -221,6 +221,59 @@ impl ReadCtx {
             )
             .map_err(error::map)?;
         rows.map(|r| r.map_err(row_error)).collect()
+    }
+
+    /// `user`'s blocks by key, after `query.after`'s key: one range of the key index.
+    pub(crate) fn blocked_users(&mut self, user: UserId, query: &BlockQuery) -> Result<Vec<User>> {
+        let after = query.after.as_ref().map(Username::key).unwrap_or_default();
+        let mut stmt = self.conn.prepare_cached(sql::BLOCKED_USERS).map_err(error::map)?;
+        let rows = stmt
+            .query_map(
+                rusqlite::params![user.0, after, i64::from(query.limit)],
+                user_from_row,
+            )
+            .map_err(error::map)?;
+        rows.map(|r| r.map_err(row_error)).collect()
+    }
+
+    /// `Store::reachable_peer`: one statement.
+    pub(crate) fn reachable_peer(&mut self, user: UserId, peer: &Username) -> Result<Option<UserId>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(sql::REACHABLE_PEER)
+            .map_err(error::map)?;
+        stmt.query_row(rusqlite::params![user.0, peer.key()], |row| {
+            Ok(UserId(row.get(0)?))
+        })
+        .optional()
+        .map_err(row_error)
+    }
+
+    /// `Store::conversation_peers`: a primary-key lookup of each listed conversation's
+    /// counter row, in one snapshot.
+    pub(crate) fn conversation_peers(&mut self, user: UserId, among: &[UserId]) -> Result<Vec<UserId>> {
+        self.snapshot(|conn, _| {
+            let mut stmt = conn
+                .prepare_cached(sql::CONVERSATION_EXISTS)
+                .map_err(error::map)?;
+            let mut found = Vec::new();
+            let mut asked = std::collections::HashSet::with_capacity(among.len());
+            for &peer in among {
+                if !asked.insert(peer) {
+                    continue;
+                }
+                let key = ConversationKey::new(user, peer);
+                let exists = stmt
+                    .query_row([key.low().0, key.high().0], |_| Ok(()))
+                    .optional()
+                    .map_err(row_error)?
+                    .is_some();
+                if exists {
+                    found.push(peer);
+                }
+            }
+            Ok(found)
+        })
     }
 
     pub(crate) fn credentials(&mut self, name: &Username) -> Result<Option<Credentials>> {

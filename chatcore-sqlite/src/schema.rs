@@ -320,12 +320,27 @@ CREATE INDEX chatcore_changes_recipient ON chatcore_changes (recipient_id) WHERE
 "#,
         then: None,
     },
-    // MERGE NOTE: version 10 belongs to the blocks of branch `blocks`; this empty stand-in
-    // only keeps the list contiguous on this branch and is replaced by it at the merge.
     Migration {
         version: 10,
-        name: "reserved (blocks)",
-        sql: "",
+        name: "blocks between users",
+        // A block is a row per blocker and blocked user, durable state and not an event (no
+        // position). The writer looks the pair up both ways by primary key in the transaction
+        // that inserts a message or edits one, so a block committed before is never slipped
+        // past. Each user's counter row (which the writer reads for every send anyway) counts
+        // the blocks they take part in, either side: a send between two users of whom one
+        // has none skips the lookup, so only users with blocks pay for them. A user's block
+        // list is sorted by the blocked user's key (copied here: keys never change), so a
+        // page is one range of the second index.
+        sql: r#"
+ALTER TABLE chatcore_user_counts ADD COLUMN block_count INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE chatcore_blocks (
+    blocker_id  INTEGER NOT NULL REFERENCES chatcore_users (id),
+    blocked_id  INTEGER NOT NULL REFERENCES chatcore_users (id),
+    blocked_key TEXT NOT NULL,
+    PRIMARY KEY (blocker_id, blocked_id)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX chatcore_blocks_by_key ON chatcore_blocks (blocker_id, blocked_key);
+"#,
         then: None,
     },
     Migration {

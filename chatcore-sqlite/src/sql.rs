@@ -140,6 +140,28 @@ pub(crate) const ADD_USER_COUNT: &str =
          last_id = max(last_id, excluded.last_id),
          unread_total = unread_total + excluded.unread_total";
 
+/// Whether a block stands between `?1` and `?2`, either way: two primary-key lookups.
+pub(crate) const BLOCK_BETWEEN: &str =
+    "SELECT 1 FROM chatcore_blocks WHERE blocker_id = ?1 AND blocked_id = ?2
+     UNION ALL SELECT 1 FROM chatcore_blocks WHERE blocker_id = ?2 AND blocked_id = ?1 LIMIT 1";
+
+/// Adds `?2` (1 or -1) to the blocks user `?1` takes part in.
+pub(crate) const ADD_BLOCK_COUNT: &str =
+    "INSERT INTO chatcore_user_counts (user_id, message_count, last_id, unread_total, block_count)
+     VALUES (?1, 0, 0, 0, ?2)
+     ON CONFLICT (user_id) DO UPDATE SET block_count = block_count + excluded.block_count";
+
+/// What the writer needs of a user the first time a batch meets them: their newest position
+/// and how many blocks they take part in.
+pub(crate) const USER_TAIL: &str = "SELECT last_id, block_count FROM chatcore_user_counts WHERE user_id = ?1";
+
+/// `?1` blocks `?2`, whose key is `?3` (again: nothing changes).
+pub(crate) const INSERT_BLOCK: &str =
+    "INSERT OR IGNORE INTO chatcore_blocks (blocker_id, blocked_id, blocked_key) VALUES (?1, ?2, ?3)";
+
+/// `?1` no longer blocks `?2`.
+pub(crate) const DELETE_BLOCK: &str = "DELETE FROM chatcore_blocks WHERE blocker_id = ?1 AND blocked_id = ?2";
+
 // ---- both ----
 
 /// A user by `Username::key`: their id and their name as chosen.
@@ -308,6 +330,25 @@ pub(crate) const FEED_CHANGES: &str = "SELECT c.position, c.deleted,
      WHERE c.position > ?1 ORDER BY c.position LIMIT ?2";
 
 /// A feed consumer's checkpoint by name.
+/// The users `?1` blocks whose key sorts after `?2` (`''` for all), by key, at most `?3`: one
+/// range of `chatcore_blocks_by_key`, and the names by rowid.
+pub(crate) const BLOCKED_USERS: &str = "SELECT u.id, u.username FROM chatcore_blocks AS b
+     CROSS JOIN chatcore_users AS u ON u.id = b.blocked_id
+     WHERE b.blocker_id = ?1 AND b.blocked_key > ?2 ORDER BY b.blocked_key LIMIT ?3";
+
+/// The id of the user keyed `?2` when `?1` shares a conversation with them, they are not `?1`
+/// and no block stands between the two: the key, the conversation's counter row and two
+/// block lookups, all by index.
+pub(crate) const REACHABLE_PEER: &str = "SELECT u.id FROM chatcore_users AS u
+     CROSS JOIN chatcore_conversations AS c ON c.conv_low = min(?1, u.id) AND c.conv_high = max(?1, u.id)
+     WHERE u.username_key = ?2 AND u.id <> ?1 AND c.message_count > 0
+       AND NOT EXISTS (SELECT 1 FROM chatcore_blocks AS b WHERE b.blocker_id = ?1 AND b.blocked_id = u.id)
+       AND NOT EXISTS (SELECT 1 FROM chatcore_blocks AS b WHERE b.blocker_id = u.id AND b.blocked_id = ?1)";
+
+/// Whether the conversation (`?1` the lower id, `?2` the higher) holds a message.
+pub(crate) const CONVERSATION_EXISTS: &str =
+    "SELECT 1 FROM chatcore_conversations WHERE conv_low = ?1 AND conv_high = ?2 AND message_count > 0";
+
 pub(crate) const LOAD_CHECKPOINT: &str = "SELECT position FROM chatcore_checkpoints WHERE name = ?1";
 
 /// `?1` the checkpoint's name, `?2` its position (replacing the one saved before).
@@ -442,7 +483,7 @@ mod query_plans {
             MARK_FROM_SEQ,
             &["SEARCH chatcore_conversation_marks USING PRIMARY KEY (conv_low=? AND conv_high=? AND seq>?)"],
         );
-        for sql in [USER_COUNT, USER_LAST_ID] {
+        for sql in [USER_COUNT, USER_LAST_ID, USER_TAIL] {
             assert_plan(conn, sql, &[&format!("SEARCH chatcore_user_counts {BY_ROWID}")]);
         }
         assert_plan(
@@ -591,6 +632,38 @@ mod query_plans {
         );
         assert_plan(
             conn,
+            BLOCK_BETWEEN,
+            &["SEARCH chatcore_blocks USING PRIMARY KEY (blocker_id=? AND blocked_id=?)"],
+        );
+        assert_plan(
+            conn,
+            DELETE_BLOCK,
+            &["SEARCH chatcore_blocks USING PRIMARY KEY (blocker_id=? AND blocked_id=?)"],
+        );
+        assert_plan(
+            conn,
+            BLOCKED_USERS,
+            &[
+                "SEARCH b USING COVERING INDEX chatcore_blocks_by_key (blocker_id=? AND blocked_key>?)",
+                &format!("SEARCH u {BY_ROWID}"),
+            ],
+        );
+        assert_plan(
+            conn,
+            REACHABLE_PEER,
+            &[
+                "SEARCH u USING COVERING INDEX chatcore_users_key (username_key=?)",
+                "SEARCH c USING PRIMARY KEY (conv_low=? AND conv_high=?)",
+                "SEARCH b USING PRIMARY KEY (blocker_id=? AND blocked_id=?)",
+            ],
+        );
+        assert_plan(
+            conn,
+            CONVERSATION_EXISTS,
+            &["SEARCH chatcore_conversations USING PRIMARY KEY (conv_low=? AND conv_high=?)"],
+        );
+        assert_plan(
+            conn,
             LOAD_CHECKPOINT,
             &["SEARCH chatcore_checkpoints USING PRIMARY KEY (name=?)"],
         );
@@ -654,6 +727,17 @@ mod query_plans {
             tx.execute(ADD_USER_COUNT, [reader, 0, position, 0]).unwrap();
             tx.execute(SAVE_READ_MARKER, [reader, peer, position - 2000, 1])
                 .unwrap();
+        }
+        // Each user blocks a few others.
+        for blocker in 1..=50i64 {
+            for step in [3, 11, 29] {
+                let blocked = (blocker + step - 1) % 50 + 1;
+                tx.execute(
+                    INSERT_BLOCK,
+                    rusqlite::params![blocker, blocked, format!("user{blocked}")],
+                )
+                .unwrap();
+            }
         }
         tx.commit().unwrap();
         conn

@@ -112,8 +112,8 @@ pub enum Forbidden {
     NotTheSender,
     /// The sender tried to edit a message older than [`crate::ChatConfig::edit_window`].
     EditWindowClosed,
-    /// The recipient blocks the sender ([`crate::Store::block`]): nothing was stored or
-    /// notified.
+    /// A block stands between the two users, in either direction ([`crate::Store::set_block`]):
+    /// neither may message (nor edit a message to) the other; nothing was stored or notified.
     Blocked,
     /// The account was removed ([`crate::Store::remove_user`]): it sends nothing any more.
     AccountRemoved,

@@ -91,12 +91,12 @@ pub use policy::{
 };
 pub use presence::PresenceStatus;
 pub use service::{
-    CatchUp, CatchUpPage, ChatConfig, ChatService, DirectoryQuery, HistoryQuery, InboxQuery, ReadState,
-    SendRequest, Sent, TypingGate,
+    BlockListQuery, CatchUp, CatchUpPage, ChatConfig, ChatService, DirectoryQuery, HistoryQuery, InboxQuery,
+    ReadState, SendRequest, Sent, TypingGate,
 };
 pub use store::{
-    Backend, ChangeEvent, Changed, ChangedMessage, Conversation, Credentials, InboxPage, InboxRequest,
-    Inserted, MarkedRead, MessageChange, MessagePage, MigrationReport, MovedMarker, PageRequest, ReadMarker,
-    SessionRecord, SessionStore, Store, StoredEvent, TokenHash, UserQuery,
+    Backend, BlockQuery, ChangeEvent, Changed, ChangedMessage, Conversation, Credentials, InboxPage,
+    InboxRequest, Inserted, MarkedRead, MessageChange, MessagePage, MigrationReport, MovedMarker,
+    PageRequest, ReadMarker, SessionRecord, SessionStore, Store, StoredEvent, TokenHash, UserQuery,
 };
 pub use text::message_body;

@@ -1,6 +1,6 @@
 //! [`MemoryStore`]: a [`Store`] that keeps everything in process memory.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Bound;
 use std::sync::RwLock;
 
@@ -8,9 +8,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::store::{
-    Backend, ChangeEvent, Changed, ChangedMessage, Conversation, Credentials, InboxPage, InboxRequest,
-    Inserted, MarkedRead, MessageChange, MessagePage, MigrationReport, MovedMarker, PageRequest, ReadMarker,
-    SessionRecord, SessionStore, Store, StoredEvent, TokenHash, UserQuery, check_checkpoint_name,
+    Backend, BlockQuery, ChangeEvent, Changed, ChangedMessage, Conversation, Credentials, InboxPage,
+    InboxRequest, Inserted, MarkedRead, MessageChange, MessagePage, MigrationReport, MovedMarker,
+    PageRequest, ReadMarker, SessionRecord, SessionStore, Store, StoredEvent, TokenHash, UserQuery,
+    check_checkpoint_name,
 };
 use crate::{
     ConversationKey, Entity, Error, Forbidden, Message, MessageId, NewMessage, Position, Result, User,
@@ -53,6 +54,10 @@ struct State {
     idempotency: HashMap<(UserId, String), usize>,
     /// Feed consumers' checkpoints by name.
     checkpoints: HashMap<String, Position>,
+    /// (blocker, blocked) pairs.
+    blocks: HashSet<(UserId, UserId)>,
+    /// Each blocker's blocked users by [`Username::key`]: the listing order.
+    blocks_by_name: HashMap<UserId, BTreeMap<String, UserId>>,
 }
 
 /// One of a user's durable events: an index into `messages`, `reads` or `changes`.
@@ -199,6 +204,13 @@ impl State {
                 }),
             };
         }
+        let recipient_id = *state
+            .by_name
+            .get(&message.recipient.key())
+            .expect("a message names stored users");
+        if matches!(change, MessageChange::Edit { .. }) && state.blocked(sender, recipient_id) {
+            return Err(Error::Forbidden(Forbidden::Blocked));
+        }
         if let MessageChange::Edit {
             not_before: Some(not_before),
             ..
@@ -207,10 +219,6 @@ impl State {
         {
             return Err(Error::Forbidden(Forbidden::EditWindowClosed));
         }
-        let recipient_id = *state
-            .by_name
-            .get(&message.recipient.key())
-            .expect("a message names stored users");
         let sender_previous = state.latest(sender);
         let recipient_previous = if recipient_id == sender {
             sender_previous
@@ -277,6 +285,18 @@ impl State {
             entry.unread += 1;
             inbox.unread_total += 1;
         }
+    }
+
+    /// Whether a block stands between `a` and `b`, in either direction.
+    fn blocked(&self, a: UserId, b: UserId) -> bool {
+        self.blocks.contains(&(a, b)) || self.blocks.contains(&(b, a))
+    }
+
+    /// Whether `a` and `b` have at least one message between them.
+    fn share_conversation(&self, a: UserId, b: UserId) -> bool {
+        self.conversations
+            .get(&ConversationKey::new(a, b))
+            .is_some_and(|indexes| !indexes.is_empty())
     }
 
     /// Newest-first page of `indexes` (ascending by id).
@@ -354,6 +374,9 @@ impl Store for MemoryStore {
                 sender_previous: Position::START,
                 recipient_previous: Position::START,
             });
+        }
+        if state.blocked(new.sender.id, recipient_id) {
+            return Err(Error::Forbidden(Forbidden::Blocked));
         }
         let sender_previous = state.latest(new.sender.id);
         let recipient_previous = state.latest(recipient_id);
@@ -632,6 +655,69 @@ impl Store for MemoryStore {
         ids.into_iter()
             .map(|id| state.change(sender, id, &MessageChange::Delete))
             .collect()
+    }
+
+    async fn set_block(&self, blocker: UserId, blocked: &Username, on: bool) -> Result<User> {
+        let mut state = self.write();
+        let target = state
+            .by_name
+            .get(&blocked.key())
+            .and_then(|id| state.user(*id))
+            .map(|r| r.user.clone())
+            .ok_or(Error::NotFound(Entity::User))?;
+        if state.user(blocker).is_none() {
+            return Err(Error::NotFound(Entity::User));
+        }
+        if target.id == blocker {
+            return Err(Error::invalid("you cannot block yourself"));
+        }
+        if on {
+            state.blocks.insert((blocker, target.id));
+            state
+                .blocks_by_name
+                .entry(blocker)
+                .or_default()
+                .insert(target.username.key(), target.id);
+        } else {
+            state.blocks.remove(&(blocker, target.id));
+            if let Some(names) = state.blocks_by_name.get_mut(&blocker) {
+                names.remove(&target.username.key());
+            }
+        }
+        Ok(target)
+    }
+
+    async fn blocked_users(&self, user: UserId, query: &BlockQuery) -> Result<Vec<User>> {
+        let state = self.read();
+        let Some(names) = state.blocks_by_name.get(&user) else {
+            return Ok(Vec::new());
+        };
+        let lower = query
+            .after
+            .as_ref()
+            .map_or(Bound::Unbounded, |after| Bound::Excluded(after.key()));
+        Ok(names
+            .range((lower, Bound::Unbounded))
+            .take(query.limit as usize)
+            .filter_map(|(_, id)| state.user(*id).map(|r| r.user.clone()))
+            .collect())
+    }
+
+    async fn reachable_peer(&self, user: UserId, peer: &Username) -> Result<Option<UserId>> {
+        let state = self.read();
+        Ok(state.by_name.get(&peer.key()).copied().filter(|&peer| {
+            peer != user && state.share_conversation(user, peer) && !state.blocked(user, peer)
+        }))
+    }
+
+    async fn conversation_peers(&self, user: UserId, among: &[UserId]) -> Result<Vec<UserId>> {
+        let state = self.read();
+        let mut seen = HashSet::new();
+        Ok(among
+            .iter()
+            .copied()
+            .filter(|&peer| state.share_conversation(user, peer) && seen.insert(peer))
+            .collect())
     }
 
     async fn feed_after(&self, after: Position, limit: u32) -> Result<Vec<StoredEvent>> {

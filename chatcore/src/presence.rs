@@ -690,11 +690,6 @@ async fn peers(store: &dyn Store, user: UserId) -> Vec<Username> {
     }
 }
 
-/// The username keys of the users `viewer` shares a conversation with.
-pub(crate) async fn shared_with(store: &dyn Store, viewer: UserId) -> HashSet<String> {
-    peers(store, viewer).await.iter().map(Username::key).collect()
-}
-
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Every critical section leaves its map consistent, so a poisoned lock is safe to use.
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())

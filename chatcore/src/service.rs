@@ -11,8 +11,8 @@ use crate::policy::{PolicyAction, PolicyChain, PolicyCounts, PolicyFallback, Sen
 use crate::presence::{Presence, PresenceStatus};
 use crate::rate::SendRateLimiter;
 use crate::store::{
-    Changed, ChangedMessage, InboxPage, InboxRequest, MessageChange, MessagePage, PageRequest, Store,
-    StoredEvent, UserQuery,
+    BlockQuery, Changed, ChangedMessage, InboxPage, InboxRequest, MessageChange, MessagePage, PageRequest,
+    Store, StoredEvent, UserQuery,
 };
 use crate::{Entity, Error, Message, MessageId, NewMessage, Result, User, UserId, Username};
 
@@ -55,9 +55,11 @@ pub struct ChatConfig {
     /// Live connections ([`ChatService::subscribe`]) one user may hold on this process; opening
     /// one more closes their oldest ([`crate::CloseReason::TooManyConnections`]). Default 20.
     pub max_connections_per_user: usize,
-    /// Users per directory page when the client asks for no size. Default 1,000.
+    /// Users per directory page (and block list page, [`ChatService::blocked_users`]) when the
+    /// client asks for no size. Default 1,000.
     pub default_user_page: u32,
-    /// Largest directory page a client may ask for; larger requests are clamped. Default 1,000.
+    /// Largest directory (and block list) page a client may ask for; larger requests are
+    /// clamped. Default 1,000.
     pub max_user_page: u32,
     /// Longest `Idempotency-Key`, in bytes. Default 255.
     pub max_idempotency_key_len: usize,
@@ -302,6 +304,17 @@ pub struct DirectoryQuery {
     pub limit: Option<u32>,
 }
 
+/// Which page of the caller's blocks a client asked for ([`ChatService::blocked_users`]); paged
+/// like the directory.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BlockListQuery {
+    /// Only names after this one (the last name of the previous page).
+    pub after: Option<String>,
+    /// Page size; defaults to [`ChatConfig::default_user_page`], clamped to
+    /// [`ChatConfig::max_user_page`].
+    pub limit: Option<u32>,
+}
+
 /// Which inbox page a client asked for; the service fills in defaults and enforces limits.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct InboxQuery {
@@ -467,21 +480,72 @@ impl ChatService {
 
     /// The directory as `viewer` sees it: everyone else, sorted by name.
     pub async fn users(&self, viewer: &User, query: DirectoryQuery) -> Result<Vec<User>> {
-        let after = match query.after {
-            Some(after) if !after.is_empty() => Some(Username::parse(after)?),
-            _ => None,
-        };
+        let (after, limit) = self.user_page(query.after, query.limit)?;
         let query = UserQuery {
             exclude: Some(viewer.id),
             prefix: query.prefix.unwrap_or_default(),
             after,
-            limit: self.clamp(
-                query.limit,
-                self.config.default_user_page,
-                self.config.max_user_page,
-            )?,
+            limit,
         };
         self.store.list_users(&query).await
+    }
+
+    /// Blocks the user named `name` for `user`: while the block stands, neither may message the
+    /// other nor edit a message to the other ([`Error::Forbidden`] with
+    /// [`crate::Forbidden::Blocked`], nothing stored or notified), and typing frames between
+    /// them are dropped. Both directions are refused, whoever blocked: a blocker who wants to
+    /// write again unblocks first. Both still read their history and may delete their own
+    /// messages. Idempotent. Takes effect in the store's write order: a send that returns after
+    /// this call returned was refused. Returns the blocked user.
+    ///
+    /// A block is durable state of the two users, not an event: no frame is sent to anyone
+    /// and nothing appears in the event streams (a client learns of it from its own request,
+    /// and the blocked user from a refused send).
+    ///
+    /// Errors: [`Error::NotFound`] ([`Entity::User`]) for an unknown or impossible name;
+    /// [`Error::Invalid`] for `user` themself.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> chatcore::Result<()> {
+    /// use std::sync::Arc;
+    /// use chatcore::{ChatConfig, ChatService, Error, Forbidden, LocalNotifier, MemoryStore, SendRequest};
+    /// let chat = ChatService::new(Arc::new(MemoryStore::new()), Arc::new(LocalNotifier::default()), ChatConfig::default());
+    /// let alice = chat.create_user("alice").await?;
+    /// let bob = chat.create_user("bob").await?;
+    /// chat.block(&alice, "bob").await?;
+    /// let hi = |to: &str| SendRequest { recipient: to.into(), body: "hi".into(), ..Default::default() };
+    /// assert!(matches!(chat.send(&bob, hi("alice")).await, Err(Error::Forbidden(Forbidden::Blocked))));
+    /// assert!(matches!(chat.send(&alice, hi("bob")).await, Err(Error::Forbidden(Forbidden::Blocked))));
+    /// chat.unblock(&alice, "bob").await?;
+    /// assert!(chat.send(&bob, hi("alice")).await.is_ok());
+    /// # Ok(()) }
+    /// ```
+    pub async fn block(&self, user: &User, name: &str) -> Result<User> {
+        self.set_block(user, name, true).await
+    }
+
+    /// Ends `user`'s block of the user named `name` ([`ChatService::block`]); messages flow
+    /// again unless that user blocks `user` too. Idempotent: ending a block that does not
+    /// exist succeeds. Errors as for [`ChatService::block`].
+    pub async fn unblock(&self, user: &User, name: &str) -> Result<User> {
+        self.set_block(user, name, false).await
+    }
+
+    async fn set_block(&self, user: &User, name: &str, on: bool) -> Result<User> {
+        let name = Username::parse(name).map_err(|_| Error::NotFound(Entity::User))?;
+        if name.key() == user.username.key() {
+            return Err(Error::invalid("you cannot block yourself"));
+        }
+        self.store.set_block(user.id, &name, on).await
+    }
+
+    /// The users `user` blocks, sorted by name (without regard to case), paged like the
+    /// directory: after [`BlockListQuery::after`], at most [`ChatConfig::max_user_page`].
+    pub async fn blocked_users(&self, user: &User, query: BlockListQuery) -> Result<Vec<User>> {
+        let (after, limit) = self.user_page(query.after, query.limit)?;
+        self.store
+            .blocked_users(user.id, &BlockQuery { after, limit })
+            .await
     }
 
     /// Sends a message from `sender`: applies the send rate limit, trims and checks the body,
@@ -493,8 +557,9 @@ impl ChatService {
     /// whitespace and invisible characters are set aside, too long, or holding control
     /// characters other than newline and tab (a policy's rewrite included);
     /// [`Error::Rejected`] when a policy refused it; [`Error::NotFound`] for an unknown recipient;
-    /// [`Error::Unprocessable`] for an idempotency key already used with another recipient or
-    /// body.
+    /// [`Error::Forbidden`] ([`crate::Forbidden::Blocked`]) while a block stands between the
+    /// two, whoever blocked ([`ChatService::block`]); [`Error::Unprocessable`] for an
+    /// idempotency key already used with another recipient or body.
     pub async fn send(&self, sender: &User, request: SendRequest) -> Result<Sent> {
         // The delivery latency of the message's notification is measured from here.
         let accepted_at = Instant::now();
@@ -597,8 +662,9 @@ impl ChatService {
     /// Errors: [`Error::Invalid`] for a body a send would refuse; [`Error::NotFound`]
     /// ([`Entity::Message`]) when `editor` neither sent nor received `id` (the same answer
     /// as a missing id), and for a message already deleted; [`Error::Forbidden`] when
-    /// `editor` only received it ([`crate::Forbidden::NotTheSender`]) or it is older than
-    /// [`ChatConfig::edit_window`] ([`crate::Forbidden::EditWindowClosed`]);
+    /// `editor` only received it ([`crate::Forbidden::NotTheSender`]), a block stands between
+    /// the two participants ([`crate::Forbidden::Blocked`], either direction), or it is older
+    /// than [`ChatConfig::edit_window`] ([`crate::Forbidden::EditWindowClosed`]);
     /// [`Error::Rejected`] when a policy refused the new body.
     ///
     /// ```
@@ -1026,9 +1092,9 @@ impl ChatService {
 
     /// The presence of each of `users` (a directory page `viewer` reads) that `viewer` may
     /// see: those they share a conversation with, in the same order; `None` for the others
-    /// and for everyone when presence is off. Reads `viewer`'s inbox (in pages of 500) to
-    /// learn who they share a conversation with: a cost that grows with the viewer's
-    /// conversations, paid by directory reads only when presence is on.
+    /// and for everyone when presence is off. One store read
+    /// ([`Store::conversation_peers`]): an indexed lookup per listed user, whatever the
+    /// number of the viewer's conversations.
     pub async fn presence_in_directory(
         &self,
         viewer: &User,
@@ -1040,12 +1106,16 @@ impl ChatService {
         if users.is_empty() {
             return Ok(Vec::new());
         }
-        let statuses: Vec<PresenceStatus> = users.iter().map(|u| presence.status(&u.username)).collect();
-        let shared = crate::presence::shared_with(&*self.store, viewer.id).await;
+        let ids: Vec<UserId> = users.iter().map(|u| u.id).collect();
+        let shared: std::collections::HashSet<UserId> = self
+            .store
+            .conversation_peers(viewer.id, &ids)
+            .await?
+            .into_iter()
+            .collect();
         Ok(users
             .iter()
-            .zip(statuses)
-            .map(|(user, status)| shared.contains(&user.username.key()).then_some(status))
+            .map(|user| shared.contains(&user.id).then(|| presence.status(&user.username)))
             .collect())
     }
 
@@ -1099,26 +1169,14 @@ impl ChatService {
     }
 
     /// Whether `from` may tell `to` they are typing, and `to`'s id if so: `to` exists, is not
-    /// `from`, and the two share a conversation (at least one message between them). Every
-    /// rule on who may see whom typing joins here (the blocks of issue 19: typing to someone
-    /// who blocked you is dropped). One storage read (the conversation's counter).
+    /// `from`, the two share a conversation (at least one message between them), and no block
+    /// stands between them in either direction ([`ChatService::block`]). Every rule on who
+    /// may see whom typing joins here. One storage read ([`Store::reachable_peer`]).
     pub async fn typing_allowed(&self, from: &User, to: &Username) -> Result<Option<UserId>> {
         if to.key() == from.username.key() {
             return Ok(None);
         }
-        let Some(peer) = self.store.find_user(to).await? else {
-            return Ok(None);
-        };
-        let page = match self
-            .store
-            .conversation_page(from.id, to, &PageRequest::latest(1))
-            .await
-        {
-            Ok(page) => page,
-            Err(Error::NotFound(_)) => return Ok(None),
-            Err(error) => return Err(error),
-        };
-        Ok((page.total > 0).then_some(peer.id))
+        self.store.reachable_peer(from.id, to).await
     }
 
     /// How many live connections `user` holds on this process.
@@ -1199,6 +1257,17 @@ impl ChatService {
             offset,
             limit,
         })
+    }
+
+    /// A page of a list of users (the directory, the block list): the name to start after
+    /// (none when empty) and the size, within [`ChatConfig::max_user_page`].
+    fn user_page(&self, after: Option<String>, limit: Option<u32>) -> Result<(Option<Username>, u32)> {
+        let after = match after {
+            Some(after) if !after.is_empty() => Some(Username::parse(after)?),
+            _ => None,
+        };
+        let limit = self.clamp(limit, self.config.default_user_page, self.config.max_user_page)?;
+        Ok((after, limit))
     }
 
     fn clamp(&self, asked: Option<u32>, default: u32, max: u32) -> Result<u32> {

@@ -64,6 +64,16 @@ pub struct UserQuery {
     pub limit: u32,
 }
 
+/// Which of a user's blocks to list ([`Store::blocked_users`]): sorted by the blocked users'
+/// [`Username::key`] (byte order), after a name (keyset paging), like the directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockQuery {
+    /// Only users whose key sorts after this name's key (the last name of the previous page).
+    pub after: Option<Username>,
+    /// At most this many users.
+    pub limit: u32,
+}
+
 /// What [`Store::insert_message`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Inserted {
@@ -321,6 +331,12 @@ pub trait Store: Send + Sync + 'static {
     /// transaction it brings both users' inboxes up to date ([`Store::inbox`]): the
     /// conversation's newest message, and one more unread for the recipient (never for a note
     /// to oneself).
+    ///
+    /// While a block stands between sender and recipient, in either direction
+    /// ([`Store::set_block`]), stores nothing and answers [`crate::Error::Forbidden`]
+    /// ([`crate::Forbidden::Blocked`]): checked in the insert's own transaction (no check
+    /// before it that a block could slip past), after the idempotency key (a replay of a
+    /// message stored before the block still answers that message).
     async fn insert_message(&self, message: NewMessage) -> Result<Inserted>;
 
     /// The message `id`, if `viewer` sent or received it; `None` for anyone else and for an id
@@ -393,9 +409,48 @@ pub trait Store: Send + Sync + 'static {
     /// when `id` is not a message `sender` sent or received (the same answer as a missing id,
     /// so ids cannot be probed); [`crate::Error::Forbidden`]
     /// ([`crate::Forbidden::NotTheSender`]) when `sender` only received it;
-    /// [`crate::Error::NotFound`] for an edit of a tombstone; [`crate::Forbidden::EditWindowClosed`]
-    /// for an edit of a message created before `not_before`.
+    /// [`crate::Error::NotFound`] for an edit of a tombstone; [`crate::Forbidden::Blocked`] for an
+    /// edit while a block stands between the two participants ([`Store::set_block`], either
+    /// direction; checked in the same transaction; deleting is never refused for a block);
+    /// [`crate::Forbidden::EditWindowClosed`] for an edit of a message created before
+    /// `not_before`.
     async fn change_message(&self, sender: UserId, id: MessageId, change: &MessageChange) -> Result<Changed>;
+
+    /// Starts (`on: true`) or ends (`on: false`) `blocker`'s block of the user holding
+    /// `blocked`'s key, and returns that user (with their name as chosen). Idempotent:
+    /// blocking twice keeps one block, ending a block that does not exist changes nothing.
+    ///
+    /// While a block stands between two users, in either direction, [`Store::insert_message`]
+    /// refuses every message between them and [`Store::change_message`] every edit of one
+    /// (deleting stays allowed), each with [`crate::Error::Forbidden`]
+    /// ([`crate::Forbidden::Blocked`]), checked in the same transaction as the write. So once
+    /// this call has returned, no message between the two is stored until the block ends:
+    /// an insert that committed first is in the history, one that commits later is refused.
+    /// Messages stored before stay readable by both. A block is durable state, not an event:
+    /// it takes no position and is not in any user's stream nor in the feed.
+    ///
+    /// Errors: [`crate::Error::NotFound`] ([`crate::Entity::User`]) when no user holds
+    /// `blocked`'s key, or `blocker` is not a user; [`crate::Error::Invalid`] when `blocked`
+    /// is `blocker` (nobody blocks themself).
+    async fn set_block(&self, blocker: UserId, blocked: &Username, on: bool) -> Result<User>;
+
+    /// The users `user` blocks, sorted by [`Username::key`] after [`BlockQuery::after`], at
+    /// most [`BlockQuery::limit`] (names as chosen). Costs an index range of at most `limit`
+    /// entries, whatever the number of blocks. An unknown `user` blocks nobody.
+    async fn blocked_users(&self, user: UserId, query: &BlockQuery) -> Result<Vec<User>>;
+
+    /// The id of the user holding `peer`'s key when `user` may reach them with an ephemeral
+    /// frame (typing): that user exists, is not `user`, the two share a conversation (at
+    /// least one message between them, deleted or not), and no block stands between them in
+    /// either direction. `None` otherwise. One read of a few index entries, whatever the
+    /// length or number of conversations.
+    async fn reachable_peer(&self, user: UserId, peer: &Username) -> Result<Option<UserId>>;
+
+    /// Which of `among` share a conversation with `user` (at least one message between them;
+    /// `user` themself when they wrote a note to self), in no particular order, each once.
+    /// Ids of unknown users are left out. Costs one indexed lookup per id of `among` (callers
+    /// pass a page: the directory's), never the number of `user`'s conversations.
+    async fn conversation_peers(&self, user: UserId, among: &[UserId]) -> Result<Vec<UserId>>;
 
     /// Up to `limit` durable events of every user (messages, read markers that moved) with a
     /// position greater than `after`, oldest first, each once (a message is one event, not

@@ -34,8 +34,8 @@ mod reordering {
 
     use async_trait::async_trait;
     use chatcore::store::{
-        Changed, InboxPage, InboxRequest, Inserted, MarkedRead, MessageChange, MessagePage, PageRequest,
-        Store, StoredEvent, UserQuery,
+        BlockQuery, Changed, InboxPage, InboxRequest, Inserted, MarkedRead, MessageChange, MessagePage,
+        PageRequest, Store, StoredEvent, UserQuery,
     };
     use chatcore::{
         Entity, Error, MemoryStore, Message, MessageId, NewMessage, Position, Result, User, UserId, Username,
@@ -208,6 +208,18 @@ mod reordering {
             })
         }
         async fn change_message(&self, _: UserId, _: MessageId, _: &MessageChange) -> Result<Changed> {
+            Err(Error::bug("not kept by this test store"))
+        }
+        async fn set_block(&self, _: UserId, _: &Username, _: bool) -> Result<User> {
+            Err(Error::bug("not kept by this test store"))
+        }
+        async fn blocked_users(&self, _: UserId, _: &BlockQuery) -> Result<Vec<User>> {
+            Err(Error::bug("not kept by this test store"))
+        }
+        async fn reachable_peer(&self, _: UserId, _: &Username) -> Result<Option<UserId>> {
+            Err(Error::bug("not kept by this test store"))
+        }
+        async fn conversation_peers(&self, _: UserId, _: &[UserId]) -> Result<Vec<UserId>> {
             Err(Error::bug("not kept by this test store"))
         }
         async fn feed_after(&self, after: Position, limit: u32) -> Result<Vec<StoredEvent>> {

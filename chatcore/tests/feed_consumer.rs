@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chatcore::store::{
-    Changed, InboxPage, InboxRequest, Inserted, MarkedRead, MessageChange, MessagePage, PageRequest,
-    UserQuery,
+    BlockQuery, Changed, InboxPage, InboxRequest, Inserted, MarkedRead, MessageChange, MessagePage,
+    PageRequest, UserQuery,
 };
 use chatcore::{
     BoxError, Error, FeedConsumer, FeedConsumerConfig, FeedHandler, MemoryStore, Message, MessageId,
@@ -285,6 +285,18 @@ impl Store for Flaky {
         up_to: MessageId,
     ) -> chatcore::Result<MarkedRead> {
         self.inner.mark_read(reader, peer, up_to).await
+    }
+    async fn set_block(&self, blocker: UserId, blocked: &Username, on: bool) -> chatcore::Result<User> {
+        self.inner.set_block(blocker, blocked, on).await
+    }
+    async fn blocked_users(&self, user: UserId, query: &BlockQuery) -> chatcore::Result<Vec<User>> {
+        self.inner.blocked_users(user, query).await
+    }
+    async fn reachable_peer(&self, user: UserId, peer: &Username) -> chatcore::Result<Option<UserId>> {
+        self.inner.reachable_peer(user, peer).await
+    }
+    async fn conversation_peers(&self, user: UserId, among: &[UserId]) -> chatcore::Result<Vec<UserId>> {
+        self.inner.conversation_peers(user, among).await
     }
     async fn feed_after(&self, after: Position, limit: u32) -> chatcore::Result<Vec<StoredEvent>> {
         take_failure(&self.failing_reads)?;

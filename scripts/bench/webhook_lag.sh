@@ -31,7 +31,8 @@ curl -fs "http://127.0.0.1:$sink_port/stats" >/dev/null # start counting now
 sent=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["send"]["sent"])' "$dir/load.json")
 # Wait until the sink has every message (the deliveries trail the sends by the lag).
 for _ in $(seq 100); do
-  m=$(curl -fs "http://127.0.0.1:$port/metrics" | awk '/^chatcore_webhook_deliveries_total\{.*outcome="delivered"/ {s+=$2} END {print s+0}')
+  # one lag observation per message delivered, with or without --webhook-events-per-post
+  m=$(curl -fs "http://127.0.0.1:$port/metrics" | awk '/^chatcore_webhook_lag_seconds_count/ {s+=$2} END {print s+0}')
   [ "${m%.*}" -ge "$sent" ] && break
   sleep 0.1
 done

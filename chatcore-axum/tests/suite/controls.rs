@@ -443,3 +443,171 @@ pub async fn a_session_ended_elsewhere_closes_its_socket_at_the_recheck(store: A
     let sent = app.send(&bob, "bob", "still open").await;
     assert_eq!(frame_id(&mut bob_ws).await, sent["id"].as_i64().unwrap());
 }
+
+/// PUT (`on`) or DELETE `/api/v1/block/{name}` as the owner of `token`.
+async fn set_block(app: &TestApp, token: &str, name: &str, on: bool) -> reqwest::Response {
+    let url = app.url(&format!("/api/v1/block/{name}"));
+    let client = app.client(token);
+    let request = if on { client.put(url) } else { client.delete(url) };
+    request.send().await.unwrap()
+}
+
+/// POSTs a message and returns the raw answer.
+async fn try_send(app: &TestApp, token: &str, to: &str, body: &str) -> reqwest::Response {
+    app.client(token)
+        .post(app.url("/api/v1/message/"))
+        .json(&json!({"recipient": to, "body": body}))
+        .send()
+        .await
+        .unwrap()
+}
+
+pub async fn blocks_refuse_sends_and_edits_both_ways(store: Arc<dyn Backend>) {
+    let app = TestApp::spawn(store).await;
+    let (_, alice) = app.user("alice").await;
+    let (_, bob) = app.user("bob").await;
+    let (_, carol) = app.user("carol").await;
+    let mut alice_ws = app.ws(&alice, None).await;
+    let mut bob_ws = app.ws(&bob, None).await;
+    let sent = app.send(&alice, "bob", "hi bob").await;
+    let id = sent["id"].as_i64().unwrap().to_string();
+    for ws in [&mut alice_ws, &mut bob_ws] {
+        assert_eq!(frame(ws).await["data"]["body"], "hi bob");
+    }
+
+    // bob blocks alice (in any case, twice): 204, no frame to anyone.
+    for name in ["ALICE", "alice"] {
+        let response = set_block(&app, &bob, name, true).await;
+        assert_eq!(response.status(), 204);
+        assert!(response.bytes().await.unwrap().is_empty());
+    }
+    // Neither may now write to the other, nor edit a message to the other.
+    const REFUSED: &str = "you cannot message this user";
+    assert_eq!(
+        error_of(try_send(&app, &alice, "bob", "hello?").await, 403).await,
+        REFUSED
+    );
+    assert_eq!(
+        error_of(try_send(&app, &bob, "Alice", "go away").await, 403).await,
+        REFUSED
+    );
+    assert_eq!(
+        error_of(patch(&app, &alice, &id, "hi bob!").await, 403).await,
+        REFUSED
+    );
+    // Nothing was stored or notified: the next frames are what carol sends them.
+    app.send(&carol, "bob", "from carol").await;
+    app.send(&carol, "alice", "from carol").await;
+    for ws in [&mut alice_ws, &mut bob_ws] {
+        let next = frame(ws).await;
+        assert_eq!(
+            (&next["type"], &next["data"]["user"]),
+            (&json!("message"), &json!("carol"))
+        );
+    }
+    for (token, peer) in [(&alice, "bob"), (&bob, "alice")] {
+        let (_, page) = get_json(&app, token, &format!("/api/v1/message/?target={peer}")).await;
+        assert_eq!(page["count"], 1, "both still read their history: {page}");
+        assert_eq!(page["results"][0]["body"], "hi bob");
+    }
+    let (_, inbox) = get_json(&app, &bob, "/api/v1/conversation/").await;
+    assert_eq!(
+        inbox["unread_total"], 2,
+        "one from alice, one from carol: {inbox}"
+    );
+    // Deleting one's own message stays allowed.
+    assert_eq!(delete(&app, &alice, &id).await.status(), 204);
+    for ws in [&mut alice_ws, &mut bob_ws] {
+        assert_eq!(frame(ws).await["type"], "delete");
+    }
+
+    // Unblocking (twice) opens the way again.
+    for _ in 0..2 {
+        assert_eq!(set_block(&app, &bob, "alice", false).await.status(), 204);
+    }
+    assert_eq!(
+        try_send(&app, &alice, "bob", "friends again?").await.status(),
+        201
+    );
+    for ws in [&mut alice_ws, &mut bob_ws] {
+        assert_eq!(frame(ws).await["data"]["body"], "friends again?");
+    }
+    close(alice_ws).await;
+    close(bob_ws).await;
+}
+
+pub async fn block_routes_answer_errors_and_list_by_name(store: Arc<dyn Backend>) {
+    let app = TestApp::spawn(store).await;
+    let (_, alice) = app.user("alice").await;
+    for name in ["Zed", "bob", "carol"] {
+        app.user(name).await;
+    }
+    assert_eq!(
+        error_of(set_block(&app, &alice, "nobody", true).await, 404).await,
+        "user not found"
+    );
+    assert_eq!(
+        error_of(set_block(&app, &alice, "nobody", false).await, 404).await,
+        "user not found"
+    );
+    for on in [true, false] {
+        assert_eq!(
+            error_of(set_block(&app, &alice, "Alice", on).await, 400).await,
+            "you cannot block yourself"
+        );
+    }
+    let response = app
+        .anonymous()
+        .put(app.url("/api/v1/block/bob"))
+        .send()
+        .await
+        .unwrap();
+    error_of(response, 401).await;
+    let response = app
+        .anonymous()
+        .get(app.url("/api/v1/block/"))
+        .send()
+        .await
+        .unwrap();
+    error_of(response, 401).await;
+
+    for path in ["/api/v1/block/", "/api/v1/block"] {
+        assert_eq!(get_json(&app, &alice, path).await, (200, json!([])));
+    }
+    for name in ["zed", "carol", "BOB"] {
+        assert_eq!(set_block(&app, &alice, name, true).await.status(), 204);
+    }
+    let all = json!([{"username": "bob"}, {"username": "carol"}, {"username": "Zed"}]);
+    for path in ["/api/v1/block/", "/api/v1/block"] {
+        assert_eq!(get_json(&app, &alice, path).await, (200, all.clone()));
+    }
+    assert_eq!(
+        get_json(&app, &alice, "/api/v1/block/?limit=2").await,
+        (200, json!([{"username": "bob"}, {"username": "carol"}]))
+    );
+    assert_eq!(
+        get_json(&app, &alice, "/api/v1/block/?limit=2&after=Carol").await,
+        (200, json!([{"username": "Zed"}]))
+    );
+    let (_, bobs) = app.user("bob2").await;
+    assert_eq!(get_json(&app, &bobs, "/api/v1/block/").await, (200, json!([])));
+    let response = app
+        .client(&alice)
+        .get(app.url("/api/v1/block/?limit=0"))
+        .send()
+        .await
+        .unwrap();
+    error_of(response, 400).await;
+    let response = app
+        .client(&alice)
+        .get(app.url("/api/v1/block/?limit=x"))
+        .send()
+        .await
+        .unwrap();
+    error_of(response, 400).await;
+    assert_eq!(set_block(&app, &alice, "carol", false).await.status(), 204);
+    assert_eq!(
+        get_json(&app, &alice, "/api/v1/block").await,
+        (200, json!([{"username": "bob"}, {"username": "Zed"}]))
+    );
+}

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use chatcore::store::{
-    Changed, Credentials, InboxPage, InboxRequest, Inserted, MarkedRead, MessageChange, MessagePage,
-    MigrationReport, PageRequest, SessionRecord, StoredEvent, TokenHash, UserQuery,
+    BlockQuery, Changed, Credentials, InboxPage, InboxRequest, Inserted, MarkedRead, MessageChange,
+    MessagePage, MigrationReport, PageRequest, SessionRecord, StoredEvent, TokenHash, UserQuery,
 };
 use chatcore::{
     Backend, Error, Message, MessageId, NewMessage, Position, SessionStore, Store, User, UserId, Username,
@@ -179,6 +179,22 @@ impl Store for TestStore {
     ) -> chatcore::Result<Changed> {
         self.check(&self.down)?;
         self.inner.change_message(sender, id, change).await
+    }
+    async fn set_block(&self, blocker: UserId, blocked: &Username, on: bool) -> chatcore::Result<User> {
+        self.check(&self.down)?;
+        self.inner.set_block(blocker, blocked, on).await
+    }
+    async fn blocked_users(&self, user: UserId, query: &BlockQuery) -> chatcore::Result<Vec<User>> {
+        self.check(&self.down)?;
+        self.inner.blocked_users(user, query).await
+    }
+    async fn reachable_peer(&self, user: UserId, peer: &Username) -> chatcore::Result<Option<UserId>> {
+        self.check(&self.down)?;
+        self.inner.reachable_peer(user, peer).await
+    }
+    async fn conversation_peers(&self, user: UserId, among: &[UserId]) -> chatcore::Result<Vec<UserId>> {
+        self.check(&self.down)?;
+        self.inner.conversation_peers(user, among).await
     }
     async fn feed_after(&self, after: Position, limit: u32) -> chatcore::Result<Vec<StoredEvent>> {
         self.check(&self.down)?;

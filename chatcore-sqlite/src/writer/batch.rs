@@ -316,6 +316,9 @@ impl Writer {
                     .execute(rusqlite::params![name, position])?;
                 Ok(Outcome::Unit(Ok(())))
             }
+            WriteOp::SetBlock {
+                blocker, blocked, on, ..
+            } => Ok(Outcome::User(self.set_block(*blocker, blocked, *on)?)),
             WriteOp::Insert { message, .. } => Ok(Outcome::Inserted(self.insert(message, created_at)?)),
             WriteOp::MarkRead {
                 reader, peer, up_to, ..
@@ -324,6 +327,58 @@ impl Writer {
                 sender, id, change, ..
             } => Ok(Outcome::Changed(self.change(*sender, *id, change, created_at)?)),
         }
+    }
+
+    /// Starts or ends `blocker`'s block of `blocked` (`Store::set_block`). Jobs later in the
+    /// batch (inserts, edits) see it: they run in this transaction after it.
+    fn set_block(&mut self, blocker: UserId, blocked: &Username, on: bool) -> rusqlite::Result<Result<User>> {
+        let Some(target) = self.resolve_in_tx(blocked)? else {
+            return Ok(Err(Error::NotFound(Entity::User)));
+        };
+        if target.id == blocker {
+            return Ok(Err(Error::invalid("you cannot block yourself")));
+        }
+        let changed = if on {
+            // Foreign keys are not enforced on this connection (see `connection.rs`). A
+            // removed user is still a user here (their row stays), as in every backend.
+            if let Err(Error::NotFound(entity)) = self.sender_exists(blocker)? {
+                return Ok(Err(Error::NotFound(entity)));
+            }
+            self.ctx
+                .conn
+                .prepare_cached(sql::INSERT_BLOCK)?
+                .execute(rusqlite::params![blocker.0, target.id.0, target.username.key()])?
+        } else {
+            self.ctx
+                .conn
+                .prepare_cached(sql::DELETE_BLOCK)?
+                .execute([blocker.0, target.id.0])?
+        };
+        if changed > 0 {
+            let delta: i64 = if on { 1 } else { -1 };
+            for user in [blocker, target.id] {
+                self.ctx
+                    .conn
+                    .prepare_cached(sql::ADD_BLOCK_COUNT)?
+                    .execute([user.0, delta])?;
+                // A user the batch already read: later jobs of the batch see the count.
+                if let Some(tail) = self.user_tails.get_mut(&user) {
+                    tail.blocks += delta;
+                }
+            }
+        }
+        Ok(Ok(target))
+    }
+
+    /// Whether a block stands between `a` and `b`, either way, in the open transaction.
+    fn blocked(&self, a: UserId, b: UserId) -> rusqlite::Result<bool> {
+        Ok(self
+            .ctx
+            .conn
+            .prepare_cached(sql::BLOCK_BETWEEN)?
+            .query_row([a.0, b.0], |_| Ok(()))
+            .optional()?
+            .is_some())
     }
 
     /// Edits or deletes message `id` for `sender` (`Store::change_message`'s rules, in its
@@ -362,6 +417,9 @@ impl Writer {
                 MessageChange::Edit { .. } => Err(Error::NotFound(Entity::Message)),
                 MessageChange::Delete => Ok(Changed { message, event: None }),
             });
+        }
+        if matches!(change, MessageChange::Edit { .. }) && self.blocked(sender_id, recipient_id)? {
+            return Ok(Err(Error::Forbidden(Forbidden::Blocked)));
         }
         if let MessageChange::Edit {
             not_before: Some(not_before),
@@ -583,12 +641,21 @@ impl Writer {
         }
         // Each participant's newest message before this one: ids follow commit order (one
         // writer), so it is the user's previous position (`Store` docs, "Positions").
-        let sender_previous = user_tail(conn, &mut self.user_tails, sender_id)?.last_id;
-        let recipient_previous = if recipient_id == sender_id {
-            sender_previous
+        let sender = user_tail(conn, &mut self.user_tails, sender_id)?;
+        let (sender_previous, sender_blocks) = (sender.last_id, sender.blocks);
+        let (recipient_previous, recipient_blocks) = if recipient_id == sender_id {
+            (sender_previous, 0)
         } else {
-            user_tail(conn, &mut self.user_tails, recipient_id)?.last_id
+            let recipient = user_tail(conn, &mut self.user_tails, recipient_id)?;
+            (recipient.last_id, recipient.blocks)
         };
+        // In the writer's transaction: a block committed before is seen, one queued after
+        // this insert in the batch comes after it (`Store::set_block`). A block between the
+        // two needs both to take part in one, which their counter rows (read just above)
+        // tell: most sends skip the lookup.
+        if sender_blocks > 0 && recipient_blocks > 0 && self.blocked(sender_id, recipient_id)? {
+            return Ok(Err(Error::Forbidden(Forbidden::Blocked)));
+        }
         let key = ConversationKey::new(sender_id, recipient_id);
         let (low, high) = (key.low().0, key.high().0);
         let id = self.next_position()?;
@@ -813,12 +880,15 @@ fn conversation_tail<'t>(
 }
 
 /// A user in the open transaction: the messages it added, the user's newest position (`0`
-/// for none), what it added to their unread total, and whether any of it changed.
+/// for none), what it added to their unread total, how many blocks they take part in, and
+/// whether any of the first three changed.
 #[derive(Default)]
 pub(super) struct UserTail {
     added: i64,
     last_id: i64,
     unread: i64,
+    /// The blocks the user takes part in, either side (kept in step by `set_block`).
+    blocks: i64,
     changed: bool,
 }
 
@@ -868,15 +938,16 @@ fn user_tail<'t>(
     Ok(match tails.entry(user) {
         Entry::Occupied(entry) => entry.into_mut(),
         Entry::Vacant(entry) => {
-            let last_id: i64 = conn
-                .prepare_cached(sql::USER_LAST_ID)?
-                .query_row([user.0], |row| row.get(0))
+            let (last_id, blocks) = conn
+                .prepare_cached(sql::USER_TAIL)?
+                .query_row([user.0], |row| Ok((row.get(0)?, row.get(1)?)))
                 .optional()?
-                .unwrap_or(0);
+                .unwrap_or((0, 0));
             entry.insert(UserTail {
                 added: 0,
                 last_id,
                 unread: 0,
+                blocks,
                 changed: false,
             })
         }

@@ -102,6 +102,13 @@ pub(crate) enum WriteOp {
         password_hash: String,
         reply: Reply<User>,
     },
+    /// A block started or ended (`Store::set_block`); answers the blocked user.
+    SetBlock {
+        blocker: UserId,
+        blocked: Username,
+        on: bool,
+        reply: Reply<User>,
+    },
     /// A feed consumer's checkpoint (`Store::save_checkpoint`).
     SaveCheckpoint {
         name: String,
@@ -135,7 +142,9 @@ impl WriteOp {
     fn answer(self, outcome: Outcome) {
         match (self, outcome) {
             (
-                WriteOp::CreateUser { reply, .. } | WriteOp::SetPasswordHash { reply, .. },
+                WriteOp::CreateUser { reply, .. }
+                | WriteOp::SetPasswordHash { reply, .. }
+                | WriteOp::SetBlock { reply, .. },
                 Outcome::User(result),
             ) => {
                 let _ = reply.send(result);
@@ -173,7 +182,9 @@ impl WriteOp {
 
     fn fail(self, error: Error) {
         match self {
-            WriteOp::CreateUser { reply, .. } | WriteOp::SetPasswordHash { reply, .. } => {
+            WriteOp::CreateUser { reply, .. }
+            | WriteOp::SetPasswordHash { reply, .. }
+            | WriteOp::SetBlock { reply, .. } => {
                 let _ = reply.send(Err(error));
             }
             WriteOp::CreateSession { reply, .. }

@@ -289,3 +289,192 @@ pub async fn removal_under_concurrent_sends_leaves_no_body(backend: Arc<dyn Back
         left.first()
     );
 }
+
+fn refused_as(result: Result<Inserted>, expected: Forbidden) -> bool {
+    matches!(result, Err(Error::Forbidden(why)) if why == expected)
+}
+
+/// Removal and blocks together: a removed sender's sends are refused as removed, to a user
+/// they block or who blocks them too (removal comes first); sends to them from a user either
+/// side of a block are refused as blocked; their block list stays; deleting their sent
+/// messages is never refused for a block; users outside the blocks are not touched.
+pub async fn removal_and_blocks_refuse_each_their_sends(backend: Arc<dyn Backend>) {
+    let (store, _) = stores(&backend);
+    let alice = user(&store, "alice").await;
+    let bob = user(&store, "bob").await;
+    let carol = user(&store, "carol").await;
+    let to_bob = send(&store, &alice, &bob, "before").await;
+    let to_carol = send(&store, &alice, &carol, "before").await;
+    store.set_block(alice.id, &name("bob"), true).await.unwrap();
+    store.set_block(carol.id, &name("ALICE"), true).await.unwrap();
+    for peer in [&bob, &carol] {
+        assert!(
+            refused_as(
+                store.insert_message(note(&alice, peer, "blocked")).await,
+                Forbidden::Blocked
+            ),
+            "{peer:?}"
+        );
+    }
+    store.remove_user(alice.id).await.unwrap();
+    for peer in [&bob, &carol] {
+        assert!(
+            refused_as(
+                store.insert_message(note(&alice, peer, "after")).await,
+                Forbidden::AccountRemoved
+            ),
+            "from the removed user to {peer:?}"
+        );
+        assert!(
+            refused_as(
+                store.insert_message(note(peer, &alice, "to her")).await,
+                Forbidden::Blocked
+            ),
+            "from {peer:?} to the removed user"
+        );
+    }
+    send(&store, &bob, &carol, "unblocked pair").await;
+    let query = BlockQuery {
+        after: None,
+        limit: 10,
+    };
+    assert_eq!(
+        store.blocked_users(alice.id, &query).await.unwrap(),
+        vec![bob.clone()]
+    );
+    assert_eq!(
+        store.blocked_users(carol.id, &query).await.unwrap(),
+        vec![alice.clone()]
+    );
+
+    let deleted = store
+        .delete_sent_messages(alice.id, MessageId(0), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        deleted.iter().map(|c| c.message.id).collect::<Vec<_>>(),
+        vec![to_bob.id, to_carol.id]
+    );
+    for changed in &deleted {
+        assert!(changed.message.deleted && changed.message.body.is_empty());
+        assert!(changed.event.is_some(), "a block does not refuse a deletion");
+    }
+    assert!(
+        store
+            .delete_sent_messages(alice.id, to_carol.id, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// The same under concurrent sends, so a backend that gathers sends into batches meets a
+/// removal, blocked pairs and free pairs in one batch: each send gets its own answer (a send
+/// of the removed user to a user she blocks is blocked until the removal and refused as
+/// removed once it has returned; a blocked pair is always refused; a free pair always
+/// stored), and nothing of a refused send is stored.
+pub async fn removal_and_blocks_under_concurrent_sends(backend: Arc<dyn Backend>) {
+    let (store, _) = stores(&backend);
+    let alice = user(&store, "alice").await;
+    let bob = user(&store, "bob").await;
+    let carol = user(&store, "carol").await;
+    let dave = user(&store, "dave").await;
+    let erin = user(&store, "erin").await;
+    let frank = user(&store, "frank").await;
+    store.set_block(alice.id, &name("bob"), true).await.unwrap();
+    store.set_block(dave.id, &name("carol"), true).await.unwrap();
+    let removed = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicBool::new(false));
+    // Sends stored by alice, then sends started after the removal, per task.
+    let stored = Arc::new(AtomicU64::new(0));
+    let after: Arc<[AtomicU64; 4]> = Arc::new(Default::default());
+    // (sender, recipient): alice to bob (blocked), alice to erin (free until the removal),
+    // carol to dave (blocked), erin to frank (free).
+    let pairs = [(&alice, &bob), (&alice, &erin), (&carol, &dave), (&erin, &frank)];
+    let tasks: Vec<_> = pairs
+        .into_iter()
+        .enumerate()
+        .map(|(task, (from, to))| {
+            let (store, from, to) = (store.clone(), from.clone(), to.clone());
+            let (removed, done, stored, after) =
+                (removed.clone(), done.clone(), stored.clone(), after.clone());
+            tokio::spawn(async move {
+                let mut kept = 0u64;
+                for n in 0.. {
+                    if done.load(Ordering::SeqCst) {
+                        return kept;
+                    }
+                    let removed_before = removed.load(Ordering::SeqCst);
+                    let result = store
+                        .insert_message(note(&from, &to, &format!("{task}/{n}")))
+                        .await;
+                    match (task, result) {
+                        (0 | 1, Err(Error::Forbidden(Forbidden::AccountRemoved))) => {}
+                        (0, Err(Error::Forbidden(Forbidden::Blocked))) => {
+                            assert!(!removed_before, "refused as blocked after the removal")
+                        }
+                        (1, Ok(_)) => {
+                            assert!(!removed_before, "a send started after the removal was stored");
+                            stored.fetch_add(1, Ordering::SeqCst);
+                        }
+                        (2, Err(Error::Forbidden(Forbidden::Blocked))) => {}
+                        (3, Ok(_)) => kept += 1,
+                        (task, other) => panic!("task {task}: unexpected answer {other:?}"),
+                    }
+                    if removed_before {
+                        after[task].fetch_add(1, Ordering::SeqCst);
+                    }
+                    // A store that answers without waiting (memory) would otherwise keep
+                    // this worker thread from the other tasks.
+                    tokio::task::yield_now().await;
+                }
+                unreachable!("the loop ends when told")
+            })
+        })
+        .collect();
+    let any_ended = |tasks: &[tokio::task::JoinHandle<u64>]| tasks.iter().any(|t| t.is_finished());
+    while stored.load(Ordering::SeqCst) < 20 && !any_ended(&tasks) {
+        tokio::task::yield_now().await;
+    }
+    store.remove_user(alice.id).await.unwrap();
+    removed.store(true, Ordering::SeqCst);
+    while after.iter().any(|n| n.load(Ordering::SeqCst) < 5) && !any_ended(&tasks) {
+        tokio::task::yield_now().await;
+    }
+    done.store(true, Ordering::SeqCst);
+    let mut kept = 0;
+    for task in tasks {
+        kept += task.await.expect("sender task");
+    }
+    let count = |a: &User, b: &User| {
+        let store = store.clone();
+        let (a, b) = (a.id, b.username.clone());
+        async move {
+            store
+                .conversation_page(
+                    a,
+                    &b,
+                    &PageRequest {
+                        before: None,
+                        offset: 0,
+                        limit: 1,
+                    },
+                )
+                .await
+                .unwrap()
+                .total
+        }
+    };
+    assert_eq!(
+        count(&alice, &bob).await,
+        0,
+        "nothing of a blocked send is stored"
+    );
+    assert_eq!(
+        count(&carol, &dave).await,
+        0,
+        "nothing of a blocked send is stored"
+    );
+    assert_eq!(count(&alice, &erin).await, stored.load(Ordering::SeqCst));
+    assert_eq!(count(&erin, &frank).await, kept);
+}

@@ -29,13 +29,17 @@
 //! - `inbox.rs`: the inbox, unread counts, read markers and read events.
 //! - `changes.rs`: edits and deletions, tombstones, their events; the paging an export
 //!   relies on.
+//! - `blocks.rs`: blocks between users (sends and edits refused both ways, under concurrent
+//!   sends too), the block list, and the two reads that join conversations and blocks
+//!   ([`Store::reachable_peer`], [`Store::conversation_peers`]).
 //! - `feed.rs`: the host's event feed ([`Store::feed_after`]) and checkpoints, and the
 //!   restart scenario a backend with durable storage runs by itself
 //!   ([`feed_resumes_after_a_restart`]).
 //! - `sessions.rs`: accounts, credentials, sessions and their expiry, ending all of a
 //!   user's sessions, new passwords.
 //! - `accounts.rs`: account removal ([`Store::remove_user`],
-//!   [`Store::delete_sent_messages`]) with its effects on sessions and credentials, run by
+//!   [`Store::delete_sent_messages`]) with its effects on sessions and credentials, and
+//!   alongside blocks (each refusal in its order, under concurrent sends too), run by
 //!   [`crate::account_conformance_tests!`] against a whole [`Backend`].
 
 use std::sync::Arc;
@@ -44,13 +48,14 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::store::{
-    Backend, Changed, ChangedMessage, Credentials, InboxPage, InboxRequest, Inserted, MarkedRead,
+    Backend, BlockQuery, Changed, ChangedMessage, Credentials, InboxPage, InboxRequest, Inserted, MarkedRead,
     MessageChange, MessagePage, PageRequest, SessionRecord, SessionStore, Store, StoredEvent, TokenHash,
     UserQuery,
 };
 use crate::{Entity, Error, Message, MessageId, NewMessage, Position, Result, User, UserId, Username};
 
 mod accounts;
+mod blocks;
 mod changes;
 mod feed;
 mod inbox;
@@ -60,6 +65,7 @@ mod sessions;
 mod users;
 
 pub use accounts::*;
+pub use blocks::*;
 pub use changes::*;
 pub use feed::*;
 pub use inbox::*;
@@ -141,6 +147,18 @@ impl<S: Store, G: Send + Sync + 'static> Store for GuardedStore<S, G> {
     }
     async fn change_message(&self, sender: UserId, id: MessageId, change: &MessageChange) -> Result<Changed> {
         self.store.change_message(sender, id, change).await
+    }
+    async fn set_block(&self, blocker: UserId, blocked: &Username, on: bool) -> Result<User> {
+        self.store.set_block(blocker, blocked, on).await
+    }
+    async fn blocked_users(&self, user: UserId, query: &BlockQuery) -> Result<Vec<User>> {
+        self.store.blocked_users(user, query).await
+    }
+    async fn reachable_peer(&self, user: UserId, peer: &Username) -> Result<Option<UserId>> {
+        self.store.reachable_peer(user, peer).await
+    }
+    async fn conversation_peers(&self, user: UserId, among: &[UserId]) -> Result<Vec<UserId>> {
+        self.store.conversation_peers(user, among).await
     }
     async fn feed_after(&self, after: Position, limit: u32) -> Result<Vec<StoredEvent>> {
         self.store.feed_after(after, limit).await
@@ -257,6 +275,13 @@ macro_rules! store_conformance_tests {
             changes_are_events_in_both_streams,
             concurrent_changes_and_sends_reveal_positions_in_order,
             export_pages_through_a_large_history,
+            blocks_refuse_sends_both_ways_and_store_nothing,
+            blocks_are_idempotent_and_listed_by_name,
+            block_errors,
+            blocked_edits_are_refused_and_deletes_allowed,
+            no_send_lands_after_a_block_is_confirmed,
+            reachable_peer_needs_a_conversation_and_no_block,
+            conversation_peers_are_the_listed_users_with_a_conversation,
         );
     };
 }
@@ -276,7 +301,6 @@ macro_rules! session_store_conformance_tests {
     };
 }
 
-/// The expansion both suites share: one test per case. Not for direct use.
 /// Runs the account removal scenarios (`accounts.rs`) against a backend that is both a
 /// [`Store`] and a [`SessionStore`] over one database: `$factory` returns a fresh
 /// `Arc<dyn chatcore::Backend>` (e.g. a [`GuardedStore`] around a migrated store).
@@ -294,10 +318,13 @@ macro_rules! account_conformance_tests {
             removed_accounts_keep_their_name_and_lose_everything_else,
             deleting_sent_messages_pages_oldest_first_and_skips_tombstones,
             removal_under_concurrent_sends_leaves_no_body,
+            removal_and_blocks_refuse_each_their_sends,
+            removal_and_blocks_under_concurrent_sends,
         );
     };
 }
 
+/// The expansion the suites share: one test per case. Not for direct use.
 #[doc(hidden)]
 #[macro_export]
 macro_rules! conformance_cases {
@@ -340,6 +367,23 @@ pub(crate) async fn send_keyed(
         })
         .await
         .expect("insert message")
+}
+
+/// Inserts a message from `from` to the user named `to` (as written) without a key.
+pub(crate) async fn try_send_to(
+    store: &Arc<dyn Store>,
+    from: &User,
+    to: &str,
+    body: &str,
+) -> Result<Inserted> {
+    store
+        .insert_message(NewMessage {
+            sender: from.clone(),
+            recipient: name(to),
+            body: body.to_owned(),
+            idempotency_key: None,
+        })
+        .await
 }
 
 /// What a page at `offset` with `limit` holds of `newest_first`.

@@ -49,13 +49,7 @@ pub async fn users_are_unique_and_findable(store: Arc<dyn Store>) {
 }
 
 async fn send_to_name(store: &Arc<dyn Store>, from: &User, to: &str, body: &str) -> Message {
-    store
-        .insert_message(NewMessage {
-            sender: from.clone(),
-            recipient: name(to),
-            body: body.to_owned(),
-            idempotency_key: None,
-        })
+    try_send_to(store, from, to, body)
         .await
         .expect("insert message")
         .message

@@ -5,8 +5,10 @@
 //! ```
 //!
 //! - `POST /hook`: checks the signature (`X-Chatcore-Signature` over `<timestamp>.<body>`; a
-//!   wrong one is answered 401 and counted), answers 204, and for a message records its lag:
-//!   the time of receipt minus the message's `timestamp` (its commit).
+//!   wrong one is answered 401 and counted), answers 204, and for each message records its
+//!   lag: the time of receipt minus the message's `timestamp` (its commit). Takes one event
+//!   per POST or `{"events":[...]}` (`--webhook-events-per-post`); counts events, and
+//!   duplicates by position.
 //! - `POST /policy`: answers `{"action":"allow"}`.
 //! - `GET /stats`: `{"received","bad_signatures","duplicates","lag_ms":{"p50","p99","max"}}`
 //!   since the last `GET /stats`, then starts again.
@@ -27,7 +29,7 @@ struct Stats {
     lags_us: Vec<u64>,
     received: u64,
     bad_signatures: u64,
-    deliveries: HashSet<String>,
+    positions: HashSet<i64>,
     duplicates: u64,
 }
 
@@ -83,27 +85,30 @@ async fn hook(State(sink): State<Arc<Sink>>, headers: HeaderMap, body: Bytes) ->
         sink.stats.lock().unwrap().bad_signatures += 1;
         return StatusCode::UNAUTHORIZED;
     }
-    let Ok(event) = serde_json::from_slice::<Value>(&body) else {
+    let Ok(payload) = serde_json::from_slice::<Value>(&body) else {
         return StatusCode::BAD_REQUEST;
     };
-    let committed = event["data"]["timestamp"]
-        .as_str()
-        .and_then(|timestamp| chrono::DateTime::parse_from_rfc3339(timestamp).ok());
+    // One event, or `{"events": [...]}` with --webhook-events-per-post above 1.
+    let events = match payload.get("events").and_then(Value::as_array) {
+        Some(events) => events.clone(),
+        None => vec![payload],
+    };
     let mut stats = sink.stats.lock().unwrap();
-    stats.received += 1;
-    let delivery = headers
-        .get("x-chatcore-delivery")
-        .and_then(|value| value.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    if !stats.deliveries.insert(delivery) {
-        stats.duplicates += 1;
-    }
-    if let Some(committed) = committed {
-        let lag = (now - committed.with_timezone(&chrono::Utc))
-            .num_microseconds()
-            .unwrap_or(0);
-        stats.lags_us.push(lag.max(0) as u64);
+    for event in events {
+        stats.received += 1;
+        // Positions are unique and survive any batching: the key for duplicates.
+        if !stats.positions.insert(event["position"].as_i64().unwrap_or(-1)) {
+            stats.duplicates += 1;
+        }
+        let committed = event["data"]["timestamp"]
+            .as_str()
+            .and_then(|timestamp| chrono::DateTime::parse_from_rfc3339(timestamp).ok());
+        if let Some(committed) = committed {
+            let lag = (now - committed.with_timezone(&chrono::Utc))
+                .num_microseconds()
+                .unwrap_or(0);
+            stats.lags_us.push(lag.max(0) as u64);
+        }
     }
     StatusCode::NO_CONTENT
 }

@@ -151,11 +151,15 @@ impl App {
                 options.hooks.signer()?,
             )));
         }
+        if options.bench_allow_all_policy {
+            chat = chat.with_send_policy(Arc::new(hooks::policy::AllowAll));
+        }
         let sessions = SessionAuthenticator::new(backend.clone(), options.session_config())?;
         let api_config = ApiConfig {
             max_request_body: options.max_request_bytes,
             ws_ping_interval: std::time::Duration::from_secs(options.ws_ping_secs.max(1)),
             ws_ping_timeout: std::time::Duration::from_secs(options.ws_ping_timeout_secs.max(1)),
+            ws_send_timeout: std::time::Duration::from_millis(options.ws_send_timeout_ms),
             trusted_origins: options.trusted_origin.clone(),
             ws_gather_frames: options.ws_gather_frames,
             ws_gap_wait: std::time::Duration::from_millis(options.ws_gap_wait_ms),

@@ -241,7 +241,8 @@ pub struct ServerOptions {
     #[arg(long, global = true, env = "CHAT_MAX_PAGE_OFFSET", default_value_t = 3000)]
     pub max_page_offset: u32,
 
-    /// Users per directory page when the client asks for no size, and the most it may ask for.
+    /// Users per directory page (and page of `GET /api/v1/block/`) when the client asks for no
+    /// size, and the most it may ask for.
     #[arg(long, global = true, env = "CHAT_USER_PAGE_SIZE", default_value_t = 1000)]
     pub user_page_size: u32,
 
@@ -301,6 +302,12 @@ pub struct ServerOptions {
         default_value_t = 60
     )]
     pub ws_session_recheck_secs: u64,
+
+    /// Milliseconds a WebSocket client may take to accept one frame (its receive window
+    /// full); past it the socket is dropped as lagging (counted in
+    /// `chatcore_ws_closed_total{reason="lagging"}`) and the client reconnects with `since`.
+    #[arg(long, global = true, env = "CHAT_WS_SEND_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub ws_send_timeout_ms: u64,
 
     /// Presence: who is online, told to the users who share a conversation with them
     /// (`presence` frames, `online`/`last_seen` in the inbox and the directory),
@@ -482,6 +489,11 @@ pub struct ServerOptions {
     /// load generator compares against. Off by default.
     #[arg(long, global = true, env = "CHAT_BENCH_ENDPOINTS")]
     pub bench_endpoints: bool,
+
+    /// Install an in-process send policy that allows every message: what the policy hook
+    /// itself costs a send, for benchmarks (it changes no answer). Off by default.
+    #[arg(long, global = true, env = "CHAT_BENCH_ALLOW_ALL_POLICY")]
+    pub bench_allow_all_policy: bool,
 
     /// Prometheus metrics: `on` (a recorder, and `/metrics` in the Prometheus text format) or
     /// `off` (nothing measured or served; the same binary measured both ways shows what

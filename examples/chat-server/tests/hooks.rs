@@ -404,6 +404,102 @@ async fn webhooks_are_signed_with_the_secret() {
     );
 }
 
+/// With `--webhook-events-per-post 5`, events arrive as `{"events":[...]}` POSTs of at most
+/// five frames (and never more than one feed read, `--webhook-batch 7`), signed, in feed
+/// order across conversations, with `<endpoint>-<first>-<last>` delivery ids; a failed batch
+/// is retried whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_can_carry_several_events_per_post() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start().await;
+    receiver.state.refuse_with.lock().unwrap().push(500);
+    let url = receiver.hook_url();
+    // The events are written first, without webhooks, so the feed reads' sizes are known: a
+    // new endpoint starts from the first event.
+    let mut server = ServerProcess::start(dir.path(), &flags(&[])).await;
+    let http = reqwest::Client::new();
+    let alice = sign_up(&http, &server.base, "alice").await;
+    let bob = sign_up(&http, &server.base, "bob").await;
+    let carol = sign_up(&http, &server.base, "carol").await;
+    let mut ids = Vec::new();
+    for round in 0..6 {
+        ids.push(send_ok(&http, &server.base, &alice, "bob", &format!("a{round}")).await);
+        ids.push(send_ok(&http, &server.base, &carol, "alice", &format!("c{round}")).await);
+    }
+    let read = post(
+        &http,
+        format!("{}/api/v1/conversation/alice/read", server.base),
+        Some(&bob),
+        json!({"up_to": ids[10]}),
+    )
+    .await;
+    assert_eq!(read.status(), 200);
+    server.child.kill().await.unwrap();
+    let _server = ServerProcess::start(
+        dir.path(),
+        &flags(&[
+            "--webhook-url",
+            &url,
+            "--webhook-secret",
+            SECRET,
+            "--webhook-events-per-post",
+            "5",
+            "--webhook-batch",
+            "7",
+        ]),
+    )
+    .await;
+    let events_of = |request: &Received| request.json["events"].as_array().unwrap().clone();
+    receiver
+        .wait_for("thirteen events", |state| {
+            let accepted = state.accepted.lock().unwrap();
+            accepted
+                .iter()
+                .map(|r| r.json["events"].as_array().unwrap().len())
+                .sum::<usize>()
+                >= 13
+        })
+        .await;
+
+    let accepted = receiver.accepted();
+    let mut positions = Vec::new();
+    for request in &accepted {
+        let timestamp = request.header("x-chatcore-timestamp");
+        assert_eq!(
+            request.header("x-chatcore-signature"),
+            hmac_hex(SECRET, timestamp, &request.body)
+        );
+        assert_eq!(request.header("x-chatcore-event"), "batch");
+        let events = events_of(request);
+        assert!(
+            (1..=5).contains(&events.len()),
+            "{} events in one POST",
+            events.len()
+        );
+        let first = events[0]["position"].as_i64().unwrap();
+        let last = events[events.len() - 1]["position"].as_i64().unwrap();
+        let delivery = request.header("x-chatcore-delivery");
+        assert!(delivery.ends_with(&format!("-{first}-{last}")), "{delivery}");
+        positions.extend(events.iter().map(|event| event["position"].as_i64().unwrap()));
+    }
+    let mut expected = ids.clone();
+    expected.push(positions[positions.len() - 1]);
+    assert_eq!(positions, expected, "every event once, in feed order");
+    let last = &events_of(&accepted[accepted.len() - 1]);
+    assert_eq!(last[last.len() - 1]["type"], "read");
+    assert_eq!(events_of(&accepted[0])[0]["data"]["body"], "a0");
+    // The first POST was answered 500 and came again whole: same delivery id, attempt 2.
+    let attempts = receiver.state.attempts.lock().unwrap().clone();
+    assert_eq!(attempts[0].2, 500);
+    assert_eq!(
+        (attempts[1].0.as_str(), attempts[1].1.as_str(), attempts[1].2),
+        (attempts[0].0.as_str(), "2", 200)
+    );
+    // Seven events per feed read, five per POST: 5 + 2 + 5 + 1 events.
+    let sizes: Vec<usize> = accepted.iter().map(|r| events_of(r).len()).collect();
+    assert_eq!(sizes, [5, 2, 5, 1]);
+}
+
 /// A delivery answered 500, 500, then 400 is retried (same delivery id, attempts 1 to 4)
 /// until the receiver takes it, and counted; the next event waits for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

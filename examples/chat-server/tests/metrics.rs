@@ -328,3 +328,113 @@ async fn metrics_listen_serves_metrics_apart_and_metrics_off_serves_none() {
         String::from_utf8_lossy(&contradiction.stderr).contains("--metrics off contradicts --metrics-listen")
     );
 }
+
+/// A client that stops reading fills its receive window; the server gives up on it after
+/// `--ws-send-timeout-ms`, drops it (counted as `lagging`) and goes on serving the user's
+/// other socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_dropped_as_lagging() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(
+        dir.path(),
+        &[
+            "--database",
+            "sqlite://chat.db",
+            "--ws-send-timeout-ms",
+            "300",
+            "--max-message-chars",
+            "60000",
+            "--max-request-bytes",
+            "262144",
+            "--send-rate-per-sec",
+            "0",
+            "--send-burst",
+            "0",
+        ],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let base = &server.base;
+    let metrics_url = format!("{base}/metrics");
+    let alice = sign_up(&http, base, "alice").await;
+    let bob = sign_up(&http, base, "bob").await;
+
+    // The stalled client: a small receive buffer, and it never reads.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(server.addr.parse().unwrap()).await.unwrap();
+    let mut request = format!("ws://{}/ws", server.addr).into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {bob}").parse().unwrap());
+    let (mut stalled, _) = tokio_tungstenite::client_async(request, stream).await.unwrap();
+    let mut healthy = open_socket(&server.addr, "/ws", &bob).await;
+    scrape_until(&http, &metrics_url, |s| {
+        value(s, "chatcore_ws_open_sockets", &[]) == Some(2.0)
+    })
+    .await;
+
+    let body = "x".repeat(50_000);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut sent = 0;
+    let last = loop {
+        let answer = post(
+            &http,
+            format!("{base}/api/v1/message/"),
+            Some(&alice),
+            json!({"recipient": "bob", "body": format!("{sent} {body}")}),
+        )
+        .await;
+        assert_eq!(answer.status(), 201);
+        let id = answer.json::<Value>().await.unwrap()["id"].as_i64().unwrap();
+        sent += 1;
+        // The healthy socket keeps up with every message, the stalled one does not.
+        assert_eq!(next_frame(&mut healthy).await["position"], id);
+        if sent % 5 == 0 {
+            let samples = scrape(&http, &metrics_url).await;
+            if value(&samples, "chatcore_ws_closed_total", &[("reason", "lagging")]) == Some(1.0) {
+                break id;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{sent} messages of 50 KB and the stalled socket is still open"
+        );
+    };
+    let after = scrape_until(&http, &metrics_url, |s| {
+        value(s, "chatcore_ws_open_sockets", &[]) == Some(1.0)
+    })
+    .await;
+    assert_eq!(
+        value(&after, "chatcore_ws_closed_total", &[]),
+        Some(1.0),
+        "only the stalled one"
+    );
+
+    // The stalled client finds its stream cut short: what the kernel held, then the end,
+    // without the last message.
+    let mut positions = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(Ok(frame)) = stalled.next().await {
+            if let Frame::Text(text) = frame {
+                let frame: Value = serde_json::from_str(&text).unwrap();
+                positions.extend(frame["position"].as_i64());
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the server ended the stalled socket");
+    assert!(!positions.contains(&last), "{positions:?} holds {last}");
+
+    // The healthy one still gets what comes next.
+    let answer = post(
+        &http,
+        format!("{base}/api/v1/message/"),
+        Some(&alice),
+        json!({"recipient": "bob", "body": "still here?"}),
+    )
+    .await;
+    let id = answer.json::<Value>().await.unwrap()["id"].as_i64().unwrap();
+    assert_eq!(next_frame(&mut healthy).await["position"], id);
+}

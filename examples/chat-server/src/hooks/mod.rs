@@ -22,9 +22,11 @@ pub const SIGNATURE_HEADER: &str = "x-chatcore-signature";
 /// The header that carries the signed Unix time in seconds, so a receiver can refuse replays.
 pub const TIMESTAMP_HEADER: &str = "x-chatcore-timestamp";
 /// The header that carries a webhook delivery's id: the same on every attempt of one event
-/// to one endpoint (`<endpoint id>-<position>`), so a receiver can drop duplicates.
+/// to one endpoint (`<endpoint id>-<position>`; `<endpoint id>-<first>-<last>` for a POST of
+/// several events), so a receiver can drop duplicates.
 pub const DELIVERY_HEADER: &str = "x-chatcore-delivery";
-/// The header that carries the event's kind (`message`, `read`).
+/// The header that carries the event's kind (`message`, `read`, `edit`, `delete`), or
+/// `batch` for a POST of several events (`--webhook-events-per-post`).
 pub const EVENT_HEADER: &str = "x-chatcore-event";
 /// The header that carries the attempt number of a webhook delivery, from 1.
 pub const ATTEMPT_HEADER: &str = "x-chatcore-attempt";
@@ -73,6 +75,13 @@ pub struct HookOptions {
     /// everything: the longest a new event waits before its delivery starts.
     #[arg(global = true, long, env = "CHAT_WEBHOOK_POLL_MS", default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
     pub webhook_poll_ms: u64,
+
+    /// Events per POST: 1 (each event alone, its `/ws` frame as the body; conversations
+    /// delivered concurrently) or more (`{"events":[...]}` in feed order, one POST at a time:
+    /// far fewer requests under load). A POST never holds more than one feed read
+    /// (--webhook-batch).
+    #[arg(global = true, long, env = "CHAT_WEBHOOK_EVENTS_PER_POST", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub webhook_events_per_post: u32,
 
     /// Ask this http(s) URL before each send: it gets `{"sender","recipient","body"}` and
     /// answers `{"action":"allow"}`, `{"action":"reject","reason":"...","status":403|422}` or

@@ -108,6 +108,18 @@ impl HttpPolicy {
     }
 }
 
+/// A policy that allows every message, in process (`--bench-allow-all-policy`): what the
+/// policy hook costs a send without any work of its own.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AllowAll;
+
+#[async_trait]
+impl SendPolicy for AllowAll {
+    async fn check(&self, _draft: &Draft<'_>) -> Result<Verdict, BoxError> {
+        Ok(Verdict::Allow)
+    }
+}
+
 #[async_trait]
 impl SendPolicy for HttpPolicy {
     async fn check(&self, draft: &Draft<'_>) -> Result<Verdict, BoxError> {

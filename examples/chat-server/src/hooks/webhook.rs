@@ -108,6 +108,7 @@ impl Webhooks {
                 config,
                 Duration::from_millis(options.webhook_timeout_ms),
                 usize::try_from(options.webhook_concurrency).unwrap_or(usize::MAX),
+                usize::try_from(options.webhook_events_per_post).unwrap_or(usize::MAX),
             );
             let mut stopped = stopped.clone();
             tasks.push(tokio::spawn(async move {
@@ -195,6 +196,8 @@ struct WebhookHandler {
     retry: FeedConsumerConfig,
     timeout: Duration,
     concurrency: usize,
+    /// `--webhook-events-per-post`: 1 sends each event alone, by conversation.
+    events_per_post: usize,
     metrics: EndpointMetrics,
 }
 
@@ -205,6 +208,7 @@ impl WebhookHandler {
         retry: FeedConsumerConfig,
         timeout: Duration,
         concurrency: usize,
+        events_per_post: usize,
     ) -> Self {
         let metrics = EndpointMetrics::new(&endpoint.id);
         Self {
@@ -213,26 +217,24 @@ impl WebhookHandler {
             retry,
             timeout,
             concurrency,
+            events_per_post: events_per_post.max(1),
             metrics,
         }
     }
 
-    /// Delivers `event`, retrying with backoff until the endpoint accepts it (2xx). Every
+    /// Delivers `post`, retrying with backoff until the endpoint accepts it (2xx). Every
     /// other answer is retried, 4xx included: an event is never dropped by the server; a
     /// receiver that wants to drop one answers 2xx.
-    async fn deliver(&self, event: &StoredEvent) {
-        let rendered = event.render();
-        let body: Bytes = rendered.frame().clone();
-        let kind = rendered.kind().as_str();
-        let delivery = format!("{}-{}", self.endpoint.id, event.position().0);
+    async fn deliver(&self, post: &Post) {
         let mut failures = 0u32;
         loop {
             let attempt = failures + 1;
-            let outcome = self.attempt(&body, kind, &delivery, attempt).await;
+            let outcome = self.attempt(&post.body, post.kind, &post.delivery, attempt).await;
             self.metrics.count(outcome.0);
             if outcome.0 == Outcome::Delivered {
-                if let StoredEvent::Message(message) = event {
-                    let lag = chrono::Utc::now() - message.created_at;
+                let now = chrono::Utc::now();
+                for committed in &post.committed {
+                    let lag = now - *committed;
                     self.metrics
                         .lag
                         .record(lag.to_std().unwrap_or_default().as_secs_f64());
@@ -243,7 +245,7 @@ impl WebhookHandler {
             let wait = self.retry.backoff(failures);
             let fields = (
                 self.endpoint.id.as_str(),
-                delivery.as_str(),
+                post.delivery.as_str(),
                 outcome.1.as_str(),
                 wait.as_millis() as u64,
             );
@@ -327,12 +329,20 @@ impl FeedHandler for WebhookHandler {
     /// Delivers every event of the batch (never fails: a failed delivery is retried here, so
     /// the checkpoint moves only past delivered events and other conversations go on).
     async fn handle(&self, events: &[StoredEvent]) -> Result<(), BoxError> {
+        if self.events_per_post > 1 {
+            // Several events per POST: the batch's events in feed order, one POST after the
+            // other, so the order holds across conversations too.
+            for chunk in events.chunks(self.events_per_post) {
+                self.deliver(&Post::batch(&self.endpoint.id, chunk)).await;
+            }
+            return Ok(());
+        }
         let deliveries: Vec<futures_util::future::BoxFuture<'_, ()>> = by_conversation(events)
             .into_iter()
             .map(|conversation| {
                 Box::pin(async move {
                     for event in conversation {
-                        self.deliver(event).await;
+                        self.deliver(&Post::single(&self.endpoint.id, event)).await;
                     }
                 }) as futures_util::future::BoxFuture<'_, ()>
             })
@@ -342,6 +352,67 @@ impl FeedHandler for WebhookHandler {
             .collect::<()>()
             .await;
         Ok(())
+    }
+}
+
+/// What one POST carries: its body, its [`EVENT_HEADER`] and [`DELIVERY_HEADER`], and the
+/// commit times of the messages in it (for the lag histogram).
+struct Post {
+    body: Bytes,
+    kind: &'static str,
+    delivery: String,
+    committed: Vec<chrono::DateTime<chrono::Utc>>,
+}
+
+impl Post {
+    /// One event: its `/ws` frame as the body, delivery id `<endpoint>-<position>`.
+    fn single(endpoint: &str, event: &StoredEvent) -> Self {
+        let rendered = event.render();
+        Self {
+            body: rendered.frame().clone(),
+            kind: rendered.kind().as_str(),
+            delivery: format!("{endpoint}-{}", event.position().0),
+            committed: committed(event).into_iter().collect(),
+        }
+    }
+
+    /// Several events (feed order) as `{"events":[<frame>,...]}`: the frames' bytes as
+    /// rendered once, joined (nothing serialized again). Delivery id
+    /// `<endpoint>-<first position>-<last position>`, kind `batch`.
+    fn batch(endpoint: &str, events: &[StoredEvent]) -> Self {
+        let rendered: Vec<_> = events.iter().map(StoredEvent::render).collect();
+        let length = rendered
+            .iter()
+            .map(|event| event.frame().len() + 1)
+            .sum::<usize>();
+        let mut body = Vec::with_capacity(length + 12);
+        body.extend_from_slice(b"{\"events\":[");
+        for (n, event) in rendered.iter().enumerate() {
+            if n > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(event.frame());
+        }
+        body.extend_from_slice(b"]}");
+        let first = events.first().map_or(0, |event| event.position().0);
+        let last = events.last().map_or(0, |event| event.position().0);
+        Self {
+            body: body.into(),
+            kind: BATCH_KIND,
+            delivery: format!("{endpoint}-{first}-{last}"),
+            committed: events.iter().filter_map(committed).collect(),
+        }
+    }
+}
+
+/// The [`EVENT_HEADER`] of a POST that carries several events.
+pub const BATCH_KIND: &str = "batch";
+
+/// When a message event's message was committed (its timestamp); None for other events.
+fn committed(event: &StoredEvent) -> Option<chrono::DateTime<chrono::Utc>> {
+    match event {
+        StoredEvent::Message(message) => Some(message.created_at),
+        _ => None,
     }
 }
 
