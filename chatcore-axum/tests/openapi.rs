@@ -177,7 +177,7 @@ async fn the_router_takes_exactly_the_described_methods() {
                     .unwrap();
                 let response = router.clone().oneshot(request).await.unwrap();
                 let status = response.status();
-                let body = axum::body::to_bytes(response.into_body(), 1 << 16).await.unwrap();
+                let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
                 let described = operations.contains(&(path.clone(), method.to_string()));
                 if described {
                     assert_ne!(

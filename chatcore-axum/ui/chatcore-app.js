@@ -25,6 +25,11 @@ const HASH_KEY = "chat=";
 // The counter appears once a message is this close to the server's limit.
 const COUNTER_MARGIN = 0.9;
 const OFFLINE = "Cannot reach the chat server. Check your connection and try again.";
+// The server relays typing for a few seconds (`expires_in_ms`); renewed at most this often.
+const TYPING_EVERY_MS = 3000;
+// How often "last seen 5 min ago" is redrawn.
+const CLOCK_MS = 20000;
+const DELETED = "Message deleted";
 
 // Static markup only: nothing from a user or the server is ever put into it.
 const MARKUP = `
@@ -54,6 +59,7 @@ const MARKUP = `
   <aside id="sidebar" aria-label="Conversations">
     <header class="bar">
       <span id="me" class="me" dir="auto"></span>
+      <button id="settings-button" type="button" class="link" aria-haspopup="dialog">Settings</button>
       <button id="logout-button" type="button" class="link">Log out</button>
     </header>
     <input id="user-search" type="search" placeholder="Search people…" dir="auto"
@@ -73,7 +79,11 @@ const MARKUP = `
   <section id="conversation" aria-labelledby="partner">
     <header class="bar">
       <button id="back-button" type="button" class="link" aria-label="Back to conversations">&larr;</button>
-      <h2 id="partner" dir="auto" tabindex="-1">No conversation open</h2>
+      <div class="who">
+        <h2 id="partner" dir="auto" tabindex="-1">No conversation open</h2>
+        <p id="partner-status" class="partner-status" hidden></p>
+      </div>
+      <button id="block-button" type="button" class="link" hidden>Block</button>
       <span id="connection" class="status" title="Live updates">offline</span>
     </header>
     <div id="banner" class="banner" role="status" hidden>
@@ -81,9 +91,21 @@ const MARKUP = `
       <button id="retry-now" type="button" class="secondary">Retry now</button>
     </div>
     <p id="pick" class="hint pick">Choose a conversation, or search for someone to write to.</p>
+    <div id="message-menu" class="menu" role="menu" aria-label="Message actions" hidden>
+      <button id="menu-edit" type="button" role="menuitem" tabindex="-1">Edit</button>
+      <button id="menu-delete" type="button" role="menuitem" tabindex="-1">Delete</button>
+    </div>
     <div id="messages" tabindex="-1">
       <button id="load-older" type="button" class="secondary" hidden>Load older</button>
       <ol id="message-list" aria-label="Messages"></ol>
+    </div>
+    <div id="blocked-note" class="blocked-note" hidden>
+      <p id="blocked-text"></p>
+      <button id="unblock-button" type="button" class="secondary">Unblock</button>
+    </div>
+    <div id="editing-bar" class="editing-bar" hidden>
+      <span id="editing-text">Editing your message: Enter saves, Escape cancels.</span>
+      <button id="edit-cancel" type="button" class="link">Cancel</button>
     </div>
     <form id="send-form" hidden>
       <textarea id="send-body" rows="1" aria-describedby="send-counter"></textarea>
@@ -98,6 +120,38 @@ const MARKUP = `
   <!-- Only messages that arrive live are announced, never a page of history being loaded. -->
   <div id="announcer" class="visually-hidden" aria-live="polite"></div>
 </div>
+
+<dialog id="settings" aria-labelledby="settings-title">
+  <header class="dialog-head">
+    <h2 id="settings-title">Settings</h2>
+    <button id="settings-close" type="button" class="link">Close</button>
+  </header>
+  <p class="hint">Logged in as <bdi id="settings-me"></bdi>.</p>
+  <section aria-labelledby="blocked-title">
+    <h3 id="blocked-title">Blocked people</h3>
+    <p id="blocked-none" class="hint">You have blocked nobody.</p>
+    <ul id="blocked-list" class="blocked-list"></ul>
+    <p id="blocked-error" class="error" role="alert"></p>
+  </section>
+  <section aria-labelledby="delete-title">
+    <h3 id="delete-title">Delete your account</h3>
+    <p class="hint">Your messages become “Message deleted” for the people you wrote to, you are logged out
+      everywhere, and your name stays reserved. This cannot be undone.</p>
+    <form id="delete-form">
+      <label>Your password <input id="delete-password" type="password" required autocomplete="current-password"></label>
+      <button type="submit" id="delete-account" class="danger">Delete my account…</button>
+    </form>
+    <p id="delete-error" class="error" role="alert"></p>
+  </section>
+</dialog>
+
+<dialog id="confirm" aria-labelledby="confirm-text">
+  <p id="confirm-text"></p>
+  <div class="row end">
+    <button id="confirm-cancel" type="button" class="secondary">Cancel</button>
+    <button id="confirm-ok" type="button" class="danger"></button>
+  </div>
+</dialog>
 </div>`;
 
 class ApiError extends Error {
@@ -133,6 +187,22 @@ function dayLabel(date) {
   const options = { weekday: "long", month: "long", day: "numeric" };
   if (date.getFullYear() !== now.getFullYear()) options.year = "numeric";
   return date.toLocaleDateString([], options);
+}
+
+// "just now", "5 min ago", "2 hours ago", "yesterday at 10:05", "on Mar 3": when someone was
+// last online, from `now`.
+export function lastSeenText(date, now = new Date()) {
+  const minutes = Math.floor(Math.max(0, now - date) / 60000);
+  if (minutes < 1) return "just now";
+  if (minutes < 60) return `${minutes} min ago`;
+  const hours = Math.floor(minutes / 60);
+  if (hours < 24) return hours === 1 ? "1 hour ago" : `${hours} hours ago`;
+  const yesterday = new Date(now);
+  yesterday.setDate(now.getDate() - 1);
+  if (sameDay(date, yesterday)) return `yesterday at ${clockTime(date)}`;
+  const options = { month: "short", day: "numeric" };
+  if (date.getFullYear() !== now.getFullYear()) options.year = "numeric";
+  return `on ${date.toLocaleDateString([], options)}`;
 }
 
 function dayKey(date) {
@@ -187,7 +257,7 @@ function freshState() {
     oldestShown: null,      // id of the oldest message drawn, for "load older"
     newestShown: null,      // id of the newest message drawn, what a read marker moves to
     newestFromPeer: null,   // id of the peer's newest message drawn: nothing newer, nothing to mark
-    shownIds: new Set(),    // ids drawn in the open conversation (no duplicates)
+    shown: new Map(),       // id -> message drawn in the open conversation (no duplicates)
     lastEventId: null,      // highest position this page has heard of, for ?since= on reconnect
     conversations: new Map(), // peer -> {peer, last_message, unread, read_up_to, peer_read_up_to}
     unreadTotal: 0,         // over every conversation, including those not loaded yet
@@ -202,6 +272,15 @@ function freshState() {
     reconnectTimer: null,
     reconnectAt: 0,
     pushedHistory: false,   // this element pushed the open conversation onto the history
+    editing: null,          // {id, draft}: the composer edits message `id`; `draft` comes back after
+    presence: new Map(),    // username -> {online, last_seen}, as the server last told
+    typingFrom: new Map(),  // username -> timer: they are typing to me until it fires
+    typingTo: null,         // whom this page last told "typing" (and has not told "stop")
+    typingSentAt: 0,
+    blocked: new Map(),     // lower-cased username -> username, the people I block
+    blocking: true,         // the server has the block routes
+    leaving: false,         // the account is being deleted: its socket's close is expected
+    connectedOnce: false,   // a socket of this session has opened before (the next is a reconnect)
   };
 }
 
@@ -214,8 +293,9 @@ function mount(host) {
   const loginUrl = host.getAttribute("login-url");
   const useHistory = host.getAttribute("history") !== "off";
   const touch = window.matchMedia("(pointer: coarse)").matches;
-  // A host that logs people in also logs them out.
+  // A host that logs people in also logs them out, and keeps their accounts.
   $("logout-button").hidden = loginUrl !== null;
+  $("delete-title").parentElement.hidden = loginUrl !== null;
   const cleanups = [];
   let state = freshState();
   // Bumped on every logout and login: answers to requests of an earlier session are dropped.
@@ -316,6 +396,11 @@ function mount(host) {
   // Forgets every piece of the previous user's state: data, screen, timers, socket, and
   // (when `forgetUrl`, on logging out) the conversation in the URL.
   function reset(forgetUrl) {
+    stopTyping();
+    for (const timer of state.typingFrom.values()) clearTimeout(timer);
+    closeMenu(false);
+    if (confirming) confirming.finish(false);
+    if ($("settings").open) $("settings").close();
     epoch += 1;
     closeSocket();
     clearTimeout(refreshTimer);
@@ -336,6 +421,12 @@ function mount(host) {
     showDirectory(false);
     $("announcer").textContent = "";
     $("send-body").value = "";
+    $("delete-password").value = "";
+    $("delete-error").textContent = "";
+    $("blocked-list").replaceChildren();
+    $("settings-me").textContent = "";
+    drawBlocked();
+    drawPartnerStatus();
     drawComposer();
     clearProblem();
     setTitle();
@@ -352,6 +443,8 @@ function mount(host) {
       $("host-login").hidden = false;
     } else {
       $("auth").hidden = false;
+      // The name the previous user logged in with is theirs too.
+      if (hadUser) $("auth-username").value = "";
       $("auth-error").textContent = message;
       $("auth-username").focus();
     }
@@ -399,6 +492,7 @@ function mount(host) {
   function mergeConversations(results) {
     let overtaken = false;
     for (const fetched of results) {
+      learnPresence(fetched.peer, fetched.online, fetched.last_seen);
       const known = state.conversations.get(fetched.peer);
       if (known && known.last_message.id > fetched.last_message.id) {
         known.read_up_to = maxId(known.read_up_to, fetched.read_up_to);
@@ -499,8 +593,10 @@ function mount(host) {
     }
     setTitle();
     emit("chatcore-unread", { total: state.unreadTotal });
-    // The open conversation's "Seen" follows the peer's marker, wherever it was learnt.
+    // The open conversation's "Seen" follows the peer's marker, and its header the peer's
+    // presence, wherever they were learnt.
     drawSeen();
+    drawPartnerStatus();
   }
 
   function inboxItem(conversation) {
@@ -521,13 +617,26 @@ function mount(host) {
     peer.className = "peer";
     peer.dir = "auto";
     peer.textContent = conversation.peer === state.me ? `${conversation.peer} (you)` : conversation.peer;
+    top.append(peer);
+    const presence = state.presence.get(conversation.peer);
+    if (presence && presence.online && conversation.peer !== state.me) {
+      // The dot is seen; its words are read out with the button's name.
+      const dot = document.createElement("span");
+      dot.className = "dot";
+      dot.title = "online";
+      dot.setAttribute("aria-hidden", "true");
+      const words = document.createElement("span");
+      words.className = "visually-hidden";
+      words.textContent = ", online,";
+      top.append(dot, words);
+    }
     const when = document.createElement("time");
     when.className = "when";
     const date = new Date(conversation.last_message.timestamp);
     when.dateTime = conversation.last_message.timestamp;
     when.title = date.toLocaleString();
     when.textContent = shortWhen(date);
-    top.append(peer, when);
+    top.append(when);
 
     const bottom = document.createElement("span");
     bottom.className = "bottom";
@@ -541,7 +650,12 @@ function mount(host) {
     }
     // One line: the body's line breaks become spaces, and its direction stays inside it.
     const text = document.createElement("bdi");
-    text.textContent = conversation.last_message.body.replace(/\s+/g, " ");
+    if (conversation.last_message.deleted) {
+      text.className = "deleted";
+      text.textContent = DELETED;
+    } else {
+      text.textContent = conversation.last_message.body.replace(/\s+/g, " ");
+    }
     preview.append(text);
     bottom.append(preview);
     if (conversation.unread > 0) {
@@ -588,6 +702,7 @@ function mount(host) {
     }
     const users = await api(`/user/?q=${encodeURIComponent(q)}&limit=20`);
     if ($("user-search").value.trim() !== q) return; // typed on meanwhile
+    for (const user of users) learnPresence(user.username, user.online, user.last_seen);
     state.directory = users;
     drawDirectory();
     showDirectory(true);
@@ -645,10 +760,13 @@ function mount(host) {
   async function openConversation(username, { record = true } = {}) {
     if (record) recordInUrl(username);
     if (username !== state.partner) {
+      closeMenu(false);
+      stopEdit();
+      stopTyping();
       // A draft stays with the conversation it was written in.
       if (state.partner !== null) state.drafts.set(state.partner, $("send-body").value);
       state.partner = username;
-      state.shownIds.clear();
+      state.shown.clear();
       state.oldestShown = null;
       state.newestShown = null;
       state.newestFromPeer = null;
@@ -667,8 +785,11 @@ function mount(host) {
     $("messages").hidden = false;
     $("send-form").hidden = false;
     $("app").classList.add("in-conversation");
+    drawBlocked();
+    drawPartnerStatus();
     drawComposer();
     drawInbox();
+    lookUpPresence(username).catch(() => {});
     await loadPage(null);
     if (username !== state.partner) return;
     scrollToBottom();
@@ -677,6 +798,9 @@ function mount(host) {
   }
 
   function closeConversation() {
+    closeMenu(false);
+    stopEdit();
+    stopTyping();
     state.partner = null;
     $("app").classList.remove("in-conversation");
     $("partner").textContent = "No conversation open";
@@ -685,6 +809,8 @@ function mount(host) {
     $("messages").hidden = true;
     $("send-form").hidden = true;
     $("load-older").hidden = true;
+    drawBlocked();
+    drawPartnerStatus();
   }
 
   // Back to the list, focus on the conversation just left.
@@ -727,31 +853,14 @@ function mount(host) {
   });
 
   function drawMessage(message) {
-    if (state.shownIds.has(message.id)) return false;
-    state.shownIds.add(message.id);
+    if (state.shown.has(message.id)) return false;
+    state.shown.set(message.id, message);
     if (state.oldestShown === null || message.id < state.oldestShown) state.oldestShown = message.id;
     if (state.newestShown === null || message.id > state.newestShown) state.newestShown = message.id;
     if (message.user !== state.me && (state.newestFromPeer === null || message.id > state.newestFromPeer)) {
       state.newestFromPeer = message.id;
     }
-    const item = document.createElement("li");
-    item.className = "msg";
-    item.dataset.id = String(message.id);
-    const date = new Date(message.timestamp);
-    item.dataset.day = dayKey(date);
-    if (message.user === state.me) item.classList.add("mine");
-    // Bidirectional overrides in a body stay inside it: its own direction, isolated.
-    const body = document.createElement("span");
-    body.className = "body";
-    body.dir = "auto";
-    body.append(linkify(message.body));
-    item.append(body);
-    // The day is on the date line above; the bubble needs only the time.
-    const time = document.createElement("time");
-    time.dateTime = message.timestamp;
-    time.title = date.toLocaleString();
-    time.textContent = clockTime(date);
-    item.append(time);
+    const item = messageItem(message);
     const list = $("message-list");
     // Keep the list ordered by id whichever way messages arrive.
     let anchor = null;
@@ -764,6 +873,283 @@ function mount(host) {
     list.insertBefore(item, anchor);
     return true;
   }
+
+  // A message's bubble: its body (or the tombstone's placeholder), its time, "edited", and on
+  // one's own messages the button of the edit/delete menu.
+  function messageItem(message) {
+    const item = document.createElement("li");
+    item.className = "msg";
+    item.dataset.id = String(message.id);
+    const date = new Date(message.timestamp);
+    item.dataset.day = dayKey(date);
+    const mine = message.user === state.me;
+    if (mine) item.classList.add("mine");
+    // Bidirectional overrides in a body stay inside it: its own direction, isolated.
+    const body = document.createElement("span");
+    body.className = "body";
+    body.dir = "auto";
+    if (message.deleted) {
+      item.classList.add("deleted");
+      body.textContent = DELETED;
+    } else {
+      body.append(linkify(message.body));
+    }
+    item.append(body);
+    const meta = document.createElement("span");
+    meta.className = "meta";
+    // The day is on the date line above; the bubble needs only the time.
+    const time = document.createElement("time");
+    time.dateTime = message.timestamp;
+    time.title = date.toLocaleString();
+    time.textContent = clockTime(date);
+    meta.append(time);
+    if (message.edited && !message.deleted) {
+      const edited = document.createElement("span");
+      edited.className = "edited";
+      edited.textContent = "edited";
+      edited.title = `Edited ${new Date(message.edited).toLocaleString()}`;
+      meta.append(" · ", edited);
+    }
+    if (mine && !message.deleted) {
+      const actions = document.createElement("button");
+      actions.type = "button";
+      actions.className = "actions";
+      actions.textContent = "⋯";
+      actions.setAttribute("aria-label", `Edit or delete your message of ${clockTime(date)}`);
+      actions.setAttribute("aria-haspopup", "menu");
+      actions.setAttribute("aria-expanded", "false");
+      actions.addEventListener("click", () => openMenu(actions, message.id));
+      meta.append(actions);
+    }
+    item.append(meta);
+    if (state.editing && state.editing.id === message.id) item.classList.add("editing");
+    return item;
+  }
+
+  // An edit or a deletion (from this page or a frame): the bubble and the inbox preview follow.
+  function onChanged(message) {
+    const peer = conversationOf(message);
+    const conversation = state.conversations.get(peer);
+    if (conversation && conversation.last_message.id === message.id && !conversation.last_message.deleted) {
+      conversation.last_message = message;
+      drawInbox();
+    }
+    if (peer !== state.partner) return;
+    const shown = state.shown.get(message.id);
+    if (!shown) return;
+    // What is already newer stays: a tombstone is final, a later edit wins over an earlier one.
+    if (shown.deleted || (!message.deleted && shown.edited && message.edited && shown.edited > message.edited)) return;
+    state.shown.set(message.id, message);
+    if (menuFor === message.id) closeMenu(false);
+    const old = $("message-list").querySelector(`li.msg[data-id="${message.id}"]`);
+    if (!old) return;
+    const hadFocus = old.contains(root.activeElement);
+    const item = messageItem(message);
+    old.replaceWith(item);
+    drawSeen();
+    if (message.deleted && state.editing && state.editing.id === message.id) {
+      stopEdit();
+      showProblem("The message you were editing was deleted.", false);
+    }
+    if (hadFocus) {
+      const again = item.querySelector("button.actions");
+      if (again) again.focus();
+      else $("send-body").focus();
+    }
+  }
+
+  // ---- the menu of one's own message: Edit, Delete ----
+
+  let menuFor = null;
+  let menuTrigger = null;
+
+  function openMenu(trigger, id) {
+    if (menuFor === id) { closeMenu(true); return; }
+    closeMenu(false);
+    menuFor = id;
+    menuTrigger = trigger;
+    const menu = $("message-menu");
+    menu.hidden = false;
+    trigger.setAttribute("aria-expanded", "true");
+    // Under its button, right-aligned; above it when there is no room below.
+    const box = $("conversation").getBoundingClientRect();
+    const at = trigger.getBoundingClientRect();
+    const height = menu.offsetHeight;
+    const below = at.bottom + 4 + height <= box.bottom;
+    menu.style.top = `${(below ? at.bottom + 4 : at.top - 4 - height) - box.top}px`;
+    menu.style.right = `${Math.max(4, box.right - at.right)}px`;
+    $("menu-edit").focus();
+  }
+
+  function closeMenu(returnFocus) {
+    if (menuFor === null) return;
+    $("message-menu").hidden = true;
+    const trigger = menuTrigger;
+    menuFor = null;
+    menuTrigger = null;
+    trigger.setAttribute("aria-expanded", "false");
+    if (returnFocus && trigger.isConnected) trigger.focus();
+  }
+
+  on($("message-menu"), "keydown", (event) => {
+    const items = [$("menu-edit"), $("menu-delete")];
+    const at = items.indexOf(root.activeElement);
+    let next = null;
+    if (event.key === "ArrowDown") next = (at + 1) % items.length;
+    else if (event.key === "ArrowUp") next = (at - 1 + items.length) % items.length;
+    else if (event.key === "Home") next = 0;
+    else if (event.key === "End") next = items.length - 1;
+    else if (event.key === "Escape" || event.key === "Tab") {
+      event.preventDefault();
+      closeMenu(true);
+      return;
+    } else return;
+    event.preventDefault();
+    items[next].focus();
+  });
+
+  // A press anywhere else closes it.
+  on(root, "pointerdown", (event) => {
+    if (menuFor === null) return;
+    const path = event.composedPath();
+    if (!path.includes($("message-menu")) && !path.includes(menuTrigger)) closeMenu(false);
+  });
+
+  on($("menu-edit"), "click", () => {
+    const id = menuFor;
+    closeMenu(false);
+    startEdit(id);
+  });
+
+  on($("menu-delete"), "click", async () => {
+    const id = menuFor;
+    closeMenu(true);
+    await deleteMessage(id);
+  });
+
+  async function deleteMessage(id) {
+    const message = state.shown.get(id);
+    if (!message || message.deleted) return;
+    const ok = await confirmAction("Delete this message? It is removed for both of you; a \u201cmessage deleted\u201d mark stays in its place.", "Delete");
+    if (!ok) return;
+    try {
+      await api(`/message/${encodeURIComponent(id)}/`, { method: "DELETE" });
+      onChanged({ ...message, body: "", edited: null, deleted: true });
+    } catch (error) {
+      if (error instanceof Stale) return;
+      if (message.recipient === state.partner || message.user === state.partner) {
+        showProblem(`Not deleted: ${error instanceof ApiError ? error.message : "something went wrong."}`, false);
+      }
+    }
+  }
+
+  // ---- editing: the composer holds the message being edited ----
+
+  function markEditing() {
+    for (const item of $("message-list").querySelectorAll("li.msg.editing")) item.classList.remove("editing");
+    if (!state.editing) return;
+    const item = $("message-list").querySelector(`li.msg[data-id="${state.editing.id}"]`);
+    if (item) item.classList.add("editing");
+  }
+
+  function startEdit(id) {
+    const message = state.shown.get(id);
+    if (!message || message.deleted || message.user !== state.me || $("send-body").disabled) return;
+    stopTyping();
+    if (state.editing) state.editing.id = id;
+    else state.editing = { id, draft: $("send-body").value };
+    markEditing();
+    clearProblem();
+    const input = $("send-body");
+    input.value = message.body;
+    input.setAttribute("aria-describedby", "editing-text send-counter");
+    $("editing-bar").hidden = false;
+    $("send-button").textContent = "Save";
+    drawComposer();
+    input.focus();
+    input.setSelectionRange(input.value.length, input.value.length);
+  }
+
+  // Leaves editing; the text that was in the composer before comes back.
+  function stopEdit() {
+    if (!state.editing) return;
+    const { draft } = state.editing;
+    state.editing = null;
+    markEditing();
+    $("editing-bar").hidden = true;
+    $("send-button").textContent = "Send";
+    $("send-body").setAttribute("aria-describedby", "send-counter");
+    $("send-body").value = draft;
+    clearProblem();
+    if (state.pending && state.pending.recipient === state.partner) showProblem(state.pending.problem, true);
+    drawComposer();
+  }
+
+  async function saveEdit() {
+    const editing = state.editing;
+    const partner = state.partner;
+    const body = $("send-body").value;
+    const message = state.shown.get(editing.id);
+    if (!body.trim()) {
+      showProblem("A message cannot be empty: to remove it, choose Delete in its menu.", false);
+      return;
+    }
+    if (!drawComposer()) {
+      showProblem(`This message is ${messageLength(body) - state.maxChars} characters too long to save.`, false);
+      return;
+    }
+    if (message && body.trim() === message.body) {
+      stopEdit();
+      return;
+    }
+    clearProblem();
+    try {
+      const edited = await api(`/message/${encodeURIComponent(editing.id)}/`, { method: "PATCH", json: { body } });
+      if (state.editing === editing) stopEdit();
+      onChanged(edited);
+    } catch (error) {
+      if (error instanceof Stale) return;
+      // The new text stays in the composer: the problem says why it was not saved.
+      if (state.editing === editing && state.partner === partner) {
+        showProblem(`Not saved: ${error instanceof ApiError ? error.message : "something went wrong."}`, false);
+      }
+    }
+  }
+
+  on($("edit-cancel"), "click", () => {
+    stopEdit();
+    $("send-body").focus();
+  });
+
+  // ---- a question before something that cannot be undone ----
+
+  let confirming = null;
+
+  function confirmAction(question, action) {
+    if (confirming) confirming.finish(false);
+    const dialog = $("confirm");
+    $("confirm-text").textContent = question;
+    $("confirm-ok").textContent = action;
+    const returnTo = root.activeElement;
+    dialog.showModal();
+    // The safe answer has the focus.
+    $("confirm-cancel").focus();
+    return new Promise((resolve) => {
+      confirming = {
+        finish(answer) {
+          confirming = null;
+          if (dialog.open) dialog.close();
+          if (returnTo && returnTo.isConnected) returnTo.focus();
+          resolve(answer);
+        },
+      };
+    });
+  }
+
+  on($("confirm-ok"), "click", () => { if (confirming) confirming.finish(true); });
+  on($("confirm-cancel"), "click", () => { if (confirming) confirming.finish(false); });
+  // Escape (a close that a newer question has overtaken is not its answer).
+  on($("confirm"), "close", () => { if (confirming && !$("confirm").open) confirming.finish(false); });
 
   function lastMessageItem(list) {
     const items = list.querySelectorAll("li.msg");
@@ -865,6 +1251,8 @@ function mount(host) {
   on(window, "focus", maybeMarkRead);
   on(document, "visibilitychange", maybeMarkRead);
   on($("messages"), "scroll", () => {
+    // The menu would no longer sit by its message.
+    if (menuFor !== null) closeMenu($("message-menu").contains(root.activeElement));
     clearTimeout(scrollTimer);
     scrollTimer = setTimeout(maybeMarkRead, 100);
   });
@@ -894,9 +1282,27 @@ function mount(host) {
     return over <= 0;
   }
 
-  on($("send-body"), "input", drawComposer);
+  on($("send-body"), "input", () => {
+    drawComposer();
+    typing();
+  });
 
   on($("send-body"), "keydown", (event) => {
+    if (event.key === "Escape" && state.editing) {
+      event.preventDefault();
+      stopEdit();
+      return;
+    }
+    // Up in an empty composer edits my last message, as in other chats.
+    if (event.key === "ArrowUp" && !state.editing && $("send-body").value === ""
+        && !event.shiftKey && !event.altKey && !event.ctrlKey && !event.metaKey) {
+      const mine = [...state.shown.values()].filter((m) => m.user === state.me && !m.deleted);
+      if (mine.length) {
+        event.preventDefault();
+        startEdit(Math.max(...mine.map((m) => m.id)));
+      }
+      return;
+    }
     // On a touch screen Enter is a new line; the Send button sends.
     if (touch) return;
     if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
@@ -951,9 +1357,10 @@ function mount(host) {
 
   on($("send-form"), "submit", async (event) => {
     event.preventDefault();
+    if (state.editing) { await saveEdit(); return; }
     const input = $("send-body");
     const body = input.value;
-    if (!body.trim() || !state.partner) return;
+    if (!body.trim() || !state.partner || input.disabled) return;
     if (!drawComposer()) {
       showProblem(`This message is ${messageLength(body) - state.maxChars} characters too long to send.`, false);
       return;
@@ -964,7 +1371,272 @@ function mount(host) {
       : { recipient: state.partner, body, key: newKey() };
     input.value = "";
     drawComposer();
+    stopTyping();
     await deliver(attempt);
+  });
+
+  // ---- typing: "typing" at most every few seconds while the box has text, "stop" when it is
+  // cleared or sent ----
+
+  function sendFrame(frame) {
+    const socket = state.socket;
+    if (!socket || socket.readyState !== WebSocket.OPEN) return false;
+    socket.send(JSON.stringify(frame));
+    return true;
+  }
+
+  function typing() {
+    const peer = state.partner;
+    if (!peer || peer === state.me || state.editing) return;
+    if ($("send-body").value.trim() === "") { stopTyping(); return; }
+    // The server relays typing only within a conversation that has a message, and counts
+    // every frame against a small per-socket rate: none is spent where it would be dropped.
+    if (state.shown.size === 0) return;
+    const now = Date.now();
+    if (state.typingTo === peer && now - state.typingSentAt < TYPING_EVERY_MS) return;
+    if (state.typingTo !== null && state.typingTo !== peer) stopTyping();
+    if (sendFrame({ type: "typing", to: peer })) {
+      state.typingTo = peer;
+      state.typingSentAt = now;
+    }
+  }
+
+  function stopTyping() {
+    if (state.typingTo === null) return;
+    sendFrame({ type: "typing", to: state.typingTo, stop: true });
+    state.typingTo = null;
+    state.typingSentAt = 0;
+  }
+
+  // Someone types to me: shown until the frame's time runs out, "stop" comes, or their
+  // message arrives.
+  function onTyping(frame) {
+    const from = frame.from;
+    if (typeof from !== "string") return;
+    const owner = state;
+    clearTimeout(owner.typingFrom.get(from));
+    const expires = Number(frame.expires_in_ms);
+    if (expires > 0) {
+      const timer = setTimeout(() => {
+        if (owner.typingFrom.get(from) !== timer) return;
+        owner.typingFrom.delete(from);
+        if (owner === state) drawPartnerStatus();
+      }, expires);
+      owner.typingFrom.set(from, timer);
+    } else {
+      owner.typingFrom.delete(from);
+    }
+    drawPartnerStatus();
+  }
+
+  function endTyping(from) {
+    if (!state.typingFrom.has(from)) return;
+    clearTimeout(state.typingFrom.get(from));
+    state.typingFrom.delete(from);
+    drawPartnerStatus();
+  }
+
+  // ---- presence: a dot in the inbox, "online" or "last seen …" on top of a conversation ----
+
+  function learnPresence(user, online, lastSeen) {
+    if (typeof user !== "string" || typeof online !== "boolean") return;
+    state.presence.set(user, { online, last_seen: lastSeen || null });
+  }
+
+  function onPresence(frame) {
+    const entries = Array.isArray(frame.users) ? frame.users : [frame];
+    for (const entry of entries) {
+      learnPresence(entry.user, entry.online, entry.last_seen);
+      // Gone offline: whatever they were typing is not coming.
+      if (entry.online === false) endTyping(entry.user);
+    }
+    drawInbox();
+    drawPartnerStatus();
+  }
+
+  // Typing first, then presence; nothing when the server keeps no presence.
+  function drawPartnerStatus() {
+    const status = $("partner-status");
+    const peer = state.partner;
+    let text = "";
+    let title = "";
+    let kind = "";
+    if (peer && peer !== state.me) {
+      const presence = state.presence.get(peer);
+      if (state.typingFrom.has(peer)) {
+        text = "typing…";
+        kind = "typing";
+      } else if (presence && presence.online) {
+        text = "online";
+        kind = "online";
+      } else if (presence && presence.last_seen) {
+        const date = new Date(presence.last_seen);
+        text = `last seen ${lastSeenText(date)}`;
+        title = date.toLocaleString();
+      } else if (presence) {
+        text = "offline";
+      }
+    }
+    if (status.textContent !== text) status.textContent = text;
+    status.title = title;
+    status.className = `partner-status ${kind}`.trim();
+    status.hidden = text === "";
+  }
+
+  const clock = setInterval(drawPartnerStatus, CLOCK_MS);
+  cleanups.push(() => clearInterval(clock));
+
+  // When the open conversation's peer is in no loaded inbox entry (opened from the URL or the
+  // directory), their presence comes from the directory.
+  async function lookUpPresence(peer) {
+    if (peer === state.me || state.presence.has(peer)) return;
+    const users = await api(`/user/?q=${encodeURIComponent(peer)}&limit=20`);
+    for (const user of users) learnPresence(user.username, user.online, user.last_seen);
+    drawPartnerStatus();
+  }
+
+  // ---- blocking ----
+
+  function isBlocked(peer) {
+    return peer !== null && state.blocked.has(peer.toLowerCase());
+  }
+
+  async function loadBlocks() {
+    try {
+      const list = await api("/block/");
+      state.blocked = new Map(list.map((entry) => [entry.username.toLowerCase(), entry.username]));
+      state.blocking = true;
+    } catch (error) {
+      if (error instanceof Stale) throw error;
+      // A server without the routes: no block controls. Any other failure: tried again later.
+      if (error instanceof ApiError && (error.status === 404 || error.status === 405)) state.blocking = false;
+    }
+    drawBlocked();
+  }
+
+  // The conversation's header button, the composer (closed while I block the peer), and the
+  // settings panel's list.
+  function drawBlocked() {
+    const peer = state.partner;
+    const button = $("block-button");
+    button.hidden = !state.blocking || peer === null || peer === state.me;
+    const blocked = isBlocked(peer);
+    if (peer !== null) {
+      button.textContent = blocked ? "Unblock" : "Block";
+      button.setAttribute("aria-label", `${blocked ? "Unblock" : "Block"} ${peer}`);
+    }
+    $("blocked-note").hidden = !blocked;
+    $("blocked-text").textContent = blocked
+      ? `You blocked ${peer}: neither of you can send messages in this conversation until you unblock them. You can still read it.`
+      : "";
+    if (blocked && state.editing) stopEdit();
+    $("send-body").disabled = blocked;
+    $("send-button").disabled = blocked;
+    drawBlockedList();
+  }
+
+  function drawBlockedList() {
+    const list = $("blocked-list");
+    list.replaceChildren();
+    const names = [...state.blocked.values()].sort();
+    for (const name of names) {
+      const item = document.createElement("li");
+      item.dataset.username = name;
+      const label = document.createElement("bdi");
+      label.textContent = name;
+      const unblock = document.createElement("button");
+      unblock.type = "button";
+      unblock.className = "secondary";
+      unblock.textContent = "Unblock";
+      unblock.setAttribute("aria-label", `Unblock ${name}`);
+      unblock.addEventListener("click", () => setBlocked(name, false, $("blocked-error")));
+      item.append(label, unblock);
+      list.append(item);
+    }
+    $("blocked-none").hidden = names.length > 0;
+    $("blocked-title").parentElement.hidden = !state.blocking;
+  }
+
+  // PUT or DELETE /block/<name>; a failure is said in `problem` (or the conversation's).
+  async function setBlocked(name, block, problem = null) {
+    if (problem) problem.textContent = "";
+    try {
+      await api(`/block/${encodeURIComponent(name)}`, { method: block ? "PUT" : "DELETE" });
+    } catch (error) {
+      if (error instanceof Stale) return false;
+      const message = `Could not ${block ? "block" : "unblock"} ${name}: ${error instanceof ApiError ? error.message : "something went wrong."}`;
+      if (problem) problem.textContent = message;
+      else showProblem(message, false);
+      return false;
+    }
+    if (block) state.blocked.set(name.toLowerCase(), name);
+    else state.blocked.delete(name.toLowerCase());
+    if (!problem) clearProblem();
+    drawBlocked();
+    return true;
+  }
+
+  on($("block-button"), "click", async () => {
+    const peer = state.partner;
+    if (peer === null) return;
+    if (isBlocked(peer)) {
+      if (await setBlocked(peer, false)) $("send-body").focus();
+      return;
+    }
+    const ok = await confirmAction(
+      `Block ${peer}? Neither of you will be able to send messages to the other until you unblock them. You keep the conversation.`,
+      "Block");
+    if (ok && await setBlocked(peer, true) && state.partner === peer) $("unblock-button").focus();
+  });
+
+  on($("unblock-button"), "click", async () => {
+    const peer = state.partner;
+    if (peer !== null && await setBlocked(peer, false) && state.partner === peer) $("send-body").focus();
+  });
+
+  // ---- settings: blocked people, deleting the account ----
+
+  on($("settings-button"), "click", () => {
+    $("settings-me").textContent = state.me;
+    $("delete-error").textContent = "";
+    $("blocked-error").textContent = "";
+    drawBlockedList();
+    $("settings").showModal();
+    $("settings-close").focus();
+    // Fresh from the server (another tab may have changed it).
+    if (state.blocking) loadBlocks().catch(() => {});
+  });
+
+  on($("settings-close"), "click", () => $("settings").close());
+
+  on($("settings"), "close", () => {
+    $("delete-password").value = "";
+    if (state.me !== null && !$("app").hidden) $("settings-button").focus();
+  });
+
+  on($("delete-form"), "submit", async (event) => {
+    event.preventDefault();
+    const password = $("delete-password").value;
+    if (!password) return;
+    $("delete-error").textContent = "";
+    const ok = await confirmAction(
+      "Delete your account for good? Everything you sent becomes \u201cmessage deleted\u201d for the people you wrote to. This cannot be undone.",
+      "Delete my account");
+    if (!ok) return;
+    const owner = state;
+    // The server closes this account's sockets: that close is expected, not a lost session.
+    owner.leaving = true;
+    try {
+      await api("/auth/account", { method: "DELETE", json: { password } });
+    } catch (error) {
+      owner.leaving = false;
+      if (error instanceof Stale) return;
+      showError($("delete-error"), error);
+      if (owner === state && !state.socket) reconnectNow();
+      $("delete-password").focus();
+      return;
+    }
+    showAuth("Your account has been deleted.");
   });
 
   on($("send-retry"), "click", () => {
@@ -976,6 +1648,8 @@ function mount(host) {
   function onMessage(message, live) {
     const peer = conversationOf(message);
     const fromPeer = message.user !== state.me;
+    // Their message ends their typing.
+    if (fromPeer) endTyping(message.user);
     let conversation = state.conversations.get(peer);
     // An id at or below the newest known one was counted already (a catch-up replay, or the
     // echo of one's own send).
@@ -1052,6 +1726,12 @@ function mount(host) {
     }
     if (frame.type === "read") {
       onRead(frame);
+    } else if (frame.type === "edit" || frame.type === "delete") {
+      if (frame.data) onChanged(frame.data);
+    } else if (frame.type === "typing") {
+      onTyping(frame);
+    } else if (frame.type === "presence") {
+      onPresence(frame);
     } else if (frame.type === "message" || frame.type === undefined) {
       if (frame.data) {
         onMessage(frame.data, true);
@@ -1092,6 +1772,10 @@ function mount(host) {
       if (owner.socket !== socket) return;
       owner.reconnectDelay = 500;
       setConnection("live", true, null);
+      // Presence frames missed while the socket was down are never replayed: the inbox
+      // carries who is online now.
+      if (owner.connectedOnce) refreshInboxSoon();
+      owner.connectedOnce = true;
     });
     socket.addEventListener("message", (event) => {
       if (owner.socket !== socket) return;
@@ -1103,6 +1787,8 @@ function mount(host) {
       if (owner.socket !== socket) return;
       owner.socket = null;
       if (event.code === 4001) {
+        // This page deletes the account: it shows the login itself once the server answers.
+        if (owner.leaving) return;
         // The session ended (logged out elsewhere, or expired): reconnecting would be refused.
         showAuth("Your session ended. Please log in again.");
         return;
@@ -1162,6 +1848,7 @@ function mount(host) {
     // replays are harmless (counted messages are recognised by id, markers only move forward).
     await primeLastEventId();
     await loadInbox();
+    await loadBlocks();
     connect();
     const peer = peerInUrl();
     if (peer !== null) await openConversation(peer, { record: false });

@@ -7,9 +7,14 @@
 //!   same row (autocommit, id from a plain sequence, same indexes) from C tasks with a
 //!   connection each. The ratio of the two is the library's overhead (or gain, thanks to
 //!   group commit).
+//! - `send/function_call/C`: the store's batch function `chatcore_insert_messages` called
+//!   directly with one message per call, from C tasks sharing the raw pool: the SQL's own
+//!   cost (ids, counters, inbox, previous positions), without the store's writer. Set
+//!   against `send/chatcore/1` it shows what the writer adds; at 8 and 64 it shows what group
+//!   commit saves.
 //!
 //! `cargo bench -p chatcore-postgres --bench postgres` (`-- --measurement-time 3` for a
-//! shorter run).
+//! shorter run, `-- 'send/(chatcore|raw_insert)'` for the ratio alone).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,8 +22,10 @@ use std::time::{Duration, Instant};
 use chatcore::{Backend, NewMessage, Store, User, Username};
 use chatcore_postgres::testing::TestDatabase;
 use chatcore_postgres::{PostgresConfig, PostgresStore};
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use sqlx::postgres::{PgPool, PgPoolOptions};
+use tokio::runtime::Runtime;
 
 const CONCURRENCY: [usize; 3] = [1, 8, 64];
 const BODY: &str = "a typical chat message of moderate length 👋";
@@ -57,6 +64,23 @@ where
     started.elapsed()
 }
 
+/// Times `send(t)` from `tasks` concurrent tasks, as `send/<name>/<tasks>`.
+fn bench_sends<F, Fut>(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    runtime: &Runtime,
+    name: &str,
+    tasks: usize,
+    send: F,
+) where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    group.bench_with_input(BenchmarkId::new(name, tasks), &tasks, |b, &tasks| {
+        b.to_async(runtime)
+            .iter_custom(|iters| concurrently(iters, tasks, send.clone()));
+    });
+}
+
 /// Task `t`'s send through the store: user `t` to user `t + 1`.
 async fn chatcore_send(store: &PostgresStore, users: &[User], t: usize) {
     store
@@ -87,6 +111,21 @@ async fn raw_send(pool: &PgPool, users: &[User], t: usize) {
     .execute(pool)
     .await
     .expect("raw insert");
+}
+
+/// Task `t`'s send as one direct call of the batch function (a batch of one, no writer task):
+/// what the store's SQL costs without its queue.
+async fn function_send(pool: &PgPool, users: &[User], t: usize) {
+    let sender = users[t].id.0;
+    let recipient = users[(t + 1) % users.len()].username.key();
+    sqlx::query("SELECT * FROM chatcore_insert_messages($1, $2, $3, $4)")
+        .bind(vec![sender])
+        .bind(vec![recipient])
+        .bind(vec![BODY])
+        .bind(vec![None::<Vec<u8>>])
+        .fetch_all(pool)
+        .await
+        .expect("function call");
 }
 
 fn sends(c: &mut Criterion) {
@@ -137,21 +176,11 @@ fn sends(c: &mut Criterion) {
     group.measurement_time(Duration::from_secs(5));
     group.throughput(Throughput::Elements(1));
     for concurrency in CONCURRENCY {
-        group.bench_with_input(
-            BenchmarkId::new("chatcore", concurrency),
-            &concurrency,
-            |b, &tasks| {
-                b.to_async(&*runtime).iter_custom(|iters| {
-                    let store = store.clone();
-                    let users = users.clone();
-                    concurrently(iters, tasks, move |t| {
-                        let store = store.clone();
-                        let users = users.clone();
-                        async move { chatcore_send(&store, &users, t).await }
-                    })
-                });
-            },
-        );
+        let (store, users_of) = (store.clone(), users.clone());
+        bench_sends(&mut group, &runtime, "chatcore", concurrency, move |t| {
+            let (store, users) = (store.clone(), users_of.clone());
+            async move { chatcore_send(&store, &users, t).await }
+        });
         // sqlx's defaults, one connection per task, all opened up front.
         let pool = runtime
             .block_on(
@@ -161,21 +190,16 @@ fn sends(c: &mut Criterion) {
                     .connect_with(database.options().unwrap()),
             )
             .unwrap();
-        group.bench_with_input(
-            BenchmarkId::new("raw_insert", concurrency),
-            &concurrency,
-            |b, &tasks| {
-                b.to_async(&*runtime).iter_custom(|iters| {
-                    let pool = pool.clone();
-                    let users = users.clone();
-                    concurrently(iters, tasks, move |t| {
-                        let pool = pool.clone();
-                        let users = users.clone();
-                        async move { raw_send(&pool, &users, t).await }
-                    })
-                });
-            },
-        );
+        let (raw_pool, users_of) = (pool.clone(), users.clone());
+        bench_sends(&mut group, &runtime, "raw_insert", concurrency, move |t| {
+            let (pool, users) = (raw_pool.clone(), users_of.clone());
+            async move { raw_send(&pool, &users, t).await }
+        });
+        let (call_pool, users_of) = (pool.clone(), users.clone());
+        bench_sends(&mut group, &runtime, "function_call", concurrency, move |t| {
+            let (pool, users) = (call_pool.clone(), users_of.clone());
+            async move { function_send(&pool, &users, t).await }
+        });
         runtime.block_on(pool.close());
     }
     group.finish();

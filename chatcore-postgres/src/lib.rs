@@ -69,9 +69,11 @@
 //! reader can see id `n`, it can see every id below `n`. The lock is held while the server
 //! runs one statement: a batch is one call of `chatcore_insert_messages` (lock, read the
 //! clock, check idempotency keys, insert the messages, add to the counters, read each user's
-//! previous position), one round trip. Inside one process, sends are queued to
-//! [`PostgresConfig::writers`] writer tasks that store up to [`PostgresConfig::max_batch`]
-//! pending messages per transaction (group commit). Timestamps are read under the lock, so
+//! previous position), one round trip. Inside one process, a send made while no other is in
+//! progress is stored at once by its caller (a batch of one: no hand-over, no wait for a batch
+//! to fill); the others are queued to [`PostgresConfig::writers`] writer tasks that store up
+//! to [`PostgresConfig::max_batch`] pending messages per transaction (group commit): everything
+//! queued while a batch commits goes into the next. Timestamps are read under the lock, so
 //! they follow id order too.
 //!
 //! Each participant's previous position ([`chatcore::Inserted::sender_previous`]) comes
@@ -93,7 +95,8 @@
 //!
 //! # Layout
 //! - `lib.rs`: [`PostgresStore`] and its trait implementations (the reads).
-//! - `config.rs`: [`PostgresConfig`]; `writer.rs`: the group-commit writer tasks;
+//! - `config.rs`: [`PostgresConfig`]; `writer.rs`: the group-commit writer (lone sends and
+//!   writer tasks);
 //!   `rows.rs`: the read queries; `schema.rs`: the migrations (and the batch function);
 //!   `error.rs`: `sqlx` errors to [`chatcore::Error`].
 //! - `notifier/`: [`PgNotifier`] and [`PgNotifierConfig`].
@@ -122,7 +125,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, Row};
-use tokio::sync::{RwLock, mpsc, oneshot};
+use tokio::sync::RwLock;
 
 use chatcore::store::check_checkpoint_name;
 use chatcore::{
@@ -147,7 +150,7 @@ const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
-    writer: mpsc::Sender<writer::Pending>,
+    writer: writer::Writers,
     config: PostgresConfig,
     lifecycle: Arc<Lifecycle>,
 }
@@ -226,7 +229,7 @@ impl PostgresStore {
                 })
             })
             .connect_lazy_with(options);
-        let writer = writer::spawn(pool.clone(), &config);
+        let writer = writer::Writers::spawn(pool.clone(), &config);
         Ok(Self {
             pool,
             writer,
@@ -370,14 +373,7 @@ impl Store for PostgresStore {
         if self.lifecycle.closed.load(Ordering::Acquire) {
             return Err(Error::storage_unavailable(Closed));
         }
-        let (reply, answer) = oneshot::channel();
-        self.writer
-            .send(writer::Pending { new: message, reply })
-            .await
-            .map_err(|_| Error::bug("the PostgreSQL writer tasks have stopped"))?;
-        answer
-            .await
-            .map_err(|_| Error::bug("a PostgreSQL writer task ended without answering"))?
+        self.writer.send(message).await
     }
 
     async fn message_for(&self, viewer: UserId, id: MessageId) -> Result<Option<Message>> {

@@ -1,5 +1,9 @@
-//! The group-commit writer: every `insert_message` of a store goes through a few writer tasks
-//! that gather pending sends into one transaction each.
+//! The group-commit writer: every `insert_message` of a store goes through [`Writers`]. A send
+//! that finds nothing queued and a writer slot free is stored by its caller at once, a batch
+//! of one (no hand-over to another task, no wait for a batch to fill: at low load a send costs
+//! one round trip and nothing else); otherwise it is queued to a few writer tasks that gather
+//! what is pending into one transaction each. At most [`PostgresConfig::writers`] batches are
+//! written at a time, whoever writes them.
 //!
 //! A batch is one call of the SQL function `chatcore_insert_messages` (one statement, one
 //! round trip, one transaction). It locks the id sequence row of `chatcore_counts` until it
@@ -10,12 +14,13 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use sqlx::{PgPool, Row};
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{Mutex, Semaphore, mpsc, oneshot};
 
 use chatcore::metrics::StoreMetrics;
 use chatcore::{
@@ -41,46 +46,128 @@ const BATCH_YIELDS: usize = 2;
 const INSERT_BATCH: &str = "SELECT ord, outcome, message_id, recipient_id, recipient_name, sender_name, \
      created_at, body, user_id, previous FROM chatcore_insert_messages($1, $2, $3, $4)";
 
-/// Starts `writers` tasks on the current runtime and returns the queue they drain. The tasks
-/// end when every sender of the queue is dropped.
-pub(crate) fn spawn(pool: PgPool, config: &PostgresConfig) -> mpsc::Sender<Pending> {
-    let (tx, rx) = mpsc::channel(config.queue_capacity);
-    let rx = Arc::new(Mutex::new(rx));
-    // Registered here, where the caller's recorder is in force, and shared by the writers.
-    let metrics = StoreMetrics::register("postgres");
-    for _ in 0..config.writers {
-        let writer = Writer {
-            pool: pool.clone(),
-            queue: rx.clone(),
-            max_batch: config.max_batch,
-            max_batch_bytes: config.max_batch_bytes,
-            metrics: metrics.clone(),
-        };
-        tokio::spawn(writer.run());
-    }
-    tx
+/// The store's way to its writers: the queue of the writer tasks, and the slots (one per
+/// writer, [`PostgresConfig::writers`]) that whoever writes a batch holds while writing it.
+#[derive(Debug, Clone)]
+pub(crate) struct Writers {
+    queue: mpsc::Sender<Pending>,
+    slots: Arc<Semaphore>,
+    /// Sends between their call and their answer.
+    active: Arc<AtomicUsize>,
+    /// For the sends stored by their caller.
+    inline: Arc<Writer>,
 }
 
+impl Writers {
+    /// Starts [`PostgresConfig::writers`] tasks on the current runtime. The tasks end when
+    /// every clone of the returned handle is dropped.
+    pub(crate) fn spawn(pool: PgPool, config: &PostgresConfig) -> Self {
+        let (tx, rx) = mpsc::channel(config.queue_capacity);
+        let rx = Arc::new(Mutex::new(rx));
+        let slots = Arc::new(Semaphore::new(config.writers));
+        // Registered here, where the caller's recorder is in force, and shared by the writers.
+        let metrics = StoreMetrics::register("postgres");
+        let writer = Writer {
+            pool,
+            max_batch: config.max_batch,
+            max_batch_bytes: config.max_batch_bytes,
+            metrics,
+        };
+        for _ in 0..config.writers {
+            let task = WriterTask {
+                writer: writer.clone(),
+                queue: rx.clone(),
+                slots: slots.clone(),
+            };
+            tokio::spawn(task.run());
+        }
+        Self {
+            queue: tx,
+            slots,
+            active: Arc::default(),
+            inline: Arc::new(writer),
+        }
+    }
+
+    /// Stores `new`: at once by the caller when it is the only send in progress and a slot
+    /// is free (held until the answer, so a dropped caller frees it), else through the queue.
+    /// Only a lone send skips the queue: when others are in progress, the callers a batch just
+    /// answered are about to send again, and they should share the next batch, not each
+    /// take a transaction of one.
+    pub(crate) async fn send(&self, new: NewMessage) -> Result<Inserted> {
+        let active = Active::enter(&self.active);
+        if active.alone()
+            && let Ok(_slot) = self.slots.try_acquire()
+        {
+            let write: BoxFuture<'_, Vec<Result<Inserted>>> =
+                Box::pin(self.inline.write(std::slice::from_ref(&new)));
+            return write
+                .await
+                .pop()
+                .unwrap_or_else(|| Err(Error::bug("a send stored alone got no answer")));
+        }
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(Pending { new, reply })
+            .await
+            .map_err(|_| Error::bug("the PostgreSQL writer tasks have stopped"))?;
+        answer
+            .await
+            .map_err(|_| Error::bug("a PostgreSQL writer task ended without answering"))?
+    }
+}
+
+/// One send in progress, counted in [`Writers::active`] until dropped.
+struct Active<'a>(&'a AtomicUsize, usize);
+
+impl<'a> Active<'a> {
+    fn enter(count: &'a AtomicUsize) -> Self {
+        let before = count.fetch_add(1, Ordering::AcqRel);
+        Self(count, before)
+    }
+
+    /// No other send was in progress when this one started.
+    fn alone(&self) -> bool {
+        self.1 == 0
+    }
+}
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// What writing a batch needs, shared by the writer tasks and the sends stored by their caller.
+#[derive(Debug, Clone)]
 pub(crate) struct Writer {
     pub(crate) pool: PgPool,
-    /// Shared by the writers: one gathers a batch while the others commit theirs.
-    pub(crate) queue: Arc<Mutex<mpsc::Receiver<Pending>>>,
     pub(crate) max_batch: usize,
     pub(crate) max_batch_bytes: usize,
     /// Batch sizes, transaction times, waits for a pooled connection.
     pub(crate) metrics: StoreMetrics,
 }
 
-impl Writer {
+/// One writer task: takes a batch from the queue, writes it in a slot, answers its callers.
+struct WriterTask {
+    writer: Writer,
+    /// Shared by the writers: one gathers a batch while the others commit theirs.
+    queue: Arc<Mutex<mpsc::Receiver<Pending>>>,
+    slots: Arc<Semaphore>,
+}
+
+impl WriterTask {
     async fn run(self) {
         loop {
             // Boxed as `Send` futures: spelling the type out sidesteps a compiler limitation
             // with higher-ranked lifetimes in `tokio::spawn`ed futures that borrow.
-            let next: BoxFuture<'_, Option<Vec<Pending>>> = Box::pin(self.next_batch());
-            let Some(batch) = next.await else { return };
+            let next: BoxFuture<'_, Option<(Vec<Pending>, tokio::sync::SemaphorePermit<'_>)>> =
+                Box::pin(self.next_batch());
+            let Some((batch, slot)) = next.await else { return };
             let (messages, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.new, p.reply)).unzip();
-            let write: BoxFuture<'_, Vec<Result<Inserted>>> = Box::pin(self.write(&messages));
+            let write: BoxFuture<'_, Vec<Result<Inserted>>> = Box::pin(self.writer.write(&messages));
             let outcomes = write.await;
+            drop(slot);
             for (reply, outcome) in replies.into_iter().zip(outcomes) {
                 // A caller that gave up (dropped its future) no longer needs the answer.
                 let _ = reply.send(outcome);
@@ -88,15 +175,17 @@ impl Writer {
         }
     }
 
-    /// Waits for a pending send, then takes what else is queued, up to `max_batch`. `None`
-    /// once the store is gone.
-    async fn next_batch(&self) -> Option<Vec<Pending>> {
+    /// Waits for a pending send and a free slot, then takes what else is queued, up to
+    /// `max_batch`. `None` once the store is gone.
+    async fn next_batch(&self) -> Option<(Vec<Pending>, tokio::sync::SemaphorePermit<'_>)> {
         let mut queue = self.queue.lock().await;
         let first = queue.recv().await?;
+        // Sends queued while every slot is busy join this batch.
+        let slot = self.slots.acquire().await.ok()?;
         let mut bytes = first.new.body.len();
         let mut batch = vec![first];
         let mut yields = 0;
-        while batch.len() < self.max_batch && bytes < self.max_batch_bytes {
+        while batch.len() < self.writer.max_batch && bytes < self.writer.max_batch_bytes {
             match queue.try_recv() {
                 Ok(next) => {
                     bytes += next.new.body.len();
@@ -111,9 +200,11 @@ impl Writer {
                 Err(_) => break,
             }
         }
-        Some(batch)
+        Some((batch, slot))
     }
+}
 
+impl Writer {
     /// Stores `batch`; one outcome per message, in order.
     pub(crate) async fn write(&self, batch: &[NewMessage]) -> Vec<Result<Inserted>> {
         match self.try_write(batch).await {

@@ -16,12 +16,13 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 webhooks=false
 case " $* " in *" --webhook-url "*) webhooks=true ;; esac
 
-instructions() { # instructions COUNT -> prints the total Ir of one server run
+instructions() { # instructions COUNT [chat-server flags...] -> prints the total Ir of one server run
   local count=$1 dir port pid
+  shift
   dir=$(mktemp -d) port=$(free_port)
   valgrind --tool=callgrind --callgrind-out-file="$dir/callgrind.out" "$bin/chat-server" \
     --send-rate-per-sec 0 --send-burst 0 --logins-per-minute 0 --registrations-per-hour 0 \
-    --log warn --database "sqlite://$dir/chat.db" --listen "127.0.0.1:$port" "$@" 2>"$dir/valgrind.log" &
+    --log warn --database "sqlite://$dir/chat.db" --listen "127.0.0.1:$port" "$@" >"$dir/server.log" 2>"$dir/valgrind.log" &
   pid=$!
   for _ in $(seq 600); do curl -fs -o /dev/null "http://127.0.0.1:$port/healthz" && break; sleep 0.2; done
   "$bin/chat-loadgen" --url "http://127.0.0.1:$port" --users 8 --connections 16 --senders 8 \

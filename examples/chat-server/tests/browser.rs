@@ -26,33 +26,6 @@ use support::*;
 
 const XSS: &str = "<img src=x onerror=alert(1)>";
 
-async fn sign_up(client: &Client, base: &str, username: &str) {
-    client.goto(base).await.unwrap();
-    eventually("the login form", || visible(client, "#auth-form")).await;
-    assert_eq!(
-        focused(client).await,
-        "auth-username",
-        "the login form opens with the focus on the name"
-    );
-    type_into(client, "#auth-username", username).await;
-    type_into(client, "#auth-password", "correct horse battery").await;
-    click(client, "the sign-up button", "#register-button").await;
-    wait_app(client, username).await;
-    assert_eq!(
-        focused(client).await,
-        "user-search",
-        "after logging in the focus is on the search for people"
-    );
-}
-
-/// Logs in through the form with the keyboard only: Enter in the password field logs in.
-async fn log_in_with_enter(client: &Client, username: &str) {
-    eventually("the login form", || visible(client, "#auth-form")).await;
-    type_into(client, "#auth-username", username).await;
-    type_into(client, "#auth-password", &format!("correct horse battery{ENTER}")).await;
-    wait_app(client, username).await;
-}
-
 /// A user outside the browsers, over HTTP with a bearer token.
 struct HttpUser {
     http: reqwest::Client,

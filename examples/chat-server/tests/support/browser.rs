@@ -180,6 +180,9 @@ pub async fn type_into(client: &Client, css: &str, keys: &str) {
 pub const ENTER: &str = "\u{E007}";
 pub const ARROW_DOWN: &str = "\u{E015}";
 pub const TAB: &str = "\u{E004}";
+pub const ARROW_UP: &str = "\u{E013}";
+pub const ESCAPE: &str = "\u{E00C}";
+pub const BACKSPACE: &str = "\u{E003}";
 
 /// Sends `keys` to whatever has the focus.
 pub async fn press(client: &Client, keys: &str) {
@@ -310,6 +313,34 @@ pub async fn reload_logged_in(client: &Client, username: &str) {
         "a reload with a valid session cookie does not ask to log in"
     );
     wait_live(client).await;
+}
+
+/// Signs up through the page's form and waits for the chat, focus on the search.
+pub async fn sign_up(client: &Client, base: &str, username: &str) {
+    client.goto(base).await.unwrap();
+    eventually("the login form", || visible(client, "#auth-form")).await;
+    assert_eq!(
+        focused(client).await,
+        "auth-username",
+        "the login form opens with the focus on the name"
+    );
+    type_into(client, "#auth-username", username).await;
+    type_into(client, "#auth-password", "correct horse battery").await;
+    click(client, "the sign-up button", "#register-button").await;
+    wait_app(client, username).await;
+    assert_eq!(
+        focused(client).await,
+        "user-search",
+        "after logging in the focus is on the search for people"
+    );
+}
+
+/// Logs in through the form with the keyboard only: Enter in the password field logs in.
+pub async fn log_in_with_enter(client: &Client, username: &str) {
+    eventually("the login form", || visible(client, "#auth-form")).await;
+    type_into(client, "#auth-username", username).await;
+    type_into(client, "#auth-password", &format!("correct horse battery{ENTER}")).await;
+    wait_app(client, username).await;
 }
 
 /// Every text in the element whose contrast with what is behind it is under WCAG AA (4.5:1,
