@@ -86,6 +86,23 @@ pub trait Authenticator: Send + Sync + 'static {
             .await?
             .map(|user| Authenticated { user, session: None }))
     }
+
+    /// Whether the session `caller` opened a `/ws` connection with is still live, asked by
+    /// that connection every [`crate::ApiConfig::ws_session_recheck`] (connections opened
+    /// without a session never ask). `headers` are the upgrade request's `Authorization` and
+    /// `Cookie` headers. `Ok(false)` closes the connection with 4001; an error leaves it open
+    /// until the next check.
+    ///
+    /// This is how a connection learns that its session was ended by a process whose
+    /// revocation does not reach this one (an operator command against a SQLite file, a
+    /// notifier that does not cross processes): read the storage, not a cache. The default
+    /// answers `true`: an authenticator whose sessions end only through
+    /// [`chatcore::ChatService::end_session`] (which closes the connections itself) needs
+    /// nothing more.
+    async fn session_is_live(&self, caller: &Authenticated, headers: &HeaderMap) -> chatcore::Result<bool> {
+        let _ = (caller, headers);
+        Ok(true)
+    }
 }
 
 /// Who a request comes from, and with which login session ([`Authenticator::authenticate_session`]).
@@ -114,6 +131,10 @@ impl<T: Authenticator + ?Sized> Authenticator for Arc<T> {
 
     async fn authenticate_session(&self, parts: &Parts) -> chatcore::Result<Option<Authenticated>> {
         (**self).authenticate_session(parts).await
+    }
+
+    async fn session_is_live(&self, caller: &Authenticated, headers: &HeaderMap) -> chatcore::Result<bool> {
+        (**self).session_is_live(caller, headers).await
     }
 }
 

@@ -65,6 +65,15 @@ pub struct ApiConfig {
     /// orchestrator's probe timeout, so a hung database fails the probe with a reason
     /// instead of timing it out. Default 2 s.
     pub readiness_timeout: Duration,
+    /// How often each open WebSocket opened with a login session asks the authenticator
+    /// whether that session is still live ([`crate::Authenticator::session_is_live`], a
+    /// storage read, no cache), and closes with 4001 when it is not. A logout, an account
+    /// deletion or a revocation closes the connections at once on every process the notifier
+    /// reaches (Redis, PostgreSQL, or this one); this bounds how long a connection outlives
+    /// its session when the notifier does not reach its process (an operator command run
+    /// against a SQLite file by another process, several processes on the local notifier).
+    /// Costs one storage read per connection per interval. Zero turns it off. Default 60 s.
+    pub ws_session_recheck: Duration,
 }
 
 impl Default for ApiConfig {
@@ -80,6 +89,7 @@ impl Default for ApiConfig {
             ws_gather_frames: false,
             trusted_origins: Vec::new(),
             readiness_timeout: Duration::from_secs(2),
+            ws_session_recheck: Duration::from_secs(60),
         }
     }
 }

@@ -59,6 +59,7 @@
 //! | `GET /api/v1/auth/export` | `{"username", "messages": [...]}`: every message the caller sent or received, newest first, streamed page by page |
 //! | `GET /ws?since=POSITION` | WebSocket: every durable event of the caller in position order: `{"type": "message", "position", "message": "<id>", "data": <message>}`, `{"type": "read", "position", "reader", "peer", "up_to"}`, `{"type": "edit", "position", "data": <message>}` and `{"type": "delete", "position", "data": <tombstone>}` |
 //! | `POST /api/v1/auth/register`, `/login`, `/logout` | with `ChatApi::with_auth_routes` or `auth_router` (feature `sessions`); register and login limited per client address (429 with `Retry-After`) |
+//! | `DELETE /api/v1/auth/account` `{"password"}` | with the auth routes: deletes the caller's account ([`SessionAuthenticator::delete_account`]): 204; 403 for a wrong password; limited like a login |
 //! | `GET /healthz` | `{"status": "ok"}`: the process answers (touches no backend) |
 //! | `GET /readyz` | `{"status": "ready"}`, or 503 `{"error"}` while draining for a shutdown ([`ShutdownHandle::drain`]), with the notifier disconnected, or with the store not answering a trivial read within [`ApiConfig::readiness_timeout`] |
 //! | `GET /api/v1/openapi.json` | the OpenAPI 3.1 description of all of the above ([`ChatApi::openapi`]) |

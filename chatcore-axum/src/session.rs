@@ -364,6 +364,12 @@ impl SessionAuthenticator {
     /// [`Error::Conflict`] when the name is taken.
     pub async fn register(&self, username: &str, password: &str) -> chatcore::Result<User> {
         let username = Username::parse(username)?;
+        let hash = self.new_password_hash(password).await?;
+        self.inner.sessions.create_account(&username, &hash).await
+    }
+
+    /// The hash of a new password, checked by the rules of [`SessionAuthenticator::register`].
+    async fn new_password_hash(&self, password: &str) -> chatcore::Result<String> {
         let config = &self.inner.config;
         let password = self.password_text(password)?;
         if password.trim().is_empty() {
@@ -375,13 +381,62 @@ impl SessionAuthenticator {
                 config.min_password_chars
             )));
         }
-        let hash = self.hash_password(password).await?;
-        self.inner.sessions.create_account(&username, &hash).await
+        self.hash_password(password).await
     }
 
-    /// Checks a username and password; on success records and returns a new session.
-    /// `Ok(None)` for a wrong password, an unknown user and a user without a password alike.
-    pub async fn login(&self, username: &str, password: &str) -> chatcore::Result<Option<Session>> {
+    /// Gives the account `username` a new password (checked as [`SessionAuthenticator::register`]
+    /// checks one; also for a user created without one), then ends every session of theirs
+    /// and closes their connections on every node ([`SessionAuthenticator::revoke_sessions`]):
+    /// whoever knew the old password is out. Returns the user and how many sessions ended.
+    ///
+    /// Errors: [`Error::Invalid`] for a bad password; [`Error::NotFound`] for an unknown name
+    /// or a deleted account; a notifier that cannot reach other nodes (the password and the
+    /// sessions are changed by then; connections elsewhere close within
+    /// [`crate::ApiConfig::ws_session_recheck`]).
+    pub async fn set_password(
+        &self,
+        chat: &ChatService,
+        username: &str,
+        password: &str,
+    ) -> chatcore::Result<(User, u64)> {
+        let username = Username::parse(username).map_err(|_| Error::NotFound(chatcore::Entity::User))?;
+        let hash = self.new_password_hash(password).await?;
+        let user = self.inner.sessions.set_password_hash(&username, &hash).await?;
+        let ended = self.revoke_sessions(chat, &user).await?;
+        Ok((user, ended))
+    }
+
+    /// Ends every session of `user` at once and closes their connections on every node (an
+    /// operator's "log them out everywhere"); returns how many sessions there were. This
+    /// node's session cache forgets them at once, other nodes' when the notifier reaches them
+    /// ([`ChatService::end_all_sessions`]); connections the notifier does not reach close
+    /// within [`crate::ApiConfig::ws_session_recheck`].
+    ///
+    /// Errors: the store's; the notifier's when it cannot reach other nodes (the sessions are
+    /// ended by then).
+    pub async fn revoke_sessions(&self, chat: &ChatService, user: &User) -> chatcore::Result<u64> {
+        let ended = self.inner.sessions.delete_user_sessions(user.id).await?;
+        chat.end_all_sessions(user).await?;
+        Ok(ended)
+    }
+
+    /// Deletes `user`'s account for good ([`ChatService::delete_account`]: sessions, password,
+    /// connections, every message they sent becomes a tombstone, the name stays reserved),
+    /// and forgets their sessions in this node's cache at once. No password asked: the
+    /// caller checked who asks (the account route checks the password with
+    /// [`SessionAuthenticator::check_password`]; an operator needs none). Returns how many
+    /// messages became tombstones.
+    pub async fn delete_account(&self, chat: &ChatService, user: &User) -> chatcore::Result<u64> {
+        let deleted = chat.delete_account(user).await;
+        // Whatever happened after the removal, no cached session of theirs may be served.
+        self.inner.sessions.clear();
+        deleted
+    }
+
+    /// Whether `password` is `username`'s: the user when it is, `None` for a wrong password,
+    /// an unknown user, a user without a password and a deleted account alike (as long to
+    /// answer in every case).
+    pub async fn check_password(&self, username: &str, password: &str) -> chatcore::Result<Option<User>> {
         let normalized = self.password_text(password)?;
         let credentials = match Username::parse(username) {
             Ok(name) => self.inner.sessions.credentials(&name).await?,
@@ -410,8 +465,18 @@ impl SessionAuthenticator {
         })
         .await
         .map_err(|e| Error::internal("password verification task failed", e))?;
-        match verified {
-            Some(user) => self.start_session(user).await.map(Some),
+        Ok(verified)
+    }
+
+    /// Checks a username and password; on success records and returns a new session.
+    /// `Ok(None)` for a wrong password, an unknown user and a user without a password alike.
+    pub async fn login(&self, username: &str, password: &str) -> chatcore::Result<Option<Session>> {
+        match self.check_password(username, password).await? {
+            // A login racing the account's deletion: the store refuses the session.
+            Some(user) => match self.start_session(user).await {
+                Err(Error::NotFound(chatcore::Entity::User)) => Ok(None),
+                other => other.map(Some),
+            },
             None => Ok(None),
         }
     }
@@ -653,6 +718,27 @@ impl Authenticator for SessionAuthenticator {
             .await?
             .map(|(caller, _)| caller))
     }
+
+    /// Reads the store past the cache: the session among `headers`' tokens whose id is the
+    /// caller's must still be there, for the same user.
+    async fn session_is_live(&self, caller: &Authenticated, headers: &HeaderMap) -> chatcore::Result<bool> {
+        let Some(session) = caller.session else {
+            return Ok(true);
+        };
+        for token in self.tokens_from_headers(headers) {
+            let hash = token_hash(token);
+            if session_id(&hash) != session.id {
+                continue;
+            }
+            let record = self
+                .inner
+                .sessions
+                .session_user_uncached(&hash, chrono::Utc::now())
+                .await?;
+            return Ok(record.is_some_and(|record| record.user.id == caller.user.id));
+        }
+        Ok(false)
+    }
 }
 
 /// `{"username", "password"}` of the register and login routes.
@@ -700,6 +786,7 @@ pub(crate) fn routes<S: Clone + Send + Sync + 'static>(state: AuthState) -> Open
     let router = openapi::add(router, routes!(register));
     let router = openapi::add(router, routes!(login));
     let router = openapi::add(router, routes!(logout));
+    let router = openapi::add(router, routes!(delete_account));
     router.with_state(state)
 }
 
@@ -813,6 +900,72 @@ async fn logout(
         return Err(ApiError::unauthorized());
     };
     state.auth.logout(&state.chat, &token).await?;
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    response
+        .headers_mut()
+        .insert(header::SET_COOKIE, state.auth.clearing_cookie()?);
+    Ok(response)
+}
+
+/// `{"password"}` of the account deletion.
+#[derive(Deserialize, ToSchema)]
+#[schema(as = AccountDeletion, example = json!({"password": "a long password"}))]
+struct PasswordForm {
+    /// The account's current password.
+    #[schema(max_length = 1024)]
+    password: String,
+}
+
+/// Delete my account.
+///
+/// Deletes the caller's account for good once the password is right (checked and limited
+/// like a login: 429 with `Retry-After` past the limit). Every session of the account ends at
+/// once and every WebSocket of theirs closes with 4001, on every server; the password is
+/// removed; every message they sent becomes a tombstone (`"body": "", "deleted": true`, a
+/// durable `delete` event to both participants, in their histories and on `?since=`); the
+/// messages they received stay. The name stays reserved: nobody can register it again, it
+/// no longer logs in, is no longer listed in `GET /api/v1/user/`, and still names them in
+/// their peers' histories. Sends to them are still stored. Clears the cookie.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/auth/account",
+    tag = "auth",
+    security(("session_cookie" = []), ("bearer" = [])),
+    request_body(description = "The account's password, as JSON or as a form", content(
+        (PasswordForm = "application/json", example = json!({"password": "a long password"})),
+        (PasswordForm = "application/x-www-form-urlencoded", example = json!({"password": "a long password"}))
+    )),
+    responses(
+        (status = 204, description = "Deleted; the cookie is cleared",
+            headers(("Set-Cookie" = String, description = "Clears the session cookie"))),
+        (status = 400, description = "A malformed body (no password) or an overlong password", body = ErrorBody,
+            example = json!({"error": "Failed to deserialize the JSON body into the target type: missing field `password`"})),
+        (status = 401, description = "No live session", body = ErrorBody,
+            example = json!({"error": "authentication required"})),
+        (status = 403, description = "The wrong password (nothing was deleted), or a request from another site", body = ErrorBody,
+            example = json!({"error": "wrong password"})),
+        TooManyAttempts, BodyErrors, ServerErrors
+    )
+)]
+async fn delete_account(
+    State(state): State<AuthState>,
+    _: SameOrigin,
+    headers: HeaderMap,
+    _: Allowed<LOGIN>,
+    JsonOrForm(form): JsonOrForm<PasswordForm>,
+) -> Result<Response, ApiError> {
+    let Some((caller, _)) = state.auth.session_from_headers(&headers).await? else {
+        return Err(ApiError::unauthorized());
+    };
+    let user = caller.user;
+    let checked = state
+        .auth
+        .check_password(user.username.as_str(), &form.password)
+        .await?;
+    if checked.is_none_or(|checked| checked.id != user.id) {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "wrong password"));
+    }
+    state.auth.delete_account(&state.chat, &user).await?;
     let mut response = StatusCode::NO_CONTENT.into_response();
     response
         .headers_mut()

@@ -100,8 +100,15 @@ impl CachedSessions {
         self.cache.as_ref().map_or(0, Cache::entry_count)
     }
 
-    /// Forgets `session` here (a revocation heard from any node).
+    /// Forgets `session` here (a revocation heard from any node); [`SessionId::ALL`] (every
+    /// session of a user ended: account removal, a new password, an operator's revocation)
+    /// forgets every session, since the cache does not index sessions by user: each is read
+    /// from the store once more.
     pub async fn revoke(&self, session: SessionId) {
+        if session == SessionId::ALL {
+            self.clear();
+            return;
+        }
         self.epoch.fetch_add(1, Ordering::SeqCst);
         let hash = lock(&self.index).remove(&session);
         if let (Some(cache), Some(hash)) = (&self.cache, hash) {
@@ -116,6 +123,25 @@ impl CachedSessions {
             cache.invalidate_all();
         }
         lock(&self.index).clear();
+    }
+
+    /// The session's user and expiry as the store has them now, bypassing the cache (what an
+    /// open connection asks now and then to learn that its session was ended by a process
+    /// whose revocation did not reach this one, see `ApiConfig::ws_session_recheck`). A
+    /// session the store no longer has is forgotten here too.
+    pub async fn session_user_uncached(
+        &self,
+        token_hash: &TokenHash,
+        now: DateTime<Utc>,
+    ) -> chatcore::Result<Option<SessionRecord>> {
+        let record = self.inner.session_user(token_hash, now).await?;
+        if record.is_none() {
+            self.revoke(session_id(token_hash)).await;
+            if let Some(cache) = &self.cache {
+                cache.invalidate(token_hash).await;
+            }
+        }
+        Ok(record)
     }
 
     /// Follows the revocations of `subscription` (a subscription to
@@ -233,6 +259,19 @@ impl SessionStore for CachedSessions {
     async fn delete_expired_sessions(&self, now: DateTime<Utc>) -> chatcore::Result<u64> {
         self.inner.delete_expired_sessions(now).await
     }
+
+    /// Ends the sessions in the store, then forgets every cached session here at once (the
+    /// cache does not know which are the user's); other nodes forget them when
+    /// [`chatcore::ChatService::end_all_sessions`] reaches them.
+    async fn delete_user_sessions(&self, user: UserId) -> chatcore::Result<u64> {
+        let deleted = self.inner.delete_user_sessions(user).await;
+        self.clear();
+        deleted
+    }
+
+    async fn set_password_hash(&self, username: &Username, password_hash: &str) -> chatcore::Result<User> {
+        self.inner.set_password_hash(username, password_hash).await
+    }
 }
 
 /// The public name of the session whose token hashes to `hash`: the first 8 bytes of the
@@ -300,6 +339,12 @@ mod tests {
         }
         async fn delete_expired_sessions(&self, now: DateTime<Utc>) -> chatcore::Result<u64> {
             self.inner.delete_expired_sessions(now).await
+        }
+        async fn delete_user_sessions(&self, user: UserId) -> chatcore::Result<u64> {
+            self.inner.delete_user_sessions(user).await
+        }
+        async fn set_password_hash(&self, username: &Username, hash: &str) -> chatcore::Result<User> {
+            self.inner.set_password_hash(username, hash).await
         }
     }
 
@@ -393,5 +438,70 @@ mod tests {
         }
         cache.session_user(&one, Utc::now()).await.unwrap().unwrap();
         assert_eq!(lookups(), before + 3);
+    }
+
+    /// "Every session of a user ended" (`SessionId::ALL`, from any node) empties the cache:
+    /// each session is read from the store again, and one the store no longer has is gone.
+    #[tokio::test]
+    async fn ending_all_sessions_of_a_user_empties_the_cache() {
+        let store = Arc::new(Counting {
+            inner: MemoryStore::new(),
+            lookups: AtomicU64::new(0),
+        });
+        let alice = store
+            .inner
+            .create_user(&Username::parse("alice").unwrap())
+            .await
+            .unwrap();
+        let bob = store
+            .inner
+            .create_user(&Username::parse("bob").unwrap())
+            .await
+            .unwrap();
+        let later = Utc::now() + chrono::Duration::hours(1);
+        store.create_session(&[1; 32], alice.id, later).await.unwrap();
+        store.create_session(&[2; 32], bob.id, later).await.unwrap();
+        let cache = Arc::new(CachedSessions::new(store.clone(), 100, Duration::from_secs(3600)));
+        let notifier = LocalNotifier::new(16);
+        let subscription = notifier.subscribe(UserId::SESSION_REVOCATIONS).await.unwrap();
+        cache.follow_revocations(subscription, CancellationToken::new());
+        for _ in 0..2 {
+            for hash in [[1; 32], [2; 32]] {
+                cache.session_user(&hash, Utc::now()).await.unwrap().unwrap();
+            }
+        }
+        assert_eq!(store.lookups.load(Ordering::SeqCst), 2, "both cached");
+        // Another node ended every session of alice: gone from the store, then announced.
+        assert_eq!(store.inner.delete_user_sessions(alice.id).await.unwrap(), 1);
+        notifier
+            .publish(
+                &[Recipient::ephemeral(UserId::SESSION_REVOCATIONS)],
+                &Event::session_ended(SessionId::ALL),
+            )
+            .await
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while cache.session_user(&[1; 32], Utc::now()).await.unwrap().is_some() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the revocation never arrived"
+            );
+            tokio::task::yield_now().await;
+        }
+        let before = store.lookups.load(Ordering::SeqCst);
+        assert_eq!(
+            cache
+                .session_user(&[2; 32], Utc::now())
+                .await
+                .unwrap()
+                .unwrap()
+                .user,
+            bob
+        );
+        assert_eq!(
+            store.lookups.load(Ordering::SeqCst),
+            before + 1,
+            "read again once"
+        );
     }
 }

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use tokio::time::{Instant, timeout};
 use utoipa::IntoParams;
 
-use crate::auth::{CallerSession, SessionInfo};
+use crate::auth::{Authenticated, CallerSession, SessionInfo};
 use crate::body::ApiQuery;
 use crate::cursor::{Accepted, Cursor, MAX_HELD};
 use crate::error::ApiError;
@@ -112,6 +112,7 @@ type Close = (u16, &'static str);
 pub(crate) async fn upgrade(
     State(state): State<ApiState>,
     CallerSession(caller): CallerSession,
+    headers: http::HeaderMap,
     ApiQuery(params): ApiQuery<WsParams>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
@@ -134,6 +135,20 @@ pub(crate) async fn upgrade(
         None => Start::Live(service.latest_position(&user).await?),
     };
     let config = state.config();
+    // What the connection shows the authenticator when it checks its session again: the
+    // credential headers only, kept for connections that will ask.
+    let credentials = (session.is_some() && !config.ws_session_recheck.is_zero()).then(|| {
+        [http::header::AUTHORIZATION, http::header::COOKIE]
+            .into_iter()
+            .flat_map(|name| {
+                headers
+                    .get_all(&name)
+                    .iter()
+                    .map(move |value| (name.clone(), value.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect::<http::HeaderMap>()
+    });
     let guard = state.shutdown().socket_guard();
     Ok(upgrade
         .read_buffer_size(config.ws_read_buffer)
@@ -145,8 +160,16 @@ pub(crate) async fn upgrade(
         .on_upgrade(move |socket| async move {
             let _guard = guard;
             let _open = state.metrics().open_socket();
-            run(state, user, session, feed, start, socket).await;
+            let opened = Opened { session, credentials };
+            run(state, user, opened, feed, start, socket).await;
         }))
+}
+
+/// The session a connection was opened with, and the credentials to check it again with
+/// (when [`crate::ApiConfig::ws_session_recheck`] is on).
+struct Opened {
+    session: Option<SessionInfo>,
+    credentials: Option<http::HeaderMap>,
 }
 
 /// Where a connection starts.
@@ -157,14 +180,7 @@ enum Start {
     Live(Position),
 }
 
-async fn run(
-    state: ApiState,
-    user: User,
-    session: Option<SessionInfo>,
-    feed: Feed,
-    start: Start,
-    socket: WebSocket,
-) {
+async fn run(state: ApiState, user: User, opened: Opened, feed: Feed, start: Start, socket: WebSocket) {
     let (sink, stream) = socket.split();
     let started = Instant::now();
     let last_heard = AtomicU64::new(0);
@@ -180,7 +196,7 @@ async fn run(
         unwritten_sends: Vec::new(),
     };
     let ending = tokio::select! {
-        ending = writer.run(feed, backlog, session, &last_heard, started) => ending,
+        ending = writer.run(feed, backlog, opened, &last_heard, started) => ending,
         end = read(&state, &user, stream, &last_heard, started) => match end {
             ReadEnd::TooBig => Ok((CLOSE_TOO_BIG, "message too big")),
             ReadEnd::Gone => Err(Gone::Broken),
@@ -338,10 +354,11 @@ impl Writer<'_> {
         &mut self,
         mut feed: Feed,
         backlog: Option<(CatchUp, CatchUpPage)>,
-        session: Option<SessionInfo>,
+        opened: Opened,
         last_heard: &AtomicU64,
         started: Instant,
     ) -> Result<Close, Gone> {
+        let Opened { session, credentials } = opened;
         let config = self.state.config();
         let shutdown = self.state.shutdown().token().clone();
         if let Some((catch_up, first)) = backlog
@@ -366,6 +383,12 @@ impl Writer<'_> {
         let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let allowed_silence = interval + config.ws_ping_timeout;
+        let every = config.ws_session_recheck;
+        let mut recheck = credentials.as_ref().filter(|_| !every.is_zero()).map(|_| {
+            let mut ticks = tokio::time::interval_at(Instant::now() + every, every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks
+        });
         loop {
             let gap_deadline = self.cursor.waiting().map(|(_, since)| since + config.ws_gap_wait);
             let result = tokio::select! {
@@ -373,6 +396,7 @@ impl Writer<'_> {
                 () = shutdown.cancelled() => Ok(Some((CLOSE_GOING_AWAY, "server shutting down"))),
                 () = &mut session_ends => Ok(Some(close_for(CloseReason::SessionEnded))),
                 delivery = feed.recv() => self.deliver(delivery, &mut feed).await,
+                () = next_tick(&mut recheck) => self.session_ended(session, credentials.as_ref()).await,
                 () = sleep_until(gap_deadline) => {
                     // A held event's predecessor did not arrive in time (its publish was lost
                     // or is slow): storage has it, since it committed before the held one.
@@ -389,6 +413,38 @@ impl Writer<'_> {
             };
             if let Some(close) = result? {
                 return Ok(close);
+            }
+        }
+    }
+
+    /// Asks the authenticator whether the connection's session is still live: the close
+    /// frame when it is not. A failed check keeps the connection until the next one.
+    async fn session_ended(
+        &self,
+        session: Option<SessionInfo>,
+        credentials: Option<&http::HeaderMap>,
+    ) -> Result<Option<Close>, Gone> {
+        let (Some(session), Some(credentials)) = (session, credentials) else {
+            return Ok(None);
+        };
+        let caller = Authenticated {
+            user: self.user.clone(),
+            session: Some(session),
+        };
+        match self
+            .state
+            .authenticator()
+            .session_is_live(&caller, credentials)
+            .await
+        {
+            Ok(true) => Ok(None),
+            Ok(false) => {
+                tracing::debug!(user = %self.user.username, "session gone: closing its websocket");
+                Ok(Some(close_for(CloseReason::SessionEnded)))
+            }
+            Err(error) => {
+                tracing::debug!(%error, user = %self.user.username, "session check failed; trying again later");
+                Ok(None)
             }
         }
     }
@@ -564,6 +620,16 @@ impl Writer<'_> {
             self.flush().await?;
         }
         Ok(None)
+    }
+}
+
+/// The next tick of `ticks`, never without them.
+async fn next_tick(ticks: &mut Option<tokio::time::Interval>) {
+    match ticks {
+        Some(ticks) => {
+            ticks.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }
 

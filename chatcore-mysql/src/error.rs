@@ -8,8 +8,8 @@ use chatcore::Error;
 pub(crate) mod code {
     /// `ER_DUP_ENTRY`: a unique key already holds the value.
     pub const DUP_ENTRY: u16 = 1062;
-    /// `ER_NO_REFERENCED_ROW_2`: a foreign key points nowhere.
-    pub const NO_REFERENCED_ROW: u16 = 1452;
+    /// `ER_BAD_NULL_ERROR`: NULL into a NOT NULL column (how a batch refuses a removed sender).
+    pub const BAD_NULL: u16 = 1048;
     /// `ER_CON_COUNT_ERROR`: too many connections.
     pub const TOO_MANY_CONNECTIONS: u16 = 1040;
     /// `ER_SERVER_SHUTDOWN`.

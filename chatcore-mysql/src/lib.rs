@@ -830,6 +830,68 @@ impl Store for MysqlStore {
         .await?;
         Ok(())
     }
+
+    async fn remove_user(&self, user: UserId) -> Result<()> {
+        const CONTEXT: &str = "removing an account";
+        let map = |e| error::map(CONTEXT, e);
+        // The user row is locked first (exclusive): a batch of sends holds it shared from its
+        // check of the senders to its commit (`writer.rs`), so this waits for those and every
+        // later one sees the removal.
+        bounded(self.config.statement_timeout, CONTEXT, async {
+            let mut conn = self.connection().await.map_err(map)?;
+            let mut tx = conn.begin().await.map_err(map)?;
+            let found: Option<i64> =
+                sqlx::query_scalar("SELECT id FROM chatcore_users WHERE id = ? FOR UPDATE")
+                    .bind(user.0)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(map)?;
+            if found.is_none() {
+                return Err(Error::NotFound(Entity::User));
+            }
+            sqlx::query(
+                "UPDATE chatcore_users SET removed_at = IFNULL(removed_at, UTC_TIMESTAMP(6)), \
+                 password_hash = NULL WHERE id = ?",
+            )
+            .bind(user.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(map)?;
+            sqlx::query("DELETE FROM chatcore_sessions WHERE user_id = ?")
+                .bind(user.0)
+                .execute(&mut *tx)
+                .await
+                .map_err(map)?;
+            tx.commit().await.map_err(map)
+        })
+        .await
+    }
+
+    async fn delete_sent_messages(
+        &self,
+        sender: UserId,
+        after: MessageId,
+        limit: u32,
+    ) -> Result<Vec<Changed>> {
+        let ids: Vec<i64> = read!(self, "finding a sender's messages", |conn| {
+            sqlx::query_scalar(rows::SENT_TO_DELETE)
+                .bind(sender.0)
+                .bind(after.0)
+                .bind(limit)
+                .fetch_all(conn)
+        })
+        .await?;
+        // Each deletion is its own transaction with its event (`changes.rs`), as one
+        // `change_message`: a batch holds no lock across round trips.
+        let mut changed = Vec::with_capacity(ids.len());
+        for id in ids {
+            changed.push(
+                self.change_message(sender, MessageId(id), &MessageChange::Delete)
+                    .await?,
+            );
+        }
+        Ok(changed)
+    }
 }
 
 /// The events of rows of [`rows::EVENTS_AFTER`] or [`rows::FEED_AFTER`], by position.
@@ -870,23 +932,29 @@ impl SessionStore for MysqlStore {
         user: UserId,
         expires_at: DateTime<Utc>,
     ) -> Result<()> {
+        const CONTEXT: &str = "creating a session";
         let insert = self.execute(
-            sqlx::query(
-                "INSERT INTO chatcore_sessions (token_hash, user_id, expires_at) VALUES (?, ?, ?) \
-             ON DUPLICATE KEY UPDATE user_id = VALUES(user_id), expires_at = VALUES(expires_at)",
-            )
-            .bind(token_hash.as_slice())
-            .bind(user.0)
-            .bind(expires_at.naive_utc()),
+            sqlx::query(rows::CREATE_SESSION)
+                .bind(token_hash.as_slice())
+                .bind(expires_at.naive_utc())
+                .bind(user.0),
         );
-        bounded(self.config.statement_timeout, "creating a session", async {
-            insert.await.map_err(|e| match error::server_code(&e) {
-                Some(error::code::NO_REFERENCED_ROW) => Error::NotFound(Entity::User),
-                _ => error::map("creating a session", e),
-            })
+        let done = bounded(self.config.statement_timeout, CONTEXT, async {
+            insert.await.map_err(|e| error::map(CONTEXT, e))
         })
         .await?;
-        Ok(())
+        if done.rows_affected() > 0 {
+            return Ok(());
+        }
+        // Nothing written: no such user (or removed), or the same session again.
+        let same: Option<i64> = read!(self, CONTEXT, |conn| {
+            sqlx::query_scalar("SELECT user_id FROM chatcore_sessions WHERE token_hash = ? AND user_id = ?")
+                .bind(token_hash.as_slice())
+                .bind(user.0)
+                .fetch_optional(conn)
+        })
+        .await?;
+        same.map(|_| ()).ok_or(Error::NotFound(Entity::User))
     }
 
     async fn session_user(
@@ -919,6 +987,45 @@ impl SessionStore for MysqlStore {
         })
         .await?;
         Ok(())
+    }
+
+    async fn delete_user_sessions(&self, user: UserId) -> Result<u64> {
+        // A range of the foreign key's index on `user_id`.
+        let delete =
+            self.execute(sqlx::query("DELETE FROM chatcore_sessions WHERE user_id = ?").bind(user.0));
+        let done = bounded(self.config.statement_timeout, "ending a user's sessions", async {
+            delete
+                .await
+                .map_err(|e| error::map("ending a user's sessions", e))
+        })
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn set_password_hash(&self, username: &Username, password_hash: &str) -> Result<User> {
+        const CONTEXT: &str = "setting a password";
+        let key = username.key();
+        let row = read!(self, CONTEXT, |conn| {
+            sqlx::query(
+                "SELECT id, username FROM chatcore_users WHERE username_key = ? AND removed_at IS NULL",
+            )
+            .bind(key.as_bytes())
+            .fetch_optional(conn)
+        })
+        .await?;
+        let user = rows::user(&row.ok_or(Error::NotFound(Entity::User))?).map_err(corrupt)?;
+        // MySQL counts changed rows: the same hash again changes none, so the row found
+        // above answers, and a removal in between is checked by the condition.
+        let update = self.execute(
+            sqlx::query(rows::SET_PASSWORD_HASH)
+                .bind(password_hash)
+                .bind(key.as_bytes()),
+        );
+        bounded(self.config.statement_timeout, CONTEXT, async {
+            update.await.map_err(|e| error::map(CONTEXT, e))
+        })
+        .await?;
+        Ok(user)
     }
 
     async fn delete_expired_sessions(&self, now: DateTime<Utc>) -> Result<u64> {

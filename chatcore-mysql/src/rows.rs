@@ -50,7 +50,23 @@ pub(crate) const LIST_USERS: &str = "SELECT id, username FROM chatcore_users \
      FORCE INDEX (chatcore_users_username_key) \
      WHERE username_key LIKE ? ESCAPE '!' AND username_key > ? \
        AND username_key > IFNULL((SELECT a.username_key FROM chatcore_users a WHERE a.username = ?), ?) \
-       AND id <> ? ORDER BY username_key LIMIT ?";
+       AND id <> ? AND removed_at IS NULL ORDER BY username_key LIMIT ?";
+
+/// Up to `?` (third) messages of sender `?` after id `?` that still have a body, oldest
+/// first: a range of `chatcore_messages_sender`.
+pub(crate) const SENT_TO_DELETE: &str = "SELECT id FROM chatcore_messages FORCE INDEX (chatcore_messages_sender) \
+     WHERE sender_id = ? AND id > ? AND deleted = 0 ORDER BY id LIMIT ?";
+
+/// A new password hash (second) for the account keyed `?` (first), unless removed.
+pub(crate) const SET_PASSWORD_HASH: &str =
+    "UPDATE chatcore_users SET password_hash = ? WHERE username_key = ? AND removed_at IS NULL";
+
+/// A session for a user who exists and was not removed, the user row read with a shared lock
+/// (a concurrent removal either waits for this session and then deletes it, or comes first
+/// and no session is made). Binds: token hash, expiry, user.
+pub(crate) const CREATE_SESSION: &str = "INSERT INTO chatcore_sessions (token_hash, user_id, expires_at) \
+     SELECT ?, u.id, ? FROM chatcore_users u WHERE u.id = ? AND u.removed_at IS NULL LOCK IN SHARE MODE \
+     ON DUPLICATE KEY UPDATE user_id = VALUES(user_id), expires_at = VALUES(expires_at)";
 
 /// A user's blocks by the blocked user's key after a key, at most `LIMIT`: a range of
 /// `chatcore_blocks_by_key`, the names by primary key. Binds: blocker, after's key (empty for

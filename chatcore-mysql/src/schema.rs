@@ -285,35 +285,63 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
         )],
     },
+    Migration {
+        version: 8,
+        description: "removed accounts",
+        // A removed account keeps its row (the name stays taken, histories still name it)
+        // with `removed_at` set, its password hash emptied and its sessions deleted
+        // (`Store::remove_user`); sends check it under the sequence lock (`writer.rs`).
+        // Added only when missing, so an interrupted run can run again.
+        steps: &[Step::Rust {
+            name: "removed accounts v1",
+            run: add_removed_column,
+        }],
+    },
 ];
+
+/// Migration 8: `chatcore_users.removed_at`, if it is not there yet.
+fn add_removed_column(conn: &mut MySqlConnection) -> BoxFuture<'_, Result<Vec<String>>> {
+    Box::pin(add_missing_columns(
+        conn,
+        &[("chatcore_users", "removed_at", "DATETIME(6) NULL")],
+    ))
+}
 
 /// Migration 6: the columns of edits and deletions, each added if it is not there yet.
 fn add_change_columns(conn: &mut MySqlConnection) -> BoxFuture<'_, Result<Vec<String>>> {
-    Box::pin(async move {
-        let columns = [
+    Box::pin(add_missing_columns(
+        conn,
+        &[
             ("chatcore_messages", "edited_at", "DATETIME(6) NULL"),
             ("chatcore_messages", "deleted", "TINYINT NOT NULL DEFAULT 0"),
             ("chatcore_read_events", "kind", "TINYINT NOT NULL DEFAULT 0"),
-        ];
-        for (table, column, definition) in columns {
-            let (count,): (i64,) = sqlx::query_as(
-                "SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() \
-                 AND TABLE_NAME = ? AND COLUMN_NAME = ?",
-            )
-            .bind(table)
-            .bind(column)
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(|e| error::map("reading the schema", e))?;
-            if count == 0 {
-                sqlx::query(&format!("ALTER TABLE {table} ADD COLUMN {column} {definition}"))
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(|e| error::map("adding a column for message changes", e))?;
-            }
+        ],
+    ))
+}
+
+/// Adds each `(table, column, definition)` that is not there yet.
+async fn add_missing_columns(
+    conn: &mut MySqlConnection,
+    columns: &'static [(&'static str, &'static str, &'static str)],
+) -> Result<Vec<String>> {
+    for (table, column, definition) in columns {
+        let (count,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() \
+             AND TABLE_NAME = ? AND COLUMN_NAME = ?",
+        )
+        .bind(table)
+        .bind(column)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| error::map("reading the schema", e))?;
+        if count == 0 {
+            sqlx::query(&format!("ALTER TABLE {table} ADD COLUMN {column} {definition}"))
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| error::map("adding a column", e))?;
         }
-        Ok(Vec::new())
-    })
+    }
+    Ok(Vec::new())
 }
 
 /// The newest schema version this code knows.

@@ -221,7 +221,7 @@ impl Writer {
             }
         };
         let keys: Vec<String> = batch.iter().map(|m| m.recipient.key()).collect();
-        let users = match self.resolve_users(&mut conn, batch, &keys).await {
+        let mut users = match self.resolve_users(&mut conn, batch, &keys, true).await {
             Ok(users) => users,
             // Handing the connection back has the pool check it (and drop it if it is dead).
             Err(err) => return fail_all(err),
@@ -245,6 +245,24 @@ impl Writer {
                         drop(conn.detach());
                         return fail_all(err);
                     }
+                    // A sender known from the cache was removed meanwhile (by any process):
+                    // the transaction refused the whole batch (see `commit_fresh`). Read the
+                    // users again; the removed sender's sends are refused, the others retried.
+                    // Checked before the blocks, so a removed sender's send is refused as
+                    // removed whatever its pair (the order every backend answers in).
+                    if error::server_code(&err) == Some(code::BAD_NULL) {
+                        match self.reread_removed(&mut conn, batch, &keys, &users).await {
+                            Ok(Some(fresh)) => {
+                                users = fresh;
+                                continue;
+                            }
+                            Ok(None) => {}
+                            Err(read) => {
+                                tracing::warn!(error = %read, "reading a failed batch's users again failed");
+                                return fail_all(err);
+                            }
+                        }
+                    }
                     // A block stood between the users of one of its sends: the transaction
                     // refused to take ids (see `commit_fresh`) and rolled back. Those sends
                     // are refused and the others tried again; each such round refuses at
@@ -264,9 +282,10 @@ impl Writer {
                     // and our insert; the whole transaction rolled back. Checking again finds
                     // its message.
                     let key_race = error::server_code(&err) == Some(code::DUP_ENTRY);
-                    if !(key_race && attempt < KEY_RACE_RETRIES) {
-                        return fail_all(err);
+                    if key_race && attempt < KEY_RACE_RETRIES {
+                        continue;
                     }
+                    return fail_all(err);
                 }
             }
         }
@@ -308,15 +327,41 @@ impl Writer {
         Ok(marked)
     }
 
-    /// Recipients by key (id and stored name) and the set of existing sender ids, in one
-    /// query. `keys` holds each message's recipient key ([`chatcore::Username::key`]).
+    /// After a batch failed on NULL ids: whether its transaction found a removed sender
+    /// (`@chatcore_removed`), and if so, the batch's users read again from the database when
+    /// they show a sender removed that `users` did not know of (the cache knew them before
+    /// the removal). The batch is then tried again with them: the removed senders' sends are
+    /// refused, the others go on. Each such round learns of one more removed sender of the
+    /// batch, so it ends.
+    async fn reread_removed(
+        &self,
+        conn: &mut MySqlConnection,
+        batch: &[NewMessage],
+        keys: &[String],
+        users: &ResolvedUsers,
+    ) -> Result<Option<ResolvedUsers>, sqlx::Error> {
+        let row = conn.fetch_one(sqlx::raw_sql("SELECT @chatcore_removed")).await?;
+        let found: Option<i64> = row.try_get_unchecked(0)?;
+        if found.unwrap_or(0) == 0 {
+            return Ok(None);
+        }
+        // A value left by an earlier batch on this connection finds no new removal here.
+        let fresh = self.resolve_users(conn, batch, keys, false).await?;
+        let learned = fresh.removed.iter().any(|id| !users.removed.contains(id));
+        Ok(learned.then_some(fresh))
+    }
+
+    /// Recipients by key (id and stored name) and the set of existing sender ids (removed
+    /// ones apart), in one query, or from the cache when `cached` and it knows them all.
+    /// `keys` holds each message's recipient key ([`chatcore::Username::key`]).
     async fn resolve_users(
         &self,
         conn: &mut MySqlConnection,
         batch: &[NewMessage],
         keys: &[String],
+        cached: bool,
     ) -> Result<ResolvedUsers, sqlx::Error> {
-        if let Some(resolved) = self.known_users(batch, keys) {
+        if cached && let Some(resolved) = self.known_users(batch, keys) {
             return Ok(resolved);
         }
         let unique_keys: Vec<&[u8]> = keys
@@ -334,13 +379,17 @@ impl Writer {
         // Lists are padded to a power of two (repeating the last entry) so a few statement
         // shapes serve every batch and stay in the prepared-statement cache.
         let mut query = QueryBuilder::<MySql>::new(
-            "SELECT id, username, username_key FROM chatcore_users WHERE username_key IN (",
+            "SELECT id, username, username_key, removed_at IS NOT NULL AS removed FROM chatcore_users \
+             WHERE username_key IN (",
         );
         let mut list = query.separated(", ");
         for key in padded(&unique_keys) {
             list.push_bind(*key);
         }
-        query.push(") UNION SELECT id, username, username_key FROM chatcore_users WHERE id IN (");
+        query.push(
+            ") UNION SELECT id, username, username_key, removed_at IS NOT NULL AS removed \
+             FROM chatcore_users WHERE id IN (",
+        );
         let mut list = query.separated(", ");
         for id in padded(&senders) {
             list.push_bind(*id);
@@ -352,7 +401,12 @@ impl Writer {
             let id: i64 = row.try_get("id")?;
             let name = rows::text(&row, "username").map_err(sqlx::Error::Decode)?;
             let key: Vec<u8> = row.try_get_unchecked("username_key")?;
-            resolved.ids.insert(id);
+            let removed: i64 = row.try_get_unchecked("removed")?;
+            if removed == 0 {
+                resolved.ids.insert(id);
+            } else {
+                resolved.removed.insert(id);
+            }
             resolved.by_key.insert(key, (id, Username::from_stored(name)));
         }
         self.remember(&resolved);
@@ -387,6 +441,9 @@ impl Writer {
             *known = KnownUsers::default();
         }
         known.ids.extend(found.ids.iter().copied());
+        for id in &found.removed {
+            known.ids.remove(id);
+        }
         known
             .by_key
             .extend(found.by_key.iter().map(|(key, user)| (key.clone(), user.clone())));
@@ -407,7 +464,9 @@ impl Writer {
         for ((new, key), refused) in batch.iter().zip(keys).zip(refused) {
             let recipient = users.by_key.get(key.as_bytes());
             let known = users.ids.contains(&new.sender.id.0) && recipient.is_some();
-            outcomes.push(if !known {
+            outcomes.push(if users.removed.contains(&new.sender.id.0) {
+                Some(Err(Error::Forbidden(Forbidden::AccountRemoved)))
+            } else if !known {
                 Some(Err(Error::NotFound(Entity::User)))
             } else if *refused {
                 Some(Err(Error::Forbidden(Forbidden::Blocked)))
@@ -568,12 +627,13 @@ impl Writer {
     /// them, and each participant's newest id before them:
     ///
     /// `BEGIN`; one upsert of `chatcore_counts` that locks the sequence row `(0, 0)` first,
-    /// reserves `fresh.len()` ids and adds to the counters (unread totals among them); look
-    /// up the blocks between the batch's pairs (`@chatcore_blocked`); note the first id (NULL
-    /// when a block stands) and the server clock; insert the messages; upsert the
+    /// reserves `fresh.len()` ids and adds to the counters (unread totals among them); count
+    /// the removed senders among the batch's (`@chatcore_removed`); look up the blocks between
+    /// the batch's pairs (`@chatcore_blocked`); note the first id (NULL when a sender was
+    /// removed or a block stands) and the server clock; insert the messages; upsert the
     /// participants' inbox rows (one per user and conversation of the batch); `COMMIT`; report
     /// the ids, the time and, for each user of the batch, their newest position up to the last
-    /// one handed out before the batch (see [`previous_positions_select`]). Eight statements: each costs the
+    /// one handed out before the batch (see [`previous_positions_select`]). Nine statements: each costs the
     /// server time even within one round trip, which is what a send at low concurrency waits
     /// for.
     ///
@@ -634,16 +694,32 @@ impl Writer {
         for ((low, high), total) in &counts {
             let _ = write!(sql, ",({low},{high},{total})");
         }
-        // Under the sequence lock (which `set_block` takes too), the batch's first consistent
-        // read sees every block committed before: a block between the users of any of its
-        // sends leaves the ids NULL, so the message insert fails (strict mode) and the whole
-        // transaction rolls back; `write` then refuses those sends and tries the others again.
-        // `@chatcore_blocked` tells that failure from a missing sequence row. (Its own
-        // statement: MariaDB evaluates every value of one `SET` before assigning any.)
+        // Under the sequence lock, the senders are read with a shared lock: a removal
+        // (`Store::remove_user`, an exclusive lock on the user row) either waits for this
+        // transaction to commit, or came first and is seen here (`@chatcore_removed`). Then
+        // the batch's first consistent read (the sequence lock is taken by `set_block` too)
+        // sees every block committed before (`@chatcore_blocked`; its own statement: MariaDB
+        // evaluates every value of one `SET` before assigning any). Either leaves the ids
+        // NULL, so the message insert fails (strict mode) and the whole transaction rolls
+        // back; `write` then refuses the removed senders' sends (reading the users again) or
+        // the blocked ones, and tries the others again. Both variables tell that failure from
+        // a missing sequence row.
+        let senders: BTreeSet<i64> = fresh.iter().map(|&i| batch[i].sender.id.0).collect();
         let _ = write!(
             sql,
             " ON DUPLICATE KEY UPDATE total = IF(low_id = 0, \
              LAST_INSERT_ID(total + VALUES(total)), total + VALUES(total)); \
+             SELECT COUNT(*) INTO @chatcore_removed FROM chatcore_users WHERE id IN ("
+        );
+        for (n, sender) in senders.iter().enumerate() {
+            if n > 0 {
+                sql.push(',');
+            }
+            let _ = write!(sql, "{sender}");
+        }
+        let _ = write!(
+            sql,
+            ") AND removed_at IS NOT NULL LOCK IN SHARE MODE; \
              SET @chatcore_blocked = "
         );
         let pairs: BTreeSet<(i64, i64)> = fresh
@@ -660,7 +736,7 @@ impl Writer {
         }
         let _ = write!(
             sql,
-            "; SET @chatcore_last = IF(LAST_INSERT_ID() > 0 AND @chatcore_blocked = 0, LAST_INSERT_ID() - {count}, NULL), \
+            "; SET @chatcore_last = IF(LAST_INSERT_ID() > 0 AND @chatcore_removed = 0 AND @chatcore_blocked = 0, LAST_INSERT_ID() - {count}, NULL), \
              @chatcore_at = UTC_TIMESTAMP(6); "
         );
         sql.push_str(
@@ -874,7 +950,10 @@ struct KnownUsers {
 struct ResolvedUsers {
     /// Id and stored name by [`chatcore::Username::key`].
     by_key: HashMap<Vec<u8>, (i64, Username)>,
+    /// Users who may send: found and not removed.
     ids: HashSet<i64>,
+    /// Removed accounts among them (`Store::remove_user`): their sends are refused.
+    removed: HashSet<i64>,
 }
 
 /// The SHA-256 of an idempotency key: keys of any length fit one fixed-size index column.

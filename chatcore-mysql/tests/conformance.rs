@@ -5,6 +5,7 @@ mod common;
 
 chatcore::store_conformance_tests!(common::fresh_store);
 chatcore::session_store_conformance_tests!(common::fresh_session_store);
+chatcore::account_conformance_tests!(common::fresh_backend);
 
 /// The feed and its checkpoints survive a new store instance on the same database (a
 /// restart, as another process would see it).

@@ -8,8 +8,6 @@ use chatcore::Error;
 pub(crate) mod code {
     /// `unique_violation`.
     pub const UNIQUE_VIOLATION: &str = "23505";
-    /// `foreign_key_violation`.
-    pub const FOREIGN_KEY_VIOLATION: &str = "23503";
     /// `disk_full`.
     pub const DISK_FULL: &str = "53100";
     /// `character_not_in_repertoire`: e.g. a NUL character, which `text` cannot hold.

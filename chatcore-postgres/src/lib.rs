@@ -514,37 +514,38 @@ impl Store for PostgresStore {
             .fetch_one(&self.pool)
             .await
             .map_err(|e| error::map("changing a message", e))?;
-        let outcome: Option<String> = row.try_get("r_outcome").map_err(|e| corrupt(Box::new(e)))?;
-        let int =
-            |column: &str| -> Result<Option<i64>> { row.try_get(column).map_err(|e| corrupt(Box::new(e))) };
-        match outcome.as_deref().unwrap_or_default() {
-            "missing" => Err(Error::NotFound(Entity::Message)),
-            "not_sender" => Err(Error::Forbidden(chatcore::Forbidden::NotTheSender)),
-            "window" => Err(Error::Forbidden(chatcore::Forbidden::EditWindowClosed)),
-            "blocked" => Err(Error::Forbidden(chatcore::Forbidden::Blocked)),
-            "gone" if !delete => Err(Error::NotFound(Entity::Message)),
-            "gone" => Ok(Changed {
-                message: rows::message(&row).map_err(corrupt)?,
-                event: None,
-            }),
-            "changed" => {
-                let (Some(recipient), Some(position)) = (int("r_recipient_id")?, int("r_position")?) else {
-                    return Err(Error::bug("chatcore_change_message: a change without its event"));
-                };
-                Ok(Changed {
-                    message: rows::message(&row).map_err(corrupt)?,
-                    event: Some(ChangeEvent {
-                        position: Position(position),
-                        recipient_id: UserId(recipient),
-                        sender_previous: Position(int("r_sender_previous")?.unwrap_or(0)),
-                        recipient_previous: Position(int("r_recipient_previous")?.unwrap_or(0)),
-                    }),
-                })
-            }
-            other => Err(Error::bug(format!(
-                "chatcore_change_message: unknown outcome {other:?}"
-            ))),
-        }
+        changed_from_row(&row, delete)
+    }
+
+    async fn remove_user(&self, user: UserId) -> Result<()> {
+        let row = sqlx::query(rows::REMOVE_USER)
+            .bind(user.0)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| error::map("removing an account", e))?;
+        row.map(|_| ()).ok_or(Error::NotFound(Entity::User))
+    }
+
+    async fn delete_sent_messages(
+        &self,
+        sender: UserId,
+        after: MessageId,
+        limit: u32,
+    ) -> Result<Vec<Changed>> {
+        // One statement, one transaction: not retried here (the caller runs it again).
+        let rows = sqlx::query(rows::DELETE_SENT)
+            .bind(sender.0)
+            .bind(after.0)
+            .bind(i32::try_from(limit).unwrap_or(i32::MAX))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| error::map("deleting a sender's messages", e))?;
+        let mut changed = rows
+            .iter()
+            .map(|row| changed_from_row(row, true))
+            .collect::<Result<Vec<_>>>()?;
+        changed.sort_unstable_by_key(|c| c.message.id);
+        Ok(changed)
     }
 
     async fn set_block(&self, blocker: UserId, blocked: &Username, on: bool) -> Result<User> {
@@ -705,6 +706,40 @@ impl Store for PostgresStore {
     }
 }
 
+/// What one row of [`rows::CHANGE_MESSAGE`] (or [`rows::DELETE_SENT`]) says happened.
+fn changed_from_row(row: &sqlx::postgres::PgRow, delete: bool) -> Result<Changed> {
+    let outcome: Option<String> = row.try_get("r_outcome").map_err(|e| corrupt(Box::new(e)))?;
+    let int = |column: &str| -> Result<Option<i64>> { row.try_get(column).map_err(|e| corrupt(Box::new(e))) };
+    match outcome.as_deref().unwrap_or_default() {
+        "missing" => Err(Error::NotFound(Entity::Message)),
+        "not_sender" => Err(Error::Forbidden(chatcore::Forbidden::NotTheSender)),
+        "window" => Err(Error::Forbidden(chatcore::Forbidden::EditWindowClosed)),
+        "blocked" => Err(Error::Forbidden(chatcore::Forbidden::Blocked)),
+        "gone" if !delete => Err(Error::NotFound(Entity::Message)),
+        "gone" => Ok(Changed {
+            message: rows::message(row).map_err(corrupt)?,
+            event: None,
+        }),
+        "changed" => {
+            let (Some(recipient), Some(position)) = (int("r_recipient_id")?, int("r_position")?) else {
+                return Err(Error::bug("chatcore_change_message: a change without its event"));
+            };
+            Ok(Changed {
+                message: rows::message(row).map_err(corrupt)?,
+                event: Some(ChangeEvent {
+                    position: Position(position),
+                    recipient_id: UserId(recipient),
+                    sender_previous: Position(int("r_sender_previous")?.unwrap_or(0)),
+                    recipient_previous: Position(int("r_recipient_previous")?.unwrap_or(0)),
+                }),
+            })
+        }
+        other => Err(Error::bug(format!(
+            "chatcore_change_message: unknown outcome {other:?}"
+        ))),
+    }
+}
+
 /// The events of rows of [`rows::EVENTS_AFTER`] or [`rows::FEED_AFTER`], by position.
 fn events_in_order(rows: &[sqlx::postgres::PgRow]) -> Result<Vec<StoredEvent>> {
     let mut events = rows
@@ -743,19 +778,16 @@ impl SessionStore for PostgresStore {
         user: UserId,
         expires_at: DateTime<Utc>,
     ) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO chatcore_sessions (token_hash, user_id, expires_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (token_hash) DO UPDATE SET user_id = EXCLUDED.user_id, expires_at = EXCLUDED.expires_at",
-        )
-        .bind(token_hash.as_slice())
-        .bind(user.0)
-        .bind(expires_at)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| match error::sqlstate(&e).as_deref() {
-            Some(error::code::FOREIGN_KEY_VIOLATION) => Error::NotFound(Entity::User),
-            _ => error::map("creating a session", e),
-        })?;
+        let done = sqlx::query(rows::CREATE_SESSION)
+            .bind(token_hash.as_slice())
+            .bind(user.0)
+            .bind(expires_at)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| error::map("creating a session", e))?;
+        if done.rows_affected() == 0 {
+            return Err(Error::NotFound(Entity::User));
+        }
         Ok(())
     }
 
@@ -785,6 +817,26 @@ impl SessionStore for PostgresStore {
             .await
             .map_err(|e| error::map("deleting a session", e))?;
         Ok(())
+    }
+
+    async fn delete_user_sessions(&self, user: UserId) -> Result<u64> {
+        let done = sqlx::query("DELETE FROM chatcore_sessions WHERE user_id = $1")
+            .bind(user.0)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| error::map("ending a user's sessions", e))?;
+        Ok(done.rows_affected())
+    }
+
+    async fn set_password_hash(&self, username: &Username, password_hash: &str) -> Result<User> {
+        let row = sqlx::query(rows::SET_PASSWORD_HASH)
+            .bind(username.key())
+            .bind(password_hash)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| error::map("setting a password", e))?;
+        let row = row.ok_or(Error::NotFound(Entity::User))?;
+        rows::user(&row).map_err(corrupt)
     }
 
     async fn delete_expired_sessions(&self, now: DateTime<Utc>) -> Result<u64> {

@@ -19,7 +19,7 @@ pub(crate) const CREDENTIALS: &str =
 /// is a range and the order is byte order) after the cursor's key, stopping after `LIMIT`.
 /// Binds: pattern, after's key ('' for none), excluded id (0 for none), limit.
 pub(crate) const LIST_USERS: &str = "SELECT id, username FROM chatcore_users \
-     WHERE username_key LIKE $1 ESCAPE '!' AND username_key > $2 AND id <> $3 \
+     WHERE username_key LIKE $1 ESCAPE '!' AND username_key > $2 AND id <> $3 AND removed_at IS NULL \
      ORDER BY username_key LIMIT $4";
 
 /// A user's blocks by the blocked user's key after a key ('' for all), at most `LIMIT`: a
@@ -233,6 +233,32 @@ pub(crate) const CHANGE_MESSAGE: &str = "SELECT r_outcome, r_recipient_id, r_pos
      r_recipient_previous, r_id AS id, r_sender AS sender, r_recipient AS recipient, r_created_at AS created_at, \
      r_body AS body, r_edited_at AS edited_at, r_deleted AS deleted \
      FROM chatcore_change_message($1, $2, $3, $4, $5)";
+
+/// One batch of `Store::delete_sent_messages`: the function `chatcore_delete_sent` (see
+/// `schema.rs`), its rows shaped as [`CHANGE_MESSAGE`]'s. Binds: sender, after, limit.
+pub(crate) const DELETE_SENT: &str = "SELECT r_outcome, r_recipient_id, r_position, r_sender_previous, \
+     r_recipient_previous, r_id AS id, r_sender AS sender, r_recipient AS recipient, r_created_at AS created_at, \
+     r_body AS body, r_edited_at AS edited_at, r_deleted AS deleted \
+     FROM chatcore_delete_sent($1, $2, $3)";
+
+/// `Store::remove_user` in one statement: the flag (kept from the first time), the password,
+/// every session. Binds: user. One row when the user exists.
+pub(crate) const REMOVE_USER: &str = "WITH removed AS ( \
+         UPDATE chatcore_users SET removed_at = COALESCE(removed_at, now()), password_hash = NULL \
+         WHERE id = $1 RETURNING id), \
+     ended AS (DELETE FROM chatcore_sessions WHERE user_id IN (SELECT id FROM removed)) \
+     SELECT id FROM removed";
+
+/// A session for a user who exists and was not removed. The user row is locked (`FOR SHARE`)
+/// so a concurrent removal either waits for this session and then deletes it, or comes
+/// first and no session is made. Binds: token hash, user, expiry.
+pub(crate) const CREATE_SESSION: &str = "INSERT INTO chatcore_sessions (token_hash, user_id, expires_at) \
+     SELECT $1, u.id, $3 FROM chatcore_users u WHERE u.id = $2 AND u.removed_at IS NULL FOR SHARE \
+     ON CONFLICT (token_hash) DO UPDATE SET user_id = EXCLUDED.user_id, expires_at = EXCLUDED.expires_at";
+
+/// A new password hash for the account keyed `$1`, unless removed. Binds: key, hash.
+pub(crate) const SET_PASSWORD_HASH: &str = "UPDATE chatcore_users SET password_hash = $2 \
+     WHERE username_key = $1 AND removed_at IS NULL RETURNING id, username";
 
 /// One `mark_read`: the function `chatcore_mark_read` (see `schema.rs`).
 /// Binds: reader, peer's key, up_to.

@@ -845,6 +845,168 @@ pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
             RETURN QUERY SELECT 'done'::TEXT, v_target, v_name;
         END
         $fn$",
+    ],}, Migration {
+    version: 7,
+    description: "removed accounts: refused sends, and deleting a sender's messages in batches",
+    // A removed account keeps its row (the name stays taken, histories still name it) with
+    // `removed_at` set, its password hash emptied and its sessions deleted
+    // (`Store::remove_user`). The batch insert function of migration 6 (migration 2's with
+    // blocked sends set apart as 'blocked'), whose only change is that a removed sender's
+    // sends are refused ('removed', before the idempotency replay and the block check): it
+    // reads the senders after locking the id sequence row, so a send racing a removal either
+    // commits before the sender's messages are deleted (each deleting batch takes the same
+    // lock first, then looks) or sees the removal.
+    steps: &[
+        "ALTER TABLE chatcore_users ADD COLUMN removed_at TIMESTAMPTZ NULL",
+        "CREATE OR REPLACE FUNCTION chatcore_insert_messages(
+            p_senders BIGINT[], p_recipient_keys TEXT[], p_bodies TEXT[], p_key_hashes BYTEA[])
+        RETURNS TABLE (
+            ord INT, outcome TEXT, message_id BIGINT, recipient_id BIGINT, recipient_name TEXT,
+            sender_name TEXT, created_at TIMESTAMPTZ, body TEXT, user_id BIGINT, previous BIGINT)
+        LANGUAGE plpgsql VOLATILE AS $fn$
+        #variable_conflict use_column
+        DECLARE
+            v_last BIGINT;
+            v_at TIMESTAMPTZ;
+        BEGIN
+            SELECT c.total INTO v_last FROM chatcore_counts c
+                WHERE c.low_id = 0 AND c.high_id = 0 FOR UPDATE;
+            IF v_last IS NULL THEN
+                RAISE EXCEPTION 'the chatcore message id sequence is missing: run Backend::migrate()'
+                    USING ERRCODE = 'XX000';
+            END IF;
+            v_at := date_trunc('microseconds', clock_timestamp());
+            RETURN QUERY
+            WITH input AS (
+                SELECT t.ord::INT AS ord, t.sender_id, t.rkey, t.body, t.khash
+                FROM unnest(p_senders, p_recipient_keys, p_bodies, p_key_hashes)
+                    WITH ORDINALITY AS t(sender_id, rkey, body, khash, ord)
+            ), resolved AS (
+                SELECT i.*, r.id AS rid, r.username AS rname, s.username AS sname,
+                    s.removed_at IS NOT NULL AS sremoved
+                FROM input i
+                LEFT JOIN chatcore_users r ON r.username_key = i.rkey
+                LEFT JOIN chatcore_users s ON s.id = i.sender_id
+            ), earlier AS (
+                SELECT rs.ord, m.id, m.recipient_id, ru.username AS rname, su.username AS sname,
+                    m.created_at, m.body
+                FROM resolved rs
+                JOIN chatcore_messages m
+                    ON m.sender_id = rs.sender_id AND m.idempotency_key_hash = rs.khash
+                JOIN chatcore_users su ON su.id = m.sender_id
+                JOIN chatcore_users ru ON ru.id = m.recipient_id
+                WHERE rs.khash IS NOT NULL AND rs.rid IS NOT NULL AND rs.sname IS NOT NULL
+                    AND NOT rs.sremoved
+            ), refused AS (
+                SELECT rs.ord FROM resolved rs
+                WHERE rs.rid IS NOT NULL AND rs.sname IS NOT NULL AND NOT rs.sremoved
+                    AND rs.rid <> rs.sender_id
+                    AND NOT EXISTS (SELECT 1 FROM earlier e WHERE e.ord = rs.ord)
+                    AND (EXISTS (SELECT 1 FROM chatcore_blocks b
+                            WHERE b.blocker_id = rs.sender_id AND b.blocked_id = rs.rid)
+                        OR EXISTS (SELECT 1 FROM chatcore_blocks b
+                            WHERE b.blocker_id = rs.rid AND b.blocked_id = rs.sender_id))
+            ), fresh AS (
+                SELECT rs.*, v_last + row_number() OVER (ORDER BY rs.ord) AS new_id
+                FROM resolved rs
+                WHERE rs.rid IS NOT NULL AND rs.sname IS NOT NULL AND NOT rs.sremoved
+                    AND NOT EXISTS (SELECT 1 FROM earlier e WHERE e.ord = rs.ord)
+                    AND NOT EXISTS (SELECT 1 FROM refused x WHERE x.ord = rs.ord)
+            ), stored AS (
+                INSERT INTO chatcore_messages (id, sender_id, recipient_id, conversation_low,
+                    conversation_high, created_at, body, idempotency_key_hash)
+                SELECT f.new_id, f.sender_id, f.rid, LEAST(f.sender_id, f.rid),
+                    GREATEST(f.sender_id, f.rid), v_at, f.body, f.khash
+                FROM fresh f
+                RETURNING id
+            ), counted AS (
+                INSERT INTO chatcore_counts AS c (low_id, high_id, total)
+                SELECT k.low_id, k.high_id, count(*) FROM (
+                    SELECT 0::BIGINT AS low_id, 0::BIGINT AS high_id FROM fresh
+                    UNION ALL SELECT LEAST(f.sender_id, f.rid), GREATEST(f.sender_id, f.rid) FROM fresh f
+                    UNION ALL SELECT f.sender_id, 0 FROM fresh f
+                    UNION ALL SELECT f.rid, 0 FROM fresh f WHERE f.rid <> f.sender_id
+                    UNION ALL SELECT f.rid, -1 FROM fresh f WHERE f.rid <> f.sender_id
+                ) k
+                GROUP BY k.low_id, k.high_id
+                ORDER BY k.low_id, k.high_id
+                ON CONFLICT (low_id, high_id) DO UPDATE SET total = c.total + EXCLUDED.total
+                RETURNING c.low_id
+            ), boxed AS (
+                INSERT INTO chatcore_inbox AS b (user_id, peer_id, last_id, unread, read_up_to)
+                SELECT k.uid, k.pid, MAX(k.mid), SUM(k.n), NULL::BIGINT FROM (
+                    SELECT f.sender_id AS uid, f.rid AS pid, f.new_id AS mid, 0::BIGINT AS n
+                    FROM fresh f
+                    UNION ALL SELECT f.rid, f.sender_id, f.new_id, 1 FROM fresh f
+                    WHERE f.rid <> f.sender_id
+                ) k
+                GROUP BY k.uid, k.pid
+                ORDER BY k.uid, k.pid
+                ON CONFLICT ON CONSTRAINT chatcore_inbox_pkey DO UPDATE
+                    SET last_id = GREATEST(b.last_id, EXCLUDED.last_id),
+                        unread = b.unread + EXCLUDED.unread
+                RETURNING b.user_id
+            ), users AS (
+                SELECT f.sender_id AS uid FROM fresh f UNION SELECT f.rid FROM fresh f
+            )
+            SELECT rs.ord, 'missing'::TEXT, NULL::BIGINT, NULL::BIGINT, NULL::TEXT, NULL::TEXT,
+                NULL::TIMESTAMPTZ, NULL::TEXT, NULL::BIGINT, NULL::BIGINT
+            FROM resolved rs WHERE rs.rid IS NULL OR rs.sname IS NULL
+            UNION ALL
+            SELECT rs.ord, 'removed'::TEXT, NULL::BIGINT, NULL::BIGINT, NULL::TEXT, NULL::TEXT,
+                NULL::TIMESTAMPTZ, NULL::TEXT, NULL::BIGINT, NULL::BIGINT
+            FROM resolved rs WHERE rs.rid IS NOT NULL AND rs.sname IS NOT NULL AND rs.sremoved
+            UNION ALL
+            SELECT e.ord, 'replay', e.id, e.recipient_id, e.rname, e.sname, e.created_at, e.body,
+                NULL, NULL
+            FROM earlier e
+            UNION ALL
+            SELECT x.ord, 'blocked', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+            FROM refused x
+            UNION ALL
+            SELECT f.ord, 'stored', f.new_id, f.rid, f.rname, f.sname, v_at, NULL, NULL, NULL
+            FROM fresh f
+            UNION ALL
+            SELECT NULL, 'previous', NULL, NULL, NULL, NULL, NULL, NULL, u.uid, GREATEST(
+                COALESCE((SELECT ms.id FROM chatcore_messages ms
+                    WHERE ms.sender_id = u.uid AND ms.id <= v_last ORDER BY ms.id DESC LIMIT 1), 0),
+                COALESCE((SELECT mr.id FROM chatcore_messages mr
+                    WHERE mr.recipient_id = u.uid AND mr.id <= v_last ORDER BY mr.id DESC LIMIT 1), 0),
+                COALESCE((SELECT er.position FROM chatcore_read_events er
+                    WHERE er.reader_id = u.uid AND er.position <= v_last
+                    ORDER BY er.position DESC LIMIT 1), 0),
+                COALESCE((SELECT ep.position FROM chatcore_read_events ep
+                    WHERE ep.peer_id = u.uid AND ep.position <= v_last
+                    ORDER BY ep.position DESC LIMIT 1), 0))
+            FROM users u;
+        END
+        $fn$",
+        "ALTER FUNCTION chatcore_insert_messages(BIGINT[], TEXT[], TEXT[], BYTEA[])
+            SET plan_cache_mode = force_generic_plan",
+        // Up to `p_limit` of `p_sender`'s messages after `p_after` that still have a body,
+        // oldest first, each deleted by `chatcore_change_message` (its event included), in one
+        // transaction. The sequence row is locked before the messages are looked for (see
+        // above); the look is a range of `chatcore_messages_sender` from the cursor.
+        "CREATE FUNCTION chatcore_delete_sent(p_sender BIGINT, p_after BIGINT, p_limit INT)
+        RETURNS TABLE (
+            r_outcome TEXT, r_recipient_id BIGINT, r_position BIGINT, r_sender_previous BIGINT,
+            r_recipient_previous BIGINT, r_id BIGINT, r_sender TEXT, r_recipient TEXT,
+            r_created_at TIMESTAMPTZ, r_body TEXT, r_edited_at TIMESTAMPTZ, r_deleted BOOLEAN)
+        LANGUAGE plpgsql VOLATILE AS $fn$
+        DECLARE
+            v_last BIGINT;
+            v_id BIGINT;
+        BEGIN
+            SELECT c.total INTO v_last FROM chatcore_counts c
+                WHERE c.low_id = 0 AND c.high_id = 0 FOR UPDATE;
+            FOR v_id IN SELECT m.id FROM chatcore_messages m
+                WHERE m.sender_id = p_sender AND m.id > p_after AND NOT m.deleted
+                ORDER BY m.id LIMIT p_limit
+            LOOP
+                RETURN QUERY SELECT * FROM chatcore_change_message(p_sender, v_id, TRUE, NULL, NULL);
+            END LOOP;
+        END
+        $fn$",
     ],
 }];
 

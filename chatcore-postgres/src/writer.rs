@@ -286,6 +286,7 @@ impl Writer {
                 .ok_or_else(|| protocol("a row for no send of the batch"))?;
             match outcome.as_str() {
                 "missing" => outcomes[i] = Some(Err(Error::NotFound(Entity::User))),
+                "removed" => outcomes[i] = Some(Err(Error::Forbidden(Forbidden::AccountRemoved))),
                 // A block stands between the two (schema version 6): nothing stored for it.
                 "blocked" => outcomes[i] = Some(Err(Error::Forbidden(Forbidden::Blocked))),
                 "replay" => {

@@ -1,10 +1,11 @@
-//! The chatcore conformance suites (`Store` and `SessionStore`) against PostgreSQL
+//! The chatcore conformance suites (`Store`, `SessionStore`, account removal) against PostgreSQL
 //! (`CHATCORE_POSTGRES_URL`), each scenario on its own database.
 
 mod common;
 
 chatcore::store_conformance_tests!(common::fresh_store);
 chatcore::session_store_conformance_tests!(common::fresh_session_store);
+chatcore::account_conformance_tests!(common::fresh_backend);
 
 /// The feed and its checkpoints survive a new store instance on the same database (a
 /// restart, as another process would see it).

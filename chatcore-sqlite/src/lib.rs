@@ -684,6 +684,26 @@ impl Store for SqliteStore {
         self.read(move |ctx| ctx.load_checkpoint(&name)).await
     }
 
+    async fn remove_user(&self, user: UserId) -> Result<()> {
+        let at = chatcore::now_micros().timestamp_micros();
+        self.write(|reply| WriteOp::RemoveUser { user, at, reply }).await
+    }
+
+    async fn delete_sent_messages(
+        &self,
+        sender: UserId,
+        after: MessageId,
+        limit: u32,
+    ) -> Result<Vec<Changed>> {
+        self.write(|reply| WriteOp::DeleteSent {
+            sender,
+            after,
+            limit,
+            reply,
+        })
+        .await
+    }
+
     async fn save_checkpoint(&self, name: &str, position: Position) -> Result<()> {
         check_checkpoint_name(name)?;
         let name = name.to_owned();
@@ -748,6 +768,22 @@ impl SessionStore for SqliteStore {
         let token_hash = *token_hash;
         self.write(|reply| WriteOp::DeleteSession { token_hash, reply })
             .await
+    }
+
+    async fn delete_user_sessions(&self, user: UserId) -> Result<u64> {
+        self.write(|reply| WriteOp::DeleteUserSessions { user, reply })
+            .await
+    }
+
+    async fn set_password_hash(&self, username: &Username, password_hash: &str) -> Result<User> {
+        let username = username.clone();
+        let password_hash = password_hash.to_owned();
+        self.write(|reply| WriteOp::SetPasswordHash {
+            username,
+            password_hash,
+            reply,
+        })
+        .await
     }
 
     async fn delete_expired_sessions(&self, now: DateTime<Utc>) -> Result<u64> {

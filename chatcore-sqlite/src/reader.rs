@@ -528,7 +528,12 @@ impl ReadCtx {
 
 /// The first `limit` messages of `user` after `after`, oldest first: the smallest ids
 /// above `after` of every conversation that has one (its newest id says so).
-fn messages_after(conn: &Connection, user: UserId, after: MessageId, limit: u32) -> Result<Vec<Message>> {
+pub(crate) fn messages_after(
+    conn: &Connection,
+    user: UserId,
+    after: MessageId,
+    limit: u32,
+) -> Result<Vec<Message>> {
     let want = limit as usize;
     if want == 0 {
         return Ok(Vec::new());

@@ -343,10 +343,23 @@ CREATE UNIQUE INDEX chatcore_blocks_by_key ON chatcore_blocks (blocker_id, block
 "#,
         then: None,
     },
+    Migration {
+        version: 11,
+        name: "removed accounts, and a user's sessions by user",
+        // A removed account keeps its row (the name stays taken, histories still name it)
+        // with `removed_at` (µs) set, its password hash emptied and its sessions deleted.
+        // Ending every session of one user (`delete_user_sessions`, account removal) is one
+        // range of the new index instead of a scan of every session.
+        sql: r#"
+ALTER TABLE chatcore_users ADD COLUMN removed_at INTEGER;
+CREATE INDEX chatcore_sessions_user ON chatcore_sessions (user_id);
+"#,
+        then: None,
+    },
 ];
 
 /// The schema version this code writes and reads.
-pub const SCHEMA_VERSION: u32 = 10;
+pub const SCHEMA_VERSION: u32 = 11;
 
 /// Migration 5's Rust half: gives every user the key of their stored name
 /// ([`Username::key_of`]; names made before today's rules are keyed as they are), then makes

@@ -16,7 +16,22 @@ macro_rules! message_select {
 pub(crate) const INSERT_USER: &str =
     "INSERT INTO chatcore_users (username, username_key, password_hash) VALUES (?1, ?2, ?3)";
 
-pub(crate) const USER_EXISTS: &str = "SELECT 1 FROM chatcore_users WHERE id = ?1";
+/// Whether the user `?1` exists (a row) and was removed (its value).
+pub(crate) const USER_EXISTS: &str = "SELECT removed_at IS NOT NULL FROM chatcore_users WHERE id = ?1";
+
+/// Marks user `?1` removed at `?2` (µs), keeping the first time, and forgets its password.
+pub(crate) const REMOVE_USER: &str =
+    "UPDATE chatcore_users SET removed_at = coalesce(removed_at, ?2), password_hash = NULL WHERE id = ?1";
+
+/// Every session of user `?1`: one range of `chatcore_sessions_user`.
+pub(crate) const DELETE_USER_SESSIONS: &str = "DELETE FROM chatcore_sessions WHERE user_id = ?1";
+
+/// `?2` the new hash of the account keyed `?1`, unless it was removed; answers its id and name.
+pub(crate) const SET_PASSWORD_HASH: &str = "UPDATE chatcore_users SET password_hash = ?2
+     WHERE username_key = ?1 AND removed_at IS NULL RETURNING id, username";
+
+/// The name of user `?1` as chosen.
+pub(crate) const USERNAME_OF: &str = "SELECT username FROM chatcore_users WHERE id = ?1";
 
 pub(crate) const UPSERT_SESSION: &str = "INSERT INTO chatcore_sessions (token_hash, user_id, expires_at)
      VALUES (?1, ?2, ?3)
@@ -347,22 +362,22 @@ pub(crate) fn list_users(lower_inclusive: bool, has_upper: bool) -> &'static str
     match (lower_inclusive, has_upper) {
         (true, true) => {
             "SELECT id, username FROM chatcore_users
-             WHERE username_key >= ?1 AND username_key < ?2 AND id IS NOT ?3
+             WHERE username_key >= ?1 AND username_key < ?2 AND id IS NOT ?3 AND removed_at IS NULL
              ORDER BY username_key LIMIT ?4"
         }
         (true, false) => {
             "SELECT id, username FROM chatcore_users
-             WHERE username_key >= ?1 AND id IS NOT ?3
+             WHERE username_key >= ?1 AND id IS NOT ?3 AND removed_at IS NULL
              ORDER BY username_key LIMIT ?4"
         }
         (false, true) => {
             "SELECT id, username FROM chatcore_users
-             WHERE username_key > ?1 AND username_key < ?2 AND id IS NOT ?3
+             WHERE username_key > ?1 AND username_key < ?2 AND id IS NOT ?3 AND removed_at IS NULL
              ORDER BY username_key LIMIT ?4"
         }
         (false, false) => {
             "SELECT id, username FROM chatcore_users
-             WHERE username_key > ?1 AND id IS NOT ?3
+             WHERE username_key > ?1 AND id IS NOT ?3 AND removed_at IS NULL
              ORDER BY username_key LIMIT ?4"
         }
     }

@@ -6,11 +6,13 @@ mod common;
 mod file {
     chatcore::store_conformance_tests!(super::common::fresh_file_store);
     chatcore::session_store_conformance_tests!(super::common::fresh_file_session_store);
+    chatcore::account_conformance_tests!(super::common::fresh_file_backend);
 }
 
 mod memory {
     chatcore::store_conformance_tests!(super::common::fresh_memory_store);
     chatcore::session_store_conformance_tests!(super::common::fresh_memory_session_store);
+    chatcore::account_conformance_tests!(super::common::fresh_memory_backend);
 }
 
 /// Reads served by the writer thread (`readers: 0`) on a file.
@@ -23,8 +25,14 @@ mod file_without_readers {
             .await
             .into_shared_sessions()
     }
+    async fn fresh_backend() -> std::sync::Arc<dyn chatcore::Backend> {
+        super::common::temp_store(|c| c.readers = 0)
+            .await
+            .into_shared_backend()
+    }
     chatcore::store_conformance_tests!(fresh);
     chatcore::session_store_conformance_tests!(fresh_sessions);
+    chatcore::account_conformance_tests!(fresh_backend);
 }
 
 /// The feed and its checkpoints survive closing the file and opening it again.

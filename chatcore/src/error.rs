@@ -115,6 +115,8 @@ pub enum Forbidden {
     /// A block stands between the two users, in either direction ([`crate::Store::set_block`]):
     /// neither may message (nor edit a message to) the other; nothing was stored or notified.
     Blocked,
+    /// The account was removed ([`crate::Store::remove_user`]): it sends nothing any more.
+    AccountRemoved,
 }
 
 impl std::fmt::Display for Forbidden {
@@ -123,6 +125,7 @@ impl std::fmt::Display for Forbidden {
             Forbidden::NotTheSender => "only the sender of a message can change it",
             Forbidden::EditWindowClosed => "this message can no longer be edited",
             Forbidden::Blocked => "you cannot message this user",
+            Forbidden::AccountRemoved => "this account was deleted",
         })
     }
 }

@@ -59,6 +59,14 @@ impl fmt::Display for Position {
 #[serde(transparent)]
 pub struct SessionId(pub u64);
 
+impl SessionId {
+    /// Every session of the user: [`Event::session_ended`] with it closes all of the
+    /// user's connections, whatever session (or none) they were opened with, and makes
+    /// every node's session cache start over (account removal, "log out everywhere"). An
+    /// authenticator never hands out this id for one session.
+    pub const ALL: SessionId = SessionId(u64::MAX);
+}
+
 /// What kind of thing an [`Event`] says happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]

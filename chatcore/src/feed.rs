@@ -199,7 +199,8 @@ impl Feed {
     fn apply(&mut self, delivery: Delivery) -> Option<Delivery> {
         match delivery {
             Delivery::Event { event, .. } if event.kind() == EventKind::SessionEnded => {
-                if self.session.is_some() && event.session() == self.session {
+                let all = event.session() == Some(SessionId::ALL);
+                if all || (self.session.is_some() && event.session() == self.session) {
                     self.closed = true;
                     Some(Delivery::Closed(CloseReason::SessionEnded))
                 } else {

@@ -96,6 +96,8 @@ struct InboxEntry {
 struct UserRecord {
     user: User,
     password_hash: Option<String>,
+    /// Removed by [`Store::remove_user`]: the name stays taken, nothing else works.
+    removed: bool,
 }
 
 impl MemoryStore {
@@ -126,6 +128,7 @@ impl MemoryStore {
         state.users.push(UserRecord {
             user: user.clone(),
             password_hash: password_hash.map(str::to_owned),
+            removed: false,
         });
         Ok(user)
     }
@@ -174,6 +177,91 @@ impl State {
 
     fn message_index(&self, id: MessageId) -> Option<usize> {
         self.messages.binary_search_by_key(&id, |m| m.id).ok()
+    }
+
+    /// `Store::change_message` under the lock.
+    fn change(&mut self, sender: UserId, id: MessageId, change: &MessageChange) -> Result<Changed> {
+        let state = self;
+        let Some(user) = state.user(sender).map(|r| r.user.username.clone()) else {
+            return Err(Error::NotFound(Entity::Message));
+        };
+        let Some(index) = state
+            .message_index(id)
+            .filter(|&i| state.messages[i].involves(&user))
+        else {
+            return Err(Error::NotFound(Entity::Message));
+        };
+        let message = &state.messages[index];
+        if message.sender != user {
+            return Err(Error::Forbidden(Forbidden::NotTheSender));
+        }
+        if message.deleted {
+            return match change {
+                MessageChange::Edit { .. } => Err(Error::NotFound(Entity::Message)),
+                MessageChange::Delete => Ok(Changed {
+                    message: message.clone(),
+                    event: None,
+                }),
+            };
+        }
+        let recipient_id = *state
+            .by_name
+            .get(&message.recipient.key())
+            .expect("a message names stored users");
+        if matches!(change, MessageChange::Edit { .. }) && state.blocked(sender, recipient_id) {
+            return Err(Error::Forbidden(Forbidden::Blocked));
+        }
+        if let MessageChange::Edit {
+            not_before: Some(not_before),
+            ..
+        } = change
+            && message.created_at < *not_before
+        {
+            return Err(Error::Forbidden(Forbidden::EditWindowClosed));
+        }
+        let sender_previous = state.latest(sender);
+        let recipient_previous = if recipient_id == sender {
+            sender_previous
+        } else {
+            state.latest(recipient_id)
+        };
+        let position = Position(state.next_position());
+        let message = &mut state.messages[index];
+        match change {
+            MessageChange::Edit { body, .. } => {
+                message.body = body.clone();
+                message.edited = Some(now_micros());
+            }
+            MessageChange::Delete => *message = message.clone().into_tombstone(),
+        }
+        let message = message.clone();
+        let change_index = state.changes.len();
+        state.changes.push(ChangeRecord {
+            position,
+            index,
+            deleted: message.deleted,
+        });
+        state
+            .streams
+            .entry(sender)
+            .or_default()
+            .push(EventRef::Change(change_index));
+        if recipient_id != sender {
+            state
+                .streams
+                .entry(recipient_id)
+                .or_default()
+                .push(EventRef::Change(change_index));
+        }
+        Ok(Changed {
+            message,
+            event: Some(ChangeEvent {
+                position,
+                recipient_id,
+                sender_previous,
+                recipient_previous,
+            }),
+        })
     }
 
     fn next_position(&mut self) -> i64 {
@@ -259,6 +347,7 @@ impl Store for MemoryStore {
             .range::<str, _>((lower, Bound::Unbounded))
             .take_while(|(key, _)| key.starts_with(&prefix))
             .filter(|(_, id)| Some(**id) != query.exclude)
+            .filter(|(_, id)| state.user(**id).is_some_and(|r| !r.removed))
             .take(query.limit as usize)
             .filter_map(|(_, id)| state.user(*id).map(|r| r.user.clone()))
             .collect())
@@ -270,15 +359,10 @@ impl Store for MemoryStore {
             .by_name
             .get(&new.recipient.key())
             .ok_or(Error::NotFound(Entity::User))?;
-        let sender_exists = new
-            .sender
-            .id
-            .0
-            .checked_sub(1)
-            .and_then(|i| usize::try_from(i).ok())
-            .is_some_and(|i| i < state.users.len());
-        if !sender_exists {
-            return Err(Error::NotFound(Entity::User));
+        match state.user(new.sender.id) {
+            None => return Err(Error::NotFound(Entity::User)),
+            Some(record) if record.removed => return Err(Error::Forbidden(Forbidden::AccountRemoved)),
+            Some(_) => {}
         }
         if let Some(key) = &new.idempotency_key
             && let Some(&index) = state.idempotency.get(&(new.sender.id, key.clone()))
@@ -533,87 +617,44 @@ impl Store for MemoryStore {
     }
 
     async fn change_message(&self, sender: UserId, id: MessageId, change: &MessageChange) -> Result<Changed> {
+        self.write().change(sender, id, change)
+    }
+
+    async fn remove_user(&self, user: UserId) -> Result<()> {
         let mut state = self.write();
-        let Some(user) = state.user(sender).map(|r| r.user.username.clone()) else {
-            return Err(Error::NotFound(Entity::Message));
+        let record = usize::try_from(user.0 - 1)
+            .ok()
+            .and_then(|i| state.users.get_mut(i))
+            .ok_or(Error::NotFound(Entity::User))?;
+        record.removed = true;
+        record.password_hash = None;
+        state.sessions.retain(|_, (owner, _)| *owner != user);
+        Ok(())
+    }
+
+    async fn delete_sent_messages(
+        &self,
+        sender: UserId,
+        after: MessageId,
+        limit: u32,
+    ) -> Result<Vec<Changed>> {
+        let mut state = self.write();
+        let Some(name) = state.user(sender).map(|r| r.user.username.clone()) else {
+            return Ok(Vec::new());
         };
-        let Some(index) = state
-            .message_index(id)
-            .filter(|&i| state.messages[i].involves(&user))
-        else {
-            return Err(Error::NotFound(Entity::Message));
-        };
-        let message = &state.messages[index];
-        if message.sender != user {
-            return Err(Error::Forbidden(Forbidden::NotTheSender));
-        }
-        if message.deleted {
-            return match change {
-                MessageChange::Edit { .. } => Err(Error::NotFound(Entity::Message)),
-                MessageChange::Delete => Ok(Changed {
-                    message: message.clone(),
-                    event: None,
-                }),
-            };
-        }
-        let recipient_id = *state
-            .by_name
-            .get(&message.recipient.key())
-            .expect("a message names stored users");
-        if matches!(change, MessageChange::Edit { .. }) && state.blocked(sender, recipient_id) {
-            return Err(Error::Forbidden(Forbidden::Blocked));
-        }
-        if let MessageChange::Edit {
-            not_before: Some(not_before),
-            ..
-        } = change
-            && message.created_at < *not_before
-        {
-            return Err(Error::Forbidden(Forbidden::EditWindowClosed));
-        }
-        let sender_previous = state.latest(sender);
-        let recipient_previous = if recipient_id == sender {
-            sender_previous
-        } else {
-            state.latest(recipient_id)
-        };
-        let position = Position(state.next_position());
-        let message = &mut state.messages[index];
-        match change {
-            MessageChange::Edit { body, .. } => {
-                message.body = body.clone();
-                message.edited = Some(now_micros());
-            }
-            MessageChange::Delete => *message = message.clone().into_tombstone(),
-        }
-        let message = message.clone();
-        let change_index = state.changes.len();
-        state.changes.push(ChangeRecord {
-            position,
-            index,
-            deleted: message.deleted,
+        let ids: Vec<MessageId> = state.by_user.get(&sender).map_or_else(Vec::new, |indexes| {
+            let first = indexes.partition_point(|&i| state.messages[i].id <= after);
+            indexes[first..]
+                .iter()
+                .map(|&i| &state.messages[i])
+                .filter(|m| m.sender == name && !m.deleted)
+                .take(limit as usize)
+                .map(|m| m.id)
+                .collect()
         });
-        state
-            .streams
-            .entry(sender)
-            .or_default()
-            .push(EventRef::Change(change_index));
-        if recipient_id != sender {
-            state
-                .streams
-                .entry(recipient_id)
-                .or_default()
-                .push(EventRef::Change(change_index));
-        }
-        Ok(Changed {
-            message,
-            event: Some(ChangeEvent {
-                position,
-                recipient_id,
-                sender_previous,
-                recipient_previous,
-            }),
-        })
+        ids.into_iter()
+            .map(|id| state.change(sender, id, &MessageChange::Delete))
+            .collect()
     }
 
     async fn set_block(&self, blocker: UserId, blocked: &Username, on: bool) -> Result<User> {
@@ -750,7 +791,7 @@ impl SessionStore for MemoryStore {
         expires_at: DateTime<Utc>,
     ) -> Result<()> {
         let mut state = self.write();
-        if state.user(user).is_none() {
+        if state.user(user).is_none_or(|r| r.removed) {
             return Err(Error::NotFound(Entity::User));
         }
         state.sessions.insert(*token_hash, (user, expires_at));
@@ -775,6 +816,28 @@ impl SessionStore for MemoryStore {
     async fn delete_session(&self, token_hash: &TokenHash) -> Result<()> {
         self.write().sessions.remove(token_hash);
         Ok(())
+    }
+
+    async fn delete_user_sessions(&self, user: UserId) -> Result<u64> {
+        let mut state = self.write();
+        let before = state.sessions.len();
+        state.sessions.retain(|_, (owner, _)| *owner != user);
+        Ok((before - state.sessions.len()) as u64)
+    }
+
+    async fn set_password_hash(&self, username: &Username, password_hash: &str) -> Result<User> {
+        let mut state = self.write();
+        let id = *state
+            .by_name
+            .get(&username.key())
+            .ok_or(Error::NotFound(Entity::User))?;
+        let record = usize::try_from(id.0 - 1)
+            .ok()
+            .and_then(|i| state.users.get_mut(i))
+            .filter(|r| !r.removed)
+            .ok_or(Error::NotFound(Entity::User))?;
+        record.password_hash = Some(password_hash.to_owned());
+        Ok(record.user.clone())
     }
 
     async fn delete_expired_sessions(&self, now: DateTime<Utc>) -> Result<u64> {

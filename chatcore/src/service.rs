@@ -11,8 +11,8 @@ use crate::policy::{PolicyAction, PolicyChain, PolicyCounts, PolicyFallback, Sen
 use crate::presence::{Presence, PresenceStatus};
 use crate::rate::SendRateLimiter;
 use crate::store::{
-    BlockQuery, ChangedMessage, InboxPage, InboxRequest, MessageChange, MessagePage, PageRequest, Store,
-    StoredEvent, UserQuery,
+    BlockQuery, Changed, ChangedMessage, InboxPage, InboxRequest, MessageChange, MessagePage, PageRequest,
+    Store, StoredEvent, UserQuery,
 };
 use crate::{Entity, Error, Message, MessageId, NewMessage, Result, User, UserId, Username};
 
@@ -115,6 +115,10 @@ pub struct ChatConfig {
     /// Messages read from storage per page of an export ([`ChatService::export_page`]): what
     /// an export holds in memory at a time, whatever the size of the history. Default 500.
     pub export_page: u32,
+    /// Messages tombstoned per transaction when an account is deleted
+    /// ([`ChatService::delete_account`]): what the deletion holds in memory at a time, and
+    /// how long each of its transactions keeps other writers waiting. Default 500.
+    pub account_deletion_batch: u32,
 }
 
 impl ChatConfig {
@@ -129,8 +133,9 @@ impl ChatConfig {
     /// assert!(chatcore::ChatConfig::default().validate().is_ok());
     /// ```
     pub fn validate(&self) -> Result<()> {
-        let positive: [(&str, u64); 12] = [
+        let positive: [(&str, u64); 13] = [
             ("export_page", u64::from(self.export_page)),
+            ("account_deletion_batch", u64::from(self.account_deletion_batch)),
             ("max_body_chars", self.max_body_chars as u64),
             ("default_page_size", u64::from(self.default_page_size)),
             ("max_page_size", u64::from(self.max_page_size)),
@@ -212,6 +217,7 @@ impl Default for ChatConfig {
             policy_fallback: PolicyFallback::Allow,
             edit_window: None,
             export_page: 500,
+            account_deletion_batch: 500,
             presence: false,
             presence_grace: Duration::from_secs(5),
             presence_interval: Duration::from_secs(1),
@@ -716,35 +722,103 @@ impl ChatService {
         change: &MessageChange,
     ) -> Result<Message> {
         let changed = self.store.change_message(sender.id, id, change).await?;
-        if let Some(event) = &changed.event {
-            let stored = ChangedMessage {
-                position: event.position,
-                message: changed.message.clone(),
-            };
-            let rendered = match change {
-                MessageChange::Edit { .. } => Event::edit(&stored),
-                MessageChange::Delete => Event::delete(&stored),
-            };
-            let sender_end = Recipient {
-                user: sender.id,
-                previous: Some(event.sender_previous),
-            };
-            let recipient_end = Recipient {
-                user: event.recipient_id,
-                previous: Some(event.recipient_previous),
-            };
-            let both = [sender_end, recipient_end];
-            let recipients: &[Recipient] = if sender.id == event.recipient_id {
-                &both[..1]
-            } else {
-                &both
-            };
-            if let Err(error) = self.notifier.publish(recipients, &rendered).await {
-                // Stored: connected clients catch up on reconnect.
-                tracing::warn!(%error, position = %event.position, "message change stored but not notified");
-            }
+        if let Err(error) = self.notify_change(sender.id, &changed, change).await {
+            // Stored: connected clients catch up on reconnect.
+            tracing::warn!(%error, "message change stored but not notified");
         }
         Ok(changed.message)
+    }
+
+    /// Tells both participants of `changed` (when something changed) on every node.
+    async fn notify_change(&self, sender: UserId, changed: &Changed, change: &MessageChange) -> Result<()> {
+        let Some(event) = &changed.event else {
+            return Ok(());
+        };
+        let stored = ChangedMessage {
+            position: event.position,
+            message: changed.message.clone(),
+        };
+        let rendered = match change {
+            MessageChange::Edit { .. } => Event::edit(&stored),
+            MessageChange::Delete => Event::delete(&stored),
+        };
+        let sender_end = Recipient {
+            user: sender,
+            previous: Some(event.sender_previous),
+        };
+        let recipient_end = Recipient {
+            user: event.recipient_id,
+            previous: Some(event.recipient_previous),
+        };
+        let both = [sender_end, recipient_end];
+        let recipients: &[Recipient] = if sender == event.recipient_id {
+            &both[..1]
+        } else {
+            &both
+        };
+        self.notifier.publish(recipients, &rendered).await
+    }
+
+    /// Deletes `user`'s account for good (what `DELETE /api/v1/auth/account` and the
+    /// standalone server's `delete-user` do once they have checked who asks):
+    ///
+    /// 1. [`Store::remove_user`]: the account is marked removed in one transaction, with its
+    ///    password and every session (with a backend that keeps sessions); from then on no
+    ///    send of theirs is stored ([`crate::Forbidden::AccountRemoved`]), they are left out
+    ///    of the directory, and the name stays theirs: nobody can register it again and
+    ///    every history still names them.
+    /// 2. Every connection of theirs closes on every node, and every node's session cache
+    ///    forgets their sessions ([`ChatService::end_all_sessions`]).
+    /// 3. Every message they sent becomes a tombstone, as [`ChatService::delete_message`]
+    ///    makes one (body gone from storage, a durable `delete` event to both participants),
+    ///    in transactions of [`ChatConfig::account_deletion_batch`] messages
+    ///    ([`Store::delete_sent_messages`]), so a history of any length is never held in
+    ///    memory. Messages they received are left as they are: they are their peers' too.
+    ///
+    /// Safe to run again after a failure (each step is idempotent), and under concurrent
+    /// sends of the user: once it returns, none of their messages is left with a body.
+    /// Returns how many messages were tombstoned.
+    ///
+    /// Errors: [`Error::NotFound`] for an unknown user; storage errors (run it again). A
+    /// notifier that cannot reach other nodes does not fail it (their connections then close
+    /// by the session recheck of the web layer, and clients catch up on the tombstones).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> chatcore::Result<()> {
+    /// use std::sync::Arc;
+    /// use chatcore::{ChatConfig, ChatService, Error, LocalNotifier, MemoryStore, SendRequest};
+    /// let chat = ChatService::new(Arc::new(MemoryStore::new()), Arc::new(LocalNotifier::default()), ChatConfig::default());
+    /// let alice = chat.create_user("alice").await?;
+    /// let bob = chat.create_user("bob").await?;
+    /// let hi = SendRequest { recipient: "bob".into(), body: "hi".into(), ..Default::default() };
+    /// chat.send(&alice, hi.clone()).await?;
+    /// assert_eq!(chat.delete_account(&alice).await?, 1);
+    /// let history = chat.conversation(&bob, "alice", Default::default()).await?;
+    /// assert!(history.messages[0].deleted && history.messages[0].body.is_empty());
+    /// assert!(matches!(chat.send(&alice, hi).await, Err(Error::Forbidden(_))));
+    /// assert!(chat.create_user("Alice").await.is_err(), "the name stays reserved");
+    /// # Ok(()) }
+    /// ```
+    pub async fn delete_account(&self, user: &User) -> Result<u64> {
+        self.store.remove_user(user.id).await?;
+        if let Err(error) = self.end_all_sessions(user).await {
+            tracing::warn!(%error, user = %user.username, "account removed but its connections were not told");
+        }
+        let batch = self.config.account_deletion_batch.max(1);
+        let mut after = MessageId(0);
+        let mut deleted = 0u64;
+        loop {
+            let changed = self.store.delete_sent_messages(user.id, after, batch).await?;
+            let Some(last) = changed.last() else { break };
+            after = last.message.id;
+            deleted += changed.len() as u64;
+            for one in &changed {
+                if let Err(error) = self.notify_change(user.id, one, &MessageChange::Delete).await {
+                    tracing::warn!(%error, message_id = %one.message.id, "tombstone stored but not notified");
+                }
+            }
+        }
+        Ok(deleted)
     }
 
     /// One page of `user`'s export: every message they sent or received (tombstones
@@ -1148,6 +1222,15 @@ impl ChatService {
         self.notifier
             .publish(&recipients, &Event::session_ended(session))
             .await
+    }
+
+    /// Closes every connection of `user` on every node, whatever session they were opened
+    /// with, and makes every node's session cache start over ([`SessionId::ALL`]): what
+    /// follows ending all of a user's sessions in the store (account removal, a new password,
+    /// an operator's "revoke every session"). Fails when the notifier cannot reach other
+    /// nodes.
+    pub async fn end_all_sessions(&self, user: &User) -> Result<()> {
+        self.end_session(user, SessionId::ALL).await
     }
 
     fn page_request(&self, query: HistoryQuery) -> Result<PageRequest> {

@@ -475,6 +475,46 @@ pub trait Store: Send + Sync + 'static {
     /// consumer restarted on any node resumes where the last one stopped.
     async fn save_checkpoint(&self, name: &str, position: Position) -> Result<()>;
 
+    /// Removes `user`'s account for good, in one transaction: the user is marked removed,
+    /// and a backend that is also a [`SessionStore`] over the same database deletes their
+    /// password hash and every session of theirs in the same transaction. Idempotent.
+    ///
+    /// What stays and what changes after it:
+    /// - the user row stays, so the name stays reserved ([`Store::create_user`] and
+    ///   [`SessionStore::create_account`] of any case of it are [`crate::Error::Conflict`]),
+    ///   [`Store::find_user`] still finds them and every history still names them;
+    /// - [`Store::list_users`] leaves them out;
+    /// - [`Store::insert_message`] from them is [`crate::Error::Forbidden`]
+    ///   ([`crate::Forbidden::AccountRemoved`]), also for a send racing the removal: once
+    ///   this returns, no send of theirs commits any more, so [`Store::delete_sent_messages`]
+    ///   run after it sees every message they will ever have sent;
+    /// - [`SessionStore::credentials`] answers them with `password_hash: None` (no password
+    ///   logs in), [`SessionStore::create_session`] for them is [`crate::Error::NotFound`]
+    ///   ([`crate::Entity::User`]) and [`SessionStore::set_password_hash`] too.
+    ///
+    /// Their messages are not touched here: tombstone them with
+    /// [`Store::delete_sent_messages`] ([`crate::ChatService::delete_account`] does both).
+    /// Errors: [`crate::Error::NotFound`] ([`crate::Entity::User`]) for an unknown id.
+    async fn remove_user(&self, user: UserId) -> Result<()>;
+
+    /// Deletes, as [`Store::change_message`] with [`MessageChange::Delete`] does one by one,
+    /// up to `limit` of the messages `sender` sent with an id greater than `after` that are
+    /// not tombstones yet, oldest first: each body is removed from storage for good, and each
+    /// deletion commits with its durable event of both participants at its own position
+    /// (trait docs, "Positions"); a backend may commit the batch as one transaction or each
+    /// deletion as its own. Returns the tombstones in id order, each with its
+    /// event ([`Changed::event`]; `None` only for one that a concurrent deletion tombstoned
+    /// first); an empty answer means none is left after `after`. The
+    /// caller pages on with the last id answered, so a history of any length is deleted in
+    /// bounded batches and read once. Costs an index range of `sender`'s sent messages
+    /// after `after` (tombstones in it are skipped), never their whole history.
+    async fn delete_sent_messages(
+        &self,
+        sender: UserId,
+        after: MessageId,
+        limit: u32,
+    ) -> Result<Vec<Changed>>;
+
     /// Whether the storage answers a trivial read now: what a readiness probe (`/readyz` of
     /// `chatcore-axum`) asks before it sends traffic here. `Ok(())` when it answered;
     /// [`crate::Error::Unavailable`] (or whatever the read failed with) when it did not. The
@@ -541,6 +581,17 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// Ends a session at once. Ending an unknown session is not an error.
     async fn delete_session(&self, token_hash: &TokenHash) -> Result<()>;
+
+    /// Ends every session of `user` at once (an operator's "log them out everywhere", a
+    /// password change); returns how many there were. An unknown user has none (`Ok(0)`).
+    async fn delete_user_sessions(&self, user: UserId) -> Result<u64>;
+
+    /// Replaces the PHC-format password hash of the account `username` (found by key, as in
+    /// [`Store::find_user`]), also for a user created without one, and returns the user.
+    /// Sessions are left alone: end them with [`SessionStore::delete_user_sessions`].
+    /// Errors: [`crate::Error::NotFound`] ([`crate::Entity::User`]) for an unknown name and
+    /// for a removed account ([`Store::remove_user`]).
+    async fn set_password_hash(&self, username: &Username, password_hash: &str) -> Result<User>;
 
     /// Deletes every session that expired at or before `now`; returns how many. Run now and
     /// then (`chatcore-axum` runs it on a timer) so the table does not grow with every login.

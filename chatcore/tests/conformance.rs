@@ -14,6 +14,12 @@ async fn fresh_session_store() -> Arc<dyn chatcore::SessionStore> {
 chatcore::store_conformance_tests!(fresh_store);
 chatcore::session_store_conformance_tests!(fresh_session_store);
 
+async fn fresh_backend() -> Arc<dyn chatcore::Backend> {
+    Arc::new(chatcore::MemoryStore::new())
+}
+
+chatcore::account_conformance_tests!(fresh_backend);
+
 /// A deliberately broken store: message ids come from a plain counter, like a database
 /// sequence taken at the start of a transaction, and a message becomes visible only after its
 /// insert has yielded a few times (a number that depends on the id), like a commit that
@@ -229,6 +235,12 @@ mod reordering {
             Err(Error::bug("not kept by this test store"))
         }
         async fn save_checkpoint(&self, _: &str, _: Position) -> Result<()> {
+            Err(Error::bug("not kept by this test store"))
+        }
+        async fn remove_user(&self, _: UserId) -> Result<()> {
+            Err(Error::bug("not kept by this test store"))
+        }
+        async fn delete_sent_messages(&self, _: UserId, _: MessageId, _: u32) -> Result<Vec<Changed>> {
             Err(Error::bug("not kept by this test store"))
         }
     }

@@ -310,6 +310,17 @@ impl Store for Flaky {
         take_failure(&self.failing_saves)?;
         self.inner.save_checkpoint(name, position).await
     }
+    async fn remove_user(&self, user: UserId) -> chatcore::Result<()> {
+        self.inner.remove_user(user).await
+    }
+    async fn delete_sent_messages(
+        &self,
+        sender: UserId,
+        after: MessageId,
+        limit: u32,
+    ) -> chatcore::Result<Vec<chatcore::store::Changed>> {
+        self.inner.delete_sent_messages(sender, after, limit).await
+    }
 }
 
 /// Store failures are retried like the handler's: failed reads hand nothing, a failed save

@@ -302,6 +302,148 @@ pub async fn export_streams_the_whole_history_page_by_page(store: Arc<dyn Backen
     error_of(response, 401).await;
 }
 
+/// DELETE `/api/v1/auth/account` with `body` as the owner of `token`.
+async fn delete_account(app: &TestApp, token: &str, body: Value) -> reqwest::Response {
+    app.client(token)
+        .delete(app.url("/api/v1/auth/account"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Account deletion: refused without the right password; then the session ends (401), the
+/// socket closes with 4001, the peer gets a `delete` event per message and sees tombstones,
+/// the name can be neither registered nor logged in with, and the directory leaves it out.
+pub async fn account_deletion_ends_sessions_tombstones_and_reserves_the_name(store: Arc<dyn Backend>) {
+    let app = TestApp::spawn(store).await;
+    let http = app.anonymous();
+    let registered = http
+        .post(app.url("/api/v1/auth/register"))
+        .json(&json!({"username": "alice", "password": "correct horse"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(registered.status(), 201);
+    let login = |name: &'static str| {
+        http.post(app.url("/api/v1/auth/login"))
+            .json(&json!({"username": name, "password": "correct horse"}))
+            .send()
+    };
+    let session: Value = login("alice").await.unwrap().json().await.unwrap();
+    let alice = session["token"].as_str().unwrap().to_owned();
+    let (_, bob) = app.user("bob").await;
+    let mut sent = Vec::new();
+    for body in ["one", "two", "three"] {
+        sent.push(app.send(&alice, "bob", body).await["id"].as_i64().unwrap());
+    }
+    let reply = app.send(&bob, "alice", "reply").await;
+    let mut alice_ws = app.ws(&alice, None).await;
+    let mut bob_ws = app.ws(&bob, None).await;
+
+    assert_eq!(
+        error_of(
+            delete_account(&app, &alice, json!({"password": "wrong horse"})).await,
+            403
+        )
+        .await,
+        "wrong password"
+    );
+    error_of(delete_account(&app, &alice, json!({})).await, 400).await;
+    let anonymous = app
+        .anonymous()
+        .delete(app.url("/api/v1/auth/account"))
+        .json(&json!({"password": "correct horse"}))
+        .send()
+        .await
+        .unwrap();
+    error_of(anonymous, 401).await;
+    let (status, _) = get_json(&app, &alice, "/api/v1/auth/session").await;
+    assert_eq!(status, 200, "a refused deletion deletes nothing");
+
+    let deleted = delete_account(&app, &alice, json!({"password": "correct horse"})).await;
+    assert_eq!(deleted.status(), 204);
+    let cookie = deleted.headers()["set-cookie"].to_str().unwrap();
+    assert!(cookie.contains("Max-Age=0"), "{cookie}");
+    assert_eq!(
+        close_code(&mut alice_ws).await,
+        (4001, "session ended".to_owned())
+    );
+    for id in &sent {
+        let event = frame(&mut bob_ws).await;
+        assert_eq!(event["type"], "delete", "{event}");
+        assert_eq!(
+            (
+                &event["data"]["id"],
+                &event["data"]["body"],
+                &event["data"]["deleted"]
+            ),
+            (&json!(id), &json!(""), &json!(true))
+        );
+    }
+
+    let (status, _) = get_json(&app, &alice, "/api/v1/auth/session").await;
+    assert_eq!(status, 401, "the session ended");
+    let send = app
+        .client(&alice)
+        .post(app.url("/api/v1/message/"))
+        .json(&json!({"recipient": "bob", "body": "still here"}))
+        .send()
+        .await
+        .unwrap();
+    error_of(send, 401).await;
+    error_of(login("alice").await.unwrap(), 401).await;
+    let again = http
+        .post(app.url("/api/v1/auth/register"))
+        .json(&json!({"username": "ALICE", "password": "correct horse"}))
+        .send()
+        .await
+        .unwrap();
+    error_of(again, 409).await;
+
+    let (_, history) = get_json(&app, &bob, "/api/v1/message/?target=alice").await;
+    assert_eq!(history["count"], 4);
+    for message in history["results"].as_array().unwrap() {
+        if message["user"] == "alice" {
+            assert_eq!(
+                (&message["body"], &message["deleted"]),
+                (&json!(""), &json!(true))
+            );
+        } else {
+            assert_eq!(message, &reply, "what she received stays");
+        }
+    }
+    let (_, users) = get_json(&app, &bob, "/api/v1/user/").await;
+    assert!(
+        !users.to_string().contains("alice"),
+        "a deleted account is not listed: {users}"
+    );
+}
+
+/// A session ended where no notification reaches this server (here: straight in the store,
+/// as another process would) closes its socket at the next recheck; other sockets stay.
+pub async fn a_session_ended_elsewhere_closes_its_socket_at_the_recheck(store: Arc<dyn Backend>) {
+    let options = Options {
+        api: chatcore_axum::ApiConfig {
+            ws_session_recheck: Duration::from_millis(50),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let app = TestApp::spawn_with(store.clone(), options).await;
+    let (alice, alice_token) = app.user("alice").await;
+    let (_, bob) = app.user("bob").await;
+    let mut alice_ws = app.ws(&alice_token, None).await;
+    let mut bob_ws = app.ws(&bob, None).await;
+    assert_eq!(store.delete_user_sessions(alice.id).await.unwrap(), 1);
+    assert_eq!(
+        close_code(&mut alice_ws).await,
+        (4001, "session ended".to_owned())
+    );
+    let sent = app.send(&bob, "bob", "still open").await;
+    assert_eq!(frame_id(&mut bob_ws).await, sent["id"].as_i64().unwrap());
+}
+
 /// PUT (`on`) or DELETE `/api/v1/block/{name}` as the owner of `token`.
 async fn set_block(app: &TestApp, token: &str, name: &str, on: bool) -> reqwest::Response {
     let url = app.url(&format!("/api/v1/block/{name}"));

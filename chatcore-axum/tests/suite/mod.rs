@@ -57,6 +57,8 @@ macro_rules! api_suite {
             the_edit_window_answers_403_past_it,
             an_edit_window_allows_edits_within_it,
             export_streams_the_whole_history_page_by_page,
+            account_deletion_ends_sessions_tombstones_and_reserves_the_name,
+            a_session_ended_elsewhere_closes_its_socket_at_the_recheck,
             blocks_refuse_sends_and_edits_both_ways,
             block_routes_answer_errors_and_list_by_name,
         );

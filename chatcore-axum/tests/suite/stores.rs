@@ -208,6 +208,19 @@ impl Store for TestStore {
         self.check(&self.down)?;
         self.inner.save_checkpoint(name, position).await
     }
+    async fn remove_user(&self, user: UserId) -> chatcore::Result<()> {
+        self.check(&self.down)?;
+        self.inner.remove_user(user).await
+    }
+    async fn delete_sent_messages(
+        &self,
+        sender: UserId,
+        after: MessageId,
+        limit: u32,
+    ) -> chatcore::Result<Vec<Changed>> {
+        self.check(&self.down)?;
+        self.inner.delete_sent_messages(sender, after, limit).await
+    }
 }
 
 #[async_trait]
@@ -245,6 +258,14 @@ impl SessionStore for TestStore {
     async fn delete_expired_sessions(&self, now: DateTime<Utc>) -> chatcore::Result<u64> {
         self.check(&self.sessions_down)?;
         self.inner.delete_expired_sessions(now).await
+    }
+    async fn delete_user_sessions(&self, user: UserId) -> chatcore::Result<u64> {
+        self.check(&self.sessions_down)?;
+        self.inner.delete_user_sessions(user).await
+    }
+    async fn set_password_hash(&self, username: &Username, password_hash: &str) -> chatcore::Result<User> {
+        self.check(&self.sessions_down)?;
+        self.inner.set_password_hash(username, password_hash).await
     }
 }
 

@@ -69,3 +69,9 @@ pub async fn fresh_session_store() -> Arc<dyn SessionStore> {
     let store = database.store().await;
     Arc::new(GuardedStore::new(store, database))
 }
+
+pub async fn fresh_backend() -> Arc<dyn chatcore::Backend> {
+    let database = TestDatabase::create().await;
+    let store = database.store().await;
+    Arc::new(GuardedStore::new(store, database))
+}

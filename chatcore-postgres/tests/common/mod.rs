@@ -35,3 +35,7 @@ pub async fn fresh_store() -> Arc<dyn chatcore::Store> {
 pub async fn fresh_session_store() -> Arc<dyn chatcore::SessionStore> {
     Arc::new(fresh().await)
 }
+
+pub async fn fresh_backend() -> Arc<dyn chatcore::Backend> {
+    Arc::new(fresh().await)
+}

@@ -252,12 +252,11 @@ impl Writer {
                 expires_at,
                 ..
             } => {
-                let exists = conn
+                let removed: Option<bool> = conn
                     .prepare_cached(sql::USER_EXISTS)?
-                    .query_row([user.0], |_| Ok(()))
-                    .optional()?
-                    .is_some();
-                if !exists {
+                    .query_row([user.0], |row| row.get(0))
+                    .optional()?;
+                if removed != Some(false) {
                     return Ok(Outcome::Unit(Err(Error::NotFound(Entity::User))));
                 }
                 conn.prepare_cached(sql::UPSERT_SESSION)?
@@ -275,6 +274,43 @@ impl Writer {
                     .execute([now])?;
                 Ok(Outcome::Count(Ok(deleted as u64)))
             }
+            WriteOp::RemoveUser { user, at, .. } => {
+                let updated = conn.prepare_cached(sql::REMOVE_USER)?.execute([user.0, *at])?;
+                if updated == 0 {
+                    return Ok(Outcome::Unit(Err(Error::NotFound(Entity::User))));
+                }
+                conn.prepare_cached(sql::DELETE_USER_SESSIONS)?
+                    .execute([user.0])?;
+                // Later sends of this batch and of the next ones read the flag.
+                self.known_ids.remove(user);
+                self.pending_ids.remove(user);
+                Ok(Outcome::Unit(Ok(())))
+            }
+            WriteOp::DeleteUserSessions { user, .. } => {
+                let deleted = conn
+                    .prepare_cached(sql::DELETE_USER_SESSIONS)?
+                    .execute([user.0])?;
+                Ok(Outcome::Count(Ok(deleted as u64)))
+            }
+            WriteOp::SetPasswordHash {
+                username,
+                password_hash,
+                ..
+            } => {
+                let user = conn
+                    .prepare_cached(sql::SET_PASSWORD_HASH)?
+                    .query_row(
+                        rusqlite::params![username.key(), password_hash],
+                        reader::user_from_row,
+                    )
+                    .optional()?;
+                Ok(Outcome::User(user.ok_or(Error::NotFound(Entity::User))))
+            }
+            WriteOp::DeleteSent {
+                sender, after, limit, ..
+            } => Ok(Outcome::Changes(
+                self.delete_sent(*sender, *after, *limit, created_at)?,
+            )),
             WriteOp::SaveCheckpoint { name, position, .. } => {
                 conn.prepare_cached(sql::SAVE_CHECKPOINT)?
                     .execute(rusqlite::params![name, position])?;
@@ -303,9 +339,10 @@ impl Writer {
             return Ok(Err(Error::invalid("you cannot block yourself")));
         }
         let changed = if on {
-            // Foreign keys are not enforced on this connection (see `connection.rs`).
-            if !self.sender_exists(blocker)? {
-                return Ok(Err(Error::NotFound(Entity::User)));
+            // Foreign keys are not enforced on this connection (see `connection.rs`). A
+            // removed user is still a user here (their row stays), as in every backend.
+            if let Err(Error::NotFound(entity)) = self.sender_exists(blocker)? {
+                return Ok(Err(Error::NotFound(entity)));
             }
             self.ctx
                 .conn
@@ -439,6 +476,55 @@ impl Writer {
         }))
     }
 
+    /// Tombstones up to `limit` of the messages `sender` sent after `after` (oldest first),
+    /// each as `change` deletes one, with its event.
+    fn delete_sent(
+        &mut self,
+        sender: UserId,
+        after: MessageId,
+        limit: u32,
+        at: DateTime<Utc>,
+    ) -> rusqlite::Result<Result<Vec<Changed>>> {
+        let name: Option<String> = self
+            .ctx
+            .conn
+            .prepare_cached(sql::USERNAME_OF)?
+            .query_row([sender.0], |row| row.get(0))
+            .optional()?;
+        let Some(name) = name else {
+            return Ok(Ok(Vec::new()));
+        };
+        // No index of messages by sender (each costs every send a page write): the user's
+        // messages after the cursor, through their conversations, a page at a time; the ones
+        // they received are passed over. The caller's cursor moves past the last one
+        // answered, so over a whole deletion each message is read about once.
+        let want = limit as usize;
+        let mut ids = Vec::with_capacity(want.min(1024));
+        let mut cursor = after;
+        while ids.len() < want {
+            let page = match reader::messages_after(&self.ctx.conn, sender, cursor, limit.max(100)) {
+                Ok(page) => page,
+                Err(error) => return Ok(Err(error)),
+            };
+            let Some(last) = page.last() else { break };
+            cursor = last.id;
+            ids.extend(
+                page.iter()
+                    .filter(|m| !m.deleted && m.sender.as_str() == name)
+                    .map(|m| m.id.0),
+            );
+        }
+        ids.truncate(want);
+        let mut changed = Vec::with_capacity(ids.len());
+        for id in ids {
+            match self.change(sender, MessageId(id), &MessageChange::Delete, at)? {
+                Ok(one) => changed.push(one),
+                Err(error) => return Ok(Err(error)),
+            }
+        }
+        Ok(Ok(changed))
+    }
+
     /// Moves `reader`'s marker on their conversation with `peer` up to `up_to` (never back),
     /// takes the peer's messages it passes over off the reader's unread total and stores the
     /// read event for both users at the next position. The conversation's unread count is
@@ -531,8 +617,8 @@ impl Writer {
         };
         let recipient_id = recipient.id;
         let sender_id = new.sender.id;
-        if !self.sender_exists(sender_id)? {
-            return Ok(Err(Error::NotFound(Entity::User)));
+        if let Err(refused) = self.sender_exists(sender_id)? {
+            return Ok(Err(refused));
         }
         let conn = &self.ctx.conn;
         if let Some(key) = &new.idempotency_key {
@@ -645,23 +731,27 @@ impl Writer {
         }))
     }
 
-    /// Whether `id` is a user, as seen inside the open transaction. Only ids committed
-    /// before this transaction are cached (a user created in it could still roll back).
-    fn sender_exists(&mut self, id: UserId) -> rusqlite::Result<bool> {
+    /// Whether `id` is a user who may send, as seen inside the open transaction: not found,
+    /// or removed ([`Forbidden::AccountRemoved`]). Only ids committed before this
+    /// transaction are cached (a user created in it could still roll back).
+    fn sender_exists(&mut self, id: UserId) -> rusqlite::Result<Result<()>> {
         if self.known_ids.contains(&id) || self.pending_ids.contains(&id) {
-            return Ok(true);
+            return Ok(Ok(()));
         }
-        let exists = self
+        let removed: Option<bool> = self
             .ctx
             .conn
             .prepare_cached(sql::USER_EXISTS)?
-            .query_row([id.0], |_| Ok(()))
-            .optional()?
-            .is_some();
-        if exists {
-            self.pending_ids.insert(id);
-        }
-        Ok(exists)
+            .query_row([id.0], |row| row.get(0))
+            .optional()?;
+        Ok(match removed {
+            None => Err(Error::NotFound(Entity::User)),
+            Some(true) => Err(Error::Forbidden(Forbidden::AccountRemoved)),
+            Some(false) => {
+                self.pending_ids.insert(id);
+                Ok(())
+            }
+        })
     }
 
     /// The user holding `name`'s key as seen inside the open transaction, with their name

@@ -78,6 +78,30 @@ pub(crate) enum WriteOp {
         change: MessageChange,
         reply: Reply<Changed>,
     },
+    /// `Store::remove_user` at `at` (µs): the flag, the password, the sessions.
+    RemoveUser {
+        user: UserId,
+        at: i64,
+        reply: Reply<()>,
+    },
+    /// `Store::delete_sent_messages`.
+    DeleteSent {
+        sender: UserId,
+        after: MessageId,
+        limit: u32,
+        reply: Reply<Vec<Changed>>,
+    },
+    /// `SessionStore::delete_user_sessions`; answers how many went.
+    DeleteUserSessions {
+        user: UserId,
+        reply: Reply<u64>,
+    },
+    /// `SessionStore::set_password_hash`.
+    SetPasswordHash {
+        username: Username,
+        password_hash: String,
+        reply: Reply<User>,
+    },
     /// A block started or ended (`Store::set_block`); answers the blocked user.
     SetBlock {
         blocker: UserId,
@@ -111,23 +135,36 @@ pub(crate) enum Outcome {
     Inserted(Result<Inserted>),
     Marked(Result<MarkedRead>),
     Changed(Result<Changed>),
+    Changes(Result<Vec<Changed>>),
 }
 
 impl WriteOp {
     fn answer(self, outcome: Outcome) {
         match (self, outcome) {
-            (WriteOp::CreateUser { reply, .. } | WriteOp::SetBlock { reply, .. }, Outcome::User(result)) => {
+            (
+                WriteOp::CreateUser { reply, .. }
+                | WriteOp::SetPasswordHash { reply, .. }
+                | WriteOp::SetBlock { reply, .. },
+                Outcome::User(result),
+            ) => {
+                let _ = reply.send(result);
+            }
+            (WriteOp::DeleteSent { reply, .. }, Outcome::Changes(result)) => {
                 let _ = reply.send(result);
             }
             (
                 WriteOp::CreateSession { reply, .. }
                 | WriteOp::DeleteSession { reply, .. }
+                | WriteOp::RemoveUser { reply, .. }
                 | WriteOp::SaveCheckpoint { reply, .. },
                 Outcome::Unit(result),
             ) => {
                 let _ = reply.send(result);
             }
-            (WriteOp::DeleteExpiredSessions { reply, .. }, Outcome::Count(result)) => {
+            (
+                WriteOp::DeleteExpiredSessions { reply, .. } | WriteOp::DeleteUserSessions { reply, .. },
+                Outcome::Count(result),
+            ) => {
                 let _ = reply.send(result);
             }
             (WriteOp::Insert { reply, .. }, Outcome::Inserted(result)) => {
@@ -145,15 +182,21 @@ impl WriteOp {
 
     fn fail(self, error: Error) {
         match self {
-            WriteOp::CreateUser { reply, .. } | WriteOp::SetBlock { reply, .. } => {
+            WriteOp::CreateUser { reply, .. }
+            | WriteOp::SetPasswordHash { reply, .. }
+            | WriteOp::SetBlock { reply, .. } => {
                 let _ = reply.send(Err(error));
             }
             WriteOp::CreateSession { reply, .. }
             | WriteOp::DeleteSession { reply, .. }
+            | WriteOp::RemoveUser { reply, .. }
             | WriteOp::SaveCheckpoint { reply, .. } => {
                 let _ = reply.send(Err(error));
             }
-            WriteOp::DeleteExpiredSessions { reply, .. } => {
+            WriteOp::DeleteSent { reply, .. } => {
+                let _ = reply.send(Err(error));
+            }
+            WriteOp::DeleteExpiredSessions { reply, .. } | WriteOp::DeleteUserSessions { reply, .. } => {
                 let _ = reply.send(Err(error));
             }
             WriteOp::Insert { reply, .. } => {
@@ -192,8 +235,8 @@ pub(crate) struct Writer {
     /// Users found or created inside the open transaction, by key; cached only once it
     /// commits.
     pending_names: HashMap<String, User>,
-    /// Ids known to be users (committed). Users are never deleted, so this never goes
-    /// stale; cleared when it reaches the name cache's size.
+    /// Ids known to be users that were not removed (committed). A removal goes through this
+    /// writer, which drops the id here; cleared when it reaches the name cache's size.
     known_ids: HashSet<UserId>,
     known_ids_capacity: usize,
     /// Ids found inside the open transaction; cached only once it commits.

@@ -34,6 +34,11 @@ impl TempStore {
         self.into_guarded()
     }
 
+    /// The store as the account suite takes it (a whole backend).
+    pub fn into_shared_backend(self) -> Arc<dyn chatcore::Backend> {
+        self.into_guarded()
+    }
+
     pub fn path(&self) -> PathBuf {
         self.dir.path().join("chat.sqlite3")
     }
@@ -55,6 +60,14 @@ pub async fn fresh_file_store() -> Arc<dyn Store> {
 
 pub async fn fresh_file_session_store() -> Arc<dyn SessionStore> {
     temp_store(|_| {}).await.into_shared_sessions()
+}
+
+pub async fn fresh_file_backend() -> Arc<dyn chatcore::Backend> {
+    temp_store(|_| {}).await.into_shared_backend()
+}
+
+pub async fn fresh_memory_backend() -> Arc<dyn chatcore::Backend> {
+    memory_store().await
 }
 
 /// A fresh, migrated in-memory store.

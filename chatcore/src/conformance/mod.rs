@@ -35,7 +35,12 @@
 //! - `feed.rs`: the host's event feed ([`Store::feed_after`]) and checkpoints, and the
 //!   restart scenario a backend with durable storage runs by itself
 //!   ([`feed_resumes_after_a_restart`]).
-//! - `sessions.rs`: accounts, credentials, sessions and their expiry.
+//! - `sessions.rs`: accounts, credentials, sessions and their expiry, ending all of a
+//!   user's sessions, new passwords.
+//! - `accounts.rs`: account removal ([`Store::remove_user`],
+//!   [`Store::delete_sent_messages`]) with its effects on sessions and credentials, and
+//!   alongside blocks (each refusal in its order, under concurrent sends too), run by
+//!   [`crate::account_conformance_tests!`] against a whole [`Backend`].
 
 use std::sync::Arc;
 
@@ -43,12 +48,13 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::store::{
-    BlockQuery, Changed, ChangedMessage, Credentials, InboxPage, InboxRequest, Inserted, MarkedRead,
+    Backend, BlockQuery, Changed, ChangedMessage, Credentials, InboxPage, InboxRequest, Inserted, MarkedRead,
     MessageChange, MessagePage, PageRequest, SessionRecord, SessionStore, Store, StoredEvent, TokenHash,
     UserQuery,
 };
 use crate::{Entity, Error, Message, MessageId, NewMessage, Position, Result, User, UserId, Username};
 
+mod accounts;
 mod blocks;
 mod changes;
 mod feed;
@@ -58,6 +64,7 @@ mod positions;
 mod sessions;
 mod users;
 
+pub use accounts::*;
 pub use blocks::*;
 pub use changes::*;
 pub use feed::*;
@@ -165,6 +172,17 @@ impl<S: Store, G: Send + Sync + 'static> Store for GuardedStore<S, G> {
     async fn check_ready(&self) -> Result<()> {
         self.store.check_ready().await
     }
+    async fn remove_user(&self, user: UserId) -> Result<()> {
+        self.store.remove_user(user).await
+    }
+    async fn delete_sent_messages(
+        &self,
+        sender: UserId,
+        after: MessageId,
+        limit: u32,
+    ) -> Result<Vec<Changed>> {
+        self.store.delete_sent_messages(sender, after, limit).await
+    }
 }
 
 #[async_trait]
@@ -195,6 +213,22 @@ impl<S: SessionStore, G: Send + Sync + 'static> SessionStore for GuardedStore<S,
     }
     async fn delete_expired_sessions(&self, now: DateTime<Utc>) -> Result<u64> {
         self.store.delete_expired_sessions(now).await
+    }
+    async fn delete_user_sessions(&self, user: UserId) -> Result<u64> {
+        self.store.delete_user_sessions(user).await
+    }
+    async fn set_password_hash(&self, username: &Username, password_hash: &str) -> Result<User> {
+        self.store.set_password_hash(username, password_hash).await
+    }
+}
+
+#[async_trait]
+impl<S: Backend, G: Send + Sync + 'static> Backend for GuardedStore<S, G> {
+    async fn migrate(&self) -> Result<crate::MigrationReport> {
+        self.store.migrate().await
+    }
+    async fn close(&self) -> Result<()> {
+        self.store.close().await
     }
 }
 
@@ -262,11 +296,35 @@ macro_rules! session_store_conformance_tests {
             accounts_and_credentials,
             sessions_live_until_they_expire_or_end,
             expired_sessions_are_deleted,
+            user_sessions_end_together_and_passwords_change,
         );
     };
 }
 
-/// The expansion both suites share: one test per case. Not for direct use.
+/// Runs the account removal scenarios (`accounts.rs`) against a backend that is both a
+/// [`Store`] and a [`SessionStore`] over one database: `$factory` returns a fresh
+/// `Arc<dyn chatcore::Backend>` (e.g. a [`GuardedStore`] around a migrated store).
+///
+/// ```ignore
+/// async fn fresh_backend() -> std::sync::Arc<dyn chatcore::Backend> {
+///     std::sync::Arc::new(chatcore::MemoryStore::new())
+/// }
+/// chatcore::account_conformance_tests!(fresh_backend);
+/// ```
+#[macro_export]
+macro_rules! account_conformance_tests {
+    ($factory:expr) => {
+        $crate::conformance_cases!($factory, $crate::Backend;
+            removed_accounts_keep_their_name_and_lose_everything_else,
+            deleting_sent_messages_pages_oldest_first_and_skips_tombstones,
+            removal_under_concurrent_sends_leaves_no_body,
+            removal_and_blocks_refuse_each_their_sends,
+            removal_and_blocks_under_concurrent_sends,
+        );
+    };
+}
+
+/// The expansion the suites share: one test per case. Not for direct use.
 #[doc(hidden)]
 #[macro_export]
 macro_rules! conformance_cases {

@@ -104,3 +104,54 @@ pub async fn expired_sessions_are_deleted(store: Arc<dyn SessionStore>) {
         5
     );
 }
+
+/// `delete_user_sessions` ends every session of one user and no one else's, and counts
+/// them; `set_password_hash` replaces a password found by any case of the name and leaves
+/// sessions alone; an unknown name is not found.
+pub async fn user_sessions_end_together_and_passwords_change(store: Arc<dyn SessionStore>) {
+    let alice = store.create_account(&name("alice"), "$argon2id$a").await.unwrap();
+    let bob = store.create_account(&name("bob"), "$argon2id$b").await.unwrap();
+    let now = Utc::now().trunc_subsecs(6);
+    let later = now + Duration::hours(1);
+    for n in 0..3u8 {
+        store.create_session(&hash_of(n), alice.id, later).await.unwrap();
+    }
+    store.create_session(&hash_of(10), bob.id, later).await.unwrap();
+    let changed = store
+        .set_password_hash(&name("ALICE"), "$argon2id$new")
+        .await
+        .unwrap();
+    assert_eq!(changed, alice);
+    let creds = store.credentials(&name("alice")).await.unwrap().unwrap();
+    assert_eq!(creds.password_hash.as_deref(), Some("$argon2id$new"));
+    for n in 0..3u8 {
+        assert!(
+            store.session_user(&hash_of(n), now).await.unwrap().is_some(),
+            "kept by a new password"
+        );
+    }
+    assert_eq!(store.delete_user_sessions(alice.id).await.unwrap(), 3);
+    for n in 0..3u8 {
+        assert_eq!(store.session_user(&hash_of(n), now).await.unwrap(), None);
+    }
+    assert!(
+        store.session_user(&hash_of(10), now).await.unwrap().is_some(),
+        "bob's stays"
+    );
+    assert_eq!(store.delete_user_sessions(alice.id).await.unwrap(), 0);
+    assert_eq!(store.delete_user_sessions(UserId(1_000_000)).await.unwrap(), 0);
+    assert!(matches!(
+        store.set_password_hash(&name("nobody"), "$argon2id$x").await,
+        Err(Error::NotFound(Entity::User))
+    ));
+    // A new session after that works as before.
+    store.create_session(&hash_of(20), alice.id, later).await.unwrap();
+    assert_eq!(
+        store
+            .session_user(&hash_of(20), now)
+            .await
+            .unwrap()
+            .map(|r| r.user),
+        Some(alice)
+    );
+}

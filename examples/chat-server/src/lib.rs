@@ -164,6 +164,7 @@ impl App {
             ws_gather_frames: options.ws_gather_frames,
             ws_gap_wait: std::time::Duration::from_millis(options.ws_gap_wait_ms),
             readiness_timeout: std::time::Duration::from_millis(options.readiness_timeout_ms),
+            ws_session_recheck: std::time::Duration::from_secs(options.ws_session_recheck_secs),
             ..ApiConfig::default()
         };
         Ok(Self {

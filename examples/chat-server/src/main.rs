@@ -30,6 +30,12 @@ async fn main() -> ExitCode {
             password_stdin,
         } => create_user(&cli.server, &username, password_stdin).await,
         Command::ListUsers { prefix, limit } => list_users(&cli.server, prefix, limit).await,
+        Command::SetPassword {
+            username,
+            password_stdin,
+        } => set_password(&cli.server, &username, password_stdin).await,
+        Command::DeleteUser { username, yes } => delete_user(&cli.server, &username, yes).await,
+        Command::RevokeSessions { username } => revoke_sessions(&cli.server, &username).await,
         Command::Migrate => migrate(&cli.server).await,
         Command::Openapi { output } => openapi(output),
     };
@@ -130,24 +136,7 @@ async fn create_user(
     username: &str,
     password_stdin: bool,
 ) -> Result<(), ServerError> {
-    if !password_stdin && !std::io::stdin().is_terminal() {
-        return Err(ServerError::Config(format!(
-            "no terminal to ask for {username}'s password: pipe it in with --password-stdin \
-             (e.g. `echo 'a long password' | chat-server create-user {username} --password-stdin`)"
-        )));
-    }
-    let password = if password_stdin {
-        let mut line = String::new();
-        std::io::stdin().lock().read_line(&mut line)?;
-        line.trim_end_matches(['\r', '\n']).to_owned()
-    } else {
-        let first = rpassword::prompt_password(format!("Password for {username}: "))?;
-        let again = rpassword::prompt_password("Again: ")?;
-        if first != again {
-            return Err(ServerError::Config("the passwords differ".into()));
-        }
-        first
-    };
+    let password = read_password("create-user", username, password_stdin)?;
     let backend = storage::open(options).await?;
     storage::migrate(&*backend).await?;
     let app = App::new(options, &backend).await?;
@@ -177,5 +166,128 @@ async fn list_users(options: &ServerOptions, prefix: String, limit: u32) -> Resu
     for user in users? {
         println!("{}\t{}", user.id, user.username);
     }
+    Ok(())
+}
+
+/// A new password for `username`: the first line of stdin with `--password-stdin`, else asked
+/// twice at the terminal (none: the error says to use `--password-stdin`).
+fn read_password(command: &str, username: &str, password_stdin: bool) -> Result<String, ServerError> {
+    if !password_stdin && !std::io::stdin().is_terminal() {
+        return Err(ServerError::Config(format!(
+            "no terminal to ask for {username}'s password: pipe it in with --password-stdin \
+             (e.g. `echo 'a long password' | chat-server {command} {username} --password-stdin`)"
+        )));
+    }
+    if password_stdin {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+        return Ok(line.trim_end_matches(['\r', '\n']).to_owned());
+    }
+    let first = rpassword::prompt_password(format!("Password for {username}: "))?;
+    let again = rpassword::prompt_password("Again: ")?;
+    if first != again {
+        return Err(ServerError::Config("the passwords differ".into()));
+    }
+    Ok(first)
+}
+
+/// Opens the existing database (a mistyped path must not create one) with the server's
+/// notifier, so that what the command ends reaches the running servers where it can, and
+/// finds `username`; runs `work`, then closes the store whatever happened.
+async fn with_user<T>(
+    options: &ServerOptions,
+    command: &str,
+    username: &str,
+    work: impl AsyncFnOnce(&App, chatcore::User) -> Result<T, ServerError>,
+) -> Result<T, ServerError> {
+    storage::require_existing(options, command)?;
+    let backend = storage::open(options).await?;
+    let result = async {
+        storage::migrate(&*backend).await?;
+        let app = App::new(options, &backend).await?;
+        let Some(user) = app.chat.find_user(username).await? else {
+            return Err(ServerError::Config(format!(
+                "no user named {username:?}: check the name (`chat-server list-users` lists them)"
+            )));
+        };
+        work(&app, user).await
+    }
+    .await;
+    backend.close().await?;
+    result
+}
+
+/// What reaches the servers' open WebSockets, said after a command that ended sessions.
+fn sockets_note(options: &ServerOptions) -> String {
+    match options.notifier_choice() {
+        Ok(chat_server::options::NotifierChoice::Local) => format!(
+            "open WebSockets close within --ws-session-recheck-secs ({} s unless the servers set another)",
+            options.ws_session_recheck_secs
+        ),
+        _ => "open WebSockets close at once".to_owned(),
+    }
+}
+
+async fn set_password(
+    options: &ServerOptions,
+    username: &str,
+    password_stdin: bool,
+) -> Result<(), ServerError> {
+    let password = read_password("set-password", username, password_stdin)?;
+    let (user, ended) = with_user(options, "set-password", username, async |app: &App, user| {
+        Ok(app
+            .sessions
+            .set_password(&app.chat, user.username.as_str(), &password)
+            .await?)
+    })
+    .await?;
+    println!(
+        "set the password of {}; ended {ended} session(s); {}",
+        user.username,
+        sockets_note(options)
+    );
+    Ok(())
+}
+
+async fn delete_user(options: &ServerOptions, username: &str, yes: bool) -> Result<(), ServerError> {
+    if !yes {
+        if !std::io::stdin().is_terminal() {
+            return Err(ServerError::Config(format!(
+                "no terminal to confirm the deletion of {username}: add --yes \
+                 (e.g. `chat-server delete-user {username} --yes`)"
+            )));
+        }
+        print!(
+            "Delete {username} for good? Their sessions end, every message they sent is erased \
+             (peers keep a \"deleted\" placeholder) and the name stays reserved. Type the name to confirm: "
+        );
+        std::io::stdout().flush()?;
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+        if line.trim() != username {
+            return Err(ServerError::Config(format!(
+                "not confirmed: {username} was not deleted"
+            )));
+        }
+    }
+    let (name, tombstoned) = with_user(options, "delete-user", username, async |app: &App, user| {
+        let tombstoned = app.sessions.delete_account(&app.chat, &user).await?;
+        Ok((user.username, tombstoned))
+    })
+    .await?;
+    println!(
+        "deleted user {name}: {tombstoned} message(s) erased; the name stays reserved; {}",
+        sockets_note(options)
+    );
+    Ok(())
+}
+
+async fn revoke_sessions(options: &ServerOptions, username: &str) -> Result<(), ServerError> {
+    let (name, ended) = with_user(options, "revoke-sessions", username, async |app: &App, user| {
+        let ended = app.sessions.revoke_sessions(&app.chat, &user).await?;
+        Ok((user.username, ended))
+    })
+    .await?;
+    println!("ended {ended} session(s) of {name}; {}", sockets_note(options));
     Ok(())
 }

@@ -40,6 +40,33 @@ pub enum Command {
         #[arg(long, default_value_t = 1000)]
         limit: u32,
     },
+    /// Give a user a new password (asked at a prompt, or read from stdin with
+    /// --password-stdin) and end every session of theirs: their open WebSockets close (at once
+    /// through a redis or postgres notifier, else within --ws-session-recheck-secs).
+    SetPassword {
+        /// The user's name (any case).
+        username: String,
+        /// Read the password from the first line of standard input instead of a prompt.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Delete a user's account for good, as the user can (DELETE /api/v1/auth/account)
+    /// without the password: sessions end, the password goes, every message they sent
+    /// becomes a tombstone, the name stays reserved. Asks for confirmation at a terminal.
+    DeleteUser {
+        /// The user's name (any case).
+        username: String,
+        /// Do not ask for confirmation (needed without a terminal).
+        #[arg(long)]
+        yes: bool,
+    },
+    /// End every session of a user: their tokens and cookies stop working, their open
+    /// WebSockets close (at once through a redis or postgres notifier, else within
+    /// --ws-session-recheck-secs).
+    RevokeSessions {
+        /// The user's name (any case).
+        username: String,
+    },
     /// Apply the database schema migrations and exit.
     Migrate,
     /// Print the OpenAPI 3.1 description of the API (what the server serves at
@@ -262,6 +289,19 @@ pub struct ServerOptions {
     /// Seconds after a missed pong before a WebSocket is considered dead and dropped.
     #[arg(long, global = true, env = "CHAT_WS_PING_TIMEOUT_SECS", default_value_t = 10)]
     pub ws_ping_timeout_secs: u64,
+
+    /// How often each open WebSocket checks in the database that its session still exists
+    /// (closing with 4001 when not): how long a socket outlives a session ended where the
+    /// notifier does not reach this server (an operator command against MySQL without
+    /// redis). A logout or deletion through the server, or through a redis or postgres
+    /// notifier, closes sockets at once. 0 turns the check off.
+    #[arg(
+        long,
+        global = true,
+        env = "CHAT_WS_SESSION_RECHECK_SECS",
+        default_value_t = 60
+    )]
+    pub ws_session_recheck_secs: u64,
 
     /// Milliseconds a WebSocket client may take to accept one frame (its receive window
     /// full); past it the socket is dropped as lagging (counted in

@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::ServerProcess;
@@ -15,18 +13,7 @@ use tokio_tungstenite::tungstenite::{
 };
 
 fn operator(dir: &std::path::Path, args: &[&str], stdin: &str) -> std::process::Output {
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_chat-server"))
-        .current_dir(dir)
-        .args(["--database", "sqlite://ops.db"])
-        .args(args)
-        .env("CHAT_LOG", "warn")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run chat-server");
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-    child.wait_with_output().unwrap()
+    common::operator(dir, "sqlite://ops.db", args, stdin)
 }
 
 #[test]

@@ -157,3 +157,21 @@ pub async fn open_socket(
         .expect("websocket")
         .0
 }
+
+/// Runs `chat-server --database DATABASE ARGS...` in `dir` to its end, with `stdin` piped in
+/// (an operator command).
+pub fn operator(dir: &Path, database: &str, args: &[&str], stdin: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_chat-server"))
+        .current_dir(dir)
+        .args(["--database", database])
+        .args(args)
+        .env("CHAT_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run chat-server");
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
