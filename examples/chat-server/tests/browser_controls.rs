@@ -10,7 +10,8 @@
 //! now" once her page is gone (the server runs with a short presence grace), then online again.
 //! Blocking: bob blocks alice from the conversation's header (confirmed), his composer closes
 //! with an explanation, alice's next send is refused with its text kept; bob unblocks her from
-//! the settings panel.
+//! the settings panel. Leaving: alice deletes her account there (password and confirmation)
+//! and is back at an empty login screen while bob sees her messages deleted.
 //! Screenshots go to `target/browser-artifacts/` (or `$CHAT_ARTIFACTS_DIR`).
 
 mod common;
@@ -458,4 +459,83 @@ async fn blocking_in_real_browsers() {
     bob.close().await.unwrap();
     let status = server.terminate().await;
     assert!(status.success(), "server exits cleanly on SIGTERM: {status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn account_deletion_in_real_browsers() {
+    let work = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(work.path(), &["--database", "sqlite://chat.db"]).await;
+    let driver = start_chromedriver().await;
+    let (alice, bob) = two_in_a_conversation(&server, &driver, work.path()).await;
+    send(&alice, "are you there?").await;
+    eventually("both messages on bob's screen", || async {
+        message_texts(&bob).await == ["hello bob", "are you there?"]
+    })
+    .await;
+
+    // alice deletes her account from the settings panel: a wrong password is refused in
+    // words, the right one (and a confirmation) logs her out for good.
+    click(&alice, "settings", "#settings-button").await;
+    eventually("the settings panel", || visible(&alice, "#settings")).await;
+    type_into(&alice, "#delete-password", "not my password").await;
+    click(&alice, "delete my account", "#delete-account").await;
+    eventually("the question", || visible(&alice, "#confirm")).await;
+    click(&alice, "confirm", "#confirm-ok").await;
+    eventually("the refusal", || async {
+        !text(&alice, "#delete-error").await.is_empty()
+    })
+    .await;
+    assert!(visible(&alice, "#settings").await, "still in the panel");
+    assert!(visible(&alice, "#app").await, "still logged in");
+    // Cancelling the question deletes nothing.
+    js(&alice, "R.getElementById('delete-password').value = '';").await;
+    type_into(&alice, "#delete-password", "correct horse battery").await;
+    click(&alice, "delete my account", "#delete-account").await;
+    eventually("the question", || visible(&alice, "#confirm")).await;
+    click(&alice, "cancel", "#confirm-cancel").await;
+    assert!(visible(&alice, "#app").await);
+    click(&alice, "delete my account", "#delete-account").await;
+    eventually("the question", || visible(&alice, "#confirm")).await;
+    click(&alice, "confirm", "#confirm-ok").await;
+    eventually("the login screen", || visible(&alice, "#auth-form")).await;
+    assert_eq!(
+        text(&alice, "#auth-error").await,
+        "Your account has been deleted."
+    );
+    assert!(!visible(&alice, "#settings").await);
+    let leftovers = js(
+        &alice,
+        "return ['message-list', 'inbox-list', 'me', 'settings-me', 'blocked-list'] \
+           .map(id => [id, R.getElementById(id).textContent.trim()]) \
+           .concat([['send-body', R.getElementById('send-body').value], \
+                    ['delete-password', R.getElementById('delete-password').value], \
+                    ['auth-username', R.getElementById('auth-username').value]]) \
+           .filter(([id, value]) => value);",
+    )
+    .await;
+    assert_eq!(leftovers, json!([]), "nothing of alice's is left on the page");
+    screenshot(&alice, "browser-controls-account-deleted.png").await;
+    // Everything she sent is a tombstone for bob, live.
+    eventually("alice's messages deleted on bob's screen", || async {
+        message_texts(&bob).await == ["Message deleted", "Message deleted"]
+    })
+    .await;
+    // Her account is gone: logging in again fails.
+    log_in_fails(&alice, "alice").await;
+
+    alice.close().await.unwrap();
+    bob.close().await.unwrap();
+    let status = server.terminate().await;
+    assert!(status.success(), "server exits cleanly on SIGTERM: {status:?}");
+}
+
+async fn log_in_fails(client: &Client, username: &str) {
+    js(client, "R.getElementById('auth-error').textContent = '';").await;
+    type_into(client, "#auth-username", username).await;
+    type_into(client, "#auth-password", &format!("correct horse battery{ENTER}")).await;
+    eventually("the login refused", || async {
+        !text(client, "#auth-error").await.is_empty()
+    })
+    .await;
+    assert!(!visible(client, "#app").await);
 }
