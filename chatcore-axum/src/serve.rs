@@ -251,6 +251,11 @@ pub async fn serve_with(
         counters,
         refusals: RefusalLog::new(),
     });
+    // Turns every handler the router holds without a state (the host's own routes, the
+    // fallbacks) into a finished route now, with its layers applied, as axum's own
+    // `into_make_service` does: a `Router<()>` called as it is does that again for every
+    // request it routes to such a handler (a boxed route and a box per layer each time).
+    let app = app.with_state::<()>(());
     let tracker = TaskTracker::new();
     let token = shutdown.token().clone();
     let mut accept_errors = 0u32;
