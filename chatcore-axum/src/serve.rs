@@ -16,7 +16,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -440,7 +440,9 @@ impl RefusalLog {
 }
 
 /// Where a connection is between requests, shared by its socket wrapper, its service and its
-/// task. Milliseconds count from the connection's start.
+/// task. Milliseconds count from the connection's start. Written with relaxed atomics on every
+/// request and read only when the connection's task wakes to check its timeouts, so a request
+/// costs no wake-up and no timer of its own.
 struct Activity {
     start: Instant,
     /// Requests whose answer is not complete yet.
@@ -450,8 +452,6 @@ struct Activity {
     since_ms: AtomicU64,
     /// Whether bytes of a new request head arrived since the connection became idle.
     reading_head: AtomicBool,
-    /// Wakes the connection's task when a head starts (its deadline moves closer).
-    head_started: tokio::sync::Notify,
 }
 
 impl Activity {
@@ -461,7 +461,6 @@ impl Activity {
             busy: AtomicUsize::new(0),
             since_ms: AtomicU64::new(0),
             reading_head: AtomicBool::new(false),
-            head_started: tokio::sync::Notify::new(),
         }
     }
 
@@ -473,7 +472,6 @@ impl Activity {
         if self.busy.load(Ordering::Relaxed) == 0 && !self.reading_head.load(Ordering::Relaxed) {
             self.since_ms.store(self.now_ms(), Ordering::Relaxed);
             self.reading_head.store(true, Ordering::Relaxed);
-            self.head_started.notify_one();
         }
     }
 
@@ -489,7 +487,7 @@ impl Activity {
     }
 
     /// When the connection must close if nothing changes, or `None` while a request is in
-    /// progress (then check again after `recheck`).
+    /// progress.
     fn deadline(&self, config: &ServeConfig) -> Option<Instant> {
         if self.busy.load(Ordering::Relaxed) > 0 {
             return None;
@@ -500,6 +498,22 @@ impl Activity {
         } else {
             since + config.idle_timeout
         })
+    }
+
+    /// What the connection's task does when it wakes at `now`: close the connection
+    /// (`None`), or sleep until the returned instant and look again. That instant is never
+    /// later than a deadline that can arise meanwhile, so nothing has to wake the task early:
+    /// a request in progress is looked at again `min(header_read_timeout, idle_timeout)`
+    /// from now (an idle or head deadline that starts after now ends later than that); an idle
+    /// connection at its idle deadline or `header_read_timeout` from now, whichever is sooner
+    /// (a head that starts after now is late no sooner than that); a head being read at its
+    /// deadline.
+    fn next_check(&self, config: &ServeConfig, now: Instant) -> Option<Instant> {
+        match self.deadline(config) {
+            None => Some(now + config.header_read_timeout.min(config.idle_timeout)),
+            Some(deadline) if deadline <= now => None,
+            Some(deadline) => Some(deadline.min(now + config.header_read_timeout)),
+        }
     }
 }
 
@@ -544,50 +558,53 @@ async fn serve_connection(
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
-        .timer(TokioTimer::new())
-        // hyper's own head timer runs whenever it waits for a head, idle time included, so it
-        // is only a backstop, later than both; `Activity` tells them apart.
-        .header_read_timeout(config.header_read_timeout + config.idle_timeout)
+        // hyper's own head timer would run whenever it waits for a head, idle time included,
+        // and cost every request a timer of its own; `Activity` and the loop below enforce
+        // both timeouts instead, with one timer per connection.
+        .header_read_timeout(None)
         .max_buf_size(config.max_header_bytes.max(MIN_HEADER_BYTES))
         .max_headers(config.max_headers);
     let connection = builder
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     tokio::pin!(connection);
-    let recheck = config.header_read_timeout.min(config.idle_timeout);
-    let mut shutting_down: Option<Instant> = None;
+    // One timer and one cancellation wait for the connection's whole life, both polled only
+    // when the task wakes anyway: the timer is moved (`reset`), never made again, and a
+    // request wakes nothing but hyper's own work.
+    let check =
+        tokio::time::sleep_until(Instant::now() + config.header_read_timeout.min(config.idle_timeout));
+    tokio::pin!(check);
+    let cancelled = token.cancelled();
+    tokio::pin!(cancelled);
+    let mut shutting_down = false;
     loop {
-        let wake = match shutting_down {
-            Some(grace_ends) => grace_ends,
-            None => activity
-                .deadline(config)
-                .unwrap_or_else(|| Instant::now() + recheck),
-        };
         tokio::select! {
+            // The connection first: it is what woke the task nearly every time.
+            biased;
             result = connection.as_mut() => {
                 if let Err(error) = result {
                     tracing::debug!(%error, %peer, "connection ended with an error");
                 }
                 return;
             }
-            () = token.cancelled(), if shutting_down.is_none() => {
+            () = &mut cancelled, if !shutting_down => {
                 // Finish the request in progress, then close; an idle connection closes now.
                 connection.as_mut().graceful_shutdown();
-                shutting_down = Some(Instant::now() + config.shutdown_grace);
+                shutting_down = true;
+                check.as_mut().reset(Instant::now() + config.shutdown_grace);
             }
-            // The deadline moved closer: compute it again.
-            () = activity.head_started.notified(), if shutting_down.is_none() => {}
-            () = tokio::time::sleep_until(wake) => {
-                if shutting_down.is_some() {
+            () = &mut check => {
+                if shutting_down {
                     tracing::debug!(%peer, "closing a connection still open after the shutdown grace period");
                     return;
                 }
-                if let Some(deadline) = activity.deadline(config)
-                    && deadline <= Instant::now()
-                {
-                    edge.counters.inner.timed_out.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(%peer, "closing a connection: header read or idle timeout");
-                    return;
+                match activity.next_check(config, Instant::now()) {
+                    Some(next) => check.as_mut().reset(next),
+                    None => {
+                        edge.counters.inner.timed_out.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(%peer, "closing a connection: header read or idle timeout");
+                        return;
+                    }
                 }
             }
         }
