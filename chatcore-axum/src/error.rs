@@ -219,7 +219,7 @@ from_rejections!(
 fn body_timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut source = Some(error);
     while let Some(cause) = source {
-        if cause.is::<tower_http::timeout::TimeoutError>() {
+        if cause.is::<crate::serve::BodyTimedOut>() {
             return true;
         }
         source = cause.source();

@@ -23,7 +23,6 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 use tower::Service;
-use tower_http::timeout::TimeoutBody;
 
 use crate::ShutdownHandle;
 
@@ -547,7 +546,7 @@ async fn serve_connection(
     let service = hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
         let in_flight = RequestInFlight(service_activity.clone());
         service_activity.request_started();
-        let mut request = request.map(|body| Body::new(TimeoutBody::new(body_timeout, body)));
+        let mut request = request.map(|body| Body::new(BodyTimeout::new(body_timeout, body)));
         request.extensions_mut().insert(ConnectInfo(peer));
         let mut router = app.clone();
         async move {
@@ -610,6 +609,80 @@ async fn serve_connection(
         }
     }
 }
+
+pin_project_lite::pin_project! {
+    /// A request body that fails with [`BodyTimedOut`] when the client leaves it for
+    /// [`ServeConfig::request_body_timeout`] without sending a byte. The timer starts only when
+    /// a read has to wait: a body that is already there (most are, in the head's own packet)
+    /// costs no timer at all.
+    struct BodyTimeout<B> {
+        timeout: Duration,
+        #[pin]
+        wait: Option<tokio::time::Sleep>,
+        #[pin]
+        body: B,
+    }
+}
+
+impl<B> BodyTimeout<B> {
+    fn new(timeout: Duration, body: B) -> Self {
+        Self {
+            timeout,
+            wait: None,
+            body,
+        }
+    }
+}
+
+impl<B> hyper::body::Body for BodyTimeout<B>
+where
+    B: hyper::body::Body,
+    B::Error: Into<axum::BoxError>,
+{
+    type Data = B::Data;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let mut this = self.project();
+        if let Poll::Ready(frame) = this.body.poll_frame(cx) {
+            // Something came: the next wait starts afresh.
+            this.wait.set(None);
+            return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
+        }
+        if this.wait.is_none() {
+            this.wait.set(Some(tokio::time::sleep(*this.timeout)));
+        }
+        if let Some(wait) = this.wait.as_pin_mut() {
+            ready!(wait.poll(cx));
+            return Poll::Ready(Some(Err(Box::new(BodyTimedOut))));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// A request body stopped arriving for longer than [`ServeConfig::request_body_timeout`]
+/// (the router answers 408).
+#[derive(Debug)]
+pub(crate) struct BodyTimedOut;
+
+impl std::fmt::Display for BodyTimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the request body came too slowly")
+    }
+}
+
+impl std::error::Error for BodyTimedOut {}
 
 /// The client's socket as hyper sees it: it tells [`Activity`] when bytes arrive, holds the
 /// connection's place in the limits, and rewrites hyper's own bodiless error answers into the
