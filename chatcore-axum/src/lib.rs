@@ -85,9 +85,10 @@
 //! balancer, call [`ShutdownHandle::drain`] (or [`ShutdownHandle::shutdown_after_drain`])
 //! first: `/readyz` fails while the listener still accepts.
 //!
-//! [`with_request_ids`] gives every request an `x-request-id` (the client's when sane, else a
-//! UUID) for the host's spans ([`request_id`]) and echoes it on the answer. It is a separate
-//! wrapper because a host usually has its own tracing layer to put inside it.
+//! [`with_request_ids`] (or [`RequestIdLayer`], to stack with other layers in one
+//! `Router::layer` call) gives every request an `x-request-id` (the client's when sane, else a
+//! fresh UUID-shaped id) for the host's spans ([`request_id`]) and echoes it on the answer. It
+//! is a separate wrapper because a host usually has its own tracing layer to put inside it.
 //!
 //! # History pages
 //!
@@ -171,7 +172,8 @@
 //! - `health.rs`: `/healthz` and `/readyz`.
 //! - `ui.rs` (feature `ui`): the web UI's files under `/ui/`; the files themselves are in
 //!   `ui/` (`chatcore-app.js`, the `<chatcore-app>` custom element; its style sheet; an icon).
-//! - `request_id.rs`: [`with_request_ids`], the `x-request-id` layers.
+//! - `request_id.rs`: [`RequestIdLayer`] and [`with_request_ids`]: the `x-request-id` of every
+//!   request, its span and its answer.
 //! - `cursor.rs`: a socket's delivered position and the live events held for an earlier one.
 //! - `state.rs`: the shared state and [`ShutdownHandle`].
 //! - `tests/http_api.rs`: the contract end to end (real server on port 0, reqwest and
@@ -222,7 +224,10 @@ pub use auth::{Authenticated, Authenticator, SessionInfo, TrustedOrigin};
 pub use config::ApiConfig;
 pub use error::{ApiError, UNAVAILABLE_RETRY_AFTER_SECS};
 pub use openapi::OPENAPI_PATH;
-pub use request_id::{MAX_REQUEST_ID_BYTES, REQUEST_ID_HEADER, request_id, with_request_ids};
+pub use request_id::{
+    MAX_REQUEST_ID_BYTES, REQUEST_ID_HEADER, RequestIdFuture, RequestIdLayer, RequestIds, request_id,
+    with_request_ids,
+};
 pub use serve::{
     EdgeCounters, MIN_HEADER_BYTES, ServeConfig, descriptor_limits, raise_descriptor_limit, serve, serve_with,
 };
