@@ -401,11 +401,17 @@ impl ChatApi {
         description.merge(document.get_openapi().clone());
         let rendered = openapi::RenderedDescription::new(&description);
         let (router, description) = described.merge(document.with_state(rendered)).split_for_parts();
+        // One `Router::layer` call for both: each call wraps every route in another boxed
+        // service, cloned for every request. Outermost first: a panic anywhere inside is a
+        // JSON 500.
         let router = router
             .method_not_allowed_fallback(error::method_not_allowed)
             .fallback(error::unknown_path)
-            .layer(DefaultBodyLimit::max(body_limit))
-            .layer(CatchPanicLayer::custom(error::panic_response));
+            .layer(
+                tower::ServiceBuilder::new()
+                    .layer(CatchPanicLayer::custom(error::panic_response))
+                    .layer(DefaultBodyLimit::max(body_limit)),
+            );
         (router, description)
     }
 }

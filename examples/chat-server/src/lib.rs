@@ -204,7 +204,7 @@ pub async fn run(
         .with_config(app.api_config.clone())
         .with_auth_routes(app.sessions.clone());
     let handle = api.shutdown_handle();
-    let router = web::router(api, options.bench_endpoints);
+    let router = web::router(api, options.bench_endpoints, metrics.http_layer());
     let (router, metrics_server) = metrics::wire(router, metrics);
     let metrics_server = metrics_server.map(|(listener, router)| {
         tokio::spawn(chatcore_axum::serve_with(

@@ -78,8 +78,20 @@ fn install() -> Result<PrometheusHandle, ServerError> {
     Ok(handle)
 }
 
-/// Measures `app`'s requests and adds `/metrics` to it, or returns the router to serve on
-/// the separate listener. Starts the recorder's upkeep.
+impl Metrics {
+    /// The layer that measures the application's requests, `None` with `--metrics off`: for
+    /// [`crate::web::router`], which puts it with its other per-request layers.
+    pub fn http_layer(&self) -> Option<HttpMetricsLayer> {
+        match self {
+            Metrics::Off => None,
+            Metrics::OnMain(_) | Metrics::Separate(..) => Some(HttpMetricsLayer::new()),
+        }
+    }
+}
+
+/// Adds `/metrics` to `app` (measured by the layer of [`Metrics::http_layer`], which
+/// [`crate::web::router`] applied), or returns the router to serve on the separate listener.
+/// Starts the recorder's upkeep.
 pub fn wire(app: Router, metrics: Metrics) -> (Router, Option<(TcpListener, Router)>) {
     let handle = match &metrics {
         Metrics::Off => return (app, None),
@@ -93,7 +105,6 @@ pub fn wire(app: Router, metrics: Metrics) -> (Router, Option<(TcpListener, Rout
             upkeep.run_upkeep();
         }
     });
-    let app = app.layer(HttpMetricsLayer::new());
     match metrics {
         Metrics::Separate(_, listener) => (app, Some((listener, routes(handle)))),
         _ => (app.merge(routes(handle)), None),
