@@ -2,6 +2,7 @@
 //! here, with its default.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -18,7 +19,11 @@ pub struct Cli {
     pub command: Option<Command>,
 }
 
-/// Operator subcommands.
+/// How many users `list-users` (and the control socket's `GET /users`) lists unless told.
+pub const DEFAULT_LIST_LIMIT: u32 = 1000;
+
+/// Operator subcommands. Against a running server that holds a SQLite file, they run in that
+/// server, through its control socket (`--control-socket`).
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server (the default).
@@ -37,7 +42,7 @@ pub enum Command {
         #[arg(long, default_value = "")]
         prefix: String,
         /// At most this many.
-        #[arg(long, default_value_t = 1000)]
+        #[arg(long, default_value_t = DEFAULT_LIST_LIMIT)]
         limit: u32,
     },
     /// Give a user a new password (asked at a prompt, or read from stdin with
@@ -506,6 +511,15 @@ pub struct ServerOptions {
     #[arg(long, global = true, env = "CHAT_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
 
+    /// The control socket: a Unix domain socket (mode 0600, so only the server's user, and
+    /// root, may use it) where the running server takes the operator commands (`create-user`,
+    /// `set-password`, `revoke-sessions`, ...) as HTTP/1.1 + JSON, so that they work while it
+    /// holds a SQLite file. A path, or `off`. Default: `<database file>-chatcore.sock` beside a
+    /// SQLite file database, off for `sqlite::memory:`, MySQL and PostgreSQL (whose commands
+    /// run beside the servers). The commands look for the running server at the same path.
+    #[arg(long, global = true, env = "CHAT_CONTROL_SOCKET", value_name = "PATH|off", value_parser = parse_control_socket)]
+    pub control_socket: Option<ControlSocket>,
+
     /// Log format.
     #[arg(long, global = true, env = "CHAT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -585,6 +599,33 @@ impl ServerOptions {
         }
     }
 
+    /// Where the control socket is, `None` for none: `--control-socket`, else beside a
+    /// SQLite file database (`<file>-chatcore.sock`, beside its lock file) and none for the
+    /// others. The server opens it there and the operator commands look for it there.
+    ///
+    /// ```
+    /// use chat_server::options::ServerOptions;
+    /// let options = |database: &str| ServerOptions::for_tests("127.0.0.1:0".parse().unwrap(), database);
+    /// assert_eq!(options("sqlite://data/chat.db").control_socket().unwrap(), Some("data/chat.db-chatcore.sock".into()));
+    /// assert_eq!(options("sqlite::memory:").control_socket().unwrap(), None);
+    /// assert_eq!(options("postgres://db/chat").control_socket().unwrap(), None);
+    /// ```
+    pub fn control_socket(&self) -> Result<Option<PathBuf>, crate::ServerError> {
+        use crate::storage::DatabaseUrl;
+        Ok(match &self.control_socket {
+            Some(ControlSocket::Off) => None,
+            Some(ControlSocket::At(path)) => Some(path.clone()),
+            None => match DatabaseUrl::parse(&self.database)? {
+                DatabaseUrl::SqliteFile(database) => {
+                    let mut path = database.into_os_string();
+                    path.push("-chatcore.sock");
+                    Some(PathBuf::from(path))
+                }
+                DatabaseUrl::SqliteMemory | DatabaseUrl::Mysql(_) | DatabaseUrl::Postgres(_) => None,
+            },
+        })
+    }
+
     /// The session lifetime.
     pub fn session_lifetime(&self) -> Duration {
         Duration::from_secs(self.session_hours.saturating_mul(3600))
@@ -603,6 +644,24 @@ impl ServerOptions {
             behind_proxy: self.behind_proxy,
             ..chatcore_axum::SessionConfig::default()
         }
+    }
+}
+
+/// `--control-socket`: where the control socket is, or that there is none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlSocket {
+    /// No control socket (`off`).
+    Off,
+    /// At this path (a file named `off` is `./off`).
+    At(PathBuf),
+}
+
+/// `--control-socket`: `off`, or a path (not empty).
+pub fn parse_control_socket(value: &str) -> Result<ControlSocket, String> {
+    match value {
+        "off" => Ok(ControlSocket::Off),
+        "" => Err("empty: give the socket's path, or `off`".to_owned()),
+        path => Ok(ControlSocket::At(PathBuf::from(path))),
     }
 }
 
@@ -697,6 +756,28 @@ mod tests {
         assert_eq!(options.serve_config(), chatcore_axum::ServeConfig::default());
         assert!(Cli::try_parse_from(["chat-server", "--max-header-bytes", "100"]).is_err());
         assert!(Cli::try_parse_from(["chat-server", "--idle-timeout-secs", "0"]).is_err());
+    }
+
+    #[test]
+    fn control_socket_flag() {
+        let parse = |args: &[&str]| Cli::try_parse_from([&["chat-server"][..], args].concat());
+        let socket = |args: &[&str]| parse(args).unwrap().server.control_socket().unwrap();
+        assert_eq!(socket(&[]), Some(PathBuf::from("chat.db-chatcore.sock")));
+        assert_eq!(socket(&["--control-socket", "off"]), None);
+        assert_eq!(
+            socket(&[
+                "--database",
+                "mysql://db/chat",
+                "--control-socket",
+                "/run/chat.sock"
+            ]),
+            Some(PathBuf::from("/run/chat.sock"))
+        );
+        let error = parse(&["--control-socket", ""]).unwrap_err();
+        assert!(
+            error.to_string().contains("give the socket's path, or `off`"),
+            "{error}"
+        );
     }
 
     #[test]
