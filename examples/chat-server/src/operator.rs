@@ -48,6 +48,15 @@ pub struct SessionsEnded {
     pub ended_sessions: u64,
 }
 
+impl SessionsEnded {
+    fn of(user: &User, ended: u64) -> Self {
+        Self {
+            username: user.username.as_str().to_owned(),
+            ended_sessions: ended,
+        }
+    }
+}
+
 /// The answer of `delete-user`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccountDeleted {
@@ -94,20 +103,14 @@ impl AccountOps {
             .sessions
             .set_password(&self.chat, user.username.as_str(), password)
             .await?;
-        Ok(SessionsEnded {
-            username: user.username.as_str().to_owned(),
-            ended_sessions: ended,
-        })
+        Ok(SessionsEnded::of(&user, ended))
     }
 
     /// Ends every session of `username` and closes their WebSockets (4001).
     pub async fn revoke_sessions(&self, username: &str) -> Result<SessionsEnded, ServerError> {
         let user = self.user(username).await?;
         let ended = self.sessions.revoke_sessions(&self.chat, &user).await?;
-        Ok(SessionsEnded {
-            username: user.username.as_str().to_owned(),
-            ended_sessions: ended,
-        })
+        Ok(SessionsEnded::of(&user, ended))
     }
 
     /// Deletes `username`'s account as `DELETE /api/v1/auth/account` does, without the password.

@@ -138,6 +138,85 @@ async fn session_status(http: &reqwest::Client, base: &str, token: &str) -> u16 
         .as_u16()
 }
 
+/// Runs `chat-server --database DATABASE ARGS...` in `dir` off the test's runtime (an
+/// operator command beside a running server).
+async fn command(dir: &Path, database: &str, args: &[&str], stdin: &str) -> std::process::Output {
+    let (dir, database, stdin) = (dir.to_owned(), database.to_owned(), stdin.to_owned());
+    let args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        operator(&dir, &database, &args, &stdin)
+    })
+    .await
+    .unwrap()
+}
+
+/// Signs alice and bob up, and alice sends bob two messages: their tokens, and the messages' ids.
+async fn alice_writes_to_bob(http: &reqwest::Client, server: &ServerProcess) -> (String, String, Vec<i64>) {
+    let alice = sign_up(http, &server.base, "alice").await;
+    let bob = sign_up(http, &server.base, "bob").await;
+    let mut sent = Vec::new();
+    for body in ["one", "two"] {
+        let response = post(
+            http,
+            format!("{}/api/v1/message/", server.base),
+            Some(&alice),
+            json!({"recipient": "bob", "body": body}),
+        )
+        .await;
+        assert_eq!(response.status(), 201);
+        sent.push(response.json::<Value>().await.unwrap()["id"].as_i64().unwrap());
+    }
+    (alice, bob, sent)
+}
+
+/// `token`'s socket is still open: a message to themselves arrives on it.
+async fn still_open(
+    http: &reqwest::Client,
+    server: &ServerProcess,
+    token: &str,
+    ws: &mut Socket,
+    name: &str,
+) {
+    let sent = post(
+        http,
+        format!("{}/api/v1/message/", server.base),
+        Some(token),
+        json!({"recipient": name, "body": "still here"}),
+    )
+    .await;
+    assert_eq!(sent.status(), 201);
+    let frame = next_frame(ws, Duration::from_secs(5)).await;
+    assert!(frame.to_text().unwrap().contains("still here"), "{frame:?}");
+}
+
+/// The messages `sent` arrive on `ws` as `delete` events with empty bodies (tombstones).
+async fn tombstoned(ws: &mut Socket, sent: &[i64]) {
+    for id in sent {
+        let frame = next_frame(ws, Duration::from_secs(10)).await;
+        let event: Value = serde_json::from_str(frame.to_text().unwrap()).unwrap();
+        assert_eq!(event["type"], "delete", "{event}");
+        assert_eq!(
+            (&event["data"]["id"], &event["data"]["body"]),
+            (&json!(id), &json!(""))
+        );
+    }
+}
+
+/// Logs in over HTTP: the status, and the token on success.
+async fn login(http: &reqwest::Client, base: &str, username: &str, password: &str) -> (u16, Option<String>) {
+    let response = post(
+        http,
+        format!("{base}/api/v1/auth/login"),
+        None,
+        json!({"username": username, "password": password}),
+    )
+    .await;
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.unwrap_or_default();
+    (status, body["token"].as_str().map(str::to_owned))
+}
+
 /// MySQL without redis: the command's revocation does not reach the server, whose socket
 /// learns it at its next session check (every second here) and closes with 4001.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -171,12 +250,7 @@ async fn revoke_sessions_from_another_process_closes_the_socket_at_the_recheck()
     let mut bob_ws = socket(&server, &bob).await;
     assert_eq!(session_status(&http, &server.base, &alice).await, 200);
 
-    let (dir_path, url_arg) = (dir.path().to_owned(), url.clone());
-    let out =
-        tokio::task::spawn_blocking(move || operator(&dir_path, &url_arg, &["revoke-sessions", "alice"], ""))
-            .await
-            .unwrap();
-    let out = succeeded(&out);
+    let out = succeeded(&command(dir.path(), &url, &["revoke-sessions", "alice"], "").await);
     assert!(out.contains("ended 1 session(s) of alice"), "{out}");
     assert_eq!(
         close_code(&next_frame(&mut alice_ws, Duration::from_secs(10)).await),
@@ -185,16 +259,7 @@ async fn revoke_sessions_from_another_process_closes_the_socket_at_the_recheck()
     // The check also dropped the session from the server's cache.
     assert_eq!(session_status(&http, &server.base, &alice).await, 401);
     // Bob's socket is untouched.
-    let sent = post(
-        &http,
-        format!("{}/api/v1/message/", server.base),
-        Some(&bob),
-        json!({"recipient": "bob", "body": "still here"}),
-    )
-    .await;
-    assert_eq!(sent.status(), 201);
-    let frame = next_frame(&mut bob_ws, Duration::from_secs(5)).await;
-    assert!(frame.to_text().unwrap().contains("still here"), "{frame:?}");
+    still_open(&http, &server, &bob, &mut bob_ws, "bob").await;
     assert!(server.terminate().await.success());
 }
 
@@ -222,34 +287,18 @@ async fn set_password_and_delete_user_reach_a_running_server_through_postgres() 
     )
     .await;
     let http = reqwest::Client::new();
-    let alice = sign_up(&http, &server.base, "alice").await;
-    let bob = sign_up(&http, &server.base, "bob").await;
-    let mut sent = Vec::new();
-    for body in ["one", "two"] {
-        let response = post(
-            &http,
-            format!("{}/api/v1/message/", server.base),
-            Some(&alice),
-            json!({"recipient": "bob", "body": body}),
-        )
-        .await;
-        assert_eq!(response.status(), 201);
-        sent.push(response.json::<Value>().await.unwrap()["id"].as_i64().unwrap());
-    }
+    let (alice, bob, sent) = alice_writes_to_bob(&http, &server).await;
     let mut alice_ws = socket(&server, &alice).await;
     let mut bob_ws = socket(&server, &bob).await;
 
-    let operate = |args: &'static [&'static str], stdin: &'static str| {
-        let (dir, url) = (dir.path().to_owned(), url.clone());
-        tokio::task::spawn_blocking(move || operator(&dir, &url, args, stdin))
-    };
     let out = succeeded(
-        &operate(
+        &command(
+            dir.path(),
+            &url,
             &["set-password", "alice", "--password-stdin"],
             "another password\n",
         )
-        .await
-        .unwrap(),
+        .await,
     );
     assert!(
         out.contains("ended 1 session(s)") && out.contains("close at once"),
@@ -269,60 +318,20 @@ async fn set_password_and_delete_user_reach_a_running_server_through_postgres() 
         );
         tokio::task::yield_now().await;
     }
-    let login = |password: &'static str| {
-        post(
-            &http,
-            format!("{}/api/v1/auth/login", server.base),
-            None,
-            json!({"username": "alice", "password": password}),
-        )
-    };
-    assert_eq!(login("a long password").await.status(), 401);
-    assert_eq!(login("another password").await.status(), 200);
+    let alice_logs_in = |password| login(&http, &server.base, "alice", password);
+    assert_eq!(alice_logs_in("a long password").await.0, 401);
+    assert_eq!(alice_logs_in("another password").await.0, 200);
 
-    let out = succeeded(&operate(&["delete-user", "alice", "--yes"], "").await.unwrap());
+    let out = succeeded(&command(dir.path(), &url, &["delete-user", "alice", "--yes"], "").await);
     assert!(out.contains("deleted user alice: 2 message(s) erased"), "{out}");
-    for id in sent {
-        let frame = next_frame(&mut bob_ws, Duration::from_secs(10)).await;
-        let event: Value = serde_json::from_str(frame.to_text().unwrap()).unwrap();
-        assert_eq!(event["type"], "delete", "{event}");
-        assert_eq!(
-            (&event["data"]["id"], &event["data"]["body"]),
-            (&json!(id), &json!(""))
-        );
-    }
-    assert_eq!(login("another password").await.status(), 401);
+    tombstoned(&mut bob_ws, &sent).await;
+    assert_eq!(alice_logs_in("another password").await.0, 401);
     assert!(server.terminate().await.success());
 }
 
-/// Runs `chat-server --database sqlite://chat.db ARGS...` in `dir` off the test's runtime
-/// (an operator command beside a server on that file).
+/// [`command`] on `sqlite://chat.db`.
 async fn on_chat_db(dir: &Path, args: &[&str], stdin: &str) -> std::process::Output {
-    let (dir, args, stdin) = (
-        dir.to_owned(),
-        args.iter().map(|arg| arg.to_string()).collect::<Vec<_>>(),
-        stdin.to_owned(),
-    );
-    tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        operator(&dir, "sqlite://chat.db", &args, &stdin)
-    })
-    .await
-    .unwrap()
-}
-
-/// Logs in over HTTP: the status, and the token on success.
-async fn login(http: &reqwest::Client, base: &str, username: &str, password: &str) -> (u16, Option<String>) {
-    let response = post(
-        http,
-        format!("{base}/api/v1/auth/login"),
-        None,
-        json!({"username": username, "password": password}),
-    )
-    .await;
-    let status = response.status().as_u16();
-    let body: Value = response.json().await.unwrap_or_default();
-    (status, body["token"].as_str().map(str::to_owned))
+    command(dir, "sqlite://chat.db", args, stdin).await
 }
 
 fn listed_names(out: &str) -> Vec<&str> {
@@ -360,20 +369,7 @@ async fn on_a_sqlite_file_held_by_a_server_the_commands_run_in_it() {
     );
 
     let http = reqwest::Client::new();
-    let alice = sign_up(&http, &server.base, "alice").await;
-    let bob = sign_up(&http, &server.base, "bob").await;
-    let mut sent = Vec::new();
-    for body in ["one", "two"] {
-        let response = post(
-            &http,
-            format!("{}/api/v1/message/", server.base),
-            Some(&alice),
-            json!({"recipient": "bob", "body": body}),
-        )
-        .await;
-        assert_eq!(response.status(), 201);
-        sent.push(response.json::<Value>().await.unwrap()["id"].as_i64().unwrap());
-    }
+    let (alice, bob, sent) = alice_writes_to_bob(&http, &server).await;
     let mut alice_ws = socket(&server, &alice).await;
     let mut bob_ws = socket(&server, &bob).await;
 
@@ -388,16 +384,7 @@ async fn on_a_sqlite_file_held_by_a_server_the_commands_run_in_it() {
     );
     assert_eq!(session_status(&http, &server.base, &alice).await, 401);
     assert_eq!(session_status(&http, &server.base, &bob).await, 200);
-    let still = post(
-        &http,
-        format!("{}/api/v1/message/", server.base),
-        Some(&bob),
-        json!({"recipient": "bob", "body": "still here"}),
-    )
-    .await;
-    assert_eq!(still.status(), 201);
-    let frame = next_frame(&mut bob_ws, Duration::from_secs(5)).await;
-    assert!(frame.to_text().unwrap().contains("still here"), "{frame:?}");
+    still_open(&http, &server, &bob, &mut bob_ws, "bob").await;
 
     let out = succeeded(
         &on_chat_db(
@@ -439,33 +426,31 @@ async fn on_a_sqlite_file_held_by_a_server_the_commands_run_in_it() {
     let out = succeeded(&on_chat_db(dir.path(), &["list-users", "--prefix", "c"], "").await);
     assert_eq!(listed_names(&out), ["carol"]);
 
-    // The server's refusals reach the operator with their reason.
-    let error = failed(&on_chat_db(dir.path(), &["revoke-sessions", "nobody"], "").await);
-    assert!(
-        error.contains("no user named \"nobody\"") && error.contains("404"),
-        "{error}"
-    );
-    let error = failed(
-        &on_chat_db(
-            dir.path(),
+    // The server's refusals reach the operator with their reason and status.
+    let refusals: [(&[&str], &str, &[&str]); 3] = [
+        (
+            &["revoke-sessions", "nobody"],
+            "",
+            &["no user named \"nobody\"", "404"],
+        ),
+        (
             &["set-password", "carol", "--password-stdin"],
             "short\n",
-        )
-        .await,
-    );
-    assert!(
-        error.contains("at least 8 characters") && error.contains("400"),
-        "{error}"
-    );
-    let error = failed(
-        &on_chat_db(
-            dir.path(),
+            &["at least 8 characters", "400"],
+        ),
+        (
             &["create-user", "Carol", "--password-stdin"],
             "a long password\n",
-        )
-        .await,
-    );
-    assert!(error.contains("taken"), "{error}");
+            &["taken", "409"],
+        ),
+    ];
+    for (args, stdin, reasons) in refusals {
+        let error = failed(&on_chat_db(dir.path(), args, stdin).await);
+        assert!(
+            reasons.iter().all(|reason| error.contains(reason)),
+            "{args:?}: {error}"
+        );
+    }
 
     let mut bob_ws = socket(&server, &bob).await;
     let out = succeeded(&on_chat_db(dir.path(), &["delete-user", "alice", "--yes"], "").await);
@@ -473,15 +458,7 @@ async fn on_a_sqlite_file_held_by_a_server_the_commands_run_in_it() {
         out,
         "deleted user alice: 2 message(s) erased; the name stays reserved; open WebSockets close at once\n"
     );
-    for id in sent {
-        let frame = next_frame(&mut bob_ws, Duration::from_secs(10)).await;
-        let event: Value = serde_json::from_str(frame.to_text().unwrap()).unwrap();
-        assert_eq!(event["type"], "delete", "{event}");
-        assert_eq!(
-            (&event["data"]["id"], &event["data"]["body"]),
-            (&json!(id), &json!(""))
-        );
-    }
+    tombstoned(&mut bob_ws, &sent).await;
     assert_eq!(
         login(&http, &server.base, "alice", "a long password").await.0,
         401
