@@ -47,7 +47,8 @@ pub enum Command {
     },
     /// Give a user a new password (asked at a prompt, or read from stdin with
     /// --password-stdin) and end every session of theirs: their open WebSockets close (at once
-    /// through a redis or postgres notifier, else within --ws-session-recheck-secs).
+    /// in a server on a SQLite file or through a redis or postgres notifier, else within
+    /// --ws-session-recheck-secs).
     SetPassword {
         /// The user's name (any case).
         username: String,
@@ -66,8 +67,8 @@ pub enum Command {
         yes: bool,
     },
     /// End every session of a user: their tokens and cookies stop working, their open
-    /// WebSockets close (at once through a redis or postgres notifier, else within
-    /// --ws-session-recheck-secs).
+    /// WebSockets close (at once in a server on a SQLite file or through a redis or postgres
+    /// notifier, else within --ws-session-recheck-secs).
     RevokeSessions {
         /// The user's name (any case).
         username: String,
@@ -516,7 +517,8 @@ pub struct ServerOptions {
     /// `set-password`, `revoke-sessions`, ...) as HTTP/1.1 + JSON, so that they work while it
     /// holds a SQLite file. A path, or `off`. Default: `<database file>-chatcore.sock` beside a
     /// SQLite file database, off for `sqlite::memory:`, MySQL and PostgreSQL (whose commands
-    /// run beside the servers). The commands look for the running server at the same path.
+    /// run beside the servers; a path given there serves curl). A command that finds the
+    /// SQLite file held looks for the running server at the same path.
     #[arg(long, global = true, env = "CHAT_CONTROL_SOCKET", value_name = "PATH|off", value_parser = parse_control_socket)]
     pub control_socket: Option<ControlSocket>,
 
