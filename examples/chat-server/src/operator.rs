@@ -2,7 +2,7 @@
 //! `revoke-sessions`, `delete-user`), done in one place for both ways of doing it: by the
 //! command itself on a database it opens ([`Operator::Direct`]), or by the running server
 //! that holds a SQLite file, asked through its control socket ([`Operator::Server`], served by
-//! [`crate::control`] with these same [`Accounts`] calls). Either way the same service calls
+//! [`crate::control`] with these same [`AccountOps`] calls). Either way the same service calls
 //! apply the same rules and the command prints the same answer.
 
 use std::sync::Arc;

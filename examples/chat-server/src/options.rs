@@ -567,7 +567,7 @@ impl ServerOptions {
 
     /// The notification transport: `--notify` if given (checked against `--redis` and
     /// `--database`), else the default rule described on [`ServerOptions::notify`]. A choice
-    /// that cannot work is [`ServerError::Config`], never quietly replaced by another.
+    /// that cannot work is [`crate::ServerError::Config`], never quietly replaced by another.
     ///
     /// ```
     /// use chat_server::options::{NotifierChoice, NotifyKind, ServerOptions};
