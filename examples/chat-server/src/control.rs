@@ -21,6 +21,11 @@
 //!
 //! Errors are `{"error": "..."}` with the API's statuses: 404 for an unknown user, 400 for a
 //! bad name or password, 409 for a name taken.
+//!
+//! A command sends its database file's identity in `chatcore-database-file` (device and
+//! inode, `DEV:INO`): a server on another database (a `--control-socket` pointing at the
+//! wrong server) refuses with 409 instead of changing the wrong users. Without the header
+//! (curl) nothing is checked.
 
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -188,7 +193,10 @@ impl ControlServer {
     /// server left, replaced; one that still answers belongs to a server on another database
     /// ([`ControlError::InUse`]); anything else there is left alone
     /// ([`ControlError::NotASocket`]).
-    pub async fn start(path: &Path, ops: AccountOps) -> Result<Self, ControlError> {
+    ///
+    /// `database` is the SQLite file the server holds, if any: commands that name another
+    /// file are refused.
+    pub async fn start(path: &Path, ops: AccountOps, database: Option<&Path>) -> Result<Self, ControlError> {
         let open = |hint: &'static str, source: io::Error| ControlError::Open {
             path: path.to_owned(),
             hint,
@@ -245,9 +253,13 @@ impl ControlServer {
             listener,
             owner: created.uid(),
         };
+        let served = Served {
+            identity: database.and_then(file_identity),
+            database: database.map(Path::to_owned),
+        };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            axum::serve(listener, router(ops))
+            axum::serve(listener, router(ops, served))
                 .with_graceful_shutdown(async {
                     // A dropped sender stops it too.
                     let _ = stopped.await;
@@ -333,7 +345,52 @@ impl axum::serve::Listener for OwnerOnly {
     }
 }
 
-fn router(ops: AccountOps) -> Router {
+/// The header in which a command names its database file, `DEV:INO`.
+pub const DATABASE_HEADER: &str = "chatcore-database-file";
+
+/// The device and inode of `path` (following links), `DEV:INO`.
+fn file_identity(path: &Path) -> Option<String> {
+    let found = std::fs::metadata(path).ok()?;
+    Some(format!("{}:{}", found.dev(), found.ino()))
+}
+
+/// The database the server holds, to check commands against.
+#[derive(Clone)]
+struct Served {
+    /// `DEV:INO` of the SQLite file; `None` for another database.
+    identity: Option<String>,
+    database: Option<PathBuf>,
+}
+
+/// Refuses (409) a command whose `chatcore-database-file` names another database than the
+/// server's.
+async fn same_database(
+    State(served): State<Served>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let Some(asked) = request.headers().get(DATABASE_HEADER) else {
+        return next.run(request).await;
+    };
+    if served.identity.is_some() && asked.to_str().ok() == served.identity.as_deref() {
+        return next.run(request).await;
+    }
+    let serves = match &served.database {
+        Some(path) => format!("the SQLite file {}", path.display()),
+        None => "no SQLite file".to_owned(),
+    };
+    ApiError::new(
+        StatusCode::CONFLICT,
+        format!(
+            "this control socket's server serves {serves}, not the command's database: give the command \
+             the --control-socket of the server on its database"
+        ),
+    )
+    .into_response()
+}
+
+fn router(ops: AccountOps, served: Served) -> Router {
     Router::new()
         .route("/users", get(list_users).post(create_user))
         .route("/users/{name}", delete(delete_user))
@@ -343,6 +400,7 @@ fn router(ops: AccountOps) -> Router {
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         })
+        .route_layer(axum::middleware::from_fn_with_state(served, same_database))
         .with_state(ops)
 }
 
@@ -418,6 +476,8 @@ async fn delete_user(
 /// An operator command's connection to the running server's control socket.
 pub struct ControlClient {
     socket: PathBuf,
+    /// `DEV:INO` of the command's database file, sent with each request.
+    database: Option<String>,
     sender: SendRequest<Body>,
 }
 
@@ -425,6 +485,8 @@ impl ControlClient {
     /// Connects to the control socket at `socket` of the server whose hold on the database
     /// made the store refuse with `held` (kept for the error when nothing answers).
     pub async fn connect(socket: &Path, held: chatcore::Error) -> Result<Self, ControlError> {
+        let database =
+            chatcore_sqlite::DatabaseInUse::of(&held).and_then(|held| file_identity(&held.database));
         let stream = match UnixStream::connect(socket).await {
             Ok(stream) => stream,
             Err(reason) if reason.kind() == io::ErrorKind::PermissionDenied => {
@@ -452,6 +514,7 @@ impl ControlClient {
         });
         Ok(Self {
             socket: socket.to_owned(),
+            database,
             sender,
         })
     }
@@ -513,6 +576,10 @@ impl ControlClient {
             .method(method)
             .uri(path)
             .header(header::HOST, "localhost");
+        let request = match &self.database {
+            Some(identity) => request.header(DATABASE_HEADER, identity),
+            None => request,
+        };
         let request = match body {
             Some(body) => {
                 let json = serde_json::to_vec(body).map_err(|error| exchange(&self.socket, error))?;

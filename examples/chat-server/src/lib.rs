@@ -214,7 +214,12 @@ pub async fn run(
     // Opened while holding the database, so a socket file found there is a stopped server's.
     let control = match &control_socket {
         Some(path) => {
-            Some(control::ControlServer::start(path, operator::AccountOps::new(&app, &backend)).await?)
+            let database = match storage::DatabaseUrl::parse(&options.database)? {
+                storage::DatabaseUrl::SqliteFile(file) => Some(file),
+                _ => None,
+            };
+            let ops = operator::AccountOps::new(&app, &backend);
+            Some(control::ControlServer::start(path, ops, database.as_deref()).await?)
         }
         None => None,
     };

@@ -559,9 +559,10 @@ async fn start_fails(dir: &Path, args: &[&str]) -> String {
     failed(&on_chat_db(dir, &args, "").await)
 }
 
-/// Without a control socket answering, a command against the held file says what is wrong
-/// and changes nothing; a control socket that cannot be opened stops the start, and one
-/// that another server answers on, or a file that is not a socket, is left alone.
+/// Without a control socket answering, or with one of a server on another database, a
+/// command against the held file says what is wrong and changes nothing; a control socket
+/// that cannot be opened stops the start, and one that another server answers on, or a file
+/// that is not a socket, is left alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_control_socket_the_command_says_what_is_wrong() {
     let dir = tempfile::tempdir().unwrap();
@@ -601,6 +602,21 @@ async fn without_a_control_socket_the_command_says_what_is_wrong() {
         &["--database", "sqlite://other.db", "--control-socket", shared],
     )
     .await;
+    // A control socket of a server on another database refuses the command.
+    let error = failed(
+        &on_chat_db(
+            dir.path(),
+            &["--control-socket", shared, "revoke-sessions", "alice"],
+            "",
+        )
+        .await,
+    );
+    assert!(
+        error.contains("serves the SQLite file other.db, not the command's database")
+            && error.contains("409"),
+        "{error}"
+    );
+    assert_eq!(session_status(&http, &server.base, &alice).await, 200);
     assert!(server.terminate().await.success());
 
     let text = start_fails(dir.path(), &["--control-socket", "nowhere/c.sock"]).await;
