@@ -1440,6 +1440,26 @@ mod tests {
     use crate::testing::TestDatabase;
     use crate::{PostgresConfig, PostgresStore};
 
+    /// Applies and records the migrations up to `version`, as a release that knew no later
+    /// one left the database.
+    async fn migrate_to(conn: &mut PgConnection, version: i64) {
+        sqlx::query(MIGRATIONS_TABLE).execute(&mut *conn).await.unwrap();
+        for migration in MIGRATIONS.iter().filter(|m| m.version <= version) {
+            for step in migration.steps {
+                sqlx::query(step).execute(&mut *conn).await.unwrap();
+            }
+            sqlx::query(
+                "INSERT INTO chatcore_migrations (version, description, checksum) VALUES ($1, $2, $3)",
+            )
+            .bind(migration.version)
+            .bind(migration.description)
+            .bind(migration.checksum())
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        }
+    }
+
     /// The batch functions keep one generic plan (migration 3): a later `CREATE OR REPLACE`
     /// of one without the setting would quietly bring back planning on every call.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1476,21 +1496,7 @@ mod tests {
         let database = TestDatabase::create("chatcore_pg_test_").await.unwrap();
         let mut conn = database.options().unwrap().connect().await.unwrap();
         // Version 7 as the previous release left it.
-        sqlx::query(MIGRATIONS_TABLE).execute(&mut conn).await.unwrap();
-        for migration in MIGRATIONS.iter().filter(|m| m.version <= 7) {
-            for step in migration.steps {
-                sqlx::query(step).execute(&mut conn).await.unwrap();
-            }
-            sqlx::query(
-                "INSERT INTO chatcore_migrations (version, description, checksum) VALUES ($1, $2, $3)",
-            )
-            .bind(migration.version)
-            .bind(migration.description)
-            .bind(migration.checksum())
-            .execute(&mut conn)
-            .await
-            .unwrap();
-        }
+        migrate_to(&mut conn, 7).await;
         let mut users = Vec::new();
         for name in ["ann", "bob", "cy", "dee"] {
             let id: i64 = sqlx::query_scalar(
@@ -1632,17 +1638,7 @@ mod tests {
         let database = TestDatabase::create("chatcore_pg_test_").await.unwrap();
         let mut conn = database.options().unwrap().connect().await.unwrap();
         // Version 1 as an older release left it.
-        sqlx::query(MIGRATIONS_TABLE).execute(&mut conn).await.unwrap();
-        for step in MIGRATIONS[0].steps {
-            sqlx::query(step).execute(&mut conn).await.unwrap();
-        }
-        sqlx::query("INSERT INTO chatcore_migrations (version, description, checksum) VALUES ($1, $2, $3)")
-            .bind(MIGRATIONS[0].version)
-            .bind(MIGRATIONS[0].description)
-            .bind(MIGRATIONS[0].checksum())
-            .execute(&mut conn)
-            .await
-            .unwrap();
+        migrate_to(&mut conn, 1).await;
         let mut ids = Vec::new();
         for name in ["ann", "bob", "cy"] {
             let id: i64 = sqlx::query_scalar(
