@@ -42,7 +42,9 @@
 //!   `(sender_id, idempotency_key_hash)`: replays. Reads never depend on the table's size.
 //! - `chatcore_counts`: totals kept by the inserting transaction, so a page's `total` is a
 //!   primary-key lookup, never a count; row `(0, 0)` is the position sequence (message ids
-//!   and read events), row `(user, -1)` the user's unread total.
+//!   and read events), row `(user, -1)` the user's unread total, and row `(user, 0)` (the
+//!   user's message total) also carries `last_position` (schema version 8): the position of
+//!   the user's newest durable event, moved by every function that hands out positions.
 //! - `chatcore_inbox`: one row per user and conversation partner (themself for notes to
 //!   self): the newest message id, the unread count, the read marker; primary key
 //!   `(user_id, peer_id)`, `(user_id, last_id)`: an inbox page is one backward range.
@@ -57,7 +59,13 @@
 //!   snapshot that holds a position holds every smaller one.
 //! - the function `chatcore_insert_messages`: one batch of sends in one statement (with both
 //!   users' inbox rows and the recipient's unread total); `chatcore_mark_read`: one
-//!   [`chatcore::Store::mark_read`] in one statement, under the same sequence lock.
+//!   [`chatcore::Store::mark_read`] in one statement, under the same sequence lock;
+//!   `chatcore_change_message` and `chatcore_delete_sent`: edits and deletions;
+//!   `chatcore_set_block`: blocks. Their shared parts are functions of their own (schema
+//!   version 8), so a migration replaces one part: `chatcore_lock_positions` (the sequence
+//!   lock), `chatcore_send_outcomes` (what becomes of each send of a batch: a single SQL
+//!   `SELECT` the planner inlines into the batch's statement), `chatcore_take_position` (the
+//!   next position for a mark or a change, and both users' previous ones).
 //!
 //! # Ids in commit order
 //! A reconnecting client asks for the messages after the last id it saw. With a plain
@@ -68,8 +76,8 @@
 //! next one, in this process or any other, takes its ids only after that commit: once a
 //! reader can see id `n`, it can see every id below `n`. The lock is held while the server
 //! runs one statement: a batch is one call of `chatcore_insert_messages` (lock, read the
-//! clock, check idempotency keys, insert the messages, add to the counters, read each user's
-//! previous position), one round trip. Inside one process, a send made while no other is in
+//! clock, check idempotency keys, insert the messages, add to the counters and move each
+//! user's newest position, read each user's previous one), one round trip. Inside one process, a send made while no other is in
 //! progress is stored at once by its caller (a batch of one: no hand-over, no wait for a batch
 //! to fill); the others are queued to [`PostgresConfig::writers`] writer tasks that store up
 //! to [`PostgresConfig::max_batch`] pending messages per transaction (group commit): everything
@@ -77,9 +85,11 @@
 //! they follow id order too.
 //!
 //! Each participant's previous position ([`chatcore::Inserted::sender_previous`]) comes
-//! from the same lock: every id up to the sequence value was committed before the batch got
-//! the lock, and the function's later statements see them (READ COMMITTED takes a snapshot
-//! per statement), so one backward index dive per user and index finds it.
+//! from the same lock: every function that hands out positions moves the newest position of
+//! each user of the event (`last_position` of their total row) in its transaction, and every
+//! transaction that did so committed before the batch got the lock; the function's statement
+//! after the lock sees them (READ COMMITTED takes a snapshot per statement), so one
+//! primary-key lookup per user finds it.
 //!
 //! # Errors
 //! A server that is down, unreachable, out of connections, shutting down or timing out

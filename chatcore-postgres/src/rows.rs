@@ -56,14 +56,12 @@ pub(crate) const SESSION_USER: &str = "SELECT u.id AS id, u.username AS username
 /// Sessions expired at a time: a range of `chatcore_sessions_expires`.
 pub(crate) const DELETE_EXPIRED_SESSIONS: &str = "DELETE FROM chatcore_sessions WHERE expires_at <= $1";
 
-/// A user's newest durable event of any kind (0 for none): one backward dive into each of
-/// `chatcore_messages_sender`, `chatcore_messages_recipient`, `chatcore_read_events_reader` and
-/// `chatcore_read_events_peer`, whatever the user's history.
-pub(crate) const LATEST_POSITION: &str = "SELECT GREATEST(\
-     COALESCE((SELECT MAX(id) FROM chatcore_messages WHERE sender_id = $1), 0), \
-     COALESCE((SELECT MAX(id) FROM chatcore_messages WHERE recipient_id = $1), 0), \
-     COALESCE((SELECT MAX(position) FROM chatcore_read_events WHERE reader_id = $1), 0), \
-     COALESCE((SELECT MAX(position) FROM chatcore_read_events WHERE peer_id = $1), 0)) AS latest";
+/// A user's newest durable event of any kind (0 for none): the newest position kept on their
+/// total row of `chatcore_counts` (schema version 8), one primary-key lookup. Every function
+/// that hands out a position moves it in the same transaction, so it is as committed as the
+/// events themselves.
+pub(crate) const LATEST_POSITION: &str = "SELECT COALESCE((SELECT last_position FROM chatcore_counts \
+     WHERE low_id = $1 AND high_id = 0), 0) AS latest";
 
 /// The columns every message query returns, names joined by primary key.
 macro_rules! message_columns {

@@ -37,7 +37,8 @@
 //!   [`SqliteStore::open`] takes an exclusive advisory lock on `<database file>-chatcore.lock`
 //!   (`std::fs::File::try_lock`), held until the store closes or drops (or its process
 //!   dies); a second store, in this process or another, is refused with
-//!   [`chatcore::Error::Unavailable`] naming both files. In-memory databases take no lock.
+//!   [`chatcore::Error::Unavailable`] naming both files (its source, a [`DatabaseInUse`], says
+//!   so to code). In-memory databases take no lock.
 //! - **Group commit.** The writer blocks for one job, then drains every job waiting at that
 //!   moment (up to [`SqliteConfig::max_batch`]) and commits them all in one
 //!   `BEGIN IMMEDIATE ... COMMIT`, so a durable commit costs one `fsync` per batch, not per
@@ -247,6 +248,7 @@ use crossbeam_channel::Sender;
 use tokio::sync::oneshot;
 
 pub use config::{Location, MAX_READERS, SqliteConfig, Synchronous};
+pub use lock::DatabaseInUse;
 pub use schema::SCHEMA_VERSION;
 
 use reader::{ReadCtx, ReadMsg};

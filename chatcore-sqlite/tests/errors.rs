@@ -307,6 +307,8 @@ async fn a_second_store_on_one_file_is_refused() {
             .await
             .expect_err("a second store on one file");
         assert!(matches!(error, Error::Unavailable { .. }), "{error:?}");
+        let in_use = chatcore_sqlite::DatabaseInUse::of(&error).expect("typed as held elsewhere");
+        assert_eq!((&in_use.database, &in_use.lock_file), (&path, &lock));
         let text = source_text(&error);
         assert!(text.contains("another chatcore process"), "{attempt}: {text}");
         assert!(text.contains(&lock.display().to_string()), "{text}");

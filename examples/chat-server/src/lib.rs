@@ -19,13 +19,18 @@
 //! - `metrics.rs`: the Prometheus recorder, the HTTP metrics layer and `/metrics`.
 //! - `hooks/`: webhooks (`--webhook-url`, over the event feed) and the HTTP send policy
 //!   (`--policy-url`), with their signatures.
+//! - `operator.rs`: the operator commands' work, done by the command on its own database or
+//!   by the running server; `control.rs`: the control socket through which a command asks
+//!   the server that holds a SQLite file (server and client).
 //! - `lib.rs`: [`run`], which serves until a shutdown future resolves, then shuts down in order.
 //! - `assets/index.html`: the page at `/`, chatcore-axum's `<chatcore-app>` element full-screen.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod control;
 pub mod hooks;
 pub mod metrics;
+pub mod operator;
 pub mod options;
 pub mod storage;
 pub mod web;
@@ -54,6 +59,12 @@ pub enum ServerError {
     /// Binding or serving failed.
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    /// An operator command named a user who does not exist.
+    #[error("no user named {0:?}: check the name (`chat-server list-users` lists them)")]
+    NoSuchUser(String),
+    /// The control socket could not be opened, or a command could not run through it.
+    #[error(transparent)]
+    Control(#[from] control::ControlError),
     /// The database could not be opened: where (the URL without its password) and what to
     /// try, with the backend's error as the cause.
     #[error("cannot open the database {url} ({hint})")]
@@ -181,21 +192,37 @@ impl App {
 /// accepting, sends close frames to every WebSocket, gives in-flight requests the shutdown
 /// grace period, stops the webhook deliveries, closes what is left, and flushes and closes
 /// the store. `metrics` (from
-/// [`metrics::setup`], before this) says where `/metrics` is served, if anywhere.
+/// [`metrics::setup`], before this) says where `/metrics` is served, if anywhere. `announce`
+/// runs once the store is open and the control socket (if any) is up, just before serving:
+/// from then on the API and the operator commands work.
 pub async fn run(
     options: ServerOptions,
     listener: TcpListener,
     metrics: metrics::Metrics,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    announce: impl FnOnce() -> std::io::Result<()>,
 ) -> Result<(), ServerError> {
     let serve_config = options.serve_config();
     serve_config.validate().map_err(ServerError::Config)?;
     options.hooks.webhook_endpoints()?;
+    let control_socket = options.control_socket()?;
     let backend = storage::open(&options).await?;
     storage::migrate(&*backend).await?;
     let app = App::new(&options, &backend).await?;
     // The session cache's revocations and the expired-session sweeper.
     app.sessions.start(&app.chat).await?;
+    // Opened while holding the database, so a socket file found there is a stopped server's.
+    let control = match &control_socket {
+        Some(path) => {
+            let database = match storage::DatabaseUrl::parse(&options.database)? {
+                storage::DatabaseUrl::SqliteFile(file) => Some(file),
+                _ => None,
+            };
+            let ops = operator::AccountOps::new(&app, &backend);
+            Some(control::ControlServer::start(path, ops, database.as_deref()).await?)
+        }
+        None => None,
+    };
     // Presence hears the other servers from the start, not from the first WebSocket.
     app.chat.start_presence();
     // Off the send path: each endpoint follows the event feed on its own task.
@@ -225,6 +252,7 @@ pub async fn run(
         );
         trigger.shutdown_after_drain(drain).await;
     });
+    announce()?;
     tracing::info!(address = %listener.local_addr()?, database = %redacted(&options.database), notify = ?options.notifier_choice()?.kind(), "serving");
     let served = chatcore_axum::serve_with(
         listener,
@@ -240,10 +268,20 @@ pub async fn run(
             .unwrap_or_else(|error| Err(std::io::Error::other(error))),
         None => Ok(()),
     };
+    // The commands in progress finish before the store closes under them.
+    let control_served = match control {
+        Some(control) => {
+            control
+                .stop(std::time::Duration::from_secs(options.shutdown_grace_secs))
+                .await
+        }
+        None => Ok(()),
+    };
     webhooks.stop().await;
     let closed = backend.close().await;
     served?;
     metrics_served?;
+    control_served?;
     closed?;
     tracing::info!("stopped");
     Ok(())

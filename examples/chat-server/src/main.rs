@@ -3,9 +3,9 @@
 use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
 
+use chat_server::operator::Operator;
 use chat_server::storage;
-use chat_server::{App, Cli, Command, ServerError, ServerOptions, options::LogFormat};
-use chatcore::UserQuery;
+use chat_server::{Cli, Command, ServerError, ServerOptions, options::LogFormat};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
@@ -84,16 +84,22 @@ async fn serve(options: ServerOptions) -> Result<(), ServerError> {
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .map_err(|error| listen_error(options.listen, error))?;
-    if let chat_server::metrics::Metrics::Separate(_, metrics_listener) = &metrics {
-        println!(
-            "chat-server metrics on http://{}/metrics",
-            metrics_listener.local_addr()?
-        );
-    }
-    // Tests and scripts read this line to learn the port when listening on port 0.
-    println!("chat-server listening on http://{}", listener.local_addr()?);
-    std::io::stdout().flush()?;
-    chat_server::run(options, listener, metrics, shutdown).await
+    let metrics_address = match &metrics {
+        chat_server::metrics::Metrics::Separate(_, metrics_listener) => Some(metrics_listener.local_addr()?),
+        _ => None,
+    };
+    let address = listener.local_addr()?;
+    // Printed once the database is open and the control socket is up, so that a script that
+    // read the address can use the API and the operator commands at once. Tests and scripts
+    // read this line to learn the port when listening on port 0.
+    let announce = move || {
+        if let Some(metrics_address) = metrics_address {
+            println!("chat-server metrics on http://{metrics_address}/metrics");
+        }
+        println!("chat-server listening on http://{address}");
+        std::io::stdout().flush()
+    };
+    chat_server::run(options, listener, metrics, shutdown, announce).await
 }
 
 /// Why the address could not be bound, and what to do about it.
@@ -137,33 +143,19 @@ async fn create_user(
     password_stdin: bool,
 ) -> Result<(), ServerError> {
     let password = read_password("create-user", username, password_stdin)?;
-    let backend = storage::open(options).await?;
-    storage::migrate(&*backend).await?;
-    let app = App::new(options, &backend).await?;
-    // Through the authenticator: the same name and password rules, and hashing, as the
-    // register route.
-    let result = app.sessions.register(username, &password).await;
-    backend.close().await?;
+    let mut operator = Operator::open(options).await?;
+    let result = operator.create_user(username, &password).await;
+    operator.close().await?;
     let user = result?;
     println!("created user {} (id {})", user.username, user.id);
     Ok(())
 }
 
 async fn list_users(options: &ServerOptions, prefix: String, limit: u32) -> Result<(), ServerError> {
-    // Only reads: a mistyped path must not leave a new, empty database behind.
-    storage::require_existing(options, "list-users")?;
-    let backend = storage::open(options).await?;
-    storage::migrate(&*backend).await?;
-    let users = backend
-        .list_users(&UserQuery {
-            exclude: None,
-            prefix,
-            after: None,
-            limit,
-        })
-        .await;
-    backend.close().await?;
-    for user in users? {
+    let mut operator = Operator::open_existing(options, "list-users").await?;
+    let result = operator.list_users(prefix, limit).await;
+    operator.close().await?;
+    for user in result?.users {
         println!("{}\t{}", user.id, user.username);
     }
     Ok(())
@@ -191,41 +183,18 @@ fn read_password(command: &str, username: &str, password_stdin: bool) -> Result<
     Ok(first)
 }
 
-/// Opens the existing database (a mistyped path must not create one) with the server's
-/// notifier, so that what the command ends reaches the running servers where it can, and
-/// finds `username`; runs `work`, then closes the store whatever happened.
-async fn with_user<T>(
+/// Runs `work` where `command` works ([`Operator::open_existing`]), then closes what it
+/// opened whatever happened; also returns when the users' open WebSockets close.
+async fn operate<T>(
     options: &ServerOptions,
     command: &str,
-    username: &str,
-    work: impl AsyncFnOnce(&App, chatcore::User) -> Result<T, ServerError>,
-) -> Result<T, ServerError> {
-    storage::require_existing(options, command)?;
-    let backend = storage::open(options).await?;
-    let result = async {
-        storage::migrate(&*backend).await?;
-        let app = App::new(options, &backend).await?;
-        let Some(user) = app.chat.find_user(username).await? else {
-            return Err(ServerError::Config(format!(
-                "no user named {username:?}: check the name (`chat-server list-users` lists them)"
-            )));
-        };
-        work(&app, user).await
-    }
-    .await;
-    backend.close().await?;
-    result
-}
-
-/// What reaches the servers' open WebSockets, said after a command that ended sessions.
-fn sockets_note(options: &ServerOptions) -> String {
-    match options.notifier_choice() {
-        Ok(chat_server::options::NotifierChoice::Local) => format!(
-            "open WebSockets close within --ws-session-recheck-secs ({} s unless the servers set another)",
-            options.ws_session_recheck_secs
-        ),
-        _ => "open WebSockets close at once".to_owned(),
-    }
+    work: impl AsyncFnOnce(&mut Operator) -> Result<T, ServerError>,
+) -> Result<(T, String), ServerError> {
+    let mut operator = Operator::open_existing(options, command).await?;
+    let result = work(&mut operator).await;
+    let note = operator.sockets_note();
+    operator.close().await?;
+    Ok((result?, note))
 }
 
 async fn set_password(
@@ -234,17 +203,13 @@ async fn set_password(
     password_stdin: bool,
 ) -> Result<(), ServerError> {
     let password = read_password("set-password", username, password_stdin)?;
-    let (user, ended) = with_user(options, "set-password", username, async |app: &App, user| {
-        Ok(app
-            .sessions
-            .set_password(&app.chat, user.username.as_str(), &password)
-            .await?)
+    let (ended, note) = operate(options, "set-password", async |operator: &mut Operator| {
+        operator.set_password(username, &password).await
     })
     .await?;
     println!(
-        "set the password of {}; ended {ended} session(s); {}",
-        user.username,
-        sockets_note(options)
+        "set the password of {}; ended {} session(s); {note}",
+        ended.username, ended.ended_sessions
     );
     Ok(())
 }
@@ -270,24 +235,25 @@ async fn delete_user(options: &ServerOptions, username: &str, yes: bool) -> Resu
             )));
         }
     }
-    let (name, tombstoned) = with_user(options, "delete-user", username, async |app: &App, user| {
-        let tombstoned = app.sessions.delete_account(&app.chat, &user).await?;
-        Ok((user.username, tombstoned))
+    let (deleted, note) = operate(options, "delete-user", async |operator: &mut Operator| {
+        operator.delete_user(username).await
     })
     .await?;
     println!(
-        "deleted user {name}: {tombstoned} message(s) erased; the name stays reserved; {}",
-        sockets_note(options)
+        "deleted user {}: {} message(s) erased; the name stays reserved; {note}",
+        deleted.username, deleted.erased_messages
     );
     Ok(())
 }
 
 async fn revoke_sessions(options: &ServerOptions, username: &str) -> Result<(), ServerError> {
-    let (name, ended) = with_user(options, "revoke-sessions", username, async |app: &App, user| {
-        let ended = app.sessions.revoke_sessions(&app.chat, &user).await?;
-        Ok((user.username, ended))
+    let (ended, note) = operate(options, "revoke-sessions", async |operator: &mut Operator| {
+        operator.revoke_sessions(username).await
     })
     .await?;
-    println!("ended {ended} session(s) of {name}; {}", sockets_note(options));
+    println!(
+        "ended {} session(s) of {}; {note}",
+        ended.ended_sessions, ended.username
+    );
     Ok(())
 }

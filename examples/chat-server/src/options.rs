@@ -2,6 +2,7 @@
 //! here, with its default.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -18,7 +19,11 @@ pub struct Cli {
     pub command: Option<Command>,
 }
 
-/// Operator subcommands.
+/// How many users `list-users` (and the control socket's `GET /users`) lists unless told.
+pub const DEFAULT_LIST_LIMIT: u32 = 1000;
+
+/// Operator subcommands. Against a running server that holds a SQLite file, they run in that
+/// server, through its control socket (`--control-socket`).
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server (the default).
@@ -37,12 +42,13 @@ pub enum Command {
         #[arg(long, default_value = "")]
         prefix: String,
         /// At most this many.
-        #[arg(long, default_value_t = 1000)]
+        #[arg(long, default_value_t = DEFAULT_LIST_LIMIT)]
         limit: u32,
     },
     /// Give a user a new password (asked at a prompt, or read from stdin with
     /// --password-stdin) and end every session of theirs: their open WebSockets close (at once
-    /// through a redis or postgres notifier, else within --ws-session-recheck-secs).
+    /// in a server on a SQLite file or through a redis or postgres notifier, else within
+    /// --ws-session-recheck-secs).
     SetPassword {
         /// The user's name (any case).
         username: String,
@@ -61,8 +67,8 @@ pub enum Command {
         yes: bool,
     },
     /// End every session of a user: their tokens and cookies stop working, their open
-    /// WebSockets close (at once through a redis or postgres notifier, else within
-    /// --ws-session-recheck-secs).
+    /// WebSockets close (at once in a server on a SQLite file or through a redis or postgres
+    /// notifier, else within --ws-session-recheck-secs).
     RevokeSessions {
         /// The user's name (any case).
         username: String,
@@ -506,6 +512,16 @@ pub struct ServerOptions {
     #[arg(long, global = true, env = "CHAT_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
 
+    /// The control socket: a Unix domain socket (mode 0600, so only the server's user, and
+    /// root, may use it) where the running server takes the operator commands (`create-user`,
+    /// `set-password`, `revoke-sessions`, ...) as HTTP/1.1 + JSON, so that they work while it
+    /// holds a SQLite file. A path, or `off`. Default: `<database file>-chatcore.sock` beside a
+    /// SQLite file database, off for `sqlite::memory:`, MySQL and PostgreSQL (whose commands
+    /// run beside the servers; a path given there serves curl). A command that finds the
+    /// SQLite file held looks for the running server at the same path.
+    #[arg(long, global = true, env = "CHAT_CONTROL_SOCKET", value_name = "PATH|off", value_parser = parse_control_socket)]
+    pub control_socket: Option<ControlSocket>,
+
     /// Log format.
     #[arg(long, global = true, env = "CHAT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -551,7 +567,7 @@ impl ServerOptions {
 
     /// The notification transport: `--notify` if given (checked against `--redis` and
     /// `--database`), else the default rule described on [`ServerOptions::notify`]. A choice
-    /// that cannot work is [`ServerError::Config`], never quietly replaced by another.
+    /// that cannot work is [`crate::ServerError::Config`], never quietly replaced by another.
     ///
     /// ```
     /// use chat_server::options::{NotifierChoice, NotifyKind, ServerOptions};
@@ -585,6 +601,33 @@ impl ServerOptions {
         }
     }
 
+    /// Where the control socket is, `None` for none: `--control-socket`, else beside a
+    /// SQLite file database (`<file>-chatcore.sock`, beside its lock file) and none for the
+    /// others. The server opens it there and the operator commands look for it there.
+    ///
+    /// ```
+    /// use chat_server::options::ServerOptions;
+    /// let options = |database: &str| ServerOptions::for_tests("127.0.0.1:0".parse().unwrap(), database);
+    /// assert_eq!(options("sqlite://data/chat.db").control_socket().unwrap(), Some("data/chat.db-chatcore.sock".into()));
+    /// assert_eq!(options("sqlite::memory:").control_socket().unwrap(), None);
+    /// assert_eq!(options("postgres://db/chat").control_socket().unwrap(), None);
+    /// ```
+    pub fn control_socket(&self) -> Result<Option<PathBuf>, crate::ServerError> {
+        use crate::storage::DatabaseUrl;
+        Ok(match &self.control_socket {
+            Some(ControlSocket::Off) => None,
+            Some(ControlSocket::At(path)) => Some(path.clone()),
+            None => match DatabaseUrl::parse(&self.database)? {
+                DatabaseUrl::SqliteFile(database) => {
+                    let mut path = database.into_os_string();
+                    path.push("-chatcore.sock");
+                    Some(PathBuf::from(path))
+                }
+                DatabaseUrl::SqliteMemory | DatabaseUrl::Mysql(_) | DatabaseUrl::Postgres(_) => None,
+            },
+        })
+    }
+
     /// The session lifetime.
     pub fn session_lifetime(&self) -> Duration {
         Duration::from_secs(self.session_hours.saturating_mul(3600))
@@ -603,6 +646,24 @@ impl ServerOptions {
             behind_proxy: self.behind_proxy,
             ..chatcore_axum::SessionConfig::default()
         }
+    }
+}
+
+/// `--control-socket`: where the control socket is, or that there is none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlSocket {
+    /// No control socket (`off`).
+    Off,
+    /// At this path (a file named `off` is `./off`).
+    At(PathBuf),
+}
+
+/// `--control-socket`: `off`, or a path (not empty).
+pub fn parse_control_socket(value: &str) -> Result<ControlSocket, String> {
+    match value {
+        "off" => Ok(ControlSocket::Off),
+        "" => Err("empty: give the socket's path, or `off`".to_owned()),
+        path => Ok(ControlSocket::At(PathBuf::from(path))),
     }
 }
 
@@ -697,6 +758,28 @@ mod tests {
         assert_eq!(options.serve_config(), chatcore_axum::ServeConfig::default());
         assert!(Cli::try_parse_from(["chat-server", "--max-header-bytes", "100"]).is_err());
         assert!(Cli::try_parse_from(["chat-server", "--idle-timeout-secs", "0"]).is_err());
+    }
+
+    #[test]
+    fn control_socket_flag() {
+        let parse = |args: &[&str]| Cli::try_parse_from([&["chat-server"][..], args].concat());
+        let socket = |args: &[&str]| parse(args).unwrap().server.control_socket().unwrap();
+        assert_eq!(socket(&[]), Some(PathBuf::from("chat.db-chatcore.sock")));
+        assert_eq!(socket(&["--control-socket", "off"]), None);
+        assert_eq!(
+            socket(&[
+                "--database",
+                "mysql://db/chat",
+                "--control-socket",
+                "/run/chat.sock"
+            ]),
+            Some(PathBuf::from("/run/chat.sock"))
+        );
+        let error = parse(&["--control-socket", ""]).unwrap_err();
+        assert!(
+            error.to_string().contains("give the socket's path, or `off`"),
+            "{error}"
+        );
     }
 
     #[test]
