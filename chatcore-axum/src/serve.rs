@@ -828,6 +828,31 @@ mod tests {
     }
 
     #[test]
+    fn timeouts_are_checked_before_any_deadline_can_pass() {
+        let config = ServeConfig {
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            ..Default::default()
+        };
+        let activity = Activity::new();
+        let start = activity.start;
+        let at = |secs: u64| start + Duration::from_secs(secs);
+        // Idle since the start: looked at again before a head starting now could be late.
+        assert_eq!(activity.next_check(&config, at(0)), Some(at(10)));
+        // Idle for 55 s: the idle deadline (60 s) comes first.
+        assert_eq!(activity.next_check(&config, at(55)), Some(at(60)));
+        assert_eq!(activity.next_check(&config, at(60)), None, "idle timeout");
+        // A head started at 30 s: checked at its deadline, closed past it.
+        activity.since_ms.store(30_000, Ordering::Relaxed);
+        activity.reading_head.store(true, Ordering::Relaxed);
+        assert_eq!(activity.next_check(&config, at(35)), Some(at(40)));
+        assert_eq!(activity.next_check(&config, at(40)), None, "header timeout");
+        // A request in progress: never closed, looked at again min(header, idle) later.
+        activity.request_started();
+        assert_eq!(activity.next_check(&config, at(100)), Some(at(110)));
+    }
+
+    #[test]
     fn ipv6_counts_by_64() {
         let a: IpAddr = "2001:db8:1:2:3:4:5:6".parse().unwrap();
         let b: IpAddr = "2001:db8:1:2:ffff::1".parse().unwrap();
