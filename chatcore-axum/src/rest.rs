@@ -300,11 +300,13 @@ pub(crate) struct SendForm {
     )),
     security(("session_cookie" = []), ("bearer" = [])),
     responses(
+        // Before the route's own entries: its 403 replaces BodyErrors' cross-site one.
+        BodyErrors,
         (status = 201, description = "Stored (or replayed for a known `Idempotency-Key`)", body = MessageDoc,
             headers(("Idempotent-Replayed" = String, description = "`true` when an earlier message was replayed"))),
         (status = 400, description = "Bad input: empty or too long body, control characters, invalid UTF-8, malformed body", body = ErrorBody,
             example = json!({"error": "message body is empty"})),
-        (status = 403, description = "A block stands between the caller and the recipient, either way (nothing stored), or a send policy of the host (`chatcore::SendPolicy`) refused it, with its reason", body = ErrorBody,
+        (status = 403, description = "A block stands between the caller and the recipient, either way (nothing stored), or a send policy of the host (`chatcore::SendPolicy`) refused it, with its reason, or a request from another site riding on the session cookie", body = ErrorBody,
             example = json!({"error": "you cannot message this user"})),
         (status = 404, description = "Unknown recipient", body = ErrorBody,
             example = json!({"error": "user not found"})),
@@ -313,7 +315,7 @@ pub(crate) struct SendForm {
         (status = 429, description = "Sending too fast", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait")),
             example = json!({"error": "too many requests, slow down"})),
-        Unauthenticated, BodyErrors, ServerErrors
+        Unauthenticated, ServerErrors
     )
 )]
 pub(crate) async fn send_message(
@@ -411,19 +413,21 @@ pub(crate) struct EditForm {
     )),
     security(("session_cookie" = []), ("bearer" = [])),
     responses(
+        // Before the route's own entries: its 403 replaces BodyErrors' cross-site one.
+        BodyErrors,
         (status = 200, description = "The message as edited", body = MessageDoc,
             example = json!({"id": 17, "user": "alice", "recipient": "bob",
                 "timestamp": "2026-11-28T10:00:00.123456Z", "body": "hi, fixed",
                 "edited": "2026-11-28T10:01:30.000001Z"})),
         (status = 400, description = "Bad input: empty or too long body, control characters, malformed body", body = ErrorBody,
             example = json!({"error": "message body is empty"})),
-        (status = 403, description = "The caller received this message (only its sender may change it), a block stands between the two users (`you cannot message this user`), the edit window has passed, or a send policy of the host refused the new text", body = ErrorBody,
+        (status = 403, description = "The caller received this message (only its sender may change it), a block stands between the two users (`you cannot message this user`), the edit window has passed, or a send policy of the host refused the new text, or a request from another site riding on the session cookie", body = ErrorBody,
             example = json!({"error": "only the sender of a message can change it"})),
         (status = 404, description = "No such message for the caller, or it was deleted", body = ErrorBody,
             example = json!({"error": "message not found"})),
         (status = 422, description = "A send policy of the host found the new text unacceptable", body = ErrorBody,
             example = json!({"error": "this text is not acceptable"})),
-        Unauthenticated, BodyErrors, ServerErrors
+        Unauthenticated, ServerErrors
     )
 )]
 pub(crate) async fn edit_message(

@@ -936,6 +936,8 @@ struct PasswordForm {
         (PasswordForm = "application/x-www-form-urlencoded", example = json!({"password": "a long password"}))
     )),
     responses(
+        // Before the route's own entries: its 403 replaces BodyErrors' cross-site one.
+        BodyErrors,
         (status = 204, description = "Deleted; the cookie is cleared",
             headers(("Set-Cookie" = String, description = "Clears the session cookie"))),
         (status = 400, description = "A malformed body (no password) or an overlong password", body = ErrorBody,
@@ -944,7 +946,7 @@ struct PasswordForm {
             example = json!({"error": "authentication required"})),
         (status = 403, description = "The wrong password (nothing was deleted), or a request from another site", body = ErrorBody,
             example = json!({"error": "wrong password"})),
-        TooManyAttempts, BodyErrors, ServerErrors
+        TooManyAttempts, ServerErrors
     )
 )]
 async fn delete_account(

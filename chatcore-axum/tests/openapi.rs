@@ -358,3 +358,27 @@ async fn the_router_serves_its_description() {
         assert_eq!(served, expected, "{path}");
     }
 }
+
+/// A route's own 403 (a refusal of the service: a block, the wrong password) is what the
+/// description says, not only the cross-site refusal every cookie-authenticated body route
+/// shares: the shared responses must not replace a route's own entry for the same status.
+#[test]
+fn a_routes_own_refusal_is_described() {
+    let (api, _) = api();
+    let description = description(&api);
+    for (path, method, words) in [
+        ("/api/v1/message/", "post", "A block stands between"),
+        ("/api/v1/message/{id}/", "patch", "only its sender may change it"),
+        ("/api/v1/auth/account", "delete", "The wrong password"),
+    ] {
+        let forbidden = &description["paths"][path][method]["responses"]["403"]["description"];
+        let text = forbidden
+            .as_str()
+            .unwrap_or_else(|| panic!("{method} {path}: no 403 described"));
+        assert!(text.contains(words), "{method} {path}: 403 says {text:?}");
+        assert!(
+            text.contains("another site"),
+            "{method} {path}: 403 says {text:?}"
+        );
+    }
+}
