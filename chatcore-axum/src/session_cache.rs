@@ -136,12 +136,17 @@ impl CachedSessions {
     ) -> chatcore::Result<Option<SessionRecord>> {
         let record = self.inner.session_user(token_hash, now).await?;
         if record.is_none() {
-            self.revoke(session_id(token_hash)).await;
-            if let Some(cache) = &self.cache {
-                cache.invalidate(token_hash).await;
-            }
+            self.forget(token_hash).await;
         }
         Ok(record)
+    }
+
+    /// Drops the session from this node's cache, found by its id and by its token hash.
+    async fn forget(&self, token_hash: &TokenHash) {
+        self.revoke(session_id(token_hash)).await;
+        if let Some(cache) = &self.cache {
+            cache.invalidate(token_hash).await;
+        }
     }
 
     /// Follows the revocations of `subscription` (a subscription to
@@ -249,10 +254,7 @@ impl SessionStore for CachedSessions {
         let deleted = self.inner.delete_session(token_hash).await;
         // Forget it whatever the store said: the caller may retry, and a stale entry must
         // not outlive an attempted logout.
-        self.revoke(session_id(token_hash)).await;
-        if let Some(cache) = &self.cache {
-            cache.invalidate(token_hash).await;
-        }
+        self.forget(token_hash).await;
         deleted
     }
 

@@ -341,7 +341,7 @@ impl Writer {
         let changed = if on {
             // Foreign keys are not enforced on this connection (see `connection.rs`). A
             // removed user is still a user here (their row stays), as in every backend.
-            if let Err(Error::NotFound(entity)) = self.sender_exists(blocker)? {
+            if let Err(Error::NotFound(entity)) = self.sender_may_send(blocker)? {
                 return Ok(Err(Error::NotFound(entity)));
             }
             self.ctx
@@ -617,7 +617,7 @@ impl Writer {
         };
         let recipient_id = recipient.id;
         let sender_id = new.sender.id;
-        if let Err(refused) = self.sender_exists(sender_id)? {
+        if let Err(refused) = self.sender_may_send(sender_id)? {
             return Ok(Err(refused));
         }
         let conn = &self.ctx.conn;
@@ -734,7 +734,7 @@ impl Writer {
     /// Whether `id` is a user who may send, as seen inside the open transaction: not found,
     /// or removed ([`Forbidden::AccountRemoved`]). Only ids committed before this
     /// transaction are cached (a user created in it could still roll back).
-    fn sender_exists(&mut self, id: UserId) -> rusqlite::Result<Result<()>> {
+    fn sender_may_send(&mut self, id: UserId) -> rusqlite::Result<Result<()>> {
         if self.known_ids.contains(&id) || self.pending_ids.contains(&id) {
             return Ok(Ok(()));
         }

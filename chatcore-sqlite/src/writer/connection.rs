@@ -43,7 +43,7 @@ pub(crate) fn open_connection(config: &SqliteConfig) -> Result<Connection> {
         .map_err(error::map)?;
     conn.pragma_update(None, "wal_autocheckpoint", config.wal_autocheckpoint_pages)
         .map_err(error::map)?;
-    // The writer checks senders itself (`Writer::sender_exists`, cached: users are never
+    // The writer checks senders itself (`Writer::sender_may_send`, cached: users are never
     // deleted) instead of SQLite probing the users table twice for every message inserted.
     conn.pragma_update(None, "foreign_keys", false)
         .map_err(error::map)?;

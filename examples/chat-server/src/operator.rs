@@ -265,6 +265,12 @@ impl Operator {
     pub fn sockets_note(&self) -> String {
         match self {
             Operator::Direct { options, .. } => match options.notifier_choice() {
+                // 0 turns the recheck off: nothing tells those servers' sockets.
+                Ok(crate::options::NotifierChoice::Local) if options.ws_session_recheck_secs == 0 => {
+                    "open WebSockets stay open until they reconnect (--ws-session-recheck-secs 0 turns the \
+                     check off; give the servers a recheck interval or --notify redis|postgres)"
+                        .to_owned()
+                }
                 Ok(crate::options::NotifierChoice::Local) => format!(
                     "open WebSockets close within --ws-session-recheck-secs ({} s unless the servers set another)",
                     options.ws_session_recheck_secs
