@@ -2,7 +2,8 @@
 //!
 //! - `sqlite_inbox/first_page/{10,20,10000}`: latency of the first inbox page (limit 20) of
 //!   users with 10, 20 and 10,000 conversations, in the same database and run. The page is a
-//!   range of the user's activity index, so it costs what it holds: 20 and 10,000 (20 rows
+//!   range of the user's activity order (in memory since schema 12) and a row per
+//!   conversation, so it costs what it holds: 20 and 10,000 (20 rows
 //!   each) should cost the same, 10 (10 rows) less.
 //! - `sqlite_mark_read/{normal,full}/passes/{1,100}`: latency of `mark_read` moving a marker
 //!   over 1 or 100 of the peer's unread messages (the unread count comes from two numbered

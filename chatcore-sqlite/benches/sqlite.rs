@@ -174,10 +174,6 @@ fn page_fixture(rt: &tokio::runtime::Runtime, dir: &std::path::Path, rows: i64) 
     tx.execute_batch(
         "INSERT INTO chatcore_conversations (conv_low, conv_high, message_count, last_id)
              SELECT conv_low, conv_high, count(*), max(id) FROM chatcore_messages GROUP BY conv_low, conv_high;
-         INSERT INTO chatcore_activity (user_id, last_id, peer_id)
-             SELECT conv_low, last_id, conv_high FROM chatcore_conversations
-             UNION ALL SELECT conv_high, last_id, conv_low FROM chatcore_conversations
-             WHERE conv_low <> conv_high;
          INSERT INTO chatcore_user_counts (user_id, message_count)
              SELECT user_id, sum(n) FROM (
                  SELECT sender_id AS user_id, count(*) AS n FROM chatcore_messages GROUP BY sender_id

@@ -135,7 +135,6 @@
 //! | `chatcore_conversation_marks` | every 16th message of each conversation: its `seq` and id | primary key `(conv_low, conv_high, seq)` and unique `chatcore_conversation_marks_id (conv_low, conv_high, id)`: where a walk along a chain starts, for a `before` cursor, an offset or a catch-up |
 //! | `chatcore_conversations` | messages per conversation and its newest id (the head of its chain); `low_count` (schema version 6: how many `conv_low` sent) | primary key `(conv_low, conv_high)`: the page `total` is one row, never a count; the newest id starts the latest page, orders and prunes the per-user reads |
 //! | `chatcore_user_counts` | messages per user and their newest position (schema version 4; read events too since 6), their unread total (6) | primary key `user_id`: the per-user `total`; the newest position is `latest_position` and the previous position an insert or a mark reports; the inbox's `unread_total` |
-//! | `chatcore_activity` | per user, each conversation's newest id → the peer (schema version 8; replaces 6's `chatcore_inbox` and 2's `chatcore_user_conversations`) | primary key `(user_id, last_id)`, no other index: the inbox, newest activity first, with its `before` cursor, as one range; a user's messages and catch-up are read conversation by conversation along each chain (newest activity first, stopping when no older conversation can make the page; a catch-up reads only the range above its position), so a send writes no per-user index row |
 //! | `chatcore_read_markers` | per user and peer (schema version 8): the newest message read and how many of the peer's messages of the conversation lie at or below it | primary key `(user_id, peer_id)`: a mark's row, both markers on an inbox page |
 //! | `chatcore_reads` | read events (schema version 6): position (rowid), reader, peer, the message read up to | `chatcore_reads_reader (reader_id)` and the partial `chatcore_reads_peer (peer_id) WHERE peer_id <> reader_id`: a user's read events after a position, as reader and as peer (a note to oneself once), each one range |
 //! | `chatcore_checkpoints` | feed consumers' checkpoints (schema version 7): name → position | primary key `name` |
@@ -147,6 +146,20 @@
 //! every smaller one. Like every read, with the pipelined sync it may show a commit up to one
 //! `fsync` before it is durable (see "Durability" below): a power loss in that window can take
 //! back an event a consumer already handled, and its position is then handed out again.
+//!
+//! **Activity order in memory** (schema version 12). Which of a user's conversations had
+//! their newest message where (the inbox, newest activity first, with its `before` cursor; a
+//! user's messages newest first; a catch-up after a position) is not a table: the store keeps
+//! it in memory, per user, built from `chatcore_conversations` when it opens (one read of
+//! that table: about 40 bytes of memory per participant and conversation, and a second or so
+//! of start-up per million conversations) and moved by the writer in the same batch as the
+//! rows. Schema 8 kept it as a tree in the file (`chatcore_activity`), which cost every send a
+//! delete and an insert per participant; migration 12 drops it. This is sound because one
+//! store owns the file (see "One store per file"); how a read checks the order against its
+//! snapshot is in `activity.rs`. A user's messages and catch-up are then read conversation by
+//! conversation along each chain (newest activity first, stopping when no older
+//! conversation can make the page; a catch-up visits only the conversations active after its
+//! position), so a send writes no per-user index row.
 //!
 //! The counters are updated in the same transaction as the messages (one upsert per
 //! conversation and user per batch). The `query_plans` tests in `sql.rs` assert with
@@ -181,7 +194,8 @@
 //! from version 5 has no read markers, so every message a user received is unread (a note to
 //! oneself never is) and each unread total is the sum of the user's rows.
 //!
-//! **Migration 8 and the inbox's write cost.** It builds the activity trees from the
+//! **Migration 8 and the inbox's write cost.** It builds the activity trees (dropped by
+//! migration 12, which keeps the order in memory) from the
 //! conversations' rows, moves each read marker into `chatcore_read_markers` with the count
 //! of the peer's messages it covers (from the marker's message row), recomputes each unread
 //! total by the new rule (the same numbers on a consistent file), and drops
@@ -212,6 +226,7 @@
 //!   sync thread that makes each batch durable before answering it.
 //! - `reader.rs`: the reader threads, the read queries, the username cache.
 //! - `chain.rs`: walking a conversation's chain from its marks.
+//! - `activity.rs`: each user's conversations by latest activity, in memory.
 //! - `error.rs`: SQLite result codes to [`chatcore::Error`].
 //! - `tests/conformance.rs`: both chatcore conformance suites on a file, in memory, and with
 //!   reads on the writer; `tests/durability.rs`: `kill -9` during a send load;
@@ -222,6 +237,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod activity;
 mod chain;
 mod config;
 mod error;
@@ -365,13 +381,15 @@ impl SqliteStore {
         let writer_stats = stats.clone();
         // Registered here, on the caller's thread, where the host's recorder is in force.
         let metrics = chatcore::metrics::StoreMetrics::register("sqlite");
+        let activity = Arc::new(activity::Activity::default());
+        let writer_activity = activity.clone();
         let writer =
             spawn_worker(
                 "chatcore-sqlite-writer".into(),
                 true,
-                move || match writer::open_connection(&writer_config)
-                    .and_then(|conn| Writer::new(conn, &writer_config, writer_stats, metrics))
-                {
+                move || match writer::open_connection(&writer_config).and_then(|conn| {
+                    Writer::new(conn, &writer_config, writer_stats, metrics, writer_activity)
+                }) {
                     Ok(writer) => {
                         let _ = ready_tx.send(Ok(()));
                         writer.run(writer_rx);
@@ -406,11 +424,12 @@ impl SqliteStore {
                 let (ready_tx, ready_rx) = oneshot::channel::<Result<()>>();
                 let reader_config = config.clone();
                 let jobs = reader_rx.clone();
+                let activity = activity.clone();
                 let worker = spawn_worker(format!("chatcore-sqlite-reader-{i}"), false, move || {
                     match writer::open_reader_connection(&reader_config) {
                         Ok(conn) => {
                             let _ = ready_tx.send(Ok(()));
-                            reader::run(ReadCtx::new(conn, reader_config.name_cache), jobs);
+                            reader::run(ReadCtx::new(conn, reader_config.name_cache, activity), jobs);
                         }
                         Err(e) => {
                             let _ = ready_tx.send(Err(e));

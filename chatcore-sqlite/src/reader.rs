@@ -3,6 +3,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
+use std::sync::Arc;
 
 use chatcore::store::{
     BlockQuery, ChangedMessage, Conversation as InboxConversation, Credentials, InboxPage, InboxRequest,
@@ -15,6 +16,7 @@ use chrono::{DateTime, Utc};
 use crossbeam_channel::Receiver;
 use rusqlite::{Connection, OptionalExtension, Row};
 
+use crate::activity::Activity;
 use crate::chain::{self, Conversation};
 use crate::{error, sql};
 
@@ -33,6 +35,8 @@ pub(crate) enum ReadMsg {
 pub(crate) struct ReadCtx {
     pub(crate) conn: Connection,
     names: NameCache,
+    /// Every user's conversations by latest activity, shared with the writer, which moves it.
+    activity: Arc<Activity>,
 }
 
 /// [`Username::key`] to the user holding it (id and name as chosen). Users are never renamed
@@ -157,11 +161,17 @@ fn row_error(error: rusqlite::Error) -> Error {
 }
 
 impl ReadCtx {
-    pub(crate) fn new(conn: Connection, name_cache: usize) -> Self {
+    pub(crate) fn new(conn: Connection, name_cache: usize, activity: Arc<Activity>) -> Self {
         Self {
             conn,
             names: NameCache::new(name_cache),
+            activity,
         }
+    }
+
+    /// The order the writer moves (and reloads after a migration).
+    pub(crate) fn activity(&self) -> &Activity {
+        &self.activity
     }
 
     pub(crate) fn names_mut(&mut self) -> &mut NameCache {
@@ -360,6 +370,7 @@ impl ReadCtx {
     /// conversations active most recently. The work grows with the user's number of
     /// conversations (one small row each), never with the table.
     pub(crate) fn user_messages(&mut self, user: UserId, page: &PageRequest) -> Result<MessagePage> {
+        let activity = Arc::clone(&self.activity);
         self.snapshot(|conn, _| {
             let total = count(conn, sql::USER_COUNT, &[user.0])?;
             if page.limit == 0 || u64::from(page.offset) >= total {
@@ -370,11 +381,10 @@ impl ReadCtx {
             }
             let before = before_bound(page);
             let want = page.offset as usize + page.limit as usize;
-            let mut conversations = user_conversations(conn, sql::USER_CONVERSATIONS, &[user.0])?;
-            conversations.sort_unstable_by_key(|c| Reverse(c.last_id));
+            let conversations = conversations_between(conn, &activity, user, 0, i64::MAX, usize::MAX)?;
             // The `want` largest ids seen so far (a min-heap: its top is the smallest kept).
             let mut kept: BinaryHeap<Reverse<i64>> = BinaryHeap::with_capacity(want.min(1024) + 1);
-            for conversation in &conversations {
+            for (conversation, _) in &conversations {
                 let newest = conversation.last_id.min(before.saturating_sub(1));
                 if kept.len() == want && kept.peek().is_some_and(|Reverse(min)| newest <= *min) {
                     break;
@@ -397,7 +407,8 @@ impl ReadCtx {
         after: MessageId,
         limit: u32,
     ) -> Result<Vec<Message>> {
-        self.snapshot(|conn, _| messages_after(conn, user, after, limit))
+        let activity = Arc::clone(&self.activity);
+        self.snapshot(|conn, _| messages_after(conn, &activity, user, after, limit))
     }
 
     /// The first `limit` of `user`'s events after `after`, oldest first: their first `limit`
@@ -409,11 +420,12 @@ impl ReadCtx {
         after: Position,
         limit: u32,
     ) -> Result<Vec<StoredEvent>> {
+        let activity = Arc::clone(&self.activity);
         self.snapshot(|conn, _| {
             if limit == 0 {
                 return Ok(Vec::new());
             }
-            let messages = messages_after(conn, user, MessageId(after.0), limit)?;
+            let messages = messages_after(conn, &activity, user, MessageId(after.0), limit)?;
             let mut events: Vec<StoredEvent> = messages.into_iter().map(StoredEvent::Message).collect();
             type FromRow = fn(&Row<'_>) -> rusqlite::Result<StoredEvent>;
             let ranges: [(&str, FromRow); 4] = [
@@ -484,17 +496,20 @@ impl ReadCtx {
         Ok(Position(position.unwrap_or(0)))
     }
 
-    /// A page of `user`'s inbox: a range of their activity index (newest first, stopping at
-    /// the limit) and their unread counter, from one snapshot.
+    /// A page of `user`'s inbox: a range of their activity order (newest first, stopping at
+    /// the limit), one row of each conversation's newest message and markers, and their
+    /// unread counter, from one snapshot.
     pub(crate) fn inbox(&mut self, user: UserId, request: &InboxRequest) -> Result<InboxPage> {
+        let activity = Arc::clone(&self.activity);
         self.snapshot(|conn, _| {
             let unread_total = count(conn, sql::USER_UNREAD_TOTAL, &[user.0])?;
             let before = request.before.map_or(i64::MAX, |id| id.0);
-            let mut stmt = conn.prepare_cached(sql::INBOX_PAGE).map_err(error::map)?;
-            let rows = stmt
-                .query_map(
-                    rusqlite::params![user.0, before, i64::from(request.limit)],
-                    |row| {
+            let listed = conversations_between(conn, &activity, user, 0, before, request.limit as usize)?;
+            let mut stmt = conn.prepare_cached(sql::INBOX_ROW).map_err(error::map)?;
+            let conversations = listed
+                .iter()
+                .map(|(conversation, peer)| {
+                    stmt.query_row([user.0, *peer, conversation.last_id], |row| {
                         let message = message_at(row, 4)?;
                         Ok(InboxConversation {
                             peer: stored_username(row, 0)?,
@@ -503,10 +518,10 @@ impl ReadCtx {
                             read_up_to: row.get::<_, Option<i64>>(2)?.map(MessageId),
                             peer_read_up_to: row.get::<_, Option<i64>>(3)?.map(MessageId),
                         })
-                    },
-                )
-                .map_err(error::map)?;
-            let conversations = rows.map(|r| r.map_err(row_error)).collect::<Result<_>>()?;
+                    })
+                    .map_err(row_error)
+                })
+                .collect::<Result<_>>()?;
             Ok(InboxPage {
                 conversations,
                 unread_total,
@@ -530,6 +545,7 @@ impl ReadCtx {
 /// above `after` of every conversation that has one (its newest id says so).
 pub(crate) fn messages_after(
     conn: &Connection,
+    activity: &Activity,
     user: UserId,
     after: MessageId,
     limit: u32,
@@ -538,10 +554,10 @@ pub(crate) fn messages_after(
     if want == 0 {
         return Ok(Vec::new());
     }
-    let conversations = user_conversations(conn, sql::USER_CONVERSATIONS_AFTER, &[user.0, after.0])?;
+    let conversations = conversations_between(conn, activity, user, after.0, i64::MAX, usize::MAX)?;
     // The `want` smallest ids seen so far (a max-heap: its top is the largest kept).
     let mut kept: BinaryHeap<i64> = BinaryHeap::with_capacity(want.min(1024) + 1);
-    for conversation in conversations {
+    for (conversation, _) in conversations {
         let first = conversation.first_above(conn, after.0)?;
         if kept.len() == want && first.is_none_or(|first| kept.peek().is_some_and(|&worst| first.id >= worst))
         {
@@ -552,18 +568,53 @@ pub(crate) fn messages_after(
     messages_by_id(conn, kept.into_sorted_vec().into_iter())
 }
 
-fn user_conversations(conn: &Connection, sql: &str, params: &[i64]) -> Result<Vec<Conversation>> {
-    let mut stmt = conn.prepare_cached(sql).map_err(error::map)?;
-    let rows = stmt
-        .query_map(rusqlite::params_from_iter(params), |row| {
-            Ok(Conversation {
-                low: row.get(0)?,
-                high: row.get(1)?,
-                last_id: row.get(2)?,
-            })
-        })
+/// `user`'s conversations whose newest message id, as this snapshot holds it, lies strictly
+/// between `above` and `below`: newest first, at most `limit`, each with its peer. The order
+/// comes from memory and is checked against the snapshot (`activity.rs`, "Memory against a
+/// snapshot"): entries the snapshot cannot hold yet take the conversation's newest id from
+/// its row. The caller's snapshot must already be open (a statement read in it), so that the
+/// order is read after it.
+fn conversations_between(
+    conn: &Connection,
+    activity: &Activity,
+    user: UserId,
+    above: i64,
+    below: i64,
+    limit: usize,
+) -> Result<Vec<(Conversation, i64)>> {
+    let newest: i64 = conn
+        .prepare_cached(sql::NEWEST_MESSAGE)
+        .and_then(|mut stmt| stmt.query_row([], |row| row.get(0)))
         .map_err(error::map)?;
-    rows.map(|r| r.map_err(error::map)).collect()
+    let view = activity.view(user.0, newest, above, below, limit);
+    let conversation = |peer: i64, last_id: i64| {
+        let key = ConversationKey::new(user, UserId(peer));
+        (
+            Conversation {
+                low: key.low().0,
+                high: key.high().0,
+                last_id,
+            },
+            peer,
+        )
+    };
+    let mut found: Vec<(Conversation, i64)> = view
+        .settled
+        .iter()
+        .map(|entry| conversation(entry.peer, entry.last_id))
+        .collect();
+    if !view.ahead.is_empty() {
+        for entry in &view.ahead {
+            let (low, high) = (user.0.min(entry.peer), user.0.max(entry.peer));
+            let (count, last_id) = chain::tail(conn, low, high).map_err(error::map)?;
+            if count > 0 && last_id > above && last_id < below {
+                found.push(conversation(entry.peer, last_id));
+            }
+        }
+        found.sort_unstable_by_key(|(c, _)| Reverse(c.last_id));
+        found.truncate(limit);
+    }
+    Ok(found)
 }
 
 /// A conversation's message count and chain, `None` before its first message.
@@ -623,5 +674,104 @@ pub(crate) fn run(mut ctx: ReadCtx, jobs: Receiver<ReadMsg>) {
             ReadMsg::Job(job) => job(&mut ctx),
             ReadMsg::Stop => break,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::activity::Move;
+    use crate::chain::testing::Linker;
+
+    /// Sends one message the way the writer does (message row, conversation row, then the
+    /// order's move), inside whatever transaction `conn` has open.
+    fn send(conn: &Connection, linker: &mut Linker, activity: &Activity, from: i64, to: i64) -> Vec<Move> {
+        let (low, high) = (from.min(to), from.max(to));
+        let (count, stored) = chain::tail(conn, low, high).unwrap();
+        let id = linker.insert(conn, from, to, None);
+        conn.execute(
+            sql::ADD_CONVERSATION_COUNT,
+            [low, high, 1, id, i64::from(from == low)],
+        )
+        .unwrap();
+        let from_id = if count > 0 { stored } else { 0 };
+        let mut moves = vec![Move {
+            user: low,
+            peer: high,
+            from: from_id,
+            to: id,
+        }];
+        if low != high {
+            moves.push(Move {
+                user: high,
+                peer: low,
+                from: from_id,
+                to: id,
+            });
+        }
+        activity.apply(&moves);
+        moves
+    }
+
+    fn listed(conn: &Connection, activity: &Activity, user: i64, below: i64) -> Vec<(i64, i64)> {
+        conversations_between(conn, activity, UserId(user), 0, below, 10)
+            .unwrap()
+            .into_iter()
+            .map(|(c, peer)| (c.last_id, peer))
+            .collect()
+    }
+
+    /// The order in memory runs ahead of older snapshots (the writer moves it before its
+    /// `COMMIT`); a read in such a snapshot still lists the conversations as the snapshot
+    /// holds them, `before` cursor included. A reader that trusted memory would list
+    /// conversation (1, 3) at message 4, which its snapshot does not hold, and miss it below
+    /// the cursor 3.
+    #[test]
+    fn a_snapshot_older_than_the_order_lists_what_it_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("order.db");
+        let mut writer = Connection::open(&path).unwrap();
+        writer.pragma_update(None, "journal_mode", "WAL").unwrap();
+        crate::schema::migrate(&mut writer, 0).unwrap();
+        for name in ["a", "b", "c"] {
+            writer
+                .execute(sql::INSERT_USER, rusqlite::params![name, name, None::<String>])
+                .unwrap();
+        }
+        let activity = Activity::default();
+        let mut linker = Linker::default();
+        writer.execute_batch("BEGIN").unwrap();
+        for (from, to) in [(1, 2), (1, 3), (2, 1)] {
+            send(&writer, &mut linker, &activity, from, to);
+        }
+        writer.execute_batch("COMMIT").unwrap();
+        let reader = Connection::open(&path).unwrap();
+        let before = vec![(3, 2), (2, 3)];
+
+        // A snapshot opened, then a batch moved the order and committed.
+        reader.execute_batch("BEGIN").unwrap();
+        assert_eq!(listed(&reader, &activity, 1, i64::MAX), before);
+        writer.execute_batch("BEGIN").unwrap();
+        send(&writer, &mut linker, &activity, 3, 1);
+        writer.execute_batch("COMMIT").unwrap();
+        assert_eq!(listed(&reader, &activity, 1, i64::MAX), before);
+        assert_eq!(listed(&reader, &activity, 1, 3), vec![(2, 3)]);
+        assert_eq!(listed(&reader, &activity, 3, i64::MAX), vec![(2, 1)]);
+        reader.execute_batch("COMMIT").unwrap();
+
+        // A batch moved the order and has not committed (or rolls back): a new snapshot
+        // holds the committed conversations only.
+        let after = vec![(4, 3), (3, 2)];
+        writer.execute_batch("BEGIN").unwrap();
+        let moves = send(&writer, &mut linker, &activity, 1, 2);
+        reader.execute_batch("BEGIN").unwrap();
+        assert_eq!(listed(&reader, &activity, 1, i64::MAX), after);
+        reader.execute_batch("COMMIT").unwrap();
+        writer.execute_batch("ROLLBACK").unwrap();
+        activity.undo(&moves);
+        reader.execute_batch("BEGIN").unwrap();
+        assert_eq!(listed(&reader, &activity, 1, i64::MAX), after);
+        assert_eq!(listed(&reader, &activity, 2, i64::MAX), vec![(3, 1)]);
+        reader.execute_batch("COMMIT").unwrap();
     }
 }

@@ -100,15 +100,6 @@ pub(crate) const SAVE_READ_MARKER: &str =
      VALUES (?1, ?2, ?3, ?4)
      ON CONFLICT (user_id, peer_id) DO UPDATE SET up_to = excluded.up_to, peer_seen = excluded.peer_seen";
 
-/// A new conversation in `?1`'s activity tree: `?2` its newest id, `?3` the peer.
-pub(crate) const INSERT_ACTIVITY: &str =
-    "INSERT INTO chatcore_activity (user_id, last_id, peer_id) VALUES (?1, ?2, ?3)";
-
-/// Takes `?1`'s entry of a conversation off its newest id before the batch (`?2`, from the
-/// conversation's row), for [`INSERT_ACTIVITY`] to put it at the newest id now: two seeks of
-/// the tree, where an `UPDATE` of the key takes four.
-pub(crate) const MOVE_ACTIVITY: &str = "DELETE FROM chatcore_activity WHERE user_id = ?1 AND last_id = ?2";
-
 /// A read event: `?1` position, `?2` reader, `?3` peer, `?4` the newest message read.
 pub(crate) const INSERT_READ: &str =
     "INSERT INTO chatcore_reads (position, reader_id, peer_id, up_to) VALUES (?1, ?2, ?3, ?4)";
@@ -215,16 +206,10 @@ pub(crate) const USER_COUNT: &str = "SELECT message_count FROM chatcore_user_cou
 /// and the previous position of the user's first event in a batch, which the writer reads too.
 pub(crate) const USER_LAST_ID: &str = "SELECT last_id FROM chatcore_user_counts WHERE user_id = ?1";
 
-/// The conversations `?1` takes part in (`conv_low`, `conv_high`), with each one's newest
-/// message id, newest first: their activity tree.
-pub(crate) const USER_CONVERSATIONS: &str =
-    "SELECT min(user_id, peer_id), max(user_id, peer_id), last_id FROM chatcore_activity
-     WHERE user_id = ?1 ORDER BY last_id DESC";
-
-/// The same, only those with a message after id `?2`: one range of the tree.
-pub(crate) const USER_CONVERSATIONS_AFTER: &str =
-    "SELECT min(user_id, peer_id), max(user_id, peer_id), last_id FROM chatcore_activity
-     WHERE user_id = ?1 AND last_id > ?2";
+/// The newest message id a snapshot holds (`0`: none): the writer commits ids in order, so
+/// the snapshot holds every message up to it and none above (`activity.rs`). One seek to the
+/// end of the table.
+pub(crate) const NEWEST_MESSAGE: &str = "SELECT coalesce(max(id), 0) FROM chatcore_messages";
 
 /// A message, and (column 7) its conversation's previous message, so a page can follow the
 /// chain as it reads.
@@ -239,26 +224,25 @@ pub(crate) const MESSAGE_BY_ID: &str = concat!(
 /// A user's unread total over all their conversations (a counter, never a sum).
 pub(crate) const USER_UNREAD_TOTAL: &str = "SELECT unread_total FROM chatcore_user_counts WHERE user_id = ?1";
 
-/// A page of `?1`'s inbox: conversations whose newest id is below `?2`, newest first, at most
-/// `?3`. Columns: the peer's name, unread, the user's marker, the peer's marker (the user's
-/// own for notes to self), then the newest message as `reader::message_from_row` reads it
-/// from column 4. Unread is the peer's messages up to the newest (its `sender_seq`, or the
-/// other side of its `seq`) less those the user's marker covers; never any in a note to self.
-pub(crate) const INBOX_PAGE: &str = "SELECT p.username,
-         CASE WHEN a.peer_id = a.user_id THEN 0
-              ELSE CASE WHEN m.sender_id = a.peer_id THEN m.sender_seq ELSE m.seq - m.sender_seq END
+/// One conversation of `?1`'s inbox page: the peer `?2`, its newest message `?3` (from the
+/// activity order). Columns: the peer's name, unread, the user's marker, the peer's marker
+/// (the user's own for notes to self), then the newest message as `reader::message_from_row`
+/// reads it from column 4. Unread is the peer's messages up to the newest (its `sender_seq`,
+/// or the other side of its `seq`) less those the user's marker covers; never any in a note
+/// to self.
+pub(crate) const INBOX_ROW: &str = "SELECT p.username,
+         CASE WHEN ?2 = ?1 THEN 0
+              ELSE CASE WHEN m.sender_id = ?2 THEN m.sender_seq ELSE m.seq - m.sender_seq END
                    - coalesce(mine.peer_seen, 0) END,
          mine.up_to, theirs.up_to,
          m.id, s.username, r.username, m.created_at, m.body, m.edited_at, m.deleted
-     FROM chatcore_activity AS a
-     CROSS JOIN chatcore_users AS p ON p.id = a.peer_id
-     CROSS JOIN chatcore_messages AS m ON m.id = a.last_id
-     LEFT JOIN chatcore_read_markers AS mine ON mine.user_id = a.user_id AND mine.peer_id = a.peer_id
-     LEFT JOIN chatcore_read_markers AS theirs ON theirs.user_id = a.peer_id AND theirs.peer_id = a.user_id
+     FROM chatcore_messages AS m
+     CROSS JOIN chatcore_users AS p ON p.id = ?2
+     LEFT JOIN chatcore_read_markers AS mine ON mine.user_id = ?1 AND mine.peer_id = ?2
+     LEFT JOIN chatcore_read_markers AS theirs ON theirs.user_id = ?2 AND theirs.peer_id = ?1
      CROSS JOIN chatcore_users AS s ON s.id = m.sender_id
      CROSS JOIN chatcore_users AS r ON r.id = m.recipient_id
-     WHERE a.user_id = ?1 AND a.last_id < ?2
-     ORDER BY a.last_id DESC LIMIT ?3";
+     WHERE m.id = ?3";
 
 /// `?1`'s read events as the reader after position `?2`, oldest first, at most `?3`: position,
 /// reader's name, peer's name, up_to.
@@ -426,7 +410,7 @@ mod tests {
 /// of a table and never a sort, so its cost does not grow with the table.
 #[cfg(test)]
 mod query_plans {
-    use rusqlite::{Connection, OptionalExtension};
+    use rusqlite::Connection;
 
     use super::*;
 
@@ -486,16 +470,7 @@ mod query_plans {
         for sql in [USER_COUNT, USER_LAST_ID, USER_TAIL] {
             assert_plan(conn, sql, &[&format!("SEARCH chatcore_user_counts {BY_ROWID}")]);
         }
-        assert_plan(
-            conn,
-            USER_CONVERSATIONS,
-            &["SEARCH chatcore_activity USING PRIMARY KEY (user_id=?)"],
-        );
-        assert_plan(
-            conn,
-            USER_CONVERSATIONS_AFTER,
-            &["SEARCH chatcore_activity USING PRIMARY KEY (user_id=? AND last_id>?)"],
-        );
+        assert_plan(conn, NEWEST_MESSAGE, &["SEARCH chatcore_messages"]);
         assert_plan(
             conn,
             MESSAGE_BY_ID,
@@ -587,11 +562,10 @@ mod query_plans {
         );
         assert_plan(
             conn,
-            INBOX_PAGE,
+            INBOX_ROW,
             &[
-                "SEARCH a USING PRIMARY KEY (user_id=? AND last_id<?)",
-                &format!("SEARCH p {BY_ROWID}"),
                 &format!("SEARCH m {BY_ROWID}"),
+                &format!("SEARCH p {BY_ROWID}"),
                 "SEARCH mine USING PRIMARY KEY (user_id=? AND peer_id=?)",
                 "SEARCH theirs USING PRIMARY KEY (user_id=? AND peer_id=?)",
                 &format!("SEARCH s {BY_ROWID}"),
@@ -696,23 +670,6 @@ mod query_plans {
             linker.insert(&tx, from, to, key.as_deref());
             tx.execute(ADD_CONVERSATION_COUNT, [low, high, 1, id, i64::from(from == low)])
                 .unwrap();
-            for (user, peer) in [(from, to), (to, from)] {
-                let previous: Option<i64> = tx
-                    .query_row(
-                        "SELECT last_id FROM chatcore_activity WHERE user_id = ?1 AND peer_id = ?2",
-                        [user, peer],
-                        |r| r.get(0),
-                    )
-                    .optional()
-                    .unwrap();
-                if let Some(previous) = previous {
-                    tx.execute(MOVE_ACTIVITY, [user, previous]).unwrap();
-                }
-                tx.execute(INSERT_ACTIVITY, [user, id, peer]).unwrap();
-                if to == from {
-                    break;
-                }
-            }
             tx.execute(ADD_USER_COUNT, [from, 1, id, 0]).unwrap();
             if to != from {
                 tx.execute(ADD_USER_COUNT, [to, 1, id, 1]).unwrap();

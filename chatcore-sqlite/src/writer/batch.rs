@@ -18,6 +18,7 @@ use chatcore::{
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension};
 
+use super::Move;
 use super::durability::{Committed, MAX_UNSYNCED_BATCHES};
 use super::{Outcome, WriteMsg, WriteOp, Writer};
 use crate::reader::{self, ReadJob};
@@ -43,7 +44,14 @@ impl Writer {
                         self.commit(&mut ops);
                         self.run_reads(&mut reads);
                         let now = self.next_timestamp().timestamp_micros();
-                        let migrated = schema::migrate(&mut self.ctx.conn, now);
+                        let migrated = schema::migrate(&mut self.ctx.conn, now).and_then(|report| {
+                            // Conversations may have come with the tables (or been rebuilt):
+                            // the order in memory follows the rows as migrated.
+                            if report.applied_any() {
+                                self.ctx.activity().load(&self.ctx.conn).map_err(error::map)?;
+                            }
+                            Ok(report)
+                        });
                         // The tables the sequence is read from may have just appeared.
                         self.last_position = None;
                         let _ = reply.send(migrated.and_then(|report| {
@@ -112,6 +120,7 @@ impl Writer {
         self.pending_ids.clear();
         self.conversation_tails.clear();
         self.user_tails.clear();
+        self.moves.clear();
         let result = self.apply_all(ops, created_at);
         match &result {
             Ok(_) => {
@@ -126,6 +135,9 @@ impl Writer {
                 }
             }
             Err(_) => {
+                // The order moved with each message; the rows did not commit.
+                self.ctx.activity().undo(&self.moves);
+                self.moves.clear();
                 self.pending_names.clear();
                 self.pending_ids.clear();
                 // Positions handed out in the rolled-back transaction were never seen.
@@ -151,40 +163,41 @@ impl Writer {
         Ok(outcomes)
     }
 
+    /// Moves a conversation's entry in its participants' activity orders from its newest id
+    /// before this message (`0`: none) to the message's, at once: the order in memory is
+    /// then never behind what any snapshot holds, this transaction's own reads included
+    /// (`activity.rs`). Kept in `moves` so that a batch that fails is taken back.
+    fn move_activity(&mut self, low: i64, high: i64, from: i64, to: i64) {
+        let start = self.moves.len();
+        self.moves.push(Move {
+            user: low,
+            peer: high,
+            from,
+            to,
+        });
+        if low != high {
+            self.moves.push(Move {
+                user: high,
+                peer: low,
+                from,
+                to,
+            });
+        }
+        self.ctx.activity().apply(&self.moves[start..]);
+    }
+
     /// Adds the batch's counter increments and newest ids, one upsert per conversation and
-    /// per user, and moves each conversation's entry in its participants' activity trees
-    /// once, from its newest id before the batch to its newest id now.
+    /// per user.
     fn flush_counts(&mut self) -> rusqlite::Result<()> {
         let conn = &self.ctx.conn;
         if !self.conversation_tails.is_empty() {
             let mut add = conn.prepare_cached(sql::ADD_CONVERSATION_COUNT)?;
-            let mut insert = conn.prepare_cached(sql::INSERT_ACTIVITY)?;
-            let mut move_to = conn.prepare_cached(sql::MOVE_ACTIVITY)?;
             for (key, tail) in self.conversation_tails.drain() {
                 if tail.added == 0 {
                     continue;
                 }
                 let (low, high) = (key.low().0, key.high().0);
                 add.execute([low, high, tail.added, tail.last_id, tail.low_added])?;
-                let sides: &[(i64, i64)] = if low == high {
-                    &[(low, high)]
-                } else {
-                    &[(low, high), (high, low)]
-                };
-                for &(user, peer) in sides {
-                    // Before its first message a conversation has no entry; after it, its
-                    // entry sits at the newest id its row held.
-                    let moved = tail.count > 0 && move_to.execute([user, tail.stored_last_id])? == 1;
-                    if tail.count > 0 && !moved {
-                        tracing::warn!(
-                            user,
-                            peer,
-                            last_id = tail.stored_last_id,
-                            "a conversation had no activity entry at its newest id; adding one"
-                        );
-                    }
-                    insert.execute([user, tail.last_id, peer])?;
-                }
             }
         }
         if !self.user_tails.is_empty() {
@@ -502,7 +515,13 @@ impl Writer {
         let mut ids = Vec::with_capacity(want.min(1024));
         let mut cursor = after;
         while ids.len() < want {
-            let page = match reader::messages_after(&self.ctx.conn, sender, cursor, limit.max(100)) {
+            let page = match reader::messages_after(
+                &self.ctx.conn,
+                self.ctx.activity(),
+                sender,
+                cursor,
+                limit.max(100),
+            ) {
                 Ok(page) => page,
                 Err(error) => return Ok(Err(error)),
             };
@@ -697,7 +716,8 @@ impl Writer {
         if sender_id.0 == low {
             tail.low_added += 1;
         }
-        tail.last_id = id;
+        let moved_from = std::mem::replace(&mut tail.last_id, id);
+        self.move_activity(low, high, moved_from, id);
         let participants = if recipient_id == sender_id {
             &[sender_id][..]
         } else {
@@ -828,13 +848,12 @@ fn commit_or_retry(
 
 /// A conversation's chain in the open transaction: its message count before it and how many
 /// of those `conv_low` sent, the messages it added and how many of them `conv_low` sent, its
-/// newest id before it (where its activity entries sit) and now (`0` for none).
+/// newest id now (`0` for none).
 pub(super) struct Tail {
     count: i64,
     low_count: i64,
     added: i64,
     low_added: i64,
-    stored_last_id: i64,
     last_id: i64,
 }
 
@@ -872,7 +891,6 @@ fn conversation_tail<'t>(
                 low_count,
                 added: 0,
                 low_added: 0,
-                stored_last_id: last_id,
                 last_id,
             })
         }

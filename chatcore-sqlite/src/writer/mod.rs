@@ -27,7 +27,9 @@ use chrono::{DateTime, Utc};
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
+use crate::activity::{Activity, Move};
 use crate::config::SqliteConfig;
+use crate::error;
 use crate::reader::{ReadCtx, ReadJob};
 
 pub(crate) use connection::{open_connection, open_reader_connection};
@@ -245,6 +247,9 @@ pub(crate) struct Writer {
     conversation_tails: HashMap<ConversationKey, Tail>,
     /// Where each user's events and unread total stand in the open transaction.
     user_tails: HashMap<UserId, UserTail>,
+    /// The open transaction's moves of the activity order (`activity.rs`), applied as each
+    /// message is inserted and taken back if the batch fails.
+    moves: Vec<Move>,
     /// The last position handed out (message id or read event), read from the database by
     /// the first batch that needs it and forgotten when a batch rolls back or the schema
     /// migrates: the single writer hands out every position, so it stays true in between.
@@ -258,10 +263,12 @@ impl Writer {
         config: &SqliteConfig,
         stats: Arc<WriterStats>,
         metrics: StoreMetrics,
+        activity: Arc<Activity>,
     ) -> Result<Self> {
         let last_timestamp = batch::latest_timestamp(&conn)?.unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
+        activity.load(&conn).map_err(error::map)?;
         Ok(Self {
-            ctx: ReadCtx::new(conn, config.name_cache),
+            ctx: ReadCtx::new(conn, config.name_cache, activity),
             wal_to_sync: durability::wal_path_to_sync(config),
             sync_queue: None,
             unsynced: Arc::new(Backlog::default()),
@@ -275,6 +282,7 @@ impl Writer {
             pending_ids: HashSet::new(),
             conversation_tails: HashMap::new(),
             user_tails: HashMap::new(),
+            moves: Vec::new(),
             last_position: None,
         })
     }
