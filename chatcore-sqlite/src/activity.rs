@@ -41,8 +41,11 @@ pub(crate) const SHARDS: usize = 64;
 /// conversation to the peer (the user themself for notes to self). A user's conversations
 /// have distinct newest ids (a message belongs to one conversation), so the id is the key.
 pub(crate) struct Activity {
-    shards: Box<[Mutex<HashMap<i64, BTreeMap<i64, i64>>>]>,
+    shards: Box<[Mutex<Shard>]>,
 }
+
+/// The users of one shard: user id to their order (newest id to peer).
+type Shard = HashMap<i64, BTreeMap<i64, i64>>;
 
 /// One conversation's entry in one participant's order, moved by a message: from the newest
 /// id before it (`from`, `0` for a conversation's first message) to the message's id.
@@ -87,7 +90,7 @@ impl std::fmt::Debug for Activity {
 }
 
 impl Activity {
-    fn shard(&self, user: i64) -> MutexGuard<'_, HashMap<i64, BTreeMap<i64, i64>>> {
+    fn shard(&self, user: i64) -> MutexGuard<'_, Shard> {
         // The maps hold plain data, changed by one whole insert or remove at a time: a
         // poisoned lock still holds a consistent map.
         self.shards[user.rem_euclid(SHARDS as i64) as usize]
@@ -103,7 +106,7 @@ impl Activity {
     /// batches.
     pub(crate) fn load(&self, conn: &Connection) -> rusqlite::Result<()> {
         let exists = crate::schema::current_version(conn)? >= 8;
-        let mut built: Vec<HashMap<i64, BTreeMap<i64, i64>>> = (0..SHARDS).map(|_| HashMap::new()).collect();
+        let mut built: Vec<Shard> = (0..SHARDS).map(|_| HashMap::new()).collect();
         if exists {
             let mut stmt = conn.prepare(
                 "SELECT conv_low, conv_high, last_id FROM chatcore_conversations WHERE message_count > 0",
