@@ -542,15 +542,22 @@ async fn serve_connection(
         _guard: guard,
     };
     let body_timeout = config.request_body_timeout;
+    let max_headers = config.max_headers;
     let service_activity = activity.clone();
     let service = hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
         let in_flight = RequestInFlight(service_activity.clone());
         service_activity.request_started();
+        // Up to hyper's own limit, counted here (see `max_headers` below).
+        let too_many_headers = request.headers().len() > max_headers;
         let mut request = request.map(|body| Body::new(BodyTimeout::new(body_timeout, body)));
         request.extensions_mut().insert(ConnectInfo(peer));
         let mut router = app.clone();
         async move {
-            let response = router.call(request).await;
+            let response = if too_many_headers {
+                Ok(too_many_headers_answer())
+            } else {
+                router.call(request).await
+            };
             drop(in_flight);
             response
         }
@@ -561,8 +568,14 @@ async fn serve_connection(
         // and cost every request a timer of its own; `Activity` and the loop below enforce
         // both timeouts instead, with one timer per connection.
         .header_read_timeout(None)
-        .max_buf_size(config.max_header_bytes.max(MIN_HEADER_BYTES))
-        .max_headers(config.max_headers);
+        .max_buf_size(config.max_header_bytes.max(MIN_HEADER_BYTES));
+    // hyper parses into a fixed array of its default size (100) unless given a limit, and
+    // then builds and copies two arrays of that many entries per request (about 1,400
+    // instructions, BENCHMARKS.md "The HTTP edge"): a limit up to 100 is counted in the
+    // service instead, the same 431.
+    if config.max_headers > HYPER_MAX_HEADERS {
+        builder.max_headers(config.max_headers);
+    }
     let connection = builder
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
@@ -754,6 +767,26 @@ impl AsyncWrite for EdgeStream {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
     }
+}
+
+/// The most headers hyper parses when no limit is set.
+const HYPER_MAX_HEADERS: usize = 100;
+
+/// The answer to a request with more than [`ServeConfig::max_headers`] headers (up to hyper's
+/// own limit, past which hyper refuses it: see [`json_for_hyper_error`]): the same 431, and
+/// the connection closes as it does for hyper's.
+fn too_many_headers_answer() -> http::Response<Body> {
+    let body =
+        r#"{"error":"the request head (request line and headers) is too large, or has too many headers"}"#;
+    let mut response = http::Response::new(Body::from(body));
+    *response.status_mut() = http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    headers.insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+    response
 }
 
 /// The JSON answer replacing `head` when it is one of the bodiless error answers hyper writes

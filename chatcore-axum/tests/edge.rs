@@ -193,16 +193,39 @@ async fn errors_hyper_answers_itself_are_json() {
         let json: serde_json::Value = serde_json::from_str(&body).expect("a JSON body");
         assert!(json["error"].is_string(), "{body}");
     }
-    // Too many headers.
-    let mut many = String::from("GET / HTTP/1.1\r\nHost: x\r\n");
-    for i in 0..100 {
-        many.push_str(&format!("X-{i}: y\r\n"));
+    // Too many headers: past the limit (64, counted by the server) and past hyper's own (100).
+    for count in [64, 100] {
+        let mut many = String::from("GET / HTTP/1.1\r\nHost: x\r\n");
+        for i in 0..count {
+            many.push_str(&format!("X-{i}: y\r\n"));
+        }
+        many.push_str("\r\n");
+        let mut stream = TcpStream::connect(server.addr).await.unwrap();
+        let _ = stream.write_all(many.as_bytes()).await;
+        let (head, body) = split_answer(&read_until_closed(&mut stream, Duration::from_secs(5)).await);
+        assert!(head.starts_with("http/1.1 431 "), "{count}: {head}");
+        assert!(head.contains("content-type: application/json"), "{head}");
+        assert!(body.contains("too many headers"), "{body}");
     }
-    many.push_str("\r\n");
+    // 64 headers in all are within it, on a connection that stays open.
+    let mut within = String::from("GET /api/v1/user/ HTTP/1.1\r\nHost: x\r\n");
+    for i in 0..63 {
+        within.push_str(&format!("X-{i}: y\r\n"));
+    }
+    within.push_str("\r\n");
     let mut stream = TcpStream::connect(server.addr).await.unwrap();
-    let _ = stream.write_all(many.as_bytes()).await;
-    let (head, _) = split_answer(&read_until_closed(&mut stream, Duration::from_secs(5)).await);
-    assert!(head.starts_with("http/1.1 431 "), "{head}");
+    stream.write_all(within.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+        .await
+        .expect("an answer in time")
+        .expect("read");
+    let head = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+    assert!(!head.starts_with("http/1.1 431 "), "{head}");
+    assert_eq!(
+        status_of(&mut stream).await.split(' ').nth(1),
+        head.lines().next().unwrap().split(' ').nth(1)
+    );
 }
 
 /// Sends one request on `stream` and reads the head of its answer (keep-alive).
