@@ -44,8 +44,90 @@ pub(crate) struct Activity {
     shards: Box<[Mutex<Shard>]>,
 }
 
-/// The users of one shard: user id to their order (newest id to peer).
-type Shard = HashMap<i64, BTreeMap<i64, i64>>;
+/// The users of one shard: user id to their order.
+type Shard = HashMap<i64, Order>;
+
+/// Past this many conversations a user's order moves from a sorted vector to a `BTreeMap`.
+const FEW: usize = 32;
+
+/// One user's conversations, by newest id. Most users have a handful, and a `BTreeMap`'s
+/// first leaf alone takes 192 bytes, so a sorted vector (16 bytes an entry) holds up to
+/// [`FEW`] of them; a new message's id is the largest, so it goes at the end. Past that, a
+/// `BTreeMap` (about 30-40 bytes an entry), so that a user with 10,000 conversations moves
+/// one without shifting the others.
+#[derive(Debug)]
+enum Order {
+    Few(Vec<Entry>),
+    Many(BTreeMap<i64, i64>),
+}
+
+impl Default for Order {
+    fn default() -> Self {
+        Order::Few(Vec::new())
+    }
+}
+
+impl Order {
+    fn insert(&mut self, last_id: i64, peer: i64) {
+        match self {
+            Order::Few(entries) => {
+                let at = entries.partition_point(|e| e.last_id < last_id);
+                match entries.get_mut(at) {
+                    Some(found) if found.last_id == last_id => found.peer = peer,
+                    _ => entries.insert(at, Entry { last_id, peer }),
+                }
+                if entries.len() > FEW {
+                    *self = Order::Many(entries.iter().map(|e| (e.last_id, e.peer)).collect());
+                }
+            }
+            Order::Many(map) => {
+                map.insert(last_id, peer);
+            }
+        }
+    }
+
+    /// Removes the entry at `last_id`; `false` when there is none.
+    fn remove(&mut self, last_id: i64) -> bool {
+        match self {
+            Order::Few(entries) => {
+                let at = entries.partition_point(|e| e.last_id < last_id);
+                let found = entries.get(at).is_some_and(|e| e.last_id == last_id);
+                if found {
+                    entries.remove(at);
+                }
+                found
+            }
+            Order::Many(map) => map.remove(&last_id).is_some(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        match self {
+            Order::Few(entries) => entries.is_empty(),
+            Order::Many(map) => map.is_empty(),
+        }
+    }
+
+    /// The entries with a newest id in `from..to`, newest first, at most `limit`.
+    fn newest_first(&self, from: i64, to: i64, limit: usize) -> Vec<Entry> {
+        if from >= to {
+            return Vec::new();
+        }
+        match self {
+            Order::Few(entries) => {
+                let start = entries.partition_point(|e| e.last_id < from);
+                let end = entries.partition_point(|e| e.last_id < to);
+                entries[start..end].iter().rev().take(limit).copied().collect()
+            }
+            Order::Many(map) => map
+                .range(from..to)
+                .rev()
+                .take(limit)
+                .map(|(&last_id, &peer)| Entry { last_id, peer })
+                .collect(),
+        }
+    }
+}
 
 /// One conversation's entry in one participant's order, moved by a message: from the newest
 /// id before it (`from`, `0` for a conversation's first message) to the message's id.
@@ -138,7 +220,7 @@ impl Activity {
         for m in moves {
             let mut shard = self.shard(m.user);
             let order = shard.entry(m.user).or_default();
-            if m.from != 0 && order.remove(&m.from).is_none() {
+            if m.from != 0 && !order.remove(m.from) {
                 tracing::warn!(
                     user = m.user,
                     peer = m.peer,
@@ -157,7 +239,7 @@ impl Activity {
             let Some(order) = shard.get_mut(&m.user) else {
                 continue;
             };
-            order.remove(&m.to);
+            order.remove(m.to);
             if m.from != 0 {
                 order.insert(m.from, m.peer);
             } else if order.is_empty() {
@@ -174,20 +256,11 @@ impl Activity {
         let Some(order) = shard.get(&user) else {
             return View::default();
         };
-        let entry = |(&last_id, &peer): (&i64, &i64)| Entry { last_id, peer };
-        let ahead: Vec<Entry> = order.range(newest.saturating_add(1)..).map(entry).collect();
-        let top = below.min(newest.saturating_add(1));
-        let settled = if top > above.saturating_add(1) {
-            order
-                .range(above.saturating_add(1)..top)
-                .rev()
-                .take(limit)
-                .map(entry)
-                .collect()
-        } else {
-            Vec::new()
-        };
-        View { settled, ahead }
+        let past_newest = newest.saturating_add(1);
+        View {
+            settled: order.newest_first(above.saturating_add(1), below.min(past_newest), limit),
+            ahead: order.newest_first(past_newest, i64::MAX, usize::MAX),
+        }
     }
 }
 
@@ -279,7 +352,7 @@ mod tests {
         // The snapshot holds messages up to 10: 12 and 14 are ahead of it.
         let view = activity.view(1, 10, 0, 8, 10);
         assert_eq!(ids(&view.settled), vec![(7, 3), (5, 2)]);
-        assert_eq!(ids(&view.ahead), vec![(12, 5), (14, 6)]);
+        assert_eq!(ids(&view.ahead), vec![(14, 6), (12, 5)]);
         // A range above the snapshot: nothing settled, the same ones ahead.
         let view = activity.view(1, 10, 10, i64::MAX, 10);
         assert!(view.settled.is_empty());
@@ -287,6 +360,52 @@ mod tests {
         // `above` is exclusive, and `limit` keeps the newest.
         let view = activity.view(1, 100, 5, i64::MAX, 2);
         assert_eq!(ids(&view.settled), vec![(14, 6), (12, 5)]);
+    }
+
+    /// Users with few conversations (a sorted vector) and many (a map, past `FEW`) answer
+    /// alike: 2,000 messages over up to 100 peers each, checked against a plain map.
+    #[test]
+    fn few_and_many_conversations_keep_the_same_order() {
+        let activity = Activity::default();
+        let mut newest: HashMap<(i64, i64), i64> = HashMap::new();
+        for id in 1..=2000i64 {
+            // User 1 talks to 100 peers, user 2 to 5.
+            let (user, peer) = if id % 3 == 0 {
+                (2, 100 + id % 5)
+            } else {
+                (1, 200 + (id * 7) % 100)
+            };
+            let from = newest.insert((user, peer), id).unwrap_or(0);
+            activity.apply(&[Move {
+                user,
+                peer,
+                from,
+                to: id,
+            }]);
+        }
+        for user in [1, 2] {
+            let mut want: Vec<(i64, i64)> = newest
+                .iter()
+                .filter(|((u, _), _)| *u == user)
+                .map(|((_, peer), id)| (*id, *peer))
+                .collect();
+            want.sort_unstable_by(|a, b| b.cmp(a));
+            assert_eq!(
+                ids(&activity.view(user, 5000, 0, i64::MAX, usize::MAX).settled),
+                want
+            );
+            let below: Vec<_> = want
+                .iter()
+                .copied()
+                .filter(|(id, _)| *id < 1500 && *id > 900)
+                .take(7)
+                .collect();
+            assert_eq!(ids(&activity.view(user, 5000, 900, 1500, 7).settled), below);
+            let ahead: Vec<_> = want.iter().copied().filter(|(id, _)| *id > 1990).collect();
+            assert_eq!(ids(&activity.view(user, 1990, 0, i64::MAX, 3).ahead), ahead);
+        }
+        assert!(matches!(activity.shard(1).get(&1), Some(Order::Many(_))));
+        assert!(matches!(activity.shard(2).get(&2), Some(Order::Few(_))));
     }
 
     #[test]
