@@ -1345,12 +1345,13 @@ pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
 }, Migration {
     version: 9,
     description: "a send's users looked up by key; room on the counter and inbox pages for their updates",
-    // Measured with callgrind on a single-user backend (BENCHMARKS.md, "Issue 21, session 11"):
-    // a batch of 6 sends spent about a fifth of its instructions building two hash tables of
-    // the whole `chatcore_users` table (the generic plan joins the batch's 10 estimated rows to
-    // a table it thinks small by hashing it, a sequential scan of every user per batch, and
-    // more per user as the table grows until the planner turns), and a tenth pruning full
-    // pages of `chatcore_counts`, whose rows every send updates.
+    // Measured with callgrind on a single-user backend (BENCHMARKS.md, "Issue 21, session 11",
+    // `scripts/bench/pg_batch_instructions.sh`): with 500 users, a batch of 6 sends spent 14% of
+    // the function's instructions building two hash tables of the whole `chatcore_users` table
+    // (the generic plan joins the batch's 10 estimated rows to a table it thinks small by
+    // hashing it: two sequential scans of every user per batch, dearer as the table grows until
+    // the planner turns), and 13% pruning full pages of the counters, which every send updates.
+    // The function's instructions per batch: 6 sends -27%, a lone send -50%.
     steps: &[
         // Migration 8's rules, unchanged, but each send's recipient and sender found by one
         // unique-index probe: `OFFSET 0` keeps each lookup a subquery of its own that the
