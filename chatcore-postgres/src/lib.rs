@@ -64,8 +64,11 @@
 //!   `chatcore_set_block`: blocks. Their shared parts are functions of their own (schema
 //!   version 8), so a migration replaces one part: `chatcore_lock_positions` (the sequence
 //!   lock), `chatcore_send_outcomes` (what becomes of each send of a batch: a single SQL
-//!   `SELECT` the planner inlines into the batch's statement), `chatcore_take_position` (the
-//!   next position for a mark or a change, and both users' previous ones).
+//!   `SELECT` the planner inlines into the batch's statement; since schema version 9 it finds
+//!   each send's users by one index probe each, never by hashing `chatcore_users`),
+//!   `chatcore_take_position` (the next position for a mark or a change, and both users'
+//!   previous ones). `chatcore_counts` and `chatcore_inbox` keep room on their pages for their
+//!   rows' updates (fill factors 50 and 70, schema version 9).
 //!
 //! # Ids in commit order
 //! A reconnecting client asks for the messages after the last id it saw. With a plain

@@ -1342,6 +1342,72 @@ pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
         $fn$",
         "ALTER FUNCTION chatcore_change_message(BIGINT, BIGINT, BOOLEAN, TEXT, TIMESTAMPTZ) SET plan_cache_mode = force_generic_plan",
     ],
+}, Migration {
+    version: 9,
+    description: "a send's users looked up by key; room on the counter and inbox pages for their updates",
+    // Measured with callgrind on a single-user backend (BENCHMARKS.md, "Issue 21, session 11",
+    // `scripts/bench/pg_batch_instructions.sh`): with 500 users, a batch of 6 sends spent 14% of
+    // the function's instructions building two hash tables of the whole `chatcore_users` table
+    // (the generic plan joins the batch's 10 estimated rows to a table it thinks small by
+    // hashing it: two sequential scans of every user per batch, dearer as the table grows until
+    // the planner turns), and 13% pruning full pages of the counters, which every send updates.
+    // The function's instructions per batch: 6 sends -27%, a lone send -50%.
+    steps: &[
+        // Migration 8's rules, unchanged, but each send's recipient and sender found by one
+        // unique-index probe: `OFFSET 0` keeps each lookup a subquery of its own that the
+        // planner cannot turn back into a join (as for the block checks), so it is a
+        // parameterised index scan per send whatever the table's size and statistics.
+        "CREATE OR REPLACE FUNCTION chatcore_send_outcomes(
+            p_senders BIGINT[], p_recipient_keys TEXT[], p_bodies TEXT[], p_key_hashes BYTEA[])
+        RETURNS TABLE (
+            ord INT, outcome TEXT, sender_id BIGINT, recipient_id BIGINT, recipient_name TEXT,
+            sender_name TEXT, message_id BIGINT, created_at TIMESTAMPTZ, body TEXT, key_hash BYTEA)
+        LANGUAGE sql STABLE AS $fn$
+            SELECT rs.ord, d.outcome, rs.sender_id,
+                CASE WHEN e.id IS NULL THEN rs.rid ELSE e.recipient_id END,
+                CASE WHEN e.id IS NULL THEN rs.rname ELSE e.rname END,
+                CASE WHEN e.id IS NULL THEN rs.sname ELSE e.sname END,
+                e.id, e.created_at,
+                CASE WHEN e.id IS NULL THEN rs.body ELSE e.body END,
+                rs.khash
+            FROM (
+                SELECT t.ord::INT AS ord, t.sender_id, t.body, t.khash, r.id AS rid, r.username AS rname,
+                    s.username AS sname, s.removed_at IS NOT NULL AS sremoved
+                FROM unnest(p_senders, p_recipient_keys, p_bodies, p_key_hashes)
+                    WITH ORDINALITY AS t(sender_id, rkey, body, khash, ord)
+                LEFT JOIN LATERAL (SELECT u.id, u.username FROM chatcore_users u
+                    WHERE u.username_key = t.rkey OFFSET 0) r ON TRUE
+                LEFT JOIN LATERAL (SELECT u.username, u.removed_at FROM chatcore_users u
+                    WHERE u.id = t.sender_id OFFSET 0) s ON TRUE
+            ) rs
+            LEFT JOIN LATERAL (
+                SELECT m.id, m.recipient_id, ru.username AS rname, su.username AS sname, m.created_at, m.body
+                FROM chatcore_messages m
+                JOIN chatcore_users su ON su.id = m.sender_id
+                JOIN chatcore_users ru ON ru.id = m.recipient_id
+                WHERE m.sender_id = rs.sender_id AND m.idempotency_key_hash = rs.khash
+            ) e ON rs.khash IS NOT NULL AND rs.rid IS NOT NULL AND rs.sname IS NOT NULL AND NOT rs.sremoved
+            CROSS JOIN LATERAL (SELECT CASE
+                WHEN rs.rid IS NULL OR rs.sname IS NULL THEN 'missing'
+                WHEN rs.sremoved THEN 'removed'
+                WHEN e.id IS NOT NULL THEN 'replay'
+                WHEN rs.rid <> rs.sender_id AND (
+                    EXISTS (SELECT 1 FROM chatcore_blocks b
+                        WHERE b.blocker_id = rs.sender_id AND b.blocked_id = rs.rid OFFSET 0)
+                    OR EXISTS (SELECT 1 FROM chatcore_blocks b
+                        WHERE b.blocker_id = rs.rid AND b.blocked_id = rs.sender_id OFFSET 0))
+                    THEN 'blocked'
+                ELSE 'send' END AS outcome) d
+        $fn$",
+        // Every send updates 4 counter rows and 2 inbox rows (and the sequence row once per
+        // batch). Filled to the brim, a page has no room for the new row versions: each
+        // update then prunes the whole page again to find a few bytes. Half-full counter
+        // pages (their rows are small and few: a row per user and per conversation) and
+        // inbox pages 70% full leave room for many versions between prunes. Pages written
+        // from now on; existing ones keep their fill until rewritten (VACUUM FULL, if wanted).
+        "ALTER TABLE chatcore_counts SET (fillfactor = 50)",
+        "ALTER TABLE chatcore_inbox SET (fillfactor = 70)",
+    ],
 }];
 
 /// The newest version this code knows.
@@ -1482,6 +1548,72 @@ mod tests {
                 ("chatcore_change_message".to_owned(), generic.clone()),
                 ("chatcore_insert_messages".to_owned(), generic.clone()),
                 ("chatcore_mark_read".to_owned(), generic)
+            ]
+        );
+        store.close().await.unwrap();
+    }
+
+    /// A send's recipient and sender are found by index probes in the batch statement's
+    /// generic plan (migration 9): with a few hundred users, migration 8's form hashed the
+    /// whole `chatcore_users` table, twice per batch. Also the fill factors that leave room
+    /// for the counters' and inbox rows' updates.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn send_outcomes_probe_users_by_index() {
+        let database = TestDatabase::create("chatcore_pg_test_").await.unwrap();
+        let store = database.store(PostgresConfig::default()).await.unwrap();
+        let mut conn = database.options().unwrap().connect().await.unwrap();
+        sqlx::query(
+            "INSERT INTO chatcore_users (username, username_key) \
+             SELECT 'user' || i, 'user' || i FROM generate_series(1, 500) i",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        for statement in [
+            "ANALYZE chatcore_users",
+            "SET plan_cache_mode = force_generic_plan",
+            "PREPARE outcomes (BIGINT[], TEXT[], TEXT[], BYTEA[]) AS \
+             SELECT * FROM chatcore_send_outcomes($1, $2, $3, $4)",
+        ] {
+            sqlx::raw_sql(statement).execute(&mut conn).await.unwrap();
+        }
+        let plan: Vec<String> = sqlx::query_scalar("EXPLAIN EXECUTE outcomes (NULL, NULL, NULL, NULL)")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+        let users: Vec<&String> = plan
+            .iter()
+            .filter(|line| line.contains("on chatcore_users"))
+            .collect();
+        assert!(
+            users
+                .iter()
+                .all(|line| line.contains("Index Scan using chatcore_users_")),
+            "every lookup of chatcore_users should be an index probe: {plan:#?}"
+        );
+        assert_eq!(
+            users.len(),
+            4,
+            "recipient, sender, and both names of a replay: {plan:#?}"
+        );
+        let options: Vec<(String, Option<Vec<String>>)> = sqlx::query_as(
+            "SELECT relname::TEXT, reloptions FROM pg_class \
+             WHERE relname IN ('chatcore_counts', 'chatcore_inbox') ORDER BY relname",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+        assert_eq!(
+            options,
+            [
+                (
+                    "chatcore_counts".to_owned(),
+                    Some(vec!["fillfactor=50".to_owned()])
+                ),
+                (
+                    "chatcore_inbox".to_owned(),
+                    Some(vec!["fillfactor=70".to_owned()])
+                )
             ]
         );
         store.close().await.unwrap();
