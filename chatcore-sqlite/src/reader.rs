@@ -505,23 +505,47 @@ impl ReadCtx {
             let unread_total = count(conn, sql::USER_UNREAD_TOTAL, &[user.0])?;
             let before = request.before.map_or(i64::MAX, |id| id.0);
             let listed = conversations_between(conn, &activity, user, 0, before, request.limit as usize)?;
-            let mut stmt = conn.prepare_cached(sql::INBOX_ROW).map_err(error::map)?;
-            let conversations = listed
-                .iter()
-                .map(|(conversation, peer)| {
-                    stmt.query_row([user.0, *peer, conversation.last_id], |row| {
-                        let message = message_at(row, 4)?;
-                        Ok(InboxConversation {
-                            peer: stored_username(row, 0)?,
-                            last_message: message,
-                            unread: row.get::<_, i64>(1)?.max(0) as u64,
-                            read_up_to: row.get::<_, Option<i64>>(2)?.map(MessageId),
-                            peer_read_up_to: row.get::<_, Option<i64>>(3)?.map(MessageId),
-                        })
+            if listed.is_empty() {
+                return Ok(InboxPage {
+                    conversations: Vec::new(),
+                    unread_total,
+                });
+            }
+            let mut ids = String::with_capacity(2 + listed.len() * 12);
+            for (i, (conversation, _)) in listed.iter().enumerate() {
+                ids.push(if i == 0 { '[' } else { ',' });
+                ids.push_str(&conversation.last_id.to_string());
+            }
+            ids.push(']');
+            let mut stmt = conn.prepare_cached(sql::INBOX_ROWS).map_err(error::map)?;
+            let rows = stmt
+                .query_map(rusqlite::params![user.0, ids], |row| {
+                    let message = message_at(row, 4)?;
+                    Ok(InboxConversation {
+                        peer: stored_username(row, 0)?,
+                        last_message: message,
+                        unread: row.get::<_, i64>(1)?.max(0) as u64,
+                        read_up_to: row.get::<_, Option<i64>>(2)?.map(MessageId),
+                        peer_read_up_to: row.get::<_, Option<i64>>(3)?.map(MessageId),
                     })
-                    .map_err(row_error)
                 })
-                .collect::<Result<_>>()?;
+                .map_err(error::map)?;
+            let mut conversations: Vec<InboxConversation> =
+                rows.map(|r| r.map_err(row_error)).collect::<Result<_>>()?;
+            if conversations.len() != listed.len() {
+                return Err(Error::Corrupt {
+                    message: format!(
+                        "user {}'s conversations name {} newest messages, of which {} exist",
+                        user.0,
+                        listed.len(),
+                        conversations.len()
+                    ),
+                    source: None,
+                });
+            }
+            // Newest activity first, as listed (the rows come in the list's order; this does
+            // not depend on it).
+            conversations.sort_unstable_by_key(|c| Reverse(c.last_message.id));
             Ok(InboxPage {
                 conversations,
                 unread_total,

@@ -224,25 +224,30 @@ pub(crate) const MESSAGE_BY_ID: &str = concat!(
 /// A user's unread total over all their conversations (a counter, never a sum).
 pub(crate) const USER_UNREAD_TOTAL: &str = "SELECT unread_total FROM chatcore_user_counts WHERE user_id = ?1";
 
-/// One conversation of `?1`'s inbox page: the peer `?2`, its newest message `?3` (from the
-/// activity order). Columns: the peer's name, unread, the user's marker, the peer's marker
-/// (the user's own for notes to self), then the newest message as `reader::message_from_row`
-/// reads it from column 4. Unread is the peer's messages up to the newest (its `sender_seq`,
-/// or the other side of its `seq`) less those the user's marker covers; never any in a note
-/// to self.
-pub(crate) const INBOX_ROW: &str = "SELECT p.username,
-         CASE WHEN ?2 = ?1 THEN 0
-              ELSE CASE WHEN m.sender_id = ?2 THEN m.sender_seq ELSE m.seq - m.sender_seq END
+/// The conversations of `?1`'s inbox page, one per newest message id in the JSON array `?2`
+/// (from the activity order; the peer is the message's other side). Columns: the peer's name,
+/// unread, the user's marker, the peer's marker (the user's own for notes to self), then the
+/// newest message as `reader::message_from_row` reads it from column 4 (its sender and
+/// recipient are the peer and the user, so their names come from two rows read once per
+/// conversation). Unread is the peer's messages up to the newest (its `sender_seq`, or the
+/// other side of its `seq`) less those the user's marker covers; never any in a note to self.
+/// One statement for the page: a statement per conversation cost about 4 µs each.
+pub(crate) const INBOX_ROWS: &str = "SELECT p.username,
+         CASE WHEN p.id = ?1 THEN 0
+              ELSE CASE WHEN m.sender_id = p.id THEN m.sender_seq ELSE m.seq - m.sender_seq END
                    - coalesce(mine.peer_seen, 0) END,
          mine.up_to, theirs.up_to,
-         m.id, s.username, r.username, m.created_at, m.body, m.edited_at, m.deleted
-     FROM chatcore_messages AS m
-     CROSS JOIN chatcore_users AS p ON p.id = ?2
-     LEFT JOIN chatcore_read_markers AS mine ON mine.user_id = ?1 AND mine.peer_id = ?2
-     LEFT JOIN chatcore_read_markers AS theirs ON theirs.user_id = ?2 AND theirs.peer_id = ?1
-     CROSS JOIN chatcore_users AS s ON s.id = m.sender_id
-     CROSS JOIN chatcore_users AS r ON r.id = m.recipient_id
-     WHERE m.id = ?3";
+         m.id,
+         CASE WHEN m.sender_id = p.id THEN p.username ELSE u.username END,
+         CASE WHEN m.recipient_id = p.id THEN p.username ELSE u.username END,
+         m.created_at, m.body, m.edited_at, m.deleted
+     FROM json_each(?2) AS j
+     CROSS JOIN chatcore_messages AS m ON m.id = j.value
+     CROSS JOIN chatcore_users AS p
+         ON p.id = CASE WHEN m.sender_id = ?1 THEN m.recipient_id ELSE m.sender_id END
+     CROSS JOIN chatcore_users AS u ON u.id = ?1
+     LEFT JOIN chatcore_read_markers AS mine ON mine.user_id = ?1 AND mine.peer_id = p.id
+     LEFT JOIN chatcore_read_markers AS theirs ON theirs.user_id = p.id AND theirs.peer_id = ?1";
 
 /// `?1`'s read events as the reader after position `?2`, oldest first, at most `?3`: position,
 /// reader's name, peer's name, up_to.
@@ -429,8 +434,11 @@ mod query_plans {
         let details = plan(conn, sql);
         for detail in &details {
             // The one row of a SELECT without FROM (around scalar subqueries) is no table.
+            // A scan of a virtual table is a scan of the list passed in (`json_each`).
             assert!(
-                !detail.starts_with("SCAN") || detail == "SCAN CONSTANT ROW",
+                !detail.starts_with("SCAN")
+                    || detail == "SCAN CONSTANT ROW"
+                    || detail.contains("VIRTUAL TABLE"),
                 "a scan in {details:?} for {sql}"
             );
             assert!(!detail.contains("TEMP B-TREE"), "a sort in {details:?} for {sql}");
@@ -562,14 +570,14 @@ mod query_plans {
         );
         assert_plan(
             conn,
-            INBOX_ROW,
+            INBOX_ROWS,
             &[
+                "SCAN j VIRTUAL TABLE",
                 &format!("SEARCH m {BY_ROWID}"),
                 &format!("SEARCH p {BY_ROWID}"),
+                &format!("SEARCH u {BY_ROWID}"),
                 "SEARCH mine USING PRIMARY KEY (user_id=? AND peer_id=?)",
                 "SEARCH theirs USING PRIMARY KEY (user_id=? AND peer_id=?)",
-                &format!("SEARCH s {BY_ROWID}"),
-                &format!("SEARCH r {BY_ROWID}"),
             ],
         );
         assert_plan(
