@@ -7,9 +7,10 @@
 # Runs the server under `valgrind --tool=callgrind` twice on a fresh SQLite database: once driven
 # by `chat-loadgen --count SENDS`, once by `--count 1`, and prints (Ir(SENDS) - Ir(1)) / (SENDS - 1):
 # start-up, sign-ups, sockets and shutdown cancel out. With KEEP=DIR, both callgrind files are kept
-# there (DIR/SENDS.out, DIR/1.out) for a per-function difference with callgrind_annotate. With --webhook-url among the flags, each run
-# waits until every message was delivered (chatcore_webhook_lag_seconds_count) before stopping the
-# server, so the deliveries' work is counted too (start the receiver yourself, e.g. hook_sink).
+# there (DIR/SENDS.out, DIR/1.out) for a per-function difference with callgrind_annotate.
+# With --webhook-url among the flags, each run waits until every message was delivered
+# (chatcore_webhook_lag_seconds_count) before stopping the server, so the deliveries' work is
+# counted too (start the receiver yourself, e.g. hook_sink).
 set -euo pipefail
 bin=$1 sends=$2
 shift 2
