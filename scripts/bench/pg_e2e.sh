@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# End to end on PostgreSQL alone: one or two release chat-server nodes on a fresh database (the
+# LISTEN/NOTIFY notifier, the default with a PostgreSQL database), the load generator's sockets
+# on the last node and its sends to the first, open loop.
+#
+#   scripts/bench/pg_e2e.sh BIN_DIR NODES [extra chat-loadgen flags...]
+#
+# Defaults: 500 users, 1,000 sockets, 16 senders, 1,000 sends/s for 10 s (override with the
+# flags). Needs the machine's PostgreSQL (CHATCORE_POSTGRES_URL, default
+# postgres://postgres@127.0.0.1:5432). Prints send and notification latency, the server's CPU per
+# send and the store's batches from /metrics; the JSON report goes to $OUT (default /tmp/pg-e2e),
+# the first node's /metrics text to $METRICS_OUT when set.
+set -euo pipefail
+bin=$1 nodes=$2
+shift 2
+base=${CHATCORE_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432}
+out=${OUT:-/tmp/pg-e2e}
+mkdir -p "$out"
+db="chat_pg_e2e_$$"
+psql "$base/postgres" -qc "CREATE DATABASE $db"
+# The new database's pages go through the WAL; a checkpoint now keeps that flush out of the run.
+psql "$base/postgres" -qc "CHECKPOINT"
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  psql "$base/postgres" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" || true
+}
+trap cleanup EXIT
+ports=()
+for n in $(seq "$nodes"); do
+  port=$((8300 + n))
+  "$bin/chat-server" --send-rate-per-sec 0 --send-burst 0 --logins-per-minute 0 --registrations-per-hour 0 \
+    --max-connections-per-address 100000 --log warn --listen "127.0.0.1:$port" --database "$base/$db" &
+  pids+=($!)
+  ports+=("$port")
+  for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:$port/healthz" && break; sleep 0.1; done
+done
+first=${ports[0]} last=${ports[-1]}
+report="$out/$nodes-node-$(date +%H%M%S).json"
+"$bin/chat-loadgen" --url "http://127.0.0.1:$first" --ws-base-url "http://127.0.0.1:$last" \
+  --users 500 --connections 1000 --senders 16 --rate 1000 --duration 10 --server-pid "${pids[0]}" \
+  -q --json-out "$report" "$@" >/dev/null
+metrics=$(curl -fs "http://127.0.0.1:$first/metrics")
+if [ -n "${METRICS_OUT:-}" ]; then printf "%s\n" "$metrics" > "$METRICS_OUT"; fi
+python3 - "$report" "$metrics" <<'EOF'
+import json, re, sys
+r, metrics = json.load(open(sys.argv[1])), sys.argv[2]
+s, n = r["send"], r["notifications"]
+def metric(name):
+    m = re.search(rf"^{name}\{{[^}}]*\}} (\S+)$", metrics, re.M)
+    return float(m.group(1)) if m else 0.0
+batches = metric("chatcore_store_commit_batch_size_count")
+per = (s.get("server_cpu_secs") or 0) * 1e6 / max(s.get("sent") or 1, 1)
+print(f"{s['sends_per_sec']:.0f} sends/s, send p50 {s['send_latency']['p50_ms']:.2f} p99 {s['send_latency']['p99_ms']:.2f} ms, "
+      f"notification p50 {n['latency']['p50_ms']:.2f} p99 {n['latency']['p99_ms']:.2f} ms, lost {n['lost']} dup {n['duplicated']}, "
+      f"first node {per:.0f} us CPU per send, {batches:.0f} batches of "
+      f"{metric('chatcore_store_commit_batch_size_sum') / max(batches, 1):.1f} sends, "
+      f"{1000 * metric('chatcore_store_commit_seconds_sum') / max(batches, 1):.2f} ms each")
+EOF
