@@ -54,7 +54,10 @@ pub struct ServeConfig {
     /// Largest request head (request line and headers) in bytes; a larger one is answered 431
     /// (414 when the request line alone is too long). At least 8,192. Default 16 KiB.
     pub max_header_bytes: usize,
-    /// Most headers in one request; more are answered 431. Default 64.
+    /// Most headers in one request; more are answered 431. Default 64. Up to 100 (hyper's
+    /// own limit) they are counted as hyper keeps them, after it folds repeated equal
+    /// `Content-Length` lines into one, and trailers of a chunked body are held to hyper's
+    /// 100; a value above 100 is given to hyper, which then holds every line and trailer to it.
     pub max_headers: usize,
     /// Most open connections (WebSockets included). A connection past it is accepted and
     /// closed at once, counted and logged, so the ones being served keep working. It is
