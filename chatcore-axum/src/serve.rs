@@ -772,6 +772,10 @@ impl AsyncWrite for EdgeStream {
     }
 }
 
+/// The 431's message, whether hyper or [`too_many_headers_answer`] refuses the head.
+const HEAD_TOO_LARGE: &str =
+    "the request head (request line and headers) is too large, or has too many headers";
+
 /// The most headers hyper parses when no limit is set.
 const HYPER_MAX_HEADERS: usize = 100;
 
@@ -779,8 +783,7 @@ const HYPER_MAX_HEADERS: usize = 100;
 /// own limit, past which hyper refuses it: see [`json_for_hyper_error`]): the same 431, and
 /// the connection closes as it does for hyper's.
 fn too_many_headers_answer() -> http::Response<Body> {
-    let body =
-        r#"{"error":"the request head (request line and headers) is too large, or has too many headers"}"#;
+    let body = format!(r#"{{"error":"{HEAD_TOO_LARGE}"}}"#);
     let mut response = http::Response::new(Body::from(body));
     *response.status_mut() = http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
     let headers = response.headers_mut();
@@ -808,7 +811,7 @@ fn json_for_hyper_error(head: &[u8]) -> Option<Vec<u8>> {
             b"HTTP/1.1 431 ",
             431,
             "Request Header Fields Too Large",
-            "the request head (request line and headers) is too large, or has too many headers",
+            HEAD_TOO_LARGE,
         ),
     ];
     if head.len() < 13 || !head.starts_with(b"HTTP/1.1 4") || !head.ends_with(b"\r\n\r\n") {

@@ -139,6 +139,18 @@ pub(crate) struct Move {
     pub(crate) to: i64,
 }
 
+impl Move {
+    /// The moves of conversation `low`-`high` from `from` to `to` in its participants'
+    /// orders: two, or one for a note to self.
+    pub(crate) fn sides(low: i64, high: i64, from: i64, to: i64) -> impl Iterator<Item = Move> {
+        let sides = if low == high { 1 } else { 2 };
+        [(low, high), (high, low)]
+            .into_iter()
+            .take(sides)
+            .map(move |(user, peer)| Move { user, peer, from, to })
+    }
+}
+
 /// A conversation as one participant sees it: the peer and the newest message id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Entry {
@@ -196,14 +208,11 @@ impl Activity {
             let mut rows = stmt.query([])?;
             while let Some(row) = rows.next()? {
                 let (low, high, last_id): (i64, i64, i64) = (row.get(0)?, row.get(1)?, row.get(2)?);
-                for (user, peer) in [(low, high), (high, low)] {
-                    built[user.rem_euclid(SHARDS as i64) as usize]
-                        .entry(user)
+                for side in Move::sides(low, high, 0, last_id) {
+                    built[side.user.rem_euclid(SHARDS as i64) as usize]
+                        .entry(side.user)
                         .or_default()
-                        .insert(last_id, peer);
-                    if low == high {
-                        break;
-                    }
+                        .insert(side.to, side.peer);
                 }
             }
         }

@@ -3,6 +3,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
+use std::fmt::Write as _;
 use std::sync::Arc;
 
 use chatcore::store::{
@@ -16,7 +17,7 @@ use chrono::{DateTime, Utc};
 use crossbeam_channel::Receiver;
 use rusqlite::{Connection, OptionalExtension, Row};
 
-use crate::activity::Activity;
+use crate::activity::{Activity, Entry};
 use crate::chain::{self, Conversation};
 use crate::{error, sql};
 
@@ -179,9 +180,14 @@ impl ReadCtx {
     }
 
     /// Runs `f` in one read transaction, so every statement of a job sees one snapshot.
-    fn snapshot<T>(&mut self, f: impl FnOnce(&Connection, &mut NameCache) -> Result<T>) -> Result<T> {
+    /// Runs `f` in one read transaction, with this thread's name cache and the activity
+    /// order (to be read only after a statement has opened the snapshot: `activity.rs`).
+    fn snapshot<T>(
+        &mut self,
+        f: impl FnOnce(&Connection, &mut NameCache, &Activity) -> Result<T>,
+    ) -> Result<T> {
         let tx = self.conn.transaction().map_err(error::map)?;
-        let out = f(&tx, &mut self.names)?;
+        let out = f(&tx, &mut self.names, &self.activity)?;
         tx.commit().map_err(error::map)?;
         Ok(out)
     }
@@ -262,7 +268,7 @@ impl ReadCtx {
     /// `Store::conversation_peers`: a primary-key lookup of each listed conversation's
     /// counter row, in one snapshot.
     pub(crate) fn conversation_peers(&mut self, user: UserId, among: &[UserId]) -> Result<Vec<UserId>> {
-        self.snapshot(|conn, _| {
+        self.snapshot(|conn, _, _| {
             let mut stmt = conn
                 .prepare_cached(sql::CONVERSATION_EXISTS)
                 .map_err(error::map)?;
@@ -327,7 +333,7 @@ impl ReadCtx {
         other: &Username,
         page: &PageRequest,
     ) -> Result<MessagePage> {
-        self.snapshot(|conn, names| {
+        self.snapshot(|conn, names, _| {
             let other = Self::resolve(conn, names, other)?
                 .ok_or(Error::NotFound(Entity::User))?
                 .id;
@@ -370,8 +376,7 @@ impl ReadCtx {
     /// conversations active most recently. The work grows with the user's number of
     /// conversations (one small row each), never with the table.
     pub(crate) fn user_messages(&mut self, user: UserId, page: &PageRequest) -> Result<MessagePage> {
-        let activity = Arc::clone(&self.activity);
-        self.snapshot(|conn, _| {
+        self.snapshot(|conn, _, activity| {
             let total = count(conn, sql::USER_COUNT, &[user.0])?;
             if page.limit == 0 || u64::from(page.offset) >= total {
                 return Ok(MessagePage {
@@ -381,7 +386,7 @@ impl ReadCtx {
             }
             let before = before_bound(page);
             let want = page.offset as usize + page.limit as usize;
-            let conversations = conversations_between(conn, &activity, user, 0, i64::MAX, usize::MAX)?;
+            let conversations = conversations_between(conn, activity, user, 0, i64::MAX, usize::MAX)?;
             // The `want` largest ids seen so far (a min-heap: its top is the smallest kept).
             let mut kept: BinaryHeap<Reverse<i64>> = BinaryHeap::with_capacity(want.min(1024) + 1);
             for (conversation, _) in &conversations {
@@ -407,8 +412,7 @@ impl ReadCtx {
         after: MessageId,
         limit: u32,
     ) -> Result<Vec<Message>> {
-        let activity = Arc::clone(&self.activity);
-        self.snapshot(|conn, _| messages_after(conn, &activity, user, after, limit))
+        self.snapshot(|conn, _, activity| messages_after(conn, activity, user, after, limit))
     }
 
     /// The first `limit` of `user`'s events after `after`, oldest first: their first `limit`
@@ -420,12 +424,11 @@ impl ReadCtx {
         after: Position,
         limit: u32,
     ) -> Result<Vec<StoredEvent>> {
-        let activity = Arc::clone(&self.activity);
-        self.snapshot(|conn, _| {
+        self.snapshot(|conn, _, activity| {
             if limit == 0 {
                 return Ok(Vec::new());
             }
-            let messages = messages_after(conn, &activity, user, MessageId(after.0), limit)?;
+            let messages = messages_after(conn, activity, user, MessageId(after.0), limit)?;
             let mut events: Vec<StoredEvent> = messages.into_iter().map(StoredEvent::Message).collect();
             type FromRow = fn(&Row<'_>) -> rusqlite::Result<StoredEvent>;
             let ranges: [(&str, FromRow); 4] = [
@@ -454,7 +457,7 @@ impl ReadCtx {
     /// transaction. The writer commits one position after another, so a snapshot never
     /// holds a position without every smaller one.
     pub(crate) fn feed_after(&mut self, after: Position, limit: u32) -> Result<Vec<StoredEvent>> {
-        self.snapshot(|conn, _| {
+        self.snapshot(|conn, _, _| {
             if limit == 0 {
                 return Ok(Vec::new());
             }
@@ -500,11 +503,10 @@ impl ReadCtx {
     /// the limit), one row of each conversation's newest message and markers, and their
     /// unread counter, from one snapshot.
     pub(crate) fn inbox(&mut self, user: UserId, request: &InboxRequest) -> Result<InboxPage> {
-        let activity = Arc::clone(&self.activity);
-        self.snapshot(|conn, _| {
+        self.snapshot(|conn, _, activity| {
             let unread_total = count(conn, sql::USER_UNREAD_TOTAL, &[user.0])?;
             let before = request.before.map_or(i64::MAX, |id| id.0);
-            let listed = conversations_between(conn, &activity, user, 0, before, request.limit as usize)?;
+            let listed = conversations_between(conn, activity, user, 0, before, request.limit as usize)?;
             if listed.is_empty() {
                 return Ok(InboxPage {
                     conversations: Vec::new(),
@@ -514,7 +516,8 @@ impl ReadCtx {
             let mut ids = String::with_capacity(2 + listed.len() * 12);
             for (i, (conversation, _)) in listed.iter().enumerate() {
                 ids.push(if i == 0 { '[' } else { ',' });
-                ids.push_str(&conversation.last_id.to_string());
+                // Writing to a `String` cannot fail.
+                let _ = write!(ids, "{}", conversation.last_id);
             }
             ids.push(']');
             let mut stmt = conn.prepare_cached(sql::INBOX_ROWS).map_err(error::map)?;
@@ -611,30 +614,28 @@ fn conversations_between(
         .and_then(|mut stmt| stmt.query_row([], |row| row.get(0)))
         .map_err(error::map)?;
     let view = activity.view(user.0, newest, above, below, limit);
-    let conversation = |peer: i64, last_id: i64| {
-        let key = ConversationKey::new(user, UserId(peer));
+    let conversation = |entry: &Entry| {
+        let key = ConversationKey::new(user, UserId(entry.peer));
+        let (low, high) = (key.low().0, key.high().0);
         (
             Conversation {
-                low: key.low().0,
-                high: key.high().0,
-                last_id,
+                low,
+                high,
+                last_id: entry.last_id,
             },
-            peer,
+            entry.peer,
         )
     };
-    let mut found: Vec<(Conversation, i64)> = view
-        .settled
-        .iter()
-        .map(|entry| conversation(entry.peer, entry.last_id))
-        .collect();
-    if !view.ahead.is_empty() {
-        for entry in &view.ahead {
-            let (low, high) = (user.0.min(entry.peer), user.0.max(entry.peer));
-            let (count, last_id) = chain::tail(conn, low, high).map_err(error::map)?;
-            if count > 0 && last_id > above && last_id < below {
-                found.push(conversation(entry.peer, last_id));
-            }
+    let mut found: Vec<(Conversation, i64)> = view.settled.iter().map(conversation).collect();
+    for entry in &view.ahead {
+        let (mut ahead, peer) = conversation(entry);
+        let (count, last_id) = chain::tail(conn, ahead.low, ahead.high).map_err(error::map)?;
+        ahead.last_id = last_id;
+        if count > 0 && last_id > above && last_id < below {
+            found.push((ahead, peer));
         }
+    }
+    if !view.ahead.is_empty() {
         found.sort_unstable_by_key(|(c, _)| Reverse(c.last_id));
         found.truncate(limit);
     }
@@ -719,20 +720,7 @@ mod tests {
         )
         .unwrap();
         let from_id = if count > 0 { stored } else { 0 };
-        let mut moves = vec![Move {
-            user: low,
-            peer: high,
-            from: from_id,
-            to: id,
-        }];
-        if low != high {
-            moves.push(Move {
-                user: high,
-                peer: low,
-                from: from_id,
-                to: id,
-            });
-        }
+        let moves: Vec<Move> = Move::sides(low, high, from_id, id).collect();
         activity.apply(&moves);
         moves
     }

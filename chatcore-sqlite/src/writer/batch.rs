@@ -169,20 +169,7 @@ impl Writer {
     /// (`activity.rs`). Kept in `moves` so that a batch that fails is taken back.
     fn move_activity(&mut self, low: i64, high: i64, from: i64, to: i64) {
         let start = self.moves.len();
-        self.moves.push(Move {
-            user: low,
-            peer: high,
-            from,
-            to,
-        });
-        if low != high {
-            self.moves.push(Move {
-                user: high,
-                peer: low,
-                from,
-                to,
-            });
-        }
+        self.moves.extend(Move::sides(low, high, from, to));
         self.ctx.activity().apply(&self.moves[start..]);
     }
 
