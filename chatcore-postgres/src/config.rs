@@ -16,9 +16,12 @@ use std::time::Duration;
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PostgresConfig {
-    /// Most connections the pool opens (readers and writers together); at least 1. Default 16.
+    /// Most connections the readers' pool opens (every call but `insert_message`); at least 1.
+    /// Default 16. The batch writers hold [`PostgresConfig::writers`] more, of their own, so
+    /// the store opens at most `max_connections + writers` connections.
     pub max_connections: u32,
-    /// Connections the pool keeps open even when idle; at most `max_connections`. Default 0.
+    /// Connections the readers' pool keeps open even when idle; at most `max_connections`.
+    /// Default 0.
     pub min_connections: u32,
     /// How long a call waits for a connection (including connecting to a server that is
     /// down) before it fails with [`chatcore::Error::Unavailable`]; not zero. Default 5 s.

@@ -84,7 +84,10 @@
 //! progress is stored at once by its caller (a batch of one: no hand-over, no wait for a batch
 //! to fill); the others are queued to [`PostgresConfig::writers`] writer tasks that store up
 //! to [`PostgresConfig::max_batch`] pending messages per transaction (group commit): everything
-//! queued while a batch commits goes into the next. Timestamps are read under the lock, so
+//! queued while a batch commits goes into the next. Batches run on connections of their own
+//! ([`PostgresConfig::writers`] of them, apart from the readers' pool of
+//! [`PostgresConfig::max_connections`]): each has the batch function compiled and planned
+//! after its first batch, and no burst of reads makes a send wait for a checkout. Timestamps are read under the lock, so
 //! they follow id order too.
 //!
 //! Each participant's previous position ([`chatcore::Inserted::sender_previous`]) comes
@@ -163,6 +166,8 @@ const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    /// The batch writers' connections ([`PostgresConfig::writers`] of them).
+    writer_pool: PgPool,
     writer: writer::Writers,
     config: PostgresConfig,
     lifecycle: Arc<Lifecycle>,
@@ -189,6 +194,33 @@ impl std::fmt::Display for Closed {
 
 impl std::error::Error for Closed {}
 
+/// The settings both of a store's pools share: at most `max` connections, the timeouts of
+/// `config`, a ping only before reusing a connection idle for [`PING_IF_IDLE_FOR`].
+fn pool_options(max: u32, config: &PostgresConfig) -> PgPoolOptions {
+    ping_if_idle(
+        PgPoolOptions::new()
+            .max_connections(max)
+            .acquire_timeout(config.acquire_timeout)
+            .idle_timeout(config.idle_timeout)
+            .max_lifetime(config.max_lifetime),
+    )
+}
+
+/// Pings a pooled connection before handing it out only when it lay idle for
+/// [`PING_IF_IDLE_FOR`] or more. sqlx's default pings on every checkout, a second round trip
+/// for every statement; a connection used more recently is trusted (the pool also checks
+/// connections handed back to it).
+pub(crate) fn ping_if_idle(options: PgPoolOptions) -> PgPoolOptions {
+    options.test_before_acquire(false).before_acquire(|conn, meta| {
+        Box::pin(async move {
+            if meta.idle_for >= PING_IF_IDLE_FOR {
+                conn.ping().await?;
+            }
+            Ok(true)
+        })
+    })
+}
+
 /// Parses a `postgres://` (or `postgresql://`) URL; anything else is [`Error::Invalid`].
 pub(crate) fn parse_url(url: &str) -> Result<PgConnectOptions> {
     if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
@@ -202,7 +234,7 @@ pub(crate) fn parse_url(url: &str) -> Result<PgConnectOptions> {
 }
 
 impl PostgresStore {
-    /// Opens a pool to `url` (`postgres://user:password@host:port/database`) and checks that
+    /// Opens the store's pools to `url` (`postgres://user:password@host:port/database`) and checks that
     /// the server answers. The database must exist; call [`Backend::migrate`] before use.
     ///
     /// A malformed URL or a [`PostgresConfig`] that makes no sense is [`Error::Invalid`]; a
@@ -224,26 +256,18 @@ impl PostgresStore {
         let options = options
             .options([("statement_timeout", statement_ms.as_str()), ("TimeZone", "UTC")])
             .log_statements(tracing::log::LevelFilter::Trace);
-        let pool = PgPoolOptions::new()
-            .max_connections(config.max_connections)
+        let pool = pool_options(config.max_connections, &config)
             .min_connections(config.min_connections)
-            .acquire_timeout(config.acquire_timeout)
-            .idle_timeout(config.idle_timeout)
-            .max_lifetime(config.max_lifetime)
-            // Pinging on every checkout would add a round trip to every read and batch; only
-            // a connection idle long enough for the server to have gone away is pinged.
-            .test_before_acquire(false)
-            .before_acquire(|conn, meta| {
-                Box::pin(async move {
-                    if meta.idle_for >= PING_IF_IDLE_FOR {
-                        conn.ping().await?;
-                    }
-                    Ok(true)
-                })
-            })
+            .connect_lazy_with(options.clone());
+        // The batch writers' own connections, apart from the readers': every batch then runs
+        // on a backend that has compiled and planned the batch function already (a pooled
+        // connection's first batch costs milliseconds of planning while the sequence lock
+        // and the writer wait), and a burst of reads never holds a send up on a checkout.
+        let writers = pool_options(u32::try_from(config.writers).unwrap_or(u32::MAX), &config)
             .connect_lazy_with(options);
-        let writer = writer::Writers::spawn(pool.clone(), &config);
+        let writer = writer::Writers::spawn(writers.clone(), &config);
         Ok(Self {
+            writer_pool: writers,
             pool,
             writer,
             config,
@@ -267,7 +291,8 @@ impl PostgresStore {
         schema::latest_version() as u32
     }
 
-    /// The pool, for hosts that want to share it or inspect it.
+    /// The readers' pool (every call but `insert_message`, whose batch writers have
+    /// connections of their own), for hosts that want to share it or inspect it.
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
@@ -300,6 +325,7 @@ impl Backend for PostgresStore {
         self.lifecycle.closed.store(true, Ordering::Release);
         // Waits for every send in flight to be answered; sends made from now on see `closed`.
         let _no_sends = self.lifecycle.sends.write().await;
+        self.writer_pool.close().await;
         self.pool.close().await;
         Ok(())
     }

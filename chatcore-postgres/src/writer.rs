@@ -378,3 +378,51 @@ impl Writer {
 pub(crate) fn key_hash(key: &str) -> [u8; 32] {
     Sha256::digest(key.as_bytes()).into()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use chatcore::{NewMessage, Store, Username};
+
+    use crate::PostgresConfig;
+    use crate::testing::TestDatabase;
+
+    fn name(s: &str) -> Username {
+        Username::parse(s).unwrap()
+    }
+
+    /// The batch writers have connections of their own: a send is stored while every
+    /// connection of the readers' pool is taken.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sends_do_not_wait_for_a_reader_connection() {
+        let database = TestDatabase::create("chatcore_pg_test_").await.unwrap();
+        let config = PostgresConfig {
+            max_connections: 1,
+            acquire_timeout: Duration::from_secs(60),
+            ..PostgresConfig::default()
+        };
+        let store = database.store(config).await.unwrap();
+        let alice = store.create_user(&name("alice")).await.unwrap();
+        store.create_user(&name("bob")).await.unwrap();
+
+        let held = store.pool().acquire().await.unwrap();
+        // The readers' pool is empty now: a read waits (for `acquire_timeout`).
+        let read = tokio::time::timeout(Duration::from_millis(300), store.find_user(&name("bob"))).await;
+        assert!(read.is_err(), "a reader connection was still free");
+        let send = store.insert_message(NewMessage {
+            sender: alice,
+            recipient: name("bob"),
+            body: "while the readers are busy".to_owned(),
+            idempotency_key: None,
+        });
+        let inserted = tokio::time::timeout(Duration::from_secs(20), send)
+            .await
+            .expect("the send waited for a reader connection")
+            .unwrap();
+        assert_eq!(inserted.message.body, "while the readers are busy");
+        drop(held);
+        let bob = store.find_user(&name("bob")).await.unwrap().unwrap();
+        assert_eq!(inserted.recipient_id, bob.id);
+    }
+}

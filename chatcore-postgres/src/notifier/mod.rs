@@ -182,7 +182,9 @@ impl PgNotifier {
     /// cannot be reached within [`PgNotifierConfig::connect_timeout`].
     pub async fn connect_with(options: PgConnectOptions, config: PgNotifierConfig) -> Result<Self> {
         config.validate()?;
-        let publisher = PgPoolOptions::new()
+        // A publish is one statement: no ping of a connection used within the last second
+        // (sqlx's default pings on every checkout, a round trip more per event).
+        let publisher = crate::ping_if_idle(PgPoolOptions::new())
             .max_connections(config.max_connections)
             .acquire_timeout(config.connect_timeout)
             // `NOTIFY` gives its transaction an id, so with the server's default each

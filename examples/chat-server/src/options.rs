@@ -435,7 +435,8 @@ pub struct ServerOptions {
     #[arg(long, global = true, env = "CHAT_STORAGE_TIMEOUT_SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     pub storage_timeout_secs: u64,
 
-    /// MySQL or PostgreSQL connection pool size.
+    /// MySQL or PostgreSQL connection pool size (on PostgreSQL the readers' pool: the batch
+    /// writer that stores sends holds one connection more, of its own).
     #[arg(long, global = true, env = "CHAT_DB_POOL_SIZE", default_value_t = 16)]
     pub db_pool_size: u32,
 
