@@ -354,6 +354,16 @@ impl PrivateServer {
             .await
     }
 
+    /// Stops the server as a crash would (immediate shutdown: every process quits at once,
+    /// WAL still in the server's buffers is lost, and the next start recovers from the WAL
+    /// on disk) and waits until it is down.
+    pub async fn crash(&self) -> Result<()> {
+        let data = self.data_dir();
+        let ctl = bin("pg_ctl").to_string_lossy().into_owned();
+        self.run(&ctl, &["-D", &data, "-m", "immediate", "-w", "stop"], true)
+            .await
+    }
+
     /// The port it listens on (127.0.0.1).
     pub fn port(&self) -> u16 {
         self.port

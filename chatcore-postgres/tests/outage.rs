@@ -153,3 +153,58 @@ async fn a_stopped_server_is_unavailable_in_time_and_everything_recovers() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// No send is answered before its commit is on disk: every acknowledged send survives a
+/// crash of the server. The WAL writer is made lazy (10 s), so that a send answered before
+/// its commit's flush (a commit without `synchronous_commit`, say) would still be in the
+/// server's buffers when it crashes, and be lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_sends_survive_a_server_crash() {
+    let server = PrivateServer::start().await.expect("a private PostgreSQL");
+    server.create_database("chat").await.unwrap();
+    let url = server.url("chat");
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+        .await
+        .unwrap();
+    sqlx::query("ALTER SYSTEM SET wal_writer_delay = '10s'")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    sqlx::query("SELECT pg_reload_conf()")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    drop(admin);
+    let config = PostgresConfig::default();
+    let store = PostgresStore::connect(&url, config.clone()).await.unwrap();
+    store.migrate().await.unwrap();
+    let alice = store.create_user(&name("alice")).await.unwrap();
+    store.create_user(&name("bob")).await.unwrap();
+
+    // Concurrent sends: a lone one stored by its caller, the others in batches.
+    let sends = (0..64).map(|i| {
+        store.insert_message(NewMessage {
+            sender: alice.clone(),
+            recipient: name("bob"),
+            body: format!("durable {i}"),
+            idempotency_key: None,
+        })
+    });
+    let acknowledged: Vec<i64> = futures_util::future::join_all(sends)
+        .await
+        .into_iter()
+        .map(|sent| sent.expect("a send").message.id.0)
+        .collect();
+    server.crash().await.unwrap();
+    drop(store);
+    server.start_again().await.unwrap();
+
+    let store = PostgresStore::connect(&url, config).await.unwrap();
+    let page = store
+        .conversation_page(alice.id, &name("bob"), &PageRequest::latest(100))
+        .await
+        .unwrap();
+    let stored: std::collections::HashSet<i64> = page.messages.iter().map(|m| m.id.0).collect();
+    let lost: Vec<&i64> = acknowledged.iter().filter(|id| !stored.contains(id)).collect();
+    assert!(lost.is_empty(), "acknowledged but gone after the crash: {lost:?}");
+}
