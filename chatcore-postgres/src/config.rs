@@ -17,8 +17,8 @@ use std::time::Duration;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PostgresConfig {
     /// Most connections the readers' pool opens (every call but `insert_message`); at least 1.
-    /// Default 16. The batch writers hold [`PostgresConfig::writers`] more, of their own, so
-    /// the store opens at most `max_connections + writers` connections.
+    /// Default 16. The batch writers have connections of their own, one per writer and a
+    /// spare, so the store opens at most `max_connections + writers + 1` connections.
     pub max_connections: u32,
     /// Connections the readers' pool keeps open even when idle; at most `max_connections`.
     /// Default 0.

@@ -58,7 +58,10 @@
 //!   every position comes from the sequence row locked until commit (below), so a statement's
 //!   snapshot that holds a position holds every smaller one.
 //! - the function `chatcore_insert_messages`: one batch of sends in one statement (with both
-//!   users' inbox rows and the recipient's unread total); `chatcore_mark_read`: one
+//!   users' inbox rows and the recipient's unread total); `chatcore_insert_messages_each`
+//!   (schema version 10): the same rows and writes in a few small statements per send, which
+//!   the store calls for a batch of one (a quarter fewer instructions than the set-wise
+//!   statement's plan start-up for one send); `chatcore_mark_read`: one
 //!   [`chatcore::Store::mark_read`] in one statement, under the same sequence lock;
 //!   `chatcore_change_message` and `chatcore_delete_sent`: edits and deletions;
 //!   `chatcore_set_block`: blocks. Their shared parts are functions of their own (schema
@@ -85,10 +88,10 @@
 //! to fill); the others are queued to [`PostgresConfig::writers`] writer tasks that store up
 //! to [`PostgresConfig::max_batch`] pending messages per transaction (group commit): everything
 //! queued while a batch commits goes into the next. Batches run on connections of their own
-//! ([`PostgresConfig::writers`] of them, apart from the readers' pool of
-//! [`PostgresConfig::max_connections`]): each has the batch function compiled and planned
-//! after its first batch, and no burst of reads makes a send wait for a checkout. Timestamps are read under the lock, so
-//! they follow id order too.
+//! ([`PostgresConfig::writers`] of them and a spare, apart from the readers' pool of
+//! [`PostgresConfig::max_connections`]): each has the batch functions compiled and planned
+//! after its first batches, and no burst of reads makes a send wait for a checkout.
+//! Timestamps are read under the lock, so they follow id order too.
 //!
 //! Each participant's previous position ([`chatcore::Inserted::sender_previous`]) comes
 //! from the same lock: every function that hands out positions moves the newest position of
@@ -166,7 +169,7 @@ const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
-    /// The batch writers' connections ([`PostgresConfig::writers`] of them).
+    /// The batch writers' connections ([`PostgresConfig::writers`] of them and one spare).
     writer_pool: PgPool,
     writer: writer::Writers,
     config: PostgresConfig,
@@ -260,11 +263,16 @@ impl PostgresStore {
             .min_connections(config.min_connections)
             .connect_lazy_with(options.clone());
         // The batch writers' own connections, apart from the readers': every batch then runs
-        // on a backend that has compiled and planned the batch function already (a pooled
+        // on a backend that has compiled and planned the batch functions already (a pooled
         // connection's first batch costs milliseconds of planning while the sequence lock
         // and the writer wait), and a burst of reads never holds a send up on a checkout.
-        let writers = pool_options(u32::try_from(config.writers).unwrap_or(u32::MAX), &config)
-            .connect_lazy_with(options);
+        // One more than the writers: sqlx hands a released connection back to its pool
+        // through a task of its own, which the next batch would otherwise wait for.
+        let writers = pool_options(
+            u32::try_from(config.writers.saturating_add(1)).unwrap_or(u32::MAX),
+            &config,
+        )
+        .connect_lazy_with(options);
         let writer = writer::Writers::spawn(writers.clone(), &config);
         Ok(Self {
             writer_pool: writers,

@@ -1408,6 +1408,169 @@ pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
         "ALTER TABLE chatcore_counts SET (fillfactor = 50)",
         "ALTER TABLE chatcore_inbox SET (fillfactor = 70)",
     ],
+}, Migration {
+    version: 10,
+    description: "a batch function for lone sends: a few small statements per send",
+    // Counted with callgrind (BENCHMARKS.md, "Issue 21, session 12",
+    // `scripts/bench/pg_batch_instructions.sh`): `chatcore_insert_messages` starts about 65
+    // plan nodes on every call, 40% of a lone send's 1.0 M instructions, built for sets of
+    // sends, while most batches at moderate load hold one. The store calls this function for
+    // a batch of one and `chatcore_insert_messages` for more (it costs less per send from two
+    // sends up). Same arguments, same rows returned, same rules and precedence as
+    // `chatcore_send_outcomes`, the same writes (a test runs both on the same batches and
+    // compares every row of every table).
+    steps: &[
+        // The lock (inline, as `chatcore_lock_positions`), then per send in the batch's
+        // order: one statement that finds both users, any block between them and both users'
+        // newest positions; the replay lookup when the send has a key; then for a stored
+        // message its row, the counters (the sequence row, the conversation's total, each
+        // participant's total and newest position, the recipient's unread total) in one
+        // upsert, and both inbox rows in one upsert. Each statement sees the batch's earlier
+        // sends (a function's statement takes its snapshot after the previous one's writes).
+        // A user's newest position before the batch is returned as a 'previous' row the
+        // first time the batch names them, as `chatcore_insert_messages` does.
+        "CREATE FUNCTION chatcore_insert_messages_each(
+            p_senders BIGINT[], p_recipient_keys TEXT[], p_bodies TEXT[], p_key_hashes BYTEA[])
+        RETURNS TABLE (
+            ord INT, outcome TEXT, message_id BIGINT, recipient_id BIGINT, recipient_name TEXT,
+            sender_name TEXT, created_at TIMESTAMPTZ, body TEXT, user_id BIGINT, previous BIGINT)
+        LANGUAGE plpgsql VOLATILE AS $fn$
+        #variable_conflict use_column
+        DECLARE
+            v_last BIGINT;
+            v_at TIMESTAMPTZ;
+            v_sender BIGINT;
+            v_hash BYTEA;
+            v_rid BIGINT;
+            v_rname TEXT;
+            v_sname TEXT;
+            v_removed BOOLEAN;
+            v_blocked BOOLEAN;
+            v_prev_s BIGINT;
+            v_prev_r BIGINT;
+            v_low BIGINT;
+            v_high BIGINT;
+            v_seen BIGINT[] := '{}';
+            v_replay RECORD;
+        BEGIN
+            SELECT c.total INTO v_last FROM chatcore_counts c
+                WHERE c.low_id = 0 AND c.high_id = 0 FOR UPDATE;
+            IF v_last IS NULL THEN
+                RAISE EXCEPTION 'the chatcore message id sequence is missing: run Backend::migrate()'
+                    USING ERRCODE = 'XX000';
+            END IF;
+            v_at := date_trunc('microseconds', clock_timestamp());
+            FOR i IN 1 .. COALESCE(array_length(p_senders, 1), 0) LOOP
+                v_sender := p_senders[i];
+                v_hash := p_key_hashes[i];
+                SELECT r.id, r.username, s.username, s.removed_at IS NOT NULL,
+                    r.id <> s.id AND (
+                        EXISTS (SELECT 1 FROM chatcore_blocks b
+                            WHERE b.blocker_id = s.id AND b.blocked_id = r.id)
+                        OR EXISTS (SELECT 1 FROM chatcore_blocks b
+                            WHERE b.blocker_id = r.id AND b.blocked_id = s.id)),
+                    ps.last_position, pr.last_position
+                    INTO v_rid, v_rname, v_sname, v_removed, v_blocked, v_prev_s, v_prev_r
+                    FROM (SELECT 1) AS one
+                    LEFT JOIN chatcore_users r ON r.username_key = p_recipient_keys[i]
+                    LEFT JOIN chatcore_users s ON s.id = v_sender
+                    LEFT JOIN chatcore_counts ps ON ps.low_id = v_sender AND ps.high_id = 0
+                    LEFT JOIN chatcore_counts pr ON pr.low_id = r.id AND pr.high_id = 0;
+                ord := i;
+                message_id := NULL; recipient_id := NULL; recipient_name := NULL;
+                sender_name := NULL; created_at := NULL; body := NULL;
+                user_id := NULL; previous := NULL;
+                IF v_rid IS NULL OR v_sname IS NULL THEN
+                    outcome := 'missing';
+                    RETURN NEXT;
+                    CONTINUE;
+                ELSIF v_removed THEN
+                    outcome := 'removed';
+                    RETURN NEXT;
+                    CONTINUE;
+                END IF;
+                IF v_hash IS NOT NULL THEN
+                    SELECT m.id, m.recipient_id, ru.username AS rname, su.username AS sname,
+                        m.created_at, m.body
+                        INTO v_replay
+                        FROM chatcore_messages m
+                        JOIN chatcore_users su ON su.id = m.sender_id
+                        JOIN chatcore_users ru ON ru.id = m.recipient_id
+                        WHERE m.sender_id = v_sender AND m.idempotency_key_hash = v_hash;
+                    IF FOUND THEN
+                        outcome := 'replay';
+                        message_id := v_replay.id;
+                        recipient_id := v_replay.recipient_id;
+                        recipient_name := v_replay.rname;
+                        sender_name := v_replay.sname;
+                        created_at := v_replay.created_at;
+                        body := v_replay.body;
+                        RETURN NEXT;
+                        CONTINUE;
+                    END IF;
+                END IF;
+                IF v_blocked THEN
+                    outcome := 'blocked';
+                    RETURN NEXT;
+                    CONTINUE;
+                END IF;
+                outcome := 'previous';
+                ord := NULL;
+                IF NOT v_sender = ANY (v_seen) THEN
+                    user_id := v_sender;
+                    previous := COALESCE(v_prev_s, 0);
+                    v_seen := v_seen || v_sender;
+                    RETURN NEXT;
+                END IF;
+                IF NOT v_rid = ANY (v_seen) THEN
+                    user_id := v_rid;
+                    previous := COALESCE(v_prev_r, 0);
+                    v_seen := v_seen || v_rid;
+                    RETURN NEXT;
+                END IF;
+                user_id := NULL;
+                previous := NULL;
+                v_last := v_last + 1;
+                v_low := LEAST(v_sender, v_rid);
+                v_high := GREATEST(v_sender, v_rid);
+                INSERT INTO chatcore_messages (id, sender_id, recipient_id, conversation_low,
+                    conversation_high, created_at, body, idempotency_key_hash)
+                    VALUES (v_last, v_sender, v_rid, v_low, v_high, v_at, p_bodies[i], v_hash);
+                INSERT INTO chatcore_counts AS c (low_id, high_id, total, last_position)
+                    SELECT k.low_id, k.high_id, k.total, k.pos FROM (VALUES
+                        (0::BIGINT, 0::BIGINT, v_last, NULL::BIGINT, TRUE),
+                        (v_low, v_high, 1::BIGINT, NULL::BIGINT, TRUE),
+                        (v_sender, 0::BIGINT, 1::BIGINT, v_last, TRUE),
+                        (v_rid, 0::BIGINT, 1::BIGINT, v_last, v_rid <> v_sender),
+                        (v_rid, -1::BIGINT, 1::BIGINT, NULL::BIGINT, v_rid <> v_sender)
+                    ) k(low_id, high_id, total, pos, wanted)
+                    WHERE k.wanted
+                    ON CONFLICT (low_id, high_id) DO UPDATE
+                        SET total = CASE WHEN c.low_id = 0 THEN EXCLUDED.total
+                                ELSE c.total + EXCLUDED.total END,
+                            last_position = GREATEST(c.last_position, EXCLUDED.last_position);
+                INSERT INTO chatcore_inbox AS b (user_id, peer_id, last_id, unread, read_up_to)
+                    SELECT k.uid, k.pid, v_last, k.n, NULL::BIGINT FROM (VALUES
+                        (v_sender, v_rid, 0::BIGINT, TRUE),
+                        (v_rid, v_sender, 1::BIGINT, v_rid <> v_sender)
+                    ) k(uid, pid, n, wanted)
+                    WHERE k.wanted
+                    ON CONFLICT ON CONSTRAINT chatcore_inbox_pkey DO UPDATE
+                        SET last_id = GREATEST(b.last_id, EXCLUDED.last_id),
+                            unread = b.unread + EXCLUDED.unread;
+                ord := i;
+                outcome := 'stored';
+                message_id := v_last;
+                recipient_id := v_rid;
+                recipient_name := v_rname;
+                sender_name := v_sname;
+                created_at := v_at;
+                RETURN NEXT;
+            END LOOP;
+        END
+        $fn$",
+        "ALTER FUNCTION chatcore_insert_messages_each(BIGINT[], TEXT[], TEXT[], BYTEA[]) SET plan_cache_mode = force_generic_plan",
+    ],
 }];
 
 /// The newest version this code knows.
@@ -1535,7 +1698,8 @@ mod tests {
         let mut conn = database.options().unwrap().connect().await.unwrap();
         let settings: Vec<(String, Option<Vec<String>>)> = sqlx::query_as(
             "SELECT proname::TEXT, proconfig FROM pg_proc \
-             WHERE proname IN ('chatcore_change_message', 'chatcore_insert_messages', 'chatcore_mark_read') \
+             WHERE proname IN ('chatcore_change_message', 'chatcore_insert_messages', \
+             'chatcore_insert_messages_each', 'chatcore_mark_read') \
              ORDER BY proname",
         )
         .fetch_all(&mut conn)
@@ -1547,10 +1711,104 @@ mod tests {
             [
                 ("chatcore_change_message".to_owned(), generic.clone()),
                 ("chatcore_insert_messages".to_owned(), generic.clone()),
+                ("chatcore_insert_messages_each".to_owned(), generic.clone()),
                 ("chatcore_mark_read".to_owned(), generic)
             ]
         );
         store.close().await.unwrap();
+    }
+
+    /// The lone-send function (migration 10) and the set-wise batch function give the same
+    /// rows and leave the same tables for the same batches: every outcome (missing sender or
+    /// recipient, removed sender, replay, block either way, note to self), users named twice
+    /// in a batch, an empty batch, batches of one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_lone_send_function_matches_the_batch_function() {
+        type Batch = (
+            Vec<i64>,
+            Vec<&'static str>,
+            Vec<&'static str>,
+            Vec<Option<Vec<u8>>>,
+        );
+        let key = |k: u8| Some(vec![k; 32]);
+        let batches: Vec<Batch> = vec![
+            (
+                vec![1, 2, 1, 1, 5, 4, 3, 1, 9, 1, 6],
+                vec![
+                    "user2", "user1", "user1", "user2", "user1", "user3", "user4", "nobody", "user1",
+                    "user2", "user6",
+                ],
+                vec!["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "self"],
+                vec![None, None, None, key(1), None, None, None, None, None, None, None],
+            ),
+            (
+                vec![1, 2],
+                vec!["user2", "user6"],
+                vec!["k", "l"],
+                vec![key(1), key(2)],
+            ),
+            (vec![6], vec!["user6"], vec!["self again"], vec![None]),
+            (vec![1], vec!["user3"], vec!["m"], vec![None]),
+            (vec![2], vec!["user6"], vec!["replayed"], vec![key(2)]),
+            (vec![4], vec!["user3"], vec!["blocked"], vec![None]),
+            (vec![], vec![], vec![], vec![]),
+        ];
+        let mut seen = Vec::new();
+        for function in ["chatcore_insert_messages", "chatcore_insert_messages_each"] {
+            let database = TestDatabase::create("chatcore_pg_test_").await.unwrap();
+            let store = database.store(PostgresConfig::default()).await.unwrap();
+            let mut conn = database.options().unwrap().connect().await.unwrap();
+            sqlx::raw_sql(
+                "INSERT INTO chatcore_users (username, username_key) \
+                   SELECT 'User' || i, 'user' || i FROM generate_series(1, 6) i; \
+                 UPDATE chatcore_users SET removed_at = now() WHERE username_key = 'user5'; \
+                 INSERT INTO chatcore_blocks (blocker_id, blocked_id, blocked_key) \
+                   SELECT a.id, b.id, b.username_key FROM chatcore_users a, chatcore_users b \
+                   WHERE a.username_key = 'user3' AND b.username_key = 'user4'",
+            )
+            .execute(&mut conn)
+            .await
+            .unwrap();
+            let mut out = Vec::new();
+            for (senders, keys, bodies, hashes) in &batches {
+                let rows: Vec<String> = sqlx::query_scalar(&format!(
+                    "SELECT concat_ws('|', ord, outcome, message_id, recipient_id, recipient_name, \
+                       sender_name, body, user_id, previous, created_at IS NOT NULL) \
+                     FROM {function}($1, $2, $3, $4) ORDER BY outcome, ord, user_id"
+                ))
+                .bind(senders)
+                .bind(keys)
+                .bind(bodies)
+                .bind(hashes)
+                .fetch_all(&mut conn)
+                .await
+                .unwrap();
+                out.push(rows);
+            }
+            for table in [
+                "SELECT concat_ws('|', low_id, high_id, total, last_position) FROM chatcore_counts \
+                 ORDER BY low_id, high_id",
+                "SELECT concat_ws('|', user_id, peer_id, last_id, unread, read_up_to) FROM chatcore_inbox \
+                 ORDER BY user_id, peer_id",
+                "SELECT concat_ws('|', id, sender_id, recipient_id, conversation_low, conversation_high, \
+                   body, encode(idempotency_key_hash, 'hex')) FROM chatcore_messages ORDER BY id",
+                "SELECT count(DISTINCT created_at)::TEXT FROM chatcore_messages",
+            ] {
+                out.push(sqlx::query_scalar(table).fetch_all(&mut conn).await.unwrap());
+            }
+            seen.push(out);
+            store.close().await.unwrap();
+        }
+        assert_eq!(seen[0], seen[1]);
+        // The batches did store, replay and refuse.
+        let rows = seen[0].concat();
+        for outcome in ["stored", "replay", "missing", "removed", "blocked", "previous"] {
+            assert!(
+                rows.iter()
+                    .any(|row| row.split('|').any(|field| field == outcome)),
+                "no {outcome} row"
+            );
+        }
     }
 
     /// A send's recipient and sender are found by index probes in the batch statement's

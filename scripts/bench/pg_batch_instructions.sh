@@ -6,6 +6,9 @@
 #
 #   scripts/bench/pg_batch_instructions.sh VERSION...      (BATCH=N in the environment: sends per call)
 #
+# FUNCTION=name counts another function of the same arguments (default chatcore_insert_messages;
+# chatcore_insert_messages_each from schema 10, what the store calls for a batch of one).
+#
 # For each schema VERSION (built by pg_schema.py from chatcore-postgres/src/schema.rs) a database
 # in a throwaway cluster (initdb in a temp dir, fsync off, own port, removed at the end) gets 500
 # users and 3,000 batches of history (random pairs), then VACUUM ANALYZE. Then, for 20 and for 220
@@ -35,7 +38,8 @@ call() { # one EXECUTE of the prepared batch with $batch random sends
   done
   echo "EXECUTE batch(ARRAY[${s:1}]::BIGINT[], ARRAY[${r:1}], ARRAY[${b:1}], ARRAY[${k:1}]::BYTEA[]);"
 }
-prepare="PREPARE batch(BIGINT[], TEXT[], TEXT[], BYTEA[]) AS SELECT * FROM chatcore_insert_messages(\$1, \$2, \$3, \$4);"
+function=${FUNCTION:-chatcore_insert_messages}
+prepare="PREPARE batch(BIGINT[], TEXT[], TEXT[], BYTEA[]) AS SELECT * FROM $function(\$1, \$2, \$3, \$4);"
 call > "$work/call.sql"
 
 su postgres -c "$pgbin/initdb -D $work/data -A trust -U postgres" >/dev/null
@@ -67,6 +71,6 @@ count() { # count VERSION N -> "total function" instructions of one single-user 
 for v in "$@"; do
   read -r t20 f20 <<<"$(count "$v" 20)"
   read -r t220 f220 <<<"$(count "$v" 220)"
-  echo "schema $v, batches of $batch: $(( (t220 - t20) / 200 )) instructions per call," \
+  echo "schema $v, $function, batches of $batch: $(( (t220 - t20) / 200 )) instructions per call," \
     "$(( (f220 - f20) / 200 )) in the function ($(( (f220 - f20) / 200 / batch )) per send)"
 done
