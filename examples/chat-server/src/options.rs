@@ -436,7 +436,7 @@ pub struct ServerOptions {
     pub storage_timeout_secs: u64,
 
     /// MySQL or PostgreSQL connection pool size (on PostgreSQL the readers' pool: the batch
-    /// writer that stores sends holds one connection more, of its own).
+    /// writer that stores sends holds two connections more, its own and a spare).
     #[arg(long, global = true, env = "CHAT_DB_POOL_SIZE", default_value_t = 16)]
     pub db_pool_size: u32,
 
