@@ -1428,7 +1428,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
         // upsert, and both inbox rows in one upsert. Each statement sees the batch's earlier
         // sends (a function's statement takes its snapshot after the previous one's writes).
         // A user's newest position before the batch is returned as a 'previous' row the
-        // first time the batch names them, as `chatcore_insert_messages` does.
+        // first time the batch names them, as `chatcore_insert_messages` does. The set-wise
+        // function decides every send on the snapshot before the batch, this one after the
+        // batch's earlier sends: the same outcomes as long as no sender repeats an
+        // idempotency key within a batch, which the writer sees to (it answers a repeat
+        // itself, from the first), and the writer calls this one for batches of one.
         "CREATE FUNCTION chatcore_insert_messages_each(
             p_senders BIGINT[], p_recipient_keys TEXT[], p_bodies TEXT[], p_key_hashes BYTEA[])
         RETURNS TABLE (
