@@ -7,11 +7,12 @@
 //!   same row (autocommit, id from a plain sequence, same indexes) from C tasks with a
 //!   connection each. The ratio of the two is the library's overhead (or gain, thanks to
 //!   group commit).
-//! - `send/function_call/C`: the store's batch function `chatcore_insert_messages` called
+//! - `send/function_call/C`: the store's set-wise batch function `chatcore_insert_messages` called
 //!   directly with one message per call, from C tasks sharing the raw pool: the SQL's own
-//!   cost (ids, counters, inbox, previous positions), without the store's writer. Set
-//!   against `send/chatcore/1` it shows what the writer adds; at 8 and 64 it shows what group
-//!   commit saves.
+//!   cost (ids, counters, inbox, previous positions), without the store's writer. At 8 and
+//!   64 it shows what group commit saves. (A lone send through the store runs
+//!   `chatcore_insert_messages_each` since schema version 10, about a quarter cheaper for
+//!   one send: set against `send/chatcore/1` this is no longer the same SQL.)
 //!
 //! `cargo bench -p chatcore-postgres --bench postgres` (`-- --measurement-time 3` for a
 //! shorter run, `-- 'send/(chatcore|raw_insert)'` for the ratio alone).

@@ -81,7 +81,8 @@
 //! id sequence row `(0, 0)` of `chatcore_counts` and holds the lock until it commits, so the
 //! next one, in this process or any other, takes its ids only after that commit: once a
 //! reader can see id `n`, it can see every id below `n`. The lock is held while the server
-//! runs one statement: a batch is one call of `chatcore_insert_messages` (lock, read the
+//! runs one statement: a batch is one call of `chatcore_insert_messages` (a batch of one:
+//! `chatcore_insert_messages_each`, the same work in small statements) (lock, read the
 //! clock, check idempotency keys, insert the messages, add to the counters and move each
 //! user's newest position, read each user's previous one), one round trip. Inside one process, a send made while no other is in
 //! progress is stored at once by its caller (a batch of one: no hand-over, no wait for a batch
@@ -90,7 +91,8 @@
 //! queued while a batch commits goes into the next. Batches run on connections of their own
 //! ([`PostgresConfig::writers`] of them and a spare, apart from the readers' pool of
 //! [`PostgresConfig::max_connections`]): each has the batch functions compiled and planned
-//! after its first batches, and no burst of reads makes a send wait for a checkout.
+//! after its first batches (again after the pool replaces it: [`PostgresConfig::idle_timeout`],
+//! [`PostgresConfig::max_lifetime`]), and no burst of reads makes a send wait for a checkout.
 //! Timestamps are read under the lock, so they follow id order too.
 //!
 //! Each participant's previous position ([`chatcore::Inserted::sender_previous`]) comes
@@ -104,7 +106,7 @@
 //! A server that is down, unreachable, out of connections, shutting down or timing out
 //! (a statement cancelled by [`PostgresConfig::statement_timeout`], a pool that waited
 //! [`PostgresConfig::acquire_timeout`]) is [`chatcore::Error::Unavailable`] (HTTP 503 with
-//! `Retry-After` in `chatcore-axum`); the pool reconnects by itself once the server is back.
+//! `Retry-After` in `chatcore-axum`); the pools reconnect by themselves once the server is back.
 //! Right after a server restart a call can meet a dead pooled connection: a read then
 //! retries once, a send fails with `Unavailable`. A taken username (in any case) is
 //! [`chatcore::Error::Conflict`]. After [`chatcore::Backend::close`] every call is
@@ -176,7 +178,7 @@ pub struct PostgresStore {
     lifecycle: Arc<Lifecycle>,
 }
 
-/// What [`Backend::close`] needs: sends in flight finish before the pool closes, and none
+/// What [`Backend::close`] needs: sends in flight finish before the pools close, and none
 /// starts after.
 #[derive(Debug, Default)]
 struct Lifecycle {
@@ -327,7 +329,7 @@ impl Backend for PostgresStore {
         schema::migrate(&mut conn, self.config.migration_lock_timeout.as_millis()).await
     }
 
-    /// Lets the sends already made finish, then closes the pool: later calls fail with
+    /// Lets the sends already made finish, then closes both pools: later calls fail with
     /// [`Error::Unavailable`].
     async fn close(&self) -> Result<()> {
         self.lifecycle.closed.store(true, Ordering::Release);

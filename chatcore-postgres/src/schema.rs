@@ -1415,8 +1415,8 @@ pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
     // `scripts/bench/pg_batch_instructions.sh`): `chatcore_insert_messages` starts about 65
     // plan nodes on every call, 40% of a lone send's 1.0 M instructions, built for sets of
     // sends, while most batches at moderate load hold one. The store calls this function for
-    // a batch of one and `chatcore_insert_messages` for more (it costs less per send from two
-    // sends up). Same arguments, same rows returned, same rules and precedence as
+    // a batch of one and `chatcore_insert_messages` for more (about equal at two sends, then
+    // its start-up is shared by more). Same arguments, same rows returned, same rules and precedence as
     // `chatcore_send_outcomes`, the same writes (a test runs both on the same batches and
     // compares every row of every table).
     steps: &[
@@ -1724,8 +1724,10 @@ mod tests {
 
     /// The lone-send function (migration 10) and the set-wise batch function give the same
     /// rows and leave the same tables for the same batches: every outcome (missing sender or
-    /// recipient, removed sender, replay, block either way, note to self), users named twice
-    /// in a batch, an empty batch, batches of one.
+    /// recipient, removed sender, replay, block either way, note to self), the precedence
+    /// between them (a replay beats a block and a changed recipient, a missing recipient or
+    /// a removed sender beats a replay), users named twice in a batch, an empty batch,
+    /// batches of one. A replay answers with the stored message's own time.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_lone_send_function_matches_the_batch_function() {
         type Batch = (
@@ -1734,9 +1736,17 @@ mod tests {
             Vec<&'static str>,
             Vec<Option<Vec<u8>>>,
         );
+        /// A batch through the function under test, or SQL run between batches.
+        enum Step {
+            Send(Batch),
+            Sql(&'static str),
+        }
         let key = |k: u8| Some(vec![k; 32]);
-        let batches: Vec<Batch> = vec![
-            (
+        let one = |sender: i64, recipient: &'static str, body: &'static str, hash: Option<Vec<u8>>| {
+            Step::Send((vec![sender], vec![recipient], vec![body], vec![hash]))
+        };
+        let steps: Vec<Step> = vec![
+            Step::Send((
                 vec![1, 2, 1, 1, 5, 4, 3, 1, 9, 1, 6],
                 vec![
                     "user2", "user1", "user1", "user2", "user1", "user3", "user4", "nobody", "user1",
@@ -1744,18 +1754,31 @@ mod tests {
                 ],
                 vec!["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "self"],
                 vec![None, None, None, key(1), None, None, None, None, None, None, None],
-            ),
-            (
+            )),
+            Step::Send((
                 vec![1, 2],
                 vec!["user2", "user6"],
                 vec!["k", "l"],
                 vec![key(1), key(2)],
+            )),
+            one(6, "user6", "self again", None),
+            one(1, "user3", "m", None),
+            one(2, "user6", "replayed", key(2)),
+            one(4, "user3", "blocked", None),
+            Step::Send((vec![], vec![], vec![], vec![])),
+            one(1, "user4", "before the block", key(4)),
+            Step::Sql(
+                "INSERT INTO chatcore_blocks (blocker_id, blocked_id, blocked_key) \
+                 SELECT a.id, b.id, b.username_key FROM chatcore_users a, chatcore_users b \
+                 WHERE a.username_key = 'user4' AND b.username_key = 'user1'",
             ),
-            (vec![6], vec!["user6"], vec!["self again"], vec![None]),
-            (vec![1], vec!["user3"], vec!["m"], vec![None]),
-            (vec![2], vec!["user6"], vec!["replayed"], vec![key(2)]),
-            (vec![4], vec!["user3"], vec!["blocked"], vec![None]),
-            (vec![], vec![], vec![], vec![]),
+            one(1, "user4", "replay beats the block", key(4)),
+            one(1, "nobody", "a missing recipient beats the replay", key(4)),
+            one(1, "user2", "the replay keeps its recipient", key(4)),
+            one(6, "user6", "a keyed note", key(5)),
+            one(6, "user6", "the keyed note again", key(5)),
+            Step::Sql("UPDATE chatcore_users SET removed_at = now() WHERE username_key = 'user2'"),
+            one(2, "user6", "a removed sender beats the replay", key(2)),
         ];
         let mut seen = Vec::new();
         for function in ["chatcore_insert_messages", "chatcore_insert_messages_each"] {
@@ -1774,11 +1797,23 @@ mod tests {
             .await
             .unwrap();
             let mut out = Vec::new();
-            for (senders, keys, bodies, hashes) in &batches {
+            for step in &steps {
+                let (senders, keys, bodies, hashes) = match step {
+                    Step::Sql(sql) => {
+                        sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
+                        continue;
+                    }
+                    Step::Send(batch) => batch,
+                };
+                // A replay's time is compared with its message's, stored by an earlier batch
+                // (so visible to this statement); other rows only say whether they have one.
                 let rows: Vec<String> = sqlx::query_scalar(&format!(
-                    "SELECT concat_ws('|', ord, outcome, message_id, recipient_id, recipient_name, \
-                       sender_name, body, user_id, previous, created_at IS NOT NULL) \
-                     FROM {function}($1, $2, $3, $4) ORDER BY outcome, ord, user_id"
+                    "SELECT ROW(r.ord, r.outcome, r.message_id, r.recipient_id, r.recipient_name, \
+                       r.sender_name, r.body, r.user_id, r.previous, \
+                       CASE WHEN r.outcome = 'replay' THEN r.created_at = \
+                         (SELECT m.created_at FROM chatcore_messages m WHERE m.id = r.message_id) \
+                       ELSE r.created_at IS NOT NULL END)::TEXT \
+                     FROM {function}($1, $2, $3, $4) r ORDER BY r.outcome, r.ord, r.user_id"
                 ))
                 .bind(senders)
                 .bind(keys)
@@ -1790,12 +1825,12 @@ mod tests {
                 out.push(rows);
             }
             for table in [
-                "SELECT concat_ws('|', low_id, high_id, total, last_position) FROM chatcore_counts \
+                "SELECT ROW(low_id, high_id, total, last_position)::TEXT FROM chatcore_counts \
                  ORDER BY low_id, high_id",
-                "SELECT concat_ws('|', user_id, peer_id, last_id, unread, read_up_to) FROM chatcore_inbox \
+                "SELECT ROW(user_id, peer_id, last_id, unread, read_up_to)::TEXT FROM chatcore_inbox \
                  ORDER BY user_id, peer_id",
-                "SELECT concat_ws('|', id, sender_id, recipient_id, conversation_low, conversation_high, \
-                   body, encode(idempotency_key_hash, 'hex')) FROM chatcore_messages ORDER BY id",
+                "SELECT ROW(id, sender_id, recipient_id, conversation_low, conversation_high, body, \
+                   encode(idempotency_key_hash, 'hex'))::TEXT FROM chatcore_messages ORDER BY id",
                 "SELECT count(DISTINCT created_at)::TEXT FROM chatcore_messages",
             ] {
                 out.push(sqlx::query_scalar(table).fetch_all(&mut conn).await.unwrap());
@@ -1804,15 +1839,31 @@ mod tests {
             store.close().await.unwrap();
         }
         assert_eq!(seen[0], seen[1]);
-        // The batches did store, replay and refuse.
         let rows = seen[0].concat();
         for outcome in ["stored", "replay", "missing", "removed", "blocked", "previous"] {
             assert!(
-                rows.iter()
-                    .any(|row| row.split('|').any(|field| field == outcome)),
+                rows.iter().any(|row| row.contains(&format!(",{outcome},"))),
                 "no {outcome} row"
             );
         }
+        // The precedence cases, as both functions answered them (the replay of message 10,
+        // sent to user 4 before the block, with its own time).
+        let last_sends = &seen[0][8..15];
+        assert_eq!(
+            last_sends[0],
+            ["(1,replay,10,4,User4,User1,\"before the block\",,,t)"]
+        );
+        assert_eq!(last_sends[1], ["(1,missing,,,,,,,,f)"]);
+        assert_eq!(
+            last_sends[2],
+            ["(1,replay,10,4,User4,User1,\"before the block\",,,t)"]
+        );
+        assert!(last_sends[3].iter().any(|row| row.starts_with("(1,stored,")));
+        assert_eq!(
+            last_sends[4],
+            ["(1,replay,11,6,User6,User6,\"a keyed note\",,,t)"]
+        );
+        assert_eq!(last_sends[5], ["(1,removed,,,,,,,,f)"]);
     }
 
     /// A send's recipient and sender are found by index probes in the batch statement's

@@ -14,6 +14,7 @@
 # services (CHATCORE_MYSQL_URL, CHATCORE_POSTGRES_URL, CHATCORE_REDIS_URL; defaults on 127.0.0.1).
 # JSON reports go to $OUT (default /tmp/backends-e2e).
 set -euo pipefail
+shopt -s inherit_errexit
 bin=$1
 shift
 configs=("${@:-sqlite mysql mysql2 postgres postgres2}")
@@ -34,11 +35,15 @@ stop_servers() {
 }
 drop_databases() {
   psql "$pg/postgres" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" 2>/dev/null || true
-  mysql -h 127.0.0.1 -u root -e "DROP DATABASE IF EXISTS $db" 2>/dev/null || true
+  mysql_cmd -e "DROP DATABASE IF EXISTS $db" 2>/dev/null || true
   rm -f "$work"/chat.db*
 }
 cleanup() { stop_servers; drop_databases; rm -rf "$work"; }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
+# The MySQL client's host, port and user, from the URL chat-server is given.
+read -r my_host my_port my_user < <(python3 -c 'import sys, urllib.parse as u; p = u.urlparse(sys.argv[1]); print(p.hostname or "127.0.0.1", p.port or 3306, p.username or "root")' "$my")
+mysql_cmd() { mysql -h "$my_host" -P "$my_port" -u "$my_user" "$@"; }
 
 # start NODES URL [flags]: fresh chat-server processes on 8301.., all on URL.
 start() {
@@ -49,7 +54,12 @@ start() {
     "$bin/chat-server" --send-rate-per-sec 0 --send-burst 0 --logins-per-minute 0 --registrations-per-hour 0 \
       --max-connections-per-address 100000 --log warn --listen "127.0.0.1:$port" --database "$url" "$@" &
     pids+=($!)
-    for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:$port/healthz" && break; sleep 0.1; done
+    local up=no
+    for _ in $(seq 100); do
+      if curl -fs -o /dev/null "http://127.0.0.1:$port/healthz"; then up=yes; break; fi
+      sleep 0.1
+    done
+    if [ "$up" = no ]; then echo "chat-server on port $port did not answer /healthz within 10 s" >&2; exit 1; fi
   done
 }
 
@@ -58,7 +68,7 @@ fresh() {
   drop_databases
   case $1 in
     sqlite) echo "sqlite://$work/chat.db" ;;
-    mysql*) mysql -h 127.0.0.1 -u root -e "CREATE DATABASE $db"; echo "$my/$db" ;;
+    mysql*) mysql_cmd -e "CREATE DATABASE $db"; echo "$my/$db" ;;
     postgres*) psql "$pg/postgres" -qc "CREATE DATABASE $db"
       # The new database's pages go through the WAL; a checkpoint keeps that flush out of the run.
       psql "$pg/postgres" -qc "CHECKPOINT"; echo "$pg/$db" ;;
@@ -84,7 +94,8 @@ for config in "${configs[@]}"; do
       load=(--users 100 --connections 100 --senders 64 --duration 10)
     fi
     "$bin/chat-loadgen" --url http://127.0.0.1:8301 --ws-base-url "http://127.0.0.1:$last" \
-      --server-pid "${pids[0]}" "${load[@]}" -q --json-out "$report" >/dev/null
+      --server-pid "${pids[0]}" "${load[@]}" -q --json-out "$report" >/dev/null ||
+      echo "chat-loadgen exited with $? (a failed send, or a notification lost or duplicated): see the figures" >&2
     stop_servers
     python3 - "$config" "$mode" "$report" <<'EOF'
 import json, sys

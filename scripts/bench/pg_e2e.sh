@@ -44,7 +44,8 @@ report="$out/$nodes-node-$(date +%H%M%S).json"
 "$bin/chat-loadgen" --url "http://127.0.0.1:$first" --ws-base-url "http://127.0.0.1:$last" \
   --users 500 --connections 1000 --senders 16 --duration 10 --server-pid "${pids[0]}" \
   --sweep-rates "$(python3 -c "print(','.join(['${RATE:-1000}'] * ${STEPS:-3}))")" --sweep-pause-ms 500 \
-  -q --json-out "$report" "$@" >/dev/null
+  -q --json-out "$report" "$@" >/dev/null ||
+  echo "chat-loadgen exited with $? (a failed send, or a notification lost or duplicated): see the figures" >&2
 metrics=$(curl -fs "http://127.0.0.1:$first/metrics")
 if [ -n "${METRICS_OUT:-}" ]; then printf "%s\n" "$metrics" > "$METRICS_OUT"; fi
 python3 - "$report" "$metrics" <<'EOF'
