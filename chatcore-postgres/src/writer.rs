@@ -43,16 +43,27 @@ pub(crate) struct Pending {
 /// is not full. Costs microseconds; lets callers woken by the previous batch join this one.
 const BATCH_YIELDS: usize = 2;
 
-/// The batch statement: the function's rows, in no particular order.
-const INSERT_BATCH: &str = "SELECT ord, outcome, message_id, recipient_id, recipient_name, sender_name, \
-     created_at, body, user_id, previous FROM chatcore_insert_messages($1, $2, $3, $4)";
+/// The statement that calls a batch function (both take and return the same columns): the
+/// function's rows, in no particular order.
+macro_rules! batch_call {
+    ($function:literal) => {
+        concat!(
+            "SELECT ord, outcome, message_id, recipient_id, recipient_name, sender_name, ",
+            "created_at, body, user_id, previous FROM ",
+            $function,
+            "($1, $2, $3, $4)"
+        )
+    };
+}
+
+/// The batch statement.
+const INSERT_BATCH: &str = batch_call!("chatcore_insert_messages");
 
 /// The same for a batch of one send (schema version 10): the same rows and writes through a
 /// few small statements, a quarter fewer instructions than the set-wise function's ~65 plan
 /// nodes for one send; at two sends the two cost about the same, and past that the set-wise
 /// function's start-up is shared by more sends.
-const INSERT_ONE: &str = "SELECT ord, outcome, message_id, recipient_id, recipient_name, sender_name, \
-     created_at, body, user_id, previous FROM chatcore_insert_messages_each($1, $2, $3, $4)";
+const INSERT_ONE: &str = batch_call!("chatcore_insert_messages_each");
 
 /// The store's way to its writers: the queue of the writer tasks, and the slots (one per
 /// writer, [`PostgresConfig::writers`]) that whoever writes a batch holds while writing it.
