@@ -348,19 +348,21 @@ impl PrivateServer {
 
     /// Stops the server (fast shutdown: connections are closed) and waits until it is down.
     pub async fn stop(&self) -> Result<()> {
-        let data = self.data_dir();
-        let ctl = bin("pg_ctl").to_string_lossy().into_owned();
-        self.run(&ctl, &["-D", &data, "-m", "fast", "-w", "stop"], true)
-            .await
+        self.stop_in("fast").await
     }
 
     /// Stops the server as a crash would (immediate shutdown: every process quits at once,
     /// WAL still in the server's buffers is lost, and the next start recovers from the WAL
     /// on disk) and waits until it is down.
     pub async fn crash(&self) -> Result<()> {
+        self.stop_in("immediate").await
+    }
+
+    /// `pg_ctl stop` in a shutdown `mode`, waiting until the server is down.
+    async fn stop_in(&self, mode: &str) -> Result<()> {
         let data = self.data_dir();
         let ctl = bin("pg_ctl").to_string_lossy().into_owned();
-        self.run(&ctl, &["-D", &data, "-m", "immediate", "-w", "stop"], true)
+        self.run(&ctl, &["-D", &data, "-m", mode, "-w", "stop"], true)
             .await
     }
 

@@ -12,7 +12,9 @@
 #
 # CONFIG is any of sqlite mysql mysql2 postgres postgres2 (default: all five). Needs the machine's
 # services (CHATCORE_MYSQL_URL, CHATCORE_POSTGRES_URL, CHATCORE_REDIS_URL; defaults on 127.0.0.1).
-# JSON reports go to $OUT (default /tmp/backends-e2e).
+# JSON reports go to $OUT (default /tmp/backends-e2e). MODES="open" (or "closed") runs one of the two
+# loads; SERVER_FLAGS adds chat-server flags, LOADGEN_FLAGS chat-loadgen flags. After each load
+# the first node's store batches are printed from its /metrics (kept in $METRICS_OUT when set).
 set -euo pipefail
 shopt -s inherit_errexit
 bin=$1
@@ -52,7 +54,8 @@ start() {
   for n in $(seq "$nodes"); do
     local port=$((8300 + n))
     "$bin/chat-server" --send-rate-per-sec 0 --send-burst 0 --logins-per-minute 0 --registrations-per-hour 0 \
-      --max-connections-per-address 100000 --log warn --listen "127.0.0.1:$port" --database "$url" "$@" &
+      --max-connections-per-address 100000 --log warn --listen "127.0.0.1:$port" --database "$url" \
+      ${SERVER_FLAGS:-} "$@" &
     pids+=($!)
     local up=no
     for _ in $(seq 100); do
@@ -82,7 +85,7 @@ for config in "${configs[@]}"; do
     postgres2) nodes=2 flags=(--notify-channel "chat_e2e_$$") ;;
     *) echo "unknown configuration $config" >&2; exit 2 ;;
   esac
-  for mode in open closed; do
+  for mode in ${MODES:-open closed}; do
     url=$(fresh "$config")
     start "$nodes" "$url" "${flags[@]}"
     last=$((8300 + nodes))
@@ -94,12 +97,17 @@ for config in "${configs[@]}"; do
       load=(--users 100 --connections 100 --senders 64 --duration 10)
     fi
     "$bin/chat-loadgen" --url http://127.0.0.1:8301 --ws-base-url "http://127.0.0.1:$last" \
-      --server-pid "${pids[0]}" "${load[@]}" -q --json-out "$report" >/dev/null ||
+      --server-pid "${pids[0]}" "${load[@]}" ${LOADGEN_FLAGS:-} -q --json-out "$report" >/dev/null ||
       echo "chat-loadgen exited with $? (a failed send, or a notification lost or duplicated): see the figures" >&2
+    metrics=$(curl -fs http://127.0.0.1:8301/metrics || true)
+    if [ -n "${METRICS_OUT:-}" ]; then printf "%s\n" "$metrics" > "$METRICS_OUT"; fi
     stop_servers
-    python3 - "$config" "$mode" "$report" <<'EOF'
-import json, sys
-config, mode, r = sys.argv[1], sys.argv[2], json.load(open(sys.argv[3]))
+    python3 - "$config" "$mode" "$report" "$metrics" <<'EOF'
+import json, re, sys
+config, mode, r, metrics = sys.argv[1], sys.argv[2], json.load(open(sys.argv[3])), sys.argv[4]
+def metric(name):
+    m = re.search(rf"^{name}\{{[^}}]*\}} (\S+)$", metrics, re.M)
+    return float(m.group(1)) if m else None
 for i, step in enumerate(r.get("steps", [r]), 1):
     s, n = step["send"], step["notifications"]
     per = (s.get("server_cpu_secs") or 0) * 1e6 / max(s.get("sent") or 1, 1)
@@ -108,6 +116,11 @@ for i, step in enumerate(r.get("steps", [r]), 1):
           f"p99 {s['send_latency']['p99_ms']:7.2f} ms, notification p50 {n['latency']['p50_ms']:6.2f} "
           f"p99 {n['latency']['p99_ms']:7.2f} max {n['latency']['max_ms']:6.1f} ms, lost {n['lost']} "
           f"dup {n['duplicated']}, first node {per:4.0f} us CPU per send")
+batches = metric("chatcore_store_commit_batch_size_count")
+if batches:
+    print(f"{config:10s} {'first node store':24s} {batches:7.0f} batches of "
+          f"{metric('chatcore_store_commit_batch_size_sum') / batches:.1f} sends, "
+          f"{1000 * metric('chatcore_store_commit_seconds_sum') / batches:.2f} ms each")
 EOF
   done
 done
